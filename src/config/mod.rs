@@ -1,0 +1,200 @@
+//! The settings model: what pgtenant can be told, where it is told (file < env < flags),
+//! and validation that names the offending key.
+//!
+//! `Settings` is the fully-resolved, validated configuration. It is immutable once built;
+//! a reload builds a new one and the server swaps it in (`arc_swap`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod load;
+mod upstream;
+
+pub use load::{load, ConfigError, Overrides};
+pub use upstream::Upstream;
+
+/// How server connections are shared between clients (as in PgBouncer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A client keeps one server connection for its whole session.
+    Session,
+    /// A server connection is held for one transaction (the default).
+    #[default]
+    Transaction,
+    /// A server connection is held for one statement; transactions are refused.
+    Statement,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        }
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AuthType {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+impl AuthType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthType::ScramSha256 => "scram-sha-256",
+            AuthType::Md5 => "md5",
+            AuthType::Trust => "trust",
+        }
+    }
+}
+
+/// TLS towards clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTls {
+    /// Refuse SSLRequest (answer 'N').
+    #[default]
+    Disable,
+    /// Accept TLS when the client asks, plain otherwise.
+    Allow,
+    /// Refuse clients that do not use TLS.
+    Require,
+}
+
+/// TLS towards servers (libpq's sslmode names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTls {
+    #[default]
+    Disable,
+    /// Try TLS, fall back to plain if the server refuses; no certificate check.
+    Prefer,
+    /// TLS or fail; no certificate check.
+    Require,
+    /// TLS, the chain must lead to the CA file; the host name is not checked.
+    VerifyCa,
+    /// TLS, chain and host name checked.
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+/// One address pgtenant accepts clients on, with its own auth and TLS policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub auth_type: AuthType,
+    pub client_tls: ClientTls,
+}
+
+/// A user pgtenant knows, with the secret clients must prove and pgtenant uses towards
+/// the server. `password` is plain text, an `md5…` hash or a `SCRAM-SHA-256$…` secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserSettings {
+    pub password: Option<String>,
+    /// Overrides the global pool_size for this user's pools.
+    pub pool_size: Option<u32>,
+    /// Overrides the global pool_mode for this user.
+    pub pool_mode: Option<PoolMode>,
+}
+
+impl std::fmt::Debug for UserSettings {
+    // Never print secrets, not even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSettings")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("pool_size", &self.pool_size)
+            .field("pool_mode", &self.pool_mode)
+            .finish()
+    }
+}
+
+/// The resolved configuration. Durations of zero mean "disabled" where PgBouncer says so.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the settings came from (for reload); None with zero files.
+    pub config_file: Option<PathBuf>,
+    pub listeners: Vec<Listener>,
+    /// The coordinator (or plain PostgreSQL server).
+    pub upstream: Upstream,
+    pub pool_mode: PoolMode,
+    pub pool_size: u32,
+    pub min_pool_size: u32,
+    pub reserve_pool_size: u32,
+    pub reserve_pool_timeout: Duration,
+    pub max_client_conn: u32,
+    /// 0 = unlimited.
+    pub max_db_connections: u32,
+    /// 0 = wait forever.
+    pub query_wait_timeout: Duration,
+    pub server_connect_timeout: Duration,
+    /// 0 = never close idle servers.
+    pub server_idle_timeout: Duration,
+    /// 0 = no lifetime limit.
+    pub server_lifetime: Duration,
+    /// 0 = disabled.
+    pub idle_transaction_timeout: Duration,
+    /// Run when a server connection leaves a client in session mode. Empty = none.
+    pub server_reset_query: String,
+    /// Also run the reset query in transaction and statement mode.
+    pub server_reset_query_always: bool,
+    /// Run on a server that has been idle longer than server_check_delay. Empty = none.
+    pub server_check_query: String,
+    pub server_check_delay: Duration,
+    /// Largest message accepted from a client or server, in bytes.
+    pub max_message_size: u32,
+    pub shutdown_timeout: Duration,
+    /// PgBouncer-style userlist.txt ("user" "secret" per line).
+    pub auth_file: Option<PathBuf>,
+    /// Users from the TOML file (the upstream URL's user is added by the loader).
+    pub users: BTreeMap<String, UserSettings>,
+    pub client_tls_cert_file: Option<PathBuf>,
+    pub client_tls_key_file: Option<PathBuf>,
+    pub server_tls: ServerTls,
+    pub server_tls_ca_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// tracing EnvFilter directive, e.g. "info" or "pgtenant=debug".
+    pub log_level: String,
+    /// Runtime worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Keep-alive for client and server sockets; 0 = OS default.
+    pub tcp_keepalive: Duration,
+}
+
+impl Settings {
+    /// The first listener's address (what most callers and tests mean by "the port").
+    pub fn primary_listen(&self) -> SocketAddr {
+        self.listeners[0].addr
+    }
+
+    /// Pool size for a user, honouring a per-user override.
+    pub fn pool_size_for(&self, user: &str) -> u32 {
+        self.users.get(user).and_then(|u| u.pool_size).unwrap_or(self.pool_size)
+    }
+
+    /// Pool mode for a user, honouring a per-user override.
+    pub fn pool_mode_for(&self, user: &str) -> PoolMode {
+        self.users.get(user).and_then(|u| u.pool_mode).unwrap_or(self.pool_mode)
+    }
+}

@@ -1,0 +1,1 @@
+//! rustls configurations for both sides.

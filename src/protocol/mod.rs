@@ -1,0 +1,1 @@
+//! Typed views of the few messages pgtenant looks inside.
