@@ -1,3 +1,10 @@
 //! Framing and transport: `tag + length + body` frames as `Bytes`, buffered reads and
 //! batched writes over plain TCP or TLS.
+mod connection;
+mod frame;
+mod stream;
 pub mod tls;
+
+pub use connection::{ConnError, Connection};
+pub use frame::{Frame, FrameError};
+pub use stream::Stream;

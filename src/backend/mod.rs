@@ -1,0 +1,126 @@
+//! A server connection: connect (TCP, optional TLS), authenticate, collect ParameterStatus
+//! and BackendKeyData, run pgtenant's own queries (reset, check), cancel.
+//!
+//! It holds no client state: the frontend drives the bytes while a client holds it.
+mod cancel;
+mod connect;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::net::{ConnError, Connection, Frame, FrameError};
+use crate::protocol::{build, decode, ErrorFields, ProtocolError};
+
+pub use cancel::{send_cancel, CancelTarget};
+pub use connect::{connect, ConnectParams};
+
+/// Errors on a server connection. Anything but `Server` leaves the connection unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("server I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server framing: {0}")]
+    Frame(#[from] FrameError),
+    #[error("server protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("server authentication: {0}")]
+    Auth(String),
+    #[error("server TLS: {0}")]
+    Tls(String),
+    #[error("server refused: {} {}", .0.code, .0.message)]
+    Server(ErrorFields),
+    #[error("server connect timed out")]
+    Timeout,
+    #[error("server closed the connection")]
+    Closed,
+}
+
+impl From<ConnError> for BackendError {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Io(e) => BackendError::Io(e),
+            ConnError::Frame(e) => BackendError::Frame(e),
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An authenticated server connection, idle or lent to a client.
+pub struct ServerConn {
+    pub conn: Connection,
+    /// pgtenant's own id for this connection (admin console, logs).
+    pub id: u64,
+    /// Where to send a CancelRequest for whatever this connection runs.
+    pub cancel: Arc<CancelTarget>,
+    /// ParameterStatus values the server reported, in arrival order.
+    pub params: Vec<(String, String)>,
+    pub created: Instant,
+    /// When it last went back to the pool.
+    pub last_used: Instant,
+    /// Transaction status from the last ReadyForQuery.
+    pub tx_status: u8,
+}
+
+impl ServerConn {
+    pub(crate) fn new(conn: Connection, cancel: CancelTarget, params: Vec<(String, String)>) -> Self {
+        let now = Instant::now();
+        ServerConn {
+            conn,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            cancel: Arc::new(cancel),
+            params,
+            created: now,
+            last_used: now,
+            tx_status: b'I',
+        }
+    }
+
+    /// Update the remembered parameter set from a ParameterStatus body.
+    pub fn note_parameter(&mut self, body: &[u8]) {
+        if let Ok((k, v)) = decode::parameter_status(body) {
+            match self.params.iter_mut().find(|(n, _)| *n == k) {
+                Some(slot) => slot.1 = v,
+                None => self.params.push((k, v)),
+            }
+        }
+    }
+
+    /// Run a query of pgtenant's own (reset, check) and wait for ReadyForQuery. Fails if
+    /// the server reports an error or the connection is not idle afterwards.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<(), BackendError> {
+        self.conn.send(&build::query(sql)).await?;
+        let mut failed = None;
+        loop {
+            let f = self.conn.read_frame().await?.ok_or(BackendError::Closed)?;
+            match f.tag() {
+                b'Z' => {
+                    self.tx_status = decode::ready_status(f.body())?;
+                    break;
+                }
+                b'E' => failed = Some(ErrorFields::parse(f.body())?),
+                b'S' => self.note_parameter(f.body()),
+                _ => {}
+            }
+        }
+        if let Some(e) = failed {
+            return Err(BackendError::Server(e));
+        }
+        if self.tx_status != b'I' {
+            return Err(BackendError::Auth(format!(
+                "internal query left the server in state {}",
+                self.tx_status as char
+            )));
+        }
+        Ok(())
+    }
+
+    /// Best-effort goodbye without waiting: a Terminate if the socket takes it now.
+    pub fn terminate(mut self) {
+        let f: Frame = build::terminate();
+        if self.conn.pending_output() == 0 {
+            let _ = self.conn.stream().tcp().try_write(f.raw());
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! What every client session shares: settings, users, pools, cancel keys, TLS, shutdown.
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::UserStore;
+use crate::config::Settings;
+use crate::frontend::CancelRegistry;
+use crate::pool::{Node, Pools};
+use crate::router::Router;
+
+pub struct Context {
+    pub settings: Arc<ArcSwap<Settings>>,
+    pub users: ArcSwap<UserStore>,
+    pub pools: Arc<Pools>,
+    pub cancels: Arc<CancelRegistry>,
+    /// TLS towards clients; None when no certificate is configured.
+    pub client_tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
+    pub router: Router,
+    pub coordinator: ArcSwap<Node>,
+    /// Connected clients (for max_client_conn).
+    pub clients: AtomicU32,
+    /// Fires on SIGTERM/SIGINT: idle clients leave, busy ones finish their transaction.
+    pub shutdown: CancellationToken,
+}
+
+impl Context {
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+}

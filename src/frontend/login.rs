@@ -1,0 +1,262 @@
+//! Startup: SSLRequest/GSSENCRequest, CancelRequest, protocol version, authentication,
+//! then the greeting (ParameterStatus, BackendKeyData, ReadyForQuery).
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::net::TcpStream;
+
+use super::{CancelKey, FrontendError};
+use crate::auth::{self, ScramServer, Secret, ServerCredential};
+use crate::config::{AuthType, ClientTls, Listener};
+use crate::context::Context;
+use crate::net::{Connection, Frame, Stream};
+use crate::pool::{Pool, PoolError, PoolKey};
+use crate::protocol::{build, decode, sqlstate, StartupPacket};
+
+/// How long a client may take from connect to logged in (PgBouncer's client_login_timeout).
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest startup packet accepted (PostgreSQL uses 10000).
+const MAX_STARTUP: usize = 10_000;
+
+/// A logged-in client.
+pub struct Client {
+    pub conn: Connection,
+    pub user: String,
+    pub database: String,
+    /// Startup parameters other than user and database.
+    pub params: Vec<(String, String)>,
+    pub key: CancelKey,
+    /// The pool on the coordinator for this (database, user).
+    pub pool: Arc<Pool>,
+}
+
+/// Run the startup phase. `Ok(None)`: the connection was a cancel request, was refused,
+/// or left; nothing more to do.
+pub async fn login(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>) -> Result<Option<Client>, FrontendError> {
+    let shutdown = ctx.shutdown.clone();
+    tokio::select! {
+        r = tokio::time::timeout(LOGIN_TIMEOUT, login_inner(socket, listener, ctx)) => match r {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::info!("client login timed out");
+                Ok(None)
+            }
+        },
+        _ = shutdown.cancelled() => Ok(None),
+    }
+}
+
+async fn login_inner(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>) -> Result<Option<Client>, FrontendError> {
+    let settings = ctx.settings();
+    let mut conn = Connection::new(Stream::Plain(socket), MAX_STARTUP);
+    let mut tls_done = false;
+    let (minor, params) = loop {
+        let Some(pkt) = conn.read_startup(MAX_STARTUP).await? else {
+            return Ok(None);
+        };
+        let pkt = match StartupPacket::parse(&pkt) {
+            Ok(p) => p,
+            Err(e) => {
+                conn.send(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())).await?;
+                return Ok(None);
+            }
+        };
+        match pkt {
+            StartupPacket::SslRequest if !tls_done => {
+                let tls = ctx.client_tls.load_full();
+                match (listener.client_tls, tls.as_ref()) {
+                    (ClientTls::Allow | ClientTls::Require, Some(cfg)) => {
+                        conn.queue_bytes(b"S");
+                        conn.flush().await?;
+                        let Ok(Stream::Plain(tcp)) = conn.into_stream() else {
+                            // Bytes after SSLRequest before the handshake: refuse them
+                            // (they would bypass TLS).
+                            return Ok(None);
+                        };
+                        let tls = tokio_rustls::TlsAcceptor::from(cfg.clone()).accept(tcp).await?;
+                        conn = Connection::new(Stream::TlsServer(Box::new(tls)), MAX_STARTUP);
+                        tls_done = true;
+                    }
+                    _ => {
+                        conn.queue_bytes(b"N");
+                        conn.flush().await?;
+                    }
+                }
+            }
+            StartupPacket::GssEncRequest if !tls_done => {
+                conn.queue_bytes(b"N");
+                conn.flush().await?;
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                conn.send(&build::fatal(sqlstate::PROTOCOL_VIOLATION, "encryption requested twice")).await?;
+                return Ok(None);
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                ctx.cancels.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup { minor, params, .. } => break (minor, params),
+        }
+    };
+
+    if listener.client_tls == ClientTls::Require && !tls_done {
+        conn.send(&build::fatal(sqlstate::INVALID_AUTHORIZATION, "TLS is required for this connection (use sslmode=require)")).await?;
+        return Ok(None);
+    }
+
+    let mut user = None;
+    let mut database = None;
+    let mut rest = Vec::new();
+    let mut unrecognized = Vec::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "user" => user = Some(v),
+            "database" => database = Some(v),
+            _ if k.starts_with("_pq_.") => unrecognized.push(k),
+            _ => rest.push((k, v)),
+        }
+    }
+    if minor > 0 || !unrecognized.is_empty() {
+        conn.queue(&build::negotiate_protocol_version(0, &unrecognized));
+    }
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        conn.send(&build::fatal(sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet")).await?;
+        return Ok(None);
+    };
+    let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+
+    if ctx.shutdown.is_cancelled() {
+        conn.send(&build::fatal(sqlstate::CANNOT_CONNECT_NOW, "pgtenant is shutting down")).await?;
+        return Ok(None);
+    }
+    if ctx.clients.load(Ordering::Acquire) > settings.max_client_conn {
+        tracing::warn!(user = %user, max_client_conn = settings.max_client_conn, "client refused: max_client_conn reached");
+        conn.send(&build::fatal(sqlstate::TOO_MANY_CONNECTIONS, "no more connections allowed (max_client_conn)")).await?;
+        return Ok(None);
+    }
+
+    let users = ctx.users.load_full();
+    let secret = users.get(&user).cloned();
+    let credential = match authenticate(&mut conn, listener.auth_type, &user, secret.as_ref()).await? {
+        Some(c) => c,
+        None => {
+            tracing::warn!(user = %user, method = listener.auth_type.as_str(), "client authentication failed");
+            conn.send(&build::fatal(
+                sqlstate::INVALID_PASSWORD,
+                &format!("password authentication failed for user \"{user}\""),
+            ))
+            .await?;
+            return Ok(None);
+        }
+    };
+    conn.set_max_message(settings.max_message_size as usize);
+
+    let key = PoolKey { node: (**ctx.coordinator.load()).clone(), database: database.as_str().into(), user: user.as_str().into() };
+    let pool = ctx.pools.get(&key);
+    pool.set_credential(credential);
+
+    // The client must see the real server's parameters: from the pool's first connection,
+    // opening one if this pool has never connected.
+    let server_params = match pool.server_params() {
+        Some(p) => p,
+        None => match pool.acquire().await {
+            Ok(c) => {
+                pool.release(c, true);
+                pool.server_params().unwrap_or_default()
+            }
+            Err(e) => {
+                let f = pool_error_frame(&e);
+                conn.send(&f).await?;
+                return Ok(None);
+            }
+        },
+    };
+
+    let cancel_key = ctx.cancels.register();
+    conn.queue(&build::auth_ok());
+    for (k, v) in server_params.iter() {
+        conn.queue(&build::parameter_status(k, v));
+    }
+    conn.queue(&build::backend_key_data(cancel_key.pid, cancel_key.secret));
+    conn.queue(&build::ready_for_query(b'I'));
+    conn.flush().await?;
+    Ok(Some(Client { conn, user, database, params: rest, key: cancel_key, pool }))
+}
+
+/// The ErrorResponse a client gets when no server connection could be had.
+pub fn pool_error_frame(e: &PoolError) -> Frame {
+    match e {
+        PoolError::WaitTimeout => build::fatal(sqlstate::CONNECTION_FAILURE, "query_wait_timeout"),
+        PoolError::ShuttingDown => build::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down"),
+        PoolError::Connect(crate::backend::BackendError::Server(f)) => build::fatal(&f.code, &f.message),
+        PoolError::Connect(e) => build::fatal(sqlstate::CONNECTION_FAILURE, &format!("pgtenant could not connect to the server: {e}")),
+    }
+}
+
+/// Run the listener's auth method. Returns the credential to use towards the server
+/// (`Some(None)`: authenticated, no usable server credential), or `None` on failure.
+async fn authenticate(
+    conn: &mut Connection,
+    method: AuthType,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<Option<Option<ServerCredential>>, FrontendError> {
+    match method {
+        AuthType::Trust => Ok(Some(secret.and_then(|s| ServerCredential::from_secret(s, user, None)))),
+        AuthType::Md5 => {
+            let salt: [u8; 4] = rand::thread_rng().gen();
+            conn.send(&build::auth_md5(salt)).await?;
+            let Some(f) = read_password(conn).await? else { return Ok(None) };
+            let resp = decode::password_message(f.body())?;
+            let resp = String::from_utf8_lossy(resp);
+            match secret {
+                Some(s) if auth::md5_verify(s, user, salt, &resp).is_ok() => {
+                    Ok(Some(ServerCredential::from_secret(s, user, None)))
+                }
+                _ => Ok(None),
+            }
+        }
+        AuthType::ScramSha256 => {
+            // An unknown user goes through the same exchange with a throw-away secret and
+            // fails at the end, so the answer does not tell which users exist.
+            let dummy;
+            let s = match secret {
+                Some(s @ (Secret::Plain(_) | Secret::Scram(_))) => s,
+                _ => {
+                    let pw: [u8; 16] = rand::thread_rng().gen();
+                    dummy = Secret::Plain(format!("{pw:x?}"));
+                    &dummy
+                }
+            };
+            let known = matches!(secret, Some(Secret::Plain(_) | Secret::Scram(_)));
+            let Ok(mut server) = ScramServer::new(s) else { return Ok(None) };
+            conn.send(&build::auth_sasl(&["SCRAM-SHA-256"])).await?;
+            let Some(f) = read_password(conn).await? else { return Ok(None) };
+            let (mech, data) = decode::sasl_initial_response(f.body())?;
+            if mech != "SCRAM-SHA-256" {
+                return Ok(None);
+            }
+            let Ok(first) = server.handle_client_first(data) else { return Ok(None) };
+            conn.send(&build::auth_sasl_continue(&first)).await?;
+            let Some(f) = read_password(conn).await? else { return Ok(None) };
+            match server.handle_client_final(f.body()) {
+                Ok(fin) if known => {
+                    conn.queue(&build::auth_sasl_final(&fin));
+                    let cred = secret.and_then(|s| ServerCredential::from_secret(s, user, server.client_key()));
+                    Ok(Some(cred))
+                }
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+/// Read the client's next auth message ('p'); anything else ends the login.
+async fn read_password(conn: &mut Connection) -> Result<Option<Frame>, FrontendError> {
+    match conn.read_frame().await? {
+        Some(f) if f.tag() == b'p' => Ok(Some(f)),
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,187 @@
+//! Buffered framing over a [`Stream`]: read everything that is there, parse as many frames
+//! as the buffer holds, write once per batch.
+//!
+//! The poll-style methods let one task drive a client and a server socket together
+//! (see `frontend::session`) without splitting streams or handing frames between tasks.
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+
+use super::{Frame, FrameError, Stream};
+
+/// Bytes asked of the kernel per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// A buffer larger than this is dropped once it is empty, so one big result does not pin
+/// memory for the rest of a connection's life.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+pub struct Connection {
+    stream: Stream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    max_message: usize,
+    /// The peer closed its side (read returned 0).
+    eof: bool,
+}
+
+impl Connection {
+    pub fn new(stream: Stream, max_message: usize) -> Connection {
+        Connection { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), max_message, eof: false }
+    }
+
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Take the stream back, e.g. to upgrade it to TLS. Fails if the peer already sent
+    /// bytes past the point of the upgrade (they would bypass TLS).
+    pub fn into_stream(self) -> Result<Stream, Connection> {
+        if self.rbuf.is_empty() && self.wbuf.is_empty() {
+            Ok(self.stream)
+        } else {
+            Err(self)
+        }
+    }
+
+    pub fn set_max_message(&mut self, max: usize) {
+        self.max_message = max;
+    }
+
+    pub fn is_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Bytes received but not yet parsed into frames.
+    pub fn buffered_input(&self) -> usize {
+        self.rbuf.len()
+    }
+
+    /// Bytes queued but not yet written.
+    pub fn pending_output(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Read whatever the socket has. `Ready(Ok(0))` is end of stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        let r = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf);
+        if let Poll::Ready(Ok(0)) = r {
+            self.eof = true;
+        }
+        r
+    }
+
+    /// Wait for more input. Returns 0 at end of stream.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Split one complete frame off the input buffer, if there is one.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let f = Frame::parse(&mut self.rbuf, self.max_message)?;
+        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_CAPACITY {
+            self.rbuf = BytesMut::new();
+        }
+        Ok(f)
+    }
+
+    /// Read one frame. `Ok(None)` is a clean end of stream between frames.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnError> {
+        loop {
+            if let Some(f) = self.try_frame()? {
+                return Ok(Some(f));
+            }
+            if self.fill().await? == 0 {
+                return if self.rbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated.into())
+                };
+            }
+        }
+    }
+
+    /// Read an untagged startup-phase packet (`length + body`), returning the body.
+    pub async fn read_startup(&mut self, max: usize) -> Result<Option<Bytes>, ConnError> {
+        loop {
+            if let Some(h) = self.rbuf.get(..4) {
+                let len = i32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+                if !(8..=max as i32).contains(&len) {
+                    return Err(FrameError::BadLength(len as i64).into());
+                }
+                let len = len as usize;
+                if self.rbuf.len() >= len {
+                    let mut pkt = self.rbuf.split_to(len);
+                    pkt.advance(4);
+                    return Ok(Some(pkt.freeze()));
+                }
+            }
+            if self.fill().await? == 0 {
+                return if self.rbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated.into())
+                };
+            }
+        }
+    }
+
+    /// Queue a frame for writing (copied into the write buffer).
+    pub fn queue(&mut self, frame: &Frame) {
+        self.wbuf.extend_from_slice(frame.raw());
+    }
+
+    /// Queue raw, already-encoded bytes.
+    pub fn queue_bytes(&mut self, bytes: &[u8]) {
+        self.wbuf.extend_from_slice(bytes);
+    }
+
+    /// Write as much queued output as the socket takes. `Ready(Ok(()))` once all of it is
+    /// written and flushed.
+    pub fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.wbuf.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.wbuf.capacity() > KEEP_CAPACITY {
+            self.wbuf = BytesMut::new();
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    /// Write everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_write_out(cx)).await
+    }
+
+    /// Queue a frame and write it out now.
+    pub async fn send(&mut self, frame: &Frame) -> io::Result<()> {
+        self.queue(frame);
+        self.flush().await
+    }
+
+    /// Close the write side (best effort).
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = poll_fn(|cx| Pin::new(&mut self.stream).poll_shutdown(cx)).await;
+    }
+}
+
+/// Errors reading from a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}

@@ -1,0 +1,82 @@
+//! Periodic pool upkeep (PgBouncer's janitor.c): close idle connections past
+//! server_idle_timeout or server_lifetime, and keep min_pool_size connections open.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Pool, Pools};
+
+/// Run upkeep every second until `stop` fires.
+pub fn spawn_janitor(pools: Arc<Pools>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            for pool in pools.all() {
+                pool.sweep();
+                fill_min(&pool);
+            }
+        }
+    })
+}
+
+impl Pool {
+    /// Close idle connections that are past their time (oldest first).
+    pub fn sweep(&self) {
+        let s = self.settings.load();
+        let now = Instant::now();
+        let mut closed = Vec::new();
+        {
+            let mut g = self.lock();
+            let mut i = 0;
+            while i < g.idle.len() {
+                if Self::expired(&s, &g.idle[i], now) {
+                    if let Some(c) = g.idle.remove(i) {
+                        closed.push(c);
+                    }
+                    self.drop_slot(&mut g);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for c in closed {
+            tracing::debug!(pool = %self.name(), server = c.id, "closing idle server connection");
+            c.terminate();
+        }
+    }
+}
+
+/// Open connections up to min_pool_size, for pools that have been used (so a credential is
+/// known), one at a time in the background.
+fn fill_min(pool: &Arc<Pool>) {
+    let s = pool.settings.load();
+    let min = s.min_pool_size.min(pool.pool_size(&s));
+    if min == 0 || !pool.has_credential() {
+        return;
+    }
+    let open = {
+        let mut g = pool.lock();
+        if g.total < min && pool.try_count_db() {
+            g.total += 1;
+            true
+        } else {
+            false
+        }
+    };
+    if open {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            if let Ok(c) = pool.open().await {
+                // Count it as lent and give it straight back: it joins the idle list.
+                pool.stats.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                pool.release(c, true);
+            }
+        });
+    }
+}

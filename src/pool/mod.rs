@@ -1,0 +1,500 @@
+//! Pools of server connections, one per (node, database, user), with PgBouncer's limits:
+//! pool_size, reserve_pool_size after reserve_pool_timeout, max_db_connections,
+//! query_wait_timeout, server_lifetime, server_idle_timeout, server_check_query.
+//!
+//! A pool never parses SQL and never holds a connection in an unknown state: the caller
+//! says whether a connection is clean when it gives it back, and unclean ones are closed.
+mod janitor;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tokio::sync::{oneshot, Notify};
+
+use crate::auth::ServerCredential;
+use crate::backend::{self, BackendError, ConnectParams, ServerConn};
+use crate::config::Settings;
+
+pub use janitor::spawn_janitor;
+
+/// A server pgtenant pools connections to: the coordinator or a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Node {
+    /// Name shown in the admin console and logs ("coordinator", "worker-1", …).
+    pub name: Arc<str>,
+    pub host: Arc<str>,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub node: Node,
+    pub database: Arc<str>,
+    pub user: Arc<str>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("query_wait_timeout: no server connection became free in time")]
+    WaitTimeout,
+    #[error(transparent)]
+    Connect(#[from] BackendError),
+    #[error("pgtenant is shutting down")]
+    ShuttingDown,
+}
+
+/// What a waiting client is handed.
+enum Handoff {
+    /// A clean, idle connection.
+    Conn(ServerConn),
+    /// A slot that was counted for you: open a new connection in it.
+    Slot,
+}
+
+struct Inner {
+    /// Most recently used at the back: acquire takes from the back (warm caches), the
+    /// janitor closes from the front (the longest idle).
+    idle: VecDeque<ServerConn>,
+    /// Connections that exist or are being opened, idle ones included.
+    total: u32,
+    /// Clients waiting for a connection, oldest first.
+    waiters: VecDeque<oneshot::Sender<Handoff>>,
+}
+
+/// Counters the admin console and metrics read; plain atomics, no lock.
+#[derive(Default)]
+pub struct PoolStats {
+    pub active: AtomicU32,
+    pub waiting: AtomicU32,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub wait_timeouts: AtomicU64,
+    pub assignments: AtomicU64,
+}
+
+/// Server connections per database on one node, for max_db_connections.
+pub struct DbCounter {
+    pub count: AtomicU32,
+    /// Woken when a connection of this database closes.
+    pub freed: Notify,
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    inner: Mutex<Inner>,
+    db: Arc<DbCounter>,
+    settings: Arc<ArcSwap<Settings>>,
+    credential: Mutex<Option<ServerCredential>>,
+    /// The ParameterStatus set of the first server connection (sent to clients at login).
+    server_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pub stats: PoolStats,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock would be a bug in this file; recover the data
+        // rather than poisoning every later client.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    fn pool_size(&self, s: &Settings) -> u32 {
+        s.pool_size_for(&self.key.user)
+    }
+
+    /// Remember the credential to open connections with (e.g. SCRAM keys learnt from a
+    /// client's login). A newer one replaces an older one.
+    pub fn set_credential(&self, cred: Option<ServerCredential>) {
+        if cred.is_some() {
+            *self.credential.lock().unwrap_or_else(|p| p.into_inner()) = cred;
+        }
+    }
+
+    pub fn has_credential(&self) -> bool {
+        self.credential.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    pub fn server_params(&self) -> Option<Arc<Vec<(String, String)>>> {
+        self.server_params.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// (idle, total) server connections right now.
+    pub fn counts(&self) -> (u32, u32) {
+        let g = self.lock();
+        (g.idle.len() as u32, g.total)
+    }
+
+    fn connect_params(&self, s: &Settings) -> ConnectParams {
+        ConnectParams {
+            host: self.key.node.host.to_string(),
+            port: self.key.node.port,
+            user: self.key.user.to_string(),
+            database: self.key.database.to_string(),
+            credential: self.credential.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            tls_mode: s.server_tls,
+            tls: self.tls.clone(),
+            connect_timeout: s.server_connect_timeout,
+            max_message: s.max_message_size as usize,
+            startup: Vec::new(),
+            keepalive: (!s.tcp_keepalive.is_zero()).then_some(s.tcp_keepalive),
+        }
+    }
+
+    /// Is this idle connection past its lifetime or idle timeout?
+    fn expired(s: &Settings, c: &ServerConn, now: Instant) -> bool {
+        (!s.server_lifetime.is_zero() && now.duration_since(c.created) >= s.server_lifetime)
+            || (!s.server_idle_timeout.is_zero()
+                && now.duration_since(c.last_used) >= s.server_idle_timeout)
+    }
+
+    /// Forget a connection slot (the connection is closed or was never opened).
+    fn drop_slot(&self, g: &mut Inner) {
+        g.total = g.total.saturating_sub(1);
+        self.db.count.fetch_sub(1, Ordering::AcqRel);
+        self.db.freed.notify_waiters();
+        // A waiter may now open a connection in the freed slot.
+        let s = self.settings.load();
+        if g.total < self.pool_size(&s) {
+            self.grant_slot(g);
+        }
+    }
+
+    /// Give a waiter the right to open a connection, if anyone waits.
+    fn grant_slot(&self, g: &mut Inner) {
+        while let Some(w) = g.waiters.pop_front() {
+            if w.is_closed() {
+                continue;
+            }
+            if !self.try_count_db() {
+                g.waiters.push_front(w);
+                return;
+            }
+            g.total += 1;
+            if let Err(Handoff::Slot) = w.send(Handoff::Slot) {
+                g.total -= 1;
+                self.db.count.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            return;
+        }
+    }
+
+    fn try_count_db(&self) -> bool {
+        let max = self.settings.load().max_db_connections;
+        if max == 0 {
+            self.db.count.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        self.db
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Get a server connection: an idle one, a new one within the limits, or wait for one.
+    pub async fn acquire(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
+        let s = self.settings();
+        let started = Instant::now();
+        let deadline = (!s.query_wait_timeout.is_zero()).then(|| started + s.query_wait_timeout);
+        let mut allow_reserve = false;
+        loop {
+            enum Next {
+                Got(ServerConn),
+                Open,
+                Wait(oneshot::Receiver<Handoff>),
+            }
+            let next = {
+                let s = self.settings.load();
+                let mut g = self.lock();
+                let now = Instant::now();
+                let mut got = None;
+                while let Some(c) = g.idle.pop_back() {
+                    if Self::expired(&s, &c, now) {
+                        self.drop_slot(&mut g);
+                        c.terminate();
+                        continue;
+                    }
+                    got = Some(c);
+                    break;
+                }
+                let limit = self.pool_size(&s) + if allow_reserve { s.reserve_pool_size } else { 0 };
+                if let Some(c) = got {
+                    Next::Got(c)
+                } else if g.total < limit && self.try_count_db() {
+                    g.total += 1;
+                    Next::Open
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    g.waiters.push_back(tx);
+                    Next::Wait(rx)
+                }
+            };
+            match next {
+                Next::Got(c) => match self.check(c).await {
+                    Some(c) => return Ok(self.assigned(c)),
+                    None => continue,
+                },
+                Next::Open => return self.open().await.map(|c| self.assigned(c)),
+                Next::Wait(rx) => {
+                    self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+                    let r = self.wait(rx, &s, started, deadline, allow_reserve).await;
+                    self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                    match r {
+                        Waited::Handoff(Handoff::Conn(c)) => match self.check(c).await {
+                            Some(c) => return Ok(self.assigned(c)),
+                            None => continue,
+                        },
+                        Waited::Handoff(Handoff::Slot) => {
+                            return self.open().await.map(|c| self.assigned(c))
+                        }
+                        Waited::Reserve => allow_reserve = true,
+                        Waited::Retry => {}
+                        Waited::Timeout => {
+                            self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                            return Err(PoolError::WaitTimeout);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn wait(
+        &self,
+        mut rx: oneshot::Receiver<Handoff>,
+        s: &Settings,
+        started: Instant,
+        deadline: Option<Instant>,
+        allow_reserve: bool,
+    ) -> Waited {
+        let reserve_at = (!allow_reserve && s.reserve_pool_size > 0).then(|| started + s.reserve_pool_timeout);
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let db_freed = self.db.freed.notified();
+        tokio::pin!(db_freed);
+        let db_limited = s.max_db_connections > 0;
+        tokio::select! {
+            r = &mut rx => match r {
+                Ok(h) => Waited::Handoff(h),
+                Err(_) => Waited::Retry,
+            },
+            _ = tokio::time::sleep_until(reserve_at.unwrap_or(far).into()), if reserve_at.is_some() => {
+                self.reclaim(rx);
+                Waited::Reserve
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far).into()), if deadline.is_some() => {
+                self.reclaim(rx);
+                Waited::Timeout
+            }
+            _ = &mut db_freed, if db_limited => {
+                self.reclaim(rx);
+                Waited::Retry
+            }
+        }
+    }
+
+    /// A waiter gives up: whatever was sent to it in the meantime is not lost.
+    fn reclaim(&self, mut rx: oneshot::Receiver<Handoff>) {
+        rx.close();
+        match rx.try_recv() {
+            Ok(Handoff::Conn(c)) => self.release(c, true),
+            Ok(Handoff::Slot) => {
+                let mut g = self.lock();
+                self.drop_slot(&mut g);
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn assigned(&self, c: ServerConn) -> ServerConn {
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.stats.assignments.fetch_add(1, Ordering::Relaxed);
+        c
+    }
+
+    /// Open a connection in a slot already counted.
+    async fn open(&self) -> Result<ServerConn, PoolError> {
+        let s = self.settings();
+        let params = self.connect_params(&s);
+        match backend::connect(&params).await {
+            Ok(c) => {
+                self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                let mut sp = self.server_params.lock().unwrap_or_else(|p| p.into_inner());
+                if sp.is_none() {
+                    *sp = Some(Arc::new(c.params.clone()));
+                }
+                tracing::debug!(pool = %self.name(), server = c.id, "server connection opened");
+                Ok(c)
+            }
+            Err(e) => {
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pool = %self.name(), error = %e, "server connection failed");
+                let mut g = self.lock();
+                self.drop_slot(&mut g);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Run server_check_query on a connection that sat idle longer than
+    /// server_check_delay. None: it failed and was closed.
+    async fn check(&self, mut c: ServerConn) -> Option<ServerConn> {
+        let s = self.settings.load();
+        if s.server_check_query.is_empty() || c.last_used.elapsed() < s.server_check_delay {
+            return Some(c);
+        }
+        let q = s.server_check_query.clone();
+        drop(s);
+        match c.run_internal(&q).await {
+            Ok(()) => Some(c),
+            Err(e) => {
+                tracing::info!(pool = %self.name(), server = c.id, error = %e, "server check failed; closing");
+                self.close(c);
+                None
+            }
+        }
+    }
+
+    /// Give a connection back. `clean`: idle, nothing unanswered, safe for the next client.
+    pub fn release(&self, mut c: ServerConn, clean: bool) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let s = self.settings.load();
+        let now = Instant::now();
+        c.last_used = now;
+        let mut g = self.lock();
+        let over_size = g.total > self.pool_size(&s) + s.reserve_pool_size
+            || (g.total > self.pool_size(&s) && g.waiters.iter().all(|w| w.is_closed()));
+        if !clean
+            || c.tx_status != b'I'
+            || c.conn.buffered_input() > 0
+            || c.conn.is_eof()
+            || (!s.server_lifetime.is_zero() && now.duration_since(c.created) >= s.server_lifetime)
+            || over_size
+        {
+            self.drop_slot(&mut g);
+            drop(g);
+            c.terminate();
+            return;
+        }
+        while let Some(w) = g.waiters.pop_front() {
+            match w.send(Handoff::Conn(c)) {
+                Ok(()) => return,
+                Err(Handoff::Conn(back)) => c = back,
+                Err(Handoff::Slot) => return, // never sent here
+            }
+        }
+        g.idle.push_back(c);
+    }
+
+    /// Close a connection that is not coming back (broken, or the client quit mid-way).
+    pub fn close(&self, c: ServerConn) {
+        {
+            let mut g = self.lock();
+            self.drop_slot(&mut g);
+        }
+        c.terminate();
+    }
+
+    /// Close a connection that was lent out (counts it as no longer active).
+    pub fn discard(&self, c: ServerConn) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.close(c);
+    }
+
+    /// After a reload: let waiters use slots a larger pool_size opened up.
+    pub fn regrant(&self) {
+        let s = self.settings.load();
+        let mut g = self.lock();
+        while g.total < self.pool_size(&s) && g.waiters.iter().any(|w| !w.is_closed()) {
+            let before = g.total;
+            self.grant_slot(&mut g);
+            if g.total == before {
+                break;
+            }
+        }
+    }
+
+    pub fn name(&self) -> String {
+        format!("{}@{}/{}", self.key.database, self.key.node.name, self.key.user)
+    }
+}
+
+enum Waited {
+    Handoff(Handoff),
+    Reserve,
+    Retry,
+    Timeout,
+}
+
+/// All pools, created on first use.
+pub struct Pools {
+    map: DashMap<PoolKey, Arc<Pool>>,
+    dbs: DashMap<(Node, Arc<str>), Arc<DbCounter>>,
+    settings: Arc<ArcSwap<Settings>>,
+    tls: ArcSwap<Option<Arc<rustls::ClientConfig>>>,
+}
+
+impl Pools {
+    pub fn new(settings: Arc<ArcSwap<Settings>>, tls: Option<Arc<rustls::ClientConfig>>) -> Arc<Pools> {
+        Arc::new(Pools { map: DashMap::new(), dbs: DashMap::new(), settings, tls: ArcSwap::from_pointee(tls) })
+    }
+
+    pub fn set_tls(&self, tls: Option<Arc<rustls::ClientConfig>>) {
+        self.tls.store(Arc::new(tls));
+    }
+
+    /// The pool for a key, created if needed.
+    pub fn get(&self, key: &PoolKey) -> Arc<Pool> {
+        if let Some(p) = self.map.get(key) {
+            return p.clone();
+        }
+        let db = self
+            .dbs
+            .entry((key.node.clone(), key.database.clone()))
+            .or_insert_with(|| Arc::new(DbCounter { count: AtomicU32::new(0), freed: Notify::new() }))
+            .clone();
+        self.map
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    key: key.clone(),
+                    inner: Mutex::new(Inner { idle: VecDeque::new(), total: 0, waiters: VecDeque::new() }),
+                    db,
+                    settings: self.settings.clone(),
+                    credential: Mutex::new(None),
+                    server_params: Mutex::new(None),
+                    tls: (**self.tls.load()).clone(),
+                    stats: PoolStats::default(),
+                })
+            })
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Close every idle server connection (shutdown, RECONNECT).
+    pub fn close_idle(&self) {
+        for p in self.all() {
+            let idle: Vec<ServerConn> = {
+                let mut g = p.lock();
+                let v: Vec<_> = g.idle.drain(..).collect();
+                for _ in &v {
+                    p.drop_slot(&mut g);
+                }
+                v
+            };
+            for c in idle {
+                c.terminate();
+            }
+        }
+    }
+}
