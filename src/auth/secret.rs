@@ -82,6 +82,7 @@ impl ScramSecret {
     /// (PostgreSQL falls back to the raw bytes when SASLprep fails; ASCII is unaffected).
     /// An iteration count of 0 is treated as 1.
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
+        let iterations = iterations.max(1);
         let salted = hi(password.as_bytes(), salt, iterations);
         let client_key = client_key(&salted);
         ScramSecret {
