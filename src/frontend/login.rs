@@ -219,19 +219,17 @@ async fn authenticate(
             }
         }
         AuthType::ScramSha256 => {
-            // An unknown user goes through the same exchange with a throw-away secret and
-            // fails at the end, so the answer does not tell which users exist.
-            let dummy;
-            let s = match secret {
-                Some(s @ (Secret::Plain(_) | Secret::Scram(_))) => s,
-                _ => {
-                    let pw: [u8; 16] = rand::thread_rng().gen();
-                    dummy = Secret::Plain(format!("{pw:x?}"));
-                    &dummy
-                }
-            };
+            // An unknown user (or one with an md5-only secret) goes through the same
+            // exchange with a mock secret and fails at the end, so the answer does not
+            // tell which users exist.
             let known = matches!(secret, Some(Secret::Plain(_) | Secret::Scram(_)));
-            let Ok(mut server) = ScramServer::new(s) else { return Ok(None) };
+            let mut server = match secret {
+                Some(s) if known => match ScramServer::new(s) {
+                    Ok(s) => s,
+                    Err(_) => ScramServer::mock(),
+                },
+                _ => ScramServer::mock(),
+            };
             conn.send(&build::auth_sasl(&["SCRAM-SHA-256"])).await?;
             let Some(f) = read_password(conn).await? else { return Ok(None) };
             let (mech, data) = decode::sasl_initial_response(f.body())?;
