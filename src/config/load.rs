@@ -21,5 +21,7 @@ pub struct ConfigError {
 
 pub fn load(file: Option<&PathBuf>, overrides: &Overrides) -> Result<Settings, ConfigError> {
     let _ = (file, overrides);
-    Err(ConfigError { errors: vec!["not yet implemented".into()] })
+    Err(ConfigError {
+        errors: vec!["not yet implemented".into()],
+    })
 }
