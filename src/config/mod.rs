@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 mod load;
 mod upstream;
 
-pub use load::{load, ConfigError, Overrides};
+pub use load::{load, reload, ConfigError, Overrides};
 pub use upstream::Upstream;
 
 /// How server connections are shared between clients (as in PgBouncer).
