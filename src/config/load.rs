@@ -291,10 +291,7 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "log_level" => string(v).map(|x| d.log_level = x),
             "workers" => count(v).map(|x| d.workers = x as usize),
             "tcp_keepalive" => seconds(v).map(|x| d.tcp_keepalive = x),
-            _ => {
-                errs.0.push(unknown_key(k));
-                Ok(())
-            }
+            _ => Err(unknown_key(k)),
         };
         errs.check(k, r);
     }
@@ -921,10 +918,10 @@ mod tests {
     #[test]
     fn unknown_keys_are_named() {
         let e = errors(&format!("{UP}foo = 1\ndefault_pool_size = 3\n[users.x]\nbar = 2\n[[listener]]\nlisten = \"127.0.0.1:1\"\nbaz = 3\n"));
-        assert!(has(&e, "unknown key 'foo'"), "{e:?}");
+        assert!(has(&e, "foo: unknown key 'foo'"), "{e:?}");
         assert!(has(
             &e,
-            "unknown key 'default_pool_size' (did you mean 'pool_size'?)"
+            "default_pool_size: unknown key 'default_pool_size' (did you mean 'pool_size'?)"
         ));
         assert!(has(&e, "users.x.bar: unknown key 'bar'"));
         assert!(has(&e, "listener[0].baz: unknown key 'baz'"));
