@@ -1,1 +1,223 @@
-fn main() {}
+//! The command line: `pgtenant run` (the default) and `pgtenant check`.
+//!
+//! Every setting flag also reads a `PGTENANT_*` environment variable; clap gives the flag
+//! precedence over the variable, and `config::load` puts both above the file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use pgtenant::config::{self, LogFormat, Overrides, Settings};
+use pgtenant::logging;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgtenant",
+    version,
+    about = "Tenant-aware, SQL-routing PostgreSQL connection pooler for Citus",
+    // `pgtenant --config f` means `pgtenant run --config f`: a sidecar's command line
+    // stays short, and flags given before a subcommand are refused instead of ignored.
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pooler (the default when no subcommand is given).
+    Run(SettingsArgs),
+    /// Validate the configuration (file, environment, flags) and exit: 0 and
+    /// "configuration OK" if it is valid, 1 with every error otherwise.
+    Check(SettingsArgs),
+}
+
+/// The settings that can come from the command line or the environment.
+#[derive(Debug, Default, Args)]
+struct SettingsArgs {
+    /// TOML configuration file.
+    #[arg(short, long, env = "PGTENANT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address of the primary listener, e.g. 127.0.0.1:6432.
+    #[arg(long, env = "PGTENANT_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// Server to pool: postgres://user:password@host:port/database.
+    // The value holds a password: never show it in --help.
+    #[arg(
+        long,
+        env = "PGTENANT_UPSTREAM",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    upstream: Option<String>,
+    /// session, transaction or statement.
+    #[arg(long, env = "PGTENANT_POOL_MODE", value_name = "MODE")]
+    pool_mode: Option<String>,
+    /// Server connections per pool.
+    #[arg(long, env = "PGTENANT_POOL_SIZE", value_name = "N")]
+    pool_size: Option<u32>,
+    /// plain or json.
+    #[arg(long, env = "PGTENANT_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// tracing filter, e.g. info or pgtenant=debug,info (RUST_LOG wins if set).
+    #[arg(long, env = "PGTENANT_LOG_LEVEL", value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Runtime worker threads; 0 = one per core.
+    #[arg(long, env = "PGTENANT_WORKERS", value_name = "N")]
+    workers: Option<usize>,
+    /// Client auth on the primary listener: scram-sha-256, md5 or trust.
+    #[arg(long, env = "PGTENANT_AUTH_TYPE", value_name = "TYPE")]
+    auth_type: Option<String>,
+    /// Largest number of client connections.
+    #[arg(long, env = "PGTENANT_MAX_CLIENT_CONN", value_name = "N")]
+    max_client_conn: Option<u32>,
+}
+
+impl SettingsArgs {
+    fn into_overrides(self) -> Overrides {
+        Overrides {
+            config: self.config,
+            listen: self.listen,
+            upstream: self.upstream,
+            pool_mode: self.pool_mode,
+            pool_size: self.pool_size,
+            log_format: self.log_format,
+            log_level: self.log_level,
+            workers: self.workers,
+            auth_type: self.auth_type,
+            max_client_conn: self.max_client_conn,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check(args)) => check(args.into_overrides()),
+        Some(Command::Run(args)) => run(args.into_overrides()),
+        None => run(cli.settings.into_overrides()),
+    }
+}
+
+/// `pgtenant check`: every error on its own line on stderr, "key: message".
+fn check(overrides: Overrides) -> ExitCode {
+    match config::load(overrides.config.as_ref(), &overrides) {
+        Ok(_) => {
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in &e.errors {
+                eprintln!("{line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `pgtenant run`: load, set up logging, start.
+fn run(overrides: Overrides) -> ExitCode {
+    match config::load(overrides.config.as_ref(), &overrides) {
+        Ok(settings) => {
+            logging::init(settings.log_format, &settings.log_level);
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                config = ?settings.config_file,
+                upstream = %settings.upstream.redacted(),
+                "configuration loaded"
+            );
+            start(settings, overrides)
+        }
+        Err(e) => {
+            // Log through tracing in the format asked for, so a JSON log pipeline sees
+            // why the pod is crash-looping.
+            let format = match overrides.log_format.as_deref() {
+                Some(f) if f.eq_ignore_ascii_case("json") => LogFormat::Json,
+                _ => LogFormat::Plain,
+            };
+            logging::init(format, "info");
+            for line in &e.errors {
+                tracing::error!(error = %line, "configuration error");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Hand over to the server. Replaced by `pgtenant::server::run(settings, overrides)` when
+/// the server module is merged.
+fn start(settings: Settings, overrides: Overrides) -> ExitCode {
+    let _ = overrides;
+    tracing::info!(listen = %settings.primary_listen(), "would start");
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_become_overrides() {
+        let cli = Cli::try_parse_from([
+            "pgtenant",
+            "run",
+            "--config",
+            "f.toml",
+            "--listen",
+            "0.0.0.0:1",
+            "--upstream",
+            "postgres://a@b",
+            "--pool-mode",
+            "session",
+            "--pool-size",
+            "3",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--workers",
+            "2",
+            "--auth-type",
+            "md5",
+            "--max-client-conn",
+            "9",
+        ])
+        .unwrap();
+        let Some(Command::Run(args)) = cli.command else {
+            panic!("expected run")
+        };
+        let o = args.into_overrides();
+        assert_eq!(o.config, Some(PathBuf::from("f.toml")));
+        assert_eq!(o.listen.as_deref(), Some("0.0.0.0:1"));
+        assert_eq!(o.upstream.as_deref(), Some("postgres://a@b"));
+        assert_eq!(o.pool_mode.as_deref(), Some("session"));
+        assert_eq!(o.pool_size, Some(3));
+        assert_eq!(o.log_format.as_deref(), Some("json"));
+        assert_eq!(o.log_level.as_deref(), Some("debug"));
+        assert_eq!(o.workers, Some(2));
+        assert_eq!(o.auth_type.as_deref(), Some("md5"));
+        assert_eq!(o.max_client_conn, Some(9));
+    }
+
+    #[test]
+    fn run_is_the_default_and_check_takes_a_config() {
+        let cli = Cli::try_parse_from(["pgtenant", "--pool-size", "4"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.settings.pool_size, Some(4));
+        let cli = Cli::try_parse_from(["pgtenant", "check", "--config", "x.toml"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Check(ref a)) if a.config == Some("x.toml".into()))
+        );
+        assert!(Cli::try_parse_from(["pgtenant", "--pool-size", "x"]).is_err());
+    }
+}

@@ -1,15 +1,38 @@
 //! Loading: TOML file < environment < command-line flags, then validation.
-use std::path::PathBuf;
+//!
+//! The file is walked key by key instead of being deserialized into one struct: serde stops
+//! at the first bad field, and an operator fixing a ConfigMap wants every mistake at once.
+//! Every error names its key (`pool_size: expected a positive integer, got -1`).
 
-use super::Settings;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Value;
+
+use super::{
+    AuthType, ClientTls, Listener, LogFormat, PoolMode, ServerTls, Settings, Upstream, UserSettings,
+};
 
 /// Values given on the command line or in the environment; `None` = not given.
+///
+/// clap fills this with flag > environment precedence; `load` puts it above the file.
+/// The same value is kept for the life of the process so a reload re-applies it.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// `--config` / `PGTENANT_CONFIG`. `load` reads only the file it is handed; this is
+    /// kept here so the server knows what was asked for.
+    pub config: Option<PathBuf>,
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub pool_mode: Option<String>,
     pub pool_size: Option<u32>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+    pub workers: Option<usize>,
+    pub auth_type: Option<String>,
+    pub max_client_conn: Option<u32>,
 }
 
 /// Every problem found, each naming its key.
@@ -19,7 +42,1165 @@ pub struct ConfigError {
     pub errors: Vec<String>,
 }
 
+impl ConfigError {
+    fn one(key: &str, msg: impl std::fmt::Display) -> ConfigError {
+        ConfigError {
+            errors: vec![format!("{key}: {msg}")],
+        }
+    }
+}
+
+/// Load settings from `file` (if any), then apply `overrides`, then validate.
 pub fn load(file: Option<&PathBuf>, overrides: &Overrides) -> Result<Settings, ConfigError> {
-    let _ = (file, overrides);
-    Err(ConfigError { errors: vec!["not yet implemented".into()] })
+    let mut draft = Draft::default();
+    let mut errs = Errors::default();
+    if let Some(path) = file {
+        let table = read_file(path)?;
+        // Relative paths in the file are relative to the file, not to the working
+        // directory: the same file then means the same thing from `check` and from `run`.
+        let base = path.parent().unwrap_or(Path::new(""));
+        apply_file(&mut draft, &table, base, &mut errs);
+    }
+    apply_overrides(&mut draft, overrides, &mut errs);
+    finish(draft, file.cloned(), errs)
+}
+
+/// Re-read the file the current settings came from and re-apply the same overrides.
+/// The caller swaps the result in only if it is Ok; a bad edit leaves the old settings.
+pub fn reload(current: &Settings, overrides: &Overrides) -> Result<Settings, ConfigError> {
+    load(current.config_file.as_ref(), overrides)
+}
+
+/// Errors collected while loading; each is "key: message".
+#[derive(Default)]
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn push(&mut self, key: &str, msg: impl std::fmt::Display) {
+        self.0.push(format!("{key}: {msg}"));
+    }
+
+    /// Record the error of `r`, if any, under `key`.
+    fn check<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|e| self.push(key, e)).ok()
+    }
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one("config", format!("cannot read '{shown}': {e}")))?;
+    text.parse::<toml::Table>().map_err(|e| {
+        // toml's Display is a multi-line snippet; one line with the position reads better
+        // in logs and in `check` output.
+        let at = match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(" at line {line}, column {column}")
+            }
+            None => String::new(),
+        };
+        ConfigError::one(
+            "config",
+            format!(
+                "'{shown}' is not valid TOML{at}: {}",
+                e.message().trim_end()
+            ),
+        )
+    })
+}
+
+/// A listener as written, before its address is checked.
+struct DraftListener {
+    /// How errors name it: `listen` for the primary, `listener[i]` for the others.
+    key: String,
+    listen: String,
+    auth_type: AuthType,
+    client_tls: ClientTls,
+}
+
+/// Settings being assembled: defaults, then the file, then overrides. Values that need
+/// cross-checks or parsing (listen, upstream) stay raw until `finish`.
+struct Draft {
+    primary: DraftListener,
+    extra_listeners: Vec<DraftListener>,
+    upstream: Option<String>,
+    pool_mode: PoolMode,
+    pool_size: u32,
+    min_pool_size: u32,
+    reserve_pool_size: u32,
+    reserve_pool_timeout: Duration,
+    max_client_conn: u32,
+    max_db_connections: u32,
+    query_wait_timeout: Duration,
+    server_connect_timeout: Duration,
+    server_idle_timeout: Duration,
+    server_lifetime: Duration,
+    idle_transaction_timeout: Duration,
+    server_reset_query: String,
+    server_reset_query_always: bool,
+    server_check_query: String,
+    server_check_delay: Duration,
+    max_message_size: u32,
+    shutdown_timeout: Duration,
+    auth_file: Option<PathBuf>,
+    users: BTreeMap<String, UserSettings>,
+    client_tls_cert_file: Option<PathBuf>,
+    client_tls_key_file: Option<PathBuf>,
+    server_tls: ServerTls,
+    server_tls_ca_file: Option<PathBuf>,
+    log_format: LogFormat,
+    log_level: String,
+    workers: usize,
+    tcp_keepalive: Duration,
+}
+
+/// The defaults, as PgBouncer's where PgBouncer has the setting.
+impl Default for Draft {
+    fn default() -> Draft {
+        Draft {
+            primary: DraftListener {
+                key: "listen".into(),
+                listen: "127.0.0.1:6432".into(),
+                auth_type: AuthType::ScramSha256,
+                client_tls: ClientTls::Disable,
+            },
+            extra_listeners: Vec::new(),
+            upstream: None,
+            pool_mode: PoolMode::Transaction,
+            pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: secs(5),
+            max_client_conn: 100,
+            max_db_connections: 0,
+            query_wait_timeout: secs(120),
+            server_connect_timeout: secs(15),
+            server_idle_timeout: secs(600),
+            server_lifetime: secs(3600),
+            idle_transaction_timeout: secs(0),
+            server_reset_query: "DISCARD ALL".into(),
+            server_reset_query_always: false,
+            server_check_query: "select 1".into(),
+            server_check_delay: secs(30),
+            max_message_size: 64 * 1024 * 1024,
+            shutdown_timeout: secs(30),
+            auth_file: None,
+            users: BTreeMap::new(),
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
+            server_tls: ServerTls::Disable,
+            server_tls_ca_file: None,
+            log_format: LogFormat::Plain,
+            log_level: "info".into(),
+            workers: 0,
+            tcp_keepalive: secs(0),
+        }
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+const POOL_MODES: &[(&str, PoolMode)] = &[
+    ("session", PoolMode::Session),
+    ("transaction", PoolMode::Transaction),
+    ("statement", PoolMode::Statement),
+];
+const AUTH_TYPES: &[(&str, AuthType)] = &[
+    ("scram-sha-256", AuthType::ScramSha256),
+    ("md5", AuthType::Md5),
+    ("trust", AuthType::Trust),
+];
+const CLIENT_TLS: &[(&str, ClientTls)] = &[
+    ("disable", ClientTls::Disable),
+    ("allow", ClientTls::Allow),
+    ("require", ClientTls::Require),
+];
+const SERVER_TLS: &[(&str, ServerTls)] = &[
+    ("disable", ServerTls::Disable),
+    ("prefer", ServerTls::Prefer),
+    ("require", ServerTls::Require),
+    ("verify-ca", ServerTls::VerifyCa),
+    ("verify-full", ServerTls::VerifyFull),
+];
+const LOG_FORMATS: &[(&str, LogFormat)] = &[("plain", LogFormat::Plain), ("json", LogFormat::Json)];
+
+/// PgBouncer names that pgtenant spells differently, for a helpful "unknown key" error.
+const RENAMED: &[(&str, &str)] = &[
+    ("default_pool_size", "pool_size"),
+    ("listen_addr", "listen"),
+    ("listen_port", "listen"),
+    ("client_tls_sslmode", "client_tls"),
+    ("server_tls_sslmode", "server_tls"),
+    ("pkt_buf", "max_message_size"),
+    ("max_packet_size", "max_message_size"),
+];
+
+fn unknown_key(key: &str) -> String {
+    match RENAMED.iter().find(|(old, _)| *old == key) {
+        Some((_, new)) => format!("unknown key '{key}' (did you mean '{new}'?)"),
+        None => format!("unknown key '{key}'"),
+    }
+}
+
+fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors) {
+    for (key, v) in table {
+        let k = key.as_str();
+        // Each arm parses the value and stores it; a parse error is recorded under the key.
+        let r: Result<(), String> = match k {
+            "listen" => string(v).map(|x| d.primary.listen = x),
+            "auth_type" => choice(v, AUTH_TYPES).map(|x| d.primary.auth_type = x),
+            "client_tls" => choice(v, CLIENT_TLS).map(|x| d.primary.client_tls = x),
+            "listener" => {
+                apply_listeners(d, v, errs);
+                Ok(())
+            }
+            "upstream" => string(v).map(|x| d.upstream = Some(x)),
+            "users" => {
+                apply_users(d, v, errs);
+                Ok(())
+            }
+            "auth_file" => path(v, base).map(|x| d.auth_file = Some(x)),
+            "pool_mode" => choice(v, POOL_MODES).map(|x| d.pool_mode = x),
+            "pool_size" => positive(v).map(|x| d.pool_size = x),
+            "min_pool_size" => count(v).map(|x| d.min_pool_size = x),
+            "reserve_pool_size" => count(v).map(|x| d.reserve_pool_size = x),
+            "reserve_pool_timeout" => seconds(v).map(|x| d.reserve_pool_timeout = x),
+            "max_client_conn" => positive(v).map(|x| d.max_client_conn = x),
+            "max_db_connections" => count(v).map(|x| d.max_db_connections = x),
+            "query_wait_timeout" => seconds(v).map(|x| d.query_wait_timeout = x),
+            "server_connect_timeout" => seconds(v).map(|x| d.server_connect_timeout = x),
+            "server_idle_timeout" => seconds(v).map(|x| d.server_idle_timeout = x),
+            "server_lifetime" => seconds(v).map(|x| d.server_lifetime = x),
+            "idle_transaction_timeout" => seconds(v).map(|x| d.idle_transaction_timeout = x),
+            "server_reset_query" => string(v).map(|x| d.server_reset_query = x),
+            "server_reset_query_always" => boolean(v).map(|x| d.server_reset_query_always = x),
+            "server_check_query" => string(v).map(|x| d.server_check_query = x),
+            "server_check_delay" => seconds(v).map(|x| d.server_check_delay = x),
+            "max_message_size" => count(v).map(|x| d.max_message_size = x),
+            "shutdown_timeout" => seconds(v).map(|x| d.shutdown_timeout = x),
+            "client_tls_cert_file" => path(v, base).map(|x| d.client_tls_cert_file = Some(x)),
+            "client_tls_key_file" => path(v, base).map(|x| d.client_tls_key_file = Some(x)),
+            "server_tls" => choice(v, SERVER_TLS).map(|x| d.server_tls = x),
+            "server_tls_ca_file" => path(v, base).map(|x| d.server_tls_ca_file = Some(x)),
+            "log_format" => choice(v, LOG_FORMATS).map(|x| d.log_format = x),
+            "log_level" => string(v).map(|x| d.log_level = x),
+            "workers" => count(v).map(|x| d.workers = x as usize),
+            "tcp_keepalive" => seconds(v).map(|x| d.tcp_keepalive = x),
+            _ => Err(unknown_key(k)),
+        };
+        errs.check(k, r);
+    }
+}
+
+/// `[[listener]]`: more addresses, each with its own auth and TLS. Unset fields take the
+/// type defaults (scram-sha-256, no TLS), not the primary's, so that relaxing the primary
+/// (say `auth_type = "trust"` on a loopback port) never relaxes another port by accident.
+fn apply_listeners(d: &mut Draft, v: &Value, errs: &mut Errors) {
+    let Some(items) = v.as_array() else {
+        errs.push("listener", "expected an array of tables ([[listener]])");
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("listener[{i}]");
+        let Some(t) = item.as_table() else {
+            errs.push(&key, "expected a table with listen, auth_type, client_tls");
+            continue;
+        };
+        let mut l = DraftListener {
+            key: key.clone(),
+            listen: String::new(),
+            auth_type: AuthType::default(),
+            client_tls: ClientTls::default(),
+        };
+        for (k, v) in t {
+            let r = match k.as_str() {
+                "listen" => string(v).map(|x| l.listen = x),
+                "auth_type" => choice(v, AUTH_TYPES).map(|x| l.auth_type = x),
+                "client_tls" => choice(v, CLIENT_TLS).map(|x| l.client_tls = x),
+                _ => Err(unknown_key(k)),
+            };
+            errs.check(&format!("{key}.{k}"), r);
+        }
+        if !t.contains_key("listen") {
+            errs.push(
+                &format!("{key}.listen"),
+                "missing; every [[listener]] needs an address",
+            );
+            continue;
+        }
+        d.extra_listeners.push(l);
+    }
+}
+
+/// `[users.NAME]`: password, pool_size, pool_mode.
+fn apply_users(d: &mut Draft, v: &Value, errs: &mut Errors) {
+    let Some(users) = v.as_table() else {
+        errs.push("users", "expected tables like [users.NAME]");
+        return;
+    };
+    for (name, u) in users {
+        let key = format!("users.{name}");
+        if name.is_empty() {
+            errs.push("users", "a user name may not be empty");
+            continue;
+        }
+        let Some(t) = u.as_table() else {
+            errs.push(&key, "expected a table with password, pool_size, pool_mode");
+            continue;
+        };
+        let mut user = UserSettings::default();
+        for (k, v) in t {
+            let r = match k.as_str() {
+                // Never echo the value: it is a secret.
+                "password" => match v.as_str() {
+                    Some(s) => {
+                        user.password = Some(s.to_string());
+                        Ok(())
+                    }
+                    None => Err(format!("expected a string, got {}", v.type_str())),
+                },
+                "pool_size" => positive(v).map(|x| user.pool_size = Some(x)),
+                "pool_mode" => choice(v, POOL_MODES).map(|x| user.pool_mode = Some(x)),
+                _ => Err(unknown_key(k)),
+            };
+            errs.check(&format!("{key}.{k}"), r);
+        }
+        d.users.insert(name.clone(), user);
+    }
+}
+
+/// Overrides sit above the file. Their errors say where the value came from, since the
+/// operator will otherwise look for it in the file.
+fn apply_overrides(d: &mut Draft, o: &Overrides, errs: &mut Errors) {
+    const FROM: &str = "(from command line or environment)";
+    if let Some(x) = &o.listen {
+        d.primary.listen = x.clone();
+    }
+    if let Some(x) = &o.upstream {
+        d.upstream = Some(x.clone());
+    }
+    if let Some(x) = &o.pool_mode {
+        let r = choice_str(x, POOL_MODES).map_err(|e| format!("{e} {FROM}"));
+        if let Some(x) = errs.check("pool_mode", r) {
+            d.pool_mode = x;
+        }
+    }
+    if let Some(x) = o.pool_size {
+        d.pool_size = x;
+    }
+    if let Some(x) = &o.log_format {
+        let r = choice_str(x, LOG_FORMATS).map_err(|e| format!("{e} {FROM}"));
+        if let Some(x) = errs.check("log_format", r) {
+            d.log_format = x;
+        }
+    }
+    if let Some(x) = &o.log_level {
+        d.log_level = x.clone();
+    }
+    if let Some(x) = o.workers {
+        d.workers = x;
+    }
+    if let Some(x) = &o.auth_type {
+        let r = choice_str(x, AUTH_TYPES).map_err(|e| format!("{e} {FROM}"));
+        if let Some(x) = errs.check("auth_type", r) {
+            d.primary.auth_type = x;
+        }
+    }
+    if let Some(x) = o.max_client_conn {
+        d.max_client_conn = x;
+    }
+}
+
+/// Cross-checks on the merged values, then the `Settings`.
+fn finish(
+    d: Draft,
+    config_file: Option<PathBuf>,
+    mut errs: Errors,
+) -> Result<Settings, ConfigError> {
+    // Listeners: each address must parse and be distinct.
+    let mut listeners = Vec::new();
+    for l in std::iter::once(&d.primary).chain(&d.extra_listeners) {
+        let key = if l.key == "listen" {
+            "listen".to_string()
+        } else {
+            format!("{}.listen", l.key)
+        };
+        let Some(addr) = errs.check(&key, socket_addr(&l.listen)) else {
+            continue;
+        };
+        if listeners.iter().any(|x: &Listener| x.addr == addr) {
+            errs.push(&key, format!("{addr} is already used by another listener"));
+            continue;
+        }
+        listeners.push(Listener {
+            addr,
+            auth_type: l.auth_type,
+            client_tls: l.client_tls,
+        });
+    }
+
+    let upstream = match &d.upstream {
+        None => {
+            errs.push("upstream", "missing; set upstream in the file, PGTENANT_UPSTREAM or --upstream (postgres://user:password@host:port/database)");
+            None
+        }
+        Some(s) => errs.check("upstream", Upstream::parse(s)),
+    };
+
+    if d.pool_size == 0 {
+        errs.push("pool_size", "expected a positive integer, got 0");
+    }
+    if d.min_pool_size > d.pool_size {
+        errs.push(
+            "min_pool_size",
+            format!(
+                "{} is larger than pool_size ({})",
+                d.min_pool_size, d.pool_size
+            ),
+        );
+    }
+    for (name, u) in &d.users {
+        if let Some(size) = u.pool_size {
+            if d.min_pool_size > size {
+                errs.push(
+                    &format!("users.{name}.pool_size"),
+                    format!("{size} is smaller than min_pool_size ({})", d.min_pool_size),
+                );
+            }
+        }
+    }
+    if d.max_client_conn == 0 {
+        errs.push("max_client_conn", "expected a positive integer, got 0");
+    }
+    // Below 1 KiB even a startup packet with a few parameters would not fit; above 1 GiB
+    // PostgreSQL itself refuses the message.
+    const MIN_MESSAGE: u32 = 1024;
+    const MAX_MESSAGE: u32 = 1 << 30;
+    if !(MIN_MESSAGE..=MAX_MESSAGE).contains(&d.max_message_size) {
+        errs.push(
+            "max_message_size",
+            format!(
+                "expected {MIN_MESSAGE} to {MAX_MESSAGE} bytes, got {}",
+                d.max_message_size
+            ),
+        );
+    }
+    if d.workers > 1024 {
+        errs.push(
+            "workers",
+            format!(
+                "expected at most 1024 (0 = one per core), got {}",
+                d.workers
+            ),
+        );
+    }
+    if d.log_level.trim().is_empty() {
+        errs.push(
+            "log_level",
+            "expected a filter such as 'info' or 'pgtenant=debug,info'",
+        );
+    } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&d.log_level) {
+        errs.push("log_level", format!("not a valid filter ({e})"));
+    }
+
+    // TLS towards clients needs a certificate on any listener that offers it.
+    if let Some(l) = listeners
+        .iter()
+        .find(|l| l.client_tls != ClientTls::Disable)
+    {
+        let why = format!(
+            "required because the listener on {} has client_tls = {}",
+            l.addr,
+            name_of(l.client_tls, CLIENT_TLS)
+        );
+        if d.client_tls_cert_file.is_none() {
+            errs.push("client_tls_cert_file", &why);
+        }
+        if d.client_tls_key_file.is_none() {
+            errs.push("client_tls_key_file", &why);
+        }
+    }
+    if matches!(d.server_tls, ServerTls::VerifyCa | ServerTls::VerifyFull)
+        && d.server_tls_ca_file.is_none()
+    {
+        errs.push(
+            "server_tls_ca_file",
+            format!(
+                "required because server_tls = {}",
+                name_of(d.server_tls, SERVER_TLS)
+            ),
+        );
+    }
+    for (key, p) in [
+        ("auth_file", &d.auth_file),
+        ("client_tls_cert_file", &d.client_tls_cert_file),
+        ("client_tls_key_file", &d.client_tls_key_file),
+        ("server_tls_ca_file", &d.server_tls_ca_file),
+    ] {
+        if let Some(p) = p {
+            errs.check(key, readable_file(p));
+        }
+    }
+
+    let (Some(upstream), true) = (upstream, errs.0.is_empty()) else {
+        return Err(ConfigError { errors: errs.0 });
+    };
+
+    // The upstream login is the one clients use by default: make sure pgtenant knows it,
+    // and knows its password when the file named the user without one.
+    let mut users = d.users;
+    let entry = users.entry(upstream.user.clone()).or_default();
+    if entry.password.is_none() {
+        entry.password = upstream.password.clone();
+    }
+
+    Ok(Settings {
+        config_file,
+        listeners,
+        upstream,
+        pool_mode: d.pool_mode,
+        pool_size: d.pool_size,
+        min_pool_size: d.min_pool_size,
+        reserve_pool_size: d.reserve_pool_size,
+        reserve_pool_timeout: d.reserve_pool_timeout,
+        max_client_conn: d.max_client_conn,
+        max_db_connections: d.max_db_connections,
+        query_wait_timeout: d.query_wait_timeout,
+        server_connect_timeout: d.server_connect_timeout,
+        server_idle_timeout: d.server_idle_timeout,
+        server_lifetime: d.server_lifetime,
+        idle_transaction_timeout: d.idle_transaction_timeout,
+        server_reset_query: d.server_reset_query,
+        server_reset_query_always: d.server_reset_query_always,
+        server_check_query: d.server_check_query,
+        server_check_delay: d.server_check_delay,
+        max_message_size: d.max_message_size,
+        shutdown_timeout: d.shutdown_timeout,
+        auth_file: d.auth_file,
+        users,
+        client_tls_cert_file: d.client_tls_cert_file,
+        client_tls_key_file: d.client_tls_key_file,
+        server_tls: d.server_tls,
+        server_tls_ca_file: d.server_tls_ca_file,
+        log_format: d.log_format,
+        log_level: d.log_level,
+        workers: d.workers,
+        tcp_keepalive: d.tcp_keepalive,
+    })
+}
+
+// ---- value readers: each returns the message that follows "key: " ----
+
+/// A short rendering of a bad value for error messages.
+fn got(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.chars().count() > 40 => {
+            format!("'{}…'", s.chars().take(40).collect::<String>())
+        }
+        Value::String(s) => format!("'{s}'"),
+        Value::Integer(_) | Value::Float(_) | Value::Boolean(_) => v.to_string(),
+        other => format!("a {}", other.type_str()),
+    }
+}
+
+fn string(v: &Value) -> Result<String, String> {
+    v.as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("expected a string, got {}", got(v)))
+}
+
+fn boolean(v: &Value) -> Result<bool, String> {
+    // PgBouncer writes booleans as 0/1; accept both spellings.
+    match v {
+        Value::Boolean(b) => Ok(*b),
+        Value::Integer(0) => Ok(false),
+        Value::Integer(1) => Ok(true),
+        _ => Err(format!("expected true or false, got {}", got(v))),
+    }
+}
+
+/// A u32 greater than zero.
+fn positive(v: &Value) -> Result<u32, String> {
+    match v.as_integer().map(u32::try_from) {
+        Some(Ok(n)) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive integer, got {}", got(v))),
+    }
+}
+
+/// A u32, zero allowed.
+fn count(v: &Value) -> Result<u32, String> {
+    match v.as_integer().map(u32::try_from) {
+        Some(Ok(n)) => Ok(n),
+        _ => Err(format!("expected a non-negative integer, got {}", got(v))),
+    }
+}
+
+/// Seconds as an integer or a float, as PgBouncer; 0 means "disabled" where it says so.
+fn seconds(v: &Value) -> Result<Duration, String> {
+    let n = match v {
+        Value::Integer(i) => *i as f64,
+        Value::Float(f) => *f,
+        _ => f64::NAN,
+    };
+    if n.is_finite() && n >= 0.0 {
+        if let Ok(d) = Duration::try_from_secs_f64(n) {
+            return Ok(d);
+        }
+    }
+    Err(format!(
+        "expected a non-negative number of seconds, got {}",
+        got(v)
+    ))
+}
+
+fn path(v: &Value, base: &Path) -> Result<PathBuf, String> {
+    let s = string(v)?;
+    if s.is_empty() {
+        return Err("expected a file path, got ''".into());
+    }
+    Ok(base.join(s))
+}
+
+fn choice<T: Copy>(v: &Value, options: &[(&str, T)]) -> Result<T, String> {
+    match v.as_str() {
+        Some(s) => choice_str(s, options),
+        None => Err(format!(
+            "expected one of {}, got {}",
+            names(options),
+            got(v)
+        )),
+    }
+}
+
+fn choice_str<T: Copy>(s: &str, options: &[(&str, T)]) -> Result<T, String> {
+    options
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(s.trim()))
+        .map(|(_, x)| *x)
+        .ok_or_else(|| format!("expected one of {}, got '{s}'", names(options)))
+}
+
+fn names<T>(options: &[(&str, T)]) -> String {
+    options
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn name_of<T: Copy + PartialEq>(x: T, options: &[(&'static str, T)]) -> &'static str {
+    options
+        .iter()
+        .find(|(_, v)| *v == x)
+        .map_or("?", |(n, _)| n)
+}
+
+/// `host:port` with an IP address; `*` and `localhost` are accepted as PgBouncer users
+/// write them (`*` = every IPv4 interface).
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let named = s.rsplit_once(':').and_then(|(host, port)| {
+        let ip = match host {
+            "*" => Ipv4Addr::UNSPECIFIED,
+            "localhost" => Ipv4Addr::LOCALHOST,
+            _ => return None,
+        };
+        port.parse::<u16>().ok().map(|p| SocketAddr::from((ip, p)))
+    });
+    named.ok_or_else(|| format!("expected an address like 127.0.0.1:6432 or [::]:6432, got '{s}'"))
+}
+
+fn readable_file(p: &Path) -> Result<(), String> {
+    let shown = p.display();
+    // Opening proves readability; a directory opens too on Linux, hence the metadata check.
+    let f = std::fs::File::open(p).map_err(|e| format!("cannot read '{shown}': {e}"))?;
+    match f.metadata() {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!("'{shown}' is not a regular file")),
+        Err(e) => Err(format!("cannot read '{shown}': {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const UP: &str = "upstream = \"postgres://app:secret@127.0.0.1:5432/app\"\n";
+
+    /// A fresh directory per test (no tempfile dependency); left behind in /tmp.
+    fn temp_dir() -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pgtenant-config-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn load_str(text: &str, o: &Overrides) -> Result<Settings, ConfigError> {
+        let p = write(&temp_dir(), "pgtenant.toml", text);
+        load(Some(&p), o)
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        load_str(text, &Overrides::default()).unwrap_err().errors
+    }
+
+    fn has(errs: &[String], want: &str) -> bool {
+        errs.iter().any(|e| e.contains(want))
+    }
+
+    #[test]
+    fn defaults_match_pgbouncer() {
+        let s = load_str(UP, &Overrides::default()).unwrap();
+        assert_eq!(s.listeners.len(), 1);
+        assert_eq!(s.primary_listen(), "127.0.0.1:6432".parse().unwrap());
+        assert_eq!(s.listeners[0].auth_type, AuthType::ScramSha256);
+        assert_eq!(s.listeners[0].client_tls, ClientTls::Disable);
+        assert_eq!(s.pool_mode, PoolMode::Transaction);
+        assert_eq!(s.pool_size, 20);
+        assert_eq!(s.min_pool_size, 0);
+        assert_eq!(s.reserve_pool_size, 0);
+        assert_eq!(s.reserve_pool_timeout, secs(5));
+        assert_eq!(s.max_client_conn, 100);
+        assert_eq!(s.max_db_connections, 0);
+        assert_eq!(s.query_wait_timeout, secs(120));
+        assert_eq!(s.server_connect_timeout, secs(15));
+        assert_eq!(s.server_idle_timeout, secs(600));
+        assert_eq!(s.server_lifetime, secs(3600));
+        assert_eq!(s.idle_transaction_timeout, secs(0));
+        assert_eq!(s.server_reset_query, "DISCARD ALL");
+        assert!(!s.server_reset_query_always);
+        assert_eq!(s.server_check_query, "select 1");
+        assert_eq!(s.server_check_delay, secs(30));
+        assert_eq!(s.max_message_size, 64 * 1024 * 1024);
+        assert_eq!(s.shutdown_timeout, secs(30));
+        assert_eq!(s.server_tls, ServerTls::Disable);
+        assert_eq!(s.log_format, LogFormat::Plain);
+        assert_eq!(s.log_level, "info");
+        assert_eq!(s.workers, 0);
+        assert_eq!(s.tcp_keepalive, secs(0));
+        assert_eq!(s.auth_file, None);
+        assert!(s.config_file.is_some());
+    }
+
+    #[test]
+    fn upstream_user_is_added_to_users() {
+        let s = load_str(UP, &Overrides::default()).unwrap();
+        assert_eq!(s.users["app"].password.as_deref(), Some("secret"));
+        // A user named in the file keeps its own password and gains nothing else.
+        let s = load_str(
+            &format!("{UP}[users.app]\npassword = \"other\"\npool_size = 3\n"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.users["app"].password.as_deref(), Some("other"));
+        assert_eq!(s.pool_size_for("app"), 3);
+        // Named without a password: the URL's password is used.
+        let s = load_str(
+            &format!("{UP}[users.app]\npool_mode = \"session\"\n"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.users["app"].password.as_deref(), Some("secret"));
+        assert_eq!(s.pool_mode_for("app"), PoolMode::Session);
+    }
+
+    #[test]
+    fn precedence_file_then_overrides() {
+        let text = format!("{UP}listen = \"127.0.0.1:7000\"\npool_mode = \"session\"\npool_size = 5\nlog_format = \"json\"\nworkers = 2\nauth_type = \"md5\"\nmax_client_conn = 50\nlog_level = \"debug\"\n");
+        let s = load_str(&text, &Overrides::default()).unwrap();
+        assert_eq!(s.primary_listen().port(), 7000);
+        assert_eq!(s.pool_mode, PoolMode::Session);
+        assert_eq!(s.pool_size, 5);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.workers, 2);
+        assert_eq!(s.listeners[0].auth_type, AuthType::Md5);
+        assert_eq!(s.max_client_conn, 50);
+
+        let o = Overrides {
+            config: None,
+            listen: Some("0.0.0.0:7001".into()),
+            upstream: Some("postgres://other:pw@db:6000/x".into()),
+            pool_mode: Some("statement".into()),
+            pool_size: Some(9),
+            log_format: Some("plain".into()),
+            log_level: Some("warn".into()),
+            workers: Some(4),
+            auth_type: Some("trust".into()),
+            max_client_conn: Some(7),
+        };
+        let s = load_str(&text, &o).unwrap();
+        assert_eq!(s.primary_listen(), "0.0.0.0:7001".parse().unwrap());
+        assert_eq!(s.upstream.user, "other");
+        assert_eq!(s.upstream.port, 6000);
+        assert_eq!(s.pool_mode, PoolMode::Statement);
+        assert_eq!(s.pool_size, 9);
+        assert_eq!(s.log_format, LogFormat::Plain);
+        assert_eq!(s.log_level, "warn");
+        assert_eq!(s.workers, 4);
+        assert_eq!(s.listeners[0].auth_type, AuthType::Trust);
+        assert_eq!(s.max_client_conn, 7);
+        // Both the file's upstream user and the override's are known? No: only the one in use.
+        assert!(s.users.contains_key("other"));
+        assert!(!s.users.contains_key("app"));
+    }
+
+    #[test]
+    fn no_file_only_overrides() {
+        let o = Overrides {
+            upstream: Some("postgres://u@h".into()),
+            ..Default::default()
+        };
+        let s = load(None, &o).unwrap();
+        assert_eq!(s.config_file, None);
+        assert_eq!(s.upstream.database, "u");
+        assert_eq!(s.users["u"].password, None);
+    }
+
+    #[test]
+    fn missing_upstream_is_named() {
+        let e = load(None, &Overrides::default()).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert!(e.errors[0].starts_with("upstream: missing"), "{e}");
+        assert!(has(&errors("pool_size = 3\n"), "upstream: missing"));
+        assert!(has(
+            &errors("upstream = \"http://x\"\n"),
+            "upstream: unsupported scheme"
+        ));
+    }
+
+    #[test]
+    fn bad_override_values_are_named() {
+        let o = Overrides {
+            pool_mode: Some("nope".into()),
+            log_format: Some("xml".into()),
+            auth_type: Some("password".into()),
+            listen: Some("nowhere".into()),
+            pool_size: Some(0),
+            max_client_conn: Some(0),
+            workers: Some(5000),
+            log_level: Some("=".into()),
+            ..Default::default()
+        };
+        let e = load_str(UP, &o).unwrap_err().errors;
+        assert!(has(&e, "pool_mode: expected one of session, transaction, statement, got 'nope' (from command line"));
+        assert!(has(&e, "log_format: expected one of plain, json"));
+        assert!(has(
+            &e,
+            "auth_type: expected one of scram-sha-256, md5, trust"
+        ));
+        assert!(has(&e, "listen: expected an address"));
+        assert!(has(&e, "pool_size: expected a positive integer, got 0"));
+        assert!(has(
+            &e,
+            "max_client_conn: expected a positive integer, got 0"
+        ));
+        assert!(has(&e, "workers: expected at most 1024"));
+        assert!(has(&e, "log_level: not a valid filter"));
+        assert_eq!(e.len(), 8, "{e:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = errors(&format!("{UP}foo = 1\ndefault_pool_size = 3\n[users.x]\nbar = 2\n[[listener]]\nlisten = \"127.0.0.1:1\"\nbaz = 3\n"));
+        assert!(has(&e, "foo: unknown key 'foo'"), "{e:?}");
+        assert!(has(
+            &e,
+            "default_pool_size: unknown key 'default_pool_size' (did you mean 'pool_size'?)"
+        ));
+        assert!(has(&e, "users.x.bar: unknown key 'bar'"));
+        assert!(has(&e, "listener[0].baz: unknown key 'baz'"));
+        assert_eq!(e.len(), 4, "{e:?}");
+    }
+
+    #[test]
+    fn every_error_is_collected() {
+        let text = "pool_size = -1\nmin_pool_size = \"x\"\nreserve_pool_timeout = -2\nserver_reset_query_always = \"yes\"\n\
+                    pool_mode = \"sometimes\"\nlisten = \"nope\"\nmax_message_size = 100\nserver_lifetime = \"1h\"\nclient_tls = 3\n\
+                    log_level = 5\nauth_file = \"\"\n";
+        let e = errors(text);
+        for want in [
+            "pool_size: expected a positive integer, got -1",
+            "min_pool_size: expected a non-negative integer, got 'x'",
+            "reserve_pool_timeout: expected a non-negative number of seconds, got -2",
+            "server_reset_query_always: expected true or false, got 'yes'",
+            "pool_mode: expected one of session, transaction, statement, got 'sometimes'",
+            "listen: expected an address like 127.0.0.1:6432 or [::]:6432, got 'nope'",
+            "max_message_size: expected 1024 to 1073741824 bytes, got 100",
+            "server_lifetime: expected a non-negative number of seconds, got '1h'",
+            "client_tls: expected one of disable, allow, require, got 3",
+            "log_level: expected a string, got 5",
+            "auth_file: expected a file path",
+            "upstream: missing",
+        ] {
+            assert!(has(&e, want), "missing {want:?} in {e:?}");
+        }
+        assert_eq!(e.len(), 12, "{e:?}");
+    }
+
+    #[test]
+    fn cross_checks() {
+        let e = errors(&format!("{UP}pool_size = 5\nmin_pool_size = 6\n"));
+        assert!(
+            has(&e, "min_pool_size: 6 is larger than pool_size (5)"),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{UP}min_pool_size = 6\n[users.a]\npool_size = 2\n"
+        ));
+        assert!(
+            has(&e, "users.a.pool_size: 2 is smaller than min_pool_size (6)"),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{UP}[users.a]\npool_size = 0\npassword = 7\npool_mode = \"x\"\n"
+        ));
+        assert!(
+            has(&e, "users.a.pool_size: expected a positive integer, got 0"),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "users.a.password: expected a string, got integer"),
+            "{e:?}"
+        );
+        assert!(has(&e, "users.a.pool_mode: expected one of"), "{e:?}");
+    }
+
+    #[test]
+    fn tls_requirements() {
+        let e = errors(&format!("{UP}client_tls = \"require\"\n"));
+        assert!(has(&e, "client_tls_cert_file: required because the listener on 127.0.0.1:6432 has client_tls = require"), "{e:?}");
+        assert!(has(&e, "client_tls_key_file: required"), "{e:?}");
+        // An extra listener offering TLS needs the files too.
+        let e = errors(&format!(
+            "{UP}[[listener]]\nlisten = \"127.0.0.1:6433\"\nclient_tls = \"allow\"\n"
+        ));
+        assert!(
+            has(
+                &e,
+                "client_tls_cert_file: required because the listener on 127.0.0.1:6433"
+            ),
+            "{e:?}"
+        );
+        let e = errors(&format!("{UP}server_tls = \"verify-full\"\n"));
+        assert_eq!(
+            e,
+            vec!["server_tls_ca_file: required because server_tls = verify-full"]
+        );
+        let e = errors(&format!("{UP}server_tls = \"verify-ca\"\n"));
+        assert!(has(&e, "server_tls_ca_file: required"));
+        assert!(load_str(
+            &format!("{UP}server_tls = \"require\"\n"),
+            &Overrides::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn named_files_must_be_readable_and_are_relative_to_the_config() {
+        let dir = temp_dir();
+        write(&dir, "cert.pem", "x");
+        write(&dir, "key.pem", "x");
+        write(&dir, "userlist.txt", "\"a\" \"b\"\n");
+        std::fs::create_dir_all(dir.join("adir")).unwrap();
+        let text = format!(
+            "{UP}client_tls = \"require\"\nclient_tls_cert_file = \"cert.pem\"\nclient_tls_key_file = \"key.pem\"\nauth_file = \"userlist.txt\"\n"
+        );
+        let p = write(&dir, "ok.toml", &text);
+        let s = load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(s.client_tls_cert_file, Some(dir.join("cert.pem")));
+        assert_eq!(s.auth_file, Some(dir.join("userlist.txt")));
+
+        let text = format!("{UP}auth_file = \"missing.txt\"\nserver_tls = \"verify-ca\"\nserver_tls_ca_file = \"adir\"\n");
+        let p = write(&dir, "bad.toml", &text);
+        let e = load(Some(&p), &Overrides::default()).unwrap_err().errors;
+        assert!(has(&e, "auth_file: cannot read '"), "{e:?}");
+        assert!(has(&e, "missing.txt"), "{e:?}");
+        assert!(
+            has(&e, "server_tls_ca_file: '") && has(&e, "is not a regular file"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn listeners() {
+        let text = format!(
+            "{UP}listen = \"*:6432\"\nauth_type = \"md5\"\n\
+             [[listener]]\nlisten = \"[::1]:6433\"\nauth_type = \"trust\"\n\
+             [[listener]]\nlisten = \"localhost:6434\"\n"
+        );
+        let s = load_str(&text, &Overrides::default()).unwrap();
+        let got: Vec<_> = s
+            .listeners
+            .iter()
+            .map(|l| (l.addr.to_string(), l.auth_type))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("0.0.0.0:6432".to_string(), AuthType::Md5),
+                ("[::1]:6433".to_string(), AuthType::Trust),
+                // Unset fields take the safe defaults, not the primary's.
+                ("127.0.0.1:6434".to_string(), AuthType::ScramSha256),
+            ]
+        );
+
+        let e = errors(&format!(
+            "{UP}[[listener]]\nauth_type = \"md5\"\n[[listener]]\nlisten = \"127.0.0.1:6432\"\n[[listener]]\nlisten = \"bad\"\n"
+        ));
+        assert!(has(&e, "listener[0].listen: missing"), "{e:?}");
+        assert!(
+            has(
+                &e,
+                "listener[1].listen: 127.0.0.1:6432 is already used by another listener"
+            ),
+            "{e:?}"
+        );
+        assert!(has(&e, "listener[2].listen: expected an address"), "{e:?}");
+        assert!(has(
+            &errors(&format!("{UP}listener = 3\n")),
+            "listener: expected an array of tables"
+        ));
+        assert!(has(
+            &errors(&format!("{UP}users = 3\n")),
+            "users: expected tables"
+        ));
+        assert!(has(
+            &errors(&format!("{UP}users = {{ a = 1 }}\n")),
+            "users.a: expected a table"
+        ));
+    }
+
+    #[test]
+    fn durations_accept_floats_and_integers() {
+        let s = load_str(
+            &format!("{UP}query_wait_timeout = 0.5\nserver_lifetime = 0\ntcp_keepalive = 60\nserver_reset_query_always = 1\n"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.query_wait_timeout, Duration::from_millis(500));
+        assert_eq!(s.server_lifetime, Duration::ZERO);
+        assert_eq!(s.tcp_keepalive, secs(60));
+        assert!(s.server_reset_query_always);
+        assert!(has(
+            &errors(&format!("{UP}server_lifetime = nan\n")),
+            "server_lifetime: expected"
+        ));
+        assert!(has(
+            &errors(&format!("{UP}server_lifetime = 1e300\n")),
+            "server_lifetime: expected"
+        ));
+    }
+
+    #[test]
+    fn unreadable_and_malformed_files() {
+        let e = load(
+            Some(&PathBuf::from("/nonexistent/pgtenant.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert!(
+            e.errors[0].starts_with("config: cannot read '/nonexistent/pgtenant.toml'"),
+            "{e}"
+        );
+
+        let e = errors("pool_size = 3\npool_mode = \n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("config: '") && e[0].contains("is not valid TOML at line 2, column"),
+            "{e:?}"
+        );
+        let e = errors("a = 1\na = 2\n");
+        assert!(e[0].contains("is not valid TOML at line 2"), "{e:?}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors() {
+        let e = errors(
+            "upstream = \"postgres://u:hunter2@h/d?x=1\"\n[users.a]\npassword = [\"hunter3\"]\n",
+        );
+        let all = e.join("\n");
+        assert!(
+            !all.contains("hunter2") && !all.contains("hunter3"),
+            "{all}"
+        );
+        let s = load_str(
+            &format!("{UP}[users.b]\npassword = \"hunter4\"\n"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("hunter4") && !dbg.contains("secret"), "{dbg}");
+    }
+
+    #[test]
+    fn reload_rereads_the_file_and_keeps_overrides() {
+        let dir = temp_dir();
+        let p = write(
+            &dir,
+            "pgtenant.toml",
+            &format!("{UP}pool_size = 5\nworkers = 1\n"),
+        );
+        let o = Overrides {
+            workers: Some(3),
+            ..Default::default()
+        };
+        let s = load(Some(&p), &o).unwrap();
+        assert_eq!((s.pool_size, s.workers), (5, 3));
+        write(
+            &dir,
+            "pgtenant.toml",
+            &format!("{UP}pool_size = 8\nworkers = 1\n"),
+        );
+        let s2 = reload(&s, &o).unwrap();
+        assert_eq!((s2.pool_size, s2.workers), (8, 3));
+        assert_eq!(s2.config_file, Some(p.clone()));
+        write(&dir, "pgtenant.toml", "pool_size = 0\n");
+        let e = reload(&s2, &o).unwrap_err();
+        assert!(
+            has(&e.errors, "pool_size: expected a positive integer, got 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgtenant.toml"));
+        let s = load(Some(&p), &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.upstream.redacted(),
+            "postgres://app:***@127.0.0.1:5432/app"
+        );
+        assert_eq!(s.users["app"].password.as_deref(), Some("secret"));
+        // The example spells out the defaults; it must not drift from them.
+        let d = load(
+            None,
+            &Overrides {
+                upstream: Some("postgres://app:secret@127.0.0.1:5432/app".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.pool_size, d.pool_size);
+        assert_eq!(s.server_lifetime, d.server_lifetime);
+        assert_eq!(s.max_message_size, d.max_message_size);
+        assert_eq!(s.server_reset_query, d.server_reset_query);
+        assert_eq!(s.listeners[0], d.listeners[0]);
+    }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 mod load;
 mod upstream;
 
-pub use load::{load, ConfigError, Overrides};
+pub use load::{load, reload, ConfigError, Overrides};
 pub use upstream::Upstream;
 
 /// How server connections are shared between clients (as in PgBouncer).
@@ -190,11 +190,17 @@ impl Settings {
 
     /// Pool size for a user, honouring a per-user override.
     pub fn pool_size_for(&self, user: &str) -> u32 {
-        self.users.get(user).and_then(|u| u.pool_size).unwrap_or(self.pool_size)
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_size)
+            .unwrap_or(self.pool_size)
     }
 
     /// Pool mode for a user, honouring a per-user override.
     pub fn pool_mode_for(&self, user: &str) -> PoolMode {
-        self.users.get(user).and_then(|u| u.pool_mode).unwrap_or(self.pool_mode)
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_mode)
+            .unwrap_or(self.pool_mode)
     }
 }
