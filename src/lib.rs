@@ -6,7 +6,13 @@
 //! See DESIGN.md for the module map.
 
 pub mod auth;
+pub mod backend;
 pub mod config;
+pub mod context;
+pub mod frontend;
 pub mod logging;
 pub mod net;
+pub mod pool;
 pub mod protocol;
+pub mod router;
+pub mod server;

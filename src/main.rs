@@ -151,9 +151,7 @@ fn run(overrides: Overrides) -> ExitCode {
 /// Hand over to the server. Replaced by `pgtenant::server::run(settings, overrides)` when
 /// the server module is merged.
 fn start(settings: Settings, overrides: Overrides) -> ExitCode {
-    let _ = overrides;
-    tracing::info!(listen = %settings.primary_listen(), "would start");
-    ExitCode::SUCCESS
+    pgtenant::server::run(settings, overrides)
 }
 
 #[cfg(test)]

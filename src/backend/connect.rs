@@ -31,7 +31,11 @@ pub struct ConnectParams {
 
 /// Connect, negotiate TLS, authenticate and wait for the first ReadyForQuery.
 pub async fn connect(p: &ConnectParams) -> Result<ServerConn, BackendError> {
-    let timeout = if p.connect_timeout.is_zero() { Duration::from_secs(3600) } else { p.connect_timeout };
+    let timeout = if p.connect_timeout.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        p.connect_timeout
+    };
     match tokio::time::timeout(timeout, connect_inner(p)).await {
         Ok(r) => r,
         Err(_) => Err(BackendError::Timeout),
@@ -63,7 +67,9 @@ async fn connect_inner(p: &ConnectParams) -> Result<ServerConn, BackendError> {
                 b'N' if mode == ServerTls::Prefer => Stream::Plain(tcp),
                 b'N' => return Err(BackendError::Tls("server does not support TLS".into())),
                 other => {
-                    return Err(BackendError::Tls(format!("unexpected answer {other:#x} to SSLRequest")))
+                    return Err(BackendError::Tls(format!(
+                        "unexpected answer {other:#x} to SSLRequest"
+                    )))
                 }
             }
         }
@@ -89,15 +95,24 @@ async fn connect_inner(p: &ConnectParams) -> Result<ServerConn, BackendError> {
             b'N' => {}
             b'E' => return Err(BackendError::Server(ErrorFields::parse(f.body())?)),
             b'Z' => break,
-            t => return Err(crate::protocol::ProtocolError::Unexpected(t as char, "server startup").into()),
+            t => {
+                return Err(
+                    crate::protocol::ProtocolError::Unexpected(t as char, "server startup").into(),
+                )
+            }
         }
     }
-    let cancel = CancelTarget { host: p.host.clone(), port: p.port, pid: key.0, secret: key.1 };
+    let cancel = CancelTarget {
+        host: p.host.clone(),
+        port: p.port,
+        pid: key.0,
+        secret: key.1,
+    };
     Ok(ServerConn::new(conn, cancel, server_params))
 }
 
 /// TCP keep-alive with the given idle time (tokio does not expose it; socket2 does).
-pub(crate) fn socket_keepalive(tcp: &TcpStream, idle: Duration) -> std::io::Result<()> {
+pub fn socket_keepalive(tcp: &TcpStream, idle: Duration) -> std::io::Result<()> {
     let ka = socket2::TcpKeepalive::new().with_time(idle);
     socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
 }
@@ -111,7 +126,13 @@ async fn authenticate(conn: &mut Connection, p: &ConnectParams) -> Result<(), Ba
             b'R' => {}
             b'E' => return Err(BackendError::Server(ErrorFields::parse(f.body())?)),
             b'v' => continue, // NegotiateProtocolVersion: we asked for 3.0 only
-            t => return Err(crate::protocol::ProtocolError::Unexpected(t as char, "server authentication").into()),
+            t => {
+                return Err(crate::protocol::ProtocolError::Unexpected(
+                    t as char,
+                    "server authentication",
+                )
+                .into())
+            }
         }
         match AuthRequest::parse(f.body())? {
             AuthRequest::Ok => return Ok(()),
@@ -136,24 +157,38 @@ async fn authenticate(conn: &mut Connection, p: &ConnectParams) -> Result<(), Ba
                         "server offers SASL mechanisms {mechanisms:?}, pgtenant speaks SCRAM-SHA-256"
                     )));
                 }
-                let cred = p.credential.clone().ok_or_else(|| no_secret(p, "SCRAM-SHA-256"))?;
+                let cred = p
+                    .credential
+                    .clone()
+                    .ok_or_else(|| no_secret(p, "SCRAM-SHA-256"))?;
                 let mut client =
                     ScramClient::new(cred).map_err(|e| BackendError::Auth(e.to_string()))?;
                 let first = client.client_first();
-                conn.send(&build::sasl_initial_response("SCRAM-SHA-256", &first)).await?;
+                conn.send(&build::sasl_initial_response("SCRAM-SHA-256", &first))
+                    .await?;
                 scram = Some(client);
             }
             AuthRequest::SaslContinue(data) => {
-                let client = scram.as_mut().ok_or_else(|| BackendError::Auth("unexpected SASLContinue".into()))?;
-                let fin = client.handle_server_first(&data).map_err(|e| BackendError::Auth(e.to_string()))?;
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| BackendError::Auth("unexpected SASLContinue".into()))?;
+                let fin = client
+                    .handle_server_first(&data)
+                    .map_err(|e| BackendError::Auth(e.to_string()))?;
                 conn.send(&build::sasl_response(&fin)).await?;
             }
             AuthRequest::SaslFinal(data) => {
-                let client = scram.as_mut().ok_or_else(|| BackendError::Auth("unexpected SASLFinal".into()))?;
-                client.handle_server_final(&data).map_err(|e| BackendError::Auth(e.to_string()))?;
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| BackendError::Auth("unexpected SASLFinal".into()))?;
+                client
+                    .handle_server_final(&data)
+                    .map_err(|e| BackendError::Auth(e.to_string()))?;
             }
             AuthRequest::Other(n) => {
-                return Err(BackendError::Auth(format!("unsupported authentication request {n}")))
+                return Err(BackendError::Auth(format!(
+                    "unsupported authentication request {n}"
+                )))
             }
         }
     }

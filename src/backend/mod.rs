@@ -13,7 +13,7 @@ use crate::net::{ConnError, Connection, Frame, FrameError};
 use crate::protocol::{build, decode, ErrorFields, ProtocolError};
 
 pub use cancel::{send_cancel, CancelTarget};
-pub use connect::{connect, ConnectParams};
+pub use connect::{connect, socket_keepalive, ConnectParams};
 
 /// Errors on a server connection. Anything but `Server` leaves the connection unusable.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,11 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    pub(crate) fn new(conn: Connection, cancel: CancelTarget, params: Vec<(String, String)>) -> Self {
+    pub(crate) fn new(
+        conn: Connection,
+        cancel: CancelTarget,
+        params: Vec<(String, String)>,
+    ) -> Self {
         let now = Instant::now();
         ServerConn {
             conn,
@@ -117,7 +121,7 @@ impl ServerConn {
     }
 
     /// Best-effort goodbye without waiting: a Terminate if the socket takes it now.
-    pub fn terminate(mut self) {
+    pub fn terminate(self) {
         let f: Frame = build::terminate();
         if self.conn.pending_output() == 0 {
             let _ = self.conn.stream().tcp().try_write(f.raw());

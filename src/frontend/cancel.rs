@@ -55,7 +55,12 @@ impl CancelRegistry {
             let secret = rng.gen::<i32>();
             if let dashmap::Entry::Vacant(v) = self.map.entry(pid) {
                 v.insert((secret, slot.clone()));
-                return CancelKey { pid, secret, slot, registry: self.clone() };
+                return CancelKey {
+                    pid,
+                    secret,
+                    slot,
+                    registry: self.clone(),
+                };
             }
         }
     }

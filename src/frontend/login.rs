@@ -34,7 +34,11 @@ pub struct Client {
 
 /// Run the startup phase. `Ok(None)`: the connection was a cancel request, was refused,
 /// or left; nothing more to do.
-pub async fn login(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>) -> Result<Option<Client>, FrontendError> {
+pub async fn login(
+    socket: TcpStream,
+    listener: &Listener,
+    ctx: &Arc<Context>,
+) -> Result<Option<Client>, FrontendError> {
     let shutdown = ctx.shutdown.clone();
     tokio::select! {
         r = tokio::time::timeout(LOGIN_TIMEOUT, login_inner(socket, listener, ctx)) => match r {
@@ -48,7 +52,11 @@ pub async fn login(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>) -
     }
 }
 
-async fn login_inner(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>) -> Result<Option<Client>, FrontendError> {
+async fn login_inner(
+    socket: TcpStream,
+    listener: &Listener,
+    ctx: &Arc<Context>,
+) -> Result<Option<Client>, FrontendError> {
     let settings = ctx.settings();
     let mut conn = Connection::new(Stream::Plain(socket), MAX_STARTUP);
     let mut tls_done = false;
@@ -59,7 +67,8 @@ async fn login_inner(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>)
         let pkt = match StartupPacket::parse(&pkt) {
             Ok(p) => p,
             Err(e) => {
-                conn.send(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())).await?;
+                conn.send(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()))
+                    .await?;
                 return Ok(None);
             }
         };
@@ -75,7 +84,9 @@ async fn login_inner(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>)
                             // (they would bypass TLS).
                             return Ok(None);
                         };
-                        let tls = tokio_rustls::TlsAcceptor::from(cfg.clone()).accept(tcp).await?;
+                        let tls = tokio_rustls::TlsAcceptor::from(cfg.clone())
+                            .accept(tcp)
+                            .await?;
                         conn = Connection::new(Stream::TlsServer(Box::new(tls)), MAX_STARTUP);
                         tls_done = true;
                     }
@@ -90,7 +101,11 @@ async fn login_inner(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>)
                 conn.flush().await?;
             }
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                conn.send(&build::fatal(sqlstate::PROTOCOL_VIOLATION, "encryption requested twice")).await?;
+                conn.send(&build::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "encryption requested twice",
+                ))
+                .await?;
                 return Ok(None);
             }
             StartupPacket::Cancel { pid, secret } => {
@@ -102,7 +117,11 @@ async fn login_inner(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>)
     };
 
     if listener.client_tls == ClientTls::Require && !tls_done {
-        conn.send(&build::fatal(sqlstate::INVALID_AUTHORIZATION, "TLS is required for this connection (use sslmode=require)")).await?;
+        conn.send(&build::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "TLS is required for this connection (use sslmode=require)",
+        ))
+        .await?;
         return Ok(None);
     }
 
@@ -122,24 +141,40 @@ async fn login_inner(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>)
         conn.queue(&build::negotiate_protocol_version(0, &unrecognized));
     }
     let Some(user) = user.filter(|u| !u.is_empty()) else {
-        conn.send(&build::fatal(sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet")).await?;
+        conn.send(&build::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        ))
+        .await?;
         return Ok(None);
     };
-    let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
 
     if ctx.shutdown.is_cancelled() {
-        conn.send(&build::fatal(sqlstate::CANNOT_CONNECT_NOW, "pgtenant is shutting down")).await?;
+        conn.send(&build::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            "pgtenant is shutting down",
+        ))
+        .await?;
         return Ok(None);
     }
     if ctx.clients.load(Ordering::Acquire) > settings.max_client_conn {
         tracing::warn!(user = %user, max_client_conn = settings.max_client_conn, "client refused: max_client_conn reached");
-        conn.send(&build::fatal(sqlstate::TOO_MANY_CONNECTIONS, "no more connections allowed (max_client_conn)")).await?;
+        conn.send(&build::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "no more connections allowed (max_client_conn)",
+        ))
+        .await?;
         return Ok(None);
     }
 
     let users = ctx.users.load_full();
     let secret = users.get(&user).cloned();
-    let credential = match authenticate(&mut conn, listener.auth_type, &user, secret.as_ref()).await? {
+    let credential = match authenticate(&mut conn, listener.auth_type, &user, secret.as_ref())
+        .await?
+    {
         Some(c) => c,
         None => {
             tracing::warn!(user = %user, method = listener.auth_type.as_str(), "client authentication failed");
@@ -153,7 +188,11 @@ async fn login_inner(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>)
     };
     conn.set_max_message(settings.max_message_size as usize);
 
-    let key = PoolKey { node: (**ctx.coordinator.load()).clone(), database: database.as_str().into(), user: user.as_str().into() };
+    let key = PoolKey {
+        node: (**ctx.coordinator.load()).clone(),
+        database: database.as_str().into(),
+        user: user.as_str().into(),
+    };
     let pool = ctx.pools.get(&key);
     pool.set_credential(credential);
 
@@ -182,16 +221,30 @@ async fn login_inner(socket: TcpStream, listener: &Listener, ctx: &Arc<Context>)
     conn.queue(&build::backend_key_data(cancel_key.pid, cancel_key.secret));
     conn.queue(&build::ready_for_query(b'I'));
     conn.flush().await?;
-    Ok(Some(Client { conn, user, database, params: rest, key: cancel_key, pool }))
+    Ok(Some(Client {
+        conn,
+        user,
+        database,
+        params: rest,
+        key: cancel_key,
+        pool,
+    }))
 }
 
 /// The ErrorResponse a client gets when no server connection could be had.
 pub fn pool_error_frame(e: &PoolError) -> Frame {
     match e {
         PoolError::WaitTimeout => build::fatal(sqlstate::CONNECTION_FAILURE, "query_wait_timeout"),
-        PoolError::ShuttingDown => build::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down"),
-        PoolError::Connect(crate::backend::BackendError::Server(f)) => build::fatal(&f.code, &f.message),
-        PoolError::Connect(e) => build::fatal(sqlstate::CONNECTION_FAILURE, &format!("pgtenant could not connect to the server: {e}")),
+        PoolError::ShuttingDown => {
+            build::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")
+        }
+        PoolError::Connect(crate::backend::BackendError::Server(f)) => {
+            build::fatal(&f.code, &f.message)
+        }
+        PoolError::Connect(e) => build::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            &format!("pgtenant could not connect to the server: {e}"),
+        ),
     }
 }
 
@@ -204,11 +257,17 @@ async fn authenticate(
     secret: Option<&Secret>,
 ) -> Result<Option<Option<ServerCredential>>, FrontendError> {
     match method {
-        AuthType::Trust => Ok(Some(secret.and_then(|s| ServerCredential::from_secret(s, user, None)))),
+        AuthType::Trust => {
+            Ok(Some(secret.and_then(|s| {
+                ServerCredential::from_secret(s, user, None)
+            })))
+        }
         AuthType::Md5 => {
             let salt: [u8; 4] = rand::thread_rng().gen();
             conn.send(&build::auth_md5(salt)).await?;
-            let Some(f) = read_password(conn).await? else { return Ok(None) };
+            let Some(f) = read_password(conn).await? else {
+                return Ok(None);
+            };
             let resp = decode::password_message(f.body())?;
             let resp = String::from_utf8_lossy(resp);
             match secret {
@@ -231,18 +290,25 @@ async fn authenticate(
                 _ => ScramServer::mock(),
             };
             conn.send(&build::auth_sasl(&["SCRAM-SHA-256"])).await?;
-            let Some(f) = read_password(conn).await? else { return Ok(None) };
+            let Some(f) = read_password(conn).await? else {
+                return Ok(None);
+            };
             let (mech, data) = decode::sasl_initial_response(f.body())?;
             if mech != "SCRAM-SHA-256" {
                 return Ok(None);
             }
-            let Ok(first) = server.handle_client_first(data) else { return Ok(None) };
+            let Ok(first) = server.handle_client_first(data) else {
+                return Ok(None);
+            };
             conn.send(&build::auth_sasl_continue(&first)).await?;
-            let Some(f) = read_password(conn).await? else { return Ok(None) };
+            let Some(f) = read_password(conn).await? else {
+                return Ok(None);
+            };
             match server.handle_client_final(f.body()) {
                 Ok(fin) if known => {
                     conn.queue(&build::auth_sasl_final(&fin));
-                    let cred = secret.and_then(|s| ServerCredential::from_secret(s, user, server.client_key()));
+                    let cred = secret
+                        .and_then(|s| ServerCredential::from_secret(s, user, server.client_key()));
                     Ok(Some(cred))
                 }
                 _ => Ok(None),

@@ -106,7 +106,9 @@ impl Session<'_> {
                 Event::ClientRead(Ok(0)) => Flow::Quit,
                 Event::ClientRead(Ok(_)) => self.on_client_input().await?,
                 Event::ClientRead(Err(e)) | Event::ClientWrite(e) => return Err(e.into()),
-                Event::ServerRead(Ok(0)) => self.server_lost("server closed the connection unexpectedly"),
+                Event::ServerRead(Ok(0)) => {
+                    self.server_lost("server closed the connection unexpectedly")
+                }
                 Event::ServerRead(Err(e)) | Event::ServerWrite(e) => {
                     self.server_lost(&format!("server connection failed: {e}"))
                 }
@@ -131,7 +133,10 @@ impl Session<'_> {
                 return Ok(());
             }
             if self.draining && self.attached.as_ref().is_none_or(|a| a.is_clean()) {
-                self.c.conn.queue(&build::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down"));
+                self.c.conn.queue(&build::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "pgtenant is shutting down",
+                ));
                 return Ok(());
             }
         }
@@ -154,7 +159,10 @@ impl Session<'_> {
         if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Event::Shutdown);
         }
-        let server_out = self.attached.as_ref().map_or(0, |a| a.server.conn.pending_output());
+        let server_out = self
+            .attached
+            .as_ref()
+            .map_or(0, |a| a.server.conn.pending_output());
         if server_out < HIGH_WATER {
             if let Poll::Ready(r) = self.c.conn.poll_fill(cx) {
                 return Poll::Ready(Event::ClientRead(r));
@@ -184,7 +192,9 @@ impl Session<'_> {
                 Ok(None) => return Ok(Flow::Continue),
                 Err(e) => {
                     tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
-                    self.c.conn.queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
+                    self.c
+                        .conn
+                        .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
                     return Ok(Flow::Quit);
                 }
             };
@@ -201,7 +211,9 @@ impl Session<'_> {
             if self.attached.is_none() && !self.attach(&f).await {
                 continue;
             }
-            let Some(a) = self.attached.as_mut() else { continue };
+            let Some(a) = self.attached.as_mut() else {
+                continue;
+            };
             match f.tag() {
                 b'Q' | b'F' => a.pending += 1,
                 b'S' => {
@@ -224,7 +236,12 @@ impl Session<'_> {
         match pool.acquire().await {
             Ok(server) => {
                 self.c.key.slot.set(Some(server.cancel.clone())).await;
-                self.attached = Some(Attached { server, pool, pending: 0, extended: false });
+                self.attached = Some(Attached {
+                    server,
+                    pool,
+                    pending: 0,
+                    extended: false,
+                });
                 true
             }
             Err(e) => {
@@ -232,14 +249,20 @@ impl Session<'_> {
                     PoolError::WaitTimeout => {
                         tracing::warn!(user = %self.c.user, pool = %pool.name(), "query_wait_timeout: pool exhausted")
                     }
-                    e => tracing::warn!(user = %self.c.user, pool = %pool.name(), error = %e, "no server connection"),
+                    e => {
+                        tracing::warn!(user = %self.c.user, pool = %pool.name(), error = %e, "no server connection")
+                    }
                 }
                 let fatal = pool_error_frame(&e);
                 // Same code and text, but ERROR: the client may retry on this connection.
                 let fields = decode_fields(&fatal);
-                self.c.conn.queue(&build::error(&fields.code, &fields.message));
+                self.c
+                    .conn
+                    .queue(&build::error(&fields.code, &fields.message));
                 match first.tag() {
-                    b'Q' | b'F' | b'S' => self.c.conn.queue(&build::ready_for_query(self.client_tx)),
+                    b'Q' | b'F' | b'S' => {
+                        self.c.conn.queue(&build::ready_for_query(self.client_tx))
+                    }
                     _ => self.skip_until_sync = true,
                 }
                 false
@@ -249,8 +272,10 @@ impl Session<'_> {
 
     /// Relay every complete frame the server has sent; give the server back when done.
     async fn on_server_input(&mut self) -> Flow {
-        let Some(a) = self.attached.as_mut() else { return Flow::Continue };
         loop {
+            let Some(a) = self.attached.as_mut() else {
+                return Flow::Continue;
+            };
             let f = match a.server.conn.try_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return Flow::Continue,
@@ -263,6 +288,7 @@ impl Session<'_> {
                     };
                     a.server.tx_status = st;
                     a.pending = a.pending.saturating_sub(1);
+                    let settled = a.pending == 0 && !a.extended;
                     self.client_tx = st;
                     self.c.conn.queue(&f);
                     if self.mode == PoolMode::Statement && st != b'I' {
@@ -272,14 +298,12 @@ impl Session<'_> {
                         ));
                         return Flow::Quit;
                     }
-                    if a.pending == 0 && !a.extended {
-                        if st == b'I' {
-                            if self.mode != PoolMode::Session {
-                                self.release().await;
-                                return Flow::Continue;
-                            }
-                        } else {
+                    if settled {
+                        if st != b'I' {
                             self.arm_idle_tx_timer();
+                        } else if self.mode != PoolMode::Session {
+                            self.release().await;
+                            return Flow::Continue;
                         }
                     }
                 }
@@ -301,7 +325,9 @@ impl Session<'_> {
 
     /// Give the server connection back to its pool (it is clean).
     async fn release(&mut self) {
-        let Some(mut a) = self.attached.take() else { return };
+        let Some(mut a) = self.attached.take() else {
+            return;
+        };
         self.c.key.slot.set(None).await;
         let s = self.ctx.settings.load();
         if s.server_reset_query_always && !s.server_reset_query.is_empty() {
@@ -324,7 +350,9 @@ impl Session<'_> {
             tracing::warn!(user = %self.c.user, pool = %a.pool.name(), server = a.server.id, reason = why, "server connection lost");
             a.pool.discard(a.server);
         }
-        self.c.conn.queue(&build::fatal(sqlstate::CONNECTION_FAILURE, why));
+        self.c
+            .conn
+            .queue(&build::fatal(sqlstate::CONNECTION_FAILURE, why));
         Flow::Quit
     }
 
@@ -335,8 +363,12 @@ impl Session<'_> {
             let s = self.ctx.settings();
             let mut clean = a.is_clean();
             let reset = &s.server_reset_query;
-            if clean && !reset.is_empty() && (self.mode == PoolMode::Session || s.server_reset_query_always) {
-                let r = tokio::time::timeout(Duration::from_secs(10), a.server.run_internal(reset)).await;
+            if clean
+                && !reset.is_empty()
+                && (self.mode == PoolMode::Session || s.server_reset_query_always)
+            {
+                let r = tokio::time::timeout(Duration::from_secs(10), a.server.run_internal(reset))
+                    .await;
                 clean = matches!(r, Ok(Ok(())));
             }
             if clean {

@@ -30,7 +30,13 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(stream: Stream, max_message: usize) -> Connection {
-        Connection { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), max_message, eof: false }
+        Connection {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            max_message,
+            eof: false,
+        }
     }
 
     pub fn stream(&self) -> &Stream {

@@ -22,7 +22,12 @@ pub struct Frame {
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Frame({:?}, {} bytes)", self.tag() as char, self.raw.len())
+        write!(
+            f,
+            "Frame({:?}, {} bytes)",
+            self.tag() as char,
+            self.raw.len()
+        )
     }
 }
 
@@ -49,7 +54,9 @@ impl Frame {
             buf.reserve(total - buf.len());
             return Ok(None);
         }
-        Ok(Some(Frame { raw: buf.split_to(total).freeze() }))
+        Ok(Some(Frame {
+            raw: buf.split_to(total).freeze(),
+        }))
     }
 
     /// Build a frame from a tag and a body.
@@ -117,11 +124,20 @@ mod tests {
     #[test]
     fn rejects_bad_and_oversized_lengths() {
         let mut buf = BytesMut::from(&b"Q\0\0\0\x03"[..]);
-        assert!(matches!(Frame::parse(&mut buf, 1024), Err(FrameError::BadLength(3))));
+        assert!(matches!(
+            Frame::parse(&mut buf, 1024),
+            Err(FrameError::BadLength(3))
+        ));
         let mut buf = BytesMut::from(&b"Q\xff\xff\xff\xff"[..]);
-        assert!(matches!(Frame::parse(&mut buf, 1024), Err(FrameError::BadLength(-1))));
+        assert!(matches!(
+            Frame::parse(&mut buf, 1024),
+            Err(FrameError::BadLength(-1))
+        ));
         let mut buf = BytesMut::from(&b"Q\0\x10\0\0"[..]);
-        assert!(matches!(Frame::parse(&mut buf, 1024), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            Frame::parse(&mut buf, 1024),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -119,11 +119,17 @@ impl Pool {
     }
 
     pub fn has_credential(&self) -> bool {
-        self.credential.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.credential
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     pub fn server_params(&self) -> Option<Arc<Vec<(String, String)>>> {
-        self.server_params.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.server_params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// (idle, total) server connections right now.
@@ -138,7 +144,11 @@ impl Pool {
             port: self.key.node.port,
             user: self.key.user.to_string(),
             database: self.key.database.to_string(),
-            credential: self.credential.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            credential: self
+                .credential
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             tls_mode: s.server_tls,
             tls: self.tls.clone(),
             connect_timeout: s.server_connect_timeout,
@@ -195,7 +205,9 @@ impl Pool {
         }
         self.db
             .count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -225,7 +237,12 @@ impl Pool {
                     got = Some(c);
                     break;
                 }
-                let limit = self.pool_size(&s) + if allow_reserve { s.reserve_pool_size } else { 0 };
+                let limit = self.pool_size(&s)
+                    + if allow_reserve {
+                        s.reserve_pool_size
+                    } else {
+                        0
+                    };
                 if let Some(c) = got {
                     Next::Got(c)
                 } else if g.total < limit && self.try_count_db() {
@@ -275,7 +292,8 @@ impl Pool {
         deadline: Option<Instant>,
         allow_reserve: bool,
     ) -> Waited {
-        let reserve_at = (!allow_reserve && s.reserve_pool_size > 0).then(|| started + s.reserve_pool_timeout);
+        let reserve_at =
+            (!allow_reserve && s.reserve_pool_size > 0).then(|| started + s.reserve_pool_timeout);
         let far = Instant::now() + Duration::from_secs(86400 * 365);
         let db_freed = self.db.freed.notified();
         tokio::pin!(db_freed);
@@ -422,7 +440,10 @@ impl Pool {
     }
 
     pub fn name(&self) -> String {
-        format!("{}@{}/{}", self.key.database, self.key.node.name, self.key.user)
+        format!(
+            "{}@{}/{}",
+            self.key.database, self.key.node.name, self.key.user
+        )
     }
 }
 
@@ -442,8 +463,16 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(settings: Arc<ArcSwap<Settings>>, tls: Option<Arc<rustls::ClientConfig>>) -> Arc<Pools> {
-        Arc::new(Pools { map: DashMap::new(), dbs: DashMap::new(), settings, tls: ArcSwap::from_pointee(tls) })
+    pub fn new(
+        settings: Arc<ArcSwap<Settings>>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Arc<Pools> {
+        Arc::new(Pools {
+            map: DashMap::new(),
+            dbs: DashMap::new(),
+            settings,
+            tls: ArcSwap::from_pointee(tls),
+        })
     }
 
     pub fn set_tls(&self, tls: Option<Arc<rustls::ClientConfig>>) {
@@ -458,14 +487,23 @@ impl Pools {
         let db = self
             .dbs
             .entry((key.node.clone(), key.database.clone()))
-            .or_insert_with(|| Arc::new(DbCounter { count: AtomicU32::new(0), freed: Notify::new() }))
+            .or_insert_with(|| {
+                Arc::new(DbCounter {
+                    count: AtomicU32::new(0),
+                    freed: Notify::new(),
+                })
+            })
             .clone();
         self.map
             .entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(Pool {
                     key: key.clone(),
-                    inner: Mutex::new(Inner { idle: VecDeque::new(), total: 0, waiters: VecDeque::new() }),
+                    inner: Mutex::new(Inner {
+                        idle: VecDeque::new(),
+                        total: 0,
+                        waiters: VecDeque::new(),
+                    }),
                     db,
                     settings: self.settings.clone(),
                     credential: Mutex::new(None),

@@ -9,10 +9,17 @@ pub const CANCEL_REQUEST_CODE: i32 = 80877102;
 /// The first packet a client sends (untagged).
 #[derive(Debug, PartialEq, Eq)]
 pub enum StartupPacket {
-    Startup { major: u16, minor: u16, params: Vec<(String, String)> },
+    Startup {
+        major: u16,
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, secret: i32 },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
 }
 
 impl StartupPacket {
@@ -43,7 +50,11 @@ impl StartupPacket {
                     let value = r.cstr()?;
                     params.push((key.to_owned(), value.to_owned()));
                 }
-                Ok(StartupPacket::Startup { major, minor, params })
+                Ok(StartupPacket::Startup {
+                    major,
+                    minor,
+                    params,
+                })
             }
         }
     }
@@ -120,7 +131,9 @@ impl AuthRequest {
             3 => AuthRequest::Cleartext,
             5 => {
                 let s = r.bytes(4)?;
-                AuthRequest::Md5 { salt: [s[0], s[1], s[2], s[3]] }
+                AuthRequest::Md5 {
+                    salt: [s[0], s[1], s[2], s[3]],
+                }
             }
             10 => {
                 let mut mechanisms = Vec::new();
@@ -145,7 +158,11 @@ pub fn sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), ProtocolError
     let mut r = Reader::new(body, "SASLInitialResponse");
     let mech = r.cstr()?;
     let len = r.i32()?;
-    let data = if len < 0 { &[][..] } else { r.bytes(len as usize)? };
+    let data = if len < 0 {
+        &[][..]
+    } else {
+        r.bytes(len as usize)?
+    };
     Ok((mech, data))
 }
 
@@ -172,7 +189,10 @@ mod tests {
             StartupPacket::Startup {
                 major: 3,
                 minor: 0,
-                params: vec![("user".into(), "app".into()), ("database".into(), "db".into())]
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "db".into())
+                ]
             }
         );
         assert_eq!(
@@ -182,7 +202,10 @@ mod tests {
         let mut c = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
         c.extend_from_slice(&7i32.to_be_bytes());
         c.extend_from_slice(&9i32.to_be_bytes());
-        assert_eq!(StartupPacket::parse(&c).unwrap(), StartupPacket::Cancel { pid: 7, secret: 9 });
+        assert_eq!(
+            StartupPacket::parse(&c).unwrap(),
+            StartupPacket::Cancel { pid: 7, secret: 9 }
+        );
         // Truncated parameters, old versions, short cancel requests: errors, not panics.
         let mut t = PROTOCOL_3_0.to_be_bytes().to_vec();
         t.extend_from_slice(b"user\0ap");
@@ -195,13 +218,18 @@ mod tests {
     #[test]
     fn error_fields_and_auth() {
         let e = ErrorFields::parse(b"SERROR\0VERROR\0C28P01\0Mbad\0\0").unwrap();
-        assert_eq!((e.severity.as_str(), e.code.as_str(), e.message.as_str()), ("ERROR", "28P01", "bad"));
+        assert_eq!(
+            (e.severity.as_str(), e.code.as_str(), e.message.as_str()),
+            ("ERROR", "28P01", "bad")
+        );
         assert!(ErrorFields::parse(b"SERROR").is_err());
         let mut sasl = 10i32.to_be_bytes().to_vec();
         sasl.extend_from_slice(b"SCRAM-SHA-256\0\0");
         assert_eq!(
             AuthRequest::parse(&sasl).unwrap(),
-            AuthRequest::Sasl { mechanisms: vec!["SCRAM-SHA-256".into()] }
+            AuthRequest::Sasl {
+                mechanisms: vec!["SCRAM-SHA-256".into()]
+            }
         );
         assert!(AuthRequest::parse(&5i32.to_be_bytes()).is_err());
         assert_eq!(ready_status(b"T").unwrap(), b'T');
