@@ -34,9 +34,14 @@ pub async fn handle_client(socket: TcpStream, listener: Listener, ctx: Arc<Conte
     let r = login::login(socket, &listener, &ctx).await;
     match r {
         Ok(Some(client)) => {
+            let app = client
+                .params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.as_str());
             tracing::info!(
                 peer = ?peer, user = %client.user, database = %client.database,
-                tls = client.conn.stream().is_tls(), "client logged in"
+                application_name = app.unwrap_or(""), tls = client.conn.stream().is_tls(), "client logged in"
             );
             let user = client.user.clone();
             let r = session::run(client, &ctx).await;

@@ -250,6 +250,9 @@ impl Pool {
                     Next::Open
                 } else {
                     let (tx, rx) = oneshot::channel();
+                    if g.waiters.iter().all(|w| w.is_closed()) {
+                        tracing::info!(pool = %self.name(), total = g.total, "pool exhausted: clients are waiting for a server connection");
+                    }
                     g.waiters.push_back(tx);
                     Next::Wait(rx)
                 }
