@@ -150,3 +150,16 @@ fn free_ports_and_temp_dirs() {
     };
     assert!(!path.exists(), "TempDir removes itself");
 }
+
+#[test]
+fn pgtenant_process_runs_to_exit_with_logs() {
+    // Works with the placeholder binary and with the real CLI alike.
+    let (status, _logs) = support::pgtenant_run(&["--version"], &[], Duration::from_secs(10));
+    assert!(status.success());
+}
+
+#[test]
+#[should_panic(expected = "exited early")]
+fn pgtenant_start_panics_when_process_exits_early() {
+    let _p = support::Pgtenant::start(&["--version"], &[]);
+}
