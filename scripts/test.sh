@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Run the whole pgtenant test suite on a fresh Debian/Ubuntu machine.
+#
+#   ./scripts/test.sh
+#
+# Installs what is missing (PostgreSQL, pgbouncer, openssl, python3-venv/pip) with
+# apt-get (via sudo when not root), then runs fmt, clippy and every test target.
+# The tests start their own PostgreSQL servers on free loopback ports; no system
+# service is used. Stops at the first failure.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step_names=()
+step_times=()
+t_all=$SECONDS
+
+say() { printf '\n==> %s\n' "$*"; }
+
+run_step() {
+    local name=$1
+    shift
+    say "$name: $*"
+    local t0=$SECONDS
+    if ! "$@"; then
+        echo "FAILED: $name (after $((SECONDS - t0))s)" >&2
+        exit 1
+    fi
+    step_names+=("$name")
+    step_times+=($((SECONDS - t0)))
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "need root (or sudo) to run: $*" >&2
+        exit 1
+    fi
+}
+
+have_pkg() { dpkg -s "$1" >/dev/null 2>&1; }
+
+have_pg_server() {
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v psql >/dev/null 2>&1
+}
+
+install_missing() {
+    local missing=()
+    have_pg_server || missing+=(postgresql)
+    have_pkg postgresql-contrib || missing+=(postgresql-contrib)
+    command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    have_pkg python3-venv || missing+=(python3-venv)
+    have_pkg python3-pip || missing+=(python3-pip)
+    if [ ${#missing[@]} -eq 0 ]; then
+        echo "system packages: all present"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "missing packages (${missing[*]}) and no apt-get; install them by hand" >&2
+        return 1
+    fi
+    echo "installing: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+check_rust() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+        # shellcheck disable=SC1091
+        . "$HOME/.cargo/env"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        cat >&2 <<'EOF'
+cargo not found. Install the Rust toolchain with rustup, then re-run this script:
+
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
+    . "$HOME/.cargo/env"
+EOF
+        exit 1
+    fi
+    if command -v rustup >/dev/null 2>&1; then
+        cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+        cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+    fi
+    cargo --version
+}
+
+run_step "install packages" install_missing
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    echo "the 'postgres' OS user is missing (the postgresql package creates it)" >&2
+    exit 1
+fi
+run_step "rust toolchain" check_rust
+
+unset RUST_TEST_THREADS
+run_step "cargo fmt" cargo fmt --all -- --check
+run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
+run_step "cargo test" cargo test --all-targets
+
+say "summary"
+for i in "${!step_names[@]}"; do
+    printf '  %-18s %5ss\n' "${step_names[$i]}" "${step_times[$i]}"
+done
+printf '  %-18s %5ss\n' "total" "$((SECONDS - t_all))"
+echo "all checks passed"
