@@ -83,6 +83,20 @@ impl Connection {
         r
     }
 
+    /// For a connection that should be silent (an idle server): has the peer closed it
+    /// or sent something (e.g. a FATAL before closing)? Never waits. Uses tokio's cached
+    /// readiness, so it costs at most one non-blocking read.
+    pub fn is_stale(&mut self) -> bool {
+        if self.eof || !self.rbuf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_fill(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(_) => true,
+        }
+    }
+
     /// Wait for more input. Returns 0 at end of stream.
     pub async fn fill(&mut self) -> io::Result<usize> {
         poll_fn(|cx| self.poll_fill(cx)).await

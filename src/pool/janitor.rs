@@ -26,7 +26,7 @@ pub fn spawn_janitor(pools: Arc<Pools>, stop: CancellationToken) -> tokio::task:
 }
 
 impl Pool {
-    /// Close idle connections that are past their time (oldest first).
+    /// Close idle connections that are past their time or that the server closed.
     pub fn sweep(&self) {
         let s = self.settings.load();
         let now = Instant::now();
@@ -35,7 +35,8 @@ impl Pool {
             let mut g = self.lock();
             let mut i = 0;
             while i < g.idle.len() {
-                if Self::expired(&s, &g.idle[i], now) {
+                let stale = g.idle[i].conn.is_stale();
+                if stale || Self::expired(&s, &g.idle[i], now) {
                     if let Some(c) = g.idle.remove(i) {
                         closed.push(c);
                     }

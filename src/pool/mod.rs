@@ -228,8 +228,8 @@ impl Pool {
                 let mut g = self.lock();
                 let now = Instant::now();
                 let mut got = None;
-                while let Some(c) = g.idle.pop_back() {
-                    if Self::expired(&s, &c, now) {
+                while let Some(mut c) = g.idle.pop_back() {
+                    if Self::expired(&s, &c, now) || c.conn.is_stale() {
                         self.drop_slot(&mut g);
                         c.terminate();
                         continue;
