@@ -172,12 +172,11 @@ async fn login_inner(
 
     let users = ctx.users.load_full();
     let secret = users.get(&user).cloned();
-    let credential = match authenticate(&mut conn, listener.auth_type, &user, secret.as_ref())
-        .await?
-    {
+    let method = effective_method(listener.auth_type, secret.as_ref());
+    let credential = match authenticate(&mut conn, method, &user, secret.as_ref()).await? {
         Some(c) => c,
         None => {
-            tracing::warn!(user = %user, method = listener.auth_type.as_str(), "client authentication failed");
+            tracing::warn!(user = %user, method = method.as_str(), "client authentication failed");
             conn.send(&build::fatal(
                 sqlstate::INVALID_PASSWORD,
                 &format!("password authentication failed for user \"{user}\""),
@@ -245,6 +244,16 @@ pub fn pool_error_frame(e: &PoolError) -> Frame {
             sqlstate::CONNECTION_FAILURE,
             &format!("pgtenant could not connect to the server: {e}"),
         ),
+    }
+}
+
+/// The method a client logs in with. As in PgBouncer, an md5 listener uses SCRAM for a
+/// user whose stored secret is a SCRAM verifier: md5 cannot be checked against one, and
+/// SCRAM is what gives pgtenant the ClientKey it needs to log in to the server.
+fn effective_method(listener: AuthType, secret: Option<&Secret>) -> AuthType {
+    match (listener, secret) {
+        (AuthType::Md5, Some(Secret::Scram(_))) => AuthType::ScramSha256,
+        (method, _) => method,
     }
 }
 

@@ -37,6 +37,13 @@ struct Attached {
     pending: u32,
     /// Extended-protocol messages sent since the last Sync.
     extended: bool,
+    /// Syncs sent since the last Execute or Query and before any COPY data. If the server
+    /// answers that statement with CopyInResponse, it skips these Syncs without a
+    /// ReadyForQuery (PostgreSQL ignores Sync in COPY IN mode; libpq and tokio-postgres
+    /// send Bind/Execute/Sync, then the data, CopyDone and another Sync).
+    syncs_before_copy: u32,
+    /// CopyData/CopyDone/CopyFail sent since the last Execute or Query.
+    copy_sent: bool,
 }
 
 impl Attached {
@@ -208,6 +215,13 @@ impl Session<'_> {
             if f.tag() == b'X' {
                 return Ok(Flow::Quit);
             }
+            // With no server attached, nothing is in flight: a Flush has nothing to flush,
+            // and CopyData/CopyDone/CopyFail are leftovers of a COPY the server already
+            // failed and answered with ReadyForQuery (PostgreSQL drops them too). Taking a
+            // server for them would hold it with no ReadyForQuery to give it back.
+            if self.attached.is_none() && matches!(f.tag(), b'H' | b'd' | b'c' | b'f') {
+                continue;
+            }
             if self.attached.is_none() && !self.attach(&f).await {
                 continue;
             }
@@ -215,12 +229,25 @@ impl Session<'_> {
                 continue;
             };
             match f.tag() {
-                b'Q' | b'F' => a.pending += 1,
+                b'Q' | b'F' => {
+                    a.pending += 1;
+                    a.syncs_before_copy = 0;
+                    a.copy_sent = false;
+                }
                 b'S' => {
                     a.pending += 1;
                     a.extended = false;
+                    if !a.copy_sent {
+                        a.syncs_before_copy += 1;
+                    }
                 }
-                b'P' | b'B' | b'E' | b'D' | b'C' => a.extended = true,
+                b'E' => {
+                    a.extended = true;
+                    a.syncs_before_copy = 0;
+                    a.copy_sent = false;
+                }
+                b'P' | b'B' | b'D' | b'C' => a.extended = true,
+                b'd' | b'c' | b'f' => a.copy_sent = true,
                 _ => {}
             }
             a.server.conn.queue(&f);
@@ -241,6 +268,8 @@ impl Session<'_> {
                     pool,
                     pending: 0,
                     extended: false,
+                    syncs_before_copy: 0,
+                    copy_sent: false,
                 });
                 true
             }
@@ -290,14 +319,16 @@ impl Session<'_> {
                     a.pending = a.pending.saturating_sub(1);
                     let settled = a.pending == 0 && !a.extended;
                     self.client_tx = st;
-                    self.c.conn.queue(&f);
                     if self.mode == PoolMode::Statement && st != b'I' {
+                        // As PgBouncer: the error takes the place of the ReadyForQuery,
+                        // so the client sees it as the answer to its BEGIN.
                         self.c.conn.queue(&build::fatal(
                             sqlstate::FEATURE_NOT_SUPPORTED,
                             "transaction blocks not allowed in statement pooling mode",
                         ));
                         return Flow::Quit;
                     }
+                    self.c.conn.queue(&f);
                     if settled {
                         if st != b'I' {
                             self.arm_idle_tx_timer();
@@ -309,6 +340,12 @@ impl Session<'_> {
                 }
                 b'S' => {
                     a.server.note_parameter(f.body());
+                    self.c.conn.queue(&f);
+                }
+                b'G' => {
+                    // COPY IN: the Syncs sent after its Execute get no ReadyForQuery.
+                    a.pending = a.pending.saturating_sub(a.syncs_before_copy);
+                    a.syncs_before_copy = 0;
                     self.c.conn.queue(&f);
                 }
                 _ => self.c.conn.queue(&f),

@@ -91,10 +91,7 @@ impl Connection {
             return true;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.poll_fill(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(_) => true,
-        }
+        self.poll_fill(&mut cx).is_ready()
     }
 
     /// Wait for more input. Returns 0 at end of stream.

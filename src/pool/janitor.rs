@@ -33,10 +33,18 @@ impl Pool {
         let mut closed = Vec::new();
         {
             let mut g = self.lock();
+            // As in PgBouncer, server_idle_timeout does not close connections that
+            // min_pool_size keeps (server_lifetime still does; fill_min reopens them).
+            let min = s.min_pool_size.min(self.pool_size(&s));
             let mut i = 0;
             while i < g.idle.len() {
-                let stale = g.idle[i].conn.is_stale();
-                if stale || Self::expired(&s, &g.idle[i], now) {
+                let total = g.total;
+                let c = &mut g.idle[i];
+                let stale = c.conn.is_stale();
+                let past_lifetime = !s.server_lifetime.is_zero()
+                    && now.duration_since(c.created) >= s.server_lifetime;
+                let expired = Self::expired(&s, c, now) && (past_lifetime || total > min);
+                if stale || expired {
                     if let Some(c) = g.idle.remove(i) {
                         closed.push(c);
                     }

@@ -8,7 +8,7 @@ mod janitor;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -20,6 +20,9 @@ use crate::backend::{self, BackendError, ConnectParams, ServerConn};
 use crate::config::Settings;
 
 pub use janitor::spawn_janitor;
+
+/// ParameterStatus (name, value) pairs as a server reported them.
+pub type ParamList = Arc<Vec<(String, String)>>;
 
 /// A server pgtenant pools connections to: the coordinator or a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -81,6 +84,9 @@ pub struct DbCounter {
     pub count: AtomicU32,
     /// Woken when a connection of this database closes.
     pub freed: Notify,
+    /// Every pool of this database, so that a pool at max_db_connections can close an
+    /// idle connection of another one (PgBouncer's evict_connection).
+    pools: Mutex<Vec<Weak<Pool>>>,
 }
 
 pub struct Pool {
@@ -90,7 +96,7 @@ pub struct Pool {
     settings: Arc<ArcSwap<Settings>>,
     credential: Mutex<Option<ServerCredential>>,
     /// The ParameterStatus set of the first server connection (sent to clients at login).
-    server_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    server_params: Mutex<Option<ParamList>>,
     tls: Option<Arc<rustls::ClientConfig>>,
     pub stats: PoolStats,
 }
@@ -125,7 +131,7 @@ impl Pool {
             .is_some()
     }
 
-    pub fn server_params(&self) -> Option<Arc<Vec<(String, String)>>> {
+    pub fn server_params(&self) -> Option<ParamList> {
         self.server_params
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -248,6 +254,10 @@ impl Pool {
                 } else if g.total < limit && self.try_count_db() {
                     g.total += 1;
                     Next::Open
+                } else if g.total < limit && self.evict_idle_elsewhere() {
+                    // max_db_connections was reached with idle connections in another
+                    // pool of this database: one was closed, try again.
+                    continue;
                 } else {
                     let (tx, rx) = oneshot::channel();
                     if g.waiters.iter().all(|w| w.is_closed()) {
@@ -332,6 +342,36 @@ impl Pool {
             }
             Err(_) => {}
         }
+    }
+
+    /// Close one idle connection of another pool of the same database (the longest idle
+    /// one first in each pool). Called with this pool's lock held: it only try-locks the
+    /// others, so two pools evicting for each other cannot deadlock.
+    fn evict_idle_elsewhere(&self) -> bool {
+        let pools: Vec<Arc<Pool>> = self
+            .db
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for p in pools {
+            if std::ptr::eq(Arc::as_ptr(&p), self) {
+                continue;
+            }
+            let Ok(mut g) = p.inner.try_lock() else {
+                continue;
+            };
+            if let Some(c) = g.idle.pop_front() {
+                p.drop_slot(&mut g);
+                drop(g);
+                tracing::debug!(pool = %p.name(), server = c.id, for_pool = %self.name(), "closing idle server connection: max_db_connections reached");
+                c.terminate();
+                return true;
+            }
+        }
+        false
     }
 
     fn assigned(&self, c: ServerConn) -> ServerConn {
@@ -494,26 +534,32 @@ impl Pools {
                 Arc::new(DbCounter {
                     count: AtomicU32::new(0),
                     freed: Notify::new(),
+                    pools: Mutex::new(Vec::new()),
                 })
             })
             .clone();
         self.map
             .entry(key.clone())
             .or_insert_with(|| {
-                Arc::new(Pool {
+                let pool = Arc::new(Pool {
                     key: key.clone(),
                     inner: Mutex::new(Inner {
                         idle: VecDeque::new(),
                         total: 0,
                         waiters: VecDeque::new(),
                     }),
-                    db,
+                    db: db.clone(),
                     settings: self.settings.clone(),
                     credential: Mutex::new(None),
                     server_params: Mutex::new(None),
                     tls: (**self.tls.load()).clone(),
                     stats: PoolStats::default(),
-                })
+                });
+                db.pools
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Arc::downgrade(&pool));
+                pool
             })
             .clone()
     }

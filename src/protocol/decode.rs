@@ -210,7 +210,7 @@ mod tests {
         let mut t = PROTOCOL_3_0.to_be_bytes().to_vec();
         t.extend_from_slice(b"user\0ap");
         assert!(StartupPacket::parse(&t).is_err());
-        assert!(StartupPacket::parse(&(2 << 16i32).to_be_bytes()).is_err());
+        assert!(StartupPacket::parse(&(2i32 << 16).to_be_bytes()).is_err());
         assert!(StartupPacket::parse(&CANCEL_REQUEST_CODE.to_be_bytes()).is_err());
         assert!(StartupPacket::parse(b"\0\0").is_err());
     }
