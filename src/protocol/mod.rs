@@ -7,6 +7,7 @@
 //! written against a checked cursor instead.)
 pub mod build;
 pub mod decode;
+pub mod extended;
 mod reader;
 
 pub use decode::{AuthRequest, ErrorFields, StartupPacket, PROTOCOL_3_0};

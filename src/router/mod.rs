@@ -2,6 +2,8 @@
 //! routing issue fills this in (classification, tenant extraction, plan cache). The seam
 //! is here so the session loop already asks the question at the right moment: when a
 //! client without a server connection sends the first message of a transaction.
+pub mod command;
+
 use crate::net::Frame;
 
 /// The destination the router picked.

@@ -1,0 +1,140 @@
+//! The extended-protocol messages that name prepared statements (Parse, Bind, Describe,
+//! Close), decoded far enough to read and rewrite the statement name, and nothing more:
+//! parameter values in Bind are copied as opaque bytes.
+use bytes::{BufMut, BytesMut};
+
+use super::{ProtocolError, Reader};
+use crate::net::Frame;
+
+/// A Parse message: statement name, query text, and the raw parameter-type block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parse<'a> {
+    pub name: &'a str,
+    pub query: &'a str,
+    /// `int16 count + count × int32 oid`, as sent.
+    pub param_types: &'a [u8],
+}
+
+impl<'a> Parse<'a> {
+    pub fn decode(body: &'a [u8]) -> Result<Parse<'a>, ProtocolError> {
+        let mut r = Reader::new(body, "Parse");
+        let name = r.cstr()?;
+        let query = r.cstr()?;
+        let param_types = r.remaining();
+        let mut t = Reader::new(param_types, "Parse");
+        let n = t.i16()?;
+        if n < 0 || t.remaining().len() != n as usize * 4 {
+            return Err(ProtocolError::Malformed("Parse"));
+        }
+        Ok(Parse {
+            name,
+            query,
+            param_types,
+        })
+    }
+
+    /// The same Parse under another statement name.
+    pub fn encode_as(&self, name: &str) -> Frame {
+        let mut b =
+            BytesMut::with_capacity(name.len() + self.query.len() + self.param_types.len() + 2);
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+        b.put_slice(self.query.as_bytes());
+        b.put_u8(0);
+        b.put_slice(self.param_types);
+        Frame::new(b'P', &b)
+    }
+}
+
+/// Portal and statement names at the start of a Bind message.
+pub struct Bind<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    /// Everything after the statement name (formats, values, result formats).
+    pub rest: &'a [u8],
+}
+
+impl<'a> Bind<'a> {
+    pub fn decode(body: &'a [u8]) -> Result<Bind<'a>, ProtocolError> {
+        let mut r = Reader::new(body, "Bind");
+        let portal = r.cstr()?;
+        let statement = r.cstr()?;
+        Ok(Bind {
+            portal,
+            statement,
+            rest: r.remaining(),
+        })
+    }
+
+    /// The same Bind naming another statement.
+    pub fn encode_as(&self, statement: &str) -> Frame {
+        let mut b =
+            BytesMut::with_capacity(self.portal.len() + statement.len() + self.rest.len() + 2);
+        b.put_slice(self.portal.as_bytes());
+        b.put_u8(0);
+        b.put_slice(statement.as_bytes());
+        b.put_u8(0);
+        b.put_slice(self.rest);
+        Frame::new(b'B', &b)
+    }
+}
+
+/// Describe or Close: `'S'` statement or `'P'` portal, and its name.
+pub struct Target<'a> {
+    pub kind: u8,
+    pub name: &'a str,
+}
+
+impl<'a> Target<'a> {
+    pub fn decode(body: &'a [u8]) -> Result<Target<'a>, ProtocolError> {
+        let mut r = Reader::new(body, "Describe/Close");
+        let kind = r.u8()?;
+        if kind != b'S' && kind != b'P' {
+            return Err(ProtocolError::Malformed("Describe/Close"));
+        }
+        let name = r.cstr()?;
+        Ok(Target { kind, name })
+    }
+
+    pub fn encode(tag: u8, kind: u8, name: &str) -> Frame {
+        let mut b = BytesMut::with_capacity(name.len() + 2);
+        b.put_u8(kind);
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+        Frame::new(tag, &b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_round_trip_and_rename() {
+        let f = Frame::new(b'P', b"s1\0select $1\0\0\x01\0\0\0\x17");
+        let p = Parse::decode(f.body()).unwrap();
+        assert_eq!((p.name, p.query), ("s1", "select $1"));
+        let g = p.encode_as("PGT_7");
+        let q = Parse::decode(g.body()).unwrap();
+        assert_eq!(
+            (q.name, q.query, q.param_types),
+            ("PGT_7", "select $1", p.param_types)
+        );
+        assert!(Parse::decode(b"s1\0select\0\0\x02\0\0\0\x17").is_err());
+        assert!(Parse::decode(b"s1\0select").is_err());
+    }
+
+    #[test]
+    fn bind_and_target_rename() {
+        let f = Frame::new(b'B', b"\0s1\0\0\0\0\0\0\0");
+        let b = Bind::decode(f.body()).unwrap();
+        assert_eq!((b.portal, b.statement), ("", "s1"));
+        let g = b.encode_as("PGT_1");
+        let c = Bind::decode(g.body()).unwrap();
+        assert_eq!((c.statement, c.rest), ("PGT_1", b.rest));
+        let t = Target::decode(b"Ss1\0").unwrap();
+        assert_eq!((t.kind, t.name), (b'S', "s1"));
+        assert!(Target::decode(b"Xs1\0").is_err());
+        assert!(Target::decode(b"S").is_err());
+    }
+}

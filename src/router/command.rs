@@ -1,0 +1,362 @@
+//! A light statement classifier for the commands that change session state (SET, RESET,
+//! DISCARD, PREPARE/EXECUTE/DEALLOCATE, LISTEN/UNLISTEN). It reads only the leading
+//! keywords of each statement in a query string; it never parses full SQL, so it costs a
+//! few hundred nanoseconds and cannot fail.
+
+/// What a statement does to session state, by its leading keywords.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `SET [SESSION] …` (not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`), `RESET …`
+    /// or `DISCARD …`, or a call that may change settings: state must be re-read.
+    SessionChange,
+    /// `SET LOCAL …` and friends: ends with the transaction.
+    LocalSet,
+    /// `PREPARE name …`
+    Prepare {
+        name: String,
+    },
+    /// `EXECUTE name …`
+    Execute {
+        name: String,
+    },
+    /// `DEALLOCATE [PREPARE] name`; `None` = ALL.
+    Deallocate {
+        name: Option<String>,
+    },
+    /// `DISCARD ALL`
+    DiscardAll,
+    /// `LISTEN channel`
+    Listen {
+        channel: String,
+    },
+    /// `UNLISTEN channel`; `None` = `*`.
+    Unlisten {
+        channel: Option<String>,
+    },
+    Other,
+}
+
+/// Classify every statement of a query string, in order.
+pub fn classify(sql: &str) -> Vec<Command> {
+    let mut out = Vec::new();
+    let mut lx = Lexer {
+        s: sql.as_bytes(),
+        i: 0,
+    };
+    loop {
+        let words = lx.statement_words(4);
+        if words.is_empty() {
+            if lx.at_end() {
+                break;
+            }
+            continue;
+        }
+        out.push(classify_words(&words));
+        if lx.at_end() {
+            break;
+        }
+    }
+    out
+}
+
+/// Classify a string that must hold exactly one statement; `None` if it holds several.
+pub fn classify_single(sql: &str) -> Option<Command> {
+    let mut v = classify(sql);
+    match v.len() {
+        0 => Some(Command::Other),
+        1 => v.pop(),
+        _ => None,
+    }
+}
+
+fn classify_words(w: &[Word]) -> Command {
+    let kw = |i: usize| w.get(i).map(|x| x.keyword.as_str()).unwrap_or("");
+    let name = |i: usize| w.get(i).map(|x| x.ident.clone());
+    match kw(0) {
+        "set" => match kw(1) {
+            "local" | "transaction" | "constraints" => Command::LocalSet,
+            _ => Command::SessionChange,
+        },
+        "reset" => Command::SessionChange,
+        "discard" => match kw(1) {
+            "all" => Command::DiscardAll,
+            _ => Command::SessionChange,
+        },
+        "prepare" if kw(1) != "transaction" => match name(1) {
+            Some(n) => Command::Prepare { name: n },
+            None => Command::Other,
+        },
+        "execute" => match name(1) {
+            Some(n) => Command::Execute { name: n },
+            None => Command::Other,
+        },
+        "deallocate" => {
+            let i = if kw(1) == "prepare" { 2 } else { 1 };
+            match kw(i) {
+                "all" => Command::Deallocate { name: None },
+                _ => Command::Deallocate { name: name(i) },
+            }
+        }
+        "listen" => match name(1) {
+            Some(channel) => Command::Listen { channel },
+            None => Command::Other,
+        },
+        "unlisten" => match w.get(1) {
+            Some(x) if x.ident == "*" => Command::Unlisten { channel: None },
+            Some(x) => Command::Unlisten {
+                channel: Some(x.ident.clone()),
+            },
+            None => Command::Other,
+        },
+        _ => Command::Other,
+    }
+}
+
+/// A leading token: `keyword` is lower-cased (empty for quoted identifiers), `ident` is
+/// the identifier as PostgreSQL folds it (lower-cased unless quoted).
+struct Word {
+    keyword: String,
+    ident: String,
+}
+
+struct Lexer<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Lexer<'_> {
+    fn at_end(&self) -> bool {
+        self.i >= self.s.len()
+    }
+
+    fn peek(&self, k: usize) -> u8 {
+        self.s.get(self.i + k).copied().unwrap_or(0)
+    }
+
+    fn skip_space_and_comments(&mut self) {
+        loop {
+            match self.peek(0) {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.i += 1,
+                b'-' if self.peek(1) == b'-' => {
+                    while !self.at_end() && self.peek(0) != b'\n' {
+                        self.i += 1;
+                    }
+                }
+                b'/' if self.peek(1) == b'*' => {
+                    // Block comments nest in PostgreSQL.
+                    let mut depth = 0usize;
+                    while !self.at_end() {
+                        if self.peek(0) == b'/' && self.peek(1) == b'*' {
+                            depth += 1;
+                            self.i += 2;
+                        } else if self.peek(0) == b'*' && self.peek(1) == b'/' {
+                            depth -= 1;
+                            self.i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        } else {
+                            self.i += 1;
+                        }
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Up to `n` leading words of the next statement; the rest of the statement is
+    /// skipped (quotes, dollar quotes and comments respected) up to and past its `;`.
+    fn statement_words(&mut self, n: usize) -> Vec<Word> {
+        let mut words = Vec::new();
+        loop {
+            self.skip_space_and_comments();
+            if self.at_end() {
+                return words;
+            }
+            let c = self.peek(0);
+            if c == b';' {
+                self.i += 1;
+                return words;
+            }
+            if words.len() < n && (c.is_ascii_alphabetic() || c == b'_' || c >= 0x80) {
+                let start = self.i;
+                while !self.at_end() {
+                    let c = self.peek(0);
+                    if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
+                        self.i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                let w = String::from_utf8_lossy(&self.s[start..self.i]).to_lowercase();
+                words.push(Word {
+                    keyword: w.clone(),
+                    ident: w,
+                });
+                continue;
+            }
+            if words.len() < n && c == b'"' {
+                let id = self.quoted(b'"');
+                words.push(Word {
+                    keyword: String::new(),
+                    ident: id,
+                });
+                continue;
+            }
+            if words.len() < n && c == b'*' {
+                self.i += 1;
+                words.push(Word {
+                    keyword: "*".into(),
+                    ident: "*".into(),
+                });
+                continue;
+            }
+            // Past the leading words: skip one token of the rest of the statement.
+            match c {
+                b'\'' => {
+                    self.quoted(b'\'');
+                }
+                b'"' => {
+                    self.quoted(b'"');
+                }
+                b'$' => self.dollar_quoted(),
+                _ => self.i += 1,
+            }
+            // Any non-word token ends the leading-word run.
+            if words.len() < n {
+                words.push(Word {
+                    keyword: String::new(),
+                    ident: String::new(),
+                });
+                while words.len() < n {
+                    words.push(Word {
+                        keyword: String::new(),
+                        ident: String::new(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A quoted string or identifier (doubled quote = one quote); returns its content.
+    fn quoted(&mut self, q: u8) -> String {
+        self.i += 1;
+        let mut out = Vec::new();
+        while !self.at_end() {
+            let c = self.peek(0);
+            self.i += 1;
+            if c == q {
+                if self.peek(0) == q {
+                    out.push(q);
+                    self.i += 1;
+                } else {
+                    break;
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// `$tag$ … $tag$`, or a lone `$` (a parameter like `$1`).
+    fn dollar_quoted(&mut self) {
+        let start = self.i;
+        let mut j = self.i + 1;
+        while j < self.s.len() && (self.s[j].is_ascii_alphanumeric() || self.s[j] == b'_') {
+            j += 1;
+        }
+        // A tag cannot start with a digit ($1 is a parameter).
+        let starts_with_digit = self.s.get(start + 1).is_some_and(|c| c.is_ascii_digit());
+        if j < self.s.len() && self.s[j] == b'$' && !starts_with_digit {
+            let tag = &self.s[start..=j];
+            let body = j + 1;
+            if let Some(pos) = self.s[body..].windows(tag.len()).position(|w| w == tag) {
+                self.i = body + pos + tag.len();
+                return;
+            }
+            self.i = self.s.len();
+            return;
+        }
+        self.i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_commands() {
+        assert_eq!(
+            classify("SET TimeZone = 'UTC'"),
+            vec![Command::SessionChange]
+        );
+        assert_eq!(
+            classify("set session search_path to a, b"),
+            vec![Command::SessionChange]
+        );
+        assert_eq!(
+            classify("SET LOCAL statement_timeout = 5"),
+            vec![Command::LocalSet]
+        );
+        assert_eq!(
+            classify("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            vec![Command::LocalSet]
+        );
+        assert_eq!(
+            classify("  /* c */ -- x\n RESET ALL;"),
+            vec![Command::SessionChange]
+        );
+        assert_eq!(classify("DISCARD ALL"), vec![Command::DiscardAll]);
+        assert_eq!(
+            classify("select 1; set x.y = '1;2'; select ';'"),
+            vec![Command::Other, Command::SessionChange, Command::Other]
+        );
+    }
+
+    #[test]
+    fn prepared_and_listen() {
+        assert_eq!(
+            classify("PREPARE q1(int) AS select $1"),
+            vec![Command::Prepare { name: "q1".into() }]
+        );
+        assert_eq!(
+            classify("prepare \"Q\" as select 1"),
+            vec![Command::Prepare { name: "Q".into() }]
+        );
+        assert_eq!(
+            classify("EXECUTE Q1(5)"),
+            vec![Command::Execute { name: "q1".into() }]
+        );
+        assert_eq!(
+            classify("DEALLOCATE PREPARE q1"),
+            vec![Command::Deallocate {
+                name: Some("q1".into())
+            }]
+        );
+        assert_eq!(
+            classify("deallocate all"),
+            vec![Command::Deallocate { name: None }]
+        );
+        assert_eq!(
+            classify("LISTEN chan"),
+            vec![Command::Listen {
+                channel: "chan".into()
+            }]
+        );
+        assert_eq!(
+            classify("UNLISTEN *"),
+            vec![Command::Unlisten { channel: None }]
+        );
+        assert_eq!(
+            classify("select $$;set x$$; select $a$ ; $a$"),
+            vec![Command::Other, Command::Other]
+        );
+        assert_eq!(classify_single("select 1;"), Some(Command::Other));
+        assert_eq!(classify_single("select 1; select 2"), None);
+        assert_eq!(classify(""), vec![]);
+        assert_eq!(classify(";;"), vec![]);
+    }
+}
