@@ -229,6 +229,9 @@ impl Pool {
                 Open,
                 Wait(oneshot::Receiver<Handoff>),
             }
+            // Registered before anything is checked, so a connection of this database
+            // freed (or idled in another pool) from here on wakes the wait below.
+            let db_freed = self.db.freed.notified();
             let next = {
                 let s = self.settings.load();
                 let mut g = self.lock();
@@ -275,7 +278,9 @@ impl Pool {
                 Next::Open => return self.open().await.map(|c| self.assigned(c)),
                 Next::Wait(rx) => {
                     self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-                    let r = self.wait(rx, &s, started, deadline, allow_reserve).await;
+                    let r = self
+                        .wait(rx, db_freed, &s, started, deadline, allow_reserve)
+                        .await;
                     self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                     match r {
                         Waited::Handoff(Handoff::Conn(c)) => match self.check(c).await {
@@ -300,6 +305,7 @@ impl Pool {
     async fn wait(
         &self,
         mut rx: oneshot::Receiver<Handoff>,
+        db_freed: tokio::sync::futures::Notified<'_>,
         s: &Settings,
         started: Instant,
         deadline: Option<Instant>,
@@ -308,7 +314,6 @@ impl Pool {
         let reserve_at =
             (!allow_reserve && s.reserve_pool_size > 0).then(|| started + s.reserve_pool_timeout);
         let far = Instant::now() + Duration::from_secs(86400 * 365);
-        let db_freed = self.db.freed.notified();
         tokio::pin!(db_freed);
         let db_limited = s.max_db_connections > 0;
         tokio::select! {
@@ -452,6 +457,12 @@ impl Pool {
             }
         }
         g.idle.push_back(c);
+        drop(g);
+        if s.max_db_connections > 0 {
+            // Clients of another pool of this database may be waiting at
+            // max_db_connections: they can now close this idle connection and open theirs.
+            self.db.freed.notify_waiters();
+        }
     }
 
     /// Close a connection that is not coming back (broken, or the client quit mid-way).
