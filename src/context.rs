@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::UserStore;
 use crate::config::Settings;
-use crate::frontend::CancelRegistry;
+use crate::frontend::{CancelRegistry, StatementRegistry};
 use crate::pool::{Node, Pools};
 use crate::router::Router;
 
@@ -16,6 +16,8 @@ pub struct Context {
     pub users: ArcSwap<UserStore>,
     pub pools: Arc<Pools>,
     pub cancels: Arc<CancelRegistry>,
+    /// Named prepared statements, one entry per distinct statement in the process.
+    pub statements: StatementRegistry,
     /// TLS towards clients; None when no certificate is configured.
     pub client_tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
     pub router: Router,

@@ -4,6 +4,7 @@
 //! It holds no client state: the frontend drives the bytes while a client holds it.
 mod cancel;
 mod connect;
+mod prepared;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,10 @@ use crate::protocol::{build, decode, ErrorFields, ProtocolError};
 
 pub use cancel::{send_cancel, CancelTarget};
 pub use connect::{connect, socket_keepalive, ConnectParams};
+pub use prepared::{server_statement_name, PreparedCache};
+
+/// Settings pgtenant applied to a server connection (name → value).
+pub type ParamMap = std::collections::BTreeMap<String, String>;
 
 /// Errors on a server connection. Anything but `Server` leaves the connection unusable.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +66,10 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Transaction status from the last ReadyForQuery.
     pub tx_status: u8,
+    /// Session settings pgtenant set on this connection (beyond its defaults).
+    pub applied: Arc<ParamMap>,
+    /// Statements prepared on this connection.
+    pub prepared: PreparedCache,
 }
 
 impl ServerConn {
@@ -78,6 +87,8 @@ impl ServerConn {
             created: now,
             last_used: now,
             tx_status: b'I',
+            applied: Arc::new(ParamMap::new()),
+            prepared: PreparedCache::default(),
         }
     }
 
@@ -118,6 +129,53 @@ impl ServerConn {
             )));
         }
         Ok(())
+    }
+
+    /// Run a query of pgtenant's own whose result has two text columns, and return the
+    /// rows (used to read back session settings; never on the per-statement path).
+    pub async fn query_pairs(&mut self, sql: &str) -> Result<Vec<(String, String)>, BackendError> {
+        self.conn.send(&build::query(sql)).await?;
+        let mut rows = Vec::new();
+        let mut failed = None;
+        loop {
+            let f = self.conn.read_frame().await?.ok_or(BackendError::Closed)?;
+            match f.tag() {
+                b'Z' => {
+                    self.tx_status = decode::ready_status(f.body())?;
+                    break;
+                }
+                b'D' => {
+                    let mut r = crate::protocol::Reader::new(f.body(), "DataRow");
+                    let n = r.i16()?;
+                    let mut cols = Vec::with_capacity(2);
+                    for _ in 0..n {
+                        let len = r.i32()?;
+                        let v = if len < 0 {
+                            &[][..]
+                        } else {
+                            r.bytes(len as usize)?
+                        };
+                        cols.push(String::from_utf8_lossy(v).into_owned());
+                    }
+                    if let [a, b] = &cols[..] {
+                        rows.push((a.clone(), b.clone()));
+                    }
+                }
+                b'E' => failed = Some(ErrorFields::parse(f.body())?),
+                b'S' => self.note_parameter(f.body()),
+                _ => {}
+            }
+        }
+        match failed {
+            Some(e) => Err(BackendError::Server(e)),
+            None => Ok(rows),
+        }
+    }
+
+    /// After server_reset_query (DISCARD ALL): nothing set, nothing prepared.
+    pub fn forget_session_state(&mut self) {
+        self.applied = Arc::new(ParamMap::new());
+        self.prepared.clear();
     }
 
     /// Best-effort goodbye without waiting: a Terminate if the socket takes it now.

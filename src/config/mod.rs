@@ -164,6 +164,9 @@ pub struct Settings {
     pub server_check_delay: Duration,
     /// Largest message accepted from a client or server, in bytes.
     pub max_message_size: u32,
+    /// Named prepared statements kept per server connection (LRU); 0 = no tracking,
+    /// named statements are forwarded as they are (PgBouncer's max_prepared_statements).
+    pub max_prepared_statements: u32,
     pub shutdown_timeout: Duration,
     /// PgBouncer-style userlist.txt ("user" "secret" per line).
     pub auth_file: Option<PathBuf>,

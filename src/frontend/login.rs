@@ -27,6 +27,8 @@ pub struct Client {
     pub database: String,
     /// Startup parameters other than user and database.
     pub params: Vec<(String, String)>,
+    /// The settings those parameters ask for (replayed on every server it uses).
+    pub startup: super::params::ParamMap,
     pub key: CancelKey,
     /// The pool on the coordinator for this (database, user).
     pub pool: Arc<Pool>,
@@ -213,9 +215,18 @@ async fn login_inner(
     };
 
     let cancel_key = ctx.cancels.register();
+    let startup = super::params::from_startup(&rest);
     conn.queue(&build::auth_ok());
+    // The server's values, except where this client's startup packet set a reported
+    // setting: it must see what a direct connection would report.
     for (k, v) in server_params.iter() {
-        conn.queue(&build::parameter_status(k, v));
+        match startup.get(&k.to_ascii_lowercase()) {
+            Some(mine) => conn.queue(&build::parameter_status(
+                k,
+                &super::params::reported_value(k, mine),
+            )),
+            None => conn.queue(&build::parameter_status(k, v)),
+        }
     }
     conn.queue(&build::backend_key_data(cancel_key.pid, cancel_key.secret));
     conn.queue(&build::ready_for_query(b'I'));
@@ -225,6 +236,7 @@ async fn login_inner(
         user,
         database,
         params: rest,
+        startup,
         key: cancel_key,
         pool,
     }))

@@ -2,6 +2,9 @@
 //! loop that lends it server connections.
 mod cancel;
 mod login;
+pub mod params;
+mod pipeline;
+pub mod prepared;
 mod session;
 
 use std::sync::atomic::Ordering;
@@ -13,6 +16,7 @@ use crate::config::Listener;
 use crate::context::Context;
 
 pub use cancel::{CancelKey, CancelRegistry, CancelSlot};
+pub use prepared::StatementRegistry;
 
 /// Errors that end a client session.
 #[derive(Debug, thiserror::Error)]

@@ -4,8 +4,14 @@
 //!
 //! In transaction and statement mode a server connection is taken from the pool when the
 //! client sends the first message of a transaction and goes back when ReadyForQuery says
-//! idle and nothing the client sent is still unanswered. In session mode it stays until
-//! the client leaves.
+//! idle and nothing the client sent is still unanswered (see [`super::pipeline`]). In
+//! session mode it stays until the client leaves.
+//!
+//! In transaction and statement mode the client's session travels with it: its named
+//! prepared statements are prepared on whatever server serves it (once per server, LRU
+//! bounded), and its settings (startup parameters and SETs) are replayed where the
+//! server's differ. pgtenant's own messages are answered out of the client's sight.
+use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -17,40 +23,41 @@ use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::login::{pool_error_frame, Client};
+use super::params::{self, ParamMap};
+use super::pipeline::{Expect, Pipeline, Req};
+use super::prepared::{changes_session, StatementDef};
 use super::FrontendError;
-use crate::backend::ServerConn;
+use crate::backend::{server_statement_name, ServerConn};
 use crate::config::PoolMode;
 use crate::context::Context;
 use crate::net::Frame;
 use crate::pool::{Pool, PoolError};
-use crate::protocol::{build, decode, sqlstate};
+use crate::protocol::extended::{Bind, Parse, Target};
+use crate::protocol::{build, decode, sqlstate, ErrorFields};
+use crate::router::command::{classify, classify_single, Command};
 use crate::router::Route;
 
 /// Stop reading from one side while this much is queued for the other (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
 
+/// Reads back the settings a client changed (what PostgreSQL itself holds).
+const SESSION_SETTINGS_SQL: &str =
+    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
+
 /// A server connection lent to this client.
 struct Attached {
     server: ServerConn,
     pool: Arc<Pool>,
-    /// ReadyForQuery messages still owed (one per Query, Sync and FunctionCall sent).
-    pending: u32,
-    /// Extended-protocol messages sent since the last Sync.
-    extended: bool,
-    /// Syncs sent since the last Execute or Query and before any COPY data. If the server
-    /// answers that statement with CopyInResponse, it skips these Syncs without a
-    /// ReadyForQuery (PostgreSQL ignores Sync in COPY IN mode; libpq and tokio-postgres
-    /// send Bind/Execute/Sync, then the data, CopyDone and another Sync).
-    syncs_before_copy: u32,
-    /// CopyData/CopyDone/CopyFail sent since the last Execute or Query.
-    copy_sent: bool,
+    /// What the server still owes, in order.
+    pipe: Pipeline,
+    /// The client ran something that may change session settings in this transaction.
+    session_changed: bool,
 }
 
 impl Attached {
     /// Idle and owing nothing: safe to give to another client.
     fn is_clean(&self) -> bool {
-        self.pending == 0
-            && !self.extended
+        self.pipe.is_settled()
             && self.server.tx_status == b'I'
             && self.server.conn.pending_output() == 0
             && self.server.conn.buffered_input() == 0
@@ -66,10 +73,36 @@ enum Event {
     Shutdown,
 }
 
+impl Event {
+    fn name(&self) -> &'static str {
+        match self {
+            Event::ClientRead(_) => "client-read",
+            Event::ServerRead(_) => "server-read",
+            Event::ClientWrite(_) => "client-write-error",
+            Event::ServerWrite(_) => "server-write-error",
+            Event::IdleTxTimeout => "idle-tx-timeout",
+            Event::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// What to do after handling input.
 enum Flow {
     Continue,
     Quit,
+}
+
+/// The client's own view of its session (transaction and statement mode).
+#[derive(Default)]
+struct View {
+    /// Its named protocol-level statements.
+    statements: HashMap<String, Arc<StatementDef>>,
+    /// Its SQL-level `PREPARE`d statements: name → the PREPARE text.
+    sql_prepared: HashMap<String, Arc<str>>,
+    /// Settings it changed since startup, as the server reported them.
+    session: ParamMap,
+    /// Startup settings overlaid with `session`: what every server it uses must have.
+    desired: Arc<ParamMap>,
 }
 
 struct Session<'a> {
@@ -77,6 +110,10 @@ struct Session<'a> {
     c: Client,
     mode: PoolMode,
     attached: Option<Attached>,
+    view: View,
+    /// Prepared-statement tracking on (transaction/statement mode, max_prepared_statements > 0).
+    track_prepared: bool,
+    max_prepared: usize,
     /// After a refused extended-protocol message, drop messages until Sync.
     skip_until_sync: bool,
     /// Armed while the client sits idle inside a transaction.
@@ -88,11 +125,20 @@ struct Session<'a> {
 }
 
 pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError> {
-    let mode = ctx.settings().pool_mode_for(&client.user);
+    let settings = ctx.settings();
+    let mode = settings.pool_mode_for(&client.user);
+    let max_prepared = settings.max_prepared_statements as usize;
+    let desired = Arc::new(client.startup.clone());
     let mut s = Session {
         ctx,
         mode,
         attached: None,
+        view: View {
+            desired,
+            ..View::default()
+        },
+        track_prepared: mode != PoolMode::Session && max_prepared > 0,
+        max_prepared,
         skip_until_sync: false,
         idle_tx_timer: None,
         shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
@@ -100,6 +146,7 @@ pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError
         client_tx: b'I',
         c: client,
     };
+    drop(settings);
     let r = s.run().await;
     s.finish().await;
     r
@@ -109,6 +156,7 @@ impl Session<'_> {
     async fn run(&mut self) -> Result<(), FrontendError> {
         loop {
             let ev = poll_fn(|cx| self.poll_event(cx)).await;
+            tracing::trace!(event = ev.name(), "session event");
             let flow = match ev {
                 Event::ClientRead(Ok(0)) => Flow::Quit,
                 Event::ClientRead(Ok(_)) => self.on_client_input().await?,
@@ -190,13 +238,24 @@ impl Session<'_> {
         Poll::Pending
     }
 
+    // ---------------------------------------------------------------------------------
+    // Client → server
+    // ---------------------------------------------------------------------------------
+
     /// Handle every complete frame the client has sent.
     async fn on_client_input(&mut self) -> Result<Flow, FrontendError> {
         self.idle_tx_timer = None;
         loop {
             let f = match self.c.conn.try_frame() {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(Flow::Continue),
+                Ok(None) => {
+                    // Answers pgtenant makes itself that nothing precedes go out now (a
+                    // Parse the server already has, followed by a Flush, waits for nothing).
+                    if let Some(a) = self.attached.as_mut() {
+                        emit_synthetic(a, &mut self.c.conn);
+                    }
+                    return Ok(Flow::Continue);
+                }
                 Err(e) => {
                     tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
                     self.c
@@ -215,47 +274,259 @@ impl Session<'_> {
             if f.tag() == b'X' {
                 return Ok(Flow::Quit);
             }
-            // With no server attached, nothing is in flight: a Flush has nothing to flush,
-            // and CopyData/CopyDone/CopyFail are leftovers of a COPY the server already
-            // failed and answered with ReadyForQuery (PostgreSQL drops them too). Taking a
-            // server for them would hold it with no ReadyForQuery to give it back.
-            if self.attached.is_none() && matches!(f.tag(), b'H' | b'd' | b'c' | b'f') {
-                continue;
-            }
-            if self.attached.is_none() && !self.attach(&f).await {
-                continue;
-            }
-            let Some(a) = self.attached.as_mut() else {
-                continue;
-            };
-            match f.tag() {
-                b'Q' | b'F' => {
-                    a.pending += 1;
-                    a.syncs_before_copy = 0;
-                    a.copy_sent = false;
+            if self.attached.is_none() {
+                // With no server attached, nothing is in flight: a Flush has nothing to
+                // flush, and CopyData/CopyDone/CopyFail are leftovers of a COPY the server
+                // already failed and answered (PostgreSQL drops them too).
+                if matches!(f.tag(), b'H' | b'd' | b'c' | b'f') {
+                    continue;
                 }
-                b'S' => {
-                    a.pending += 1;
-                    a.extended = false;
-                    if !a.copy_sent {
-                        a.syncs_before_copy += 1;
-                    }
+                if self.answer_without_server(&f)? {
+                    continue;
                 }
-                b'E' => {
-                    a.extended = true;
-                    a.syncs_before_copy = 0;
-                    a.copy_sent = false;
+                if !self.attach(&f).await {
+                    continue;
                 }
-                b'P' | b'B' | b'D' | b'C' => a.extended = true,
-                b'd' | b'c' | b'f' => a.copy_sent = true,
-                _ => {}
             }
-            a.server.conn.queue(&f);
+            tracing::trace!(tag = %(f.tag() as char), attached = self.attached.is_some(), "client message");
+            if let Err(e) = self.forward(f) {
+                tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                self.c
+                    .conn
+                    .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
+                return Ok(Flow::Quit);
+            }
         }
     }
 
-    /// Get a server connection for the transaction `first` starts. On failure the client
-    /// gets an error for this request and keeps its connection.
+    /// Messages pgtenant answers itself when no server is attached: closing a client's
+    /// statement, DEALLOCATE, DISCARD ALL, and a Sync right after them.
+    fn answer_without_server(&mut self, f: &Frame) -> Result<bool, FrontendError> {
+        if !self.track_prepared {
+            return Ok(false);
+        }
+        match f.tag() {
+            b'C' => {
+                let t = Target::decode(f.body())?;
+                if t.kind == b'S' && !t.name.is_empty() {
+                    self.view.statements.remove(t.name);
+                    self.c.conn.queue(&Frame::new(b'3', &[]));
+                    return Ok(true);
+                }
+            }
+            b'S' if self.client_tx == b'I' => {
+                // Only reached when no server holds state for this client.
+                self.c.conn.queue(&build::ready_for_query(b'I'));
+                return Ok(true);
+            }
+            b'Q' if self.client_tx == b'I' => {
+                let sql = decode::query_text(f.body())?;
+                if let Some(tag) = self.client_view_command(sql) {
+                    self.c.conn.queue(&command_complete(tag));
+                    self.c.conn.queue(&build::ready_for_query(b'I'));
+                    return Ok(true);
+                }
+            }
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// DEALLOCATE / DISCARD ALL act on the client's view only. Returns the command tag to
+    /// answer with, or None when `sql` is not such a command.
+    fn client_view_command(&mut self, sql: &str) -> Option<&'static str> {
+        match classify_single(sql)? {
+            Command::Deallocate { name: Some(n) } => {
+                self.view.sql_prepared.remove(&n);
+                self.view.statements.remove(&n);
+                Some("DEALLOCATE")
+            }
+            Command::Deallocate { name: None } => {
+                self.view.sql_prepared.clear();
+                self.view.statements.clear();
+                Some("DEALLOCATE ALL")
+            }
+            Command::DiscardAll if self.client_tx == b'I' => {
+                self.view.sql_prepared.clear();
+                self.view.statements.clear();
+                self.view.session.clear();
+                self.view.desired = Arc::new(self.c.startup.clone());
+                Some("DISCARD ALL")
+            }
+            _ => None,
+        }
+    }
+
+    /// Send one client message to the attached server, rewriting statement names and
+    /// recording what the server owes.
+    fn forward(&mut self, f: Frame) -> Result<(), FrontendError> {
+        let track = self.track_prepared;
+        let cap = self.max_prepared;
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        match f.tag() {
+            b'P' => {
+                let p = Parse::decode(f.body())?;
+                if !track || p.name.is_empty() {
+                    if changes_session(p.query) {
+                        a.session_changed = true;
+                    }
+                    a.server.conn.queue(&f);
+                    a.pipe.push(Expect::Forward(Req::Parse { stmt: None }));
+                    return Ok(());
+                }
+                let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
+                let def = self.ctx.statements.intern(&p, key);
+                a.session_changed |= def.changes_session;
+                self.view.statements.insert(p.name.to_owned(), def.clone());
+                if a.server.prepared.touch(def.id) {
+                    a.pipe.push(Expect::Synthetic(vec![Frame::new(b'1', &[])]));
+                } else {
+                    prepare_on(a, &def, cap, true);
+                }
+            }
+            b'B' => {
+                let b = Bind::decode(f.body())?;
+                match self
+                    .view
+                    .statements
+                    .get(b.statement)
+                    .filter(|_| track && !b.statement.is_empty())
+                {
+                    Some(def) => {
+                        a.session_changed |= def.changes_session;
+                        if !a.server.prepared.touch(def.id) {
+                            prepare_on(a, def, cap, false);
+                        }
+                        a.server.conn.queue(&b.encode_as(&def.server_name));
+                    }
+                    None => a.server.conn.queue(&f),
+                }
+                a.pipe.push(Expect::Forward(Req::Bind));
+            }
+            b'D' => {
+                let t = Target::decode(f.body())?;
+                match self
+                    .view
+                    .statements
+                    .get(t.name)
+                    .filter(|_| track && t.kind == b'S' && !t.name.is_empty())
+                {
+                    Some(def) => {
+                        if !a.server.prepared.touch(def.id) {
+                            prepare_on(a, def, cap, false);
+                        }
+                        a.server
+                            .conn
+                            .queue(&Target::encode(b'D', b'S', &def.server_name));
+                    }
+                    None => a.server.conn.queue(&f),
+                }
+                a.pipe.push(Expect::Forward(Req::Describe));
+            }
+            b'C' => {
+                let t = Target::decode(f.body())?;
+                if track && t.kind == b'S' && !t.name.is_empty() {
+                    // The client's view only; the server keeps the statement for others.
+                    self.view.statements.remove(t.name);
+                    a.pipe.push(Expect::Synthetic(vec![Frame::new(b'3', &[])]));
+                } else {
+                    a.server.conn.queue(&f);
+                    a.pipe.push(Expect::Forward(Req::Close { evicted: None }));
+                }
+            }
+            b'E' => {
+                a.server.conn.queue(&f);
+                a.pipe.push(Expect::Forward(Req::Execute));
+            }
+            b'S' => {
+                a.server.conn.queue(&f);
+                if !a.pipe.copy_in {
+                    a.pipe.push(Expect::Forward(Req::Sync));
+                }
+            }
+            b'c' | b'f' => {
+                a.server.conn.queue(&f);
+                a.pipe.client_copy_end();
+            }
+            b'F' => {
+                a.server.conn.queue(&f);
+                a.pipe.push(Expect::Forward(Req::FunctionCall));
+            }
+            b'Q' => {
+                let sql = decode::query_text(f.body())?;
+                if track {
+                    return self.forward_query(f.clone(), sql.to_owned());
+                }
+                if self.mode == PoolMode::Session {
+                    a.server.conn.queue(&f);
+                    a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
+                    return Ok(());
+                }
+                if changes_session(sql) {
+                    a.session_changed = true;
+                }
+                a.server.conn.queue(&f);
+                a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
+            }
+            _ => a.server.conn.queue(&f),
+        }
+        Ok(())
+    }
+
+    /// A simple query in transaction/statement mode with statement tracking: SQL-level
+    /// PREPARE/EXECUTE travel with the client; DEALLOCATE/DISCARD ALL act on its view.
+    fn forward_query(&mut self, f: Frame, sql: String) -> Result<(), FrontendError> {
+        let cmds = classify(&sql);
+        if cmds.len() == 1 && self.client_tx == b'I' {
+            if let Some(tag) = self.client_view_command(&sql) {
+                if let Some(a) = self.attached.as_mut() {
+                    a.pipe.push(Expect::SyntheticCommand(tag));
+                }
+                return Ok(());
+            }
+        }
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        let mut prepare = None;
+        for c in &cmds {
+            match c {
+                Command::SessionChange | Command::DiscardAll => a.session_changed = true,
+                Command::Prepare { name } if cmds.len() == 1 => {
+                    // Another client's statement of that name may be on this server.
+                    if a.server.prepared.sql.remove(name).is_some() {
+                        hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
+                    }
+                    prepare = Some((name.clone(), Arc::<str>::from(sql.as_str())));
+                }
+                Command::Execute { name } => {
+                    if let Some(text) = self.view.sql_prepared.get(name) {
+                        if a.server.prepared.sql.get(name) != Some(text) {
+                            if a.server.prepared.sql.remove(name).is_some() {
+                                hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
+                            }
+                            a.server.prepared.sql.insert(name.clone(), text.clone());
+                            a.server.conn.queue(&build::query(text));
+                            a.pipe.push(Expect::Hidden {
+                                req: Req::Query { prepare: None },
+                                show_errors: true,
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        a.server.conn.queue(&f);
+        a.pipe.push(Expect::Forward(Req::Query { prepare }));
+        Ok(())
+    }
+
+    /// Get a server connection for the transaction `first` starts and bring its session
+    /// settings in line with the client's. On failure the client gets an error for this
+    /// request and keeps its connection.
     async fn attach(&mut self, first: &Frame) -> bool {
         let pool = match self.ctx.router.route(first) {
             Route::Coordinator => self.c.pool.clone(),
@@ -263,14 +534,19 @@ impl Session<'_> {
         match pool.acquire().await {
             Ok(server) => {
                 self.c.key.slot.set(Some(server.cancel.clone())).await;
-                self.attached = Some(Attached {
+                let mut a = Attached {
                     server,
                     pool,
-                    pending: 0,
-                    extended: false,
-                    syncs_before_copy: 0,
-                    copy_sent: false,
-                });
+                    pipe: Pipeline::default(),
+                    session_changed: false,
+                };
+                if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
+                    for sql in params::replay(&a.server.applied, &self.view.desired) {
+                        hidden_query(&mut a, &sql);
+                    }
+                    a.server.applied = self.view.desired.clone();
+                }
+                self.attached = Some(a);
                 true
             }
             Err(e) => {
@@ -284,7 +560,7 @@ impl Session<'_> {
                 }
                 let fatal = pool_error_frame(&e);
                 // Same code and text, but ERROR: the client may retry on this connection.
-                let fields = decode_fields(&fatal);
+                let fields = ErrorFields::parse(fatal.body()).unwrap_or_default();
                 self.c
                     .conn
                     .queue(&build::error(&fields.code, &fields.message));
@@ -299,25 +575,82 @@ impl Session<'_> {
         }
     }
 
+    // ---------------------------------------------------------------------------------
+    // Server → client
+    // ---------------------------------------------------------------------------------
+
     /// Relay every complete frame the server has sent; give the server back when done.
     async fn on_server_input(&mut self) -> Flow {
         loop {
             let Some(a) = self.attached.as_mut() else {
                 return Flow::Continue;
             };
+            emit_synthetic(a, &mut self.c.conn);
             let f = match a.server.conn.try_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return Flow::Continue,
                 Err(e) => return self.server_lost(&format!("server sent a bad message: {e}")),
             };
-            match f.tag() {
+            let (hidden, show_errors) = match a.pipe.q.front() {
+                Some(Expect::Hidden { show_errors, .. }) => (true, *show_errors),
+                _ => (false, true),
+            };
+            let tag = f.tag();
+            tracing::trace!(server = a.server.id, tag = %(tag as char), head = ?a.pipe.q.front(), queued = a.pipe.q.len(), "server message");
+            match tag {
+                b'E' => {
+                    if !hidden || show_errors {
+                        self.c.conn.queue(&f);
+                    } else {
+                        let e = ErrorFields::parse(f.body()).unwrap_or_default();
+                        tracing::warn!(user = %self.c.user, code = %e.code, message = %e.message, "server refused a setting pgtenant replayed");
+                    }
+                    match a.pipe.q.front().and_then(Expect::req).cloned() {
+                        Some(r) if r.is_extended() => {
+                            a.pipe.q.pop_front();
+                            undo_prepared(a, Expect::Forward(r));
+                            for e in a.pipe.drop_until_sync() {
+                                undo_prepared(a, e);
+                            }
+                        }
+                        Some(Req::Query { .. }) => {
+                            // The query is answered by ReadyForQuery; remember it failed.
+                            if let Some(
+                                Expect::Forward(Req::Query { prepare })
+                                | Expect::Hidden {
+                                    req: Req::Query { prepare },
+                                    ..
+                                },
+                            ) = a.pipe.q.front_mut()
+                            {
+                                *prepare = None;
+                            }
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
                 b'Z' => {
                     let Ok(st) = decode::ready_status(f.body()) else {
                         return self.server_lost("server sent a malformed ReadyForQuery");
                     };
                     a.server.tx_status = st;
-                    a.pending = a.pending.saturating_sub(1);
-                    let settled = a.pending == 0 && !a.extended;
+                    match a.pipe.q.pop_front() {
+                        Some(Expect::Forward(Req::Query {
+                            prepare: Some((name, text)),
+                        })) => {
+                            a.server.prepared.sql.insert(name.clone(), text.clone());
+                            self.view.sql_prepared.insert(name, text);
+                        }
+                        Some(Expect::Forward(_) | Expect::Hidden { .. }) | None => {}
+                        Some(other) => {
+                            tracing::error!(?other, "ReadyForQuery out of order");
+                            return self.server_lost("pgtenant lost track of the server's answers");
+                        }
+                    }
+                    if hidden {
+                        continue;
+                    }
                     self.client_tx = st;
                     if self.mode == PoolMode::Statement && st != b'I' {
                         // As PgBouncer: the error takes the place of the ReadyForQuery,
@@ -329,7 +662,11 @@ impl Session<'_> {
                         return Flow::Quit;
                     }
                     self.c.conn.queue(&f);
-                    if settled {
+                    let Some(a) = self.attached.as_mut() else {
+                        return Flow::Continue;
+                    };
+                    emit_synthetic(a, &mut self.c.conn);
+                    if a.pipe.is_settled() {
                         if st != b'I' {
                             self.arm_idle_tx_timer();
                         } else if self.mode != PoolMode::Session {
@@ -337,18 +674,32 @@ impl Session<'_> {
                             return Flow::Continue;
                         }
                     }
+                    continue;
                 }
                 b'S' => {
                     a.server.note_parameter(f.body());
-                    self.c.conn.queue(&f);
+                    if !hidden {
+                        self.c.conn.queue(&f);
+                    }
+                    continue;
                 }
-                b'G' => {
-                    // COPY IN: the Syncs sent after its Execute get no ReadyForQuery.
-                    a.pending = a.pending.saturating_sub(a.syncs_before_copy);
-                    a.syncs_before_copy = 0;
+                b'G' => a.pipe.copy_in_started(),
+                b'A' => {
+                    // Notifications are the client's even in the middle of our own work.
                     self.c.conn.queue(&f);
+                    continue;
                 }
-                _ => self.c.conn.queue(&f),
+                _ => {}
+            }
+            if !hidden {
+                self.c.conn.queue(&f);
+            }
+            // Terminal answers pop their request.
+            if let Some(r) = a.pipe.q.front().and_then(Expect::req) {
+                let describe_statement_part = tag == b't';
+                if !describe_statement_part && r.ends_with(tag) {
+                    a.pipe.q.pop_front();
+                }
             }
         }
     }
@@ -360,21 +711,39 @@ impl Session<'_> {
         }
     }
 
-    /// Give the server connection back to its pool (it is clean).
+    /// Give the server connection back to its pool (it is clean). If the client changed
+    /// settings in this transaction, read them back first: that is its new session.
     async fn release(&mut self) {
         let Some(mut a) = self.attached.take() else {
             return;
         };
         self.c.key.slot.set(None).await;
-        let s = self.ctx.settings.load();
-        if s.server_reset_query_always && !s.server_reset_query.is_empty() {
+        let s = self.ctx.settings.load_full();
+        if a.session_changed || s.server_reset_query_always {
             // The client already has its answer queued; let it go out first.
             let _ = self.c.conn.flush().await;
-            let q = s.server_reset_query.clone();
-            if a.server.run_internal(&q).await.is_err() {
+        }
+        if a.session_changed {
+            match a.server.query_pairs(SESSION_SETTINGS_SQL).await {
+                Ok(rows) => {
+                    let now: ParamMap = rows.into_iter().collect();
+                    self.view.session = now.clone();
+                    self.view.desired = params::merge(&self.c.startup, &self.view.session);
+                    a.server.applied = Arc::new(now);
+                }
+                Err(e) => {
+                    tracing::warn!(user = %self.c.user, error = %e, "reading back session settings failed; closing the server connection");
+                    a.pool.discard(a.server);
+                    return;
+                }
+            }
+        }
+        if s.server_reset_query_always && !s.server_reset_query.is_empty() {
+            if a.server.run_internal(&s.server_reset_query).await.is_err() {
                 a.pool.discard(a.server);
                 return;
             }
+            a.server.forget_session_state();
         }
         let clean = a.is_clean();
         a.pool.release(a.server, clean);
@@ -407,6 +776,7 @@ impl Session<'_> {
                 let r = tokio::time::timeout(Duration::from_secs(10), a.server.run_internal(reset))
                     .await;
                 clean = matches!(r, Ok(Ok(())));
+                a.server.forget_session_state();
             }
             if clean {
                 a.pool.release(a.server, true);
@@ -420,6 +790,85 @@ impl Session<'_> {
     }
 }
 
-fn decode_fields(f: &Frame) -> crate::protocol::ErrorFields {
-    crate::protocol::ErrorFields::parse(f.body()).unwrap_or_default()
+/// Send a Parse for `def` to the server (closing the least recently used statement first
+/// when the server's cache is full). `visible`: the client sent this Parse itself.
+fn prepare_on(a: &mut Attached, def: &StatementDef, cap: usize, visible: bool) {
+    if let Some(victim) = a.server.prepared.insert(def.id, cap) {
+        a.server
+            .conn
+            .queue(&Target::encode(b'C', b'S', &server_statement_name(victim)));
+        a.pipe.push(Expect::Hidden {
+            req: Req::Close {
+                evicted: Some(victim),
+            },
+            show_errors: false,
+        });
+    }
+    a.server.conn.queue(&def.parse);
+    let req = Req::Parse { stmt: Some(def.id) };
+    a.pipe.push(if visible {
+        Expect::Forward(req)
+    } else {
+        Expect::Hidden {
+            req,
+            show_errors: true,
+        }
+    });
+}
+
+/// A query of pgtenant's own (setting replay, DEALLOCATE of another client's statement)
+/// whose failure is only logged.
+fn hidden_query(a: &mut Attached, sql: &str) {
+    a.server.conn.queue(&build::query(sql));
+    a.pipe.push(Expect::Hidden {
+        req: Req::Query { prepare: None },
+        show_errors: false,
+    });
+}
+
+/// An extended-protocol request the server skipped (or that failed): undo what it would
+/// have changed in the server's statement cache.
+fn undo_prepared(a: &mut Attached, e: Expect) {
+    match e.req() {
+        Some(Req::Parse { stmt: Some(id) }) => a.server.prepared.remove(*id),
+        Some(Req::Close { evicted: Some(id) }) => {
+            // The Close never ran: the statement is still there.
+            let _ = a.server.prepared.insert(*id, usize::MAX);
+        }
+        _ => {}
+    }
+}
+
+/// Hand the client the answers pgtenant makes itself that are now at the head.
+fn emit_synthetic(a: &mut Attached, client: &mut crate::net::Connection) {
+    a.pipe.skip_markers();
+    loop {
+        match a.pipe.q.front() {
+            Some(Expect::Synthetic(_)) => {
+                if let Some(Expect::Synthetic(frames)) = a.pipe.q.pop_front() {
+                    for f in &frames {
+                        client.queue(f);
+                    }
+                }
+            }
+            Some(Expect::SyntheticCommand(tag)) => {
+                client.queue(&command_complete(tag));
+                client.queue(&build::ready_for_query(a.server.tx_status));
+                a.pipe.q.pop_front();
+            }
+            _ => return,
+        }
+        a.pipe.skip_markers();
+    }
+}
+
+fn command_complete(tag: &str) -> Frame {
+    let mut b = Vec::with_capacity(tag.len() + 1);
+    b.extend_from_slice(tag.as_bytes());
+    b.push(0);
+    Frame::new(b'C', &b)
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }

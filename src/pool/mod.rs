@@ -51,6 +51,8 @@ pub enum PoolError {
 }
 
 /// What a waiting client is handed.
+// A connection is moved, not copied around: boxing it would add an allocation per hand-off.
+#[allow(clippy::large_enum_variant)]
 enum Handoff {
     /// A clean, idle connection.
     Conn(ServerConn),
@@ -224,6 +226,7 @@ impl Pool {
         let deadline = (!s.query_wait_timeout.is_zero()).then(|| started + s.query_wait_timeout);
         let mut allow_reserve = false;
         loop {
+            #[allow(clippy::large_enum_variant)]
             enum Next {
                 Got(ServerConn),
                 Open,
@@ -501,6 +504,7 @@ impl Pool {
     }
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Waited {
     Handoff(Handoff),
     Reserve,

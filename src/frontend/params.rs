@@ -1,0 +1,171 @@
+//! Session parameters that travel with a client in transaction mode: the startup packet's
+//! settings plus whatever the client SET since, as PostgreSQL itself reports them
+//! (`pg_settings.source = 'session'`). A server connection remembers what pgtenant set on
+//! it, so a client that returns to "its" kind of server pays nothing.
+use std::sync::Arc;
+
+/// Setting name (lower case, as in pg_settings) → value.
+pub use crate::backend::ParamMap;
+
+/// Startup-packet keys that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
+
+/// The settings a startup packet asks for, `options=-c a=b` included.
+pub fn from_startup(params: &[(String, String)]) -> ParamMap {
+    let mut out = ParamMap::new();
+    for (k, v) in params {
+        let lk = k.to_ascii_lowercase();
+        if lk == "options" {
+            for (ok, ov) in parse_options(v) {
+                out.insert(ok.to_ascii_lowercase(), ov);
+            }
+        } else if !NOT_SETTINGS.contains(&lk.as_str()) && !lk.starts_with("_pq_.") {
+            out.insert(lk, v.clone());
+        }
+    }
+    out
+}
+
+/// `-c name=value`, `-cname=value` and `--name=value` from a libpq `options` string
+/// (backslash escapes a space, as PostgreSQL's pg_split_opts does).
+pub fn parse_options(s: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        let kv = if w == "-c" {
+            i += 1;
+            words.get(i).map(|s| s.as_str())
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            Some(rest)
+        } else {
+            w.strip_prefix("--")
+        };
+        if let Some((k, v)) = kv.and_then(|kv| kv.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_owned()));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// startup values overlaid with session ones (a RESET returns to the startup value, as
+/// in PostgreSQL, where startup settings are the session defaults).
+pub fn merge(startup: &ParamMap, session: &ParamMap) -> Arc<ParamMap> {
+    let mut m = startup.clone();
+    for (k, v) in session {
+        m.insert(k.clone(), v.clone());
+    }
+    Arc::new(m)
+}
+
+/// The statements that bring a server from `from` to `to`, one per setting so that one
+/// setting the server refuses does not stop the others.
+pub fn replay(from: &ParamMap, to: &ParamMap) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in from.keys() {
+        if !to.contains_key(k) {
+            out.push(format!("RESET {}", ident(k)));
+        }
+    }
+    for (k, v) in to {
+        if from.get(k) != Some(v) {
+            out.push(format!(
+                "SELECT pg_catalog.set_config({}, {}, false)",
+                literal(k),
+                literal(v)
+            ));
+        }
+    }
+    out
+}
+
+/// A SQL string literal, correct whatever standard_conforming_strings says.
+pub fn literal(s: &str) -> String {
+    let body = s.replace('\'', "''");
+    if s.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The value a server would report for a startup setting (ParameterStatus), where it
+/// normalises it.
+pub fn reported_value(name: &str, value: &str) -> String {
+    if name.eq_ignore_ascii_case("client_encoding") {
+        let v = value.to_ascii_uppercase().replace(['-', '_'], "");
+        return if v == "UNICODE" { "UTF8".into() } else { v };
+    }
+    value.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_and_options() {
+        let p = vec![
+            ("user".to_string(), "app".to_string()),
+            ("TimeZone".to_string(), "UTC".to_string()),
+            (
+                "options".to_string(),
+                "-c search_path=a,b --statement-timeout=5s -cwork_mem=64MB".to_string(),
+            ),
+        ];
+        let m = from_startup(&p);
+        assert_eq!(m.get("timezone").map(String::as_str), Some("UTC"));
+        assert_eq!(m.get("search_path").map(String::as_str), Some("a,b"));
+        assert_eq!(m.get("statement_timeout").map(String::as_str), Some("5s"));
+        assert_eq!(m.get("work_mem").map(String::as_str), Some("64MB"));
+        assert!(!m.contains_key("user"));
+    }
+
+    #[test]
+    fn replay_diff_and_quoting() {
+        let mut a = ParamMap::new();
+        a.insert("timezone".into(), "UTC".into());
+        a.insert("search_path".into(), "x".into());
+        let mut b = ParamMap::new();
+        b.insert("timezone".into(), "Europe/Paris".into());
+        b.insert("application_name".into(), "it's".into());
+        let r = replay(&a, &b);
+        assert_eq!(
+            r,
+            vec![
+                "RESET \"search_path\"".to_string(),
+                "SELECT pg_catalog.set_config('application_name', 'it''s', false)".to_string(),
+                "SELECT pg_catalog.set_config('timezone', 'Europe/Paris', false)".to_string(),
+            ]
+        );
+        assert!(replay(&b, &b).is_empty());
+        assert_eq!(literal("a\\b"), "E'a\\\\b'");
+        assert_eq!(reported_value("client_encoding", "utf-8"), "UTF8");
+    }
+}

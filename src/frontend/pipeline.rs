@@ -1,0 +1,194 @@
+//! What a server connection owes the client, message by message, in order.
+//!
+//! Every message sent to the server that gets an answer has an entry; entries pgtenant
+//! answers itself (a Parse of a statement the server already has, a Close of a client's
+//! statement) sit in the same queue so that answers reach the client in the order it sent
+//! the messages. A server connection is clean (may go back to the pool) only when this
+//! queue is empty and the last ReadyForQuery said idle.
+use std::collections::VecDeque;
+
+use crate::net::Frame;
+
+/// A request whose answer is awaited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Req {
+    /// Parse; `stmt`: the statement id it prepares on the server (named statements).
+    Parse {
+        stmt: Option<u64>,
+    },
+    Bind,
+    Describe,
+    Execute,
+    /// Close; `evicted`: the statement id pgtenant closes to keep the LRU bounded.
+    Close {
+        evicted: Option<u64>,
+    },
+    Sync,
+    /// A simple query. `prepare`: a client's `PREPARE name AS …` to remember on success.
+    Query {
+        prepare: Option<(String, std::sync::Arc<str>)>,
+    },
+    FunctionCall,
+}
+
+impl Req {
+    /// Extended-protocol messages: after an error the server skips them until Sync.
+    pub fn is_extended(&self) -> bool {
+        matches!(
+            self,
+            Req::Parse { .. } | Req::Bind | Req::Describe | Req::Execute | Req::Close { .. }
+        )
+    }
+
+    /// Does this server message end the answer to this request?
+    pub fn ends_with(&self, tag: u8) -> bool {
+        match self {
+            Req::Parse { .. } => tag == b'1',
+            Req::Bind => tag == b'2',
+            Req::Describe => tag == b'T' || tag == b'n',
+            Req::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Req::Close { .. } => tag == b'3',
+            Req::Sync | Req::Query { .. } | Req::FunctionCall => tag == b'Z',
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Expect {
+    /// The server answers and the client sees the answer.
+    Forward(Req),
+    /// The server answers a message pgtenant sent on its own; the client sees nothing
+    /// (errors excepted when `show_errors`).
+    Hidden { req: Req, show_errors: bool },
+    /// No server message: the client gets these frames when their turn comes.
+    Synthetic(Vec<Frame>),
+    /// A simple query pgtenant answers itself (DEALLOCATE, DISCARD ALL): CommandComplete
+    /// with this tag, then ReadyForQuery with the transaction status at that point.
+    SyntheticCommand(&'static str),
+    /// The client ended COPY data here (CopyDone/CopyFail); Syncs before it that the
+    /// server ignores in COPY IN mode are found by it.
+    CopyEnd,
+}
+
+impl Expect {
+    pub fn req(&self) -> Option<&Req> {
+        match self {
+            Expect::Forward(r) | Expect::Hidden { req: r, .. } => Some(r),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    pub q: VecDeque<Expect>,
+    /// COPY IN started (CopyInResponse seen) and the client has not ended it yet: its
+    /// Syncs until CopyDone/CopyFail get no answer.
+    pub copy_in: bool,
+}
+
+impl Pipeline {
+    /// Nothing owed (CopyEnd markers owe nothing).
+    pub fn is_settled(&self) -> bool {
+        !self.copy_in && self.q.iter().all(|e| matches!(e, Expect::CopyEnd))
+    }
+
+    pub fn push(&mut self, e: Expect) {
+        self.q.push_back(e);
+    }
+
+    /// The server started COPY IN for the request at the head: Syncs the client already
+    /// sent after it (before its CopyDone/CopyFail) will get no ReadyForQuery.
+    pub fn copy_in_started(&mut self) {
+        let mut i = 1;
+        let mut ended = false;
+        while i < self.q.len() {
+            match &self.q[i] {
+                Expect::Forward(Req::Sync) => {
+                    self.q.remove(i);
+                }
+                Expect::CopyEnd => {
+                    self.q.remove(i);
+                    ended = true;
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = !ended;
+    }
+
+    /// The client sent CopyDone or CopyFail.
+    pub fn client_copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else {
+            self.q.push_back(Expect::CopyEnd);
+        }
+    }
+
+    /// Drop CopyEnd markers at the head (they owe nothing).
+    pub fn skip_markers(&mut self) {
+        while matches!(self.q.front(), Some(Expect::CopyEnd)) {
+            self.q.pop_front();
+        }
+    }
+
+    /// After an error on an extended-protocol request: the server skips everything up to
+    /// the next Sync. Returns the entries dropped (so prepared-statement bookkeeping can
+    /// be undone).
+    pub fn drop_until_sync(&mut self) -> Vec<Expect> {
+        let mut dropped = Vec::new();
+        while let Some(e) = self.q.front() {
+            let is_sync = matches!(e.req(), Some(Req::Sync));
+            if is_sync {
+                break;
+            }
+            if let Some(e) = self.q.pop_front() {
+                dropped.push(e);
+            }
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_in_voids_syncs_sent_before_the_data() {
+        let mut p = Pipeline::default();
+        p.push(Expect::Forward(Req::Execute));
+        p.push(Expect::Forward(Req::Sync));
+        p.copy_in_started();
+        assert!(p.copy_in);
+        assert_eq!(p.q.len(), 1);
+        p.client_copy_end();
+        p.push(Expect::Forward(Req::Sync));
+        assert_eq!(p.q.len(), 2);
+        assert!(!p.is_settled());
+
+        let mut p = Pipeline::default();
+        p.push(Expect::Forward(Req::Execute));
+        p.push(Expect::Forward(Req::Sync));
+        p.client_copy_end();
+        p.push(Expect::Forward(Req::Sync));
+        p.copy_in_started();
+        assert!(!p.copy_in);
+        assert_eq!(p.q.len(), 2);
+    }
+
+    #[test]
+    fn errors_skip_to_sync() {
+        let mut p = Pipeline::default();
+        p.push(Expect::Forward(Req::Bind));
+        p.push(Expect::Synthetic(vec![]));
+        p.push(Expect::Forward(Req::Execute));
+        p.push(Expect::Forward(Req::Sync));
+        p.push(Expect::Forward(Req::Bind));
+        assert_eq!(p.drop_until_sync().len(), 3);
+        assert_eq!(p.q.len(), 2);
+        assert!(Req::Describe.ends_with(b'n') && !Req::Query { prepare: None }.ends_with(b'C'));
+    }
+}
