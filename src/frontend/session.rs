@@ -114,6 +114,10 @@ struct Session<'a> {
     /// Prepared-statement tracking on (transaction/statement mode, max_prepared_statements > 0).
     track_prepared: bool,
     max_prepared: usize,
+    /// The unnamed statement / portal hold a command pgtenant answers itself (DEALLOCATE,
+    /// DISCARD ALL sent through the extended protocol, as psycopg does): its tag.
+    fake_statement: Option<&'static str>,
+    fake_portal: Option<&'static str>,
     /// After a refused extended-protocol message, drop messages until Sync.
     skip_until_sync: bool,
     /// Armed while the client sits idle inside a transaction.
@@ -139,6 +143,8 @@ pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError
         },
         track_prepared: mode != PoolMode::Session && max_prepared > 0,
         max_prepared,
+        fake_statement: None,
+        fake_portal: None,
         skip_until_sync: false,
         idle_tx_timer: None,
         shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
@@ -284,6 +290,12 @@ impl Session<'_> {
                 if self.answer_without_server(&f)? {
                     continue;
                 }
+                if let Some(frames) = self.fake_extended(&f)? {
+                    for fr in &frames {
+                        self.c.conn.queue(fr);
+                    }
+                    continue;
+                }
                 if !self.attach(&f).await {
                     continue;
                 }
@@ -332,6 +344,76 @@ impl Session<'_> {
         Ok(false)
     }
 
+    /// DEALLOCATE / DISCARD ALL sent through the extended protocol with the unnamed
+    /// statement act on the client's view too: pgtenant answers Parse, Bind, Describe and
+    /// Execute of it itself (the Sync still goes to the server, if one is attached).
+    /// Returns the answers for `f`, or None when `f` is not part of such a command.
+    fn fake_extended(&mut self, f: &Frame) -> Result<Option<Vec<Frame>>, FrontendError> {
+        if !self.track_prepared {
+            return Ok(None);
+        }
+        match f.tag() {
+            b'P' => {
+                let p = Parse::decode(f.body())?;
+                if !p.name.is_empty() {
+                    return Ok(None);
+                }
+                self.fake_statement = None;
+                let is_view_command = matches!(
+                    classify_single(p.query),
+                    Some(Command::Deallocate { .. }) | Some(Command::DiscardAll)
+                );
+                if is_view_command {
+                    if let Some(tag) = self.client_view_command(p.query) {
+                        self.fake_statement = Some(tag);
+                        return Ok(Some(vec![Frame::new(b'1', &[])]));
+                    }
+                }
+                Ok(None)
+            }
+            b'B' => {
+                let b = Bind::decode(f.body())?;
+                if !b.portal.is_empty() {
+                    return Ok(None);
+                }
+                self.fake_portal = None;
+                match self.fake_statement.filter(|_| b.statement.is_empty()) {
+                    Some(tag) => {
+                        self.fake_portal = Some(tag);
+                        Ok(Some(vec![Frame::new(b'2', &[])]))
+                    }
+                    None => Ok(None),
+                }
+            }
+            b'D' => {
+                let t = Target::decode(f.body())?;
+                let real = !t.name.is_empty()
+                    || match t.kind {
+                        b'S' => self.fake_statement.is_none(),
+                        _ => self.fake_portal.is_none(),
+                    };
+                if real {
+                    return Ok(None);
+                }
+                let mut v = Vec::new();
+                if t.kind == b'S' {
+                    v.push(Frame::new(b't', &0i16.to_be_bytes()));
+                }
+                v.push(Frame::new(b'n', &[]));
+                Ok(Some(v))
+            }
+            b'E' => {
+                let mut r = crate::protocol::Reader::new(f.body(), "Execute");
+                let portal = r.cstr()?;
+                match self.fake_portal.filter(|_| portal.is_empty()) {
+                    Some(tag) => Ok(Some(vec![command_complete(tag)])),
+                    None => Ok(None),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// DEALLOCATE / DISCARD ALL act on the client's view only. Returns the command tag to
     /// answer with, or None when `sql` is not such a command.
     fn client_view_command(&mut self, sql: &str) -> Option<&'static str> {
@@ -360,6 +442,12 @@ impl Session<'_> {
     /// Send one client message to the attached server, rewriting statement names and
     /// recording what the server owes.
     fn forward(&mut self, f: Frame) -> Result<(), FrontendError> {
+        if let Some(frames) = self.fake_extended(&f)? {
+            if let Some(a) = self.attached.as_mut() {
+                a.pipe.push(Expect::Synthetic(frames));
+            }
+            return Ok(());
+        }
         let track = self.track_prepared;
         let cap = self.max_prepared;
         let Some(a) = self.attached.as_mut() else {
@@ -371,6 +459,9 @@ impl Session<'_> {
                 if !track || p.name.is_empty() {
                     if changes_session(p.query) {
                         a.session_changed = true;
+                    }
+                    if let Some(Command::DropDatabase { name }) = classify_single(p.query) {
+                        self.ctx.pools.close_idle_database(&name);
                     }
                     a.server.conn.queue(&f);
                     a.pipe.push(Expect::Forward(Req::Parse { stmt: None }));
@@ -479,7 +570,11 @@ impl Session<'_> {
     /// PREPARE/EXECUTE travel with the client; DEALLOCATE/DISCARD ALL act on its view.
     fn forward_query(&mut self, f: Frame, sql: String) -> Result<(), FrontendError> {
         let cmds = classify(&sql);
-        if cmds.len() == 1 && self.client_tx == b'I' {
+        if let [Command::DropDatabase { name }] = &cmds[..] {
+            // Our idle connections to it would make the server wait and refuse.
+            self.ctx.pools.close_idle_database(name);
+        }
+        if cmds.len() == 1 {
             if let Some(tag) = self.client_view_command(&sql) {
                 if let Some(a) = self.attached.as_mut() {
                     a.pipe.push(Expect::SyntheticCommand(tag));
@@ -679,6 +774,8 @@ impl Session<'_> {
                 b'S' => {
                     a.server.note_parameter(f.body());
                     if !hidden {
+                        // The client changed a reported setting, however it did it.
+                        a.session_changed = true;
                         self.c.conn.queue(&f);
                     }
                     continue;

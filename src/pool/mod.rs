@@ -585,7 +585,17 @@ impl Pools {
 
     /// Close every idle server connection (shutdown, RECONNECT).
     pub fn close_idle(&self) {
-        for p in self.all() {
+        self.close_idle_where(|_| true);
+    }
+
+    /// Close the idle server connections to one database (before a client's
+    /// `DROP DATABASE`, which would otherwise wait for them and fail).
+    pub fn close_idle_database(&self, database: &str) {
+        self.close_idle_where(|k| &*k.database == database);
+    }
+
+    fn close_idle_where(&self, pick: impl Fn(&PoolKey) -> bool) {
+        for p in self.all().into_iter().filter(|p| pick(&p.key)) {
             let idle: Vec<ServerConn> = {
                 let mut g = p.lock();
                 let v: Vec<_> = g.idle.drain(..).collect();

@@ -33,6 +33,10 @@ pub enum Command {
     Unlisten {
         channel: Option<String>,
     },
+    /// `DROP DATABASE [IF EXISTS] name`
+    DropDatabase {
+        name: String,
+    },
     Other,
 }
 
@@ -44,7 +48,7 @@ pub fn classify(sql: &str) -> Vec<Command> {
         i: 0,
     };
     loop {
-        let words = lx.statement_words(4);
+        let words = lx.statement_words(5);
         if words.is_empty() {
             if lx.at_end() {
                 break;
@@ -95,6 +99,17 @@ fn classify_words(w: &[Word]) -> Command {
             match kw(i) {
                 "all" => Command::Deallocate { name: None },
                 _ => Command::Deallocate { name: name(i) },
+            }
+        }
+        "drop" if kw(1) == "database" => {
+            let i = if kw(2) == "if" && kw(3) == "exists" {
+                4
+            } else {
+                2
+            };
+            match name(i) {
+                Some(n) if !n.is_empty() => Command::DropDatabase { name: n },
+                _ => Command::Other,
             }
         }
         "listen" => match name(1) {
@@ -357,6 +372,16 @@ mod tests {
         assert_eq!(classify_single("select 1;"), Some(Command::Other));
         assert_eq!(classify_single("select 1; select 2"), None);
         assert_eq!(classify(""), vec![]);
+        assert_eq!(
+            classify("DROP DATABASE test_app"),
+            vec![Command::DropDatabase {
+                name: "test_app".into()
+            }]
+        );
+        assert_eq!(
+            classify("drop database if exists \"T\" with (force)"),
+            vec![Command::DropDatabase { name: "T".into() }]
+        );
         assert_eq!(classify(";;"), vec![]);
     }
 }
