@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::UserStore;
 use crate::config::Settings;
-use crate::frontend::{CancelRegistry, StatementRegistry};
+use crate::frontend::{CancelRegistry, ListenHub, StatementRegistry};
 use crate::pool::{Node, Pools};
 use crate::router::Router;
 
@@ -18,6 +18,8 @@ pub struct Context {
     pub cancels: Arc<CancelRegistry>,
     /// Named prepared statements, one entry per distinct statement in the process.
     pub statements: StatementRegistry,
+    /// LISTEN on behalf of transaction-mode clients.
+    pub listens: ListenHub,
     /// TLS towards clients; None when no certificate is configured.
     pub client_tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
     pub router: Router,

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Secret, UserStore};
 use crate::config::{self, Overrides, Settings};
 use crate::context::Context;
-use crate::frontend::{self, CancelRegistry, StatementRegistry};
+use crate::frontend::{self, CancelRegistry, ListenHub, StatementRegistry};
 use crate::pool::{self, Node, Pools};
 use crate::router::Router;
 
@@ -114,6 +114,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         pools: Pools::new(shared_settings, stls),
         cancels: Arc::new(CancelRegistry::default()),
         statements: StatementRegistry::default(),
+        listens: ListenHub::default(),
         client_tls: ArcSwap::from_pointee(ctls),
         router: Router::new(),
         coordinator: ArcSwap::from_pointee(coordinator(&settings)),

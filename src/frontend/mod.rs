@@ -1,6 +1,7 @@
 //! One task per client: startup (TLS, protocol version, authentication), then the session
 //! loop that lends it server connections.
 mod cancel;
+mod listen;
 mod login;
 pub mod params;
 mod pipeline;
@@ -16,6 +17,7 @@ use crate::config::Listener;
 use crate::context::Context;
 
 pub use cancel::{CancelKey, CancelRegistry, CancelSlot};
+pub use listen::ListenHub;
 pub use prepared::StatementRegistry;
 
 /// Errors that end a client session.

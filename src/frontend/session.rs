@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::listen::Subscriber;
 use super::login::{pool_error_frame, Client};
 use super::params::{self, ParamMap};
 use super::pipeline::{Expect, Pipeline, Req};
@@ -42,7 +43,7 @@ const HIGH_WATER: usize = 256 * 1024;
 
 /// Reads back the settings a client changed (what PostgreSQL itself holds).
 const SESSION_SETTINGS_SQL: &str =
-    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
+    "SELECT lower(name), setting FROM pg_catalog.pg_settings WHERE source = 'session'";
 
 /// A server connection lent to this client.
 struct Attached {
@@ -71,6 +72,8 @@ enum Event {
     ServerWrite(io::Error),
     IdleTxTimeout,
     Shutdown,
+    /// A NotificationResponse from the LISTEN hub.
+    Notification(Frame),
 }
 
 impl Event {
@@ -82,6 +85,7 @@ impl Event {
             Event::ServerWrite(_) => "server-write-error",
             Event::IdleTxTimeout => "idle-tx-timeout",
             Event::Shutdown => "shutdown",
+            Event::Notification(_) => "notification",
         }
     }
 }
@@ -117,6 +121,10 @@ struct Session<'a> {
     /// The unnamed statement / portal hold a command pgtenant answers itself (DEALLOCATE,
     /// DISCARD ALL sent through the extended protocol, as psycopg does): its tag.
     fake_statement: Option<&'static str>,
+    /// Notifications for channels this client LISTENs to (transaction/statement mode).
+    listener: Option<Subscriber>,
+    /// A LISTEN waiting to be in effect before the client hears "LISTEN".
+    listen_ack: Option<tokio::sync::oneshot::Receiver<()>>,
     fake_portal: Option<&'static str>,
     /// After a refused extended-protocol message, drop messages until Sync.
     skip_until_sync: bool,
@@ -144,6 +152,8 @@ pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError
         track_prepared: mode != PoolMode::Session && max_prepared > 0,
         max_prepared,
         fake_statement: None,
+        listener: None,
+        listen_ack: None,
         fake_portal: None,
         skip_until_sync: false,
         idle_tx_timer: None,
@@ -187,6 +197,10 @@ impl Session<'_> {
                 }
                 Event::Shutdown => {
                     self.draining = true;
+                    Flow::Continue
+                }
+                Event::Notification(f) => {
+                    self.c.conn.queue(&f);
                     Flow::Continue
                 }
             };
@@ -241,6 +255,15 @@ impl Session<'_> {
                 return Poll::Ready(Event::IdleTxTimeout);
             }
         }
+        // Notifications go out between answers, never inside one.
+        let between = self.attached.as_ref().is_none_or(|a| a.pipe.is_settled());
+        if between && self.c.conn.pending_output() < HIGH_WATER {
+            if let Some(l) = self.listener.as_mut() {
+                if let Poll::Ready(Some(f)) = l.rx.poll_recv(cx) {
+                    return Poll::Ready(Event::Notification(f));
+                }
+            }
+        }
         Poll::Pending
     }
 
@@ -255,6 +278,7 @@ impl Session<'_> {
             let f = match self.c.conn.try_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => {
+                    self.await_listen().await;
                     // Answers pgtenant makes itself that nothing precedes go out now (a
                     // Parse the server already has, followed by a Flush, waits for nothing).
                     if let Some(a) = self.attached.as_mut() {
@@ -277,6 +301,7 @@ impl Session<'_> {
                 }
                 continue;
             }
+            self.await_listen().await;
             if f.tag() == b'X' {
                 return Ok(Flow::Quit);
             }
@@ -311,14 +336,27 @@ impl Session<'_> {
         }
     }
 
+    /// A LISTEN is answered only once the listening connection listens: a NOTIFY the
+    /// client (or anyone it tells) sends next must reach it.
+    async fn await_listen(&mut self) {
+        if let Some(ack) = self.listen_ack.take() {
+            if tokio::time::timeout(Duration::from_secs(10), ack)
+                .await
+                .is_err()
+            {
+                tracing::warn!(user = %self.c.user, "LISTEN not confirmed by the listening connection within 10 s");
+            }
+        }
+    }
+
     /// Messages pgtenant answers itself when no server is attached: closing a client's
     /// statement, DEALLOCATE, DISCARD ALL, and a Sync right after them.
     fn answer_without_server(&mut self, f: &Frame) -> Result<bool, FrontendError> {
-        if !self.track_prepared {
+        if self.mode == PoolMode::Session {
             return Ok(false);
         }
         match f.tag() {
-            b'C' => {
+            b'C' if self.track_prepared => {
                 let t = Target::decode(f.body())?;
                 if t.kind == b'S' && !t.name.is_empty() {
                     self.view.statements.remove(t.name);
@@ -349,7 +387,7 @@ impl Session<'_> {
     /// Execute of it itself (the Sync still goes to the server, if one is attached).
     /// Returns the answers for `f`, or None when `f` is not part of such a command.
     fn fake_extended(&mut self, f: &Frame) -> Result<Option<Vec<Frame>>, FrontendError> {
-        if !self.track_prepared {
+        if self.mode == PoolMode::Session {
             return Ok(None);
         }
         match f.tag() {
@@ -361,7 +399,12 @@ impl Session<'_> {
                 self.fake_statement = None;
                 let is_view_command = matches!(
                     classify_single(p.query),
-                    Some(Command::Deallocate { .. }) | Some(Command::DiscardAll)
+                    Some(
+                        Command::Deallocate { .. }
+                            | Command::DiscardAll
+                            | Command::Listen { .. }
+                            | Command::Unlisten { .. }
+                    )
                 );
                 if is_view_command {
                     if let Some(tag) = self.client_view_command(p.query) {
@@ -417,7 +460,24 @@ impl Session<'_> {
     /// DEALLOCATE / DISCARD ALL act on the client's view only. Returns the command tag to
     /// answer with, or None when `sql` is not such a command.
     fn client_view_command(&mut self, sql: &str) -> Option<&'static str> {
-        match classify_single(sql)? {
+        let cmd = classify_single(sql)?;
+        match cmd {
+            Command::Listen { channel } if self.mode != PoolMode::Session => {
+                let hub = &self.ctx.listens;
+                let sub = self.listener.get_or_insert_with(|| hub.subscriber());
+                self.listen_ack = Some(hub.listen(&self.c.pool, sub, channel));
+                return Some("LISTEN");
+            }
+            Command::Unlisten { channel } if self.mode != PoolMode::Session => {
+                if let Some(sub) = self.listener.as_ref() {
+                    self.ctx.listens.unlisten(&self.c.pool, sub, channel);
+                }
+                return Some("UNLISTEN");
+            }
+            _ if !self.track_prepared => return None,
+            _ => {}
+        }
+        match cmd {
             Command::Deallocate { name: Some(n) } => {
                 self.view.sql_prepared.remove(&n);
                 self.view.statements.remove(&n);
@@ -555,7 +615,17 @@ impl Session<'_> {
                     a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
                     return Ok(());
                 }
-                if changes_session(sql) {
+                let sql = sql.to_owned();
+                if let Some(tag) = self.client_view_command(&sql) {
+                    if let Some(a) = self.attached.as_mut() {
+                        a.pipe.push(Expect::SyntheticCommand(tag));
+                    }
+                    return Ok(());
+                }
+                let Some(a) = self.attached.as_mut() else {
+                    return Ok(());
+                };
+                if changes_session(&sql) {
                     a.session_changed = true;
                 }
                 a.server.conn.queue(&f);
@@ -609,6 +679,9 @@ impl Session<'_> {
                                 show_errors: true,
                             });
                         }
+                    } else if a.server.prepared.sql.remove(name).is_some() {
+                        // Another client's (or one this client deallocated): not its own.
+                        hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
                     }
                 }
                 _ => {}
@@ -861,6 +934,9 @@ impl Session<'_> {
 
     /// The client is leaving: return or close its server, flush what is queued.
     async fn finish(&mut self) {
+        if let Some(sub) = self.listener.take() {
+            self.ctx.listens.unlisten(&self.c.pool, &sub, None);
+        }
         if let Some(mut a) = self.attached.take() {
             self.c.key.slot.set(None).await;
             let s = self.ctx.settings();

@@ -388,6 +388,13 @@ impl Pool {
         c
     }
 
+    /// Open a connection outside the pool's count, for a job of pgtenant's own that
+    /// holds it for long (the LISTEN connection of this database and user).
+    pub async fn open_dedicated(&self) -> Result<ServerConn, BackendError> {
+        let s = self.settings();
+        backend::connect(&self.connect_params(&s)).await
+    }
+
     /// Open a connection in a slot already counted.
     async fn open(&self) -> Result<ServerConn, PoolError> {
         let s = self.settings();
