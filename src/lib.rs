@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod citus;
 pub mod config;
 pub mod context;
 pub mod frontend;

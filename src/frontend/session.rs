@@ -295,11 +295,16 @@ impl Session<'_> {
                 }
             };
             if self.skip_until_sync {
-                if f.tag() == b'S' {
-                    self.skip_until_sync = false;
-                    self.c.conn.queue(&build::ready_for_query(self.client_tx));
+                if f.tag() != b'S' {
+                    continue;
                 }
-                continue;
+                self.skip_until_sync = false;
+                if self.attached.is_none() {
+                    self.c.conn.queue(&build::ready_for_query(self.client_tx));
+                    continue;
+                }
+                // Earlier messages of the batch are on the server: its ReadyForQuery
+                // answers this Sync, in order.
             }
             self.await_listen().await;
             if f.tag() == b'X' {
@@ -479,9 +484,10 @@ impl Session<'_> {
         }
         match cmd {
             Command::Deallocate { name: Some(n) } => {
-                self.view.sql_prepared.remove(&n);
-                self.view.statements.remove(&n);
-                Some("DEALLOCATE")
+                let had = self.view.sql_prepared.remove(&n).is_some()
+                    | self.view.statements.remove(&n).is_some();
+                // Not the client's: the server answers (26000), as PostgreSQL would.
+                had.then_some("DEALLOCATE")
             }
             Command::Deallocate { name: None } => {
                 self.view.sql_prepared.clear();
@@ -525,6 +531,16 @@ impl Session<'_> {
                     }
                     a.server.conn.queue(&f);
                     a.pipe.push(Expect::Forward(Req::Parse { stmt: None }));
+                    return Ok(());
+                }
+                if self.view.statements.contains_key(p.name)
+                    || self.view.sql_prepared.contains_key(p.name)
+                {
+                    // As PostgreSQL: refused, and the rest of the batch up to Sync skipped.
+                    let msg = format!("prepared statement \"{}\" already exists", p.name);
+                    a.pipe
+                        .push(Expect::Synthetic(vec![build::error("42P05", &msg)]));
+                    self.skip_until_sync = true;
                     return Ok(());
                 }
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
@@ -681,6 +697,13 @@ impl Session<'_> {
                         }
                     } else if a.server.prepared.sql.remove(name).is_some() {
                         // Another client's (or one this client deallocated): not its own.
+                        hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
+                    }
+                }
+                Command::Deallocate { name: Some(name) } => {
+                    // Not in the client's view (else answered above): the server must
+                    // not drop another client's statement of that name.
+                    if a.server.prepared.sql.remove(name).is_some() {
                         hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
                     }
                 }

@@ -1,0 +1,1 @@
+//! PostgreSQL-identical hash functions (filled in by the hashing work).

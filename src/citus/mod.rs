@@ -1,0 +1,9 @@
+//! Citus metadata: which node owns tenant X of table T.
+//!
+//! - [`hash`]: PostgreSQL-identical 32-bit hash functions of the distribution column types.
+//! - [`catalog`]: the tables pgtenant knows (distribution column, type, colocation group).
+//! - `shard_map` (loader, refresher): shard ranges and placements, swapped whole (arc-swap).
+pub mod catalog;
+pub mod hash;
+
+pub use catalog::{Catalog, DistType, TableInfo, TableKind};
