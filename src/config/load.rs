@@ -12,7 +12,8 @@ use std::time::Duration;
 use toml::Value;
 
 use super::{
-    AuthType, ClientTls, Listener, LogFormat, PoolMode, ServerTls, Settings, Upstream, UserSettings,
+    AuthType, ClientTls, Listener, LogFormat, PoolMode, ReferenceReads, Routing, ServerTls,
+    Settings, Upstream, UserSettings,
 };
 
 /// Values given on the command line or in the environment; `None` = not given.
@@ -156,6 +157,12 @@ struct Draft {
     log_level: String,
     workers: usize,
     tcp_keepalive: Duration,
+    routing: Routing,
+    shard_map_refresh_interval: Duration,
+    node_addresses: BTreeMap<String, String>,
+    reference_reads: ReferenceReads,
+    plan_cache_size: u32,
+    worker_retry_delay: Duration,
 }
 
 /// The defaults, as PgBouncer's where PgBouncer has the setting.
@@ -199,6 +206,12 @@ impl Default for Draft {
             log_level: "info".into(),
             workers: 0,
             tcp_keepalive: secs(0),
+            routing: Routing::Auto,
+            shard_map_refresh_interval: secs(5),
+            node_addresses: BTreeMap::new(),
+            reference_reads: ReferenceReads::Coordinator,
+            plan_cache_size: 10_000,
+            worker_retry_delay: secs(5),
         }
     }
 }
@@ -230,6 +243,36 @@ const SERVER_TLS: &[(&str, ServerTls)] = &[
     ("verify-full", ServerTls::VerifyFull),
 ];
 const LOG_FORMATS: &[(&str, LogFormat)] = &[("plain", LogFormat::Plain), ("json", LogFormat::Json)];
+const ROUTING: &[(&str, Routing)] = &[
+    ("auto", Routing::Auto),
+    ("on", Routing::On),
+    ("off", Routing::Off),
+];
+const REFERENCE_READS: &[(&str, ReferenceReads)] = &[
+    ("coordinator", ReferenceReads::Coordinator),
+    ("local_worker", ReferenceReads::LocalWorker),
+];
+
+/// `node_addresses = { "10.0.0.5:5432" = "worker-0.citus:5432" }`: both sides host:port.
+fn node_addresses(v: &Value) -> Result<BTreeMap<String, String>, String> {
+    let t = v
+        .as_table()
+        .ok_or("expected a table of \"host:port\" = \"host:port\"")?;
+    let mut out = BTreeMap::new();
+    for (from, to) in t {
+        let to = to
+            .as_str()
+            .ok_or_else(|| format!("'{from}': expected a \"host:port\" string"))?;
+        for side in [from.as_str(), to] {
+            match side.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+                _ => return Err(format!("'{side}' is not host:port")),
+            }
+        }
+        out.insert(from.clone(), to.to_string());
+    }
+    Ok(out)
+}
 
 /// PgBouncer names that pgtenant spells differently, for a helpful "unknown key" error.
 const RENAMED: &[(&str, &str)] = &[
@@ -294,6 +337,18 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "log_level" => string(v).map(|x| d.log_level = x),
             "workers" => count(v).map(|x| d.workers = x as usize),
             "tcp_keepalive" => seconds(v).map(|x| d.tcp_keepalive = x),
+            "routing" => choice(v, ROUTING).map(|x| d.routing = x),
+            "shard_map_refresh_interval" => seconds(v).and_then(|x| {
+                if x.is_zero() {
+                    Err("must be more than 0 seconds".to_string())
+                } else {
+                    Ok(d.shard_map_refresh_interval = x)
+                }
+            }),
+            "node_addresses" => node_addresses(v).map(|x| d.node_addresses = x),
+            "reference_reads" => choice(v, REFERENCE_READS).map(|x| d.reference_reads = x),
+            "plan_cache_size" => positive(v).map(|x| d.plan_cache_size = x),
+            "worker_retry_delay" => seconds(v).map(|x| d.worker_retry_delay = x),
             _ => Err(unknown_key(k)),
         };
         errs.check(k, r);
@@ -595,6 +650,12 @@ fn finish(
         log_level: d.log_level,
         workers: d.workers,
         tcp_keepalive: d.tcp_keepalive,
+        routing: d.routing,
+        shard_map_refresh_interval: d.shard_map_refresh_interval,
+        node_addresses: d.node_addresses.clone(),
+        reference_reads: d.reference_reads,
+        plan_cache_size: d.plan_cache_size as usize,
+        worker_retry_delay: d.worker_retry_delay,
     })
 }
 

@@ -91,6 +91,27 @@ pub enum ServerTls {
     VerifyFull,
 }
 
+/// Tenant routing: `auto` routes when the upstream is a Citus coordinator (its catalog
+/// tables exist), `on` insists (no routing until a shard map loads), `off` never routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// Where statements that read only reference tables go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceReads {
+    #[default]
+    Coordinator,
+    /// Any worker (all hold a copy); pgtenant uses the first worker that is up.
+    LocalWorker,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -183,6 +204,18 @@ pub struct Settings {
     pub workers: usize,
     /// Keep-alive for client and server sockets; 0 = OS default.
     pub tcp_keepalive: Duration,
+    pub routing: Routing,
+    /// How often the shard map is checked for changes (a cheap query; full load on change).
+    pub shard_map_refresh_interval: Duration,
+    /// Rewrites of node addresses as Citus stores them ("host:port") to what pgtenant
+    /// should connect to (e.g. Kubernetes service names).
+    pub node_addresses: BTreeMap<String, String>,
+    pub reference_reads: ReferenceReads,
+    /// Statement shapes whose route is cached.
+    pub plan_cache_size: usize,
+    /// How long a worker that could not be reached is skipped (statements go to the
+    /// coordinator meanwhile); doubles on repeated failures up to 60 s.
+    pub worker_retry_delay: Duration,
 }
 
 impl Settings {
