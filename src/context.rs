@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::UserStore;
+use crate::citus::ShardMapHandle;
 use crate::config::Settings;
 use crate::frontend::{CancelRegistry, ListenHub, StatementRegistry};
 use crate::pool::{Node, Pools};
@@ -23,6 +24,8 @@ pub struct Context {
     /// TLS towards clients; None when no certificate is configured.
     pub client_tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
     pub router: Router,
+    /// The Citus shard map (None until loaded, or when the upstream is not Citus).
+    pub shard_map: ShardMapHandle,
     pub coordinator: ArcSwap<Node>,
     /// Connected clients (for max_client_conn).
     pub clients: AtomicU32,

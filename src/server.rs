@@ -117,6 +117,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         listens: ListenHub::default(),
         client_tls: ArcSwap::from_pointee(ctls),
         router: Router::new(),
+        shard_map: Default::default(),
         coordinator: ArcSwap::from_pointee(coordinator(&settings)),
         clients: AtomicU32::new(0),
         shutdown: CancellationToken::new(),
@@ -126,6 +127,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     let tracker = TaskTracker::new();
     let janitor_stop = CancellationToken::new();
     let janitor = pool::spawn_janitor(ctx.pools.clone(), janitor_stop.clone());
+    let refresher = crate::citus::spawn_refresher(ctx.clone(), janitor_stop.clone());
     for (sock, l) in listeners {
         let ctx = ctx.clone();
         let stop = stop_accepting.clone();
@@ -168,6 +170,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     }
     janitor_stop.cancel();
     let _ = janitor.await;
+    let _ = refresher.await;
     ctx.pools.close_idle();
     tracing::info!("pgtenant stopped");
     Ok(())
@@ -251,5 +254,6 @@ pub fn reload(ctx: &Context, overrides: &Overrides) {
     for p in ctx.pools.all() {
         p.regrant();
     }
+    ctx.shard_map.request_refresh();
     tracing::info!("configuration reloaded");
 }

@@ -131,9 +131,12 @@ impl ServerConn {
         Ok(())
     }
 
-    /// Run a query of pgtenant's own whose result has two text columns, and return the
-    /// rows (used to read back session settings; never on the per-statement path).
-    pub async fn query_pairs(&mut self, sql: &str) -> Result<Vec<(String, String)>, BackendError> {
+    /// Run a query of pgtenant's own and return its rows as text (NULL = None). For
+    /// metadata and settings reads, never on the per-statement path.
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         self.conn.send(&build::query(sql)).await?;
         let mut rows = Vec::new();
         let mut failed = None;
@@ -147,19 +150,16 @@ impl ServerConn {
                 b'D' => {
                     let mut r = crate::protocol::Reader::new(f.body(), "DataRow");
                     let n = r.i16()?;
-                    let mut cols = Vec::with_capacity(2);
+                    let mut cols = Vec::with_capacity(n.max(0) as usize);
                     for _ in 0..n {
                         let len = r.i32()?;
-                        let v = if len < 0 {
-                            &[][..]
+                        cols.push(if len < 0 {
+                            None
                         } else {
-                            r.bytes(len as usize)?
-                        };
-                        cols.push(String::from_utf8_lossy(v).into_owned());
+                            Some(String::from_utf8_lossy(r.bytes(len as usize)?).into_owned())
+                        });
                     }
-                    if let [a, b] = &cols[..] {
-                        rows.push((a.clone(), b.clone()));
-                    }
+                    rows.push(cols);
                 }
                 b'E' => failed = Some(ErrorFields::parse(f.body())?),
                 b'S' => self.note_parameter(f.body()),
@@ -170,6 +170,18 @@ impl ServerConn {
             Some(e) => Err(BackendError::Server(e)),
             None => Ok(rows),
         }
+    }
+
+    /// [`Self::query_rows`] for two-column results.
+    pub async fn query_pairs(&mut self, sql: &str) -> Result<Vec<(String, String)>, BackendError> {
+        let rows = self.query_rows(sql).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| match &r[..] {
+                [Some(a), Some(b)] => Some((a.clone(), b.clone())),
+                _ => None,
+            })
+            .collect())
     }
 
     /// After server_reset_query (DISCARD ALL): nothing set, nothing prepared.

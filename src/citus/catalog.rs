@@ -98,6 +98,7 @@ impl Tables {
 
 impl Catalog for Tables {
     fn table(&self, schema: Option<&str>, name: &str) -> Option<&TableInfo> {
-        self.by_name.get(&(schema.unwrap_or("public").to_owned(), name.to_owned()))
+        self.by_name
+            .get(&(schema.unwrap_or("public").to_owned(), name.to_owned()))
     }
 }

@@ -5,5 +5,9 @@
 //! - `shard_map` (loader, refresher): shard ranges and placements, swapped whole (arc-swap).
 pub mod catalog;
 pub mod hash;
+mod refresher;
+pub mod shard_map;
 
-pub use catalog::{Catalog, DistType, TableInfo, TableKind};
+pub use catalog::{Catalog, DistType, TableInfo, TableKind, Tables};
+pub use refresher::spawn_refresher;
+pub use shard_map::{ShardMap, ShardMapHandle};

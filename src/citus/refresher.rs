@@ -1,0 +1,134 @@
+//! Keeps the shard map fresh: detects a Citus coordinator, checks a cheap fingerprint every
+//! `shard_map_refresh_interval` (or when woken), and loads and swaps a new map when it
+//! changed. Never blocks a statement: readers keep whatever map is current.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::shard_map::{self, NodeResolver, DETECT_SQL, FINGERPRINT_SQL};
+use crate::auth::ServerCredential;
+use crate::backend::ServerConn;
+use crate::config::Routing;
+use crate::context::Context;
+use crate::pool::PoolKey;
+
+static VERSION: AtomicU64 = AtomicU64::new(0);
+
+pub fn spawn_refresher(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conn: Option<ServerConn> = None;
+        loop {
+            let s = ctx.settings();
+            let interval = s.shard_map_refresh_interval;
+            if s.routing != Routing::Off {
+                if let Err(e) = refresh_once(&ctx, &mut conn).await {
+                    conn = None;
+                    ctx.shard_map
+                        .refresh_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let msg = e.to_string();
+                    let mut last = ctx
+                        .shard_map
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if last.as_deref() != Some(msg.as_str()) {
+                        tracing::warn!(error = %msg, "shard map refresh failed; keeping the last good map");
+                    }
+                    *last = Some(msg);
+                }
+            } else {
+                ctx.shard_map.current.store(None);
+                conn = None;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = ctx.shard_map.wake.notified() => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    })
+}
+
+/// One check: connect if needed, detect Citus, compare the fingerprint, load on change.
+async fn refresh_once(ctx: &Arc<Context>, conn: &mut Option<ServerConn>) -> Result<(), String> {
+    let s = ctx.settings();
+    if conn.is_none() {
+        let up = &s.upstream;
+        let key = PoolKey {
+            node: (**ctx.coordinator.load()).clone(),
+            database: up.database.as_str().into(),
+            user: up.user.as_str().into(),
+        };
+        let pool = ctx.pools.get(&key);
+        if let Some(secret) = ctx.users.load().get(&up.user) {
+            pool.set_credential(ServerCredential::from_secret(secret, &up.user, None));
+        }
+        let c = tokio::time::timeout(Duration::from_secs(30), pool.open_dedicated())
+            .await
+            .map_err(|_| "connecting to the coordinator timed out".to_string())?
+            .map_err(|e| format!("connecting to the coordinator: {e}"))?;
+        *conn = Some(c);
+    }
+    let Some(c) = conn.as_mut() else {
+        return Ok(());
+    };
+    let detected = c.query_rows(DETECT_SQL).await.map_err(|e| e.to_string())?;
+    let is_citus = matches!(detected.first().and_then(|r| r.first()), Some(Some(v)) if v == "true");
+    let was = ctx.shard_map.is_citus.swap(is_citus, Ordering::Relaxed);
+    if !is_citus {
+        if was || ctx.shard_map.get().is_some() {
+            tracing::warn!("the upstream no longer has a Citus catalog: routing off");
+        }
+        ctx.shard_map.current.store(None);
+        if s.routing == Routing::On {
+            return Err("routing = on but the upstream has no Citus catalog (pg_dist_*)".into());
+        }
+        return Ok(());
+    }
+    let fp = c
+        .query_rows(FINGERPRINT_SQL)
+        .await
+        .map_err(|e| e.to_string())?;
+    let fp = fp
+        .first()
+        .and_then(|r| r.first())
+        .cloned()
+        .flatten()
+        .unwrap_or_default();
+    if let Some(m) = ctx.shard_map.get() {
+        if m.fingerprint == fp {
+            *ctx.shard_map
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+            return Ok(());
+        }
+    }
+    let coordinator = (**ctx.coordinator.load()).clone();
+    let resolver = NodeResolver {
+        rewrites: &s.node_addresses,
+        coordinator: &coordinator,
+    };
+    let version = VERSION.fetch_add(1, Ordering::Relaxed) + 1;
+    let started = std::time::Instant::now();
+    let map = shard_map::load(c, version, fp, &resolver)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        version,
+        tables = map.tables.len(),
+        shards = map.shard_count(),
+        nodes = map.nodes.len(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "shard map loaded"
+    );
+    ctx.shard_map.current.store(Some(Arc::new(map)));
+    *ctx.shard_map
+        .last_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = None;
+    Ok(())
+}
