@@ -66,6 +66,41 @@ impl<'a> Bind<'a> {
         })
     }
 
+    /// Parameter `idx` (0-based): its format (0 text, 1 binary) and value (None = NULL).
+    /// `Ok(None)` when there is no such parameter.
+    pub fn param(&self, idx: usize) -> Result<Option<(i16, Option<&'a [u8]>)>, ProtocolError> {
+        let mut r = Reader::new(self.rest, "Bind");
+        let nformats = r.i16()?;
+        if nformats < 0 {
+            return Err(ProtocolError::Malformed("Bind"));
+        }
+        let mut formats = Vec::with_capacity(nformats as usize);
+        for _ in 0..nformats {
+            formats.push(r.i16()?);
+        }
+        let nparams = r.i16()?;
+        if nparams < 0 || idx >= nparams as usize {
+            return Ok(None);
+        }
+        let format = match nformats {
+            0 => 0,
+            1 => formats[0],
+            _ => *formats.get(idx).ok_or(ProtocolError::Malformed("Bind"))?,
+        };
+        for i in 0..nparams as usize {
+            let len = r.i32()?;
+            let v = if len < 0 {
+                None
+            } else {
+                Some(r.bytes(len as usize)?)
+            };
+            if i == idx {
+                return Ok(Some((format, v)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The same Bind naming another statement.
     pub fn encode_as(&self, statement: &str) -> Frame {
         let mut b =
@@ -132,6 +167,18 @@ mod tests {
         let g = b.encode_as("PGT_1");
         let c = Bind::decode(g.body()).unwrap();
         assert_eq!((c.statement, c.rest), ("PGT_1", b.rest));
+        // Two text parameters: '42' and NULL; then one binary with format list of 1.
+        let body = b"\0s\0\0\x01\0\0\0\x02\0\0\0\x0242\xff\xff\xff\xff\0\0";
+        let b = Bind::decode(body).unwrap();
+        assert_eq!(b.param(0).unwrap(), Some((0, Some(&b"42"[..]))));
+        assert_eq!(b.param(1).unwrap(), Some((0, None)));
+        assert_eq!(b.param(2).unwrap(), None);
+        let body = b"\0s\0\0\x01\0\x01\0\x01\0\0\0\x08\0\0\0\0\0\0\0\x2a\0\0";
+        assert_eq!(
+            Bind::decode(body).unwrap().param(0).unwrap(),
+            Some((1, Some(&b"\0\0\0\0\0\0\0\x2a"[..])))
+        );
+        assert!(Bind::decode(b"\0s\0\0\x01\0").unwrap().param(0).is_err());
         let t = Target::decode(b"Ss1\0").unwrap();
         assert_eq!((t.kind, t.name), (b'S', "s1"));
         assert!(Target::decode(b"Xs1\0").is_err());
