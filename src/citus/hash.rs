@@ -751,6 +751,40 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_input_never_panics() {
+        let mut x: u64 = 1;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) as usize
+        };
+        let pieces = [
+            "0", "9", "-", "+", " ", "\t", "{", "}", "a", "F", "g", "é", "\0", "日", "_", "x",
+        ];
+        let types = [
+            DistType::Int2,
+            DistType::Int4,
+            DistType::Int8,
+            DistType::Text,
+            DistType::Varchar,
+            DistType::Bpchar,
+            DistType::Uuid,
+            DistType::Other(0),
+        ];
+        for _ in 0..20_000 {
+            let n = next() % 45;
+            let s: String = (0..n).map(|_| pieces[next() % pieces.len()]).collect();
+            let bytes: Vec<u8> = (0..next() % 20).map(|_| next() as u8).collect();
+            for t in types {
+                let _ = hash_value(t, &s);
+                let _ = hash_binary(t, &bytes);
+                let _ = hash_binary(t, s.as_bytes());
+            }
+        }
+    }
+
+    #[test]
     fn hash_uint32_is_hash_bytes_of_the_le_word() {
         for v in [0u32, 1, 42, 0xdead_beef, u32::MAX] {
             assert_eq!(hash_bytes_uint32(v), hash_bytes(&v.to_le_bytes()));

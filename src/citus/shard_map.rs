@@ -128,7 +128,7 @@ impl NodeResolver<'_> {
     }
 }
 
-fn col<'a>(row: &'a [Option<String>], i: usize) -> Result<&'a str, MapError> {
+fn col(row: &[Option<String>], i: usize) -> Result<&str, MapError> {
     row.get(i)
         .and_then(|c| c.as_deref())
         .ok_or_else(|| MapError::Bad(format!("missing column {i}")))

@@ -342,7 +342,10 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
                 if x.is_zero() {
                     Err("must be more than 0 seconds".to_string())
                 } else {
-                    Ok(d.shard_map_refresh_interval = x)
+                    {
+                        d.shard_map_refresh_interval = x;
+                        Ok(())
+                    }
                 }
             }),
             "node_addresses" => node_addresses(v).map(|x| d.node_addresses = x),

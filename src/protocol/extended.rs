@@ -46,6 +46,9 @@ impl<'a> Parse<'a> {
     }
 }
 
+/// A Bind parameter: format code (0 text, 1 binary) and value (None = NULL).
+pub type BindParam<'a> = (i16, Option<&'a [u8]>);
+
 /// Portal and statement names at the start of a Bind message.
 pub struct Bind<'a> {
     pub portal: &'a str,
@@ -68,7 +71,7 @@ impl<'a> Bind<'a> {
 
     /// Parameter `idx` (0-based): its format (0 text, 1 binary) and value (None = NULL).
     /// `Ok(None)` when there is no such parameter.
-    pub fn param(&self, idx: usize) -> Result<Option<(i16, Option<&'a [u8]>)>, ProtocolError> {
+    pub fn param(&self, idx: usize) -> Result<Option<BindParam<'a>>, ProtocolError> {
         let mut r = Reader::new(self.rest, "Bind");
         let nformats = r.i16()?;
         if nformats < 0 {
