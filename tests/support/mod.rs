@@ -1042,3 +1042,6 @@ fn listen_port(args: &[String], env: &[(&str, &str)]) -> Option<u16> {
         .find(|(k, _)| *k == "PGTENANT_LISTEN")
         .and_then(|(_, v)| parse(v))
 }
+
+// The emulated Citus cluster (coordinator + 2 workers): see citus.rs.
+pub mod citus;
