@@ -162,7 +162,7 @@ async fn max_backends_under_load(pg: &PgServer, url: &str, clients: usize) -> i6
                 let n: i64 = admin
                     .query_one(
                         "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' \
-                         AND datname = 'app' AND backend_type = 'client backend'",
+                         AND datname = 'app' AND backend_type = 'client backend' AND application_name NOT LIKE 'pgtenant %'",
                         &[],
                     )
                     .await

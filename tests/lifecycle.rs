@@ -364,7 +364,7 @@ impl BackendMonitor {
             let stmt = admin
                 .prepare(
                     "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' \
-                     AND datname = 'app' AND backend_type = 'client backend'",
+                     AND datname = 'app' AND backend_type = 'client backend' AND application_name NOT LIKE 'pgtenant %'",
                 )
                 .await
                 .unwrap();

@@ -87,7 +87,7 @@ async fn count_on(admin: &Client, user: Option<&str>, state: Option<&str>) -> i6
     admin
         .query_one(
             "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = 'app' AND backend_type = 'client backend' \
+             WHERE datname = 'app' AND backend_type = 'client backend' AND application_name NOT LIKE 'pgtenant %' \
              AND pid <> pg_backend_pid() \
              AND ($1::text IS NULL OR usename = $1) AND ($2::text IS NULL OR state = $2)",
             &[&user, &state],
@@ -102,7 +102,7 @@ async fn app_pids(admin: &Client) -> HashSet<i32> {
     admin
         .query(
             "SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app' \
-             AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+             AND backend_type = 'client backend' AND application_name NOT LIKE 'pgtenant %' AND pid <> pg_backend_pid()",
             &[],
         )
         .await

@@ -1298,7 +1298,7 @@ fn pgbench_through_pgtenant() {
     let n = std::process::Command::new(pg_bin("psql"))
         .args(["-X", "-At", "-h", "127.0.0.1", "-p", &pg.port().to_string()])
         .args(["-U", "app", "-d", "app", "-c"])
-        .arg("select count(*) from pg_stat_activity where usename = 'app' and pid <> pg_backend_pid()")
+        .arg("select count(*) from pg_stat_activity where usename = 'app' and application_name not like 'pgtenant %' and pid <> pg_backend_pid()")
         .env("PGPASSWORD", "secret")
         .output()
         .unwrap();

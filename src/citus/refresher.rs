@@ -12,9 +12,11 @@ use crate::auth::ServerCredential;
 use crate::backend::ServerConn;
 use crate::config::Routing;
 use crate::context::Context;
-use crate::pool::PoolKey;
 
 static VERSION: AtomicU64 = AtomicU64::new(0);
+
+/// How often a non-Citus upstream is checked again for a Citus catalog.
+const NOT_CITUS_RECHECK: Duration = Duration::from_secs(60);
 
 pub fn spawn_refresher(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -22,8 +24,16 @@ pub fn spawn_refresher(ctx: Arc<Context>, stop: CancellationToken) -> tokio::tas
         loop {
             let s = ctx.settings();
             let interval = s.shard_map_refresh_interval;
+            let mut wait = interval;
             if s.routing != Routing::Off {
-                if let Err(e) = refresh_once(&ctx, &mut conn).await {
+                let r = refresh_once(&ctx, &mut conn).await;
+                if !ctx.shard_map.is_citus.load(Ordering::Relaxed) {
+                    // A plain PostgreSQL: no connection kept; look again now and then (and
+                    // on every reload) in case it becomes a Citus coordinator.
+                    conn = None;
+                    wait = interval.max(NOT_CITUS_RECHECK);
+                }
+                if let Err(e) = r {
                     conn = None;
                     ctx.shard_map
                         .refresh_failures
@@ -44,7 +54,7 @@ pub fn spawn_refresher(ctx: Arc<Context>, stop: CancellationToken) -> tokio::tas
                 conn = None;
             }
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = ctx.shard_map.wake.notified() => {}
                 _ = stop.cancelled() => return,
             }
@@ -56,17 +66,13 @@ pub fn spawn_refresher(ctx: Arc<Context>, stop: CancellationToken) -> tokio::tas
 async fn refresh_once(ctx: &Arc<Context>, conn: &mut Option<ServerConn>) -> Result<(), String> {
     let s = ctx.settings();
     if conn.is_none() {
+        // A connection of its own, outside every pool: reading metadata must not create
+        // pools (min_pool_size would then open connections nobody asked for).
         let up = &s.upstream;
-        let key = PoolKey {
-            node: (**ctx.coordinator.load()).clone(),
-            database: up.database.as_str().into(),
-            user: up.user.as_str().into(),
-        };
-        let pool = ctx.pools.get(&key);
-        if let Some(secret) = ctx.users.load().get(&up.user) {
-            pool.set_credential(ServerCredential::from_secret(secret, &up.user, None));
-        }
-        let c = tokio::time::timeout(Duration::from_secs(30), pool.open_dedicated())
+        let credential = ctx.users.load().get(&up.user).and_then(|secret| ServerCredential::from_secret(secret, &up.user, None));
+        let node = (**ctx.coordinator.load()).clone();
+        let params = ctx.pools.own_connect_params(&node, &up.database, &up.user, credential, "shard map");
+        let c = tokio::time::timeout(Duration::from_secs(30), crate::backend::connect(&params))
             .await
             .map_err(|_| "connecting to the coordinator timed out".to_string())?
             .map_err(|e| format!("connecting to the coordinator: {e}"))?;

@@ -108,7 +108,7 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         if conn.is_none() && !subs.is_empty() {
-            match pool.open_dedicated().await {
+            match pool.open_dedicated("listen").await {
                 Ok(mut c) => {
                     let mut ok = true;
                     for ch in subs.keys() {

@@ -32,6 +32,8 @@ pub struct Client {
     pub key: CancelKey,
     /// The pool on the coordinator for this (database, user).
     pub pool: Arc<Pool>,
+    /// What pgtenant logs in to servers with for this user (worker pools get it too).
+    pub credential: Option<crate::auth::ServerCredential>,
 }
 
 /// Run the startup phase. `Ok(None)`: the connection was a cancel request, was refused,
@@ -195,7 +197,7 @@ async fn login_inner(
         user: user.as_str().into(),
     };
     let pool = ctx.pools.get(&key);
-    pool.set_credential(credential);
+    pool.set_credential(credential.clone());
 
     // The client must see the real server's parameters: from the pool's first connection,
     // opening one if this pool has never connected.
@@ -239,6 +241,7 @@ async fn login_inner(
         startup,
         key: cancel_key,
         pool,
+        credential,
     }))
 }
 

@@ -67,7 +67,16 @@ impl StatementRegistry {
 
 /// Does this SQL change session settings (so the client's state must be re-read)?
 pub fn changes_session(sql: &str) -> bool {
-    classify(sql)
-        .iter()
-        .any(|c| matches!(c, Command::SessionChange | Command::DiscardAll))
+    calls_set_config(sql)
+        || classify(sql)
+            .iter()
+            .any(|c| matches!(c, Command::SessionChange | Command::DiscardAll))
+}
+
+/// Does this SQL mention `set_config` (which changes settings without a SET, and only
+/// reported ones show in a ParameterStatus)? A plain byte scan, case-insensitive.
+pub fn calls_set_config(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(10)
+        .any(|w| w.eq_ignore_ascii_case(b"set_config"))
 }

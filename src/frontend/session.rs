@@ -26,7 +26,7 @@ use super::listen::Subscriber;
 use super::login::{pool_error_frame, Client};
 use super::params::{self, ParamMap};
 use super::pipeline::{Expect, Pipeline, Req};
-use super::prepared::{changes_session, StatementDef};
+use super::prepared::{calls_set_config, changes_session, StatementDef};
 use super::FrontendError;
 use crate::backend::{server_statement_name, ServerConn};
 use crate::config::PoolMode;
@@ -672,6 +672,9 @@ impl Session<'_> {
             return Ok(());
         };
         let mut prepare = None;
+        if calls_set_config(&sql) {
+            a.session_changed = true;
+        }
         for c in &cmds {
             match c {
                 Command::SessionChange | Command::DiscardAll => a.session_changed = true,
@@ -700,12 +703,13 @@ impl Session<'_> {
                         hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
                     }
                 }
-                Command::Deallocate { name: Some(name) } => {
-                    // Not in the client's view (else answered above): the server must
-                    // not drop another client's statement of that name.
-                    if a.server.prepared.sql.remove(name).is_some() {
-                        hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
-                    }
+                // Not in the client's view (else answered above): the server must not
+                // drop another client's statement of that name, and must answer 26000.
+                Command::Deallocate { name: Some(name) }
+                    if a.server.prepared.sql.contains_key(name) =>
+                {
+                    a.server.prepared.sql.remove(name);
+                    hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
                 }
                 _ => {}
             }
@@ -722,6 +726,10 @@ impl Session<'_> {
         let pool = match self.ctx.router.route(first) {
             Route::Coordinator => self.c.pool.clone(),
         };
+        if !pool.has_credential() {
+            // A pool on another node: it logs in as this client's user, with its secret.
+            pool.set_credential(self.c.credential.clone());
+        }
         match pool.acquire().await {
             Ok(server) => {
                 self.c.key.slot.set(Some(server.cancel.clone())).await;

@@ -389,10 +389,15 @@ impl Pool {
     }
 
     /// Open a connection outside the pool's count, for a job of pgtenant's own that
-    /// holds it for long (the LISTEN connection of this database and user).
-    pub async fn open_dedicated(&self) -> Result<ServerConn, BackendError> {
+    /// holds it for long (the LISTEN connection of this database and user, the shard-map
+    /// reader).
+    /// `purpose` becomes its application_name ("pgtenant <purpose>"), so operators (and
+    /// tests) can tell it from client traffic in pg_stat_activity.
+    pub async fn open_dedicated(&self, purpose: &str) -> Result<ServerConn, BackendError> {
         let s = self.settings();
-        backend::connect(&self.connect_params(&s)).await
+        let mut p = self.connect_params(&s);
+        p.startup.push(("application_name".into(), format!("pgtenant {purpose}")));
+        backend::connect(&p).await
     }
 
     /// Open a connection in a slot already counted.
@@ -538,6 +543,25 @@ impl Pools {
             settings,
             tls: ArcSwap::from_pointee(tls),
         })
+    }
+
+    /// Parameters for a connection of pgtenant's own that belongs to no pool (the
+    /// shard-map reader): the pools' TLS and timeouts, application_name "pgtenant <purpose>".
+    pub fn own_connect_params(&self, node: &Node, database: &str, user: &str, credential: Option<ServerCredential>, purpose: &str) -> ConnectParams {
+        let s = self.settings.load();
+        ConnectParams {
+            host: node.host.to_string(),
+            port: node.port,
+            user: user.to_string(),
+            database: database.to_string(),
+            credential,
+            tls_mode: s.server_tls,
+            tls: (**self.tls.load()).clone(),
+            connect_timeout: s.server_connect_timeout,
+            max_message: s.max_message_size as usize,
+            startup: vec![("application_name".into(), format!("pgtenant {purpose}"))],
+            keepalive: (!s.tcp_keepalive.is_zero()).then_some(s.tcp_keepalive),
+        }
     }
 
     pub fn set_tls(&self, tls: Option<Arc<rustls::ClientConfig>>) {

@@ -709,7 +709,7 @@ impl PgServer {
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity \
                  WHERE usename = $1 AND datname = $2 \
-                 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                 AND backend_type = 'client backend' AND application_name NOT LIKE 'pgtenant %' AND pid <> pg_backend_pid()",
                 &[&user, &db],
             )
             .await

@@ -1,0 +1,305 @@
+//! The plan cache: statement shape → plan, so the hot path costs a scan, a hash lookup and
+//! a value extraction instead of a parse (DESIGN.md, decision 2).
+//!
+//! - Extended protocol: keyed by the Parse text exactly; the plan's `KeySource::Param`s are
+//!   resolved by the caller from Bind.
+//! - Simple protocol: keyed by the text with literals masked ([`super::mask`]); the plan is
+//!   made from the masked text with literal `k` as parameter `LITERAL_PARAM_BASE + k`, and
+//!   resolved on every call from the current text's literal `k`.
+//!
+//! Bounded LRU: 16 shards, each a `Mutex` over a map from a 64-bit hash (SipHash, randomly
+//! keyed: clients cannot aim collisions) to its entries; an entry records the last tick it
+//! was used, and a full shard drops its least recently used eighth at once (amortised O(1)).
+//! Entries carry the catalog version they were planned with: a plan made against another
+//! catalog is a miss, and the first call with a newer version empties the cache.
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::mask::{self, Masked, LITERAL_PARAM_BASE};
+use super::plan::{plan, KeySource, Plan, Reason, TenantValue};
+use crate::citus::Catalog;
+
+const SHARDS: usize = 16;
+
+/// Default number of cached plans.
+pub const DEFAULT_CAPACITY: usize = 10_000;
+
+/// A simple-protocol statement's route: the plan, and the tenant key's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// For `Tenant` and `HintTenant`, `key` holds the value; the plan's own `KeySource`
+    /// (often `Param(LITERAL_PARAM_BASE + k)`) is an internal detail of the cache. A tenant
+    /// plan whose key cannot be resolved, or whose keys disagree, comes back as
+    /// `Coordinator(NoKey)` / `Coordinator(MultiTenant)`.
+    pub plan: Arc<Plan>,
+    /// The tenant key's value text (for `citus::hash::hash_value(dist_type, text)`).
+    pub key: Option<String>,
+}
+
+#[derive(Clone)]
+enum Cached {
+    Plan(Arc<Plan>),
+    /// The masked text does not plan (e.g. `'x'::varchar(10)` → `varchar($2)`) and the
+    /// text's plan depends on its literals: plan every such text in full.
+    Uncacheable,
+}
+
+struct Entry {
+    key: Box<str>,
+    version: u64,
+    cached: Cached,
+    used: u64,
+}
+
+/// Passes a precomputed u64 hash through.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<u64, Vec<Entry>, BuildHasherDefault<IdHasher>>,
+    len: usize,
+    tick: u64,
+}
+
+impl Shard {
+    fn get(&mut self, h: u64, key: &str, version: u64) -> Option<Cached> {
+        self.tick += 1;
+        let tick = self.tick;
+        let e = self.map.get_mut(&h)?.iter_mut().find(|e| &*e.key == key)?;
+        if e.version != version {
+            return None;
+        }
+        e.used = tick;
+        Some(e.cached.clone())
+    }
+
+    fn put(&mut self, h: u64, key: &str, version: u64, cached: Cached, cap: usize) {
+        self.tick += 1;
+        let tick = self.tick;
+        let bucket = self.map.entry(h).or_default();
+        if let Some(e) = bucket.iter_mut().find(|e| &*e.key == key) {
+            e.version = version;
+            e.cached = cached;
+            e.used = tick;
+            return;
+        }
+        bucket.push(Entry {
+            key: key.into(),
+            version,
+            cached,
+            used: tick,
+        });
+        self.len += 1;
+        if self.len > cap {
+            self.evict(cap);
+        }
+    }
+
+    /// Drop the least recently used entries, down to 7/8 of `cap`.
+    fn evict(&mut self, cap: usize) {
+        let keep = cap - cap / 8;
+        let drop = self.len.saturating_sub(keep);
+        if drop == 0 {
+            return;
+        }
+        let mut used: Vec<u64> = self.map.values().flatten().map(|e| e.used).collect();
+        let (_, &mut threshold, _) = used.select_nth_unstable(drop - 1);
+        let mut removed = 0;
+        self.map.retain(|_, bucket| {
+            bucket.retain(|e| {
+                let gone = e.used <= threshold;
+                removed += usize::from(gone);
+                !gone
+            });
+            !bucket.is_empty()
+        });
+        self.len -= removed;
+    }
+}
+
+/// The router's planner with its plan cache. Shared by all sessions (`&self` everywhere).
+pub struct Planner {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+    hasher: RandomState,
+    version: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    no_key: Arc<Plan>,
+    multi: Arc<Plan>,
+}
+
+impl fmt::Debug for Planner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (hits, misses, len) = self.stats();
+        f.debug_struct("Planner")
+            .field("capacity", &(self.per_shard * SHARDS))
+            .field("len", &len)
+            .field("hits", &hits)
+            .field("misses", &misses)
+            .finish()
+    }
+}
+
+impl Default for Planner {
+    fn default() -> Planner {
+        Planner::new(DEFAULT_CAPACITY)
+    }
+}
+
+impl Planner {
+    /// A planner caching up to about `capacity` plans (0: no caching).
+    pub fn new(capacity: usize) -> Planner {
+        Planner {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: capacity.div_ceil(SHARDS),
+            hasher: RandomState::new(),
+            version: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            no_key: Arc::new(Plan::Coordinator(Reason::NoKey)),
+            multi: Arc::new(Plan::Coordinator(Reason::MultiTenant)),
+        }
+    }
+
+    /// (hits, misses, cached plans).
+    pub fn stats(&self) -> (u64, u64, usize) {
+        let len = self.shards.iter().map(|s| lock(s).len).sum();
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed), len)
+    }
+
+    /// Forget every plan.
+    pub fn clear(&self) {
+        for s in self.shards.iter() {
+            let mut s = lock(s);
+            s.map.clear();
+            s.len = 0;
+        }
+    }
+
+    /// Plan a simple-protocol query string: the plan and the tenant key's value.
+    pub fn plan_simple(&self, sql: &str, catalog: &dyn Catalog, catalog_version: u64) -> Routed {
+        self.observe(catalog_version);
+        let m = mask::mask_spans(sql);
+        if !m.cacheable || self.per_shard == 0 {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return self.resolve(Arc::new(plan(sql, catalog)), &m, sql);
+        }
+        let h = self.hasher.hash_one(m.key.as_str());
+        let shard = &self.shards[(h as usize) % SHARDS];
+        let found = lock(shard).get(h, &m.key, catalog_version);
+        if let Some(c) = found {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return match c {
+                Cached::Plan(p) => self.resolve(p, &m, sql),
+                Cached::Uncacheable => self.resolve(Arc::new(plan(sql, catalog)), &m, sql),
+            };
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let p = plan(&mask::parameterize(&m.key), catalog);
+        let (cached, p) = if p == Plan::Coordinator(Reason::ParseFailure) && !m.lits.is_empty() {
+            // The masked form does not parse; the text itself may.
+            let full = Arc::new(plan(sql, catalog));
+            if depends_on_literals(&full) {
+                (Cached::Uncacheable, full)
+            } else {
+                (Cached::Plan(full.clone()), full)
+            }
+        } else {
+            let p = Arc::new(p);
+            (Cached::Plan(p.clone()), p)
+        };
+        lock(shard).put(h, &m.key, catalog_version, cached, self.per_shard);
+        self.resolve(p, &m, sql)
+    }
+
+    /// Plan an extended-protocol Parse text (cached by its exact text). Resolve the key with
+    /// [`Plan::tenant_value`] once Bind brings the parameters.
+    pub fn plan_extended(&self, sql: &str, catalog: &dyn Catalog, catalog_version: u64) -> Arc<Plan> {
+        self.observe(catalog_version);
+        if self.per_shard == 0 || sql.contains(mask::MARK) {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return Arc::new(plan(sql, catalog));
+        }
+        let h = self.hasher.hash_one(sql);
+        let shard = &self.shards[(h as usize) % SHARDS];
+        if let Some(Cached::Plan(p)) = lock(shard).get(h, sql, catalog_version) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return p;
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let p = Arc::new(plan(sql, catalog));
+        lock(shard).put(h, sql, catalog_version, Cached::Plan(p.clone()), self.per_shard);
+        p
+    }
+
+    /// A newer catalog: the old plans can go.
+    fn observe(&self, version: u64) {
+        let seen = self.version.load(Ordering::Relaxed);
+        if version > seen
+            && self
+                .version
+                .compare_exchange(seen, version, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.clear();
+        }
+    }
+
+    fn resolve(&self, p: Arc<Plan>, m: &Masked, sql: &str) -> Routed {
+        if !matches!(*p, Plan::Tenant { .. } | Plan::HintTenant { .. }) {
+            return Routed { plan: p, key: None };
+        }
+        let value = p.tenant_value(|k| match k {
+            KeySource::Literal(s) => Some(Cow::Owned(s.clone())),
+            KeySource::Param(i) if *i >= LITERAL_PARAM_BASE => m.literal(sql, i - LITERAL_PARAM_BASE),
+            KeySource::Param(_) => None,
+        });
+        match value {
+            TenantValue::Value(v) => Routed {
+                plan: p,
+                key: Some(v.into_owned()),
+            },
+            TenantValue::Conflict => Routed {
+                plan: self.multi.clone(),
+                key: None,
+            },
+            TenantValue::Unknown | TenantValue::NotTenant => Routed {
+                plan: self.no_key.clone(),
+                key: None,
+            },
+        }
+    }
+}
+
+/// Would another text of the same shape (other literal values) get another plan?
+fn depends_on_literals(p: &Plan) -> bool {
+    match p {
+        Plan::Coordinator(Reason::MultiTenant) => true,
+        p => p.key_sources().any(|k| matches!(k, KeySource::Literal(_))),
+    }
+}
+
+fn lock(m: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    // A panic while holding the lock leaves a consistent map (no invariant spans calls).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

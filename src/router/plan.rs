@@ -1,0 +1,391 @@
+//! The planner: one SQL text → where it must run and where its tenant key sits.
+//!
+//! Pure: it reads the text and the [`Catalog`], nothing else. See [`crate::router`] for the
+//! rules; [`super::analyze`] holds the tenant analysis of DML.
+use sqlparser::ast::{ContextModifier, Set, Statement};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::analyze::{self, param_index};
+use super::command::{classify, classify_single, Command};
+use super::mask::{self, LitKind};
+use crate::citus::{Catalog, DistType};
+
+/// Where a tenant key's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySource {
+    /// A literal in the text: its value (string content unescaped, or a number's text with
+    /// its sign), ready for `citus::hash::hash_value(dist_type, text)`.
+    Literal(String),
+    /// Parameter `$n+1` of the statement (0-based index), bound later.
+    Param(usize),
+}
+
+/// Why a statement runs where it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Pinned by a key in the statement.
+    TenantKey,
+    /// Pinned by a tenant hint comment.
+    Hint,
+    /// Touches distributed or reference tables without a key pinning all of them.
+    NoKey,
+    /// Keys of different tenants, or tables of different colocation groups.
+    MultiTenant,
+    Ddl,
+    /// A utility statement (SET, SHOW, VACUUM, LISTEN, …) or a node-specific function.
+    Utility,
+    /// An INSERT that leaves an int/smallint sequence column to its default, or a call to a
+    /// sequence function (nextval, currval, setval, lastval).
+    SequenceDefault,
+    ReferenceWrite,
+    Copy,
+    ParseFailure,
+    /// Transaction control mixed with other statements in one query string.
+    TransactionControl,
+    /// Touches a table Citus does not know (it exists on the coordinator only).
+    NotDistributed,
+}
+
+/// Transaction control statements, handled by the session loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TxControl {
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint,
+    Release,
+    RollbackTo,
+    /// `SET LOCAL …`, `SET TRANSACTION …`, `SET CONSTRAINTS …`.
+    SetLocal,
+}
+
+/// Where a statement must run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Pinned to one value of the distribution column(s) of colocation group `colocation`.
+    Tenant {
+        colocation: u32,
+        dist_type: DistType,
+        /// Where the value is.
+        key: KeySource,
+        /// Other places that must hold the same value (`… o.account_id = $1 AND
+        /// i.account_id = $2`): the plan holds only if they do, which only run time can tell
+        /// ([`Plan::tenant_value`]). Empty in the common case.
+        also: Vec<KeySource>,
+        /// [`Reason::TenantKey`] or [`Reason::Hint`].
+        reason: Reason,
+    },
+    /// A tenant hint on a statement that touches no distributed table (only reference
+    /// tables, or none): the hint names a tenant but not its colocation group. The caller
+    /// resolves it with its configured default group (`hint_table` / `default_colocation`),
+    /// or treats the statement as [`Plan::Anywhere`] / `Coordinator(NoKey)` if it has none.
+    HintTenant { key: KeySource },
+    /// Must run on the coordinator.
+    Coordinator(Reason),
+    /// Touches no table: may run anywhere; does not decide a transaction's node.
+    Anywhere,
+    /// BEGIN/COMMIT/…: handled by the session loop.
+    Transaction(TxControl),
+}
+
+/// The result of resolving a plan's key against actual values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantValue<T> {
+    /// Not a tenant plan.
+    NotTenant,
+    /// The tenant key's value.
+    Value(T),
+    /// A value is missing (unbound parameter, NULL): route as `Coordinator(NoKey)`.
+    Unknown,
+    /// The places that must agree do not: route as `Coordinator(MultiTenant)`.
+    Conflict,
+}
+
+impl Plan {
+    /// The key sources of a tenant plan (`key` first), or none.
+    pub fn key_sources(&self) -> impl Iterator<Item = &KeySource> {
+        let (key, also): (Option<&KeySource>, &[KeySource]) = match self {
+            Plan::Tenant { key, also, .. } => (Some(key), also),
+            Plan::HintTenant { key } => (Some(key), &[]),
+            _ => (None, &[]),
+        };
+        key.into_iter().chain(also)
+    }
+
+    /// Resolve the tenant value with `get` (which reads literals and Bind parameters),
+    /// checking that every place in `also` agrees.
+    pub fn tenant_value<T: PartialEq>(&self, mut get: impl FnMut(&KeySource) -> Option<T>) -> TenantValue<T> {
+        let mut it = self.key_sources();
+        let Some(first) = it.next() else {
+            return TenantValue::NotTenant;
+        };
+        let Some(v) = get(first) else {
+            return TenantValue::Unknown;
+        };
+        for k in it {
+            match get(k) {
+                None => return TenantValue::Unknown,
+                Some(o) if o != v => return TenantValue::Conflict,
+                Some(_) => {}
+            }
+        }
+        TenantValue::Value(v)
+    }
+}
+
+/// Merge key sources that must all hold one value: literals must be equal text (else
+/// `None`: different tenants); parameters are kept for the run-time check.
+pub(super) fn merge_keys(keys: Vec<KeySource>) -> Option<(KeySource, Vec<KeySource>)> {
+    let mut literal: Option<String> = None;
+    let mut params: Vec<usize> = Vec::new();
+    for k in keys {
+        match k {
+            KeySource::Literal(s) => match &literal {
+                Some(l) if *l != s => return None,
+                Some(_) => {}
+                None => literal = Some(s),
+            },
+            KeySource::Param(p) => {
+                if !params.contains(&p) {
+                    params.push(p);
+                }
+            }
+        }
+    }
+    let mut params = params.into_iter().map(KeySource::Param);
+    let key = match literal {
+        Some(l) => KeySource::Literal(l),
+        None => params.next()?,
+    };
+    Some((key, params.collect()))
+}
+
+/// Plan a query string (one statement, or several: each is planned and the plans combined).
+pub fn plan(sql: &str, catalog: &dyn Catalog) -> Plan {
+    let m = mask::mask_spans(sql);
+    let hint = m.hint.and_then(|k| hint_key(&m, sql, k));
+    let stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(s) => s,
+        Err(_) => return unparsed(sql, &m.key),
+    };
+    let plans = stmts.iter().map(|s| plan_statement(s, catalog, hint.as_ref()));
+    combine(plans)
+}
+
+/// The key a hint stands for: its value, or the parameter `$n` it names.
+fn hint_key(m: &mask::Masked, sql: &str, k: usize) -> Option<KeySource> {
+    let v = m.literal(sql, k)?;
+    if m.lits[k].kind == LitKind::HintBare && v.starts_with('$') {
+        return param_index(&v).map(KeySource::Param);
+    }
+    Some(KeySource::Literal(v.into_owned()))
+}
+
+fn plan_statement(stmt: &Statement, catalog: &dyn Catalog, hint: Option<&KeySource>) -> Plan {
+    use Statement as S;
+    match stmt {
+        S::Query(_) | S::Insert(_) | S::Update(_) | S::Delete(_) => analyze::plan_dml(stmt, catalog, hint),
+        S::StartTransaction { .. } => Plan::Transaction(TxControl::Begin),
+        S::Commit { .. } => Plan::Transaction(TxControl::Commit),
+        S::Rollback { savepoint: None, .. } => Plan::Transaction(TxControl::Rollback),
+        S::Rollback { savepoint: Some(_), .. } => Plan::Transaction(TxControl::RollbackTo),
+        S::Savepoint { .. } => Plan::Transaction(TxControl::Savepoint),
+        S::ReleaseSavepoint { .. } => Plan::Transaction(TxControl::Release),
+        S::Set(set) => match set {
+            Set::SingleAssignment {
+                scope: Some(ContextModifier::Local),
+                ..
+            }
+            | Set::SetTimeZone { local: true, .. }
+            | Set::SetRole {
+                context_modifier: Some(ContextModifier::Local),
+                ..
+            }
+            | Set::SetTransaction { session: false, .. } => Plan::Transaction(TxControl::SetLocal),
+            _ => Plan::Coordinator(Reason::Utility),
+        },
+        S::Copy { .. } | S::CopyIntoSnowflake { .. } => Plan::Coordinator(Reason::Copy),
+        // EXPLAIN [ANALYZE] follows what it explains: a pinned query is explained (and, with
+        // ANALYZE, run) where it would run; the worker's plan is the same router plan.
+        S::Explain { statement, .. } => match plan_statement(statement, catalog, hint) {
+            Plan::Transaction(_) => Plan::Coordinator(Reason::Utility),
+            p => p,
+        },
+        s if is_ddl(s) => Plan::Coordinator(Reason::Ddl),
+        _ => Plan::Coordinator(Reason::Utility),
+    }
+}
+
+fn is_ddl(s: &Statement) -> bool {
+    use Statement as S;
+    matches!(
+        s,
+        S::AlterCollation { .. }
+            | S::AlterConnector { .. }
+            | S::AlterDefaultPrivileges { .. }
+            | S::AlterFunction { .. }
+            | S::AlterIndex { .. }
+            | S::AlterOperator { .. }
+            | S::AlterOperatorClass { .. }
+            | S::AlterOperatorFamily { .. }
+            | S::AlterPolicy { .. }
+            | S::AlterRole { .. }
+            | S::AlterSchema { .. }
+            | S::AlterTable { .. }
+            | S::AlterTextSearch { .. }
+            | S::AlterTrigger { .. }
+            | S::AlterType { .. }
+            | S::AlterUser { .. }
+            | S::AlterView { .. }
+            | S::Comment { .. }
+            | S::CreateAggregate { .. }
+            | S::CreateCollation { .. }
+            | S::CreateDatabase { .. }
+            | S::CreateDomain { .. }
+            | S::CreateExtension { .. }
+            | S::CreateForeignDataWrapper { .. }
+            | S::CreateForeignTable { .. }
+            | S::CreateFunction { .. }
+            | S::CreateIndex { .. }
+            | S::CreateOperator { .. }
+            | S::CreateOperatorClass { .. }
+            | S::CreateOperatorFamily { .. }
+            | S::CreatePolicy { .. }
+            | S::CreateProcedure { .. }
+            | S::CreateRole { .. }
+            | S::CreateRule { .. }
+            | S::CreateSchema { .. }
+            | S::CreateSequence { .. }
+            | S::CreateServer { .. }
+            | S::CreateTable { .. }
+            | S::CreateTextSearch { .. }
+            | S::CreateTrigger { .. }
+            | S::CreateType { .. }
+            | S::CreateUser { .. }
+            | S::CreateUserMapping { .. }
+            | S::CreateView { .. }
+            | S::CreateVirtualTable { .. }
+            | S::Drop { .. }
+            | S::DropDomain { .. }
+            | S::DropExtension { .. }
+            | S::DropFunction { .. }
+            | S::DropOperator { .. }
+            | S::DropOperatorClass { .. }
+            | S::DropOperatorFamily { .. }
+            | S::DropPolicy { .. }
+            | S::DropProcedure { .. }
+            | S::DropRule { .. }
+            | S::DropTrigger { .. }
+            | S::Grant { .. }
+            | S::GrantRole { .. }
+            | S::Deny { .. }
+            | S::Revoke { .. }
+            | S::RevokeRole { .. }
+            | S::RefreshMaterializedView { .. }
+            | S::RenameTable { .. }
+            | S::Truncate { .. }
+    )
+}
+
+/// A text sqlparser cannot read: classify it by its leading words where that is certain
+/// (PostgreSQL syntax sqlparser lacks: `SET CONSTRAINTS`, `COMMIT PREPARED`, some DDL).
+fn unparsed(sql: &str, masked: &str) -> Plan {
+    if classify(sql).len() > 1 {
+        return Plan::Coordinator(Reason::ParseFailure);
+    }
+    let mut words = masked
+        .split(|c: char| c.is_whitespace() || c == ';' || c == '(')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_ascii_uppercase());
+    let first = words.next().unwrap_or_default();
+    let second = words.next().unwrap_or_default();
+    match first.as_str() {
+        "SET" if classify_single(sql) == Some(Command::LocalSet) => Plan::Transaction(TxControl::SetLocal),
+        "SET" | "RESET" | "SHOW" | "DISCARD" | "LISTEN" | "UNLISTEN" | "NOTIFY" | "VACUUM" | "ANALYZE"
+        | "CHECKPOINT" | "LOAD" | "PREPARE" | "EXECUTE" | "DEALLOCATE" | "DECLARE" | "FETCH" | "MOVE"
+        | "CLOSE" | "LOCK" | "CALL" | "DO" => Plan::Coordinator(Reason::Utility),
+        "COMMIT" | "END" | "ROLLBACK" | "ABORT" if second == "PREPARED" => Plan::Coordinator(Reason::Utility),
+        "CREATE" | "ALTER" | "DROP" | "TRUNCATE" | "GRANT" | "REVOKE" | "COMMENT" | "REINDEX" | "CLUSTER"
+        | "SECURITY" | "IMPORT" | "REFRESH" => Plan::Coordinator(Reason::Ddl),
+        "COPY" => Plan::Coordinator(Reason::Copy),
+        _ => Plan::Coordinator(Reason::ParseFailure),
+    }
+}
+
+/// Combine the plans of the statements of one query string (sent as one unit):
+/// - any `Coordinator(r)` → the first such reason;
+/// - transaction control next to anything else → `Coordinator(TransactionControl)`;
+/// - `Anywhere` parts do not count; tenant parts must share a group and a key (literals
+///   equal; parameters go to `also` for the run-time check), else `Coordinator(MultiTenant)`.
+pub(super) fn combine(plans: impl IntoIterator<Item = Plan>) -> Plan {
+    let mut coordinator = None;
+    let mut tx = None;
+    let mut count = 0usize;
+    let mut tenant: Option<(Option<(u32, DistType)>, Vec<KeySource>, Reason)> = None;
+    let mut multi = false;
+    for p in plans {
+        count += 1;
+        match p {
+            Plan::Coordinator(r) => {
+                coordinator.get_or_insert(r);
+            }
+            Plan::Transaction(t) => {
+                tx.get_or_insert(t);
+            }
+            Plan::Anywhere => {}
+            Plan::Tenant {
+                colocation,
+                dist_type,
+                key,
+                also,
+                reason,
+            } => {
+                let t = tenant.get_or_insert((None, Vec::new(), Reason::Hint));
+                match t.0 {
+                    None => t.0 = Some((colocation, dist_type)),
+                    Some(g) if g != (colocation, dist_type) => multi = true,
+                    Some(_) => {}
+                }
+                t.1.push(key);
+                t.1.extend(also);
+                if reason == Reason::TenantKey {
+                    t.2 = Reason::TenantKey;
+                }
+            }
+            Plan::HintTenant { key } => {
+                let t = tenant.get_or_insert((None, Vec::new(), Reason::Hint));
+                t.1.push(key);
+            }
+        }
+    }
+    if let Some(r) = coordinator {
+        return Plan::Coordinator(r);
+    }
+    if let Some(t) = tx {
+        return if count == 1 {
+            Plan::Transaction(t)
+        } else {
+            Plan::Coordinator(Reason::TransactionControl)
+        };
+    }
+    if multi {
+        return Plan::Coordinator(Reason::MultiTenant);
+    }
+    match tenant {
+        None => Plan::Anywhere,
+        Some((group, keys, reason)) => match merge_keys(keys) {
+            None => Plan::Coordinator(Reason::MultiTenant),
+            Some((key, also)) => match group {
+                Some((colocation, dist_type)) => Plan::Tenant {
+                    colocation,
+                    dist_type,
+                    key,
+                    also,
+                    reason,
+                },
+                None => Plan::HintTenant { key },
+            },
+        },
+    }
+}
