@@ -26,6 +26,10 @@ pub struct Context {
     pub router: Router,
     /// The Citus shard map (None until loaded, or when the upstream is not Citus).
     pub shard_map: ShardMapHandle,
+    /// Routed transactions by destination and reason.
+    pub routes: crate::frontend::routing::RouteStats,
+    /// Workers that could not be reached.
+    pub node_health: crate::frontend::routing::NodeHealth,
     pub coordinator: ArcSwap<Node>,
     /// Connected clients (for max_client_conn).
     pub clients: AtomicU32,

@@ -118,6 +118,8 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         client_tls: ArcSwap::from_pointee(ctls),
         router: Router::new(),
         shard_map: Default::default(),
+        routes: Default::default(),
+        node_health: Default::default(),
         coordinator: ArcSwap::from_pointee(coordinator(&settings)),
         clients: AtomicU32::new(0),
         shutdown: CancellationToken::new(),

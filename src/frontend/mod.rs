@@ -6,6 +6,7 @@ mod login;
 pub mod params;
 mod pipeline;
 pub mod prepared;
+pub mod routing;
 mod session;
 
 use std::sync::atomic::Ordering;

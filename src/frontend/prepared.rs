@@ -18,6 +18,8 @@ pub struct StatementDef {
     pub parse: Frame,
     /// The statement changes session state (SET/RESET/…): re-read it afterwards.
     pub changes_session: bool,
+    /// Its text (the router plans it when a Bind starts a transaction).
+    pub query: Arc<str>,
 }
 
 #[derive(Default)]
@@ -44,6 +46,7 @@ impl StatementRegistry {
                     id,
                     server_name,
                     parse,
+                    query: p.query.into(),
                     changes_session,
                 })
             })

@@ -27,6 +27,7 @@ use super::login::{pool_error_frame, Client};
 use super::params::{self, ParamMap};
 use super::pipeline::{Expect, Pipeline, Req};
 use super::prepared::{calls_set_config, changes_session, StatementDef};
+use super::routing::{decide_bind, decide_simple, tx_tag, Decision, RouteReason};
 use super::FrontendError;
 use crate::backend::{server_statement_name, ServerConn};
 use crate::config::PoolMode;
@@ -36,7 +37,7 @@ use crate::pool::{Pool, PoolError};
 use crate::protocol::extended::{Bind, Parse, Target};
 use crate::protocol::{build, decode, sqlstate, ErrorFields};
 use crate::router::command::{classify, classify_single, Command};
-use crate::router::Route;
+use crate::router::TxControl;
 
 /// Stop reading from one side while this much is queued for the other (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -90,6 +91,14 @@ impl Event {
     }
 }
 
+/// A message held while no node is chosen yet.
+enum Held {
+    /// Transaction control pgtenant already answered; replayed out of sight.
+    Answered(Frame),
+    /// A Parse waiting for the Bind that tells its tenant.
+    Parse(Frame),
+}
+
 /// What to do after handling input.
 enum Flow {
     Continue,
@@ -123,6 +132,9 @@ struct Session<'a> {
     fake_statement: Option<&'static str>,
     /// Notifications for channels this client LISTENs to (transaction/statement mode).
     listener: Option<Subscriber>,
+    /// Messages held until a statement decides the transaction's node: transaction
+    /// control pgtenant already answered, and Parses waiting for their Bind.
+    held: Vec<Held>,
     /// A LISTEN waiting to be in effect before the client hears "LISTEN".
     listen_ack: Option<tokio::sync::oneshot::Receiver<()>>,
     fake_portal: Option<&'static str>,
@@ -154,6 +166,7 @@ pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError
         fake_statement: None,
         listener: None,
         listen_ack: None,
+        held: Vec::new(),
         fake_portal: None,
         skip_until_sync: false,
         idle_tx_timer: None,
@@ -314,7 +327,8 @@ impl Session<'_> {
                 // With no server attached, nothing is in flight: a Flush has nothing to
                 // flush, and CopyData/CopyDone/CopyFail are leftovers of a COPY the server
                 // already failed and answered (PostgreSQL drops them too).
-                if matches!(f.tag(), b'H' | b'd' | b'c' | b'f') {
+                let holding_parse = self.held.iter().any(|h| matches!(h, Held::Parse(_)));
+                if matches!(f.tag(), b'd' | b'c' | b'f') || (f.tag() == b'H' && !holding_parse) {
                     continue;
                 }
                 if self.answer_without_server(&f)? {
@@ -326,8 +340,65 @@ impl Session<'_> {
                     }
                     continue;
                 }
-                if !self.attach(&f).await {
-                    continue;
+                match self.route_first(f).await {
+                    Some(f) => {
+                        // Attached: forward what was held (BEGIN and friends hidden, Parses
+                        // as the client sent them), then this message.
+                        // Only a statement that runs opens the held transaction on the
+                        // server; a prepare-only batch (Parse/Describe/Sync, as
+                        // tokio-postgres and JDBC send before the Bind) is a side trip that
+                        // leaves it held.
+                        let runs = matches!(f.tag(), b'Q' | b'B' | b'F');
+                        let held: Vec<Held> = if runs {
+                            std::mem::take(&mut self.held)
+                        } else {
+                            let (parses, rest) = std::mem::take(&mut self.held)
+                                .into_iter()
+                                .partition(|h| matches!(h, Held::Parse(_)));
+                            self.held = rest;
+                            parses
+                        };
+                        for h in held {
+                            match h {
+                                Held::Answered(q) => {
+                                    if let Some(a) = self.attached.as_mut() {
+                                        a.server.conn.queue(&q);
+                                        a.pipe.push(Expect::Hidden {
+                                            req: Req::Query { prepare: None },
+                                            show_errors: true,
+                                        });
+                                    }
+                                }
+                                Held::Parse(p) => {
+                                    if let Err(e) = self.forward(p) {
+                                        self.c.conn.queue(&build::fatal(
+                                            sqlstate::PROTOCOL_VIOLATION,
+                                            &e.to_string(),
+                                        ));
+                                        return Ok(Flow::Quit);
+                                    }
+                                }
+                            }
+                        }
+                        if self.attached.is_none() {
+                            continue;
+                        }
+                        if let Err(e) = self.forward(f) {
+                            tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                            self.c
+                                .conn
+                                .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
+                            return Ok(Flow::Quit);
+                        }
+                        continue;
+                    }
+                    None => {
+                        if self.skip_until_sync {
+                            // The batch was refused: its held Parses go with it.
+                            self.held.retain(|h| !matches!(h, Held::Parse(_)));
+                        }
+                        continue;
+                    }
                 }
             }
             tracing::trace!(tag = %(f.tag() as char), attached = self.attached.is_some(), "client message");
@@ -369,7 +440,7 @@ impl Session<'_> {
                     return Ok(true);
                 }
             }
-            b'S' if self.client_tx == b'I' => {
+            b'S' if self.client_tx == b'I' && self.held.is_empty() => {
                 // Only reached when no server holds state for this client.
                 self.c.conn.queue(&build::ready_for_query(b'I'));
                 return Ok(true);
@@ -719,33 +790,176 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Get a server connection for the transaction `first` starts and bring its session
-    /// settings in line with the client's. On failure the client gets an error for this
-    /// request and keeps its connection.
-    async fn attach(&mut self, first: &Frame) -> bool {
-        let pool = match self.ctx.router.route(first) {
-            Route::Coordinator => self.c.pool.clone(),
+    /// The first message with no server attached: decide the node (tenant routing in
+    /// transaction/statement mode once a shard map is loaded; the coordinator otherwise)
+    /// and attach. Returns the message back when a server is attached and it must be
+    /// forwarded; None when it was held, answered, or refused.
+    async fn route_first(&mut self, f: Frame) -> Option<Frame> {
+        let map = match self.mode {
+            PoolMode::Session => None,
+            _ => self.ctx.shard_map.get(),
         };
+        let Some(map) = map else {
+            self.ctx.routes.count(RouteReason::NoRouting, false);
+            let pool = self.c.pool.clone();
+            return self.attach(&f, pool).await.then_some(f);
+        };
+        let planner = self.ctx.router.planner();
+        let health = &self.ctx.node_health;
+        let decision = match f.tag() {
+            b'Q' => match decode::query_text(f.body()) {
+                Ok(sql) => match decide_simple(planner, &map, health, sql) {
+                    Decision::Hold(t) => {
+                        let tag = tx_tag(t, sql);
+                        if self.hold_transaction_control(t, tag, &f) {
+                            return None;
+                        }
+                        Decision::Coordinator(RouteReason::TransactionControl)
+                    }
+                    d => d,
+                },
+                Err(_) => Decision::Coordinator(RouteReason::NoKey),
+            },
+            b'P' => {
+                // The node depends on the Bind's values: hold the Parse until then.
+                self.held.push(Held::Parse(f));
+                return None;
+            }
+            b'B' => match Bind::decode(f.body()) {
+                Ok(b) => match self.statement_text(b.statement) {
+                    Some(sql) => decide_bind(planner, &map, health, &sql, &b),
+                    None => Decision::Coordinator(RouteReason::NoKey),
+                },
+                Err(_) => Decision::Coordinator(RouteReason::NoKey),
+            },
+            _ => Decision::Coordinator(RouteReason::NoKey),
+        };
+        let (pool, reason) = match decision {
+            Decision::Node(node) if node != self.c.pool.key.node => {
+                let key = crate::pool::PoolKey {
+                    node,
+                    database: self.c.pool.key.database.clone(),
+                    user: self.c.pool.key.user.clone(),
+                };
+                (self.ctx.pools.get(&key), RouteReason::TenantKey)
+            }
+            Decision::Node(_) => (self.c.pool.clone(), RouteReason::TenantKey),
+            Decision::Coordinator(r) => (self.c.pool.clone(), r),
+            Decision::Anywhere => (self.c.pool.clone(), RouteReason::Anywhere),
+            Decision::Hold(_) => (self.c.pool.clone(), RouteReason::TransactionControl),
+        };
+        let to_worker = !Arc::ptr_eq(&pool, &self.c.pool);
+        if to_worker && !self.attach_quiet(pool.clone()).await {
+            // The worker is unreachable: mark it down and let the coordinator serve.
+            self.ctx
+                .node_health
+                .mark_down(&pool.key.node, self.ctx.settings.load().worker_retry_delay);
+            self.ctx.routes.count(RouteReason::WorkerDown, false);
+            let coord = self.c.pool.clone();
+            return self.attach(&f, coord).await.then_some(f);
+        }
+        self.ctx.routes.count(reason, to_worker);
+        if to_worker {
+            self.ctx.node_health.mark_up(&pool.key.node);
+            return Some(f);
+        }
+        self.attach(&f, pool).await.then_some(f)
+    }
+
+    /// BEGIN (and, inside a held BEGIN, SET LOCAL / SAVEPOINT / RELEASE / ROLLBACK TO,
+    /// COMMIT / ROLLBACK) before any statement decided the node: answered by pgtenant.
+    /// Returns false when it must go to a server instead.
+    fn hold_transaction_control(&mut self, t: TxControl, tag: &'static str, f: &Frame) -> bool {
+        if self.mode != PoolMode::Transaction {
+            return false;
+        }
+        let in_held_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
+        match t {
+            TxControl::Begin if !in_held_tx && self.client_tx == b'I' && self.held.is_empty() => {
+                self.held.push(Held::Answered(f.clone()));
+                self.client_tx = b'T';
+            }
+            TxControl::SetLocal
+            | TxControl::Savepoint
+            | TxControl::Release
+            | TxControl::RollbackTo
+                if in_held_tx =>
+            {
+                self.held.push(Held::Answered(f.clone()));
+            }
+            TxControl::Commit | TxControl::Rollback if in_held_tx => {
+                // Nothing ran: there is nothing to commit or roll back anywhere.
+                self.held.retain(|h| !matches!(h, Held::Answered(_)));
+                self.client_tx = b'I';
+            }
+            _ => return false,
+        }
+        self.c.conn.queue(&command_complete(tag));
+        self.c.conn.queue(&build::ready_for_query(self.client_tx));
+        true
+    }
+
+    /// The text of the statement a Bind names: a held Parse, or the client's view.
+    fn statement_text(&self, name: &str) -> Option<Arc<str>> {
+        for h in self.held.iter().rev() {
+            if let Held::Parse(p) = h {
+                if let Ok(parse) = Parse::decode(p.body()) {
+                    if parse.name == name {
+                        return Some(parse.query.into());
+                    }
+                }
+            }
+        }
+        if name.is_empty() {
+            return None;
+        }
+        self.view.statements.get(name).map(|d| d.query.clone())
+    }
+
+    /// Attach to a worker pool without telling the client about a failure (the caller
+    /// falls back to the coordinator).
+    async fn attach_quiet(&mut self, pool: Arc<Pool>) -> bool {
         if !pool.has_credential() {
-            // A pool on another node: it logs in as this client's user, with its secret.
+            // A pool on another node logs in as this client's user, with its secret.
             pool.set_credential(self.c.credential.clone());
         }
         match pool.acquire().await {
             Ok(server) => {
-                self.c.key.slot.set(Some(server.cancel.clone())).await;
-                let mut a = Attached {
-                    server,
-                    pool,
-                    pipe: Pipeline::default(),
-                    session_changed: false,
-                };
-                if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
-                    for sql in params::replay(&a.server.applied, &self.view.desired) {
-                        hidden_query(&mut a, &sql);
-                    }
-                    a.server.applied = self.view.desired.clone();
-                }
-                self.attached = Some(a);
+                self.install(server, pool).await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(user = %self.c.user, pool = %pool.name(), error = %e, "worker connection failed");
+                false
+            }
+        }
+    }
+
+    /// Make `server` this client's: cancel target, settings replay.
+    async fn install(&mut self, server: ServerConn, pool: Arc<Pool>) {
+        self.c.key.slot.set(Some(server.cancel.clone())).await;
+        let mut a = Attached {
+            server,
+            pool,
+            pipe: Pipeline::default(),
+            session_changed: false,
+        };
+        if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
+            for sql in params::replay(&a.server.applied, &self.view.desired) {
+                hidden_query(&mut a, &sql);
+            }
+            a.server.applied = self.view.desired.clone();
+        }
+        self.attached = Some(a);
+    }
+
+    /// Get a server connection for the transaction `first` starts and bring its session
+    /// settings in line with the client's. On failure the client gets an error for this
+    /// request and keeps its connection.
+    async fn attach(&mut self, first: &Frame, pool: Arc<Pool>) -> bool {
+        match pool.acquire().await {
+            Ok(server) => {
+                self.install(server, pool).await;
                 true
             }
             Err(e) => {
@@ -834,6 +1048,10 @@ impl Session<'_> {
                         return self.server_lost("server sent a malformed ReadyForQuery");
                     };
                     a.server.tx_status = st;
+                    // Inside a transaction pgtenant holds (BEGIN answered, no node yet), a
+                    // side trip's ReadyForQuery must still say "in transaction".
+                    let holding_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
+                    let client_st = if holding_tx && st == b'I' { b'T' } else { st };
                     match a.pipe.q.pop_front() {
                         Some(Expect::Forward(Req::Query {
                             prepare: Some((name, text)),
@@ -850,7 +1068,7 @@ impl Session<'_> {
                     if hidden {
                         continue;
                     }
-                    self.client_tx = st;
+                    self.client_tx = client_st;
                     if self.mode == PoolMode::Statement && st != b'I' {
                         // As PgBouncer: the error takes the place of the ReadyForQuery,
                         // so the client sees it as the answer to its BEGIN.
@@ -860,7 +1078,11 @@ impl Session<'_> {
                         ));
                         return Flow::Quit;
                     }
-                    self.c.conn.queue(&f);
+                    if client_st == st {
+                        self.c.conn.queue(&f);
+                    } else {
+                        self.c.conn.queue(&build::ready_for_query(client_st));
+                    }
                     let Some(a) = self.attached.as_mut() else {
                         return Flow::Continue;
                     };

@@ -1,0 +1,284 @@
+//! The route decision for the first message of a transaction: plan the statement (cached),
+//! take the tenant value from the literal or the Bind parameter, hash it as PostgreSQL
+//! does, and find the node owning that hash in the current shard map.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::citus::hash::{hash_binary, hash_value};
+use crate::citus::{DistType, ShardMap};
+use crate::pool::Node;
+use crate::protocol::extended::Bind;
+use crate::router::{KeySource, Plan, Planner, Reason, TenantValue, TxControl};
+
+/// Where the first statement of a transaction sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The worker (or coordinator) owning the tenant's shard.
+    Node(Node),
+    Coordinator(RouteReason),
+    /// Touches no table: the coordinator serves it, but it says nothing about tenants.
+    Anywhere,
+    /// Transaction control the session loop may hold until a statement decides the node.
+    Hold(TxControl),
+}
+
+/// Why a statement went where it went (the admin console's SHOW ROUTES rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteReason {
+    TenantKey,
+    Hint,
+    NoKey,
+    MultiTenant,
+    Ddl,
+    Utility,
+    SequenceDefault,
+    ReferenceWrite,
+    Copy,
+    ParseFailure,
+    TransactionControl,
+    NotDistributed,
+    WorkerDown,
+    NoShard,
+    Anywhere,
+    NoRouting,
+}
+
+impl RouteReason {
+    pub const ALL: [RouteReason; 16] = [
+        RouteReason::TenantKey,
+        RouteReason::Hint,
+        RouteReason::NoKey,
+        RouteReason::MultiTenant,
+        RouteReason::Ddl,
+        RouteReason::Utility,
+        RouteReason::SequenceDefault,
+        RouteReason::ReferenceWrite,
+        RouteReason::Copy,
+        RouteReason::ParseFailure,
+        RouteReason::TransactionControl,
+        RouteReason::NotDistributed,
+        RouteReason::WorkerDown,
+        RouteReason::NoShard,
+        RouteReason::Anywhere,
+        RouteReason::NoRouting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteReason::TenantKey => "tenant_key",
+            RouteReason::Hint => "hint",
+            RouteReason::NoKey => "no_key",
+            RouteReason::MultiTenant => "multi_tenant",
+            RouteReason::Ddl => "ddl",
+            RouteReason::Utility => "utility",
+            RouteReason::SequenceDefault => "sequence_default",
+            RouteReason::ReferenceWrite => "reference_write",
+            RouteReason::Copy => "copy",
+            RouteReason::ParseFailure => "parse_failure",
+            RouteReason::TransactionControl => "transaction_control",
+            RouteReason::NotDistributed => "not_distributed",
+            RouteReason::WorkerDown => "worker_down",
+            RouteReason::NoShard => "no_shard",
+            RouteReason::Anywhere => "anywhere",
+            RouteReason::NoRouting => "no_routing",
+        }
+    }
+
+    fn from_plan(r: &Reason) -> RouteReason {
+        match r {
+            Reason::TenantKey => RouteReason::TenantKey,
+            Reason::Hint => RouteReason::Hint,
+            Reason::NoKey => RouteReason::NoKey,
+            Reason::MultiTenant => RouteReason::MultiTenant,
+            Reason::Ddl => RouteReason::Ddl,
+            Reason::Utility => RouteReason::Utility,
+            Reason::SequenceDefault => RouteReason::SequenceDefault,
+            Reason::ReferenceWrite => RouteReason::ReferenceWrite,
+            Reason::Copy => RouteReason::Copy,
+            Reason::ParseFailure => RouteReason::ParseFailure,
+            Reason::TransactionControl => RouteReason::TransactionControl,
+            Reason::NotDistributed => RouteReason::NotDistributed,
+        }
+    }
+}
+
+/// Counters of routed transactions: to the coordinator or a worker, by reason. Atomics
+/// only: they sit on the per-transaction path.
+#[derive(Default)]
+pub struct RouteStats {
+    by_reason: [AtomicU64; 16],
+    pub to_workers: AtomicU64,
+    pub to_coordinator: AtomicU64,
+}
+
+impl RouteStats {
+    pub fn count(&self, reason: RouteReason, to_worker: bool) {
+        if let Some(c) = self.by_reason.get(reason as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if to_worker {
+            self.to_workers.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.to_coordinator.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self, reason: RouteReason) -> u64 {
+        self.by_reason
+            .get(reason as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// Workers that could not be reached, skipped until their backoff ends.
+#[derive(Default)]
+pub struct NodeHealth {
+    down: DashMap<Arc<str>, (Instant, Duration)>,
+    pub failures: AtomicU64,
+}
+
+impl NodeHealth {
+    pub fn is_down(&self, node: &Node) -> bool {
+        match self.down.get(&node.name) {
+            Some(e) => Instant::now() < e.0,
+            None => false,
+        }
+    }
+
+    /// Mark a node down; the delay doubles on each failure up to 60 s.
+    pub fn mark_down(&self, node: &Node, base: Duration) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let mut e = self
+            .down
+            .entry(node.name.clone())
+            .or_insert((Instant::now(), Duration::ZERO));
+        let delay = if e.1.is_zero() {
+            base
+        } else {
+            (e.1 * 2).min(Duration::from_secs(60))
+        };
+        *e = (Instant::now() + delay, delay);
+        tracing::warn!(node = %node.name, host = %node.host, port = node.port, retry_in_s = delay.as_secs_f64(), "worker unreachable: routing its tenants to the coordinator");
+    }
+
+    pub fn mark_up(&self, node: &Node) {
+        if self.down.remove(&node.name).is_some() {
+            tracing::info!(node = %node.name, "worker reachable again");
+        }
+    }
+
+    /// Nodes currently marked down, with the time left.
+    pub fn down_nodes(&self) -> Vec<(Arc<str>, Duration)> {
+        let now = Instant::now();
+        self.down
+            .iter()
+            .filter(|e| e.0 > now)
+            .map(|e| (e.key().clone(), e.0 - now))
+            .collect()
+    }
+}
+
+fn locate(map: &ShardMap, health: &NodeHealth, colocation: u32, hash: i32) -> Decision {
+    match map.locate(colocation, hash) {
+        Some((_, node)) if health.is_down(node) => Decision::Coordinator(RouteReason::WorkerDown),
+        Some((_, node)) => Decision::Node(node.clone()),
+        None => Decision::Coordinator(RouteReason::NoShard),
+    }
+}
+
+fn from_plan(plan: &Plan) -> Option<Decision> {
+    match plan {
+        Plan::Coordinator(r) => Some(Decision::Coordinator(RouteReason::from_plan(r))),
+        Plan::HintTenant { .. } => Some(Decision::Coordinator(RouteReason::NoKey)),
+        Plan::Anywhere => Some(Decision::Anywhere),
+        Plan::Transaction(t) => Some(Decision::Hold(*t)),
+        Plan::Tenant { .. } => None,
+    }
+}
+
+/// A simple query.
+pub fn decide_simple(
+    planner: &Planner,
+    map: &ShardMap,
+    health: &NodeHealth,
+    sql: &str,
+) -> Decision {
+    let routed = planner.plan_simple(sql, &map.tables, map.version);
+    if let Some(d) = from_plan(&routed.plan) {
+        return d;
+    }
+    let Plan::Tenant {
+        colocation,
+        dist_type,
+        ..
+    } = &*routed.plan
+    else {
+        return Decision::Coordinator(RouteReason::NoKey);
+    };
+    match routed.key.as_deref().map(|k| hash_value(*dist_type, k)) {
+        Some(Ok(h)) => locate(map, health, *colocation, h),
+        _ => Decision::Coordinator(RouteReason::NoKey),
+    }
+}
+
+/// An extended-protocol statement `sql` bound with `bind`.
+pub fn decide_bind(
+    planner: &Planner,
+    map: &ShardMap,
+    health: &NodeHealth,
+    sql: &str,
+    bind: &Bind<'_>,
+) -> Decision {
+    let plan = planner.plan_extended(sql, &map.tables, map.version);
+    if let Some(d) = from_plan(&plan) {
+        return d;
+    }
+    let Plan::Tenant {
+        colocation,
+        dist_type,
+        ..
+    } = &*plan
+    else {
+        return Decision::Coordinator(RouteReason::NoKey);
+    };
+    let dt: DistType = *dist_type;
+    // Values that must agree are compared by hash: equal values hash equally, and two
+    // values with one hash live in one shard anyway.
+    let value = plan.tenant_value(|k| match k {
+        KeySource::Literal(s) => hash_value(dt, s).ok(),
+        KeySource::Param(i) => match bind.param(*i) {
+            Ok(Some((0, Some(v)))) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| hash_value(dt, s).ok()),
+            Ok(Some((1, Some(v)))) => hash_binary(dt, v).ok(),
+            _ => None,
+        },
+    });
+    match value {
+        TenantValue::Value(h) => locate(map, health, *colocation, h),
+        TenantValue::Conflict => Decision::Coordinator(RouteReason::MultiTenant),
+        TenantValue::Unknown | TenantValue::NotTenant => Decision::Coordinator(RouteReason::NoKey),
+    }
+}
+
+/// The command tag PostgreSQL answers a transaction-control statement with.
+pub fn tx_tag(t: TxControl, sql: &str) -> &'static str {
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    match t {
+        TxControl::Begin if first.eq_ignore_ascii_case("start") => "START TRANSACTION",
+        TxControl::Begin => "BEGIN",
+        TxControl::Commit => "COMMIT",
+        TxControl::Rollback | TxControl::RollbackTo => "ROLLBACK",
+        TxControl::Savepoint => "SAVEPOINT",
+        TxControl::Release => "RELEASE",
+        TxControl::SetLocal if first.eq_ignore_ascii_case("set") => "SET",
+        TxControl::SetLocal => "SET",
+    }
+}
