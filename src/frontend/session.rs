@@ -1149,10 +1149,14 @@ impl Session<'_> {
         if a.session_changed {
             match a.server.query_pairs(SESSION_SETTINGS_SQL).await {
                 Ok(rows) => {
-                    let now: ParamMap = rows.into_iter().collect();
-                    self.view.session = now.clone();
-                    self.view.desired = params::merge(&self.c.startup, &self.view.session);
-                    a.server.applied = Arc::new(now);
+                    // What the server holds now is the client's session, exactly: a
+                    // startup setting the client RESET is gone from it (the client saw
+                    // the server's default), and later servers must agree with that
+                    // rather than silently bring the startup value back.
+                    let now: Arc<ParamMap> = Arc::new(rows.into_iter().collect());
+                    self.view.session = (*now).clone();
+                    self.view.desired = now.clone();
+                    a.server.applied = now;
                 }
                 Err(e) => {
                     tracing::warn!(user = %self.c.user, error = %e, "reading back session settings failed; closing the server connection");
