@@ -33,11 +33,29 @@ pub struct Context {
     pub coordinator: ArcSwap<Node>,
     /// Connected clients (for max_client_conn).
     pub clients: AtomicU32,
+    /// SCRAM secrets derived from plain passwords: user → (password, secret).
+    pub scram_cache: dashmap::DashMap<String, (String, crate::auth::ScramSecret)>,
     /// Fires on SIGTERM/SIGINT: idle clients leave, busy ones finish their transaction.
     pub shutdown: CancellationToken,
 }
 
 impl Context {
+    /// The SCRAM secret for a user with a plain password, derived once with a random salt
+    /// (again only if the password changes on reload).
+    pub fn scram_secret_for(&self, user: &str, password: &str) -> crate::auth::ScramSecret {
+        if let Some(e) = self.scram_cache.get(user) {
+            if e.0 == password {
+                return e.1.clone();
+            }
+        }
+        let mut salt = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut salt);
+        let secret = crate::auth::ScramSecret::from_password(password, &salt, 4096);
+        self.scram_cache
+            .insert(user.to_owned(), (password.to_owned(), secret.clone()));
+        secret
+    }
+
     pub fn settings(&self) -> Arc<Settings> {
         self.settings.load_full()
     }

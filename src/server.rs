@@ -39,7 +39,14 @@ pub fn run(settings: Settings, overrides: Overrides) -> ExitCode {
     if settings.workers > 0 {
         rt.worker_threads(settings.workers);
     }
-    let rt = match rt.enable_all().thread_name("pgtenant").build() {
+    // SQL parsing recurses; a roomier stack than the 2 MiB default keeps the planner's
+    // nesting limits far from the edge (the memory is only reserved, not touched).
+    let rt = match rt
+        .enable_all()
+        .thread_name("pgtenant")
+        .thread_stack_size(8 << 20)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -122,6 +129,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         node_health: Default::default(),
         coordinator: ArcSwap::from_pointee(coordinator(&settings)),
         clients: AtomicU32::new(0),
+        scram_cache: Default::default(),
         shutdown: CancellationToken::new(),
     });
 

@@ -76,7 +76,7 @@ async fn tenants_are_answered_by_their_owner() {
     // A transaction: BEGIN is held, the first statement decides, the rest follows.
     let k = keys[3].clone();
     let owner = cluster.owner_port("orders", &k);
-    let rows = c.simple_query(&format!("begin")).await.unwrap();
+    let rows = c.simple_query("begin").await.unwrap();
     assert!(!rows.is_empty());
     let r = c
         .query_one(

@@ -69,9 +69,15 @@ async fn refresh_once(ctx: &Arc<Context>, conn: &mut Option<ServerConn>) -> Resu
         // A connection of its own, outside every pool: reading metadata must not create
         // pools (min_pool_size would then open connections nobody asked for).
         let up = &s.upstream;
-        let credential = ctx.users.load().get(&up.user).and_then(|secret| ServerCredential::from_secret(secret, &up.user, None));
+        let credential = ctx
+            .users
+            .load()
+            .get(&up.user)
+            .and_then(|secret| ServerCredential::from_secret(secret, &up.user, None));
         let node = (**ctx.coordinator.load()).clone();
-        let params = ctx.pools.own_connect_params(&node, &up.database, &up.user, credential, "shard map");
+        let params =
+            ctx.pools
+                .own_connect_params(&node, &up.database, &up.user, credential, "shard map");
         let c = tokio::time::timeout(Duration::from_secs(30), crate::backend::connect(&params))
             .await
             .map_err(|_| "connecting to the coordinator timed out".to_string())?

@@ -177,7 +177,7 @@ async fn login_inner(
     let users = ctx.users.load_full();
     let secret = users.get(&user).cloned();
     let method = effective_method(listener.auth_type, secret.as_ref());
-    let credential = match authenticate(&mut conn, method, &user, secret.as_ref()).await? {
+    let credential = match authenticate(&mut conn, method, &user, secret.as_ref(), ctx).await? {
         Some(c) => c,
         None => {
             tracing::warn!(user = %user, method = method.as_str(), "client authentication failed");
@@ -279,6 +279,7 @@ async fn authenticate(
     method: AuthType,
     user: &str,
     secret: Option<&Secret>,
+    ctx: &Context,
 ) -> Result<Option<Option<ServerCredential>>, FrontendError> {
     match method {
         AuthType::Trust => {
@@ -306,7 +307,13 @@ async fn authenticate(
             // exchange with a mock secret and fails at the end, so the answer does not
             // tell which users exist.
             let known = matches!(secret, Some(Secret::Plain(_) | Secret::Scram(_)));
-            let mut server = match secret {
+            // A plain password's SCRAM secret is derived once (4096 PBKDF2 rounds), not
+            // at every login.
+            let derived = match secret {
+                Some(Secret::Plain(pw)) => Some(Secret::Scram(ctx.scram_secret_for(user, pw))),
+                _ => None,
+            };
+            let mut server = match derived.as_ref().or(secret) {
                 Some(s) if known => match ScramServer::new(s) {
                     Ok(s) => s,
                     Err(_) => ScramServer::mock(),

@@ -440,9 +440,33 @@ impl Session<'_> {
                     return Ok(true);
                 }
             }
-            b'S' if self.client_tx == b'I' && self.held.is_empty() => {
-                // Only reached when no server holds state for this client.
-                self.c.conn.queue(&build::ready_for_query(b'I'));
+            b'P' if self.track_prepared => {
+                // A named statement is only recorded (as PgBouncer does): it is prepared
+                // on a server when a Bind or Describe needs it there. Taking a server just
+                // to answer Parse+Sync (PQprepare) would also deadlock clients that prepare
+                // synchronously while another of their connections holds the last server
+                // connection in a transaction (pgbench -M prepared -j < -c).
+                let p = Parse::decode(f.body())?;
+                if p.name.is_empty() {
+                    return Ok(false);
+                }
+                if self.view.statements.contains_key(p.name)
+                    || self.view.sql_prepared.contains_key(p.name)
+                {
+                    let msg = format!("prepared statement \"{}\" already exists", p.name);
+                    self.c.conn.queue(&build::error("42P05", &msg));
+                    self.skip_until_sync = true;
+                    return Ok(true);
+                }
+                let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
+                let def = self.ctx.statements.intern(&p, key);
+                self.view.statements.insert(p.name.to_owned(), def);
+                self.c.conn.queue(&Frame::new(b'1', &[]));
+                return Ok(true);
+            }
+            b'S' if !self.held.iter().any(|h| matches!(h, Held::Parse(_))) => {
+                // Nothing is in flight and no server holds state for this client.
+                self.c.conn.queue(&build::ready_for_query(self.client_tx));
                 return Ok(true);
             }
             b'Q' if self.client_tx == b'I' => {

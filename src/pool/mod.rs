@@ -396,7 +396,8 @@ impl Pool {
     pub async fn open_dedicated(&self, purpose: &str) -> Result<ServerConn, BackendError> {
         let s = self.settings();
         let mut p = self.connect_params(&s);
-        p.startup.push(("application_name".into(), format!("pgtenant {purpose}")));
+        p.startup
+            .push(("application_name".into(), format!("pgtenant {purpose}")));
         backend::connect(&p).await
     }
 
@@ -547,7 +548,14 @@ impl Pools {
 
     /// Parameters for a connection of pgtenant's own that belongs to no pool (the
     /// shard-map reader): the pools' TLS and timeouts, application_name "pgtenant <purpose>".
-    pub fn own_connect_params(&self, node: &Node, database: &str, user: &str, credential: Option<ServerCredential>, purpose: &str) -> ConnectParams {
+    pub fn own_connect_params(
+        &self,
+        node: &Node,
+        database: &str,
+        user: &str,
+        credential: Option<ServerCredential>,
+        purpose: &str,
+    ) -> ConnectParams {
         let s = self.settings.load();
         ConnectParams {
             host: node.host.to_string(),

@@ -142,7 +142,9 @@ pub(super) fn key_source(e: &Expr) -> Option<KeySource> {
             expr,
         } => match expr.as_ref() {
             Expr::Value(v) => match &v.value {
-                Value::Number(n, _) if !n.starts_with('-') => Some(KeySource::Literal(format!("-{n}"))),
+                Value::Number(n, _) if !n.starts_with('-') => {
+                    Some(KeySource::Literal(format!("-{n}")))
+                }
                 _ => None,
             },
             _ => None,
@@ -151,7 +153,10 @@ pub(super) fn key_source(e: &Expr) -> Option<KeySource> {
             op: UnaryOperator::Plus,
             expr,
         } => match expr.as_ref() {
-            Expr::Value(v) if matches!(v.value, Value::Number(..)) => value_key(&v.value),
+            // `+5`, or `+$1` (a masked number): the value is the number's.
+            Expr::Value(v) if matches!(v.value, Value::Number(..) | Value::Placeholder(_)) => {
+                value_key(&v.value)
+            }
             _ => None,
         },
         _ => None,
@@ -161,7 +166,9 @@ pub(super) fn key_source(e: &Expr) -> Option<KeySource> {
 fn value_key(v: &Value) -> Option<KeySource> {
     match v {
         Value::Number(n, _) => Some(KeySource::Literal(n.clone())),
-        Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => Some(KeySource::Literal(s.clone())),
+        Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
+            Some(KeySource::Literal(s.clone()))
+        }
         Value::DollarQuotedString(d) => Some(KeySource::Literal(d.value.clone())),
         Value::Placeholder(p) => param_index(p).map(KeySource::Param),
         _ => None,
@@ -315,11 +322,9 @@ impl<'c> Analysis<'c> {
                 None => Plan::Anywhere,
             };
         };
-        if self
-            .insts
-            .iter()
-            .any(|i| i.info.colocation_id != first.colocation_id || i.info.dist_type != first.dist_type)
-        {
+        if self.insts.iter().any(|i| {
+            i.info.colocation_id != first.colocation_id || i.info.dist_type != first.dist_type
+        }) {
             return Plan::Coordinator(Reason::MultiTenant);
         }
         if !first.dist_type.is_hashable() {
@@ -429,7 +434,12 @@ impl<'c> Analysis<'c> {
         let (kind, info) = self.table_ref(name);
         let entry_name = match &ins.table_alias {
             Some(a) => fold(&a.alias),
-            None => name.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default(),
+            None => name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(fold)
+                .unwrap_or_default(),
         };
         let inst = match kind {
             EntryKind::Table(i) => Some(i),
@@ -443,7 +453,8 @@ impl<'c> Analysis<'c> {
         if info.is_some_and(|t| t.kind == TableKind::Reference) {
             self.reference_write = true;
         }
-        self.scopes[self.cur()].push(Entry {
+        let cur = self.cur();
+        self.scopes[cur].push(Entry {
             name: entry_name,
             schema: None,
             info,
@@ -456,7 +467,12 @@ impl<'c> Analysis<'c> {
         let cols: Vec<String> = ins
             .columns
             .iter()
-            .map(|c| c.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default())
+            .map(|c| {
+                c.0.last()
+                    .and_then(|p| p.as_ident())
+                    .map(fold)
+                    .unwrap_or_default()
+            })
             .collect();
         let seq_cols: Vec<usize> = match info {
             Some(t) => {
@@ -475,7 +491,10 @@ impl<'c> Analysis<'c> {
             }
             None => Vec::new(),
         };
-        let dist_pos = inst.and_then(|i| cols.iter().position(|c| *c == self.insts[i].info.dist_column));
+        let dist_pos = inst.and_then(|i| {
+            cols.iter()
+                .position(|c| *c == self.insts[i].info.dist_column)
+        });
 
         match ins.source.as_deref() {
             None => {
@@ -515,7 +534,10 @@ impl<'c> Analysis<'c> {
                     let outs = self.subquery(q);
                     if let Some(i) = inst {
                         let node = self.insts[i].node;
-                        match dist_pos.filter(|_| outs.exact).and_then(|p| outs.cols.get(p)) {
+                        match dist_pos
+                            .filter(|_| outs.exact)
+                            .and_then(|p| outs.cols.get(p))
+                        {
                             Some((_, OutVal::Node(n))) => self.edges.push((*n, node)),
                             Some((_, OutVal::Key(k))) => self.binds.push((node, k.clone())),
                             _ => self.insts[i].poisoned = true,
@@ -548,7 +570,8 @@ impl<'c> Analysis<'c> {
         self.scopes.push(Vec::new());
         self.table_with_joins(&u.table);
         self.mark_write_target(0);
-        if let Some(UpdateTableFromKind::BeforeSet(v) | UpdateTableFromKind::AfterSet(v)) = &u.from {
+        if let Some(UpdateTableFromKind::BeforeSet(v) | UpdateTableFromKind::AfterSet(v)) = &u.from
+        {
             for t in v {
                 self.table_with_joins(t);
             }
@@ -652,7 +675,11 @@ impl<'c> Analysis<'c> {
         }
         if let Some(lc) = &q.limit_clause {
             match lc {
-                sqlparser::ast::LimitClause::LimitOffset { limit, offset, limit_by } => {
+                sqlparser::ast::LimitClause::LimitOffset {
+                    limit,
+                    offset,
+                    limit_by,
+                } => {
                     if let Some(l) = limit {
                         self.walk(l);
                     }
@@ -780,7 +807,12 @@ impl<'c> Analysis<'c> {
                 SelectItem::QualifiedWildcard(kind, _) => {
                     outs.exact = false;
                     if let SelectItemQualifiedWildcardKind::ObjectName(name) = kind {
-                        let quals: Vec<String> = name.0.iter().filter_map(|p| p.as_ident()).map(fold).collect();
+                        let quals: Vec<String> = name
+                            .0
+                            .iter()
+                            .filter_map(|p| p.as_ident())
+                            .map(fold)
+                            .collect();
                         if let Some((d, idx)) = self.find_entry(&quals) {
                             let cols = entry_cols(&self.scopes[d][idx], &self.insts);
                             outs.cols.extend(cols);
@@ -858,11 +890,20 @@ impl<'c> Analysis<'c> {
         }
     }
 
-    fn join_constraint(&mut self, c: &JoinConstraint, left: Range<usize>, right: Range<usize>, kind: JoinKind) {
+    fn join_constraint(
+        &mut self,
+        c: &JoinConstraint,
+        left: Range<usize>,
+        right: Range<usize>,
+        kind: JoinKind,
+    ) {
         match c {
             JoinConstraint::On(e) => match kind {
                 JoinKind::Inner => self.conj(e),
-                JoinKind::Outer { preserved, nullable } => self.outer_on(e, &preserved, &nullable),
+                JoinKind::Outer {
+                    preserved,
+                    nullable,
+                } => self.outer_on(e, &preserved, &nullable),
                 JoinKind::Full => self.walk(e),
             },
             JoinConstraint::Using(cols) | JoinConstraint::UsingAlias(cols, _) => {
@@ -870,7 +911,9 @@ impl<'c> Analysis<'c> {
                     let Some(name) = c.0.last().and_then(|p| p.as_ident()).map(fold) else {
                         continue;
                     };
-                    let (Some(l), Some(r)) = (self.col_in(&name, &left), self.col_in(&name, &right)) else {
+                    let (Some(l), Some(r)) =
+                        (self.col_in(&name, &left), self.col_in(&name, &right))
+                    else {
                         continue;
                     };
                     match &kind {
@@ -917,22 +960,23 @@ impl<'c> Analysis<'c> {
             };
             let (tl, tr) = (self.term(l), self.term(r));
             let side = |t: &Term| match t {
-                Term::Col(c) if c.depth == cur && nullable.contains(&c.entry) => Some((c.node, true)),
-                Term::Col(c) if c.depth == cur && preserved.contains(&c.entry) => Some((c.node, false)),
+                Term::Col(c) if c.depth == cur && nullable.contains(&c.entry) => {
+                    Some((c.node, true))
+                }
+                Term::Col(c) if c.depth == cur && preserved.contains(&c.entry) => {
+                    Some((c.node, false))
+                }
                 Term::Col(c) if c.depth < cur => Some((c.node, false)),
                 _ => None,
             };
             match (side(&tl), side(&tr), &tl, &tr) {
                 (Some((a, true)), Some((b, true)), _, _) => self.union(a, b),
-                (Some((a, false)), Some((b, true)), _, _) | (Some((b, true)), Some((a, false)), _, _) => {
-                    self.edges.push((a, b))
-                }
-                (Some((a, true)), None, _, Term::Key(k)) | (None, Some((a, true)), Term::Key(k), _) => {
-                    self.binds.push((a, k.clone()))
-                }
-                (Some((a, true)), None, _, Term::Sub(Some(n))) | (None, Some((a, true)), Term::Sub(Some(n)), _) => {
-                    self.edges.push((*n, a))
-                }
+                (Some((a, false)), Some((b, true)), _, _)
+                | (Some((b, true)), Some((a, false)), _, _) => self.edges.push((a, b)),
+                (Some((a, true)), None, _, Term::Key(k))
+                | (None, Some((a, true)), Term::Key(k), _) => self.binds.push((a, k.clone())),
+                (Some((a, true)), None, _, Term::Sub(Some(n)))
+                | (None, Some((a, true)), Term::Sub(Some(n)), _) => self.edges.push((*n, a)),
                 _ => {}
             }
         }
@@ -941,17 +985,26 @@ impl<'c> Analysis<'c> {
     fn factor(&mut self, f: &TableFactor) {
         let cur = self.cur();
         match f {
-            TableFactor::Table { name, alias, args, .. } => {
+            TableFactor::Table {
+                name, alias, args, ..
+            } => {
                 self.relations += 1;
                 let alias_name = alias.as_ref().map(|a| fold(&a.name));
-                let parts: Vec<String> = name.0.iter().filter_map(|p| p.as_ident()).map(fold).collect();
+                let parts: Vec<String> = name
+                    .0
+                    .iter()
+                    .filter_map(|p| p.as_ident())
+                    .map(fold)
+                    .collect();
                 if let Some(args) = args {
                     // A set-returning function called with a table-like name.
                     for a in &args.args {
                         self.function_arg(a);
                     }
                     self.scopes[cur].push(Entry {
-                        name: alias_name.or_else(|| parts.last().cloned()).unwrap_or_default(),
+                        name: alias_name
+                            .or_else(|| parts.last().cloned())
+                            .unwrap_or_default(),
                         schema: None,
                         info: None,
                         kind: EntryKind::Other,
@@ -965,13 +1018,17 @@ impl<'c> Analysis<'c> {
                     None
                 };
                 self.scopes[cur].push(Entry {
-                    name: alias_name.or_else(|| parts.last().cloned()).unwrap_or_default(),
+                    name: alias_name
+                        .or_else(|| parts.last().cloned())
+                        .unwrap_or_default(),
                     schema,
                     info,
                     kind,
                 });
             }
-            TableFactor::Derived { subquery, alias, .. } => {
+            TableFactor::Derived {
+                subquery, alias, ..
+            } => {
                 let outs = self.subquery(subquery);
                 let outs = match alias {
                     Some(a) if !a.columns.is_empty() => {
@@ -994,18 +1051,29 @@ impl<'c> Analysis<'c> {
                     kind: EntryKind::Derived(outs),
                 });
             }
-            TableFactor::NestedJoin { table_with_joins, .. } => self.table_with_joins(table_with_joins),
-            TableFactor::Function { args, alias, name, .. } => {
+            TableFactor::NestedJoin {
+                table_with_joins, ..
+            } => self.table_with_joins(table_with_joins),
+            TableFactor::Function {
+                args, alias, name, ..
+            } => {
                 for a in args {
                     self.function_arg(a);
                 }
-                self.push_other(alias.as_ref().map(|a| fold(&a.name)).or_else(|| last_name(name)));
+                self.push_other(
+                    alias
+                        .as_ref()
+                        .map(|a| fold(&a.name))
+                        .or_else(|| last_name(name)),
+                );
             }
             TableFactor::TableFunction { expr, alias } => {
                 self.walk(expr);
                 self.push_other(alias.as_ref().map(|a| fold(&a.name)));
             }
-            TableFactor::UNNEST { alias, array_exprs, .. } => {
+            TableFactor::UNNEST {
+                alias, array_exprs, ..
+            } => {
                 for e in array_exprs {
                     self.walk(e);
                 }
@@ -1086,7 +1154,8 @@ impl<'c> Analysis<'c> {
                 match schema {
                     None => return Some((d, i)),
                     Some(s) => {
-                        let entry_schema = e.schema.as_deref().or(e.info.map(|t| t.schema.as_str()));
+                        let entry_schema =
+                            e.schema.as_deref().or(e.info.map(|t| t.schema.as_str()));
                         if entry_schema == Some(s) {
                             return Some((d, i));
                         }
@@ -1219,22 +1288,22 @@ impl<'c> Analysis<'c> {
                     }
                 }
             }
-            (Term::Col(c), Term::Key(k)) | (Term::Key(k), Term::Col(c)) => {
-                if c.depth == cur {
-                    self.binds.push((c.node, k.clone()));
-                }
+            (Term::Col(c), Term::Key(k)) | (Term::Key(k), Term::Col(c)) if c.depth == cur => {
+                self.binds.push((c.node, k.clone()));
             }
-            (Term::Col(c), Term::Sub(Some(n))) | (Term::Sub(Some(n)), Term::Col(c)) => {
-                if c.depth == cur {
-                    self.edges.push((*n, c.node));
-                }
+            (Term::Col(c), Term::Sub(Some(n))) | (Term::Sub(Some(n)), Term::Col(c))
+                if c.depth == cur =>
+            {
+                self.edges.push((*n, c.node));
             }
             _ => {}
         }
     }
 
     fn function_arg(&mut self, a: &FunctionArg) {
-        let (FunctionArg::Named { arg, .. } | FunctionArg::ExprNamed { arg, .. } | FunctionArg::Unnamed(arg)) = a;
+        let (FunctionArg::Named { arg, .. }
+        | FunctionArg::ExprNamed { arg, .. }
+        | FunctionArg::Unnamed(arg)) = a;
         if let FunctionArgExpr::Expr(e) = arg {
             self.walk(e);
         }
@@ -1294,12 +1363,17 @@ impl<'c> Analysis<'c> {
             | Expr::Ceil { expr, .. }
             | Expr::Floor { expr, .. }
             | Expr::Named { expr, .. } => self.walk(expr),
-            Expr::Between { expr, low, high, .. } => {
+            Expr::Between {
+                expr, low, high, ..
+            } => {
                 self.walk(expr);
                 self.walk(low);
                 self.walk(high);
             }
-            Expr::AtTimeZone { timestamp, time_zone } => {
+            Expr::AtTimeZone {
+                timestamp,
+                time_zone,
+            } => {
                 self.walk(timestamp);
                 self.walk(time_zone);
             }
@@ -1415,7 +1489,10 @@ fn entry_col(e: &Entry<'_>, name: &str, insts: &[Inst<'_>]) -> Option<usize> {
 /// The distribution columns a FROM item exposes (for `*`).
 fn entry_cols(e: &Entry<'_>, insts: &[Inst<'_>]) -> Vec<(Option<String>, OutVal)> {
     match &e.kind {
-        EntryKind::Table(i) => vec![(Some(insts[*i].info.dist_column.clone()), OutVal::Node(insts[*i].node))],
+        EntryKind::Table(i) => vec![(
+            Some(insts[*i].info.dist_column.clone()),
+            OutVal::Node(insts[*i].node),
+        )],
         EntryKind::Derived(outs) => outs.cols.clone(),
         EntryKind::Other => Vec::new(),
     }

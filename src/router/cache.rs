@@ -184,7 +184,11 @@ impl Planner {
     /// (hits, misses, cached plans).
     pub fn stats(&self) -> (u64, u64, usize) {
         let len = self.shards.iter().map(|s| lock(s).len).sum();
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed), len)
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+            len,
+        )
     }
 
     /// Forget every plan.
@@ -234,7 +238,12 @@ impl Planner {
 
     /// Plan an extended-protocol Parse text (cached by its exact text). Resolve the key with
     /// [`Plan::tenant_value`] once Bind brings the parameters.
-    pub fn plan_extended(&self, sql: &str, catalog: &dyn Catalog, catalog_version: u64) -> Arc<Plan> {
+    pub fn plan_extended(
+        &self,
+        sql: &str,
+        catalog: &dyn Catalog,
+        catalog_version: u64,
+    ) -> Arc<Plan> {
         self.observe(catalog_version);
         if self.per_shard == 0 || sql.contains(mask::MARK) {
             self.misses.fetch_add(1, Ordering::Relaxed);
@@ -248,7 +257,13 @@ impl Planner {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let p = Arc::new(plan(sql, catalog));
-        lock(shard).put(h, sql, catalog_version, Cached::Plan(p.clone()), self.per_shard);
+        lock(shard).put(
+            h,
+            sql,
+            catalog_version,
+            Cached::Plan(p.clone()),
+            self.per_shard,
+        );
         p
     }
 
@@ -271,7 +286,9 @@ impl Planner {
         }
         let value = p.tenant_value(|k| match k {
             KeySource::Literal(s) => Some(Cow::Owned(s.clone())),
-            KeySource::Param(i) if *i >= LITERAL_PARAM_BASE => m.literal(sql, i - LITERAL_PARAM_BASE),
+            KeySource::Param(i) if *i >= LITERAL_PARAM_BASE => {
+                m.literal(sql, i - LITERAL_PARAM_BASE)
+            }
             KeySource::Param(_) => None,
         });
         match value {

@@ -66,6 +66,9 @@ pub struct Masked {
     /// False when the key cannot stand for the text's shape (a stray [`MARK`] byte, an
     /// unterminated string or comment): plan such a text directly.
     pub cacheable: bool,
+    /// How many binary operators (operator characters, AND, OR, LIKE, …) the text has
+    /// outside literals and comments: a bound on how deep its expression trees can be.
+    pub operators: usize,
 }
 
 impl Masked {
@@ -150,6 +153,7 @@ pub fn mask_spans(sql: &str) -> Masked {
         lits: Vec::new(),
         hint: None,
         cacheable: true,
+        operators: 0,
     };
     // sql[copied..] has not been appended to the key yet.
     let mut copied = 0usize;
@@ -279,7 +283,10 @@ pub fn mask_spans(sql: &str) -> Masked {
                     i = end;
                     continue;
                 }
-                if word_here.is_none() && b.get(i + 1).is_some_and(|&c| c == b'$' || is_ident_start(c)) {
+                if word_here.is_none()
+                    && b.get(i + 1)
+                        .is_some_and(|&c| c == b'$' || is_ident_start(c))
+                {
                     // An opening tag without its closing one: PostgreSQL would reject it.
                     m.cacheable = false;
                     break;
@@ -289,7 +296,9 @@ pub fn mask_spans(sql: &str) -> Masked {
                 continue;
             }
             c if c.is_ascii_digit()
-                || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit) && word_here.is_none()) =>
+                || (c == b'.'
+                    && b.get(i + 1).is_some_and(u8::is_ascii_digit)
+                    && word_here.is_none()) =>
             {
                 let end = number_end(b, i);
                 if end < n && (is_ident_char(b[end]) || b[end] == b'.') {
@@ -323,17 +332,27 @@ pub fn mask_spans(sql: &str) -> Masked {
                     j += 1;
                 }
                 word = Some((i, j));
+                if j - i <= 7 && is_operator_word(&b[i..j]) {
+                    m.operators += 1;
+                }
                 prev = Prev::Other;
                 i = j;
                 continue;
             }
             b'-' => {
                 sign_at = (prev != Prev::Other).then_some(i);
+                m.operators += 1;
                 prev = Prev::SignOk;
             }
             b';' => prev = Prev::Start,
-            b'=' | b'<' | b'>' | b'(' | b',' | b'[' | b'+' | b'*' | b'/' | b'%' => {
+            b'(' | b',' => prev = Prev::SignOk,
+            b'=' | b'<' | b'>' | b'[' | b'+' | b'*' | b'/' | b'%' => {
+                m.operators += 1;
                 prev = Prev::SignOk
+            }
+            b'^' | b'|' | b'&' | b'!' | b'~' | b'#' | b'@' | b'?' | b':' => {
+                m.operators += 1;
+                prev = Prev::Other
             }
             1 => {
                 m.cacheable = false;
@@ -347,6 +366,14 @@ pub fn mask_spans(sql: &str) -> Masked {
         m.key.push_str(&sql[copied..]);
     }
     m
+}
+
+/// Keywords that sqlparser reads as binary operators (each one adds a level to a chain).
+fn is_operator_word(w: &[u8]) -> bool {
+    const WORDS: [&[u8]; 10] = [
+        b"and", b"or", b"like", b"ilike", b"is", b"in", b"between", b"similar", b"collate", b"at",
+    ];
+    WORDS.iter().any(|k| k.eq_ignore_ascii_case(w))
 }
 
 /// End (exclusive) of the `/* … */` comment starting at `i`; PostgreSQL nests them.
@@ -480,7 +507,12 @@ fn find_hint_value(sql: &str, from: usize, to: usize) -> Option<Lit> {
             });
         }
         let start = j;
-        while j < bb.len() && !matches!(bb[j], b' ' | b'\t' | b'\n' | b'\r' | b',' | b'*' | b'/' | b'\'') {
+        while j < bb.len()
+            && !matches!(
+                bb[j],
+                b' ' | b'\t' | b'\n' | b'\r' | b',' | b'*' | b'/' | b'\''
+            )
+        {
             j += 1;
         }
         if j == start {
@@ -584,7 +616,9 @@ fn unescape_e(raw: &str) -> Cow<'_, str> {
                     }
                     b'u' | b'U' => {
                         let len = if c == b'u' { 4 } else { 8 };
-                        let digits = raw.get(i..i + len).filter(|d| d.bytes().all(|x| hex(x).is_some()));
+                        let digits = raw
+                            .get(i..i + len)
+                            .filter(|d| d.bytes().all(|x| hex(x).is_some()));
                         match digits.and_then(|d| u32::from_str_radix(d, 16).ok()) {
                             Some(cp) => {
                                 push_char(&mut out, cp);
@@ -616,7 +650,10 @@ mod tests {
     #[test]
     fn masks_numbers_and_strings() {
         let (key, lits) = mask("SELECT * FROM \"t1\" WHERE a = 42 AND b = 'it''s' LIMIT 21");
-        assert_eq!(key.replace(MARK, "?"), "SELECT * FROM \"t1\" WHERE a = ? AND b = ? LIMIT ?");
+        assert_eq!(
+            key.replace(MARK, "?"),
+            "SELECT * FROM \"t1\" WHERE a = ? AND b = ? LIMIT ?"
+        );
         assert_eq!(lits, vec!["42", "it's", "21"]);
     }
 
@@ -638,24 +675,39 @@ mod tests {
 
     #[test]
     fn keeps_identifiers_params_and_prefixed_strings() {
-        assert_eq!(k("select $1, t1.c2, \"x1\", a$b from t2"), "select $1, t1.c2, \"x1\", a$b from t2");
-        assert_eq!(k("select X'ff', B'101', U&'d\\0061t', n'x'"), "select X'ff', B'101', U&'d\\0061t', n'x'");
+        assert_eq!(
+            k("select $1, t1.c2, \"x1\", a$b from t2"),
+            "select $1, t1.c2, \"x1\", a$b from t2"
+        );
+        assert_eq!(
+            k("select X'ff', B'101', U&'d\\0061t', n'x'"),
+            "select X'ff', B'101', U&'d\\0061t', n'x'"
+        );
         assert_eq!(k("select 0x1F, 12abc"), "select 0x1F, 12abc");
         assert_eq!(k("select \"it's 5\""), "select \"it's 5\"");
     }
 
     #[test]
     fn drops_comments_but_keeps_hints() {
-        assert_eq!(k("select 1 -- 5\n, 2 /* 7 /* nested */ 8 */ , 3"), "select ?  , ?   , ?");
+        assert_eq!(
+            k("select 1 -- 5\n, 2 /* 7 /* nested */ 8 */ , 3"),
+            "select ?  \n, ?   , ?"
+        );
         let sql = "select * from t /*controller='index',tenant_id='ac%20me',route='/a/5'*/";
         let m = mask_spans(sql);
-        assert_eq!(m.key.replace(MARK, "?"), "select * from t  /*tenant_id=?*/ ");
+        assert_eq!(
+            m.key.replace(MARK, "?"),
+            "select * from t  /*tenant_id=?*/ "
+        );
         assert_eq!(m.hint, Some(0));
         assert_eq!(m.literal(sql, 0).unwrap(), "ac me");
         let (k42, l42) = mask("select 1 /* tenant_id=42 */");
         let (k43, l43) = mask("select 1 /* tenant_id=43 */");
         assert_eq!(k42, k43);
-        assert_eq!((l42, l43), (vec!["1".into(), "42".into()], vec!["1".into(), "43".into()]));
+        assert_eq!(
+            (l42, l43),
+            (vec!["1".into(), "42".into()], vec!["1".into(), "43".into()])
+        );
         assert_eq!(mask_spans("/* no_tenant_id=5 */ select 1").hint, None);
         assert_eq!(mask("/* tenant_id='it\\'s' */").1, vec!["it's"]);
     }
@@ -679,6 +731,9 @@ mod tests {
     #[test]
     fn parameterize_numbers_the_marks() {
         let key = mask("select * from t where a = 5 and b = 'x'").0;
-        assert_eq!(parameterize(&key), "select * from t where a =  $100001  and b =  $100002 ");
+        assert_eq!(
+            parameterize(&key),
+            "select * from t where a =  $100001  and b =  $100002 "
+        );
     }
 }

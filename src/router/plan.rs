@@ -115,7 +115,10 @@ impl Plan {
 
     /// Resolve the tenant value with `get` (which reads literals and Bind parameters),
     /// checking that every place in `also` agrees.
-    pub fn tenant_value<T: PartialEq>(&self, mut get: impl FnMut(&KeySource) -> Option<T>) -> TenantValue<T> {
+    pub fn tenant_value<T: PartialEq>(
+        &self,
+        mut get: impl FnMut(&KeySource) -> Option<T>,
+    ) -> TenantValue<T> {
         let mut it = self.key_sources();
         let Some(first) = it.next() else {
             return TenantValue::NotTenant;
@@ -161,15 +164,34 @@ pub(super) fn merge_keys(keys: Vec<KeySource>) -> Option<(KeySource, Vec<KeySour
     Some((key, params.collect()))
 }
 
+/// Texts with more binary operators than this are not parsed (`Coordinator(ParseFailure)`):
+/// sqlparser builds a long operator chain as a tree as deep as the chain, and builds, walks
+/// and drops it recursively, so an unbounded chain could overflow a thread's stack (2 MiB
+/// for tokio's workers; debug builds use far bigger frames).
+pub const MAX_OPERATORS: usize = if cfg!(debug_assertions) { 120 } else { 1000 };
+
+/// sqlparser's own nesting limit (subqueries, parentheses, prefix operators; its default is
+/// 50), lowered for the same reason: its frames are large, in debug builds very large.
+pub const MAX_NESTING: usize = if cfg!(debug_assertions) { 16 } else { 40 };
+
 /// Plan a query string (one statement, or several: each is planned and the plans combined).
 pub fn plan(sql: &str, catalog: &dyn Catalog) -> Plan {
     let m = mask::mask_spans(sql);
+    if m.operators > MAX_OPERATORS {
+        return Plan::Coordinator(Reason::ParseFailure);
+    }
     let hint = m.hint.and_then(|k| hint_key(&m, sql, k));
-    let stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+    let parsed = Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(MAX_NESTING)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements());
+    let stmts = match parsed {
         Ok(s) => s,
         Err(_) => return unparsed(sql, &m.key),
     };
-    let plans = stmts.iter().map(|s| plan_statement(s, catalog, hint.as_ref()));
+    let plans = stmts
+        .iter()
+        .map(|s| plan_statement(s, catalog, hint.as_ref()));
     combine(plans)
 }
 
@@ -185,14 +207,20 @@ fn hint_key(m: &mask::Masked, sql: &str, k: usize) -> Option<KeySource> {
 fn plan_statement(stmt: &Statement, catalog: &dyn Catalog, hint: Option<&KeySource>) -> Plan {
     use Statement as S;
     match stmt {
-        S::Query(_) | S::Insert(_) | S::Update(_) | S::Delete(_) => analyze::plan_dml(stmt, catalog, hint),
+        S::Query(_) | S::Insert(_) | S::Update(_) | S::Delete(_) => {
+            analyze::plan_dml(stmt, catalog, hint)
+        }
         S::StartTransaction { .. } => Plan::Transaction(TxControl::Begin),
         S::Commit { .. } => Plan::Transaction(TxControl::Commit),
-        S::Rollback { savepoint: None, .. } => Plan::Transaction(TxControl::Rollback),
-        S::Rollback { savepoint: Some(_), .. } => Plan::Transaction(TxControl::RollbackTo),
+        S::Rollback {
+            savepoint: None, ..
+        } => Plan::Transaction(TxControl::Rollback),
+        S::Rollback {
+            savepoint: Some(_), ..
+        } => Plan::Transaction(TxControl::RollbackTo),
         S::Savepoint { .. } => Plan::Transaction(TxControl::Savepoint),
         S::ReleaseSavepoint { .. } => Plan::Transaction(TxControl::Release),
-        S::Set(set) => match set {
+        S::Set(
             Set::SingleAssignment {
                 scope: Some(ContextModifier::Local),
                 ..
@@ -202,9 +230,9 @@ fn plan_statement(stmt: &Statement, catalog: &dyn Catalog, hint: Option<&KeySour
                 context_modifier: Some(ContextModifier::Local),
                 ..
             }
-            | Set::SetTransaction { session: false, .. } => Plan::Transaction(TxControl::SetLocal),
-            _ => Plan::Coordinator(Reason::Utility),
-        },
+            | Set::SetTransaction { session: false, .. },
+        ) => Plan::Transaction(TxControl::SetLocal),
+        S::Set(_) => Plan::Coordinator(Reason::Utility),
         S::Copy { .. } | S::CopyIntoSnowflake { .. } => Plan::Coordinator(Reason::Copy),
         // EXPLAIN [ANALYZE] follows what it explains: a pinned query is explained (and, with
         // ANALYZE, run) where it would run; the worker's plan is the same router plan.
@@ -301,13 +329,17 @@ fn unparsed(sql: &str, masked: &str) -> Plan {
     let first = words.next().unwrap_or_default();
     let second = words.next().unwrap_or_default();
     match first.as_str() {
-        "SET" if classify_single(sql) == Some(Command::LocalSet) => Plan::Transaction(TxControl::SetLocal),
-        "SET" | "RESET" | "SHOW" | "DISCARD" | "LISTEN" | "UNLISTEN" | "NOTIFY" | "VACUUM" | "ANALYZE"
-        | "CHECKPOINT" | "LOAD" | "PREPARE" | "EXECUTE" | "DEALLOCATE" | "DECLARE" | "FETCH" | "MOVE"
-        | "CLOSE" | "LOCK" | "CALL" | "DO" => Plan::Coordinator(Reason::Utility),
-        "COMMIT" | "END" | "ROLLBACK" | "ABORT" if second == "PREPARED" => Plan::Coordinator(Reason::Utility),
-        "CREATE" | "ALTER" | "DROP" | "TRUNCATE" | "GRANT" | "REVOKE" | "COMMENT" | "REINDEX" | "CLUSTER"
-        | "SECURITY" | "IMPORT" | "REFRESH" => Plan::Coordinator(Reason::Ddl),
+        "SET" if classify_single(sql) == Some(Command::LocalSet) => {
+            Plan::Transaction(TxControl::SetLocal)
+        }
+        "SET" | "RESET" | "SHOW" | "DISCARD" | "LISTEN" | "UNLISTEN" | "NOTIFY" | "VACUUM"
+        | "ANALYZE" | "CHECKPOINT" | "LOAD" | "PREPARE" | "EXECUTE" | "DEALLOCATE" | "DECLARE"
+        | "FETCH" | "MOVE" | "CLOSE" | "LOCK" | "CALL" | "DO" => Plan::Coordinator(Reason::Utility),
+        "COMMIT" | "END" | "ROLLBACK" | "ABORT" if second == "PREPARED" => {
+            Plan::Coordinator(Reason::Utility)
+        }
+        "CREATE" | "ALTER" | "DROP" | "TRUNCATE" | "GRANT" | "REVOKE" | "COMMENT" | "REINDEX"
+        | "CLUSTER" | "SECURITY" | "IMPORT" | "REFRESH" => Plan::Coordinator(Reason::Ddl),
         "COPY" => Plan::Coordinator(Reason::Copy),
         _ => Plan::Coordinator(Reason::ParseFailure),
     }
@@ -322,7 +354,9 @@ pub(super) fn combine(plans: impl IntoIterator<Item = Plan>) -> Plan {
     let mut coordinator = None;
     let mut tx = None;
     let mut count = 0usize;
-    let mut tenant: Option<(Option<(u32, DistType)>, Vec<KeySource>, Reason)> = None;
+    // (colocation group and type if a part names one, the keys, the strongest reason)
+    type Acc = (Option<(u32, DistType)>, Vec<KeySource>, Reason);
+    let mut tenant: Option<Acc> = None;
     let mut multi = false;
     for p in plans {
         count += 1;
