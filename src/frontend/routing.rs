@@ -31,6 +31,7 @@ pub enum RouteReason {
     TenantKey,
     Hint,
     NoKey,
+    ReferenceRead,
     MultiTenant,
     Ddl,
     Utility,
@@ -47,10 +48,11 @@ pub enum RouteReason {
 }
 
 impl RouteReason {
-    pub const ALL: [RouteReason; 16] = [
+    pub const ALL: [RouteReason; 17] = [
         RouteReason::TenantKey,
         RouteReason::Hint,
         RouteReason::NoKey,
+        RouteReason::ReferenceRead,
         RouteReason::MultiTenant,
         RouteReason::Ddl,
         RouteReason::Utility,
@@ -71,6 +73,7 @@ impl RouteReason {
             RouteReason::TenantKey => "tenant_key",
             RouteReason::Hint => "hint",
             RouteReason::NoKey => "no_key",
+            RouteReason::ReferenceRead => "reference_read",
             RouteReason::MultiTenant => "multi_tenant",
             RouteReason::Ddl => "ddl",
             RouteReason::Utility => "utility",
@@ -92,6 +95,7 @@ impl RouteReason {
             Reason::TenantKey => RouteReason::TenantKey,
             Reason::Hint => RouteReason::Hint,
             Reason::NoKey => RouteReason::NoKey,
+            Reason::ReferenceRead => RouteReason::ReferenceRead,
             Reason::MultiTenant => RouteReason::MultiTenant,
             Reason::Ddl => RouteReason::Ddl,
             Reason::Utility => RouteReason::Utility,
@@ -109,7 +113,7 @@ impl RouteReason {
 /// only: they sit on the per-transaction path.
 #[derive(Default)]
 pub struct RouteStats {
-    by_reason: [AtomicU64; 16],
+    by_reason: [AtomicU64; 17],
     pub to_workers: AtomicU64,
     pub to_coordinator: AtomicU64,
 }
@@ -199,16 +203,35 @@ fn from_plan(plan: &Plan) -> Option<Decision> {
     }
 }
 
-/// A simple query.
+/// `reference_reads = local_worker`: a worker that is up (every worker has a copy).
+fn reference_worker(map: &ShardMap, health: &NodeHealth) -> Option<Decision> {
+    map.nodes
+        .iter()
+        .find(|(group, n)| *group != 0 && !health.is_down(n))
+        .map(|(_, n)| Decision::Node(n.clone()))
+}
+
+/// Apply `reference_reads` to a plan's decision.
+fn with_reference_reads(d: Decision, map: &ShardMap, health: &NodeHealth, local: bool) -> Decision {
+    match d {
+        Decision::Coordinator(RouteReason::ReferenceRead) if local => {
+            reference_worker(map, health).unwrap_or(d)
+        }
+        d => d,
+    }
+}
+
+/// A simple query. `local_reference_reads`: `reference_reads = local_worker`.
 pub fn decide_simple(
     planner: &Planner,
     map: &ShardMap,
     health: &NodeHealth,
     sql: &str,
+    local_reference_reads: bool,
 ) -> Decision {
     let routed = planner.plan_simple(sql, &map.tables, map.version);
     if let Some(d) = from_plan(&routed.plan) {
-        return d;
+        return with_reference_reads(d, map, health, local_reference_reads);
     }
     let Plan::Tenant {
         colocation,
@@ -231,10 +254,11 @@ pub fn decide_bind(
     health: &NodeHealth,
     sql: &str,
     bind: &Bind<'_>,
+    local_reference_reads: bool,
 ) -> Decision {
     let plan = planner.plan_extended(sql, &map.tables, map.version);
     if let Some(d) = from_plan(&plan) {
-        return d;
+        return with_reference_reads(d, map, health, local_reference_reads);
     }
     let Plan::Tenant {
         colocation,

@@ -830,9 +830,11 @@ impl Session<'_> {
         };
         let planner = self.ctx.router.planner();
         let health = &self.ctx.node_health;
+        let local_refs =
+            self.ctx.settings.load().reference_reads == crate::config::ReferenceReads::LocalWorker;
         let decision = match f.tag() {
             b'Q' => match decode::query_text(f.body()) {
-                Ok(sql) => match decide_simple(planner, &map, health, sql) {
+                Ok(sql) => match decide_simple(planner, &map, health, sql, local_refs) {
                     Decision::Hold(t) => {
                         let tag = tx_tag(t, sql);
                         if self.hold_transaction_control(t, tag, &f) {
@@ -851,7 +853,7 @@ impl Session<'_> {
             }
             b'B' => match Bind::decode(f.body()) {
                 Ok(b) => match self.statement_text(b.statement) {
-                    Some(sql) => decide_bind(planner, &map, health, &sql, &b),
+                    Some(sql) => decide_bind(planner, &map, health, &sql, &b, local_refs),
                     None => Decision::Coordinator(RouteReason::NoKey),
                 },
                 Err(_) => Decision::Coordinator(RouteReason::NoKey),

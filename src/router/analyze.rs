@@ -318,7 +318,7 @@ impl<'c> Analysis<'c> {
         let Some(first) = self.insts.first().map(|i| i.info) else {
             return match hint {
                 Some(h) => Plan::HintTenant { key: h.clone() },
-                None if self.has_reference => Plan::Coordinator(Reason::NoKey),
+                None if self.has_reference => Plan::Coordinator(Reason::ReferenceRead),
                 None => Plan::Anywhere,
             };
         };

@@ -219,7 +219,7 @@ pub const CORPUS: &[(&str, Expect)] = {
         ),
         (
             r#"SELECT "shop_plan"."id", "shop_plan"."name" FROM "shop_plan" ORDER BY "shop_plan"."price""#,
-            Coordinator(Reason::NoKey),
+            Coordinator(Reason::ReferenceRead),
         ),
         // --- Django's own tables (local on the coordinator) ---
         (

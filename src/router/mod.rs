@@ -32,7 +32,7 @@
 //! same value: two different literal values → `Coordinator(MultiTenant)`; values from
 //! parameters (or masked literals) that must agree are listed in `Plan::Tenant::also` and
 //! checked at run time ([`Plan::tenant_value`]). Reference tables read next to pinned
-//! distributed tables keep the pin; reading only reference tables → `Coordinator(NoKey)` (the
+//! distributed tables keep the pin; reading only reference tables → `Coordinator(ReferenceRead)` (the
 //! caller applies `reference_reads`); writing one → `Coordinator(ReferenceWrite)`. A table
 //! missing from the catalog exists only on the coordinator → `Coordinator(NotDistributed)`;
 //! a statement that touches no table (`select 1`, `select now()`) → `Anywhere`. An INSERT that

@@ -30,6 +30,8 @@ pub enum Reason {
     Hint,
     /// Touches distributed or reference tables without a key pinning all of them.
     NoKey,
+    /// Reads only reference tables (every node has a copy; see `reference_reads`).
+    ReferenceRead,
     /// Keys of different tenants, or tables of different colocation groups.
     MultiTenant,
     Ddl,

@@ -478,8 +478,11 @@ fn reference_and_local_tables() {
         tenant("select * from orders o join plans p on p.id = o.plan_id where o.account_id = 5"),
         (1, "5".into())
     );
-    assert_eq!(coord("select * from plans"), Reason::NoKey);
-    assert_eq!(coord("select * from plans where id = 5"), Reason::NoKey);
+    assert_eq!(coord("select * from plans"), Reason::ReferenceRead);
+    assert_eq!(
+        coord("select * from plans where id = 5"),
+        Reason::ReferenceRead
+    );
     assert_eq!(
         coord("insert into plans (id) values (1)"),
         Reason::ReferenceWrite
@@ -611,7 +614,7 @@ fn several_statements_combine() {
     );
     assert_eq!(
         coord("select * from orders where account_id = 5; select * from plans"),
-        Reason::NoKey
+        Reason::ReferenceRead
     );
     assert_eq!(
         tenant("select 1; select * from orders where account_id = 5"),
