@@ -101,6 +101,33 @@ run_step "cargo fmt" cargo fmt --all -- --check
 run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
 run_step "cargo test" cargo test --all-targets
 
+# deploy/: Prometheus alert rules (promtool, from Debian's `prometheus` package) and the
+# Kubernetes manifests, validated offline against the API schemas (`kubernetes-validate`
+# from PyPI, in a venv under target/). Neither is skipped: a failed install fails the run.
+check_alert_rules() {
+    if ! command -v promtool >/dev/null 2>&1; then
+        echo "installing: prometheus (for promtool)"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q || return 1
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus || return 1
+    fi
+    # run_step calls this inside `if`, where set -e is off: chain explicitly.
+    promtool check rules deploy/prometheus/alerts.yml || return 1
+    promtool test rules deploy/prometheus/alerts_test.yml
+}
+
+K8S_VENV=target/k8s-validate-venv
+K8S_VERSION=1.30.0
+validate_manifests() {
+    if [ ! -x "$K8S_VENV/bin/kubernetes-validate" ]; then
+        python3 -m venv "$K8S_VENV" || return 1
+        "$K8S_VENV/bin/pip" install -q kubernetes-validate || return 1
+    fi
+    "$K8S_VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" deploy/k8s/*.yaml
+}
+
+run_step "alert rules" check_alert_rules
+run_step "k8s manifests" validate_manifests
+
 say "summary"
 for i in "${!step_names[@]}"; do
     printf '  %-18s %5ss\n' "${step_names[$i]}" "${step_times[$i]}"

@@ -37,6 +37,10 @@ pub struct Context {
     pub scram_cache: dashmap::DashMap<String, (String, crate::auth::ScramSecret)>,
     /// Fires on SIGTERM/SIGINT: idle clients leave, busy ones finish their transaction.
     pub shutdown: CancellationToken,
+    /// The admin console's state: connected clients, overrides for RELOAD, start time.
+    pub admin: crate::admin::AdminState,
+    /// Liveness and readiness state for /healthz and /readyz.
+    pub health: crate::metrics::Health,
 }
 
 impl Context {

@@ -5,6 +5,7 @@
 //! → `backend` (forward, relay, track state) → back to the client.
 //! See DESIGN.md for the module map.
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod citus;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod context;
 pub mod frontend;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod protocol;

@@ -75,6 +75,15 @@ struct SettingsArgs {
     /// Largest number of client connections.
     #[arg(long, env = "PGTENANT_MAX_CLIENT_CONN", value_name = "N")]
     max_client_conn: Option<u32>,
+    /// Address for /metrics, /healthz and /readyz, e.g. 0.0.0.0:9930 ("" = off).
+    #[arg(long, env = "PGTENANT_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<String>,
+    /// Users allowed every admin console command, comma-separated.
+    #[arg(long, env = "PGTENANT_ADMIN_USERS", value_name = "USERS")]
+    admin_users: Option<String>,
+    /// Users allowed the admin console's SHOW commands, comma-separated.
+    #[arg(long, env = "PGTENANT_STATS_USERS", value_name = "USERS")]
+    stats_users: Option<String>,
 }
 
 impl SettingsArgs {
@@ -90,6 +99,9 @@ impl SettingsArgs {
             workers: self.workers,
             auth_type: self.auth_type,
             max_client_conn: self.max_client_conn,
+            http_listen: self.http_listen,
+            admin_users: self.admin_users,
+            stats_users: self.stats_users,
         }
     }
 }

@@ -112,6 +112,14 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         tracing::info!(listen = %l.addr, auth = l.auth_type.as_str(), "listening");
         listeners.push((sock, l.clone()));
     }
+    let http = match settings.http_listen {
+        Some(addr) => Some(
+            crate::metrics::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     tracing::info!(upstream = %settings.upstream.redacted(), pool_mode = settings.pool_mode.as_str(), pool_size = settings.pool_size, "pgtenant started");
 
     let shared_settings = Arc::new(ArcSwap::from_pointee(settings.clone()));
@@ -131,6 +139,8 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         clients: AtomicU32::new(0),
         scram_cache: Default::default(),
         shutdown: CancellationToken::new(),
+        admin: crate::admin::AdminState::new(overrides.clone()),
+        health: Default::default(),
     });
 
     let stop_accepting = CancellationToken::new();
@@ -138,6 +148,8 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     let janitor_stop = CancellationToken::new();
     let janitor = pool::spawn_janitor(ctx.pools.clone(), janitor_stop.clone());
     let refresher = crate::citus::spawn_refresher(ctx.clone(), janitor_stop.clone());
+    // /metrics, /healthz, /readyz keep answering while clients drain (/readyz says so).
+    let metrics = crate::metrics::start(http, ctx.clone(), janitor_stop.clone());
     for (sock, l) in listeners {
         let ctx = ctx.clone();
         let stop = stop_accepting.clone();
@@ -153,6 +165,8 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => reload(&ctx, &overrides),
+            // SHUTDOWN from the admin console.
+            _ = ctx.shutdown.cancelled() => break,
         }
     }
 
@@ -181,6 +195,9 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     janitor_stop.cancel();
     let _ = janitor.await;
     let _ = refresher.await;
+    for t in metrics {
+        let _ = t.await;
+    }
     ctx.pools.close_idle();
     tracing::info!("pgtenant stopped");
     Ok(())
@@ -193,6 +210,7 @@ async fn accept_loop(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let _running = ctx.health.accept_loop_running();
     loop {
         let accepted = tokio::select! {
             r = sock.accept() => r,

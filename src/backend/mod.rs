@@ -70,6 +70,9 @@ pub struct ServerConn {
     pub applied: Arc<ParamMap>,
     /// Statements prepared on this connection.
     pub prepared: PreparedCache,
+    /// Dropped with the connection: lets its owner (the pool's admin registry) notice
+    /// that it is gone, whichever way it was closed.
+    pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ServerConn {
@@ -89,6 +92,7 @@ impl ServerConn {
             tx_status: b'I',
             applied: Arc::new(ParamMap::new()),
             prepared: PreparedCache::default(),
+            guard: None,
         }
     }
 

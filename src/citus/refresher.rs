@@ -27,6 +27,9 @@ pub fn spawn_refresher(ctx: Arc<Context>, stop: CancellationToken) -> tokio::tas
             let mut wait = interval;
             if s.routing != Routing::Off {
                 let r = refresh_once(&ctx, &mut conn).await;
+                if r.is_ok() {
+                    ctx.health.upstream_checked(ctx.shard_map.get().is_some());
+                }
                 if !ctx.shard_map.is_citus.load(Ordering::Relaxed) {
                     // A plain PostgreSQL: no connection kept; look again now and then (and
                     // on every reload) in case it becomes a Citus coordinator.

@@ -34,6 +34,12 @@ pub struct Overrides {
     pub workers: Option<usize>,
     pub auth_type: Option<String>,
     pub max_client_conn: Option<u32>,
+    /// `--http-listen` / `PGTENANT_HTTP_LISTEN`: the metrics and probes address.
+    pub http_listen: Option<String>,
+    /// `--admin-users a,b` / `PGTENANT_ADMIN_USERS`.
+    pub admin_users: Option<String>,
+    /// `--stats-users a,b` / `PGTENANT_STATS_USERS`.
+    pub stats_users: Option<String>,
 }
 
 /// Every problem found, each naming its key.
@@ -163,6 +169,10 @@ struct Draft {
     reference_reads: ReferenceReads,
     plan_cache_size: u32,
     worker_retry_delay: Duration,
+    http_listen: String,
+    shard_map_max_age: Duration,
+    admin_users: Vec<String>,
+    stats_users: Vec<String>,
 }
 
 /// The defaults, as PgBouncer's where PgBouncer has the setting.
@@ -212,6 +222,10 @@ impl Default for Draft {
             reference_reads: ReferenceReads::Coordinator,
             plan_cache_size: 10_000,
             worker_retry_delay: secs(5),
+            http_listen: "127.0.0.1:9930".into(),
+            shard_map_max_age: secs(60),
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
         }
     }
 }
@@ -352,6 +366,10 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "reference_reads" => choice(v, REFERENCE_READS).map(|x| d.reference_reads = x),
             "plan_cache_size" => positive(v).map(|x| d.plan_cache_size = x),
             "worker_retry_delay" => seconds(v).map(|x| d.worker_retry_delay = x),
+            "http_listen" => string(v).map(|x| d.http_listen = x),
+            "shard_map_max_age" => seconds(v).map(|x| d.shard_map_max_age = x),
+            "admin_users" => user_list(v).map(|x| d.admin_users = x),
+            "stats_users" => user_list(v).map(|x| d.stats_users = x),
             _ => Err(unknown_key(k)),
         };
         errs.check(k, r);
@@ -475,6 +493,15 @@ fn apply_overrides(d: &mut Draft, o: &Overrides, errs: &mut Errors) {
     if let Some(x) = o.max_client_conn {
         d.max_client_conn = x;
     }
+    if let Some(x) = &o.http_listen {
+        d.http_listen = x.clone();
+    }
+    if let Some(x) = &o.admin_users {
+        d.admin_users = split_users(x);
+    }
+    if let Some(x) = &o.stats_users {
+        d.stats_users = split_users(x);
+    }
 }
 
 /// Cross-checks on the merged values, then the `Settings`.
@@ -504,6 +531,22 @@ fn finish(
             client_tls: l.client_tls,
         });
     }
+
+    // The metrics and probes listener: an address, or "" to turn it off.
+    let http_listen = if d.http_listen.trim().is_empty() {
+        None
+    } else {
+        match errs.check("http_listen", socket_addr(&d.http_listen)) {
+            Some(a) if listeners.iter().any(|l| l.addr == a) => {
+                errs.push(
+                    "http_listen",
+                    format!("{a} is already used by a client listener"),
+                );
+                None
+            }
+            a => a,
+        }
+    };
 
     let upstream = match &d.upstream {
         None => {
@@ -659,10 +702,39 @@ fn finish(
         reference_reads: d.reference_reads,
         plan_cache_size: d.plan_cache_size as usize,
         worker_retry_delay: d.worker_retry_delay,
+        http_listen,
+        shard_map_max_age: d.shard_map_max_age,
+        admin_users: d.admin_users,
+        stats_users: d.stats_users,
     })
 }
 
 // ---- value readers: each returns the message that follows "key: " ----
+
+/// `admin_users = ["a", "b"]` (a single "a,b" string is accepted too, as PgBouncer writes it).
+fn user_list(v: &Value) -> Result<Vec<String>, String> {
+    match v {
+        Value::String(s) => Ok(split_users(s)),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("expected an array of user names, got {}", got(i)))
+            })
+            .collect(),
+        _ => Err(format!("expected an array of user names, got {}", got(v))),
+    }
+}
+
+/// "a, b,c" → ["a", "b", "c"].
+pub(crate) fn split_users(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
 
 /// A short rendering of a bad value for error messages.
 fn got(v: &Value) -> String {
@@ -867,6 +939,21 @@ mod tests {
     }
 
     #[test]
+    fn admin_and_stats_users() {
+        let s = load_str(
+            &format!("{UP}admin_users = [\"ops\"]\nstats_users = \"exp, mon\"\n"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.admin_users, vec!["ops".to_string()]);
+        assert_eq!(s.stats_users, vec!["exp".to_string(), "mon".to_string()]);
+        assert!(has(
+            &errors(&format!("{UP}admin_users = 3\n")),
+            "admin_users: expected an array of user names, got 3"
+        ));
+    }
+
+    #[test]
     fn upstream_user_is_added_to_users() {
         let s = load_str(UP, &Overrides::default()).unwrap();
         assert_eq!(s.users["app"].password.as_deref(), Some("secret"));
@@ -911,8 +998,12 @@ mod tests {
             workers: Some(4),
             auth_type: Some("trust".into()),
             max_client_conn: Some(7),
+            http_listen: None,
+            admin_users: Some("ops, root".into()),
+            stats_users: None,
         };
         let s = load_str(&text, &o).unwrap();
+        assert_eq!(s.admin_users, vec!["ops".to_string(), "root".to_string()]);
         assert_eq!(s.primary_listen(), "0.0.0.0:7001".parse().unwrap());
         assert_eq!(s.upstream.user, "other");
         assert_eq!(s.upstream.port, 6000);

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 mod load;
 mod upstream;
 
+pub(crate) use load::split_users;
 pub use load::{load, reload, ConfigError, Overrides};
 pub use upstream::Upstream;
 
@@ -216,6 +217,14 @@ pub struct Settings {
     /// How long a worker that could not be reached is skipped (statements go to the
     /// coordinator meanwhile); doubles on repeated failures up to 60 s.
     pub worker_retry_delay: Duration,
+    /// The HTTP listener for /metrics, /healthz and /readyz; None = off (`http_listen = ""`).
+    pub http_listen: Option<SocketAddr>,
+    /// /readyz fails when the Citus shard map was last confirmed longer ago than this.
+    pub shard_map_max_age: Duration,
+    /// Users allowed every admin console command (database `pgtenant` / `pgbouncer`).
+    pub admin_users: Vec<String>,
+    /// Users allowed the admin console's SHOW commands only.
+    pub stats_users: Vec<String>,
 }
 
 impl Settings {

@@ -34,6 +34,22 @@ pub struct Client {
     pub pool: Arc<Pool>,
     /// What pgtenant logs in to servers with for this user (worker pools get it too).
     pub credential: Option<crate::auth::ServerCredential>,
+    /// Ends this session (SIGTERM, or KILL / KILL_CLIENT from the admin console): a
+    /// child of the context's shutdown token.
+    pub kill: tokio_util::sync::CancellationToken,
+}
+
+/// Who logged in: a client of a database, or of the admin console (database
+/// `pgtenant` / `pgbouncer`), which gets no pool and no server connection.
+pub enum Login {
+    Client(Client),
+    Admin {
+        conn: Connection,
+        user: String,
+        database: String,
+        params: Vec<(String, String)>,
+        key: CancelKey,
+    },
 }
 
 /// Run the startup phase. `Ok(None)`: the connection was a cancel request, was refused,
@@ -42,7 +58,7 @@ pub async fn login(
     socket: TcpStream,
     listener: &Listener,
     ctx: &Arc<Context>,
-) -> Result<Option<Client>, FrontendError> {
+) -> Result<Option<Login>, FrontendError> {
     let shutdown = ctx.shutdown.clone();
     tokio::select! {
         r = tokio::time::timeout(LOGIN_TIMEOUT, login_inner(socket, listener, ctx)) => match r {
@@ -60,7 +76,7 @@ async fn login_inner(
     socket: TcpStream,
     listener: &Listener,
     ctx: &Arc<Context>,
-) -> Result<Option<Client>, FrontendError> {
+) -> Result<Option<Login>, FrontendError> {
     let settings = ctx.settings();
     let mut conn = Connection::new(Stream::Plain(socket), MAX_STARTUP);
     let mut tls_done = false;
@@ -191,6 +207,32 @@ async fn login_inner(
     };
     conn.set_max_message(settings.max_message_size as usize);
 
+    if crate::admin::is_admin_database(&database) {
+        if crate::admin::access(ctx, &user).is_none() {
+            tracing::warn!(user = %user, "admin console refused: not in admin_users or stats_users");
+            conn.send(&build::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                &format!("user \"{user}\" is not allowed in the admin console (admin_users, stats_users)"),
+            ))
+            .await?;
+            return Ok(None);
+        }
+        let key = ctx.cancels.register();
+        let app = rest
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map_or("", |(_, v)| v.as_str());
+        crate::admin::greet(&mut conn, key.pid, key.secret, app);
+        conn.flush().await?;
+        return Ok(Some(Login::Admin {
+            conn,
+            user,
+            database,
+            params: rest,
+            key,
+        }));
+    }
+
     let key = PoolKey {
         node: (**ctx.coordinator.load()).clone(),
         database: database.as_str().into(),
@@ -233,7 +275,7 @@ async fn login_inner(
     conn.queue(&build::backend_key_data(cancel_key.pid, cancel_key.secret));
     conn.queue(&build::ready_for_query(b'I'));
     conn.flush().await?;
-    Ok(Some(Client {
+    Ok(Some(Login::Client(Client {
         conn,
         user,
         database,
@@ -242,7 +284,8 @@ async fn login_inner(
         key: cancel_key,
         pool,
         credential,
-    }))
+        kill: ctx.shutdown.child_token(),
+    })))
 }
 
 /// The ErrorResponse a client gets when no server connection could be had.

@@ -40,7 +40,7 @@ pub async fn handle_client(socket: TcpStream, listener: Listener, ctx: Arc<Conte
     ctx.clients.fetch_add(1, Ordering::AcqRel);
     let r = login::login(socket, &listener, &ctx).await;
     match r {
-        Ok(Some(client)) => {
+        Ok(Some(login::Login::Client(client))) => {
             let app = client
                 .params
                 .iter()
@@ -51,14 +51,70 @@ pub async fn handle_client(socket: TcpStream, listener: Listener, ctx: Arc<Conte
                 application_name = app.unwrap_or(""), tls = client.conn.stream().is_tls(), "client logged in"
             );
             let user = client.user.clone();
+            let info = register(
+                &ctx,
+                &client.conn,
+                &client.user,
+                &client.database,
+                &client.params,
+                client.kill.clone(),
+            );
             let r = session::run(client, &ctx).await;
+            ctx.admin.clients.unregister(info.id);
             match r {
                 Ok(()) => tracing::info!(peer = ?peer, user = %user, "client closed"),
                 Err(e) => tracing::info!(peer = ?peer, user = %user, error = %e, "client closed"),
+            }
+        }
+        Ok(Some(login::Login::Admin {
+            conn,
+            user,
+            database,
+            params,
+            key,
+        })) => {
+            tracing::info!(peer = ?peer, user = %user, database = %database, "admin console client logged in");
+            let kill = ctx.shutdown.child_token();
+            let info = register(&ctx, &conn, &user, &database, &params, kill.clone());
+            let r = crate::admin::serve(conn, user.clone(), ctx.clone(), kill).await;
+            ctx.admin.clients.unregister(info.id);
+            drop(key);
+            match r {
+                Ok(()) => tracing::info!(peer = ?peer, user = %user, "admin console client closed"),
+                Err(e) => {
+                    tracing::info!(peer = ?peer, user = %user, error = %e, "admin console client closed")
+                }
             }
         }
         Ok(None) => {}
         Err(e) => tracing::debug!(peer = ?peer, error = %e, "client left during startup"),
     }
     ctx.clients.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Enter a logged-in client in the admin console's registry (SHOW CLIENTS, KILL_CLIENT).
+fn register(
+    ctx: &Context,
+    conn: &crate::net::Connection,
+    user: &str,
+    database: &str,
+    params: &[(String, String)],
+    kill: tokio_util::sync::CancellationToken,
+) -> Arc<crate::admin::ClientInfo> {
+    let tcp = conn.stream().tcp();
+    ctx.admin.clients.register(crate::admin::ClientInfo {
+        id: ctx.admin.clients.next_id(),
+        user: user.to_owned(),
+        database: database.to_owned(),
+        addr: tcp.peer_addr().ok(),
+        local_addr: tcp.local_addr().ok(),
+        connect_time: std::time::SystemTime::now(),
+        application_name: params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        tls: conn.stream().is_tls(),
+        kill,
+    })
 }

@@ -113,7 +113,8 @@ impl RouteReason {
 /// only: they sit on the per-transaction path.
 #[derive(Default)]
 pub struct RouteStats {
-    by_reason: [AtomicU64; 17],
+    /// [reason][0 = coordinator, 1 = worker].
+    by_reason: [[AtomicU64; 2]; 17],
     pub to_workers: AtomicU64,
     pub to_coordinator: AtomicU64,
 }
@@ -121,7 +122,7 @@ pub struct RouteStats {
 impl RouteStats {
     pub fn count(&self, reason: RouteReason, to_worker: bool) {
         if let Some(c) = self.by_reason.get(reason as usize) {
-            c.fetch_add(1, Ordering::Relaxed);
+            c[usize::from(to_worker)].fetch_add(1, Ordering::Relaxed);
         }
         if to_worker {
             self.to_workers.fetch_add(1, Ordering::Relaxed);
@@ -131,9 +132,14 @@ impl RouteStats {
     }
 
     pub fn get(&self, reason: RouteReason) -> u64 {
+        self.get_to(reason, false) + self.get_to(reason, true)
+    }
+
+    /// Transactions for `reason` sent to a worker (`to_worker`) or to the coordinator.
+    pub fn get_to(&self, reason: RouteReason, to_worker: bool) -> u64 {
         self.by_reason
             .get(reason as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+            .map_or(0, |c| c[usize::from(to_worker)].load(Ordering::Relaxed))
     }
 }
 

@@ -54,6 +54,9 @@ struct Attached {
     pipe: Pipeline,
     /// The client ran something that may change session settings in this transaction.
     session_changed: bool,
+    /// For the pool's query/transaction time counters (SHOW STATS).
+    query_started: Option<std::time::Instant>,
+    xact_started: std::time::Instant,
 }
 
 impl Attached {
@@ -135,6 +138,11 @@ struct Session<'a> {
     /// Messages held until a statement decides the transaction's node: transaction
     /// control pgtenant already answered, and Parses waiting for their Bind.
     held: Vec<Held>,
+    /// Client messages that arrived behind a Sync/Query whose ReadyForQuery is still
+    /// outstanding while routing is on: the transaction may end there, and then they
+    /// start a new one that must be routed on its own (never sent blindly to the node of
+    /// the previous transaction).
+    deferred: std::collections::VecDeque<Frame>,
     /// A LISTEN waiting to be in effect before the client hears "LISTEN".
     listen_ack: Option<tokio::sync::oneshot::Receiver<()>>,
     fake_portal: Option<&'static str>,
@@ -167,10 +175,11 @@ pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError
         listener: None,
         listen_ack: None,
         held: Vec::new(),
+        deferred: std::collections::VecDeque::new(),
         fake_portal: None,
         skip_until_sync: false,
         idle_tx_timer: None,
-        shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
+        shutdown: Box::pin(client.kill.clone().cancelled_owned()),
         draining: false,
         client_tx: b'I',
         c: client,
@@ -196,7 +205,14 @@ impl Session<'_> {
                 Event::ServerRead(Err(e)) | Event::ServerWrite(e) => {
                     self.server_lost(&format!("server connection failed: {e}"))
                 }
-                Event::ServerRead(Ok(_)) => self.on_server_input().await,
+                Event::ServerRead(Ok(_)) => match self.on_server_input().await {
+                    Flow::Continue
+                        if !self.deferred.is_empty() && !self.must_wait_for_sync_point() =>
+                    {
+                        self.on_client_input().await?
+                    }
+                    flow => flow,
+                },
                 Event::IdleTxTimeout => {
                     self.c.conn.queue(&build::fatal(
                         sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
@@ -251,7 +267,7 @@ impl Session<'_> {
             .attached
             .as_ref()
             .map_or(0, |a| a.server.conn.pending_output());
-        if server_out < HIGH_WATER {
+        if server_out < HIGH_WATER && self.deferred.is_empty() {
             if let Poll::Ready(r) = self.c.conn.poll_fill(cx) {
                 return Poll::Ready(Event::ClientRead(r));
             }
@@ -288,7 +304,11 @@ impl Session<'_> {
     async fn on_client_input(&mut self) -> Result<Flow, FrontendError> {
         self.idle_tx_timer = None;
         loop {
-            let f = match self.c.conn.try_frame() {
+            let next = match self.deferred.pop_front() {
+                Some(f) => Ok(Some(f)),
+                None => self.c.conn.try_frame(),
+            };
+            let f = match next {
                 Ok(Some(f)) => f,
                 Ok(None) => {
                     self.await_listen().await;
@@ -322,6 +342,12 @@ impl Session<'_> {
             self.await_listen().await;
             if f.tag() == b'X' {
                 return Ok(Flow::Quit);
+            }
+            if self.must_wait_for_sync_point() {
+                // The transaction may end at a Sync/Query already sent: what follows must
+                // be routed afresh once ReadyForQuery tells (see `deferred`).
+                self.deferred.push_front(f);
+                return Ok(Flow::Continue);
             }
             if self.attached.is_none() {
                 // With no server attached, nothing is in flight: a Flush has nothing to
@@ -410,6 +436,20 @@ impl Session<'_> {
                 return Ok(Flow::Quit);
             }
         }
+    }
+
+    /// Routing is on and the attached server still owes a ReadyForQuery for a Sync, Query
+    /// or FunctionCall: the client's next message may belong to another transaction.
+    fn must_wait_for_sync_point(&self) -> bool {
+        let Some(a) = self.attached.as_ref() else {
+            return false;
+        };
+        if self.mode == PoolMode::Session || self.ctx.shard_map.current.load().is_none() {
+            return false;
+        }
+        a.pipe.q.iter().any(|e| {
+            matches!(e, Expect::Forward(Req::Sync | Req::Query { .. } | Req::FunctionCall))
+        })
     }
 
     /// A LISTEN is answered only once the listening connection listens: a NOTIFY the
@@ -614,6 +654,14 @@ impl Session<'_> {
         let Some(a) = self.attached.as_mut() else {
             return Ok(());
         };
+        a.pool.stats.client_message(f.tag(), f.len());
+        if a.query_started.is_none() {
+            let now = std::time::Instant::now();
+            a.query_started = Some(now);
+            if a.server.tx_status == b'I' {
+                a.xact_started = now;
+            }
+        }
         match f.tag() {
             b'P' => {
                 let p = Parse::decode(f.body())?;
@@ -625,6 +673,10 @@ impl Session<'_> {
                         self.ctx.pools.close_idle_database(&name);
                     }
                     a.server.conn.queue(&f);
+                    a.pool
+                        .stats
+                        .server_parse_count
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     a.pipe.push(Expect::Forward(Req::Parse { stmt: None }));
                     return Ok(());
                 }
@@ -853,7 +905,19 @@ impl Session<'_> {
             }
             b'B' => match Bind::decode(f.body()) {
                 Ok(b) => match self.statement_text(b.statement) {
-                    Some(sql) => decide_bind(planner, &map, health, &sql, &b, local_refs),
+                    Some(sql) => match decide_bind(planner, &map, health, &sql, &b, local_refs) {
+                        Decision::Hold(t) => {
+                            let tag = tx_tag(t, &sql);
+                            let unnamed = b.statement.is_empty();
+                            if b.portal.is_empty()
+                                && self.hold_extended_transaction_control(t, tag, &sql, unnamed)
+                            {
+                                return None;
+                            }
+                            Decision::Coordinator(RouteReason::TransactionControl)
+                        }
+                        d => d,
+                    },
                     None => Decision::Coordinator(RouteReason::NoKey),
                 },
                 Err(_) => Decision::Coordinator(RouteReason::NoKey),
@@ -925,6 +989,56 @@ impl Session<'_> {
         true
     }
 
+    /// BEGIN & co. sent with the extended protocol (JDBC, tokio-postgres `execute`):
+    /// answered by pgtenant like the simple-protocol ones: ParseComplete for the held
+    /// unnamed Parse, BindComplete now, CommandComplete at Execute (through the fake
+    /// portal), ReadyForQuery at Sync.
+    fn hold_extended_transaction_control(
+        &mut self,
+        t: TxControl,
+        tag: &'static str,
+        sql: &str,
+        unnamed: bool,
+    ) -> bool {
+        if self.mode != PoolMode::Transaction {
+            return false;
+        }
+        let in_held_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
+        let held_parses = self.held.iter().filter(|h| matches!(h, Held::Parse(_))).count();
+        // Only the simple shape: at most the unnamed Parse of this very statement held.
+        if held_parses > usize::from(unnamed) {
+            return false;
+        }
+        match t {
+            TxControl::Begin if !in_held_tx && self.client_tx == b'I' => {
+                self.client_tx = b'T';
+                self.held.retain(|h| !matches!(h, Held::Parse(_)));
+                self.held.push(Held::Answered(build::query(sql)));
+            }
+            TxControl::SetLocal
+            | TxControl::Savepoint
+            | TxControl::Release
+            | TxControl::RollbackTo
+                if in_held_tx =>
+            {
+                self.held.retain(|h| !matches!(h, Held::Parse(_)));
+                self.held.push(Held::Answered(build::query(sql)));
+            }
+            TxControl::Commit | TxControl::Rollback if in_held_tx => {
+                self.held.clear();
+                self.client_tx = b'I';
+            }
+            _ => return false,
+        }
+        if held_parses > 0 {
+            self.c.conn.queue(&Frame::new(b'1', &[]));
+        }
+        self.c.conn.queue(&Frame::new(b'2', &[]));
+        self.fake_statement = None;
+        self.fake_portal = Some(tag);
+        true
+    }
+
     /// The text of the statement a Bind names: a held Parse, or the client's view.
     fn statement_text(&self, name: &str) -> Option<Arc<str>> {
         for h in self.held.iter().rev() {
@@ -969,6 +1083,8 @@ impl Session<'_> {
             pool,
             pipe: Pipeline::default(),
             session_changed: false,
+            query_started: None,
+            xact_started: std::time::Instant::now(),
         };
         if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
             for sql in params::replay(&a.server.applied, &self.view.desired) {
@@ -1030,6 +1146,10 @@ impl Session<'_> {
                 Ok(None) => return Flow::Continue,
                 Err(e) => return self.server_lost(&format!("server sent a bad message: {e}")),
             };
+            a.pool
+                .stats
+                .bytes_sent
+                .fetch_add(f.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let (hidden, show_errors) = match a.pipe.q.front() {
                 Some(Expect::Hidden { show_errors, .. }) => (true, *show_errors),
                 _ => (false, true),
@@ -1093,6 +1213,12 @@ impl Session<'_> {
                     }
                     if hidden {
                         continue;
+                    }
+                    if let Some(t) = a.query_started.take() {
+                        a.pool.stats.add_query(t.elapsed());
+                        if st == b'I' {
+                            a.pool.stats.add_xact(a.xact_started.elapsed());
+                        }
                     }
                     self.client_tx = client_st;
                     if self.mode == PoolMode::Statement && st != b'I' {
@@ -1261,6 +1387,10 @@ fn prepare_on(a: &mut Attached, def: &StatementDef, cap: usize, visible: bool) {
         });
     }
     a.server.conn.queue(&def.parse);
+    a.pool
+        .stats
+        .server_parse_count
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let req = Req::Parse { stmt: Some(def.id) };
     a.pipe.push(if visible {
         Expect::Forward(req)

@@ -79,6 +79,73 @@ pub struct PoolStats {
     pub connect_failures: AtomicU64,
     pub wait_timeouts: AtomicU64,
     pub assignments: AtomicU64,
+    // PgBouncer's SHOW STATS counters (times in microseconds).
+    pub xact_count: AtomicU64,
+    pub query_count: AtomicU64,
+    /// Bytes from clients to servers.
+    pub bytes_received: AtomicU64,
+    /// Bytes from servers to clients.
+    pub bytes_sent: AtomicU64,
+    pub xact_time_us: AtomicU64,
+    pub query_time_us: AtomicU64,
+    pub wait_time_us: AtomicU64,
+    pub client_parse_count: AtomicU64,
+    pub server_parse_count: AtomicU64,
+    pub bind_count: AtomicU64,
+}
+
+impl PoolStats {
+    /// A query answered (ReadyForQuery) after `d`.
+    pub fn add_query(&self, d: Duration) {
+        self.query_count.fetch_add(1, Ordering::Relaxed);
+        self.query_time_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A client message forwarded to a server (bytes, Parse and Bind counts).
+    pub fn client_message(&self, tag: u8, len: usize) {
+        self.bytes_received.fetch_add(len as u64, Ordering::Relaxed);
+        match tag {
+            b'P' => {
+                self.client_parse_count.fetch_add(1, Ordering::Relaxed);
+            }
+            b'B' => {
+                self.bind_count.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// A transaction ended (ReadyForQuery idle) after `d`.
+    pub fn add_xact(&self, d: Duration) {
+        self.xact_count.fetch_add(1, Ordering::Relaxed);
+        self.xact_time_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A server connection as the admin console sees it (SHOW SERVERS).
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub id: u64,
+    pub created: std::time::SystemTime,
+    pub remote_pid: i32,
+    pub local_addr: Option<std::net::SocketAddr>,
+    pub tls: bool,
+}
+
+/// Removes a connection from its pool's registry when the connection is dropped.
+struct ServerGuard {
+    pool: Weak<Pool>,
+    id: u64,
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.pool.upgrade() {
+            p.servers.remove(&self.id);
+        }
+    }
 }
 
 /// Server connections per database on one node, for max_db_connections.
@@ -101,6 +168,11 @@ pub struct Pool {
     server_params: Mutex<Option<ParamList>>,
     tls: Option<Arc<rustls::ClientConfig>>,
     pub stats: PoolStats,
+    /// Open server connections of this pool, for SHOW SERVERS (written at connect and
+    /// close only, never per statement).
+    servers: DashMap<u64, ServerInfo>,
+    /// Itself, for the guards of its connections.
+    me: Weak<Pool>,
 }
 
 impl Pool {
@@ -275,10 +347,10 @@ impl Pool {
             };
             match next {
                 Next::Got(c) => match self.check(c).await {
-                    Some(c) => return Ok(self.assigned(c)),
+                    Some(c) => return Ok(self.assigned(c, started)),
                     None => continue,
                 },
-                Next::Open => return self.open().await.map(|c| self.assigned(c)),
+                Next::Open => return self.open().await.map(|c| self.assigned(c, started)),
                 Next::Wait(rx) => {
                     self.stats.waiting.fetch_add(1, Ordering::Relaxed);
                     let r = self
@@ -287,11 +359,11 @@ impl Pool {
                     self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                     match r {
                         Waited::Handoff(Handoff::Conn(c)) => match self.check(c).await {
-                            Some(c) => return Ok(self.assigned(c)),
+                            Some(c) => return Ok(self.assigned(c, started)),
                             None => continue,
                         },
                         Waited::Handoff(Handoff::Slot) => {
-                            return self.open().await.map(|c| self.assigned(c))
+                            return self.open().await.map(|c| self.assigned(c, started))
                         }
                         Waited::Reserve => allow_reserve = true,
                         Waited::Retry => {}
@@ -382,10 +454,27 @@ impl Pool {
         false
     }
 
-    fn assigned(&self, c: ServerConn) -> ServerConn {
+    fn assigned(&self, c: ServerConn, started: Instant) -> ServerConn {
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stats.assignments.fetch_add(1, Ordering::Relaxed);
+        let waited = started.elapsed();
+        self.stats
+            .wait_time_us
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        crate::metrics::latency::WAIT.record(waited);
         c
+    }
+
+    /// Open server connections: (info, idle?) each.
+    pub fn servers(&self) -> Vec<(ServerInfo, bool)> {
+        let idle: std::collections::HashSet<u64> = self.lock().idle.iter().map(|c| c.id).collect();
+        let mut v: Vec<_> = self
+            .servers
+            .iter()
+            .map(|e| (e.value().clone(), idle.contains(e.key())))
+            .collect();
+        v.sort_by_key(|(i, _)| i.id);
+        v
     }
 
     /// Open a connection outside the pool's count, for a job of pgtenant's own that
@@ -406,8 +495,22 @@ impl Pool {
         let s = self.settings();
         let params = self.connect_params(&s);
         match backend::connect(&params).await {
-            Ok(c) => {
+            Ok(mut c) => {
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                self.servers.insert(
+                    c.id,
+                    ServerInfo {
+                        id: c.id,
+                        created: std::time::SystemTime::now(),
+                        remote_pid: c.cancel.pid,
+                        local_addr: c.conn.stream().tcp().local_addr().ok(),
+                        tls: c.conn.stream().is_tls(),
+                    },
+                );
+                c.guard = Some(Box::new(ServerGuard {
+                    pool: self.me.clone(),
+                    id: c.id,
+                }));
                 let mut sp = self.server_params.lock().unwrap_or_else(|p| p.into_inner());
                 if sp.is_none() {
                     *sp = Some(Arc::new(c.params.clone()));
@@ -595,7 +698,7 @@ impl Pools {
         self.map
             .entry(key.clone())
             .or_insert_with(|| {
-                let pool = Arc::new(Pool {
+                let pool = Arc::new_cyclic(|me| Pool {
                     key: key.clone(),
                     inner: Mutex::new(Inner {
                         idle: VecDeque::new(),
@@ -608,6 +711,8 @@ impl Pools {
                     server_params: Mutex::new(None),
                     tls: (**self.tls.load()).clone(),
                     stats: PoolStats::default(),
+                    servers: DashMap::new(),
+                    me: me.clone(),
                 });
                 db.pools
                     .lock()

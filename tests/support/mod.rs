@@ -898,6 +898,10 @@ impl Pgtenant {
                 cmd.env_remove(k);
             }
         }
+        // Many pgtenants run in parallel: none may take the default metrics port
+        // (127.0.0.1:9930). A test that wants the endpoints passes `--http-listen`
+        // (or sets PGTENANT_HTTP_LISTEN in `env`, which wins over this).
+        cmd.env("PGTENANT_HTTP_LISTEN", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,0 +1,273 @@
+//! pgtenant's own: SHOW NODES, SHARDS [table], TENANT <value> [table], ROUTES, PLAN_CACHE.
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{AdminError, ResultSet};
+use crate::citus::hash::hash_value;
+use crate::citus::{Catalog, ShardMap, TableKind};
+use crate::context::Context;
+use crate::frontend::routing::RouteReason;
+use crate::pool::Node;
+
+pub const NODES: &[&str] = &[
+    "node",
+    "role",
+    "host",
+    "port",
+    "group_id",
+    "state",
+    "pools",
+    "sv_active",
+    "sv_idle",
+    "xact_count",
+    "query_count",
+];
+pub const SHARDS: &[&str] = &[
+    "colocation_id",
+    "tables",
+    "shard_id",
+    "min_value",
+    "max_value",
+    "node",
+    "host",
+    "port",
+];
+pub const TENANT: &[&str] = &[
+    "colocation_id",
+    "tables",
+    "type",
+    "hash",
+    "shard_id",
+    "min_value",
+    "max_value",
+    "node",
+    "host",
+    "port",
+];
+pub const ROUTES: &[&str] = &["reason", "to_coordinator", "to_worker", "total"];
+pub const PLAN_CACHE: &[&str] = &["plans", "hits", "misses", "hit_ratio"];
+
+fn map(ctx: &Context) -> Result<Arc<ShardMap>, AdminError> {
+    ctx.shard_map.get().ok_or_else(|| {
+        let why = ctx
+            .shard_map
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        AdminError::new(format!(
+            "no shard map loaded (the upstream is not a Citus coordinator, routing is off, or loading failed{why})"
+        ))
+    })
+}
+
+pub fn nodes(ctx: &Context) -> ResultSet {
+    let coord = (**ctx.coordinator.load()).clone();
+    let mut nodes: Vec<(Node, i32)> = vec![(coord.clone(), 0)];
+    if let Some(m) = ctx.shard_map.get() {
+        for (g, n) in &m.nodes {
+            if *g != 0 && !nodes.iter().any(|(x, _)| x == n) {
+                nodes.push((n.clone(), *g));
+            }
+        }
+    }
+    let pools = ctx.pools.all();
+    // Worker pools of nodes no longer in the map still show up.
+    for p in &pools {
+        if !nodes.iter().any(|(x, _)| *x == p.key.node) {
+            nodes.push((p.key.node.clone(), -1));
+        }
+    }
+    let mut rs = ResultSet::new(NODES);
+    for (n, group) in nodes {
+        let mine: Vec<_> = pools.iter().filter(|p| p.key.node == n).collect();
+        let active: u32 = mine
+            .iter()
+            .map(|p| p.stats.active.load(Ordering::Relaxed))
+            .sum();
+        let idle: u32 = mine.iter().map(|p| p.counts().0).sum();
+        let xacts: u64 = mine
+            .iter()
+            .map(|p| p.stats.xact_count.load(Ordering::Relaxed))
+            .sum();
+        let queries: u64 = mine
+            .iter()
+            .map(|p| p.stats.query_count.load(Ordering::Relaxed))
+            .sum();
+        let role = if n == coord { "coordinator" } else { "worker" };
+        let state = if ctx.node_health.is_down(&n) {
+            "down"
+        } else {
+            "up"
+        };
+        rs.push(vec![
+            Some(n.name.to_string()),
+            Some(role.into()),
+            Some(n.host.to_string()),
+            Some(n.port.to_string()),
+            (group >= 0).then(|| group.to_string()),
+            Some(state.into()),
+            Some(mine.len().to_string()),
+            Some(active.to_string()),
+            Some(idle.to_string()),
+            Some(xacts.to_string()),
+            Some(queries.to_string()),
+        ]);
+    }
+    rs
+}
+
+/// Distributed tables by colocation group, names sorted.
+fn groups(m: &ShardMap) -> BTreeMap<u32, Vec<&crate::citus::TableInfo>> {
+    let mut g: BTreeMap<u32, Vec<&crate::citus::TableInfo>> = BTreeMap::new();
+    for t in m.tables.iter().filter(|t| t.kind == TableKind::Distributed) {
+        g.entry(t.colocation_id).or_default().push(t);
+    }
+    for v in g.values_mut() {
+        v.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+    }
+    g
+}
+
+fn table_names(ts: &[&crate::citus::TableInfo]) -> String {
+    ts.iter()
+        .map(|t| {
+            if t.schema == "public" {
+                t.name.clone()
+            } else {
+                format!("{}.{}", t.schema, t.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `schema.table` or `table` (public) → its colocation group.
+fn table_group(m: &ShardMap, table: &str) -> Result<u32, AdminError> {
+    let (schema, name) = match table.split_once('.') {
+        Some((s, n)) => (Some(s), n),
+        None => (None, table),
+    };
+    match m.tables.table(schema, name) {
+        Some(t) if t.kind == TableKind::Distributed => Ok(t.colocation_id),
+        Some(_) => Err(AdminError::new(format!(
+            "{table} is a reference table: every node has all of it"
+        ))),
+        None => Err(AdminError::new(format!(
+            "{table} is not a distributed table in the shard map"
+        ))),
+    }
+}
+
+pub fn shards(ctx: &Context, table: Option<&str>) -> Result<ResultSet, AdminError> {
+    let m = map(ctx)?;
+    let only = table.map(|t| table_group(&m, t)).transpose()?;
+    let by_group = groups(&m);
+    let mut rs = ResultSet::new(SHARDS);
+    let mut ids: Vec<&u32> = m.groups.keys().collect();
+    ids.sort();
+    for id in ids {
+        if only.is_some_and(|o| o != *id) {
+            continue;
+        }
+        let names = by_group.get(id).map(|t| table_names(t)).unwrap_or_default();
+        for r in &m.groups[id] {
+            let node = m.nodes.get(r.node).map(|(_, n)| n);
+            rs.push(vec![
+                Some(id.to_string()),
+                Some(names.clone()),
+                Some(r.shard_id.to_string()),
+                Some(r.min.to_string()),
+                Some(r.max.to_string()),
+                node.map(|n| n.name.to_string()),
+                node.map(|n| n.host.to_string()),
+                node.map(|n| n.port.to_string()),
+            ]);
+        }
+    }
+    Ok(rs)
+}
+
+pub fn tenant(ctx: &Context, value: &str, table: Option<&str>) -> Result<ResultSet, AdminError> {
+    let m = map(ctx)?;
+    let only = table.map(|t| table_group(&m, t)).transpose()?;
+    let mut rs = ResultSet::new(TENANT);
+    let mut errors = Vec::new();
+    for (id, tables) in groups(&m) {
+        if only.is_some_and(|o| o != id) {
+            continue;
+        }
+        let Some(dt) = tables.first().map(|t| t.dist_type) else {
+            continue;
+        };
+        let hash = match hash_value(dt, value) {
+            Ok(h) => h,
+            Err(e) => {
+                errors.push(format!("colocation group {id} ({dt:?}): {e}"));
+                continue;
+            }
+        };
+        let located = m.locate(id, hash);
+        rs.push(vec![
+            Some(id.to_string()),
+            Some(table_names(&tables)),
+            Some(format!("{dt:?}").to_ascii_lowercase()),
+            Some(hash.to_string()),
+            located.map(|(r, _)| r.shard_id.to_string()),
+            located.map(|(r, _)| r.min.to_string()),
+            located.map(|(r, _)| r.max.to_string()),
+            located.map(|(_, n)| n.name.to_string()),
+            located.map(|(_, n)| n.host.to_string()),
+            located.map(|(_, n)| n.port.to_string()),
+        ]);
+    }
+    if rs.rows.is_empty() && !errors.is_empty() {
+        return Err(AdminError::new(format!(
+            "'{value}' is not a valid key: {}",
+            errors.join("; ")
+        )));
+    }
+    Ok(rs)
+}
+
+pub fn routes(ctx: &Context) -> ResultSet {
+    let r = &ctx.routes;
+    let mut rs = ResultSet::new(ROUTES);
+    for reason in RouteReason::ALL {
+        let (c, w) = (r.get_to(reason, false), r.get_to(reason, true));
+        rs.push_values([
+            reason.as_str().to_string(),
+            c.to_string(),
+            w.to_string(),
+            (c + w).to_string(),
+        ]);
+    }
+    rs.push_values([
+        "total".to_string(),
+        r.to_coordinator.load(Ordering::Relaxed).to_string(),
+        r.to_workers.load(Ordering::Relaxed).to_string(),
+        (r.to_coordinator.load(Ordering::Relaxed) + r.to_workers.load(Ordering::Relaxed))
+            .to_string(),
+    ]);
+    rs
+}
+
+pub fn plan_cache(ctx: &Context) -> ResultSet {
+    let (hits, misses, len) = ctx.router.planner().stats();
+    let ratio = if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    };
+    let mut rs = ResultSet::new(PLAN_CACHE);
+    rs.push_values([
+        len.to_string(),
+        hits.to_string(),
+        misses.to_string(),
+        format!("{ratio:.4}"),
+    ]);
+    rs
+}

@@ -1,0 +1,81 @@
+//! SHOW POOLS: one row per pool (node, database, user).
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{is_admin_database, pool_database, ResultSet};
+use crate::context::Context;
+use crate::pool::Pool;
+
+pub const POOLS: &[&str] = &[
+    "database",
+    "user",
+    "cl_active",
+    "cl_waiting",
+    "cl_active_cancel_req",
+    "cl_waiting_cancel_req",
+    "sv_active",
+    "sv_active_cancel",
+    "sv_being_canceled",
+    "sv_idle",
+    "sv_used",
+    "sv_tested",
+    "sv_login",
+    "maxwait",
+    "maxwait_us",
+    "pool_mode",
+    "load_balance_hosts",
+];
+
+/// Pools sorted as the console lists them: database, node, user.
+pub fn sorted_pools(ctx: &Context) -> Vec<Arc<Pool>> {
+    let mut pools = ctx.pools.all();
+    pools.sort_by(|a, b| {
+        (&a.key.database, &a.key.node.name, &a.key.user).cmp(&(
+            &b.key.database,
+            &b.key.node.name,
+            &b.key.user,
+        ))
+    });
+    pools
+}
+
+pub fn pools(ctx: &Context) -> ResultSet {
+    let s = ctx.settings();
+    let mut rs = ResultSet::new(POOLS);
+    for p in sorted_pools(ctx) {
+        let (idle, total) = p.counts();
+        let active = p.stats.active.load(Ordering::Relaxed);
+        let waiting = p.stats.waiting.load(Ordering::Relaxed);
+        // Clients belong to their coordinator pool (they log in to it); worker pools are
+        // borrowed per transaction and count no clients of their own.
+        let clients = if &*p.key.node.name == "coordinator" {
+            ctx.admin.clients.count_where(|c| {
+                c.database == *p.key.database
+                    && c.user == *p.key.user
+                    && !is_admin_database(&c.database)
+            }) as u32
+        } else {
+            0
+        };
+        rs.push_values([
+            pool_database(&p.key),
+            p.key.user.to_string(),
+            clients.saturating_sub(waiting).to_string(),
+            waiting.to_string(),
+            "0".into(),
+            "0".into(),
+            active.to_string(),
+            "0".into(),
+            "0".into(),
+            idle.to_string(),
+            "0".into(),
+            "0".into(),
+            total.saturating_sub(idle + active).to_string(),
+            "0".into(),
+            "0".into(),
+            s.pool_mode_for(&p.key.user).as_str().to_string(),
+            String::new(),
+        ]);
+    }
+    rs
+}

@@ -1,0 +1,507 @@
+//! The Prometheus collector: every value is read from the counters the rest of pgtenant
+//! already keeps (atomics, the pools' counts, the shard-map handle) at scrape time, so
+//! `/metrics` adds nothing to the statement path.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+
+use super::latency::{self, Latency};
+use crate::context::Context;
+use crate::frontend::routing::RouteReason;
+
+use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+
+/// Every family `/metrics` serves: (name, type, labels, help). The README lists the same.
+const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
+    (
+        "pgtenant_info",
+        GAUGE,
+        &["version"],
+        "Always 1; the version label says which pgtenant runs.",
+    ),
+    (
+        "pgtenant_start_time_seconds",
+        GAUGE,
+        &[],
+        "Unix time the process started.",
+    ),
+    (
+        "pgtenant_ready",
+        GAUGE,
+        &[],
+        "1 when /readyz answers 200, else 0.",
+    ),
+    (
+        "pgtenant_draining",
+        GAUGE,
+        &[],
+        "1 after SIGTERM/SIGINT while clients finish, else 0.",
+    ),
+    (
+        "pgtenant_client_connections",
+        GAUGE,
+        &[],
+        "Client connections open now.",
+    ),
+    (
+        "pgtenant_server_connections",
+        GAUGE,
+        &["node", "state"],
+        "Server connections by node and state (idle, active = lent to a client, opening).",
+    ),
+    (
+        "pgtenant_pool_waiting_clients",
+        GAUGE,
+        &["node"],
+        "Clients waiting for a server connection now.",
+    ),
+    (
+        "pgtenant_pool_wait_timeouts_total",
+        COUNTER,
+        &["node"],
+        "Clients that gave up waiting for a server connection (query_wait_timeout).",
+    ),
+    (
+        "pgtenant_server_assignments_total",
+        COUNTER,
+        &["node"],
+        "Server connections handed to clients.",
+    ),
+    (
+        "pgtenant_server_connects_total",
+        COUNTER,
+        &["node"],
+        "Server connections opened.",
+    ),
+    (
+        "pgtenant_server_connect_failures_total",
+        COUNTER,
+        &["node"],
+        "Server connections that failed to open.",
+    ),
+    (
+        "pgtenant_queries_total",
+        COUNTER,
+        &["node"],
+        "Queries answered by each node.",
+    ),
+    (
+        "pgtenant_transactions_total",
+        COUNTER,
+        &["node"],
+        "Transactions completed on each node.",
+    ),
+    (
+        "pgtenant_bytes_received_total",
+        COUNTER,
+        &["node"],
+        "Bytes from clients forwarded to each node.",
+    ),
+    (
+        "pgtenant_bytes_sent_total",
+        COUNTER,
+        &["node"],
+        "Bytes from each node forwarded to clients.",
+    ),
+    (
+        "pgtenant_routed_transactions_total",
+        COUNTER,
+        &["destination", "reason"],
+        "Transactions routed, by destination (worker, coordinator) and the reason it was chosen.",
+    ),
+    (
+        "pgtenant_plan_cache_hits_total",
+        COUNTER,
+        &[],
+        "Statements whose route plan came from the cache.",
+    ),
+    (
+        "pgtenant_plan_cache_misses_total",
+        COUNTER,
+        &[],
+        "Statements that had to be parsed to plan their route.",
+    ),
+    (
+        "pgtenant_plan_cache_entries",
+        GAUGE,
+        &[],
+        "Route plans cached now.",
+    ),
+    (
+        "pgtenant_citus_upstream",
+        GAUGE,
+        &[],
+        "1 when the upstream has a Citus catalog, else 0.",
+    ),
+    (
+        "pgtenant_coordinator_reachable",
+        GAUGE,
+        &[],
+        "1 when the last TCP check of the coordinator succeeded, else 0.",
+    ),
+    (
+        "pgtenant_shard_map_loaded",
+        GAUGE,
+        &[],
+        "1 when a shard map is loaded, else 0.",
+    ),
+    (
+        "pgtenant_shard_map_version",
+        GAUGE,
+        &[],
+        "Version of the loaded shard map (increases with each load).",
+    ),
+    (
+        "pgtenant_shard_map_age_seconds",
+        GAUGE,
+        &[],
+        "Seconds since the shard map was last confirmed to match the coordinator.",
+    ),
+    (
+        "pgtenant_shard_map_refresh_failures_total",
+        COUNTER,
+        &[],
+        "Shard map checks or loads that failed.",
+    ),
+    (
+        "pgtenant_shard_map_tables",
+        GAUGE,
+        &[],
+        "Distributed and reference tables in the shard map.",
+    ),
+    (
+        "pgtenant_shard_map_shards",
+        GAUGE,
+        &[],
+        "Shards in the shard map.",
+    ),
+    (
+        "pgtenant_node_up",
+        GAUGE,
+        &["node", "role"],
+        "1 when the node is not marked down, else 0 (role: coordinator, worker).",
+    ),
+    (
+        "pgtenant_workers_down",
+        GAUGE,
+        &[],
+        "Workers marked down now (their tenants go to the coordinator).",
+    ),
+    (
+        "pgtenant_worker_failures_total",
+        COUNTER,
+        &[],
+        "Times a worker was marked down after a failed connection.",
+    ),
+    (
+        "pgtenant_query_duration_seconds",
+        HISTOGRAM,
+        &[],
+        "Query time from its first message to ReadyForQuery.",
+    ),
+    (
+        "pgtenant_transaction_duration_seconds",
+        HISTOGRAM,
+        &[],
+        "Transaction time from its first statement to ReadyForQuery idle.",
+    ),
+    (
+        "pgtenant_client_wait_seconds",
+        HISTOGRAM,
+        &[],
+        "Time clients waited for a server connection (connect included).",
+    ),
+];
+
+/// Collects a snapshot of `ctx` on every scrape.
+pub struct Scrape {
+    ctx: Arc<Context>,
+    descs: Vec<Desc>,
+}
+
+impl Scrape {
+    pub fn new(ctx: Arc<Context>) -> Scrape {
+        let descs = FAMILIES
+            .iter()
+            .map(|(name, _, labels, help)| {
+                Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    labels.iter().map(|l| l.to_string()).collect(),
+                    HashMap::new(),
+                )
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+            })
+            .collect();
+        Scrape { ctx, descs }
+    }
+}
+
+/// Families being filled, in `FAMILIES` order.
+struct Out {
+    families: Vec<MetricFamily>,
+}
+
+impl Out {
+    fn new() -> Out {
+        let families = FAMILIES
+            .iter()
+            .map(|(name, kind, _, help)| {
+                let mut f = MetricFamily::default();
+                f.set_name(name.to_string());
+                f.set_help(help.to_string());
+                f.set_field_type(*kind);
+                f
+            })
+            .collect();
+        Out { families }
+    }
+
+    fn push(&mut self, name: &str, labels: &[&str], m: impl FnOnce(&mut Metric)) {
+        let Some(i) = FAMILIES.iter().position(|f| f.0 == name) else {
+            debug_assert!(false, "unknown metric {name}");
+            return;
+        };
+        let names = FAMILIES[i].2;
+        debug_assert_eq!(names.len(), labels.len(), "{name}: labels");
+        let pairs = names
+            .iter()
+            .zip(labels)
+            .map(|(n, v)| {
+                let mut p = LabelPair::default();
+                p.set_name(n.to_string());
+                p.set_value(v.to_string());
+                p
+            })
+            .collect();
+        let mut metric = Metric::from_label(pairs);
+        m(&mut metric);
+        self.families[i].mut_metric().push(metric);
+    }
+
+    fn gauge(&mut self, name: &str, labels: &[&str], v: f64) {
+        self.push(name, labels, |m| {
+            let mut g = Gauge::default();
+            g.set_value(v);
+            m.set_gauge(g);
+        });
+    }
+
+    fn counter(&mut self, name: &str, labels: &[&str], v: u64) {
+        self.push(name, labels, |m| {
+            let mut c = Counter::default();
+            c.set_value(v as f64);
+            m.set_counter(c);
+        });
+    }
+
+    fn histogram(&mut self, name: &str, l: &Latency) {
+        let s = l.snapshot();
+        self.push(name, &[], |m| {
+            let mut h = Histogram::default();
+            h.set_sample_count(s.count());
+            h.set_sample_sum(s.sum_us as f64 / 1e6);
+            h.set_bucket(
+                s.cumulative()
+                    .into_iter()
+                    .map(|(le, n)| {
+                        let mut b = Bucket::default();
+                        b.set_upper_bound(le);
+                        b.set_cumulative_count(n);
+                        b
+                    })
+                    .collect(),
+            );
+            m.set_histogram(h);
+        });
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Per-node sums over the pools of that node.
+#[derive(Default)]
+struct NodeSums {
+    idle: u64,
+    active: u64,
+    opening: u64,
+    waiting: u64,
+    wait_timeouts: u64,
+    assignments: u64,
+    connects: u64,
+    connect_failures: u64,
+    queries: u64,
+    xacts: u64,
+    bytes_received: u64,
+    bytes_sent: u64,
+}
+
+impl Collector for Scrape {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let ctx = &*self.ctx;
+        // Relaxed loads: a scrape is a sample, not a synchronisation point.
+        let mut out = Out::new();
+        let r = Ordering::Relaxed;
+
+        out.gauge("pgtenant_info", &[env!("CARGO_PKG_VERSION")], 1.0);
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(ctx.health.started().elapsed());
+        out.gauge("pgtenant_start_time_seconds", &[], started.as_secs_f64());
+        out.gauge(
+            "pgtenant_ready",
+            &[],
+            flag(super::health::readiness(ctx).is_empty()),
+        );
+        out.gauge("pgtenant_draining", &[], flag(ctx.shutdown.is_cancelled()));
+        out.gauge(
+            "pgtenant_client_connections",
+            &[],
+            ctx.clients.load(r) as f64,
+        );
+
+        // Pools, summed per node (a pool is per node, database and user).
+        let mut nodes: BTreeMap<Arc<str>, NodeSums> = BTreeMap::new();
+        for p in ctx.pools.all() {
+            let (idle, total) = p.counts();
+            let st = &p.stats;
+            let n = nodes.entry(p.key.node.name.clone()).or_default();
+            let active = u64::from(st.active.load(r)).min(u64::from(total - idle.min(total)));
+            n.idle += u64::from(idle);
+            n.active += active;
+            n.opening += u64::from(total).saturating_sub(u64::from(idle) + active);
+            n.waiting += u64::from(st.waiting.load(r));
+            n.wait_timeouts += st.wait_timeouts.load(r);
+            n.assignments += st.assignments.load(r);
+            n.connects += st.connects.load(r);
+            n.connect_failures += st.connect_failures.load(r);
+            n.queries += st.query_count.load(r);
+            n.xacts += st.xact_count.load(r);
+            n.bytes_received += st.bytes_received.load(r);
+            n.bytes_sent += st.bytes_sent.load(r);
+        }
+        for (node, n) in &nodes {
+            let node = &**node;
+            for (state, v) in [
+                ("idle", n.idle),
+                ("active", n.active),
+                ("opening", n.opening),
+            ] {
+                out.gauge("pgtenant_server_connections", &[node, state], v as f64);
+            }
+            out.gauge("pgtenant_pool_waiting_clients", &[node], n.waiting as f64);
+            out.counter(
+                "pgtenant_pool_wait_timeouts_total",
+                &[node],
+                n.wait_timeouts,
+            );
+            out.counter("pgtenant_server_assignments_total", &[node], n.assignments);
+            out.counter("pgtenant_server_connects_total", &[node], n.connects);
+            out.counter(
+                "pgtenant_server_connect_failures_total",
+                &[node],
+                n.connect_failures,
+            );
+            out.counter("pgtenant_queries_total", &[node], n.queries);
+            out.counter("pgtenant_transactions_total", &[node], n.xacts);
+            out.counter("pgtenant_bytes_received_total", &[node], n.bytes_received);
+            out.counter("pgtenant_bytes_sent_total", &[node], n.bytes_sent);
+        }
+
+        for reason in RouteReason::ALL {
+            for (dest, to_worker) in [("coordinator", false), ("worker", true)] {
+                out.counter(
+                    "pgtenant_routed_transactions_total",
+                    &[dest, reason.as_str()],
+                    ctx.routes.get_to(reason, to_worker),
+                );
+            }
+        }
+
+        let (hits, misses, size) = ctx.router.planner().stats();
+        out.counter("pgtenant_plan_cache_hits_total", &[], hits);
+        out.counter("pgtenant_plan_cache_misses_total", &[], misses);
+        out.gauge("pgtenant_plan_cache_entries", &[], size as f64);
+
+        out.gauge(
+            "pgtenant_citus_upstream",
+            &[],
+            flag(ctx.shard_map.is_citus.load(r)),
+        );
+        out.gauge(
+            "pgtenant_coordinator_reachable",
+            &[],
+            flag(ctx.health.coordinator_reachable() == Some(true)),
+        );
+        let map = ctx.shard_map.get();
+        out.gauge("pgtenant_shard_map_loaded", &[], flag(map.is_some()));
+        out.counter(
+            "pgtenant_shard_map_refresh_failures_total",
+            &[],
+            ctx.shard_map.refresh_failures.load(r),
+        );
+        let down: Vec<Arc<str>> = ctx
+            .node_health
+            .down_nodes()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let coordinator = ctx.coordinator.load_full();
+        let mut seen = vec![coordinator.name.clone()];
+        out.gauge(
+            "pgtenant_node_up",
+            &[&coordinator.name, "coordinator"],
+            flag(!down.contains(&coordinator.name)),
+        );
+        if let Some(m) = &map {
+            out.gauge("pgtenant_shard_map_version", &[], m.version as f64);
+            if let Some(age) = ctx.health.shard_map_age() {
+                out.gauge("pgtenant_shard_map_age_seconds", &[], age.as_secs_f64());
+            }
+            out.gauge("pgtenant_shard_map_tables", &[], m.tables.len() as f64);
+            out.gauge("pgtenant_shard_map_shards", &[], m.shard_count() as f64);
+            for (_, node) in &m.nodes {
+                if seen.contains(&node.name) {
+                    continue;
+                }
+                seen.push(node.name.clone());
+                out.gauge(
+                    "pgtenant_node_up",
+                    &[&node.name, "worker"],
+                    flag(!down.contains(&node.name)),
+                );
+            }
+        }
+        let workers_down = down.iter().filter(|n| **n != coordinator.name).count();
+        out.gauge("pgtenant_workers_down", &[], workers_down as f64);
+        out.counter(
+            "pgtenant_worker_failures_total",
+            &[],
+            ctx.node_health.failures.load(r),
+        );
+
+        out.histogram("pgtenant_query_duration_seconds", &latency::QUERY);
+        out.histogram(
+            "pgtenant_transaction_duration_seconds",
+            &latency::TRANSACTION,
+        );
+        out.histogram("pgtenant_client_wait_seconds", &latency::WAIT);
+        out.families
+    }
+}

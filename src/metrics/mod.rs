@@ -1,0 +1,48 @@
+//! Metrics and probes: the Prometheus collector, latency histograms and the HTTP
+//! endpoints `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Nothing here sits on the statement path with a lock: counters are the atomics other
+//! modules already keep (read at scrape time), and the latency histograms record with two
+//! relaxed atomic adds ([`Latency::record`]).
+//!
+//! - [`latency`]: `Latency` and the process-wide `QUERY`, `TRANSACTION`, `WAIT` histograms.
+//! - [`health`]: liveness (heartbeat, accept loops) and readiness (draining, coordinator
+//!   reachable, shard map fresh).
+//! - `collect`: the Prometheus collector over `Context`.
+//! - `http`: the hyper listener.
+mod collect;
+pub mod health;
+mod http;
+pub mod latency;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+
+pub use health::{readiness, Health};
+pub use latency::Latency;
+
+/// Bind the HTTP listener (before anything else starts, so a taken port fails startup).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Start the HTTP endpoints (if bound) and the probes; both end when `stop` fires.
+pub fn start(
+    listener: Option<TcpListener>,
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![health::spawn_probes(ctx.clone(), stop.clone())];
+    if let Some(l) = listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(http_listen = %addr, "serving /metrics, /healthz, /readyz");
+        }
+        tasks.push(http::spawn(l, ctx, stop));
+    }
+    tasks
+}

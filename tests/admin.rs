@@ -1,0 +1,395 @@
+//! The admin console against a running pgtenant: PgBouncer's SHOW headers exactly, values
+//! that move with traffic, access levels, RELOAD, SET, KILL_CLIENT, and pgtenant's own
+//! SHOW NODES / SHARDS / TENANT against the emulated Citus cluster.
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::citus::{CitusCluster, CitusOptions};
+use support::{PgServer, Pgtenant, TempDir};
+
+/// PgBouncer 1.25.2's headers (`psql -A -F '|'`), from
+/// ../shared/reference/pgbouncer-1.25-admin-columns.txt.
+const REFERENCE: &str = "\
+POOLS database|user|cl_active|cl_waiting|cl_active_cancel_req|cl_waiting_cancel_req|sv_active|sv_active_cancel|sv_being_canceled|sv_idle|sv_used|sv_tested|sv_login|maxwait|maxwait_us|pool_mode|load_balance_hosts
+STATS database|total_server_assignment_count|total_xact_count|total_query_count|total_received|total_sent|total_xact_time|total_query_time|total_wait_time|total_client_parse_count|total_server_parse_count|total_bind_count|avg_server_assignment_count|avg_xact_count|avg_query_count|avg_recv|avg_sent|avg_xact_time|avg_query_time|avg_wait_time|avg_client_parse_count|avg_server_parse_count|avg_bind_count
+STATS_TOTALS database|server_assignment_count|xact_count|query_count|bytes_received|bytes_sent|xact_time|query_time|wait_time|client_parse_count|server_parse_count|bind_count
+STATS_AVERAGES database|server_assignment_count|xact_count|query_count|bytes_received|bytes_sent|xact_time|query_time|wait_time|avg_client_parse_count|avg_server_parse_count|avg_bind_count
+SERVERS type|user|database|replication|state|addr|port|local_addr|local_port|connect_time|request_time|wait|wait_us|close_needed|ptr|link|remote_pid|tls|application_name|prepared_statements|id
+CLIENTS type|user|database|replication|state|addr|port|local_addr|local_port|connect_time|request_time|wait|wait_us|close_needed|ptr|link|remote_pid|tls|application_name|prepared_statements|id
+DATABASES name|host|port|database|force_user|pool_size|min_pool_size|reserve_pool_size|server_lifetime|pool_mode|load_balance_hosts|max_connections|current_connections|max_client_connections|current_client_connections|paused|disabled
+USERS name|pool_size|reserve_pool_size|pool_mode|max_user_connections|current_connections|max_user_client_connections|current_client_connections
+LISTS list|items
+CONFIG key|value|default|changeable
+VERSION version
+STATE key|value";
+
+/// The reference headers; checked against the shared file when it is there.
+fn reference() -> Vec<(String, String)> {
+    let shared = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/reference/pgbouncer-1.25-admin-columns.txt"
+    );
+    let parse = |text: &str| -> Vec<(String, String)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect()
+    };
+    let mine = parse(REFERENCE);
+    if let Ok(text) = std::fs::read_to_string(shared) {
+        assert_eq!(parse(&text), mine, "REFERENCE drifted from {shared}");
+    }
+    mine
+}
+
+/// psql against pgtenant's admin database: (success, stdout, stderr). Unaligned, `|`
+/// separated, no footer: line 1 is the header.
+fn psql(p: &Pgtenant, user: &str, password: &str, db: &str, sql: &str) -> (bool, String, String) {
+    let out = Command::new(support::pg_bin("psql"))
+        .args(["-X", "-A", "-F", "|", "-P", "footer=off", "-h", "127.0.0.1"])
+        .args(["-p", &p.port().to_string(), "-U", user, "-d", db, "-c", sql])
+        .env("PGPASSWORD", password)
+        .env_remove("PGSERVICE")
+        .env_remove("PGSSLMODE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn admin(p: &Pgtenant, sql: &str) -> String {
+    let (ok, out, err) = psql(p, "app", "secret", "pgtenant", sql);
+    assert!(ok, "{sql}: {err}\n--- logs ---\n{}", p.logs());
+    out
+}
+
+/// Rows of a SHOW as maps column → value.
+fn rows(out: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split('|').collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split('|'))
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn start(pg: &PgServer, dir: &TempDir, extra: &str) -> Pgtenant {
+    let cfg = dir.config_file(&format!(
+        "upstream = \"{}\"\npool_size = 4\nadmin_users = [\"app\"]\n{extra}\n[users.monitor]\npassword = \"monpw\"\n",
+        pg.url("app", "secret", "app")
+    ));
+    Pgtenant::start(
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--stats-users",
+            "monitor",
+        ],
+        &[],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pgbouncer_headers_and_counters() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin");
+    let p = start(&pg, &dir, "");
+
+    // Every PgBouncer SHOW: the header is PgBouncer's, exactly.
+    for (cmd, header) in reference() {
+        for db in ["pgtenant", "pgbouncer"] {
+            let (ok, out, err) = psql(&p, "app", "secret", db, &format!("SHOW {cmd};"));
+            assert!(ok, "SHOW {cmd} on {db}: {err}");
+            assert_eq!(out.lines().next().unwrap_or(""), header, "SHOW {cmd}");
+        }
+    }
+
+    // Traffic moves the counters.
+    let before = rows(&admin(&p, "show stats"));
+    let q0: u64 = before
+        .iter()
+        .find(|r| r["database"] == "app")
+        .map_or(0, |r| r["total_query_count"].parse().unwrap());
+    let c = support::connect(&p.url("app", "secret", "app")).await;
+    const N: u64 = 25;
+    for i in 0..N {
+        c.simple_query(&format!("select {i}")).await.unwrap();
+    }
+    let after = rows(&admin(&p, "SHOW STATS"));
+    let app = after
+        .iter()
+        .find(|r| r["database"] == "app")
+        .expect("app row");
+    let q1: u64 = app["total_query_count"].parse().unwrap();
+    assert!(q1 >= q0 + N, "query count {q0} → {q1}, expected +{N}");
+    assert!(app["total_xact_count"].parse::<u64>().unwrap() >= N);
+    assert!(app["total_received"].parse::<u64>().unwrap() > 0);
+    assert!(app["total_sent"].parse::<u64>().unwrap() > 0);
+    assert!(app["total_query_time"].parse::<u64>().unwrap() > 0);
+
+    let totals = rows(&admin(&p, "show stats_totals"));
+    let t = totals.iter().find(|r| r["database"] == "app").unwrap();
+    assert!(t["query_count"].parse::<u64>().unwrap() >= N);
+
+    let pools = rows(&admin(&p, "SHOW POOLS"));
+    let pool = pools
+        .iter()
+        .find(|r| r["database"] == "app" && r["user"] == "app")
+        .unwrap_or_else(|| panic!("no app pool in {pools:?}"));
+    assert_eq!(pool["cl_active"], "1", "{pool:?}");
+    assert_eq!(pool["pool_mode"], "transaction");
+    assert!(pool["sv_idle"].parse::<u32>().unwrap() >= 1, "{pool:?}");
+
+    let servers = rows(&admin(&p, "show servers"));
+    assert!(
+        servers.iter().any(|r| r["type"] == "S"
+            && r["database"] == "app"
+            && r["port"] == pg.port().to_string()),
+        "{servers:?}"
+    );
+    let clients = rows(&admin(&p, "show clients"));
+    assert!(
+        clients
+            .iter()
+            .any(|r| r["database"] == "app" && r["user"] == "app"),
+        "{clients:?}"
+    );
+    assert!(
+        clients.iter().any(|r| r["database"] == "pgtenant"),
+        "{clients:?}"
+    );
+
+    let config = rows(&admin(&p, "show config"));
+    let ps = config.iter().find(|r| r["key"] == "pool_size").unwrap();
+    assert_eq!(
+        (
+            ps["value"].as_str(),
+            ps["default"].as_str(),
+            ps["changeable"].as_str()
+        ),
+        ("4", "20", "yes")
+    );
+
+    // SET changes a runtime setting; one that cannot change says so.
+    admin(&p, "SET pool_size = 7");
+    let config = rows(&admin(&p, "show config"));
+    assert_eq!(
+        config.iter().find(|r| r["key"] == "pool_size").unwrap()["value"],
+        "7"
+    );
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "set listen = '1.2.3.4:5'");
+    assert!(!ok && err.contains("listen"), "{err}");
+
+    let version = admin(&p, "show version");
+    assert!(
+        version.lines().nth(1).unwrap().starts_with("pgtenant "),
+        "{version}"
+    );
+    let state = rows(&admin(&p, "show state"));
+    assert_eq!(state[0]["key"], "active");
+
+    // Unknown commands are refused as PgBouncer refuses them; the console stays usable.
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "frobnicate");
+    assert!(!ok && err.contains("invalid command 'frobnicate'"), "{err}");
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "show tenants");
+    assert!(!ok && err.contains("not supported yet"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_reload_and_kill_client() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin");
+    let p = start(&pg, &dir, "");
+
+    // A stats user may SHOW, not RELOAD; an ordinary user may not come in at all.
+    let (ok, out, err) = psql(&p, "monitor", "monpw", "pgtenant", "show pools");
+    assert!(ok, "{err}");
+    assert!(out.starts_with("database|user|"));
+    let (ok, _, err) = psql(&p, "monitor", "monpw", "pgbouncer", "RELOAD");
+    assert!(!ok && err.contains("admin access needed"), "{err}");
+    let (ok, _, _) = psql(&p, "monitor", "wrong", "pgtenant", "show pools");
+    assert!(!ok, "a wrong password must not reach the console");
+
+    // RELOAD re-reads the file: a new stats user can now log in.
+    let cfg = format!(
+        "upstream = \"{}\"\npool_size = 9\nadmin_users = [\"app\"]\n[users.monitor]\npassword = \"monpw\"\n[users.other]\npassword = \"otherpw\"\n",
+        pg.url("app", "secret", "app")
+    );
+    dir.config_file(&cfg);
+    let (ok, out, err) = psql(&p, "app", "secret", "pgtenant", "RELOAD");
+    assert!(ok, "{err}");
+    assert!(out.is_empty() || out.contains("RELOAD"), "{out}");
+    let config = rows(&admin(&p, "show config"));
+    assert_eq!(
+        config.iter().find(|r| r["key"] == "pool_size").unwrap()["value"],
+        "9"
+    );
+
+    // A broken file: RELOAD says why, the running settings stay.
+    dir.config_file("pool_size = 0\n");
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "reload");
+    assert!(!ok && err.contains("pool_size"), "{err}");
+    dir.config_file(&cfg);
+
+    // KILL_CLIENT disconnects that client.
+    let c = support::connect(&p.url("app", "secret", "app")).await;
+    c.simple_query("select 1").await.unwrap();
+    let clients = rows(&admin(&p, "show clients"));
+    let id = clients
+        .iter()
+        .find(|r| r["database"] == "app")
+        .map(|r| r["id"].clone())
+        .expect("the app client");
+    admin(&p, &format!("KILL_CLIENT {id}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if c.simple_query("select 1").await.is_err() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "client {id} still connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let clients = rows(&admin(&p, "show clients"));
+    assert!(!clients.iter().any(|r| r["id"] == id), "{clients:?}");
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "kill_client 999999");
+    assert!(!ok && err.contains("not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_from_the_console() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin");
+    let mut p = start(&pg, &dir, "");
+    let _ = psql(&p, "app", "secret", "pgtenant", "SHUTDOWN");
+    let status = p.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "pgtenant did not exit: {}",
+        p.logs()
+    );
+}
+
+fn wait_for_map(p: &Pgtenant) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p.logs().contains("shard map loaded") {
+        assert!(Instant::now() < deadline, "no shard map: {}", p.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn citus_nodes_shards_tenants() {
+    let cluster = CitusCluster::start(CitusOptions {
+        tenants: 50,
+        ..CitusOptions::default()
+    });
+    let p = Pgtenant::start(
+        &[
+            "run",
+            "--upstream",
+            &cluster.upstream_url(),
+            "--pool-size",
+            "4",
+            "--admin-users",
+            "app",
+        ],
+        &[],
+    );
+    wait_for_map(&p);
+
+    // Route traffic for a few tenants, so that worker pools exist.
+    let c = support::connect(&p.url("app", "secret", "app")).await;
+    let keys: Vec<String> = (1..=10).map(|i| cluster.tenant_key("orders", i)).collect();
+    for k in &keys {
+        c.simple_query(&format!(
+            "select count(*) from orders where account_id = {k}"
+        ))
+        .await
+        .unwrap();
+    }
+
+    let nodes = rows(&admin(&p, "SHOW NODES"));
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    for (i, w) in cluster.workers.iter().enumerate() {
+        let n = nodes
+            .iter()
+            .find(|r| r["port"] == w.port().to_string())
+            .unwrap_or_else(|| panic!("worker {i} missing: {nodes:?}"));
+        assert_eq!((n["role"].as_str(), n["state"].as_str()), ("worker", "up"));
+    }
+    let worker_queries: u64 = nodes
+        .iter()
+        .filter(|r| r["role"] == "worker")
+        .map(|r| r["query_count"].parse::<u64>().unwrap())
+        .sum();
+    assert!(worker_queries >= keys.len() as u64, "{nodes:?}");
+
+    // Worker pools show which node they are on.
+    let pools = rows(&admin(&p, "show pools"));
+    assert!(
+        pools
+            .iter()
+            .any(|r| r["database"].starts_with("app@worker-")),
+        "{pools:?}"
+    );
+    let stats = rows(&admin(&p, "show stats"));
+    assert!(
+        stats
+            .iter()
+            .any(|r| r["database"].starts_with("app@worker-")),
+        "{stats:?}"
+    );
+
+    // SHOW SHARDS orders: the catalog's ranges and owners.
+    let shards = rows(&admin(&p, "SHOW SHARDS orders"));
+    let expected = cluster.shards("orders");
+    assert_eq!(shards.len(), expected.len(), "{shards:?}");
+    for e in &expected {
+        let s = shards
+            .iter()
+            .find(|r| r["min_value"] == e.min.to_string())
+            .unwrap_or_else(|| panic!("no shard with min {} in {shards:?}", e.min));
+        assert_eq!(s["max_value"], e.max.to_string());
+        assert_eq!(s["port"], cluster.group_port(e.group).to_string());
+    }
+    assert!(shards[0]["tables"].contains("orders"));
+
+    // SHOW TENANT: the coordinator's own hash and placement.
+    for k in &keys[..5] {
+        let loc = &cluster.locate("orders", std::slice::from_ref(k))[0];
+        let t = rows(&admin(&p, &format!("SHOW TENANT {k} orders")));
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0]["hash"], loc.hash.to_string(), "tenant {k}");
+        assert_eq!(t[0]["port"], loc.port.to_string(), "tenant {k}");
+    }
+    let k = cluster.tenant_key("events", 3);
+    let loc = &cluster.locate("events", std::slice::from_ref(&k))[0];
+    let t = rows(&admin(&p, &format!("show tenant '{k}' events")));
+    assert_eq!(t[0]["hash"], loc.hash.to_string());
+    assert_eq!(t[0]["port"], loc.port.to_string());
+    // Without a table: one row per colocation group whose type accepts the value.
+    let all = rows(&admin(&p, &format!("show tenant {}", keys[0])));
+    assert!(all.len() >= 2, "{all:?}");
+
+    let routes = rows(&admin(&p, "show routes"));
+    let tk = routes.iter().find(|r| r["reason"] == "tenant_key").unwrap();
+    assert!(
+        tk["to_worker"].parse::<u64>().unwrap() >= keys.len() as u64,
+        "{routes:?}"
+    );
+    let pc = rows(&admin(&p, "show plan_cache"));
+    assert!(pc[0]["hits"].parse::<u64>().unwrap() >= 1, "{pc:?}");
+}
