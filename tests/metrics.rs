@@ -248,6 +248,23 @@ async fn probes_and_metrics_on_plain_postgres() {
         waits(&before),
         waits(&after)
     );
+    for h in [
+        "pgtenant_query_duration_seconds_count",
+        "pgtenant_transaction_duration_seconds_count",
+    ] {
+        let (b, a) = (sum(&before, h, &[]), sum(&after, h, &[]));
+        assert!(a - b >= 50.0, "{h}: {b} -> {a}");
+    }
+    assert!(
+        sum(&after, "pgtenant_queries_total", &[("node", "coordinator")])
+            - sum(
+                &before,
+                "pgtenant_queries_total",
+                &[("node", "coordinator")]
+            )
+            >= 50.0
+    );
+    assert!(sum(&after, "pgtenant_bytes_received_total", &[]) > 0.0);
     assert!(sum(&after, "pgtenant_client_connections", &[]) >= 1.0);
     assert!(
         sum(

@@ -448,7 +448,10 @@ impl Session<'_> {
             return false;
         }
         a.pipe.q.iter().any(|e| {
-            matches!(e, Expect::Forward(Req::Sync | Req::Query { .. } | Req::FunctionCall))
+            matches!(
+                e,
+                Expect::Forward(Req::Sync | Req::Query { .. } | Req::FunctionCall)
+            )
         })
     }
 
@@ -1004,7 +1007,11 @@ impl Session<'_> {
             return false;
         }
         let in_held_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
-        let held_parses = self.held.iter().filter(|h| matches!(h, Held::Parse(_))).count();
+        let held_parses = self
+            .held
+            .iter()
+            .filter(|h| matches!(h, Held::Parse(_)))
+            .count();
         // Only the simple shape: at most the unnamed Parse of this very statement held.
         if held_parses > usize::from(unnamed) {
             return false;

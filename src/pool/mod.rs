@@ -97,6 +97,7 @@ pub struct PoolStats {
 impl PoolStats {
     /// A query answered (ReadyForQuery) after `d`.
     pub fn add_query(&self, d: Duration) {
+        crate::metrics::latency::QUERY.record(d);
         self.query_count.fetch_add(1, Ordering::Relaxed);
         self.query_time_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
@@ -118,6 +119,7 @@ impl PoolStats {
 
     /// A transaction ended (ReadyForQuery idle) after `d`.
     pub fn add_xact(&self, d: Duration) {
+        crate::metrics::latency::TRANSACTION.record(d);
         self.xact_count.fetch_add(1, Ordering::Relaxed);
         self.xact_time_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
