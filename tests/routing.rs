@@ -1099,6 +1099,46 @@ async fn hint_comment_routes_to_the_tenants_owner() {
     );
 }
 
+/// `SET pgtenant.tenant = 'K'`: a session-wide hint for statements without a key; a key
+/// in the statement still wins; RESET ends it.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_tenant_setting_routes_keyless_statements() {
+    let cluster = CitusCluster::start(small(20, 4));
+    let (p, _dir) = start_pgtenant(&cluster, "");
+    let c = client(&p).await;
+    let (w0, w1) = split_by_worker(&cluster, "orders");
+    let (t, other) = (w0[0], w1[0]);
+    let owner = cluster.owner_port("orders", &t.to_string());
+    let other_owner = cluster.owner_port("orders", &other.to_string());
+    let on_owner: i64 = direct(&cluster, owner, "select count(*) from orders")[0]
+        .parse()
+        .unwrap();
+    c.batch_execute(&format!("SET pgtenant.tenant = '{t}'"))
+        .await
+        .unwrap();
+    let sql = "select inet_server_port(), count(*) from orders";
+    assert_eq!(
+        simple_port_count(&c, sql).await,
+        (owner, on_owner),
+        "simple"
+    );
+    assert_eq!(
+        ext_port_count(&c, sql, &[]).await,
+        (owner, on_owner),
+        "extended"
+    );
+    // A key in the statement wins over the session's tenant.
+    let keyed =
+        format!("select inet_server_port(), count(*) from orders where account_id = {other}");
+    assert_eq!(simple_port_count(&c, &keyed).await.0, other_owner);
+    c.batch_execute("RESET pgtenant.tenant").await.unwrap();
+    assert_eq!(
+        simple_port_count(&c, sql).await,
+        (cluster.coordinator.port(), 60)
+    );
+    assert_eq!(simple_port_count(&c, &keyed).await.0, other_owner);
+}
+
 /// DDL goes to the coordinator (a hint does not move it).
 #[tokio::test(flavor = "multi_thread")]
 async fn ddl_goes_to_the_coordinator() {

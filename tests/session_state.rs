@@ -980,6 +980,65 @@ async fn sql_prepare_execute_across_backends() {
 
 /// Two clients on one server connection, one with TimeZone from its startup packet, one
 /// with SET: interleaved, each always sees its own; same for search_path and
+/// Custom settings (`SET app.tenant = …`, as row-level security setups use) are not in
+/// pg_settings: they travel with their client and never leak to the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_settings_travel_and_never_leak() {
+    let pg = PgServer::start();
+    let pt = start(&pg, 1);
+    let a = connect(&app_url(&pt)).await;
+    let b = connect(&app_url(&pt)).await;
+    a.batch_execute("SET app.tenant = '5'").await.unwrap();
+    a.query_one("select set_config('app.user', $1, false)", &[&"alice"])
+        .await
+        .unwrap();
+    a.batch_execute("select set_config('app.role', 'admin', false)")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(
+            value(
+                &b,
+                "select coalesce(current_setting('app.tenant', true), '')"
+            )
+            .await,
+            ""
+        );
+        assert_eq!(
+            value(&b, "select coalesce(current_setting('app.role', true), '')").await,
+            ""
+        );
+        assert_eq!(value(&a, "select current_setting('app.tenant')").await, "5");
+        assert_eq!(
+            value(&a, "select current_setting('app.role')").await,
+            "admin"
+        );
+    }
+    // A name set through a bound parameter cannot be seen in the SQL text; its value is
+    // still never shown to another client as long as the name is literal (app.user here).
+    assert_eq!(
+        value(&b, "select coalesce(current_setting('app.user', true), '')").await,
+        ""
+    );
+    a.batch_execute("RESET app.tenant").await.unwrap();
+    assert_eq!(
+        value(
+            &a,
+            "select coalesce(current_setting('app.tenant', true), '')"
+        )
+        .await,
+        ""
+    );
+    assert_eq!(
+        value(
+            &b,
+            "select coalesce(current_setting('app.tenant', true), '')"
+        )
+        .await,
+        ""
+    );
+}
+
 /// application_name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_never_leak_between_clients_on_one_server() {

@@ -140,7 +140,9 @@ async fn refresh_once(ctx: &Arc<Context>, conn: &mut Option<ServerConn>) -> Resu
         load_ms = started.elapsed().as_millis() as u64,
         "shard map loaded"
     );
+    let nodes: Vec<_> = map.nodes.iter().map(|(_, n)| n.clone()).collect();
     ctx.shard_map.current.store(Some(Arc::new(map)));
+    ctx.pools.close_idle_on_nodes_except(&nodes);
     *ctx.shard_map
         .last_error
         .lock()

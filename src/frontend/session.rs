@@ -36,11 +36,31 @@ use crate::net::Frame;
 use crate::pool::{Pool, PoolError};
 use crate::protocol::extended::{Bind, Parse, Target};
 use crate::protocol::{build, decode, sqlstate, ErrorFields};
-use crate::router::command::{classify, classify_single, Command};
+use crate::router::command::{classify, classify_single, custom_setting_names, Command};
 use crate::router::TxControl;
 
 /// Stop reading from one side while this much is queued for the other (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
+
+/// The read-back query: pg_settings' session entries plus the custom settings by name
+/// (empty = unset, left out so a replay RESETs it).
+fn session_settings_sql(custom: &std::collections::BTreeSet<String>) -> String {
+    if custom.is_empty() {
+        return SESSION_SETTINGS_SQL.to_owned();
+    }
+    let names: Vec<String> = custom
+        .iter()
+        .map(|n| format!("({})", params::literal(n)))
+        .collect();
+    format!(
+        "{SESSION_SETTINGS_SQL} UNION ALL SELECT n, current_setting(n, true) FROM (VALUES {}) v(n) \
+         WHERE coalesce(current_setting(n, true), '') <> ''",
+        names.join(", ")
+    )
+}
+
+/// The session setting that names a tenant for statements carrying no key.
+const SESSION_TENANT_SETTING: &str = "pgtenant.tenant";
 
 /// Reads back the settings a client changed (what PostgreSQL itself holds).
 const SESSION_SETTINGS_SQL: &str =
@@ -117,6 +137,9 @@ struct View {
     sql_prepared: HashMap<String, Arc<str>>,
     /// Settings it changed since startup, as the server reported them.
     session: ParamMap,
+    /// Custom (dotted) settings it set: pg_settings does not list them, so they are read
+    /// back by name (bounded: a client naming hundreds of them gets the first 64).
+    custom: std::collections::BTreeSet<String>,
     /// Startup settings overlaid with `session`: what every server it uses must have.
     desired: Arc<ParamMap>,
 }
@@ -671,6 +694,7 @@ impl Session<'_> {
                 if !track || p.name.is_empty() {
                     if changes_session(p.query) {
                         a.session_changed = true;
+                        self.view.custom.extend(custom_setting_names(p.query));
                     }
                     if let Some(Command::DropDatabase { name }) = classify_single(p.query) {
                         self.ctx.pools.close_idle_database(&name);
@@ -696,6 +720,9 @@ impl Session<'_> {
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
                 let def = self.ctx.statements.intern(&p, key);
                 a.session_changed |= def.changes_session;
+                if def.changes_session {
+                    self.view.custom.extend(custom_setting_names(&def.query));
+                }
                 self.view.statements.insert(p.name.to_owned(), def.clone());
                 if a.server.prepared.touch(def.id) {
                     a.pipe.push(Expect::Synthetic(vec![Frame::new(b'1', &[])]));
@@ -713,6 +740,9 @@ impl Session<'_> {
                 {
                     Some(def) => {
                         a.session_changed |= def.changes_session;
+                        if def.changes_session {
+                            self.view.custom.extend(custom_setting_names(&def.query));
+                        }
                         if !a.server.prepared.touch(def.id) {
                             prepare_on(a, def, cap, false);
                         }
@@ -793,6 +823,7 @@ impl Session<'_> {
                 };
                 if changes_session(&sql) {
                     a.session_changed = true;
+                    self.view.custom.extend(custom_setting_names(&sql));
                 }
                 a.server.conn.queue(&f);
                 a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
@@ -822,8 +853,9 @@ impl Session<'_> {
             return Ok(());
         };
         let mut prepare = None;
-        if calls_set_config(&sql) {
+        if calls_set_config(&sql) || cmds.iter().any(|c| matches!(c, Command::SessionChange)) {
             a.session_changed = true;
+            self.view.custom.extend(custom_setting_names(&sql));
         }
         for c in &cmds {
             match c {
@@ -887,9 +919,30 @@ impl Session<'_> {
         let health = &self.ctx.node_health;
         let local_refs =
             self.ctx.settings.load().reference_reads == crate::config::ReferenceReads::LocalWorker;
+        // `SET pgtenant.tenant = '42'`: a session-wide hint for statements without a key,
+        // given to the planner as the sqlcommenter comment it already understands.
+        let session_hint = self
+            .view
+            .desired
+            .get(SESSION_TENANT_SETTING)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                format!(
+                    " /* tenant_id='{}' */",
+                    v.replace('\\', "\\\\")
+                        .replace('\'', "\\'")
+                        .replace("*/", "")
+                )
+            });
         let decision = match f.tag() {
             b'Q' => match decode::query_text(f.body()) {
-                Ok(sql) => match decide_simple(planner, &map, health, sql, local_refs) {
+                Ok(sql) => match decide_simple(
+                    planner,
+                    &map,
+                    health,
+                    &hinted(sql, session_hint.as_deref()),
+                    local_refs,
+                ) {
                     Decision::Hold(t) => {
                         let tag = tx_tag(t, sql);
                         if self.hold_transaction_control(t, tag, &f) {
@@ -908,7 +961,14 @@ impl Session<'_> {
             }
             b'B' => match Bind::decode(f.body()) {
                 Ok(b) => match self.statement_text(b.statement) {
-                    Some(sql) => match decide_bind(planner, &map, health, &sql, &b, local_refs) {
+                    Some(sql) => match decide_bind(
+                        planner,
+                        &map,
+                        health,
+                        &hinted(&sql, session_hint.as_deref()),
+                        &b,
+                        local_refs,
+                    ) {
                         Decision::Hold(t) => {
                             let tag = tx_tag(t, &sql);
                             let unnamed = b.statement.is_empty();
@@ -1165,6 +1225,16 @@ impl Session<'_> {
             tracing::trace!(server = a.server.id, tag = %(tag as char), head = ?a.pipe.q.front(), queued = a.pipe.q.len(), "server message");
             match tag {
                 b'E' => {
+                    if a.pool.key.node != self.c.pool.key.node {
+                        // On a worker, a missing relation or an internal error can mean the
+                        // shard moved away: check the map now rather than at the next tick.
+                        let code = ErrorFields::parse(f.body())
+                            .map(|e| e.code)
+                            .unwrap_or_default();
+                        if matches!(code.as_str(), "42P01" | "XX000" | "55000") {
+                            self.ctx.shard_map.request_refresh();
+                        }
+                    }
                     if !hidden || show_errors {
                         self.c.conn.queue(&f);
                     } else {
@@ -1306,7 +1376,11 @@ impl Session<'_> {
             let _ = self.c.conn.flush().await;
         }
         if a.session_changed {
-            match a.server.query_pairs(SESSION_SETTINGS_SQL).await {
+            while self.view.custom.len() > 64 {
+                self.view.custom.pop_last();
+            }
+            let sql = session_settings_sql(&self.view.custom);
+            match a.server.query_pairs(&sql).await {
                 Ok(rows) => {
                     // What the server holds now is the client's session, exactly: a
                     // startup setting the client RESET is gone from it (the client saw
@@ -1452,6 +1526,14 @@ fn emit_synthetic(a: &mut Attached, client: &mut crate::net::Connection) {
             _ => return,
         }
         a.pipe.skip_markers();
+    }
+}
+
+/// `sql` with the session's tenant hint appended, if there is one.
+fn hinted<'a>(sql: &'a str, hint: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match hint {
+        Some(h) => std::borrow::Cow::Owned(format!("{sql}{h}")),
+        None => std::borrow::Cow::Borrowed(sql),
     }
 }
 

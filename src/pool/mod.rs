@@ -740,6 +740,13 @@ impl Pools {
         self.close_idle_where(|k| &*k.database == database);
     }
 
+    /// After a new shard map: close the idle connections of pools on nodes that are no
+    /// longer in it (a removed or replaced worker). Busy ones close when they come back,
+    /// since nothing routes there any more.
+    pub fn close_idle_on_nodes_except(&self, keep: &[Node]) {
+        self.close_idle_where(|k| &*k.node.name != "coordinator" && !keep.contains(&k.node));
+    }
+
     fn close_idle_where(&self, pick: impl Fn(&PoolKey) -> bool) {
         for p in self.all().into_iter().filter(|p| pick(&p.key)) {
             let idle: Vec<ServerConn> = {

@@ -99,6 +99,50 @@ pub fn classify_single(sql: &str) -> Option<Command> {
     }
 }
 
+/// Names of custom (dotted) settings a query string sets: `SET [SESSION] app.x …` and
+/// `set_config('app.x', …)` with a literal name. PostgreSQL's pg_settings does not list
+/// such placeholder settings, so the session loop reads them back by name.
+pub fn custom_setting_names(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lx = Lexer {
+        s: sql.as_bytes(),
+        i: 0,
+    };
+    loop {
+        let w = lx.statement_words(3);
+        if w.first().is_some_and(|x| x.keyword == "set") {
+            let i = if w.get(1).is_some_and(|x| x.keyword == "session") {
+                2
+            } else {
+                1
+            };
+            if let Some(n) = w.get(i).filter(|x| x.ident.contains('.')) {
+                out.push(n.ident.clone());
+            }
+        }
+        if lx.at_end() {
+            break;
+        }
+    }
+    let lower = sql.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(pos) = lower[from..].find("set_config") {
+        let rest = lower[from + pos + 10..].trim_start();
+        if let Some(r) = rest.strip_prefix('(') {
+            if let Some(r) = r.trim_start().strip_prefix('\'') {
+                if let Some(end) = r.find('\'') {
+                    let name = &r[..end];
+                    if name.contains('.') && !out.iter().any(|n| n == name) {
+                        out.push(name.to_owned());
+                    }
+                }
+            }
+        }
+        from += pos + 10;
+    }
+    out
+}
+
 fn classify_words(w: &[Word]) -> Command {
     let kw = |i: usize| w.get(i).map(|x| x.keyword.as_str()).unwrap_or("");
     let name = |i: usize| w.get(i).map(|x| x.ident.clone());
@@ -224,7 +268,9 @@ impl Lexer<'_> {
                 let start = self.i;
                 while !self.at_end() {
                     let c = self.peek(0);
-                    if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
+                    // `.` joins dotted names (custom settings like app.tenant).
+                    if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c == b'.' || c >= 0x80
+                    {
                         self.i += 1;
                     } else {
                         break;
@@ -355,6 +401,25 @@ mod tests {
             classify("select 1; set x.y = '1;2'; select ';'"),
             vec![Command::Other, Command::SessionChange, Command::Other]
         );
+    }
+
+    #[test]
+    fn custom_settings_are_found() {
+        assert_eq!(
+            custom_setting_names("SET app.tenant = '5'"),
+            vec!["app.tenant".to_string()]
+        );
+        assert_eq!(
+            custom_setting_names("set session My.X to 1; set timezone = 'UTC'"),
+            vec!["my.x".to_string()]
+        );
+        assert_eq!(
+            custom_setting_names(
+                "select set_config( 'app.user', $1, false), set_config('TimeZone', 'UTC', false)"
+            ),
+            vec!["app.user".to_string()]
+        );
+        assert!(custom_setting_names("select 1").is_empty());
     }
 
     #[test]
