@@ -6,7 +6,7 @@
 //! - [`Planner`] (`cache.rs`, `mask.rs`): the same behind a bounded plan cache, keyed by the
 //!   exact text (extended protocol) or the text with its literals masked (simple protocol).
 //! - [`command`]: a light keyword classifier for the statements that change session state.
-//! - [`Router`]: the seam the session loop calls for the first message of a transaction.
+//! - [`Router`]: holds the shared planner; `frontend::routing` turns a plan into a node.
 //!
 //! # Rules
 //!
@@ -76,15 +76,9 @@ pub use cache::{Planner, Routed, DEFAULT_CAPACITY};
 pub use mask::{mask, LITERAL_PARAM_BASE};
 pub use plan::{plan, KeySource, Plan, Reason, TenantValue, TxControl};
 
-use crate::net::Frame;
 
-/// The destination the router picked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Coordinator,
-}
-
-/// Decides the node for the first message of a transaction. Does no I/O.
+/// The router's shared state: the planner and its plan cache (the route decision itself
+/// is `frontend::routing`, which adds the shard map and node health). Does no I/O.
 #[derive(Debug, Default)]
 pub struct Router {
     planner: Planner,
@@ -98,12 +92,6 @@ impl Router {
     /// The shared planner and plan cache.
     pub fn planner(&self) -> &Planner {
         &self.planner
-    }
-
-    /// The node for a transaction that starts with `first`.
-    pub fn route(&self, first: &Frame) -> Route {
-        let _ = first;
-        Route::Coordinator
     }
 }
 

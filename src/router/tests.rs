@@ -4,7 +4,6 @@ use std::sync::Arc;
 use super::corpus::{catalog, Expect, CORPUS};
 use super::*;
 use crate::citus::DistType;
-use crate::protocol::build;
 
 fn p(sql: &str) -> Plan {
     plan(sql, &catalog())
@@ -33,12 +32,6 @@ fn coord(sql: &str) -> Reason {
 
 fn lit(s: &str) -> KeySource {
     KeySource::Literal(s.into())
-}
-
-#[test]
-fn everything_goes_to_the_coordinator_for_now() {
-    let r = Router::new();
-    assert_eq!(r.route(&build::query("select 1")), Route::Coordinator);
 }
 
 #[test]
