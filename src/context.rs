@@ -41,6 +41,8 @@ pub struct Context {
     pub admin: crate::admin::AdminState,
     /// Liveness and readiness state for /healthz and /readyz.
     pub health: crate::metrics::Health,
+    /// The busiest tenants (SHOW TENANTS), in bounded memory.
+    pub tenants: crate::metrics::tenants::Tenants,
 }
 
 impl Context {

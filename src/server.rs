@@ -141,6 +141,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         shutdown: CancellationToken::new(),
         admin: crate::admin::AdminState::new(overrides.clone()),
         health: Default::default(),
+        tenants: Default::default(),
     });
 
     let stop_accepting = CancellationToken::new();

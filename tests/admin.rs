@@ -204,7 +204,7 @@ async fn pgbouncer_headers_and_counters() {
     // Unknown commands are refused as PgBouncer refuses them; the console stays usable.
     let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "frobnicate");
     assert!(!ok && err.contains("invalid command 'frobnicate'"), "{err}");
-    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "show tenants");
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "suspend");
     assert!(!ok && err.contains("not supported yet"), "{err}");
 }
 
@@ -392,4 +392,219 @@ async fn citus_nodes_shards_tenants() {
     );
     let pc = rows(&admin(&p, "show plan_cache"));
     assert!(pc[0]["hits"].parse::<u64>().unwrap() >= 1, "{pc:?}");
+}
+
+/// The worker's counters in SHOW NODES for the node listening on `port`.
+fn node_row(p: &Pgtenant, port: u16) -> std::collections::HashMap<String, String> {
+    rows(&admin(p, "SHOW NODES"))
+        .into_iter()
+        .find(|r| r["port"] == port.to_string())
+        .unwrap_or_else(|| panic!("no node on port {port}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_tenants_and_latency() {
+    let cluster = CitusCluster::start(CitusOptions {
+        tenants: 50,
+        ..CitusOptions::default()
+    });
+    let p = Pgtenant::start(
+        &[
+            "run",
+            "--upstream",
+            &cluster.upstream_url(),
+            "--pool-size",
+            "4",
+            "--admin-users",
+            "app",
+        ],
+        &[],
+    );
+    wait_for_map(&p);
+    let t = rows(&admin(&p, "SHOW TENANTS"));
+    assert!(t.is_empty(), "{t:?}");
+    let header = admin(&p, "SHOW TENANTS");
+    assert_eq!(
+        header.lines().next().unwrap(),
+        "tenant|colocation|node|statements|time_us|errors|error_bound|ranked_by"
+    );
+
+    let key = cluster.tenant_key("orders", 42);
+    let port = cluster.owner_port("orders", &key);
+    let before: u64 = node_row(&p, port)["query_count"].parse().unwrap();
+    let c = support::connect(&p.url("app", "secret", "app")).await;
+    for _ in 0..100 {
+        c.simple_query(&format!(
+            "select count(*) from orders where account_id = {key}"
+        ))
+        .await
+        .unwrap();
+    }
+    // A little traffic for other tenants, and one error for 42.
+    for i in 1..=5 {
+        let k = cluster.tenant_key("orders", i);
+        c.simple_query(&format!(
+            "select count(*) from orders where account_id = {k}"
+        ))
+        .await
+        .unwrap();
+    }
+    let after: u64 = node_row(&p, port)["query_count"].parse().unwrap();
+    assert_eq!(
+        after - before,
+        105 - (1..=5)
+            .filter(|&i| { cluster.owner_port("orders", &cluster.tenant_key("orders", i)) != port })
+            .count() as u64,
+        "node counter for tenant {key}'s node"
+    );
+
+    let bad = c
+        .simple_query(&format!(
+            "select 1 / (account_id - {key}) from orders where account_id = {key}"
+        ))
+        .await;
+    assert!(bad.is_err());
+    // Bind parameters name the tenant too.
+    let n: i64 = c
+        .query_one(
+            "select count(*) from orders where account_id = $1",
+            &[&key.parse::<i64>().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n > 0);
+
+    let t = rows(&admin(&p, "SHOW TENANTS"));
+    let r = t
+        .iter()
+        .find(|r| r["tenant"] == key)
+        .unwrap_or_else(|| panic!("tenant {key} not listed: {t:?}"));
+    assert_eq!(r["ranked_by"], "statements");
+    assert!(r["statements"].parse::<u64>().unwrap() >= 100, "{r:?}");
+    assert!(r["errors"].parse::<u64>().unwrap() >= 1, "{r:?}");
+    assert!(r["time_us"].parse::<u64>().unwrap() > 0, "{r:?}");
+    assert_eq!(r["error_bound"], "0");
+    assert_eq!(r["node"], node_row(&p, port)["node"], "{r:?}");
+    // Heaviest first.
+    assert_eq!(t[0]["tenant"], key, "{t:?}");
+
+    // SHOW LATENCY: process-wide rows with quantiles that moved.
+    let out = admin(&p, "SHOW LATENCY");
+    assert_eq!(
+        out.lines().next().unwrap(),
+        "metric|node|count|p50_us|p90_us|p99_us|p99_9_us|avg_us"
+    );
+    let lat = rows(&out);
+    assert_eq!(lat.len(), 3, "{lat:?}");
+    for m in ["query", "transaction", "wait"] {
+        let r = lat.iter().find(|r| r["metric"] == m).unwrap();
+        assert!(r["count"].parse::<u64>().unwrap() >= 100, "{r:?}");
+        let q: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p99_9_us"]
+            .iter()
+            .map(|c| r[*c].parse().unwrap_or(u64::MAX))
+            .collect();
+        assert!(q.windows(2).all(|w| w[0] <= w[1]), "{r:?}");
+    }
+}
+
+/// An admin command run on a blocking thread (PAUSE may take a while to answer).
+fn admin_async(p: &Pgtenant, sql: &str) -> tokio::task::JoinHandle<(bool, String, String)> {
+    let port = p.port();
+    let sql = sql.to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(support::pg_bin("psql"))
+            .args(["-X", "-A", "-F", "|", "-P", "footer=off", "-h", "127.0.0.1"])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "app",
+                "-d",
+                "pgtenant",
+                "-c",
+                &sql,
+            ])
+            .env("PGPASSWORD", "secret")
+            .env_remove("PGSERVICE")
+            .env_remove("PGSSLMODE")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    })
+}
+
+fn state_paused(p: &Pgtenant) -> String {
+    rows(&admin(p, "SHOW STATE"))
+        .into_iter()
+        .find(|r| r["key"] == "paused")
+        .unwrap()["value"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_and_resume() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin-pause");
+    let p = start(&pg, &dir, "pool_mode = \"transaction\"");
+    let url = p.url("app", "secret", "app");
+    let busy = support::connect(&url).await;
+    let waiter = std::sync::Arc::new(support::connect(&url).await);
+    waiter.simple_query("select 1").await.unwrap();
+
+    // RESUME with nothing paused is refused, as in PgBouncer.
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "RESUME");
+    assert!(!ok && err.contains("not paused"), "{err}");
+    // Stats users may not pause.
+    let (ok, _, err) = psql(&p, "monitor", "monpw", "pgtenant", "PAUSE");
+    assert!(!ok && err.contains("admin access needed"), "{err}");
+
+    // PAUSE waits for the transaction that holds a server.
+    busy.simple_query("begin; select 1").await.unwrap();
+    let pause = admin_async(&p, "PAUSE");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!pause.is_finished(), "PAUSE returned with a server in use");
+    assert_eq!(state_paused(&p), "yes");
+    busy.simple_query("commit").await.unwrap();
+    let (ok, _, err) = tokio::time::timeout(Duration::from_secs(10), pause)
+        .await
+        .expect("PAUSE returns once the server is released")
+        .unwrap();
+    assert!(ok, "{err}");
+
+    // A new transaction waits until RESUME.
+    let w = waiter.clone();
+    let q = tokio::spawn(async move { w.simple_query("select 42").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!q.is_finished(), "a query ran while paused");
+    admin(&p, "RESUME");
+    assert_eq!(state_paused(&p), "no");
+    tokio::time::timeout(Duration::from_secs(10), q)
+        .await
+        .expect("the query runs after RESUME")
+        .unwrap()
+        .unwrap();
+
+    // PAUSE of one database holds its clients until RESUME of that database.
+    admin(&p, "PAUSE app");
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "PAUSE app");
+    assert!(!ok && err.contains("already paused"), "{err}");
+    let w = waiter.clone();
+    let q = tokio::spawn(async move { w.simple_query("select 7").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !q.is_finished(),
+        "a query ran while its database was paused"
+    );
+    admin(&p, "RESUME app");
+    tokio::time::timeout(Duration::from_secs(10), q)
+        .await
+        .expect("the query runs after RESUME app")
+        .unwrap()
+        .unwrap();
 }

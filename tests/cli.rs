@@ -229,6 +229,10 @@ async fn precedence_file_then_env_then_flags() {
     for (what, extra, env, want) in cases {
         let args: Vec<&str> = run.iter().chain(extra.iter()).copied().collect();
         let p = spawn_on(&args, env, port_a);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while logged_pool_size(&p.logs()).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert_eq!(
             logged_pool_size(&p.logs()),
             Some(want),
@@ -276,6 +280,21 @@ fn logs_pool_mode(logs: &str, mode: &str) -> bool {
     })
 }
 
+/// The startup log line may be written a moment after the port accepts connections:
+/// wait for it (up to 10 s) instead of reading the log once.
+fn wait_pool_mode(p: &Pgtenant, mode: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if logs_pool_mode(&p.logs(), mode) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Backend pids seen by client A, then by B inside a transaction, then by A again.
 async fn pids_with_interleaved_transaction(p: &Pgtenant) -> (String, String, String) {
     let a = support::connect(&p.url("app", "secret", "app")).await;
@@ -304,7 +323,7 @@ async fn environment_alone_configures_a_working_pooler() {
             ("PGTENANT_POOL_MODE", "session"),
         ],
     );
-    assert!(logs_pool_mode(&p.logs(), "session"), "{}", p.logs());
+    assert!(wait_pool_mode(&p, "session"), "{}", p.logs());
     // Session mode: A keeps its server while B holds another one.
     let (a1, b1, a2) = pids_with_interleaved_transaction(&p).await;
     assert_eq!(a1, a2, "session mode: A changed server");
@@ -320,7 +339,7 @@ async fn environment_alone_configures_a_working_pooler() {
             ("PGTENANT_POOL_MODE", "transaction"),
         ],
     );
-    assert!(logs_pool_mode(&p.logs(), "transaction"), "{}", p.logs());
+    assert!(wait_pool_mode(&p, "transaction"), "{}", p.logs());
     // Transaction mode: B's transaction takes the idle server A used; A gets another.
     let (a1, b1, a2) = pids_with_interleaved_transaction(&p).await;
     assert_eq!(a1, b1, "transaction mode: the idle server was not reused");

@@ -487,3 +487,107 @@ async fn citus_shard_map_routing_and_worker_down() {
     );
     drop((c, c2));
 }
+
+/// `pgtenant_server_errors_total` counts relayed ErrorResponses by SQLSTATE class, and
+/// `pgtenant_clients` tells logging-in, active, waiting and idle clients apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_by_class_and_clients_by_state() {
+    let pg = PgServer::start();
+    let (p, http) = start(&pg, &["--pool-size", "1", "--pool-mode", "transaction"]);
+    let r = get_until(http, "/readyz", |r| r.status == 200).await;
+    assert_eq!(r.status, 200, "/readyz: {}\n{}", r.body, p.logs());
+    let url = p.url("app", "secret", "app");
+    let errors =
+        |s: &[Sample], class: &str| sum(s, "pgtenant_server_errors_total", &[("class", class)]);
+    let clients = |s: &[Sample], state: &str| sum(s, "pgtenant_clients", &[("state", state)]);
+
+    let before = scrape(http).await;
+    let c1 = support::connect(&url).await;
+    for _ in 0..3 {
+        let e = c1.simple_query("SELECT 1/0").await.unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some("22012"), "{e}");
+    }
+    let e = c1
+        .simple_query("SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42P01"), "{e}");
+    c1.simple_query("SELECT 1").await.unwrap();
+
+    let after = scrape(http).await;
+    assert_eq!(errors(&after, "22") - errors(&before, "22"), 3.0);
+    assert_eq!(errors(&after, "42") - errors(&before, "42"), 1.0);
+    assert_eq!(
+        sum(&after, "pgtenant_server_errors_total", &[])
+            - sum(&before, "pgtenant_server_errors_total", &[]),
+        4.0,
+        "only the four errors are counted"
+    );
+    // c1 is between transactions: idle, holding no server.
+    assert_eq!(
+        clients(&after, "active"),
+        0.0,
+        "{:?}",
+        after
+            .iter()
+            .filter(|s| s.name == "pgtenant_clients")
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(clients(&after, "idle"), 1.0);
+    assert_eq!(clients(&after, "waiting"), 0.0);
+    assert_eq!(clients(&after, "login"), 0.0);
+
+    // c2 holds the only server connection in a transaction; c3 waits for it; a raw TCP
+    // connection that never sends a startup packet is logging in.
+    let c2 = support::connect(&url).await;
+    c2.simple_query("BEGIN; SELECT 1").await.unwrap();
+    let c3 = support::connect(&url).await;
+    let waiter = tokio::spawn(async move { c3.simple_query("SELECT 2").await.map(|_| c3) });
+    let raw = std::net::TcpStream::connect(("127.0.0.1", p.port())).unwrap();
+    let s = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = scrape(http).await;
+            if (clients(&s, "waiting") >= 1.0 && clients(&s, "login") >= 1.0)
+                || Instant::now() >= deadline
+            {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let states: Vec<_> = ["login", "active", "waiting", "idle"]
+        .iter()
+        .map(|st| (*st, clients(&s, st)))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("login", 1.0),
+            ("active", 1.0),
+            ("waiting", 1.0),
+            ("idle", 1.0)
+        ],
+        "c1 idle, c2 active, c3 waiting, raw logging in\n{}",
+        p.logs()
+    );
+    assert_eq!(sum(&s, "pgtenant_client_connections", &[]), 4.0);
+
+    c2.simple_query("COMMIT").await.unwrap();
+    let c3 = waiter.await.unwrap().unwrap();
+    drop(raw);
+    let s = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = scrape(http).await;
+            if clients(&s, "login") == 0.0 || Instant::now() >= deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(clients(&s, "active") + clients(&s, "waiting"), 0.0);
+    assert_eq!(clients(&s, "idle"), 3.0);
+    assert_eq!(clients(&s, "login"), 0.0);
+    drop((c1, c2, c3));
+}

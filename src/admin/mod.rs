@@ -10,10 +10,12 @@
 //! order are PgBouncer 1.25's exactly. Every value is sent as text.
 mod control;
 pub mod parser;
+mod pause;
 mod registry;
 mod show_citus;
 mod show_clients;
 mod show_config;
+mod show_metrics;
 mod show_pools;
 mod show_stats;
 
@@ -26,6 +28,7 @@ use crate::net::{Connection, Frame};
 use crate::protocol::{build, sqlstate};
 
 pub use parser::{parse, Command, Show};
+pub use pause::PauseState;
 pub use registry::{ClientInfo, ClientRegistry};
 
 /// Database names that reach the admin console.
@@ -42,6 +45,8 @@ pub struct AdminState {
     pub overrides: Overrides,
     pub started: Instant,
     pub started_at: SystemTime,
+    /// PAUSE / RESUME.
+    pub pause: PauseState,
 }
 
 impl AdminState {
@@ -51,6 +56,7 @@ impl AdminState {
             overrides,
             started: Instant::now(),
             started_at: SystemTime::now(),
+            pause: PauseState::default(),
         }
     }
 }
@@ -203,8 +209,8 @@ pub async fn execute(
             }
             Show::Routes => rows(show_citus::routes(ctx)),
             Show::PlanCache => rows(show_citus::plan_cache(ctx)),
-            Show::Tenants => Err(AdminError::not_supported("SHOW TENANTS")),
-            Show::Latency => Err(AdminError::not_supported("SHOW LATENCY")),
+            Show::Tenants => rows(show_metrics::tenants(ctx)),
+            Show::Latency => rows(show_metrics::latency()),
         },
         Command::Reload => control::reload(ctx),
         Command::Shutdown => control::shutdown(ctx),
@@ -212,8 +218,8 @@ pub async fn execute(
         Command::Kill(db) => control::kill(ctx, db.as_deref()),
         Command::KillClient(id) => control::kill_client(ctx, id),
         Command::Set { key, value } => control::set(ctx, &key, &value),
-        Command::Pause(_) => Err(AdminError::not_supported("PAUSE")),
-        Command::Resume(_) => Err(AdminError::not_supported("RESUME")),
+        Command::Pause(db) => pause::pause(ctx, db.as_deref()).await,
+        Command::Resume(db) => pause::resume(ctx, db.as_deref()),
         Command::Suspend => Err(AdminError::not_supported("SUSPEND")),
         Command::WaitClose(_) => Err(AdminError::not_supported("WAIT_CLOSE")),
     }

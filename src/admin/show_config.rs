@@ -409,7 +409,7 @@ pub fn state(ctx: &Context) -> ResultSet {
     let shutting_down = ctx.shutdown.is_cancelled();
     for (k, v) in [
         ("active", !shutting_down),
-        ("paused", false),
+        ("paused", ctx.admin.pause.all_paused()),
         ("suspended", false),
     ] {
         rs.push_values([k, if v { "yes" } else { "no" }]);

@@ -235,9 +235,26 @@ pub fn decide_simple(
     sql: &str,
     local_reference_reads: bool,
 ) -> Decision {
+    decide_simple_keyed(planner, map, health, sql, local_reference_reads).0
+}
+
+/// The tenant a statement was routed by: its colocation group and value text.
+pub type TenantOf = Option<(u32, String)>;
+
+/// [`decide_simple`], with the tenant (colocation group, value text) when a key decided.
+pub fn decide_simple_keyed(
+    planner: &Planner,
+    map: &ShardMap,
+    health: &NodeHealth,
+    sql: &str,
+    local_reference_reads: bool,
+) -> (Decision, TenantOf) {
     let routed = planner.plan_simple(sql, &map.tables, map.version);
     if let Some(d) = from_plan(&routed.plan) {
-        return with_reference_reads(d, map, health, local_reference_reads);
+        return (
+            with_reference_reads(d, map, health, local_reference_reads),
+            None,
+        );
     }
     let Plan::Tenant {
         colocation,
@@ -245,11 +262,18 @@ pub fn decide_simple(
         ..
     } = &*routed.plan
     else {
-        return Decision::Coordinator(RouteReason::NoKey);
+        return (Decision::Coordinator(RouteReason::NoKey), None);
     };
-    match routed.key.as_deref().map(|k| hash_value(*dist_type, k)) {
-        Some(Ok(h)) => locate(map, health, *colocation, h),
-        _ => Decision::Coordinator(RouteReason::NoKey),
+    match routed
+        .key
+        .as_deref()
+        .map(|k| (hash_value(*dist_type, k), k))
+    {
+        Some((Ok(h), k)) => (
+            locate(map, health, *colocation, h),
+            Some((*colocation, k.to_owned())),
+        ),
+        _ => (Decision::Coordinator(RouteReason::NoKey), None),
     }
 }
 
@@ -262,9 +286,45 @@ pub fn decide_bind(
     bind: &Bind<'_>,
     local_reference_reads: bool,
 ) -> Decision {
+    decide_bind_keyed(planner, map, health, sql, bind, local_reference_reads).0
+}
+
+/// A tenant value as text for the console: text parameters as sent, binary integers
+/// decoded, other binary values in hex.
+fn value_text(dt: DistType, k: &KeySource, bind: &Bind<'_>) -> Option<String> {
+    match k {
+        KeySource::Literal(s) => Some(s.clone()),
+        KeySource::Param(i) => match bind.param(*i) {
+            Ok(Some((0, Some(v)))) => std::str::from_utf8(v).ok().map(str::to_owned),
+            Ok(Some((1, Some(v)))) => Some(match (dt, v.len()) {
+                (DistType::Int2, 2) => i16::from_be_bytes([v[0], v[1]]).to_string(),
+                (DistType::Int4, 4) => i32::from_be_bytes(v.try_into().ok()?).to_string(),
+                (DistType::Int8, 8) => i64::from_be_bytes(v.try_into().ok()?).to_string(),
+                (DistType::Text | DistType::Varchar | DistType::Bpchar, _) => {
+                    std::str::from_utf8(v).ok()?.to_owned()
+                }
+                _ => v.iter().map(|b| format!("{b:02x}")).collect(),
+            }),
+            _ => None,
+        },
+    }
+}
+
+/// [`decide_bind`], with the tenant (colocation group, value text) when a key decided.
+pub fn decide_bind_keyed(
+    planner: &Planner,
+    map: &ShardMap,
+    health: &NodeHealth,
+    sql: &str,
+    bind: &Bind<'_>,
+    local_reference_reads: bool,
+) -> (Decision, TenantOf) {
     let plan = planner.plan_extended(sql, &map.tables, map.version);
     if let Some(d) = from_plan(&plan) {
-        return with_reference_reads(d, map, health, local_reference_reads);
+        return (
+            with_reference_reads(d, map, health, local_reference_reads),
+            None,
+        );
     }
     let Plan::Tenant {
         colocation,
@@ -272,25 +332,38 @@ pub fn decide_bind(
         ..
     } = &*plan
     else {
-        return Decision::Coordinator(RouteReason::NoKey);
+        return (Decision::Coordinator(RouteReason::NoKey), None);
     };
     let dt: DistType = *dist_type;
     // Values that must agree are compared by hash: equal values hash equally, and two
     // values with one hash live in one shard anyway.
-    let value = plan.tenant_value(|k| match k {
-        KeySource::Literal(s) => hash_value(dt, s).ok(),
-        KeySource::Param(i) => match bind.param(*i) {
-            Ok(Some((0, Some(v)))) => std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| hash_value(dt, s).ok()),
-            Ok(Some((1, Some(v)))) => hash_binary(dt, v).ok(),
-            _ => None,
-        },
+    let mut first: Option<KeySource> = None;
+    let value = plan.tenant_value(|k| {
+        if first.is_none() {
+            first = Some(k.clone());
+        }
+        match k {
+            KeySource::Literal(s) => hash_value(dt, s).ok(),
+            KeySource::Param(i) => match bind.param(*i) {
+                Ok(Some((0, Some(v)))) => std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| hash_value(dt, s).ok()),
+                Ok(Some((1, Some(v)))) => hash_binary(dt, v).ok(),
+                _ => None,
+            },
+        }
     });
     match value {
-        TenantValue::Value(h) => locate(map, health, *colocation, h),
-        TenantValue::Conflict => Decision::Coordinator(RouteReason::MultiTenant),
-        TenantValue::Unknown | TenantValue::NotTenant => Decision::Coordinator(RouteReason::NoKey),
+        TenantValue::Value(h) => (
+            locate(map, health, *colocation, h),
+            first
+                .and_then(|k| value_text(dt, &k, bind))
+                .map(|v| (*colocation, v)),
+        ),
+        TenantValue::Conflict => (Decision::Coordinator(RouteReason::MultiTenant), None),
+        TenantValue::Unknown | TenantValue::NotTenant => {
+            (Decision::Coordinator(RouteReason::NoKey), None)
+        }
     }
 }
 

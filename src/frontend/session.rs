@@ -27,7 +27,7 @@ use super::login::{pool_error_frame, Client};
 use super::params::{self, ParamMap};
 use super::pipeline::{Expect, Pipeline, Req};
 use super::prepared::{calls_set_config, changes_session, StatementDef};
-use super::routing::{decide_bind, decide_simple, tx_tag, Decision, RouteReason};
+use super::routing::{decide_bind_keyed, decide_simple_keyed, tx_tag, Decision, RouteReason};
 use super::FrontendError;
 use crate::backend::{server_statement_name, ServerConn};
 use crate::config::PoolMode;
@@ -77,6 +77,8 @@ struct Attached {
     /// For the pool's query/transaction time counters (SHOW STATS).
     query_started: Option<std::time::Instant>,
     xact_started: std::time::Instant,
+    /// Counts this session in `pgtenant_clients{state="active"}` while attached.
+    _active: crate::metrics::counters::Active,
 }
 
 impl Attached {
@@ -177,6 +179,8 @@ struct Session<'a> {
     draining: bool,
     /// Transaction status the client last saw.
     client_tx: u8,
+    /// The tenant whose key routed the current transaction (SHOW TENANTS).
+    tenant: Option<crate::metrics::tenants::TenantKey>,
 }
 
 pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError> {
@@ -205,6 +209,7 @@ pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError
         shutdown: Box::pin(client.kill.clone().cancelled_owned()),
         draining: false,
         client_tx: b'I',
+        tenant: None,
         c: client,
     };
     drop(settings);
@@ -906,6 +911,15 @@ impl Session<'_> {
     /// and attach. Returns the message back when a server is attached and it must be
     /// forwarded; None when it was held, answered, or refused.
     async fn route_first(&mut self, f: Frame) -> Option<Frame> {
+        let pause = &self.ctx.admin.pause;
+        if pause.is_paused(&self.c.pool.key.database) {
+            // PAUSE: the new transaction waits for RESUME (or for its end: KILL, SHUTDOWN).
+            tokio::select! {
+                _ = pause.wait(&self.c.pool.key.database) => {}
+                _ = self.c.kill.cancelled() => {}
+                _ = self.ctx.shutdown.cancelled() => {}
+            }
+        }
         let map = match self.mode {
             PoolMode::Session => None,
             _ => self.ctx.shard_map.get(),
@@ -934,14 +948,18 @@ impl Session<'_> {
                         .replace("*/", "")
                 )
             });
+        let mut tenant = None;
         let decision = match f.tag() {
             b'Q' => match decode::query_text(f.body()) {
-                Ok(sql) => match decide_simple(
-                    planner,
-                    &map,
-                    health,
-                    &hinted(sql, session_hint.as_deref()),
-                    local_refs,
+                Ok(sql) => match keep_tenant(
+                    &mut tenant,
+                    decide_simple_keyed(
+                        planner,
+                        &map,
+                        health,
+                        &hinted(sql, session_hint.as_deref()),
+                        local_refs,
+                    ),
                 ) {
                     Decision::Hold(t) => {
                         let tag = tx_tag(t, sql);
@@ -961,13 +979,16 @@ impl Session<'_> {
             }
             b'B' => match Bind::decode(f.body()) {
                 Ok(b) => match self.statement_text(b.statement) {
-                    Some(sql) => match decide_bind(
-                        planner,
-                        &map,
-                        health,
-                        &hinted(&sql, session_hint.as_deref()),
-                        &b,
-                        local_refs,
+                    Some(sql) => match keep_tenant(
+                        &mut tenant,
+                        decide_bind_keyed(
+                            planner,
+                            &map,
+                            health,
+                            &hinted(&sql, session_hint.as_deref()),
+                            &b,
+                            local_refs,
+                        ),
                     ) {
                         Decision::Hold(t) => {
                             let tag = tx_tag(t, &sql);
@@ -1012,6 +1033,15 @@ impl Session<'_> {
             return self.attach(&f, coord).await.then_some(f);
         }
         self.ctx.routes.count(reason, to_worker);
+        self.tenant = None;
+        if let (RouteReason::TenantKey, Some((colocation, value))) = (reason, tenant) {
+            let k = self
+                .ctx
+                .tenants
+                .key(colocation, &value, pool.key.node.name.clone());
+            self.ctx.tenants.statement(&k);
+            self.tenant = Some(k);
+        }
         if to_worker {
             self.ctx.node_health.mark_up(&pool.key.node);
             return Some(f);
@@ -1130,7 +1160,11 @@ impl Session<'_> {
             // A pool on another node logs in as this client's user, with its secret.
             pool.set_credential(self.c.credential.clone());
         }
-        match pool.acquire().await {
+        let acquired = {
+            let _waiting = crate::metrics::counters::Waiting::enter();
+            pool.acquire().await
+        };
+        match acquired {
             Ok(server) => {
                 self.install(server, pool).await;
                 true
@@ -1152,6 +1186,7 @@ impl Session<'_> {
             session_changed: false,
             query_started: None,
             xact_started: std::time::Instant::now(),
+            _active: crate::metrics::counters::Active::enter(),
         };
         if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
             for sql in params::replay(&a.server.applied, &self.view.desired) {
@@ -1166,7 +1201,11 @@ impl Session<'_> {
     /// settings in line with the client's. On failure the client gets an error for this
     /// request and keeps its connection.
     async fn attach(&mut self, first: &Frame, pool: Arc<Pool>) -> bool {
-        match pool.acquire().await {
+        let acquired = {
+            let _waiting = crate::metrics::counters::Waiting::enter();
+            pool.acquire().await
+        };
+        match acquired {
             Ok(server) => {
                 self.install(server, pool).await;
                 true
@@ -1235,7 +1274,13 @@ impl Session<'_> {
                             self.ctx.shard_map.request_refresh();
                         }
                     }
+                    if !hidden {
+                        if let Some(k) = &self.tenant {
+                            self.ctx.tenants.error(k);
+                        }
+                    }
                     if !hidden || show_errors {
+                        crate::metrics::counters::SERVER_ERRORS.count_body(f.body());
                         self.c.conn.queue(&f);
                     } else {
                         let e = ErrorFields::parse(f.body()).unwrap_or_default();
@@ -1295,6 +1340,9 @@ impl Session<'_> {
                         a.pool.stats.add_query(t.elapsed());
                         if st == b'I' {
                             a.pool.stats.add_xact(a.xact_started.elapsed());
+                            if let Some(k) = self.tenant.take() {
+                                self.ctx.tenants.finished(&k, a.xact_started.elapsed());
+                            }
                         }
                     }
                     self.client_tx = client_st;
@@ -1535,6 +1583,15 @@ fn hinted<'a>(sql: &'a str, hint: Option<&str>) -> std::borrow::Cow<'a, str> {
         Some(h) => std::borrow::Cow::Owned(format!("{sql}{h}")),
         None => std::borrow::Cow::Borrowed(sql),
     }
+}
+
+/// Keep the tenant of a routing decision aside; return the decision.
+fn keep_tenant(
+    slot: &mut super::routing::TenantOf,
+    (d, t): (Decision, super::routing::TenantOf),
+) -> Decision {
+    *slot = t;
+    d
 }
 
 fn command_complete(tag: &str) -> Frame {

@@ -49,6 +49,12 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "Client connections open now.",
     ),
     (
+        "pgtenant_clients",
+        GAUGE,
+        &["state"],
+        "Client connections by state: login (not yet logged in), active (holding a server connection), waiting (for a server connection), idle (logged in, no server; admin console clients included).",
+    ),
+    (
         "pgtenant_server_connections",
         GAUGE,
         &["node", "state"],
@@ -113,6 +119,12 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         COUNTER,
         &["destination", "reason"],
         "Transactions routed, by destination (worker, coordinator) and the reason it was chosen.",
+    ),
+    (
+        "pgtenant_server_errors_total",
+        COUNTER,
+        &["class"],
+        "ErrorResponses from servers relayed to clients, by SQLSTATE class (first two characters of the code; other when unknown).",
     ),
     (
         "pgtenant_plan_cache_hits_total",
@@ -376,6 +388,22 @@ impl Collector for Scrape {
             ctx.clients.load(r) as f64,
         );
 
+        // Clients by state. `ctx.clients` counts from accept, the registry from login;
+        // the session guards count active and waiting (each read once, so a client changing
+        // state during the scrape can be off by one: saturating).
+        let open = u64::from(ctx.clients.load(r));
+        let logged_in = ctx.admin.clients.count_where(|_| true) as u64;
+        let active = super::counters::CLIENTS_ACTIVE.load(r);
+        let waiting = super::counters::CLIENTS_WAITING.load(r);
+        for (state, v) in [
+            ("login", open.saturating_sub(logged_in)),
+            ("active", active),
+            ("waiting", waiting),
+            ("idle", logged_in.saturating_sub(active + waiting)),
+        ] {
+            out.gauge("pgtenant_clients", &[state], v as f64);
+        }
+
         // Pools, summed per node (a pool is per node, database and user).
         let mut nodes: BTreeMap<Arc<str>, NodeSums> = BTreeMap::new();
         for p in ctx.pools.all() {
@@ -432,6 +460,10 @@ impl Collector for Scrape {
                     ctx.routes.get_to(reason, to_worker),
                 );
             }
+        }
+
+        for (class, n) in super::counters::SERVER_ERRORS.nonzero() {
+            out.counter("pgtenant_server_errors_total", &[class], n);
         }
 
         let (hits, misses, size) = ctx.router.planner().stats();

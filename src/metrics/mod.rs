@@ -8,12 +8,15 @@
 //! - [`latency`]: `Latency` and the process-wide `QUERY`, `TRANSACTION`, `WAIT` histograms.
 //! - [`health`]: liveness (heartbeat, accept loops) and readiness (draining, coordinator
 //!   reachable, shard map fresh).
+//! - [`counters`]: server errors by SQLSTATE class, clients active / waiting.
 //! - `collect`: the Prometheus collector over `Context`.
 //! - `http`: the hyper listener.
 mod collect;
+pub mod counters;
 pub mod health;
 mod http;
 pub mod latency;
+pub mod tenants;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -76,7 +76,6 @@ pub use cache::{Planner, Routed, DEFAULT_CAPACITY};
 pub use mask::{mask, LITERAL_PARAM_BASE};
 pub use plan::{plan, KeySource, Plan, Reason, TenantValue, TxControl};
 
-
 /// The router's shared state: the planner and its plan cache (the route decision itself
 /// is `frontend::routing`, which adds the shard map and node health). Does no I/O.
 #[derive(Debug, Default)]

@@ -1,0 +1,253 @@
+//! Process-wide counters the session loop bumps without a lock or an allocation:
+//! server errors by SQLSTATE class, and clients attached to a server or waiting for one.
+//!
+//! - [`SERVER_ERRORS`]: one `AtomicU64` per SQLSTATE class PostgreSQL defines, plus
+//!   `other`. The class (the code's first two characters) is read straight from the
+//!   ErrorResponse body and mapped to its slot through a 36×36 table built at compile
+//!   time: one relaxed add per error.
+//! - [`CLIENTS_ACTIVE`], [`CLIENTS_WAITING`]: gauges kept by the guards [`Active`] (held
+//!   while a session has a server connection) and [`Waiting`] (held while it waits in a
+//!   pool's acquire), so every exit path gives its count back.
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The SQLSTATE classes of PostgreSQL (errcodes.txt, PostgreSQL 17).
+pub const CLASSES: [&str; 43] = [
+    "00", "01", "02", "03", "08", "09", "0A", "0B", "0F", "0L", "0P", "0Z", "20", "21", "22", "23",
+    "24", "25", "26", "27", "28", "2B", "2D", "2F", "34", "38", "39", "3B", "3D", "3F", "40", "42",
+    "44", "53", "54", "55", "57", "58", "72", "F0", "HV", "P0", "XX",
+];
+
+/// Slot of a class that is not in [`CLASSES`] (or of an error without a code).
+pub const OTHER: usize = CLASSES.len();
+const SLOTS: usize = CLASSES.len() + 1;
+
+/// `0-9A-Z` → 0..36; anything else → None (SQLSTATEs are upper case).
+const fn base36(c: u8) -> Option<usize> {
+    match c {
+        b'0'..=b'9' => Some((c - b'0') as usize),
+        b'A'..=b'Z' => Some((c - b'A') as usize + 10),
+        _ => None,
+    }
+}
+
+/// Two-character class → slot, built at compile time.
+const SLOT_OF: [u8; 36 * 36] = {
+    let mut t = [OTHER as u8; 36 * 36];
+    let mut i = 0;
+    while i < CLASSES.len() {
+        let b = CLASSES[i].as_bytes();
+        match (base36(b[0]), base36(b[1])) {
+            (Some(h), Some(l)) => t[h * 36 + l] = i as u8,
+            _ => panic!("bad SQLSTATE class"),
+        }
+        i += 1;
+    }
+    t
+};
+
+/// The slot of a two-character SQLSTATE class (`OTHER` when unknown).
+#[inline]
+pub fn class_slot(class: [u8; 2]) -> usize {
+    match (base36(class[0]), base36(class[1])) {
+        (Some(h), Some(l)) => SLOT_OF[h * 36 + l] as usize,
+        _ => OTHER,
+    }
+}
+
+/// The label of a slot: the class, or `other`.
+pub fn slot_label(slot: usize) -> &'static str {
+    CLASSES.get(slot).copied().unwrap_or("other")
+}
+
+/// The class (first two characters of the `C` field) of an ErrorResponse or
+/// NoticeResponse body, without allocating. None when the body has no code.
+#[inline]
+pub fn sqlstate_class(body: &[u8]) -> Option<[u8; 2]> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            return None;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        if field == b'C' {
+            return match tail[..end] {
+                [a, b, ..] => Some([a, b]),
+                _ => None,
+            };
+        }
+        rest = &tail[end + 1..];
+    }
+    None
+}
+
+/// Errors by SQLSTATE class.
+pub struct ErrorClasses {
+    counts: [AtomicU64; SLOTS],
+}
+
+impl Default for ErrorClasses {
+    fn default() -> ErrorClasses {
+        ErrorClasses::new()
+    }
+}
+
+impl ErrorClasses {
+    pub const fn new() -> ErrorClasses {
+        ErrorClasses {
+            counts: [const { AtomicU64::new(0) }; SLOTS],
+        }
+    }
+
+    /// Count one error of `class`. Lock-free, allocation-free.
+    #[inline]
+    pub fn count(&self, class: [u8; 2]) {
+        self.counts[class_slot(class)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count the error an ErrorResponse body carries (`other` without a code).
+    #[inline]
+    pub fn count_body(&self, body: &[u8]) {
+        let slot = sqlstate_class(body).map_or(OTHER, class_slot);
+        self.counts[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Errors counted for one class label (`"22"`, …, `"other"`).
+    pub fn get(&self, label: &str) -> u64 {
+        let slot = match label.as_bytes() {
+            b"other" => OTHER,
+            &[a, b] => class_slot([a, b]),
+            _ => return 0,
+        };
+        self.counts[slot].load(Ordering::Relaxed)
+    }
+
+    /// (label, count) for every class counted at least once.
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (slot_label(i), c.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// ErrorResponses servers sent that were relayed to clients, by SQLSTATE class.
+pub static SERVER_ERRORS: ErrorClasses = ErrorClasses::new();
+
+/// Client sessions holding a server connection now.
+pub static CLIENTS_ACTIVE: AtomicU64 = AtomicU64::new(0);
+/// Client sessions waiting for a server connection now (pool acquire, connect included).
+pub static CLIENTS_WAITING: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a session in [`CLIENTS_ACTIVE`] while it lives.
+#[derive(Debug)]
+pub struct Active(());
+
+impl Active {
+    #[inline]
+    pub fn enter() -> Active {
+        CLIENTS_ACTIVE.fetch_add(1, Ordering::Relaxed);
+        Active(())
+    }
+}
+
+impl Drop for Active {
+    #[inline]
+    fn drop(&mut self) {
+        CLIENTS_ACTIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a session in [`CLIENTS_WAITING`] while it lives.
+#[derive(Debug)]
+pub struct Waiting(());
+
+impl Waiting {
+    #[inline]
+    pub fn enter() -> Waiting {
+        CLIENTS_WAITING.fetch_add(1, Ordering::Relaxed);
+        Waiting(())
+    }
+}
+
+impl Drop for Waiting {
+    #[inline]
+    fn drop(&mut self) {
+        CLIENTS_WAITING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_body(code: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (t, v) in [
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', code),
+            (b'M', "boom"),
+        ] {
+            b.push(t);
+            b.extend_from_slice(v.as_bytes());
+            b.push(0);
+        }
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn classes_map_to_their_own_slot() {
+        for (i, c) in CLASSES.iter().enumerate() {
+            let b = c.as_bytes();
+            assert_eq!(class_slot([b[0], b[1]]), i, "{c}");
+            assert_eq!(slot_label(i), *c);
+        }
+        assert_eq!(class_slot(*b"ZZ"), OTHER);
+        assert_eq!(class_slot(*b"2a"), OTHER);
+        assert_eq!(class_slot([0, 0xff]), OTHER);
+        assert_eq!(slot_label(OTHER), "other");
+    }
+
+    #[test]
+    fn class_is_read_from_the_body() {
+        assert_eq!(sqlstate_class(&error_body("22012")), Some(*b"22"));
+        assert_eq!(sqlstate_class(&error_body("X")), None);
+        assert_eq!(sqlstate_class(b"Mno code\0\0"), None);
+        assert_eq!(sqlstate_class(b"C22"), None, "unterminated field");
+        assert_eq!(sqlstate_class(b""), None);
+    }
+
+    #[test]
+    fn counts_by_class() {
+        let e = ErrorClasses::new();
+        e.count_body(&error_body("22012"));
+        e.count_body(&error_body("22P02"));
+        e.count_body(&error_body("42P01"));
+        e.count_body(&error_body("QQ000"));
+        e.count_body(b"Mno code\0\0");
+        assert_eq!(e.get("22"), 2);
+        assert_eq!(e.get("42"), 1);
+        assert_eq!(e.get("other"), 2);
+        assert_eq!(e.nonzero(), vec![("22", 2), ("42", 1), ("other", 2)]);
+    }
+
+    #[test]
+    fn guards_give_their_count_back() {
+        let (a0, w0) = (
+            CLIENTS_ACTIVE.load(Ordering::Relaxed),
+            CLIENTS_WAITING.load(Ordering::Relaxed),
+        );
+        {
+            let _a = Active::enter();
+            let _w = Waiting::enter();
+            assert!(CLIENTS_ACTIVE.load(Ordering::Relaxed) > a0);
+            assert!(CLIENTS_WAITING.load(Ordering::Relaxed) > w0);
+        }
+        // No lib test runs a session, so nothing else moves these gauges.
+        assert_eq!(CLIENTS_ACTIVE.load(Ordering::Relaxed), a0);
+        assert_eq!(CLIENTS_WAITING.load(Ordering::Relaxed), w0);
+    }
+}

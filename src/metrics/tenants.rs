@@ -1,0 +1,305 @@
+//! The busiest tenants in bounded memory: Space-Saving heavy-hitters sketches.
+//!
+//! Two sketches, one ranked by statements (routed transactions) and one by transaction
+//! time. Each has a fixed number of counters (`SHARDS` × `PER_SHARD`), split into shards
+//! by the key's hash, each shard behind its own small `Mutex`: a statement takes one
+//! shard lock per sketch, never a global one. When a new tenant arrives at a full shard it
+//! takes over the counter with the smallest weight, inheriting that weight (Space-Saving):
+//! a listed count over-estimates the truth by at most `error_bound`, and any tenant whose
+//! true weight exceeds total / capacity is guaranteed to be listed.
+//!
+//! Each counter also carries the other numbers (statements, time, errors) accumulated
+//! since the tenant last took a counter; only the ranking weight carries the inherited
+//! over-estimate.
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub const SHARDS: usize = 16;
+/// Counters per shard: 16 × 64 = 1,024 counters per sketch.
+pub const PER_SHARD: usize = 64;
+
+/// One tenant's counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRow {
+    /// The tenant value as text.
+    pub tenant: Arc<str>,
+    pub colocation: u32,
+    /// The node its last transaction went to.
+    pub node: Arc<str>,
+    pub statements: u64,
+    pub time_us: u64,
+    pub errors: u64,
+    /// The ranking weight (statements or time) may be over-stated by at most this much.
+    pub error_bound: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Rank {
+    Statements,
+    Time,
+}
+
+impl Rank {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rank::Statements => "statements",
+            Rank::Time => "time",
+        }
+    }
+}
+
+type Key = (u32, Arc<str>);
+
+#[derive(Default)]
+struct Shard {
+    rows: Vec<TenantRow>,
+    index: HashMap<Key, usize>,
+}
+
+struct Sketch {
+    rank: Rank,
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl Sketch {
+    fn new(rank: Rank) -> Sketch {
+        Sketch {
+            rank,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn weight(&self, r: &TenantRow) -> u64 {
+        match self.rank {
+            Rank::Statements => r.statements,
+            Rank::Time => r.time_us,
+        }
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply `f` to the tenant's counter; `insert`: take a counter if it has none.
+    fn update(
+        &self,
+        shard: usize,
+        key: &Key,
+        node: Option<&Arc<str>>,
+        insert: bool,
+        f: impl FnOnce(&mut TenantRow),
+    ) {
+        let mut g = self.lock(shard);
+        if let Some(&i) = g.index.get(key) {
+            let r = &mut g.rows[i];
+            if let Some(n) = node {
+                if r.node != *n {
+                    r.node = n.clone();
+                }
+            }
+            f(r);
+            return;
+        }
+        if !insert {
+            return;
+        }
+        let node = node.cloned().unwrap_or_else(|| Arc::from(""));
+        let fresh = |min: u64| TenantRow {
+            tenant: key.1.clone(),
+            colocation: key.0,
+            node,
+            statements: 0,
+            time_us: 0,
+            errors: 0,
+            error_bound: min,
+        };
+        let i = if g.rows.len() < PER_SHARD {
+            g.rows.push(fresh(0));
+            g.rows.len() - 1
+        } else {
+            let (i, min) = g
+                .rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i, self.weight(r)))
+                .min_by_key(|&(_, w)| w)
+                .expect("a full shard has rows");
+            let old = &g.rows[i];
+            let old_key = (old.colocation, old.tenant.clone());
+            g.index.remove(&old_key);
+            let mut row = fresh(min);
+            // Space-Saving: the newcomer inherits the evicted weight.
+            match self.rank {
+                Rank::Statements => row.statements = min,
+                Rank::Time => row.time_us = min,
+            }
+            g.rows[i] = row;
+            i
+        };
+        g.index.insert(key.clone(), i);
+        f(&mut g.rows[i]);
+    }
+
+    fn rows(&self) -> Vec<TenantRow> {
+        let mut out = Vec::new();
+        for s in 0..SHARDS {
+            out.extend(self.lock(s).rows.iter().cloned());
+        }
+        out.sort_by(|a, b| {
+            self.weight(b)
+                .cmp(&self.weight(a))
+                .then_with(|| a.tenant.cmp(&b.tenant))
+        });
+        out
+    }
+
+    fn counters(&self) -> usize {
+        (0..SHARDS).map(|s| self.lock(s).rows.len()).sum()
+    }
+}
+
+/// A tenant as the session loop knows it while its transaction runs.
+#[derive(Debug, Clone)]
+pub struct TenantKey {
+    pub colocation: u32,
+    pub value: Arc<str>,
+    pub node: Arc<str>,
+    shard: usize,
+}
+
+/// The process-wide tenant sketches (`Context::tenants`).
+pub struct Tenants {
+    by_statements: Sketch,
+    by_time: Sketch,
+    hasher: RandomState,
+}
+
+impl Default for Tenants {
+    fn default() -> Tenants {
+        Tenants {
+            by_statements: Sketch::new(Rank::Statements),
+            by_time: Sketch::new(Rank::Time),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl Tenants {
+    /// The key of a tenant value in a colocation group, routed to `node`.
+    pub fn key(&self, colocation: u32, value: &str, node: Arc<str>) -> TenantKey {
+        let shard = (self.hasher.hash_one((colocation, value)) as usize) % SHARDS;
+        TenantKey {
+            colocation,
+            value: Arc::from(value),
+            node,
+            shard,
+        }
+    }
+
+    /// A transaction was routed by this tenant's key.
+    pub fn statement(&self, k: &TenantKey) {
+        let key = (k.colocation, k.value.clone());
+        self.by_statements
+            .update(k.shard, &key, Some(&k.node), true, |r| r.statements += 1);
+        self.by_time
+            .update(k.shard, &key, Some(&k.node), false, |r| r.statements += 1);
+    }
+
+    /// The tenant's transaction ended after `d`.
+    pub fn finished(&self, k: &TenantKey, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let key = (k.colocation, k.value.clone());
+        self.by_statements
+            .update(k.shard, &key, None, false, |r| r.time_us += us);
+        self.by_time
+            .update(k.shard, &key, Some(&k.node), us > 0, |r| r.time_us += us);
+    }
+
+    /// An ErrorResponse came back in the tenant's transaction.
+    pub fn error(&self, k: &TenantKey) {
+        let key = (k.colocation, k.value.clone());
+        self.by_statements
+            .update(k.shard, &key, None, false, |r| r.errors += 1);
+        self.by_time
+            .update(k.shard, &key, None, false, |r| r.errors += 1);
+    }
+
+    /// The top `n` tenants of one ranking, heaviest first.
+    pub fn top(&self, rank: Rank, n: usize) -> Vec<TenantRow> {
+        let mut v = match rank {
+            Rank::Statements => self.by_statements.rows(),
+            Rank::Time => self.by_time.rows(),
+        };
+        v.truncate(n);
+        v
+    }
+
+    /// Counters in use (both sketches); never more than 2 × SHARDS × PER_SHARD.
+    pub fn counters(&self) -> usize {
+        self.by_statements.counters() + self.by_time.counters()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_million_tenants_in_fixed_memory_keep_the_heavy_ones() {
+        let t = Tenants::default();
+        let node: Arc<str> = Arc::from("worker-1");
+        let heavy: Vec<TenantKey> = ["42", "acme", "7"]
+            .iter()
+            .map(|v| t.key(1, v, node.clone()))
+            .collect();
+        for i in 0..1_000_000u32 {
+            let k = t.key(1, &format!("tenant-{i}"), node.clone());
+            t.statement(&k);
+            t.finished(&k, Duration::from_micros(10));
+            if i % 100 == 0 {
+                for (j, h) in heavy.iter().enumerate() {
+                    t.statement(h);
+                    t.finished(h, Duration::from_micros(1_000 * (j as u64 + 1)));
+                }
+            }
+            if i % 100_000 == 0 {
+                assert!(t.counters() <= 2 * SHARDS * PER_SHARD);
+            }
+        }
+        assert!(t.counters() <= 2 * SHARDS * PER_SHARD);
+        for rank in [Rank::Statements, Rank::Time] {
+            let top = t.top(rank, 3);
+            let mut names: Vec<&str> = top.iter().map(|r| &*r.tenant).collect();
+            names.sort();
+            assert_eq!(names, ["42", "7", "acme"], "{rank:?}");
+            if rank == Rank::Statements {
+                for r in &top {
+                    // 10,000 true statements each, over-stated by at most error_bound.
+                    assert!(r.statements >= 10_000, "{r:?}");
+                    assert!(r.statements - r.error_bound <= 10_000, "{r:?}");
+                }
+            }
+        }
+        assert_eq!(&*t.top(Rank::Time, 1)[0].tenant, "7");
+    }
+
+    #[test]
+    fn counts_errors_and_time() {
+        let t = Tenants::default();
+        let k = t.key(3, "42", Arc::from("worker-2"));
+        for _ in 0..5 {
+            t.statement(&k);
+        }
+        t.finished(&k, Duration::from_micros(250));
+        t.error(&k);
+        let r = &t.top(Rank::Statements, 10)[0];
+        assert_eq!(
+            (r.statements, r.time_us, r.errors, r.error_bound),
+            (5, 250, 1, 0)
+        );
+        assert_eq!((&*r.node, r.colocation), ("worker-2", 3));
+    }
+}
