@@ -608,3 +608,170 @@ async fn pause_and_resume() {
         .unwrap()
         .unwrap();
 }
+
+/// The state of every client of database `app`, by id.
+fn app_client_states(p: &Pgtenant) -> Vec<String> {
+    rows(&admin(p, "SHOW CLIENTS"))
+        .into_iter()
+        .filter(|r| r["database"] == "app")
+        .map(|r| r["state"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_and_server_states_maxwait_and_wait_close() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin-states");
+    let p = start(&pg, &dir, "pool_mode = \"transaction\"");
+    let url = p.url("app", "secret", "app");
+    // pool_size = 4: four clients in a transaction hold every server.
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let c = support::connect(&url).await;
+        c.simple_query("begin; select 1").await.unwrap();
+        busy.push(c);
+    }
+    let waiter = std::sync::Arc::new(support::connect(&url).await);
+    // Transaction mode, logged in, no server: idle.
+    assert_eq!(
+        app_client_states(&p),
+        ["active", "active", "active", "active", "idle"]
+    );
+    let servers = rows(&admin(&p, "SHOW SERVERS"));
+    assert_eq!(servers.len(), 4, "{servers:?}");
+    assert!(
+        servers.iter().all(|s| s["state"] == "active"),
+        "{servers:?}"
+    );
+
+    // The fifth client waits for a server.
+    let w = waiter.clone();
+    let q = tokio::spawn(async move { w.simple_query("select 1").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!q.is_finished());
+    assert_eq!(
+        app_client_states(&p),
+        ["active", "active", "active", "active", "waiting"]
+    );
+    let c = rows(&admin(&p, "SHOW CLIENTS"))
+        .into_iter()
+        .find(|r| r["state"] == "waiting")
+        .unwrap();
+    assert!(c["wait"].parse::<u64>().unwrap() >= 1, "{c:?}");
+    let pool = rows(&admin(&p, "SHOW POOLS"))
+        .into_iter()
+        .find(|r| r["database"] == "app")
+        .unwrap();
+    assert_eq!(pool["cl_waiting"], "1", "{pool:?}");
+    assert_eq!(pool["cl_active"], "4", "{pool:?}");
+    assert_eq!(pool["sv_active"], "4", "{pool:?}");
+    let maxwait = pool["maxwait"].parse::<u64>().unwrap();
+    let maxwait_us = pool["maxwait_us"].parse::<u64>().unwrap();
+    assert!(maxwait >= 1 && maxwait_us < 1_000_000, "{pool:?}");
+
+    // RECONNECT marks the lent servers; WAIT_CLOSE returns once they have closed.
+    admin(&p, "RECONNECT app");
+    let servers = rows(&admin(&p, "SHOW SERVERS"));
+    assert!(
+        servers.iter().all(|s| s["close_needed"] == "1"),
+        "{servers:?}"
+    );
+    let wait_close = admin_async(&p, "WAIT_CLOSE app");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!wait_close.is_finished(), "WAIT_CLOSE returned early");
+    for c in &busy {
+        c.simple_query("commit").await.unwrap();
+    }
+    let (ok, _, err) = tokio::time::timeout(Duration::from_secs(10), wait_close)
+        .await
+        .expect("WAIT_CLOSE returns once the marked servers closed")
+        .unwrap();
+    assert!(ok, "{err}");
+    tokio::time::timeout(Duration::from_secs(10), q)
+        .await
+        .expect("the waiting client gets a server")
+        .unwrap()
+        .unwrap();
+    // Fresh servers, none marked; nothing waits any more.
+    let servers = rows(&admin(&p, "SHOW SERVERS"));
+    assert!(
+        servers.iter().all(|s| s["close_needed"] == "0"),
+        "{servers:?}"
+    );
+    assert!(app_client_states(&p).iter().all(|s| s == "idle"));
+    let pool = rows(&admin(&p, "SHOW POOLS"))
+        .into_iter()
+        .find(|r| r["database"] == "app")
+        .unwrap();
+    assert_eq!(
+        (pool["cl_waiting"].as_str(), pool["maxwait"].as_str()),
+        ("0", "0"),
+        "{pool:?}"
+    );
+    // SUSPEND is not implemented: a clear feature_not_supported.
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "SUSPEND");
+    assert!(!ok && err.contains("SUSPEND"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_averages_over_the_period_and_used_servers() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin-period");
+    let p = start(&pg, &dir, "stats_period = 1\nserver_check_delay = 0");
+    let c = support::connect(&p.url("app", "secret", "app")).await;
+    for _ in 0..20 {
+        c.simple_query("select 1").await.unwrap();
+    }
+    let avg = |p: &Pgtenant| -> std::collections::HashMap<String, String> {
+        rows(&admin(p, "SHOW STATS_AVERAGES"))
+            .into_iter()
+            .find(|r| r["database"] == "app")
+            .unwrap()
+    };
+    // After the period ends, the averages are that period's: 20+ queries in ≤ 2 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = avg(&p);
+        if a["query_count"].parse::<u64>().unwrap() >= 10 {
+            assert!(a["query_time"].parse::<u64>().unwrap() > 0, "{a:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "averages never moved: {a:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A quiet period later they are back to zero, while the totals stay.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let a = avg(&p);
+    assert_eq!(
+        (a["query_count"].as_str(), a["query_time"].as_str()),
+        ("0", "0"),
+        "{a:?}"
+    );
+    let s = rows(&admin(&p, "SHOW STATS"))
+        .into_iter()
+        .find(|r| r["database"] == "app")
+        .unwrap();
+    assert!(
+        s["total_query_count"].parse::<u64>().unwrap() >= 20,
+        "{s:?}"
+    );
+    assert_eq!(s["avg_query_count"], "0", "{s:?}");
+
+    // server_check_delay = 0: an idle server is checked before reuse: `used`.
+    let servers = rows(&admin(&p, "SHOW SERVERS"));
+    assert!(
+        !servers.is_empty() && servers.iter().all(|s| s["state"] == "used"),
+        "{servers:?}"
+    );
+    let pool = rows(&admin(&p, "SHOW POOLS"))
+        .into_iter()
+        .find(|r| r["database"] == "app")
+        .unwrap();
+    assert_eq!(
+        (pool["sv_used"].as_str(), pool["sv_idle"].as_str()),
+        ("1", "0"),
+        "{pool:?}"
+    );
+    // Transaction mode (the default), between transactions: idle.
+    assert_eq!(app_client_states(&p), ["idle"]);
+}

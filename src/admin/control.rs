@@ -26,8 +26,14 @@ pub fn shutdown(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
 }
 
 /// Close idle server connections (of one database, or all); the next transaction opens
-/// fresh ones. Connections lent to clients finish their transaction first.
+/// fresh ones. Connections lent to clients are marked close_needed: they finish their
+/// transaction and are closed when they come back (WAIT_CLOSE waits for that).
 pub fn reconnect(ctx: &Arc<Context>, db: Option<&str>) -> Result<Reply, AdminError> {
+    for p in ctx.pools.all() {
+        if db.is_none_or(|db| *p.key.database == *db) {
+            p.mark_close_needed();
+        }
+    }
     match db {
         Some(db) => ctx.pools.close_idle_database(db),
         None => ctx.pools.close_idle(),
@@ -49,6 +55,27 @@ pub fn kill(ctx: &Arc<Context>, db: Option<&str>) -> Result<Reply, AdminError> {
     }
     reconnect(ctx, db)?;
     Ok(Reply::Tag("KILL"))
+}
+
+/// WAIT_CLOSE [db]: return once every server connection of the database (or of all)
+/// that RECONNECT marked close_needed has closed.
+pub async fn wait_close(ctx: &Arc<Context>, db: Option<&str>) -> Result<Reply, AdminError> {
+    loop {
+        let open: usize = ctx
+            .pools
+            .all()
+            .iter()
+            .filter(|p| db.is_none_or(|db| *p.key.database == *db))
+            .map(|p| p.close_needed_open())
+            .sum();
+        if open == 0 {
+            return Ok(Reply::Tag("WAIT_CLOSE"));
+        }
+        if ctx.shutdown.is_cancelled() {
+            return Err(AdminError::new("pgtenant is shutting down"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 pub fn kill_client(ctx: &Arc<Context>, id: u64) -> Result<Reply, AdminError> {

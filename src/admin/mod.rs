@@ -30,6 +30,7 @@ use crate::protocol::{build, sqlstate};
 pub use parser::{parse, Command, Show};
 pub use pause::PauseState;
 pub use registry::{ClientInfo, ClientRegistry};
+pub use show_stats::spawn_stats;
 
 /// Database names that reach the admin console.
 pub const ADMIN_DATABASES: [&str; 2] = ["pgtenant", "pgbouncer"];
@@ -47,6 +48,8 @@ pub struct AdminState {
     pub started_at: SystemTime,
     /// PAUSE / RESUME.
     pub pause: PauseState,
+    /// SHOW STATS' averages over the last stats_period.
+    pub stats: show_stats::StatsWindow,
 }
 
 impl AdminState {
@@ -57,6 +60,7 @@ impl AdminState {
             started: Instant::now(),
             started_at: SystemTime::now(),
             pause: PauseState::default(),
+            stats: Default::default(),
         }
     }
 }
@@ -221,7 +225,7 @@ pub async fn execute(
         Command::Pause(db) => pause::pause(ctx, db.as_deref()).await,
         Command::Resume(db) => pause::resume(ctx, db.as_deref()),
         Command::Suspend => Err(AdminError::not_supported("SUSPEND")),
-        Command::WaitClose(_) => Err(AdminError::not_supported("WAIT_CLOSE")),
+        Command::WaitClose(db) => control::wait_close(ctx, db.as_deref()).await,
     }
 }
 

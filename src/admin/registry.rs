@@ -21,6 +21,8 @@ pub struct ClientInfo {
     pub tls: bool,
     /// Cancelled by KILL / KILL_CLIENT: the session ends (after its transaction).
     pub kill: CancellationToken,
+    /// Active / waiting / idle (None: an admin console session, always active).
+    pub state: Option<Arc<crate::metrics::counters::ClientState>>,
 }
 
 #[derive(Default)]

@@ -39,20 +39,29 @@ pub fn clients(ctx: &Context) -> ResultSet {
         let (addr, port) = addr_parts(c.addr);
         let (laddr, lport) = addr_parts(c.local_addr);
         let t = format_time(c.connect_time);
+        // PgBouncer: active (linked to a server, or idle in a session-mode session),
+        // waiting (for a server), idle (transaction mode, no server). The console's own
+        // sessions are active.
+        let state = c.state.as_ref().map_or("active", |s| s.kind().as_str());
+        let waited = c
+            .state
+            .as_ref()
+            .and_then(|s| s.waited())
+            .unwrap_or_default();
         rs.push_values([
             "C".to_string(),
             c.user.clone(),
             c.database.clone(),
             "none".into(),
-            "active".into(),
+            state.into(),
             addr,
             port,
             laddr,
             lport,
             t.clone(),
             t,
-            "0".into(),
-            "0".into(),
+            waited.as_secs().to_string(),
+            waited.subsec_micros().to_string(),
             "0".into(),
             format!("{:x}", c.id),
             String::new(),
@@ -69,7 +78,7 @@ pub fn clients(ctx: &Context) -> ResultSet {
 pub fn servers(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(SOCKETS);
     for p in super::show_pools::sorted_pools(ctx) {
-        for (s, idle) in p.servers() {
+        for (s, state, close_needed) in p.servers() {
             let (laddr, lport) = addr_parts(s.local_addr);
             let t = format_time(s.created);
             rs.push_values([
@@ -77,7 +86,7 @@ pub fn servers(ctx: &Context) -> ResultSet {
                 p.key.user.to_string(),
                 pool_database(&p.key),
                 "none".into(),
-                if idle { "idle" } else { "active" }.into(),
+                state.as_str().into(),
                 p.key.node.host.to_string(),
                 p.key.node.port.to_string(),
                 laddr,
@@ -86,7 +95,7 @@ pub fn servers(ctx: &Context) -> ResultSet {
                 t,
                 "0".into(),
                 "0".into(),
-                "0".into(),
+                u8::from(close_needed).to_string(),
                 format!("{:x}", s.id),
                 String::new(),
                 s.remote_pid.to_string(),

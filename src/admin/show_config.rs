@@ -181,6 +181,7 @@ fn items() -> Vec<Item> {
             |s| secs(s.server_check_delay),
             |m, v| m.server_check_delay = parse_secs(v)?
         ),
+        item!("stats_period", |s| secs(s.stats_period)),
         item!("max_message_size", |s| s.max_message_size.to_string()),
         item!("max_prepared_statements", |s| s
             .max_prepared_statements

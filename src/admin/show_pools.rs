@@ -44,6 +44,12 @@ pub fn pools(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(POOLS);
     for p in sorted_pools(ctx) {
         let (idle, total) = p.counts();
+        let used = p
+            .servers()
+            .iter()
+            .filter(|(_, st, _)| *st == crate::pool::ServerState::Used)
+            .count() as u32;
+        let maxwait = p.max_wait();
         let active = p.stats.active.load(Ordering::Relaxed);
         let waiting = p.stats.waiting.load(Ordering::Relaxed);
         // Clients belong to their coordinator pool (they log in to it); worker pools are
@@ -67,12 +73,12 @@ pub fn pools(ctx: &Context) -> ResultSet {
             active.to_string(),
             "0".into(),
             "0".into(),
-            idle.to_string(),
-            "0".into(),
+            idle.saturating_sub(used).to_string(),
+            used.to_string(),
             "0".into(),
             total.saturating_sub(idle + active).to_string(),
-            "0".into(),
-            "0".into(),
+            maxwait.as_secs().to_string(),
+            maxwait.subsec_micros().to_string(),
             s.pool_mode_for(&p.key.user).as_str().to_string(),
             String::new(),
         ]);

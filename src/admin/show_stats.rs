@@ -1,8 +1,15 @@
 //! SHOW STATS, STATS_TOTALS, STATS_AVERAGES: per database as PgBouncer, where a worker
-//! pool's database is `db@node`. Totals since start; averages are per second (counts,
-//! bytes) or per transaction / query (times, µs) over the process lifetime.
+//! pool's database is `db@node`. Totals since start; averages, as PgBouncer's, cover the
+//! last full `stats_period` (60 s): a task snapshots the totals every period and the
+//! averages are the change over it, per second (counts, bytes) or per transaction /
+//! query / server assignment (xact, query and wait time, µs). Zero until the first
+//! period ends.
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use super::{pool_database, ResultSet};
 use crate::context::Context;
@@ -96,8 +103,27 @@ impl Totals {
         ]
     }
 
-    /// PgBouncer's averages: counts and bytes per second; xact/query time per
-    /// transaction/query; wait time per server assignment.
+    /// What changed since `old` (counters only grow; a pool that went away counts 0).
+    fn since(&self, old: &Totals) -> Totals {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        Totals {
+            assignments: d(self.assignments, old.assignments),
+            xacts: d(self.xacts, old.xacts),
+            queries: d(self.queries, old.queries),
+            received: d(self.received, old.received),
+            sent: d(self.sent, old.sent),
+            xact_us: d(self.xact_us, old.xact_us),
+            query_us: d(self.query_us, old.query_us),
+            wait_us: d(self.wait_us, old.wait_us),
+            client_parses: d(self.client_parses, old.client_parses),
+            server_parses: d(self.server_parses, old.server_parses),
+            binds: d(self.binds, old.binds),
+        }
+    }
+
+    /// PgBouncer 1.25's averages (stats.c calc_average) of a change over `secs`: counts
+    /// and bytes per second; xact/query time per transaction/query; wait time per server
+    /// assignment.
     fn averages(&self, secs: f64) -> [u64; 11] {
         let rate = |n: u64| (n as f64 / secs) as u64;
         let per = |t: u64, n: u64| t.checked_div(n).unwrap_or(0);
@@ -115,6 +141,65 @@ impl Totals {
             rate(self.binds),
         ]
     }
+}
+
+/// The averages of the last full stats_period, by database row.
+#[derive(Default)]
+pub struct StatsWindow {
+    inner: Mutex<Window>,
+}
+
+#[derive(Default)]
+struct Window {
+    /// Totals at the last snapshot.
+    last: BTreeMap<String, Totals>,
+    /// Averages over the period that ended at the last snapshot.
+    avg: BTreeMap<String, [u64; 11]>,
+}
+
+impl StatsWindow {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Close a period of `secs` seconds ending with totals `now`.
+    fn roll(&self, now: BTreeMap<String, Totals>, secs: f64) {
+        let mut w = self.lock();
+        let zero = Totals::default();
+        w.avg = now
+            .iter()
+            .map(|(db, t)| {
+                let old = w.last.get(db).unwrap_or(&zero);
+                (db.clone(), t.since(old).averages(secs.max(1e-3)))
+            })
+            .collect();
+        w.last = now;
+    }
+
+    fn averages(&self, db: &str) -> [u64; 11] {
+        self.lock().avg.get(db).copied().unwrap_or_default()
+    }
+}
+
+/// Snapshot the totals every stats_period (re-read each time, so RELOAD applies) until
+/// `stop` fires.
+pub fn spawn_stats(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = Instant::now();
+        ctx.admin.stats.roll(by_database(&ctx), 1.0);
+        loop {
+            let period = ctx.settings().stats_period.max(Duration::from_millis(100));
+            tokio::select! {
+                _ = tokio::time::sleep_until((last + period).into()) => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = Instant::now();
+            ctx.admin
+                .stats
+                .roll(by_database(&ctx), now.duration_since(last).as_secs_f64());
+            last = now;
+        }
+    })
 }
 
 fn by_database(ctx: &Context) -> BTreeMap<String, Totals> {
@@ -138,17 +223,13 @@ fn by_database(ctx: &Context) -> BTreeMap<String, Totals> {
     out
 }
 
-fn uptime_secs(ctx: &Context) -> f64 {
-    ctx.admin.started.elapsed().as_secs_f64().max(1.0)
-}
-
 pub fn stats(ctx: &Context) -> ResultSet {
-    let secs = uptime_secs(ctx);
     let mut rs = ResultSet::new(STATS);
     for (db, t) in by_database(ctx) {
+        let avg = ctx.admin.stats.averages(&db);
         let mut row = vec![Some(db)];
         row.extend(t.list().iter().map(|v| Some(v.to_string())));
-        row.extend(t.averages(secs).iter().map(|v| Some(v.to_string())));
+        row.extend(avg.iter().map(|v| Some(v.to_string())));
         rs.push(row);
     }
     rs
@@ -165,11 +246,11 @@ pub fn totals(ctx: &Context) -> ResultSet {
 }
 
 pub fn averages(ctx: &Context) -> ResultSet {
-    let secs = uptime_secs(ctx);
     let mut rs = ResultSet::new(STATS_AVERAGES);
-    for (db, t) in by_database(ctx) {
+    for db in by_database(ctx).into_keys() {
+        let avg = ctx.admin.stats.averages(&db);
         let mut row = vec![Some(db)];
-        row.extend(t.averages(secs).iter().map(|v| Some(v.to_string())));
+        row.extend(avg.iter().map(|v| Some(v.to_string())));
         rs.push(row);
     }
     rs

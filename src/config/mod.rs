@@ -184,6 +184,9 @@ pub struct Settings {
     /// Run on a server that has been idle longer than server_check_delay. Empty = none.
     pub server_check_query: String,
     pub server_check_delay: Duration,
+    /// How often SHOW STATS' averages are recomputed: avg_* cover the last full period
+    /// (PgBouncer's stats_period, 60 s).
+    pub stats_period: Duration,
     /// Largest message accepted from a client or server, in bytes.
     pub max_message_size: u32,
     /// Named prepared statements kept per server connection (LRU); 0 = no tracking,

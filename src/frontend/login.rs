@@ -37,6 +37,8 @@ pub struct Client {
     /// Ends this session (SIGTERM, or KILL / KILL_CLIENT from the admin console): a
     /// child of the context's shutdown token.
     pub kill: tokio_util::sync::CancellationToken,
+    /// Active / waiting / idle, for SHOW CLIENTS (kept by the metrics guards).
+    pub state: Arc<crate::metrics::counters::ClientState>,
 }
 
 /// Who logged in: a client of a database, or of the admin console (database
@@ -285,6 +287,7 @@ async fn login_inner(
         pool,
         credential,
         kill: ctx.shutdown.child_token(),
+        state: Arc::default(),
     })))
 }
 

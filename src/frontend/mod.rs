@@ -58,6 +58,7 @@ pub async fn handle_client(socket: TcpStream, listener: Listener, ctx: Arc<Conte
                 &client.database,
                 &client.params,
                 client.kill.clone(),
+                Some(client.state.clone()),
             );
             let r = session::run(client, &ctx).await;
             ctx.admin.clients.unregister(info.id);
@@ -75,7 +76,7 @@ pub async fn handle_client(socket: TcpStream, listener: Listener, ctx: Arc<Conte
         })) => {
             tracing::info!(peer = ?peer, user = %user, database = %database, "admin console client logged in");
             let kill = ctx.shutdown.child_token();
-            let info = register(&ctx, &conn, &user, &database, &params, kill.clone());
+            let info = register(&ctx, &conn, &user, &database, &params, kill.clone(), None);
             let r = crate::admin::serve(conn, user.clone(), ctx.clone(), kill).await;
             ctx.admin.clients.unregister(info.id);
             drop(key);
@@ -100,6 +101,7 @@ fn register(
     database: &str,
     params: &[(String, String)],
     kill: tokio_util::sync::CancellationToken,
+    state: Option<Arc<crate::metrics::counters::ClientState>>,
 ) -> Arc<crate::admin::ClientInfo> {
     let tcp = conn.stream().tcp();
     ctx.admin.clients.register(crate::admin::ClientInfo {
@@ -116,5 +118,6 @@ fn register(
             .unwrap_or_default(),
         tls: conn.stream().is_tls(),
         kill,
+        state,
     })
 }

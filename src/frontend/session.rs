@@ -1161,7 +1161,7 @@ impl Session<'_> {
             pool.set_credential(self.c.credential.clone());
         }
         let acquired = {
-            let _waiting = crate::metrics::counters::Waiting::enter();
+            let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
             pool.acquire().await
         };
         match acquired {
@@ -1186,7 +1186,7 @@ impl Session<'_> {
             session_changed: false,
             query_started: None,
             xact_started: std::time::Instant::now(),
-            _active: crate::metrics::counters::Active::enter(),
+            _active: crate::metrics::counters::Active::enter_for(Some(&self.c.state)),
         };
         if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
             for sql in params::replay(&a.server.applied, &self.view.desired) {
@@ -1202,7 +1202,7 @@ impl Session<'_> {
     /// request and keeps its connection.
     async fn attach(&mut self, first: &Frame, pool: Arc<Pool>) -> bool {
         let acquired = {
-            let _waiting = crate::metrics::counters::Waiting::enter();
+            let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
             pool.acquire().await
         };
         match acquired {

@@ -140,15 +140,80 @@ pub static CLIENTS_ACTIVE: AtomicU64 = AtomicU64::new(0);
 /// Client sessions waiting for a server connection now (pool acquire, connect included).
 pub static CLIENTS_WAITING: AtomicU64 = AtomicU64::new(0);
 
-/// Counts a session in [`CLIENTS_ACTIVE`] while it lives.
+/// One session's state as SHOW CLIENTS reports it, kept by the same guards as the
+/// gauges: waiting while a [`Waiting`] guard lives, active while an [`Active`] one does
+/// (a session-mode client keeps its server, so it stays active when idle), idle otherwise.
+#[derive(Debug, Default)]
+pub struct ClientState {
+    active: std::sync::atomic::AtomicU32,
+    waiting: std::sync::atomic::AtomicU32,
+    /// When the current wait began (µs since the Unix epoch), 0 when not waiting.
+    wait_since_us: AtomicU64,
+}
+
+/// What SHOW CLIENTS says of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientStateKind {
+    Active,
+    Waiting,
+    Idle,
+}
+
+impl ClientStateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientStateKind::Active => "active",
+            ClientStateKind::Waiting => "waiting",
+            ClientStateKind::Idle => "idle",
+        }
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl ClientState {
+    pub fn kind(&self) -> ClientStateKind {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            ClientStateKind::Waiting
+        } else if self.active.load(Ordering::Relaxed) > 0 {
+            ClientStateKind::Active
+        } else {
+            ClientStateKind::Idle
+        }
+    }
+
+    /// How long the session has waited for a server so far (None: not waiting).
+    pub fn waited(&self) -> Option<std::time::Duration> {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let since = self.wait_since_us.load(Ordering::Relaxed);
+        (since > 0).then(|| std::time::Duration::from_micros(now_us().saturating_sub(since)))
+    }
+}
+
+/// Counts a session in [`CLIENTS_ACTIVE`] (and its [`ClientState`]) while it lives.
 #[derive(Debug)]
-pub struct Active(());
+pub struct Active(Option<std::sync::Arc<ClientState>>);
 
 impl Active {
     #[inline]
     pub fn enter() -> Active {
+        Active::enter_for(None)
+    }
+
+    /// Also marks `state` active (SHOW CLIENTS).
+    #[inline]
+    pub fn enter_for(state: Option<&std::sync::Arc<ClientState>>) -> Active {
         CLIENTS_ACTIVE.fetch_add(1, Ordering::Relaxed);
-        Active(())
+        if let Some(s) = state {
+            s.active.fetch_add(1, Ordering::Relaxed);
+        }
+        Active(state.cloned())
     }
 }
 
@@ -156,18 +221,32 @@ impl Drop for Active {
     #[inline]
     fn drop(&mut self) {
         CLIENTS_ACTIVE.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = &self.0 {
+            s.active.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
-/// Counts a session in [`CLIENTS_WAITING`] while it lives.
+/// Counts a session in [`CLIENTS_WAITING`] (and its [`ClientState`]) while it lives.
 #[derive(Debug)]
-pub struct Waiting(());
+pub struct Waiting(Option<std::sync::Arc<ClientState>>);
 
 impl Waiting {
     #[inline]
     pub fn enter() -> Waiting {
+        Waiting::enter_for(None)
+    }
+
+    /// Also marks `state` waiting, since now (SHOW CLIENTS' wait, SHOW POOLS' maxwait).
+    #[inline]
+    pub fn enter_for(state: Option<&std::sync::Arc<ClientState>>) -> Waiting {
         CLIENTS_WAITING.fetch_add(1, Ordering::Relaxed);
-        Waiting(())
+        if let Some(s) = state {
+            if s.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+                s.wait_since_us.store(now_us(), Ordering::Relaxed);
+            }
+        }
+        Waiting(state.cloned())
     }
 }
 
@@ -175,6 +254,11 @@ impl Drop for Waiting {
     #[inline]
     fn drop(&mut self) {
         CLIENTS_WAITING.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = &self.0 {
+            if s.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
+                s.wait_since_us.store(0, Ordering::Relaxed);
+            }
+        }
     }
 }
 

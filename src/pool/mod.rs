@@ -66,8 +66,48 @@ struct Inner {
     idle: VecDeque<ServerConn>,
     /// Connections that exist or are being opened, idle ones included.
     total: u32,
-    /// Clients waiting for a connection, oldest first.
-    waiters: VecDeque<oneshot::Sender<Handoff>>,
+    /// Clients waiting for a connection, in queue order.
+    waiters: VecDeque<Waiter>,
+}
+
+/// A client in a pool's queue, and since when it has waited (SHOW POOLS' maxwait).
+struct Waiter {
+    tx: oneshot::Sender<Handoff>,
+    since: Instant,
+}
+
+impl Waiter {
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    // The connection is handed back on failure, as oneshot::Sender::send does.
+    #[allow(clippy::result_large_err)]
+    fn send(self, h: Handoff) -> Result<(), Handoff> {
+        self.tx.send(h)
+    }
+}
+
+/// What a server connection is doing, as SHOW SERVERS says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Lent to a client.
+    Active,
+    /// In the pool, ready.
+    Idle,
+    /// In the pool, idle longer than server_check_delay: server_check_query runs
+    /// before it is lent again.
+    Used,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Active => "active",
+            ServerState::Idle => "idle",
+            ServerState::Used => "used",
+        }
+    }
 }
 
 /// Counters the admin console and metrics read; plain atomics, no lock.
@@ -173,6 +213,9 @@ pub struct Pool {
     /// Open server connections of this pool, for SHOW SERVERS (written at connect and
     /// close only, never per statement).
     servers: DashMap<u64, ServerInfo>,
+    /// Connections with an id up to this one were marked by RECONNECT: closed when they
+    /// come back instead of reused (PgBouncer's close_needed).
+    close_needed_upto: AtomicU64,
     /// Itself, for the guards of its connections.
     me: Weak<Pool>,
 }
@@ -343,7 +386,7 @@ impl Pool {
                     if g.waiters.iter().all(|w| w.is_closed()) {
                         tracing::info!(pool = %self.name(), total = g.total, "pool exhausted: clients are waiting for a server connection");
                     }
-                    g.waiters.push_back(tx);
+                    g.waiters.push_back(Waiter { tx, since: started });
                     Next::Wait(rx)
                 }
             };
@@ -467,16 +510,59 @@ impl Pool {
         c
     }
 
-    /// Open server connections: (info, idle?) each.
-    pub fn servers(&self) -> Vec<(ServerInfo, bool)> {
-        let idle: std::collections::HashSet<u64> = self.lock().idle.iter().map(|c| c.id).collect();
+    /// Open server connections: (info, state, close_needed) each.
+    pub fn servers(&self) -> Vec<(ServerInfo, ServerState, bool)> {
+        let s = self.settings.load();
+        let checks = !s.server_check_query.is_empty();
+        let idle: std::collections::HashMap<u64, ServerState> = self
+            .lock()
+            .idle
+            .iter()
+            .map(|c| {
+                let used = checks && c.last_used.elapsed() >= s.server_check_delay;
+                let st = if used {
+                    ServerState::Used
+                } else {
+                    ServerState::Idle
+                };
+                (c.id, st)
+            })
+            .collect();
+        let marked = self.close_needed_upto.load(Ordering::Relaxed);
         let mut v: Vec<_> = self
             .servers
             .iter()
-            .map(|e| (e.value().clone(), idle.contains(e.key())))
+            .map(|e| {
+                let st = idle.get(e.key()).copied().unwrap_or(ServerState::Active);
+                (e.value().clone(), st, *e.key() <= marked)
+            })
             .collect();
-        v.sort_by_key(|(i, _)| i.id);
+        v.sort_by_key(|(i, _, _)| i.id);
         v
+    }
+
+    /// How long the oldest client in this pool's queue has waited (zero when none).
+    pub fn max_wait(&self) -> Duration {
+        let g = self.lock();
+        g.waiters
+            .iter()
+            .filter(|w| !w.is_closed())
+            .map(|w| w.since.elapsed())
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// RECONNECT: every connection open now is closed instead of reused (idle ones at
+    /// once by the caller, lent ones when they come back).
+    pub fn mark_close_needed(&self) {
+        let top = self.servers.iter().map(|e| *e.key()).max().unwrap_or(0);
+        self.close_needed_upto.fetch_max(top, Ordering::Relaxed);
+    }
+
+    /// Marked connections (RECONNECT) still open: WAIT_CLOSE waits for none.
+    pub fn close_needed_open(&self) -> usize {
+        let marked = self.close_needed_upto.load(Ordering::Relaxed);
+        self.servers.iter().filter(|e| *e.key() <= marked).count()
     }
 
     /// Open a connection outside the pool's count, for a job of pgtenant's own that
@@ -559,6 +645,7 @@ impl Pool {
         let over_size = g.total > self.pool_size(&s) + s.reserve_pool_size
             || (g.total > self.pool_size(&s) && g.waiters.iter().all(|w| w.is_closed()));
         if !clean
+            || c.id <= self.close_needed_upto.load(Ordering::Relaxed)
             || c.tx_status != b'I'
             || c.conn.buffered_input() > 0
             || c.conn.is_eof()
@@ -714,6 +801,7 @@ impl Pools {
                     tls: (**self.tls.load()).clone(),
                     stats: PoolStats::default(),
                     servers: DashMap::new(),
+                    close_needed_upto: AtomicU64::new(0),
                     me: me.clone(),
                 });
                 db.pools
