@@ -489,16 +489,27 @@ async fn show_tenants_and_latency() {
     // Heaviest first.
     assert_eq!(t[0]["tenant"], key, "{t:?}");
 
-    // SHOW LATENCY: process-wide rows with quantiles that moved.
+    // SHOW LATENCY: process-wide rows, then per node; quantiles that moved.
     let out = admin(&p, "SHOW LATENCY");
     assert_eq!(
         out.lines().next().unwrap(),
         "metric|node|count|p50_us|p90_us|p99_us|p99_9_us|avg_us"
     );
     let lat = rows(&out);
-    assert_eq!(lat.len(), 3, "{lat:?}");
+    let owner_node = node_row(&p, port)["node"].clone();
     for m in ["query", "transaction", "wait"] {
-        let r = lat.iter().find(|r| r["metric"] == m).unwrap();
+        // The tenant's node has its own row, with at least its 100 statements.
+        let r = lat
+            .iter()
+            .find(|r| r["metric"] == m && r["node"] == owner_node)
+            .unwrap_or_else(|| panic!("no {m} row for {owner_node}: {lat:?}"));
+        if m != "wait" {
+            assert!(r["count"].parse::<u64>().unwrap() >= 100, "{r:?}");
+        }
+        let r = lat
+            .iter()
+            .find(|r| r["metric"] == m && r["node"] == "all")
+            .unwrap();
         assert!(r["count"].parse::<u64>().unwrap() >= 100, "{r:?}");
         let q: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p99_9_us"]
             .iter()

@@ -214,7 +214,7 @@ pub async fn execute(
             Show::Routes => rows(show_citus::routes(ctx)),
             Show::PlanCache => rows(show_citus::plan_cache(ctx)),
             Show::Tenants => rows(show_metrics::tenants(ctx)),
-            Show::Latency => rows(show_metrics::latency()),
+            Show::Latency => rows(show_metrics::latency(ctx)),
         },
         Command::Reload => control::reload(ctx),
         Command::Shutdown => control::shutdown(ctx),

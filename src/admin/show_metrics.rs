@@ -59,27 +59,52 @@ fn us(d: Option<Duration>) -> Option<String> {
     })
 }
 
-/// Process-wide rows (the histograms are not per node): `node` is `all`. Quantiles are
-/// bucket upper bounds (an over-estimate by at most one bucket), NULL before any data.
-pub fn latency() -> ResultSet {
+/// Process-wide rows (`node` = `all`), then one row per metric and node (the node's pools
+/// summed). Quantiles are bucket upper bounds (an over-estimate by at most one bucket),
+/// NULL before any data.
+pub fn latency(ctx: &crate::context::Context) -> ResultSet {
     let mut rs = ResultSet::new(LATENCY);
+    let push =
+        |rs: &mut ResultSet, name: &str, node: &str, s: &crate::metrics::latency::Snapshot| {
+            let n = s.count();
+            let mut row = vec![
+                Some(name.to_string()),
+                Some(node.to_string()),
+                Some(n.to_string()),
+            ];
+            for q in [0.5, 0.9, 0.99, 0.999] {
+                row.push(us(s.quantile(q)));
+            }
+            row.push(s.sum_us.checked_div(n).map(|a| a.to_string()));
+            rs.push(row);
+        };
     for (name, h) in [
         ("query", &QUERY),
         ("transaction", &TRANSACTION),
         ("wait", &WAIT),
     ] {
-        let s = h.snapshot();
-        let n = s.count();
-        let mut row = vec![
-            Some(name.to_string()),
-            Some("all".into()),
-            Some(n.to_string()),
-        ];
-        for q in [0.5, 0.9, 0.99, 0.999] {
-            row.push(us(s.quantile(q)));
+        push(&mut rs, name, "all", &h.snapshot());
+    }
+    let mut by_node: std::collections::BTreeMap<String, [crate::metrics::latency::Snapshot; 3]> =
+        std::collections::BTreeMap::new();
+    for p in ctx.pools.all() {
+        let e = by_node
+            .entry(p.key.node.name.to_string())
+            .or_insert_with(|| {
+                [
+                    crate::metrics::latency::Snapshot::empty(),
+                    crate::metrics::latency::Snapshot::empty(),
+                    crate::metrics::latency::Snapshot::empty(),
+                ]
+            });
+        e[0].merge(&p.stats.query_latency.snapshot());
+        e[1].merge(&p.stats.xact_latency.snapshot());
+        e[2].merge(&p.stats.wait_latency.snapshot());
+    }
+    for (i, name) in ["query", "transaction", "wait"].iter().enumerate() {
+        for (node, snaps) in &by_node {
+            push(&mut rs, name, node, &snaps[i]);
         }
-        row.push(s.sum_us.checked_div(n).map(|a| a.to_string()));
-        rs.push(row);
     }
     rs
 }

@@ -82,6 +82,22 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// An empty snapshot (to sum others into).
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            counts: [0; BUCKETS],
+            sum_us: 0,
+        }
+    }
+
+    /// Add another histogram's counts (e.g. every pool of one node).
+    pub fn merge(&mut self, other: &Snapshot) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_us += other.sum_us;
+    }
+
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }

@@ -132,12 +132,18 @@ pub struct PoolStats {
     pub client_parse_count: AtomicU64,
     pub server_parse_count: AtomicU64,
     pub bind_count: AtomicU64,
+    /// This pool's latency histograms (SHOW LATENCY per node); the process-wide ones in
+    /// `metrics::latency` get the same observations.
+    pub query_latency: crate::metrics::latency::Latency,
+    pub xact_latency: crate::metrics::latency::Latency,
+    pub wait_latency: crate::metrics::latency::Latency,
 }
 
 impl PoolStats {
     /// A query answered (ReadyForQuery) after `d`.
     pub fn add_query(&self, d: Duration) {
         crate::metrics::latency::QUERY.record(d);
+        self.query_latency.record(d);
         self.query_count.fetch_add(1, Ordering::Relaxed);
         self.query_time_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
@@ -160,6 +166,7 @@ impl PoolStats {
     /// A transaction ended (ReadyForQuery idle) after `d`.
     pub fn add_xact(&self, d: Duration) {
         crate::metrics::latency::TRANSACTION.record(d);
+        self.xact_latency.record(d);
         self.xact_count.fetch_add(1, Ordering::Relaxed);
         self.xact_time_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
@@ -507,6 +514,7 @@ impl Pool {
             .wait_time_us
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
         crate::metrics::latency::WAIT.record(waited);
+        self.stats.wait_latency.record(waited);
         c
     }
 
