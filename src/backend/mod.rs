@@ -39,6 +39,8 @@ pub enum BackendError {
     Timeout,
     #[error("server closed the connection")]
     Closed,
+    #[error("pgtenant's own query left the server in transaction state {0}")]
+    NotIdle(char),
 }
 
 impl From<ConnError> for BackendError {
@@ -109,28 +111,9 @@ impl ServerConn {
     /// Run a query of pgtenant's own (reset, check) and wait for ReadyForQuery. Fails if
     /// the server reports an error or the connection is not idle afterwards.
     pub async fn run_internal(&mut self, sql: &str) -> Result<(), BackendError> {
-        self.conn.send(&build::query(sql)).await?;
-        let mut failed = None;
-        loop {
-            let f = self.conn.read_frame().await?.ok_or(BackendError::Closed)?;
-            match f.tag() {
-                b'Z' => {
-                    self.tx_status = decode::ready_status(f.body())?;
-                    break;
-                }
-                b'E' => failed = Some(ErrorFields::parse(f.body())?),
-                b'S' => self.note_parameter(f.body()),
-                _ => {}
-            }
-        }
-        if let Some(e) = failed {
-            return Err(BackendError::Server(e));
-        }
+        self.query_rows(sql).await?;
         if self.tx_status != b'I' {
-            return Err(BackendError::Auth(format!(
-                "internal query left the server in state {}",
-                self.tx_status as char
-            )));
+            return Err(BackendError::NotIdle(self.tx_status as char));
         }
         Ok(())
     }

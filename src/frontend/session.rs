@@ -1160,11 +1160,7 @@ impl Session<'_> {
             // A pool on another node logs in as this client's user, with its secret.
             pool.set_credential(self.c.credential.clone());
         }
-        let acquired = {
-            let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
-            pool.acquire().await
-        };
-        match acquired {
+        match self.acquire(&pool).await {
             Ok(server) => {
                 self.install(server, pool).await;
                 true
@@ -1174,6 +1170,12 @@ impl Session<'_> {
                 false
             }
         }
+    }
+
+    /// A server connection from `pool`, counted as waiting meanwhile.
+    async fn acquire(&self, pool: &Arc<Pool>) -> Result<ServerConn, PoolError> {
+        let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
+        pool.acquire().await
     }
 
     /// Make `server` this client's: cancel target, settings replay.
@@ -1201,11 +1203,7 @@ impl Session<'_> {
     /// settings in line with the client's. On failure the client gets an error for this
     /// request and keeps its connection.
     async fn attach(&mut self, first: &Frame, pool: Arc<Pool>) -> bool {
-        let acquired = {
-            let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
-            pool.acquire().await
-        };
-        match acquired {
+        match self.acquire(&pool).await {
             Ok(server) => {
                 self.install(server, pool).await;
                 true
