@@ -390,6 +390,10 @@ async fn citus_nodes_shards_tenants() {
         tk["to_worker"].parse::<u64>().unwrap() >= keys.len() as u64,
         "{routes:?}"
     );
+    assert!(
+        tk["statements_to_worker"].parse::<u64>().unwrap() >= keys.len() as u64,
+        "{routes:?}"
+    );
     let pc = rows(&admin(&p, "show plan_cache"));
     assert!(pc[0]["hits"].parse::<u64>().unwrap() >= 1, "{pc:?}");
 }

@@ -446,12 +446,35 @@ async fn citus_shard_map_routing_and_worker_down() {
         .await
         .unwrap();
     }
+    // A transaction of three statements on one tenant: its statements count under the
+    // transaction's route.
+    let k = cluster.tenant_key("orders", 7);
+    c.batch_execute("begin").await.unwrap();
+    c.batch_execute(&format!("select 1 from orders where account_id = {k}"))
+        .await
+        .unwrap();
+    c.batch_execute("select 2").await.unwrap();
+    c.batch_execute("select 3").await.unwrap();
+    c.batch_execute("commit").await.unwrap();
     let after = scrape(http).await;
     assert!(
         to_workers(&after) - to_workers(&before) >= 30.0,
         "tenant_key transactions to workers: {} -> {}",
         to_workers(&before),
         to_workers(&after)
+    );
+    let statements = |s: &[Sample]| {
+        sum(
+            s,
+            "pgtenant_routed_statements_total",
+            &[("destination", "worker"), ("reason", "tenant_key")],
+        )
+    };
+    assert!(
+        statements(&after) - statements(&before) >= 30.0 + 3.0,
+        "tenant_key statements to workers: {} -> {}",
+        statements(&before),
+        statements(&after)
     );
     assert!(
         sum(&after, "pgtenant_plan_cache_hits_total", &[]) >= 1.0,

@@ -45,7 +45,14 @@ pub const TENANT: &[&str] = &[
     "host",
     "port",
 ];
-pub const ROUTES: &[&str] = &["reason", "to_coordinator", "to_worker", "total"];
+pub const ROUTES: &[&str] = &[
+    "reason",
+    "to_coordinator",
+    "to_worker",
+    "total",
+    "statements_to_coordinator",
+    "statements_to_worker",
+];
 pub const PLAN_CACHE: &[&str] = &["plans", "hits", "misses", "hit_ratio"];
 
 fn map(ctx: &Context) -> Result<Arc<ShardMap>, AdminError> {
@@ -243,14 +250,24 @@ pub fn routes(ctx: &Context) -> ResultSet {
             c.to_string(),
             w.to_string(),
             (c + w).to_string(),
+            r.statements_to(reason, false).to_string(),
+            r.statements_to(reason, true).to_string(),
         ]);
     }
+    let statements = |to_worker| {
+        RouteReason::ALL
+            .iter()
+            .map(|&x| r.statements_to(x, to_worker))
+            .sum::<u64>()
+    };
     rs.push_values([
         "total".to_string(),
         r.to_coordinator.load(Ordering::Relaxed).to_string(),
         r.to_workers.load(Ordering::Relaxed).to_string(),
         (r.to_coordinator.load(Ordering::Relaxed) + r.to_workers.load(Ordering::Relaxed))
             .to_string(),
+        statements(false).to_string(),
+        statements(true).to_string(),
     ]);
     rs
 }

@@ -115,6 +115,9 @@ impl RouteReason {
 pub struct RouteStats {
     /// [reason][0 = coordinator, 1 = worker].
     by_reason: [[AtomicU64; 2]; 17],
+    /// Statements (Query and Execute messages) by the reason their transaction was
+    /// routed: every statement of a transaction goes where its first one went.
+    statements: [[AtomicU64; 2]; 17],
     pub to_workers: AtomicU64,
     pub to_coordinator: AtomicU64,
 }
@@ -129,6 +132,21 @@ impl RouteStats {
         } else {
             self.to_coordinator.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// One statement of a transaction routed for `reason`.
+    #[inline]
+    pub fn count_statement(&self, reason: RouteReason, to_worker: bool) {
+        if let Some(c) = self.statements.get(reason as usize) {
+            c[usize::from(to_worker)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Statements for `reason` sent to a worker (`to_worker`) or to the coordinator.
+    pub fn statements_to(&self, reason: RouteReason, to_worker: bool) -> u64 {
+        self.statements
+            .get(reason as usize)
+            .map_or(0, |c| c[usize::from(to_worker)].load(Ordering::Relaxed))
     }
 
     pub fn get(&self, reason: RouteReason) -> u64 {

@@ -168,6 +168,9 @@ struct Session<'a> {
     /// start a new one that must be routed on its own (never sent blindly to the node of
     /// the previous transaction).
     deferred: std::collections::VecDeque<Frame>,
+    /// Why the current transaction went where it went (and whether to a worker): its
+    /// statements are counted under it.
+    route: (RouteReason, bool),
     /// A LISTEN waiting to be in effect before the client hears "LISTEN".
     listen_ack: Option<tokio::sync::oneshot::Receiver<()>>,
     fake_portal: Option<&'static str>,
@@ -202,6 +205,7 @@ pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError
         listener: None,
         listen_ack: None,
         held: Vec::new(),
+        route: (RouteReason::NoRouting, false),
         deferred: std::collections::VecDeque::new(),
         fake_portal: None,
         skip_until_sync: false,
@@ -789,6 +793,7 @@ impl Session<'_> {
                 }
             }
             b'E' => {
+                self.ctx.routes.count_statement(self.route.0, self.route.1);
                 a.server.conn.queue(&f);
                 a.pipe.push(Expect::Forward(Req::Execute));
             }
@@ -807,6 +812,7 @@ impl Session<'_> {
                 a.pipe.push(Expect::Forward(Req::FunctionCall));
             }
             b'Q' => {
+                self.ctx.routes.count_statement(self.route.0, self.route.1);
                 let sql = decode::query_text(f.body())?;
                 if track {
                     return self.forward_query(f.clone(), sql.to_owned());
@@ -926,6 +932,7 @@ impl Session<'_> {
         };
         let Some(map) = map else {
             self.ctx.routes.count(RouteReason::NoRouting, false);
+            self.route = (RouteReason::NoRouting, false);
             let pool = self.c.pool.clone();
             return self.attach(&f, pool).await.then_some(f);
         };
@@ -1029,10 +1036,12 @@ impl Session<'_> {
                 .node_health
                 .mark_down(&pool.key.node, self.ctx.settings.load().worker_retry_delay);
             self.ctx.routes.count(RouteReason::WorkerDown, false);
+            self.route = (RouteReason::WorkerDown, false);
             let coord = self.c.pool.clone();
             return self.attach(&f, coord).await.then_some(f);
         }
         self.ctx.routes.count(reason, to_worker);
+        self.route = (reason, to_worker);
         self.tenant = None;
         if let (RouteReason::TenantKey, Some((colocation, value))) = (reason, tenant) {
             let k = self

@@ -121,6 +121,12 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "Transactions routed, by destination (worker, coordinator) and the reason it was chosen.",
     ),
     (
+        "pgtenant_routed_statements_total",
+        COUNTER,
+        &["destination", "reason"],
+        "Statements (Query and Execute) by the destination and route reason of their transaction.",
+    ),
+    (
         "pgtenant_server_errors_total",
         COUNTER,
         &["class"],
@@ -458,6 +464,11 @@ impl Collector for Scrape {
                     "pgtenant_routed_transactions_total",
                     &[dest, reason.as_str()],
                     ctx.routes.get_to(reason, to_worker),
+                );
+                out.counter(
+                    "pgtenant_routed_statements_total",
+                    &[dest, reason.as_str()],
+                    ctx.routes.statements_to(reason, to_worker),
                 );
             }
         }
