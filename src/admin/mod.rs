@@ -174,12 +174,6 @@ impl ResultSet {
     }
 }
 
-fn command_complete(tag: &str) -> Frame {
-    let mut b = tag.as_bytes().to_vec();
-    b.push(0);
-    Frame::new(b'C', &b)
-}
-
 /// Run one command.
 pub async fn execute(
     ctx: &Arc<Context>,
@@ -286,10 +280,12 @@ pub async fn serve(
                 match reply {
                     Ok(Reply::Rows(rs)) => {
                         rs.queue(&mut conn);
-                        conn.queue(&command_complete("SHOW"));
+                        conn.queue(&crate::protocol::build::command_complete("SHOW"));
                     }
                     Ok(Reply::Tag("")) => conn.queue(&Frame::new(b'I', &[])),
-                    Ok(Reply::Tag(tag)) => conn.queue(&command_complete(tag)),
+                    Ok(Reply::Tag(tag)) => {
+                        conn.queue(&crate::protocol::build::command_complete(tag))
+                    }
                     Err(e) => conn.queue(&build::error(e.code, &e.message)),
                 }
                 conn.queue(&build::ready_for_query(b'I'));

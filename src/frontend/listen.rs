@@ -113,7 +113,7 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                     let mut ok = true;
                     for ch in subs.keys() {
                         ok &= c
-                            .run_internal(&format!("LISTEN {}", quote(ch)))
+                            .run_internal(&format!("LISTEN {}", super::params::ident(ch)))
                             .await
                             .is_ok();
                     }
@@ -152,7 +152,7 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                 entry.insert(client, tx);
                 match conn.as_mut() {
                     Some(c) if first => {
-                        if c.run_internal(&format!("LISTEN {}", quote(&channel)))
+                        if c.run_internal(&format!("LISTEN {}", super::params::ident(&channel)))
                             .await
                             .is_ok()
                         {
@@ -184,7 +184,7 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                     if emptied {
                         subs.remove(&ch);
                         if let Some(c) = conn.as_mut() {
-                            if c.run_internal(&format!("UNLISTEN {}", quote(&ch)))
+                            if c.run_internal(&format!("UNLISTEN {}", super::params::ident(&ch)))
                                 .await
                                 .is_err()
                             {
@@ -228,8 +228,4 @@ fn notification_channel(body: &[u8]) -> Option<String> {
     let mut r = Reader::new(body, "NotificationResponse");
     r.i32().ok()?;
     r.cstr().ok().map(str::to_owned)
-}
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }

@@ -111,7 +111,8 @@ pub fn literal(s: &str) -> String {
     }
 }
 
-fn ident(s: &str) -> String {
+/// A SQL identifier, quoted (settings, channels, statement names pgtenant sends).
+pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 

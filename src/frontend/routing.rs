@@ -245,21 +245,10 @@ fn with_reference_reads(d: Decision, map: &ShardMap, health: &NodeHealth, local:
     }
 }
 
-/// A simple query. `local_reference_reads`: `reference_reads = local_worker`.
-pub fn decide_simple(
-    planner: &Planner,
-    map: &ShardMap,
-    health: &NodeHealth,
-    sql: &str,
-    local_reference_reads: bool,
-) -> Decision {
-    decide_simple_keyed(planner, map, health, sql, local_reference_reads).0
-}
-
 /// The tenant a statement was routed by: its colocation group and value text.
 pub type TenantOf = Option<(u32, String)>;
 
-/// [`decide_simple`], with the tenant (colocation group, value text) when a key decided.
+/// A simple query (`local_reference_reads`: `reference_reads = local_worker`), with the tenant (colocation group, value text) when a key decided.
 pub fn decide_simple_keyed(
     planner: &Planner,
     map: &ShardMap,
@@ -295,18 +284,6 @@ pub fn decide_simple_keyed(
     }
 }
 
-/// An extended-protocol statement `sql` bound with `bind`.
-pub fn decide_bind(
-    planner: &Planner,
-    map: &ShardMap,
-    health: &NodeHealth,
-    sql: &str,
-    bind: &Bind<'_>,
-    local_reference_reads: bool,
-) -> Decision {
-    decide_bind_keyed(planner, map, health, sql, bind, local_reference_reads).0
-}
-
 /// A tenant value as text for the console: text parameters as sent, binary integers
 /// decoded, other binary values in hex.
 fn value_text(dt: DistType, k: &KeySource, bind: &Bind<'_>) -> Option<String> {
@@ -328,7 +305,7 @@ fn value_text(dt: DistType, k: &KeySource, bind: &Bind<'_>) -> Option<String> {
     }
 }
 
-/// [`decide_bind`], with the tenant (colocation group, value text) when a key decided.
+/// An extended-protocol statement `sql` bound with `bind`, with the tenant (colocation group, value text) when a key decided.
 pub fn decide_bind_keyed(
     planner: &Planner,
     map: &ShardMap,

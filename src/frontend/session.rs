@@ -547,7 +547,7 @@ impl Session<'_> {
             b'Q' if self.client_tx == b'I' => {
                 let sql = decode::query_text(f.body())?;
                 if let Some(tag) = self.client_view_command(sql) {
-                    self.c.conn.queue(&command_complete(tag));
+                    self.c.conn.queue(&build::command_complete(tag));
                     self.c.conn.queue(&build::ready_for_query(b'I'));
                     return Ok(true);
                 }
@@ -624,7 +624,7 @@ impl Session<'_> {
                 let mut r = crate::protocol::Reader::new(f.body(), "Execute");
                 let portal = r.cstr()?;
                 match self.fake_portal.filter(|_| portal.is_empty()) {
-                    Some(tag) => Ok(Some(vec![command_complete(tag)])),
+                    Some(tag) => Ok(Some(vec![build::command_complete(tag)])),
                     None => Ok(None),
                 }
             }
@@ -815,15 +815,14 @@ impl Session<'_> {
                 self.ctx.routes.count_statement(self.route.0, self.route.1);
                 let sql = decode::query_text(f.body())?;
                 if track {
-                    return self.forward_query(f.clone(), sql.to_owned());
+                    return self.forward_query(&f, sql);
                 }
                 if self.mode == PoolMode::Session {
                     a.server.conn.queue(&f);
                     a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
                     return Ok(());
                 }
-                let sql = sql.to_owned();
-                if let Some(tag) = self.client_view_command(&sql) {
+                if let Some(tag) = self.client_view_command(sql) {
                     if let Some(a) = self.attached.as_mut() {
                         a.pipe.push(Expect::SyntheticCommand(tag));
                     }
@@ -832,9 +831,9 @@ impl Session<'_> {
                 let Some(a) = self.attached.as_mut() else {
                     return Ok(());
                 };
-                if changes_session(&sql) {
+                if changes_session(sql) {
                     a.session_changed = true;
-                    self.view.custom.extend(custom_setting_names(&sql));
+                    self.view.custom.extend(custom_setting_names(sql));
                 }
                 a.server.conn.queue(&f);
                 a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
@@ -846,14 +845,14 @@ impl Session<'_> {
 
     /// A simple query in transaction/statement mode with statement tracking: SQL-level
     /// PREPARE/EXECUTE travel with the client; DEALLOCATE/DISCARD ALL act on its view.
-    fn forward_query(&mut self, f: Frame, sql: String) -> Result<(), FrontendError> {
-        let cmds = classify(&sql);
+    fn forward_query(&mut self, f: &Frame, sql: &str) -> Result<(), FrontendError> {
+        let cmds = classify(sql);
         if let [Command::DropDatabase { name }] = &cmds[..] {
             // Our idle connections to it would make the server wait and refuse.
             self.ctx.pools.close_idle_database(name);
         }
         if cmds.len() == 1 {
-            if let Some(tag) = self.client_view_command(&sql) {
+            if let Some(tag) = self.client_view_command(sql) {
                 if let Some(a) = self.attached.as_mut() {
                     a.pipe.push(Expect::SyntheticCommand(tag));
                 }
@@ -864,9 +863,9 @@ impl Session<'_> {
             return Ok(());
         };
         let mut prepare = None;
-        if calls_set_config(&sql) || cmds.iter().any(|c| matches!(c, Command::SessionChange)) {
+        if calls_set_config(sql) || cmds.iter().any(|c| matches!(c, Command::SessionChange)) {
             a.session_changed = true;
-            self.view.custom.extend(custom_setting_names(&sql));
+            self.view.custom.extend(custom_setting_names(sql));
         }
         for c in &cmds {
             match c {
@@ -874,15 +873,15 @@ impl Session<'_> {
                 Command::Prepare { name } if cmds.len() == 1 => {
                     // Another client's statement of that name may be on this server.
                     if a.server.prepared.sql.remove(name).is_some() {
-                        hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
+                        hidden_query(a, &format!("DEALLOCATE {}", params::ident(name)));
                     }
-                    prepare = Some((name.clone(), Arc::<str>::from(sql.as_str())));
+                    prepare = Some((name.clone(), Arc::<str>::from(sql)));
                 }
                 Command::Execute { name } => {
                     if let Some(text) = self.view.sql_prepared.get(name) {
                         if a.server.prepared.sql.get(name) != Some(text) {
                             if a.server.prepared.sql.remove(name).is_some() {
-                                hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
+                                hidden_query(a, &format!("DEALLOCATE {}", params::ident(name)));
                             }
                             a.server.prepared.sql.insert(name.clone(), text.clone());
                             a.server.conn.queue(&build::query(text));
@@ -893,7 +892,7 @@ impl Session<'_> {
                         }
                     } else if a.server.prepared.sql.remove(name).is_some() {
                         // Another client's (or one this client deallocated): not its own.
-                        hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
+                        hidden_query(a, &format!("DEALLOCATE {}", params::ident(name)));
                     }
                 }
                 // Not in the client's view (else answered above): the server must not
@@ -902,12 +901,12 @@ impl Session<'_> {
                     if a.server.prepared.sql.contains_key(name) =>
                 {
                     a.server.prepared.sql.remove(name);
-                    hidden_query(a, &format!("DEALLOCATE {}", quote_ident(name)));
+                    hidden_query(a, &format!("DEALLOCATE {}", params::ident(name)));
                 }
                 _ => {}
             }
         }
-        a.server.conn.queue(&f);
+        a.server.conn.queue(f);
         a.pipe.push(Expect::Forward(Req::Query { prepare }));
         Ok(())
     }
@@ -1086,7 +1085,7 @@ impl Session<'_> {
             }
             _ => return false,
         }
-        self.c.conn.queue(&command_complete(tag));
+        self.c.conn.queue(&build::command_complete(tag));
         self.c.conn.queue(&build::ready_for_query(self.client_tx));
         true
     }
@@ -1574,7 +1573,7 @@ fn emit_synthetic(a: &mut Attached, client: &mut crate::net::Connection) {
                 }
             }
             Some(Expect::SyntheticCommand(tag)) => {
-                client.queue(&command_complete(tag));
+                client.queue(&build::command_complete(tag));
                 client.queue(&build::ready_for_query(a.server.tx_status));
                 a.pipe.q.pop_front();
             }
@@ -1599,15 +1598,4 @@ fn keep_tenant(
 ) -> Decision {
     *slot = t;
     d
-}
-
-fn command_complete(tag: &str) -> Frame {
-    let mut b = Vec::with_capacity(tag.len() + 1);
-    b.extend_from_slice(tag.as_bytes());
-    b.push(0);
-    Frame::new(b'C', &b)
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }

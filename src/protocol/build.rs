@@ -90,6 +90,13 @@ pub fn backend_key_data(pid: i32, secret: i32) -> Frame {
     Frame::new(b'K', &b)
 }
 
+/// CommandComplete with a command tag ("SELECT 1", "BEGIN", …).
+pub fn command_complete(tag: &str) -> Frame {
+    let mut b = BytesMut::with_capacity(tag.len() + 1);
+    cstr(&mut b, tag);
+    Frame::new(b'C', &b)
+}
+
 pub fn ready_for_query(status: u8) -> Frame {
     Frame::new(b'Z', &[status])
 }
