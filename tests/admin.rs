@@ -283,11 +283,7 @@ async fn shutdown_from_the_console() {
 }
 
 fn wait_for_map(p: &Pgtenant) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !p.logs().contains("shard map loaded") {
-        assert!(Instant::now() < deadline, "no shard map: {}", p.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    p.wait_for_log("shard map loaded", Duration::from_secs(20));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -39,11 +39,7 @@ fn start_pgtenant(cluster: &CitusCluster, extra: &str) -> (Pgtenant, TempDir) {
 }
 
 fn wait_for_map(p: &Pgtenant) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !p.logs().contains("shard map loaded") {
-        assert!(Instant::now() < deadline, "no shard map: {}", p.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    p.wait_for_log("shard map loaded", Duration::from_secs(30));
 }
 
 fn small(tenants: u32, shard_count: u32) -> CitusOptions {

@@ -852,6 +852,20 @@ pub struct Pgtenant {
 }
 
 impl Pgtenant {
+    /// Wait until the log contains `needle` (e.g. "shard map loaded"); panic with the
+    /// logs after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no '{needle}' in the logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Spawn `pgtenant <args>` with `env` added, and wait (10 s) until it accepts TCP.
     ///
     /// If neither `args` has `--listen` nor `env` has `PGTENANT_LISTEN`, appends
