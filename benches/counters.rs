@@ -7,9 +7,10 @@
 //! - `RouteStats::count` (route decision of the first statement);
 //! - `PoolStats::client_message` for the Query, `bytes_sent` for the server's four frames
 //!   (RowDescription, DataRow, CommandComplete, ReadyForQuery);
-//! - `PoolStats::add_query` and `add_xact` (each also records a latency histogram);
+//! - `PoolStats::add_query` and `add_xact` (each also records a latency observation);
 //!
-//! plus, separately, `SERVER_ERRORS.count_body` for one ErrorResponse (errors are not on
+//! plus, separately, one latency observation alone (`Latency::record`: the thread's own
+//! HdrHistogram) and `SERVER_ERRORS.count_body` for one ErrorResponse (errors are not on
 //! every transaction).
 //!
 //! Each is measured single-threaded and from 2 threads at once on the same counters (the
@@ -94,7 +95,7 @@ fn on_threads(threads: usize, iters: u64, f: &(impl Fn() + Sync)) -> Duration {
 
 fn bench_counters(c: &mut Criterion) {
     let routes = RouteStats::default();
-    let pool = PoolStats::default();
+    let pool = PoolStats::new("bench");
     let body = division_by_zero();
     let q = Duration::from_micros(180);
 
@@ -104,6 +105,12 @@ fn bench_counters(c: &mut Criterion) {
     });
     g.bench_function("transaction_2_threads", |b| {
         b.iter_custom(|iters| on_threads(2, iters, &|| one_transaction(&routes, &pool, q)))
+    });
+    g.bench_function("latency_record_1_thread", |b| {
+        b.iter(|| pool.query_latency.record(black_box(q)))
+    });
+    g.bench_function("latency_record_2_threads", |b| {
+        b.iter_custom(|iters| on_threads(2, iters, &|| pool.query_latency.record(black_box(q))))
     });
     g.bench_function("error_class_1_thread", |b| b.iter(|| one_error(&body)));
     g.bench_function("error_class_2_threads", |b| {
@@ -123,12 +130,13 @@ fn ns_per(threads: usize, n: u64, f: &(impl Fn() + Sync)) -> f64 {
 
 fn summary() {
     let routes = RouteStats::default();
-    let pool = PoolStats::default();
+    let pool = PoolStats::new("bench");
     let body = division_by_zero();
     let q = Duration::from_micros(180);
     let n = 2_000_000;
     let xact = || one_transaction(&routes, &pool, q);
     let err = || one_error(&body);
+    let record = || pool.query_latency.record(black_box(q));
     println!();
     println!(
         "counter work per transaction vs ~{:.0} µs CPU per pgbench -S transaction:",
@@ -136,6 +144,7 @@ fn summary() {
     );
     for (what, f) in [
         ("transaction counters", &xact as &(dyn Fn() + Sync)),
+        ("latency record", &record),
         ("error class count", &err),
     ] {
         for threads in [1, 2] {

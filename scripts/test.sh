@@ -125,6 +125,9 @@ validate_manifests() {
     "$K8S_VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" deploy/k8s/*.yaml
 }
 
+# The dashboard and alert rules name only series, labels and values /metrics serves, and
+# the dashboard shows every family (also parses the dashboard JSON).
+run_step "metric names" python3 scripts/check_metric_names.py
 run_step "alert rules" check_alert_rules
 run_step "k8s manifests" validate_manifests
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod context;
 pub mod frontend;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod pool;

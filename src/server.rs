@@ -150,6 +150,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     let janitor = pool::spawn_janitor(ctx.pools.clone(), janitor_stop.clone());
     let refresher = crate::citus::spawn_refresher(ctx.clone(), janitor_stop.clone());
     let stats = crate::admin::spawn_stats(ctx.clone(), janitor_stop.clone());
+    let trimmer = crate::memory::spawn_trimmer(ctx.clone(), janitor_stop.clone());
     // /metrics, /healthz, /readyz keep answering while clients drain (/readyz says so).
     let metrics = crate::metrics::start(http, ctx.clone(), janitor_stop.clone());
     for (sock, l) in listeners {
@@ -198,6 +199,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     let _ = janitor.await;
     let _ = refresher.await;
     let _ = stats.await;
+    let _ = trimmer.await;
     for t in metrics {
         let _ = t.await;
     }

@@ -204,8 +204,9 @@ async fn pgbouncer_headers_and_counters() {
     // Unknown commands are refused as PgBouncer refuses them; the console stays usable.
     let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "frobnicate");
     assert!(!ok && err.contains("invalid command 'frobnicate'"), "{err}");
-    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "suspend");
-    assert!(!ok && err.contains("not supported yet"), "{err}");
+    // SUSPEND needs admin rights (what it does: `suspend_flushes_then_holds_until_resume`).
+    let (ok, _, err) = psql(&p, "monitor", "monpw", "pgtenant", "suspend");
+    assert!(!ok && err.contains("admin access needed"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -719,9 +720,6 @@ async fn client_and_server_states_maxwait_and_wait_close() {
         ("0", "0"),
         "{pool:?}"
     );
-    // SUSPEND is not implemented: a clear feature_not_supported.
-    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "SUSPEND");
-    assert!(!ok && err.contains("SUSPEND"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -785,4 +783,328 @@ async fn stats_averages_over_the_period_and_used_servers() {
     );
     // Transaction mode (the default), between transactions: idle.
     assert_eq!(app_client_states(&p), ["idle"]);
+}
+
+/// A wire-protocol client that reads only when told to (trust login), so that pgtenant
+/// can be left with an answer it cannot send.
+struct RawClient {
+    s: tokio::net::TcpStream,
+    /// Everything received since the greeting.
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    /// Connect with a small receive buffer and log in as `user` on `db`.
+    async fn login(port: u16, user: &str, db: &str) -> RawClient {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        // A fixed small buffer: no autotuning hides a large answer in the kernel.
+        sock.set_recv_buffer_size(64 * 1024).unwrap();
+        let s = sock
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .expect("connect to pgtenant");
+        let mut body = 196608i32.to_be_bytes().to_vec();
+        for v in ["user", user, "database", db, ""] {
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        pkt.extend(body);
+        let mut c = RawClient { s, buf: Vec::new() };
+        c.write(&pkt).await;
+        c.read_until_ready(Duration::from_secs(10)).await;
+        assert!(
+            !c.tags().contains(&b'E'),
+            "login failed: {:?}",
+            String::from_utf8_lossy(&c.buf)
+        );
+        c.buf.clear();
+        c
+    }
+
+    async fn write(&mut self, b: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.s.write_all(b).await.expect("write to pgtenant");
+    }
+
+    async fn query(&mut self, sql: &str) {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        let mut f = vec![b'Q'];
+        f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        f.extend(body);
+        self.write(&f).await;
+    }
+
+    /// Read once (up to `wait`); false when nothing came.
+    async fn read_some(&mut self, wait: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 256 * 1024];
+        match tokio::time::timeout(wait, self.s.read(&mut chunk)).await {
+            Ok(Ok(0)) => panic!("pgtenant closed the connection"),
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Ok(Err(e)) => panic!("read from pgtenant: {e}"),
+            Err(_) => false,
+        }
+    }
+
+    /// Read until nothing more arrives for `quiet`.
+    async fn drain(&mut self, quiet: Duration) {
+        while self.read_some(quiet).await {}
+    }
+
+    /// Read until the last complete message is a ReadyForQuery.
+    async fn read_until_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.tags().last() != Some(&b'Z') {
+            assert!(
+                Instant::now() < deadline,
+                "no ReadyForQuery within {limit:?}"
+            );
+            self.read_some(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The tags of the complete messages received.
+    fn tags(&self) -> Vec<u8> {
+        let mut tags = Vec::new();
+        let mut i = 0;
+        while i + 5 <= self.buf.len() {
+            let len = i32::from_be_bytes(self.buf[i + 1..i + 5].try_into().unwrap()) as usize;
+            if i + 1 + len > self.buf.len() {
+                break;
+            }
+            tags.push(self.buf[i]);
+            i += 1 + len;
+        }
+        tags
+    }
+}
+
+fn show_state(p: &Pgtenant) -> std::collections::HashMap<String, String> {
+    rows(&admin(p, "SHOW STATE"))
+        .into_iter()
+        .map(|r| (r["key"].clone(), r["value"].clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspend_flushes_then_holds_until_resume() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin-suspend");
+    let p = start(&pg, &dir, "auth_type = \"trust\"");
+    let url = p.url("app", "secret", "app");
+    let idle = std::sync::Arc::new(support::connect(&url).await);
+    idle.simple_query("select 1").await.unwrap();
+
+    // A client in the middle of a large answer it does not read: pgtenant holds a full
+    // buffer for it (and stops reading the server, as backpressure).
+    const ROWS: usize = 16_000;
+    let mut raw = RawClient::login(p.port(), "app", "app").await;
+    raw.query(&format!(
+        "select repeat('x', 1000) from generate_series(1, {ROWS})"
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // SUSPEND waits for that buffer to be flushed.
+    let suspend = admin_async(&p, "SUSPEND");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !suspend.is_finished(),
+        "SUSPEND answered while a client had unflushed output"
+    );
+    // The console works meanwhile, from another session.
+    let st = show_state(&p);
+    assert_eq!(
+        (st["suspended"].as_str(), st["active"].as_str()),
+        ("yes", "no"),
+        "{st:?}"
+    );
+    assert!(
+        rows(&admin(&p, "SHOW CLIENTS"))
+            .iter()
+            .any(|r| r["database"] == "app"),
+        "SHOW CLIENTS while suspended"
+    );
+
+    // The client reads what pgtenant had queued; then nothing more comes (pgtenant reads
+    // no more of the answer from the server) and SUSPEND answers.
+    raw.drain(Duration::from_millis(700)).await;
+    let (ok, _, err) = tokio::time::timeout(Duration::from_secs(10), suspend)
+        .await
+        .expect("SUSPEND answers once the buffer is flushed")
+        .unwrap();
+    assert!(ok, "{err}");
+    let got = raw.tags();
+    let rows_before = got.iter().filter(|t| **t == b'D').count();
+    assert!(
+        !got.contains(&b'Z') && rows_before < ROWS,
+        "the answer went on while suspended: {rows_before} rows"
+    );
+    raw.drain(Duration::from_millis(500)).await;
+    assert_eq!(
+        raw.tags().iter().filter(|t| **t == b'D').count(),
+        rows_before,
+        "rows arrived while suspended"
+    );
+
+    // A logged-in client's next query waits; so does a new client.
+    let i = idle.clone();
+    let next = tokio::spawn(async move { i.simple_query("select 42").await.map(|_| ()) });
+    let u = url.clone();
+    let newcomer = tokio::spawn(async move {
+        let c = support::connect(&u).await;
+        c.simple_query("select 7").await.map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!next.is_finished(), "a query was answered while suspended");
+    assert!(
+        !newcomer.is_finished(),
+        "a new client was served while suspended"
+    );
+
+    // Nothing else may start meanwhile.
+    for cmd in ["SUSPEND", "PAUSE", "PAUSE app"] {
+        let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", cmd);
+        assert!(
+            !ok && err.contains("already suspended/paused"),
+            "{cmd}: {err}"
+        );
+    }
+
+    // RESUME: everyone goes on where they stopped.
+    admin(&p, "RESUME");
+    let st = show_state(&p);
+    assert_eq!(
+        (st["suspended"].as_str(), st["active"].as_str()),
+        ("no", "yes"),
+        "{st:?}"
+    );
+    raw.read_until_ready(Duration::from_secs(30)).await;
+    assert_eq!(
+        raw.tags().iter().filter(|t| **t == b'D').count(),
+        ROWS,
+        "the whole answer after RESUME"
+    );
+    for (what, t) in [
+        ("the idle client's query", next),
+        ("the new client", newcomer),
+    ] {
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .unwrap_or_else(|_| panic!("{what} waits after RESUME"))
+            .unwrap()
+            .unwrap();
+    }
+    raw.query("select 1").await;
+    raw.read_until_ready(Duration::from_secs(10)).await;
+
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "RESUME");
+    assert!(!ok && err.contains("not paused/suspended"), "{err}");
+    // SUSPEND needs every database running (PgBouncer's rule).
+    admin(&p, "PAUSE app");
+    let (ok, _, err) = psql(&p, "app", "secret", "pgtenant", "SUSPEND");
+    assert!(!ok && err.contains("paused databases"), "{err}");
+    admin(&p, "RESUME app");
+    // With every buffer empty SUSPEND answers at once.
+    let (ok, _, err) = tokio::time::timeout(Duration::from_secs(10), admin_async(&p, "SUSPEND"))
+        .await
+        .expect("SUSPEND with nothing to flush")
+        .unwrap();
+    assert!(ok, "{err}");
+    admin(&p, "RESUME");
+    idle.simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_and_servers_link_prepared_and_request_time() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin-columns");
+    let p = start(&pg, &dir, "pool_mode = \"transaction\"");
+    let url = p.url("app", "secret", "app");
+    let by_app = |out: &str, app: &str| {
+        rows(out)
+            .into_iter()
+            .find(|r| r["application_name"] == app)
+            .unwrap_or_else(|| panic!("no client {app} in {out}"))
+    };
+
+    // Two named statements in a client's view; prepared on the server it used.
+    let preparer = support::connect(&format!("{url}?application_name=preparer")).await;
+    let s1 = preparer.prepare("select $1::int4 + 1").await.unwrap();
+    let s2 = preparer.prepare("select $1::text || 'x'").await.unwrap();
+    let c = by_app(&admin(&p, "SHOW CLIENTS"), "preparer");
+    assert_eq!(c["prepared_statements"], "2", "{c:?}");
+    assert_eq!((c["link"].as_str(), c["remote_pid"].as_str()), ("", "0"));
+    let servers = rows(&admin(&p, "SHOW SERVERS"));
+    let on_servers: u32 = servers
+        .iter()
+        .map(|s| s["prepared_statements"].parse::<u32>().unwrap())
+        .sum();
+    assert_eq!(on_servers, 2, "{servers:?}");
+    let n: i32 = preparer.query_one(&s1, &[&41i32]).await.unwrap().get(0);
+    assert_eq!(n, 42);
+    let t: String = preparer.query_one(&s2, &[&"a"]).await.unwrap().get(0);
+    assert_eq!(t, "ax");
+
+    // A client inside a transaction holds a server: link and ptr point at each other.
+    let holder = support::connect(&format!("{url}?application_name=holder")).await;
+    holder.simple_query("begin").await.unwrap();
+    let pid: i32 = holder
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let c = by_app(&admin(&p, "SHOW CLIENTS"), "holder");
+    let servers = rows(&admin(&p, "SHOW SERVERS"));
+    let s = servers
+        .iter()
+        .find(|s| s["ptr"] == c["link"])
+        .unwrap_or_else(|| panic!("client link {:?} is no server ptr: {servers:?}", c["link"]));
+    assert_eq!(s["link"], c["ptr"], "{s:?} {c:?}");
+    assert_eq!(s["state"], "active");
+    assert_eq!(s["remote_pid"], pid.to_string());
+    assert_eq!((s["wait"].as_str(), s["wait_us"].as_str()), ("0", "0"));
+    // Nobody else is linked.
+    assert!(
+        servers
+            .iter()
+            .filter(|x| x["ptr"] != s["ptr"])
+            .all(|x| x["link"].is_empty() && x["state"] != "active"),
+        "{servers:?}"
+    );
+    let p_row = by_app(&admin(&p, "SHOW CLIENTS"), "preparer");
+    assert_eq!(p_row["link"], "", "{p_row:?}");
+
+    // request_time follows the client's requests (to the second), and the server's use.
+    let before = by_app(&admin(&p, "SHOW CLIENTS"), "holder");
+    assert!(
+        before["request_time"] >= before["connect_time"],
+        "{before:?}"
+    );
+    let s_before = s["request_time"].clone();
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    holder.simple_query("select 1").await.unwrap();
+    holder.simple_query("commit").await.unwrap();
+    let after = by_app(&admin(&p, "SHOW CLIENTS"), "holder");
+    assert!(
+        after["request_time"] > before["request_time"],
+        "{before:?} → {after:?}"
+    );
+    assert_eq!(after["link"], "", "{after:?}");
+    let servers = rows(&admin(&p, "SHOW SERVERS"));
+    let s_after = servers.iter().find(|x| x["ptr"] == s["ptr"]).unwrap();
+    assert_eq!(
+        (s_after["state"].as_str(), s_after["link"].as_str()),
+        ("idle", "")
+    );
+    assert!(
+        s_after["request_time"] > s_before,
+        "{s_before} → {:?}",
+        s_after["request_time"]
+    );
 }

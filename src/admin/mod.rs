@@ -18,6 +18,7 @@ mod show_config;
 mod show_metrics;
 mod show_pools;
 mod show_stats;
+mod suspend;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -29,8 +30,9 @@ use crate::protocol::{build, sqlstate};
 
 pub use parser::{parse, Command, Show};
 pub use pause::PauseState;
-pub use registry::{ClientInfo, ClientRegistry};
+pub use registry::{ClientInfo, ClientRegistry, SessionConsole};
 pub use show_stats::spawn_stats;
+pub use suspend::SuspendState;
 
 /// Database names that reach the admin console.
 pub const ADMIN_DATABASES: [&str; 2] = ["pgtenant", "pgbouncer"];
@@ -48,6 +50,8 @@ pub struct AdminState {
     pub started_at: SystemTime,
     /// PAUSE / RESUME.
     pub pause: PauseState,
+    /// SUSPEND / RESUME.
+    pub suspend: SuspendState,
     /// SHOW STATS' averages over the last stats_period.
     pub stats: show_stats::StatsWindow,
 }
@@ -60,6 +64,7 @@ impl AdminState {
             started: Instant::now(),
             started_at: SystemTime::now(),
             pause: PauseState::default(),
+            suspend: SuspendState::default(),
             stats: Default::default(),
         }
     }
@@ -208,7 +213,7 @@ pub async fn execute(
             Show::Routes => rows(show_citus::routes(ctx)),
             Show::PlanCache => rows(show_citus::plan_cache(ctx)),
             Show::Tenants => rows(show_metrics::tenants(ctx)),
-            Show::Latency => rows(show_metrics::latency(ctx)),
+            Show::Latency => rows(show_metrics::latency()),
         },
         Command::Reload => control::reload(ctx),
         Command::Shutdown => control::shutdown(ctx),
@@ -216,9 +221,13 @@ pub async fn execute(
         Command::Kill(db) => control::kill(ctx, db.as_deref()),
         Command::KillClient(id) => control::kill_client(ctx, id),
         Command::Set { key, value } => control::set(ctx, &key, &value),
+        Command::Pause(_) if ctx.admin.suspend.is_on() => {
+            Err(AdminError::new("already suspended/paused"))
+        }
         Command::Pause(db) => pause::pause(ctx, db.as_deref()).await,
+        Command::Resume(None) if ctx.admin.suspend.is_on() => suspend::resume(ctx),
         Command::Resume(db) => pause::resume(ctx, db.as_deref()),
-        Command::Suspend => Err(AdminError::not_supported("SUSPEND")),
+        Command::Suspend => suspend::suspend(ctx).await,
         Command::WaitClose(db) => control::wait_close(ctx, db.as_deref()).await,
     }
 }

@@ -37,6 +37,11 @@ impl PauseState {
         self.all.load(Ordering::Relaxed)
     }
 
+    /// Anything paused, everything or one database (SUSPEND refuses then).
+    pub fn any_paused(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+
     fn pause(&self, db: Option<&str>) {
         match db {
             Some(db) => {

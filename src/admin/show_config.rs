@@ -407,11 +407,14 @@ pub fn version() -> ResultSet {
 
 pub fn state(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(STATE);
-    let shutting_down = ctx.shutdown.is_cancelled();
+    let paused = ctx.admin.pause.all_paused();
+    let suspended = ctx.admin.suspend.is_on();
+    // PgBouncer: active = neither paused nor suspended (pgtenant: nor shutting down).
+    let active = !ctx.shutdown.is_cancelled() && !paused && !suspended;
     for (k, v) in [
-        ("active", !shutting_down),
-        ("paused", ctx.admin.pause.all_paused()),
-        ("suspended", false),
+        ("active", active),
+        ("paused", paused),
+        ("suspended", suspended),
     ] {
         rs.push_values([k, if v { "yes" } else { "no" }]);
     }

@@ -1,10 +1,9 @@
 //! SHOW TENANTS (the heavy-hitters sketches) and SHOW LATENCY (the histograms).
 use std::collections::HashSet;
-use std::time::Duration;
 
 use super::ResultSet;
 use crate::context::Context;
-use crate::metrics::latency::{QUERY, TRANSACTION, WAIT};
+use crate::metrics::latency::{self, Kind, Snapshot};
 use crate::metrics::tenants::Rank;
 
 pub const TENANTS: &[&str] = &[
@@ -49,61 +48,33 @@ pub const LATENCY: &[&str] = &[
     "metric", "node", "count", "p50_us", "p90_us", "p99_us", "p99_9_us", "avg_us",
 ];
 
-fn us(d: Option<Duration>) -> Option<String> {
-    d.map(|d| {
-        if d == Duration::MAX {
-            "inf".to_string()
-        } else {
-            d.as_micros().to_string()
-        }
-    })
-}
-
-/// Process-wide rows (`node` = `all`), then one row per metric and node (the node's pools
-/// summed). Quantiles are bucket upper bounds (an over-estimate by at most one bucket),
-/// NULL before any data.
-pub fn latency(ctx: &crate::context::Context) -> ResultSet {
+/// Process-wide rows (`node` = `all`), then one row per metric and node (every pool and
+/// thread of the node merged). Quantiles are HdrHistogram values at 3 significant digits
+/// (at most 0.1 % over), NULL before any data.
+pub fn latency() -> ResultSet {
     let mut rs = ResultSet::new(LATENCY);
-    let push =
-        |rs: &mut ResultSet, name: &str, node: &str, s: &crate::metrics::latency::Snapshot| {
-            let n = s.count();
-            let mut row = vec![
-                Some(name.to_string()),
-                Some(node.to_string()),
-                Some(n.to_string()),
-            ];
-            for q in [0.5, 0.9, 0.99, 0.999] {
-                row.push(us(s.quantile(q)));
+    let push = |rs: &mut ResultSet, kind: Kind, node: &str, s: &Snapshot| {
+        let n = s.count();
+        let mut row = vec![
+            Some(kind.as_str().to_string()),
+            Some(node.to_string()),
+            Some(n.to_string()),
+        ];
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            row.push(s.quantile(q).map(|d| d.as_micros().to_string()));
+        }
+        row.push(s.sum_us().checked_div(n).map(|a| a.to_string()));
+        rs.push(row);
+    };
+    let m = latency::merged();
+    for kind in Kind::ALL {
+        push(&mut rs, kind, "all", &m.all(kind));
+    }
+    for kind in Kind::ALL {
+        for node in m.nodes() {
+            if let Some(s) = m.node(node, kind) {
+                push(&mut rs, kind, node, s);
             }
-            row.push(s.sum_us.checked_div(n).map(|a| a.to_string()));
-            rs.push(row);
-        };
-    for (name, h) in [
-        ("query", &QUERY),
-        ("transaction", &TRANSACTION),
-        ("wait", &WAIT),
-    ] {
-        push(&mut rs, name, "all", &h.snapshot());
-    }
-    let mut by_node: std::collections::BTreeMap<String, [crate::metrics::latency::Snapshot; 3]> =
-        std::collections::BTreeMap::new();
-    for p in ctx.pools.all() {
-        let e = by_node
-            .entry(p.key.node.name.to_string())
-            .or_insert_with(|| {
-                [
-                    crate::metrics::latency::Snapshot::empty(),
-                    crate::metrics::latency::Snapshot::empty(),
-                    crate::metrics::latency::Snapshot::empty(),
-                ]
-            });
-        e[0].merge(&p.stats.query_latency.snapshot());
-        e[1].merge(&p.stats.xact_latency.snapshot());
-        e[2].merge(&p.stats.wait_latency.snapshot());
-    }
-    for (i, name) in ["query", "transaction", "wait"].iter().enumerate() {
-        for (node, snaps) in &by_node {
-            push(&mut rs, name, node, &snaps[i]);
         }
     }
     rs

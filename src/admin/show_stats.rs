@@ -182,8 +182,10 @@ impl StatsWindow {
 }
 
 /// Snapshot the totals every stats_period (re-read each time, so RELOAD applies) until
-/// `stop` fires.
+/// `stop` fires. Also starts the console's coarse clock (SHOW CLIENTS' request_time),
+/// which ends with `stop` too.
 pub fn spawn_stats(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    super::registry::spawn_clock(stop.clone());
     tokio::spawn(async move {
         let mut last = Instant::now();
         ctx.admin.stats.roll(by_database(&ctx), 1.0);

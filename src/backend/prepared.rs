@@ -1,6 +1,7 @@
 //! What one server connection has prepared: pgtenant's statement ids (LRU, bounded by
 //! max_prepared_statements) and the SQL-level PREPARE names with their text.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// Server-side name of a protocol-level statement pgtenant prepared.
@@ -15,6 +16,9 @@ pub struct PreparedCache {
     tick: u64,
     /// SQL-level `PREPARE name AS …` on this server: name → the full PREPARE text.
     pub sql: HashMap<String, Arc<str>>,
+    /// How many ids are prepared, for SHOW SERVERS while a client holds the connection
+    /// (written when the set changes, never on a cache hit).
+    count: Arc<AtomicU32>,
 }
 
 impl PreparedCache {
@@ -35,21 +39,34 @@ impl PreparedCache {
     pub fn insert(&mut self, id: u64, cap: usize) -> Option<u64> {
         self.tick += 1;
         self.ids.insert(id, self.tick);
-        if self.ids.len() <= cap.max(1) {
-            return None;
+        let victim = if self.ids.len() <= cap.max(1) {
+            None
+        } else {
+            self.ids
+                .iter()
+                .filter(|(k, _)| **k != id)
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| *k)
+        };
+        if let Some(v) = victim {
+            self.ids.remove(&v);
         }
-        let victim = self
-            .ids
-            .iter()
-            .filter(|(k, _)| **k != id)
-            .min_by_key(|(_, t)| **t)
-            .map(|(k, _)| *k)?;
-        self.ids.remove(&victim);
-        Some(victim)
+        self.counted();
+        victim
     }
 
     pub fn remove(&mut self, id: u64) {
         self.ids.remove(&id);
+        self.counted();
+    }
+
+    fn counted(&self) {
+        self.count.store(self.ids.len() as u32, Ordering::Relaxed);
+    }
+
+    /// The count of prepared ids, shared (SHOW SERVERS' prepared_statements).
+    pub fn shared_count(&self) -> Arc<AtomicU32> {
+        self.count.clone()
     }
 
     pub fn len(&self) -> usize {
@@ -64,6 +81,7 @@ impl PreparedCache {
     pub fn clear(&mut self) {
         self.ids.clear();
         self.sql.clear();
+        self.counted();
     }
 }
 
@@ -81,5 +99,11 @@ mod tests {
         assert!(c.touch(1) && c.touch(3) && !c.touch(2));
         c.remove(1);
         assert_eq!(c.len(), 1);
+        let shared = c.shared_count();
+        assert_eq!(shared.load(Ordering::Relaxed), 1);
+        assert_eq!(c.insert(4, 2), None);
+        assert_eq!(shared.load(Ordering::Relaxed), 2);
+        c.clear();
+        assert_eq!(shared.load(Ordering::Relaxed), 0);
     }
 }

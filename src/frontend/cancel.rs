@@ -21,7 +21,21 @@ pub struct CancelSlot {
 
 impl CancelSlot {
     pub async fn set(&self, t: Option<Arc<CancelTarget>>) {
-        *self.target.lock().await = t;
+        if let Err(t) = self.try_set(t) {
+            *self.target.lock().await = t;
+        }
+    }
+
+    /// Set without waiting; fails (giving `t` back) only while a cancel is on its way,
+    /// which [`CancelSlot::set`] then waits for (see above).
+    pub fn try_set(&self, t: Option<Arc<CancelTarget>>) -> Result<(), Option<Arc<CancelTarget>>> {
+        match self.target.try_lock() {
+            Ok(mut g) => {
+                *g = t;
+                Ok(())
+            }
+            Err(_) => Err(t),
+        }
     }
 }
 

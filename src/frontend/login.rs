@@ -28,7 +28,7 @@ pub struct Client {
     /// Startup parameters other than user and database.
     pub params: Vec<(String, String)>,
     /// The settings those parameters ask for (replayed on every server it uses).
-    pub startup: super::params::ParamMap,
+    pub startup: Arc<super::params::ParamMap>,
     pub key: CancelKey,
     /// The pool on the coordinator for this (database, user).
     pub pool: Arc<Pool>,
@@ -282,7 +282,7 @@ async fn login_inner(
         user,
         database,
         params: rest,
-        startup,
+        startup: Arc::new(startup),
         key: cancel_key,
         pool,
         credential,

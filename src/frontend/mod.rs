@@ -32,13 +32,44 @@ pub enum FrontendError {
     Protocol(#[from] crate::protocol::ProtocolError),
 }
 
+/// The startup phase's outcome, with the context handed back.
+type LoginDone = (Result<Option<login::Login>, FrontendError>, Arc<Context>);
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 /// Serve one client connection until it leaves.
-pub async fn handle_client(socket: TcpStream, listener: Listener, ctx: Arc<Context>) {
+///
+/// Each phase is a boxed future built before it starts, so the client's task holds only
+/// the phase it is in: the startup phase's state (and the socket and listener it owns) is
+/// freed once it is over, and a logged-in client carries only its session's state
+/// (memory per idle client).
+pub fn handle_client(
+    socket: TcpStream,
+    listener: Listener,
+    ctx: Arc<Context>,
+) -> impl std::future::Future<Output = ()> + Send {
     let peer = socket.peer_addr().ok();
     let _ = socket.set_nodelay(true);
     // Counted from accept to close; max_client_conn is checked against it at login.
     ctx.clients.fetch_add(1, Ordering::AcqRel);
-    let r = login::login(socket, &listener, &ctx).await;
+    let login: BoxFuture<LoginDone> = Box::pin(async move {
+        let r = login::login(socket, &listener, &ctx).await;
+        (r, ctx)
+    });
+    async move {
+        let (r, ctx) = login.await;
+        if let Some(serve) = after_login(peer, r, &ctx) {
+            serve.await;
+        }
+        ctx.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a logged-in client is served by: its session, or the admin console.
+fn after_login(
+    peer: Option<std::net::SocketAddr>,
+    r: Result<Option<login::Login>, FrontendError>,
+    ctx: &Arc<Context>,
+) -> Option<BoxFuture<()>> {
     match r {
         Ok(Some(login::Login::Client(client))) => {
             let app = client
@@ -51,21 +82,16 @@ pub async fn handle_client(socket: TcpStream, listener: Listener, ctx: Arc<Conte
                 application_name = app.unwrap_or(""), tls = client.conn.stream().is_tls(), "client logged in"
             );
             let user = client.user.clone();
-            let info = register(
-                &ctx,
-                &client.conn,
-                &client.user,
-                &client.database,
-                &client.params,
-                client.kill.clone(),
-                Some(client.state.clone()),
-            );
-            let r = session::run(client, &ctx).await;
-            ctx.admin.clients.unregister(info.id);
-            match r {
-                Ok(()) => tracing::info!(peer = ?peer, user = %user, "client closed"),
-                Err(e) => tracing::info!(peer = ?peer, user = %user, error = %e, "client closed"),
+            let ctx = ctx.clone();
+            if ctx.admin.suspend.is_on() {
+                // SUSPEND: a new client waits here, logged in, until RESUME
+                // (admin::suspend).
+                return Some(Box::pin(async move {
+                    ctx.admin.suspend.hold(&client.kill).await;
+                    start_session(peer, user, client, &ctx).await;
+                }));
             }
+            Some(Box::pin(start_session(peer, user, client, &ctx)))
         }
         Ok(Some(login::Login::Admin {
             conn,
@@ -75,22 +101,58 @@ pub async fn handle_client(socket: TcpStream, listener: Listener, ctx: Arc<Conte
             key,
         })) => {
             tracing::info!(peer = ?peer, user = %user, database = %database, "admin console client logged in");
-            let kill = ctx.shutdown.child_token();
-            let info = register(&ctx, &conn, &user, &database, &params, kill.clone(), None);
-            let r = crate::admin::serve(conn, user.clone(), ctx.clone(), kill).await;
-            ctx.admin.clients.unregister(info.id);
-            drop(key);
-            match r {
-                Ok(()) => tracing::info!(peer = ?peer, user = %user, "admin console client closed"),
-                Err(e) => {
-                    tracing::info!(peer = ?peer, user = %user, error = %e, "admin console client closed")
+            let ctx = ctx.clone();
+            Some(Box::pin(async move {
+                let kill = ctx.shutdown.child_token();
+                let info = register(&ctx, &conn, &user, &database, &params, kill.clone(), None);
+                let r = crate::admin::serve(conn, user.clone(), ctx.clone(), kill).await;
+                ctx.admin.clients.unregister(info.id);
+                drop(key);
+                match r {
+                    Ok(()) => {
+                        tracing::info!(peer = ?peer, user = %user, "admin console client closed")
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = ?peer, user = %user, error = %e, "admin console client closed")
+                    }
                 }
-            }
+            }))
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(peer = ?peer, error = %e, "client left during startup"),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(peer = ?peer, error = %e, "client left during startup");
+            None
+        }
     }
-    ctx.clients.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Register a logged-in client and build its session's future (which unregisters it at
+/// its end).
+fn start_session(
+    peer: Option<std::net::SocketAddr>,
+    user: String,
+    mut client: login::Client,
+    ctx: &Arc<Context>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let info = register(
+        ctx,
+        &client.conn,
+        &client.user,
+        &client.database,
+        &client.params,
+        client.kill.clone(),
+        Some(client.state.clone()),
+    );
+    let id = info.id;
+    // The registry keeps what SHOW CLIENTS shows; the session needs only `startup`.
+    client.params = Vec::new();
+    session::run(client, ctx.clone(), move |r, ctx: &Context| {
+        ctx.admin.clients.unregister(id);
+        match r {
+            Ok(()) => tracing::info!(peer = ?peer, user = %user, "client closed"),
+            Err(e) => tracing::info!(peer = ?peer, user = %user, error = %e, "client closed"),
+        }
+    })
 }
 
 /// Enter a logged-in client in the admin console's registry (SHOW CLIENTS, KILL_CLIENT).
@@ -120,4 +182,25 @@ fn register(
         kill,
         state,
     })
+}
+
+#[cfg(test)]
+mod size_tests {
+    fn ret_size<A, B, C, F>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle client costs mostly its task: the futures it holds between transactions.
+    /// Slow paths (login, waiting for or opening a server connection, reading settings
+    /// back, the end of a session) are boxed so that they do not inflate it; this keeps
+    /// anyone from quietly putting a big await back on the common path.
+    #[test]
+    fn an_idle_clients_futures_stay_small() {
+        let outer = ret_size(super::handle_client);
+        type End = fn(Result<(), super::FrontendError>, &crate::context::Context);
+        let session = ret_size(super::session::run::<End>);
+        eprintln!("client task: {outer} bytes + session {session} bytes");
+        assert!(outer <= 256, "handle_client's future is {outer} bytes");
+        assert!(session <= 1024, "a session's future is {session} bytes");
+    }
 }

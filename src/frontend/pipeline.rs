@@ -79,6 +79,8 @@ impl Expect {
     }
 }
 
+/// A pipeline lives for one transaction; its queue's allocation is reused from a small
+/// per-thread stash rather than allocated again for every transaction.
 #[derive(Debug, Default)]
 pub struct Pipeline {
     pub q: VecDeque<Expect>,
@@ -87,7 +89,43 @@ pub struct Pipeline {
     pub copy_in: bool,
 }
 
+thread_local! {
+    static SPARE_QUEUES: std::cell::RefCell<Vec<VecDeque<Expect>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Queues kept per thread for reuse, and the largest capacity worth keeping.
+const SPARE_MAX: usize = 64;
+const SPARE_CAPACITY_MAX: usize = 64;
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let cap = self.q.capacity();
+        if cap == 0 || cap > SPARE_CAPACITY_MAX {
+            return;
+        }
+        let mut q = std::mem::take(&mut self.q);
+        q.clear();
+        let _ = SPARE_QUEUES.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_MAX {
+                s.push(q);
+            }
+        });
+    }
+}
+
 impl Pipeline {
+    /// An empty pipeline, its queue taken from this thread's stash when there is one.
+    pub fn new() -> Pipeline {
+        let q = SPARE_QUEUES
+            .try_with(|s| s.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Pipeline { q, copy_in: false }
+    }
+
     /// Nothing owed (CopyEnd markers owe nothing).
     pub fn is_settled(&self) -> bool {
         !self.copy_in && self.q.iter().all(|e| matches!(e, Expect::CopyEnd))

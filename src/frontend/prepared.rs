@@ -70,6 +70,9 @@ impl StatementRegistry {
 
 /// Does this SQL change session settings (so the client's state must be re-read)?
 pub fn changes_session(sql: &str) -> bool {
+    if crate::router::command::is_plain_dml(sql) {
+        return calls_set_config(sql);
+    }
     calls_set_config(sql)
         || classify(sql)
             .iter()
@@ -79,7 +82,10 @@ pub fn changes_session(sql: &str) -> bool {
 /// Does this SQL mention `set_config` (which changes settings without a SET, and only
 /// reported ones show in a ParameterStatus)? A plain byte scan, case-insensitive.
 pub fn calls_set_config(sql: &str) -> bool {
-    sql.as_bytes()
-        .windows(10)
-        .any(|w| w.eq_ignore_ascii_case(b"set_config"))
+    let b = sql.as_bytes();
+    memchr::memchr_iter(b'_', b).any(|i| {
+        i >= 3
+            && b.get(i - 3..i + 7)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"set_config"))
+    })
 }

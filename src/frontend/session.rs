@@ -146,11 +146,11 @@ struct View {
     desired: Arc<ParamMap>,
 }
 
-struct Session<'a> {
-    ctx: &'a Arc<Context>,
+struct Session {
+    ctx: Arc<Context>,
     c: Client,
     mode: PoolMode,
-    attached: Option<Attached>,
+    attached: Option<Box<Attached>>,
     view: View,
     /// Prepared-statement tracking on (transaction/statement mode, max_prepared_statements > 0).
     track_prepared: bool,
@@ -186,11 +186,20 @@ struct Session<'a> {
     tenant: Option<crate::metrics::tenants::TenantKey>,
 }
 
-pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError> {
+/// The session's future. Built in two steps so that it holds the session's state once
+/// (an `async fn` would keep its `client` argument beside the `Session` made from it).
+/// `end` runs when the session is over, inside the same future (awaiting this future from
+/// another one would store it twice).
+pub fn run<E>(client: Client, ctx: Arc<Context>, end: E) -> impl Future<Output = ()> + Send
+where
+    E: FnOnce(Result<(), FrontendError>, &Context) + Send,
+{
     let settings = ctx.settings();
     let mode = settings.pool_mode_for(&client.user);
     let max_prepared = settings.max_prepared_statements as usize;
-    let desired = Arc::new(client.startup.clone());
+    let desired = client.startup.clone();
+    // Polled for KILL; SUSPEND cancels it alone to make a parked session look again.
+    let nudge = client.state.console.suspend.nudge_token(&client.kill);
     let mut s = Session {
         ctx,
         mode,
@@ -210,26 +219,31 @@ pub async fn run(client: Client, ctx: &Arc<Context>) -> Result<(), FrontendError
         fake_portal: None,
         skip_until_sync: false,
         idle_tx_timer: None,
-        shutdown: Box::pin(client.kill.clone().cancelled_owned()),
+        shutdown: Box::pin(nudge.cancelled_owned()),
         draining: false,
         client_tx: b'I',
         tenant: None,
         c: client,
     };
     drop(settings);
-    let r = s.run().await;
-    s.finish().await;
-    r
+    async move {
+        let r = s.run().await;
+        Box::pin(s.finish()).await;
+        end(r, &s.ctx);
+    }
 }
 
-impl Session<'_> {
+impl Session {
     async fn run(&mut self) -> Result<(), FrontendError> {
         loop {
             let ev = poll_fn(|cx| self.poll_event(cx)).await;
             tracing::trace!(event = ev.name(), "session event");
             let flow = match ev {
                 Event::ClientRead(Ok(0)) => Flow::Quit,
-                Event::ClientRead(Ok(_)) => self.on_client_input().await?,
+                // Handlers are boxed per event: an idle client's task then holds only the
+                // session's state, not the state of every await the handlers might reach
+                // (memory per idle client; one short-lived allocation per event).
+                Event::ClientRead(Ok(_)) => Box::pin(self.on_client_input()).await?,
                 Event::ClientRead(Err(e)) | Event::ClientWrite(e) => return Err(e.into()),
                 Event::ServerRead(Ok(0)) => {
                     self.server_lost("server closed the connection unexpectedly")
@@ -237,11 +251,11 @@ impl Session<'_> {
                 Event::ServerRead(Err(e)) | Event::ServerWrite(e) => {
                     self.server_lost(&format!("server connection failed: {e}"))
                 }
-                Event::ServerRead(Ok(_)) => match self.on_server_input().await {
+                Event::ServerRead(Ok(_)) => match Box::pin(self.on_server_input()).await {
                     Flow::Continue
                         if !self.deferred.is_empty() && !self.must_wait_for_sync_point() =>
                     {
-                        self.on_client_input().await?
+                        Box::pin(self.on_client_input()).await?
                     }
                     flow => flow,
                 },
@@ -250,11 +264,19 @@ impl Session<'_> {
                         sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
                         "idle transaction timeout",
                     ));
+                    if self.attached.is_some() {
+                        self.set_cancel_target(None).await;
+                    }
                     if let Some(a) = self.attached.take() {
-                        self.c.key.slot.set(None).await;
                         a.pool.discard(a.server);
                     }
                     Flow::Quit
+                }
+                Event::Shutdown if !self.c.kill.is_cancelled() => {
+                    // SUSPEND's nudge (admin::suspend): a fresh token, then look again.
+                    let t = self.c.state.console.suspend.nudge_token(&self.c.kill);
+                    self.shutdown = Box::pin(t.cancelled_owned());
+                    Flow::Continue
                 }
                 Event::Shutdown => {
                     self.draining = true;
@@ -265,6 +287,10 @@ impl Session<'_> {
                     Flow::Continue
                 }
             };
+            // SHOW CLIENTS / SERVERS: the server lent now, the statements prepared.
+            let link = self.attached.as_ref().map_or(0, |a| a.server.id);
+            let prepared = self.view.statements.len();
+            self.c.state.console.publish(link, prepared);
             if let Flow::Quit = flow {
                 return Ok(());
             }
@@ -292,6 +318,10 @@ impl Session<'_> {
                 return Poll::Ready(Event::ClientWrite(e));
             }
         }
+        if self.attached.is_none() && self.c.conn.pending_output() == 0 {
+            // Idle between transactions: no buffer is kept for a client that sends nothing.
+            self.c.conn.release_buffers();
+        }
         if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Event::Shutdown);
         }
@@ -299,6 +329,14 @@ impl Session<'_> {
             .attached
             .as_ref()
             .map_or(0, |a| a.server.conn.pending_output());
+        // SUSPEND (admin::suspend): once what is queued went out above, read nothing.
+        let suspend = &self.ctx.admin.suspend;
+        if suspend.is_on() {
+            let pending = self.c.conn.pending_output() + server_out;
+            if suspend.park(cx, &self.c.state.console.suspend, pending) {
+                return Poll::Pending;
+            }
+        }
         if server_out < HIGH_WATER && self.deferred.is_empty() {
             if let Poll::Ready(r) = self.c.conn.poll_fill(cx) {
                 return Poll::Ready(Event::ClientRead(r));
@@ -335,6 +373,7 @@ impl Session<'_> {
     /// Handle every complete frame the client has sent.
     async fn on_client_input(&mut self) -> Result<Flow, FrontendError> {
         self.idle_tx_timer = None;
+        self.c.state.console.requested();
         loop {
             let next = match self.deferred.pop_front() {
                 Some(f) => Ok(Some(f)),
@@ -668,7 +707,7 @@ impl Session<'_> {
                 self.view.sql_prepared.clear();
                 self.view.statements.clear();
                 self.view.session.clear();
-                self.view.desired = Arc::new(self.c.startup.clone());
+                self.view.desired = self.c.startup.clone();
                 Some("DISCARD ALL")
             }
             _ => None,
@@ -919,11 +958,14 @@ impl Session<'_> {
         let pause = &self.ctx.admin.pause;
         if pause.is_paused(&self.c.pool.key.database) {
             // PAUSE: the new transaction waits for RESUME (or for its end: KILL, SHUTDOWN).
-            tokio::select! {
-                _ = pause.wait(&self.c.pool.key.database) => {}
-                _ = self.c.kill.cancelled() => {}
-                _ = self.ctx.shutdown.cancelled() => {}
-            }
+            Box::pin(async {
+                tokio::select! {
+                    _ = pause.wait(&self.c.pool.key.database) => {}
+                    _ = self.c.kill.cancelled() => {}
+                    _ = self.ctx.shutdown.cancelled() => {}
+                }
+            })
+            .await;
         }
         let map = match self.mode {
             PoolMode::Session => None,
@@ -1180,19 +1222,32 @@ impl Session<'_> {
         }
     }
 
+    /// Point the client's cancel key at its server (or at nothing). Waits only while a
+    /// cancel is on its way (boxed then: the session's future stays small).
+    async fn set_cancel_target(&self, t: Option<Arc<crate::backend::CancelTarget>>) {
+        if let Err(t) = self.c.key.slot.try_set(t) {
+            Box::pin(self.c.key.slot.set(t)).await;
+        }
+    }
+
     /// A server connection from `pool`, counted as waiting meanwhile.
     async fn acquire(&self, pool: &Arc<Pool>) -> Result<ServerConn, PoolError> {
+        if let Some(c) = pool.try_acquire_idle() {
+            return Ok(c);
+        }
         let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
-        pool.acquire().await
+        // Boxed: the slow path (waiting, connecting) stays out of every session's future,
+        // which an idle client keeps for as long as it is connected.
+        Box::pin(pool.acquire()).await
     }
 
     /// Make `server` this client's: cancel target, settings replay.
     async fn install(&mut self, server: ServerConn, pool: Arc<Pool>) {
-        self.c.key.slot.set(Some(server.cancel.clone())).await;
+        self.set_cancel_target(Some(server.cancel.clone())).await;
         let mut a = Attached {
             server,
             pool,
-            pipe: Pipeline::default(),
+            pipe: Pipeline::new(),
             session_changed: false,
             query_started: None,
             xact_started: std::time::Instant::now(),
@@ -1204,7 +1259,7 @@ impl Session<'_> {
             }
             a.server.applied = self.view.desired.clone();
         }
-        self.attached = Some(a);
+        self.attached = Some(Box::new(a));
     }
 
     /// Get a server connection for the transaction `first` starts and bring its session
@@ -1420,15 +1475,25 @@ impl Session<'_> {
     /// Give the server connection back to its pool (it is clean). If the client changed
     /// settings in this transaction, read them back first: that is its new session.
     async fn release(&mut self) {
-        let Some(mut a) = self.attached.take() else {
+        let Some(a) = self.attached.take() else {
             return;
         };
-        self.c.key.slot.set(None).await;
+        self.set_cancel_target(None).await;
         let s = self.ctx.settings.load_full();
         if a.session_changed || s.server_reset_query_always {
-            // The client already has its answer queued; let it go out first.
-            let _ = self.c.conn.flush().await;
+            // Boxed: a session's future stays small for the common case.
+            Box::pin(self.release_slow(*a, s)).await;
+            return;
         }
+        let clean = a.is_clean();
+        a.pool.release(a.server, clean);
+    }
+
+    /// Release after a transaction that changed settings (read them back) or with
+    /// server_reset_query_always (run the reset query).
+    async fn release_slow(&mut self, mut a: Attached, s: Arc<crate::config::Settings>) {
+        // The client already has its answer queued; let it go out first.
+        let _ = self.c.conn.flush().await;
         if a.session_changed {
             while self.view.custom.len() > 64 {
                 self.view.custom.pop_last();
@@ -1482,7 +1547,7 @@ impl Session<'_> {
             self.ctx.listens.unlisten(&self.c.pool, &sub, None);
         }
         if let Some(mut a) = self.attached.take() {
-            self.c.key.slot.set(None).await;
+            self.set_cancel_target(None).await;
             let s = self.ctx.settings();
             let mut clean = a.is_clean();
             let reset = &s.server_reset_query;

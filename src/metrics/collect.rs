@@ -10,7 +10,7 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
-use super::latency::{self, Latency};
+use super::latency::{self, Kind, Snapshot};
 use crate::context::Context;
 use crate::frontend::routing::RouteReason;
 
@@ -318,12 +318,12 @@ impl Out {
         });
     }
 
-    fn histogram(&mut self, name: &str, l: &Latency) {
-        let s = l.snapshot();
+    /// A histogram with the fixed `latency::BOUNDS_US` buckets, from a merged HdrHistogram.
+    fn histogram(&mut self, name: &str, s: &Snapshot) {
         self.push(name, &[], |m| {
             let mut h = Histogram::default();
             h.set_sample_count(s.count());
-            h.set_sample_sum(s.sum_us as f64 / 1e6);
+            h.set_sample_sum(s.sum_us() as f64 / 1e6);
             h.set_bucket(
                 s.cumulative()
                     .into_iter()
@@ -539,12 +539,13 @@ impl Collector for Scrape {
             ctx.node_health.failures.load(r),
         );
 
-        out.histogram("pgtenant_query_duration_seconds", &latency::QUERY);
+        let lat = latency::merged();
+        out.histogram("pgtenant_query_duration_seconds", &lat.all(Kind::Query));
         out.histogram(
             "pgtenant_transaction_duration_seconds",
-            &latency::TRANSACTION,
+            &lat.all(Kind::Transaction),
         );
-        out.histogram("pgtenant_client_wait_seconds", &latency::WAIT);
+        out.histogram("pgtenant_client_wait_seconds", &lat.all(Kind::Wait));
         out.families
     }
 }

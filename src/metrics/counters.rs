@@ -149,6 +149,9 @@ pub struct ClientState {
     waiting: std::sync::atomic::AtomicU32,
     /// When the current wait began (µs since the Unix epoch), 0 when not waiting.
     wait_since_us: AtomicU64,
+    /// The rest of what the admin console shows of the session (link, request_time,
+    /// prepared_statements), and its side of SUSPEND.
+    pub console: crate::admin::SessionConsole,
 }
 
 /// What SHOW CLIENTS says of a session.

@@ -1,140 +1,365 @@
-//! Latency histograms with a lock-free record path.
+//! Latency histograms: HdrHistograms per thread, merged when read.
 //!
-//! A [`Latency`] is a fixed Prometheus histogram: one `AtomicU64` per bucket plus a sum.
-//! Recording is a binary search over 18 bounds and two relaxed atomic adds; nothing is
-//! allocated and no lock is taken, so it can sit on the per-statement path. The buckets
-//! are cumulated only when `/metrics` is scraped (or the admin console asks).
+//! Every observation is recorded once, into an HdrHistogram (microseconds, 3 significant
+//! digits, 1 µs to 1 h, no auto-resize) of the recording thread, keyed by (node, kind).
+//! Each thread's histograms sit behind their own mutex, which only that thread takes on the
+//! record path (uncontended: no global lock per statement) and a reader takes briefly while
+//! it merges. A thread allocates a histogram the first time it records a (node, kind), and
+//! nothing after that.
 //!
-//! The three process-wide histograms are statics so that any module can record into them
-//! without a handle: [`QUERY`], [`TRANSACTION`] and [`WAIT`].
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+//! Readers ([`merged`]) add up every thread's histograms: `SHOW LATENCY` prints quantiles
+//! from them per node and for the whole process, and `/metrics` turns them into Prometheus
+//! histograms with the fixed [`BOUNDS_US`] buckets at scrape time.
+//!
+//! A thread's histograms outlive it: when a thread ends, they are added to a retired set
+//! under the registry's lock, so counts never go down.
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
-/// Bucket upper bounds in microseconds (Prometheus `le`, inclusive); +Inf is implicit.
-/// From 100 µs (a cached point query on a warm connection) to 60 s.
+use hdrhistogram::Histogram;
+
+/// Bucket upper bounds in microseconds of the Prometheus histograms (`le`, inclusive);
+/// +Inf is implicit. From 100 µs (a cached point query on a warm connection) to 60 s.
 pub const BOUNDS_US: [u64; 18] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
 ];
 
-const BUCKETS: usize = BOUNDS_US.len() + 1;
+/// Highest value a histogram tracks (1 h); longer observations count as 1 h in the
+/// quantiles (the sum keeps their real length).
+pub const HIGHEST_US: u64 = 3_600_000_000;
+/// Significant decimal digits kept: a value is known to within 0.1 %.
+pub const SIGFIG: u8 = 3;
 
-/// Time from a query's first message to its ReadyForQuery (as the client sees it).
-pub static QUERY: Latency = Latency::new();
-/// Time from a transaction's first statement to the ReadyForQuery that says idle.
-pub static TRANSACTION: Latency = Latency::new();
-/// Time a client waited for a server connection (pool acquire, connect included).
-pub static WAIT: Latency = Latency::new();
-
-pub struct Latency {
-    /// Per-bucket (not cumulative) counts; the last one is +Inf.
-    buckets: [AtomicU64; BUCKETS],
-    sum_us: AtomicU64,
+/// What was timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A query's first message to its ReadyForQuery (as the client sees it).
+    Query = 0,
+    /// A transaction's first statement to the ReadyForQuery that says idle.
+    Transaction = 1,
+    /// Time a client waited for a server connection (pool acquire, connect included).
+    Wait = 2,
 }
 
-impl Default for Latency {
-    fn default() -> Latency {
-        Latency::new()
+const KINDS: usize = 3;
+
+impl Kind {
+    pub const ALL: [Kind; KINDS] = [Kind::Query, Kind::Transaction, Kind::Wait];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Query => "query",
+            Kind::Transaction => "transaction",
+            Kind::Wait => "wait",
+        }
     }
+}
+
+/// A node's index in the registry of node names (see [`node_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeId(u32);
+
+/// Node names by `NodeId`; only grows (a pool is created once per node, database, user).
+static NODES: RwLock<Vec<Arc<str>>> = RwLock::new(Vec::new());
+
+/// The id of the node named `name`, registered on first use. Not for the statement path
+/// (it takes a lock): call it once, when a pool is created.
+pub fn node_id(name: &str) -> NodeId {
+    if let Some(i) = read_nodes().iter().position(|n| &**n == name) {
+        return NodeId(i as u32);
+    }
+    let mut nodes = NODES.write().unwrap_or_else(|p| p.into_inner());
+    // Someone may have registered it between the two locks.
+    let i = match nodes.iter().position(|n| &**n == name) {
+        Some(i) => i,
+        None => {
+            nodes.push(Arc::from(name));
+            nodes.len() - 1
+        }
+    };
+    NodeId(i as u32)
+}
+
+fn read_nodes() -> std::sync::RwLockReadGuard<'static, Vec<Arc<str>>> {
+    NODES.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where one kind of latency of one node is recorded: what a pool keeps to record with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    node: NodeId,
+    kind: Kind,
 }
 
 impl Latency {
-    pub const fn new() -> Latency {
-        Latency {
-            buckets: [const { AtomicU64::new(0) }; BUCKETS],
-            sum_us: AtomicU64::new(0),
-        }
+    pub fn new(node: NodeId, kind: Kind) -> Latency {
+        Latency { node, kind }
     }
 
-    /// Record one observation. Lock-free, allocation-free.
+    /// Record one observation into this thread's histogram (see [`record`]).
     #[inline]
     pub fn record(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let i = BOUNDS_US.partition_point(|&b| b < us);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        record(self.node, self.kind, d);
     }
 
     /// Record the time since `started`.
     #[inline]
-    pub fn record_since(&self, started: std::time::Instant) {
+    pub fn record_since(&self, started: Instant) {
         self.record(started.elapsed());
-    }
-
-    /// A consistent-enough copy for a scrape (each bucket read once).
-    pub fn snapshot(&self) -> Snapshot {
-        let mut counts = [0u64; BUCKETS];
-        for (c, b) in counts.iter_mut().zip(&self.buckets) {
-            *c = b.load(Ordering::Relaxed);
-        }
-        Snapshot {
-            counts,
-            sum_us: self.sum_us.load(Ordering::Relaxed),
-        }
     }
 }
 
-/// Bucket counts read at one moment.
-#[derive(Debug, Clone)]
+/// One (node, kind) histogram of one thread, or a merge of several.
+#[derive(Clone)]
 pub struct Snapshot {
-    counts: [u64; BUCKETS],
-    pub sum_us: u64,
+    hist: Histogram<u64>,
+    /// Exact sum of the observations (µs), unclamped.
+    sum_us: u64,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("count", &self.count())
+            .field("sum_us", &self.sum_us)
+            .finish()
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Snapshot {
+        Snapshot::empty()
+    }
 }
 
 impl Snapshot {
-    /// An empty snapshot (to sum others into).
+    /// An empty histogram (to record or merge into).
     pub fn empty() -> Snapshot {
         Snapshot {
-            counts: [0; BUCKETS],
+            hist: Histogram::new_with_bounds(1, HIGHEST_US, SIGFIG)
+                .expect("constant histogram bounds are valid"),
             sum_us: 0,
         }
     }
 
-    /// Add another histogram's counts (e.g. every pool of one node).
+    #[inline]
+    fn record_us(&mut self, us: u64) {
+        // Clamped to 1 h: auto-resize is off, so nothing is allocated here.
+        self.hist.saturating_record(us);
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// Record one observation.
+    pub fn record(&mut self, d: Duration) {
+        self.record_us(micros(d));
+    }
+
+    /// Add another histogram's observations (every thread of a node, every node).
     pub fn merge(&mut self, other: &Snapshot) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        self.sum_us += other.sum_us;
+        // Same bounds and precision on both sides: this cannot fail.
+        self.hist
+            .add(&other.hist)
+            .expect("latency histograms share their bounds");
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
     }
 
     pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
+        self.hist.len()
     }
 
-    /// (upper bound in seconds, cumulative count) for each finite bucket.
+    /// Sum of the observations in microseconds.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us
+    }
+
+    /// The value at quantile `q` (0..=1): the highest value equivalent to it at 3
+    /// significant digits (never under, at most 0.1 % over). None with no observations.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.hist.is_empty() {
+            return None;
+        }
+        Some(Duration::from_micros(
+            self.hist.value_at_quantile(q.clamp(0.0, 1.0)),
+        ))
+    }
+
+    /// (upper bound in seconds, cumulative count) for each of [`BOUNDS_US`]: the
+    /// observations at or under the bound. At 3 significant digits a bound shares its
+    /// histogram slot with values up to 0.1 % above it, which count as under it.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut per_bucket = [0u64; BOUNDS_US.len() + 1];
+        for v in self.hist.iter_recorded() {
+            let low = self.hist.lowest_equivalent(v.value_iterated_to());
+            let i = BOUNDS_US.partition_point(|&b| b < low);
+            per_bucket[i] += v.count_at_value();
+        }
         let mut acc = 0;
         BOUNDS_US
             .iter()
-            .zip(&self.counts)
-            .map(|(&b, &c)| {
+            .zip(per_bucket)
+            .map(|(&b, c)| {
                 acc += c;
                 (b as f64 / 1e6, acc)
             })
             .collect()
     }
+}
 
-    /// The upper bound of the bucket holding quantile `q` (0..=1): an over-estimate by at
-    /// most one bucket width. None with no observations; `Duration::MAX` past the last bound.
-    pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let total = self.count();
-        if total == 0 {
-            return None;
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// One thread's histograms, by node id then kind.
+#[derive(Default)]
+struct ThreadHists {
+    nodes: Vec<[Option<Snapshot>; KINDS]>,
+}
+
+impl ThreadHists {
+    const fn new() -> ThreadHists {
+        ThreadHists { nodes: Vec::new() }
+    }
+
+    #[inline]
+    fn record(&mut self, node: NodeId, kind: Kind, us: u64) {
+        let i = node.0 as usize;
+        if i >= self.nodes.len() {
+            self.nodes.resize_with(i + 1, Default::default);
         }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut acc = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            acc += c;
-            if acc >= rank {
-                return Some(
-                    BOUNDS_US
-                        .get(i)
-                        .map_or(Duration::MAX, |&b| Duration::from_micros(b)),
-                );
+        self.nodes[i][kind as usize]
+            .get_or_insert_with(Snapshot::empty)
+            .record_us(us);
+    }
+
+    fn merge_into(&self, out: &mut [[Option<Snapshot>; KINDS]]) {
+        for (row, mine) in out.iter_mut().zip(&self.nodes) {
+            for (o, m) in row.iter_mut().zip(mine) {
+                if let Some(m) = m {
+                    match o {
+                        Some(o) => o.merge(m),
+                        None => *o = Some(m.clone()),
+                    }
+                }
             }
         }
-        Some(Duration::MAX)
+    }
+
+    fn absorb(&mut self, other: &ThreadHists) {
+        if self.nodes.len() < other.nodes.len() {
+            self.nodes.resize_with(other.nodes.len(), Default::default);
+        }
+        other.merge_into(&mut self.nodes);
+    }
+}
+
+type Shared = Arc<Mutex<ThreadHists>>;
+
+/// Every live thread's histograms, and those of the threads that ended.
+struct Registry {
+    threads: Vec<Shared>,
+    retired: ThreadHists,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    threads: Vec::new(),
+    retired: ThreadHists::new(),
+});
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock(h: &Mutex<ThreadHists>) -> MutexGuard<'_, ThreadHists> {
+    // Recording cannot panic half-way through an update; keep the data on poison.
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A thread's registration: its histograms, moved to the retired set when it ends.
+struct Local(Shared);
+
+impl Local {
+    fn register() -> Local {
+        let h: Shared = Arc::new(Mutex::new(ThreadHists::new()));
+        registry().threads.push(h.clone());
+        Local(h)
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let mut reg = registry();
+        reg.threads.retain(|t| !Arc::ptr_eq(t, &self.0));
+        let mine = lock(&self.0);
+        reg.retired.absorb(&mine);
+    }
+}
+
+thread_local! {
+    static LOCAL: OnceCell<Local> = const { OnceCell::new() };
+}
+
+/// Record one observation of `kind` on `node` into the calling thread's histogram: one
+/// uncontended lock, no allocation once the thread has seen this (node, kind).
+#[inline]
+pub fn record(node: NodeId, kind: Kind, d: Duration) {
+    let us = micros(d);
+    let done = LOCAL.try_with(|l| {
+        let l = l.get_or_init(Local::register);
+        lock(&l.0).record(node, kind, us);
+    });
+    if done.is_err() {
+        // The thread is ending and its histograms are gone: record into the retired set.
+        registry().retired.record(node, kind, us);
+    }
+}
+
+/// Every thread's histograms added up, by node.
+pub struct Merged {
+    /// (node name, one histogram per kind), by node name.
+    nodes: BTreeMap<Arc<str>, [Snapshot; KINDS]>,
+}
+
+/// Add up every thread's histograms. Each thread's lock is held only while its histograms
+/// are added; a node registered with [`node_id`] is listed even with no observation.
+pub fn merged() -> Merged {
+    let names: Vec<Arc<str>> = read_nodes().clone();
+    let mut by_id: Vec<[Option<Snapshot>; KINDS]> = Vec::new();
+    by_id.resize_with(names.len(), Default::default);
+    {
+        let reg = registry();
+        for t in &reg.threads {
+            lock(t).merge_into(&mut by_id);
+        }
+        reg.retired.merge_into(&mut by_id);
+    }
+    let mut nodes: BTreeMap<Arc<str>, [Snapshot; KINDS]> = BTreeMap::new();
+    for (name, hists) in names.into_iter().zip(by_id) {
+        nodes.insert(name, hists.map(Option::unwrap_or_default));
+    }
+    Merged { nodes }
+}
+
+impl Merged {
+    /// The node's histogram of `kind`; None for a node never registered.
+    pub fn node(&self, name: &str, kind: Kind) -> Option<&Snapshot> {
+        self.nodes.get(name).map(|h| &h[kind as usize])
+    }
+
+    /// Node names, in order.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.nodes.keys().map(|n| &**n)
+    }
+
+    /// The whole process: every node's histogram of `kind` added up.
+    pub fn all(&self, kind: Kind) -> Snapshot {
+        let mut s = Snapshot::empty();
+        for h in self.nodes.values() {
+            s.merge(&h[kind as usize]);
+        }
+        s
     }
 }
 
@@ -142,47 +367,201 @@ impl Snapshot {
 mod tests {
     use super::*;
 
-    #[test]
-    fn buckets_are_inclusive_upper_bounds() {
-        let l = Latency::new();
-        l.record(Duration::from_micros(100)); // le 0.0001
-        l.record(Duration::from_micros(101)); // le 0.00025
-        l.record(Duration::from_secs(3600)); // +Inf
-        let s = l.snapshot();
-        assert_eq!(s.count(), 3);
-        let c = s.cumulative();
-        assert_eq!(c[0], (0.0001, 1));
-        assert_eq!(c[1], (0.00025, 2));
-        assert_eq!(c.last().unwrap().1, 2);
-        assert_eq!(s.sum_us, 100 + 101 + 3_600_000_000);
+    /// A node name no other test uses (the registry is process-wide).
+    fn node(name: &str) -> NodeId {
+        node_id(&format!("latency-test-{name}"))
+    }
+
+    fn get(name: &str, kind: Kind) -> Snapshot {
+        merged()
+            .node(&format!("latency-test-{name}"), kind)
+            .unwrap()
+            .clone()
     }
 
     #[test]
-    fn quantiles_from_buckets() {
-        let l = Latency::new();
-        assert_eq!(l.snapshot().quantile(0.5), None);
-        for _ in 0..99 {
-            l.record(Duration::from_micros(800));
+    fn node_ids_are_interned() {
+        let a = node("intern-a");
+        assert_eq!(node("intern-a"), a);
+        assert_ne!(node("intern-b"), a);
+        // Registered nodes are listed before any observation.
+        let m = merged();
+        assert_eq!(
+            m.node("latency-test-intern-b", Kind::Wait).unwrap().count(),
+            0
+        );
+        assert!(m.nodes().any(|n| n == "latency-test-intern-a"));
+        assert_eq!(
+            m.node("latency-test-intern-b", Kind::Query)
+                .unwrap()
+                .quantile(0.5),
+            None
+        );
+    }
+
+    #[test]
+    fn quantiles_of_a_uniform_distribution() {
+        let n = node("uniform");
+        let l = Latency::new(n, Kind::Query);
+        // 1..=100_000 µs, each once: the q-quantile is q * 100_000 µs.
+        for us in 1..=100_000u64 {
+            l.record(Duration::from_micros(us));
         }
-        l.record(Duration::from_millis(40));
-        let s = l.snapshot();
-        assert_eq!(s.quantile(0.5), Some(Duration::from_micros(1_000)));
-        assert_eq!(s.quantile(0.99), Some(Duration::from_micros(1_000)));
-        assert_eq!(s.quantile(1.0), Some(Duration::from_millis(50)));
+        let s = get("uniform", Kind::Query);
+        assert_eq!(s.count(), 100_000);
+        assert_eq!(s.sum_us(), 100_000 * 100_001 / 2);
+        for (q, exact) in [
+            (0.5, 50_000u64),
+            (0.9, 90_000),
+            (0.99, 99_000),
+            (0.999, 99_900),
+        ] {
+            let got = s.quantile(q).unwrap().as_micros() as u64;
+            // Never under, over by at most one slot at 3 significant digits (0.1 %).
+            assert!(got >= exact, "p{q}: {got} < {exact}");
+            assert!(got - exact <= exact / 1000, "p{q}: {got} vs {exact}");
+        }
+        assert_eq!(s.quantile(1.0).unwrap().as_micros(), 100_000 + 31);
+        // Other kinds of the node are untouched.
+        assert_eq!(get("uniform", Kind::Transaction).count(), 0);
     }
 
     #[test]
-    fn records_from_many_threads() {
-        static L: Latency = Latency::new();
+    fn small_values_are_exact_and_long_ones_clamped() {
+        let n = node("exact");
+        let l = Latency::new(n, Kind::Wait);
+        for us in [0u64, 1, 7, 250, 2047] {
+            l.record(Duration::from_micros(us));
+        }
+        l.record(Duration::from_secs(2 * 3600));
+        let s = get("exact", Kind::Wait);
+        assert_eq!(s.count(), 6);
+        assert_eq!(s.quantile(0.0), Some(Duration::ZERO));
+        assert_eq!(s.quantile(0.5).unwrap().as_micros(), 7);
+        // Ranks ceil(0.6 * 6) = 4 and ceil(0.8 * 6) = 5.
+        assert_eq!(s.quantile(0.6).unwrap().as_micros(), 250);
+        assert_eq!(s.quantile(0.8).unwrap().as_micros(), 2047);
+        // Two hours count as the 1 h ceiling in quantiles, at their length in the sum.
+        let top = s.quantile(1.0).unwrap().as_micros() as u64;
+        assert!((HIGHEST_US..=HIGHEST_US + HIGHEST_US / 1000).contains(&top));
+        assert_eq!(s.sum_us(), 1 + 7 + 250 + 2047 + 7_200_000_000);
+    }
+
+    #[test]
+    fn threads_merge_to_the_sum() {
+        let n = node("threads");
+        let mut expected = Snapshot::empty();
+        for t in 0..4u64 {
+            for i in 0..5_000u64 {
+                expected.record(Duration::from_micros(
+                    1 + (i * 37 + t * 1_000_003) % 900_000,
+                ));
+            }
+        }
         std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for i in 0..10_000u64 {
-                        L.record(Duration::from_micros(i % 3000));
+            for t in 0..4u64 {
+                s.spawn(move || {
+                    let l = Latency::new(n, Kind::Transaction);
+                    for i in 0..5_000u64 {
+                        l.record(Duration::from_micros(
+                            1 + (i * 37 + t * 1_000_003) % 900_000,
+                        ));
                     }
                 });
             }
         });
-        assert_eq!(L.snapshot().count(), 40_000);
+        // The threads have ended: their histograms are in the retired set now, and still
+        // counted.
+        let got = get("threads", Kind::Transaction);
+        assert_eq!(got.count(), 20_000);
+        assert_eq!(got.sum_us(), expected.sum_us());
+        assert_eq!(got.hist, expected.hist);
+        for q in [0.0, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(got.quantile(q), expected.quantile(q), "q {q}");
+        }
+        assert_eq!(got.cumulative(), expected.cumulative());
+    }
+
+    #[test]
+    fn live_threads_are_merged_too() {
+        let n = node("live");
+        let l = Latency::new(n, Kind::Query);
+        let (recorded_tx, recorded_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            for _ in 0..10 {
+                l.record(Duration::from_micros(300));
+            }
+            recorded_tx.send(()).unwrap();
+            // Stay alive until the reader has looked.
+            done_rx.recv().unwrap();
+        });
+        recorded_rx.recv().unwrap();
+        l.record(Duration::from_micros(300));
+        assert_eq!(get("live", Kind::Query).count(), 11);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert_eq!(get("live", Kind::Query).count(), 11);
+    }
+
+    #[test]
+    fn prometheus_buckets_are_cumulative_and_end_at_the_count() {
+        let n = node("buckets");
+        let l = Latency::new(n, Kind::Wait);
+        let values = [
+            50u64,
+            100,
+            101,
+            250,
+            999,
+            1_000,
+            7_000,
+            49_000,
+            300_000,
+            59_000_000,
+            61_000_000,
+            3_000_000_000,
+        ];
+        for us in values {
+            l.record(Duration::from_micros(us));
+        }
+        let s = get("buckets", Kind::Wait);
+        let c = s.cumulative();
+        assert_eq!(c.len(), BOUNDS_US.len());
+        assert!(c.windows(2).all(|w| w[0].1 <= w[1].1), "{c:?}");
+        assert!(c.windows(2).all(|w| w[0].0 < w[1].0), "{c:?}");
+        // Each bucket holds exactly the values at or under its bound (none of these is
+        // within 0.1 % above a bound).
+        for (&b, &(le, n)) in BOUNDS_US.iter().zip(&c) {
+            assert_eq!(le, b as f64 / 1e6);
+            let exact = values.iter().filter(|&&v| v <= b).count() as u64;
+            assert_eq!(n, exact, "le {le}");
+        }
+        assert_eq!(c[0], (0.0001, 2));
+        assert_eq!(c[1], (0.00025, 4));
+        // Two observations over 60 s are only in +Inf, which is the count.
+        assert_eq!(c.last().unwrap().1, s.count() - 2);
+        assert_eq!(s.sum_us(), values.iter().sum::<u64>());
+    }
+
+    #[test]
+    fn nodes_add_up_to_the_process() {
+        let a = Latency::new(node("sum-a"), Kind::Query);
+        let b = Latency::new(node("sum-b"), Kind::Query);
+        let before = merged().all(Kind::Query).count();
+        a.record(Duration::from_micros(10));
+        b.record(Duration::from_micros(20));
+        b.record(Duration::from_micros(30));
+        let m = merged();
+        assert_eq!(
+            m.node("latency-test-sum-a", Kind::Query).unwrap().count(),
+            1
+        );
+        assert_eq!(
+            m.node("latency-test-sum-b", Kind::Query).unwrap().count(),
+            2
+        );
+        // Other tests record at the same time: the process-wide count grew by at least 3.
+        assert!(m.all(Kind::Query).count() >= before + 3);
     }
 }

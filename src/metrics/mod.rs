@@ -1,11 +1,12 @@
 //! Metrics and probes: the Prometheus collector, latency histograms and the HTTP
 //! endpoints `/metrics`, `/healthz` and `/readyz`.
 //!
-//! Nothing here sits on the statement path with a lock: counters are the atomics other
-//! modules already keep (read at scrape time), and the latency histograms record with two
-//! relaxed atomic adds ([`Latency::record`]).
+//! Nothing here sits on the statement path with a shared lock: counters are the atomics
+//! other modules already keep (read at scrape time), and the latency histograms record into
+//! the recording thread's own HdrHistograms behind an uncontended lock ([`Latency::record`]).
 //!
-//! - [`latency`]: `Latency` and the process-wide `QUERY`, `TRANSACTION`, `WAIT` histograms.
+//! - [`latency`]: per-thread HdrHistograms by (node, kind), merged for `SHOW LATENCY` and
+//!   the `/metrics` histograms.
 //! - [`health`]: liveness (heartbeat, accept loops) and readiness (draining, coordinator
 //!   reachable, shard map fresh).
 //! - [`counters`]: server errors by SQLSTATE class, clients active / waiting.

@@ -15,6 +15,8 @@ use super::{Frame, FrameError, Stream};
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// First allocation of a released write buffer (fits glibc's per-thread cache).
+const WRITE_START: usize = 1024;
 /// A buffer larger than this is dropped once it is empty, so one big result does not pin
 /// memory for the rest of a connection's life.
 const KEEP_CAPACITY: usize = 64 * 1024;
@@ -72,15 +74,52 @@ impl Connection {
     }
 
     /// Read whatever the socket has. `Ready(Ok(0))` is end of stream.
+    ///
+    /// A connection without a read buffer (see [`Connection::release_buffers`]) reads into
+    /// a scratch area on the stack and keeps only the bytes that came, in a buffer of
+    /// their size: an idle client costs no read buffer, and a short request allocates a
+    /// few hundred bytes rather than a whole read chunk.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
-        let r = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf);
+        let r = if self.rbuf.capacity() == 0 {
+            let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = tokio::io::ReadBuf::uninit(&mut scratch);
+            match tokio::io::AsyncRead::poll_read(Pin::new(&mut self.stream), cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n > 0 {
+                        self.rbuf = BytesMut::from(rb.filled());
+                    }
+                    Poll::Ready(Ok(n))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        } else {
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
+        };
         if let Poll::Ready(Ok(0)) = r {
             self.eof = true;
         }
         r
+    }
+
+    /// Give back the buffers' memory if nothing is in them (a client going idle): the
+    /// next read or write allocates what it needs.
+    pub fn release_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Capacity of the read and write buffers (tests, memory accounting).
+    pub fn buffer_capacity(&self) -> (usize, usize) {
+        (self.rbuf.capacity(), self.wbuf.capacity())
     }
 
     /// For a connection that should be silent (an idle server): has the peer closed it
@@ -151,11 +190,16 @@ impl Connection {
 
     /// Queue a frame for writing (copied into the write buffer).
     pub fn queue(&mut self, frame: &Frame) {
-        self.wbuf.extend_from_slice(frame.raw());
+        self.queue_bytes(frame.raw());
     }
 
     /// Queue raw, already-encoded bytes.
+    #[inline]
     pub fn queue_bytes(&mut self, bytes: &[u8]) {
+        if self.wbuf.capacity() == 0 {
+            // A released buffer: start with room for a typical answer, not one message.
+            self.wbuf.reserve(WRITE_START.max(bytes.len()));
+        }
         self.wbuf.extend_from_slice(bytes);
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::auth::ServerCredential;
 use crate::backend::{self, BackendError, ConnectParams, ServerConn};
 use crate::config::Settings;
+use crate::metrics::latency::{self, Kind as LatencyKind, Latency};
 
 pub use janitor::spawn_janitor;
 
@@ -111,7 +112,6 @@ impl ServerState {
 }
 
 /// Counters the admin console and metrics read; plain atomics, no lock.
-#[derive(Default)]
 pub struct PoolStats {
     pub active: AtomicU32,
     pub waiting: AtomicU32,
@@ -132,17 +132,43 @@ pub struct PoolStats {
     pub client_parse_count: AtomicU64,
     pub server_parse_count: AtomicU64,
     pub bind_count: AtomicU64,
-    /// This pool's latency histograms (SHOW LATENCY per node); the process-wide ones in
-    /// `metrics::latency` get the same observations.
-    pub query_latency: crate::metrics::latency::Latency,
-    pub xact_latency: crate::metrics::latency::Latency,
-    pub wait_latency: crate::metrics::latency::Latency,
+    /// Where this pool records its node's latencies (per-thread HdrHistograms keyed by
+    /// node and kind, merged for SHOW LATENCY and /metrics).
+    pub query_latency: Latency,
+    pub xact_latency: Latency,
+    pub wait_latency: Latency,
 }
 
 impl PoolStats {
+    /// Zeroed counters of a pool of the node named `node` (registers the node's latency
+    /// histograms: not for the statement path).
+    pub fn new(node: &str) -> PoolStats {
+        let id = latency::node_id(node);
+        PoolStats {
+            active: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
+            connects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            wait_timeouts: AtomicU64::new(0),
+            assignments: AtomicU64::new(0),
+            xact_count: AtomicU64::new(0),
+            query_count: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            xact_time_us: AtomicU64::new(0),
+            query_time_us: AtomicU64::new(0),
+            wait_time_us: AtomicU64::new(0),
+            client_parse_count: AtomicU64::new(0),
+            server_parse_count: AtomicU64::new(0),
+            bind_count: AtomicU64::new(0),
+            query_latency: Latency::new(id, LatencyKind::Query),
+            xact_latency: Latency::new(id, LatencyKind::Transaction),
+            wait_latency: Latency::new(id, LatencyKind::Wait),
+        }
+    }
+
     /// A query answered (ReadyForQuery) after `d`.
     pub fn add_query(&self, d: Duration) {
-        crate::metrics::latency::QUERY.record(d);
         self.query_latency.record(d);
         self.query_count.fetch_add(1, Ordering::Relaxed);
         self.query_time_us
@@ -165,7 +191,6 @@ impl PoolStats {
 
     /// A transaction ended (ReadyForQuery idle) after `d`.
     pub fn add_xact(&self, d: Duration) {
-        crate::metrics::latency::TRANSACTION.record(d);
         self.xact_latency.record(d);
         self.xact_count.fetch_add(1, Ordering::Relaxed);
         self.xact_time_us
@@ -181,6 +206,11 @@ pub struct ServerInfo {
     pub remote_pid: i32,
     pub local_addr: Option<std::net::SocketAddr>,
     pub tls: bool,
+    /// Statements prepared on it (its PreparedCache's count, shared).
+    pub prepared: Arc<AtomicU32>,
+    /// When it last went back to the pool, if it is in the pool now (set by
+    /// [`Pool::servers`]).
+    pub last_used: Option<Instant>,
 }
 
 /// Removes a connection from its pool's registry when the connection is dropped.
@@ -343,6 +373,33 @@ impl Pool {
             .is_ok()
     }
 
+    /// The fast path of [`Pool::acquire`], without waiting: an idle connection that needs
+    /// no check. `None`: take the slow path (it also handles waiters, opening, checks).
+    pub fn try_acquire_idle(&self) -> Option<ServerConn> {
+        let started = Instant::now();
+        let s = self.settings.load();
+        let mut g = self.lock();
+        if !g.waiters.is_empty() {
+            return None;
+        }
+        while let Some(mut c) = g.idle.pop_back() {
+            if Self::expired(&s, &c, started) || c.conn.is_stale() {
+                self.drop_slot(&mut g);
+                c.terminate();
+                continue;
+            }
+            if !s.server_check_query.is_empty()
+                && started.saturating_duration_since(c.last_used) >= s.server_check_delay
+            {
+                g.idle.push_back(c);
+                return None;
+            }
+            drop(g);
+            return Some(self.assigned(c, started));
+        }
+        None
+    }
+
     /// Get a server connection: an idle one, a new one within the limits, or wait for one.
     pub async fn acquire(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
         let s = self.settings();
@@ -402,11 +459,16 @@ impl Pool {
                     Some(c) => return Ok(self.assigned(c, started)),
                     None => continue,
                 },
-                Next::Open => return self.open().await.map(|c| self.assigned(c, started)),
+                Next::Open => {
+                    return Box::pin(self.open())
+                        .await
+                        .map(|c| self.assigned(c, started))
+                }
                 Next::Wait(rx) => {
                     self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-                    let r = self
-                        .wait(rx, db_freed, &s, started, deadline, allow_reserve)
+                    // Boxed, like opening a connection: the slow paths stay out of every
+                    // session's future (memory per idle client).
+                    let r = Box::pin(self.wait(rx, db_freed, &s, started, deadline, allow_reserve))
                         .await;
                     self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                     match r {
@@ -415,7 +477,9 @@ impl Pool {
                             None => continue,
                         },
                         Waited::Handoff(Handoff::Slot) => {
-                            return self.open().await.map(|c| self.assigned(c, started))
+                            return Box::pin(self.open())
+                                .await
+                                .map(|c| self.assigned(c, started))
                         }
                         Waited::Reserve => allow_reserve = true,
                         Waited::Retry => {}
@@ -513,7 +577,6 @@ impl Pool {
         self.stats
             .wait_time_us
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-        crate::metrics::latency::WAIT.record(waited);
         self.stats.wait_latency.record(waited);
         c
     }
@@ -522,7 +585,7 @@ impl Pool {
     pub fn servers(&self) -> Vec<(ServerInfo, ServerState, bool)> {
         let s = self.settings.load();
         let checks = !s.server_check_query.is_empty();
-        let idle: std::collections::HashMap<u64, ServerState> = self
+        let idle: std::collections::HashMap<u64, (ServerState, Instant)> = self
             .lock()
             .idle
             .iter()
@@ -533,7 +596,7 @@ impl Pool {
                 } else {
                     ServerState::Idle
                 };
-                (c.id, st)
+                (c.id, (st, c.last_used))
             })
             .collect();
         let marked = self.close_needed_upto.load(Ordering::Relaxed);
@@ -541,8 +604,15 @@ impl Pool {
             .servers
             .iter()
             .map(|e| {
-                let st = idle.get(e.key()).copied().unwrap_or(ServerState::Active);
-                (e.value().clone(), st, *e.key() <= marked)
+                let mut info = e.value().clone();
+                let st = match idle.get(e.key()) {
+                    Some(&(st, last_used)) => {
+                        info.last_used = Some(last_used);
+                        st
+                    }
+                    None => ServerState::Active,
+                };
+                (info, st, *e.key() <= marked)
             })
             .collect();
         v.sort_by_key(|(i, _, _)| i.id);
@@ -601,6 +671,8 @@ impl Pool {
                         remote_pid: c.cancel.pid,
                         local_addr: c.conn.stream().tcp().local_addr().ok(),
                         tls: c.conn.stream().is_tls(),
+                        prepared: c.prepared.shared_count(),
+                        last_used: None,
                     },
                 );
                 c.guard = Some(Box::new(ServerGuard {
@@ -626,13 +698,17 @@ impl Pool {
 
     /// Run server_check_query on a connection that sat idle longer than
     /// server_check_delay. None: it failed and was closed.
-    async fn check(&self, mut c: ServerConn) -> Option<ServerConn> {
+    async fn check(&self, c: ServerConn) -> Option<ServerConn> {
         let s = self.settings.load();
         if s.server_check_query.is_empty() || c.last_used.elapsed() < s.server_check_delay {
             return Some(c);
         }
         let q = s.server_check_query.clone();
         drop(s);
+        Box::pin(self.run_check(c, q)).await
+    }
+
+    async fn run_check(&self, mut c: ServerConn, q: String) -> Option<ServerConn> {
         match c.run_internal(&q).await {
             Ok(()) => Some(c),
             Err(e) => {
@@ -807,7 +883,7 @@ impl Pools {
                     credential: Mutex::new(None),
                     server_params: Mutex::new(None),
                     tls: (**self.tls.load()).clone(),
-                    stats: PoolStats::default(),
+                    stats: PoolStats::new(&key.node.name),
                     servers: DashMap::new(),
                     close_needed_upto: AtomicU64::new(0),
                     me: me.clone(),

@@ -91,6 +91,9 @@ pub fn classify(sql: &str) -> Vec<Command> {
 
 /// Classify a string that must hold exactly one statement; `None` if it holds several.
 pub fn classify_single(sql: &str) -> Option<Command> {
+    if is_plain_dml(sql) {
+        return Some(Command::Other);
+    }
     let mut v = classify(sql);
     match v.len() {
         0 => Some(Command::Other),

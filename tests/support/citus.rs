@@ -877,8 +877,9 @@ fn placement_group(i: usize) -> i32 {
     1 + (i % 2) as i32
 }
 
-/// The Citus catalog (as the issue lists it) and `column_to_column_name`.
-const CATALOG_DDL: &str = r#"
+/// The Citus catalog (as the issue lists it) and `column_to_column_name`, in schema
+/// `public` (also used alone, e.g. by `tests/scale.rs`).
+pub const CATALOG_DDL: &str = r#"
 CREATE TABLE pg_dist_partition (
     logicalrelid regclass NOT NULL PRIMARY KEY,
     partmethod "char" NOT NULL,

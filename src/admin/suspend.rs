@@ -1,0 +1,189 @@
+//! SUSPEND / RESUME as PgBouncer: every socket buffer is flushed, then pgtenant reads
+//! nothing more from client or server sockets until RESUME; SUSPEND answers once every
+//! buffer is empty. The admin console keeps working meanwhile.
+//!
+//! How the sessions take part, at the cost of one relaxed load per poll while nothing is
+//! suspended ([`SuspendState::is_on`]):
+//! - The session loop writes out what is queued first, as always; then, while suspended,
+//!   it polls no read and no timer: it reports "flushed in this round" ([`SessionSuspend`],
+//!   in its `ClientState`) once nothing is left to write, leaves its waker for RESUME, and
+//!   returns Pending. A session whose peer does not read stays unflushed, and SUSPEND
+//!   waits for it.
+//! - A session parked before SUSPEND (idle, or blocked on a full socket) would not look at
+//!   the flag until its sockets move: SUSPEND nudges every session through the token its
+//!   loop already polls for KILL (a child of its kill token, so polling it costs what
+//!   polling the kill token did); a nudged session takes a fresh token and looks again.
+//! - A session waiting for a server connection counts as suspended: it reads nothing
+//!   while it waits.
+//! - New clients log in and are then held, before their session starts, until RESUME
+//!   (`frontend::handle_client`): they see a successful connection whose first query waits,
+//!   as PgBouncer keeps new connections waiting. They are held after the startup packet
+//!   rather than refused at accept so that the admin console (known only from the startup
+//!   packet) stays reachable: an operator whose SUSPENDing session died can still RESUME.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Waker};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{AdminError, Reply};
+use crate::context::Context;
+use crate::metrics::counters::ClientStateKind;
+
+#[derive(Default)]
+pub struct SuspendState {
+    on: AtomicBool,
+    /// Incremented by each SUSPEND: sessions report having flushed in round N.
+    round: AtomicU64,
+    /// Wakes new clients held before their session (RESUME).
+    resumed: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SuspendState {
+    /// The session loop's check: one relaxed load.
+    #[inline]
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Called by a session's poll, after its writes, while suspended. `pending`: bytes it
+    /// still has to write (client and server). Returns false if RESUME came meanwhile (poll
+    /// on as usual); true: return Pending, RESUME (or the socket being written) wakes it.
+    pub fn park(&self, cx: &mut TaskContext<'_>, s: &SessionSuspend, pending: usize) -> bool {
+        {
+            let mut w = lock(&s.waker);
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+        }
+        // Waker first, flag second: a RESUME in between is seen here or wakes us.
+        if !self.on.load(Ordering::SeqCst) {
+            return false;
+        }
+        if pending == 0 {
+            s.flushed_round
+                .store(self.round.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+        true
+    }
+
+    /// A new client, logged in: wait here while suspended (or until it is killed).
+    pub async fn hold(&self, kill: &CancellationToken) {
+        loop {
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            if !self.on.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::select! {
+                _ = resumed => {}
+                _ = kill.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// One session's side of SUSPEND (lives in its `ClientState`, next to what SHOW CLIENTS
+/// reads).
+#[derive(Debug, Default)]
+pub struct SessionSuspend {
+    /// The last SUSPEND round in which the session parked with nothing left to write.
+    flushed_round: AtomicU64,
+    /// Where RESUME wakes it.
+    waker: Mutex<Option<Waker>>,
+    /// The token the session loop polls (a child of its kill token): SUSPEND cancels it to
+    /// make a parked session look at the flag.
+    nudge: Mutex<Option<CancellationToken>>,
+}
+
+impl SessionSuspend {
+    /// A fresh token for the session loop to poll instead of `kill` itself: cancelled with
+    /// `kill`, or alone by SUSPEND's nudge (then `kill` is not cancelled).
+    pub fn nudge_token(&self, kill: &CancellationToken) -> CancellationToken {
+        let t = kill.child_token();
+        *lock(&self.nudge) = Some(t.clone());
+        t
+    }
+
+    fn nudge(&self) {
+        if let Some(t) = lock(&self.nudge).as_ref() {
+            t.cancel();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = lock(&self.waker).take() {
+            w.wake();
+        }
+    }
+}
+
+/// Sessions that have not reported an empty buffer in `round` (waiting ones excepted).
+fn unflushed(ctx: &Context, round: u64) -> usize {
+    ctx.admin
+        .clients
+        .all()
+        .iter()
+        .filter_map(|c| c.state.as_ref())
+        .filter(|s| {
+            s.console.suspend.flushed_round.load(Ordering::SeqCst) < round
+                && s.kind() != ClientStateKind::Waiting
+        })
+        .count()
+}
+
+pub async fn suspend(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
+    let state = &ctx.admin.suspend;
+    if state.is_on() || ctx.admin.pause.all_paused() {
+        return Err(AdminError::new("already suspended/paused"));
+    }
+    if ctx.admin.pause.any_paused() {
+        // A client waiting on a paused database sits outside its loop, buffers and all.
+        return Err(AdminError::new("cannot suspend with paused databases"));
+    }
+    let round = state.round.fetch_add(1, Ordering::SeqCst) + 1;
+    state.on.store(true, Ordering::SeqCst);
+    tracing::info!("SUSPEND from the admin console");
+    for c in ctx.admin.clients.all() {
+        if let Some(s) = &c.state {
+            s.console.suspend.nudge();
+        }
+    }
+    loop {
+        if !state.is_on() || state.round.load(Ordering::SeqCst) != round {
+            break; // RESUMEd meanwhile
+        }
+        if ctx.shutdown.is_cancelled() {
+            return Err(AdminError::new("pgtenant is shutting down"));
+        }
+        if unflushed(ctx, round) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(Reply::Tag("SUSPEND"))
+}
+
+/// RESUME without a database while suspended: every session reads again, held clients
+/// start.
+pub fn resume(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
+    let state = &ctx.admin.suspend;
+    if !state.on.swap(false, Ordering::SeqCst) {
+        return Err(AdminError::new("pooler is not paused/suspended"));
+    }
+    for c in ctx.admin.clients.all() {
+        if let Some(s) = &c.state {
+            s.console.suspend.wake();
+        }
+    }
+    state.resumed.notify_waiters();
+    tracing::info!("RESUME from the admin console (suspend)");
+    Ok(Reply::Tag("RESUME"))
+}

@@ -1,0 +1,72 @@
+//! Giving memory back to the operating system once many clients have left.
+//!
+//! Client connections are small (see `frontend::handle_client`), but glibc's allocator
+//! keeps freed memory in its arenas: after a burst of 10,000 clients that all left, the
+//! resident size would stay at the burst's peak. A background task watches the number of
+//! connected clients and, once it fell well below the peak seen since the last trim, asks
+//! the allocator to return its free pages (`malloc_trim`). Nothing runs on the hot path.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+
+/// How often the client count is looked at.
+const PERIOD: Duration = Duration::from_secs(5);
+/// Trim once at least this many clients left since the peak...
+const MIN_DROP: u32 = 256;
+
+/// ...and at least half of them: `true` when memory should be trimmed now.
+fn should_trim(peak: u32, now: u32) -> bool {
+    peak.saturating_sub(now) >= MIN_DROP && now <= peak / 2
+}
+
+/// Return free heap pages to the OS. Returns whether the allocator released anything.
+pub fn trim() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe { libc::malloc_trim(0) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+pub fn spawn_trimmer(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut peak = 0u32;
+        let mut tick = tokio::time::interval(PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = ctx.clients.load(Ordering::Relaxed);
+            peak = peak.max(now);
+            if should_trim(peak, now) {
+                let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
+                tracing::debug!(peak, now, released, "gave free memory back to the OS");
+                peak = now;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_only_after_a_large_drop() {
+        assert!(!should_trim(0, 0));
+        assert!(!should_trim(100, 0), "a small burst is not worth a trim");
+        assert!(!should_trim(10_000, 9_000), "most clients are still there");
+        assert!(should_trim(10_000, 5_000));
+        assert!(should_trim(10_000, 0));
+    }
+}
