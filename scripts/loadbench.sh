@@ -160,6 +160,12 @@ for d in bench "${NODES[@]}"; do stop_server "$PGHOME/$d"; done
 PG_DIRS=()       # data directories of the servers started here
 CHILD_PIDS=()    # pgtenant and idle_clients: our children
 DAEMON_PIDS=()   # PgBouncer (daemonized)
+# Forget a child that has been waited for (its pid may be reused by another process).
+drop_child() {
+    local p keep=()
+    for p in "${CHILD_PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    CHILD_PIDS=("${keep[@]}")
+}
 cleanup() {
     local rc=$? p d
     trap - EXIT INT TERM HUP
@@ -455,10 +461,19 @@ idle_measure() { # pooler-name
     kill -TERM "$IDLE_PID"
     wait "$IDLE_PID" || die "idle_clients did not close cleanly: $(tail -n 3 "$log.err")"
     grep -q '^closed ' "$log.out" || die "idle_clients did not report closing"
+    drop_child "$IDLE_PID"
     IDLE_PID=
     rm -f "$WORK/pids/idle_clients.pid"
-    sleep 3
+    # pgtenant gives memory back from a background check every 5 s: wait until the RSS
+    # stops falling (at most ~15 s), for both poolers alike.
+    local prev=0 i
     after=$(rss_kib "$pid")
+    for i in $(seq 1 15); do
+        sleep 1
+        prev=$after
+        after=$(rss_kib "$pid")
+        if [ "$i" -ge 7 ] && [ "$after" -ge "$prev" ]; then break; fi
+    done
     printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$before" "$with" "$after" "$secs" >>"$WORK/idle.tsv"
     say "idle: $name RSS with $IDLE_CLIENTS clients: $with KiB, after: $after KiB (connected in $secs s)"
 }

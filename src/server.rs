@@ -183,6 +183,8 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     );
     stop_accepting.cancel();
     ctx.shutdown.cancel();
+    // A SUSPEND would keep the draining sessions parked until shutdown_timeout.
+    crate::admin::lift_suspend_at_shutdown(&ctx);
     tracker.close();
     let limit = if timeout.is_zero() {
         Duration::from_secs(u64::MAX / 4)

@@ -1020,6 +1020,77 @@ async fn suspend_flushes_then_holds_until_resume() {
     idle.simple_query("select 1").await.unwrap();
 }
 
+/// The id SHOW CLIENTS gives the one client of database `app`.
+fn app_client_id(p: &Pgtenant) -> String {
+    rows(&admin(p, "SHOW CLIENTS"))
+        .into_iter()
+        .find(|r| r["database"] == "app")
+        .map(|r| r["id"].clone())
+        .expect("the app client")
+}
+
+/// A client KILLed while idle in a transaction finishes the transaction before it goes;
+/// SUSPEND meanwhile must still reach its session (it used to wait for it forever).
+#[tokio::test(flavor = "multi_thread")]
+async fn suspend_with_a_killed_client_idle_in_a_transaction() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin-suspend-kill");
+    let p = start(&pg, &dir, "");
+    let c = support::connect(&p.url("app", "secret", "app")).await;
+    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let id = app_client_id(&p);
+    admin(&p, &format!("KILL_CLIENT {id}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app_client_id(&p),
+        id,
+        "the killed client is still in its transaction"
+    );
+
+    let (ok, _, err) = tokio::time::timeout(Duration::from_secs(10), admin_async(&p, "SUSPEND"))
+        .await
+        .unwrap_or_else(|_| panic!("SUSPEND waits for the killed client\n{}", p.logs()))
+        .unwrap();
+    assert!(ok, "{err}");
+    admin(&p, "RESUME");
+
+    // The transaction ends, then the client is disconnected.
+    c.batch_execute("COMMIT").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.simple_query("select 1").await.is_ok() {
+        assert!(Instant::now() < deadline, "client {id} still connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SHUTDOWN while suspended: a client inside a transaction gets to finish it, and pgtenant
+/// exits then, not at shutdown_timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_lifts_suspend() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin-suspend-shutdown");
+    let mut p = start(&pg, &dir, "shutdown_timeout = 120");
+    let c = support::connect(&p.url("app", "secret", "app")).await;
+    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let (ok, _, err) = tokio::time::timeout(Duration::from_secs(10), admin_async(&p, "SUSPEND"))
+        .await
+        .expect("SUSPEND with nothing to flush")
+        .unwrap();
+    assert!(ok, "{err}");
+
+    let _ = psql(&p, "app", "secret", "pgtenant", "SHUTDOWN");
+    tokio::time::timeout(Duration::from_secs(10), c.batch_execute("COMMIT"))
+        .await
+        .unwrap_or_else(|_| panic!("the transaction is still suspended\n{}", p.logs()))
+        .unwrap();
+    let status = p.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "pgtenant did not exit: {}",
+        p.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_and_servers_link_prepared_and_request_time() {
     let pg = PgServer::start();

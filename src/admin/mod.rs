@@ -32,7 +32,7 @@ pub use parser::{parse, Command, Show};
 pub use pause::PauseState;
 pub use registry::{ClientInfo, ClientRegistry, SessionConsole};
 pub use show_stats::spawn_stats;
-pub use suspend::SuspendState;
+pub use suspend::{lift_suspend_at_shutdown, SuspendState};
 
 /// Database names that reach the admin console.
 pub const ADMIN_DATABASES: [&str; 2] = ["pgtenant", "pgbouncer"];

@@ -144,7 +144,11 @@ pub fn spawn_clock(stop: tokio_util::sync::CancellationToken) -> tokio::task::Jo
             CLOCK_S.store(wall_secs(), Ordering::Relaxed);
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    // Stopped: `now_secs` reads the wall clock again, not a stale value.
+                    CLOCK_S.store(0, Ordering::Relaxed);
+                    return;
+                }
             }
         }
     })

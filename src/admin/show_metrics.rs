@@ -49,8 +49,8 @@ pub const LATENCY: &[&str] = &[
 ];
 
 /// Process-wide rows (`node` = `all`), then one row per metric and node (every pool and
-/// thread of the node merged). Quantiles are HdrHistogram values at 3 significant digits
-/// (at most 0.1 % over), NULL before any data.
+/// thread of the node merged). Quantiles are HdrHistogram values at 2 significant digits
+/// (less than 1 % over), NULL before any data.
 pub fn latency() -> ResultSet {
     let mut rs = ResultSet::new(LATENCY);
     let push = |rs: &mut ResultSet, kind: Kind, node: &str, s: &Snapshot| {

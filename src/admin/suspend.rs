@@ -13,6 +13,11 @@
 //!   the flag until its sockets move: SUSPEND nudges every session through the token its
 //!   loop already polls for KILL (a child of its kill token, so polling it costs what
 //!   polling the kill token did); a nudged session takes a fresh token and looks again.
+//!   A session draining after KILL or SHUTDOWN (finishing its transaction) polls a token
+//!   of its own instead ([`SessionSuspend::detached_nudge`]): a child of its cancelled
+//!   kill token could not be nudged, and SUSPEND would wait for it forever.
+//! - Shutdown lifts a suspension ([`lift_suspend_at_shutdown`]): sessions finishing their
+//!   transaction must read again, or they would stay parked until shutdown_timeout.
 //! - A session waiting for a server connection counts as suspended: it reads nothing
 //!   while it waits.
 //! - New clients log in and are then held, before their session starts, until RESUME
@@ -73,6 +78,18 @@ impl SuspendState {
         true
     }
 
+    /// Start a SUSPEND: its round, or None if one is on already. One compare-and-swap, so
+    /// that of two concurrent SUSPENDs exactly one goes on. The round moves first: a
+    /// session parking once the flag is up reports this round or a later one (a losing
+    /// SUSPEND's increment only makes later reports count for more rounds).
+    fn begin(&self) -> Option<u64> {
+        let round = self.round.fetch_add(1, Ordering::SeqCst) + 1;
+        self.on
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()?;
+        Some(round)
+    }
+
     /// A new client, logged in: wait here while suspended (or until it is killed).
     pub async fn hold(&self, kill: &CancellationToken) {
         loop {
@@ -98,8 +115,8 @@ pub struct SessionSuspend {
     flushed_round: AtomicU64,
     /// Where RESUME wakes it.
     waker: Mutex<Option<Waker>>,
-    /// The token the session loop polls (a child of its kill token): SUSPEND cancels it to
-    /// make a parked session look at the flag.
+    /// The token the session loop polls (a child of its kill token; once draining, one of
+    /// its own): SUSPEND cancels it to make a parked session look at the flag.
     nudge: Mutex<Option<CancellationToken>>,
 }
 
@@ -108,6 +125,14 @@ impl SessionSuspend {
     /// `kill`, or alone by SUSPEND's nudge (then `kill` is not cancelled).
     pub fn nudge_token(&self, kill: &CancellationToken) -> CancellationToken {
         let t = kill.child_token();
+        *lock(&self.nudge) = Some(t.clone());
+        t
+    }
+
+    /// The token a draining session polls (KILL or SHUTDOWN came; it finishes its
+    /// transaction): its kill token is cancelled already, so only SUSPEND cancels this one.
+    pub fn detached_nudge(&self) -> CancellationToken {
+        let t = CancellationToken::new();
         *lock(&self.nudge) = Some(t.clone());
         t
     }
@@ -148,8 +173,12 @@ pub async fn suspend(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
         // A client waiting on a paused database sits outside its loop, buffers and all.
         return Err(AdminError::new("cannot suspend with paused databases"));
     }
-    let round = state.round.fetch_add(1, Ordering::SeqCst) + 1;
-    state.on.store(true, Ordering::SeqCst);
+    if ctx.shutdown.is_cancelled() {
+        return Err(AdminError::new("pgtenant is shutting down"));
+    }
+    let Some(round) = state.begin() else {
+        return Err(AdminError::new("already suspended/paused"));
+    };
     tracing::info!("SUSPEND from the admin console");
     for c in ctx.admin.clients.all() {
         if let Some(s) = &c.state {
@@ -157,12 +186,17 @@ pub async fn suspend(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
         }
     }
     loop {
-        if !state.is_on() || state.round.load(Ordering::SeqCst) != round {
-            break; // RESUMEd meanwhile
-        }
         if ctx.shutdown.is_cancelled() {
+            // Lifted by the shutdown already, unless it started between the check above
+            // and `begin` and lifted nothing: lift it here then.
+            lift(ctx);
             return Err(AdminError::new("pgtenant is shutting down"));
         }
+        if !state.is_on() {
+            break; // RESUMEd meanwhile
+        }
+        // (A RESUME and another SUSPEND between two looks: sessions report the later
+        // round, which counts for this one too.)
         if unflushed(ctx, round) == 0 {
             break;
         }
@@ -174,9 +208,26 @@ pub async fn suspend(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
 /// RESUME without a database while suspended: every session reads again, held clients
 /// start.
 pub fn resume(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
+    if !lift(ctx) {
+        return Err(AdminError::new("pooler is not paused/suspended"));
+    }
+    tracing::info!("RESUME from the admin console (suspend)");
+    Ok(Reply::Tag("RESUME"))
+}
+
+/// Shutdown (SIGTERM, SIGINT, SHUTDOWN) lifts a suspension, after `ctx.shutdown` is
+/// cancelled: sessions finishing their transaction must read again to finish it.
+pub fn lift_suspend_at_shutdown(ctx: &Context) {
+    if lift(ctx) {
+        tracing::info!("shutdown lifts SUSPEND");
+    }
+}
+
+/// Every session reads again, held clients start. False if nothing was suspended.
+fn lift(ctx: &Context) -> bool {
     let state = &ctx.admin.suspend;
     if !state.on.swap(false, Ordering::SeqCst) {
-        return Err(AdminError::new("pooler is not paused/suspended"));
+        return false;
     }
     for c in ctx.admin.clients.all() {
         if let Some(s) = &c.state {
@@ -184,6 +235,56 @@ pub fn resume(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
         }
     }
     state.resumed.notify_waiters();
-    tracing::info!("RESUME from the admin console (suspend)");
-    Ok(Reply::Tag("RESUME"))
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn of_concurrent_suspends_exactly_one_begins() {
+        for _ in 0..200 {
+            let state = SuspendState::default();
+            let barrier = std::sync::Barrier::new(4);
+            let won: Vec<Option<u64>> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            state.begin()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let winners: Vec<u64> = won.into_iter().flatten().collect();
+            assert_eq!(winners.len(), 1, "{winners:?}");
+            assert!(state.is_on());
+            // A session parking now reports a round that counts for the winner's.
+            assert!(state.round.load(Ordering::SeqCst) >= winners[0]);
+        }
+        // Only after the suspension is lifted can the next one begin.
+        let state = SuspendState::default();
+        let first = state.begin().unwrap();
+        assert_eq!(state.begin(), None);
+        state.on.store(false, Ordering::SeqCst);
+        assert!(state.begin().unwrap() > first);
+    }
+
+    #[test]
+    fn a_draining_session_can_still_be_nudged() {
+        let s = SessionSuspend::default();
+        let kill = CancellationToken::new();
+        let polled = s.nudge_token(&kill);
+        s.nudge();
+        assert!(polled.is_cancelled() && !kill.is_cancelled());
+        kill.cancel();
+        // Draining (kill cancelled): a child of kill would be cancelled already and a
+        // nudge could not be told apart; the detached token is cancelled by nudges alone.
+        let detached = s.detached_nudge();
+        assert!(!detached.is_cancelled());
+        s.nudge();
+        assert!(detached.is_cancelled());
+    }
 }

@@ -279,7 +279,11 @@ impl Session {
                     Flow::Continue
                 }
                 Event::Shutdown => {
+                    // KILL or SHUTDOWN (or a SUSPEND's nudge once draining): finish the
+                    // transaction, polling a token SUSPEND alone cancels.
                     self.draining = true;
+                    let t = self.c.state.console.suspend.detached_nudge();
+                    self.shutdown = Box::pin(t.cancelled_owned());
                     Flow::Continue
                 }
                 Event::Notification(f) => {
@@ -322,9 +326,6 @@ impl Session {
             // Idle between transactions: no buffer is kept for a client that sends nothing.
             self.c.conn.release_buffers();
         }
-        if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Event::Shutdown);
-        }
         let server_out = self
             .attached
             .as_ref()
@@ -334,7 +335,7 @@ impl Session {
         if suspend.is_on() {
             let pending = self.c.conn.pending_output() + server_out;
             if suspend.park(cx, &self.c.state.console.suspend, pending) {
-                return Poll::Pending;
+                return self.poll_shutdown(cx);
             }
         }
         if server_out < HIGH_WATER && self.deferred.is_empty() {
@@ -362,6 +363,17 @@ impl Session {
                     return Poll::Ready(Event::Notification(f));
                 }
             }
+        }
+        self.poll_shutdown(cx)
+    }
+
+    /// KILL, SHUTDOWN or SUSPEND's nudge. Looked at only when nothing else is ready (the
+    /// task is about to sleep): its waker is registered then, and a busy session does not
+    /// pay two lock round trips per turn (a flooding client still reaches it, since tokio's
+    /// cooperative budget makes its reads return Pending in time).
+    fn poll_shutdown(&mut self, cx: &mut TaskContext<'_>) -> Poll<Event> {
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Shutdown);
         }
         Poll::Pending
     }
@@ -1244,13 +1256,15 @@ impl Session {
     /// Make `server` this client's: cancel target, settings replay.
     async fn install(&mut self, server: ServerConn, pool: Arc<Pool>) {
         self.set_cancel_target(Some(server.cancel.clone())).await;
+        let placeholder = server.last_used;
         let mut a = Attached {
             server,
             pool,
             pipe: Pipeline::new(),
             session_changed: false,
             query_started: None,
-            xact_started: std::time::Instant::now(),
+            // Set by the transaction's first message (`forward`); a placeholder until then.
+            xact_started: placeholder,
             _active: crate::metrics::counters::Active::enter_for(Some(&self.c.state)),
         };
         if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
@@ -1398,11 +1412,13 @@ impl Session {
                         continue;
                     }
                     if let Some(t) = a.query_started.take() {
-                        a.pool.stats.add_query(t.elapsed());
+                        let now = std::time::Instant::now();
+                        a.pool.stats.add_query(now.saturating_duration_since(t));
                         if st == b'I' {
-                            a.pool.stats.add_xact(a.xact_started.elapsed());
+                            let xact = now.saturating_duration_since(a.xact_started);
+                            a.pool.stats.add_xact(xact);
                             if let Some(k) = self.tenant.take() {
-                                self.ctx.tenants.finished(&k, a.xact_started.elapsed());
+                                self.ctx.tenants.finished(&k, xact);
                             }
                         }
                     }
