@@ -86,8 +86,7 @@ fn live() -> isize {
 #[inline]
 fn record(t: &Tenants, value: &str, node: &Arc<str>) {
     let k = t.key(COLOCATION, black_box(value), node.clone());
-    t.statement(&k);
-    t.finished(&k, black_box(Duration::from_micros(180)));
+    t.transaction(&k, black_box(Duration::from_micros(180)));
 }
 
 /// Wall time for each of `threads` threads to run `f(thread, i)` for i in 0..iters, all
@@ -133,13 +132,11 @@ fn million_tenants() {
         text.clear();
         let _ = write!(text, "tenant-{i}");
         let k = t.key(COLOCATION, &text, node.clone());
-        t.statement(&k);
-        t.finished(&k, Duration::from_micros(10));
+        t.transaction(&k, Duration::from_micros(10));
         records += 1;
         if i % 100 == 0 {
             for (j, h) in heavy.iter().enumerate() {
-                t.statement(h);
-                t.finished(h, Duration::from_micros(1_000 * (j as u64 + 1)));
+                t.transaction(h, Duration::from_micros(1_000 * (j as u64 + 1)));
                 records += 1;
             }
         }

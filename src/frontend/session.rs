@@ -1101,7 +1101,6 @@ impl Session {
                 .ctx
                 .tenants
                 .key(colocation, &value, pool.key.node.name.clone());
-            self.ctx.tenants.statement(&k);
             self.tenant = Some(k);
         }
         if to_worker {
@@ -1418,7 +1417,7 @@ impl Session {
                             let xact = now.saturating_duration_since(a.xact_started);
                             a.pool.stats.add_xact(xact);
                             if let Some(k) = self.tenant.take() {
-                                self.ctx.tenants.finished(&k, xact);
+                                self.ctx.tenants.transaction(&k, xact);
                             }
                         }
                     }

@@ -2,7 +2,7 @@
 //!
 //! Two sketches, one ranked by statements (routed transactions) and one by transaction
 //! time. Each has a fixed number of counters (`SHARDS` × `PER_SHARD`), split into shards
-//! by the key's hash, each shard behind its own small `Mutex`: a statement takes one
+//! by the key's hash, each shard behind its own small `Mutex`: a routed transaction takes one
 //! shard lock per sketch, never a global one. When a new tenant arrives at a full shard it
 //! takes over the counter with the smallest weight, inheriting that weight (Space-Saving):
 //! a listed count over-estimates the truth by at most `error_bound`, and any tenant whose
@@ -51,12 +51,46 @@ impl Rank {
     }
 }
 
-type Key = (u32, Arc<str>);
+/// A tenant in a shard's index: its hash is computed once per transaction (in
+/// [`Tenants::key`]) and the index uses it as is, rather than hashing the value again.
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    hash: u64,
+    colocation: u32,
+    value: Arc<str>,
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.hash);
+    }
+}
+
+/// Passes a precomputed hash through (see [`Key`]).
+#[derive(Default)]
+struct PassHasher(u64);
+
+impl std::hash::Hasher for PassHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `Key`; anything else still hashes correctly.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
 
 #[derive(Default)]
 struct Shard {
     rows: Vec<TenantRow>,
-    index: HashMap<Key, usize>,
+    /// The hash of each row's key (same order as `rows`), for evictions.
+    hashes: Vec<u64>,
+    index: HashMap<Key, usize, std::hash::BuildHasherDefault<PassHasher>>,
 }
 
 struct Sketch {
@@ -108,8 +142,8 @@ impl Sketch {
         }
         let node = node.cloned().unwrap_or_else(|| Arc::from(""));
         let fresh = |min: u64| TenantRow {
-            tenant: key.1.clone(),
-            colocation: key.0,
+            tenant: key.value.clone(),
+            colocation: key.colocation,
             node,
             statements: 0,
             time_us: 0,
@@ -118,6 +152,7 @@ impl Sketch {
         };
         let i = if g.rows.len() < PER_SHARD {
             g.rows.push(fresh(0));
+            g.hashes.push(key.hash);
             g.rows.len() - 1
         } else {
             let (i, min) = g
@@ -128,8 +163,13 @@ impl Sketch {
                 .min_by_key(|&(_, w)| w)
                 .expect("a full shard has rows");
             let old = &g.rows[i];
-            let old_key = (old.colocation, old.tenant.clone());
+            let old_key = Key {
+                hash: g.hashes[i],
+                colocation: old.colocation,
+                value: old.tenant.clone(),
+            };
             g.index.remove(&old_key);
+            g.hashes[i] = key.hash;
             let mut row = fresh(min);
             // Space-Saving: the newcomer inherits the evicted weight.
             match self.rank {
@@ -167,7 +207,18 @@ pub struct TenantKey {
     pub colocation: u32,
     pub value: Arc<str>,
     pub node: Arc<str>,
+    hash: u64,
     shard: usize,
+}
+
+impl TenantKey {
+    fn key(&self) -> Key {
+        Key {
+            hash: self.hash,
+            colocation: self.colocation,
+            value: self.value.clone(),
+        }
+    }
 }
 
 /// The process-wide tenant sketches (`Context::tenants`).
@@ -190,37 +241,35 @@ impl Default for Tenants {
 impl Tenants {
     /// The key of a tenant value in a colocation group, routed to `node`.
     pub fn key(&self, colocation: u32, value: &str, node: Arc<str>) -> TenantKey {
-        let shard = (self.hasher.hash_one((colocation, value)) as usize) % SHARDS;
+        let hash = self.hasher.hash_one((colocation, value));
         TenantKey {
             colocation,
             value: Arc::from(value),
             node,
-            shard,
+            hash,
+            // The index uses the low bits of the hash; the shard takes the high ones.
+            shard: (hash >> 32) as usize % SHARDS,
         }
     }
 
-    /// A transaction was routed by this tenant's key.
-    pub fn statement(&self, k: &TenantKey) {
-        let key = (k.colocation, k.value.clone());
-        self.by_statements
-            .update(k.shard, &key, Some(&k.node), true, |r| r.statements += 1);
-        self.by_time
-            .update(k.shard, &key, Some(&k.node), false, |r| r.statements += 1);
-    }
-
-    /// The tenant's transaction ended after `d`.
-    pub fn finished(&self, k: &TenantKey, d: Duration) {
+    /// A transaction routed by this tenant's key ended after `d`: one statement and its
+    /// time, counted in both rankings at once (one lock per ranking per transaction).
+    pub fn transaction(&self, k: &TenantKey, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let key = (k.colocation, k.value.clone());
+        let key = k.key();
+        let count = |r: &mut TenantRow| {
+            r.statements += 1;
+            r.time_us = r.time_us.saturating_add(us);
+        };
         self.by_statements
-            .update(k.shard, &key, None, false, |r| r.time_us += us);
+            .update(k.shard, &key, Some(&k.node), true, count);
         self.by_time
-            .update(k.shard, &key, Some(&k.node), us > 0, |r| r.time_us += us);
+            .update(k.shard, &key, Some(&k.node), us > 0, count);
     }
 
     /// An ErrorResponse came back in the tenant's transaction.
     pub fn error(&self, k: &TenantKey) {
-        let key = (k.colocation, k.value.clone());
+        let key = k.key();
         self.by_statements
             .update(k.shard, &key, None, false, |r| r.errors += 1);
         self.by_time
@@ -257,12 +306,10 @@ mod tests {
             .collect();
         for i in 0..1_000_000u32 {
             let k = t.key(1, &format!("tenant-{i}"), node.clone());
-            t.statement(&k);
-            t.finished(&k, Duration::from_micros(10));
+            t.transaction(&k, Duration::from_micros(10));
             if i % 100 == 0 {
                 for (j, h) in heavy.iter().enumerate() {
-                    t.statement(h);
-                    t.finished(h, Duration::from_micros(1_000 * (j as u64 + 1)));
+                    t.transaction(h, Duration::from_micros(1_000 * (j as u64 + 1)));
                 }
             }
             if i % 100_000 == 0 {
@@ -291,15 +338,17 @@ mod tests {
         let t = Tenants::default();
         let k = t.key(3, "42", Arc::from("worker-2"));
         for _ in 0..5 {
-            t.statement(&k);
+            t.transaction(&k, Duration::from_micros(50));
         }
-        t.finished(&k, Duration::from_micros(250));
         t.error(&k);
-        let r = &t.top(Rank::Statements, 10)[0];
-        assert_eq!(
-            (r.statements, r.time_us, r.errors, r.error_bound),
-            (5, 250, 1, 0)
-        );
-        assert_eq!((&*r.node, r.colocation), ("worker-2", 3));
+        for rank in [Rank::Statements, Rank::Time] {
+            let r = &t.top(rank, 10)[0];
+            assert_eq!(
+                (r.statements, r.time_us, r.errors, r.error_bound),
+                (5, 250, 1, 0),
+                "{rank:?}"
+            );
+            assert_eq!((&*r.node, r.colocation), ("worker-2", 3));
+        }
     }
 }
