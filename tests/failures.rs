@@ -75,7 +75,7 @@ impl Load {
                         }
                         other => errors.push(format!("client {i} round {round}: {other:?}")),
                     }
-                    if round % 10 == 0 {
+                    if round.is_multiple_of(10) {
                         let r = tokio::time::timeout(Duration::from_secs(10), async {
                             let c = support::try_connect(&url).await?;
                             c.simple_query("SELECT 1").await

@@ -81,7 +81,7 @@ impl KeyType {
     pub fn key(self, i: u32) -> String {
         match self {
             KeyType::Int4 | KeyType::Int8 => i.to_string(),
-            KeyType::Text if i % 10 == 0 => format!("tenant-ñ-{i}"),
+            KeyType::Text if i.is_multiple_of(10) => format!("tenant-ñ-{i}"),
             KeyType::Text => format!("tenant-{i}"),
             KeyType::Uuid => format!("00000000-0000-0000-0000-{i:012x}"),
         }
