@@ -283,29 +283,13 @@ async fn shutdown_from_the_console() {
     );
 }
 
-fn wait_for_map(p: &Pgtenant) {
-    p.wait_for_log("shard map loaded", Duration::from_secs(20));
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn citus_nodes_shards_tenants() {
     let cluster = CitusCluster::start(CitusOptions {
         tenants: 50,
         ..CitusOptions::default()
     });
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &cluster.upstream_url(),
-            "--pool-size",
-            "4",
-            "--admin-users",
-            "app",
-        ],
-        &[],
-    );
-    wait_for_map(&p);
+    let p = cluster.start_pgtenant(&["--admin-users", "app"]);
 
     // Route traffic for a few tenants, so that worker pools exist.
     let c = support::connect(&p.url("app", "secret", "app")).await;
@@ -409,19 +393,7 @@ async fn show_tenants_and_latency() {
         tenants: 50,
         ..CitusOptions::default()
     });
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &cluster.upstream_url(),
-            "--pool-size",
-            "4",
-            "--admin-users",
-            "app",
-        ],
-        &[],
-    );
-    wait_for_map(&p);
+    let p = cluster.start_pgtenant(&["--admin-users", "app"]);
     let t = rows(&admin(&p, "SHOW TENANTS"));
     assert!(t.is_empty(), "{t:?}");
     let header = admin(&p, "SHOW TENANTS");

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use support::citus::{db_err, CitusCluster, CitusOptions};
+use support::citus::{db_err, wait_for_shard_map, CitusCluster, CitusOptions};
 use support::{pg_bin, try_connect, Pgtenant, TempDir};
 use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Row, SimpleQueryMessage};
@@ -34,12 +34,8 @@ fn start_pgtenant(cluster: &CitusCluster, extra: &str) -> (Pgtenant, TempDir) {
         cluster.upstream_url()
     ));
     let p = Pgtenant::start(&["run", "--config", cfg.to_str().expect("utf-8 path")], &[]);
-    wait_for_map(&p);
+    wait_for_shard_map(&p);
     (p, dir)
-}
-
-fn wait_for_map(p: &Pgtenant) {
-    p.wait_for_log("shard map loaded", Duration::from_secs(30));
 }
 
 fn small(tenants: u32, shard_count: u32) -> CitusOptions {

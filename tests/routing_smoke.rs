@@ -2,14 +2,7 @@
 //! and extended protocol, each answered by the worker that owns it.
 mod support;
 
-use std::time::Duration;
-
 use support::citus::{CitusCluster, CitusOptions};
-use support::Pgtenant;
-
-fn wait_for_map(p: &Pgtenant) {
-    p.wait_for_log("shard map loaded", Duration::from_secs(20));
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_are_answered_by_their_owner() {
@@ -17,17 +10,7 @@ async fn tenants_are_answered_by_their_owner() {
         tenants: 50,
         ..CitusOptions::default()
     });
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &cluster.upstream_url(),
-            "--pool-size",
-            "4",
-        ],
-        &[],
-    );
-    wait_for_map(&p);
+    let p = cluster.start_pgtenant(&[]);
     let c = support::connect(&p.url("app", "secret", "app")).await;
     let keys: Vec<String> = (1..=20).map(|i| cluster.tenant_key("orders", i)).collect();
     let owners = cluster.owner_ports("orders", &keys);

@@ -262,10 +262,9 @@ pub fn routes(ctx: &Context) -> ResultSet {
     };
     rs.push_values([
         "total".to_string(),
-        r.to_coordinator.load(Ordering::Relaxed).to_string(),
-        r.to_workers.load(Ordering::Relaxed).to_string(),
-        (r.to_coordinator.load(Ordering::Relaxed) + r.to_workers.load(Ordering::Relaxed))
-            .to_string(),
+        r.total_to(false).to_string(),
+        r.total_to(true).to_string(),
+        (r.total_to(false) + r.total_to(true)).to_string(),
         statements(false).to_string(),
         statements(true).to_string(),
     ]);

@@ -73,8 +73,13 @@ pub fn changes_session(sql: &str) -> bool {
     if crate::router::command::is_plain_dml(sql) {
         return calls_set_config(sql);
     }
+    changes_session_of(sql, &classify(sql))
+}
+
+/// [`changes_session`] for SQL already classified into `cmds`.
+pub fn changes_session_of(sql: &str, cmds: &[Command]) -> bool {
     calls_set_config(sql)
-        || classify(sql)
+        || cmds
             .iter()
             .any(|c| matches!(c, Command::SessionChange | Command::DiscardAll))
 }

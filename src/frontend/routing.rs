@@ -114,12 +114,10 @@ impl RouteReason {
 #[derive(Default)]
 pub struct RouteStats {
     /// [reason][0 = coordinator, 1 = worker].
-    by_reason: [[AtomicU64; 2]; 17],
+    by_reason: [[AtomicU64; 2]; RouteReason::ALL.len()],
     /// Statements (Query and Execute messages) by the reason their transaction was
     /// routed: every statement of a transaction goes where its first one went.
-    statements: [[AtomicU64; 2]; 17],
-    pub to_workers: AtomicU64,
-    pub to_coordinator: AtomicU64,
+    statements: [[AtomicU64; 2]; RouteReason::ALL.len()],
 }
 
 impl RouteStats {
@@ -127,11 +125,14 @@ impl RouteStats {
         if let Some(c) = self.by_reason.get(reason as usize) {
             c[usize::from(to_worker)].fetch_add(1, Ordering::Relaxed);
         }
-        if to_worker {
-            self.to_workers.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.to_coordinator.fetch_add(1, Ordering::Relaxed);
-        }
+    }
+
+    /// Transactions routed to workers (`true`) or the coordinator, for every reason.
+    pub fn total_to(&self, to_worker: bool) -> u64 {
+        RouteReason::ALL
+            .iter()
+            .map(|&r| self.get_to(r, to_worker))
+            .sum()
     }
 
     /// One statement of a transaction routed for `reason`.

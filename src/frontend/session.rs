@@ -26,7 +26,7 @@ use super::listen::Subscriber;
 use super::login::{pool_error_frame, Client};
 use super::params::{self, ParamMap};
 use super::pipeline::{Expect, Pipeline, Req};
-use super::prepared::{calls_set_config, changes_session, StatementDef};
+use super::prepared::{changes_session, changes_session_of, StatementDef};
 use super::routing::{decide_bind_keyed, decide_simple_keyed, tx_tag, Decision, RouteReason};
 use super::FrontendError;
 use crate::backend::{server_statement_name, ServerConn};
@@ -479,7 +479,7 @@ impl Session {
                                     }
                                 }
                                 Held::Parse(p) => {
-                                    if let Err(e) = self.forward(p) {
+                                    if let Err(e) = self.forward_real(p) {
                                         self.c.conn.queue(&build::fatal(
                                             sqlstate::PROTOCOL_VIOLATION,
                                             &e.to_string(),
@@ -492,7 +492,7 @@ impl Session {
                         if self.attached.is_none() {
                             continue;
                         }
-                        if let Err(e) = self.forward(f) {
+                        if let Err(e) = self.forward_real(f) {
                             tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
                             self.c
                                 .conn
@@ -686,7 +686,11 @@ impl Session {
     /// DEALLOCATE / DISCARD ALL act on the client's view only. Returns the command tag to
     /// answer with, or None when `sql` is not such a command.
     fn client_view_command(&mut self, sql: &str) -> Option<&'static str> {
-        let cmd = classify_single(sql)?;
+        self.view_command(classify_single(sql)?)
+    }
+
+    /// [`Session::client_view_command`] for a statement already classified.
+    fn view_command(&mut self, cmd: Command) -> Option<&'static str> {
         match cmd {
             Command::Listen { channel } if self.mode != PoolMode::Session => {
                 let hub = &self.ctx.listens;
@@ -735,6 +739,12 @@ impl Session {
             }
             return Ok(());
         }
+        self.forward_real(f)
+    }
+
+    /// [`Session::forward`] for a message `fake_extended` already declined (the first
+    /// message of a transaction and the Parses held for it).
+    fn forward_real(&mut self, f: Frame) -> Result<(), FrontendError> {
         let track = self.track_prepared;
         let cap = self.max_prepared;
         let Some(a) = self.attached.as_mut() else {
@@ -902,8 +912,8 @@ impl Session {
             // Our idle connections to it would make the server wait and refuse.
             self.ctx.pools.close_idle_database(name);
         }
-        if cmds.len() == 1 {
-            if let Some(tag) = self.client_view_command(sql) {
+        if let [cmd] = &cmds[..] {
+            if let Some(tag) = self.view_command(cmd.clone()) {
                 if let Some(a) = self.attached.as_mut() {
                     a.pipe.push(Expect::SyntheticCommand(tag));
                 }
@@ -914,7 +924,7 @@ impl Session {
             return Ok(());
         };
         let mut prepare = None;
-        if calls_set_config(sql) || cmds.iter().any(|c| matches!(c, Command::SessionChange)) {
+        if changes_session_of(sql, &cmds) {
             a.session_changed = true;
             self.view.custom.extend(custom_setting_names(sql));
         }
@@ -1494,9 +1504,9 @@ impl Session {
             return;
         };
         self.set_cancel_target(None).await;
-        let s = self.ctx.settings.load_full();
-        if a.session_changed || s.server_reset_query_always {
+        if a.session_changed || self.ctx.settings.load().server_reset_query_always {
             // Boxed: a session's future stays small for the common case.
+            let s = self.ctx.settings.load_full();
             Box::pin(self.release_slow(*a, s)).await;
             return;
         }

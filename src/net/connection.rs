@@ -117,11 +117,6 @@ impl Connection {
         }
     }
 
-    /// Capacity of the read and write buffers (tests, memory accounting).
-    pub fn buffer_capacity(&self) -> (usize, usize) {
-        (self.rbuf.capacity(), self.wbuf.capacity())
-    }
-
     /// For a connection that should be silent (an idle server): has the peer closed it
     /// or sent something (e.g. a FATAL before closing)? Never waits. Uses tokio's cached
     /// readiness, so it costs at most one non-blocking read.

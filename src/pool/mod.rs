@@ -382,21 +382,28 @@ impl Pool {
         if !g.waiters.is_empty() {
             return None;
         }
+        let c = self.pop_usable_idle(&mut g, &s, started)?;
+        if !s.server_check_query.is_empty()
+            && started.saturating_duration_since(c.last_used) >= s.server_check_delay
+        {
+            g.idle.push_back(c);
+            return None;
+        }
+        drop(g);
+        // No wait: recorded as zero rather than paying a second clock read.
+        Some(self.assigned_after(c, Duration::ZERO))
+    }
+
+    /// The most recently used idle connection that is neither expired nor closed by the
+    /// server; the others met on the way are closed.
+    fn pop_usable_idle(&self, g: &mut Inner, s: &Settings, now: Instant) -> Option<ServerConn> {
         while let Some(mut c) = g.idle.pop_back() {
-            if Self::expired(&s, &c, started) || c.conn.is_stale() {
-                self.drop_slot(&mut g);
+            if Self::expired(s, &c, now) || c.conn.is_stale() {
+                self.drop_slot(g);
                 c.terminate();
                 continue;
             }
-            if !s.server_check_query.is_empty()
-                && started.saturating_duration_since(c.last_used) >= s.server_check_delay
-            {
-                g.idle.push_back(c);
-                return None;
-            }
-            drop(g);
-            // No wait: recorded as zero rather than paying a second clock read.
-            return Some(self.assigned_after(c, Duration::ZERO));
+            return Some(c);
         }
         None
     }
@@ -420,17 +427,7 @@ impl Pool {
             let next = {
                 let s = self.settings.load();
                 let mut g = self.lock();
-                let now = Instant::now();
-                let mut got = None;
-                while let Some(mut c) = g.idle.pop_back() {
-                    if Self::expired(&s, &c, now) || c.conn.is_stale() {
-                        self.drop_slot(&mut g);
-                        c.terminate();
-                        continue;
-                    }
-                    got = Some(c);
-                    break;
-                }
+                let got = self.pop_usable_idle(&mut g, &s, Instant::now());
                 let limit = self.pool_size(&s)
                     + if allow_reserve {
                         s.reserve_pool_size

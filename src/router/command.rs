@@ -68,6 +68,11 @@ pub fn classify(sql: &str) -> Vec<Command> {
     if is_plain_dml(sql) {
         return vec![Command::Other];
     }
+    classify_lexed(sql)
+}
+
+/// [`classify`] without the plain-DML shortcut (the caller took it already).
+fn classify_lexed(sql: &str) -> Vec<Command> {
     let mut out = Vec::new();
     let mut lx = Lexer {
         s: sql.as_bytes(),
@@ -94,7 +99,7 @@ pub fn classify_single(sql: &str) -> Option<Command> {
     if is_plain_dml(sql) {
         return Some(Command::Other);
     }
-    let mut v = classify(sql);
+    let mut v = classify_lexed(sql);
     match v.len() {
         0 => Some(Command::Other),
         1 => v.pop(),

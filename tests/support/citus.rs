@@ -362,6 +362,17 @@ impl CitusCluster {
         app_url(&self.coordinator)
     }
 
+    /// pgtenant in front of this cluster (`run --upstream … --pool-size 4` plus `extra`),
+    /// returned once its shard map is loaded.
+    pub fn start_pgtenant(&self, extra: &[&str]) -> super::Pgtenant {
+        let up = self.upstream_url();
+        let mut args = vec!["run", "--upstream", &up, "--pool-size", "4"];
+        args.extend_from_slice(extra);
+        let p = super::Pgtenant::start(&args, &[]);
+        wait_for_shard_map(&p);
+        p
+    }
+
     /// Port of node group `group` (0 = coordinator, 1/2 = workers 0/1).
     pub fn group_port(&self, group: i32) -> u16 {
         self.group_server(group).port()
@@ -1189,4 +1200,9 @@ where
 /// Join a scoped thread, re-raising its panic with the original message.
 fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Wait until pgtenant logged that it loaded the shard map.
+pub fn wait_for_shard_map(p: &super::Pgtenant) {
+    p.wait_for_log("shard map loaded", Duration::from_secs(30));
 }
