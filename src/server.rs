@@ -182,7 +182,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         "shutting down"
     );
     stop_accepting.cancel();
-    ctx.shutdown.cancel();
+    crate::frontend::cancel_session_token(&ctx.shutdown);
     // A SUSPEND would keep the draining sessions parked until shutdown_timeout.
     crate::admin::lift_suspend_at_shutdown(&ctx);
     tracker.close();

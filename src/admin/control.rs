@@ -21,7 +21,7 @@ pub fn reload(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
 /// Drain and exit, as SIGTERM: idle clients leave now, busy ones after their transaction.
 pub fn shutdown(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
     tracing::info!("SHUTDOWN from the admin console");
-    ctx.shutdown.cancel();
+    crate::frontend::cancel_session_token(&ctx.shutdown);
     Ok(Reply::Tag("SHUTDOWN"))
 }
 
@@ -50,7 +50,7 @@ pub fn kill(ctx: &Arc<Context>, db: Option<&str>) -> Result<Reply, AdminError> {
             None => !super::is_admin_database(&c.database),
         };
         if hit {
-            c.kill.cancel();
+            crate::frontend::cancel_session_token(&c.kill);
         }
     }
     reconnect(ctx, db)?;

@@ -59,7 +59,7 @@ impl ClientRegistry {
     pub fn kill(&self, id: u64) -> bool {
         match self.map.get(&id) {
             Some(c) => {
-                c.kill.cancel();
+                crate::frontend::cancel_session_token(&c.kill);
                 true
             }
             None => false,

@@ -139,7 +139,7 @@ impl SessionSuspend {
 
     fn nudge(&self) {
         if let Some(t) = lock(&self.nudge).as_ref() {
-            t.cancel();
+            crate::frontend::cancel_session_token(t);
         }
     }
 

@@ -1,41 +1,83 @@
 //! Cancel requests: each client gets a BackendKeyData of pgtenant's own; a CancelRequest
 //! carrying it is forwarded to the server connection that client holds right now.
 //!
-//! Safety: the session sets and clears its target under the slot's lock, and a cancel holds
-//! that lock until the postmaster has closed the cancel socket (i.e. has signalled the
-//! backend). So a server connection is never handed to the next client while a cancel
-//! meant for the previous one is still on its way; a signal that lands after the query
-//! finished finds the backend idle, and PostgreSQL ignores cancels while idle.
-use std::sync::Arc;
+//! Safety: the session sets and clears its target under the slot's lock, and never while a
+//! cancel taken from the slot is still on its way (it waits until the postmaster has
+//! closed the cancel socket, i.e. has signalled the backend). So a server connection is
+//! never handed to the next client while a cancel meant for the previous one is still
+//! travelling; a signal that lands after the query finished finds the backend idle, and
+//! PostgreSQL ignores cancels while idle.
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use rand::Rng;
-use tokio::sync::Mutex;
+use tokio::sync::Notify;
 
 use crate::backend::{send_cancel, CancelTarget};
 
+/// Where a client's cancel requests go. Set and cleared twice per transaction, so the
+/// common case is one uncontended std mutex round trip; only a cancel in flight makes
+/// the session wait (on `done`).
 #[derive(Default)]
 pub struct CancelSlot {
-    target: Mutex<Option<Arc<CancelTarget>>>,
+    state: Mutex<SlotState>,
+    /// Notified when a cancel in flight has been delivered.
+    done: Notify,
+}
+
+#[derive(Default)]
+struct SlotState {
+    target: Option<Arc<CancelTarget>>,
+    /// Cancels taken from this slot and not yet delivered.
+    in_flight: u32,
 }
 
 impl CancelSlot {
-    pub async fn set(&self, t: Option<Arc<CancelTarget>>) {
-        if let Err(t) = self.try_set(t) {
-            *self.target.lock().await = t;
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn set(&self, mut t: Option<Arc<CancelTarget>>) {
+        loop {
+            // Registered before looking: a cancel delivered in between still wakes us.
+            let delivered = self.done.notified();
+            match self.try_set(t) {
+                Ok(()) => return,
+                Err(back) => t = back,
+            }
+            delivered.await;
         }
     }
 
     /// Set without waiting; fails (giving `t` back) only while a cancel is on its way,
     /// which [`CancelSlot::set`] then waits for (see above).
     pub fn try_set(&self, t: Option<Arc<CancelTarget>>) -> Result<(), Option<Arc<CancelTarget>>> {
-        match self.target.try_lock() {
-            Ok(mut g) => {
-                *g = t;
-                Ok(())
-            }
-            Err(_) => Err(t),
+        let mut g = self.lock();
+        if g.in_flight > 0 {
+            return Err(t);
         }
+        g.target = t;
+        Ok(())
+    }
+
+    /// The target of a cancel about to be sent, counted in flight until the returned
+    /// guard is dropped.
+    fn take_for_cancel(&self) -> Option<(Arc<CancelTarget>, InFlight<'_>)> {
+        let mut g = self.lock();
+        let t = g.target.clone()?;
+        g.in_flight += 1;
+        Some((t, InFlight(self)))
+    }
+}
+
+/// A cancel on its way: the slot's target stays put until it is dropped (also when the
+/// task sending it is dropped half-way).
+struct InFlight<'a>(&'a CancelSlot);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+        self.0.done.notify_waiters();
     }
 }
 
@@ -89,15 +131,15 @@ impl CancelRegistry {
                 return;
             }
         };
-        let guard = slot.target.lock().await;
-        if let Some(t) = guard.as_ref() {
-            if let Err(e) = send_cancel(t).await {
-                tracing::warn!(error = %e, "forwarding cancel request failed");
-            } else {
-                tracing::debug!(pid, server_pid = t.pid, "cancel request forwarded");
-            }
+        let Some((t, in_flight)) = slot.take_for_cancel() else {
+            return;
+        };
+        if let Err(e) = send_cancel(&t).await {
+            tracing::warn!(error = %e, "forwarding cancel request failed");
+        } else {
+            tracing::debug!(pid, server_pid = t.pid, "cancel request forwarded");
         }
-        drop(guard);
+        drop(in_flight);
     }
 
     pub fn len(&self) -> usize {
@@ -106,5 +148,53 @@ impl CancelRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn target(pid: i32) -> Option<Arc<CancelTarget>> {
+        Some(Arc::new(CancelTarget {
+            host: "127.0.0.1".into(),
+            port: 1,
+            pid,
+            secret: 7,
+        }))
+    }
+
+    #[tokio::test]
+    async fn the_target_stays_while_a_cancel_is_on_its_way() {
+        let slot = Arc::new(CancelSlot::default());
+        slot.try_set(target(1)).unwrap();
+        let (t, in_flight) = slot.take_for_cancel().expect("a target");
+        assert_eq!(t.pid, 1);
+        // The session may not clear or move the target meanwhile.
+        assert!(slot.try_set(None).is_err());
+        let s2 = slot.clone();
+        let setter = tokio::spawn(async move { s2.set(target(2)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !setter.is_finished(),
+            "set went ahead of the cancel in flight"
+        );
+        drop(in_flight);
+        tokio::time::timeout(Duration::from_secs(5), setter)
+            .await
+            .expect("set waits only until the cancel is delivered")
+            .unwrap();
+        let (t, _g) = slot.take_for_cancel().expect("the new target");
+        assert_eq!(t.pid, 2);
+    }
+
+    #[test]
+    fn nothing_to_cancel_without_a_target() {
+        let slot = CancelSlot::default();
+        assert!(slot.take_for_cancel().is_none());
+        slot.try_set(target(3)).unwrap();
+        slot.try_set(None).unwrap();
+        assert!(slot.take_for_cancel().is_none());
     }
 }

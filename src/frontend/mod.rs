@@ -21,6 +21,23 @@ pub use cancel::{CancelKey, CancelRegistry, CancelSlot};
 pub use listen::ListenHub;
 pub use prepared::StatementRegistry;
 
+/// Bumped before any token a session loop polls is cancelled (KILL, SHUTDOWN, SUSPEND's
+/// nudge): a session that sees the same value as at its last look, with the same waker,
+/// knows its token is still not cancelled without locking it (two mutexes per look in
+/// tokio-util), which it would otherwise do every time it goes to sleep.
+static SESSION_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Cancel a token a session loop may be polling (its kill token, the shutdown token or
+/// a SUSPEND nudge). Every such cancel must go through here (see `SESSION_SIGNALS`).
+pub fn cancel_session_token(t: &tokio_util::sync::CancellationToken) {
+    SESSION_SIGNALS.fetch_add(1, Ordering::SeqCst);
+    t.cancel();
+}
+
+pub(crate) fn session_signals() -> u64 {
+    SESSION_SIGNALS.load(Ordering::SeqCst)
+}
+
 /// Errors that end a client session.
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {

@@ -17,7 +17,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -26,7 +26,7 @@ use super::listen::Subscriber;
 use super::login::{pool_error_frame, Client};
 use super::params::{self, ParamMap};
 use super::pipeline::{Expect, Pipeline, Req};
-use super::prepared::{changes_session, changes_session_of, StatementDef};
+use super::prepared::{calls_set_config, changes_session, changes_session_of, StatementDef};
 use super::routing::{decide_bind_keyed, decide_simple_keyed, tx_tag, Decision, RouteReason};
 use super::FrontendError;
 use crate::backend::{server_statement_name, ServerConn};
@@ -36,7 +36,9 @@ use crate::net::Frame;
 use crate::pool::{Pool, PoolError};
 use crate::protocol::extended::{Bind, Parse, Target};
 use crate::protocol::{build, decode, sqlstate, ErrorFields};
-use crate::router::command::{classify, classify_single, custom_setting_names, Command};
+use crate::router::command::{
+    classify, classify_single, custom_setting_names, is_plain_dml, Command,
+};
 use crate::router::TxControl;
 
 /// Stop reading from one side while this much is queued for the other (backpressure).
@@ -68,15 +70,17 @@ const SESSION_SETTINGS_SQL: &str =
 
 /// A server connection lent to this client.
 struct Attached {
-    server: ServerConn,
+    server: Box<ServerConn>,
     pool: Arc<Pool>,
     /// What the server still owes, in order.
     pipe: Pipeline,
     /// The client ran something that may change session settings in this transaction.
     session_changed: bool,
     /// For the pool's query/transaction time counters (SHOW STATS).
-    query_started: Option<std::time::Instant>,
-    xact_started: std::time::Instant,
+    query_started: Option<Instant>,
+    /// When the pool lent the connection, until the first message is forwarded.
+    lent: Option<Instant>,
+    xact_started: Instant,
     /// Counts this session in `pgtenant_clients{state="active"}` while attached.
     _active: crate::metrics::counters::Active,
 }
@@ -128,6 +132,9 @@ enum Held {
 enum Flow {
     Continue,
     Quit,
+    /// The transaction is over: give the server back (`on_server_input` stays
+    /// synchronous; the caller releases). With the clock read at its ReadyForQuery.
+    Release(Option<Instant>),
 }
 
 /// The client's own view of its session (transaction and statement mode).
@@ -179,6 +186,10 @@ struct Session {
     /// Armed while the client sits idle inside a transaction.
     idle_tx_timer: Option<Pin<Box<Sleep>>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker `shutdown` was last polled with and `session_signals()` before that
+    /// poll: while both are unchanged, `shutdown` is not polled again (see
+    /// `poll_shutdown`).
+    shutdown_looked: Option<(std::task::Waker, u64)>,
     draining: bool,
     /// Transaction status the client last saw.
     client_tx: u8,
@@ -220,6 +231,7 @@ where
         skip_until_sync: false,
         idle_tx_timer: None,
         shutdown: Box::pin(nudge.cancelled_owned()),
+        shutdown_looked: None,
         draining: false,
         client_tx: b'I',
         tenant: None,
@@ -251,14 +263,23 @@ impl Session {
                 Event::ServerRead(Err(e)) | Event::ServerWrite(e) => {
                     self.server_lost(&format!("server connection failed: {e}"))
                 }
-                Event::ServerRead(Ok(_)) => match Box::pin(self.on_server_input()).await {
-                    Flow::Continue
-                        if !self.deferred.is_empty() && !self.must_wait_for_sync_point() =>
-                    {
-                        Box::pin(self.on_client_input()).await?
+                Event::ServerRead(Ok(_)) => {
+                    let mut flow = self.on_server_input();
+                    if let Flow::Release(now) = flow {
+                        if !self.try_release(now) {
+                            Box::pin(self.release(now)).await;
+                        }
+                        flow = Flow::Continue;
                     }
-                    flow => flow,
-                },
+                    match flow {
+                        Flow::Continue
+                            if !self.deferred.is_empty() && !self.must_wait_for_sync_point() =>
+                        {
+                            Box::pin(self.on_client_input()).await?
+                        }
+                        flow => flow,
+                    }
+                }
                 Event::IdleTxTimeout => {
                     self.c.conn.queue(&build::fatal(
                         sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
@@ -276,6 +297,7 @@ impl Session {
                     // SUSPEND's nudge (admin::suspend): a fresh token, then look again.
                     let t = self.c.state.console.suspend.nudge_token(&self.c.kill);
                     self.shutdown = Box::pin(t.cancelled_owned());
+                    self.shutdown_looked = None;
                     Flow::Continue
                 }
                 Event::Shutdown => {
@@ -284,6 +306,7 @@ impl Session {
                     self.draining = true;
                     let t = self.c.state.console.suspend.detached_nudge();
                     self.shutdown = Box::pin(t.cancelled_owned());
+                    self.shutdown_looked = None;
                     Flow::Continue
                 }
                 Event::Notification(f) => {
@@ -371,9 +394,28 @@ impl Session {
     /// task is about to sleep): its waker is registered then, and a busy session does not
     /// pay two lock round trips per turn (a flooding client still reaches it, since tokio's
     /// cooperative budget makes its reads return Pending in time).
+    /// Polling the token costs two mutex round trips, so it is skipped while no token was
+    /// cancelled anywhere since the last look and the waker is the same: the token's
+    /// registration from that look still stands, and a cancel bumps `session_signals()`
+    /// before it wakes that waker.
     fn poll_shutdown(&mut self, cx: &mut TaskContext<'_>) -> Poll<Event> {
+        let signals = super::session_signals();
+        if let Some((w, seen)) = &self.shutdown_looked {
+            if *seen == signals && w.will_wake(cx.waker()) {
+                return Poll::Pending;
+            }
+        }
         if self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Event::Shutdown);
+        }
+        match &mut self.shutdown_looked {
+            Some((w, seen)) => {
+                if !w.will_wake(cx.waker()) {
+                    w.clone_from(cx.waker());
+                }
+                *seen = signals;
+            }
+            None => self.shutdown_looked = Some((cx.waker().clone(), signals)),
         }
         Poll::Pending
     }
@@ -566,7 +608,9 @@ impl Session {
                     return Ok(true);
                 }
             }
-            b'P' if self.track_prepared => {
+            // The unnamed statement (an empty name: the body starts with its NUL) goes to
+            // the server; no need to decode it here.
+            b'P' if self.track_prepared && f.body().first() != Some(&0) => {
                 // A named statement is only recorded (as PgBouncer does): it is prepared
                 // on a server when a Bind or Describe needs it there. Taking a server just
                 // to answer Parse+Sync (PQprepare) would also deadlock clients that prepare
@@ -752,7 +796,9 @@ impl Session {
         };
         a.pool.stats.client_message(f.tag(), f.len());
         if a.query_started.is_none() {
-            let now = std::time::Instant::now();
+            // The first message after attaching starts its clocks when the pool lent the
+            // connection (a moment ago): one clock read less per transaction.
+            let now = a.lent.take().unwrap_or_else(Instant::now);
             a.query_started = Some(now);
             if a.server.tx_status == b'I' {
                 a.xact_started = now;
@@ -907,6 +953,19 @@ impl Session {
     /// A simple query in transaction/statement mode with statement tracking: SQL-level
     /// PREPARE/EXECUTE travel with the client; DEALLOCATE/DISCARD ALL act on its view.
     fn forward_query(&mut self, f: &Frame, sql: &str) -> Result<(), FrontendError> {
+        if is_plain_dml(sql) {
+            // Most of the traffic: no command of the client's view, nothing prepared.
+            let Some(a) = self.attached.as_mut() else {
+                return Ok(());
+            };
+            if calls_set_config(sql) {
+                a.session_changed = true;
+                self.view.custom.extend(custom_setting_names(sql));
+            }
+            a.server.conn.queue(f);
+            a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
+            return Ok(());
+        }
         let cmds = classify(sql);
         if let [Command::DropDatabase { name }] = &cmds[..] {
             // Our idle connections to it would make the server wait and refuse.
@@ -1232,8 +1291,8 @@ impl Session {
             pool.set_credential(self.c.credential.clone());
         }
         match self.acquire(&pool).await {
-            Ok(server) => {
-                self.install(server, pool).await;
+            Ok((server, lent)) => {
+                self.install(server, pool, lent).await;
                 true
             }
             Err(e) => {
@@ -1252,28 +1311,33 @@ impl Session {
     }
 
     /// A server connection from `pool`, counted as waiting meanwhile.
-    async fn acquire(&self, pool: &Arc<Pool>) -> Result<ServerConn, PoolError> {
-        if let Some(c) = pool.try_acquire_idle() {
-            return Ok(c);
+    /// With the time it was lent (the transaction's clock starts there).
+    async fn acquire(&self, pool: &Arc<Pool>) -> Result<(Box<ServerConn>, Instant), PoolError> {
+        let now = Instant::now();
+        if let Some(c) = pool.try_acquire_idle(now) {
+            return Ok((c, now));
         }
         let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
         // Boxed: the slow path (waiting, connecting) stays out of every session's future,
         // which an idle client keeps for as long as it is connected.
-        Box::pin(pool.acquire()).await
+        let c = Box::pin(pool.acquire()).await?;
+        Ok((c, Instant::now()))
     }
 
     /// Make `server` this client's: cancel target, settings replay.
-    async fn install(&mut self, server: ServerConn, pool: Arc<Pool>) {
+    /// `lent`: when the pool lent it; the first message forwarded (at once) starts the
+    /// query and transaction clocks there.
+    async fn install(&mut self, server: Box<ServerConn>, pool: Arc<Pool>, lent: Instant) {
         self.set_cancel_target(Some(server.cancel.clone())).await;
-        let placeholder = server.last_used;
         let mut a = Attached {
             server,
             pool,
             pipe: Pipeline::new(),
             session_changed: false,
             query_started: None,
+            lent: Some(lent),
             // Set by the transaction's first message (`forward`); a placeholder until then.
-            xact_started: placeholder,
+            xact_started: lent,
             _active: crate::metrics::counters::Active::enter_for(Some(&self.c.state)),
         };
         if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
@@ -1290,8 +1354,8 @@ impl Session {
     /// request and keeps its connection.
     async fn attach(&mut self, first: &Frame, pool: Arc<Pool>) -> bool {
         match self.acquire(&pool).await {
-            Ok(server) => {
-                self.install(server, pool).await;
+            Ok((server, lent)) => {
+                self.install(server, pool, lent).await;
                 true
             }
             Err(e) => {
@@ -1325,7 +1389,7 @@ impl Session {
     // ---------------------------------------------------------------------------------
 
     /// Relay every complete frame the server has sent; give the server back when done.
-    async fn on_server_input(&mut self) -> Flow {
+    fn on_server_input(&mut self) -> Flow {
         loop {
             let Some(a) = self.attached.as_mut() else {
                 return Flow::Continue;
@@ -1420,11 +1484,12 @@ impl Session {
                     if hidden {
                         continue;
                     }
-                    if let Some(t) = a.query_started.take() {
-                        let now = std::time::Instant::now();
-                        a.pool.stats.add_query(now.saturating_duration_since(t));
+                    // Read once: the latencies and the release below share it.
+                    let now = a.query_started.take().map(|t| (t, Instant::now()));
+                    if let Some((t, at)) = now {
+                        a.pool.stats.add_query(at.saturating_duration_since(t));
                         if st == b'I' {
-                            let xact = now.saturating_duration_since(a.xact_started);
+                            let xact = at.saturating_duration_since(a.xact_started);
                             a.pool.stats.add_xact(xact);
                             if let Some(k) = self.tenant.take() {
                                 self.ctx.tenants.transaction(&k, xact);
@@ -1454,8 +1519,7 @@ impl Session {
                         if st != b'I' {
                             self.arm_idle_tx_timer();
                         } else if self.mode != PoolMode::Session {
-                            self.release().await;
-                            return Flow::Continue;
+                            return Flow::Release(now.map(|(_, at)| at));
                         }
                     }
                     continue;
@@ -1499,7 +1563,29 @@ impl Session {
 
     /// Give the server connection back to its pool (it is clean). If the client changed
     /// settings in this transaction, read them back first: that is its new session.
-    async fn release(&mut self) {
+    /// [`Session::release`] when it needs no waiting (no settings to read back, no reset
+    /// query, no cancel on its way): false if it did nothing and `release` must run.
+    fn try_release(&mut self, now: Option<Instant>) -> bool {
+        let Some(a) = self.attached.as_ref() else {
+            return true;
+        };
+        if a.session_changed
+            || self.ctx.settings.load().server_reset_query_always
+            || self.c.key.slot.try_set(None).is_err()
+        {
+            return false;
+        }
+        let Some(a) = self.attached.take() else {
+            return true;
+        };
+        let clean = a.is_clean();
+        a.pool
+            .release_at(a.server, clean, now.unwrap_or_else(Instant::now));
+        true
+    }
+
+    /// `now`: the clock read at the ReadyForQuery, if it was.
+    async fn release(&mut self, now: Option<Instant>) {
         let Some(a) = self.attached.take() else {
             return;
         };
@@ -1511,7 +1597,8 @@ impl Session {
             return;
         }
         let clean = a.is_clean();
-        a.pool.release(a.server, clean);
+        a.pool
+            .release_at(a.server, clean, now.unwrap_or_else(Instant::now));
     }
 
     /// Release after a transaction that changed settings (read them back) or with

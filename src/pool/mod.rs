@@ -56,7 +56,7 @@ pub enum PoolError {
 #[allow(clippy::large_enum_variant)]
 enum Handoff {
     /// A clean, idle connection.
-    Conn(ServerConn),
+    Conn(Box<ServerConn>),
     /// A slot that was counted for you: open a new connection in it.
     Slot,
 }
@@ -64,12 +64,20 @@ enum Handoff {
 struct Inner {
     /// Most recently used at the back: acquire takes from the back (warm caches), the
     /// janitor closes from the front (the longest idle).
-    idle: VecDeque<ServerConn>,
+    idle: VecDeque<Box<ServerConn>>,
     /// Connections that exist or are being opened, idle ones included.
     total: u32,
     /// Clients waiting for a connection, in queue order.
     waiters: VecDeque<Waiter>,
+    /// When "pool exhausted" was last logged, and how many times the queue started
+    /// since: a busy pool starts a queue thousands of times a second, the log says so
+    /// once a minute.
+    exhausted_logged: Option<Instant>,
+    exhausted_since_log: u64,
 }
+
+/// At most one "pool exhausted" message per pool in this time.
+const EXHAUSTED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A client in a pool's queue, and since when it has waited (SHOW POOLS' maxwait).
 struct Waiter {
@@ -375,8 +383,8 @@ impl Pool {
 
     /// The fast path of [`Pool::acquire`], without waiting: an idle connection that needs
     /// no check. `None`: take the slow path (it also handles waiters, opening, checks).
-    pub fn try_acquire_idle(&self) -> Option<ServerConn> {
-        let started = Instant::now();
+    /// `started`: now (the caller reads the clock once and reuses it).
+    pub fn try_acquire_idle(&self, started: Instant) -> Option<Box<ServerConn>> {
         let s = self.settings.load();
         let mut g = self.lock();
         if !g.waiters.is_empty() {
@@ -396,7 +404,12 @@ impl Pool {
 
     /// The most recently used idle connection that is neither expired nor closed by the
     /// server; the others met on the way are closed.
-    fn pop_usable_idle(&self, g: &mut Inner, s: &Settings, now: Instant) -> Option<ServerConn> {
+    fn pop_usable_idle(
+        &self,
+        g: &mut Inner,
+        s: &Settings,
+        now: Instant,
+    ) -> Option<Box<ServerConn>> {
         while let Some(mut c) = g.idle.pop_back() {
             if Self::expired(s, &c, now) || c.conn.is_stale() {
                 self.drop_slot(g);
@@ -409,7 +422,7 @@ impl Pool {
     }
 
     /// Get a server connection: an idle one, a new one within the limits, or wait for one.
-    pub async fn acquire(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<Box<ServerConn>, PoolError> {
         let s = self.settings();
         let started = Instant::now();
         let deadline = (!s.query_wait_timeout.is_zero()).then(|| started + s.query_wait_timeout);
@@ -417,7 +430,7 @@ impl Pool {
         loop {
             #[allow(clippy::large_enum_variant)]
             enum Next {
-                Got(ServerConn),
+                Got(Box<ServerConn>),
                 Open,
                 Wait(oneshot::Receiver<Handoff>),
             }
@@ -446,7 +459,14 @@ impl Pool {
                 } else {
                     let (tx, rx) = oneshot::channel();
                     if g.waiters.iter().all(|w| w.is_closed()) {
-                        tracing::info!(pool = %self.name(), total = g.total, "pool exhausted: clients are waiting for a server connection");
+                        g.exhausted_since_log += 1;
+                        if g.exhausted_logged.is_none_or(|t| {
+                            started.saturating_duration_since(t) >= EXHAUSTED_LOG_EVERY
+                        }) {
+                            tracing::info!(pool = %self.name(), total = g.total, queues_since_last_message = g.exhausted_since_log, "pool exhausted: clients are waiting for a server connection");
+                            g.exhausted_logged = Some(started);
+                            g.exhausted_since_log = 0;
+                        }
                     }
                     g.waiters.push_back(Waiter { tx, since: started });
                     Next::Wait(rx)
@@ -464,9 +484,9 @@ impl Pool {
                 }
                 Next::Wait(rx) => {
                     self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-                    // Boxed, like opening a connection: the slow paths stay out of every
-                    // session's future (memory per idle client).
-                    let r = Box::pin(self.wait(rx, db_freed, &s, started, deadline, allow_reserve))
+                    // Not boxed: the session boxes this whole future already.
+                    let r = self
+                        .wait(rx, db_freed, &s, started, deadline, allow_reserve)
                         .await;
                     self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                     match r {
@@ -502,19 +522,26 @@ impl Pool {
     ) -> Waited {
         let reserve_at =
             (!allow_reserve && s.reserve_pool_size > 0).then(|| started + s.reserve_pool_timeout);
-        let far = Instant::now() + Duration::from_secs(86400 * 365);
         tokio::pin!(db_freed);
         let db_limited = s.max_db_connections > 0;
+        // Timers are made when first polled: a disabled branch costs nothing.
+        async fn sleep_until(at: Option<Instant>) {
+            match at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        }
         tokio::select! {
+            biased;
             r = &mut rx => match r {
                 Ok(h) => Waited::Handoff(h),
                 Err(_) => Waited::Retry,
             },
-            _ = tokio::time::sleep_until(reserve_at.unwrap_or(far).into()), if reserve_at.is_some() => {
+            _ = sleep_until(reserve_at), if reserve_at.is_some() => {
                 self.reclaim(rx);
                 Waited::Reserve
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far).into()), if deadline.is_some() => {
+            _ = sleep_until(deadline), if deadline.is_some() => {
                 self.reclaim(rx);
                 Waited::Timeout
             }
@@ -568,12 +595,12 @@ impl Pool {
         false
     }
 
-    fn assigned(&self, c: ServerConn, started: Instant) -> ServerConn {
+    fn assigned(&self, c: Box<ServerConn>, started: Instant) -> Box<ServerConn> {
         self.assigned_after(c, started.elapsed())
     }
 
     /// `waited`: how long the client waited (zero on the fast path, which does not wait).
-    fn assigned_after(&self, c: ServerConn, waited: Duration) -> ServerConn {
+    fn assigned_after(&self, c: Box<ServerConn>, waited: Duration) -> Box<ServerConn> {
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stats.assignments.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -659,7 +686,7 @@ impl Pool {
     }
 
     /// Open a connection in a slot already counted.
-    async fn open(&self) -> Result<ServerConn, PoolError> {
+    async fn open(&self) -> Result<Box<ServerConn>, PoolError> {
         let s = self.settings();
         let params = self.connect_params(&s);
         match backend::connect(&params).await {
@@ -686,7 +713,7 @@ impl Pool {
                     *sp = Some(Arc::new(c.params.clone()));
                 }
                 tracing::debug!(pool = %self.name(), server = c.id, "server connection opened");
-                Ok(c)
+                Ok(Box::new(c))
             }
             Err(e) => {
                 self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -700,7 +727,7 @@ impl Pool {
 
     /// Run server_check_query on a connection that sat idle longer than
     /// server_check_delay. None: it failed and was closed.
-    async fn check(&self, c: ServerConn) -> Option<ServerConn> {
+    async fn check(&self, c: Box<ServerConn>) -> Option<Box<ServerConn>> {
         let s = self.settings.load();
         if s.server_check_query.is_empty() || c.last_used.elapsed() < s.server_check_delay {
             return Some(c);
@@ -710,7 +737,7 @@ impl Pool {
         Box::pin(self.run_check(c, q)).await
     }
 
-    async fn run_check(&self, mut c: ServerConn, q: String) -> Option<ServerConn> {
+    async fn run_check(&self, mut c: Box<ServerConn>, q: String) -> Option<Box<ServerConn>> {
         match c.run_internal(&q).await {
             Ok(()) => Some(c),
             Err(e) => {
@@ -722,10 +749,14 @@ impl Pool {
     }
 
     /// Give a connection back. `clean`: idle, nothing unanswered, safe for the next client.
-    pub fn release(&self, mut c: ServerConn, clean: bool) {
+    pub fn release(&self, c: Box<ServerConn>, clean: bool) {
+        self.release_at(c, clean, Instant::now())
+    }
+
+    /// [`Pool::release`] with the clock already read (`now`: the time it went idle).
+    pub fn release_at(&self, mut c: Box<ServerConn>, clean: bool, now: Instant) {
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
         let s = self.settings.load();
-        let now = Instant::now();
         c.last_used = now;
         let mut g = self.lock();
         let over_size = g.total > self.pool_size(&s) + s.reserve_pool_size
@@ -760,7 +791,7 @@ impl Pool {
     }
 
     /// Close a connection that is not coming back (broken, or the client quit mid-way).
-    pub fn close(&self, c: ServerConn) {
+    pub fn close(&self, c: Box<ServerConn>) {
         {
             let mut g = self.lock();
             self.drop_slot(&mut g);
@@ -769,7 +800,7 @@ impl Pool {
     }
 
     /// Close a connection that was lent out (counts it as no longer active).
-    pub fn discard(&self, c: ServerConn) {
+    pub fn discard(&self, c: Box<ServerConn>) {
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
         self.close(c);
     }
@@ -879,6 +910,8 @@ impl Pools {
                         idle: VecDeque::new(),
                         total: 0,
                         waiters: VecDeque::new(),
+                        exhausted_logged: None,
+                        exhausted_since_log: 0,
                     }),
                     db: db.clone(),
                     settings: self.settings.clone(),
@@ -923,7 +956,7 @@ impl Pools {
 
     fn close_idle_where(&self, pick: impl Fn(&PoolKey) -> bool) {
         for p in self.all().into_iter().filter(|p| pick(&p.key)) {
-            let idle: Vec<ServerConn> = {
+            let idle: Vec<Box<ServerConn>> = {
                 let mut g = p.lock();
                 let v: Vec<_> = g.idle.drain(..).collect();
                 for _ in &v {

@@ -44,22 +44,36 @@ pub enum Command {
 /// none of the commands above. Checked first because it is most of the traffic and costs
 /// one scan for `;` instead of a lexer pass with allocations.
 pub fn is_plain_dml(sql: &str) -> bool {
-    let t = sql.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    // Bytes, not chars: this runs on every simple Query.
+    let t = sql.as_bytes();
+    let start = t
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(t.len());
+    let t = &t[start..];
     let word_end = t
-        .find(|c: char| !c.is_ascii_alphabetic())
+        .iter()
+        .position(|c| !c.is_ascii_alphabetic())
         .unwrap_or(t.len());
     let word = &t[..word_end];
-    let dml = ["select", "insert", "update", "delete", "with", "values"]
-        .iter()
-        .any(|k| word.eq_ignore_ascii_case(k));
+    let dml = [
+        &b"select"[..],
+        b"insert",
+        b"update",
+        b"delete",
+        b"with",
+        b"values",
+    ]
+    .iter()
+    .any(|k| word.eq_ignore_ascii_case(k));
     if !dml {
         return false;
     }
     // A `;` anywhere but at the very end may start another statement (or sit in a
     // literal: then the full lexer decides).
-    match t.find(';') {
+    match memchr::memchr(b';', t) {
         None => true,
-        Some(i) => t[i + 1..].trim().is_empty(),
+        Some(i) => t[i + 1..].iter().all(|c| c.is_ascii_whitespace()),
     }
 }
 
