@@ -43,6 +43,8 @@ pub struct Context {
     pub health: crate::metrics::Health,
     /// The busiest tenants (SHOW TENANTS), in bounded memory.
     pub tenants: crate::metrics::tenants::Tenants,
+    /// Startup settings, one copy per distinct set (clients of one app share it).
+    pub startup_params: crate::frontend::params::SharedParams,
 }
 
 impl Context {

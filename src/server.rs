@@ -142,6 +142,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         admin: crate::admin::AdminState::new(overrides.clone()),
         health: Default::default(),
         tenants: Default::default(),
+        startup_params: Default::default(),
     });
 
     let stop_accepting = CancellationToken::new();

@@ -75,6 +75,7 @@ async fn connect_inner(p: &ConnectParams) -> Result<ServerConn, BackendError> {
         }
     };
     let mut conn = Connection::new(stream, p.max_message);
+    conn.keep_read_buffer();
 
     let mut params: Vec<(&str, &str)> = vec![("user", &p.user), ("database", &p.database)];
     for (k, v) in &p.startup {

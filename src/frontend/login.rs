@@ -282,7 +282,7 @@ async fn login_inner(
         user,
         database,
         params: rest,
-        startup: Arc::new(startup),
+        startup: ctx.startup_params.share(startup),
         key: cancel_key,
         pool,
         credential,

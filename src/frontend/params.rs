@@ -80,6 +80,36 @@ pub fn merge(startup: &ParamMap, session: &ParamMap) -> Arc<ParamMap> {
     Arc::new(m)
 }
 
+/// Startup settings shared between the clients that asked for the same ones: one copy in
+/// memory per distinct set, and a server connection whose settings are a client's (the
+/// same `Arc`) needs no comparison when the next client of that app gets it.
+#[derive(Default)]
+pub struct SharedParams {
+    maps: std::sync::Mutex<std::collections::HashMap<ParamMap, std::sync::Weak<ParamMap>>>,
+}
+
+/// Distinct sets remembered at most (beyond it, a new set gets a copy of its own).
+const SHARED_PARAMS_MAX: usize = 1024;
+
+impl SharedParams {
+    /// The shared copy of `m` (made now if no client holds one).
+    pub fn share(&self, m: ParamMap) -> Arc<ParamMap> {
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = maps.get(&m).and_then(std::sync::Weak::upgrade) {
+            return a;
+        }
+        if maps.len() >= SHARED_PARAMS_MAX {
+            maps.retain(|_, w| w.strong_count() > 0);
+            if maps.len() >= SHARED_PARAMS_MAX {
+                return Arc::new(m);
+            }
+        }
+        let a = Arc::new(m.clone());
+        maps.insert(m, Arc::downgrade(&a));
+        a
+    }
+}
+
 /// The statements that bring a server from `from` to `to`, one per setting so that one
 /// setting the server refuses does not stop the others.
 pub fn replay(from: &ParamMap, to: &ParamMap) -> Vec<String> {
@@ -129,6 +159,22 @@ pub fn reported_value(name: &str, value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_startup_settings_share_one_copy() {
+        let shared = SharedParams::default();
+        let m = |v: &str| ParamMap::from([("application_name".to_string(), v.to_string())]);
+        let a = shared.share(m("app"));
+        let b = shared.share(m("app"));
+        let c = shared.share(m("other"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(*c, m("other"));
+        // Once no client holds it, a new copy is made (nothing kept alive by the cache).
+        drop((a, b));
+        let d = shared.share(m("app"));
+        assert_eq!(Arc::strong_count(&d), 1);
+    }
 
     #[test]
     fn startup_and_options() {

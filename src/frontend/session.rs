@@ -436,7 +436,9 @@ impl Session {
             let f = match next {
                 Ok(Some(f)) => f,
                 Ok(None) => {
-                    self.await_listen().await;
+                    if self.listen_ack.is_some() {
+                        self.await_listen().await;
+                    }
                     // Answers pgtenant makes itself that nothing precedes go out now (a
                     // Parse the server already has, followed by a Flush, waits for nothing).
                     if let Some(a) = self.attached.as_mut() {
@@ -464,7 +466,9 @@ impl Session {
                 // Earlier messages of the batch are on the server: its ReadyForQuery
                 // answers this Sync, in order.
             }
-            self.await_listen().await;
+            if self.listen_ack.is_some() {
+                self.await_listen().await;
+            }
             if f.tag() == b'X' {
                 return Ok(Flow::Quit);
             }
@@ -569,15 +573,15 @@ impl Session {
         let Some(a) = self.attached.as_ref() else {
             return false;
         };
-        if self.mode == PoolMode::Session || self.ctx.shard_map.current.load().is_none() {
-            return false;
-        }
-        a.pipe.q.iter().any(|e| {
-            matches!(
-                e,
-                Expect::Forward(Req::Sync | Req::Query { .. } | Req::FunctionCall)
-            )
-        })
+        // The pipeline first: it is short, and usually holds no such request.
+        self.mode != PoolMode::Session
+            && a.pipe.q.iter().any(|e| {
+                matches!(
+                    e,
+                    Expect::Forward(Req::Sync | Req::Query { .. } | Req::FunctionCall)
+                )
+            })
+            && self.ctx.shard_map.current.load().is_some()
     }
 
     /// A LISTEN is answered only once the listening connection listens: a NOTIFY the
@@ -808,12 +812,22 @@ impl Session {
             b'P' => {
                 let p = Parse::decode(f.body())?;
                 if !track || p.name.is_empty() {
-                    if changes_session(p.query) {
+                    // Plain DML (most of it) is no DROP DATABASE and changes settings only
+                    // through set_config: one scan instead of three.
+                    let plain = is_plain_dml(p.query);
+                    let changes = if plain {
+                        calls_set_config(p.query)
+                    } else {
+                        changes_session(p.query)
+                    };
+                    if changes {
                         a.session_changed = true;
                         self.view.custom.extend(custom_setting_names(p.query));
                     }
-                    if let Some(Command::DropDatabase { name }) = classify_single(p.query) {
-                        self.ctx.pools.close_idle_database(&name);
+                    if !plain {
+                        if let Some(Command::DropDatabase { name }) = classify_single(p.query) {
+                            self.ctx.pools.close_idle_database(&name);
+                        }
                     }
                     a.server.conn.queue(&f);
                     a.pool

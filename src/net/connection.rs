@@ -28,6 +28,9 @@ pub struct Connection {
     max_message: usize,
     /// The peer closed its side (read returned 0).
     eof: bool,
+    /// Keep the read buffer between messages (server connections: few, and busy);
+    /// otherwise it is given back once empty (clients: many, mostly idle).
+    keep_rbuf: bool,
 }
 
 impl Connection {
@@ -38,7 +41,14 @@ impl Connection {
             wbuf: BytesMut::new(),
             max_message,
             eof: false,
+            keep_rbuf: false,
         }
+    }
+
+    /// Keep the read buffer for the connection's life (a server connection): reads go
+    /// straight into it and frames are split off it without an allocation per read.
+    pub fn keep_read_buffer(&mut self) {
+        self.keep_rbuf = true;
     }
 
     pub fn stream(&self) -> &Stream {
@@ -80,7 +90,7 @@ impl Connection {
     /// their size: an idle client costs no read buffer, and a short request allocates a
     /// few hundred bytes rather than a whole read chunk.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let r = if self.rbuf.capacity() == 0 {
+        let r = if self.rbuf.capacity() == 0 && !self.keep_rbuf {
             let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut rb = tokio::io::ReadBuf::uninit(&mut scratch);
             match tokio::io::AsyncRead::poll_read(Pin::new(&mut self.stream), cx, &mut rb) {
@@ -135,6 +145,12 @@ impl Connection {
 
     /// Split one complete frame off the input buffer, if there is one.
     pub fn try_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if !self.keep_rbuf && Frame::exactly_one(&self.rbuf, self.max_message) {
+            // The buffer holds this one frame (a client's request, read into a buffer of
+            // its size): the frame takes the buffer whole, no split and no allocation.
+            let raw = std::mem::take(&mut self.rbuf).freeze();
+            return Ok(Some(Frame::from_raw_unchecked(raw)));
+        }
         let f = Frame::parse(&mut self.rbuf, self.max_message)?;
         if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_CAPACITY {
             self.rbuf = BytesMut::new();

@@ -59,6 +59,16 @@ impl Frame {
         }))
     }
 
+    /// Does `buf` hold exactly one well-formed frame of at most `max` bytes, and nothing
+    /// else? (Then [`Frame::parse`] would return all of it.)
+    pub fn exactly_one(buf: &[u8], max: usize) -> bool {
+        let Some(header) = buf.get(..Self::HEADER) else {
+            return false;
+        };
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        len >= 4 && len as usize + 1 == buf.len() && buf.len() <= max
+    }
+
     /// Build a frame from a tag and a body.
     pub fn new(tag: u8, body: &[u8]) -> Frame {
         let mut b = BytesMut::with_capacity(Self::HEADER + body.len());
@@ -103,6 +113,20 @@ impl Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exactly_one_frame() {
+        let one = b"Q\0\0\0\x09abcd\0";
+        assert!(Frame::exactly_one(one, 1024));
+        // A frame and the start of another, half a frame, a bad length, too large.
+        assert!(!Frame::exactly_one(b"Q\0\0\0\x09abcd\0Z", 1024));
+        assert!(!Frame::exactly_one(b"Q\0\0\0\x09ab", 1024));
+        assert!(!Frame::exactly_one(b"Q\0\0\0\x03", 1024));
+        assert!(!Frame::exactly_one(one, 9));
+        let mut buf = BytesMut::from(&one[..]);
+        let f = Frame::parse(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(&f.raw()[..], &one[..]);
+    }
 
     #[test]
     fn parses_whole_and_partial_frames() {
