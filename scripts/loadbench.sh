@@ -16,6 +16,10 @@
 #   idle     each pooler's RSS before, with N idle authenticated clients, and after
 #   tenant   single-tenant SELECTs on the emulated Citus cluster of demo.sh: pgtenant
 #            routing to the workers vs PgBouncer in front of the coordinator
+#   instructions
+#            user-space instructions per transaction, each pooler run under valgrind's
+#            callgrind (pgbench -S simple / extended, 8 clients, pool 8, one pgtenant
+#            worker): a count that does not depend on how busy the machine is
 # Runs alternate between the poolers (A B A B …) for ROUNDS rounds; medians are reported.
 # The CPU cost of a pooler is its utime+stime (/proc/PID/stat) over the run / transactions.
 # Prints one markdown table and writes it, with the machine, versions and knobs and every
@@ -27,7 +31,8 @@
 #   LOADBENCH_POOL          server connections per pool, both poolers (20)
 #   LOADBENCH_IDLE_CLIENTS  idle clients of the idle section (10000)
 #   LOADBENCH_WORKERS       pgtenant --workers (default: one per core)
-#   LOADBENCH_ONLY          comma list of sections: pgbench,latency,idle,tenant (all)
+#   LOADBENCH_ONLY          comma list of sections: pgbench,latency,idle,tenant,instructions
+#                           (all)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -50,10 +55,10 @@ ROUNDS=${LOADBENCH_ROUNDS:-3}
 POOL=${LOADBENCH_POOL:-20}
 IDLE_CLIENTS=${LOADBENCH_IDLE_CLIENTS:-10000}
 WORKERS=${LOADBENCH_WORKERS:-}
-ONLY=${LOADBENCH_ONLY:-pgbench,latency,idle,tenant}
+ONLY=${LOADBENCH_ONLY:-pgbench,latency,idle,tenant,instructions}
 CLIENTS=32
 THREADS=2
-SECTIONS=(pgbench latency idle tenant)
+SECTIONS=(pgbench latency idle tenant instructions)
 
 is_count() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
 is_count "$DURATION" || die "LOADBENCH_DURATION must be a positive number of seconds, not '$DURATION'"
@@ -107,6 +112,10 @@ if ! find_pgbouncer >/dev/null; then
 fi
 PGBOUNCER=$(find_pgbouncer) || die "pgbouncer not found after installing it"
 command -v awk >/dev/null 2>&1 || apt_install mawk
+if want instructions && ! command -v valgrind >/dev/null 2>&1; then
+    say "installing valgrind (instructions section)"
+    apt_install valgrind
+fi
 
 need_cargo
 COMMIT=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
@@ -392,7 +401,7 @@ ratio() { # a b: a ÷ b
 : >"$WORK/routes.txt"
 pg_template "$PGHOME/template"
 NEED_MAIN=no
-for s in pgbench latency idle; do if want "$s"; then NEED_MAIN=yes; fi; done
+for s in pgbench latency idle instructions; do if want "$s"; then NEED_MAIN=yes; fi; done
 if [ "$NEED_MAIN" = yes ]; then
     say "starting PostgreSQL (defaults except ${PG_SETTINGS[*]})"
     start_bench_pg
@@ -518,6 +527,69 @@ EOF
     fi
 fi
 
+# Instructions: each pooler started afresh under callgrind, a short and a long pgbench run;
+# the difference of the two totals ÷ the extra transactions is the cost of a transaction
+# (login, startup and shutdown cancel out).
+IR_CLIENTS=8
+IR_SHORT=300
+IR_LONG=2300
+: >"$WORK/instructions.tsv"
+ir_total() { # pooler mode xacts: instructions of one run
+    local pooler=$1 mode=$2 xacts=$3 port pid dir out
+    take_port port
+    dir=$PGHOME/callgrind
+    out=$dir/$pooler-$mode-$xacts.out
+    if [ "$pooler" = pgbouncer ]; then
+        sed -e "s/^listen_port = .*/listen_port = $port/" \
+            -e "s/^default_pool_size = .*/default_pool_size = $IR_CLIENTS/" \
+            -e "s#^logfile = .*#logfile = $dir/pgbouncer.log#" \
+            -e "s#^pidfile = .*#pidfile = $dir/pgbouncer.pid#" \
+            "$PGHOME/pgbouncer/pgbouncer.ini" >"$dir/pgbouncer.ini"
+        if [ "$(id -u)" -eq 0 ]; then chown -R postgres:postgres "$dir"; fi
+        as_pg valgrind --tool=callgrind --callgrind-out-file="$out" "$PGBOUNCER" "$dir/pgbouncer.ini" \
+            >"$WORK/callgrind-$pooler.log" 2>&1 &
+    else
+        valgrind --tool=callgrind --callgrind-out-file="$out" "$PGT_BIN" run \
+            --listen "127.0.0.1:$port" --upstream "postgres://app:secret@127.0.0.1:$PG_PORT/app" \
+            --pool-mode transaction --pool-size "$IR_CLIENTS" --workers 1 \
+            >"$WORK/callgrind-$pooler.log" 2>&1 &
+    fi
+    pid=$!
+    CHILD_PIDS+=("$pid")
+    wait_login "$port" "$pid" || die "$pooler under valgrind did not take logins: $(tail -n 5 "$WORK/callgrind-$pooler.log")"
+    PGPASSWORD=secret "$PGBENCH" -n -h 127.0.0.1 -p "$port" -U app -S -M "$mode" -c "$IR_CLIENTS" -j 1 \
+        -t "$xacts" app >"$WORK/runs/instructions-$pooler-$mode-$xacts.log" 2>&1 ||
+        die "pgbench through $pooler under valgrind failed: $(tail -n 3 "$WORK/runs/instructions-$pooler-$mode-$xacts.log")"
+    if [ "$pooler" = pgbouncer ]; then
+        pkill -INT -f "$dir/pgbouncer.ini" || true
+    else
+        kill -INT "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    drop_child "$pid"
+    # valgrind writes its totals as the pooler exits.
+    for _ in $(seq 1 100); do
+        grep -q '^summary: ' "$out" 2>/dev/null && break
+        sleep 0.1
+    done
+    sed -n 's/^summary: \([0-9]*\)$/\1/p' "$out" | head -n1
+}
+
+if want instructions; then
+    mkdir -p "$PGHOME/callgrind"
+    for mode in simple extended; do
+        for pooler in pgbouncer pgtenant; do
+            say "instructions: $pooler under callgrind, pgbench -S -M $mode -c $IR_CLIENTS, $IR_SHORT and $IR_LONG transactions per client"
+            short=$(ir_total "$pooler" "$mode" "$IR_SHORT")
+            long=$(ir_total "$pooler" "$mode" "$IR_LONG")
+            if [ -z "$short" ] || [ -z "$long" ]; then die "no callgrind totals for $pooler ($mode)"; fi
+            per=$(awk -v s="$short" -v l="$long" -v n=$((IR_CLIENTS * (IR_LONG - IR_SHORT))) 'BEGIN { printf "%.0f", (l - s) / n }')
+            printf '%s\t%s\t%s\n' "$pooler" "$mode" "$per" >>"$WORK/instructions.tsv"
+            say "instructions: $pooler, -M $mode: $per per transaction"
+        done
+    done
+fi
+
 # --- 4. the table ----------------------------------------------------------------------------
 TABLE=$WORK/table.md
 {
@@ -572,6 +644,13 @@ TABLE=$WORK/table.md
         echo "| $w | RSS after they left, KiB | $(idle pgbouncer 4) | $(idle pgtenant 4) | $(ratio "$(idle pgtenant 4)" "$(idle pgbouncer 4)") |"
         echo "| $w | KiB per idle client | $(per pgbouncer) | $(per pgtenant) | $(ratio "$(per pgtenant)" "$(per pgbouncer)") |"
         echo "| $w | seconds to connect them all | $(idle pgbouncer 5) | $(idle pgtenant 5) | $(ratio "$(idle pgtenant 5)" "$(idle pgbouncer 5)") |"
+    fi
+    if want instructions; then
+        ir() { awk -F'\t' -v p="$1" -v m="$2" '$1 == p && $2 == m { print $3 }' "$WORK/instructions.tsv"; }
+        for mode in simple extended; do
+            w="select-only, -M $mode, $IR_CLIENTS clients, pool $IR_CLIENTS, under callgrind"
+            echo "| $w | user-space instructions / xact | $(ir pgbouncer "$mode") | $(ir pgtenant "$mode") | $(ratio "$(ir pgtenant "$mode")" "$(ir pgbouncer "$mode")") |"
+        done
     fi
 } >"$TABLE"
 

@@ -46,7 +46,7 @@ pub fn reconnect(ctx: &Arc<Context>, db: Option<&str>) -> Result<Reply, AdminErr
 pub fn kill(ctx: &Arc<Context>, db: Option<&str>) -> Result<Reply, AdminError> {
     for c in ctx.admin.clients.all() {
         let hit = match db {
-            Some(db) => c.database == db,
+            Some(db) => *c.database == *db,
             None => !super::is_admin_database(&c.database),
         };
         if hit {

@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct ClientInfo {
     pub id: u64,
-    pub user: String,
-    pub database: String,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
     pub addr: Option<SocketAddr>,
     pub local_addr: Option<SocketAddr>,
     pub connect_time: SystemTime,
-    pub application_name: String,
+    pub application_name: Arc<str>,
     pub tls: bool,
     /// Cancelled by KILL / KILL_CLIENT: the session ends (after its transaction).
     pub kill: CancellationToken,

@@ -67,8 +67,8 @@ pub fn clients(ctx: &Context) -> ResultSet {
             .unwrap_or_default();
         rs.push_values([
             "C".to_string(),
-            c.user.clone(),
-            c.database.clone(),
+            c.user.to_string(),
+            c.database.to_string(),
             "none".into(),
             state.into(),
             addr,
@@ -84,7 +84,7 @@ pub fn clients(ctx: &Context) -> ResultSet {
             ptr_or_empty(link),
             "0".into(),
             if c.tls { "TLS".into() } else { String::new() },
-            c.application_name.clone(),
+            c.application_name.to_string(),
             console.map_or(0, |s| s.prepared()).to_string(),
             c.id.to_string(),
         ]);

@@ -312,7 +312,7 @@ pub fn databases(ctx: &Context) -> ResultSet {
         let clients = ctx
             .admin
             .clients
-            .count_where(|c| c.database == db && !name.contains('@'));
+            .count_where(|c| *c.database == *db && !name.contains('@'));
         rs.push_values([
             name,
             host,
@@ -348,7 +348,7 @@ pub fn users(ctx: &Context) -> ResultSet {
             .filter(|p| *p.key.user == *name)
             .map(|p| p.counts().1)
             .sum();
-        let clients = ctx.admin.clients.count_where(|c| c.user == name);
+        let clients = ctx.admin.clients.count_where(|c| *c.user == *name);
         let user_mode = s.users.get(&name).and_then(|u| u.pool_mode);
         rs.push_values([
             name.clone(),

@@ -56,8 +56,8 @@ pub fn pools(ctx: &Context) -> ResultSet {
         // borrowed per transaction and count no clients of their own.
         let clients = if &*p.key.node.name == "coordinator" {
             ctx.admin.clients.count_where(|c| {
-                c.database == *p.key.database
-                    && c.user == *p.key.user
+                *c.database == *p.key.database
+                    && *c.user == *p.key.user
                     && !is_admin_database(&c.database)
             }) as u32
         } else {

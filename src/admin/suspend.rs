@@ -10,12 +10,12 @@
 //!   returns Pending. A session whose peer does not read stays unflushed, and SUSPEND
 //!   waits for it.
 //! - A session parked before SUSPEND (idle, or blocked on a full socket) would not look at
-//!   the flag until its sockets move: SUSPEND nudges every session through the token its
-//!   loop already polls for KILL (a child of its kill token, so polling it costs what
-//!   polling the kill token did); a nudged session takes a fresh token and looks again.
-//!   A session draining after KILL or SHUTDOWN (finishing its transaction) polls a token
-//!   of its own instead ([`SessionSuspend::detached_nudge`]): a child of its cancelled
-//!   kill token could not be nudged, and SUSPEND would wait for it forever.
+//!   the flag until its sockets move: each session leaves its waker in its
+//!   [`SessionSuspend`] when it goes to sleep (only when the waker changed), and SUSPEND
+//!   wakes every session with it, draining ones (KILL or SHUTDOWN came, the transaction
+//!   is finishing) included. Waking moves the session signal count first
+//!   (`frontend::signal_sessions`), which makes each woken session register its waker
+//!   again.
 //! - Shutdown lifts a suspension ([`lift_suspend_at_shutdown`]): sessions finishing their
 //!   transaction must read again, or they would stay parked until shutdown_timeout.
 //! - A session waiting for a server connection counts as suspended: it reads nothing
@@ -115,35 +115,28 @@ pub struct SessionSuspend {
     flushed_round: AtomicU64,
     /// Where RESUME wakes it.
     waker: Mutex<Option<Waker>>,
-    /// The token the session loop polls (a child of its kill token; once draining, one of
-    /// its own): SUSPEND cancels it to make a parked session look at the flag.
-    nudge: Mutex<Option<CancellationToken>>,
 }
 
 impl SessionSuspend {
-    /// A fresh token for the session loop to poll instead of `kill` itself: cancelled with
-    /// `kill`, or alone by SUSPEND's nudge (then `kill` is not cancelled).
-    pub fn nudge_token(&self, kill: &CancellationToken) -> CancellationToken {
-        let t = kill.child_token();
-        *lock(&self.nudge) = Some(t.clone());
-        t
-    }
-
-    /// The token a draining session polls (KILL or SHUTDOWN came; it finishes its
-    /// transaction): its kill token is cancelled already, so only SUSPEND cancels this one.
-    pub fn detached_nudge(&self) -> CancellationToken {
-        let t = CancellationToken::new();
-        *lock(&self.nudge) = Some(t.clone());
-        t
-    }
-
-    fn nudge(&self) {
-        if let Some(t) = lock(&self.nudge).as_ref() {
-            crate::frontend::cancel_session_token(t);
+    /// The session loop keeps its waker here (when it changes), so that SUSPEND can wake
+    /// a session parked on its sockets and RESUME one parked by the flag.
+    pub fn set_waker(&self, w: &Waker) {
+        let mut g = lock(&self.waker);
+        if !g.as_ref().is_some_and(|old| old.will_wake(w)) {
+            *g = Some(w.clone());
         }
     }
 
+    /// Make the session look at the flag (SUSPEND).
+    fn nudge(&self) {
+        self.wake();
+    }
+
+    /// Wake the session. The session signal count moves first: a woken session registers
+    /// its waker again at its next look (which it skips while the count stands still, see
+    /// `frontend::session`), so the next nudge finds it.
     fn wake(&self) {
+        crate::frontend::signal_sessions();
         if let Some(w) = lock(&self.waker).take() {
             w.wake();
         }
@@ -273,18 +266,25 @@ mod tests {
     }
 
     #[test]
-    fn a_draining_session_can_still_be_nudged() {
+    fn a_nudge_wakes_the_session_even_once_killed() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         let s = SessionSuspend::default();
-        let kill = CancellationToken::new();
-        let polled = s.nudge_token(&kill);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let before = crate::frontend::session_signals();
+        // A draining session (KILL came) still registers its waker and is still nudged.
+        s.set_waker(&Waker::from(count.clone()));
         s.nudge();
-        assert!(polled.is_cancelled() && !kill.is_cancelled());
-        kill.cancel();
-        // Draining (kill cancelled): a child of kill would be cancelled already and a
-        // nudge could not be told apart; the detached token is cancelled by nudges alone.
-        let detached = s.detached_nudge();
-        assert!(!detached.is_cancelled());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(crate::frontend::session_signals() > before);
+        // Woken once per registration: a nudge with no waker registered wakes nothing.
         s.nudge();
-        assert!(detached.is_cancelled());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
     }
 }

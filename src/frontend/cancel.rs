@@ -17,13 +17,16 @@ use crate::backend::{send_cancel, CancelTarget};
 
 /// Where a client's cancel requests go. Set and cleared twice per transaction, so the
 /// common case is one uncontended std mutex round trip; only a cancel in flight makes
-/// the session wait (on `done`).
+/// the session wait (on `DELIVERED`).
 #[derive(Default)]
 pub struct CancelSlot {
     state: Mutex<SlotState>,
-    /// Notified when a cancel in flight has been delivered.
-    done: Notify,
 }
+
+/// Notified whenever a cancel in flight has been delivered, whoever's: a session waiting
+/// for one (rare) looks at its own slot again. One for all rather than one per client
+/// (memory per idle client).
+static DELIVERED: Notify = Notify::const_new();
 
 #[derive(Default)]
 struct SlotState {
@@ -40,7 +43,7 @@ impl CancelSlot {
     pub async fn set(&self, mut t: Option<Arc<CancelTarget>>) {
         loop {
             // Registered before looking: a cancel delivered in between still wakes us.
-            let delivered = self.done.notified();
+            let delivered = DELIVERED.notified();
             match self.try_set(t) {
                 Ok(()) => return,
                 Err(back) => t = back,
@@ -77,7 +80,7 @@ struct InFlight<'a>(&'a CancelSlot);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.lock().in_flight -= 1;
-        self.0.done.notify_waiters();
+        DELIVERED.notify_waiters();
     }
 }
 

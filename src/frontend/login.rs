@@ -23,17 +23,14 @@ const MAX_STARTUP: usize = 10_000;
 /// A logged-in client.
 pub struct Client {
     pub conn: Connection,
-    pub user: String,
-    pub database: String,
-    /// Startup parameters other than user and database.
-    pub params: Vec<(String, String)>,
-    /// The settings those parameters ask for (replayed on every server it uses).
+    /// Shared with its pool's key (no copy per client).
+    pub user: Arc<str>,
+    pub database: Arc<str>,
+    /// The settings its startup parameters ask for (replayed on every server it uses).
     pub startup: Arc<super::params::ParamMap>,
     pub key: CancelKey,
     /// The pool on the coordinator for this (database, user).
     pub pool: Arc<Pool>,
-    /// What pgtenant logs in to servers with for this user (worker pools get it too).
-    pub credential: Option<crate::auth::ServerCredential>,
     /// Ends this session (SIGTERM, or KILL / KILL_CLIENT from the admin console): a
     /// child of the context's shutdown token.
     pub kill: tokio_util::sync::CancellationToken,
@@ -44,7 +41,9 @@ pub struct Client {
 /// Who logged in: a client of a database, or of the admin console (database
 /// `pgtenant` / `pgbouncer`), which gets no pool and no server connection.
 pub enum Login {
-    Client(Client),
+    /// With its startup parameters other than user and database (for the log and SHOW
+    /// CLIENTS; the session keeps only the settings they ask for).
+    Client(Client, Vec<(String, String)>),
     Admin {
         conn: Connection,
         user: String,
@@ -277,18 +276,20 @@ async fn login_inner(
     conn.queue(&build::backend_key_data(cancel_key.pid, cancel_key.secret));
     conn.queue(&build::ready_for_query(b'I'));
     conn.flush().await?;
-    Ok(Some(Login::Client(Client {
-        conn,
-        user,
-        database,
-        params: rest,
-        startup: ctx.startup_params.share(startup),
-        key: cancel_key,
-        pool,
-        credential,
-        kill: ctx.shutdown.child_token(),
-        state: Arc::default(),
-    })))
+    drop((user, database));
+    Ok(Some(Login::Client(
+        Client {
+            conn,
+            user: pool.key.user.clone(),
+            database: pool.key.database.clone(),
+            startup: ctx.startup_params.share(startup),
+            key: cancel_key,
+            pool,
+            kill: ctx.shutdown.child_token(),
+            state: Arc::default(),
+        },
+        rest,
+    )))
 }
 
 /// The ErrorResponse a client gets when no server connection could be had.

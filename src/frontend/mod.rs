@@ -21,17 +21,23 @@ pub use cancel::{CancelKey, CancelRegistry, CancelSlot};
 pub use listen::ListenHub;
 pub use prepared::StatementRegistry;
 
-/// Bumped before any token a session loop polls is cancelled (KILL, SHUTDOWN, SUSPEND's
-/// nudge): a session that sees the same value as at its last look, with the same waker,
+/// Bumped before any token a session loop polls is cancelled (KILL, SHUTDOWN) and before
+/// SUSPEND or RESUME wakes sessions: a session that sees the same value as at its last look, with the same waker,
 /// knows its token is still not cancelled without locking it (two mutexes per look in
 /// tokio-util), which it would otherwise do every time it goes to sleep.
 static SESSION_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Cancel a token a session loop may be polling (its kill token, the shutdown token or
-/// a SUSPEND nudge). Every such cancel must go through here (see `SESSION_SIGNALS`).
+/// Cancel a token a session loop may be polling (its kill token or the shutdown token).
+/// Every such cancel must go through here (see `SESSION_SIGNALS`).
 pub fn cancel_session_token(t: &tokio_util::sync::CancellationToken) {
-    SESSION_SIGNALS.fetch_add(1, Ordering::SeqCst);
+    signal_sessions();
     t.cancel();
+}
+
+/// Before waking sessions from outside (a cancel, SUSPEND, RESUME): they look at their
+/// token and register their waker again at their next poll.
+pub fn signal_sessions() {
+    SESSION_SIGNALS.fetch_add(1, Ordering::SeqCst);
 }
 
 pub(crate) fn session_signals() -> u64 {
@@ -88,9 +94,8 @@ fn after_login(
     ctx: &Arc<Context>,
 ) -> Option<BoxFuture<()>> {
     match r {
-        Ok(Some(login::Login::Client(client))) => {
-            let app = client
-                .params
+        Ok(Some(login::Login::Client(client, params))) => {
+            let app = params
                 .iter()
                 .find(|(k, _)| k == "application_name")
                 .map(|(_, v)| v.as_str());
@@ -105,10 +110,10 @@ fn after_login(
                 // (admin::suspend).
                 return Some(Box::pin(async move {
                     ctx.admin.suspend.hold(&client.kill).await;
-                    start_session(peer, user, client, &ctx).await;
+                    start_session(peer, user, client, params, &ctx).await;
                 }));
             }
-            Some(Box::pin(start_session(peer, user, client, &ctx)))
+            Some(Box::pin(start_session(peer, user, client, params, &ctx)))
         }
         Ok(Some(login::Login::Admin {
             conn,
@@ -121,7 +126,15 @@ fn after_login(
             let ctx = ctx.clone();
             Some(Box::pin(async move {
                 let kill = ctx.shutdown.child_token();
-                let info = register(&ctx, &conn, &user, &database, &params, kill.clone(), None);
+                let info = register(
+                    &ctx,
+                    &conn,
+                    user.as_str().into(),
+                    database.as_str().into(),
+                    &params,
+                    kill.clone(),
+                    None,
+                );
                 let r = crate::admin::serve(conn, user.clone(), ctx.clone(), kill).await;
                 ctx.admin.clients.unregister(info.id);
                 drop(key);
@@ -147,22 +160,23 @@ fn after_login(
 /// its end).
 fn start_session(
     peer: Option<std::net::SocketAddr>,
-    user: String,
-    mut client: login::Client,
+    user: Arc<str>,
+    client: login::Client,
+    params: Vec<(String, String)>,
     ctx: &Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + Send {
+    // The registry keeps what SHOW CLIENTS shows; the session needs only `startup`.
     let info = register(
         ctx,
         &client.conn,
-        &client.user,
-        &client.database,
-        &client.params,
+        client.user.clone(),
+        client.database.clone(),
+        &params,
         client.kill.clone(),
         Some(client.state.clone()),
     );
+    drop(params);
     let id = info.id;
-    // The registry keeps what SHOW CLIENTS shows; the session needs only `startup`.
-    client.params = Vec::new();
     session::run(client, ctx.clone(), move |r, ctx: &Context| {
         ctx.admin.clients.unregister(id);
         match r {
@@ -176,8 +190,8 @@ fn start_session(
 fn register(
     ctx: &Context,
     conn: &crate::net::Connection,
-    user: &str,
-    database: &str,
+    user: Arc<str>,
+    database: Arc<str>,
     params: &[(String, String)],
     kill: tokio_util::sync::CancellationToken,
     state: Option<Arc<crate::metrics::counters::ClientState>>,
@@ -185,16 +199,17 @@ fn register(
     let tcp = conn.stream().tcp();
     ctx.admin.clients.register(crate::admin::ClientInfo {
         id: ctx.admin.clients.next_id(),
-        user: user.to_owned(),
-        database: database.to_owned(),
+        user,
+        database,
         addr: tcp.peer_addr().ok(),
         local_addr: tcp.local_addr().ok(),
         connect_time: std::time::SystemTime::now(),
-        application_name: params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default(),
+        application_name: ctx.startup_params.share_name(
+            params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map_or("", |(_, v)| v.as_str()),
+        ),
         tls: conn.stream().is_tls(),
         kill,
         state,

@@ -86,6 +86,8 @@ pub fn merge(startup: &ParamMap, session: &ParamMap) -> Arc<ParamMap> {
 #[derive(Default)]
 pub struct SharedParams {
     maps: std::sync::Mutex<std::collections::HashMap<ParamMap, std::sync::Weak<ParamMap>>>,
+    /// Application names (SHOW CLIENTS), shared the same way.
+    names: std::sync::Mutex<std::collections::HashMap<Box<str>, std::sync::Weak<str>>>,
 }
 
 /// Distinct sets remembered at most (beyond it, a new set gets a copy of its own).
@@ -106,6 +108,23 @@ impl SharedParams {
         }
         let a = Arc::new(m.clone());
         maps.insert(m, Arc::downgrade(&a));
+        a
+    }
+
+    /// The shared copy of an application name.
+    pub fn share_name(&self, name: &str) -> Arc<str> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = names.get(name).and_then(std::sync::Weak::upgrade) {
+            return a;
+        }
+        let a: Arc<str> = Arc::from(name);
+        if names.len() >= SHARED_PARAMS_MAX {
+            names.retain(|_, w| w.strong_count() > 0);
+            if names.len() >= SHARED_PARAMS_MAX {
+                return a;
+            }
+        }
+        names.insert(name.into(), Arc::downgrade(&a));
         a
     }
 }
@@ -174,6 +193,9 @@ mod tests {
         drop((a, b));
         let d = shared.share(m("app"));
         assert_eq!(Arc::strong_count(&d), 1);
+        let (x, y) = (shared.share_name("pgbench"), shared.share_name("pgbench"));
+        assert!(Arc::ptr_eq(&x, &y));
+        assert_eq!(&*shared.share_name("psql"), "psql");
     }
 
     #[test]

@@ -137,20 +137,57 @@ enum Flow {
     Release(Option<Instant>),
 }
 
-/// The client's own view of its session (transaction and statement mode).
+/// A client's statement names. SipHash with fixed keys: the hasher takes no room in every
+/// session (a random one would take 16 bytes twice per client), and a client choosing
+/// colliding names only slows itself down.
+type NameMap<V> =
+    HashMap<String, V, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+
+/// The client's own view of its session (transaction and statement mode). Most clients
+/// never prepare by name nor change a setting: the tables are allocated on first use, and
+/// an idle client keeps one pointer for them.
 #[derive(Default)]
 struct View {
+    tables: Option<Box<ViewTables>>,
+    /// Startup settings overlaid with `session`: what every server it uses must have.
+    desired: Arc<ParamMap>,
+}
+
+#[derive(Default)]
+struct ViewTables {
     /// Its named protocol-level statements.
-    statements: HashMap<String, Arc<StatementDef>>,
+    statements: NameMap<Arc<StatementDef>>,
     /// Its SQL-level `PREPARE`d statements: name → the PREPARE text.
-    sql_prepared: HashMap<String, Arc<str>>,
+    sql_prepared: NameMap<Arc<str>>,
     /// Settings it changed since startup, as the server reported them.
     session: ParamMap,
     /// Custom (dotted) settings it set: pg_settings does not list them, so they are read
     /// back by name (bounded: a client naming hundreds of them gets the first 64).
     custom: std::collections::BTreeSet<String>,
-    /// Startup settings overlaid with `session`: what every server it uses must have.
-    desired: Arc<ParamMap>,
+}
+
+/// What a view without tables reads.
+static NO_TABLES: std::sync::LazyLock<ViewTables> = std::sync::LazyLock::new(ViewTables::default);
+
+impl View {
+    fn t(&self) -> &ViewTables {
+        self.tables.as_deref().unwrap_or(&NO_TABLES)
+    }
+
+    fn t_mut(&mut self) -> &mut ViewTables {
+        self.tables.get_or_insert_with(Default::default)
+    }
+
+    /// Forget the client's statements and settings (DISCARD ALL) or statements alone.
+    fn clear(&mut self, settings_too: bool) {
+        if let Some(t) = self.tables.as_mut() {
+            t.statements.clear();
+            t.sql_prepared.clear();
+            if settings_too {
+                t.session.clear();
+            }
+        }
+    }
 }
 
 struct Session {
@@ -209,8 +246,8 @@ where
     let mode = settings.pool_mode_for(&client.user);
     let max_prepared = settings.max_prepared_statements as usize;
     let desired = client.startup.clone();
-    // Polled for KILL; SUSPEND cancels it alone to make a parked session look again.
-    let nudge = client.state.console.suspend.nudge_token(&client.kill);
+    // Polled for KILL and SHUTDOWN (the kill token is a child of the shutdown token).
+    let kill = client.kill.clone();
     let mut s = Session {
         ctx,
         mode,
@@ -230,7 +267,7 @@ where
         fake_portal: None,
         skip_until_sync: false,
         idle_tx_timer: None,
-        shutdown: Box::pin(nudge.cancelled_owned()),
+        shutdown: Box::pin(kill.cancelled_owned()),
         shutdown_looked: None,
         draining: false,
         client_tx: b'I',
@@ -293,20 +330,10 @@ impl Session {
                     }
                     Flow::Quit
                 }
-                Event::Shutdown if !self.c.kill.is_cancelled() => {
-                    // SUSPEND's nudge (admin::suspend): a fresh token, then look again.
-                    let t = self.c.state.console.suspend.nudge_token(&self.c.kill);
-                    self.shutdown = Box::pin(t.cancelled_owned());
-                    self.shutdown_looked = None;
-                    Flow::Continue
-                }
                 Event::Shutdown => {
-                    // KILL or SHUTDOWN (or a SUSPEND's nudge once draining): finish the
-                    // transaction, polling a token SUSPEND alone cancels.
+                    // KILL or SHUTDOWN: finish the transaction (the token is not polled
+                    // again; SUSPEND still wakes the session through its waker).
                     self.draining = true;
-                    let t = self.c.state.console.suspend.detached_nudge();
-                    self.shutdown = Box::pin(t.cancelled_owned());
-                    self.shutdown_looked = None;
                     Flow::Continue
                 }
                 Event::Notification(f) => {
@@ -316,7 +343,7 @@ impl Session {
             };
             // SHOW CLIENTS / SERVERS: the server lent now, the statements prepared.
             let link = self.attached.as_ref().map_or(0, |a| a.server.id);
-            let prepared = self.view.statements.len();
+            let prepared = self.view.t().statements.len();
             self.c.state.console.publish(link, prepared);
             if let Flow::Quit = flow {
                 return Ok(());
@@ -390,14 +417,15 @@ impl Session {
         self.poll_shutdown(cx)
     }
 
-    /// KILL, SHUTDOWN or SUSPEND's nudge. Looked at only when nothing else is ready (the
-    /// task is about to sleep): its waker is registered then, and a busy session does not
-    /// pay two lock round trips per turn (a flooding client still reaches it, since tokio's
-    /// cooperative budget makes its reads return Pending in time).
-    /// Polling the token costs two mutex round trips, so it is skipped while no token was
-    /// cancelled anywhere since the last look and the waker is the same: the token's
-    /// registration from that look still stands, and a cancel bumps `session_signals()`
-    /// before it wakes that waker.
+    /// KILL or SHUTDOWN (the kill token). Looked at only when nothing else is ready (the
+    /// task is about to sleep): its waker is registered then (with the token, and for
+    /// SUSPEND/RESUME), and a busy session does not pay the lock round trips per turn (a
+    /// flooding client still reaches it, since tokio's cooperative budget makes its reads
+    /// return Pending in time).
+    /// Polling the token costs two mutex round trips, so the look is skipped while the
+    /// session signal count has not moved since the last one and the waker is the same:
+    /// the registrations from that look still stand, and whoever cancels a token or wakes
+    /// sessions (SUSPEND, RESUME) moves the count first.
     fn poll_shutdown(&mut self, cx: &mut TaskContext<'_>) -> Poll<Event> {
         let signals = super::session_signals();
         if let Some((w, seen)) = &self.shutdown_looked {
@@ -405,7 +433,9 @@ impl Session {
                 return Poll::Pending;
             }
         }
-        if self.shutdown.as_mut().poll(cx).is_ready() {
+        // Where SUSPEND and RESUME wake this session (admin::suspend).
+        self.c.state.console.suspend.set_waker(cx.waker());
+        if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Event::Shutdown);
         }
         match &mut self.shutdown_looked {
@@ -607,7 +637,7 @@ impl Session {
             b'C' if self.track_prepared => {
                 let t = Target::decode(f.body())?;
                 if t.kind == b'S' && !t.name.is_empty() {
-                    self.view.statements.remove(t.name);
+                    self.view.t_mut().statements.remove(t.name);
                     self.c.conn.queue(&Frame::new(b'3', &[]));
                     return Ok(true);
                 }
@@ -624,8 +654,8 @@ impl Session {
                 if p.name.is_empty() {
                     return Ok(false);
                 }
-                if self.view.statements.contains_key(p.name)
-                    || self.view.sql_prepared.contains_key(p.name)
+                if self.view.t().statements.contains_key(p.name)
+                    || self.view.t().sql_prepared.contains_key(p.name)
                 {
                     let msg = format!("prepared statement \"{}\" already exists", p.name);
                     self.c.conn.queue(&build::error("42P05", &msg));
@@ -634,7 +664,7 @@ impl Session {
                 }
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
                 let def = self.ctx.statements.intern(&p, key);
-                self.view.statements.insert(p.name.to_owned(), def);
+                self.view.t_mut().statements.insert(p.name.to_owned(), def);
                 self.c.conn.queue(&Frame::new(b'1', &[]));
                 return Ok(true);
             }
@@ -757,20 +787,17 @@ impl Session {
         }
         match cmd {
             Command::Deallocate { name: Some(n) } => {
-                let had = self.view.sql_prepared.remove(&n).is_some()
-                    | self.view.statements.remove(&n).is_some();
+                let had = self.view.t_mut().sql_prepared.remove(&n).is_some()
+                    | self.view.t_mut().statements.remove(&n).is_some();
                 // Not the client's: the server answers (26000), as PostgreSQL would.
                 had.then_some("DEALLOCATE")
             }
             Command::Deallocate { name: None } => {
-                self.view.sql_prepared.clear();
-                self.view.statements.clear();
+                self.view.clear(false);
                 Some("DEALLOCATE ALL")
             }
             Command::DiscardAll if self.client_tx == b'I' => {
-                self.view.sql_prepared.clear();
-                self.view.statements.clear();
-                self.view.session.clear();
+                self.view.clear(true);
                 self.view.desired = self.c.startup.clone();
                 Some("DISCARD ALL")
             }
@@ -822,7 +849,10 @@ impl Session {
                     };
                     if changes {
                         a.session_changed = true;
-                        self.view.custom.extend(custom_setting_names(p.query));
+                        self.view
+                            .t_mut()
+                            .custom
+                            .extend(custom_setting_names(p.query));
                     }
                     if !plain {
                         if let Some(Command::DropDatabase { name }) = classify_single(p.query) {
@@ -837,8 +867,8 @@ impl Session {
                     a.pipe.push(Expect::Forward(Req::Parse { stmt: None }));
                     return Ok(());
                 }
-                if self.view.statements.contains_key(p.name)
-                    || self.view.sql_prepared.contains_key(p.name)
+                if self.view.t().statements.contains_key(p.name)
+                    || self.view.t().sql_prepared.contains_key(p.name)
                 {
                     // As PostgreSQL: refused, and the rest of the batch up to Sync skipped.
                     let msg = format!("prepared statement \"{}\" already exists", p.name);
@@ -851,9 +881,15 @@ impl Session {
                 let def = self.ctx.statements.intern(&p, key);
                 a.session_changed |= def.changes_session;
                 if def.changes_session {
-                    self.view.custom.extend(custom_setting_names(&def.query));
+                    self.view
+                        .t_mut()
+                        .custom
+                        .extend(custom_setting_names(&def.query));
                 }
-                self.view.statements.insert(p.name.to_owned(), def.clone());
+                self.view
+                    .t_mut()
+                    .statements
+                    .insert(p.name.to_owned(), def.clone());
                 if a.server.prepared.touch(def.id) {
                     a.pipe.push(Expect::Synthetic(vec![Frame::new(b'1', &[])]));
                 } else {
@@ -864,17 +900,22 @@ impl Session {
                 let b = Bind::decode(f.body())?;
                 match self
                     .view
+                    .t()
                     .statements
                     .get(b.statement)
                     .filter(|_| track && !b.statement.is_empty())
+                    .cloned()
                 {
                     Some(def) => {
                         a.session_changed |= def.changes_session;
                         if def.changes_session {
-                            self.view.custom.extend(custom_setting_names(&def.query));
+                            self.view
+                                .t_mut()
+                                .custom
+                                .extend(custom_setting_names(&def.query));
                         }
                         if !a.server.prepared.touch(def.id) {
-                            prepare_on(a, def, cap, false);
+                            prepare_on(a, &def, cap, false);
                         }
                         a.server.conn.queue(&b.encode_as(&def.server_name));
                     }
@@ -886,6 +927,7 @@ impl Session {
                 let t = Target::decode(f.body())?;
                 match self
                     .view
+                    .t()
                     .statements
                     .get(t.name)
                     .filter(|_| track && t.kind == b'S' && !t.name.is_empty())
@@ -906,7 +948,7 @@ impl Session {
                 let t = Target::decode(f.body())?;
                 if track && t.kind == b'S' && !t.name.is_empty() {
                     // The client's view only; the server keeps the statement for others.
-                    self.view.statements.remove(t.name);
+                    self.view.t_mut().statements.remove(t.name);
                     a.pipe.push(Expect::Synthetic(vec![Frame::new(b'3', &[])]));
                 } else {
                     a.server.conn.queue(&f);
@@ -954,7 +996,7 @@ impl Session {
                 };
                 if changes_session(sql) {
                     a.session_changed = true;
-                    self.view.custom.extend(custom_setting_names(sql));
+                    self.view.t_mut().custom.extend(custom_setting_names(sql));
                 }
                 a.server.conn.queue(&f);
                 a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
@@ -974,7 +1016,7 @@ impl Session {
             };
             if calls_set_config(sql) {
                 a.session_changed = true;
-                self.view.custom.extend(custom_setting_names(sql));
+                self.view.t_mut().custom.extend(custom_setting_names(sql));
             }
             a.server.conn.queue(f);
             a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
@@ -999,7 +1041,7 @@ impl Session {
         let mut prepare = None;
         if changes_session_of(sql, &cmds) {
             a.session_changed = true;
-            self.view.custom.extend(custom_setting_names(sql));
+            self.view.t_mut().custom.extend(custom_setting_names(sql));
         }
         for c in &cmds {
             match c {
@@ -1012,7 +1054,7 @@ impl Session {
                     prepare = Some((name.clone(), Arc::<str>::from(sql)));
                 }
                 Command::Execute { name } => {
-                    if let Some(text) = self.view.sql_prepared.get(name) {
+                    if let Some(text) = self.view.t().sql_prepared.get(name) {
                         if a.server.prepared.sql.get(name) != Some(text) {
                             if a.server.prepared.sql.remove(name).is_some() {
                                 hidden_query(a, &format!("DEALLOCATE {}", params::ident(name)));
@@ -1294,15 +1336,16 @@ impl Session {
         if name.is_empty() {
             return None;
         }
-        self.view.statements.get(name).map(|d| d.query.clone())
+        self.view.t().statements.get(name).map(|d| d.query.clone())
     }
 
     /// Attach to a worker pool without telling the client about a failure (the caller
     /// falls back to the coordinator).
     async fn attach_quiet(&mut self, pool: Arc<Pool>) -> bool {
         if !pool.has_credential() {
-            // A pool on another node logs in as this client's user, with its secret.
-            pool.set_credential(self.c.credential.clone());
+            // A pool on another node logs in as this client's user, with its secret
+            // (which its coordinator pool keeps: not a copy in every session).
+            pool.set_credential(self.c.pool.credential());
         }
         match self.acquire(&pool).await {
             Ok((server, lent)) => {
@@ -1487,7 +1530,7 @@ impl Session {
                             prepare: Some((name, text)),
                         })) => {
                             a.server.prepared.sql.insert(name.clone(), text.clone());
-                            self.view.sql_prepared.insert(name, text);
+                            self.view.t_mut().sql_prepared.insert(name, text);
                         }
                         Some(Expect::Forward(_) | Expect::Hidden { .. }) | None => {}
                         Some(other) => {
@@ -1621,10 +1664,10 @@ impl Session {
         // The client already has its answer queued; let it go out first.
         let _ = self.c.conn.flush().await;
         if a.session_changed {
-            while self.view.custom.len() > 64 {
-                self.view.custom.pop_last();
+            while self.view.t().custom.len() > 64 {
+                self.view.t_mut().custom.pop_last();
             }
-            let sql = session_settings_sql(&self.view.custom);
+            let sql = session_settings_sql(&self.view.t().custom);
             match a.server.query_pairs(&sql).await {
                 Ok(rows) => {
                     // What the server holds now is the client's session, exactly: a
@@ -1632,7 +1675,7 @@ impl Session {
                     // the server's default), and later servers must agree with that
                     // rather than silently bring the startup value back.
                     let now: Arc<ParamMap> = Arc::new(rows.into_iter().collect());
-                    self.view.session = (*now).clone();
+                    self.view.t_mut().session = (*now).clone();
                     self.view.desired = now.clone();
                     a.server.applied = now;
                 }

@@ -288,6 +288,15 @@ impl Pool {
         }
     }
 
+    /// The credential it opens connections with (the latest a client of this user
+    /// brought).
+    pub fn credential(&self) -> Option<ServerCredential> {
+        self.credential
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn has_credential(&self) -> bool {
         self.credential
             .lock()
