@@ -20,7 +20,6 @@
 //!
 //! Run: `cargo bench --bench counters` (add `-- --quick` for a short run).
 use std::hint::black_box;
-use std::sync::atomic::Ordering;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -60,7 +59,7 @@ fn one_transaction(routes: &RouteStats, pool: &PoolStats, query: Duration) {
     routes.count(black_box(RouteReason::TenantKey), black_box(true));
     pool.client_message(b'Q', black_box(40));
     for len in [black_box(60u64), 20, 13, 6] {
-        pool.bytes_sent.fetch_add(len, Ordering::Relaxed);
+        pool.bytes_sent.add(len);
     }
     pool.add_query(black_box(query));
     pool.add_xact(black_box(query));

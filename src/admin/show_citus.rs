@@ -1,6 +1,5 @@
 //! pgtenant's own: SHOW NODES, SHARDS [table], TENANT <value> [table], ROUTES, PLAN_CACHE.
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{AdminError, ResultSet};
@@ -91,19 +90,10 @@ pub fn nodes(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(NODES);
     for (n, group) in nodes {
         let mine: Vec<_> = pools.iter().filter(|p| p.key.node == n).collect();
-        let active: u32 = mine
-            .iter()
-            .map(|p| p.stats.active.load(Ordering::Relaxed))
-            .sum();
+        let active: u32 = mine.iter().map(|p| p.stats.active.get() as u32).sum();
         let idle: u32 = mine.iter().map(|p| p.counts().0).sum();
-        let xacts: u64 = mine
-            .iter()
-            .map(|p| p.stats.xact_count.load(Ordering::Relaxed))
-            .sum();
-        let queries: u64 = mine
-            .iter()
-            .map(|p| p.stats.query_count.load(Ordering::Relaxed))
-            .sum();
+        let xacts: u64 = mine.iter().map(|p| p.stats.xact_count.get()).sum();
+        let queries: u64 = mine.iter().map(|p| p.stats.query_count.get()).sum();
         let role = if n == coord { "coordinator" } else { "worker" };
         let state = if ctx.node_health.is_down(&n) {
             "down"

@@ -5,7 +5,6 @@
 //! query / server assignment (xact, query and wait time, µs). Zero until the first
 //! period ends.
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -209,7 +208,7 @@ fn by_database(ctx: &Context) -> BTreeMap<String, Totals> {
     for p in ctx.pools.all() {
         let s = &p.stats;
         let t = out.entry(pool_database(&p.key)).or_default();
-        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let l = |a: &crate::metrics::striped::Striped| a.get();
         t.assignments += l(&s.assignments);
         t.xacts += l(&s.xact_count);
         t.queries += l(&s.query_count);

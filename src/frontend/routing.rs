@@ -9,6 +9,7 @@ use dashmap::DashMap;
 
 use crate::citus::hash::{hash_binary, hash_value};
 use crate::citus::{DistType, ShardMap};
+use crate::metrics::striped::Striped;
 use crate::pool::Node;
 use crate::protocol::extended::Bind;
 use crate::router::{KeySource, Plan, Planner, Reason, TenantValue, TxControl};
@@ -109,21 +110,21 @@ impl RouteReason {
     }
 }
 
-/// Counters of routed transactions: to the coordinator or a worker, by reason. Atomics
-/// only: they sit on the per-transaction path.
+/// Counters of routed transactions: to the coordinator or a worker, by reason. Striped
+/// per thread: they sit on the per-transaction path.
 #[derive(Default)]
 pub struct RouteStats {
     /// [reason][0 = coordinator, 1 = worker].
-    by_reason: [[AtomicU64; 2]; RouteReason::ALL.len()],
+    by_reason: [[Striped; 2]; RouteReason::ALL.len()],
     /// Statements (Query and Execute messages) by the reason their transaction was
     /// routed: every statement of a transaction goes where its first one went.
-    statements: [[AtomicU64; 2]; RouteReason::ALL.len()],
+    statements: [[Striped; 2]; RouteReason::ALL.len()],
 }
 
 impl RouteStats {
     pub fn count(&self, reason: RouteReason, to_worker: bool) {
         if let Some(c) = self.by_reason.get(reason as usize) {
-            c[usize::from(to_worker)].fetch_add(1, Ordering::Relaxed);
+            c[usize::from(to_worker)].add(1);
         }
     }
 
@@ -139,7 +140,7 @@ impl RouteStats {
     #[inline]
     pub fn count_statement(&self, reason: RouteReason, to_worker: bool) {
         if let Some(c) = self.statements.get(reason as usize) {
-            c[usize::from(to_worker)].fetch_add(1, Ordering::Relaxed);
+            c[usize::from(to_worker)].add(1);
         }
     }
 
@@ -147,7 +148,7 @@ impl RouteStats {
     pub fn statements_to(&self, reason: RouteReason, to_worker: bool) -> u64 {
         self.statements
             .get(reason as usize)
-            .map_or(0, |c| c[usize::from(to_worker)].load(Ordering::Relaxed))
+            .map_or(0, |c| c[usize::from(to_worker)].get())
     }
 
     pub fn get(&self, reason: RouteReason) -> u64 {
@@ -158,7 +159,7 @@ impl RouteStats {
     pub fn get_to(&self, reason: RouteReason, to_worker: bool) -> u64 {
         self.by_reason
             .get(reason as usize)
-            .map_or(0, |c| c[usize::from(to_worker)].load(Ordering::Relaxed))
+            .map_or(0, |c| c[usize::from(to_worker)].get())
     }
 }
 

@@ -860,10 +860,7 @@ impl Session {
                         }
                     }
                     a.server.conn.queue(&f);
-                    a.pool
-                        .stats
-                        .server_parse_count
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    a.pool.stats.server_parse_count.add(1);
                     a.pipe.push(Expect::Forward(Req::Parse { stmt: None }));
                     return Ok(());
                 }
@@ -1457,10 +1454,7 @@ impl Session {
                 Ok(None) => return Flow::Continue,
                 Err(e) => return self.server_lost(&format!("server sent a bad message: {e}")),
             };
-            a.pool
-                .stats
-                .bytes_sent
-                .fetch_add(f.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            a.pool.stats.bytes_sent.add(f.len() as u64);
             let (hidden, show_errors) = match a.pipe.q.front() {
                 Some(Expect::Hidden { show_errors, .. }) => (true, *show_errors),
                 _ => (false, true),
@@ -1756,10 +1750,7 @@ fn prepare_on(a: &mut Attached, def: &StatementDef, cap: usize, visible: bool) {
         });
     }
     a.server.conn.queue(&def.parse);
-    a.pool
-        .stats
-        .server_parse_count
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    a.pool.stats.server_parse_count.add(1);
     let req = Req::Parse { stmt: Some(def.id) };
     a.pipe.push(if visible {
         Expect::Forward(req)

@@ -399,8 +399,8 @@ impl Collector for Scrape {
         // state during the scrape can be off by one: saturating).
         let open = u64::from(ctx.clients.load(r));
         let logged_in = ctx.admin.clients.count_where(|_| true) as u64;
-        let active = super::counters::CLIENTS_ACTIVE.load(r);
-        let waiting = super::counters::CLIENTS_WAITING.load(r);
+        let active = super::counters::CLIENTS_ACTIVE.get();
+        let waiting = super::counters::CLIENTS_WAITING.get();
         for (state, v) in [
             ("login", open.saturating_sub(logged_in)),
             ("active", active),
@@ -416,19 +416,19 @@ impl Collector for Scrape {
             let (idle, total) = p.counts();
             let st = &p.stats;
             let n = nodes.entry(p.key.node.name.clone()).or_default();
-            let active = u64::from(st.active.load(r)).min(u64::from(total - idle.min(total)));
+            let active = st.active.get().min(u64::from(total - idle.min(total)));
             n.idle += u64::from(idle);
             n.active += active;
             n.opening += u64::from(total).saturating_sub(u64::from(idle) + active);
             n.waiting += u64::from(st.waiting.load(r));
             n.wait_timeouts += st.wait_timeouts.load(r);
-            n.assignments += st.assignments.load(r);
+            n.assignments += st.assignments.get();
             n.connects += st.connects.load(r);
             n.connect_failures += st.connect_failures.load(r);
-            n.queries += st.query_count.load(r);
-            n.xacts += st.xact_count.load(r);
-            n.bytes_received += st.bytes_received.load(r);
-            n.bytes_sent += st.bytes_sent.load(r);
+            n.queries += st.query_count.get();
+            n.xacts += st.xact_count.get();
+            n.bytes_received += st.bytes_received.get();
+            n.bytes_sent += st.bytes_sent.get();
         }
         for (node, n) in &nodes {
             let node = &**node;

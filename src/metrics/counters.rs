@@ -136,9 +136,11 @@ impl ErrorClasses {
 pub static SERVER_ERRORS: ErrorClasses = ErrorClasses::new();
 
 /// Client sessions holding a server connection now.
-pub static CLIENTS_ACTIVE: AtomicU64 = AtomicU64::new(0);
+pub static CLIENTS_ACTIVE: crate::metrics::striped::Striped =
+    crate::metrics::striped::Striped::new();
 /// Client sessions waiting for a server connection now (pool acquire, connect included).
-pub static CLIENTS_WAITING: AtomicU64 = AtomicU64::new(0);
+pub static CLIENTS_WAITING: crate::metrics::striped::Striped =
+    crate::metrics::striped::Striped::new();
 
 /// One session's state as SHOW CLIENTS reports it, kept by the same guards as the
 /// gauges: waiting while a [`Waiting`] guard lives, active while an [`Active`] one does
@@ -212,7 +214,7 @@ impl Active {
     /// Also marks `state` active (SHOW CLIENTS).
     #[inline]
     pub fn enter_for(state: Option<&std::sync::Arc<ClientState>>) -> Active {
-        CLIENTS_ACTIVE.fetch_add(1, Ordering::Relaxed);
+        CLIENTS_ACTIVE.add(1);
         if let Some(s) = state {
             s.active.fetch_add(1, Ordering::Relaxed);
         }
@@ -223,7 +225,7 @@ impl Active {
 impl Drop for Active {
     #[inline]
     fn drop(&mut self) {
-        CLIENTS_ACTIVE.fetch_sub(1, Ordering::Relaxed);
+        CLIENTS_ACTIVE.sub(1);
         if let Some(s) = &self.0 {
             s.active.fetch_sub(1, Ordering::Relaxed);
         }
@@ -243,7 +245,7 @@ impl Waiting {
     /// Also marks `state` waiting, since now (SHOW CLIENTS' wait, SHOW POOLS' maxwait).
     #[inline]
     pub fn enter_for(state: Option<&std::sync::Arc<ClientState>>) -> Waiting {
-        CLIENTS_WAITING.fetch_add(1, Ordering::Relaxed);
+        CLIENTS_WAITING.add(1);
         if let Some(s) = state {
             if s.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
                 s.wait_since_us.store(now_us(), Ordering::Relaxed);
@@ -256,7 +258,7 @@ impl Waiting {
 impl Drop for Waiting {
     #[inline]
     fn drop(&mut self) {
-        CLIENTS_WAITING.fetch_sub(1, Ordering::Relaxed);
+        CLIENTS_WAITING.sub(1);
         if let Some(s) = &self.0 {
             if s.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
                 s.wait_since_us.store(0, Ordering::Relaxed);
@@ -323,18 +325,15 @@ mod tests {
 
     #[test]
     fn guards_give_their_count_back() {
-        let (a0, w0) = (
-            CLIENTS_ACTIVE.load(Ordering::Relaxed),
-            CLIENTS_WAITING.load(Ordering::Relaxed),
-        );
+        let (a0, w0) = (CLIENTS_ACTIVE.get(), CLIENTS_WAITING.get());
         {
             let _a = Active::enter();
             let _w = Waiting::enter();
-            assert!(CLIENTS_ACTIVE.load(Ordering::Relaxed) > a0);
-            assert!(CLIENTS_WAITING.load(Ordering::Relaxed) > w0);
+            assert!(CLIENTS_ACTIVE.get() > a0);
+            assert!(CLIENTS_WAITING.get() > w0);
         }
         // No lib test runs a session, so nothing else moves these gauges.
-        assert_eq!(CLIENTS_ACTIVE.load(Ordering::Relaxed), a0);
-        assert_eq!(CLIENTS_WAITING.load(Ordering::Relaxed), w0);
+        assert_eq!(CLIENTS_ACTIVE.get(), a0);
+        assert_eq!(CLIENTS_WAITING.get(), w0);
     }
 }

@@ -17,6 +17,7 @@ pub mod counters;
 pub mod health;
 mod http;
 pub mod latency;
+pub mod striped;
 pub mod tenants;
 
 use std::net::SocketAddr;

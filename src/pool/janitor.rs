@@ -83,9 +83,7 @@ fn fill_min(pool: &Arc<Pool>) {
         tokio::spawn(async move {
             if let Ok(c) = pool.open().await {
                 // Count it as lent and give it straight back: it joins the idle list.
-                pool.stats
-                    .active
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                pool.stats.active.add(1);
                 pool.release(c, true);
             }
         });

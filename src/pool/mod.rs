@@ -19,6 +19,7 @@ use crate::auth::ServerCredential;
 use crate::backend::{self, BackendError, ConnectParams, ServerConn};
 use crate::config::Settings;
 use crate::metrics::latency::{self, Kind as LatencyKind, Latency};
+use crate::metrics::striped::Striped;
 
 pub use janitor::spawn_janitor;
 
@@ -121,25 +122,25 @@ impl ServerState {
 
 /// Counters the admin console and metrics read; plain atomics, no lock.
 pub struct PoolStats {
-    pub active: AtomicU32,
+    pub active: Striped,
     pub waiting: AtomicU32,
     pub connects: AtomicU64,
     pub connect_failures: AtomicU64,
     pub wait_timeouts: AtomicU64,
-    pub assignments: AtomicU64,
+    pub assignments: Striped,
     // PgBouncer's SHOW STATS counters (times in microseconds).
-    pub xact_count: AtomicU64,
-    pub query_count: AtomicU64,
+    pub xact_count: Striped,
+    pub query_count: Striped,
     /// Bytes from clients to servers.
-    pub bytes_received: AtomicU64,
+    pub bytes_received: Striped,
     /// Bytes from servers to clients.
-    pub bytes_sent: AtomicU64,
-    pub xact_time_us: AtomicU64,
-    pub query_time_us: AtomicU64,
-    pub wait_time_us: AtomicU64,
-    pub client_parse_count: AtomicU64,
-    pub server_parse_count: AtomicU64,
-    pub bind_count: AtomicU64,
+    pub bytes_sent: Striped,
+    pub xact_time_us: Striped,
+    pub query_time_us: Striped,
+    pub wait_time_us: Striped,
+    pub client_parse_count: Striped,
+    pub server_parse_count: Striped,
+    pub bind_count: Striped,
     /// Where this pool records its node's latencies (per-thread HdrHistograms keyed by
     /// node and kind, merged for SHOW LATENCY and /metrics).
     pub query_latency: Latency,
@@ -153,22 +154,22 @@ impl PoolStats {
     pub fn new(node: &str) -> PoolStats {
         let id = latency::node_id(node);
         PoolStats {
-            active: AtomicU32::new(0),
+            active: Striped::new(),
             waiting: AtomicU32::new(0),
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             wait_timeouts: AtomicU64::new(0),
-            assignments: AtomicU64::new(0),
-            xact_count: AtomicU64::new(0),
-            query_count: AtomicU64::new(0),
-            bytes_received: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
-            xact_time_us: AtomicU64::new(0),
-            query_time_us: AtomicU64::new(0),
-            wait_time_us: AtomicU64::new(0),
-            client_parse_count: AtomicU64::new(0),
-            server_parse_count: AtomicU64::new(0),
-            bind_count: AtomicU64::new(0),
+            assignments: Striped::new(),
+            xact_count: Striped::new(),
+            query_count: Striped::new(),
+            bytes_received: Striped::new(),
+            bytes_sent: Striped::new(),
+            xact_time_us: Striped::new(),
+            query_time_us: Striped::new(),
+            wait_time_us: Striped::new(),
+            client_parse_count: Striped::new(),
+            server_parse_count: Striped::new(),
+            bind_count: Striped::new(),
             query_latency: Latency::new(id, LatencyKind::Query),
             xact_latency: Latency::new(id, LatencyKind::Transaction),
             wait_latency: Latency::new(id, LatencyKind::Wait),
@@ -178,20 +179,19 @@ impl PoolStats {
     /// A query answered (ReadyForQuery) after `d`.
     pub fn add_query(&self, d: Duration) {
         self.query_latency.record(d);
-        self.query_count.fetch_add(1, Ordering::Relaxed);
-        self.query_time_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.query_count.add(1);
+        self.query_time_us.add(d.as_micros() as u64);
     }
 
     /// A client message forwarded to a server (bytes, Parse and Bind counts).
     pub fn client_message(&self, tag: u8, len: usize) {
-        self.bytes_received.fetch_add(len as u64, Ordering::Relaxed);
+        self.bytes_received.add(len as u64);
         match tag {
             b'P' => {
-                self.client_parse_count.fetch_add(1, Ordering::Relaxed);
+                self.client_parse_count.add(1);
             }
             b'B' => {
-                self.bind_count.fetch_add(1, Ordering::Relaxed);
+                self.bind_count.add(1);
             }
             _ => {}
         }
@@ -200,9 +200,8 @@ impl PoolStats {
     /// A transaction ended (ReadyForQuery idle) after `d`.
     pub fn add_xact(&self, d: Duration) {
         self.xact_latency.record(d);
-        self.xact_count.fetch_add(1, Ordering::Relaxed);
-        self.xact_time_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.xact_count.add(1);
+        self.xact_time_us.add(d.as_micros() as u64);
     }
 }
 
@@ -610,11 +609,9 @@ impl Pool {
 
     /// `waited`: how long the client waited (zero on the fast path, which does not wait).
     fn assigned_after(&self, c: Box<ServerConn>, waited: Duration) -> Box<ServerConn> {
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
-        self.stats.assignments.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .wait_time_us
-            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        self.stats.active.add(1);
+        self.stats.assignments.add(1);
+        self.stats.wait_time_us.add(waited.as_micros() as u64);
         self.stats.wait_latency.record(waited);
         c
     }
@@ -764,7 +761,7 @@ impl Pool {
 
     /// [`Pool::release`] with the clock already read (`now`: the time it went idle).
     pub fn release_at(&self, mut c: Box<ServerConn>, clean: bool, now: Instant) {
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.active.sub(1);
         let s = self.settings.load();
         c.last_used = now;
         let mut g = self.lock();
@@ -810,7 +807,7 @@ impl Pool {
 
     /// Close a connection that was lent out (counts it as no longer active).
     pub fn discard(&self, c: Box<ServerConn>) {
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.active.sub(1);
         self.close(c);
     }
 
