@@ -87,7 +87,7 @@ fn active(ctx: &Context, db: Option<&str>) -> u32 {
         .all()
         .iter()
         .filter(|p| db.is_none_or(|d| *p.key.database == *d))
-        .map(|p| p.stats.active.get() as u32)
+        .map(|p| p.stats.active.get_gauge() as u32)
         .sum()
 }
 

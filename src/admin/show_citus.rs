@@ -90,7 +90,7 @@ pub fn nodes(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(NODES);
     for (n, group) in nodes {
         let mine: Vec<_> = pools.iter().filter(|p| p.key.node == n).collect();
-        let active: u32 = mine.iter().map(|p| p.stats.active.get() as u32).sum();
+        let active: u32 = mine.iter().map(|p| p.stats.active.get_gauge() as u32).sum();
         let idle: u32 = mine.iter().map(|p| p.counts().0).sum();
         let xacts: u64 = mine.iter().map(|p| p.stats.xact_count.get()).sum();
         let queries: u64 = mine.iter().map(|p| p.stats.query_count.get()).sum();

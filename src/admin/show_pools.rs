@@ -50,7 +50,7 @@ pub fn pools(ctx: &Context) -> ResultSet {
             .filter(|(_, st, _)| *st == crate::pool::ServerState::Used)
             .count() as u32;
         let maxwait = p.max_wait();
-        let active = p.stats.active.get() as u32;
+        let active = p.stats.active.get_gauge() as u32;
         let waiting = p.stats.waiting.load(Ordering::Relaxed);
         // Clients belong to their coordinator pool (they log in to it); worker pools are
         // borrowed per transaction and count no clients of their own.

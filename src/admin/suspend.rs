@@ -132,13 +132,14 @@ impl SessionSuspend {
         self.wake();
     }
 
-    /// Wake the session. The session signal count moves first: a woken session registers
-    /// its waker again at its next look (which it skips while the count stands still, see
-    /// `frontend::session`), so the next nudge finds it.
+    /// Wake the session. The waker stays in place (a session skips registering it again
+    /// while its signal count and waker are unchanged, see `frontend::session`, so a
+    /// taken waker could be missing at the next nudge); the count moves first so that the
+    /// woken session also looks at its kill token again.
     fn wake(&self) {
         crate::frontend::signal_sessions();
-        if let Some(w) = lock(&self.waker).take() {
-            w.wake();
+        if let Some(w) = lock(&self.waker).as_ref() {
+            w.wake_by_ref();
         }
     }
 }
@@ -283,8 +284,9 @@ mod tests {
         s.nudge();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(crate::frontend::session_signals() > before);
-        // Woken once per registration: a nudge with no waker registered wakes nothing.
+        // The waker stays registered: the next nudge (or RESUME) finds it too, even if the
+        // session has not been polled in between.
         s.nudge();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
     }
 }

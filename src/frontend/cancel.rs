@@ -65,8 +65,14 @@ impl CancelSlot {
 
     /// The target of a cancel about to be sent, counted in flight until the returned
     /// guard is dropped.
+    /// None also while another cancel of this client is on its way: it goes to the same
+    /// target, and a client sending cancel after cancel must not keep its session from
+    /// ever moving its target (releasing its server connection waits for none in flight).
     fn take_for_cancel(&self) -> Option<(Arc<CancelTarget>, InFlight<'_>)> {
         let mut g = self.lock();
+        if g.in_flight > 0 {
+            return None;
+        }
         let t = g.target.clone()?;
         g.in_flight += 1;
         Some((t, InFlight(self)))
@@ -174,6 +180,8 @@ mod tests {
         slot.try_set(target(1)).unwrap();
         let (t, in_flight) = slot.take_for_cancel().expect("a target");
         assert_eq!(t.pid, 1);
+        // A second cancel while the first is on its way is dropped (same target).
+        assert!(slot.take_for_cancel().is_none());
         // The session may not clear or move the target meanwhile.
         assert!(slot.try_set(None).is_err());
         let s2 = slot.clone();

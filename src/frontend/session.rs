@@ -1694,6 +1694,9 @@ impl Session {
     /// The server connection broke: the client gets 08006 and is disconnected (its
     /// transaction is gone); the next client gets a fresh server connection.
     fn server_lost(&mut self, why: &str) -> Flow {
+        // A late cancel must not reach the closed backend's pid (PostgreSQL may give it
+        // to another backend). If one is on its way, it already has its target.
+        let _ = self.c.key.slot.try_set(None);
         if let Some(a) = self.attached.take() {
             tracing::warn!(user = %self.c.user, pool = %a.pool.name(), server = a.server.id, reason = why, "server connection lost");
             a.pool.discard(a.server);

@@ -399,8 +399,8 @@ impl Collector for Scrape {
         // state during the scrape can be off by one: saturating).
         let open = u64::from(ctx.clients.load(r));
         let logged_in = ctx.admin.clients.count_where(|_| true) as u64;
-        let active = super::counters::CLIENTS_ACTIVE.get();
-        let waiting = super::counters::CLIENTS_WAITING.get();
+        let active = super::counters::CLIENTS_ACTIVE.get_gauge();
+        let waiting = super::counters::CLIENTS_WAITING.get_gauge();
         for (state, v) in [
             ("login", open.saturating_sub(logged_in)),
             ("active", active),
@@ -416,7 +416,10 @@ impl Collector for Scrape {
             let (idle, total) = p.counts();
             let st = &p.stats;
             let n = nodes.entry(p.key.node.name.clone()).or_default();
-            let active = st.active.get().min(u64::from(total - idle.min(total)));
+            let active = st
+                .active
+                .get_gauge()
+                .min(u64::from(total - idle.min(total)));
             n.idle += u64::from(idle);
             n.active += active;
             n.opening += u64::from(total).saturating_sub(u64::from(idle) + active);

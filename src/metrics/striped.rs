@@ -65,6 +65,12 @@ impl Striped {
             .iter()
             .fold(0u64, |t, l| t.wrapping_add(l.0.load(Ordering::Relaxed)))
     }
+
+    /// The value of a gauge. A read racing with a short-lived raise and lower on two
+    /// stripes may see the lower alone: such a moment's sum below zero reads as 0.
+    pub fn get_gauge(&self) -> u64 {
+        (self.get() as i64).max(0) as u64
+    }
 }
 
 impl std::fmt::Debug for Striped {
@@ -101,5 +107,11 @@ mod tests {
             s.spawn(|| g.sub(3));
         });
         assert_eq!(g.get(), 2);
+        // Lowered before it is seen raised: reads as 0, not as a huge number.
+        let h = Striped::new();
+        h.sub(1);
+        assert_eq!(h.get_gauge(), 0);
+        h.add(3);
+        assert_eq!(h.get_gauge(), 2);
     }
 }
