@@ -38,14 +38,7 @@ pg_owned_dir "$ROOT/.demo" "/var/tmp/pgtenant-demo-$(printf '%s' "$ROOT" | cksum
 DEMO=$PG_DIR
 
 # One demo at a time per data directory.
-if [ -f "$DEMO/demo.pid" ]; then
-    other=$(cat "$DEMO/demo.pid")
-    if [ -n "$other" ] && [ "$other" != $$ ] && kill -0 "$other" 2>/dev/null &&
-        tr '\0' ' ' <"/proc/$other/cmdline" 2>/dev/null | grep -q 'demo\.sh'; then
-        die "another demo is running (pid $other); stop it with Ctrl-C first"
-    fi
-fi
-echo $$ >"$DEMO/demo.pid"
+claim_pidfile "$DEMO/demo.pid" 'demo\.sh' "another demo is running; stop it with Ctrl-C first"
 
 # A pgtenant left running by a killed run of this script (it runs in its own session).
 if [ -f "$DEMO/pgtenant.pid" ]; then

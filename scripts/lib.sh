@@ -3,8 +3,8 @@
 #   SCRIPT_NAME=demo          # prefix of error messages
 #   . scripts/lib.sh
 #
-# General: say, die, as_root, as_pg, port_in_use, need_postgres (sets PGBIN and PSQL),
-# need_cargo, pg_owned_dir (sets PG_DIR), pg_template, stop_server.
+# General: say, die, as_root, as_pg, claim_pidfile, port_in_use, need_postgres (sets
+# PGBIN and PSQL), need_cargo, pg_owned_dir (sets PG_DIR), pg_template, stop_server.
 # The demo's three-node cluster (a coordinator and two workers, real Citus when the
 # extension is installed, else emulated as tests/support/citus.rs does): cluster_init,
 # cluster_create, cluster_stop, su_sql, app_psql, owner_port. SQL: deploy/demo/.
@@ -36,6 +36,21 @@ as_pg() {
     else
         "$@"
     fi
+}
+
+# claim_pidfile FILE SCRIPT MESSAGE: one run at a time. Dies with MESSAGE if FILE holds
+# the pid of a live process running SCRIPT (a pattern for its command line), else
+# writes this shell's pid into FILE.
+claim_pidfile() {
+    local f=$1 script=$2 msg=$3 other
+    if [ -f "$f" ]; then
+        other=$(cat "$f")
+        if [ -n "$other" ] && [ "$other" != $$ ] && kill -0 "$other" 2>/dev/null &&
+            tr '\0' ' ' <"/proc/$other/cmdline" 2>/dev/null | grep -q "$script"; then
+            die "$msg (pid $other)"
+        fi
+    fi
+    echo $$ >"$f"
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -91,15 +91,7 @@ WORK=$TARGET/loadbench
 RUNS=$WORK/runs.tsv
 mkdir -p "$WORK/bin" "$WORK/runs" "$WORK/pids"
 
-# One run at a time.
-if [ -f "$WORK/loadbench.pid" ]; then
-    other=$(cat "$WORK/loadbench.pid")
-    if [ -n "$other" ] && [ "$other" != $$ ] && kill -0 "$other" 2>/dev/null &&
-        tr '\0' ' ' <"/proc/$other/cmdline" 2>/dev/null | grep -q 'loadbench\.sh'; then
-        die "another loadbench run is going on (pid $other)"
-    fi
-fi
-echo $$ >"$WORK/loadbench.pid"
+claim_pidfile "$WORK/loadbench.pid" 'loadbench\.sh' "another loadbench run is going on"
 
 # --- 1. packages, build, limits ----------------------------------------------------------
 need_postgres

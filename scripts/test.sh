@@ -10,6 +10,10 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+SCRIPT_NAME="test.sh"
+# as_root, apt_install, need_cargo (shared with demo.sh and loadbench.sh).
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. scripts/lib.sh
 
 step_names=()
 step_times=()
@@ -30,17 +34,6 @@ run_step() {
     step_times+=($((SECONDS - t0)))
 }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        echo "need root (or sudo) to run: $*" >&2
-        exit 1
-    fi
-}
-
 have_pkg() { dpkg -s "$1" >/dev/null 2>&1; }
 
 have_pg_server() {
@@ -59,29 +52,12 @@ install_missing() {
         echo "system packages: all present"
         return 0
     fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "missing packages (${missing[*]}) and no apt-get; install them by hand" >&2
-        return 1
-    fi
     echo "installing: ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    apt_install "${missing[@]}"
 }
 
 check_rust() {
-    if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
-        # shellcheck disable=SC1091
-        . "$HOME/.cargo/env"
-    fi
-    if ! command -v cargo >/dev/null 2>&1; then
-        cat >&2 <<'EOF'
-cargo not found. Install the Rust toolchain with rustup, then re-run this script:
-
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
-    . "$HOME/.cargo/env"
-EOF
-        exit 1
-    fi
+    need_cargo
     if command -v rustup >/dev/null 2>&1; then
         cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
         cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
@@ -107,8 +83,7 @@ run_step "cargo test" cargo test --all-targets
 check_alert_rules() {
     if ! command -v promtool >/dev/null 2>&1; then
         echo "installing: prometheus (for promtool)"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q || return 1
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus || return 1
+        apt_install prometheus || return 1
     fi
     # run_step calls this inside `if`, where set -e is off: chain explicitly.
     promtool check rules deploy/prometheus/alerts.yml || return 1

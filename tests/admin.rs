@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::citus::{CitusCluster, CitusOptions};
-use support::{PgServer, Pgtenant, TempDir};
+use support::{startup_v3, PgServer, Pgtenant, TempDir};
 
 /// PgBouncer 1.25.2's headers (`psql -A -F '|'`), from
 /// ../shared/reference/pgbouncer-1.25-admin-columns.txt.
@@ -275,12 +275,7 @@ async fn shutdown_from_the_console() {
     let dir = TempDir::new("admin");
     let mut p = start(&pg, &dir, "");
     let _ = psql(&p, "app", "secret", "pgtenant", "SHUTDOWN");
-    let status = p.wait_exit(Duration::from_secs(10));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "pgtenant did not exit: {}",
-        p.logs()
-    );
+    assert_exits_cleanly(&mut p);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -775,15 +770,8 @@ impl RawClient {
             .connect(([127, 0, 0, 1], port).into())
             .await
             .expect("connect to pgtenant");
-        let mut body = 196608i32.to_be_bytes().to_vec();
-        for v in ["user", user, "database", db, ""] {
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        pkt.extend(body);
         let mut c = RawClient { s, buf: Vec::new() };
-        c.write(&pkt).await;
+        c.write(&startup_v3(user, db)).await;
         c.read_until_ready(Duration::from_secs(10)).await;
         assert!(
             !c.tags().contains(&b'E'),
@@ -1055,12 +1043,7 @@ async fn shutdown_lifts_suspend() {
         .await
         .unwrap_or_else(|_| panic!("the transaction is still suspended\n{}", p.logs()))
         .unwrap();
-    let status = p.wait_exit(Duration::from_secs(10));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "pgtenant did not exit: {}",
-        p.logs()
-    );
+    assert_exits_cleanly(&mut p);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1149,5 +1132,15 @@ async fn clients_and_servers_link_prepared_and_request_time() {
         s_after["request_time"] > s_before,
         "{s_before} → {:?}",
         s_after["request_time"]
+    );
+}
+
+/// pgtenant exits, successfully, within 10 s (after SHUTDOWN).
+fn assert_exits_cleanly(p: &mut Pgtenant) {
+    let status = p.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "pgtenant did not exit: {}",
+        p.logs()
     );
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 use pgtenant::auth::{ScramClient, ServerCredential};
-use support::{free_port, wait_for_port, PgServer, Pgtenant, TempDir};
+use support::{free_port, startup_v3, wait_for_port, PgServer, Pgtenant, TempDir};
 use tokio_postgres::error::SqlState;
 
 /// Generous: the machine has 2 cores and other suites run at the same time.
@@ -134,18 +134,10 @@ impl Raw {
     fn startup(port: u16, user: &str, db: &str) -> Raw {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to pgtenant");
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut body = 196608i32.to_be_bytes().to_vec(); // protocol 3.0
-        for (k, v) in [("user", user), ("database", db)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        msg.extend(body);
         let mut raw = Raw(s);
-        raw.0.write_all(&msg).expect("send startup");
+        raw.0
+            .write_all(&startup_v3(user, db))
+            .expect("send startup");
         raw
     }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{connect, pg_bin, PgServer, Pgtenant};
+use support::{connect, pg_bin, startup_v3, PgServer, Pgtenant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -244,17 +244,6 @@ async fn cancel_never_reaches_another_client() {
     assert!(a_ok > 0, "client A never ran ({a_cancelled} cancelled)");
 }
 
-fn startup_packet(user: &str, db: &str) -> Vec<u8> {
-    let mut b = 196608i32.to_be_bytes().to_vec();
-    for s in ["user", user, "database", db, ""] {
-        b.extend_from_slice(s.as_bytes());
-        b.push(0);
-    }
-    let mut v = ((b.len() + 4) as i32).to_be_bytes().to_vec();
-    v.extend(b);
-    v
-}
-
 fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut head = [0u8; 5];
     s.read_exact(&mut head).expect("read message header");
@@ -304,7 +293,7 @@ fn cancel_with_wrong_key_does_nothing() {
     let pt = pgtenant(&pg, 2, &["--auth-type", "trust"]);
     let mut s = TcpStream::connect(("127.0.0.1", pt.port())).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(&startup_packet("app", "app")).unwrap();
+    s.write_all(&startup_v3("app", "app")).unwrap();
     let greeting = read_until_ready(&mut s);
     let key = greeting
         .iter()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{PgServer, Pgtenant, TempDir};
+use support::{startup_v3, PgServer, Pgtenant, TempDir};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -130,20 +130,6 @@ impl Load {
 mod raw {
     use super::*;
 
-    pub fn startup(user: &str, db: &str) -> Vec<u8> {
-        let mut body = 196608i32.to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", db)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        m.extend(body);
-        m
-    }
-
     pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![tag];
         m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -206,7 +192,7 @@ mod raw {
     /// Log in (trust) and wait for the first ReadyForQuery.
     pub async fn login(port: u16, user: &str, db: &str) -> TcpStream {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        s.write_all(&startup(user, db)).await.unwrap();
+        s.write_all(&startup_v3(user, db)).await.unwrap();
         let msgs = until_ready(&mut s).await;
         assert_eq!(msgs[0].0, b'R', "expected AuthenticationOk: {msgs:?}");
         assert_eq!(msgs[0].1, 0i32.to_be_bytes(), "expected AuthenticationOk");
@@ -501,7 +487,7 @@ async fn bad_startup_input_costs_only_its_connection() {
     let load = Load::start(&app_url(&p), 3).await;
     let port = p.port();
 
-    let mut truncated = raw::startup("app", "app");
+    let mut truncated = startup_v3("app", "app");
     truncated.truncate(12);
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         // (what, bytes, then close our write side)
@@ -696,7 +682,7 @@ async fn slow_clients_do_not_block_others() {
     }
     let drip = tokio::spawn(async move {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        for b in raw::startup("trustuser", "app") {
+        for b in startup_v3("trustuser", "app") {
             s.write_all(&[b]).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

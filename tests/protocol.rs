@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use support::{connect, pg_bin, PgServer, Pgtenant};
+use support::{connect, pg_bin, startup_packet, PgServer, Pgtenant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
 
@@ -236,19 +236,6 @@ fn pbe(sql: &str, params: &[Option<&str>]) -> Vec<u8> {
     let mut v = parse("", sql, &[]);
     v.extend(bind("", "", params));
     v.extend(execute("", 0));
-    v
-}
-
-fn startup_packet(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&version.to_be_bytes());
-    for (k, v) in params {
-        put_cstr(&mut b, k);
-        put_cstr(&mut b, v);
-    }
-    b.push(0);
-    let mut v = ((b.len() + 4) as i32).to_be_bytes().to_vec();
-    v.extend(b);
     v
 }
 

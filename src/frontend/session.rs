@@ -1612,44 +1612,43 @@ impl Session {
         }
     }
 
-    /// Give the server connection back to its pool (it is clean). If the client changed
-    /// settings in this transaction, read them back first: that is its new session.
-    /// [`Session::release`] when it needs no waiting (no settings to read back, no reset
-    /// query, no cancel on its way): false if it did nothing and `release` must run.
+    /// Give the server connection back to its pool (it is clean), synchronously when
+    /// nothing must be waited for: no settings to read back, no reset query, no cancel on
+    /// its way. False: nothing was done, [`Session::release`] must run.
     fn try_release(&mut self, now: Option<Instant>) -> bool {
         let Some(a) = self.attached.as_ref() else {
             return true;
         };
-        if a.session_changed
-            || self.ctx.settings.load().server_reset_query_always
-            || self.c.key.slot.try_set(None).is_err()
-        {
+        if self.release_runs_queries(a) || self.c.key.slot.try_set(None).is_err() {
             return false;
         }
-        let Some(a) = self.attached.take() else {
-            return true;
-        };
-        let clean = a.is_clean();
-        a.pool
-            .release_at(a.server, clean, now.unwrap_or_else(Instant::now));
+        if let Some(a) = self.attached.take() {
+            give_back(*a, now);
+        }
         true
     }
 
-    /// `now`: the clock read at the ReadyForQuery, if it was.
+    /// [`Session::try_release`], waiting for a cancel on its way and, if the client
+    /// changed settings in this transaction, reading them back first: that is its new
+    /// session. `now`: the clock read at the ReadyForQuery, if it was.
     async fn release(&mut self, now: Option<Instant>) {
         let Some(a) = self.attached.take() else {
             return;
         };
         self.set_cancel_target(None).await;
-        if a.session_changed || self.ctx.settings.load().server_reset_query_always {
+        if self.release_runs_queries(&a) {
             // Boxed: a session's future stays small for the common case.
             let s = self.ctx.settings.load_full();
             Box::pin(self.release_slow(*a, s)).await;
             return;
         }
-        let clean = a.is_clean();
-        a.pool
-            .release_at(a.server, clean, now.unwrap_or_else(Instant::now));
+        give_back(*a, now);
+    }
+
+    /// Must the connection run queries before it goes back (settings to read back, or
+    /// server_reset_query_always)?
+    fn release_runs_queries(&self, a: &Attached) -> bool {
+        a.session_changed || self.ctx.settings.load().server_reset_query_always
     }
 
     /// Release after a transaction that changed settings (read them back) or with
@@ -1687,8 +1686,7 @@ impl Session {
             }
             a.server.forget_session_state();
         }
-        let clean = a.is_clean();
-        a.pool.release(a.server, clean);
+        give_back(a, None);
     }
 
     /// The server connection broke: the client gets 08006 and is disconnected (its
@@ -1736,6 +1734,13 @@ impl Session {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.c.conn.flush()).await;
         }
     }
+}
+
+/// Back to its pool, closed there if not clean. `now`: when it went idle, if known.
+fn give_back(a: Attached, now: Option<Instant>) {
+    let clean = a.is_clean();
+    a.pool
+        .release_at(a.server, clean, now.unwrap_or_else(Instant::now));
 }
 
 /// Send a Parse for `def` to the server (closing the least recently used statement first

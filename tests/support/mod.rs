@@ -1027,6 +1027,26 @@ impl Drop for Pgtenant {
     }
 }
 
+/// A startup packet: protocol `version` and NUL-terminated (name, value) pairs.
+pub fn startup_packet(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        for s in [k, v] {
+            b.extend_from_slice(s.as_bytes());
+            b.push(0);
+        }
+    }
+    b.push(0);
+    let mut pkt = ((b.len() + 4) as i32).to_be_bytes().to_vec();
+    pkt.extend(b);
+    pkt
+}
+
+/// A protocol 3.0 startup packet for `user` and `db`.
+pub fn startup_v3(user: &str, db: &str) -> Vec<u8> {
+    startup_packet(196608, &[("user", user), ("database", db)])
+}
+
 /// Run `pgtenant <args>` to completion (e.g. `check --config FILE`); returns the exit
 /// status and combined stdout+stderr. Panics if it runs longer than `timeout`.
 pub fn pgtenant_run(
