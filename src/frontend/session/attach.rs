@@ -1,0 +1,254 @@
+//! Server attach and release: taking a server connection from a pool, bringing its
+//! session in line with the client's, giving it back (or closing it) when the transaction
+//! ends or the client leaves.
+use super::forward::hidden_query;
+use super::*;
+
+impl Session {
+    /// Attach to a worker pool without telling the client about a failure (the caller
+    /// falls back to the coordinator).
+    pub(super) async fn attach_quiet(&mut self, pool: Arc<Pool>) -> bool {
+        if !pool.has_credential() {
+            // A pool on another node logs in as this client's user, with its secret
+            // (which its coordinator pool keeps: not a copy in every session).
+            pool.set_credential(self.c.pool.credential());
+        }
+        match self.acquire(&pool).await {
+            Ok((server, lent)) => {
+                self.install(server, pool, lent).await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(user = %self.c.user, pool = %pool.name(), error = %e, "worker connection failed");
+                false
+            }
+        }
+    }
+
+    /// Point the client's cancel key at its server (or at nothing). Waits only while a
+    /// cancel is on its way (boxed then: the session's future stays small).
+    pub(super) async fn set_cancel_target(&self, t: Option<Arc<crate::backend::CancelTarget>>) {
+        if let Err(t) = self.c.key.slot.try_set(t) {
+            Box::pin(self.c.key.slot.set(t)).await;
+        }
+    }
+
+    /// A server connection from `pool`, counted as waiting meanwhile.
+    /// With the time it was lent (the transaction's clock starts there).
+    pub(super) async fn acquire(
+        &self,
+        pool: &Arc<Pool>,
+    ) -> Result<(Box<ServerConn>, Instant), PoolError> {
+        let now = Instant::now();
+        if let Some(c) = pool.try_acquire_idle(now) {
+            return Ok((c, now));
+        }
+        let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
+        // Boxed: the slow path (waiting, connecting) stays out of every session's future,
+        // which an idle client keeps for as long as it is connected.
+        let c = Box::pin(pool.acquire()).await?;
+        Ok((c, Instant::now()))
+    }
+
+    /// Make `server` this client's: cancel target, settings replay.
+    /// `lent`: when the pool lent it; the first message forwarded (at once) starts the
+    /// query and transaction clocks there.
+    pub(super) async fn install(
+        &mut self,
+        server: Box<ServerConn>,
+        pool: Arc<Pool>,
+        lent: Instant,
+    ) {
+        self.set_cancel_target(Some(server.cancel.clone())).await;
+        let mut a = Attached {
+            server,
+            pool,
+            pipe: Pipeline::new(),
+            session_changed: false,
+            query_started: None,
+            lent: Some(lent),
+            // Set by the transaction's first message (`forward`); a placeholder until then.
+            xact_started: lent,
+            _active: crate::metrics::counters::Active::enter_for(Some(&self.c.state)),
+        };
+        if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
+            for sql in params::replay(&a.server.applied, &self.view.desired) {
+                hidden_query(&mut a, &sql);
+            }
+            a.server.applied = self.view.desired.clone();
+        }
+        self.attached = Some(Box::new(a));
+    }
+
+    /// Get a server connection for the transaction `first` starts and bring its session
+    /// settings in line with the client's. On failure the client gets an error for this
+    /// request and keeps its connection.
+    pub(super) async fn attach(&mut self, first: &Frame, pool: Arc<Pool>) -> bool {
+        match self.acquire(&pool).await {
+            Ok((server, lent)) => {
+                self.install(server, pool, lent).await;
+                true
+            }
+            Err(e) => {
+                match &e {
+                    PoolError::WaitTimeout => {
+                        tracing::warn!(user = %self.c.user, pool = %pool.name(), "query_wait_timeout: pool exhausted")
+                    }
+                    e => {
+                        tracing::warn!(user = %self.c.user, pool = %pool.name(), error = %e, "no server connection")
+                    }
+                }
+                let fatal = pool_error_frame(&e);
+                // Same code and text, but ERROR: the client may retry on this connection.
+                let fields = ErrorFields::parse(fatal.body()).unwrap_or_default();
+                self.c
+                    .conn
+                    .queue(&build::error(&fields.code, &fields.message));
+                match first.tag() {
+                    b'Q' | b'F' | b'S' => {
+                        self.c.conn.queue(&build::ready_for_query(self.client_tx))
+                    }
+                    _ => self.skip_until_sync = true,
+                }
+                false
+            }
+        }
+    }
+
+    pub(super) fn arm_idle_tx_timer(&mut self) {
+        let t = self.ctx.settings.load().idle_transaction_timeout;
+        if !t.is_zero() {
+            self.idle_tx_timer = Some(Box::pin(tokio::time::sleep(t)));
+        }
+    }
+
+    /// Give the server connection back to its pool (it is clean), synchronously when
+    /// nothing must be waited for: no settings to read back, no reset query, no cancel on
+    /// its way. False: nothing was done, [`Session::release`] must run.
+    pub(super) fn try_release(&mut self, now: Option<Instant>) -> bool {
+        let Some(a) = self.attached.as_ref() else {
+            return true;
+        };
+        if self.release_runs_queries(a) || self.c.key.slot.try_set(None).is_err() {
+            return false;
+        }
+        if let Some(a) = self.attached.take() {
+            give_back(*a, now);
+        }
+        true
+    }
+
+    /// [`Session::try_release`], waiting for a cancel on its way and, if the client
+    /// changed settings in this transaction, reading them back first: that is its new
+    /// session. `now`: the clock read at the ReadyForQuery, if it was.
+    pub(super) async fn release(&mut self, now: Option<Instant>) {
+        let Some(a) = self.attached.take() else {
+            return;
+        };
+        self.set_cancel_target(None).await;
+        if self.release_runs_queries(&a) {
+            // Boxed: a session's future stays small for the common case.
+            let s = self.ctx.settings.load_full();
+            Box::pin(self.release_slow(*a, s)).await;
+            return;
+        }
+        give_back(*a, now);
+    }
+
+    /// Must the connection run queries before it goes back (settings to read back, or
+    /// server_reset_query_always)?
+    pub(super) fn release_runs_queries(&self, a: &Attached) -> bool {
+        a.session_changed || self.ctx.settings.load().server_reset_query_always
+    }
+
+    /// Release after a transaction that changed settings (read them back) or with
+    /// server_reset_query_always (run the reset query).
+    pub(super) async fn release_slow(&mut self, mut a: Attached, s: Arc<crate::config::Settings>) {
+        // The client already has its answer queued; let it go out first.
+        let _ = self.c.conn.flush().await;
+        if a.session_changed {
+            while self.view.t().custom.len() > 64 {
+                self.view.t_mut().custom.pop_last();
+            }
+            let sql = session_settings_sql(&self.view.t().custom);
+            match a.server.query_pairs(&sql).await {
+                Ok(rows) => {
+                    // What the server holds now is the client's session, exactly: a
+                    // startup setting the client RESET is gone from it (the client saw
+                    // the server's default), and later servers must agree with that
+                    // rather than silently bring the startup value back.
+                    let now: Arc<ParamMap> = Arc::new(rows.into_iter().collect());
+                    self.view.t_mut().session = (*now).clone();
+                    self.view.desired = now.clone();
+                    a.server.applied = now;
+                }
+                Err(e) => {
+                    tracing::warn!(user = %self.c.user, error = %e, "reading back session settings failed; closing the server connection");
+                    a.pool.discard(a.server);
+                    return;
+                }
+            }
+        }
+        if s.server_reset_query_always && !s.server_reset_query.is_empty() {
+            if a.server.run_internal(&s.server_reset_query).await.is_err() {
+                a.pool.discard(a.server);
+                return;
+            }
+            a.server.forget_session_state();
+        }
+        give_back(a, None);
+    }
+
+    /// The server connection broke: the client gets 08006 and is disconnected (its
+    /// transaction is gone); the next client gets a fresh server connection.
+    pub(super) fn server_lost(&mut self, why: &str) -> Flow {
+        // A late cancel must not reach the closed backend's pid (PostgreSQL may give it
+        // to another backend). If one is on its way, it already has its target.
+        let _ = self.c.key.slot.try_set(None);
+        if let Some(a) = self.attached.take() {
+            tracing::warn!(user = %self.c.user, pool = %a.pool.name(), server = a.server.id, reason = why, "server connection lost");
+            a.pool.discard(a.server);
+        }
+        self.c
+            .conn
+            .queue(&build::fatal(sqlstate::CONNECTION_FAILURE, why));
+        Flow::Quit
+    }
+
+    /// The client is leaving: return or close its server, flush what is queued.
+    pub(super) async fn finish(&mut self) {
+        if let Some(sub) = self.listener.take() {
+            self.ctx.listens.unlisten(&self.c.pool, &sub, None);
+        }
+        if let Some(mut a) = self.attached.take() {
+            self.set_cancel_target(None).await;
+            let s = self.ctx.settings();
+            let mut clean = a.is_clean();
+            let reset = &s.server_reset_query;
+            if clean
+                && !reset.is_empty()
+                && (self.mode == PoolMode::Session || s.server_reset_query_always)
+            {
+                let r = tokio::time::timeout(Duration::from_secs(10), a.server.run_internal(reset))
+                    .await;
+                clean = matches!(r, Ok(Ok(())));
+                a.server.forget_session_state();
+            }
+            if clean {
+                a.pool.release(a.server, true);
+            } else {
+                a.pool.discard(a.server);
+            }
+        }
+        if self.c.conn.pending_output() > 0 {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.c.conn.flush()).await;
+        }
+    }
+}
+
+/// Back to its pool, closed there if not clean. `now`: when it went idle, if known.
+pub(super) fn give_back(a: Attached, now: Option<Instant>) {
+    let clean = a.is_clean();
+    a.pool
+        .release_at(a.server, clean, now.unwrap_or_else(Instant::now));
+}

@@ -1,0 +1,357 @@
+//! Client → server: every complete frame the client sent, in order; what pgtenant answers
+//! itself when no server is attached.
+use super::relay::emit_synthetic;
+use super::*;
+
+impl Session {
+    /// Handle every complete frame the client has sent.
+    pub(super) async fn on_client_input(&mut self) -> Result<Flow, FrontendError> {
+        self.idle_tx_timer = None;
+        self.c.state.console.requested();
+        loop {
+            let next = match self.deferred.pop_front() {
+                Some(f) => Ok(Some(f)),
+                None => self.c.conn.try_frame(),
+            };
+            let f = match next {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    if self.listen_ack.is_some() {
+                        self.await_listen().await;
+                    }
+                    // Answers pgtenant makes itself that nothing precedes go out now (a
+                    // Parse the server already has, followed by a Flush, waits for nothing).
+                    if let Some(a) = self.attached.as_mut() {
+                        emit_synthetic(a, &mut self.c.conn);
+                    }
+                    return Ok(Flow::Continue);
+                }
+                Err(e) => {
+                    tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                    self.c
+                        .conn
+                        .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
+                    return Ok(Flow::Quit);
+                }
+            };
+            if self.skip_until_sync {
+                if f.tag() != b'S' {
+                    continue;
+                }
+                self.skip_until_sync = false;
+                if self.attached.is_none() {
+                    self.c.conn.queue(&build::ready_for_query(self.client_tx));
+                    continue;
+                }
+                // Earlier messages of the batch are on the server: its ReadyForQuery
+                // answers this Sync, in order.
+            }
+            if self.listen_ack.is_some() {
+                self.await_listen().await;
+            }
+            if f.tag() == b'X' {
+                return Ok(Flow::Quit);
+            }
+            if self.must_wait_for_sync_point() {
+                // The transaction may end at a Sync/Query already sent: what follows must
+                // be routed afresh once ReadyForQuery tells (see `deferred`).
+                self.deferred.push_front(f);
+                return Ok(Flow::Continue);
+            }
+            if self.attached.is_none() {
+                // With no server attached, nothing is in flight: a Flush has nothing to
+                // flush, and CopyData/CopyDone/CopyFail are leftovers of a COPY the server
+                // already failed and answered (PostgreSQL drops them too).
+                let holding_parse = self.held.iter().any(|h| matches!(h, Held::Parse(_)));
+                if matches!(f.tag(), b'd' | b'c' | b'f') || (f.tag() == b'H' && !holding_parse) {
+                    continue;
+                }
+                if self.answer_without_server(&f)? {
+                    continue;
+                }
+                if let Some(frames) = self.fake_extended(&f)? {
+                    for fr in &frames {
+                        self.c.conn.queue(fr);
+                    }
+                    continue;
+                }
+                match self.route_first(f).await {
+                    Some(f) => {
+                        // Attached: forward what was held (BEGIN and friends hidden, Parses
+                        // as the client sent them), then this message.
+                        // Only a statement that runs opens the held transaction on the
+                        // server; a prepare-only batch (Parse/Describe/Sync, as
+                        // tokio-postgres and JDBC send before the Bind) is a side trip that
+                        // leaves it held.
+                        let runs = matches!(f.tag(), b'Q' | b'B' | b'F');
+                        let held: Vec<Held> = if runs {
+                            std::mem::take(&mut self.held)
+                        } else {
+                            let (parses, rest) = std::mem::take(&mut self.held)
+                                .into_iter()
+                                .partition(|h| matches!(h, Held::Parse(_)));
+                            self.held = rest;
+                            parses
+                        };
+                        for h in held {
+                            match h {
+                                Held::Answered(q) => {
+                                    if let Some(a) = self.attached.as_mut() {
+                                        a.server.conn.queue(&q);
+                                        a.pipe.push(Expect::Hidden {
+                                            req: Req::Query { prepare: None },
+                                            show_errors: true,
+                                        });
+                                    }
+                                }
+                                Held::Parse(p) => {
+                                    if let Err(e) = self.forward_real(p) {
+                                        self.c.conn.queue(&build::fatal(
+                                            sqlstate::PROTOCOL_VIOLATION,
+                                            &e.to_string(),
+                                        ));
+                                        return Ok(Flow::Quit);
+                                    }
+                                }
+                            }
+                        }
+                        if self.attached.is_none() {
+                            continue;
+                        }
+                        if let Err(e) = self.forward_real(f) {
+                            tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                            self.c
+                                .conn
+                                .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
+                            return Ok(Flow::Quit);
+                        }
+                        continue;
+                    }
+                    None => {
+                        if self.skip_until_sync {
+                            // The batch was refused: its held Parses go with it.
+                            self.held.retain(|h| !matches!(h, Held::Parse(_)));
+                        }
+                        continue;
+                    }
+                }
+            }
+            tracing::trace!(tag = %(f.tag() as char), attached = self.attached.is_some(), "client message");
+            if let Err(e) = self.forward(f) {
+                tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                self.c
+                    .conn
+                    .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
+                return Ok(Flow::Quit);
+            }
+        }
+    }
+
+    /// Routing is on and the attached server still owes a ReadyForQuery for a Sync, Query
+    /// or FunctionCall: the client's next message may belong to another transaction.
+    pub(super) fn must_wait_for_sync_point(&self) -> bool {
+        let Some(a) = self.attached.as_ref() else {
+            return false;
+        };
+        // The pipeline first: it is short, and usually holds no such request.
+        self.mode != PoolMode::Session
+            && a.pipe.q.iter().any(|e| {
+                matches!(
+                    e,
+                    Expect::Forward(Req::Sync | Req::Query { .. } | Req::FunctionCall)
+                )
+            })
+            && self.ctx.shard_map.current.load().is_some()
+    }
+
+    /// A LISTEN is answered only once the listening connection listens: a NOTIFY the
+    /// client (or anyone it tells) sends next must reach it.
+    pub(super) async fn await_listen(&mut self) {
+        if let Some(ack) = self.listen_ack.take() {
+            if tokio::time::timeout(Duration::from_secs(10), ack)
+                .await
+                .is_err()
+            {
+                tracing::warn!(user = %self.c.user, "LISTEN not confirmed by the listening connection within 10 s");
+            }
+        }
+    }
+
+    /// Messages pgtenant answers itself when no server is attached: closing a client's
+    /// statement, DEALLOCATE, DISCARD ALL, and a Sync right after them.
+    pub(super) fn answer_without_server(&mut self, f: &Frame) -> Result<bool, FrontendError> {
+        if self.mode == PoolMode::Session {
+            return Ok(false);
+        }
+        match f.tag() {
+            b'C' if self.track_prepared => {
+                let t = Target::decode(f.body())?;
+                if t.kind == b'S' && !t.name.is_empty() {
+                    self.view.t_mut().statements.remove(t.name);
+                    self.c.conn.queue(&Frame::new(b'3', &[]));
+                    return Ok(true);
+                }
+            }
+            // The unnamed statement (an empty name: the body starts with its NUL) goes to
+            // the server; no need to decode it here.
+            b'P' if self.track_prepared && f.body().first() != Some(&0) => {
+                // A named statement is only recorded (as PgBouncer does): it is prepared
+                // on a server when a Bind or Describe needs it there. Taking a server just
+                // to answer Parse+Sync (PQprepare) would also deadlock clients that prepare
+                // synchronously while another of their connections holds the last server
+                // connection in a transaction (pgbench -M prepared -j < -c).
+                let p = Parse::decode(f.body())?;
+                if p.name.is_empty() {
+                    return Ok(false);
+                }
+                if self.view.t().statements.contains_key(p.name)
+                    || self.view.t().sql_prepared.contains_key(p.name)
+                {
+                    let msg = format!("prepared statement \"{}\" already exists", p.name);
+                    self.c.conn.queue(&build::error("42P05", &msg));
+                    self.skip_until_sync = true;
+                    return Ok(true);
+                }
+                let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
+                let def = self.ctx.statements.intern(&p, key);
+                self.view.t_mut().statements.insert(p.name.to_owned(), def);
+                self.c.conn.queue(&Frame::new(b'1', &[]));
+                return Ok(true);
+            }
+            b'S' if !self.held.iter().any(|h| matches!(h, Held::Parse(_))) => {
+                // Nothing is in flight and no server holds state for this client.
+                self.c.conn.queue(&build::ready_for_query(self.client_tx));
+                return Ok(true);
+            }
+            b'Q' if self.client_tx == b'I' => {
+                let sql = decode::query_text(f.body())?;
+                if let Some(tag) = self.client_view_command(sql) {
+                    self.c.conn.queue(&build::command_complete(tag));
+                    self.c.conn.queue(&build::ready_for_query(b'I'));
+                    return Ok(true);
+                }
+            }
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// DEALLOCATE / DISCARD ALL sent through the extended protocol with the unnamed
+    /// statement act on the client's view too: pgtenant answers Parse, Bind, Describe and
+    /// Execute of it itself (the Sync still goes to the server, if one is attached).
+    /// Returns the answers for `f`, or None when `f` is not part of such a command.
+    pub(super) fn fake_extended(&mut self, f: &Frame) -> Result<Option<Vec<Frame>>, FrontendError> {
+        if self.mode == PoolMode::Session {
+            return Ok(None);
+        }
+        match f.tag() {
+            b'P' => {
+                let p = Parse::decode(f.body())?;
+                if !p.name.is_empty() {
+                    return Ok(None);
+                }
+                self.fake_statement = None;
+                let is_view_command = matches!(
+                    classify_single(p.query),
+                    Some(
+                        Command::Deallocate { .. }
+                            | Command::DiscardAll
+                            | Command::Listen { .. }
+                            | Command::Unlisten { .. }
+                    )
+                );
+                if is_view_command {
+                    if let Some(tag) = self.client_view_command(p.query) {
+                        self.fake_statement = Some(tag);
+                        return Ok(Some(vec![Frame::new(b'1', &[])]));
+                    }
+                }
+                Ok(None)
+            }
+            b'B' => {
+                let b = Bind::decode(f.body())?;
+                if !b.portal.is_empty() {
+                    return Ok(None);
+                }
+                self.fake_portal = None;
+                match self.fake_statement.filter(|_| b.statement.is_empty()) {
+                    Some(tag) => {
+                        self.fake_portal = Some(tag);
+                        Ok(Some(vec![Frame::new(b'2', &[])]))
+                    }
+                    None => Ok(None),
+                }
+            }
+            b'D' => {
+                let t = Target::decode(f.body())?;
+                let real = !t.name.is_empty()
+                    || match t.kind {
+                        b'S' => self.fake_statement.is_none(),
+                        _ => self.fake_portal.is_none(),
+                    };
+                if real {
+                    return Ok(None);
+                }
+                let mut v = Vec::new();
+                if t.kind == b'S' {
+                    v.push(Frame::new(b't', &0i16.to_be_bytes()));
+                }
+                v.push(Frame::new(b'n', &[]));
+                Ok(Some(v))
+            }
+            b'E' => {
+                let mut r = crate::protocol::Reader::new(f.body(), "Execute");
+                let portal = r.cstr()?;
+                match self.fake_portal.filter(|_| portal.is_empty()) {
+                    Some(tag) => Ok(Some(vec![build::command_complete(tag)])),
+                    None => Ok(None),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// DEALLOCATE / DISCARD ALL act on the client's view only. Returns the command tag to
+    /// answer with, or None when `sql` is not such a command.
+    pub(super) fn client_view_command(&mut self, sql: &str) -> Option<&'static str> {
+        self.view_command(classify_single(sql)?)
+    }
+
+    /// [`Session::client_view_command`] for a statement already classified.
+    pub(super) fn view_command(&mut self, cmd: Command) -> Option<&'static str> {
+        match cmd {
+            Command::Listen { channel } if self.mode != PoolMode::Session => {
+                let hub = &self.ctx.listens;
+                let sub = self.listener.get_or_insert_with(|| hub.subscriber());
+                self.listen_ack = Some(hub.listen(&self.c.pool, sub, channel));
+                return Some("LISTEN");
+            }
+            Command::Unlisten { channel } if self.mode != PoolMode::Session => {
+                if let Some(sub) = self.listener.as_ref() {
+                    self.ctx.listens.unlisten(&self.c.pool, sub, channel);
+                }
+                return Some("UNLISTEN");
+            }
+            _ if !self.track_prepared => return None,
+            _ => {}
+        }
+        match cmd {
+            Command::Deallocate { name: Some(n) } => {
+                let had = self.view.t_mut().sql_prepared.remove(&n).is_some()
+                    | self.view.t_mut().statements.remove(&n).is_some();
+                // Not the client's: the server answers (26000), as PostgreSQL would.
+                had.then_some("DEALLOCATE")
+            }
+            Command::Deallocate { name: None } => {
+                self.view.clear(false);
+                Some("DEALLOCATE ALL")
+            }
+            Command::DiscardAll if self.client_tx == b'I' => {
+                self.view.clear(true);
+                self.view.desired = self.c.startup.clone();
+                Some("DISCARD ALL")
+            }
+            _ => None,
+        }
+    }
+}

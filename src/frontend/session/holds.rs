@@ -1,0 +1,279 @@
+//! Routing holds: the first message of a transaction decides the node; BEGIN and friends
+//! and Parses are held (answered out of sight) until a statement tells.
+use super::*;
+
+impl Session {
+    /// The first message with no server attached: decide the node (tenant routing in
+    /// transaction/statement mode once a shard map is loaded; the coordinator otherwise)
+    /// and attach. Returns the message back when a server is attached and it must be
+    /// forwarded; None when it was held, answered, or refused.
+    pub(super) async fn route_first(&mut self, f: Frame) -> Option<Frame> {
+        let pause = &self.ctx.admin.pause;
+        if pause.is_paused(&self.c.pool.key.database) {
+            // PAUSE: the new transaction waits for RESUME (or for its end: KILL, SHUTDOWN).
+            Box::pin(async {
+                tokio::select! {
+                    _ = pause.wait(&self.c.pool.key.database) => {}
+                    _ = self.c.kill.cancelled() => {}
+                    _ = self.ctx.shutdown.cancelled() => {}
+                }
+            })
+            .await;
+        }
+        let map = match self.mode {
+            PoolMode::Session => None,
+            _ => self.ctx.shard_map.get(),
+        };
+        let Some(map) = map else {
+            self.ctx.routes.count(RouteReason::NoRouting, false);
+            self.route = (RouteReason::NoRouting, false);
+            let pool = self.c.pool.clone();
+            return self.attach(&f, pool).await.then_some(f);
+        };
+        let planner = self.ctx.router.planner();
+        let health = &self.ctx.node_health;
+        let local_refs =
+            self.ctx.settings.load().reference_reads == crate::config::ReferenceReads::LocalWorker;
+        // `SET pgtenant.tenant = '42'`: a session-wide hint for statements without a key,
+        // given to the planner as the sqlcommenter comment it already understands.
+        let session_hint = self
+            .view
+            .desired
+            .get(SESSION_TENANT_SETTING)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                format!(
+                    " /* tenant_id='{}' */",
+                    v.replace('\\', "\\\\")
+                        .replace('\'', "\\'")
+                        .replace("*/", "")
+                )
+            });
+        let mut tenant = None;
+        let decision = match f.tag() {
+            b'Q' => match decode::query_text(f.body()) {
+                Ok(sql) => match keep_tenant(
+                    &mut tenant,
+                    decide_simple_keyed(
+                        planner,
+                        &map,
+                        health,
+                        &hinted(sql, session_hint.as_deref()),
+                        local_refs,
+                    ),
+                ) {
+                    Decision::Hold(t) => {
+                        let tag = tx_tag(t, sql);
+                        if self.hold_transaction_control(t, tag, &f) {
+                            return None;
+                        }
+                        Decision::Coordinator(RouteReason::TransactionControl)
+                    }
+                    d => d,
+                },
+                Err(_) => Decision::Coordinator(RouteReason::NoKey),
+            },
+            b'P' => {
+                // The node depends on the Bind's values: hold the Parse until then.
+                self.held.push(Held::Parse(f));
+                return None;
+            }
+            b'B' => match Bind::decode(f.body()) {
+                Ok(b) => match self.statement_text(b.statement) {
+                    Some(sql) => match keep_tenant(
+                        &mut tenant,
+                        decide_bind_keyed(
+                            planner,
+                            &map,
+                            health,
+                            &hinted(&sql, session_hint.as_deref()),
+                            &b,
+                            local_refs,
+                        ),
+                    ) {
+                        Decision::Hold(t) => {
+                            let tag = tx_tag(t, &sql);
+                            let unnamed = b.statement.is_empty();
+                            if b.portal.is_empty()
+                                && self.hold_extended_transaction_control(t, tag, &sql, unnamed)
+                            {
+                                return None;
+                            }
+                            Decision::Coordinator(RouteReason::TransactionControl)
+                        }
+                        d => d,
+                    },
+                    None => Decision::Coordinator(RouteReason::NoKey),
+                },
+                Err(_) => Decision::Coordinator(RouteReason::NoKey),
+            },
+            _ => Decision::Coordinator(RouteReason::NoKey),
+        };
+        let (pool, reason) = match decision {
+            Decision::Node(node) if node != self.c.pool.key.node => {
+                let key = crate::pool::PoolKey {
+                    node,
+                    database: self.c.pool.key.database.clone(),
+                    user: self.c.pool.key.user.clone(),
+                };
+                (self.ctx.pools.get(&key), RouteReason::TenantKey)
+            }
+            Decision::Node(_) => (self.c.pool.clone(), RouteReason::TenantKey),
+            Decision::Coordinator(r) => (self.c.pool.clone(), r),
+            Decision::Anywhere => (self.c.pool.clone(), RouteReason::Anywhere),
+            Decision::Hold(_) => (self.c.pool.clone(), RouteReason::TransactionControl),
+        };
+        let to_worker = !Arc::ptr_eq(&pool, &self.c.pool);
+        if to_worker && !self.attach_quiet(pool.clone()).await {
+            // The worker is unreachable: mark it down and let the coordinator serve.
+            self.ctx
+                .node_health
+                .mark_down(&pool.key.node, self.ctx.settings.load().worker_retry_delay);
+            self.ctx.routes.count(RouteReason::WorkerDown, false);
+            self.route = (RouteReason::WorkerDown, false);
+            let coord = self.c.pool.clone();
+            return self.attach(&f, coord).await.then_some(f);
+        }
+        self.ctx.routes.count(reason, to_worker);
+        self.route = (reason, to_worker);
+        self.tenant = None;
+        if let (RouteReason::TenantKey, Some((colocation, value))) = (reason, tenant) {
+            let k = self
+                .ctx
+                .tenants
+                .key(colocation, &value, pool.key.node.name.clone());
+            self.tenant = Some(k);
+        }
+        if to_worker {
+            self.ctx.node_health.mark_up(&pool.key.node);
+            return Some(f);
+        }
+        self.attach(&f, pool).await.then_some(f)
+    }
+
+    /// BEGIN (and, inside a held BEGIN, SET LOCAL / SAVEPOINT / RELEASE / ROLLBACK TO,
+    /// COMMIT / ROLLBACK) before any statement decided the node: answered by pgtenant.
+    /// Returns false when it must go to a server instead.
+    pub(super) fn hold_transaction_control(
+        &mut self,
+        t: TxControl,
+        tag: &'static str,
+        f: &Frame,
+    ) -> bool {
+        if self.mode != PoolMode::Transaction {
+            return false;
+        }
+        let in_held_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
+        match t {
+            TxControl::Begin if !in_held_tx && self.client_tx == b'I' && self.held.is_empty() => {
+                self.held.push(Held::Answered(f.clone()));
+                self.client_tx = b'T';
+            }
+            TxControl::SetLocal
+            | TxControl::Savepoint
+            | TxControl::Release
+            | TxControl::RollbackTo
+                if in_held_tx =>
+            {
+                self.held.push(Held::Answered(f.clone()));
+            }
+            TxControl::Commit | TxControl::Rollback if in_held_tx => {
+                // Nothing ran: there is nothing to commit or roll back anywhere.
+                self.held.retain(|h| !matches!(h, Held::Answered(_)));
+                self.client_tx = b'I';
+            }
+            _ => return false,
+        }
+        self.c.conn.queue(&build::command_complete(tag));
+        self.c.conn.queue(&build::ready_for_query(self.client_tx));
+        true
+    }
+
+    /// BEGIN & co. sent with the extended protocol (JDBC, tokio-postgres `execute`):
+    /// answered by pgtenant like the simple-protocol ones: ParseComplete for the held
+    /// unnamed Parse, BindComplete now, CommandComplete at Execute (through the fake
+    /// portal), ReadyForQuery at Sync.
+    pub(super) fn hold_extended_transaction_control(
+        &mut self,
+        t: TxControl,
+        tag: &'static str,
+        sql: &str,
+        unnamed: bool,
+    ) -> bool {
+        if self.mode != PoolMode::Transaction {
+            return false;
+        }
+        let in_held_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
+        let held_parses = self
+            .held
+            .iter()
+            .filter(|h| matches!(h, Held::Parse(_)))
+            .count();
+        // Only the simple shape: at most the unnamed Parse of this very statement held.
+        if held_parses > usize::from(unnamed) {
+            return false;
+        }
+        match t {
+            TxControl::Begin if !in_held_tx && self.client_tx == b'I' => {
+                self.client_tx = b'T';
+                self.held.retain(|h| !matches!(h, Held::Parse(_)));
+                self.held.push(Held::Answered(build::query(sql)));
+            }
+            TxControl::SetLocal
+            | TxControl::Savepoint
+            | TxControl::Release
+            | TxControl::RollbackTo
+                if in_held_tx =>
+            {
+                self.held.retain(|h| !matches!(h, Held::Parse(_)));
+                self.held.push(Held::Answered(build::query(sql)));
+            }
+            TxControl::Commit | TxControl::Rollback if in_held_tx => {
+                self.held.clear();
+                self.client_tx = b'I';
+            }
+            _ => return false,
+        }
+        if held_parses > 0 {
+            self.c.conn.queue(&Frame::new(b'1', &[]));
+        }
+        self.c.conn.queue(&Frame::new(b'2', &[]));
+        self.fake_statement = None;
+        self.fake_portal = Some(tag);
+        true
+    }
+
+    /// The text of the statement a Bind names: a held Parse, or the client's view.
+    pub(super) fn statement_text(&self, name: &str) -> Option<Arc<str>> {
+        for h in self.held.iter().rev() {
+            if let Held::Parse(p) = h {
+                if let Ok(parse) = Parse::decode(p.body()) {
+                    if parse.name == name {
+                        return Some(parse.query.into());
+                    }
+                }
+            }
+        }
+        if name.is_empty() {
+            return None;
+        }
+        self.view.t().statements.get(name).map(|d| d.query.clone())
+    }
+}
+
+/// `sql` with the session's tenant hint appended, if there is one.
+pub(super) fn hinted<'a>(sql: &'a str, hint: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match hint {
+        Some(h) => std::borrow::Cow::Owned(format!("{sql}{h}")),
+        None => std::borrow::Cow::Borrowed(sql),
+    }
+}
+
+/// Keep the tenant of a routing decision aside; return the decision.
+pub(super) fn keep_tenant(
+    slot: &mut crate::frontend::routing::TenantOf,
+    (d, t): (Decision, crate::frontend::routing::TenantOf),
+) -> Decision {
+    *slot = t;
+    d
+}

@@ -1,0 +1,458 @@
+//! The session loop: one task drives the client socket and, while it holds one, a server
+//! socket, with a single poll function (read what is there, write once per batch, no
+//! hand-off between tasks).
+//!
+//! In transaction and statement mode a server connection is taken from the pool when the
+//! client sends the first message of a transaction and goes back when ReadyForQuery says
+//! idle and nothing the client sent is still unanswered (see [`super::pipeline`]). In
+//! session mode it stays until the client leaves.
+//!
+//! In transaction and statement mode the client's session travels with it: its named
+//! prepared statements are prepared on whatever server serves it (once per server, LRU
+//! bounded), and its settings (startup parameters and SETs) are replayed where the
+//! server's differ. pgtenant's own messages are answered out of the client's sight.
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::listen::Subscriber;
+use super::login::{pool_error_frame, Client};
+use super::params::{self, ParamMap};
+use super::pipeline::{Expect, Pipeline, Req};
+use super::prepared::{calls_set_config, changes_session, changes_session_of, StatementDef};
+use super::routing::{decide_bind_keyed, decide_simple_keyed, tx_tag, Decision, RouteReason};
+use super::FrontendError;
+use crate::backend::{server_statement_name, ServerConn};
+use crate::config::PoolMode;
+use crate::context::Context;
+use crate::net::Frame;
+use crate::pool::{Pool, PoolError};
+use crate::protocol::extended::{Bind, Parse, Target};
+use crate::protocol::{build, decode, sqlstate, ErrorFields};
+use crate::router::command::{
+    classify, classify_single, custom_setting_names, is_plain_dml, Command,
+};
+use crate::router::TxControl;
+
+mod attach;
+mod client;
+mod forward;
+mod holds;
+mod relay;
+
+/// Stop reading from one side while this much is queued for the other (backpressure).
+const HIGH_WATER: usize = 256 * 1024;
+
+/// The read-back query: pg_settings' session entries plus the custom settings by name
+/// (empty = unset, left out so a replay RESETs it).
+fn session_settings_sql(custom: &std::collections::BTreeSet<String>) -> String {
+    if custom.is_empty() {
+        return SESSION_SETTINGS_SQL.to_owned();
+    }
+    let names: Vec<String> = custom
+        .iter()
+        .map(|n| format!("({})", params::literal(n)))
+        .collect();
+    format!(
+        "{SESSION_SETTINGS_SQL} UNION ALL SELECT n, current_setting(n, true) FROM (VALUES {}) v(n) \
+         WHERE coalesce(current_setting(n, true), '') <> ''",
+        names.join(", ")
+    )
+}
+
+/// The session setting that names a tenant for statements carrying no key.
+const SESSION_TENANT_SETTING: &str = "pgtenant.tenant";
+
+/// Reads back the settings a client changed (what PostgreSQL itself holds).
+const SESSION_SETTINGS_SQL: &str =
+    "SELECT lower(name), setting FROM pg_catalog.pg_settings WHERE source = 'session'";
+
+/// A server connection lent to this client.
+struct Attached {
+    server: Box<ServerConn>,
+    pool: Arc<Pool>,
+    /// What the server still owes, in order.
+    pipe: Pipeline,
+    /// The client ran something that may change session settings in this transaction.
+    session_changed: bool,
+    /// For the pool's query/transaction time counters (SHOW STATS).
+    query_started: Option<Instant>,
+    /// When the pool lent the connection, until the first message is forwarded.
+    lent: Option<Instant>,
+    xact_started: Instant,
+    /// Counts this session in `pgtenant_clients{state="active"}` while attached.
+    _active: crate::metrics::counters::Active,
+}
+
+impl Attached {
+    /// Idle and owing nothing: safe to give to another client.
+    fn is_clean(&self) -> bool {
+        self.pipe.is_settled()
+            && self.server.tx_status == b'I'
+            && self.server.conn.pending_output() == 0
+            && self.server.conn.buffered_input() == 0
+    }
+}
+
+enum Event {
+    ClientRead(io::Result<usize>),
+    ServerRead(io::Result<usize>),
+    ClientWrite(io::Error),
+    ServerWrite(io::Error),
+    IdleTxTimeout,
+    Shutdown,
+    /// A NotificationResponse from the LISTEN hub.
+    Notification(Frame),
+}
+
+impl Event {
+    fn name(&self) -> &'static str {
+        match self {
+            Event::ClientRead(_) => "client-read",
+            Event::ServerRead(_) => "server-read",
+            Event::ClientWrite(_) => "client-write-error",
+            Event::ServerWrite(_) => "server-write-error",
+            Event::IdleTxTimeout => "idle-tx-timeout",
+            Event::Shutdown => "shutdown",
+            Event::Notification(_) => "notification",
+        }
+    }
+}
+
+/// A message held while no node is chosen yet.
+enum Held {
+    /// Transaction control pgtenant already answered; replayed out of sight.
+    Answered(Frame),
+    /// A Parse waiting for the Bind that tells its tenant.
+    Parse(Frame),
+}
+
+/// What to do after handling input.
+enum Flow {
+    Continue,
+    Quit,
+    /// The transaction is over: give the server back (`on_server_input` stays
+    /// synchronous; the caller releases). With the clock read at its ReadyForQuery.
+    Release(Option<Instant>),
+}
+
+/// A client's statement names. SipHash with fixed keys: the hasher takes no room in every
+/// session (a random one would take 16 bytes twice per client), and a client choosing
+/// colliding names only slows itself down.
+type NameMap<V> =
+    HashMap<String, V, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+
+/// The client's own view of its session (transaction and statement mode). Most clients
+/// never prepare by name nor change a setting: the tables are allocated on first use, and
+/// an idle client keeps one pointer for them.
+#[derive(Default)]
+struct View {
+    tables: Option<Box<ViewTables>>,
+    /// Startup settings overlaid with `session`: what every server it uses must have.
+    desired: Arc<ParamMap>,
+}
+
+#[derive(Default)]
+struct ViewTables {
+    /// Its named protocol-level statements.
+    statements: NameMap<Arc<StatementDef>>,
+    /// Its SQL-level `PREPARE`d statements: name → the PREPARE text.
+    sql_prepared: NameMap<Arc<str>>,
+    /// Settings it changed since startup, as the server reported them.
+    session: ParamMap,
+    /// Custom (dotted) settings it set: pg_settings does not list them, so they are read
+    /// back by name (bounded: a client naming hundreds of them gets the first 64).
+    custom: std::collections::BTreeSet<String>,
+}
+
+/// What a view without tables reads.
+static NO_TABLES: std::sync::LazyLock<ViewTables> = std::sync::LazyLock::new(ViewTables::default);
+
+impl View {
+    fn t(&self) -> &ViewTables {
+        self.tables.as_deref().unwrap_or(&NO_TABLES)
+    }
+
+    fn t_mut(&mut self) -> &mut ViewTables {
+        self.tables.get_or_insert_with(Default::default)
+    }
+
+    /// Forget the client's statements and settings (DISCARD ALL) or statements alone.
+    fn clear(&mut self, settings_too: bool) {
+        if let Some(t) = self.tables.as_mut() {
+            t.statements.clear();
+            t.sql_prepared.clear();
+            if settings_too {
+                t.session.clear();
+            }
+        }
+    }
+}
+
+struct Session {
+    ctx: Arc<Context>,
+    c: Client,
+    mode: PoolMode,
+    attached: Option<Box<Attached>>,
+    view: View,
+    /// Prepared-statement tracking on (transaction/statement mode, max_prepared_statements > 0).
+    track_prepared: bool,
+    max_prepared: usize,
+    /// The unnamed statement / portal hold a command pgtenant answers itself (DEALLOCATE,
+    /// DISCARD ALL sent through the extended protocol, as psycopg does): its tag.
+    fake_statement: Option<&'static str>,
+    /// Notifications for channels this client LISTENs to (transaction/statement mode).
+    listener: Option<Subscriber>,
+    /// Messages held until a statement decides the transaction's node: transaction
+    /// control pgtenant already answered, and Parses waiting for their Bind.
+    held: Vec<Held>,
+    /// Client messages that arrived behind a Sync/Query whose ReadyForQuery is still
+    /// outstanding while routing is on: the transaction may end there, and then they
+    /// start a new one that must be routed on its own (never sent blindly to the node of
+    /// the previous transaction).
+    deferred: std::collections::VecDeque<Frame>,
+    /// Why the current transaction went where it went (and whether to a worker): its
+    /// statements are counted under it.
+    route: (RouteReason, bool),
+    /// A LISTEN waiting to be in effect before the client hears "LISTEN".
+    listen_ack: Option<tokio::sync::oneshot::Receiver<()>>,
+    fake_portal: Option<&'static str>,
+    /// After a refused extended-protocol message, drop messages until Sync.
+    skip_until_sync: bool,
+    /// Armed while the client sits idle inside a transaction.
+    idle_tx_timer: Option<Pin<Box<Sleep>>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker `shutdown` was last polled with and `session_signals()` before that
+    /// poll: while both are unchanged, `shutdown` is not polled again (see
+    /// `poll_shutdown`).
+    shutdown_looked: Option<(std::task::Waker, u64)>,
+    draining: bool,
+    /// Transaction status the client last saw.
+    client_tx: u8,
+    /// The tenant whose key routed the current transaction (SHOW TENANTS).
+    tenant: Option<crate::metrics::tenants::TenantKey>,
+}
+
+/// The session's future. Built in two steps so that it holds the session's state once
+/// (an `async fn` would keep its `client` argument beside the `Session` made from it).
+/// `end` runs when the session is over, inside the same future (awaiting this future from
+/// another one would store it twice).
+pub fn run<E>(client: Client, ctx: Arc<Context>, end: E) -> impl Future<Output = ()> + Send
+where
+    E: FnOnce(Result<(), FrontendError>, &Context) + Send,
+{
+    let settings = ctx.settings();
+    let mode = settings.pool_mode_for(&client.user);
+    let max_prepared = settings.max_prepared_statements as usize;
+    let desired = client.startup.clone();
+    // Polled for KILL and SHUTDOWN (the kill token is a child of the shutdown token).
+    let kill = client.kill.clone();
+    let mut s = Session {
+        ctx,
+        mode,
+        attached: None,
+        view: View {
+            desired,
+            ..View::default()
+        },
+        track_prepared: mode != PoolMode::Session && max_prepared > 0,
+        max_prepared,
+        fake_statement: None,
+        listener: None,
+        listen_ack: None,
+        held: Vec::new(),
+        route: (RouteReason::NoRouting, false),
+        deferred: std::collections::VecDeque::new(),
+        fake_portal: None,
+        skip_until_sync: false,
+        idle_tx_timer: None,
+        shutdown: Box::pin(kill.cancelled_owned()),
+        shutdown_looked: None,
+        draining: false,
+        client_tx: b'I',
+        tenant: None,
+        c: client,
+    };
+    drop(settings);
+    async move {
+        let r = s.run().await;
+        Box::pin(s.finish()).await;
+        end(r, &s.ctx);
+    }
+}
+
+impl Session {
+    async fn run(&mut self) -> Result<(), FrontendError> {
+        loop {
+            let ev = poll_fn(|cx| self.poll_event(cx)).await;
+            tracing::trace!(event = ev.name(), "session event");
+            let flow = match ev {
+                Event::ClientRead(Ok(0)) => Flow::Quit,
+                // Handlers are boxed per event: an idle client's task then holds only the
+                // session's state, not the state of every await the handlers might reach
+                // (memory per idle client; one short-lived allocation per event).
+                Event::ClientRead(Ok(_)) => Box::pin(self.on_client_input()).await?,
+                Event::ClientRead(Err(e)) | Event::ClientWrite(e) => return Err(e.into()),
+                Event::ServerRead(Ok(0)) => {
+                    self.server_lost("server closed the connection unexpectedly")
+                }
+                Event::ServerRead(Err(e)) | Event::ServerWrite(e) => {
+                    self.server_lost(&format!("server connection failed: {e}"))
+                }
+                Event::ServerRead(Ok(_)) => {
+                    let mut flow = self.on_server_input();
+                    if let Flow::Release(now) = flow {
+                        if !self.try_release(now) {
+                            Box::pin(self.release(now)).await;
+                        }
+                        flow = Flow::Continue;
+                    }
+                    match flow {
+                        Flow::Continue
+                            if !self.deferred.is_empty() && !self.must_wait_for_sync_point() =>
+                        {
+                            Box::pin(self.on_client_input()).await?
+                        }
+                        flow => flow,
+                    }
+                }
+                Event::IdleTxTimeout => {
+                    self.c.conn.queue(&build::fatal(
+                        sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                        "idle transaction timeout",
+                    ));
+                    if self.attached.is_some() {
+                        self.set_cancel_target(None).await;
+                    }
+                    if let Some(a) = self.attached.take() {
+                        a.pool.discard(a.server);
+                    }
+                    Flow::Quit
+                }
+                Event::Shutdown => {
+                    // KILL or SHUTDOWN: finish the transaction (the token is not polled
+                    // again; SUSPEND still wakes the session through its waker).
+                    self.draining = true;
+                    Flow::Continue
+                }
+                Event::Notification(f) => {
+                    self.c.conn.queue(&f);
+                    Flow::Continue
+                }
+            };
+            // SHOW CLIENTS / SERVERS: the server lent now, the statements prepared.
+            let link = self.attached.as_ref().map_or(0, |a| a.server.id);
+            let prepared = self.view.t().statements.len();
+            self.c.state.console.publish(link, prepared);
+            if let Flow::Quit = flow {
+                return Ok(());
+            }
+            if self.draining && self.attached.as_ref().is_none_or(|a| a.is_clean()) {
+                self.c.conn.queue(&build::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "pgtenant is shutting down",
+                ));
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut TaskContext<'_>) -> Poll<Event> {
+        // Writes first: whatever was queued by the last batch goes out in one call.
+        if let Some(a) = self.attached.as_mut() {
+            if a.server.conn.pending_output() > 0 {
+                if let Poll::Ready(Err(e)) = a.server.conn.poll_write_out(cx) {
+                    return Poll::Ready(Event::ServerWrite(e));
+                }
+            }
+        }
+        if self.c.conn.pending_output() > 0 {
+            if let Poll::Ready(Err(e)) = self.c.conn.poll_write_out(cx) {
+                return Poll::Ready(Event::ClientWrite(e));
+            }
+        }
+        if self.attached.is_none() && self.c.conn.pending_output() == 0 {
+            // Idle between transactions: no buffer is kept for a client that sends nothing.
+            self.c.conn.release_buffers();
+        }
+        let server_out = self
+            .attached
+            .as_ref()
+            .map_or(0, |a| a.server.conn.pending_output());
+        // SUSPEND (admin::suspend): once what is queued went out above, read nothing.
+        let suspend = &self.ctx.admin.suspend;
+        if suspend.is_on() {
+            let pending = self.c.conn.pending_output() + server_out;
+            if suspend.park(cx, &self.c.state.console.suspend, pending) {
+                return self.poll_shutdown(cx);
+            }
+        }
+        if server_out < HIGH_WATER && self.deferred.is_empty() {
+            if let Poll::Ready(r) = self.c.conn.poll_fill(cx) {
+                return Poll::Ready(Event::ClientRead(r));
+            }
+        }
+        if self.c.conn.pending_output() < HIGH_WATER {
+            if let Some(a) = self.attached.as_mut() {
+                if let Poll::Ready(r) = a.server.conn.poll_fill(cx) {
+                    return Poll::Ready(Event::ServerRead(r));
+                }
+            }
+        }
+        if let Some(t) = self.idle_tx_timer.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::IdleTxTimeout);
+            }
+        }
+        // Notifications go out between answers, never inside one.
+        let between = self.attached.as_ref().is_none_or(|a| a.pipe.is_settled());
+        if between && self.c.conn.pending_output() < HIGH_WATER {
+            if let Some(l) = self.listener.as_mut() {
+                if let Poll::Ready(Some(f)) = l.rx.poll_recv(cx) {
+                    return Poll::Ready(Event::Notification(f));
+                }
+            }
+        }
+        self.poll_shutdown(cx)
+    }
+
+    /// KILL or SHUTDOWN (the kill token). Looked at only when nothing else is ready (the
+    /// task is about to sleep): its waker is registered then (with the token, and for
+    /// SUSPEND/RESUME), and a busy session does not pay the lock round trips per turn (a
+    /// flooding client still reaches it, since tokio's cooperative budget makes its reads
+    /// return Pending in time).
+    /// Polling the token costs two mutex round trips, so the look is skipped while the
+    /// session signal count has not moved since the last one and the waker is the same:
+    /// the registrations from that look still stand, and whoever cancels a token or wakes
+    /// sessions (SUSPEND, RESUME) moves the count first.
+    fn poll_shutdown(&mut self, cx: &mut TaskContext<'_>) -> Poll<Event> {
+        let signals = super::session_signals();
+        if let Some((w, seen)) = &self.shutdown_looked {
+            if *seen == signals && w.will_wake(cx.waker()) {
+                return Poll::Pending;
+            }
+        }
+        // Where SUSPEND and RESUME wake this session (admin::suspend).
+        self.c.state.console.suspend.set_waker(cx.waker());
+        if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Shutdown);
+        }
+        match &mut self.shutdown_looked {
+            Some((w, seen)) => {
+                if !w.will_wake(cx.waker()) {
+                    w.clone_from(cx.waker());
+                }
+                *seen = signals;
+            }
+            None => self.shutdown_looked = Some((cx.waker().clone(), signals)),
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,208 @@
+//! Server → client: relaying answers in order, hiding pgtenant's own, noticing the end of
+//! a transaction.
+use super::*;
+
+impl Session {
+    // ---------------------------------------------------------------------------------
+    // Server → client
+    // ---------------------------------------------------------------------------------
+
+    /// Relay every complete frame the server has sent; give the server back when done.
+    pub(super) fn on_server_input(&mut self) -> Flow {
+        loop {
+            let Some(a) = self.attached.as_mut() else {
+                return Flow::Continue;
+            };
+            emit_synthetic(a, &mut self.c.conn);
+            let f = match a.server.conn.try_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Flow::Continue,
+                Err(e) => return self.server_lost(&format!("server sent a bad message: {e}")),
+            };
+            a.pool.stats.bytes_sent.add(f.len() as u64);
+            let (hidden, show_errors) = match a.pipe.q.front() {
+                Some(Expect::Hidden { show_errors, .. }) => (true, *show_errors),
+                _ => (false, true),
+            };
+            let tag = f.tag();
+            tracing::trace!(server = a.server.id, tag = %(tag as char), head = ?a.pipe.q.front(), queued = a.pipe.q.len(), "server message");
+            match tag {
+                b'E' => {
+                    if a.pool.key.node != self.c.pool.key.node {
+                        // On a worker, a missing relation or an internal error can mean the
+                        // shard moved away: check the map now rather than at the next tick.
+                        let code = ErrorFields::parse(f.body())
+                            .map(|e| e.code)
+                            .unwrap_or_default();
+                        if matches!(code.as_str(), "42P01" | "XX000" | "55000") {
+                            self.ctx.shard_map.request_refresh();
+                        }
+                    }
+                    if !hidden {
+                        if let Some(k) = &self.tenant {
+                            self.ctx.tenants.error(k);
+                        }
+                    }
+                    if !hidden || show_errors {
+                        crate::metrics::counters::SERVER_ERRORS.count_body(f.body());
+                        self.c.conn.queue(&f);
+                    } else {
+                        let e = ErrorFields::parse(f.body()).unwrap_or_default();
+                        tracing::warn!(user = %self.c.user, code = %e.code, message = %e.message, "server refused a setting pgtenant replayed");
+                    }
+                    match a.pipe.q.front().and_then(Expect::req).cloned() {
+                        Some(r) if r.is_extended() => {
+                            a.pipe.q.pop_front();
+                            undo_prepared(a, Expect::Forward(r));
+                            for e in a.pipe.drop_until_sync() {
+                                undo_prepared(a, e);
+                            }
+                        }
+                        Some(Req::Query { .. }) => {
+                            // The query is answered by ReadyForQuery; remember it failed.
+                            if let Some(
+                                Expect::Forward(Req::Query { prepare })
+                                | Expect::Hidden {
+                                    req: Req::Query { prepare },
+                                    ..
+                                },
+                            ) = a.pipe.q.front_mut()
+                            {
+                                *prepare = None;
+                            }
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                b'Z' => {
+                    let Ok(st) = decode::ready_status(f.body()) else {
+                        return self.server_lost("server sent a malformed ReadyForQuery");
+                    };
+                    a.server.tx_status = st;
+                    // Inside a transaction pgtenant holds (BEGIN answered, no node yet), a
+                    // side trip's ReadyForQuery must still say "in transaction".
+                    let holding_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
+                    let client_st = if holding_tx && st == b'I' { b'T' } else { st };
+                    match a.pipe.q.pop_front() {
+                        Some(Expect::Forward(Req::Query {
+                            prepare: Some((name, text)),
+                        })) => {
+                            a.server.prepared.sql.insert(name.clone(), text.clone());
+                            self.view.t_mut().sql_prepared.insert(name, text);
+                        }
+                        Some(Expect::Forward(_) | Expect::Hidden { .. }) | None => {}
+                        Some(other) => {
+                            tracing::error!(?other, "ReadyForQuery out of order");
+                            return self.server_lost("pgtenant lost track of the server's answers");
+                        }
+                    }
+                    if hidden {
+                        continue;
+                    }
+                    // Read once: the latencies and the release below share it.
+                    let now = a.query_started.take().map(|t| (t, Instant::now()));
+                    if let Some((t, at)) = now {
+                        a.pool.stats.add_query(at.saturating_duration_since(t));
+                        if st == b'I' {
+                            let xact = at.saturating_duration_since(a.xact_started);
+                            a.pool.stats.add_xact(xact);
+                            if let Some(k) = self.tenant.take() {
+                                self.ctx.tenants.transaction(&k, xact);
+                            }
+                        }
+                    }
+                    self.client_tx = client_st;
+                    if self.mode == PoolMode::Statement && st != b'I' {
+                        // As PgBouncer: the error takes the place of the ReadyForQuery,
+                        // so the client sees it as the answer to its BEGIN.
+                        self.c.conn.queue(&build::fatal(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            "transaction blocks not allowed in statement pooling mode",
+                        ));
+                        return Flow::Quit;
+                    }
+                    if client_st == st {
+                        self.c.conn.queue(&f);
+                    } else {
+                        self.c.conn.queue(&build::ready_for_query(client_st));
+                    }
+                    let Some(a) = self.attached.as_mut() else {
+                        return Flow::Continue;
+                    };
+                    emit_synthetic(a, &mut self.c.conn);
+                    if a.pipe.is_settled() {
+                        if st != b'I' {
+                            self.arm_idle_tx_timer();
+                        } else if self.mode != PoolMode::Session {
+                            return Flow::Release(now.map(|(_, at)| at));
+                        }
+                    }
+                    continue;
+                }
+                b'S' => {
+                    a.server.note_parameter(f.body());
+                    if !hidden {
+                        // The client changed a reported setting, however it did it.
+                        a.session_changed = true;
+                        self.c.conn.queue(&f);
+                    }
+                    continue;
+                }
+                b'G' => a.pipe.copy_in_started(),
+                b'A' => {
+                    // Notifications are the client's even in the middle of our own work.
+                    self.c.conn.queue(&f);
+                    continue;
+                }
+                _ => {}
+            }
+            if !hidden {
+                self.c.conn.queue(&f);
+            }
+            // Terminal answers pop their request.
+            if let Some(r) = a.pipe.q.front().and_then(Expect::req) {
+                let describe_statement_part = tag == b't';
+                if !describe_statement_part && r.ends_with(tag) {
+                    a.pipe.q.pop_front();
+                }
+            }
+        }
+    }
+}
+
+/// An extended-protocol request the server skipped (or that failed): undo what it would
+/// have changed in the server's statement cache.
+pub(super) fn undo_prepared(a: &mut Attached, e: Expect) {
+    match e.req() {
+        Some(Req::Parse { stmt: Some(id) }) => a.server.prepared.remove(*id),
+        Some(Req::Close { evicted: Some(id) }) => {
+            // The Close never ran: the statement is still there.
+            let _ = a.server.prepared.insert(*id, usize::MAX);
+        }
+        _ => {}
+    }
+}
+
+/// Hand the client the answers pgtenant makes itself that are now at the head.
+pub(super) fn emit_synthetic(a: &mut Attached, client: &mut crate::net::Connection) {
+    a.pipe.skip_markers();
+    loop {
+        match a.pipe.q.front() {
+            Some(Expect::Synthetic(_)) => {
+                if let Some(Expect::Synthetic(frames)) = a.pipe.q.pop_front() {
+                    for f in &frames {
+                        client.queue(f);
+                    }
+                }
+            }
+            Some(Expect::SyntheticCommand(tag)) => {
+                client.queue(&build::command_complete(tag));
+                client.queue(&build::ready_for_query(a.server.tx_status));
+                a.pipe.q.pop_front();
+            }
+            _ => return,
+        }
+        a.pipe.skip_markers();
+    }
+}
