@@ -19,6 +19,8 @@ pub struct Context {
     pub cancels: Arc<CancelRegistry>,
     /// Named prepared statements, one entry per distinct statement in the process.
     pub statements: StatementRegistry,
+    /// Custom setting names the databases' own functions and policies use.
+    pub setting_names: crate::frontend::SettingNames,
     /// LISTEN on behalf of transaction-mode clients.
     pub listens: ListenHub,
     /// TLS towards clients; None when no certificate is configured.

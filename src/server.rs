@@ -129,6 +129,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         pools: Pools::new(shared_settings, stls),
         cancels: Arc::new(CancelRegistry::default()),
         statements: StatementRegistry::default(),
+        setting_names: Default::default(),
         listens: ListenHub::default(),
         client_tls: ArcSwap::from_pointee(ctls),
         router: Router::new(),

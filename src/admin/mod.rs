@@ -278,6 +278,7 @@ pub async fn serve(
             b'X' => return Ok(()),
             b'Q' => {
                 let text = crate::protocol::decode::query_text(f.body())?;
+                let text: &str = &text;
                 tracing::info!(user = %user, command = %text, "admin command");
                 let reply = match access(&ctx, &user) {
                     None => Err(AdminError::new("admin access needed")),

@@ -172,6 +172,20 @@ fn items() -> Vec<Item> {
             |m, v| m.server_reset_query_always = parse_bool(v)?
         ),
         item!(
+            "session_check",
+            |s| if s.session_check_always {
+                "always"
+            } else {
+                "auto"
+            }
+            .to_string(),
+            |m, v| m.session_check_always = match v.trim().to_ascii_lowercase().as_str() {
+                "auto" => false,
+                "always" => true,
+                _ => return Err(format!("expected auto or always, got '{v}'")),
+            }
+        ),
+        item!(
             "server_check_query",
             |s| s.server_check_query.clone(),
             |m, v| m.server_check_query = v.to_string()

@@ -63,6 +63,15 @@ pub struct ServerConn {
     pub cancel: Arc<CancelTarget>,
     /// ParameterStatus values the server reported, in arrival order.
     pub params: Vec<(String, String)>,
+    /// The role it logged in as (its session_authorization at connect).
+    pub login_role: String,
+    /// The client session that ran something of unknown effect on it last (a function,
+    /// a DO block): settings under names pgtenant does not know may be set, so another
+    /// client gets `RESET ALL` first. 0: none.
+    pub dirty_by: u64,
+    /// The client session whose SQL-level `PREPARE`d statements are on it (see
+    /// `prepared.sql`); another client's attach drops them first.
+    pub sql_owner: u64,
     pub created: Instant,
     /// When it last went back to the pool.
     pub last_used: Instant,
@@ -84,7 +93,15 @@ impl ServerConn {
         params: Vec<(String, String)>,
     ) -> Self {
         let now = Instant::now();
+        let login_role = params
+            .iter()
+            .find(|(k, _)| k == "session_authorization")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         ServerConn {
+            login_role,
+            dirty_by: 0,
+            sql_owner: 0,
             conn,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             cancel: Arc::new(cancel),
@@ -175,6 +192,8 @@ impl ServerConn {
     pub fn forget_session_state(&mut self) {
         self.applied = Arc::new(ParamMap::new());
         self.prepared.clear();
+        self.dirty_by = 0;
+        self.sql_owner = 0;
     }
 
     /// Best-effort goodbye without waiting: a Terminate if the socket takes it now.

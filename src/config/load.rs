@@ -148,6 +148,7 @@ struct Draft {
     idle_transaction_timeout: Duration,
     server_reset_query: String,
     server_reset_query_always: bool,
+    session_check_always: bool,
     server_check_query: String,
     server_check_delay: Duration,
     stats_period: Duration,
@@ -202,6 +203,7 @@ impl Default for Draft {
             idle_transaction_timeout: secs(0),
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
+            session_check_always: false,
             server_check_query: "select 1".into(),
             server_check_delay: secs(30),
             stats_period: secs(60),
@@ -235,6 +237,10 @@ impl Default for Draft {
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
+
+/// `session_check`: after transactions that may have changed the session (`auto`), or
+/// after every transaction (`always`: also what triggers, views and policies do).
+const SESSION_CHECKS: &[(&str, bool)] = &[("auto", false), ("always", true)];
 
 const POOL_MODES: &[(&str, PoolMode)] = &[
     ("session", PoolMode::Session),
@@ -340,6 +346,7 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "idle_transaction_timeout" => seconds(v).map(|x| d.idle_transaction_timeout = x),
             "server_reset_query" => string(v).map(|x| d.server_reset_query = x),
             "server_reset_query_always" => boolean(v).map(|x| d.server_reset_query_always = x),
+            "session_check" => choice(v, SESSION_CHECKS).map(|x| d.session_check_always = x),
             "server_check_query" => string(v).map(|x| d.server_check_query = x),
             "server_check_delay" => seconds(v).map(|x| d.server_check_delay = x),
             "stats_period" => seconds(v).map(|x| d.stats_period = x),
@@ -684,6 +691,7 @@ fn finish(
         idle_transaction_timeout: d.idle_transaction_timeout,
         server_reset_query: d.server_reset_query,
         server_reset_query_always: d.server_reset_query_always,
+        session_check_always: d.session_check_always,
         server_check_query: d.server_check_query,
         server_check_delay: d.server_check_delay,
         stats_period: d.stats_period,

@@ -181,6 +181,9 @@ pub struct Settings {
     pub server_reset_query: String,
     /// Also run the reset query in transaction and statement mode.
     pub server_reset_query_always: bool,
+    /// `session_check = always`: read the session back after every transaction in
+    /// transaction and statement mode, not only after those that may have changed it.
+    pub session_check_always: bool,
     /// Run on a server that has been idle longer than server_check_delay. Empty = none.
     pub server_check_query: String,
     pub server_check_delay: Duration,

@@ -8,6 +8,7 @@ mod pipeline;
 pub mod prepared;
 pub mod routing;
 mod session;
+pub mod setting_names;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::context::Context;
 pub use cancel::{CancelKey, CancelRegistry, CancelSlot};
 pub use listen::ListenHub;
 pub use prepared::StatementRegistry;
+pub use setting_names::SettingNames;
 
 /// Bumped before any token a session loop polls is cancelled (KILL, SHUTDOWN) and before
 /// SUSPEND or RESUME wakes sessions: a session that sees the same value as at its last look, with the same waker,

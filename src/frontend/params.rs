@@ -130,24 +130,51 @@ impl SharedParams {
 }
 
 /// The statements that bring a server from `from` to `to`, one per setting so that one
-/// setting the server refuses does not stop the others.
+/// setting the server refuses does not stop the others. The identities come first and
+/// in order: `session_authorization` (changing it also resets `role`), then `role`, then
+/// the other settings (which may depend on the role's rights).
 pub fn replay(from: &ParamMap, to: &ParamMap) -> Vec<String> {
     let mut out = Vec::new();
+    let mut from = from.clone();
+    let sa = "session_authorization";
+    if from.get(sa) != to.get(sa) {
+        out.push(set_or_reset(sa, to.get(sa)));
+        // PostgreSQL resets the role with the session authorization.
+        from.remove(sa);
+        from.remove("role");
+        if let Some(v) = to.get(sa) {
+            from.insert(sa.to_owned(), v.clone());
+        }
+    }
+    if from.get("role") != to.get("role") {
+        out.push(set_or_reset("role", to.get("role")));
+    }
     for k in from.keys() {
-        if !to.contains_key(k) {
+        if !to.contains_key(k) && !is_identity(k) {
             out.push(format!("RESET {}", ident(k)));
         }
     }
     for (k, v) in to {
-        if from.get(k) != Some(v) {
-            out.push(format!(
-                "SELECT pg_catalog.set_config({}, {}, false)",
-                literal(k),
-                literal(v)
-            ));
+        if from.get(k) != Some(v) && !is_identity(k) {
+            out.push(set_or_reset(k, Some(v)));
         }
     }
     out
+}
+
+fn is_identity(name: &str) -> bool {
+    name == "role" || name == "session_authorization"
+}
+
+fn set_or_reset(name: &str, value: Option<&String>) -> String {
+    match value {
+        Some(v) => format!(
+            "SELECT pg_catalog.set_config({}, {}, false)",
+            literal(name),
+            literal(v)
+        ),
+        None => format!("RESET {}", ident(name)),
+    }
 }
 
 /// A SQL string literal, correct whatever standard_conforming_strings says.
@@ -234,6 +261,30 @@ mod tests {
             ]
         );
         assert!(replay(&b, &b).is_empty());
+        // Identities first, the role after the session authorization that resets it.
+        let mut c = ParamMap::new();
+        c.insert("role".into(), "priv".into());
+        c.insert("session_authorization".into(), "other".into());
+        assert_eq!(
+            replay(&ParamMap::new(), &c),
+            vec![
+                "SELECT pg_catalog.set_config('session_authorization', 'other', false)".to_string(),
+                "SELECT pg_catalog.set_config('role', 'priv', false)".to_string(),
+            ]
+        );
+        assert_eq!(
+            replay(&c, &ParamMap::new()),
+            vec!["RESET \"session_authorization\"".to_string()]
+        );
+        let mut d = c.clone();
+        d.remove("session_authorization");
+        assert_eq!(
+            replay(&c, &d),
+            vec![
+                "RESET \"session_authorization\"".to_string(),
+                "SELECT pg_catalog.set_config('role', 'priv', false)".to_string(),
+            ]
+        );
         assert_eq!(literal("a\\b"), "E'a\\\\b'");
         assert_eq!(reported_value("client_encoding", "utf-8"), "UTF8");
     }

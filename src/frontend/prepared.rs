@@ -16,8 +16,8 @@ pub struct StatementDef {
     pub server_name: String,
     /// The Parse to send a server that lacks the statement (under `server_name`).
     pub parse: Frame,
-    /// The statement changes session state (SET/RESET/…): re-read it afterwards.
-    pub changes_session: bool,
+    /// What the statement may do to the session ([`effects`] bits): read back afterwards.
+    pub effects: u8,
     /// Its text (the router plans it when a Bind starts a transaction).
     pub query: Arc<str>,
 }
@@ -41,13 +41,13 @@ impl StatementRegistry {
                 let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
                 let server_name = server_statement_name(id);
                 let parse = p.encode_as(&server_name);
-                let changes_session = changes_session(p.query);
+                let effects = effects(&p.query);
                 Arc::new(StatementDef {
                     id,
                     server_name,
                     parse,
-                    query: p.query.into(),
-                    changes_session,
+                    query: Arc::from(&*p.query),
+                    effects,
                 })
             })
             .clone()
@@ -68,20 +68,54 @@ impl StatementRegistry {
     }
 }
 
-/// Does this SQL change session settings (so the client's state must be re-read)?
-pub fn changes_session(sql: &str) -> bool {
-    if crate::router::command::is_plain_dml(sql) {
-        return calls_set_config(sql);
-    }
-    changes_session_of(sql, &classify(sql))
+/// What a statement may have done to the session, as bits: the session loop reads the
+/// session back when a transaction that had any of them ends (see
+/// `frontend::session::check`).
+pub mod effect {
+    /// Settings may have changed (SET, RESET, set_config, …): read pg_settings back.
+    pub const SETTINGS: u8 = 1;
+    /// State that cannot travel may exist (temp tables, held cursors, session advisory
+    /// locks, LISTEN, prepared statements made or dropped out of sight): count it.
+    pub const STATE: u8 = 2;
+    /// Settings under names the text does not show may have changed (a function or DO
+    /// block ran): the server connection gets `RESET ALL` before another client.
+    pub const HIDDEN: u8 = 4;
+    /// Everything: what a function of unknown effect may have done.
+    pub const ALL: u8 = SETTINGS | STATE | HIDDEN;
 }
 
-/// [`changes_session`] for SQL already classified into `cmds`.
-pub fn changes_session_of(sql: &str, cmds: &[Command]) -> bool {
-    calls_set_config(sql)
-        || cmds
-            .iter()
-            .any(|c| matches!(c, Command::SessionChange | Command::DiscardAll))
+/// What this SQL may do to the session ([`effect`] bits; 0 for nearly all DML).
+pub fn effects(sql: &str) -> u8 {
+    if crate::router::command::is_plain_dml(sql) {
+        return dml_effects(sql);
+    }
+    effects_of(sql, &classify(sql))
+}
+
+/// [`effects`] for DML (a plain statement, see `is_plain_dml`).
+pub fn dml_effects(sql: &str) -> u8 {
+    if crate::router::effects::opaque(sql) {
+        effect::ALL
+    } else if calls_set_config(sql) {
+        effect::SETTINGS
+    } else {
+        0
+    }
+}
+
+/// [`effects`] for SQL already classified into `cmds`.
+pub fn effects_of(sql: &str, cmds: &[Command]) -> u8 {
+    let mut e = dml_effects(sql);
+    for c in cmds {
+        e |= match c {
+            Command::SessionChange => effect::SETTINGS,
+            // DISCARD ALL that reaches a server drops its statements too.
+            Command::DiscardAll => effect::SETTINGS | effect::STATE,
+            Command::Opaque | Command::Execute { .. } => effect::ALL,
+            _ => 0,
+        };
+    }
+    e
 }
 
 /// Does this SQL mention `set_config` (which changes settings without a SET, and only

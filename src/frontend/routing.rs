@@ -46,10 +46,13 @@ pub enum RouteReason {
     NoShard,
     Anywhere,
     NoRouting,
+    /// The statement's text is not UTF-8 (the client's encoding is another one): the
+    /// router does not read it.
+    Encoding,
 }
 
 impl RouteReason {
-    pub const ALL: [RouteReason; 17] = [
+    pub const ALL: [RouteReason; 18] = [
         RouteReason::TenantKey,
         RouteReason::Hint,
         RouteReason::NoKey,
@@ -67,6 +70,7 @@ impl RouteReason {
         RouteReason::NoShard,
         RouteReason::Anywhere,
         RouteReason::NoRouting,
+        RouteReason::Encoding,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +92,7 @@ impl RouteReason {
             RouteReason::NoShard => "no_shard",
             RouteReason::Anywhere => "anywhere",
             RouteReason::NoRouting => "no_routing",
+            RouteReason::Encoding => "encoding",
         }
     }
 

@@ -55,6 +55,12 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "Client connections by state: login (not yet logged in), active (holding a server connection), waiting (for a server connection), idle (logged in, no server; admin console clients included).",
     ),
     (
+        "pgtenant_clients_pinned",
+        GAUGE,
+        &[],
+        "Clients pinned to their server connection by session state that cannot travel (temp tables, held cursors, session advisory locks, LISTEN or prepared statements made by dynamic SQL) in transaction and statement mode.",
+    ),
+    (
         "pgtenant_server_connections",
         GAUGE,
         &["node", "state"],
@@ -409,6 +415,11 @@ impl Collector for Scrape {
         ] {
             out.gauge("pgtenant_clients", &[state], v as f64);
         }
+        out.gauge(
+            "pgtenant_clients_pinned",
+            &[],
+            super::counters::CLIENTS_PINNED.load(r).max(0) as f64,
+        );
 
         // Pools, summed per node (a pool is per node, database and user).
         let mut nodes: BTreeMap<Arc<str>, NodeSums> = BTreeMap::new();

@@ -142,6 +142,10 @@ pub static CLIENTS_ACTIVE: crate::metrics::striped::Striped =
 pub static CLIENTS_WAITING: crate::metrics::striped::Striped =
     crate::metrics::striped::Striped::new();
 
+/// Client sessions pinned to their server connection by state that cannot travel (temp
+/// tables, held cursors, session advisory locks; see `frontend::session::check`).
+pub static CLIENTS_PINNED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 /// One session's state as SHOW CLIENTS reports it, kept by the same guards as the
 /// gauges: waiting while a [`Waiting`] guard lives, active while an [`Active`] one does
 /// (a session-mode client keeps its server, so it stays active when idle), idle otherwise.
@@ -154,6 +158,14 @@ pub struct ClientState {
     /// The rest of what the admin console shows of the session (link, request_time,
     /// prepared_statements), and its side of SUSPEND.
     pub console: crate::admin::SessionConsole,
+    /// Pinned to its server connection (counted in [`CLIENTS_PINNED`]).
+    pinned: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for ClientState {
+    fn drop(&mut self) {
+        self.set_pinned(false);
+    }
 }
 
 /// What SHOW CLIENTS says of a session.
@@ -181,6 +193,17 @@ fn now_us() -> u64 {
 }
 
 impl ClientState {
+    /// Mark the session pinned or not (moves [`CLIENTS_PINNED`] on a change).
+    pub fn set_pinned(&self, on: bool) {
+        if self.pinned.swap(on, Ordering::Relaxed) != on {
+            CLIENTS_PINNED.fetch_add(if on { 1 } else { -1 }, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.load(Ordering::Relaxed)
+    }
+
     pub fn kind(&self) -> ClientStateKind {
         if self.waiting.load(Ordering::Relaxed) > 0 {
             ClientStateKind::Waiting

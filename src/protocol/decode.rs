@@ -171,9 +171,9 @@ pub fn password_message(body: &[u8]) -> Result<&[u8], ProtocolError> {
     Reader::new(body, "PasswordMessage").cstr_bytes()
 }
 
-/// The SQL text of a Query message.
-pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
-    Reader::new(body, "Query").cstr()
+/// The SQL text of a Query message (see `Reader::cstr_text` for text that is not UTF-8).
+pub fn query_text(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, ProtocolError> {
+    Reader::new(body, "Query").cstr_text()
 }
 
 #[cfg(test)]

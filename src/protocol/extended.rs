@@ -10,7 +10,10 @@ use crate::net::Frame;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parse<'a> {
     pub name: &'a str,
-    pub query: &'a str,
+    /// The text; not UTF-8 bytes (a client encoding other than UTF-8) read as U+FFFD.
+    pub query: std::borrow::Cow<'a, str>,
+    /// The text as sent (what a rewritten Parse carries).
+    pub query_raw: &'a [u8],
     /// `int16 count + count × int32 oid`, as sent.
     pub param_types: &'a [u8],
 }
@@ -19,7 +22,8 @@ impl<'a> Parse<'a> {
     pub fn decode(body: &'a [u8]) -> Result<Parse<'a>, ProtocolError> {
         let mut r = Reader::new(body, "Parse");
         let name = r.cstr()?;
-        let query = r.cstr()?;
+        let query_raw = r.cstr_bytes()?;
+        let query = String::from_utf8_lossy(query_raw);
         let param_types = r.remaining();
         let mut t = Reader::new(param_types, "Parse");
         let n = t.i16()?;
@@ -29,6 +33,7 @@ impl<'a> Parse<'a> {
         Ok(Parse {
             name,
             query,
+            query_raw,
             param_types,
         })
     }
@@ -36,10 +41,10 @@ impl<'a> Parse<'a> {
     /// The same Parse under another statement name.
     pub fn encode_as(&self, name: &str) -> Frame {
         let mut b =
-            BytesMut::with_capacity(name.len() + self.query.len() + self.param_types.len() + 2);
+            BytesMut::with_capacity(name.len() + self.query_raw.len() + self.param_types.len() + 2);
         b.put_slice(name.as_bytes());
         b.put_u8(0);
-        b.put_slice(self.query.as_bytes());
+        b.put_slice(self.query_raw);
         b.put_u8(0);
         b.put_slice(self.param_types);
         Frame::new(b'P', &b)
@@ -151,11 +156,11 @@ mod tests {
     fn parse_round_trip_and_rename() {
         let f = Frame::new(b'P', b"s1\0select $1\0\0\x01\0\0\0\x17");
         let p = Parse::decode(f.body()).unwrap();
-        assert_eq!((p.name, p.query), ("s1", "select $1"));
+        assert_eq!((p.name, &*p.query), ("s1", "select $1"));
         let g = p.encode_as("PGT_7");
         let q = Parse::decode(g.body()).unwrap();
         assert_eq!(
-            (q.name, q.query, q.param_types),
+            (q.name, &*q.query, q.param_types),
             ("PGT_7", "select $1", p.param_types)
         );
         assert!(Parse::decode(b"s1\0select\0\0\x02\0\0\0\x17").is_err());

@@ -57,6 +57,14 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// A NUL-terminated text in the client's encoding (SQL): UTF-8 as is; otherwise a
+    /// copy with every byte that is not UTF-8 replaced by U+FFFD (keywords, which are
+    /// ASCII, still read; the original bytes are what gets forwarded).
+    pub fn cstr_text(&mut self) -> Result<std::borrow::Cow<'a, str>, ProtocolError> {
+        let b = self.cstr_bytes()?;
+        Ok(String::from_utf8_lossy(b))
+    }
+
     /// A NUL-terminated string that must be UTF-8.
     pub fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         let b = self.cstr_bytes()?;

@@ -12,32 +12,73 @@ pub enum Command {
     /// `SET LOCAL …` and friends: ends with the transaction.
     LocalSet,
     /// `PREPARE name …`
-    Prepare {
-        name: String,
-    },
+    Prepare { name: String },
     /// `EXECUTE name …`
-    Execute {
-        name: String,
-    },
+    Execute { name: String },
     /// `DEALLOCATE [PREPARE] name`; `None` = ALL.
-    Deallocate {
-        name: Option<String>,
-    },
+    Deallocate { name: Option<String> },
     /// `DISCARD ALL`
     DiscardAll,
     /// `LISTEN channel`
-    Listen {
-        channel: String,
-    },
+    Listen { channel: String },
     /// `UNLISTEN channel`; `None` = `*`.
-    Unlisten {
-        channel: Option<String>,
-    },
+    Unlisten { channel: Option<String> },
     /// `DROP DATABASE [IF EXISTS] name`
-    DropDatabase {
-        name: String,
-    },
+    DropDatabase { name: String },
+    /// A statement that may change session state in ways its text does not show (`DO`,
+    /// `CALL`, `CREATE` — temp tables —, `DECLARE … WITH HOLD`, `LOAD`, `EXPLAIN
+    /// ANALYZE`, anything not known to be harmless): the session is read back after it.
+    Opaque,
+    /// Anything else: DML (whose calls `router::effects` judges), transaction control,
+    /// SHOW, COPY, DDL that leaves the session alone.
     Other,
+}
+
+/// Leading keywords of statements that cannot change session state by themselves (DML
+/// is judged by its calls, see `router::effects`). Anything else is [`Command::Opaque`].
+const HARMLESS_LEADING: &[&str] = &[
+    "abort",
+    "alter",
+    "analyze",
+    "begin",
+    "checkpoint",
+    "cluster",
+    "comment",
+    "commit",
+    "copy",
+    "delete",
+    "drop",
+    "end",
+    "fetch",
+    "grant",
+    "insert",
+    "lock",
+    "move",
+    "notify",
+    "refresh",
+    "reindex",
+    "release",
+    "revoke",
+    "rollback",
+    "savepoint",
+    "select",
+    "show",
+    "start",
+    "table",
+    "truncate",
+    "update",
+    "vacuum",
+    "values",
+    "with",
+];
+
+/// The prefix of pgtenant's own server-side statement names: a client may not prepare,
+/// execute or deallocate a statement of such a name (`backend::server_statement_name`).
+pub const RESERVED_STATEMENT_PREFIX: &str = "pgt_";
+
+/// Is `name` (as PostgreSQL folds it) one of pgtenant's own statement names?
+pub fn is_reserved_statement_name(name: &str) -> bool {
+    name.starts_with(RESERVED_STATEMENT_PREFIX)
 }
 
 /// A single SELECT/INSERT/UPDATE/DELETE/WITH/VALUES statement (no `;` before its end):
@@ -215,7 +256,9 @@ fn classify_words(w: &[Word]) -> Command {
             },
             None => Command::Other,
         },
-        _ => Command::Other,
+        "prepare" => Command::Other,
+        k if HARMLESS_LEADING.binary_search(&k).is_ok() => Command::Other,
+        _ => Command::Opaque,
     }
 }
 
@@ -509,5 +552,31 @@ mod tests {
             vec![Command::DropDatabase { name: "T".into() }]
         );
         assert_eq!(classify(";;"), vec![]);
+    }
+
+    #[test]
+    fn opaque_statements_by_leading_keyword() {
+        assert!(HARMLESS_LEADING.windows(2).all(|w| w[0] < w[1]));
+        for sql in [
+            "DO $$ begin perform set_config('app.x', '1', false); end $$",
+            "call p()",
+            "create temp table t (a int)",
+            "declare c cursor with hold for select 1",
+            "explain analyze select f()",
+            "load 'auto_explain'",
+            "merge into t using s on true when matched then delete",
+        ] {
+            assert_eq!(classify(sql), vec![Command::Opaque], "{sql}");
+        }
+        for sql in [
+            "begin",
+            "commit",
+            "show timezone",
+            "copy t from stdin",
+            "select 1",
+        ] {
+            assert_eq!(classify(sql), vec![Command::Other], "{sql}");
+        }
+        assert!(is_reserved_statement_name("pgt_12") && !is_reserved_statement_name("PGT_1"));
     }
 }

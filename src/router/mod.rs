@@ -69,6 +69,7 @@ mod analyze;
 pub mod cache;
 pub mod command;
 pub mod corpus;
+pub mod effects;
 pub mod mask;
 pub mod plan;
 

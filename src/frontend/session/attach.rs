@@ -1,8 +1,12 @@
 //! Server attach and release: taking a server connection from a pool, bringing its
 //! session in line with the client's, giving it back (or closing it) when the transaction
 //! ends or the client leaves.
+use super::check;
 use super::forward::hidden_query;
 use super::*;
+
+/// How long the session check may take before the connection is closed instead.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Session {
     /// Attach to a worker pool without telling the client about a failure (the caller
@@ -64,13 +68,15 @@ impl Session {
             server,
             pool,
             pipe: Pipeline::new(),
-            session_changed: false,
+            effects: 0,
+            parsed_unnamed: false,
             query_started: None,
             lent: Some(lent),
             // Set by the transaction's first message (`forward`); a placeholder until then.
             xact_started: lent,
             _active: crate::metrics::counters::Active::enter_for(Some(&self.c.state)),
         };
+        self.take_over(&mut a);
         if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
             for sql in params::replay(&a.server.applied, &self.view.desired) {
                 hidden_query(&mut a, &sql);
@@ -129,6 +135,10 @@ impl Session {
         let Some(a) = self.attached.as_ref() else {
             return true;
         };
+        if self.pinned && !self.release_runs_queries(a) {
+            // Nothing ran that could lift the pin: the connection stays.
+            return true;
+        }
         if self.release_runs_queries(a) || self.c.key.slot.try_set(None).is_err() {
             return false;
         }
@@ -155,38 +165,32 @@ impl Session {
         give_back(*a, now);
     }
 
-    /// Must the connection run queries before it goes back (settings to read back, or
+    /// Must the connection run queries before it goes back (the session check, or
     /// server_reset_query_always)?
     pub(super) fn release_runs_queries(&self, a: &Attached) -> bool {
-        a.session_changed || self.ctx.settings.load().server_reset_query_always
+        let s = self.ctx.settings.load();
+        a.effects != 0 || s.session_check_always || s.server_reset_query_always
     }
 
-    /// Release after a transaction that changed settings (read them back) or with
-    /// server_reset_query_always (run the reset query).
+    /// Release after a transaction that may have changed the session (run the session
+    /// check: the client's settings, what pins it) or with server_reset_query_always (run
+    /// the reset query). A pinned client keeps the connection.
     pub(super) async fn release_slow(&mut self, mut a: Attached, s: Arc<crate::config::Settings>) {
         // The client already has its answer queued; let it go out first.
         let _ = self.c.conn.flush().await;
-        if a.session_changed {
-            while self.view.t().custom.len() > 64 {
-                self.view.t_mut().custom.pop_last();
+        let always = s.session_check_always;
+        if a.effects != 0 || always {
+            if let Err(e) = self.check(&mut a, always).await {
+                tracing::warn!(user = %self.c.user, error = %e, "the session check failed; closing the server connection");
+                self.pinned = false;
+                self.c.state.set_pinned(false);
+                a.pool.discard(a.server);
+                return;
             }
-            let sql = session_settings_sql(&self.view.t().custom);
-            match a.server.query_pairs(&sql).await {
-                Ok(rows) => {
-                    // What the server holds now is the client's session, exactly: a
-                    // startup setting the client RESET is gone from it (the client saw
-                    // the server's default), and later servers must agree with that
-                    // rather than silently bring the startup value back.
-                    let now: Arc<ParamMap> = Arc::new(rows.into_iter().collect());
-                    self.view.t_mut().session = (*now).clone();
-                    self.view.desired = now.clone();
-                    a.server.applied = now;
-                }
-                Err(e) => {
-                    tracing::warn!(user = %self.c.user, error = %e, "reading back session settings failed; closing the server connection");
-                    a.pool.discard(a.server);
-                    return;
-                }
+            if self.pinned {
+                a.effects = 0;
+                self.attached = Some(Box::new(a));
+                return;
             }
         }
         if s.server_reset_query_always && !s.server_reset_query.is_empty() {
@@ -197,6 +201,123 @@ impl Session {
             a.server.forget_session_state();
         }
         give_back(a, None);
+    }
+
+    /// Run the session check on the connection this client's transaction just ended on
+    /// and take in what it found: its settings and identity (replayed where it goes
+    /// next), whether it is pinned, whether pgtenant's statements there are intact.
+    async fn check(&mut self, a: &mut Attached, always: bool) -> Result<(), String> {
+        let settings = always || a.effects & effect::SETTINGS != 0;
+        let state = always || self.pinned || a.effects & effect::STATE != 0;
+        while self.view.t().custom.len() > 64 {
+            self.view.t_mut().custom.pop_last();
+        }
+        let mut names = self.view.t().custom.clone();
+        if a.effects & effect::HIDDEN != 0 || always {
+            let db = &a.pool.key.database;
+            let learned = &self.ctx.setting_names;
+            if learned.due(db) {
+                match a
+                    .server
+                    .query_rows(crate::frontend::setting_names::LEARN_SQL)
+                    .await
+                {
+                    Ok(rows) => learned.store(db, rows),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the custom setting names failed")
+                    }
+                }
+            }
+            names.extend(learned.names(db).iter().cloned());
+        }
+        let sql = check::sql(settings, state, &a.server.login_role, &names);
+        let rows = tokio::time::timeout(CHECK_TIMEOUT, a.server.query_rows(&sql))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if a.server.tx_status != b'I' {
+            return Err("the server is not idle after the check".into());
+        }
+        let found = check::parse(rows)?;
+        // What the server holds now is the client's session, exactly: a startup setting
+        // the client RESET is gone from it (the client saw the server's default), and
+        // later servers must agree with that rather than silently bring the startup
+        // value back.
+        let now: ParamMap = if settings {
+            found.settings
+        } else {
+            let mut m = (*self.view.desired).clone();
+            for k in check::IDENTITY {
+                m.remove(k);
+            }
+            m.extend(found.identity);
+            m
+        };
+        if now != *self.view.desired {
+            let now = Arc::new(now);
+            self.view.t_mut().session = (*now).clone();
+            self.view.desired = now.clone();
+            a.server.applied = now;
+        } else {
+            a.server.applied = self.view.desired.clone();
+        }
+        if a.effects & effect::HIDDEN != 0 || always {
+            a.server.dirty_by = self.id;
+        }
+        let mut pinned = self.pinned;
+        if let Some(p) = found.pins {
+            let ours = if self.track_prepared {
+                a.server.prepared.len() as i64
+            } else {
+                0
+            };
+            if self.track_prepared && p.protocol_statements != ours {
+                // Someone dropped or replaced pgtenant's statements out of sight (dynamic
+                // SQL): drop them all, they are prepared again on demand.
+                tracing::warn!(user = %self.c.user, server = a.server.id, expected = ours, found = p.protocol_statements, "prepared statements changed behind pgtenant's back; deallocating all");
+                a.server
+                    .run_internal("DEALLOCATE ALL")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                a.server.prepared.clear();
+                pinned = p.holds_state();
+            } else {
+                pinned = p.holds_state()
+                    || p.protocol_statements > ours
+                    || p.sql_statements > a.server.prepared.sql.len() as i64;
+            }
+        }
+        if pinned != self.pinned {
+            tracing::debug!(user = %self.c.user, server = a.server.id, pinned, "session pin");
+        }
+        self.pinned = pinned;
+        self.c.state.set_pinned(pinned);
+        Ok(())
+    }
+
+    /// A server connection lent to this client: what another client left there that
+    /// must not reach this one goes first (its SQL-level statements, settings under
+    /// names pgtenant does not know).
+    fn take_over(&self, a: &mut Attached) {
+        if a.server.sql_owner != self.id && !a.server.prepared.sql.is_empty() {
+            let names: Vec<String> = a.server.prepared.sql.keys().cloned().collect();
+            for n in names {
+                hidden_query(a, &format!("DEALLOCATE {}", params::ident(&n)));
+            }
+            a.server.prepared.sql.clear();
+        }
+        if a.server.dirty_by != 0 && a.server.dirty_by != self.id {
+            // RESET ALL leaves the identities alone.
+            hidden_query(a, "RESET ALL");
+            let mut kept = ParamMap::new();
+            for k in check::IDENTITY {
+                if let Some(v) = a.server.applied.get(k) {
+                    kept.insert(k.to_owned(), v.clone());
+                }
+            }
+            a.server.applied = Arc::new(kept);
+            a.server.dirty_by = 0;
+        }
     }
 
     /// The server connection broke: the client gets 08006 and is disconnected (its
@@ -224,10 +345,15 @@ impl Session {
             self.set_cancel_target(None).await;
             let s = self.ctx.settings();
             let mut clean = a.is_clean();
-            let reset = &s.server_reset_query;
+            // A pinned client's state (temp tables, held cursors, locks) goes with it.
+            let reset = if self.pinned && self.mode != PoolMode::Session {
+                "DISCARD ALL"
+            } else {
+                &s.server_reset_query
+            };
             if clean
                 && !reset.is_empty()
-                && (self.mode == PoolMode::Session || s.server_reset_query_always)
+                && (self.mode == PoolMode::Session || s.server_reset_query_always || self.pinned)
             {
                 let r = tokio::time::timeout(Duration::from_secs(10), a.server.run_internal(reset))
                     .await;

@@ -9,6 +9,11 @@ impl Session {
         self.idle_tx_timer = None;
         self.c.state.console.requested();
         loop {
+            if self.input_blocked() {
+                // Backpressure: the rest waits in the read buffer (see `paused_input`).
+                self.paused_input = true;
+                return Ok(Flow::Continue);
+            }
             let next = match self.deferred.pop_front() {
                 Some(f) => Ok(Some(f)),
                 None => self.c.conn.try_frame(),
@@ -225,6 +230,7 @@ impl Session {
             }
             b'Q' if self.client_tx == b'I' => {
                 let sql = decode::query_text(f.body())?;
+                let sql: &str = &sql;
                 if let Some(tag) = self.client_view_command(sql) {
                     self.c.conn.queue(&build::command_complete(tag));
                     self.c.conn.queue(&build::ready_for_query(b'I'));
@@ -252,7 +258,7 @@ impl Session {
                 }
                 self.fake_statement = None;
                 let is_view_command = matches!(
-                    classify_single(p.query),
+                    classify_single(&p.query),
                     Some(
                         Command::Deallocate { .. }
                             | Command::DiscardAll
@@ -261,7 +267,7 @@ impl Session {
                     )
                 );
                 if is_view_command {
-                    if let Some(tag) = self.client_view_command(p.query) {
+                    if let Some(tag) = self.client_view_command(&p.query) {
                         self.fake_statement = Some(tag);
                         return Ok(Some(vec![Frame::new(b'1', &[])]));
                     }
@@ -346,7 +352,9 @@ impl Session {
                 self.view.clear(false);
                 Some("DEALLOCATE ALL")
             }
-            Command::DiscardAll if self.client_tx == b'I' => {
+            // A pinned client's DISCARD ALL goes to its server: its temp tables, held
+            // cursors and locks live there (`forward_query`).
+            Command::DiscardAll if self.client_tx == b'I' && !self.pinned => {
                 self.view.clear(true);
                 self.view.desired = self.c.startup.clone();
                 Some("DISCARD ALL")

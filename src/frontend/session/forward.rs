@@ -37,26 +37,30 @@ impl Session {
             b'P' => {
                 let p = Parse::decode(f.body())?;
                 if !track || p.name.is_empty() {
-                    // Plain DML (most of it) is no DROP DATABASE and changes settings only
-                    // through set_config: one scan instead of three.
-                    let plain = is_plain_dml(p.query);
-                    let changes = if plain {
-                        calls_set_config(p.query)
+                    // Plain DML (most of it) is no DROP DATABASE nor view command: one
+                    // scan for what it may do to the session instead of a classification.
+                    let plain = is_plain_dml(&p.query);
+                    let mut e = if plain {
+                        dml_effects(&p.query)
                     } else {
-                        changes_session(p.query)
-                    };
-                    if changes {
-                        a.session_changed = true;
-                        self.view
-                            .t_mut()
-                            .custom
-                            .extend(custom_setting_names(p.query));
-                    }
-                    if !plain {
-                        if let Some(Command::DropDatabase { name }) = classify_single(p.query) {
-                            self.ctx.pools.close_idle_database(&name);
+                        let cmds = classify(&p.query);
+                        if let [Command::DropDatabase { name }] = &cmds[..] {
+                            self.ctx.pools.close_idle_database(name);
                         }
+                        if let Some(refusal) = reserved_refusal(&cmds) {
+                            a.pipe.push(Expect::Synthetic(vec![refusal.error()]));
+                            self.skip_until_sync = true;
+                            return Ok(());
+                        }
+                        effects_of(&p.query, &cmds)
+                    };
+                    if !p.name.is_empty() {
+                        // Untracked: the client's own statement lives on this server.
+                        e |= effect::STATE;
+                    } else {
+                        a.parsed_unnamed = true;
                     }
+                    note_effects(a, &mut self.view, e, &p.query);
                     a.server.conn.queue(&f);
                     a.pool.stats.server_parse_count.add(1);
                     a.pipe.push(Expect::Forward(Req::Parse { stmt: None }));
@@ -74,13 +78,7 @@ impl Session {
                 }
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
                 let def = self.ctx.statements.intern(&p, key);
-                a.session_changed |= def.changes_session;
-                if def.changes_session {
-                    self.view
-                        .t_mut()
-                        .custom
-                        .extend(custom_setting_names(&def.query));
-                }
+                note_effects(a, &mut self.view, def.effects, &def.query);
                 self.view
                     .t_mut()
                     .statements
@@ -93,22 +91,32 @@ impl Session {
             }
             b'B' => {
                 let b = Bind::decode(f.body())?;
-                match self
-                    .view
-                    .t()
-                    .statements
-                    .get(b.statement)
-                    .filter(|_| track && !b.statement.is_empty())
-                    .cloned()
-                {
+                let def = match self.view.t().statements.get(b.statement) {
+                    Some(def) if track && !b.statement.is_empty() => Some(def.clone()),
+                    _ => None,
+                };
+                // A statement the client never prepared (on this connection, as far as
+                // it knows) is not looked up on the server: it may be another client's.
+                let missing = match &def {
+                    Some(_) => None,
+                    None if b.statement.is_empty() && !a.parsed_unnamed => {
+                        Some("unnamed prepared statement does not exist".to_string())
+                    }
+                    None if track && !b.statement.is_empty() => Some(format!(
+                        "prepared statement \"{}\" does not exist",
+                        b.statement
+                    )),
+                    None => None,
+                };
+                if let Some(msg) = missing {
+                    a.pipe
+                        .push(Expect::Synthetic(vec![build::error("26000", &msg)]));
+                    self.skip_until_sync = true;
+                    return Ok(());
+                }
+                match def {
                     Some(def) => {
-                        a.session_changed |= def.changes_session;
-                        if def.changes_session {
-                            self.view
-                                .t_mut()
-                                .custom
-                                .extend(custom_setting_names(&def.query));
-                        }
+                        note_effects(a, &mut self.view, def.effects, &def.query);
                         if !a.server.prepared.touch(def.id) {
                             prepare_on(a, &def, cap, false);
                         }
@@ -120,13 +128,8 @@ impl Session {
             }
             b'D' => {
                 let t = Target::decode(f.body())?;
-                match self
-                    .view
-                    .t()
-                    .statements
-                    .get(t.name)
-                    .filter(|_| track && t.kind == b'S' && !t.name.is_empty())
-                {
+                let named = track && t.kind == b'S' && !t.name.is_empty();
+                match self.view.t().statements.get(t.name).filter(|_| named) {
                     Some(def) => {
                         if !a.server.prepared.touch(def.id) {
                             prepare_on(a, def, cap, false);
@@ -134,6 +137,13 @@ impl Session {
                         a.server
                             .conn
                             .queue(&Target::encode(b'D', b'S', &def.server_name));
+                    }
+                    None if named => {
+                        let msg = format!("prepared statement \"{}\" does not exist", t.name);
+                        a.pipe
+                            .push(Expect::Synthetic(vec![build::error("26000", &msg)]));
+                        self.skip_until_sync = true;
+                        return Ok(());
                     }
                     None => a.server.conn.queue(&f),
                 }
@@ -172,6 +182,7 @@ impl Session {
             b'Q' => {
                 self.ctx.routes.count_statement(self.route.0, self.route.1);
                 let sql = decode::query_text(f.body())?;
+                let sql: &str = &sql;
                 if track {
                     return self.forward_query(&f, sql);
                 }
@@ -189,10 +200,13 @@ impl Session {
                 let Some(a) = self.attached.as_mut() else {
                     return Ok(());
                 };
-                if changes_session(sql) {
-                    a.session_changed = true;
-                    self.view.t_mut().custom.extend(custom_setting_names(sql));
+                let cmds = classify(sql);
+                let mut e = effects_of(sql, &cmds);
+                if cmds.iter().any(|c| matches!(c, Command::Prepare { .. })) {
+                    // Untracked: the client's own statement lives on this server.
+                    e |= effect::STATE;
                 }
+                note_effects(a, &mut self.view, e, sql);
                 a.server.conn.queue(&f);
                 a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
             }
@@ -209,10 +223,8 @@ impl Session {
             let Some(a) = self.attached.as_mut() else {
                 return Ok(());
             };
-            if calls_set_config(sql) {
-                a.session_changed = true;
-                self.view.t_mut().custom.extend(custom_setting_names(sql));
-            }
+            let e = dml_effects(sql);
+            note_effects(a, &mut self.view, e, sql);
             a.server.conn.queue(f);
             a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
             return Ok(());
@@ -233,14 +245,35 @@ impl Session {
         let Some(a) = self.attached.as_mut() else {
             return Ok(());
         };
-        let mut prepare = None;
-        if changes_session_of(sql, &cmds) {
-            a.session_changed = true;
-            self.view.t_mut().custom.extend(custom_setting_names(sql));
+        if let Some(refusal) = reserved_refusal(&cmds) {
+            // The server raises the error itself, so the transaction fails as it would.
+            a.server.conn.queue(&refusal.raise_query());
+            a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
+            return Ok(());
         }
+        note_effects(a, &mut self.view, effects_of(sql, &cmds), sql);
+        if let [Command::DiscardAll] = &cmds[..] {
+            // Only a pinned client's DISCARD ALL reaches a server (`view_command`): it
+            // drops everything there, pgtenant's statements too; the client's startup
+            // settings come back as on a direct connection.
+            a.server.conn.queue(f);
+            a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
+            a.server.forget_session_state();
+            a.server.sql_owner = 0;
+            a.server.dirty_by = 0;
+            self.view.clear(true);
+            self.view.desired = self.c.startup.clone();
+            for q in params::replay(&ParamMap::new(), &self.view.desired) {
+                hidden_query(a, &q);
+            }
+            a.server.applied = self.view.desired.clone();
+            return Ok(());
+        }
+        let mut prepare = None;
+        let mut deallocate_all = false;
         for c in &cmds {
             match c {
-                Command::SessionChange | Command::DiscardAll => a.session_changed = true,
+                Command::Deallocate { name: None } => deallocate_all = true,
                 Command::Prepare { name } if cmds.len() == 1 => {
                     // Another client's statement of that name may be on this server.
                     if a.server.prepared.sql.remove(name).is_some() {
@@ -277,10 +310,76 @@ impl Session {
                 _ => {}
             }
         }
+        a.server.sql_owner = self.id;
         a.server.conn.queue(f);
         a.pipe.push(Expect::Forward(Req::Query { prepare }));
+        if deallocate_all {
+            // `DEALLOCATE ALL` among other statements reaches the server and drops
+            // pgtenant's statements with the client's: make sure of it (it may or may not
+            // have run, whatever else failed) and forget them all.
+            hidden_query(a, "DEALLOCATE ALL");
+            a.server.prepared.clear();
+            self.view.clear(false);
+        }
         Ok(())
     }
+}
+
+/// Record what a message may do to the session: the read-back at the transaction's end,
+/// and the custom settings it names.
+pub(super) fn note_effects(a: &mut Attached, view: &mut View, e: u8, sql: &str) {
+    if e == 0 {
+        return;
+    }
+    a.effects |= e;
+    if e & effect::SETTINGS != 0 {
+        view.t_mut().custom.extend(custom_setting_names(sql));
+    }
+}
+
+/// Why a statement that names one of pgtenant's own server-side statements is refused.
+pub(super) struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    /// The error as pgtenant's own ErrorResponse.
+    pub(super) fn error(&self) -> Frame {
+        build::error(self.code, &self.message)
+    }
+
+    /// A query that makes the server raise this error (so that a transaction block fails
+    /// as it would have).
+    pub(super) fn raise_query(&self) -> Frame {
+        let msg = params::literal(&self.message).replace("$pgtenant$", "");
+        build::query(&format!(
+            "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {msg}; END$pgtenant$",
+            self.code
+        ))
+    }
+}
+
+/// `PREPARE`, `EXECUTE` or `DEALLOCATE` of a reserved name (`pgt_…`): a client never
+/// reaches another client's statements through pgtenant's names.
+pub(super) fn reserved_refusal(cmds: &[Command]) -> Option<Refusal> {
+    cmds.iter().find_map(|c| match c {
+        Command::Prepare { name } if is_reserved_statement_name(name) => Some(Refusal {
+            code: "42939",
+            message: format!(
+                "prepared statement names starting with \"{RESERVED_STATEMENT_PREFIX}\" are reserved by pgtenant"
+            ),
+        }),
+        Command::Execute { name } | Command::Deallocate { name: Some(name) }
+            if is_reserved_statement_name(name) =>
+        {
+            Some(Refusal {
+                code: "26000",
+                message: format!("prepared statement \"{name}\" does not exist"),
+            })
+        }
+        _ => None,
+    })
 }
 
 /// Send a Parse for `def` to the server (closing the least recently used statement first

@@ -52,18 +52,19 @@ impl Session {
         let mut tenant = None;
         let decision = match f.tag() {
             b'Q' => match decode::query_text(f.body()) {
+                Ok(sql) if !self.routable(&sql) => Decision::Coordinator(RouteReason::Encoding),
                 Ok(sql) => match keep_tenant(
                     &mut tenant,
                     decide_simple_keyed(
                         planner,
                         &map,
                         health,
-                        &hinted(sql, session_hint.as_deref()),
+                        &hinted(&sql, session_hint.as_deref()),
                         local_refs,
                     ),
                 ) {
                     Decision::Hold(t) => {
-                        let tag = tx_tag(t, sql);
+                        let tag = tx_tag(t, &sql);
                         if self.hold_transaction_control(t, tag, &f) {
                             return None;
                         }
@@ -80,6 +81,9 @@ impl Session {
             }
             b'B' => match Bind::decode(f.body()) {
                 Ok(b) => match self.statement_text(b.statement) {
+                    Some(sql) if !self.routable(&sql) => {
+                        Decision::Coordinator(RouteReason::Encoding)
+                    }
                     Some(sql) => match keep_tenant(
                         &mut tenant,
                         decide_bind_keyed(
@@ -241,6 +245,20 @@ impl Session {
         self.fake_statement = None;
         self.fake_portal = Some(tag);
         true
+    }
+
+    /// Can the router read this text? Text that is not UTF-8 (read with U+FFFD in its
+    /// place) or not ASCII in a client encoding other than UTF-8 is not what the server
+    /// will see once it converts it: its tenant key would hash wrongly.
+    fn routable(&self, sql: &str) -> bool {
+        if sql.is_ascii() {
+            return true;
+        }
+        let utf8 = self.view.desired.get("client_encoding").is_none_or(|e| {
+            let e = e.to_ascii_uppercase().replace(['-', '_'], "");
+            e == "UTF8" || e == "UNICODE"
+        });
+        utf8 && !sql.contains('\u{FFFD}')
     }
 
     /// The text of the statement a Bind names: a held Parse, or the client's view.

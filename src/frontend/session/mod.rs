@@ -26,7 +26,7 @@ use super::listen::Subscriber;
 use super::login::{pool_error_frame, Client};
 use super::params::{self, ParamMap};
 use super::pipeline::{Expect, Pipeline, Req};
-use super::prepared::{calls_set_config, changes_session, changes_session_of, StatementDef};
+use super::prepared::{dml_effects, effect, effects_of, StatementDef};
 use super::routing::{decide_bind_keyed, decide_simple_keyed, tx_tag, Decision, RouteReason};
 use super::FrontendError;
 use crate::backend::{server_statement_name, ServerConn};
@@ -37,11 +37,13 @@ use crate::pool::{Pool, PoolError};
 use crate::protocol::extended::{Bind, Parse, Target};
 use crate::protocol::{build, decode, sqlstate, ErrorFields};
 use crate::router::command::{
-    classify, classify_single, custom_setting_names, is_plain_dml, Command,
+    classify, classify_single, custom_setting_names, is_plain_dml, is_reserved_statement_name,
+    Command, RESERVED_STATEMENT_PREFIX,
 };
 use crate::router::TxControl;
 
 mod attach;
+mod check;
 mod client;
 mod forward;
 mod holds;
@@ -49,30 +51,13 @@ mod relay;
 
 /// Stop reading from one side while this much is queued for the other (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
-
-/// The read-back query: pg_settings' session entries plus the custom settings by name
-/// (empty = unset, left out so a replay RESETs it).
-fn session_settings_sql(custom: &std::collections::BTreeSet<String>) -> String {
-    if custom.is_empty() {
-        return SESSION_SETTINGS_SQL.to_owned();
-    }
-    let names: Vec<String> = custom
-        .iter()
-        .map(|n| format!("({})", params::literal(n)))
-        .collect();
-    format!(
-        "{SESSION_SETTINGS_SQL} UNION ALL SELECT n, current_setting(n, true) FROM (VALUES {}) v(n) \
-         WHERE coalesce(current_setting(n, true), '') <> ''",
-        names.join(", ")
-    )
-}
+/// Stop taking client messages while the server owes this many answers (each is an
+/// entry in the pipeline queue; messages pgtenant answers itself add entries without
+/// writing to the server, so the write buffer alone does not bound them).
+const MAX_OWED: usize = 100_000;
 
 /// The session setting that names a tenant for statements carrying no key.
 const SESSION_TENANT_SETTING: &str = "pgtenant.tenant";
-
-/// Reads back the settings a client changed (what PostgreSQL itself holds).
-const SESSION_SETTINGS_SQL: &str =
-    "SELECT lower(name), setting FROM pg_catalog.pg_settings WHERE source = 'session'";
 
 /// A server connection lent to this client.
 struct Attached {
@@ -80,8 +65,12 @@ struct Attached {
     pool: Arc<Pool>,
     /// What the server still owes, in order.
     pipe: Pipeline,
-    /// The client ran something that may change session settings in this transaction.
-    session_changed: bool,
+    /// What this transaction may have done to the session (`prepared::effect` bits): the
+    /// session check reads it back when it ends.
+    effects: u8,
+    /// The client parsed the unnamed statement on this connection since it was lent: a
+    /// Bind of the unnamed statement before that would run another client's.
+    parsed_unnamed: bool,
     /// For the pool's query/transaction time counters (SHOW STATS).
     query_started: Option<Instant>,
     /// When the pool lent the connection, until the first message is forwarded.
@@ -199,6 +188,13 @@ impl View {
 struct Session {
     ctx: Arc<Context>,
     c: Client,
+    /// Unique in the process: whose state a server connection holds (`ServerConn`'s
+    /// `dirty_by`, `sql_owner`).
+    id: u64,
+    /// Pinned to its server connection: it holds state there that cannot travel (temp
+    /// tables, held cursors, session advisory locks, …; see `check`). The connection
+    /// stays attached between transactions until a check finds none.
+    pinned: bool,
     mode: PoolMode,
     attached: Option<Box<Attached>>,
     view: View,
@@ -218,6 +214,10 @@ struct Session {
     /// start a new one that must be routed on its own (never sent blindly to the node of
     /// the previous transaction).
     deferred: std::collections::VecDeque<Frame>,
+    /// Client messages wait in the read buffer: the client does not read its answers
+    /// (its write buffer is over HIGH_WATER) or the server owes MAX_OWED answers. Taken
+    /// up again once that is no longer so (`input_blocked`).
+    paused_input: bool,
     /// Why the current transaction went where it went (and whether to a worker): its
     /// statements are counted under it.
     route: (RouteReason, bool),
@@ -254,7 +254,10 @@ where
     let desired = client.startup.clone();
     // Polled for KILL and SHUTDOWN (the kill token is a child of the shutdown token).
     let kill = client.kill.clone();
+    static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let mut s = Session {
+        id: NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        pinned: false,
         ctx,
         mode,
         attached: None,
@@ -270,6 +273,7 @@ where
         held: Vec::new(),
         route: (RouteReason::NoRouting, false),
         deferred: std::collections::VecDeque::new(),
+        paused_input: false,
         fake_portal: None,
         skip_until_sync: false,
         idle_tx_timer: None,
@@ -378,7 +382,12 @@ impl Session {
                 return Poll::Ready(Event::ClientWrite(e));
             }
         }
-        if self.attached.is_none() && self.c.conn.pending_output() == 0 {
+        if self.paused_input && !self.input_blocked() {
+            // The client read its answers: take up the messages it sent meanwhile.
+            self.paused_input = false;
+            return Poll::Ready(Event::ClientRead(Ok(1)));
+        }
+        if self.attached.is_none() && self.c.conn.pending_output() == 0 && !self.paused_input {
             // Idle between transactions: no buffer is kept for a client that sends nothing.
             self.c.conn.release_buffers();
         }
@@ -394,7 +403,7 @@ impl Session {
                 return self.poll_shutdown(cx);
             }
         }
-        if server_out < HIGH_WATER && self.deferred.is_empty() {
+        if server_out < HIGH_WATER && self.deferred.is_empty() && !self.paused_input {
             if let Poll::Ready(r) = self.c.conn.poll_fill(cx) {
                 return Poll::Ready(Event::ClientRead(r));
             }
@@ -421,6 +430,15 @@ impl Session {
             }
         }
         self.poll_shutdown(cx)
+    }
+
+    /// Must the client's next messages wait (see `paused_input`)?
+    fn input_blocked(&self) -> bool {
+        self.c.conn.pending_output() >= HIGH_WATER
+            || self
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.pipe.q.len() >= MAX_OWED)
     }
 
     /// KILL or SHUTDOWN (the kill token). Looked at only when nothing else is ready (the

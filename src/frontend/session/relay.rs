@@ -144,7 +144,7 @@ impl Session {
                     a.server.note_parameter(f.body());
                     if !hidden {
                         // The client changed a reported setting, however it did it.
-                        a.session_changed = true;
+                        a.effects |= effect::SETTINGS;
                         self.c.conn.queue(&f);
                     }
                     continue;

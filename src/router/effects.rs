@@ -1,0 +1,651 @@
+//! What a DML statement may do to the session that its leading keywords do not show.
+//!
+//! A `SELECT` can change the session through the functions it calls: `set_config`, a
+//! function of the application's that runs `set_config(…, false)` or `SET ROLE`, takes a
+//! session advisory lock, creates a temp table or prepares a statement through dynamic
+//! SQL. pgtenant cannot see inside functions, so it treats every call of a function it
+//! does not know to be harmless as "may have changed the session": the session loop then
+//! reads the session back when the transaction ends (see `frontend::session::check`).
+//!
+//! Rules:
+//! - A call is an identifier (optionally qualified) followed by `(`. It is harmless when
+//!   its name is a SQL keyword that takes parentheses, a type name (a cast), or a
+//!   built-in function known to leave the session alone (`KNOWN_HARMLESS`), unqualified
+//!   or qualified with `pg_catalog`. Anything else — a quoted name, another schema, an
+//!   unknown name — counts as opaque.
+//! - `INSERT INTO t (…)` and `… AS alias (…)` / `::type(…)` are column lists and type
+//!   modifiers, not calls.
+//! - `SELECT … INTO` creates a table (a temp one, maybe): opaque.
+//! - Strings, quoted identifiers, dollar quotes and comments are skipped, never read as
+//!   code. Unknown input errs on the side of "opaque": a false positive costs one
+//!   read-back query, a false negative costs isolation.
+//! - What triggers, rules, views, user-defined operators and row-level-security policies
+//!   run is not visible in the text (only a table's owner can create them); the
+//!   `session_check = always` setting covers them.
+//!
+//! The scan is one pass over the bytes with no allocation; statements without a `(` and
+//! without `into` (most of `pgbench -S`) are answered by a `memchr` and a short search.
+
+/// Function and keyword names (lower case) that take parentheses and cannot change
+/// session state. Sorted for binary search.
+const KNOWN_HARMLESS: &[&str] = &[
+    "abs",
+    "acos",
+    "age",
+    "all",
+    "and",
+    "any",
+    "array",
+    "array_agg",
+    "array_append",
+    "array_cat",
+    "array_length",
+    "array_lower",
+    "array_position",
+    "array_positions",
+    "array_prepend",
+    "array_remove",
+    "array_replace",
+    "array_to_json",
+    "array_to_string",
+    "array_upper",
+    "as",
+    "ascii",
+    "asin",
+    "atan",
+    "atan2",
+    "avg",
+    "between",
+    "bigint",
+    "bit",
+    "bit_and",
+    "bit_length",
+    "bit_or",
+    "bool_and",
+    "bool_or",
+    "boolean",
+    "btrim",
+    "by",
+    "cardinality",
+    "case",
+    "cast",
+    "cbrt",
+    "ceil",
+    "ceiling",
+    "char",
+    "char_length",
+    "character",
+    "character_length",
+    "chr",
+    "clock_timestamp",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "conflict",
+    "corr",
+    "cos",
+    "count",
+    "cube",
+    "cume_dist",
+    "current_setting",
+    "currval",
+    "date",
+    "date_bin",
+    "date_part",
+    "date_trunc",
+    "decimal",
+    "decode",
+    "degrees",
+    "dense_rank",
+    "distinct",
+    "div",
+    "do",
+    "double",
+    "else",
+    "encode",
+    "every",
+    "except",
+    "exists",
+    "exp",
+    "extract",
+    "factorial",
+    "filter",
+    "first_value",
+    "float",
+    "float4",
+    "float8",
+    "floor",
+    "format",
+    "from",
+    "gcd",
+    "gen_random_uuid",
+    "generate_series",
+    "generate_subscripts",
+    "greatest",
+    "group",
+    "grouping",
+    "hashtext",
+    "having",
+    "ilike",
+    "in",
+    "initcap",
+    "int",
+    "int2",
+    "int4",
+    "int8",
+    "integer",
+    "intersect",
+    "interval",
+    "into",
+    "is",
+    "isfinite",
+    "join",
+    "json",
+    "json_agg",
+    "json_array_elements",
+    "json_array_elements_text",
+    "json_array_length",
+    "json_build_array",
+    "json_build_object",
+    "json_each",
+    "json_each_text",
+    "json_extract_path",
+    "json_extract_path_text",
+    "json_object",
+    "json_object_agg",
+    "json_object_keys",
+    "json_populate_record",
+    "json_strip_nulls",
+    "json_typeof",
+    "jsonb",
+    "jsonb_agg",
+    "jsonb_array_elements",
+    "jsonb_array_elements_text",
+    "jsonb_array_length",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "jsonb_each",
+    "jsonb_each_text",
+    "jsonb_extract_path",
+    "jsonb_extract_path_text",
+    "jsonb_insert",
+    "jsonb_object",
+    "jsonb_object_agg",
+    "jsonb_object_keys",
+    "jsonb_path_exists",
+    "jsonb_path_match",
+    "jsonb_path_query",
+    "jsonb_path_query_array",
+    "jsonb_path_query_first",
+    "jsonb_populate_record",
+    "jsonb_pretty",
+    "jsonb_set",
+    "jsonb_strip_nulls",
+    "jsonb_to_record",
+    "jsonb_to_recordset",
+    "jsonb_typeof",
+    "justify_days",
+    "justify_hours",
+    "justify_interval",
+    "lag",
+    "last_value",
+    "lateral",
+    "lcm",
+    "lead",
+    "least",
+    "left",
+    "length",
+    "like",
+    "limit",
+    "ln",
+    "log",
+    "log10",
+    "lower",
+    "lpad",
+    "ltrim",
+    "make_date",
+    "make_interval",
+    "make_time",
+    "make_timestamp",
+    "make_timestamptz",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "mode",
+    "nextval",
+    "normalize",
+    "not",
+    "now",
+    "nth_value",
+    "ntile",
+    "nullif",
+    "numeric",
+    "octet_length",
+    "offset",
+    "on",
+    "or",
+    "over",
+    "overlaps",
+    "overlay",
+    "percent_rank",
+    "percentile_cont",
+    "percentile_disc",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_backend_pid",
+    "pg_column_size",
+    "pg_current_xact_id",
+    "pg_is_in_recovery",
+    "pg_relation_size",
+    "pg_sleep",
+    "pg_total_relation_size",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_typeof",
+    "pi",
+    "plainto_tsquery",
+    "position",
+    "pow",
+    "power",
+    "precision",
+    "radians",
+    "random",
+    "rank",
+    "real",
+    "regexp_count",
+    "regexp_instr",
+    "regexp_like",
+    "regexp_match",
+    "regexp_matches",
+    "regexp_replace",
+    "regexp_split_to_array",
+    "regexp_split_to_table",
+    "regexp_substr",
+    "repeat",
+    "replace",
+    "returning",
+    "reverse",
+    "right",
+    "rollup",
+    "round",
+    "row",
+    "row_number",
+    "row_to_json",
+    "rpad",
+    "rtrim",
+    "select",
+    "set",
+    "sets",
+    "setweight",
+    "sha224",
+    "sha256",
+    "sha384",
+    "sha512",
+    "sign",
+    "similar",
+    "sin",
+    "smallint",
+    "some",
+    "split_part",
+    "sqrt",
+    "starts_with",
+    "statement_timestamp",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "string_agg",
+    "string_to_array",
+    "string_to_table",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "tan",
+    "text",
+    "then",
+    "time",
+    "timeofday",
+    "timestamp",
+    "timestamptz",
+    "timezone",
+    "to_char",
+    "to_date",
+    "to_hex",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "to_tsquery",
+    "to_tsvector",
+    "transaction_timestamp",
+    "translate",
+    "trim",
+    "trunc",
+    "ts_headline",
+    "ts_rank",
+    "ts_rank_cd",
+    "txid_current",
+    "union",
+    "unnest",
+    "upper",
+    "using",
+    "uuid",
+    "uuid_generate_v4",
+    "values",
+    "var_pop",
+    "var_samp",
+    "varchar",
+    "variance",
+    "varying",
+    "version",
+    "websearch_to_tsquery",
+    "when",
+    "where",
+    "width_bucket",
+    "with",
+    "within",
+    "xor",
+];
+
+fn harmless(name: &[u8]) -> bool {
+    if name.len() > 40 {
+        return false;
+    }
+    let mut buf = [0u8; 40];
+    let lower = &mut buf[..name.len()];
+    for (d, s) in lower.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    KNOWN_HARMLESS
+        .binary_search_by(|k| k.as_bytes().cmp(lower))
+        .is_ok()
+}
+
+/// May this DML text change the session through what it calls (see the module rules)?
+pub fn opaque(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    if memchr::memchr(b'(', b).is_none() && !contains_word(b, b"into") {
+        return false;
+    }
+    Scan { s: b, i: 0 }.opaque()
+}
+
+/// Does `b` contain `word` (ASCII, any case) anywhere? A cheap pre-filter only.
+fn contains_word(b: &[u8], word: &[u8]) -> bool {
+    b.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word))
+}
+
+/// A token as the scan remembers it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    None,
+    /// A bare word (keyword or identifier) at s[a..b].
+    Word(usize, usize),
+    /// A quoted identifier.
+    Quoted,
+    /// `::`
+    Cast,
+    /// `.`
+    Dot,
+    /// `;`
+    Semi,
+    /// Any other symbol or literal.
+    Other,
+}
+
+struct Scan<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Scan<'_> {
+    fn peek(&self, k: usize) -> u8 {
+        self.s.get(self.i + k).copied().unwrap_or(0)
+    }
+
+    fn word_eq(&self, t: Tok, w: &[u8]) -> bool {
+        matches!(t, Tok::Word(a, b) if self.s[a..b].eq_ignore_ascii_case(w))
+    }
+
+    fn opaque(&mut self) -> bool {
+        // The last two tokens before the current one, and the statement's first word.
+        // last[0] is the latest token.
+        let mut last = [Tok::None; 4];
+        let mut first: Tok = Tok::None;
+        while self.i < self.s.len() {
+            let c = self.peek(0);
+            let tok = match c {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => {
+                    self.i += 1;
+                    continue;
+                }
+                b'-' if self.peek(1) == b'-' => {
+                    while self.i < self.s.len() && self.peek(0) != b'\n' {
+                        self.i += 1;
+                    }
+                    continue;
+                }
+                b'/' if self.peek(1) == b'*' => {
+                    self.block_comment();
+                    continue;
+                }
+                b'\'' => {
+                    // E'…' (prev is the bare word `e` right before the quote) takes
+                    // backslash escapes.
+                    let escapes = matches!(last[0], Tok::Word(a, b) if b == self.i && b - a == 1
+                        && self.s[a].eq_ignore_ascii_case(&b'e'));
+                    self.string(escapes);
+                    Tok::Other
+                }
+                b'"' => {
+                    self.string(false);
+                    Tok::Quoted
+                }
+                b'$' => {
+                    self.dollar();
+                    Tok::Other
+                }
+                b';' => {
+                    self.i += 1;
+                    Tok::Semi
+                }
+                b':' if self.peek(1) == b':' => {
+                    self.i += 2;
+                    Tok::Cast
+                }
+                b'.' if !self.peek(1).is_ascii_digit() => {
+                    self.i += 1;
+                    Tok::Dot
+                }
+                b'(' => {
+                    self.i += 1;
+                    if self.is_call(last) {
+                        return true;
+                    }
+                    Tok::Other
+                }
+                c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                    let a = self.i;
+                    while self.i < self.s.len() {
+                        let c = self.peek(0);
+                        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
+                            self.i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    Tok::Word(a, self.i)
+                }
+                c if c.is_ascii_digit() => {
+                    while self.i < self.s.len()
+                        && (self.peek(0).is_ascii_alphanumeric() || self.peek(0) == b'.')
+                    {
+                        self.i += 1;
+                    }
+                    Tok::Other
+                }
+                _ => {
+                    self.i += 1;
+                    Tok::Other
+                }
+            };
+            if tok == Tok::Semi {
+                first = Tok::None;
+                last = [Tok::None; 4];
+                continue;
+            }
+            if first == Tok::None {
+                first = tok;
+            } else if self.word_eq(tok, b"into")
+                && !self.word_eq(first, b"insert")
+                && !self.word_eq(first, b"merge")
+            {
+                // SELECT … INTO creates a table; `INSERT … INTO` is the only other INTO
+                // in DML (WITH … INSERT INTO is found by the word before it).
+                if !self.word_eq(last[0], b"insert") {
+                    return true;
+                }
+            }
+            last = [tok, last[0], last[1], last[2]];
+        }
+        false
+    }
+
+    /// A `(` follows `last[0]` (the latest token first): is this an opaque call?
+    fn is_call(&self, last: [Tok; 4]) -> bool {
+        let name = last[0];
+        if !matches!(name, Tok::Word(..) | Tok::Quoted) {
+            return false;
+        }
+        // The schema of a qualified name, and the token before the (qualified) name.
+        let (qualifier, before) = if last[1] == Tok::Dot {
+            (last[2], last[3])
+        } else {
+            (Tok::None, last[1])
+        };
+        // `INTO [s.]t (cols)`, `AS alias (cols)`, `::type(n)`: column lists and type
+        // modifiers, not calls.
+        if self.word_eq(before, b"into") || self.word_eq(before, b"as") || before == Tok::Cast {
+            return false;
+        }
+        match (name, qualifier) {
+            (Tok::Word(a, b), Tok::None) => !harmless(&self.s[a..b]),
+            (Tok::Word(a, b), q) => !(self.word_eq(q, b"pg_catalog") && harmless(&self.s[a..b])),
+            _ => true,
+        }
+    }
+
+    fn block_comment(&mut self) {
+        let mut depth = 0usize;
+        while self.i < self.s.len() {
+            if self.peek(0) == b'/' && self.peek(1) == b'*' {
+                depth += 1;
+                self.i += 2;
+            } else if self.peek(0) == b'*' && self.peek(1) == b'/' {
+                depth = depth.saturating_sub(1);
+                self.i += 2;
+                if depth == 0 {
+                    return;
+                }
+            } else {
+                self.i += 1;
+            }
+        }
+    }
+
+    /// A quoted string or identifier starting at the quote; a doubled quote is one quote.
+    fn string(&mut self, escapes: bool) {
+        let q = self.peek(0);
+        self.i += 1;
+        while self.i < self.s.len() {
+            let c = self.peek(0);
+            if escapes && c == b'\\' {
+                self.i += 2;
+                continue;
+            }
+            self.i += 1;
+            if c == q {
+                if self.peek(0) == q {
+                    self.i += 1;
+                } else {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `$tag$ … $tag$`, or `$1`.
+    fn dollar(&mut self) {
+        let start = self.i;
+        let mut j = self.i + 1;
+        while j < self.s.len() && (self.s[j].is_ascii_alphanumeric() || self.s[j] == b'_') {
+            j += 1;
+        }
+        let digit = self.s.get(start + 1).is_some_and(|c| c.is_ascii_digit());
+        if j < self.s.len() && self.s[j] == b'$' && !digit {
+            let tag = &self.s[start..=j];
+            let body = j + 1;
+            self.i = match memchr::memmem::find(&self.s[body..], tag) {
+                Some(p) => body + p + tag.len(),
+                None => self.s.len(),
+            };
+            return;
+        }
+        self.i = j.max(self.i + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_is_sorted() {
+        assert!(KNOWN_HARMLESS.windows(2).all(|w| w[0] < w[1]));
+        assert!(!harmless(b"set_config") && !harmless(b"pg_advisory_lock"));
+    }
+
+    #[test]
+    fn harmless_statements() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 5",
+            "select count(*), COALESCE(max(x), 0) from t where y in (1, 2) and z = any($1)",
+            "INSERT INTO \"app_task\" (\"title\", \"done\") VALUES ('a(b)', false) RETURNING \"app_task\".\"id\"",
+            "insert into public.t (a, b) values (1, 2)",
+            "INSERT INTO \"s\".\"t\" (\"a\") VALUES (1)",
+            "select x::numeric(10,2), cast(y as varchar(20)) from t as g(a, b)",
+            "select 'f(x)', \"weird\" from t -- evil(1)\n /* f( /* g( */ */",
+            "select pg_catalog.lower(name) from t",
+            "UPDATE t SET (a, b) = (1, 2) WHERE id = 3",
+            "insert into t values (1) on conflict (id) do update set a = excluded.a",
+            "select E'\\'evil(' from t",
+            "select $$ evil() $$, $1 from t",
+            "select date_trunc('day', now()) at time zone 'UTC', extract(year from d) from t",
+            "WITH q AS (SELECT 1) SELECT * FROM q",
+            "with x as (select 1) insert into t (a) select * from x",
+            "select exists (select 1 from t) and not (a or b)",
+            "select row_number() over (partition by a order by b) from t",
+        ] {
+            assert!(!opaque(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn opaque_statements() {
+        for sql in [
+            "select use_tenant('acme')",
+            "select set_config('app.' || 'x', 'v', false)",
+            "SELECT pg_advisory_lock(1)",
+            "select public.lower(x) from t",
+            "select \"MyFunc\"(1)",
+            "select * from t where id = f (1)",
+            "select a, b into temp t2 from t",
+            "select 1; select dblink_connect('c', 'x')",
+            "select x from t where y = any(evil())",
+            "select lower(evil(x)) from t",
+        ] {
+            assert!(opaque(sql), "{sql}");
+        }
+    }
+}
