@@ -48,17 +48,17 @@ pub struct Context {
 }
 
 impl Context {
-    /// The SCRAM secret for a user with a plain password, derived once with a random salt
-    /// (again only if the password changes on reload).
+    /// The SCRAM secret for a user with a plain password, derived once (again only if the
+    /// password changes on reload) with the user's stable mock salt: such a user is shown
+    /// the same salt at every login, as a user with a stored SCRAM secret or an unknown
+    /// one is (auth::scram).
     pub fn scram_secret_for(&self, user: &str, password: &str) -> crate::auth::ScramSecret {
         if let Some(e) = self.scram_cache.get(user) {
             if e.0 == password {
                 return e.1.clone();
             }
         }
-        let mut salt = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut salt);
-        let secret = crate::auth::ScramSecret::from_password(password, &salt, 4096);
+        let secret = crate::auth::scram::secret_for_password(user, password);
         self.scram_cache
             .insert(user.to_owned(), (password.to_owned(), secret.clone()));
         secret

@@ -351,8 +351,9 @@ async fn authenticate(
         }
         AuthType::ScramSha256 => {
             // An unknown user (or one with an md5-only secret) goes through the same
-            // exchange with a mock secret and fails at the end, so the answer does not
-            // tell which users exist.
+            // exchange with a mock secret (a salt stable per name, 4096 iterations) and
+            // fails at the end with the same error, so neither the exchange nor the
+            // answer tells which users exist.
             let known = matches!(secret, Some(Secret::Plain(_) | Secret::Scram(_)));
             // A plain password's SCRAM secret is derived once (4096 PBKDF2 rounds), not
             // at every login.
@@ -361,11 +362,11 @@ async fn authenticate(
                 _ => None,
             };
             let mut server = match derived.as_ref().or(secret) {
-                Some(s) if known => match ScramServer::new(s) {
+                Some(s) if known => match ScramServer::new(s, user) {
                     Ok(s) => s,
-                    Err(_) => ScramServer::mock(),
+                    Err(_) => ScramServer::mock(user),
                 },
-                _ => ScramServer::mock(),
+                _ => ScramServer::mock(user),
             };
             conn.send(&build::auth_sasl(&["SCRAM-SHA-256"])).await?;
             let Some(f) = read_password(conn).await? else {
