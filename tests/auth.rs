@@ -826,3 +826,76 @@ async fn scram_salts_and_failures_do_not_reveal_users() {
     assert_eq!(failures[0], failures[2], "wrong password vs unknown user");
     assert_eq!(failures[1], failures[2], "wrong password vs unknown user");
 }
+
+// ---------------------------------------------------------------------------------------
+// No log injection
+// ---------------------------------------------------------------------------------------
+
+/// Log in with names that carry newlines and other control characters.
+async fn log_in_with_hostile_names(p: &Pgtenant) {
+    // Refused: the user name is logged with the failure.
+    raw_login(p.port(), "evil\nFAKE LINE level=ERROR", "app", "x")
+        .assert_only_invalid_password("hostile user name");
+    // Logged in: the application_name is logged too.
+    let mut cfg: tokio_postgres::Config = p.url("app", "secret", "app").parse().unwrap();
+    cfg.application_name("app\nFAKE APP level=ERROR\u{1b}[2J\r\u{2028}");
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client.simple_query("SELECT 1").await.expect("query");
+    // A database that does not exist: the pool's and the server's errors name it.
+    let mut cfg: tokio_postgres::Config = p.url("app", "secret", "app").parse().unwrap();
+    cfg.dbname("nodb\nFAKE SERVER LINE");
+    assert!(cfg.connect(tokio_postgres::NoTls).await.is_err());
+    drop(client);
+}
+
+/// User names, database names and application_names with newlines cannot write a line
+/// of their own into pgtenant's log, in the plain and in the JSON format.
+#[tokio::test]
+async fn control_characters_in_names_do_not_forge_log_lines() {
+    let pg = PgServer::start();
+    for format in ["plain", "json"] {
+        let p = Pgtenant::start(
+            &[
+                "run",
+                "--upstream",
+                &pg.url("app", "secret", "app"),
+                "--log-format",
+                format,
+            ],
+            &[],
+        );
+        log_in_with_hostile_names(&p).await;
+        // The close of the last client is logged asynchronously.
+        p.wait_for_log("FAKE SERVER LINE", TIMEOUT);
+        let logs = p.logs();
+        for line in logs.lines() {
+            assert!(
+                !line.trim_start().starts_with("FAKE"),
+                "{format}: a forged line {line:?}\n--- logs ---\n{logs}"
+            );
+            assert!(
+                !line.contains('\u{1b}') && !line.contains('\r') && !line.contains('\u{2028}'),
+                "{format}: a control character in {line:?}"
+            );
+            if format == "json" {
+                assert!(line.starts_with('{'), "json: not an object: {line:?}");
+            }
+        }
+        for shown in [
+            r"evil\nFAKE LINE level=ERROR",
+            r"app\nFAKE APP level=ERROR",
+            "FAKE SERVER LINE",
+        ] {
+            let shown = match format {
+                // JSON escapes the backslash of the escape once more.
+                "json" => shown.replace('\\', "\\\\"),
+                _ => shown.to_string(),
+            };
+            assert!(
+                logs.contains(&shown),
+                "{format}: {shown:?} not in the logs:\n{logs}"
+            );
+        }
+    }
+}

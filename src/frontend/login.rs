@@ -11,6 +11,7 @@ use super::{CancelKey, FrontendError};
 use crate::auth::{self, ScramServer, Secret, ServerCredential};
 use crate::config::{AuthType, ClientTls, Listener};
 use crate::context::Context;
+use crate::logging::Escaped;
 use crate::net::{Connection, Frame, Stream};
 use crate::pool::{Pool, PoolError, PoolKey};
 use crate::protocol::{build, decode, sqlstate, StartupPacket};
@@ -182,7 +183,7 @@ async fn login_inner(
         return Ok(None);
     }
     if ctx.clients.load(Ordering::Acquire) > settings.max_client_conn {
-        tracing::warn!(user = %user, max_client_conn = settings.max_client_conn, "client refused: max_client_conn reached");
+        tracing::warn!(user = %Escaped(&user), max_client_conn = settings.max_client_conn, "client refused: max_client_conn reached");
         conn.send(&build::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
             "no more connections allowed (max_client_conn)",
@@ -197,7 +198,7 @@ async fn login_inner(
     let credential = match authenticate(&mut conn, method, &user, secret.as_ref(), ctx).await? {
         Some(c) => c,
         None => {
-            tracing::warn!(user = %user, method = method.as_str(), "client authentication failed");
+            tracing::warn!(user = %Escaped(&user), method = method.as_str(), "client authentication failed");
             conn.send(&build::fatal(
                 sqlstate::INVALID_PASSWORD,
                 &format!("password authentication failed for user \"{user}\""),
@@ -210,7 +211,7 @@ async fn login_inner(
 
     if crate::admin::is_admin_database(&database) {
         if crate::admin::access(ctx, &user).is_none() {
-            tracing::warn!(user = %user, "admin console refused: not in admin_users or stats_users");
+            tracing::warn!(user = %Escaped(&user), "admin console refused: not in admin_users or stats_users");
             conn.send(&build::fatal(
                 sqlstate::INVALID_AUTHORIZATION,
                 &format!("user \"{user}\" is not allowed in the admin console (admin_users, stats_users)"),

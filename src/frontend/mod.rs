@@ -1,5 +1,8 @@
 //! One task per client: startup (TLS, protocol version, authentication), then the session
 //! loop that lends it server connections.
+//!
+//! Peer-supplied strings (user, database, application_name) go into log lines through
+//! `logging::Escaped`: no control character, bounded length.
 mod cancel;
 mod listen;
 mod login;
@@ -16,6 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Listener;
 use crate::context::Context;
+use crate::logging::Escaped;
 
 pub use cancel::{CancelKey, CancelRegistry, CancelSlot};
 pub use listen::ListenHub;
@@ -100,8 +104,8 @@ fn after_login(
                 .find(|(k, _)| k == "application_name")
                 .map(|(_, v)| v.as_str());
             tracing::info!(
-                peer = ?peer, user = %client.user, database = %client.database,
-                application_name = app.unwrap_or(""), tls = client.conn.stream().is_tls(), "client logged in"
+                peer = ?peer, user = %Escaped(&client.user), database = %Escaped(&client.database),
+                application_name = %Escaped(app.unwrap_or("")), tls = client.conn.stream().is_tls(), "client logged in"
             );
             let user = client.user.clone();
             let ctx = ctx.clone();
@@ -122,7 +126,7 @@ fn after_login(
             params,
             key,
         })) => {
-            tracing::info!(peer = ?peer, user = %user, database = %database, "admin console client logged in");
+            tracing::info!(peer = ?peer, user = %Escaped(&user), database = %Escaped(&database), "admin console client logged in");
             let ctx = ctx.clone();
             Some(Box::pin(async move {
                 let kill = ctx.shutdown.child_token();
@@ -140,10 +144,10 @@ fn after_login(
                 drop(key);
                 match r {
                     Ok(()) => {
-                        tracing::info!(peer = ?peer, user = %user, "admin console client closed")
+                        tracing::info!(peer = ?peer, user = %Escaped(&user), "admin console client closed")
                     }
                     Err(e) => {
-                        tracing::info!(peer = ?peer, user = %user, error = %e, "admin console client closed")
+                        tracing::info!(peer = ?peer, user = %Escaped(&user), error = %e, "admin console client closed")
                     }
                 }
             }))
@@ -180,8 +184,10 @@ fn start_session(
     session::run(client, ctx.clone(), move |r, ctx: &Context| {
         ctx.admin.clients.unregister(id);
         match r {
-            Ok(()) => tracing::info!(peer = ?peer, user = %user, "client closed"),
-            Err(e) => tracing::info!(peer = ?peer, user = %user, error = %e, "client closed"),
+            Ok(()) => tracing::info!(peer = ?peer, user = %Escaped(&user), "client closed"),
+            Err(e) => {
+                tracing::info!(peer = ?peer, user = %Escaped(&user), error = %e, "client closed")
+            }
         }
     })
 }

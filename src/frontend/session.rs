@@ -32,6 +32,7 @@ use super::FrontendError;
 use crate::backend::{server_statement_name, ServerConn};
 use crate::config::PoolMode;
 use crate::context::Context;
+use crate::logging::Escaped;
 use crate::net::Frame;
 use crate::pool::{Pool, PoolError};
 use crate::protocol::extended::{Bind, Parse, Target};
@@ -477,7 +478,7 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
                 Err(e) => {
-                    tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                    tracing::warn!(user = %Escaped(&self.c.user), error = %e, "bad message from client");
                     self.c
                         .conn
                         .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
@@ -569,7 +570,7 @@ impl Session {
                             continue;
                         }
                         if let Err(e) = self.forward_real(f) {
-                            tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                            tracing::warn!(user = %Escaped(&self.c.user), error = %e, "bad message from client");
                             self.c
                                 .conn
                                 .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
@@ -588,7 +589,7 @@ impl Session {
             }
             tracing::trace!(tag = %(f.tag() as char), attached = self.attached.is_some(), "client message");
             if let Err(e) = self.forward(f) {
-                tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                tracing::warn!(user = %Escaped(&self.c.user), error = %e, "bad message from client");
                 self.c
                     .conn
                     .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
@@ -622,7 +623,7 @@ impl Session {
                 .await
                 .is_err()
             {
-                tracing::warn!(user = %self.c.user, "LISTEN not confirmed by the listening connection within 10 s");
+                tracing::warn!(user = %Escaped(&self.c.user), "LISTEN not confirmed by the listening connection within 10 s");
             }
         }
     }
@@ -1350,7 +1351,7 @@ impl Session {
                 true
             }
             Err(e) => {
-                tracing::warn!(user = %self.c.user, pool = %pool.name(), error = %e, "worker connection failed");
+                tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), error = %e, "worker connection failed");
                 false
             }
         }
@@ -1415,10 +1416,10 @@ impl Session {
             Err(e) => {
                 match &e {
                     PoolError::WaitTimeout => {
-                        tracing::warn!(user = %self.c.user, pool = %pool.name(), "query_wait_timeout: pool exhausted")
+                        tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), "query_wait_timeout: pool exhausted")
                     }
                     e => {
-                        tracing::warn!(user = %self.c.user, pool = %pool.name(), error = %e, "no server connection")
+                        tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), error = %e, "no server connection")
                     }
                 }
                 let fatal = pool_error_frame(&e);
@@ -1483,7 +1484,7 @@ impl Session {
                         self.c.conn.queue(&f);
                     } else {
                         let e = ErrorFields::parse(f.body()).unwrap_or_default();
-                        tracing::warn!(user = %self.c.user, code = %e.code, message = %e.message, "server refused a setting pgtenant replayed");
+                        tracing::warn!(user = %Escaped(&self.c.user), code = %e.code, message = %e.message, "server refused a setting pgtenant replayed");
                     }
                     match a.pipe.q.front().and_then(Expect::req).cloned() {
                         Some(r) if r.is_extended() => {
@@ -1673,7 +1674,7 @@ impl Session {
                     a.server.applied = now;
                 }
                 Err(e) => {
-                    tracing::warn!(user = %self.c.user, error = %e, "reading back session settings failed; closing the server connection");
+                    tracing::warn!(user = %Escaped(&self.c.user), error = %e, "reading back session settings failed; closing the server connection");
                     a.pool.discard(a.server);
                     return;
                 }
@@ -1696,7 +1697,7 @@ impl Session {
         // to another backend). If one is on its way, it already has its target.
         let _ = self.c.key.slot.try_set(None);
         if let Some(a) = self.attached.take() {
-            tracing::warn!(user = %self.c.user, pool = %a.pool.name(), server = a.server.id, reason = why, "server connection lost");
+            tracing::warn!(user = %Escaped(&self.c.user), pool = %a.pool.name(), server = a.server.id, reason = why, "server connection lost");
             a.pool.discard(a.server);
         }
         self.c
