@@ -31,8 +31,10 @@ pub struct Context {
     /// Workers that could not be reached.
     pub node_health: crate::frontend::routing::NodeHealth,
     pub coordinator: ArcSwap<Node>,
-    /// Connected clients (for max_client_conn).
+    /// Open client connections, from accept to close (metrics, SHOW LISTS).
     pub clients: AtomicU32,
+    /// Who may hold a connection: max_startup_clients, max_client_conn.
+    pub admission: crate::frontend::Admission,
     /// SCRAM secrets derived from plain passwords: user → (password, secret).
     pub scram_cache: dashmap::DashMap<String, (String, crate::auth::ScramSecret)>,
     /// Fires on SIGTERM/SIGINT: idle clients leave, busy ones finish their transaction.

@@ -3,6 +3,7 @@
 //!
 //! Peer-supplied strings (user, database, application_name) go into log lines through
 //! `logging::Escaped`: no control character, bounded length.
+pub mod admission;
 mod cancel;
 mod listen;
 mod login;
@@ -21,6 +22,7 @@ use crate::config::Listener;
 use crate::context::Context;
 use crate::logging::Escaped;
 
+pub use admission::Admission;
 pub use cancel::{CancelKey, CancelRegistry, CancelSlot};
 pub use listen::ListenHub;
 pub use prepared::StatementRegistry;
@@ -76,7 +78,8 @@ pub fn handle_client(
 ) -> impl std::future::Future<Output = ()> + Send {
     let peer = socket.peer_addr().ok();
     let _ = socket.set_nodelay(true);
-    // Counted from accept to close; max_client_conn is checked against it at login.
+    // Open connections, counted from accept to close (metrics, SHOW LISTS); who may
+    // stay is admission.rs's business.
     ctx.clients.fetch_add(1, Ordering::AcqRel);
     let login: BoxFuture<LoginDone> = Box::pin(async move {
         let r = login::login(socket, &listener, &ctx).await;
@@ -84,8 +87,13 @@ pub fn handle_client(
     });
     async move {
         let (r, ctx) = login.await;
+        // A login holds a max_client_conn slot until the client leaves.
+        let logged_in = matches!(r, Ok(Some(_)));
         if let Some(serve) = after_login(peer, r, &ctx) {
             serve.await;
+        }
+        if logged_in {
+            ctx.admission.client_left();
         }
         ctx.clients.fetch_sub(1, Ordering::AcqRel);
     }
