@@ -33,8 +33,10 @@ pub struct Context {
     /// Workers that could not be reached.
     pub node_health: crate::frontend::routing::NodeHealth,
     pub coordinator: ArcSwap<Node>,
-    /// Connected clients (for max_client_conn).
+    /// Open client connections, from accept to close (metrics, SHOW LISTS).
     pub clients: AtomicU32,
+    /// Who may hold a connection: max_startup_clients, max_client_conn.
+    pub admission: crate::frontend::Admission,
     /// SCRAM secrets derived from plain passwords: user → (password, secret).
     pub scram_cache: dashmap::DashMap<String, (String, crate::auth::ScramSecret)>,
     /// Fires on SIGTERM/SIGINT: idle clients leave, busy ones finish their transaction.
@@ -50,17 +52,17 @@ pub struct Context {
 }
 
 impl Context {
-    /// The SCRAM secret for a user with a plain password, derived once with a random salt
-    /// (again only if the password changes on reload).
+    /// The SCRAM secret for a user with a plain password, derived once (again only if the
+    /// password changes on reload) with the user's stable mock salt: such a user is shown
+    /// the same salt at every login, as a user with a stored SCRAM secret or an unknown
+    /// one is (auth::scram).
     pub fn scram_secret_for(&self, user: &str, password: &str) -> crate::auth::ScramSecret {
         if let Some(e) = self.scram_cache.get(user) {
             if e.0 == password {
                 return e.1.clone();
             }
         }
-        let mut salt = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut salt);
-        let secret = crate::auth::ScramSecret::from_password(password, &salt, 4096);
+        let secret = crate::auth::scram::secret_for_password(user, password);
         self.scram_cache
             .insert(user.to_owned(), (password.to_owned(), secret.clone()));
         secret

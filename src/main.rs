@@ -75,6 +75,12 @@ struct SettingsArgs {
     /// Largest number of client connections.
     #[arg(long, env = "PGTENANT_MAX_CLIENT_CONN", value_name = "N")]
     max_client_conn: Option<u32>,
+    /// Largest number of connections still logging in.
+    #[arg(long, env = "PGTENANT_MAX_STARTUP_CLIENTS", value_name = "N")]
+    max_startup_clients: Option<u32>,
+    /// Seconds a client may take from connect to authenticated (at least 1).
+    #[arg(long, env = "PGTENANT_CLIENT_LOGIN_TIMEOUT", value_name = "SECONDS")]
+    client_login_timeout: Option<f64>,
     /// Address for /metrics, /healthz and /readyz, e.g. 0.0.0.0:9930 ("" = off).
     #[arg(long, env = "PGTENANT_HTTP_LISTEN", value_name = "ADDR")]
     http_listen: Option<String>,
@@ -99,6 +105,8 @@ impl SettingsArgs {
             workers: self.workers,
             auth_type: self.auth_type,
             max_client_conn: self.max_client_conn,
+            max_startup_clients: self.max_startup_clients,
+            client_login_timeout: self.client_login_timeout,
             http_listen: self.http_listen,
             admin_users: self.admin_users,
             stats_users: self.stats_users,
@@ -201,6 +209,10 @@ mod tests {
             "md5",
             "--max-client-conn",
             "9",
+            "--max-startup-clients",
+            "11",
+            "--client-login-timeout",
+            "2.5",
         ])
         .unwrap();
         let Some(Command::Run(args)) = cli.command else {
@@ -217,6 +229,8 @@ mod tests {
         assert_eq!(o.workers, Some(2));
         assert_eq!(o.auth_type.as_deref(), Some("md5"));
         assert_eq!(o.max_client_conn, Some(9));
+        assert_eq!(o.max_startup_clients, Some(11));
+        assert_eq!(o.client_login_timeout, Some(2.5));
     }
 
     #[test]

@@ -138,6 +138,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         node_health: Default::default(),
         coordinator: ArcSwap::from_pointee(coordinator(&settings)),
         clients: AtomicU32::new(0),
+        admission: Default::default(),
         scram_cache: Default::default(),
         shutdown: CancellationToken::new(),
         admin: crate::admin::AdminState::new(overrides.clone()),

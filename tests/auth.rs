@@ -701,3 +701,201 @@ async fn passwords_never_appear_in_logs() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// No user enumeration
+// ---------------------------------------------------------------------------------------
+
+/// Start a SCRAM login as `user` and return what the server-first-message shows before
+/// any proof: `s=<salt>,i=<iterations>`.
+fn scram_salt(port: u16, user: &str) -> String {
+    let mut r = Raw::startup(port, user, "app");
+    let (tag, body) = r.read().expect("an authentication request");
+    assert_eq!((tag, auth_code(&body)), (b'R', AUTH_SASL), "{user}");
+    let mut c = ScramClient::new(ServerCredential::Password("whatever".into())).expect("c");
+    let first = c.client_first();
+    let mut msg = b"SCRAM-SHA-256\0".to_vec();
+    msg.extend((first.len() as i32).to_be_bytes());
+    msg.extend(first);
+    r.send(b'p', &msg);
+    let (tag, body) = r.read().expect("SASLContinue");
+    assert_eq!(
+        (tag, auth_code(&body)),
+        (b'R', AUTH_SASL_CONTINUE),
+        "{user}"
+    );
+    let server_first = String::from_utf8(body[4..].to_vec()).expect("utf-8");
+    let (_, salt) = server_first.split_once(",s=").expect("a salt");
+    format!("s={salt}")
+}
+
+/// An ErrorResponse's fields as (code, text), with `user` in the texts replaced by "x".
+fn error_fields(body: &[u8], user: &str) -> Vec<(char, String)> {
+    body.split(|b| *b == 0)
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            let text = String::from_utf8_lossy(&f[1..]).replace(user, "x");
+            (f[0] as char, text)
+        })
+        .collect()
+}
+
+/// Two unauthenticated SCRAM starts tell nothing about which users exist or how their
+/// secret is stored: an unknown user, a user with a plain password and one with a
+/// SCRAM verifier each see the same salt and 4096 iterations on every try, and a wrong
+/// password and an unknown user end in the same ErrorResponse.
+#[tokio::test]
+async fn scram_salts_and_failures_do_not_reveal_users() {
+    let pg = PgServer::start();
+    let verifier: String = pg
+        .admin_client()
+        .await
+        .query_one(
+            "select rolpassword from pg_authid where rolname = 'app'",
+            &[],
+        )
+        .await
+        .expect("app's SCRAM verifier")
+        .get(0);
+    let stored_salt = verifier
+        .split('$')
+        .nth(1)
+        .and_then(|s| s.split_once(':'))
+        .map(|(i, s)| format!("s={s},i={i}"))
+        .expect("iterations:salt");
+    // app's only secret is the verifier (the upstream URL has no password).
+    let toml = format!(
+        "upstream = \"postgres://app@127.0.0.1:{}/app\"\n\
+         \n\
+         [users.app]\n\
+         password = \"{verifier}\"\n\
+         \n\
+         [users.plainuser]\n\
+         password = \"plainpass\"\n",
+        pg.port()
+    );
+    let (p, _dir) = pgtenant_with_config(&toml, &[]);
+
+    let mut seen = Vec::new();
+    for user in ["nosuchuser", "plainuser", "app", "other-unknown"] {
+        let first = scram_salt(p.port(), user);
+        let second = scram_salt(p.port(), user);
+        assert_eq!(first, second, "{user}: the salt changed between two tries");
+        assert!(first.ends_with(",i=4096"), "{user}: {first}");
+        seen.push(first);
+    }
+    assert_eq!(seen[2], stored_salt, "app is shown its stored salt");
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        seen.len(),
+        "each user has its own salt: {seen:?}"
+    );
+
+    // The known users still log in, and are refused with a wrong password exactly as an
+    // unknown user is.
+    assert_eq!(login_and_query(&p.url("app", "secret", "app")).await, "app");
+    assert_eq!(
+        login_and_query(&p.url("plainuser", "plainpass", "app")).await,
+        "plainuser"
+    );
+    assert_eq!(
+        scram_salt(p.port(), "plainuser"),
+        seen[1],
+        "stable after a login"
+    );
+    let mut failures = Vec::new();
+    for user in ["app", "plainuser", "nosuchuser"] {
+        let out = raw_login(p.port(), user, "app", "wrong-password");
+        out.assert_only_invalid_password(user);
+        let fields = error_fields(&out.after[0].1, user);
+        assert!(
+            fields.contains(&('M', "password authentication failed for user \"x\"".into())),
+            "{user}: {fields:?}"
+        );
+        failures.push(fields);
+        let e = login_error(&p.url(user, "wrong-password", "app")).await;
+        let db = e.as_db_error().expect("a server error");
+        assert_eq!(db.code(), &SqlState::INVALID_PASSWORD);
+        assert_eq!(db.severity(), "FATAL");
+        assert_eq!(
+            db.message(),
+            format!("password authentication failed for user \"{user}\"")
+        );
+    }
+    assert_eq!(failures[0], failures[2], "wrong password vs unknown user");
+    assert_eq!(failures[1], failures[2], "wrong password vs unknown user");
+}
+
+// ---------------------------------------------------------------------------------------
+// No log injection
+// ---------------------------------------------------------------------------------------
+
+/// Log in with names that carry newlines and other control characters.
+async fn log_in_with_hostile_names(p: &Pgtenant) {
+    // Refused: the user name is logged with the failure.
+    raw_login(p.port(), "evil\nFAKE LINE level=ERROR", "app", "x")
+        .assert_only_invalid_password("hostile user name");
+    // Logged in: the application_name is logged too.
+    let mut cfg: tokio_postgres::Config = p.url("app", "secret", "app").parse().unwrap();
+    cfg.application_name("app\nFAKE APP level=ERROR\u{1b}[2J\r\u{2028}");
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client.simple_query("SELECT 1").await.expect("query");
+    // A database that does not exist: the pool's and the server's errors name it.
+    let mut cfg: tokio_postgres::Config = p.url("app", "secret", "app").parse().unwrap();
+    cfg.dbname("nodb\nFAKE SERVER LINE");
+    assert!(cfg.connect(tokio_postgres::NoTls).await.is_err());
+    drop(client);
+}
+
+/// User names, database names and application_names with newlines cannot write a line
+/// of their own into pgtenant's log, in the plain and in the JSON format.
+#[tokio::test]
+async fn control_characters_in_names_do_not_forge_log_lines() {
+    let pg = PgServer::start();
+    for format in ["plain", "json"] {
+        let p = Pgtenant::start(
+            &[
+                "run",
+                "--upstream",
+                &pg.url("app", "secret", "app"),
+                "--log-format",
+                format,
+            ],
+            &[],
+        );
+        log_in_with_hostile_names(&p).await;
+        // The close of the last client is logged asynchronously.
+        p.wait_for_log("FAKE SERVER LINE", TIMEOUT);
+        let logs = p.logs();
+        for line in logs.lines() {
+            assert!(
+                !line.trim_start().starts_with("FAKE"),
+                "{format}: a forged line {line:?}\n--- logs ---\n{logs}"
+            );
+            assert!(
+                !line.contains('\u{1b}') && !line.contains('\r') && !line.contains('\u{2028}'),
+                "{format}: a control character in {line:?}"
+            );
+            if format == "json" {
+                assert!(line.starts_with('{'), "json: not an object: {line:?}");
+            }
+        }
+        for shown in [
+            r"evil\nFAKE LINE level=ERROR",
+            r"app\nFAKE APP level=ERROR",
+            "FAKE SERVER LINE",
+        ] {
+            let shown = match format {
+                // JSON escapes the backslash of the escape once more.
+                "json" => shown.replace('\\', "\\\\"),
+                _ => shown.to_string(),
+            };
+            assert!(
+                logs.contains(&shown),
+                "{format}: {shown:?} not in the logs:\n{logs}"
+            );
+        }
+    }
+}

@@ -25,6 +25,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::config::Overrides;
 use crate::context::Context;
+use crate::logging::Escaped;
 use crate::net::{Connection, Frame};
 use crate::protocol::{build, sqlstate};
 
@@ -279,7 +280,7 @@ pub async fn serve(
             b'Q' => {
                 let text = crate::protocol::decode::query_text(f.body())?;
                 let text: &str = &text;
-                tracing::info!(user = %user, command = %text, "admin command");
+                tracing::info!(user = %Escaped(&user), command = %Escaped(text), "admin command");
                 let reply = match access(&ctx, &user) {
                     None => Err(AdminError::new("admin access needed")),
                     Some(a) => match parse(text) {

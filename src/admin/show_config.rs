@@ -62,6 +62,15 @@ fn parse_secs(v: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(x))
 }
 
+/// As in the file: at least 1 s, no "0 = disabled".
+fn parse_login_timeout(v: &str) -> Result<Duration, String> {
+    let d = parse_secs(v)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("expected at least 1 second, got '{v}'"));
+    }
+    Ok(d)
+}
+
 fn parse_u32(v: &str, min: u32) -> Result<u32, String> {
     match v.trim().parse::<u32>() {
         Ok(n) if n >= min => Ok(n),
@@ -132,6 +141,16 @@ fn items() -> Vec<Item> {
             "max_client_conn",
             |s| s.max_client_conn.to_string(),
             |m, v| m.max_client_conn = parse_u32(v, 1)?
+        ),
+        item!(
+            "max_startup_clients",
+            |s| s.max_startup_clients.to_string(),
+            |m, v| m.max_startup_clients = parse_u32(v, 1)?
+        ),
+        item!(
+            "client_login_timeout",
+            |s| secs(s.client_login_timeout),
+            |m, v| m.client_login_timeout = parse_login_timeout(v)?
         ),
         item!(
             "max_db_connections",

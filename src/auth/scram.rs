@@ -7,8 +7,15 @@
 //!
 //! Sans-IO: the methods take and return the SASL message payloads; the caller wraps them
 //! in AuthenticationSASLContinue/Final and SASLInitialResponse/SASLResponse.
+//!
+//! No user enumeration: the server-first-message (salt, iterations) a user is shown must
+//! not depend on whether the user exists or how its secret is stored. A user without a
+//! SCRAM secret of its own (unknown, md5 only, or a plain password) is shown
+//! [`mock_salt`] and 4096 iterations: stable per name for the life of the process, as
+//! PostgreSQL's `scram_mock_salt`, and never a fresh random salt per try.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -20,10 +27,41 @@ use super::{ct_eq, AuthError, ScramSecret, Secret};
 /// The SASL mechanism name advertised in AuthenticationSASL.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
-/// Iterations used when a cleartext password must be turned into a SCRAM verifier.
+/// Iterations used when a cleartext password must be turned into a SCRAM verifier, and
+/// shown for a mock secret (PostgreSQL's default, scram_iterations).
 const DEFAULT_ITERATIONS: u32 = 4096;
 /// Random bytes in a nonce (PostgreSQL uses 18, base64 encoded).
 const NONCE_BYTES: usize = 18;
+/// Salt length of derived and mock secrets (PostgreSQL's SCRAM_DEFAULT_SALT_LEN).
+const SALT_LEN: usize = 16;
+
+/// The salt shown to `user` when it has no SCRAM secret of its own: SHA-256 over the user
+/// name and a secret nonce drawn once per process, cut to the salt length (PostgreSQL's
+/// `scram_mock_salt` with its `mock_auth_nonce`). The same name always gets the same salt
+/// while the process runs, so two tries do not tell an unknown user from a known one, and
+/// without the nonce nobody can compute it.
+pub fn mock_salt(user: &str) -> [u8; SALT_LEN] {
+    use sha2::{Digest, Sha256};
+    static NONCE: OnceLock<[u8; 32]> = OnceLock::new();
+    let nonce = NONCE.get_or_init(|| {
+        let mut n = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut n);
+        n
+    });
+    let mut h = Sha256::new();
+    h.update(user.as_bytes());
+    h.update(nonce);
+    let mut salt = [0u8; SALT_LEN];
+    salt.copy_from_slice(&h.finalize()[..SALT_LEN]);
+    salt
+}
+
+/// The SCRAM secret for a plain password: 4096 iterations and `user`'s [`mock_salt`], so
+/// that the user is shown the same salt at every login (and the same one it would be
+/// shown if it did not exist). Costs 4096 PBKDF2 rounds: callers cache it.
+pub fn secret_for_password(user: &str, password: &str) -> ScramSecret {
+    ScramSecret::from_password(password, &mock_salt(user), DEFAULT_ITERATIONS)
+}
 
 fn random_nonce() -> String {
     let mut b = [0u8; NONCE_BYTES];
@@ -118,16 +156,14 @@ impl fmt::Debug for ScramServer {
 }
 
 impl ScramServer {
-    /// Start an exchange for a user with this stored secret. A cleartext password gets a
-    /// fresh random salt and 4096 iterations; an md5 secret cannot do SCRAM.
-    pub fn new(secret: &Secret) -> Result<ScramServer, AuthError> {
+    /// Start an exchange for `user` with this stored secret. A cleartext password is
+    /// derived with [`secret_for_password`] (4096 PBKDF2 rounds at every call: a server
+    /// that logs many clients in caches the result and passes `Secret::Scram`); an md5
+    /// secret cannot do SCRAM.
+    pub fn new(secret: &Secret, user: &str) -> Result<ScramServer, AuthError> {
         let secret = match secret {
             Secret::Scram(s) => s.clone(),
-            Secret::Plain(password) => {
-                let mut salt = [0u8; 16];
-                rand::thread_rng().fill_bytes(&mut salt);
-                ScramSecret::from_password(password, &salt, DEFAULT_ITERATIONS)
-            }
+            Secret::Plain(password) => secret_for_password(user, password),
             Secret::Md5(_) => {
                 return Err(AuthError::UnsupportedSecret(
                     "SCRAM-SHA-256 authentication cannot use an md5 secret: \
@@ -139,19 +175,18 @@ impl ScramServer {
     }
 
     /// An exchange for a user that does not exist (or has no usable secret): it looks
-    /// like a real one to the client and always ends in `WrongPassword`, so a client
-    /// cannot probe which users exist.
-    pub fn mock() -> ScramServer {
-        let mut salt = [0u8; 16];
+    /// like a real one to the client (the user's [`mock_salt`], 4096 iterations, the
+    /// same on every try) and always ends in `WrongPassword`, so a client cannot probe
+    /// which users exist.
+    pub fn mock(user: &str) -> ScramServer {
         let mut stored_key = [0u8; 32];
         let mut server_key = [0u8; 32];
         let mut rng = rand::thread_rng();
-        rng.fill_bytes(&mut salt);
         rng.fill_bytes(&mut stored_key);
         rng.fill_bytes(&mut server_key);
         let secret = ScramSecret {
             iterations: DEFAULT_ITERATIONS,
-            salt: salt.to_vec(),
+            salt: mock_salt(user).to_vec(),
             stored_key,
             server_key,
         };
@@ -607,7 +642,7 @@ mod tests {
                 4096,
             )),
         ] {
-            let mut srv = ScramServer::new(&secret).expect("server");
+            let mut srv = ScramServer::new(&secret, "u").expect("server");
             let mut cli =
                 ScramClient::new(ServerCredential::Password("s3cret".into())).expect("client");
             run(&mut srv, &mut cli).expect("round trip");
@@ -621,7 +656,7 @@ mod tests {
         // The client logs in to pgtenant; pgtenant logs in to the server with the keys.
         let verifier = ScramSecret::from_password("s3cret", b"pass-through-salt", 4096);
         let secret = Secret::Scram(verifier.clone());
-        let mut front = ScramServer::new(&secret).expect("server");
+        let mut front = ScramServer::new(&secret, "u").expect("server");
         let mut app = ScramClient::new(ServerCredential::Password("s3cret".into())).expect("c");
         run(&mut front, &mut app).expect("client login");
 
@@ -629,14 +664,14 @@ mod tests {
             .expect("pass-through credential");
         assert!(matches!(cred, ServerCredential::ScramKeys { .. }));
         // The "real server" stores the same verifier.
-        let mut backend_server = ScramServer::new(&secret).expect("server");
+        let mut backend_server = ScramServer::new(&secret, "u").expect("server");
         let mut backend_client = ScramClient::new(cred).expect("client");
         run(&mut backend_server, &mut backend_client).expect("pass-through login");
 
         // A server with a different verifier for the same password rejects the keys.
         let other = Secret::Scram(ScramSecret::from_password("s3cret", b"other-salt", 4096));
         let cred = ServerCredential::from_secret(&secret, "app", front.client_key()).expect("c");
-        let mut s2 = ScramServer::new(&other).expect("server");
+        let mut s2 = ScramServer::new(&other, "u").expect("server");
         let mut c2 = ScramClient::new(cred).expect("client");
         assert!(matches!(
             run(&mut s2, &mut c2),
@@ -662,14 +697,14 @@ mod tests {
             Some(ServerCredential::Md5(_))
         ));
         assert!(ScramClient::new(ServerCredential::Md5("md5abc".into())).is_err());
-        assert!(ScramServer::new(&md5).is_err());
+        assert!(ScramServer::new(&md5, "u").is_err());
         let dbg = format!("{:?}", ServerCredential::Password("pw-xyz".into()));
         assert!(!dbg.contains("pw-xyz"));
     }
 
     #[test]
     fn wrong_password() {
-        let mut srv = ScramServer::new(&Secret::Plain("right".into())).expect("server");
+        let mut srv = ScramServer::new(&Secret::Plain("right".into()), "u").expect("server");
         let mut cli = ScramClient::new(ServerCredential::Password("wrong".into())).expect("c");
         assert!(matches!(
             run(&mut srv, &mut cli),
@@ -683,9 +718,38 @@ mod tests {
         ));
     }
 
+    /// The salt and iteration count in a server-first-message.
+    fn salt_and_iterations(srv: &mut ScramServer) -> String {
+        let first = s(srv.handle_client_first(b"n,,n=,r=abc").expect("first"));
+        first.split_once(",s=").expect("salt").1.to_owned()
+    }
+
+    #[test]
+    fn salts_are_stable_per_user_and_do_not_tell_mock_from_real() {
+        let a1 = salt_and_iterations(&mut ScramServer::mock("alice"));
+        let a2 = salt_and_iterations(&mut ScramServer::mock("alice"));
+        assert_eq!(
+            a1, a2,
+            "an unknown user must see the same salt on every try"
+        );
+        assert!(a1.ends_with(",i=4096"), "{a1}");
+        assert_ne!(a1, salt_and_iterations(&mut ScramServer::mock("bob")));
+        // A plain password is shown the very salt it would get if the user did not exist.
+        let plain = Secret::Plain("pw".into());
+        let p1 = salt_and_iterations(&mut ScramServer::new(&plain, "alice").expect("server"));
+        let p2 = salt_and_iterations(&mut ScramServer::new(&plain, "alice").expect("server"));
+        assert_eq!(p1, a1);
+        assert_eq!(p2, a1);
+        assert_eq!(mock_salt("alice").len(), 16);
+        assert_eq!(
+            secret_for_password("alice", "pw"),
+            secret_for_password("alice", "pw")
+        );
+    }
+
     #[test]
     fn mock_always_fails() {
-        let mut srv = ScramServer::mock();
+        let mut srv = ScramServer::mock("nosuchuser");
         let mut cli = ScramClient::new(ServerCredential::Password("x".into())).expect("c");
         assert!(matches!(
             run(&mut srv, &mut cli),
@@ -695,7 +759,7 @@ mod tests {
 
     #[test]
     fn server_with_bad_signature_is_rejected() {
-        let mut srv = ScramServer::new(&Secret::Plain("pw".into())).expect("server");
+        let mut srv = ScramServer::new(&Secret::Plain("pw".into()), "u").expect("server");
         let mut cli = ScramClient::new(ServerCredential::Password("pw".into())).expect("c");
         let sf = srv.handle_client_first(&cli.client_first()).expect("sf");
         cli.handle_server_first(&sf).expect("cf");
@@ -757,7 +821,7 @@ mod tests {
             b"\xff\xfe",
         ];
         for c in cases {
-            let mut srv = ScramServer::new(&Secret::Plain("pw".into())).expect("server");
+            let mut srv = ScramServer::new(&Secret::Plain("pw".into()), "u").expect("server");
             let r = srv.handle_client_first(c);
             assert!(
                 matches!(r, Err(AuthError::Malformed(_))),
@@ -765,17 +829,17 @@ mod tests {
                 String::from_utf8_lossy(c)
             );
         }
-        let mut srv = ScramServer::new(&Secret::Plain("pw".into())).expect("server");
+        let mut srv = ScramServer::new(&Secret::Plain("pw".into()), "u").expect("server");
         assert!(matches!(
             srv.handle_client_first(b"p=tls-server-end-point,,n=,r=abc"),
             Err(AuthError::ChannelBindingNotSupported)
         ));
-        let mut srv = ScramServer::new(&Secret::Plain("pw".into())).expect("server");
+        let mut srv = ScramServer::new(&Secret::Plain("pw".into()), "u").expect("server");
         assert!(matches!(
             srv.handle_client_first(b"n,a=admin,n=,r=abc"),
             Err(AuthError::AuthzidNotSupported)
         ));
-        let mut srv = ScramServer::new(&Secret::Plain("pw".into())).expect("server");
+        let mut srv = ScramServer::new(&Secret::Plain("pw".into()), "u").expect("server");
         assert!(matches!(
             srv.handle_client_final(b"c=biws,r=abc,p=AAAA"),
             Err(AuthError::OutOfOrder(_))

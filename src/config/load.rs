@@ -34,6 +34,10 @@ pub struct Overrides {
     pub workers: Option<usize>,
     pub auth_type: Option<String>,
     pub max_client_conn: Option<u32>,
+    /// `--max-startup-clients` / `PGTENANT_MAX_STARTUP_CLIENTS`.
+    pub max_startup_clients: Option<u32>,
+    /// `--client-login-timeout SECONDS` / `PGTENANT_CLIENT_LOGIN_TIMEOUT`.
+    pub client_login_timeout: Option<f64>,
     /// `--http-listen` / `PGTENANT_HTTP_LISTEN`: the metrics and probes address.
     pub http_listen: Option<String>,
     /// `--admin-users a,b` / `PGTENANT_ADMIN_USERS`.
@@ -140,6 +144,8 @@ struct Draft {
     reserve_pool_size: u32,
     reserve_pool_timeout: Duration,
     max_client_conn: u32,
+    max_startup_clients: u32,
+    client_login_timeout: Duration,
     max_db_connections: u32,
     query_wait_timeout: Duration,
     server_connect_timeout: Duration,
@@ -195,6 +201,11 @@ impl Default for Draft {
             reserve_pool_size: 0,
             reserve_pool_timeout: secs(5),
             max_client_conn: 100,
+            // Not in PgBouncer; as many waiting logins as max_client_conn's default.
+            max_startup_clients: 100,
+            // PgBouncer says 60; an honest login takes milliseconds, a silent socket
+            // should not hold its place for a minute.
+            client_login_timeout: secs(15),
             max_db_connections: 0,
             query_wait_timeout: secs(120),
             server_connect_timeout: secs(15),
@@ -338,6 +349,8 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "reserve_pool_size" => count(v).map(|x| d.reserve_pool_size = x),
             "reserve_pool_timeout" => seconds(v).map(|x| d.reserve_pool_timeout = x),
             "max_client_conn" => positive(v).map(|x| d.max_client_conn = x),
+            "max_startup_clients" => positive(v).map(|x| d.max_startup_clients = x),
+            "client_login_timeout" => seconds(v).map(|x| d.client_login_timeout = x),
             "max_db_connections" => count(v).map(|x| d.max_db_connections = x),
             "query_wait_timeout" => seconds(v).map(|x| d.query_wait_timeout = x),
             "server_connect_timeout" => seconds(v).map(|x| d.server_connect_timeout = x),
@@ -503,6 +516,16 @@ fn apply_overrides(d: &mut Draft, o: &Overrides, errs: &mut Errors) {
     if let Some(x) = o.max_client_conn {
         d.max_client_conn = x;
     }
+    if let Some(x) = o.max_startup_clients {
+        d.max_startup_clients = x;
+    }
+    if let Some(x) = o.client_login_timeout {
+        let r = Duration::try_from_secs_f64(x)
+            .map_err(|_| format!("expected a number of seconds, got {x} {FROM}"));
+        if let Some(x) = errs.check("client_login_timeout", r) {
+            d.client_login_timeout = x;
+        }
+    }
     if let Some(x) = &o.http_listen {
         d.http_listen = x.clone();
     }
@@ -590,6 +613,19 @@ fn finish(
     }
     if d.max_client_conn == 0 {
         errs.push("max_client_conn", "expected a positive integer, got 0");
+    }
+    if d.max_startup_clients == 0 {
+        errs.push("max_startup_clients", "expected a positive integer, got 0");
+    }
+    // No "0 = disabled": a connection that never logs in must not hold its place forever.
+    if d.client_login_timeout < secs(1) {
+        errs.push(
+            "client_login_timeout",
+            format!(
+                "expected at least 1 second, got {}",
+                d.client_login_timeout.as_secs_f64()
+            ),
+        );
     }
     // Below 1 KiB even a startup packet with a few parameters would not fit; above 1 GiB
     // PostgreSQL itself refuses the message.
@@ -683,6 +719,8 @@ fn finish(
         reserve_pool_size: d.reserve_pool_size,
         reserve_pool_timeout: d.reserve_pool_timeout,
         max_client_conn: d.max_client_conn,
+        max_startup_clients: d.max_startup_clients,
+        client_login_timeout: d.client_login_timeout,
         max_db_connections: d.max_db_connections,
         query_wait_timeout: d.query_wait_timeout,
         server_connect_timeout: d.server_connect_timeout,
@@ -929,6 +967,8 @@ mod tests {
         assert_eq!(s.reserve_pool_size, 0);
         assert_eq!(s.reserve_pool_timeout, secs(5));
         assert_eq!(s.max_client_conn, 100);
+        assert_eq!(s.max_startup_clients, 100);
+        assert_eq!(s.client_login_timeout, secs(15));
         assert_eq!(s.max_db_connections, 0);
         assert_eq!(s.query_wait_timeout, secs(120));
         assert_eq!(s.server_connect_timeout, secs(15));
@@ -1010,6 +1050,8 @@ mod tests {
             workers: Some(4),
             auth_type: Some("trust".into()),
             max_client_conn: Some(7),
+            max_startup_clients: None,
+            client_login_timeout: None,
             http_listen: None,
             admin_users: Some("ops, root".into()),
             stats_users: None,
@@ -1029,6 +1071,54 @@ mod tests {
         // Both the file's upstream user and the override's are known? No: only the one in use.
         assert!(s.users.contains_key("other"));
         assert!(!s.users.contains_key("app"));
+    }
+
+    #[test]
+    fn login_limits() {
+        let text = format!("{UP}max_startup_clients = 7\nclient_login_timeout = 2.5\n");
+        let s = load_str(&text, &Overrides::default()).unwrap();
+        assert_eq!(s.max_startup_clients, 7);
+        assert_eq!(s.client_login_timeout, Duration::from_millis(2500));
+        let o = Overrides {
+            max_startup_clients: Some(9),
+            client_login_timeout: Some(4.0),
+            ..Default::default()
+        };
+        let s = load_str(&text, &o).unwrap();
+        assert_eq!(s.max_startup_clients, 9);
+        assert_eq!(s.client_login_timeout, secs(4));
+
+        let e = errors("max_startup_clients = 0\nclient_login_timeout = 0\n");
+        assert!(has(
+            &e,
+            "max_startup_clients: expected a positive integer, got 0"
+        ));
+        assert!(has(
+            &e,
+            "client_login_timeout: expected at least 1 second, got 0"
+        ));
+        assert!(has(
+            &errors("client_login_timeout = 0.5\n"),
+            "client_login_timeout: expected at least 1 second, got 0.5"
+        ));
+        assert!(has(
+            &errors("client_login_timeout = -1\n"),
+            "client_login_timeout: expected a non-negative number of seconds"
+        ));
+        let o = Overrides {
+            max_startup_clients: Some(0),
+            client_login_timeout: Some(-3.0),
+            ..Default::default()
+        };
+        let e = load_str(UP, &o).unwrap_err().errors;
+        assert!(has(
+            &e,
+            "max_startup_clients: expected a positive integer, got 0"
+        ));
+        assert!(has(
+            &e,
+            "client_login_timeout: expected a number of seconds, got -3"
+        ));
     }
 
     #[test]

@@ -165,7 +165,13 @@ pub struct Settings {
     pub min_pool_size: u32,
     pub reserve_pool_size: u32,
     pub reserve_pool_timeout: Duration,
+    /// Logged-in clients at once (admin console users have 5 more slots).
     pub max_client_conn: u32,
+    /// Connections still logging in at once; a new one beyond it closes the one that has
+    /// waited longest.
+    pub max_startup_clients: u32,
+    /// From connect to authenticated; at least 1 s (no "disabled").
+    pub client_login_timeout: Duration,
     /// 0 = unlimited.
     pub max_db_connections: u32,
     /// 0 = wait forever.

@@ -203,7 +203,7 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                     m.retain(|_, tx| match tx.try_send(f.clone()) {
                         Ok(()) => true,
                         Err(mpsc::error::TrySendError::Full(_)) => {
-                            tracing::warn!(channel = %channel, "client notification queue full; notification dropped");
+                            tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; notification dropped");
                             true
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -1,22 +1,27 @@
 //! Startup: SSLRequest/GSSENCRequest, CancelRequest, protocol version, authentication,
 //! then the greeting (ParameterStatus, BackendKeyData, ReadyForQuery).
-use std::sync::atomic::Ordering;
+//!
+//! Two phases. Until the client has authenticated it is *waiting* (admission.rs): it
+//! counts against max_startup_clients, may be closed to make room for newer connections,
+//! and must get there within client_login_timeout. Then it takes a max_client_conn slot
+//! (admin console users have a small reserve beyond it), which it keeps until it leaves,
+//! and is greeted; a never-used pool first opens a server connection for the server's
+//! parameters, bounded by the pool's own timeouts.
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::Rng;
 use tokio::net::TcpStream;
 
+use super::admission::ADMIN_RESERVE;
 use super::{CancelKey, FrontendError};
 use crate::auth::{self, ScramServer, Secret, ServerCredential};
 use crate::config::{AuthType, ClientTls, Listener};
 use crate::context::Context;
+use crate::logging::Escaped;
 use crate::net::{Connection, Frame, Stream};
 use crate::pool::{Pool, PoolError, PoolKey};
 use crate::protocol::{build, decode, sqlstate, StartupPacket};
 
-/// How long a client may take from connect to logged in (PgBouncer's client_login_timeout).
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest startup packet accepted (PostgreSQL uses 10000).
 const MAX_STARTUP: usize = 10_000;
 
@@ -40,6 +45,9 @@ pub struct Client {
 
 /// Who logged in: a client of a database, or of the admin console (database
 /// `pgtenant` / `pgbouncer`), which gets no pool and no server connection.
+///
+/// Either one holds a max_client_conn slot; the caller gives it back
+/// (`Admission::client_left`) when the connection ends.
 pub enum Login {
     /// With its startup parameters other than user and database (for the log and SHOW
     /// CLIENTS; the session keeps only the settings they ask for).
@@ -53,32 +61,55 @@ pub enum Login {
     },
 }
 
+/// A client that has proven who it is, not yet greeted.
+struct Authenticated {
+    conn: Connection,
+    user: String,
+    database: String,
+    /// Startup parameters other than user and database.
+    rest: Vec<(String, String)>,
+    /// What to log in to the server with (None: no usable credential).
+    credential: Option<ServerCredential>,
+}
+
 /// Run the startup phase. `Ok(None)`: the connection was a cancel request, was refused,
-/// or left; nothing more to do.
+/// timed out, was closed to make room, or left; nothing more to do.
 pub async fn login(
     socket: TcpStream,
     listener: &Listener,
     ctx: &Arc<Context>,
 ) -> Result<Option<Login>, FrontendError> {
-    let shutdown = ctx.shutdown.clone();
-    tokio::select! {
-        r = tokio::time::timeout(LOGIN_TIMEOUT, login_inner(socket, listener, ctx)) => match r {
-            Ok(r) => r,
+    let settings = ctx.settings();
+    let waiting = ctx.admission.start_login(settings.max_startup_clients);
+    let timeout = settings.client_login_timeout;
+    drop(settings);
+    let authenticated = tokio::select! {
+        r = tokio::time::timeout(timeout, authenticate_client(socket, listener, ctx)) => match r {
+            Ok(r) => r?,
             Err(_) => {
-                tracing::info!("client login timed out");
-                Ok(None)
+                ctx.admission.login_timed_out(timeout);
+                return Ok(None);
             }
         },
-        _ = shutdown.cancelled() => Ok(None),
+        _ = waiting.pushed_out() => return Ok(None),
+        _ = ctx.shutdown.cancelled() => return Ok(None),
+    };
+    drop(waiting);
+    let Some(a) = authenticated else {
+        return Ok(None);
+    };
+    tokio::select! {
+        r = greet(a, ctx) => r,
+        _ = ctx.shutdown.cancelled() => Ok(None),
     }
 }
 
-async fn login_inner(
+/// From the first byte to a proven identity: TLS, the startup packet, authentication.
+async fn authenticate_client(
     socket: TcpStream,
     listener: &Listener,
     ctx: &Arc<Context>,
-) -> Result<Option<Login>, FrontendError> {
-    let settings = ctx.settings();
+) -> Result<Option<Authenticated>, FrontendError> {
     let mut conn = Connection::new(Stream::Plain(socket), MAX_STARTUP);
     let mut tls_done = false;
     let (minor, params) = loop {
@@ -181,23 +212,13 @@ async fn login_inner(
         .await?;
         return Ok(None);
     }
-    if ctx.clients.load(Ordering::Acquire) > settings.max_client_conn {
-        tracing::warn!(user = %user, max_client_conn = settings.max_client_conn, "client refused: max_client_conn reached");
-        conn.send(&build::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            "no more connections allowed (max_client_conn)",
-        ))
-        .await?;
-        return Ok(None);
-    }
-
     let users = ctx.users.load_full();
     let secret = users.get(&user).cloned();
     let method = effective_method(listener.auth_type, secret.as_ref());
     let credential = match authenticate(&mut conn, method, &user, secret.as_ref(), ctx).await? {
         Some(c) => c,
         None => {
-            tracing::warn!(user = %user, method = method.as_str(), "client authentication failed");
+            tracing::warn!(user = %Escaped(&user), method = method.as_str(), "client authentication failed");
             conn.send(&build::fatal(
                 sqlstate::INVALID_PASSWORD,
                 &format!("password authentication failed for user \"{user}\""),
@@ -206,18 +227,54 @@ async fn login_inner(
             return Ok(None);
         }
     };
+    Ok(Some(Authenticated {
+        conn,
+        user,
+        database,
+        rest,
+        credential,
+    }))
+}
+
+/// An authenticated client: take its max_client_conn slot, then greet it (the admin
+/// console, or a pool's client with the server's parameters).
+async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, FrontendError> {
+    let Authenticated {
+        mut conn,
+        user,
+        database,
+        rest,
+        credential,
+    } = a;
+    let settings = ctx.settings();
+    let admin = crate::admin::is_admin_database(&database);
+    if admin && crate::admin::access(ctx, &user).is_none() {
+        tracing::warn!(user = %Escaped(&user), "admin console refused: not in admin_users or stats_users");
+        conn.send(&build::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            &format!(
+                "user \"{user}\" is not allowed in the admin console (admin_users, stats_users)"
+            ),
+        ))
+        .await?;
+        return Ok(None);
+    }
+    let limit = match admin {
+        true => settings.max_client_conn.saturating_add(ADMIN_RESERVE),
+        false => settings.max_client_conn,
+    };
+    let Some(slot) = ctx.admission.take_slot(limit) else {
+        tracing::warn!(user = %Escaped(&user), max_client_conn = settings.max_client_conn, "client refused: max_client_conn reached");
+        conn.send(&build::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "no more connections allowed (max_client_conn)",
+        ))
+        .await?;
+        return Ok(None);
+    };
     conn.set_max_message(settings.max_message_size as usize);
 
-    if crate::admin::is_admin_database(&database) {
-        if crate::admin::access(ctx, &user).is_none() {
-            tracing::warn!(user = %user, "admin console refused: not in admin_users or stats_users");
-            conn.send(&build::fatal(
-                sqlstate::INVALID_AUTHORIZATION,
-                &format!("user \"{user}\" is not allowed in the admin console (admin_users, stats_users)"),
-            ))
-            .await?;
-            return Ok(None);
-        }
+    if admin {
         let key = ctx.cancels.register();
         let app = rest
             .iter()
@@ -225,6 +282,7 @@ async fn login_inner(
             .map_or("", |(_, v)| v.as_str());
         crate::admin::greet(&mut conn, key.pid, key.secret, app);
         conn.flush().await?;
+        slot.keep();
         return Ok(Some(Login::Admin {
             conn,
             user,
@@ -277,6 +335,7 @@ async fn login_inner(
     conn.queue(&build::ready_for_query(b'I'));
     conn.flush().await?;
     drop((user, database));
+    slot.keep();
     Ok(Some(Login::Client(
         Client {
             conn,
@@ -351,8 +410,9 @@ async fn authenticate(
         }
         AuthType::ScramSha256 => {
             // An unknown user (or one with an md5-only secret) goes through the same
-            // exchange with a mock secret and fails at the end, so the answer does not
-            // tell which users exist.
+            // exchange with a mock secret (a salt stable per name, 4096 iterations) and
+            // fails at the end with the same error, so neither the exchange nor the
+            // answer tells which users exist.
             let known = matches!(secret, Some(Secret::Plain(_) | Secret::Scram(_)));
             // A plain password's SCRAM secret is derived once (4096 PBKDF2 rounds), not
             // at every login.
@@ -361,11 +421,11 @@ async fn authenticate(
                 _ => None,
             };
             let mut server = match derived.as_ref().or(secret) {
-                Some(s) if known => match ScramServer::new(s) {
+                Some(s) if known => match ScramServer::new(s, user) {
                     Ok(s) => s,
-                    Err(_) => ScramServer::mock(),
+                    Err(_) => ScramServer::mock(user),
                 },
-                _ => ScramServer::mock(),
+                _ => ScramServer::mock(user),
             };
             conn.send(&build::auth_sasl(&["SCRAM-SHA-256"])).await?;
             let Some(f) = read_password(conn).await? else {

@@ -1,5 +1,9 @@
 //! One task per client: startup (TLS, protocol version, authentication), then the session
 //! loop that lends it server connections.
+//!
+//! Peer-supplied strings (user, database, application_name) go into log lines through
+//! `logging::Escaped`: no control character, bounded length.
+pub mod admission;
 mod cancel;
 mod listen;
 mod login;
@@ -17,7 +21,9 @@ use tokio::net::TcpStream;
 
 use crate::config::Listener;
 use crate::context::Context;
+use crate::logging::Escaped;
 
+pub use admission::Admission;
 pub use cancel::{CancelKey, CancelRegistry, CancelSlot};
 pub use listen::ListenHub;
 pub use prepared::StatementRegistry;
@@ -74,7 +80,8 @@ pub fn handle_client(
 ) -> impl std::future::Future<Output = ()> + Send {
     let peer = socket.peer_addr().ok();
     let _ = socket.set_nodelay(true);
-    // Counted from accept to close; max_client_conn is checked against it at login.
+    // Open connections, counted from accept to close (metrics, SHOW LISTS); who may
+    // stay is admission.rs's business.
     ctx.clients.fetch_add(1, Ordering::AcqRel);
     let login: BoxFuture<LoginDone> = Box::pin(async move {
         let r = login::login(socket, &listener, &ctx).await;
@@ -82,8 +89,13 @@ pub fn handle_client(
     });
     async move {
         let (r, ctx) = login.await;
+        // A login holds a max_client_conn slot until the client leaves.
+        let logged_in = matches!(r, Ok(Some(_)));
         if let Some(serve) = after_login(peer, r, &ctx) {
             serve.await;
+        }
+        if logged_in {
+            ctx.admission.client_left();
         }
         ctx.clients.fetch_sub(1, Ordering::AcqRel);
     }
@@ -102,8 +114,8 @@ fn after_login(
                 .find(|(k, _)| k == "application_name")
                 .map(|(_, v)| v.as_str());
             tracing::info!(
-                peer = ?peer, user = %client.user, database = %client.database,
-                application_name = app.unwrap_or(""), tls = client.conn.stream().is_tls(), "client logged in"
+                peer = ?peer, user = %Escaped(&client.user), database = %Escaped(&client.database),
+                application_name = %Escaped(app.unwrap_or("")), tls = client.conn.stream().is_tls(), "client logged in"
             );
             let user = client.user.clone();
             let ctx = ctx.clone();
@@ -124,7 +136,7 @@ fn after_login(
             params,
             key,
         })) => {
-            tracing::info!(peer = ?peer, user = %user, database = %database, "admin console client logged in");
+            tracing::info!(peer = ?peer, user = %Escaped(&user), database = %Escaped(&database), "admin console client logged in");
             let ctx = ctx.clone();
             Some(Box::pin(async move {
                 let kill = ctx.shutdown.child_token();
@@ -142,10 +154,10 @@ fn after_login(
                 drop(key);
                 match r {
                     Ok(()) => {
-                        tracing::info!(peer = ?peer, user = %user, "admin console client closed")
+                        tracing::info!(peer = ?peer, user = %Escaped(&user), "admin console client closed")
                     }
                     Err(e) => {
-                        tracing::info!(peer = ?peer, user = %user, error = %e, "admin console client closed")
+                        tracing::info!(peer = ?peer, user = %Escaped(&user), error = %e, "admin console client closed")
                     }
                 }
             }))
@@ -182,8 +194,10 @@ fn start_session(
     session::run(client, ctx.clone(), move |r, ctx: &Context| {
         ctx.admin.clients.unregister(id);
         match r {
-            Ok(()) => tracing::info!(peer = ?peer, user = %user, "client closed"),
-            Err(e) => tracing::info!(peer = ?peer, user = %user, error = %e, "client closed"),
+            Ok(()) => tracing::info!(peer = ?peer, user = %Escaped(&user), "client closed"),
+            Err(e) => {
+                tracing::info!(peer = ?peer, user = %Escaped(&user), error = %e, "client closed")
+            }
         }
     })
 }

@@ -23,7 +23,7 @@ impl Session {
                 true
             }
             Err(e) => {
-                tracing::warn!(user = %self.c.user, pool = %pool.name(), error = %e, "worker connection failed");
+                tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), error = %e, "worker connection failed");
                 false
             }
         }
@@ -98,10 +98,10 @@ impl Session {
             Err(e) => {
                 match &e {
                     PoolError::WaitTimeout => {
-                        tracing::warn!(user = %self.c.user, pool = %pool.name(), "query_wait_timeout: pool exhausted")
+                        tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), "query_wait_timeout: pool exhausted")
                     }
                     e => {
-                        tracing::warn!(user = %self.c.user, pool = %pool.name(), error = %e, "no server connection")
+                        tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), error = %e, "no server connection")
                     }
                 }
                 let fatal = pool_error_frame(&e);
@@ -181,7 +181,7 @@ impl Session {
         let always = s.session_check_always;
         if a.effects != 0 || always {
             if let Err(e) = self.check(&mut a, always).await {
-                tracing::warn!(user = %self.c.user, error = %e, "the session check failed; closing the server connection");
+                tracing::warn!(user = %Escaped(&self.c.user), error = %e, "the session check failed; closing the server connection");
                 self.pinned = false;
                 self.c.state.set_pinned(false);
                 a.pool.discard(a.server);
@@ -274,7 +274,7 @@ impl Session {
             if self.track_prepared && p.protocol_statements != ours {
                 // Someone dropped or replaced pgtenant's statements out of sight (dynamic
                 // SQL): drop them all, they are prepared again on demand.
-                tracing::warn!(user = %self.c.user, server = a.server.id, expected = ours, found = p.protocol_statements, "prepared statements changed behind pgtenant's back; deallocating all");
+                tracing::warn!(user = %Escaped(&self.c.user), server = a.server.id, expected = ours, found = p.protocol_statements, "prepared statements changed behind pgtenant's back; deallocating all");
                 a.server
                     .run_internal("DEALLOCATE ALL")
                     .await
@@ -288,7 +288,7 @@ impl Session {
             }
         }
         if pinned != self.pinned {
-            tracing::debug!(user = %self.c.user, server = a.server.id, pinned, "session pin");
+            tracing::debug!(user = %Escaped(&self.c.user), server = a.server.id, pinned, "session pin");
         }
         self.pinned = pinned;
         self.c.state.set_pinned(pinned);
@@ -327,7 +327,7 @@ impl Session {
         // to another backend). If one is on its way, it already has its target.
         let _ = self.c.key.slot.try_set(None);
         if let Some(a) = self.attached.take() {
-            tracing::warn!(user = %self.c.user, pool = %a.pool.name(), server = a.server.id, reason = why, "server connection lost");
+            tracing::warn!(user = %Escaped(&self.c.user), pool = %a.pool.name(), server = a.server.id, reason = why, "server connection lost");
             a.pool.discard(a.server);
         }
         self.c

@@ -32,7 +32,7 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
                 Err(e) => {
-                    tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                    tracing::warn!(user = %Escaped(&self.c.user), error = %e, "bad message from client");
                     self.c
                         .conn
                         .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
@@ -124,7 +124,7 @@ impl Session {
                             continue;
                         }
                         if let Err(e) = self.forward_real(f) {
-                            tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                            tracing::warn!(user = %Escaped(&self.c.user), error = %e, "bad message from client");
                             self.c
                                 .conn
                                 .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
@@ -143,7 +143,7 @@ impl Session {
             }
             tracing::trace!(tag = %(f.tag() as char), attached = self.attached.is_some(), "client message");
             if let Err(e) = self.forward(f) {
-                tracing::warn!(user = %self.c.user, error = %e, "bad message from client");
+                tracing::warn!(user = %Escaped(&self.c.user), error = %e, "bad message from client");
                 self.c
                     .conn
                     .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
@@ -177,7 +177,7 @@ impl Session {
                 .await
                 .is_err()
             {
-                tracing::warn!(user = %self.c.user, "LISTEN not confirmed by the listening connection within 10 s");
+                tracing::warn!(user = %Escaped(&self.c.user), "LISTEN not confirmed by the listening connection within 10 s");
             }
         }
     }

@@ -32,6 +32,7 @@ use super::FrontendError;
 use crate::backend::{server_statement_name, ServerConn};
 use crate::config::PoolMode;
 use crate::context::Context;
+use crate::logging::Escaped;
 use crate::net::Frame;
 use crate::pool::{Pool, PoolError};
 use crate::protocol::extended::{Bind, Parse, Target};

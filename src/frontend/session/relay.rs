@@ -48,7 +48,7 @@ impl Session {
                         self.c.conn.queue(&f);
                     } else {
                         let e = ErrorFields::parse(f.body()).unwrap_or_default();
-                        tracing::warn!(user = %self.c.user, code = %e.code, message = %e.message, "server refused a setting pgtenant replayed");
+                        tracing::warn!(user = %Escaped(&self.c.user), code = %e.code, message = %e.message, "server refused a setting pgtenant replayed");
                     }
                     match a.pipe.q.front().and_then(Expect::req).cloned() {
                         Some(r) if r.is_extended() => {
