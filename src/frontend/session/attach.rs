@@ -187,6 +187,11 @@ impl Session {
                 a.pool.discard(a.server);
                 return;
             }
+            tracing::debug!(
+                pinned = self.pinned,
+                server = a.server.id,
+                "session checked"
+            );
             if self.pinned {
                 a.effects = 0;
                 self.attached = Some(Box::new(a));

@@ -52,7 +52,8 @@ impl Session {
                             self.skip_until_sync = true;
                             return Ok(());
                         }
-                        effects_of(&p.query, &cmds)
+                        // A pinned client's DROP, CLOSE, DISCARD may lift the pin.
+                        effects_of(&p.query, &cmds) | pin_recheck(self.pinned)
                     };
                     if !p.name.is_empty() {
                         // Untracked: the client's own statement lives on this server.
@@ -251,7 +252,8 @@ impl Session {
             a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
             return Ok(());
         }
-        note_effects(a, &mut self.view, effects_of(sql, &cmds), sql);
+        let e = effects_of(sql, &cmds) | pin_recheck(self.pinned);
+        note_effects(a, &mut self.view, e, sql);
         if let [Command::DiscardAll] = &cmds[..] {
             // Only a pinned client's DISCARD ALL reaches a server (`view_command`): it
             // drops everything there, pgtenant's statements too; the client's startup
@@ -322,6 +324,16 @@ impl Session {
             self.view.clear(false);
         }
         Ok(())
+    }
+}
+
+/// While pinned, a statement that is not plain DML may have dropped what pins it: the
+/// state is counted again after it.
+fn pin_recheck(pinned: bool) -> u8 {
+    if pinned {
+        effect::STATE
+    } else {
+        0
     }
 }
 

@@ -98,6 +98,11 @@ impl Session {
                         }
                     }
                     if hidden {
+                        // A query of pgtenant's own after the client's last one (the
+                        // DEALLOCATE ALL behind a client's): the transaction ends here.
+                        if a.pipe.is_settled() && st == b'I' && self.mode != PoolMode::Session {
+                            return Flow::Release(None);
+                        }
                         continue;
                     }
                     // Read once: the latencies and the release below share it.
