@@ -183,6 +183,9 @@ fn items() -> Vec<Item> {
         ),
         item!("stats_period", |s| secs(s.stats_period)),
         item!("max_message_size", |s| s.max_message_size.to_string()),
+        item!("max_buffered_message_bytes", |s| s
+            .max_buffered_message_bytes
+            .to_string()),
         item!("max_prepared_statements", |s| s
             .max_prepared_statements
             .to_string()),

@@ -152,6 +152,7 @@ struct Draft {
     server_check_delay: Duration,
     stats_period: Duration,
     max_message_size: u32,
+    max_buffered_message_bytes: u32,
     max_prepared_statements: u32,
     shutdown_timeout: Duration,
     auth_file: Option<PathBuf>,
@@ -206,6 +207,7 @@ impl Default for Draft {
             server_check_delay: secs(30),
             stats_period: secs(60),
             max_message_size: 64 * 1024 * 1024,
+            max_buffered_message_bytes: crate::net::budget::DEFAULT_BUDGET as u32,
             max_prepared_statements: 200,
             shutdown_timeout: secs(30),
             auth_file: None,
@@ -344,6 +346,7 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "server_check_delay" => seconds(v).map(|x| d.server_check_delay = x),
             "stats_period" => seconds(v).map(|x| d.stats_period = x),
             "max_message_size" => count(v).map(|x| d.max_message_size = x),
+            "max_buffered_message_bytes" => count(v).map(|x| d.max_buffered_message_bytes = x),
             "max_prepared_statements" => count(v).map(|x| d.max_prepared_statements = x),
             "shutdown_timeout" => seconds(v).map(|x| d.shutdown_timeout = x),
             "client_tls_cert_file" => path(v, base).map(|x| d.client_tls_cert_file = Some(x)),
@@ -597,6 +600,15 @@ fn finish(
             ),
         );
     }
+    if d.max_buffered_message_bytes != 0 && d.max_buffered_message_bytes < d.max_message_size {
+        errs.push(
+            "max_buffered_message_bytes",
+            format!(
+                "{} is smaller than max_message_size ({}): a message that large could never be read (0 = no limit)",
+                d.max_buffered_message_bytes, d.max_message_size
+            ),
+        );
+    }
     if d.workers > 1024 {
         errs.push(
             "workers",
@@ -688,6 +700,7 @@ fn finish(
         server_check_delay: d.server_check_delay,
         stats_period: d.stats_period,
         max_message_size: d.max_message_size,
+        max_buffered_message_bytes: d.max_buffered_message_bytes,
         max_prepared_statements: d.max_prepared_statements,
         shutdown_timeout: d.shutdown_timeout,
         auth_file: d.auth_file,
@@ -932,6 +945,7 @@ mod tests {
         assert_eq!(s.server_check_query, "select 1");
         assert_eq!(s.server_check_delay, secs(30));
         assert_eq!(s.max_message_size, 64 * 1024 * 1024);
+        assert_eq!(s.max_buffered_message_bytes, 64 * 1024 * 1024);
         assert_eq!(s.shutdown_timeout, secs(30));
         assert_eq!(s.server_tls, ServerTls::Disable);
         assert_eq!(s.log_format, LogFormat::Plain);
@@ -1142,6 +1156,23 @@ mod tests {
             "{e:?}"
         );
         assert!(has(&e, "users.a.pool_mode: expected one of"), "{e:?}");
+        // The budget of large messages must hold at least one message of the largest size.
+        let e = errors(&format!(
+            "{UP}max_message_size = 2097152\nmax_buffered_message_bytes = 1048576\n"
+        ));
+        assert!(
+            has(
+                &e,
+                "max_buffered_message_bytes: 1048576 is smaller than max_message_size (2097152)"
+            ),
+            "{e:?}"
+        );
+        let s = load_str(
+            &format!("{UP}max_buffered_message_bytes = 0\n"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.max_buffered_message_bytes, 0);
     }
 
     #[test]
@@ -1363,6 +1394,7 @@ mod tests {
         assert_eq!(s.pool_size, d.pool_size);
         assert_eq!(s.server_lifetime, d.server_lifetime);
         assert_eq!(s.max_message_size, d.max_message_size);
+        assert_eq!(s.max_buffered_message_bytes, d.max_buffered_message_bytes);
         assert_eq!(s.server_reset_query, d.server_reset_query);
         assert_eq!(s.listeners[0], d.listeners[0]);
     }

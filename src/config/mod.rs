@@ -189,6 +189,9 @@ pub struct Settings {
     pub stats_period: Duration,
     /// Largest message accepted from a client or server, in bytes.
     pub max_message_size: u32,
+    /// Bytes of large messages (over 1 MiB each) all connections together may hold
+    /// while reading and forwarding them; 0 = no limit (`net::budget`).
+    pub max_buffered_message_bytes: u32,
     /// Named prepared statements kept per server connection (LRU); 0 = no tracking,
     /// named statements are forwarded as they are (PgBouncer's max_prepared_statements).
     pub max_prepared_statements: u32,

@@ -151,6 +151,12 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "Route plans cached now.",
     ),
     (
+        "pgtenant_buffered_message_bytes",
+        GAUGE,
+        &[],
+        "Bytes of large messages (over 1 MiB) reserved now from max_buffered_message_bytes.",
+    ),
+    (
         "pgtenant_citus_upstream",
         GAUGE,
         &[],
@@ -484,6 +490,12 @@ impl Collector for Scrape {
         out.counter("pgtenant_plan_cache_hits_total", &[], hits);
         out.counter("pgtenant_plan_cache_misses_total", &[], misses);
         out.gauge("pgtenant_plan_cache_entries", &[], size as f64);
+
+        out.gauge(
+            "pgtenant_buffered_message_bytes",
+            &[],
+            crate::net::budget::used() as f64,
+        );
 
         out.gauge(
             "pgtenant_citus_upstream",
