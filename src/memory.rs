@@ -1,10 +1,18 @@
-//! Giving memory back to the operating system once many clients have left.
+//! Giving memory back to the operating system once many clients have left, and
+//! dropping the prepared statements no client uses any more.
 //!
 //! Client connections are small (see `frontend::handle_client`), but glibc's allocator
 //! keeps freed memory in its arenas: after a burst of 10,000 clients that all left, the
-//! resident size would stay at the burst's peak. A background task watches the number of
-//! connected clients and, once it fell well below the peak seen since the last trim, asks
-//! the allocator to return its free pages (`malloc_trim`). Nothing runs on the hot path.
+//! resident size would stay at the burst's peak. A background task looks every 5 s:
+//!
+//! - it sweeps the prepared-statement registry (`frontend::prepared`): statements no
+//!   client refers to any more are dropped;
+//! - it asks the allocator to return its free pages (`malloc_trim`) once the number of
+//!   connected clients fell well below the peak seen since the last trim, or the sweep
+//!   freed at least 4 MiB.
+//!
+//! Nothing runs on the hot path. The other memory limit: large messages count against a
+//! process-wide budget (`net::budget`).
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 
-/// How often the client count is looked at.
+/// How often the registry is swept and the counts are looked at.
 const PERIOD: Duration = Duration::from_secs(5);
+/// Trim after a statement sweep that freed at least this many bytes.
+const MIN_FREED: usize = 4 << 20;
 /// Trim once at least this many clients left since the peak...
 const MIN_DROP: u32 = 256;
 
@@ -46,11 +56,30 @@ pub fn spawn_trimmer(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task:
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            // The sweep locks the registry's shards one by one: off the runtime's threads.
+            let c = ctx.clone();
+            let (swept, freed) = tokio::task::spawn_blocking(move || c.statements.sweep())
+                .await
+                .unwrap_or_default();
+            if swept > 0 {
+                tracing::debug!(
+                    swept,
+                    freed,
+                    left = ctx.statements.len(),
+                    "dropped prepared statements no client uses"
+                );
+            }
             let now = ctx.clients.load(Ordering::Relaxed);
             peak = peak.max(now);
-            if should_trim(peak, now) {
+            if should_trim(peak, now) || freed >= MIN_FREED {
                 let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
-                tracing::debug!(peak, now, released, "gave free memory back to the OS");
+                tracing::debug!(
+                    peak,
+                    now,
+                    freed,
+                    released,
+                    "gave free memory back to the OS"
+                );
                 peak = now;
             }
         }

@@ -3,7 +3,9 @@
 //!
 //! - large messages share one process-wide budget (`max_buffered_message_bytes`): six
 //!   clients stalled inside a 60 MiB Query cost one budget, not six; the ones over it get
-//!   `FATAL 53200` and the others go on.
+//!   `FATAL 53200` and the others go on;
+//! - prepared statements no client uses any more leave the process-wide registry, and the
+//!   memory goes back to the OS.
 //!
 //! Each test prints what it measured (`cargo test --test memory -- --nocapture`).
 
@@ -84,6 +86,24 @@ async fn wait_metric(http: u16, name: &str, timeout: Duration, ok: impl Fn(f64) 
 /// Raw protocol messages.
 mod raw {
     use super::*;
+
+    pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// A Parse of `query` under `name`, no parameter types.
+    pub fn parse(name: &str, query: &str) -> Vec<u8> {
+        let mut body = Vec::with_capacity(name.len() + query.len() + 4);
+        for s in [name, query] {
+            body.extend_from_slice(s.as_bytes());
+            body.push(0);
+        }
+        body.extend_from_slice(&0i16.to_be_bytes());
+        msg(b'P', &body)
+    }
 
     /// The header of a Query announcing `len` bytes of body, and the first `part` of it.
     pub fn big_query_start(len: usize, part: usize) -> Vec<u8> {
@@ -295,6 +315,102 @@ async fn stalled_large_messages_share_one_budget() {
     )
     .await;
     assert_eq!(left, 0.0, "a relayed large row stayed reserved");
+}
+
+/// Four clients prepare 100,000 distinct named statements between them (protocol-level
+/// Parse with a name, answered by pgtenant without a server), then leave. Within a few
+/// seconds the registry is empty again (`pgtenant_prepared_statements`) and pgtenant's RSS
+/// is back within 20 MiB of where it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_of_clients_that_left_are_given_back() {
+    const CLIENTS: usize = 4;
+    const PER_CLIENT: usize = 25_000;
+    const BATCH: usize = 1_000;
+    let pg = PgServer::start();
+    let (p, _cfg, http) = start(&pg, "");
+    let warm = support::connect(&p.url("app", "secret", "app")).await;
+    warm.simple_query("SELECT 1").await.unwrap();
+    let before = rss(&p);
+
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let port = p.port();
+        tasks.push(tokio::spawn(async move {
+            let mut s = raw::login(port, "app", "app").await;
+            for b in 0..PER_CLIENT / BATCH {
+                let mut out = Vec::with_capacity(BATCH * 300);
+                for i in 0..BATCH {
+                    let n = (c * PER_CLIENT) + b * BATCH + i;
+                    out.extend(raw::parse(
+                        &format!("s{n}"),
+                        &format!(
+                            "SELECT {n} AS id, $1::text AS name, 'a statement of some length, \
+                             as ORMs write them: with a few columns and a comment' AS pad \
+                             /* client {c} batch {b} */"
+                        ),
+                    ));
+                }
+                out.extend(raw::msg(b'S', &[]));
+                s.write_all(&out).await.unwrap();
+                let msgs = raw::until_ready(&mut s).await;
+                assert_eq!(
+                    msgs.iter().filter(|(t, _)| *t == b'1').count(),
+                    BATCH,
+                    "ParseComplete per Parse: {:?}",
+                    raw::errors(&msgs)
+                );
+            }
+            s
+        }));
+    }
+    let mut sockets = Vec::new();
+    for t in tasks {
+        sockets.push(t.await.unwrap());
+    }
+    let registered = metric(http, "pgtenant_prepared_statements").await;
+    let peak = rss(&p);
+    assert_eq!(registered, (CLIENTS * PER_CLIENT) as f64);
+
+    for mut s in sockets {
+        s.write_all(&raw::msg(b'X', &[])).await.unwrap();
+    }
+    let t = Instant::now();
+    let left = wait_metric(
+        http,
+        "pgtenant_prepared_statements",
+        Duration::from_secs(20),
+        |v| v == 0.0,
+    )
+    .await;
+    assert_eq!(left, 0.0, "statements of clients that left stay registered");
+    let swept_after = t.elapsed();
+    // malloc_trim runs right after the sweep that freed them.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut after = rss(&p);
+    while after >= before + 20 * MIB && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = rss(&p);
+    }
+    println!(
+        "RSS before {:.1} MiB, with {registered} statements {:.1} MiB (+{:.1}), after the \
+         clients left {:.1} MiB (+{:.1}); registry empty {:.1} s after they left",
+        mib(before),
+        mib(peak),
+        mib(peak.saturating_sub(before)),
+        mib(after),
+        mib(after.saturating_sub(before)),
+        swept_after.as_secs_f64()
+    );
+    assert!(
+        after < before + 20 * MIB,
+        "RSS stayed {:.1} MiB above the start",
+        mib(after - before)
+    );
+    // The statement works again for a new client (a new id, prepared on demand).
+    let c = support::connect(&p.url("app", "secret", "app")).await;
+    let st = c.prepare("SELECT $1::int + 1").await.unwrap();
+    let r = c.query_one(&st, &[&41i32]).await.unwrap();
+    assert_eq!(r.get::<_, i32>(0), 42);
 }
 
 /// The first column of the first row of `sql`.

@@ -151,6 +151,12 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "Route plans cached now.",
     ),
     (
+        "pgtenant_prepared_statements",
+        GAUGE,
+        &[],
+        "Distinct named prepared statements in the process-wide registry (those no client uses any more are dropped every 5 s).",
+    ),
+    (
         "pgtenant_buffered_message_bytes",
         GAUGE,
         &[],
@@ -491,6 +497,11 @@ impl Collector for Scrape {
         out.counter("pgtenant_plan_cache_misses_total", &[], misses);
         out.gauge("pgtenant_plan_cache_entries", &[], size as f64);
 
+        out.gauge(
+            "pgtenant_prepared_statements",
+            &[],
+            ctx.statements.len() as f64,
+        );
         out.gauge(
             "pgtenant_buffered_message_bytes",
             &[],
