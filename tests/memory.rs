@@ -5,7 +5,8 @@
 //!   clients stalled inside a 60 MiB Query cost one budget, not six; the ones over it get
 //!   `FATAL 53200` and the others go on;
 //! - prepared statements no client uses any more leave the process-wide registry, and the
-//!   memory goes back to the OS.
+//!   memory goes back to the OS;
+//! - logins to databases that do not exist leave no pool behind.
 //!
 //! Each test prints what it measured (`cargo test --test memory -- --nocapture`).
 
@@ -411,6 +412,110 @@ async fn prepared_statements_of_clients_that_left_are_given_back() {
     let st = c.prepare("SELECT $1::int + 1").await.unwrap();
     let r = c.query_one(&st, &[&41i32]).await.unwrap();
     assert_eq!(r.get::<_, i32>(0), 42);
+}
+
+/// 3,000 logins to databases that do not exist (each refused by the server with 3D000)
+/// leave no pool behind: SHOW POOLS lists only the real one again within the janitor's
+/// period, and RSS stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_to_missing_databases_leave_no_pools() {
+    const LOGINS: usize = 3_000;
+    const AT_ONCE: usize = 16;
+    let pg = PgServer::start();
+    let (p, _cfg, http) = start(&pg, "max_client_conn = 200");
+    let real = support::connect(&p.url("app", "secret", "app")).await;
+    real.simple_query("SELECT 1").await.unwrap();
+    let before = rss(&p);
+
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..AT_ONCE {
+        let port = p.port();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..LOGINS).step_by(AT_ONCE) {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                // trustuser: the server refuses the database without a SCRAM exchange
+                // first (4096 PBKDF2 rounds each side, slow in a debug build).
+                s.write_all(&startup_v3("trustuser", &format!("missing_{i}")))
+                    .await
+                    .unwrap();
+                let errors = raw::errors(&raw::until_closed(&mut s).await);
+                assert!(
+                    errors.iter().any(|(_, code, _)| code == "3D000"),
+                    "login {i}: {errors:?}"
+                );
+            }
+        }));
+    }
+    let mut max_pools = 0.0f64;
+    while tasks.iter().any(|t| !t.is_finished()) {
+        max_pools = max_pools.max(metric(http, "pgtenant_pools").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = t.elapsed();
+    let during = rss(&p);
+
+    // The janitor runs every second: give it a few.
+    let pools = wait_metric(http, "pgtenant_pools", Duration::from_secs(10), |v| {
+        v <= 1.0
+    })
+    .await;
+    assert_eq!(pools, 1.0, "pools of missing databases are still there");
+    let admin = support::connect(&p.url("app", "secret", "pgtenant")).await;
+    let listed: Vec<String> = admin
+        .simple_query("SHOW POOLS")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("database").map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(listed, vec!["app".to_string()], "SHOW POOLS");
+    let lists = admin.simple_query("SHOW LISTS").await.unwrap();
+    let pools_listed = lists.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get("list") == Some("pools") => {
+            r.get("items").map(str::to_string)
+        }
+        _ => None,
+    });
+    assert_eq!(pools_listed.as_deref(), Some("1"), "SHOW LISTS pools");
+    // The node's counters keep what the removed pools counted (they never go down).
+    let failures = metric(
+        http,
+        "pgtenant_server_connect_failures_total{node=\"coordinator\"}",
+    )
+    .await;
+    assert!(failures >= LOGINS as f64, "connect failures: {failures}");
+
+    // Memory given back after the burst (pools removed, then malloc_trim).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = rss(&p);
+    println!(
+        "{LOGINS} logins to missing databases in {:.1} s; at most {max_pools} pools at once; \
+         RSS before {:.1} MiB, right after {:.1} MiB (+{:.1}), 6 s later {:.1} MiB (+{:.1})",
+        took.as_secs_f64(),
+        mib(before),
+        mib(during),
+        mib(during.saturating_sub(before)),
+        mib(after),
+        mib(after.saturating_sub(before))
+    );
+    assert!(
+        max_pools < (LOGINS / 4) as f64,
+        "up to {max_pools} pools lived at once: they are not removed as they fail"
+    );
+    assert!(
+        after < before + 16 * MIB,
+        "RSS stayed {:.1} MiB above the start",
+        mib(after - before)
+    );
+    // The real pool still works.
+    real.simple_query("SELECT 1").await.unwrap();
 }
 
 /// The first column of the first row of `sql`.

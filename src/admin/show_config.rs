@@ -157,6 +157,11 @@ fn items() -> Vec<Item> {
             .server_lifetime =
             parse_secs(v)?),
         item!(
+            "pool_idle_timeout",
+            |s| secs(s.pool_idle_timeout),
+            |m, v| m.pool_idle_timeout = parse_secs(v)?
+        ),
+        item!(
             "idle_transaction_timeout",
             |s| secs(s.idle_transaction_timeout),
             |m, v| m.idle_transaction_timeout = parse_secs(v)?

@@ -145,6 +145,7 @@ struct Draft {
     server_connect_timeout: Duration,
     server_idle_timeout: Duration,
     server_lifetime: Duration,
+    pool_idle_timeout: Duration,
     idle_transaction_timeout: Duration,
     server_reset_query: String,
     server_reset_query_always: bool,
@@ -200,6 +201,7 @@ impl Default for Draft {
             server_connect_timeout: secs(15),
             server_idle_timeout: secs(600),
             server_lifetime: secs(3600),
+            pool_idle_timeout: secs(60),
             idle_transaction_timeout: secs(0),
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
@@ -339,6 +341,7 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "server_connect_timeout" => seconds(v).map(|x| d.server_connect_timeout = x),
             "server_idle_timeout" => seconds(v).map(|x| d.server_idle_timeout = x),
             "server_lifetime" => seconds(v).map(|x| d.server_lifetime = x),
+            "pool_idle_timeout" => seconds(v).map(|x| d.pool_idle_timeout = x),
             "idle_transaction_timeout" => seconds(v).map(|x| d.idle_transaction_timeout = x),
             "server_reset_query" => string(v).map(|x| d.server_reset_query = x),
             "server_reset_query_always" => boolean(v).map(|x| d.server_reset_query_always = x),
@@ -693,6 +696,7 @@ fn finish(
         server_connect_timeout: d.server_connect_timeout,
         server_idle_timeout: d.server_idle_timeout,
         server_lifetime: d.server_lifetime,
+        pool_idle_timeout: d.pool_idle_timeout,
         idle_transaction_timeout: d.idle_transaction_timeout,
         server_reset_query: d.server_reset_query,
         server_reset_query_always: d.server_reset_query_always,
@@ -946,6 +950,7 @@ mod tests {
         assert_eq!(s.server_check_delay, secs(30));
         assert_eq!(s.max_message_size, 64 * 1024 * 1024);
         assert_eq!(s.max_buffered_message_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.pool_idle_timeout, secs(60));
         assert_eq!(s.shutdown_timeout, secs(30));
         assert_eq!(s.server_tls, ServerTls::Disable);
         assert_eq!(s.log_format, LogFormat::Plain);
@@ -1168,11 +1173,12 @@ mod tests {
             "{e:?}"
         );
         let s = load_str(
-            &format!("{UP}max_buffered_message_bytes = 0\n"),
+            &format!("{UP}max_buffered_message_bytes = 0\npool_idle_timeout = 0.5\n"),
             &Overrides::default(),
         )
         .unwrap();
         assert_eq!(s.max_buffered_message_bytes, 0);
+        assert_eq!(s.pool_idle_timeout, Duration::from_millis(500));
     }
 
     #[test]
@@ -1395,6 +1401,7 @@ mod tests {
         assert_eq!(s.server_lifetime, d.server_lifetime);
         assert_eq!(s.max_message_size, d.max_message_size);
         assert_eq!(s.max_buffered_message_bytes, d.max_buffered_message_bytes);
+        assert_eq!(s.pool_idle_timeout, d.pool_idle_timeout);
         assert_eq!(s.server_reset_query, d.server_reset_query);
         assert_eq!(s.listeners[0], d.listeners[0]);
     }

@@ -175,6 +175,9 @@ pub struct Settings {
     pub server_idle_timeout: Duration,
     /// 0 = no lifetime limit.
     pub server_lifetime: Duration,
+    /// A pool with no client and no server connection for this long is removed (a
+    /// database that does not exist, or one no longer used); 0 = pools are kept.
+    pub pool_idle_timeout: Duration,
     /// 0 = disabled.
     pub idle_transaction_timeout: Duration,
     /// Run when a server connection leaves a client in session mode. Empty = none.
