@@ -122,6 +122,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     };
     tracing::info!(upstream = %settings.upstream.redacted(), pool_mode = settings.pool_mode.as_str(), pool_size = settings.pool_size, "pgtenant started");
 
+    crate::net::budget::set_limit(settings.max_buffered_message_bytes as usize);
     let shared_settings = Arc::new(ArcSwap::from_pointee(settings.clone()));
     let ctx = Arc::new(Context {
         settings: shared_settings.clone(),
@@ -288,6 +289,7 @@ pub fn reload(ctx: &Context, overrides: &Overrides) {
     }
     ctx.users.store(Arc::new(users));
     ctx.client_tls.store(Arc::new(ctls));
+    crate::net::budget::set_limit(new.max_buffered_message_bytes as usize);
     ctx.settings.store(Arc::new(new));
     for p in ctx.pools.all() {
         p.regrant();

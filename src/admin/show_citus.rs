@@ -87,13 +87,21 @@ pub fn nodes(ctx: &Context) -> ResultSet {
             nodes.push((p.key.node.clone(), -1));
         }
     }
+    // Removed pools' counts stay with their node (pool::Retired).
+    let retired = ctx.pools.retired();
     let mut rs = ResultSet::new(NODES);
     for (n, group) in nodes {
         let mine: Vec<_> = pools.iter().filter(|p| p.key.node == n).collect();
+        let gone = retired
+            .iter()
+            .find(|(name, _)| *name == n.name)
+            .map(|(_, r)| *r)
+            .unwrap_or_default();
         let active: u32 = mine.iter().map(|p| p.stats.active.get_gauge() as u32).sum();
         let idle: u32 = mine.iter().map(|p| p.counts().0).sum();
-        let xacts: u64 = mine.iter().map(|p| p.stats.xact_count.get()).sum();
-        let queries: u64 = mine.iter().map(|p| p.stats.query_count.get()).sum();
+        let xacts: u64 = gone.xacts + mine.iter().map(|p| p.stats.xact_count.get()).sum::<u64>();
+        let queries: u64 =
+            gone.queries + mine.iter().map(|p| p.stats.query_count.get()).sum::<u64>();
         let role = if n == coord { "coordinator" } else { "worker" };
         let state = if ctx.node_health.is_down(&n) {
             "down"

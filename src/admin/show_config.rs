@@ -176,6 +176,11 @@ fn items() -> Vec<Item> {
             .server_lifetime =
             parse_secs(v)?),
         item!(
+            "pool_idle_timeout",
+            |s| secs(s.pool_idle_timeout),
+            |m, v| m.pool_idle_timeout = parse_secs(v)?
+        ),
+        item!(
             "idle_transaction_timeout",
             |s| secs(s.idle_transaction_timeout),
             |m, v| m.idle_transaction_timeout = parse_secs(v)?
@@ -216,6 +221,9 @@ fn items() -> Vec<Item> {
         ),
         item!("stats_period", |s| secs(s.stats_period)),
         item!("max_message_size", |s| s.max_message_size.to_string()),
+        item!("max_buffered_message_bytes", |s| s
+            .max_buffered_message_bytes
+            .to_string()),
         item!("max_prepared_statements", |s| s
             .max_prepared_statements
             .to_string()),

@@ -151,6 +151,7 @@ struct Draft {
     server_connect_timeout: Duration,
     server_idle_timeout: Duration,
     server_lifetime: Duration,
+    pool_idle_timeout: Duration,
     idle_transaction_timeout: Duration,
     server_reset_query: String,
     server_reset_query_always: bool,
@@ -159,6 +160,7 @@ struct Draft {
     server_check_delay: Duration,
     stats_period: Duration,
     max_message_size: u32,
+    max_buffered_message_bytes: u32,
     max_prepared_statements: u32,
     shutdown_timeout: Duration,
     auth_file: Option<PathBuf>,
@@ -211,6 +213,7 @@ impl Default for Draft {
             server_connect_timeout: secs(15),
             server_idle_timeout: secs(600),
             server_lifetime: secs(3600),
+            pool_idle_timeout: secs(60),
             idle_transaction_timeout: secs(0),
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
@@ -219,6 +222,7 @@ impl Default for Draft {
             server_check_delay: secs(30),
             stats_period: secs(60),
             max_message_size: 64 * 1024 * 1024,
+            max_buffered_message_bytes: crate::net::budget::DEFAULT_BUDGET as u32,
             max_prepared_statements: 200,
             shutdown_timeout: secs(30),
             auth_file: None,
@@ -356,6 +360,7 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "server_connect_timeout" => seconds(v).map(|x| d.server_connect_timeout = x),
             "server_idle_timeout" => seconds(v).map(|x| d.server_idle_timeout = x),
             "server_lifetime" => seconds(v).map(|x| d.server_lifetime = x),
+            "pool_idle_timeout" => seconds(v).map(|x| d.pool_idle_timeout = x),
             "idle_transaction_timeout" => seconds(v).map(|x| d.idle_transaction_timeout = x),
             "server_reset_query" => string(v).map(|x| d.server_reset_query = x),
             "server_reset_query_always" => boolean(v).map(|x| d.server_reset_query_always = x),
@@ -364,6 +369,7 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "server_check_delay" => seconds(v).map(|x| d.server_check_delay = x),
             "stats_period" => seconds(v).map(|x| d.stats_period = x),
             "max_message_size" => count(v).map(|x| d.max_message_size = x),
+            "max_buffered_message_bytes" => count(v).map(|x| d.max_buffered_message_bytes = x),
             "max_prepared_statements" => count(v).map(|x| d.max_prepared_statements = x),
             "shutdown_timeout" => seconds(v).map(|x| d.shutdown_timeout = x),
             "client_tls_cert_file" => path(v, base).map(|x| d.client_tls_cert_file = Some(x)),
@@ -640,6 +646,15 @@ fn finish(
             ),
         );
     }
+    if d.max_buffered_message_bytes != 0 && d.max_buffered_message_bytes < d.max_message_size {
+        errs.push(
+            "max_buffered_message_bytes",
+            format!(
+                "{} is smaller than max_message_size ({}): a message that large could never be read (0 = no limit)",
+                d.max_buffered_message_bytes, d.max_message_size
+            ),
+        );
+    }
     if d.workers > 1024 {
         errs.push(
             "workers",
@@ -726,6 +741,7 @@ fn finish(
         server_connect_timeout: d.server_connect_timeout,
         server_idle_timeout: d.server_idle_timeout,
         server_lifetime: d.server_lifetime,
+        pool_idle_timeout: d.pool_idle_timeout,
         idle_transaction_timeout: d.idle_transaction_timeout,
         server_reset_query: d.server_reset_query,
         server_reset_query_always: d.server_reset_query_always,
@@ -734,6 +750,7 @@ fn finish(
         server_check_delay: d.server_check_delay,
         stats_period: d.stats_period,
         max_message_size: d.max_message_size,
+        max_buffered_message_bytes: d.max_buffered_message_bytes,
         max_prepared_statements: d.max_prepared_statements,
         shutdown_timeout: d.shutdown_timeout,
         auth_file: d.auth_file,
@@ -980,6 +997,8 @@ mod tests {
         assert_eq!(s.server_check_query, "select 1");
         assert_eq!(s.server_check_delay, secs(30));
         assert_eq!(s.max_message_size, 64 * 1024 * 1024);
+        assert_eq!(s.max_buffered_message_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.pool_idle_timeout, secs(60));
         assert_eq!(s.shutdown_timeout, secs(30));
         assert_eq!(s.server_tls, ServerTls::Disable);
         assert_eq!(s.log_format, LogFormat::Plain);
@@ -1240,6 +1259,24 @@ mod tests {
             "{e:?}"
         );
         assert!(has(&e, "users.a.pool_mode: expected one of"), "{e:?}");
+        // The budget of large messages must hold at least one message of the largest size.
+        let e = errors(&format!(
+            "{UP}max_message_size = 2097152\nmax_buffered_message_bytes = 1048576\n"
+        ));
+        assert!(
+            has(
+                &e,
+                "max_buffered_message_bytes: 1048576 is smaller than max_message_size (2097152)"
+            ),
+            "{e:?}"
+        );
+        let s = load_str(
+            &format!("{UP}max_buffered_message_bytes = 0\npool_idle_timeout = 0.5\n"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.max_buffered_message_bytes, 0);
+        assert_eq!(s.pool_idle_timeout, Duration::from_millis(500));
     }
 
     #[test]
@@ -1461,6 +1498,8 @@ mod tests {
         assert_eq!(s.pool_size, d.pool_size);
         assert_eq!(s.server_lifetime, d.server_lifetime);
         assert_eq!(s.max_message_size, d.max_message_size);
+        assert_eq!(s.max_buffered_message_bytes, d.max_buffered_message_bytes);
+        assert_eq!(s.pool_idle_timeout, d.pool_idle_timeout);
         assert_eq!(s.server_reset_query, d.server_reset_query);
         assert_eq!(s.listeners[0], d.listeners[0]);
     }

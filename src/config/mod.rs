@@ -181,6 +181,9 @@ pub struct Settings {
     pub server_idle_timeout: Duration,
     /// 0 = no lifetime limit.
     pub server_lifetime: Duration,
+    /// A pool with no client and no server connection for this long is removed (a
+    /// database that does not exist, or one no longer used); 0 = pools are kept.
+    pub pool_idle_timeout: Duration,
     /// 0 = disabled.
     pub idle_transaction_timeout: Duration,
     /// Run when a server connection leaves a client in session mode. Empty = none.
@@ -198,6 +201,9 @@ pub struct Settings {
     pub stats_period: Duration,
     /// Largest message accepted from a client or server, in bytes.
     pub max_message_size: u32,
+    /// Bytes of large messages (over 1 MiB each) all connections together may hold
+    /// while reading and forwarding them; 0 = no limit (`net::budget`).
+    pub max_buffered_message_bytes: u32,
     /// Named prepared statements kept per server connection (LRU); 0 = no tracking,
     /// named statements are forwarded as they are (PgBouncer's max_prepared_statements).
     pub max_prepared_statements: u32,

@@ -1,6 +1,15 @@
 //! Process-wide registry of named prepared statements: each distinct statement (query
 //! text + parameter types) is stored once and gets one server-side name, whichever client
 //! or server connection uses it. Clients map their own names onto these.
+//!
+//! The registry shrinks: a statement is shared (`Arc`) by the registry and the client
+//! views that name it, and [`StatementRegistry::sweep`] (every few seconds, from
+//! `memory::spawn_trimmer`, which then gives the memory back to the OS) drops those only
+//! the registry still holds — a client that closed it, deallocated it, or left. Server
+//! connections keep only ids (bounded by `max_prepared_statements`), never the text.
+//! Ids are never reused: a statement interned again after a sweep gets a new id and
+//! server-side name, so a copy a server connection still has under the old name is
+//! never mistaken for it (it is evicted from that connection's LRU in time).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -63,8 +72,21 @@ impl StatementRegistry {
 
     /// Forget statements no client refers to any more (server connections re-prepare on
     /// demand, and ids are never reused, so a stale server-side copy is harmless).
-    pub fn sweep(&self) {
-        self.map.retain(|_, d| Arc::strong_count(d) > 1);
+    /// Returns how many were dropped and roughly how many bytes they held.
+    ///
+    /// Each shard of the map is locked while it is walked: an `intern` clones under the
+    /// same lock, so a statement a client is being handed is never dropped.
+    pub fn sweep(&self) -> (usize, usize) {
+        let (mut n, mut bytes) = (0, 0);
+        self.map.retain(|k, d| {
+            if Arc::strong_count(d) > 1 {
+                return true;
+            }
+            n += 1;
+            bytes += k.len() + d.parse.len() + d.query.len() + d.server_name.len();
+            false
+        });
+        (n, bytes)
     }
 }
 
@@ -127,4 +149,50 @@ pub fn calls_set_config(sql: &str) -> bool {
             && b.get(i - 3..i + 7)
                 .is_some_and(|w| w.eq_ignore_ascii_case(b"set_config"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_body(name: &str, query: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        for s in [name, query] {
+            b.extend_from_slice(s.as_bytes());
+            b.push(0);
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b
+    }
+
+    fn intern(r: &StatementRegistry, name: &str, query: &str) -> Arc<StatementDef> {
+        let body = parse_body(name, query);
+        let p = Parse::decode(&body).unwrap();
+        let key = &body[name.len() + 1..];
+        r.intern(&p, key)
+    }
+
+    #[test]
+    fn sweep_drops_what_no_client_holds() {
+        let r = StatementRegistry::default();
+        let a = intern(&r, "s1", "select 1");
+        let b = intern(&r, "s2", "select 2");
+        // Another client's name for the same statement shares it.
+        let a2 = intern(&r, "other", "select 1");
+        assert!(Arc::ptr_eq(&a, &a2));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.sweep(), (0, 0));
+        drop(a);
+        assert_eq!(r.sweep().0, 0, "still held by the other client");
+        let (id_b, id_a) = (b.id, a2.id);
+        drop((b, a2));
+        let (n, bytes) = r.sweep();
+        assert_eq!(n, 2);
+        assert!(bytes > 2 * "select 1".len(), "{bytes}");
+        assert!(r.is_empty());
+        // Interned again: a new id, never an old one.
+        let again = intern(&r, "s1", "select 1");
+        assert!(again.id > id_a.max(id_b));
+        assert_eq!(again.server_name, format!("pgt_{}", again.id));
+    }
 }

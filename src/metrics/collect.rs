@@ -157,6 +157,24 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "Route plans cached now.",
     ),
     (
+        "pgtenant_prepared_statements",
+        GAUGE,
+        &[],
+        "Distinct named prepared statements in the process-wide registry (those no client uses any more are dropped every 5 s).",
+    ),
+    (
+        "pgtenant_pools",
+        GAUGE,
+        &[],
+        "Pools (node, database, user) now; unused ones are removed (pool_idle_timeout).",
+    ),
+    (
+        "pgtenant_buffered_message_bytes",
+        GAUGE,
+        &[],
+        "Bytes of large messages (over 1 MiB) reserved now from max_buffered_message_bytes.",
+    ),
+    (
         "pgtenant_citus_upstream",
         GAUGE,
         &[],
@@ -423,6 +441,18 @@ impl Collector for Scrape {
 
         // Pools, summed per node (a pool is per node, database and user).
         let mut nodes: BTreeMap<Arc<str>, NodeSums> = BTreeMap::new();
+        // Removed pools' counters stay in their node's (counters never go down).
+        for (node, r) in ctx.pools.retired() {
+            let n = nodes.entry(node).or_default();
+            n.wait_timeouts += r.wait_timeouts;
+            n.assignments += r.assignments;
+            n.connects += r.connects;
+            n.connect_failures += r.connect_failures;
+            n.queries += r.queries;
+            n.xacts += r.xacts;
+            n.bytes_received += r.bytes_received;
+            n.bytes_sent += r.bytes_sent;
+        }
         for p in ctx.pools.all() {
             let (idle, total) = p.counts();
             let st = &p.stats;
@@ -495,6 +525,18 @@ impl Collector for Scrape {
         out.counter("pgtenant_plan_cache_hits_total", &[], hits);
         out.counter("pgtenant_plan_cache_misses_total", &[], misses);
         out.gauge("pgtenant_plan_cache_entries", &[], size as f64);
+
+        out.gauge(
+            "pgtenant_prepared_statements",
+            &[],
+            ctx.statements.len() as f64,
+        );
+        out.gauge("pgtenant_pools", &[], ctx.pools.len() as f64);
+        out.gauge(
+            "pgtenant_buffered_message_bytes",
+            &[],
+            crate::net::budget::used() as f64,
+        );
 
         out.gauge(
             "pgtenant_citus_upstream",

@@ -3,6 +3,12 @@
 //!
 //! The poll-style methods let one task drive a client and a server socket together
 //! (see `frontend::session`) without splitting streams or handing frames between tasks.
+//!
+//! Large messages (over [`budget::LARGE_MESSAGE`]) are counted against the process's
+//! budget (`budget`): the read side reserves a message's declared length when its header
+//! arrives, before room is made for its body, and hands the reservation to the frame; a
+//! frame that carries one and is queued here for writing keeps its bytes counted until
+//! the write buffer has drained. Small messages skip all of it.
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -11,6 +17,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
+use super::budget::{self, Reservation};
 use super::{Frame, FrameError, Stream};
 
 /// Bytes asked of the kernel per read.
@@ -25,12 +32,26 @@ pub struct Connection {
     stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    max_message: usize,
+    /// Largest message accepted (`max_message_size`, at most 1 GiB: a u32 keeps the
+    /// struct small).
+    max_message: u32,
     /// The peer closed its side (read returned 0).
     eof: bool,
     /// Keep the read buffer between messages (server connections: few, and busy);
     /// otherwise it is given back once empty (clients: many, mostly idle).
     keep_rbuf: bool,
+    /// Budget reservations of large messages; boxed, since they are rare and an idle
+    /// client should not pay for them.
+    large: Option<Box<Large>>,
+}
+
+/// A connection's reservations from the budget of large messages.
+#[derive(Default)]
+struct Large {
+    /// The large message being read.
+    reading: Option<Reservation>,
+    /// Large frames queued in the write buffer, counted until it has drained.
+    writing: Option<Reservation>,
 }
 
 impl Connection {
@@ -39,9 +60,10 @@ impl Connection {
             stream,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             eof: false,
             keep_rbuf: false,
+            large: None,
         }
     }
 
@@ -66,7 +88,7 @@ impl Connection {
     }
 
     pub fn set_max_message(&mut self, max: usize) {
-        self.max_message = max;
+        self.max_message = u32::try_from(max).unwrap_or(u32::MAX);
     }
 
     pub fn is_eof(&self) -> bool {
@@ -144,18 +166,50 @@ impl Connection {
     }
 
     /// Split one complete frame off the input buffer, if there is one.
+    ///
+    /// A large message reserves its declared length from the budget when it is first seen
+    /// incomplete, before the buffer grows for it; `FrameError::OutOfMemory` if it does
+    /// not fit (the caller closes the connection).
     pub fn try_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if !self.keep_rbuf && Frame::exactly_one(&self.rbuf, self.max_message) {
+        if !self.keep_rbuf && Frame::exactly_one(&self.rbuf, self.max_message as usize) {
             // The buffer holds this one frame (a client's request, read into a buffer of
             // its size): the frame takes the buffer whole, no split and no allocation.
             let raw = std::mem::take(&mut self.rbuf).freeze();
-            return Ok(Some(Frame::from_raw_unchecked(raw)));
+            let f = Frame::from_raw_unchecked(raw);
+            if f.len() > budget::LARGE_MESSAGE {
+                return self.reserved(f).map(Some);
+            }
+            return Ok(Some(f));
         }
-        let f = Frame::parse(&mut self.rbuf, self.max_message)?;
+        let large = &mut self.large;
+        let f = Frame::parse_with(&mut self.rbuf, self.max_message as usize, |total| {
+            if large.as_ref().is_none_or(|l| l.reading.is_none()) {
+                let r = budget::BUDGET.reserve(total)?;
+                large.get_or_insert_default().reading = Some(r);
+            }
+            Ok(())
+        })?;
         if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_CAPACITY {
             self.rbuf = BytesMut::new();
         }
-        Ok(f)
+        match f {
+            Some(f) if f.len() > budget::LARGE_MESSAGE => self.reserved(f).map(Some),
+            f => Ok(f),
+        }
+    }
+
+    /// Hand a complete large frame its reservation (made when it was first seen
+    /// incomplete; made now if it arrived whole).
+    #[cold]
+    fn reserved(&mut self, f: Frame) -> Result<Frame, FrameError> {
+        let r = match self.large.as_mut().and_then(|l| l.reading.take()) {
+            Some(r) => r,
+            None => budget::BUDGET.reserve(f.len())?,
+        };
+        if self.large.as_ref().is_some_and(|l| l.writing.is_none()) {
+            self.large = None;
+        }
+        Ok(f.with_reservation(r))
     }
 
     /// Read one frame. `Ok(None)` is a clean end of stream between frames.
@@ -199,9 +253,33 @@ impl Connection {
         }
     }
 
-    /// Queue a frame for writing (copied into the write buffer).
+    /// Queue a frame for writing (copied into the write buffer). The copy of a large
+    /// frame stays counted against the budget until the write buffer has drained.
     pub fn queue(&mut self, frame: &Frame) {
+        if let Some(r) = frame.reservation() {
+            self.hold_for_writing(r, frame.len());
+        }
         self.queue_bytes(frame.raw());
+    }
+
+    #[cold]
+    fn hold_for_writing(&mut self, by: &Reservation, bytes: usize) {
+        let large = self.large.get_or_insert_default();
+        match &mut large.writing {
+            Some(w) => w.grow(bytes),
+            None => large.writing = Some(by.budget().hold(bytes)),
+        }
+    }
+
+    /// The write buffer has drained: what it held of large frames is given back.
+    #[cold]
+    fn written(&mut self) {
+        if let Some(l) = self.large.as_mut() {
+            l.writing = None;
+            if l.reading.is_none() {
+                self.large = None;
+            }
+        }
     }
 
     /// Queue raw, already-encoded bytes.
@@ -227,6 +305,9 @@ impl Connection {
         }
         if self.wbuf.capacity() > KEEP_CAPACITY {
             self.wbuf = BytesMut::new();
+        }
+        if self.large.is_some() {
+            self.written();
         }
         Pin::new(&mut self.stream).poll_flush(cx)
     }
@@ -256,4 +337,101 @@ pub enum ConnError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Frame(#[from] FrameError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair: (pgtenant's side as a Connection, the peer's raw socket).
+    async fn pair() -> (Connection, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mine, _) = l.accept().await.unwrap();
+        (Connection::new(Stream::Plain(mine), 64 << 20), peer)
+    }
+
+    fn header(tag: u8, body_len: usize) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body_len + 4) as i32).to_be_bytes());
+        m
+    }
+
+    /// Read until a frame comes out (or an error).
+    async fn next(c: &mut Connection) -> Result<Frame, FrameError> {
+        loop {
+            if let Some(f) = c.try_frame()? {
+                return Ok(f);
+            }
+            assert!(c.fill().await.unwrap() > 0, "peer closed");
+        }
+    }
+
+    /// The only test of this binary that uses the process's budget (it sets its limit).
+    #[tokio::test]
+    async fn large_messages_are_counted_from_header_to_written() {
+        const MIB: usize = 1 << 20;
+        budget::set_limit(3 * MIB);
+        let base = budget::used();
+        let (mut a, mut pa) = pair().await;
+        let (mut b, mut pb) = pair().await;
+        let (mut out, mut pout) = pair().await;
+
+        // A's header announces 2 MiB: reserved before its body is buffered.
+        pa.write_all(&header(b'Q', 2 * MIB)).await.unwrap();
+        pa.write_all(&[b'x'; 1000]).await.unwrap();
+        while a.buffered_input() < 1005 {
+            a.fill().await.unwrap();
+        }
+        assert!(a.try_frame().unwrap().is_none());
+        assert_eq!(budget::used(), base + 2 * MIB + 5);
+
+        // B's 2 MiB do not fit beside it; a small message always does.
+        pb.write_all(&header(b'Q', 5)).await.unwrap();
+        pb.write_all(b"abcd\0").await.unwrap();
+        pb.write_all(&header(b'Q', 2 * MIB)).await.unwrap();
+        let small = next(&mut b).await.unwrap();
+        assert!(small.reservation().is_none());
+        match next(&mut b).await {
+            Err(e @ FrameError::OutOfMemory { .. }) => {
+                assert_eq!(e.sqlstate(), "53200");
+                assert!(e.to_string().starts_with("out of memory: "), "{e}");
+            }
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        assert_eq!(budget::used(), base + 2 * MIB + 5);
+
+        // A completes: the frame carries the reservation, shared by its clones.
+        let rest = vec![b'x'; 2 * MIB - 1000];
+        let w = tokio::spawn(async move {
+            pa.write_all(&rest).await.unwrap();
+            pa
+        });
+        let f = next(&mut a).await.unwrap();
+        let _pa = w.await.unwrap();
+        assert_eq!(f.len(), 2 * MIB + 5);
+        assert!(f.reservation().is_some());
+        let copy = f.clone();
+        assert_eq!(budget::used(), base + 2 * MIB + 5);
+
+        // Forwarded: the copy in `out`'s write buffer stays counted after the frame is
+        // gone, until it has been written.
+        out.queue(&f);
+        drop((f, copy));
+        assert_eq!(budget::used(), base + 2 * MIB + 5);
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut pout, &mut sink)
+                .await
+                .unwrap();
+            sink.len()
+        });
+        out.flush().await.unwrap();
+        assert_eq!(budget::used(), base, "everything given back once written");
+        drop(out);
+        assert_eq!(reader.await.unwrap(), 2 * MIB + 5);
+        budget::set_limit(budget::DEFAULT_BUDGET);
+    }
 }

@@ -2,7 +2,16 @@
 //!
 //! A frame keeps its raw bytes, header included, so forwarding it is a reference-count
 //! bump and a copy into the peer's write buffer, never a re-encode.
+//!
+//! A frame longer than [`LARGE_MESSAGE`] carries its reservation from the process's
+//! budget of large messages (see `budget`), shared by its clones and given back when the
+//! last of them is dropped. Other frames carry none and never touch the budget.
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
+
+use super::budget::{Reservation, LARGE_MESSAGE};
+use crate::protocol::sqlstate;
 
 /// Errors in the framing layer. Each costs its connection, never the process.
 #[derive(Debug, thiserror::Error)]
@@ -13,12 +22,38 @@ pub enum FrameError {
     TooLarge { size: usize, max: usize },
     #[error("connection closed in the middle of a message")]
     Truncated,
+    #[error("out of memory: a message of {size} bytes does not fit in max_buffered_message_bytes ({budget} bytes, {in_use} held by other large messages)")]
+    OutOfMemory {
+        size: usize,
+        budget: usize,
+        in_use: usize,
+    },
 }
 
-#[derive(Clone, PartialEq, Eq)]
+impl FrameError {
+    /// The SQLSTATE a peer is told with FATAL before its connection is closed.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            FrameError::OutOfMemory { .. } => sqlstate::OUT_OF_MEMORY,
+            _ => sqlstate::PROTOCOL_VIOLATION,
+        }
+    }
+}
+
+#[derive(Clone)]
 pub struct Frame {
     raw: Bytes,
+    /// Only for a frame longer than [`LARGE_MESSAGE`] read from a peer.
+    reserved: Option<Arc<Reservation>>,
 }
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for Frame {}
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,7 +72,20 @@ impl Frame {
 
     /// Try to split one frame off the front of `buf`. `Ok(None)` means more bytes are
     /// needed. The length is checked before anything is buffered for it.
+    #[inline]
     pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+        Self::parse_with(buf, max, |_| Ok(()))
+    }
+
+    /// [`Frame::parse`], calling `large(total)` while the frame at the front is longer
+    /// than [`LARGE_MESSAGE`] and incomplete, before room is made for the rest of it
+    /// (its error is returned as is): where a connection reserves it from the budget.
+    #[inline]
+    pub fn parse_with(
+        buf: &mut BytesMut,
+        max: usize,
+        large: impl FnOnce(usize) -> Result<(), FrameError>,
+    ) -> Result<Option<Frame>, FrameError> {
         let Some(header) = buf.get(..Self::HEADER) else {
             return Ok(None);
         };
@@ -50,12 +98,16 @@ impl Frame {
             return Err(FrameError::TooLarge { size: total, max });
         }
         if buf.len() < total {
+            if total > LARGE_MESSAGE {
+                large(total)?;
+            }
             // Reserve once for the whole frame instead of growing by steps.
             buf.reserve(total - buf.len());
             return Ok(None);
         }
         Ok(Some(Frame {
             raw: buf.split_to(total).freeze(),
+            reserved: None,
         }))
     }
 
@@ -75,13 +127,30 @@ impl Frame {
         b.put_u8(tag);
         b.put_i32((body.len() + 4) as i32);
         b.put_slice(body);
-        Frame { raw: b.freeze() }
+        Frame {
+            raw: b.freeze(),
+            reserved: None,
+        }
     }
 
     /// Wrap raw bytes that are known to hold exactly one well-formed frame.
     pub fn from_raw_unchecked(raw: Bytes) -> Frame {
         debug_assert!(raw.len() >= Self::HEADER);
-        Frame { raw }
+        Frame {
+            raw,
+            reserved: None,
+        }
+    }
+
+    /// Attach the budget reservation of a large frame (kept until the last clone goes).
+    pub(super) fn with_reservation(mut self, r: Reservation) -> Frame {
+        self.reserved = Some(Arc::new(r));
+        self
+    }
+
+    /// The budget reservation this frame holds (only large frames read from a peer).
+    pub(super) fn reservation(&self) -> Option<&Reservation> {
+        self.reserved.as_deref()
     }
 
     pub fn tag(&self) -> u8 {

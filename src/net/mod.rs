@@ -1,5 +1,6 @@
 //! Framing and transport: `tag + length + body` frames as `Bytes`, buffered reads and
-//! batched writes over plain TCP or TLS.
+//! batched writes over plain TCP or TLS, and the process-wide budget of large messages.
+pub mod budget;
 mod connection;
 mod frame;
 mod stream;

@@ -1,5 +1,6 @@
 //! Periodic pool upkeep (PgBouncer's janitor.c): close idle connections past
-//! server_idle_timeout or server_lifetime, and keep min_pool_size connections open.
+//! server_idle_timeout or server_lifetime, keep min_pool_size connections open, and
+//! remove pools nobody uses (`pool_idle_timeout`; see [`Pools::remove_unused`]).
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,13 @@ pub fn spawn_janitor(pools: Arc<Pools>, stop: CancellationToken) -> tokio::task:
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
+            }
+            // First, while no connect of fill_min's is in flight: a pool that cannot
+            // connect (min_pool_size > 0 on a database that does not exist) still goes.
+            let idle_for = pools.settings.load().pool_idle_timeout;
+            let removed = pools.remove_unused(idle_for, Instant::now());
+            if removed > 0 {
+                tracing::debug!(removed, left = pools.len(), "removed unused pools");
             }
             for pool in pools.all() {
                 pool.sweep();

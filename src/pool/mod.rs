@@ -4,6 +4,26 @@
 //!
 //! A pool never parses SQL and never holds a connection in an unknown state: the caller
 //! says whether a connection is clean when it gives it back, and unclean ones are closed.
+//!
+//! Pools are created on first use and removed when nothing uses them, so that logins to
+//! databases that do not exist (or were dropped, or are no longer used) do not pile up
+//! pools ([`Pools::remove_unused`], run by the janitor every second):
+//!
+//! - a pool is *unused* when only the pool map refers to it (no client session, waiter,
+//!   LISTEN hub or connect in progress holds it) and it has no server connection;
+//! - an unused pool that has never opened a server connection (a database or user the
+//!   server refuses: 3D000, 28P01, …) is removed at the janitor's next pass; one that
+//!   has is removed once it has been unused for `pool_idle_timeout` (60 s; 0 keeps
+//!   pools for ever). Its `min_pool_size` connections, while open, keep it;
+//! - with it go its database's max_db_connections counter when no other pool of that
+//!   database is left, and its SHOW STATS rows (totals restart if the pool comes back).
+//!   `/metrics` has no per-pool series (its labels are per node), so nothing is left
+//!   there; its counters are added to its node's [`Retired`] totals, so that the per-node
+//!   counters of `/metrics` and SHOW NODES never go down (one entry per node, not pool).
+//!
+//! A pool is removed under its map shard's lock, after checking that the map holds the
+//! only reference: [`Pools::get`] clones under the same lock, so no one can be handed a
+//! pool that is being removed; the next `get` creates a fresh one.
 mod janitor;
 
 use std::collections::VecDeque;
@@ -75,6 +95,8 @@ struct Inner {
     /// once a minute.
     exhausted_logged: Option<Instant>,
     exhausted_since_log: u64,
+    /// Since when the janitor has found the pool unused (see [`Pools::remove_unused`]).
+    unused_since: Option<Instant>,
 }
 
 /// At most one "pool exhausted" message per pool in this time.
@@ -840,10 +862,39 @@ enum Waited {
     Timeout,
 }
 
+/// What the removed pools of one node had counted (see the module doc).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Retired {
+    pub wait_timeouts: u64,
+    pub assignments: u64,
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub queries: u64,
+    pub xacts: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
+impl Retired {
+    fn add(&mut self, s: &PoolStats) {
+        let r = Ordering::Relaxed;
+        self.wait_timeouts += s.wait_timeouts.load(r);
+        self.assignments += s.assignments.get();
+        self.connects += s.connects.load(r);
+        self.connect_failures += s.connect_failures.load(r);
+        self.queries += s.query_count.get();
+        self.xacts += s.xact_count.get();
+        self.bytes_received += s.bytes_received.get();
+        self.bytes_sent += s.bytes_sent.get();
+    }
+}
+
 /// All pools, created on first use.
 pub struct Pools {
     map: DashMap<PoolKey, Arc<Pool>>,
     dbs: DashMap<(Node, Arc<str>), Arc<DbCounter>>,
+    /// Counters of removed pools by node name (bounded by the nodes, not the pools).
+    retired: Mutex<std::collections::HashMap<Arc<str>, Retired>>,
     settings: Arc<ArcSwap<Settings>>,
     tls: ArcSwap<Option<Arc<rustls::ClientConfig>>>,
 }
@@ -856,6 +907,7 @@ impl Pools {
         Arc::new(Pools {
             map: DashMap::new(),
             dbs: DashMap::new(),
+            retired: Mutex::default(),
             settings,
             tls: ArcSwap::from_pointee(tls),
         })
@@ -918,6 +970,7 @@ impl Pools {
                         waiters: VecDeque::new(),
                         exhausted_logged: None,
                         exhausted_since_log: 0,
+                        unused_since: None,
                     }),
                     db: db.clone(),
                     settings: self.settings.clone(),
@@ -940,6 +993,79 @@ impl Pools {
 
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// What the removed pools had counted, by node name.
+    pub fn retired(&self) -> Vec<(Arc<str>, Retired)> {
+        let g = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().map(|(n, r)| (n.clone(), *r)).collect()
+    }
+
+    /// Pools in the map now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Remove the pools nobody uses (the rules are in the module's doc): those that never
+    /// connected at once, the others after `idle_for` unused (`pool_idle_timeout`; zero
+    /// keeps every pool). Returns how many were removed.
+    pub fn remove_unused(&self, idle_for: Duration, now: Instant) -> usize {
+        if idle_for.is_zero() {
+            return 0;
+        }
+        let mut removed = Vec::new();
+        self.map.retain(|_, p| {
+            // Only the map refers to it: nobody can start using it while this shard's
+            // lock is held (`get` clones under it).
+            let free = Arc::strong_count(p) == 1;
+            let Ok(mut g) = p.inner.try_lock() else {
+                return true;
+            };
+            if !free || g.total > 0 || !g.waiters.is_empty() {
+                g.unused_since = None;
+                return true;
+            }
+            let since = *g.unused_since.get_or_insert(now);
+            let never_connected = p.stats.connects.load(Ordering::Relaxed) == 0;
+            if never_connected || now.saturating_duration_since(since) >= idle_for {
+                drop(g);
+                removed.push(p.clone());
+                return false;
+            }
+            true
+        });
+        let n = removed.len();
+        if n == 0 {
+            return 0;
+        }
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            for p in &removed {
+                tracing::debug!(pool = %p.name(), "removing unused pool");
+                // Nobody holds it: its counters cannot move any more.
+                retired
+                    .entry(p.key.node.name.clone())
+                    .or_default()
+                    .add(&p.stats);
+            }
+        }
+        let dbs: Vec<Arc<DbCounter>> = removed.iter().map(|p| p.db.clone()).collect();
+        drop(removed);
+        for db in &dbs {
+            db.pools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|w| w.strong_count() > 0);
+        }
+        drop(dbs);
+        // A database counter no pool refers to any more (`get` clones it under this
+        // shard's lock before it makes a pool, so one being used is never removed).
+        self.dbs.retain(|_, db| Arc::strong_count(db) > 1);
+        n
     }
 
     /// Close every idle server connection (shutdown, RECONNECT).
@@ -974,5 +1100,104 @@ impl Pools {
                 c.terminate();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools() -> Arc<Pools> {
+        let s = crate::config::load(
+            None,
+            &crate::config::Overrides {
+                upstream: Some("postgres://app:secret@127.0.0.1:1/app".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        Pools::new(Arc::new(ArcSwap::from_pointee(s)), None)
+    }
+
+    fn key(db: &str) -> PoolKey {
+        PoolKey {
+            node: Node {
+                name: "coordinator".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+            },
+            database: db.into(),
+            user: "app".into(),
+        }
+    }
+
+    #[test]
+    fn unused_pools_are_removed() {
+        let pools = pools();
+        let idle = Duration::from_secs(60);
+        let t0 = Instant::now();
+
+        // Never connected (a database the server refused): removed at the first pass
+        // that finds it unused, with its database counter.
+        drop(pools.get(&key("nope")));
+        assert_eq!((pools.len(), pools.dbs.len()), (1, 1));
+        assert_eq!(pools.remove_unused(idle, t0), 1);
+        assert_eq!((pools.len(), pools.dbs.len()), (0, 0));
+
+        // Held by someone (a client session): kept, however long.
+        let held = pools.get(&key("held"));
+        assert_eq!(pools.remove_unused(idle, t0 + idle * 10), 0);
+        assert_eq!(pools.len(), 1);
+        drop(held);
+
+        // Connected once: kept until it has been unused for `idle`.
+        let used = pools.get(&key("used"));
+        used.stats.connects.store(1, Ordering::Relaxed);
+        let other = pools.get(&key("used2"));
+        other.stats.connects.store(1, Ordering::Relaxed);
+        drop(used);
+        assert_eq!(
+            pools.remove_unused(idle, t0),
+            1,
+            "'held' goes (never connected)"
+        );
+        assert_eq!(pools.remove_unused(idle, t0 + idle / 2), 0);
+        // 'used2' is held meanwhile: its clock starts only once it is let go.
+        assert_eq!(pools.remove_unused(idle, t0 + idle), 1, "'used' goes");
+        let again = pools.get(&key("used2"));
+        assert!(Arc::ptr_eq(&again, &other));
+        drop((other, again));
+        assert_eq!(pools.remove_unused(idle, t0 + idle * 2), 0);
+        assert_eq!(pools.remove_unused(idle, t0 + idle * 3), 1);
+        assert!(pools.is_empty() && pools.dbs.is_empty());
+
+        // pool_idle_timeout = 0: pools are kept.
+        drop(pools.get(&key("kept")));
+        assert_eq!(pools.remove_unused(Duration::ZERO, t0), 0);
+        assert_eq!(pools.len(), 1);
+
+        // A fresh pool after removal, sharing nothing with the old one; the node's
+        // counters keep what the removed pools counted.
+        let a = pools.get(&key("again"));
+        a.stats.connects.store(5, Ordering::Relaxed);
+        a.stats.query_count.add(7);
+        drop(a);
+        assert_eq!(pools.remove_unused(idle, t0), 1, "'kept' goes");
+        assert_eq!(pools.remove_unused(idle, t0 + idle), 1);
+        assert_eq!(
+            pools
+                .get(&key("again"))
+                .stats
+                .connects
+                .load(Ordering::Relaxed),
+            0
+        );
+        let retired = pools.retired();
+        assert_eq!(retired.len(), 1, "one entry per node");
+        assert_eq!(&*retired[0].0, "coordinator");
+        assert_eq!(
+            (retired[0].1.connects, retired[0].1.queries),
+            (1 + 1 + 5, 7)
+        );
     }
 }

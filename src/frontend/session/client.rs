@@ -35,7 +35,7 @@ impl Session {
                     tracing::warn!(user = %Escaped(&self.c.user), error = %e, "bad message from client");
                     self.c
                         .conn
-                        .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
+                        .queue(&build::fatal(e.sqlstate(), &e.to_string()));
                     return Ok(Flow::Quit);
                 }
             };
