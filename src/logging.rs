@@ -18,14 +18,27 @@ const MAX_SHOWN: usize = 256;
 
 /// A string from a peer, fit for a log line: `\n`, `\r`, `\t`, `\\` and other control
 /// characters escaped (`\u{1b}`), at most 256 characters (then "…").
+/// In JSON lines the serializer escapes (a second escape would double the backslashes);
+/// only the length bound and the line separators JSON leaves alone apply then.
 pub struct Escaped<'a>(pub &'a str);
+
+/// JSON lines are on (set by [`init`]).
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let json = JSON.load(std::sync::atomic::Ordering::Relaxed);
         let mut out = EscapeControl(f);
         for (i, c) in self.0.chars().enumerate() {
             if i == MAX_SHOWN {
                 return out.0.write_char('…');
+            }
+            if json {
+                match c {
+                    '\u{2028}' | '\u{2029}' => write!(out.0, "\\u{{{:x}}}", c as u32)?,
+                    c => out.0.write_char(c)?,
+                }
+                continue;
             }
             if c == '\\' {
                 out.0.write_str("\\\\")?;
@@ -97,7 +110,13 @@ pub fn init(format: LogFormat, level: &str) {
             )
             .try_init()
             .is_ok(),
-        LogFormat::Json => builder.json().try_init().is_ok(),
+        LogFormat::Json => {
+            let ok = builder.json().try_init().is_ok();
+            if ok {
+                JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            ok
+        }
     };
     if installed && bad_rust_log {
         tracing::warn!(

@@ -369,6 +369,60 @@ fn django_suite_passes_through_pgtenant_with_server_side_binding() {
 }
 
 /// Every Python package is pinned, so every run installs the same set.
+/// The prepared-statement hijack (issue 11) with psycopg 3 and `prepare=True`: two
+/// clients on one server connection; B's attempts through pgtenant's reserved names and
+/// through dynamic SQL never make A's statement run B's SQL (tests/django/isolation).
+#[test]
+fn psycopg_prepared_statements_cannot_be_hijacked() {
+    let python = venv_python();
+    let pg = PgServer::start();
+    let out = pg.psql(&[
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        "app",
+        "-c",
+        "CREATE TABLE items(id int primary key, v text); \
+         INSERT INTO items VALUES (1, 'one'), (2, 'two'); \
+         CREATE TABLE loot(v text); GRANT ALL ON items, loot TO app;",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let upstream = pg.url("app", "secret", "app");
+    let pt = Pgtenant::start(
+        &[
+            "run",
+            "--upstream",
+            &upstream,
+            "--pool-mode",
+            "transaction",
+            "--pool-size",
+            "1",
+        ],
+        &[],
+    );
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=app password=secret dbname=app",
+        pt.port()
+    );
+    let script = django_dir().join("isolation").join("hijack.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&dsn)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}\n{}\n--- pgtenant ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        pt.logs()
+    );
+}
+
 #[test]
 fn requirements_are_pinned() {
     let text = fs::read_to_string(django_dir().join("requirements.txt")).unwrap();
