@@ -204,7 +204,7 @@ impl Default for Draft {
             reserve_pool_timeout: secs(5),
             max_client_conn: 100,
             // Not in PgBouncer; as many waiting logins as max_client_conn's default.
-            max_startup_clients: 100,
+            max_startup_clients: 1000,
             // PgBouncer says 60; an honest login takes milliseconds, a silent socket
             // should not hold its place for a minute.
             client_login_timeout: secs(15),
@@ -984,7 +984,7 @@ mod tests {
         assert_eq!(s.reserve_pool_size, 0);
         assert_eq!(s.reserve_pool_timeout, secs(5));
         assert_eq!(s.max_client_conn, 100);
-        assert_eq!(s.max_startup_clients, 100);
+        assert_eq!(s.max_startup_clients, 1000);
         assert_eq!(s.client_login_timeout, secs(15));
         assert_eq!(s.max_db_connections, 0);
         assert_eq!(s.query_wait_timeout, secs(120));

@@ -371,9 +371,13 @@ pub fn opaque(sql: &str) -> bool {
     Scan { s: b, i: 0 }.opaque()
 }
 
-/// Does `b` contain `word` (ASCII, any case) anywhere? A cheap pre-filter only.
+/// Does `b` contain `word` (ASCII letters, any case) anywhere? A cheap pre-filter only.
 fn contains_word(b: &[u8], word: &[u8]) -> bool {
-    b.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word))
+    let (lo, up) = (word[0].to_ascii_lowercase(), word[0].to_ascii_uppercase());
+    memchr::memchr2_iter(lo, up, b).any(|i| {
+        b.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    })
 }
 
 /// A token as the scan remembers it.
@@ -599,6 +603,13 @@ impl Scan<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_prefilter() {
+        assert!(contains_word(b"select a InTo t", b"into"));
+        assert!(!contains_word(b"select int from t", b"into"));
+        assert!(!contains_word(b"i", b"into"));
+    }
 
     #[test]
     fn the_list_is_sorted() {
