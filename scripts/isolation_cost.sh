@@ -22,6 +22,7 @@ SCRIPT_NAME=isolation_cost
 BEFORE=${BEFORE:?set BEFORE to the pgtenant binary to compare against}
 AFTER=${AFTER:-$ROOT/target/release/pgtenant}
 CLIENTS=${ISOLATION_CLIENTS:-8}
+# ISOLATION_ONLY: a comma list of workloads ("select simple", "mix extended", …).
 SHORT=${ISOLATION_SHORT:-200}
 LONG=${ISOLATION_LONG:-1200}
 if [ ! -x "$AFTER" ]; then cargo build --release --bin pgtenant; fi
@@ -103,6 +104,8 @@ per_xact() { # binary workload mode
 echo "| workload | before (instructions / transaction) | after | after ÷ before |"
 echo "| --- | ---: | ---: | ---: |"
 for w in "select simple" "select extended" "select prepared" "mix extended" "mix prepared"; do
+    # ISOLATION_ONLY="mix extended,select simple" picks some.
+    if [ -n "${ISOLATION_ONLY:-}" ] && [[ ",$ISOLATION_ONLY," != *",$w,"* ]]; then continue; fi
     set -- $w
     b=$(per_xact "$BEFORE" "$1" "$2")
     a=$(per_xact "$AFTER" "$1" "$2")

@@ -23,7 +23,7 @@ impl<'a> Parse<'a> {
         let mut r = Reader::new(body, "Parse");
         let name = r.cstr()?;
         let query_raw = r.cstr_bytes()?;
-        let query = String::from_utf8_lossy(query_raw);
+        let query = super::reader::text(query_raw);
         let param_types = r.remaining();
         let mut t = Reader::new(param_types, "Parse");
         let n = t.i16()?;

@@ -62,13 +62,24 @@ impl<'a> Reader<'a> {
     /// ASCII, still read; the original bytes are what gets forwarded).
     pub fn cstr_text(&mut self) -> Result<std::borrow::Cow<'a, str>, ProtocolError> {
         let b = self.cstr_bytes()?;
-        Ok(String::from_utf8_lossy(b))
+        Ok(text(b))
     }
 
     /// A NUL-terminated string that must be UTF-8.
+    #[inline]
     pub fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         let b = self.cstr_bytes()?;
         std::str::from_utf8(b).map_err(|_| self.err())
+    }
+}
+
+/// Text in the client's encoding: borrowed when it is UTF-8 (checked with the standard
+/// library's fast validation: this runs on every Query and Parse), else a lossy copy.
+#[inline]
+pub fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
     }
 }
 

@@ -368,7 +368,58 @@ pub fn opaque(sql: &str) -> bool {
     if memchr::memchr(b'(', b).is_none() && !contains_word(b, b"into") {
         return false;
     }
-    Scan { s: b, i: 0 }.opaque()
+    if b.len() > CACHED_MAX {
+        return Scan { s: b, i: 0 }.opaque();
+    }
+    // Applications send the same texts again and again (an unnamed Parse per execution):
+    // the answer is kept per thread, keyed by the whole text (compared in full, so a
+    // client cannot make one text pass for another).
+    let slot = (hash(b) as usize) % CACHE_SLOTS;
+    let hit = CACHE.with(|c| {
+        let c = c.borrow();
+        c.get(slot)
+            .and_then(|e| e.as_ref())
+            .filter(|(t, _)| &t[..] == b)
+            .map(|(_, v)| *v)
+    });
+    if let Some(v) = hit {
+        return v;
+    }
+    let v = Scan { s: b, i: 0 }.opaque();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_empty() {
+            c.resize_with(CACHE_SLOTS, || None);
+        }
+        c[slot] = Some((b.into(), v));
+    });
+    v
+}
+
+/// Texts longer than this are scanned every time (and not kept).
+const CACHED_MAX: usize = 2048;
+/// Entries per thread (direct-mapped: a text replaces the one in its slot).
+const CACHE_SLOTS: usize = 256;
+
+/// A text and whether it is opaque.
+type Cached = Option<(Box<[u8]>, bool)>;
+
+thread_local! {
+    static CACHE: std::cell::RefCell<Vec<Cached>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// FNV-1a over 8-byte words: cheap, and only picks a slot (the text is compared in full).
+fn hash(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    for &x in chunks.remainder() {
+        h = (h ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^ (h >> 29)
 }
 
 /// Does `b` contain `word` (ASCII letters, any case) anywhere? A cheap pre-filter only.
@@ -603,6 +654,16 @@ impl Scan<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_answers_are_per_text() {
+        let harmless_q = "select count(*) from t where a in (1, 2)";
+        let opaque_q = "select count(*) from t where a in (evil())";
+        for _ in 0..3 {
+            assert!(!opaque(harmless_q));
+            assert!(opaque(opaque_q));
+        }
+    }
 
     #[test]
     fn word_prefilter() {
