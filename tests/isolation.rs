@@ -107,6 +107,9 @@ async fn role_and_session_authorization_stay_with_their_client() {
             "select set_config('role', 'priv', false)",
             "select become_priv()",
             "DO $$ BEGIN EXECUTE 'SET ROLE priv'; END $$",
+            // PostgreSQL ends a line comment at \r as well.
+            "select 'x';--\rSET ROLE priv",
+            "select E'\\''; SET ROLE priv; -- '",
         ] {
             let a = client(&pt).await;
             let b = client(&pt).await;
@@ -322,6 +325,28 @@ async fn protocol_level_names_of_other_clients_are_refused() {
     assert_eq!(got[0].sqlstate(), "26000");
     let got = raw.exchange(&[describe(b'S', &name), sync()]);
     assert_eq!(tags(&got), "EZ", "{got:?}");
+    // The unnamed statement another client left: not described either.
+    let got = raw.exchange(&[describe(b'S', ""), sync()]);
+    assert_eq!(tags(&got), "EZ", "{got:?}");
+    // pgtenant's names through a named Parse, or spelled with U& escapes.
+    for sql in [
+        format!("DEALLOCATE {name}"),
+        format!("PREPARE {name}(int) AS INSERT INTO loot VALUES ($1::text)"),
+        "DEALLOCATE U&\"pgt\\005f1\"".to_string(),
+    ] {
+        let got = raw.exchange(&[parse("mine", &sql, &[]), sync()]);
+        assert_eq!(tags(&got), "EZ", "{sql}: {got:?}");
+        let got = raw.exchange(&[query(&sql)]);
+        assert_eq!(tags(&got), "EZ", "{sql}: {got:?}");
+    }
+    // A function called by oid (FunctionCall): set_config('role', 'priv', false).
+    let got = raw.exchange(&[function_call(2078, &["role", "priv", "false"])]);
+    assert_eq!(tags(&got)[..1].to_string(), "V", "{got:?}");
+    let b = client(&pt).await;
+    assert_eq!(one(&b, "select current_user").await, "app");
+    let got = raw.exchange(&[query("select current_user")]);
+    assert_eq!(tags(&got), "TDCZ", "{got:?}");
+    assert_eq!(got[1].body[6..], b"priv"[..], "the caller keeps its role");
     // Its own unnamed statement works.
     let got = raw.exchange(&[
         parse("", "select 7", &[]),
@@ -641,6 +666,18 @@ fn execute(portal: &str) -> Vec<u8> {
     cstr(&mut b, portal);
     b.extend_from_slice(&0i32.to_be_bytes());
     frame(b'E', &b)
+}
+
+fn function_call(oid: u32, args: &[&str]) -> Vec<u8> {
+    let mut b = oid.to_be_bytes().to_vec();
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(args.len() as i16).to_be_bytes());
+    for a in args {
+        b.extend_from_slice(&(a.len() as i32).to_be_bytes());
+        b.extend_from_slice(a.as_bytes());
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    frame(b'F', &b)
 }
 
 fn sync() -> Vec<u8> {

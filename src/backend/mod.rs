@@ -72,6 +72,9 @@ pub struct ServerConn {
     /// The client session whose SQL-level `PREPARE`d statements are on it (see
     /// `prepared.sql`); another client's attach drops them first.
     pub sql_owner: u64,
+    /// The client session that parsed the unnamed statement on it last (a Bind of the
+    /// unnamed statement by another session is refused).
+    pub unnamed_owner: u64,
     pub created: Instant,
     /// When it last went back to the pool.
     pub last_used: Instant,
@@ -102,6 +105,7 @@ impl ServerConn {
             login_role,
             dirty_by: 0,
             sql_owner: 0,
+            unnamed_owner: 0,
             conn,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             cancel: Arc::new(cancel),

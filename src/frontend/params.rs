@@ -147,6 +147,11 @@ pub fn replay(from: &ParamMap, to: &ParamMap) -> Vec<String> {
         }
     }
     if from.get("role") != to.get("role") {
+        if from.contains_key("role") && to.contains_key("role") {
+            // Back to the login role first: if the new role cannot be taken (dropped,
+            // membership revoked), the session is left with less, not the old role.
+            out.push("RESET \"role\"".to_owned());
+        }
         out.push(set_or_reset("role", to.get("role")));
     }
     for k in from.keys() {

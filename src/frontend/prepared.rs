@@ -130,7 +130,20 @@ pub fn effects_of(sql: &str, cmds: &[Command]) -> u8 {
     let mut e = dml_effects(sql);
     for c in cmds {
         e |= match c {
+            // A quoted or spaced name (`SET "app"."x"`, `SET app . x`) is not read back by
+            // name: cleared before another client instead.
+            Command::SessionChange
+                if sql.contains('"') || sql.contains(" .") || sql.contains(". ") =>
+            {
+                effect::SETTINGS | effect::HIDDEN
+            }
             Command::SessionChange => effect::SETTINGS,
+            // Statements on the server that the check counts (and a LISTEN that reached
+            // the server connection itself, not the hub).
+            Command::Prepare { .. }
+            | Command::Deallocate { .. }
+            | Command::Listen { .. }
+            | Command::Unlisten { .. } => effect::STATE,
             // DISCARD ALL that reaches a server drops its statements too.
             Command::DiscardAll => effect::SETTINGS | effect::STATE,
             Command::Opaque | Command::Execute { .. } => effect::ALL,

@@ -78,7 +78,8 @@ pub const RESERVED_STATEMENT_PREFIX: &str = "pgt_";
 
 /// Is `name` (as PostgreSQL folds it) one of pgtenant's own statement names?
 pub fn is_reserved_statement_name(name: &str) -> bool {
-    name.starts_with(RESERVED_STATEMENT_PREFIX)
+    name.strip_prefix(RESERVED_STATEMENT_PREFIX)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A single SELECT/INSERT/UPDATE/DELETE/WITH/VALUES statement (no `;` before its end):
@@ -288,7 +289,8 @@ impl Lexer<'_> {
             match self.peek(0) {
                 b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.i += 1,
                 b'-' if self.peek(1) == b'-' => {
-                    while !self.at_end() && self.peek(0) != b'\n' {
+                    // As PostgreSQL's lexer: a line comment ends at \n or \r.
+                    while !self.at_end() && !matches!(self.peek(0), b'\n' | b'\r') {
                         self.i += 1;
                     }
                 }
@@ -341,7 +343,14 @@ impl Lexer<'_> {
                         break;
                     }
                 }
-                let w = String::from_utf8_lossy(&self.s[start..self.i]).to_lowercase();
+                let mut w = String::from_utf8_lossy(&self.s[start..self.i]).to_lowercase();
+                if w == "u" && self.peek(0) == b'&' {
+                    // U&"…" / U&'…': escapes this lexer does not read; named as such.
+                    w.push('&');
+                }
+                if w == "e" && self.peek(0) == b'\'' {
+                    self.escaped_string();
+                }
                 words.push(Word {
                     keyword: w.clone(),
                     ident: w,
@@ -364,8 +373,25 @@ impl Lexer<'_> {
                 });
                 continue;
             }
-            // Past the leading words: skip one token of the rest of the statement.
+            // Past the leading words: skip one token of the rest of the statement. Words
+            // are read whole (`x$a$` is one identifier, not a dollar quote), and `E'…'`
+            // takes backslash escapes.
             match c {
+                c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                    let start = self.i;
+                    while !self.at_end() {
+                        let c = self.peek(0);
+                        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
+                            self.i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    if self.i - start == 1 && c.eq_ignore_ascii_case(&b'e') && self.peek(0) == b'\''
+                    {
+                        self.escaped_string();
+                    }
+                }
                 b'\'' => {
                     self.quoted(b'\'');
                 }
@@ -387,6 +413,22 @@ impl Lexer<'_> {
                         ident: String::new(),
                     });
                 }
+            }
+        }
+    }
+
+    /// `E'…'` from its quote: a backslash escapes the next byte, a doubled quote is one.
+    fn escaped_string(&mut self) {
+        self.i += 1;
+        while !self.at_end() {
+            match self.peek(0) {
+                b'\\' => self.i += 2,
+                b'\'' if self.peek(1) == b'\'' => self.i += 2,
+                b'\'' => {
+                    self.i += 1;
+                    return;
+                }
+                _ => self.i += 1,
             }
         }
     }
@@ -578,5 +620,25 @@ mod tests {
             assert_eq!(classify(sql), vec![Command::Other], "{sql}");
         }
         assert!(is_reserved_statement_name("pgt_12") && !is_reserved_statement_name("PGT_1"));
+        assert!(!is_reserved_statement_name("pgt_report"));
+        // The lexer agrees with PostgreSQL's on what ends a comment or a string.
+        assert_eq!(
+            classify("select 1;--\rset role admin"),
+            vec![Command::Other, Command::SessionChange]
+        );
+        assert_eq!(
+            classify("select E'\\''; set role admin; -- '"),
+            vec![Command::Other, Command::SessionChange]
+        );
+        assert_eq!(
+            classify("select 1 as x$a$; set role admin; select 1 as y$a$"),
+            vec![Command::Other, Command::SessionChange, Command::Other]
+        );
+        assert_eq!(
+            classify("deallocate U&\"pgt\\005f5\""),
+            vec![Command::Deallocate {
+                name: Some("u&".into())
+            }]
+        );
     }
 }

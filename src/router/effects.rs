@@ -476,7 +476,7 @@ impl Scan<'_> {
                     continue;
                 }
                 b'-' if self.peek(1) == b'-' => {
-                    while self.i < self.s.len() && self.peek(0) != b'\n' {
+                    while self.i < self.s.len() && !matches!(self.peek(0), b'\n' | b'\r') {
                         self.i += 1;
                     }
                     continue;
@@ -714,6 +714,7 @@ mod tests {
             "select * from t where id = f (1)",
             "select a, b into temp t2 from t",
             "select 1; select dblink_connect('c', 'x')",
+            "select 1 --\r, pg_advisory_lock(7)",
             "select x from t where y = any(evil())",
             "select lower(evil(x)) from t",
         ] {

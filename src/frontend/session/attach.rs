@@ -135,11 +135,7 @@ impl Session {
         let Some(a) = self.attached.as_ref() else {
             return true;
         };
-        if self.pinned && !self.release_runs_queries(a) {
-            // Nothing ran that could lift the pin: the connection stays.
-            return true;
-        }
-        if self.release_runs_queries(a) || self.c.key.slot.try_set(None).is_err() {
+        if self.pinned || self.release_runs_queries(a) || self.c.key.slot.try_set(None).is_err() {
             return false;
         }
         if let Some(a) = self.attached.take() {
@@ -156,7 +152,7 @@ impl Session {
             return;
         };
         self.set_cancel_target(None).await;
-        if self.release_runs_queries(&a) {
+        if self.pinned || self.release_runs_queries(&a) {
             // Boxed: a session's future stays small for the common case.
             let s = self.ctx.settings.load_full();
             Box::pin(self.release_slow(*a, s)).await;
@@ -179,7 +175,7 @@ impl Session {
         // The client already has its answer queued; let it go out first.
         let _ = self.c.conn.flush().await;
         let always = s.session_check_always;
-        if a.effects != 0 || always {
+        if a.effects != 0 || always || self.pinned {
             if let Err(e) = self.check(&mut a, always).await {
                 tracing::warn!(user = %Escaped(&self.c.user), error = %e, "the session check failed; closing the server connection");
                 self.pinned = false;
@@ -192,11 +188,13 @@ impl Session {
                 server = a.server.id,
                 "session checked"
             );
-            if self.pinned {
-                a.effects = 0;
-                self.attached = Some(Box::new(a));
-                return;
-            }
+        }
+        if self.pinned {
+            // The connection stays; cancel requests reach it again.
+            a.effects = 0;
+            self.set_cancel_target(Some(a.server.cancel.clone())).await;
+            self.attached = Some(Box::new(a));
+            return;
         }
         if s.server_reset_query_always && !s.server_reset_query.is_empty() {
             if a.server.run_internal(&s.server_reset_query).await.is_err() {
@@ -212,7 +210,9 @@ impl Session {
     /// and take in what it found: its settings and identity (replayed where it goes
     /// next), whether it is pinned, whether pgtenant's statements there are intact.
     async fn check(&mut self, a: &mut Attached, always: bool) -> Result<(), String> {
-        let settings = always || a.effects & effect::SETTINGS != 0;
+        // A pinned client's transactions are all checked, settings too: what it runs
+        // there is not replayed elsewhere until the pin lifts.
+        let settings = always || self.pinned || a.effects & effect::SETTINGS != 0;
         let state = always || self.pinned || a.effects & effect::STATE != 0;
         while self.view.t().custom.len() > 64 {
             self.view.t_mut().custom.pop_last();
@@ -261,7 +261,7 @@ impl Session {
         if now != *self.view.desired {
             let now = Arc::new(now);
             self.view.t_mut().session = (*now).clone();
-            self.view.desired = now.clone();
+            self.view.set_desired(now.clone());
             a.server.applied = now;
         } else {
             a.server.applied = self.view.desired.clone();

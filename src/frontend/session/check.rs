@@ -13,7 +13,7 @@
 //!   client named or the database's functions name (read by name: PostgreSQL lists no
 //!   placeholder setting), and always `role` and `session_authorization` (pg_settings
 //!   has no row for them). Replayed on the client's next server (`params::replay`).
-//! - State (`effect::STATE`): temp relations, held cursors, session advisory locks,
+//! - State (`effect::STATE`): temp relations, functions and types, held cursors, session advisory locks,
 //!   channels listened to, and prepared statements (protocol-level and SQL-level). A
 //!   client holding any of the first four is pinned to its server connection until a
 //!   later check finds none; a protocol-level statement count that differs from what
@@ -98,7 +98,11 @@ pub fn sql(settings: bool, state: bool, login: &str, custom: &BTreeSet<String>) 
         parts.push(format!(
             "SELECT 'p', 'pins', pg_catalog.concat_ws(',', \
              (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class \
-              WHERE relnamespace {eq} pg_catalog.pg_my_temp_schema()), \
+              WHERE relnamespace {eq} pg_catalog.pg_my_temp_schema()) \
+             OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc \
+              WHERE pronamespace {eq} pg_catalog.pg_my_temp_schema()) \
+             OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_type \
+              WHERE typnamespace {eq} pg_catalog.pg_my_temp_schema()), \
              (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors), \
              (SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks WHERE locktype {eq} 'advisory' \
               AND pid {eq} pg_catalog.pg_backend_pid()), \

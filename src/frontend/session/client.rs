@@ -1,5 +1,6 @@
 //! Client → server: every complete frame the client sent, in order; what pgtenant answers
 //! itself when no server is attached.
+use super::forward::reserved_refusal;
 use super::relay::emit_synthetic;
 use super::*;
 
@@ -209,6 +210,13 @@ impl Session {
                 if p.name.is_empty() {
                     return Ok(false);
                 }
+                if !is_plain_dml(&p.query) {
+                    if let Some(refusal) = reserved_refusal(&classify(&p.query)) {
+                        self.c.conn.queue(&refusal.error());
+                        self.skip_until_sync = true;
+                        return Ok(true);
+                    }
+                }
                 if self.view.t().statements.contains_key(p.name)
                     || self.view.t().sql_prepared.contains_key(p.name)
                 {
@@ -356,7 +364,7 @@ impl Session {
             // cursors and locks live there (`forward_query`).
             Command::DiscardAll if self.client_tx == b'I' && !self.pinned => {
                 self.view.clear(true);
-                self.view.desired = self.c.startup.clone();
+                self.view.set_desired(self.c.startup.clone());
                 Some("DISCARD ALL")
             }
             _ => None,

@@ -60,6 +60,7 @@ impl Session {
                         e |= effect::STATE;
                     } else {
                         a.parsed_unnamed = true;
+                        a.server.unnamed_owner = self.id;
                     }
                     note_effects(a, &mut self.view, e, &p.query);
                     a.server.conn.queue(&f);
@@ -76,6 +77,13 @@ impl Session {
                         .push(Expect::Synthetic(vec![build::error("42P05", &msg)]));
                     self.skip_until_sync = true;
                     return Ok(());
+                }
+                if !is_plain_dml(&p.query) {
+                    if let Some(refusal) = reserved_refusal(&classify(&p.query)) {
+                        a.pipe.push(Expect::Synthetic(vec![refusal.error()]));
+                        self.skip_until_sync = true;
+                        return Ok(());
+                    }
                 }
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
                 let def = self.ctx.statements.intern(&p, key);
@@ -100,7 +108,7 @@ impl Session {
                 // it knows) is not looked up on the server: it may be another client's.
                 let missing = match &def {
                     Some(_) => None,
-                    None if b.statement.is_empty() && !a.parsed_unnamed => {
+                    None if b.statement.is_empty() && !unnamed_ours(a, self.id) => {
                         Some("unnamed prepared statement does not exist".to_string())
                     }
                     None if track && !b.statement.is_empty() => Some(format!(
@@ -138,6 +146,13 @@ impl Session {
                         a.server
                             .conn
                             .queue(&Target::encode(b'D', b'S', &def.server_name));
+                    }
+                    None if t.kind == b'S' && t.name.is_empty() && !unnamed_ours(a, self.id) => {
+                        let msg = "unnamed prepared statement does not exist";
+                        a.pipe
+                            .push(Expect::Synthetic(vec![build::error("26000", msg)]));
+                        self.skip_until_sync = true;
+                        return Ok(());
                     }
                     None if named => {
                         let msg = format!("prepared statement \"{}\" does not exist", t.name);
@@ -177,6 +192,8 @@ impl Session {
                 a.pipe.client_copy_end();
             }
             b'F' => {
+                // A function called by oid (set_config, pg_advisory_lock, …): unknown effect.
+                a.effects |= effect::ALL;
                 a.server.conn.queue(&f);
                 a.pipe.push(Expect::Forward(Req::FunctionCall));
             }
@@ -254,7 +271,7 @@ impl Session {
         }
         let e = effects_of(sql, &cmds) | pin_recheck(self.pinned);
         note_effects(a, &mut self.view, e, sql);
-        if let [Command::DiscardAll] = &cmds[..] {
+        if let ([Command::DiscardAll], b'I') = (&cmds[..], self.client_tx) {
             // Only a pinned client's DISCARD ALL reaches a server (`view_command`): it
             // drops everything there, pgtenant's statements too; the client's startup
             // settings come back as on a direct connection.
@@ -264,7 +281,7 @@ impl Session {
             a.server.sql_owner = 0;
             a.server.dirty_by = 0;
             self.view.clear(true);
-            self.view.desired = self.c.startup.clone();
+            self.view.set_desired(self.c.startup.clone());
             for q in params::replay(&ParamMap::new(), &self.view.desired) {
                 hidden_query(a, &q);
             }
@@ -327,6 +344,12 @@ impl Session {
     }
 }
 
+/// Is the server's unnamed statement this client's (parsed since the connection was lent,
+/// or by this client when it last held the connection)?
+fn unnamed_ours(a: &Attached, id: u64) -> bool {
+    a.parsed_unnamed || a.server.unnamed_owner == id
+}
+
 /// While pinned, a statement that is not plain DML may have dropped what pins it: the
 /// state is counted again after it.
 fn pin_recheck(pinned: bool) -> u8 {
@@ -340,6 +363,7 @@ fn pin_recheck(pinned: bool) -> u8 {
 /// Record what a message may do to the session: the read-back at the transaction's end,
 /// and the custom settings it names.
 pub(super) fn note_effects(a: &mut Attached, view: &mut View, e: u8, sql: &str) {
+    let e = if view.unreadable { effect::ALL } else { e };
     if e == 0 {
         return;
     }
@@ -376,6 +400,15 @@ impl Refusal {
 /// reaches another client's statements through pgtenant's names.
 pub(super) fn reserved_refusal(cmds: &[Command]) -> Option<Refusal> {
     cmds.iter().find_map(|c| match c {
+        // `U&"…"` names spell any name (pgtenant's too) in escapes the lexer does not read.
+        Command::Prepare { name } | Command::Execute { name } | Command::Deallocate { name: Some(name) }
+            if name == "u&" =>
+        {
+            Some(Refusal {
+                code: "0A000",
+                message: "prepared statement names written as U&\"…\" are not supported by pgtenant".into(),
+            })
+        }
         Command::Prepare { name } if is_reserved_statement_name(name) => Some(Refusal {
             code: "42939",
             message: format!(

@@ -146,7 +146,12 @@ type NameMap<V> =
 struct View {
     tables: Option<Box<ViewTables>>,
     /// Startup settings overlaid with `session`: what every server it uses must have.
+    /// Set through [`View::set_desired`].
     desired: Arc<ParamMap>,
+    /// The client's text cannot be read by pgtenant's lexers as PostgreSQL reads it
+    /// (`standard_conforming_strings = off`, or a client encoding whose multibyte
+    /// characters may hold a backslash or quote byte): every statement counts as opaque.
+    unreadable: bool,
 }
 
 #[derive(Default)]
@@ -166,6 +171,24 @@ struct ViewTables {
 static NO_TABLES: std::sync::LazyLock<ViewTables> = std::sync::LazyLock::new(ViewTables::default);
 
 impl View {
+    fn set_desired(&mut self, d: Arc<ParamMap>) {
+        let scs_off = d
+            .get("standard_conforming_strings")
+            .is_some_and(|v| v.eq_ignore_ascii_case("off"));
+        let enc = d
+            .get("client_encoding")
+            .map(|e| e.to_ascii_uppercase().replace(['-', '_'], ""));
+        // Encodings whose second bytes can be ASCII (PostgreSQL's client-only ones).
+        let unsafe_enc = enc.is_some_and(|e| {
+            matches!(
+                e.as_str(),
+                "SJIS" | "SHIFTJIS" | "BIG5" | "GBK" | "GB18030" | "UHC" | "JOHAB" | "SHIFTJIS2004"
+            )
+        });
+        self.unreadable = scs_off || unsafe_enc;
+        self.desired = d;
+    }
+
     fn t(&self) -> &ViewTables {
         self.tables.as_deref().unwrap_or(&NO_TABLES)
     }
@@ -262,9 +285,10 @@ where
         ctx,
         mode,
         attached: None,
-        view: View {
-            desired,
-            ..View::default()
+        view: {
+            let mut v = View::default();
+            v.set_desired(desired);
+            v
         },
         track_prepared: mode != PoolMode::Session && max_prepared > 0,
         max_prepared,

@@ -154,6 +154,18 @@ impl Session {
                     }
                     continue;
                 }
+                b'C' if !hidden => {
+                    // What the server says it ran, whatever pgtenant's reading of the text:
+                    // a statement that changes the session always gets its check.
+                    let e = tag_effects(f.body());
+                    if e != 0 {
+                        if e & effect::SETTINGS != 0 && a.effects & effect::SETTINGS == 0 {
+                            // Not seen in the text: its names are not known either.
+                            a.effects |= effect::HIDDEN;
+                        }
+                        a.effects |= e;
+                    }
+                }
                 b'G' => a.pipe.copy_in_started(),
                 b'A' => {
                     // Notifications are the client's even in the middle of our own work.
@@ -186,6 +198,21 @@ pub(super) fn undo_prepared(a: &mut Attached, e: Expect) {
             let _ = a.server.prepared.insert(*id, usize::MAX);
         }
         _ => {}
+    }
+}
+
+/// What a CommandComplete tag says the statement may have done to the session.
+fn tag_effects(body: &[u8]) -> u8 {
+    let word = body
+        .iter()
+        .position(|&b| b == b' ' || b == 0)
+        .map_or(body, |i| &body[..i]);
+    match word {
+        b"SET" | b"RESET" => effect::SETTINGS,
+        b"DISCARD" | b"DO" | b"CALL" | b"LOAD" => effect::ALL,
+        b"PREPARE" | b"DEALLOCATE" | b"LISTEN" | b"UNLISTEN" | b"DECLARE" | b"CLOSE"
+        | b"CREATE" | b"DROP" => effect::STATE,
+        _ => 0,
     }
 }
 
