@@ -78,10 +78,16 @@ total() { # binary workload mode transactions
         >"$WORK/pgtenant.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    for _ in $(seq 1 300); do
-        "$BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U app -c "select 1" app >/dev/null 2>&1 && break
+    local up=
+    for _ in $(seq 1 600); do
+        if "$BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U app -c "select 1" app >/dev/null 2>&1; then
+            up=1
+            break
+        fi
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.2
     done
+    [ -n "$up" ] || die "pgtenant under valgrind did not take logins on port $port: $(tail -n 5 "$WORK/pgtenant.log")"
     local args=(-n -h 127.0.0.1 -p "$port" -U app -M "$mode" -c "$CLIENTS" -j 1 -t "$n")
     if [ "$workload" = select ]; then args+=(-S); else args+=(-f "$WORK/mix.sql"); fi
     "$BIN/pgbench" "${args[@]}" app >"$WORK/pgbench.log" 2>&1 || die "pgbench failed: $(tail -n 3 "$WORK/pgbench.log")"
