@@ -1510,3 +1510,44 @@ fn pgbench_prepared_32_clients_pool_of_4() {
     let n: i64 = direct.parse().unwrap();
     assert!(n <= 4, "{n} server connections for a pool of 4");
 }
+
+/// psycopg runs `DEALLOCATE ALL` after DDL so that statements are planned afresh: a Parse
+/// of the same text afterwards must not reuse pgtenant's server-side statement prepared
+/// against a type that was dropped (`cache lookup failed for type`).
+#[tokio::test(flavor = "multi_thread")]
+async fn deallocate_all_after_ddl_prepares_afresh() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let mut r = Raw::login(pt.port(), "app", "app").await;
+    r.command("CREATE TYPE mood AS ENUM ('a', 'b')").await;
+    let sql = "select $1::mood = 'a'";
+    let run = |name: &str| {
+        [
+            parse(name, sql, &[]),
+            bind("", name, &["a"]),
+            execute(""),
+            sync(),
+        ]
+        .concat()
+    };
+    r.send(&run("s1")).await;
+    let got = r.until_ready().await;
+    assert_eq!(tags(&got), "12DCZ", "{got:?}");
+    for ddl in [
+        "DROP TYPE mood",
+        "CREATE TYPE mood AS ENUM ('a', 'b')",
+        "DEALLOCATE ALL",
+    ] {
+        r.command(ddl).await;
+    }
+    r.send(&run("s1")).await;
+    let got = r.until_ready().await;
+    assert_eq!(tags(&got), "12DCZ", "after DEALLOCATE ALL: {got:?}");
+    // DISCARD ALL too.
+    r.command("DROP TYPE mood").await;
+    r.command("CREATE TYPE mood AS ENUM ('a', 'b')").await;
+    r.command("DISCARD ALL").await;
+    r.send(&run("s1")).await;
+    let got = r.until_ready().await;
+    assert_eq!(tags(&got), "12DCZ", "after DISCARD ALL: {got:?}");
+}

@@ -35,6 +35,9 @@ pub struct StatementDef {
 pub struct StatementRegistry {
     /// Key: query text + NUL + parameter-type block, exactly as in the Parse body.
     map: DashMap<Box<[u8]>, Arc<StatementDef>>,
+    /// Statements of clients since their `DEALLOCATE ALL` / `DISCARD ALL`, by epoch.
+    fresh: DashMap<(u32, Box<[u8]>), Arc<StatementDef>>,
+    epochs: std::sync::atomic::AtomicU32,
     next: AtomicU64,
 }
 
@@ -46,24 +49,52 @@ impl StatementRegistry {
         }
         self.map
             .entry(key.into())
-            .or_insert_with(|| {
-                let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-                let server_name = server_statement_name(id);
-                let parse = p.encode_as(&server_name);
-                let effects = effects(&p.query);
-                Arc::new(StatementDef {
-                    id,
-                    server_name,
-                    parse,
-                    query: Arc::from(&*p.query),
-                    effects,
-                })
-            })
+            .or_insert_with(|| self.define(p))
             .clone()
     }
 
+    /// [`Self::intern`] for a client that ran `DEALLOCATE ALL` / `DISCARD ALL` (its
+    /// `epoch`, 0 if it never did): as on a direct connection, its statements are
+    /// prepared afresh after that (psycopg deallocates after DDL so that a statement is
+    /// not run with a plan on a dropped type), under ids no statement from before has.
+    pub fn intern_at(&self, p: &Parse<'_>, key: &[u8], epoch: u32) -> Arc<StatementDef> {
+        if epoch == 0 {
+            return self.intern(p, key);
+        }
+        let k = (epoch, Box::<[u8]>::from(key));
+        if let Some(d) = self.fresh.get(&k) {
+            return d.clone();
+        }
+        self.fresh
+            .entry(k)
+            .or_insert_with(|| self.define(p))
+            .clone()
+    }
+
+    /// A new epoch for a client's `DEALLOCATE ALL` / `DISCARD ALL`.
+    pub fn next_epoch(&self) -> u32 {
+        self.epochs
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            .max(1)
+    }
+
+    fn define(&self, p: &Parse<'_>) -> Arc<StatementDef> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let server_name = server_statement_name(id);
+        let parse = p.encode_as(&server_name);
+        let effects = effects(&p.query);
+        Arc::new(StatementDef {
+            id,
+            server_name,
+            parse,
+            query: Arc::from(&*p.query),
+            effects,
+        })
+    }
+
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.fresh.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,6 +110,14 @@ impl StatementRegistry {
     pub fn sweep(&self) -> (usize, usize) {
         let (mut n, mut bytes) = (0, 0);
         self.map.retain(|k, d| {
+            if Arc::strong_count(d) > 1 {
+                return true;
+            }
+            n += 1;
+            bytes += k.len() + d.parse.len() + d.query.len() + d.server_name.len();
+            false
+        });
+        self.fresh.retain(|(_, k), d| {
             if Arc::strong_count(d) > 1 {
                 return true;
             }

@@ -226,7 +226,8 @@ impl Session {
                     return Ok(true);
                 }
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
-                let def = self.ctx.statements.intern(&p, key);
+                let epoch = self.view.t().epoch;
+                let def = self.ctx.statements.intern_at(&p, key, epoch);
                 self.view.t_mut().statements.insert(p.name.to_owned(), def);
                 self.c.conn.queue(&Frame::new(b'1', &[]));
                 return Ok(true);
@@ -358,12 +359,14 @@ impl Session {
             }
             Command::Deallocate { name: None } => {
                 self.view.clear(false);
+                self.view.t_mut().epoch = self.ctx.statements.next_epoch();
                 Some("DEALLOCATE ALL")
             }
             // A pinned client's DISCARD ALL goes to its server: its temp tables, held
             // cursors and locks live there (`forward_query`).
             Command::DiscardAll if self.client_tx == b'I' && !self.pinned => {
                 self.view.clear(true);
+                self.view.t_mut().epoch = self.ctx.statements.next_epoch();
                 self.view.set_desired(self.c.startup.clone());
                 Some("DISCARD ALL")
             }

@@ -86,7 +86,8 @@ impl Session {
                     }
                 }
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
-                let def = self.ctx.statements.intern(&p, key);
+                let epoch = self.view.t().epoch;
+                let def = self.ctx.statements.intern_at(&p, key, epoch);
                 note_effects(a, &mut self.view, def.effects, &def.query);
                 self.view
                     .t_mut()
@@ -281,6 +282,7 @@ impl Session {
             a.server.sql_owner = 0;
             a.server.dirty_by = 0;
             self.view.clear(true);
+            self.view.t_mut().epoch = self.ctx.statements.next_epoch();
             self.view.set_desired(self.c.startup.clone());
             for q in params::replay(&ParamMap::new(), &self.view.desired) {
                 hidden_query(a, &q);
@@ -339,6 +341,7 @@ impl Session {
             hidden_query(a, "DEALLOCATE ALL");
             a.server.prepared.clear();
             self.view.clear(false);
+            self.view.t_mut().epoch = self.ctx.statements.next_epoch();
         }
         Ok(())
     }

@@ -162,6 +162,9 @@ struct ViewTables {
     sql_prepared: NameMap<Arc<str>>,
     /// Settings it changed since startup, as the server reported them.
     session: ParamMap,
+    /// Set by its `DEALLOCATE ALL` / `DISCARD ALL`: its statements from then on get ids
+    /// of their own (`StatementRegistry::intern_at`). 0: never.
+    epoch: u32,
     /// Custom (dotted) settings it set: pg_settings does not list them, so they are read
     /// back by name (bounded: a client naming hundreds of them gets the first 64).
     custom: std::collections::BTreeSet<String>,
