@@ -547,6 +547,66 @@ fn latin1_and_sjis_clients_work() {
     assert_eq!(tags(&got), "TDCZ", "{got:?}");
 }
 
+/// Not isolation but the same tracker (issue 12, item 1): when the server's error
+/// arrives before the client has sent the rest of its pipeline and its Sync, what comes
+/// after is skipped by the server and owed nothing; the Sync gets its ReadyForQuery.
+/// The client's writes are split at every message boundary, with a pause between.
+#[test]
+fn an_error_before_the_rest_of_the_pipeline_does_not_hang() {
+    let pg = server();
+    let (pt, _d) = start(&pg, "transaction", 1, "auth_type = \"trust\"");
+    let mut raw = Raw::connect(pt.port());
+    let text = "select v from items where id = $1";
+    // A statement of the client's, prepared on the server.
+    let got = raw.exchange(&[
+        parse("good", text, &[]),
+        bind("", "good", &["1"]),
+        execute(""),
+        sync(),
+    ]);
+    assert_eq!(tags(&got), "12DCZ", "{got:?}");
+    let batches: Vec<Vec<Vec<u8>>> = vec![
+        vec![
+            parse("", "insert into nosuchtable values ($1)", &[]),
+            bind("", "", &["1"]),
+            execute(""),
+            parse("", "insert into nosuchtable values ($1)", &[]),
+            bind("", "", &["2"]),
+            execute(""),
+            sync(),
+        ],
+        // After the error: a Close pgtenant answers itself, a Bind of a statement the
+        // server has: PostgreSQL skips both and answers only the Sync.
+        vec![
+            parse("", "select * from nosuchtable", &[]),
+            describe(b'S', ""),
+            bind("", "good", &["1"]),
+            execute(""),
+            close(b'S', "good"),
+            sync(),
+        ],
+    ];
+    for (i, batch) in batches.iter().enumerate() {
+        for m in batch {
+            raw.s.write_all(m).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let got = raw.read_until_ready();
+        assert_eq!(tags(&got), "EZ", "batch {i}: {got:?}");
+    }
+    // Nothing owed is left behind: later answers are the later requests'.
+    for _ in 0..4 {
+        let got = raw.exchange(&[query("select 1")]);
+        assert_eq!(tags(&got), "TDCZ", "{got:?}");
+    }
+    // The server connection went back to the pool: another client gets it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let b = client(&pt).await;
+        assert_eq!(one(&b, "select 2").await, "2");
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // A raw protocol client (trust auth), for messages tokio-postgres does not send
 // ---------------------------------------------------------------------------------------
@@ -659,6 +719,12 @@ fn describe(kind: u8, name: &str) -> Vec<u8> {
     let mut b = vec![kind];
     cstr(&mut b, name);
     frame(b'D', &b)
+}
+
+fn close(kind: u8, name: &str) -> Vec<u8> {
+    let mut b = vec![kind];
+    cstr(&mut b, name);
+    frame(b'C', &b)
 }
 
 fn execute(portal: &str) -> Vec<u8> {

@@ -57,6 +57,12 @@ impl Session {
                             for e in a.pipe.drop_until_sync() {
                                 undo_prepared(a, e);
                             }
+                            if a.pipe.q.is_empty() {
+                                // The client's Sync has not come yet: the server skips
+                                // what it sends until then, so nothing it sends before is
+                                // owed an answer (nor gets one of pgtenant's own).
+                                self.skip_until_sync = true;
+                            }
                         }
                         Some(Req::Query { .. }) => {
                             // The query is answered by ReadyForQuery; remember it failed.
