@@ -57,10 +57,11 @@ impl Session {
                             for e in a.pipe.drop_until_sync() {
                                 undo_prepared(a, e);
                             }
-                            if a.pipe.q.is_empty() {
+                            if a.pipe.q.is_empty() && !a.pipe.copy_in {
                                 // The client's Sync has not come yet: the server skips
                                 // what it sends until then, so nothing it sends before is
-                                // owed an answer (nor gets one of pgtenant's own).
+                                // owed an answer (nor gets one of pgtenant's own). In
+                                // COPY IN, the COPY's own rules apply (see `pipeline`).
                                 self.skip_until_sync = true;
                             }
                         }
