@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 mod upstream;
+mod values;
 
-pub(crate) use load::split_users;
 pub use load::{load, reload, ConfigError, Overrides};
 pub use upstream::Upstream;
+pub(crate) use values::split_users;
 
 /// How server connections are shared between clients (as in PgBouncer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
