@@ -69,7 +69,6 @@ impl Session {
             pool,
             pipe: Pipeline::new(),
             effects: 0,
-            parsed_unnamed: false,
             query_started: None,
             lent: Some(lent),
             // Set by the transaction's first message (`forward`); a placeholder until then.

@@ -59,7 +59,6 @@ impl Session {
                         // Untracked: the client's own statement lives on this server.
                         e |= effect::STATE;
                     } else {
-                        a.parsed_unnamed = true;
                         a.server.unnamed_owner = self.id;
                     }
                     note_effects(a, &mut self.view, e, &p.query);
@@ -347,10 +346,10 @@ impl Session {
     }
 }
 
-/// Is the server's unnamed statement this client's (parsed since the connection was lent,
-/// or by this client when it last held the connection)?
+/// Is the server's unnamed statement this client's (the last one parsed on this
+/// connection, now or when the client last held it)? Another client's must not be bound.
 fn unnamed_ours(a: &Attached, id: u64) -> bool {
-    a.parsed_unnamed || a.server.unnamed_owner == id
+    a.server.unnamed_owner == id
 }
 
 /// While pinned, a statement that is not plain DML may have dropped what pins it: the

@@ -69,9 +69,6 @@ struct Attached {
     /// What this transaction may have done to the session (`prepared::effect` bits): the
     /// session check reads it back when it ends.
     effects: u8,
-    /// The client parsed the unnamed statement on this connection since it was lent: a
-    /// Bind of the unnamed statement before that would run another client's.
-    parsed_unnamed: bool,
     /// For the pool's query/transaction time counters (SHOW STATS).
     query_started: Option<Instant>,
     /// When the pool lent the connection, until the first message is forwarded.
