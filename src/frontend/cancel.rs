@@ -1,5 +1,12 @@
-//! Cancel requests: each client gets a BackendKeyData of pgtenant's own; a CancelRequest
-//! carrying it is forwarded to the server connection that client holds right now.
+//! Cancel requests: a CancelRequest carrying a client's BackendKeyData is forwarded to the
+//! server connection that client holds right now.
+//!
+//! In transaction and statement mode each client gets a key of pgtenant's own. In session
+//! mode it gets its own server's real key (`register_as`), so that `pg_backend_pid()` and
+//! its key agree, unless another client holds that pid already (two upstream servers may
+//! hand out the same pid numbers): then it gets a key of pgtenant's own too. A key is
+//! unregistered before its server connection can go to the next client (`unregister`),
+//! who may get the same real key.
 //!
 //! Safety: the session sets and clears its target under the slot's lock, and never while a
 //! cancel taken from the slot is still on its way (it waits until the postmaster has
@@ -104,9 +111,22 @@ pub struct CancelKey {
     registry: Arc<CancelRegistry>,
 }
 
+impl CancelKey {
+    /// No cancel reaches this client from now on; its pid may go to another client (a
+    /// session-mode client's server connection, real key and all, once it is back in the
+    /// pool).
+    pub fn unregister(&self) {
+        // Only this client's entry: after an early unregister the pid may be someone
+        // else's by the time the key is dropped.
+        self.registry
+            .map
+            .remove_if(&self.pid, |_, (_, slot)| Arc::ptr_eq(slot, &self.slot));
+    }
+}
+
 impl Drop for CancelKey {
     fn drop(&mut self) {
-        self.registry.map.remove(&self.pid);
+        self.unregister();
     }
 }
 
@@ -128,6 +148,22 @@ impl CancelRegistry {
                 };
             }
         }
+    }
+
+    /// Give a new client this key (a server connection's real one). `None` when another
+    /// client holds this pid already.
+    pub fn register_as(self: &Arc<Self>, pid: i32, secret: i32) -> Option<CancelKey> {
+        let dashmap::Entry::Vacant(v) = self.map.entry(pid) else {
+            return None;
+        };
+        let slot = Arc::new(CancelSlot::default());
+        v.insert((secret, slot.clone()));
+        Some(CancelKey {
+            pid,
+            secret,
+            slot,
+            registry: self.clone(),
+        })
     }
 
     /// Handle a CancelRequest. Unknown keys and wrong secrets are ignored silently, as
@@ -198,6 +234,26 @@ mod tests {
             .unwrap();
         let (t, _g) = slot.take_for_cancel().expect("the new target");
         assert_eq!(t.pid, 2);
+    }
+
+    #[test]
+    fn a_real_key_is_taken_once_and_freed_only_by_its_holder() {
+        let reg = Arc::new(CancelRegistry::default());
+        let a = reg.register_as(4242, 17).expect("a free pid");
+        assert_eq!((a.pid, a.secret), (4242, 17));
+        assert!(reg.register_as(4242, 99).is_none(), "the pid is taken");
+        // The holder leaves early (its server goes back to the pool): the next client of
+        // that server gets the same key, and the first key's drop leaves it alone.
+        a.unregister();
+        let b = reg.register_as(4242, 17).expect("free again");
+        drop(a);
+        assert_eq!(reg.len(), 1);
+        assert!(reg
+            .map
+            .get(&4242)
+            .is_some_and(|e| Arc::ptr_eq(&e.1, &b.slot)));
+        drop(b);
+        assert!(reg.is_empty());
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! (admin console users have a small reserve beyond it), which it keeps until it leaves,
 //! and is greeted; a never-used pool first opens a server connection for the server's
 //! parameters, bounded by the pool's own timeouts.
+//!
+//! A session-mode client takes its server connection here, before it is greeted (it keeps
+//! it for the whole session): it is told that server's parameters and that server's own
+//! BackendKeyData, so `pg_backend_pid()`, `pg_stat_activity`, `pg_terminate_backend()` and
+//! a notification's sender pid agree with its key, as on a direct connection. Clients of
+//! the other modes get a key of pgtenant's own (cancel.rs).
 use std::sync::Arc;
 
 use rand::Rng;
@@ -15,11 +21,12 @@ use tokio::net::TcpStream;
 use super::admission::ADMIN_RESERVE;
 use super::{CancelKey, FrontendError};
 use crate::auth::{self, ScramServer, Secret, ServerCredential};
-use crate::config::{AuthType, ClientTls, Listener};
+use crate::backend::ServerConn;
+use crate::config::{AuthType, ClientTls, Listener, PoolMode};
 use crate::context::Context;
 use crate::logging::Escaped;
 use crate::net::{Connection, Frame, Stream};
-use crate::pool::{Pool, PoolError, PoolKey};
+use crate::pool::{ParamList, Pool, PoolError, PoolKey};
 use crate::protocol::{build, decode, sqlstate, StartupPacket};
 
 /// Largest startup packet accepted (PostgreSQL uses 10000).
@@ -50,8 +57,9 @@ pub struct Client {
 /// (`Admission::client_left`) when the connection ends.
 pub enum Login {
     /// With its startup parameters other than user and database (for the log and SHOW
-    /// CLIENTS; the session keeps only the settings they ask for).
-    Client(Client, Vec<(String, String)>),
+    /// CLIENTS; the session keeps only the settings they ask for), and in session mode
+    /// the server connection it was greeted for.
+    Client(Client, Vec<(String, String)>, Option<SessionServer>),
     Admin {
         conn: Connection,
         user: String,
@@ -59,6 +67,31 @@ pub enum Login {
         params: Vec<(String, String)>,
         key: CancelKey,
     },
+}
+
+/// A session-mode client's server connection from its login to the start of its session
+/// (which takes it with [`SessionServer::take`]). Given back to the pool if the client
+/// never gets that far (a failed greeting, shutdown): a lent connection must never be
+/// simply dropped, or its pool would count it forever.
+pub struct SessionServer {
+    server: Option<Box<ServerConn>>,
+    pool: Arc<Pool>,
+}
+
+impl SessionServer {
+    pub fn take(mut self) -> Box<ServerConn> {
+        self.server.take().expect("taken once")
+    }
+}
+
+impl Drop for SessionServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            // Nothing was sent on it: clean unless the server said something meanwhile
+            // (the pool looks).
+            self.pool.release(s, true);
+        }
+    }
 }
 
 /// A client that has proven who it is, not yet greeted.
@@ -300,11 +333,27 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
     let pool = ctx.pools.get(&key);
     pool.set_credential(credential.clone());
 
-    // The client must see the real server's parameters: from the pool's first connection,
-    // opening one if this pool has never connected.
-    let server_params = match pool.server_params() {
-        Some(p) => p,
-        None => match pool.acquire().await {
+    let startup = super::params::from_startup(&rest);
+    // Session mode: the client's own server connection, taken now.
+    let own = match settings.pool_mode_for(&user) {
+        PoolMode::Session => match session_server(&pool, ctx).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                conn.send(&pool_error_frame(&e)).await?;
+                return Ok(None);
+            }
+        },
+        _ => None,
+    };
+    // The client must see the real server's parameters: its own server's, or else the
+    // pool's first connection's, opening one if this pool has never connected.
+    let server_params = match (
+        own.as_ref().and_then(|o| o.server.as_deref()),
+        pool.server_params(),
+    ) {
+        (Some(s), defaults) => greeting_params(s, defaults.as_ref(), &startup),
+        (None, Some(p)) => p,
+        (None, None) => match pool.acquire().await {
             Ok(c) => {
                 pool.release(c, true);
                 pool.server_params().unwrap_or_default()
@@ -317,8 +366,19 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
         },
     };
 
-    let cancel_key = ctx.cancels.register();
-    let startup = super::params::from_startup(&rest);
+    let cancel_key = match own.as_ref().and_then(|o| o.server.as_deref()) {
+        Some(s) => ctx
+            .cancels
+            .register_as(s.cancel.pid, s.cancel.secret)
+            .unwrap_or_else(|| {
+                tracing::debug!(
+                    server_pid = s.cancel.pid,
+                    "another client holds this backend pid (upstream servers share pid numbers): the client gets a key of pgtenant's own"
+                );
+                ctx.cancels.register()
+            }),
+        None => ctx.cancels.register(),
+    };
     conn.queue(&build::auth_ok());
     // The server's values, except where this client's startup packet set a reported
     // setting: it must see what a direct connection would report.
@@ -348,7 +408,63 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
             state: Arc::default(),
         },
         rest,
+        own,
     )))
+}
+
+/// A session-mode client's server connection, taken from its pool at login (after any
+/// PAUSE of its database, like a transaction's).
+async fn session_server(pool: &Arc<Pool>, ctx: &Context) -> Result<SessionServer, PoolError> {
+    ctx.admin.pause.wait(&pool.key.database).await;
+    let _waiting = crate::metrics::counters::Waiting::enter_for(None);
+    match Box::pin(pool.acquire()).await {
+        Ok(s) => Ok(SessionServer {
+            server: Some(s),
+            pool: pool.clone(),
+        }),
+        Err(e) => {
+            tracing::warn!(pool = %pool.name(), error = %e, "no server connection for a session-mode client's login");
+            Err(e)
+        }
+    }
+}
+
+/// The parameters a session-mode client is told: what its own server reports now, except
+/// where the session will change them before the client's first statement
+/// (`Session::install`): a setting pgtenant applied there for an earlier client and this one
+/// does not ask for is reset (to `defaults`, what the pool's first connection reported),
+/// as is everything but the identities after an earlier client's unknown changes
+/// (`RESET ALL`). The startup settings themselves are overlaid by the caller.
+fn greeting_params(
+    server: &ServerConn,
+    defaults: Option<&ParamList>,
+    startup: &super::params::ParamMap,
+) -> ParamList {
+    let reset = |lower: &str| {
+        let identity = matches!(lower, "session_authorization" | "is_superuser");
+        let applied = |k: &str| server.applied.contains_key(k) && !startup.contains_key(k);
+        (server.dirty_by != 0 && !identity)
+            || applied(lower)
+            // is_superuser follows the session authorization.
+            || (lower == "is_superuser" && applied("session_authorization"))
+    };
+    let default = |k: &str| {
+        defaults
+            .and_then(|d| d.iter().find(|(n, _)| n == k))
+            .map(|(_, v)| v.clone())
+    };
+    let params = server
+        .params
+        .iter()
+        .map(|(k, v)| {
+            let v = match reset(&k.to_ascii_lowercase()) {
+                true => default(k).unwrap_or_else(|| v.clone()),
+                false => v.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    Arc::new(params)
 }
 
 /// The ErrorResponse a client gets when no server connection could be had.

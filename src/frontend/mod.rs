@@ -108,7 +108,7 @@ fn after_login(
     ctx: &Arc<Context>,
 ) -> Option<BoxFuture<()>> {
     match r {
-        Ok(Some(login::Login::Client(client, params))) => {
+        Ok(Some(login::Login::Client(client, params, own))) => {
             let app = params
                 .iter()
                 .find(|(k, _)| k == "application_name")
@@ -124,10 +124,12 @@ fn after_login(
                 // (admin::suspend).
                 return Some(Box::pin(async move {
                     ctx.admin.suspend.hold(&client.kill).await;
-                    start_session(peer, user, client, params, &ctx).await;
+                    start_session(peer, user, client, params, own, &ctx).await;
                 }));
             }
-            Some(Box::pin(start_session(peer, user, client, params, &ctx)))
+            Some(Box::pin(start_session(
+                peer, user, client, params, own, &ctx,
+            )))
         }
         Ok(Some(login::Login::Admin {
             conn,
@@ -177,6 +179,7 @@ fn start_session(
     user: Arc<str>,
     client: login::Client,
     params: Vec<(String, String)>,
+    own: Option<login::SessionServer>,
     ctx: &Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + Send {
     // The registry keeps what SHOW CLIENTS shows; the session needs only `startup`.
@@ -191,7 +194,7 @@ fn start_session(
     );
     drop(params);
     let id = info.id;
-    session::run(client, ctx.clone(), move |r, ctx: &Context| {
+    session::run(client, own, ctx.clone(), move |r, ctx: &Context| {
         ctx.admin.clients.unregister(id);
         match r {
             Ok(()) => tracing::info!(peer = ?peer, user = %Escaped(&user), "client closed"),
@@ -238,6 +241,10 @@ mod size_tests {
         std::mem::size_of::<F>()
     }
 
+    fn ret_size4<A, B, C, D, F>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
     /// An idle client costs mostly its task: the futures it holds between transactions.
     /// Slow paths (login, waiting for or opening a server connection, reading settings
     /// back, the end of a session) are boxed so that they do not inflate it; this keeps
@@ -246,7 +253,7 @@ mod size_tests {
     fn an_idle_clients_futures_stay_small() {
         let outer = ret_size(super::handle_client);
         type End = fn(Result<(), super::FrontendError>, &crate::context::Context);
-        let session = ret_size(super::session::run::<End>);
+        let session = ret_size4(super::session::run::<End>);
         eprintln!("client task: {outer} bytes + session {session} bytes");
         assert!(outer <= 256, "handle_client's future is {outer} bytes");
         assert!(session <= 1024, "a session's future is {session} bytes");

@@ -64,16 +64,38 @@ impl Session {
         lent: Instant,
     ) {
         self.set_cancel_target(Some(server.cancel.clone())).await;
+        self.adopt(server, pool, Some(lent));
+    }
+
+    /// [`Session::install`] of the server connection a session-mode client took at login,
+    /// before its session's first poll. Nothing to wait for: its key never had a target,
+    /// so no cancel can be on its way. Its clocks start at its first message.
+    pub(super) fn install_at_login(&mut self, server: Box<ServerConn>) {
+        let set = self.c.key.slot.try_set(Some(server.cancel.clone()));
+        debug_assert!(set.is_ok(), "a cancel in flight before the session started");
+        let pool = self.c.pool.clone();
+        self.adopt(server, pool, None);
+        // SHOW CLIENTS shows the link before the client's first message.
+        self.c
+            .state
+            .console
+            .publish(self.attached.as_ref().map_or(0, |a| a.server.id), 0);
+    }
+
+    /// The rest of [`Session::install`], once the cancel target is set: take-over and
+    /// settings replay, queued ahead of the client's first message.
+    fn adopt(&mut self, server: Box<ServerConn>, pool: Arc<Pool>, lent: Option<Instant>) {
         let mut a = Attached {
             server,
             pool,
             pipe: Pipeline::new(),
             effects: 0,
             query_started: None,
-            lent: Some(lent),
+            lent,
             // Set by the transaction's first message (`forward`); a placeholder until then.
-            xact_started: lent,
+            xact_started: lent.unwrap_or_else(Instant::now),
             _active: crate::metrics::counters::Active::enter_for(Some(&self.c.state)),
+            server_fatal: false,
         };
         self.take_over(&mut a);
         if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
@@ -326,28 +348,45 @@ impl Session {
 
     /// The server connection broke: the client gets 08006 and is disconnected (its
     /// transaction is gone); the next client gets a fresh server connection.
+    /// In session mode the client's session was that server's (its pid, its key): it ends
+    /// as a direct connection would, with the server's own FATAL when it sent one (already
+    /// relayed: `pg_terminate_backend`'s 57P01, a shutdown's 57P01/57P02/57P03) and no
+    /// second one of pgtenant's, else with 08006.
     pub(super) fn server_lost(&mut self, why: &str) -> Flow {
         // A late cancel must not reach the closed backend's pid (PostgreSQL may give it
         // to another backend). If one is on its way, it already has its target.
         let _ = self.c.key.slot.try_set(None);
+        let mut told = false;
         if let Some(a) = self.attached.take() {
             tracing::warn!(user = %Escaped(&self.c.user), pool = %a.pool.name(), server = a.server.id, reason = why, "server connection lost");
+            told = a.server_fatal && self.mode == PoolMode::Session;
             a.pool.discard(a.server);
         }
-        self.c
-            .conn
-            .queue(&build::fatal(sqlstate::CONNECTION_FAILURE, why));
+        if !told {
+            self.c
+                .conn
+                .queue(&build::fatal(sqlstate::CONNECTION_FAILURE, why));
+        }
         Flow::Quit
     }
 
     /// The client is leaving: return or close its server, flush what is queued.
     pub(super) async fn finish(&mut self) {
+        // Before its server can go to the next client: in session mode that one gets the
+        // same (real) key.
+        self.c.key.unregister();
         if let Some(sub) = self.listener.take() {
             self.ctx.listens.unlisten(&self.c.pool, &sub, None);
         }
         if let Some(mut a) = self.attached.take() {
             self.set_cancel_target(None).await;
             let s = self.ctx.settings();
+            if !a.is_clean() && only_hidden(&a) {
+                // A client that left before its first statement (its server taken at
+                // login) leaves pgtenant's own settings replay unanswered: wait for it
+                // rather than close a good connection.
+                let _ = tokio::time::timeout(Duration::from_secs(10), settle_hidden(&mut a)).await;
+            }
             let mut clean = a.is_clean();
             // A pinned client's state (temp tables, held cursors, locks) goes with it.
             let reset = if self.pinned && self.mode != PoolMode::Session {
@@ -372,6 +411,45 @@ impl Session {
         }
         if self.c.conn.pending_output() > 0 {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.c.conn.flush()).await;
+        }
+    }
+}
+
+/// Does the server owe answers to pgtenant's own simple queries only (a settings replay,
+/// a take-over), outside any transaction of the client's?
+fn only_hidden(a: &Attached) -> bool {
+    !a.pipe.copy_in
+        && a.pipe.q.iter().all(|e| {
+            matches!(
+                e,
+                Expect::Hidden {
+                    req: Req::Query { .. },
+                    ..
+                }
+            )
+        })
+        && a.server.tx_status == b'I'
+}
+
+/// Read the answers to pgtenant's own queries (see [`only_hidden`]) until none is owed.
+async fn settle_hidden(a: &mut Attached) {
+    if a.server.conn.flush().await.is_err() {
+        return;
+    }
+    while !a.pipe.q.is_empty() {
+        match a.server.conn.read_frame().await {
+            Ok(Some(f)) => match f.tag() {
+                b'Z' => {
+                    let Ok(st) = decode::ready_status(f.body()) else {
+                        return;
+                    };
+                    a.server.tx_status = st;
+                    a.pipe.q.pop_front();
+                }
+                b'S' => a.server.note_parameter(f.body()),
+                _ => {}
+            },
+            _ => return,
         }
     }
 }

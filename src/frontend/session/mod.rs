@@ -5,7 +5,10 @@
 //! In transaction and statement mode a server connection is taken from the pool when the
 //! client sends the first message of a transaction and goes back when ReadyForQuery says
 //! idle and nothing the client sent is still unanswered (see [`super::pipeline`]). In
-//! session mode it stays until the client leaves.
+//! session mode the client took it at login (its key is that server's, see `login`) and
+//! it stays until the client leaves; if it breaks, the client is disconnected (with the
+//! server's own FATAL when it sent one), as a direct connection would end: it never goes
+//! on with another backend behind the pid it was told.
 //!
 //! In transaction and statement mode the client's session travels with it: its named
 //! prepared statements are prepared on whatever server serves it (once per server, LRU
@@ -23,7 +26,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::listen::Subscriber;
-use super::login::{pool_error_frame, Client};
+use super::login::{pool_error_frame, Client, SessionServer};
 use super::params::{self, ParamMap};
 use super::pipeline::{Expect, Pipeline, Req};
 use super::prepared::{dml_effects, effect, effects_of, StatementDef};
@@ -76,6 +79,9 @@ struct Attached {
     xact_started: Instant,
     /// Counts this session in `pgtenant_clients{state="active"}` while attached.
     _active: crate::metrics::counters::Active,
+    /// The server sent a FATAL (it closes next): in session mode that is what the client
+    /// is told, not pgtenant's own 08006 (`server_lost`).
+    server_fatal: bool,
 }
 
 impl Attached {
@@ -266,9 +272,16 @@ struct Session {
 
 /// The session's future. Built in two steps so that it holds the session's state once
 /// (an `async fn` would keep its `client` argument beside the `Session` made from it).
+/// `own`: the server connection a session-mode client took at login; the session starts
+/// attached to it.
 /// `end` runs when the session is over, inside the same future (awaiting this future from
 /// another one would store it twice).
-pub fn run<E>(client: Client, ctx: Arc<Context>, end: E) -> impl Future<Output = ()> + Send
+pub fn run<E>(
+    client: Client,
+    own: Option<SessionServer>,
+    ctx: Arc<Context>,
+    end: E,
+) -> impl Future<Output = ()> + Send
 where
     E: FnOnce(Result<(), FrontendError>, &Context) + Send,
 {
@@ -310,6 +323,9 @@ where
         c: client,
     };
     drop(settings);
+    if let Some(own) = own {
+        s.install_at_login(own.take());
+    }
     async move {
         let r = s.run().await;
         Box::pin(s.finish()).await;

@@ -43,7 +43,12 @@ impl Session {
                             self.ctx.tenants.error(k);
                         }
                     }
-                    if !hidden || show_errors {
+                    // The server ends the connection (pg_terminate_backend, shutdown): in
+                    // session mode it was the client's own, which must hear why (see
+                    // `server_lost`), whatever pgtenant was doing on it.
+                    let fatal = self.mode == PoolMode::Session && is_fatal(f.body());
+                    a.server_fatal |= fatal;
+                    if !hidden || show_errors || fatal {
                         crate::metrics::counters::SERVER_ERRORS.count_body(f.body());
                         self.c.conn.queue(&f);
                     } else {
@@ -208,6 +213,30 @@ pub(super) fn undo_prepared(a: &mut Attached, e: Expect) {
     }
 }
 
+/// Is this ErrorResponse's severity FATAL or PANIC (the server closes the connection)?
+/// Read in place: most errors are not.
+pub(super) fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    let mut severity: Option<&[u8]> = None;
+    while let Some((&t, tail)) = rest.split_first() {
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        match t {
+            0 => break,
+            // The non-localized severity, when the server sends it (9.6 on).
+            b'V' => {
+                severity = Some(&tail[..end]);
+                break;
+            }
+            b'S' => severity = Some(&tail[..end]),
+            _ => {}
+        }
+        rest = &tail[end + 1..];
+    }
+    matches!(severity, Some(b"FATAL" | b"PANIC"))
+}
+
 /// What a CommandComplete tag says the statement may have done to the session.
 fn tag_effects(body: &[u8]) -> u8 {
     let word = body
@@ -243,5 +272,25 @@ pub(super) fn emit_synthetic(a: &mut Attached, client: &mut crate::net::Connecti
             _ => return,
         }
         a.pipe.skip_markers();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_fatal;
+    use crate::protocol::build;
+
+    #[test]
+    fn fatal_errors_are_told_from_the_others() {
+        assert!(is_fatal(
+            build::fatal("57P01", "terminating connection").body()
+        ));
+        assert!(!is_fatal(
+            build::error("57014", "canceling statement").body()
+        ));
+        // The localized severity alone (no 'V' field), and a truncated body.
+        assert!(is_fatal(b"SFATAL\0C57P01\0\0"));
+        assert!(!is_fatal(b"SERROR\0VFATAL"));
+        assert!(!is_fatal(b""));
     }
 }
