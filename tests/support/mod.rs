@@ -1083,3 +1083,4 @@ fn listen_port(args: &[String], env: &[(&str, &str)]) -> Option<u16> {
 
 // The emulated Citus cluster (coordinator + 2 workers): see citus.rs.
 pub mod citus;
+pub mod wire;
