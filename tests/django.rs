@@ -423,6 +423,55 @@ fn psycopg_prepared_statements_cannot_be_hijacked() {
     );
 }
 
+/// psycopg behaviours a direct connection has (issue 12), checked directly and through
+/// pgtenant in transaction and session mode (tests/django/fidelity/like_direct.py): an
+/// error in an async executemany pipeline, DEALLOCATE ALL after DROP TYPE, a client's own
+/// NOTIFY before its result, the backend pid and cancel, client_encoding's spelling,
+/// DROP DATABASE of a database the pool holds connections to.
+#[test]
+fn psycopg_behaves_as_on_a_direct_connection() {
+    let python = venv_python();
+    let pg = PgServer::start();
+    let upstream = pg.url("app", "secret", "app");
+    let start = |mode: &str| {
+        Pgtenant::start(
+            &[
+                "run",
+                "--upstream",
+                &upstream,
+                "--pool-mode",
+                mode,
+                "--pool-size",
+                "3",
+            ],
+            &[],
+        )
+    };
+    let tx = start("transaction");
+    let session = start("session");
+    let script = django_dir().join("fidelity").join("like_direct.py");
+    for (mode, port, pt) in [
+        ("direct", pg.port(), None),
+        ("transaction", tx.port(), Some(&tx)),
+        ("session", session.port(), Some(&session)),
+    ] {
+        let dsn = format!("host=127.0.0.1 port={port} user=app password=secret dbname=app");
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(&dsn)
+            .arg(mode)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("all ok"),
+            "{mode}:\n{stdout}\n{}\n--- pgtenant ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            pt.map(|p| p.logs()).unwrap_or_default()
+        );
+    }
+}
+
 #[test]
 fn requirements_are_pinned() {
     let text = fs::read_to_string(django_dir().join("requirements.txt")).unwrap();

@@ -4,6 +4,13 @@
 //! each NotificationResponse to every client subscribed to that channel. LISTEN and
 //! UNLISTEN from a client are answered by pgtenant; NOTIFY is an ordinary statement.
 //!
+//! A client's own NOTIFY: PostgreSQL delivers the notification of a channel the client
+//! listens on before the ReadyForQuery of the transaction that sent it. The session asks
+//! the hub for a barrier before it passes that ReadyForQuery on: the hub runs an empty
+//! query on its connection, and its server sends every notification committed before it
+//! (the committing backend has signalled it) ahead of that query's ReadyForQuery — so
+//! once the barrier is passed, the client's notifications are in its queue.
+//!
 //! If the listening connection breaks, it is reopened and every channel listened again;
 //! notifications sent in between are lost (as they would be for a direct connection that
 //! reconnects).
@@ -33,6 +40,8 @@ enum Cmd {
         client: u64,
         channel: Option<String>,
     },
+    /// Fires once every notification committed before it has been handed out.
+    Barrier { ack: oneshot::Sender<()> },
 }
 
 /// The listening connections, one task per pool that has listeners.
@@ -88,6 +97,16 @@ impl ListenHub {
         rx
     }
 
+    /// Resolves once every notification committed before this call is in its
+    /// subscribers' queues. None: this pool has no listening connection.
+    pub fn barrier(&self, pool: &Arc<Pool>) -> Option<oneshot::Receiver<()>> {
+        let g = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        let h = g.get(&pool.key)?;
+        let (ack, rx) = oneshot::channel();
+        h.send(Cmd::Barrier { ack }).ok()?;
+        Some(rx)
+    }
+
     /// `channel: None` = UNLISTEN *.
     pub fn unlisten(&self, pool: &Arc<Pool>, sub: &Subscriber, channel: Option<String>) {
         let g = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
@@ -103,7 +122,7 @@ impl ListenHub {
 /// The listening connection of one pool: LISTEN when a channel gets its first subscriber,
 /// UNLISTEN when it loses its last, fan out every notification.
 async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
-    let mut subs: HashMap<String, HashMap<u64, mpsc::Sender<Frame>>> = HashMap::new();
+    let mut subs: Subscribers = HashMap::new();
     let mut conn = None;
     let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
@@ -111,11 +130,10 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
             match pool.open_dedicated("listen").await {
                 Ok(mut c) => {
                     let mut ok = true;
-                    for ch in subs.keys() {
-                        ok &= c
-                            .run_internal(&format!("LISTEN {}", super::params::ident(ch)))
-                            .await
-                            .is_ok();
+                    let channels: Vec<String> = subs.keys().cloned().collect();
+                    for ch in channels {
+                        let sql = format!("LISTEN {}", super::params::ident(&ch));
+                        ok &= hub_query(&mut c, &sql, &mut subs).await.is_ok();
                     }
                     if ok {
                         tracing::info!(pool = %pool.name(), channels = subs.len(), "listening connection open");
@@ -152,10 +170,8 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                 entry.insert(client, tx);
                 match conn.as_mut() {
                     Some(c) if first => {
-                        if c.run_internal(&format!("LISTEN {}", super::params::ident(&channel)))
-                            .await
-                            .is_ok()
-                        {
+                        let sql = format!("LISTEN {}", super::params::ident(&channel));
+                        if hub_query(c, &sql, &mut subs).await.is_ok() {
                             let _ = ack.send(());
                         } else {
                             conn = None;
@@ -184,32 +200,23 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                     if emptied {
                         subs.remove(&ch);
                         if let Some(c) = conn.as_mut() {
-                            if c.run_internal(&format!("UNLISTEN {}", super::params::ident(&ch)))
-                                .await
-                                .is_err()
-                            {
+                            let sql = format!("UNLISTEN {}", super::params::ident(&ch));
+                            if hub_query(c, &sql, &mut subs).await.is_err() {
                                 conn = None;
                             }
                         }
                     }
                 }
             }
-            Err(Ok(Some(f))) if f.tag() == b'A' => {
-                let Some(channel) = notification_channel(f.body()) else {
-                    continue;
-                };
-                if let Some(m) = subs.get_mut(&channel) {
-                    // Subscribers that left are dropped from the list here.
-                    m.retain(|_, tx| match tx.try_send(f.clone()) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; notification dropped");
-                            true
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
-                    });
+            Ok(Some(Cmd::Barrier { ack })) => {
+                if let Some(c) = conn.as_mut() {
+                    if hub_query(c, "", &mut subs).await.is_err() {
+                        conn = None;
+                    }
                 }
+                let _ = ack.send(());
             }
+            Err(Ok(Some(f))) if f.tag() == b'A' => deliver(&mut subs, &f),
             Err(Ok(Some(_))) => {}
             Err(Ok(None)) | Err(Err(_)) => {
                 tracing::warn!(pool = %pool.name(), "listening connection lost; reopening");
@@ -220,6 +227,55 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
         if subs.is_empty() {
             // Nobody listens: give the server connection back.
             conn = None;
+        }
+    }
+}
+
+type Subscribers = HashMap<String, HashMap<u64, mpsc::Sender<Frame>>>;
+
+/// Hand a NotificationResponse to every client subscribed to its channel.
+fn deliver(subs: &mut Subscribers, f: &Frame) {
+    let Some(channel) = notification_channel(f.body()) else {
+        return;
+    };
+    if let Some(m) = subs.get_mut(&channel) {
+        // Subscribers that left are dropped from the list here.
+        m.retain(|_, tx| match tx.try_send(f.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; notification dropped");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+}
+
+/// Run one of the hub's own statements; notifications that arrive meanwhile are handed
+/// out, not lost.
+async fn hub_query(
+    c: &mut crate::backend::ServerConn,
+    sql: &str,
+    subs: &mut Subscribers,
+) -> Result<(), ()> {
+    c.conn
+        .send(&crate::protocol::build::query(sql))
+        .await
+        .map_err(drop)?;
+    let mut failed = false;
+    loop {
+        let f = match c.conn.read_frame().await {
+            Ok(Some(f)) => f,
+            _ => return Err(()),
+        };
+        match f.tag() {
+            b'A' => deliver(subs, &f),
+            b'E' => failed = true,
+            b'Z' => {
+                let idle = f.body().first() == Some(&b'I');
+                return if failed || !idle { Err(()) } else { Ok(()) };
+            }
+            _ => {}
         }
     }
 }

@@ -325,6 +325,19 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
         }));
     }
 
+    if let Some((_, enc)) = rest
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("client_encoding"))
+        .filter(|(_, v)| crate::protocol::encodings::canonical(v).is_none())
+    {
+        // As PostgreSQL refuses it (a server would, once pgtenant replayed it).
+        conn.send(&build::fatal(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            &format!("invalid value for parameter \"client_encoding\": \"{enc}\""),
+        ))
+        .await?;
+        return Ok(None);
+    }
     let key = PoolKey {
         node: (**ctx.coordinator.load()).clone(),
         database: database.as_str().into(),

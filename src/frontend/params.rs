@@ -201,8 +201,10 @@ pub fn ident(s: &str) -> String {
 /// normalises it.
 pub fn reported_value(name: &str, value: &str) -> String {
     if name.eq_ignore_ascii_case("client_encoding") {
-        let v = value.to_ascii_uppercase().replace(['-', '_'], "");
-        return if v == "UNICODE" { "UTF8".into() } else { v };
+        // PostgreSQL's canonical spelling of every name and alias it accepts.
+        if let Some(v) = crate::protocol::encodings::reported_client_encoding(value) {
+            return v.to_owned();
+        }
     }
     value.to_owned()
 }
@@ -292,5 +294,7 @@ mod tests {
         );
         assert_eq!(literal("a\\b"), "E'a\\\\b'");
         assert_eq!(reported_value("client_encoding", "utf-8"), "UTF8");
+        assert_eq!(reported_value("client_encoding", "euc-jp"), "EUC_JP");
+        assert_eq!(reported_value("client_encoding", "iso-8859-1"), "LATIN1");
     }
 }

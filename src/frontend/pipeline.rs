@@ -65,6 +65,9 @@ pub enum Expect {
     /// A simple query pgtenant answers itself (DEALLOCATE, DISCARD ALL): CommandComplete
     /// with this tag, then ReadyForQuery with the transaction status at that point.
     SyntheticCommand(&'static str),
+    /// The client's Flush: answers pgtenant made itself before it may go out (the server
+    /// flushes its own).
+    Flush,
     /// The client ended COPY data here (CopyDone/CopyFail); Syncs before it that the
     /// server ignores in COPY IN mode are found by it.
     CopyEnd,
@@ -126,9 +129,13 @@ impl Pipeline {
         Pipeline { q, copy_in: false }
     }
 
-    /// Nothing owed (CopyEnd markers owe nothing).
+    /// Nothing owed (CopyEnd and Flush markers owe nothing).
     pub fn is_settled(&self) -> bool {
-        !self.copy_in && self.q.iter().all(|e| matches!(e, Expect::CopyEnd))
+        !self.copy_in
+            && self
+                .q
+                .iter()
+                .all(|e| matches!(e, Expect::CopyEnd | Expect::Flush))
     }
 
     pub fn push(&mut self, e: Expect) {

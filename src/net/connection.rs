@@ -27,6 +27,9 @@ const WRITE_START: usize = 1024;
 /// A buffer larger than this is dropped once it is empty, so one big result does not pin
 /// memory for the rest of a connection's life.
 const KEEP_CAPACITY: usize = 64 * 1024;
+/// Held output beyond this goes out anyway, as PostgreSQL's own 8 KiB send buffer does
+/// when it fills.
+const HELD_MAX: usize = 8192;
 
 pub struct Connection {
     stream: Stream,
@@ -40,6 +43,9 @@ pub struct Connection {
     /// Keep the read buffer between messages (server connections: few, and busy);
     /// otherwise it is given back once empty (clients: many, mostly idle).
     keep_rbuf: bool,
+    /// Trailing bytes of the write buffer that wait for a flush point (see
+    /// [`Connection::queue_held`]); at most [`HELD_MAX`].
+    held: u16,
     /// Budget reservations of large messages; boxed, since they are rare and an idle
     /// client should not pay for them.
     large: Option<Box<Large>>,
@@ -63,6 +69,7 @@ impl Connection {
             max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             eof: false,
             keep_rbuf: false,
+            held: 0,
             large: None,
         }
     }
@@ -282,9 +289,16 @@ impl Connection {
         }
     }
 
-    /// Queue raw, already-encoded bytes.
+    /// Queue raw, already-encoded bytes. They go out with everything queued before them
+    /// (held output included).
     #[inline]
     pub fn queue_bytes(&mut self, bytes: &[u8]) {
+        self.append(bytes);
+        self.held = 0;
+    }
+
+    #[inline]
+    fn append(&mut self, bytes: &[u8]) {
         if self.wbuf.capacity() == 0 {
             // A released buffer: start with room for a typical answer, not one message.
             self.wbuf.reserve(WRITE_START.max(bytes.len()));
@@ -292,16 +306,47 @@ impl Connection {
         self.wbuf.extend_from_slice(bytes);
     }
 
+    /// Queue a frame that waits for a flush point: it is written only once something
+    /// queued after it is (`queue`), or [`Connection::release_held`] says so. A server
+    /// sends the answers to Parse, Bind, Describe, Close and Execute only when the client's
+    /// Sync or Flush (or a full send buffer) makes it flush; answers pgtenant makes itself
+    /// keep that timing.
+    pub fn queue_held(&mut self, frame: &Frame) {
+        let total = usize::from(self.held) + frame.len();
+        if total > HELD_MAX || frame.reservation().is_some() {
+            self.queue(frame);
+            return;
+        }
+        self.append(frame.raw());
+        self.held = total as u16;
+    }
+
+    /// What is held may go out now (the client's Sync or Flush has been reached).
+    pub fn release_held(&mut self) {
+        self.held = 0;
+    }
+
+    /// Bytes held for a flush point.
+    pub fn held_output(&self) -> usize {
+        usize::from(self.held)
+    }
+
     /// Write as much queued output as the socket takes. `Ready(Ok(()))` once all of it is
     /// written and flushed.
+    /// Held output (see [`Connection::queue_held`]) stays queued.
     pub fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.wbuf.is_empty() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+        let held = usize::from(self.held);
+        while self.wbuf.len() > held {
+            let out = &self.wbuf[..self.wbuf.len() - held];
+            match Pin::new(&mut self.stream).poll_write(cx, out) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => self.wbuf.advance(n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+        if held > 0 {
+            return Pin::new(&mut self.stream).poll_flush(cx);
         }
         if self.wbuf.capacity() > KEEP_CAPACITY {
             self.wbuf = BytesMut::new();
@@ -312,8 +357,9 @@ impl Connection {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
-    /// Write everything queued.
+    /// Write everything queued, held output included.
     pub async fn flush(&mut self) -> io::Result<()> {
+        self.held = 0;
         poll_fn(|cx| self.poll_write_out(cx)).await
     }
 

@@ -214,9 +214,18 @@ impl Pools {
         self.close_idle_where(|_| true);
     }
 
-    /// Close the idle server connections to one database (before a client's
-    /// `DROP DATABASE`, which would otherwise wait for them and fail).
+    /// Close the server connections to one database (before a client's `DROP DATABASE`,
+    /// which would otherwise wait for them and fail): the idle ones now, the lent ones
+    /// when they come back (as RECONNECT does; a session-mode client that just left may
+    /// still be on its way back with its connection).
     pub fn close_idle_database(&self, database: &str) {
+        for p in self
+            .all()
+            .into_iter()
+            .filter(|p| &*p.key.database == database)
+        {
+            p.mark_close_needed();
+        }
         self.close_idle_where(|k| &*k.database == database);
     }
 

@@ -7,6 +7,7 @@
 //! written against a checked cursor instead.)
 pub mod build;
 pub mod decode;
+pub mod encodings;
 pub mod extended;
 mod reader;
 
@@ -40,4 +41,5 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INVALID_CATALOG_NAME: &str = "3D000";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
 }

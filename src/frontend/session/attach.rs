@@ -96,6 +96,8 @@ impl Session {
             xact_started: lent.unwrap_or_else(Instant::now),
             _active: crate::metrics::counters::Active::enter_for(Some(&self.c.state)),
             server_fatal: false,
+            notified: false,
+            unread: None,
         };
         self.take_over(&mut a);
         if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {

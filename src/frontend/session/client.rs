@@ -1,7 +1,7 @@
 //! Client → server: every complete frame the client sent, in order; what pgtenant answers
 //! itself when no server is attached.
-use super::forward::reserved_refusal;
-use super::relay::emit_synthetic;
+use super::forward::{close_for_drop, reserved_refusal};
+use super::relay::{emit_synthetic, queue_own};
 use super::*;
 
 impl Session {
@@ -69,7 +69,12 @@ impl Session {
                 // flush, and CopyData/CopyDone/CopyFail are leftovers of a COPY the server
                 // already failed and answered (PostgreSQL drops them too).
                 let holding_parse = self.held.iter().any(|h| matches!(h, Held::Parse(_)));
-                if matches!(f.tag(), b'd' | b'c' | b'f') || (f.tag() == b'H' && !holding_parse) {
+                if matches!(f.tag(), b'd' | b'c' | b'f') {
+                    continue;
+                }
+                if f.tag() == b'H' && !holding_parse {
+                    // What pgtenant answered itself (a named Parse) goes out now.
+                    self.c.conn.release_held();
                     continue;
                 }
                 if self.answer_without_server(&f)? {
@@ -77,7 +82,7 @@ impl Session {
                 }
                 if let Some(frames) = self.fake_extended(&f)? {
                     for fr in &frames {
-                        self.c.conn.queue(fr);
+                        queue_own(&mut self.c.conn, fr);
                     }
                     continue;
                 }
@@ -170,6 +175,25 @@ impl Session {
             && self.ctx.shard_map.current.load().is_some()
     }
 
+    /// Before the ReadyForQuery of a transaction that may have notified: wait (bounded)
+    /// until the LISTEN hub has handed out what was committed, then queue this client's
+    /// notifications ahead of the ReadyForQuery, as PostgreSQL orders them.
+    pub(super) async fn notify_barrier(&mut self) {
+        if let Some(rx) = self.ctx.listens.barrier(&self.c.pool) {
+            if tokio::time::timeout(Duration::from_secs(2), rx)
+                .await
+                .is_err()
+            {
+                tracing::warn!(user = %Escaped(&self.c.user), "LISTEN hub barrier not passed within 2 s");
+            }
+        }
+        if let Some(l) = self.listener.as_mut() {
+            while let Ok(f) = l.rx.try_recv() {
+                self.c.conn.queue(&f);
+            }
+        }
+    }
+
     /// A LISTEN is answered only once the listening connection listens: a NOTIFY the
     /// client (or anyone it tells) sends next must reach it.
     pub(super) async fn await_listen(&mut self) {
@@ -194,7 +218,7 @@ impl Session {
                 let t = Target::decode(f.body())?;
                 if t.kind == b'S' && !t.name.is_empty() {
                     self.view.t_mut().statements.remove(t.name);
-                    self.c.conn.queue(&Frame::new(b'3', &[]));
+                    self.c.conn.queue_held(&Frame::new(b'3', &[]));
                     return Ok(true);
                 }
             }
@@ -211,7 +235,9 @@ impl Session {
                     return Ok(false);
                 }
                 if !is_plain_dml(&p.query) {
-                    if let Some(refusal) = reserved_refusal(&classify(&p.query)) {
+                    let cmds = classify(&p.query);
+                    close_for_drop(&self.ctx, &cmds);
+                    if let Some(refusal) = reserved_refusal(&cmds) {
                         self.c.conn.queue(&refusal.error());
                         self.skip_until_sync = true;
                         return Ok(true);
@@ -229,7 +255,7 @@ impl Session {
                 let epoch = self.view.t().epoch;
                 let def = self.ctx.statements.intern_at(&p, key, epoch);
                 self.view.t_mut().statements.insert(p.name.to_owned(), def);
-                self.c.conn.queue(&Frame::new(b'1', &[]));
+                self.c.conn.queue_held(&Frame::new(b'1', &[]));
                 return Ok(true);
             }
             b'S' if !self.held.iter().any(|h| matches!(h, Held::Parse(_))) => {

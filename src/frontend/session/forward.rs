@@ -44,9 +44,7 @@ impl Session {
                         dml_effects(&p.query)
                     } else {
                         let cmds = classify(&p.query);
-                        if let [Command::DropDatabase { name }] = &cmds[..] {
-                            self.ctx.pools.close_idle_database(name);
-                        }
+                        close_for_drop(&self.ctx, &cmds);
                         if let Some(refusal) = reserved_refusal(&cmds) {
                             a.pipe.push(Expect::Synthetic(vec![refusal.error()]));
                             self.skip_until_sync = true;
@@ -78,7 +76,9 @@ impl Session {
                     return Ok(());
                 }
                 if !is_plain_dml(&p.query) {
-                    if let Some(refusal) = reserved_refusal(&classify(&p.query)) {
+                    let cmds = classify(&p.query);
+                    close_for_drop(&self.ctx, &cmds);
+                    if let Some(refusal) = reserved_refusal(&cmds) {
                         a.pipe.push(Expect::Synthetic(vec![refusal.error()]));
                         self.skip_until_sync = true;
                         return Ok(());
@@ -191,6 +191,10 @@ impl Session {
                 a.server.conn.queue(&f);
                 a.pipe.client_copy_end();
             }
+            b'H' => {
+                a.server.conn.queue(&f);
+                a.pipe.push(Expect::Flush);
+            }
             b'F' => {
                 // A function called by oid (set_config, pg_advisory_lock, …): unknown effect.
                 a.effects |= effect::ALL;
@@ -205,6 +209,9 @@ impl Session {
                     return self.forward_query(&f, sql);
                 }
                 if self.mode == PoolMode::Session {
+                    if !is_plain_dml(sql) {
+                        close_for_drop(&self.ctx, &classify(sql));
+                    }
                     a.server.conn.queue(&f);
                     a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
                     return Ok(());
@@ -219,6 +226,7 @@ impl Session {
                     return Ok(());
                 };
                 let cmds = classify(sql);
+                close_for_drop(&self.ctx, &cmds);
                 let mut e = effects_of(sql, &cmds);
                 if cmds.iter().any(|c| matches!(c, Command::Prepare { .. })) {
                     // Untracked: the client's own statement lives on this server.
@@ -248,10 +256,7 @@ impl Session {
             return Ok(());
         }
         let cmds = classify(sql);
-        if let [Command::DropDatabase { name }] = &cmds[..] {
-            // Our idle connections to it would make the server wait and refuse.
-            self.ctx.pools.close_idle_database(name);
-        }
+        close_for_drop(&self.ctx, &cmds);
         if let [cmd] = &cmds[..] {
             if let Some(tag) = self.view_command(cmd.clone()) {
                 if let Some(a) = self.attached.as_mut() {
@@ -372,6 +377,17 @@ pub(super) fn note_effects(a: &mut Attached, view: &mut View, e: u8, sql: &str) 
     a.effects |= e;
     if e & effect::SETTINGS != 0 {
         view.t_mut().custom.extend(custom_setting_names(sql));
+    }
+}
+
+/// `DROP DATABASE` among `cmds` (however it arrives: simple query, extended protocol,
+/// any mode): pgtenant's idle connections to that database would make the server wait
+/// for them and refuse, so they are closed first.
+pub(super) fn close_for_drop(ctx: &Context, cmds: &[Command]) {
+    for c in cmds {
+        if let Command::DropDatabase { name } = c {
+            ctx.pools.close_idle_database(name);
+        }
     }
 }
 

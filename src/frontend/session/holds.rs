@@ -239,9 +239,9 @@ impl Session {
             _ => return false,
         }
         if held_parses > 0 {
-            self.c.conn.queue(&Frame::new(b'1', &[]));
+            self.c.conn.queue_held(&Frame::new(b'1', &[]));
         }
-        self.c.conn.queue(&Frame::new(b'2', &[]));
+        self.c.conn.queue_held(&Frame::new(b'2', &[]));
         self.fake_statement = None;
         self.fake_portal = Some(tag);
         true
@@ -254,10 +254,11 @@ impl Session {
         if sql.is_ascii() {
             return true;
         }
-        let utf8 = self.view.desired.get("client_encoding").is_none_or(|e| {
-            let e = e.to_ascii_uppercase().replace(['-', '_'], "");
-            e == "UTF8" || e == "UNICODE"
-        });
+        let utf8 = self
+            .view
+            .desired
+            .get("client_encoding")
+            .is_none_or(|e| crate::protocol::encodings::canonical(e) == Some("UTF8"));
         utf8 && !sql.contains('\u{FFFD}')
     }
 

@@ -82,6 +82,13 @@ struct Attached {
     /// The server sent a FATAL (it closes next): in session mode that is what the client
     /// is told, not pgtenant's own 08006 (`server_lost`).
     server_fatal: bool,
+    /// The client may have sent a notification in this transaction (NOTIFY, or a
+    /// function such as pg_notify) while it listens: its ReadyForQuery waits for the
+    /// LISTEN hub's barrier (see `listen`).
+    notified: bool,
+    /// A server message taken up again after an await (the ReadyForQuery held for the
+    /// barrier).
+    unread: Option<Frame>,
 }
 
 impl Attached {
@@ -134,6 +141,9 @@ enum Flow {
     /// The transaction is over: give the server back (`on_server_input` stays
     /// synchronous; the caller releases). With the clock read at its ReadyForQuery.
     Release(Option<Instant>),
+    /// The client's own notifications must reach it before this ReadyForQuery: wait for
+    /// the LISTEN hub's barrier, then relay on.
+    NotifyBarrier,
 }
 
 /// A client's statement names. SipHash with fixed keys: the hasher takes no room in every
@@ -181,16 +191,11 @@ impl View {
         let scs_off = d
             .get("standard_conforming_strings")
             .is_some_and(|v| v.eq_ignore_ascii_case("off"));
-        let enc = d
-            .get("client_encoding")
-            .map(|e| e.to_ascii_uppercase().replace(['-', '_'], ""));
         // Encodings whose second bytes can be ASCII (PostgreSQL's client-only ones).
-        let unsafe_enc = enc.is_some_and(|e| {
-            matches!(
-                e.as_str(),
-                "SJIS" | "SHIFTJIS" | "BIG5" | "GBK" | "GB18030" | "UHC" | "JOHAB" | "SHIFTJIS2004"
-            )
-        });
+        let unsafe_enc = d
+            .get("client_encoding")
+            .and_then(|e| crate::protocol::encodings::canonical(e))
+            .is_some_and(crate::protocol::encodings::is_client_only);
         self.unreadable = scs_off || unsafe_enc;
         self.desired = d;
     }
@@ -353,6 +358,10 @@ impl Session {
                 }
                 Event::ServerRead(Ok(_)) => {
                     let mut flow = self.on_server_input();
+                    while let Flow::NotifyBarrier = flow {
+                        Box::pin(self.notify_barrier()).await;
+                        flow = self.on_server_input();
+                    }
                     if let Flow::Release(now) = flow {
                         if !self.try_release(now) {
                             Box::pin(self.release(now)).await;

@@ -14,10 +14,13 @@ impl Session {
                 return Flow::Continue;
             };
             emit_synthetic(a, &mut self.c.conn);
-            let f = match a.server.conn.try_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => return Flow::Continue,
-                Err(e) => return self.server_lost(&format!("server sent a bad message: {e}")),
+            let (f, again) = match a.unread.take() {
+                Some(f) => (f, true),
+                None => match a.server.conn.try_frame() {
+                    Ok(Some(f)) => (f, false),
+                    Ok(None) => return Flow::Continue,
+                    Err(e) => return self.server_lost(&format!("server sent a bad message: {e}")),
+                },
             };
             a.pool.stats.bytes_sent.add(f.len() as u64);
             let (hidden, show_errors) = match a.pipe.q.front() {
@@ -91,6 +94,15 @@ impl Session {
                     let Ok(st) = decode::ready_status(f.body()) else {
                         return self.server_lost("server sent a malformed ReadyForQuery");
                     };
+                    if st == b'I' && !hidden && self.listener.is_some() {
+                        // A transaction that may have notified a channel the client
+                        // listens on: its notifications come first (see `listen`).
+                        let notified = std::mem::take(&mut a.notified) || a.effects != 0;
+                        if notified && !again {
+                            a.unread = Some(f);
+                            return Flow::NotifyBarrier;
+                        }
+                    }
                     a.server.tx_status = st;
                     // Inside a transaction pgtenant holds (BEGIN answered, no node yet), a
                     // side trip's ReadyForQuery must still say "in transaction".
@@ -167,6 +179,9 @@ impl Session {
                     continue;
                 }
                 b'C' if !hidden => {
+                    if f.body().starts_with(b"NOTIFY") {
+                        a.notified = true;
+                    }
                     // What the server says it ran, whatever pgtenant's reading of the text:
                     // a statement that changes the session always gets its check.
                     let e = tag_effects(f.body());
@@ -252,6 +267,17 @@ fn tag_effects(body: &[u8]) -> u8 {
     }
 }
 
+/// Queue an answer pgtenant makes itself. Those PostgreSQL sends only when the client's
+/// Sync or Flush makes it flush its output (ParseComplete, BindComplete, CloseComplete,
+/// descriptions, an Execute's CommandComplete) wait for that point; errors, notices and
+/// ReadyForQuery go out at once with everything before them, as PostgreSQL's do.
+pub(super) fn queue_own(client: &mut crate::net::Connection, f: &Frame) {
+    match f.tag() {
+        b'1' | b'2' | b'3' | b'n' | b't' | b'T' | b'C' | b's' | b'I' => client.queue_held(f),
+        _ => client.queue(f),
+    }
+}
+
 /// Hand the client the answers pgtenant makes itself that are now at the head.
 pub(super) fn emit_synthetic(a: &mut Attached, client: &mut crate::net::Connection) {
     a.pipe.skip_markers();
@@ -260,9 +286,14 @@ pub(super) fn emit_synthetic(a: &mut Attached, client: &mut crate::net::Connecti
             Some(Expect::Synthetic(_)) => {
                 if let Some(Expect::Synthetic(frames)) = a.pipe.q.pop_front() {
                     for f in &frames {
-                        client.queue(f);
+                        queue_own(client, f);
                     }
                 }
+            }
+            Some(Expect::Flush) => {
+                // The client's Flush: what it asked for before it goes out now.
+                a.pipe.q.pop_front();
+                client.release_held();
             }
             Some(Expect::SyntheticCommand(tag)) => {
                 client.queue(&build::command_complete(tag));
