@@ -7,6 +7,7 @@ pub mod admission;
 mod cancel;
 mod listen;
 mod login;
+pub mod node_health;
 pub mod params;
 mod pipeline;
 pub mod prepared;

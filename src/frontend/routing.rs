@@ -1,11 +1,6 @@
 //! The route decision for the first message of a transaction: plan the statement (cached),
 //! take the tenant value from the literal or the Bind parameter, hash it as PostgreSQL
 //! does, and find the node owning that hash in the current shard map.
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use dashmap::DashMap;
 
 use crate::citus::hash::{hash_binary, hash_value};
 use crate::citus::{DistType, ShardMap};
@@ -168,53 +163,7 @@ impl RouteStats {
     }
 }
 
-/// Workers that could not be reached, skipped until their backoff ends.
-#[derive(Default)]
-pub struct NodeHealth {
-    down: DashMap<Arc<str>, (Instant, Duration)>,
-    pub failures: AtomicU64,
-}
-
-impl NodeHealth {
-    pub fn is_down(&self, node: &Node) -> bool {
-        match self.down.get(&node.name) {
-            Some(e) => Instant::now() < e.0,
-            None => false,
-        }
-    }
-
-    /// Mark a node down; the delay doubles on each failure up to 60 s.
-    pub fn mark_down(&self, node: &Node, base: Duration) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        let mut e = self
-            .down
-            .entry(node.name.clone())
-            .or_insert((Instant::now(), Duration::ZERO));
-        let delay = if e.1.is_zero() {
-            base
-        } else {
-            (e.1 * 2).min(Duration::from_secs(60))
-        };
-        *e = (Instant::now() + delay, delay);
-        tracing::warn!(node = %node.name, host = %node.host, port = node.port, retry_in_s = delay.as_secs_f64(), "worker unreachable: routing its tenants to the coordinator");
-    }
-
-    pub fn mark_up(&self, node: &Node) {
-        if self.down.remove(&node.name).is_some() {
-            tracing::info!(node = %node.name, "worker reachable again");
-        }
-    }
-
-    /// Nodes currently marked down, with the time left.
-    pub fn down_nodes(&self) -> Vec<(Arc<str>, Duration)> {
-        let now = Instant::now();
-        self.down
-            .iter()
-            .filter(|e| e.0 > now)
-            .map(|e| (e.key().clone(), e.0 - now))
-            .collect()
-    }
-}
+pub use super::node_health::NodeHealth;
 
 fn locate(map: &ShardMap, health: &NodeHealth, colocation: u32, hash: i32) -> Decision {
     match map.locate(colocation, hash) {

@@ -129,10 +129,12 @@ impl Session {
         };
         let to_worker = !Arc::ptr_eq(&pool, &self.c.pool);
         if to_worker && !self.attach_quiet(pool.clone()).await {
-            // The worker is unreachable: mark it down and let the coordinator serve.
-            self.ctx
-                .node_health
-                .mark_down(&pool.key.node, self.ctx.settings.load().worker_retry_delay);
+            // The worker is unreachable: mark it down (probed in the background until it
+            // answers) and let the coordinator serve.
+            let base = self.ctx.settings.load().worker_retry_delay;
+            if self.ctx.node_health.mark_down(&pool.key.node, base) {
+                crate::frontend::node_health::spawn_probe(self.ctx.clone(), pool.clone());
+            }
             self.ctx.routes.count(RouteReason::WorkerDown, false);
             self.route = (RouteReason::WorkerDown, false);
             let coord = self.c.pool.clone();
