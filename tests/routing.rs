@@ -1214,12 +1214,12 @@ async fn wait_for_port(c: &Client, sql: &str, want: u16, limit: Duration) -> Res
 /// A shard moved (placement switched, rows copied, later deleted from the old worker)
 /// while pgbench runs single-tenant SELECTs through pgtenant (`-M extended`): zero failed
 /// transactions, every answer right (the script fails on a wrong count), and the new owner
-/// answers within ~2 refresh intervals of the placement change.
+/// answers within 1 s of the move's end with the default `shard_map_refresh_interval`.
 #[tokio::test(flavor = "multi_thread")]
 async fn shard_moved_under_pgbench_load() {
     const TENANTS: u32 = 100;
     let cluster = CitusCluster::start(small(TENANTS, 8));
-    let (p, dir) = start_pgtenant(&cluster, "shard_map_refresh_interval = 1");
+    let (p, dir) = start_pgtenant(&cluster, "");
     let script = dir.write(
         "tenant.sql",
         &format!(
@@ -1310,8 +1310,8 @@ async fn shard_moved_under_pgbench_load() {
             )
         });
     assert!(
-        took <= Duration::from_millis(2500),
-        "the new route took {took:?} (refresh interval 1 s)"
+        took <= Duration::from_secs(1),
+        "the new route took {took:?} (default refresh interval 0.5 s)"
     );
     assert!(p.logs().matches("shard map loaded").count() > loads_before);
     assert_eq!(simple_port_count(&c, probe).await, (new_port, 3));

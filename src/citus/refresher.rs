@@ -90,6 +90,19 @@ async fn refresh_once(ctx: &Arc<Context>, conn: &mut Option<ServerConn>) -> Resu
     let Some(c) = conn.as_mut() else {
         return Ok(());
     };
+    if ctx.shard_map.get().is_some() {
+        // The usual case: one round trip per check (the fingerprint; the catalog was
+        // there last time). If it fails, the detection below tells why.
+        if let Ok(rows) = c.query_rows(FINGERPRINT_SQL).await {
+            let fp = rows
+                .first()
+                .and_then(|r| r.first())
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
+            return load_if_changed(ctx, c, fp).await;
+        }
+    }
     let detected = c.query_rows(DETECT_SQL).await.map_err(|e| e.to_string())?;
     let is_citus = matches!(detected.first().and_then(|r| r.first()), Some(Some(v)) if v == "true");
     let was = ctx.shard_map.is_citus.swap(is_citus, Ordering::Relaxed);
@@ -113,6 +126,12 @@ async fn refresh_once(ctx: &Arc<Context>, conn: &mut Option<ServerConn>) -> Resu
         .cloned()
         .flatten()
         .unwrap_or_default();
+    load_if_changed(ctx, c, fp).await
+}
+
+/// Load and swap a new map unless the current one has this fingerprint.
+async fn load_if_changed(ctx: &Arc<Context>, c: &mut ServerConn, fp: String) -> Result<(), String> {
+    let s = ctx.settings();
     if let Some(m) = ctx.shard_map.get() {
         if m.fingerprint == fp {
             *ctx.shard_map

@@ -237,7 +237,7 @@ impl Default for Draft {
             workers: 0,
             tcp_keepalive: secs(0),
             routing: Routing::Auto,
-            shard_map_refresh_interval: secs(5),
+            shard_map_refresh_interval: Duration::from_millis(500),
             node_addresses: BTreeMap::new(),
             reference_reads: ReferenceReads::Coordinator,
             plan_cache_size: 10_000,

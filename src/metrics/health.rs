@@ -205,7 +205,13 @@ pub fn spawn_probes(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::
                     tracing::info!("coordinator reachable again");
                 }
                 ctx.health.set_coordinator(r);
-                let every = ctx.settings().shard_map_refresh_interval.max(TICK);
+                // Not faster than every 5 s: each check makes the postmaster fork a
+                // backend that logs an incomplete startup packet.
+                let every = ctx
+                    .settings()
+                    .shard_map_refresh_interval
+                    .max(TICK)
+                    .max(Duration::from_secs(5));
                 next_probe = Instant::now() + every;
             }
         }
