@@ -1144,3 +1144,28 @@ fn assert_exits_cleanly(p: &mut Pgtenant) {
         p.logs()
     );
 }
+
+/// A monitoring poller's SHOWs do not fill the log (debug), changes are logged at info.
+#[tokio::test(flavor = "multi_thread")]
+async fn show_commands_are_logged_at_debug_changes_at_info() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin");
+    let p = start(&pg, &dir, "");
+    for _ in 0..5 {
+        admin(&p, "SHOW POOLS");
+        admin(&p, "SHOW STATS");
+    }
+    admin(&p, "SET query_wait_timeout = 99");
+    admin(&p, "RELOAD");
+    let logs = p.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("admin command")).collect();
+    assert!(
+        lines.iter().all(|l| !l.contains("SHOW")),
+        "SHOW logged at info:\n{logs}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("SET query_wait_timeout"))
+            && lines.iter().any(|l| l.contains("RELOAD")),
+        "changes not logged:\n{logs}"
+    );
+}

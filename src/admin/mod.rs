@@ -280,10 +280,20 @@ pub async fn serve(
             b'Q' => {
                 let text = crate::protocol::decode::query_text(f.body())?;
                 let text: &str = &text;
-                tracing::info!(user = %Escaped(&user), command = %Escaped(text), "admin command");
+                let parsed = parse(text);
+                // Changes (SET, RELOAD, KILL, PAUSE, …) at info; SHOW and friends at
+                // debug: a monitoring poller would otherwise fill the log.
+                match &parsed {
+                    Ok(cmd) if cmd.is_read_only() => {
+                        tracing::debug!(user = %Escaped(&user), command = %Escaped(text), "admin command")
+                    }
+                    _ => {
+                        tracing::info!(user = %Escaped(&user), command = %Escaped(text), "admin command")
+                    }
+                }
                 let reply = match access(&ctx, &user) {
                     None => Err(AdminError::new("admin access needed")),
-                    Some(a) => match parse(text) {
+                    Some(a) => match parsed {
                         Ok(cmd) => execute(&ctx, a, cmd).await,
                         Err(e) => Err(AdminError::new(e.to_string())),
                     },
