@@ -34,6 +34,14 @@ enum Command {
     /// Validate the configuration (file, environment, flags) and exit: 0 and
     /// "configuration OK" if it is valid, 1 with every error otherwise.
     Check(SettingsArgs),
+    /// Translate a PgBouncer configuration (pgbouncer.ini, with its %include files) to
+    /// pgtenant's TOML on standard output, every setting it could not carry as a comment.
+    /// Exit status 1 when a setting would make pgtenant run differently.
+    Import {
+        /// The pgbouncer.ini to read.
+        #[arg(value_name = "PGBOUNCER_INI")]
+        file: PathBuf,
+    },
 }
 
 /// The settings that can come from the command line or the environment.
@@ -119,7 +127,29 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check(args)) => check(args.into_overrides()),
         Some(Command::Run(args)) => run(args.into_overrides()),
+        Some(Command::Import { file }) => import(&file),
         None => run(cli.settings.into_overrides()),
+    }
+}
+
+/// `pgtenant import pgbouncer.ini > pgtenant.toml`.
+fn import(file: &std::path::Path) -> ExitCode {
+    let lines = match config::pgbouncer::read(file) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let t = config::pgbouncer::translate(&lines);
+    print!("{}", config::pgbouncer::to_toml(file, &t));
+    for e in &t.errors {
+        eprintln!("{e}");
+    }
+    if t.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -150,6 +180,9 @@ fn run(overrides: Overrides) -> ExitCode {
                 upstream = %settings.upstream.redacted(),
                 "configuration loaded"
             );
+            for n in &settings.notes {
+                tracing::warn!(note = %n, "configuration: not carried");
+            }
             start(settings, overrides)
         }
         Err(e) => {

@@ -66,15 +66,18 @@ impl ConfigError {
 pub fn load(file: Option<&PathBuf>, overrides: &Overrides) -> Result<Settings, ConfigError> {
     let mut draft = Draft::default();
     let mut errs = Errors::default();
+    let mut notes = Vec::new();
     if let Some(path) = file {
-        let table = read_file(path)?;
+        let table = read_file(path, &mut notes)?;
         // Relative paths in the file are relative to the file, not to the working
         // directory: the same file then means the same thing from `check` and from `run`.
         let base = path.parent().unwrap_or(Path::new(""));
         apply_file(&mut draft, &table, base, &mut errs);
     }
     apply_overrides(&mut draft, overrides, &mut errs);
-    finish(draft, file.cloned(), errs)
+    let mut settings = finish(draft, file.cloned(), errs)?;
+    settings.notes = notes;
+    Ok(settings)
 }
 
 /// Re-read the file the current settings came from and re-apply the same overrides.
@@ -98,10 +101,21 @@ impl Errors {
     }
 }
 
-fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+fn read_file(path: &Path, notes: &mut Vec<String>) -> Result<toml::Table, ConfigError> {
     let shown = path.display();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::one("config", format!("cannot read '{shown}': {e}")))?;
+    if super::pgbouncer::is_pgbouncer_ini(&text) {
+        // A PgBouncer configuration: read as PgBouncer reads it, then as if it were the
+        // TOML `pgtenant import` writes.
+        let lines = super::pgbouncer::read(path).map_err(|e| ConfigError { errors: vec![e] })?;
+        let t = super::pgbouncer::translate(&lines);
+        if !t.errors.is_empty() {
+            return Err(ConfigError { errors: t.errors });
+        }
+        *notes = t.notes;
+        return Ok(t.table);
+    }
     text.parse::<toml::Table>().map_err(|e| {
         // toml's Display is a multi-line snippet; one line with the position reads better
         // in logs and in `check` output.
@@ -727,6 +741,7 @@ fn finish(
 
     Ok(Settings {
         config_file,
+        notes: Vec::new(),
         listeners,
         upstream,
         pool_mode: d.pool_mode,

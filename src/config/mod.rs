@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod load;
+pub mod pgbouncer;
 mod upstream;
 mod values;
 
@@ -158,6 +159,9 @@ impl std::fmt::Debug for UserSettings {
 pub struct Settings {
     /// Where the settings came from (for reload); None with zero files.
     pub config_file: Option<PathBuf>,
+    /// What reading the file left out (a PgBouncer configuration's settings that have no
+    /// effect on clients), logged at start and reload.
+    pub notes: Vec<String>,
     pub listeners: Vec<Listener>,
     /// The coordinator (or plain PostgreSQL server).
     pub upstream: Upstream,

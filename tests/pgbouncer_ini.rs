@@ -1,0 +1,147 @@
+//! pgtenant run from a PgBouncer configuration (`pgbouncer.ini`), and `pgtenant import`
+//! (issue 14, point 1), against a real PostgreSQL with psql and tokio-postgres clients.
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{free_port, PgServer, Pgtenant, TempDir};
+
+fn pgtenant() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+}
+
+/// A realistic PgBouncer setup: userlist.txt, an %include, settings pgtenant carries and
+/// some it only notes (logfile, pidfile, unix_socket_dir).
+fn write_ini(dir: &TempDir, pg: &PgServer, listen_port: u16) -> std::path::PathBuf {
+    dir.write(
+        "userlist.txt",
+        "\"app\" \"secret\"\n\"monitor\" \"monpw\"\n",
+    );
+    dir.write(
+        "pool.ini",
+        "; shared pool settings\npool_mode = transaction\ndefault_pool_size = 2\nserver_lifetime = 1h\n",
+    );
+    dir.write(
+        "pgbouncer.ini",
+        &format!(
+            ";; as a team replacing PgBouncer has it\n\
+             [databases]\n\
+             * = host=127.0.0.1 port={} user=app password=secret\n\
+             \n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {listen_port}\n\
+             unix_socket_dir =\n\
+             auth_type = scram-sha-256\n\
+             auth_file = userlist.txt\n\
+             %include pool.ini\n\
+             max_client_conn = 50\n\
+             admin_users = app\n\
+             stats_users = monitor\n\
+             query_wait_timeout = 30\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             logfile = /var/log/pgbouncer/pgbouncer.log\n\
+             pidfile = /var/run/pgbouncer/pgbouncer.pid\n",
+            pg.port()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_from_a_pgbouncer_ini() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("ini");
+    let port = free_port();
+    let ini = write_ini(&dir, &pg, port);
+    // The ini's own listen_addr/listen_port: no --listen flag.
+    let mut p = Pgtenant::spawn(&["run", "--config", ini.to_str().unwrap()], &[], Some(port));
+    p.wait_ready(Duration::from_secs(20));
+    let c = support::connect(&format!("postgres://app:secret@127.0.0.1:{port}/app")).await;
+    let row = c.query_one("select 40 + $1::int", &[&2i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    // Settings carried: the admin console shows them.
+    let admin = support::connect(&format!("postgres://app:secret@127.0.0.1:{port}/pgtenant")).await;
+    let mut config = std::collections::HashMap::new();
+    for m in admin.simple_query("SHOW CONFIG").await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            config.insert(
+                r.get(0).unwrap().to_string(),
+                r.get(1).unwrap_or("").to_string(),
+            );
+        }
+    }
+    assert_eq!(config["pool_mode"], "transaction");
+    assert_eq!(config["pool_size"], "2");
+    assert_eq!(config["server_lifetime"], "3600");
+    assert_eq!(config["max_client_conn"], "50");
+    // The password in userlist.txt is checked (a wrong one is refused).
+    assert!(
+        support::try_connect(&format!("postgres://app:wrong@127.0.0.1:{port}/app"))
+            .await
+            .is_err()
+    );
+    // What was not carried is logged, with its line.
+    let logs = p.logs();
+    assert!(
+        logs.contains("pgbouncer.ini:17: logfile") && logs.contains("not carried"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn import_writes_toml_that_pgtenant_accepts() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("ini");
+    let ini = write_ini(&dir, &pg, free_port());
+    let out = pgtenant().args(["import"]).arg(&ini).output().unwrap();
+    let toml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{toml}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(toml.contains("pgbouncer.ini:17: logfile"), "{toml}");
+    assert!(toml.contains("pool_mode = \"transaction\""), "{toml}");
+    // Written elsewhere, it still finds userlist.txt (absolute paths).
+    let other = TempDir::new("ini-out");
+    let path = other.write("pgtenant.toml", &toml);
+    let check = pgtenant()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn a_bad_ini_is_refused_with_file_and_line_and_nothing_starts() {
+    let dir = TempDir::new("ini");
+    let port = free_port();
+    let ini = dir.write(
+        "pgbouncer.ini",
+        &format!(
+            "[databases]\n* = host=127.0.0.1 user=app\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+             listen_port = {port}\ndefault_pool_sise = 20\nauth_type = hba\n"
+        ),
+    );
+    let mut p = Pgtenant::spawn(&["run", "--config", ini.to_str().unwrap()], &[], Some(port));
+    let status = p.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    let logs = p.logs();
+    assert!(
+        logs.contains("pgbouncer.ini:7: unknown PgBouncer setting 'default_pool_sise'")
+            && logs.contains("pgbouncer.ini:8: auth_type = hba"),
+        "{logs}"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    // import says the same, and exits 1.
+    let out = pgtenant().arg("import").arg(&ini).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":7: unknown PgBouncer setting"));
+}
