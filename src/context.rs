@@ -25,6 +25,8 @@ pub struct Context {
     pub listens: ListenHub,
     /// TLS towards clients; None when no certificate is configured.
     pub client_tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
+    /// The rules of `auth_type = hba` (None when no listener uses it).
+    pub hba: ArcSwap<Option<Arc<crate::auth::hba::Hba>>>,
     pub router: Router,
     /// The Citus shard map (None until loaded, or when the upstream is not Citus).
     pub shard_map: ShardMapHandle,

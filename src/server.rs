@@ -29,6 +29,8 @@ pub enum ServerError {
     Tls(#[from] crate::net::tls::TlsError),
     #[error("auth_file: {0}")]
     AuthFile(#[from] auth::AuthError),
+    #[error("auth_hba_file: {0}")]
+    Hba(String),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -79,6 +81,20 @@ pub fn build_users(s: &Settings) -> Result<UserStore, ServerError> {
     Ok(users)
 }
 
+/// The rules of `auth_type = hba`, read whole (a file with an error is never used).
+pub fn build_hba(s: &Settings) -> Result<Option<Arc<auth::hba::Hba>>, ServerError> {
+    let used = s
+        .listeners
+        .iter()
+        .any(|l| l.auth_type == crate::config::AuthType::Hba);
+    match (&s.auth_hba_file, used) {
+        (Some(p), true) => Ok(Some(Arc::new(
+            auth::hba::Hba::load(p).map_err(ServerError::Hba)?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
 fn client_tls(s: &Settings) -> Result<Option<Arc<rustls::ServerConfig>>, ServerError> {
     match (&s.client_tls_cert_file, &s.client_tls_key_file) {
         (Some(c), Some(k)) => Ok(Some(crate::net::tls::server_config(c, k)?)),
@@ -96,6 +112,7 @@ fn coordinator(s: &Settings) -> Node {
 
 async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerError> {
     let users = build_users(&settings)?;
+    let hba = build_hba(&settings)?;
     let ctls = client_tls(&settings)?;
     let stls = crate::net::tls::client_config(
         settings.server_tls,
@@ -133,6 +150,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         setting_names: Default::default(),
         listens: ListenHub::default(),
         client_tls: ArcSwap::from_pointee(ctls),
+        hba: ArcSwap::from_pointee(hba),
         router: Router::new(),
         shard_map: Default::default(),
         routes: Default::default(),
@@ -274,6 +292,13 @@ pub fn reload(ctx: &Context, overrides: &Overrides) {
             return;
         }
     };
+    let hba = match build_hba(&new) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; keeping the running configuration");
+            return;
+        }
+    };
     match crate::net::tls::client_config(new.server_tls, new.server_tls_ca_file.as_deref()) {
         Ok(t) => ctx.pools.set_tls(t),
         Err(e) => {
@@ -289,6 +314,7 @@ pub fn reload(ctx: &Context, overrides: &Overrides) {
     }
     ctx.users.store(Arc::new(users));
     ctx.client_tls.store(Arc::new(ctls));
+    ctx.hba.store(Arc::new(hba));
     crate::net::budget::set_limit(new.max_buffered_message_bytes as usize);
     ctx.settings.store(Arc::new(new));
     for p in ctx.pools.all() {

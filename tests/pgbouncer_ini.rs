@@ -127,7 +127,7 @@ fn a_bad_ini_is_refused_with_file_and_line_and_nothing_starts() {
         "pgbouncer.ini",
         &format!(
             "[databases]\n* = host=127.0.0.1 user=app\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
-             listen_port = {port}\ndefault_pool_sise = 20\nauth_type = hba\n"
+             listen_port = {port}\ndefault_pool_sise = 20\nauth_type = pam\n"
         ),
     );
     let mut p = Pgtenant::spawn(&["run", "--config", ini.to_str().unwrap()], &[], Some(port));
@@ -136,7 +136,7 @@ fn a_bad_ini_is_refused_with_file_and_line_and_nothing_starts() {
     let logs = p.logs();
     assert!(
         logs.contains("pgbouncer.ini:7: unknown PgBouncer setting 'default_pool_sise'")
-            && logs.contains("pgbouncer.ini:8: auth_type = hba"),
+            && logs.contains("pgbouncer.ini:8: auth_type = pam"),
         "{logs}"
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());

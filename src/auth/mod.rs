@@ -4,6 +4,7 @@
 //! Nothing here logs, displays or puts a secret into an error message.
 
 pub mod auth_file;
+pub mod hba;
 pub mod md5;
 pub mod scram;
 pub mod secret;

@@ -37,6 +37,26 @@ impl Secret {
         Secret::Plain(s.to_owned())
     }
 
+    /// Does this cleartext password (AuthenticationCleartextPassword's answer) match the
+    /// secret? For a SCRAM verifier the password is salted with the verifier's own salt
+    /// and iterations. Comparisons take the same time for any mismatch position.
+    pub fn verify_cleartext(&self, user: &str, password: &str) -> bool {
+        fn same(a: &[u8], b: &[u8]) -> bool {
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        }
+        match self {
+            Secret::Plain(p) => same(p.as_bytes(), password.as_bytes()),
+            Secret::Md5(h) => same(
+                h.as_bytes(),
+                super::md5::md5_password_hash(password, user).as_bytes(),
+            ),
+            Secret::Scram(s) => {
+                let d = ScramSecret::from_password(password, &s.salt, s.iterations);
+                same(&d.stored_key, &s.stored_key)
+            }
+        }
+    }
+
     /// The kind of secret, for logs ("plain", "md5", "scram-sha-256").
     pub fn kind(&self) -> &'static str {
         match self {

@@ -179,6 +179,7 @@ struct Draft {
     max_prepared_statements: u32,
     shutdown_timeout: Duration,
     auth_file: Option<PathBuf>,
+    auth_hba_file: Option<PathBuf>,
     users: BTreeMap<String, UserSettings>,
     client_tls_cert_file: Option<PathBuf>,
     client_tls_key_file: Option<PathBuf>,
@@ -241,6 +242,7 @@ impl Default for Draft {
             max_prepared_statements: 200,
             shutdown_timeout: secs(30),
             auth_file: None,
+            auth_hba_file: None,
             users: BTreeMap::new(),
             client_tls_cert_file: None,
             client_tls_key_file: None,
@@ -281,6 +283,7 @@ const AUTH_TYPES: &[(&str, AuthType)] = &[
     ("scram-sha-256", AuthType::ScramSha256),
     ("md5", AuthType::Md5),
     ("trust", AuthType::Trust),
+    ("hba", AuthType::Hba),
 ];
 const CLIENT_TLS: &[(&str, ClientTls)] = &[
     ("disable", ClientTls::Disable),
@@ -362,6 +365,7 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
                 Ok(())
             }
             "auth_file" => path(v, base).map(|x| d.auth_file = Some(x)),
+            "auth_hba_file" => path(v, base).map(|x| d.auth_hba_file = Some(x)),
             "pool_mode" => choice(v, POOL_MODES).map(|x| d.pool_mode = x),
             "pool_size" => positive(v).map(|x| d.pool_size = x),
             "min_pool_size" => count(v).map(|x| d.min_pool_size = x),
@@ -579,6 +583,12 @@ fn finish(
             errs.push(&key, format!("{addr} is already used by another listener"));
             continue;
         }
+        if l.auth_type == AuthType::Hba && d.auth_hba_file.is_none() {
+            errs.push(
+                &key,
+                "auth_type = \"hba\" needs auth_hba_file (pg_hba.conf syntax)",
+            );
+        }
         listeners.push(Listener {
             addr,
             auth_type: l.auth_type,
@@ -742,6 +752,7 @@ fn finish(
     Ok(Settings {
         config_file,
         notes: Vec::new(),
+        auth_hba_file: d.auth_hba_file,
         listeners,
         upstream,
         pool_mode: d.pool_mode,

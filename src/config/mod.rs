@@ -53,6 +53,9 @@ pub enum AuthType {
     Md5,
     #[serde(rename = "trust")]
     Trust,
+    /// The method comes from `auth_hba_file` (pg_hba.conf syntax), per connection.
+    #[serde(rename = "hba")]
+    Hba,
 }
 
 impl AuthType {
@@ -61,6 +64,7 @@ impl AuthType {
             AuthType::ScramSha256 => "scram-sha-256",
             AuthType::Md5 => "md5",
             AuthType::Trust => "trust",
+            AuthType::Hba => "hba",
         }
     }
 }
@@ -159,6 +163,8 @@ impl std::fmt::Debug for UserSettings {
 pub struct Settings {
     /// Where the settings came from (for reload); None with zero files.
     pub config_file: Option<PathBuf>,
+    /// `auth_hba_file`: the rules of `auth_type = hba` (pg_hba.conf syntax).
+    pub auth_hba_file: Option<PathBuf>,
     /// What reading the file left out (a PgBouncer configuration's settings that have no
     /// effect on clients), logged at start and reload.
     pub notes: Vec<String>,

@@ -462,14 +462,13 @@ fn specials(s: &std::collections::BTreeMap<&str, &Line>, t: &mut Translation) {
     // auth_type
     let auth_type = get("auth_type").unwrap_or("md5");
     match auth_type {
-        "trust" | "md5" | "scram-sha-256" => {
+        "trust" | "md5" | "scram-sha-256" | "hba" => {
             t.table
                 .insert("auth_type".into(), Value::String(auth_type.into()));
         }
         other => {
             let at = s.get("auth_type").map(|l| l.at()).unwrap_or_default();
             let why = match other {
-                "hba" => "auth_type = hba (auth_hba_file) is not supported yet",
                 "plain" => "cleartext passwords between client and pooler are not supported (use scram-sha-256)",
                 "any" => "auth_type = any (no password, any user) is not supported; trust checks the user name",
                 _ => "this authentication method is not supported (trust, md5, scram-sha-256)",
@@ -479,7 +478,7 @@ fn specials(s: &std::collections::BTreeMap<&str, &Line>, t: &mut Translation) {
     }
     if let Some(l) = s.get("auth_hba_file") {
         if auth_type == "hba" {
-            // Reported with auth_type above.
+            t.table.insert("auth_hba_file".into(), file_value(l));
         } else {
             t.notes.push(format!(
                 "{}: auth_hba_file: not carried (PgBouncer uses it only with auth_type = hba)",

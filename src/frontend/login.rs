@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use super::admission::ADMIN_RESERVE;
 use super::{CancelKey, FrontendError};
+use crate::auth::hba::{HbaDecision, HbaMethod};
 use crate::auth::{self, ScramServer, Secret, ServerCredential};
 use crate::backend::ServerConn;
 use crate::config::{AuthType, ClientTls, Listener, PoolMode};
@@ -245,10 +246,42 @@ async fn authenticate_client(
         .await?;
         return Ok(None);
     }
+    let mut listener_method = listener.auth_type;
+    let mut cleartext = false;
+    if listener_method == AuthType::Hba {
+        // The file decides, per connection (auth::hba): the first matching line.
+        let addr = conn.stream().tcp().peer_addr().ok().map(|a| a.ip());
+        let hba = ctx.hba.load_full();
+        let decision = match hba.as_ref() {
+            Some(h) => h.decide(addr, tls_done, &database, &user),
+            None => HbaDecision::NoEntry,
+        };
+        listener_method = match decision {
+            HbaDecision::Method(HbaMethod::Trust) => AuthType::Trust,
+            HbaDecision::Method(HbaMethod::Md5) => AuthType::Md5,
+            HbaDecision::Method(HbaMethod::ScramSha256) => AuthType::ScramSha256,
+            HbaDecision::Method(HbaMethod::Password) => {
+                cleartext = true;
+                AuthType::ScramSha256
+            }
+            HbaDecision::Method(HbaMethod::Reject) | HbaDecision::NoEntry => {
+                let msg = crate::auth::hba::refusal(decision, addr, tls_done, &database, &user);
+                tracing::warn!(user = %Escaped(&user), database = %Escaped(&database), reason = %Escaped(&msg), "client refused by auth_hba_file");
+                conn.send(&build::fatal(sqlstate::INVALID_AUTHORIZATION, &msg))
+                    .await?;
+                return Ok(None);
+            }
+        };
+    }
     let users = ctx.users.load_full();
     let secret = users.get(&user).cloned();
-    let method = effective_method(listener.auth_type, secret.as_ref());
-    let credential = match authenticate(&mut conn, method, &user, secret.as_ref(), ctx).await? {
+    let method = effective_method(listener_method, secret.as_ref());
+    let outcome = if cleartext {
+        authenticate_cleartext(&mut conn, &user, secret.as_ref()).await?
+    } else {
+        authenticate(&mut conn, method, &user, secret.as_ref(), ctx).await?
+    };
+    let credential = match outcome {
         Some(c) => c,
         None => {
             tracing::warn!(user = %Escaped(&user), method = method.as_str(), "client authentication failed");
@@ -517,6 +550,8 @@ async fn authenticate(
     ctx: &Context,
 ) -> Result<Option<Option<ServerCredential>>, FrontendError> {
     match method {
+        // Resolved to a method by the caller (auth_hba_file).
+        AuthType::Hba => Ok(None),
         AuthType::Trust => {
             Ok(Some(secret.and_then(|s| {
                 ServerCredential::from_secret(s, user, None)
@@ -581,6 +616,29 @@ async fn authenticate(
                 _ => Ok(None),
             }
         }
+    }
+}
+
+/// `password` (hba): the client sends its password in clear (over TLS, one hopes); it is
+/// checked against the stored secret of any kind, and then is the server credential.
+async fn authenticate_cleartext(
+    conn: &mut Connection,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<Option<Option<ServerCredential>>, FrontendError> {
+    conn.send(&build::auth_cleartext()).await?;
+    let Some(f) = read_password(conn).await? else {
+        return Ok(None);
+    };
+    let given = decode::password_message(f.body())?;
+    let given = String::from_utf8_lossy(given).into_owned();
+    match secret {
+        Some(s) if s.verify_cleartext(user, &given) => Ok(Some(ServerCredential::from_secret(
+            &Secret::Plain(given),
+            user,
+            None,
+        ))),
+        _ => Ok(None),
     }
 }
 

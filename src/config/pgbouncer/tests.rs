@@ -115,7 +115,7 @@ fn meanings_pgtenant_cannot_keep_are_refused() {
     for want in [
         "refused.ini:2: [databases] app: dbname=app_production: database aliases",
         "refused.ini:3: [databases] other: pool_size: per-database settings",
-        "refused.ini:6: auth_type = hba",
+        "refused.ini:6: auth_type = pam",
         "refused.ini:8: max_user_connections = 40",
         "refused.ini:9: query_timeout = 30",
     ] {
