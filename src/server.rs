@@ -31,6 +31,8 @@ pub enum ServerError {
     AuthFile(#[from] auth::AuthError),
     #[error("auth_hba_file: {0}")]
     Hba(String),
+    #[error("cannot listen on unix socket {path}: {message} (unix_socket_dir; \"\" turns it off)")]
+    BindUnix { path: String, message: String },
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -127,7 +129,18 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
                 source,
             })?;
         tracing::info!(listen = %l.addr, auth = l.auth_type.as_str(), "listening");
-        listeners.push((sock, l.clone()));
+        listeners.push((Acceptor::Tcp(sock), l.clone()));
+    }
+    let mut unix_socket = None;
+    if let Some(dir) = &settings.unix_socket_dir {
+        // As PostgreSQL and PgBouncer name it, for the port of the primary listener:
+        // libpq clients find it with host=<dir> port=<port>.
+        let primary = settings.listeners[0].clone();
+        let path = dir.join(format!(".s.PGSQL.{}", primary.addr.port()));
+        let sock = bind_unix(&path, settings.unix_socket_mode)?;
+        tracing::info!(listen = %path.display(), auth = primary.auth_type.as_str(), "listening");
+        listeners.push((Acceptor::Unix(sock), primary));
+        unix_socket = Some(path);
     }
     let http = match settings.http_listen {
         Some(addr) => Some(
@@ -228,12 +241,54 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         let _ = t.await;
     }
     ctx.pools.close_idle();
+    if let Some(path) = unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("pgtenant stopped");
     Ok(())
 }
 
+/// A listening socket: TCP, or the unix socket in `unix_socket_dir`.
+enum Acceptor {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Acceptor {
+    async fn accept(&self) -> std::io::Result<crate::net::Stream> {
+        match self {
+            Acceptor::Tcp(l) => l.accept().await.map(|(s, _)| crate::net::Stream::Plain(s)),
+            Acceptor::Unix(l) => l
+                .accept()
+                .await
+                .map(|(s, _)| crate::net::Stream::Unix(Box::new(s))),
+        }
+    }
+}
+
+/// Bind the unix socket: a socket file left by a process that died is replaced; one
+/// that answers belongs to a running server and is not taken.
+fn bind_unix(path: &std::path::Path, mode: u32) -> Result<tokio::net::UnixListener, ServerError> {
+    let err = |message: String| ServerError::BindUnix {
+        path: path.display().to_string(),
+        message,
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err("another server is listening on it".into()));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| err(format!("cannot set its mode: {e}")))?;
+    Ok(l)
+}
+
 async fn accept_loop(
-    sock: TcpListener,
+    sock: Acceptor,
     listener: crate::config::Listener,
     ctx: Arc<Context>,
     stop: CancellationToken,
@@ -246,10 +301,10 @@ async fn accept_loop(
             _ = stop.cancelled() => return,
         };
         match accepted {
-            Ok((socket, _peer)) => {
+            Ok(socket) => {
                 let keepalive = ctx.settings.load().tcp_keepalive;
-                if !keepalive.is_zero() {
-                    let _ = crate::backend::socket_keepalive(&socket, keepalive);
+                if let (false, Some(tcp)) = (keepalive.is_zero(), socket.tcp()) {
+                    let _ = crate::backend::socket_keepalive(tcp, keepalive);
                 }
                 tracker.spawn(frontend::handle_client(
                     socket,
@@ -306,7 +361,10 @@ pub fn reload(ctx: &Context, overrides: &Overrides) {
             return;
         }
     }
-    if new.listeners != current.listeners {
+    if new.listeners != current.listeners
+        || new.unix_socket_dir != current.unix_socket_dir
+        || new.unix_socket_mode != current.unix_socket_mode
+    {
         tracing::warn!("listen addresses changed: takes effect after a restart");
     }
     if new.upstream != current.upstream {

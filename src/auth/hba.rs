@@ -3,13 +3,13 @@
 //!
 //! Rules:
 //! - Lines: `host|hostssl|hostnossl DATABASE USER ADDRESS [MASK] METHOD` and
-//!   `local DATABASE USER METHOD` (kept, but pgtenant has no unix socket yet, so it never
-//!   matches). `#` starts a comment; fields may be double-quoted (a quoted `all` is a
-//!   name, not the keyword); DATABASE and USER are comma lists of names, `all`,
-//!   `sameuser` (database only), or `@file` (names in that file, relative to this one,
-//!   separated by spaces, commas or newlines). ADDRESS is `all`, an IPv4/IPv6 address
-//!   with a CIDR length, or an address followed by a separate MASK. METHOD is `trust`,
-//!   `reject`, `md5`, `scram-sha-256` or `password`; options after it are refused.
+//!   `local DATABASE USER METHOD` (connections on `unix_socket_dir`). `#` starts a
+//!   comment; fields may be double-quoted (a quoted `all` is a name, not the keyword);
+//!   DATABASE and USER are comma lists of names, `all`, `sameuser` (database only), or
+//!   `@file` (names in that file, relative to this one, separated by spaces, commas or
+//!   newlines). ADDRESS is `all`, an IPv4/IPv6 address with a CIDR length, or an
+//!   address followed by a separate MASK. METHOD is `trust`, `reject`, `md5`,
+//!   `scram-sha-256` or `password`; options after it are refused.
 //! - The first line whose type, database, user and address match decides; no match is a
 //!   refusal (`28000 no pg_hba.conf entry for host …`, PostgreSQL's words).
 //! - `+group` (role membership) cannot be known without the server's catalog: refused
@@ -95,9 +95,11 @@ impl Hba {
         Ok(Hba { rules })
     }
 
-    /// The method for a TCP connection from `addr` (`tls`: it negotiated TLS).
+    /// The method for a connection: on the unix socket (`local`) or by TCP from `addr`
+    /// (`tls`: it negotiated TLS).
     pub fn decide(
         &self,
+        local: bool,
         addr: Option<IpAddr>,
         tls: bool,
         database: &str,
@@ -105,15 +107,16 @@ impl Hba {
     ) -> HbaDecision {
         for r in &self.rules {
             let conn_ok = match r.conn {
-                ConnType::Local => false,
-                ConnType::Host => true,
-                ConnType::HostSsl => tls,
-                ConnType::HostNoSsl => !tls,
+                ConnType::Local => local,
+                ConnType::Host => !local,
+                ConnType::HostSsl => !local && tls,
+                ConnType::HostNoSsl => !local && !tls,
             };
             if !conn_ok {
                 continue;
             }
             let addr_ok = match (&r.addr, addr) {
+                (None, _) => local,
                 (Some(Addr::All), _) => true,
                 (Some(Addr::Net(net, bits)), Some(a)) => in_net(a, *net, *bits),
                 _ => false,
@@ -435,7 +438,7 @@ mod tests {
              host    \"all\"   bob   ::1/128  trust\n\
              host    all       all   all  reject\n");
         assert_eq!(h.len(), 7);
-        let m = |a: &str, tls, db, u| h.decide(ip(a), tls, db, u);
+        let m = |a: &str, tls, db, u| h.decide(false, ip(a), tls, db, u);
         use HbaDecision::*;
         use HbaMethod::*;
         assert_eq!(m("10.1.2.3", true, "app", "app"), Method(ScramSha256));
@@ -452,7 +455,10 @@ mod tests {
             Method(ScramSha256)
         );
         let none = hba("host app app 127.0.0.1/32 trust\n");
-        assert_eq!(none.decide(ip("127.0.0.2"), false, "app", "app"), NoEntry);
+        assert_eq!(
+            none.decide(false, ip("127.0.0.2"), false, "app", "app"),
+            NoEntry
+        );
         assert_eq!(
             refusal(NoEntry, ip("127.0.0.2"), false, "app", "app"),
             "no pg_hba.conf entry for host \"127.0.0.2\", user \"app\", database \"app\", no encryption"
@@ -508,11 +514,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            h.decide(ip("1.2.3.4"), false, "x", "carol"),
+            h.decide(false, ip("1.2.3.4"), false, "x", "carol"),
             HbaDecision::Method(HbaMethod::Trust)
         );
         assert_eq!(
-            h.decide(ip("1.2.3.4"), false, "x", "dave"),
+            h.decide(false, ip("1.2.3.4"), false, "x", "dave"),
             HbaDecision::Method(HbaMethod::Reject)
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -2,7 +2,6 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::protocol::build;
 
@@ -19,7 +18,7 @@ pub struct CancelTarget {
 /// signalled the backend, so the caller may hand the connection to someone else safely.
 pub async fn send_cancel(t: &CancelTarget) -> std::io::Result<()> {
     let fut = async {
-        let mut s = TcpStream::connect((t.host.as_str(), t.port)).await?;
+        let mut s = crate::net::stream::connect(&t.host, t.port).await?;
         s.write_all(&build::cancel_request(t.pid, t.secret)).await?;
         let mut sink = [0u8; 16];
         // The server sends nothing and closes; EOF (or a reset) means it is done.

@@ -43,8 +43,12 @@ pub async fn connect(p: &ConnectParams) -> Result<ServerConn, BackendError> {
 }
 
 async fn connect_inner(p: &ConnectParams) -> Result<ServerConn, BackendError> {
-    let mut tcp = TcpStream::connect((p.host.as_str(), p.port)).await?;
-    tcp.set_nodelay(true)?;
+    let stream = crate::net::stream::connect(&p.host, p.port).await?;
+    let mut tcp = match stream {
+        Stream::Plain(tcp) => tcp,
+        // A unix socket: no TLS (as libpq, which ignores sslmode there) nor keepalive.
+        unix => return handshake(unix, p).await,
+    };
     if let Some(k) = p.keepalive {
         let _ = socket_keepalive(&tcp, k);
     }
@@ -74,6 +78,11 @@ async fn connect_inner(p: &ConnectParams) -> Result<ServerConn, BackendError> {
             }
         }
     };
+    handshake(stream, p).await
+}
+
+/// Startup, authentication and the server's greeting on a connected stream.
+async fn handshake(stream: Stream, p: &ConnectParams) -> Result<ServerConn, BackendError> {
     let mut conn = Connection::new(stream, p.max_message);
     conn.keep_read_buffer();
 

@@ -204,7 +204,7 @@ impl ServerConn {
     pub fn terminate(self) {
         let f: Frame = build::terminate();
         if self.conn.pending_output() == 0 {
-            let _ = self.conn.stream().tcp().try_write(f.raw());
+            let _ = self.conn.stream().try_write_raw(f.raw());
         }
     }
 }

@@ -180,6 +180,8 @@ struct Draft {
     shutdown_timeout: Duration,
     auth_file: Option<PathBuf>,
     auth_hba_file: Option<PathBuf>,
+    unix_socket_dir: Option<PathBuf>,
+    unix_socket_mode: u32,
     users: BTreeMap<String, UserSettings>,
     client_tls_cert_file: Option<PathBuf>,
     client_tls_key_file: Option<PathBuf>,
@@ -243,6 +245,8 @@ impl Default for Draft {
             shutdown_timeout: secs(30),
             auth_file: None,
             auth_hba_file: None,
+            unix_socket_dir: None,
+            unix_socket_mode: 0o777,
             users: BTreeMap::new(),
             client_tls_cert_file: None,
             client_tls_key_file: None,
@@ -366,6 +370,19 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             }
             "auth_file" => path(v, base).map(|x| d.auth_file = Some(x)),
             "auth_hba_file" => path(v, base).map(|x| d.auth_hba_file = Some(x)),
+            "unix_socket_dir" => match v.as_str() {
+                Some("") => {
+                    d.unix_socket_dir = None;
+                    Ok(())
+                }
+                _ => path(v, base).map(|x| d.unix_socket_dir = Some(x)),
+            },
+            "unix_socket_mode" => v
+                .as_str()
+                .and_then(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8).ok())
+                .filter(|m| *m <= 0o777)
+                .map(|m| d.unix_socket_mode = m)
+                .ok_or_else(|| format!("expected an octal mode such as \"0777\", got {}", got(v))),
             "pool_mode" => choice(v, POOL_MODES).map(|x| d.pool_mode = x),
             "pool_size" => positive(v).map(|x| d.pool_size = x),
             "min_pool_size" => count(v).map(|x| d.min_pool_size = x),
@@ -753,6 +770,8 @@ fn finish(
         config_file,
         notes: Vec::new(),
         auth_hba_file: d.auth_hba_file,
+        unix_socket_dir: d.unix_socket_dir,
+        unix_socket_mode: d.unix_socket_mode,
         listeners,
         upstream,
         pool_mode: d.pool_mode,

@@ -165,6 +165,11 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// `auth_hba_file`: the rules of `auth_type = hba` (pg_hba.conf syntax).
     pub auth_hba_file: Option<PathBuf>,
+    /// `unix_socket_dir`: also listen on `<dir>/.s.PGSQL.<port of listen>` (None: TCP
+    /// only). Clients there log in with the primary listener's auth_type.
+    pub unix_socket_dir: Option<PathBuf>,
+    /// `unix_socket_mode`: the socket file's permissions (default 0o777).
+    pub unix_socket_mode: u32,
     /// What reading the file left out (a PgBouncer configuration's settings that have no
     /// effect on clients), logged at start and reload.
     pub notes: Vec<String>,

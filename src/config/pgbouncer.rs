@@ -237,8 +237,9 @@ fn kind(key: &str) -> Option<Kind> {
         | "disable_pqexec" => Ignored(
             "a process or socket tuning knob pgtenant does not have; no effect on what clients see",
         ),
-        "unix_socket_dir" | "unix_socket_mode" | "unix_socket_group" => {
-            Ignored("pgtenant listens on TCP only for now (unix sockets: not yet)")
+        "unix_socket_dir" | "unix_socket_mode" => Special,
+        "unix_socket_group" => {
+            Ignored("the socket file keeps pgtenant's group (set unix_socket_mode)")
         }
         "client_tls_protocols"
         | "client_tls_ciphers"
@@ -442,6 +443,23 @@ fn specials(s: &std::collections::BTreeMap<&str, &Line>, t: &mut Translation) {
                 .insert("listen".into(), Value::String(format!("127.0.0.1:{port}")));
         }
     }
+    // unix_socket_dir: PgBouncer's default is /tmp; empty turns it off.
+    match s.get("unix_socket_dir") {
+        Some(l) if l.value.trim().is_empty() => {}
+        Some(l) => {
+            t.table.insert("unix_socket_dir".into(), file_value(l));
+        }
+        None => {
+            t.table
+                .insert("unix_socket_dir".into(), Value::String("/tmp".into()));
+        }
+    }
+    if let Some(l) = s.get("unix_socket_mode") {
+        t.table.insert(
+            "unix_socket_mode".into(),
+            Value::String(l.value.trim().to_string()),
+        );
+    }
     // tcp_keepalive (on/off) and tcp_keepidle (seconds) → tcp_keepalive (seconds, 0 off)
     match get("tcp_keepalive") {
         Some("0") => {
@@ -642,14 +660,6 @@ fn databases_section(
         if bad {
             continue;
         }
-        if host.starts_with('/') {
-            t.errors.push(format!(
-                "{}: [databases] {}: host={host}: unix-socket upstreams are not supported yet",
-                l.at(),
-                l.key
-            ));
-            continue;
-        }
         if l.key != "*" && dbname.as_deref().is_some_and(|d| d != l.key) {
             t.errors.push(format!(
                 "{}: [databases] {}: dbname={}: database aliases are not supported yet (pgtenant passes the client's database name through)",
@@ -717,7 +727,10 @@ fn databases_section(
             })
             .collect()
     };
-    let host = if host.contains(':') {
+    let host = if host.starts_with('/') {
+        // A socket directory (libpq's host=/path), percent-encoded in the URL.
+        enc(&host)
+    } else if host.contains(':') {
         format!("[{host}]")
     } else {
         host

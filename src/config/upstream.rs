@@ -253,3 +253,15 @@ mod tests {
         assert!(dbg.contains("***"));
     }
 }
+
+#[cfg(test)]
+mod unix_socket_tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_directory_as_host() {
+        let u = Upstream::parse("postgres://app:pw@%2Fvar%2Frun%2Fpostgresql:5433/app").unwrap();
+        assert_eq!(u.host, "/var/run/postgresql");
+        assert_eq!(u.port, 5433);
+    }
+}

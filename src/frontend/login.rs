@@ -16,7 +16,6 @@
 use std::sync::Arc;
 
 use rand::Rng;
-use tokio::net::TcpStream;
 
 use super::admission::ADMIN_RESERVE;
 use super::{CancelKey, FrontendError};
@@ -109,7 +108,7 @@ struct Authenticated {
 /// Run the startup phase. `Ok(None)`: the connection was a cancel request, was refused,
 /// timed out, was closed to make room, or left; nothing more to do.
 pub async fn login(
-    socket: TcpStream,
+    socket: Stream,
     listener: &Listener,
     ctx: &Arc<Context>,
 ) -> Result<Option<Login>, FrontendError> {
@@ -140,11 +139,14 @@ pub async fn login(
 
 /// From the first byte to a proven identity: TLS, the startup packet, authentication.
 async fn authenticate_client(
-    socket: TcpStream,
+    socket: Stream,
     listener: &Listener,
     ctx: &Arc<Context>,
 ) -> Result<Option<Authenticated>, FrontendError> {
-    let mut conn = Connection::new(Stream::Plain(socket), MAX_STARTUP);
+    // A unix-socket client: no TLS there (PostgreSQL answers 'N' too), and the `local`
+    // lines of an hba file.
+    let local = socket.is_unix();
+    let mut conn = Connection::new(socket, MAX_STARTUP);
     let mut tls_done = false;
     let (minor, params) = loop {
         let Some(pkt) = conn.read_startup(MAX_STARTUP).await? else {
@@ -162,7 +164,7 @@ async fn authenticate_client(
             StartupPacket::SslRequest if !tls_done => {
                 let tls = ctx.client_tls.load_full();
                 match (listener.client_tls, tls.as_ref()) {
-                    (ClientTls::Allow | ClientTls::Require, Some(cfg)) => {
+                    (ClientTls::Allow | ClientTls::Require, Some(cfg)) if !local => {
                         conn.queue_bytes(b"S");
                         conn.flush().await?;
                         let Ok(Stream::Plain(tcp)) = conn.into_stream() else {
@@ -202,7 +204,7 @@ async fn authenticate_client(
         }
     };
 
-    if listener.client_tls == ClientTls::Require && !tls_done {
+    if listener.client_tls == ClientTls::Require && !tls_done && !local {
         conn.send(&build::fatal(
             sqlstate::INVALID_AUTHORIZATION,
             "TLS is required for this connection (use sslmode=require)",
@@ -250,10 +252,10 @@ async fn authenticate_client(
     let mut cleartext = false;
     if listener_method == AuthType::Hba {
         // The file decides, per connection (auth::hba): the first matching line.
-        let addr = conn.stream().tcp().peer_addr().ok().map(|a| a.ip());
+        let addr = conn.stream().peer_addr().map(|a| a.ip());
         let hba = ctx.hba.load_full();
         let decision = match hba.as_ref() {
-            Some(h) => h.decide(addr, tls_done, &database, &user),
+            Some(h) => h.decide(local, addr, tls_done, &database, &user),
             None => HbaDecision::NoEntry,
         };
         listener_method = match decision {

@@ -18,8 +18,6 @@ pub mod setting_names;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
-
 use crate::config::Listener;
 use crate::context::Context;
 use crate::logging::Escaped;
@@ -75,12 +73,14 @@ type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 /// freed once it is over, and a logged-in client carries only its session's state
 /// (memory per idle client).
 pub fn handle_client(
-    socket: TcpStream,
+    socket: crate::net::Stream,
     listener: Listener,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let peer = socket.peer_addr().ok();
-    let _ = socket.set_nodelay(true);
+    let peer = socket.peer_addr();
+    if let Some(tcp) = socket.tcp() {
+        let _ = tcp.set_nodelay(true);
+    }
     // Open connections, counted from accept to close (metrics, SHOW LISTS); who may
     // stay is admission.rs's business.
     ctx.clients.fetch_add(1, Ordering::AcqRel);
@@ -216,13 +216,13 @@ fn register(
     kill: tokio_util::sync::CancellationToken,
     state: Option<Arc<crate::metrics::counters::ClientState>>,
 ) -> Arc<crate::admin::ClientInfo> {
-    let tcp = conn.stream().tcp();
+    let stream = conn.stream();
     ctx.admin.clients.register(crate::admin::ClientInfo {
         id: ctx.admin.clients.next_id(),
         user,
         database,
-        addr: tcp.peer_addr().ok(),
-        local_addr: tcp.local_addr().ok(),
+        addr: stream.peer_addr(),
+        local_addr: stream.local_addr(),
         connect_time: std::time::SystemTime::now(),
         application_name: ctx.startup_params.share_name(
             params

@@ -206,7 +206,7 @@ pub fn spawn_probes(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::
                 }
                 ctx.health.set_coordinator(r);
                 // Not faster than every 5 s: each check makes the postmaster fork a
-                // backend that logs an incomplete startup packet.
+                // backend.
                 let every = ctx
                     .settings()
                     .shard_map_refresh_interval
@@ -218,11 +218,11 @@ pub fn spawn_probes(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::
     })
 }
 
-/// A TCP connect to the coordinator, closed at once without a startup packet (PostgreSQL
-/// does not log a connection that sends nothing).
+/// A TCP (or unix socket) connect to the coordinator, closed at once without a startup
+/// packet (PostgreSQL does not log a connection that sends nothing).
 async fn probe_coordinator(ctx: &Context) -> Result<(), String> {
     let node = ctx.coordinator.load_full();
-    let connect = tokio::net::TcpStream::connect((&*node.host, node.port));
+    let connect = crate::net::stream::connect(&node.host, node.port);
     match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
         Ok(Ok(_stream)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),

@@ -3,7 +3,7 @@
 pub mod budget;
 mod connection;
 mod frame;
-mod stream;
+pub mod stream;
 pub mod tls;
 
 pub use connection::{ConnError, Connection};

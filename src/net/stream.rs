@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// The transport under a [`super::Connection`]. TLS variants are boxed: they are large
 /// and rare compared to plain loopback connections.
@@ -14,18 +14,69 @@ pub enum Stream {
     TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// pgtenant is the TLS client (towards PostgreSQL).
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A unix-domain socket (a client on `unix_socket_dir`, or a server reached through
+    /// its socket directory). Never TLS, as in PostgreSQL. Boxed like the TLS variants, so
+    /// that a plain TCP stream still needs no tag of its own (memory per idle client).
+    Unix(Box<UnixStream>),
 }
 
 impl Stream {
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
     }
 
-    pub fn tcp(&self) -> &TcpStream {
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(_))
+    }
+
+    /// The TCP socket under it (None for a unix socket).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::TlsServer(s) => s.get_ref().0,
-            Stream::TlsClient(s) => s.get_ref().0,
+            Stream::Plain(s) => Some(s),
+            Stream::TlsServer(s) => Some(s.get_ref().0),
+            Stream::TlsClient(s) => Some(s.get_ref().0),
+            Stream::Unix(_) => None,
+        }
+    }
+
+    /// The peer's address (None for a unix socket).
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp().and_then(|t| t.peer_addr().ok())
+    }
+
+    /// Our own address (None for a unix socket).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp().and_then(|t| t.local_addr().ok())
+    }
+
+    /// Write without waiting, below TLS (best effort, e.g. a last Terminate).
+    pub fn try_write_raw(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(u) => u.try_write(buf),
+            other => match other.tcp() {
+                Some(t) => t.try_write(buf),
+                None => Ok(0),
+            },
+        }
+    }
+}
+
+/// Where a PostgreSQL server's unix socket is, libpq's way: a host that starts with `/`
+/// is a socket directory, and the socket is `.s.PGSQL.<port>` in it.
+pub fn unix_socket_path(host: &str, port: u16) -> Option<std::path::PathBuf> {
+    host.starts_with('/')
+        .then(|| std::path::Path::new(host).join(format!(".s.PGSQL.{port}")))
+}
+
+/// Connect to `host:port`, or to the unix socket when `host` is a directory (see
+/// [`unix_socket_path`]). TCP sockets get TCP_NODELAY.
+pub async fn connect(host: &str, port: u16) -> io::Result<Stream> {
+    match unix_socket_path(host, port) {
+        Some(path) => Ok(Stream::Unix(Box::new(UnixStream::connect(path).await?))),
+        None => {
+            let tcp = TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(Stream::Plain(tcp))
         }
     }
 }
@@ -40,6 +91,7 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -54,6 +106,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -62,6 +115,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -70,6 +124,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -726,7 +726,7 @@ impl Pool {
                         id: c.id,
                         created: std::time::SystemTime::now(),
                         remote_pid: c.cancel.pid,
-                        local_addr: c.conn.stream().tcp().local_addr().ok(),
+                        local_addr: c.conn.stream().local_addr(),
                         tls: c.conn.stream().is_tls(),
                         prepared: c.prepared.shared_count(),
                         last_used: None,

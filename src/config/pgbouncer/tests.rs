@@ -50,6 +50,9 @@ fn a_production_sidecar_file_is_carried_with_notes() {
     assert_eq!(s(&t, "client_tls"), "require");
     assert_eq!(s(&t, "server_tls"), "verify-full");
     assert_eq!(s(&t, "server_tls_ca_file"), "/etc/pgbouncer/tls/ca.crt");
+    // `unix_socket_dir =` (empty): no socket; absent: PgBouncer's /tmp (quick start).
+    assert!(!t.table.contains_key("unix_socket_dir"));
+    assert_eq!(s(&translated("quickstart.ini"), "unix_socket_dir"), "/tmp");
     let stats: Vec<&str> = t.table["stats_users"]
         .as_array()
         .unwrap()
@@ -65,7 +68,6 @@ fn a_production_sidecar_file_is_carried_with_notes() {
         "ignore_startup_parameters",
         "track_extra_parameters",
         "logfile",
-        "unix_socket_dir",
         "client_tls_protocols",
     ] {
         assert!(
@@ -90,6 +92,17 @@ fn includes_users_and_quoted_passwords() {
     assert_eq!(
         s(&t, "upstream"),
         "postgres://app:s3cr%27et%20x@10.0.0.5:5433/app"
+    );
+    let lines = read(&fixture("with_include.ini")).unwrap();
+    let mut unix = lines.clone();
+    for l in &mut unix {
+        if l.section == "databases" {
+            l.value = "host=/var/run/postgresql port=5433 dbname=app user=app".into();
+        }
+    }
+    assert_eq!(
+        s(&translate(&unix), "upstream"),
+        "postgres://app@%2Fvar%2Frun%2Fpostgresql:5433/app"
     );
     let users = t.table["users"].as_table().unwrap();
     assert_eq!(users["reporting"]["pool_mode"].as_str(), Some("session"));
