@@ -99,6 +99,36 @@ impl Session {
         self.c.conn.queue(&why.told());
         Flow::Quit
     }
+
+    /// A write to the server failed. The server may have said why before it closed (a
+    /// pipelining client keeps pgtenant writing after the server's FATAL came in): that
+    /// FATAL, if it is already there to read, is what the client is told.
+    pub(super) fn server_write_failed(&mut self, e: io::Error) -> Flow {
+        let fatal = self
+            .attached
+            .as_mut()
+            .and_then(|a| buffered_fatal(&mut a.server.conn));
+        match fatal {
+            Some(f) => self.server_lost(Lost::Fatal(&f)),
+            None => self.server_lost(Lost::Io(&e)),
+        }
+    }
+}
+
+/// A FATAL among what the server sent that is in, or can be read without waiting.
+fn buffered_fatal(conn: &mut crate::net::Connection) -> Option<Frame> {
+    let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+    loop {
+        while let Some(f) = conn.try_frame().ok()? {
+            if f.tag() == b'E' && super::relay::is_fatal(f.body()) {
+                return Some(f);
+            }
+        }
+        match conn.poll_fill(&mut cx) {
+            Poll::Ready(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
 }
 
 /// The server's FATAL, as the client gets it: FATAL 08006, the server's message, hint and
@@ -223,6 +253,34 @@ mod tests {
             field(&f, b'H').as_deref(),
             Some("In a moment you should be able to reconnect.")
         );
+    }
+
+    /// The server's FATAL is found behind other messages in what is already in, once the
+    /// server is gone; nothing is found when it sent none.
+    #[tokio::test]
+    async fn a_fatal_already_in_is_found_after_a_failed_write() {
+        use tokio::io::AsyncWriteExt;
+        for with_fatal in [true, false] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut server = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (mine, _) = l.accept().await.unwrap();
+            let mut conn = crate::net::Connection::new(crate::net::Stream::Plain(mine), 64 << 20);
+            let mut sent = build::notice("before").raw().to_vec();
+            if with_fatal {
+                sent.extend_from_slice(build::fatal("57P01", "terminating connection").raw());
+            }
+            server.write_all(&sent).await.unwrap();
+            drop(server);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let found = buffered_fatal(&mut conn);
+            assert_eq!(found.is_some(), with_fatal);
+            if let Some(f) = found {
+                let e = ErrorFields::parse(f.body()).unwrap();
+                assert_eq!(e.code, "57P01");
+            }
+        }
     }
 
     #[test]

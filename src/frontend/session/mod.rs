@@ -350,7 +350,8 @@ impl Session {
                 Event::ClientRead(Ok(_)) => Box::pin(self.on_client_input()).await?,
                 Event::ClientRead(Err(e)) | Event::ClientWrite(e) => return Err(e.into()),
                 Event::ServerRead(Ok(0)) => self.server_lost(Lost::Closed),
-                Event::ServerRead(Err(e)) | Event::ServerWrite(e) => self.server_lost(Lost::Io(&e)),
+                Event::ServerRead(Err(e)) => self.server_lost(Lost::Io(&e)),
+                Event::ServerWrite(e) => self.server_write_failed(e),
                 Event::ServerRead(Ok(_)) => {
                     let mut flow = self.on_server_input();
                     while let Flow::NotifyBarrier = flow {
