@@ -25,6 +25,18 @@ pub enum ServerError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// The HTTP listener (on by default, at a fixed port): the message says which
+    /// listener it is and how to move it or turn it off, since a second pgtenant on the
+    /// same host meets it first.
+    #[error(
+        "cannot listen on {addr} for /metrics, /healthz and /readyz (the HTTP listener): \
+         {source}; choose another address with --http-listen (PGTENANT_HTTP_LISTEN, or \
+         http_listen in the config file), or \"\" to turn it off"
+    )]
+    HttpBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Tls(#[from] crate::net::tls::TlsError),
     #[error("auth_file: {0}")]
@@ -146,7 +158,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         Some(addr) => Some(
             crate::metrics::bind(addr)
                 .await
-                .map_err(|source| ServerError::Bind { addr, source })?,
+                .map_err(|source| ServerError::HttpBind { addr, source })?,
         ),
         None => None,
     };

@@ -3,9 +3,9 @@
 //! In session mode a client's server connection is its own for the whole session, so it
 //! gets that server's BackendKeyData: the pid in it is `pg_backend_pid()`, has its row in
 //! `pg_stat_activity`, is the sender pid of its notifications and what
-//! `pg_terminate_backend()` ends (the client then gets the server's FATAL and is
-//! disconnected, never moved to another backend), and the real key cancels through
-//! pgtenant. Transaction mode keeps pgtenant's own keys (tests/cancel.rs).
+//! `pg_terminate_backend()` ends (the client then gets one FATAL, 08006 with the server's
+//! text, and is disconnected, never moved to another backend), and the real key cancels
+//! through pgtenant. Transaction mode keeps pgtenant's own keys (tests/cancel.rs).
 //!
 //! Raw protocol clients (trust auth on the listener): tokio-postgres does not show the
 //! BackendKeyData it received.
@@ -318,8 +318,9 @@ async fn notification_sender_pid_is_the_key_pid() {
 }
 
 /// `pg_terminate_backend(pid)` with the pid a client was told ends that client, idle or
-/// busy: it gets the server's FATAL 57P01 (and no second FATAL of pgtenant's), then the
-/// connection closes; it is never moved silently to another backend.
+/// busy: it gets one FATAL, 08006 with the server's text (its 57P01 in the DETAIL, see
+/// tests/server_lost.rs), then the connection closes; it is never moved silently to
+/// another backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminating_the_pid_ends_the_client() {
     let pg = PgServer::start();
@@ -339,7 +340,17 @@ async fn terminating_the_pid_ends_the_client() {
         let msgs = until_closed(&mut a.s, Duration::from_secs(10)).await;
         assert_eq!(
             errors(&msgs),
-            vec![("FATAL".to_string(), "57P01".to_string())],
+            vec![("FATAL".to_string(), "08006".to_string())],
+            "busy={busy}: {msgs:?}"
+        );
+        let fatal = &msgs.iter().find(|m| m.0 == b'E').unwrap().1;
+        assert_eq!(
+            field(fatal, b'M').as_deref(),
+            Some("terminating connection due to administrator command"),
+            "busy={busy}"
+        );
+        assert!(
+            field(fatal, b'D').is_some_and(|d| d.contains("SQLSTATE 57P01")),
             "busy={busy}: {msgs:?}"
         );
         assert!(!msgs.iter().any(|m| m.0 == b'Z'), "busy={busy}: {msgs:?}");

@@ -367,7 +367,9 @@ async fn readyz_fails_when_the_upstream_is_down() {
 }
 
 /// A taken metrics port fails startup with a message naming it (a sidecar whose probes
-/// cannot be answered must crash-loop visibly, not run unobserved).
+/// cannot be answered must crash-loop visibly, not run unobserved), saying that it is the
+/// HTTP listener and how to pick another address or turn it off (a second pgtenant on the
+/// same host meets the default port first).
 #[test]
 fn a_taken_http_port_fails_startup() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -387,7 +389,19 @@ fn a_taken_http_port_fails_startup() {
         Duration::from_secs(10),
     );
     assert!(!status.success(), "{logs}");
-    assert!(logs.contains(&format!("cannot listen on {addr}")), "{logs}");
+    assert!(
+        logs.contains(&format!(
+            "cannot listen on {addr} for /metrics, /healthz and /readyz (the HTTP listener)"
+        )),
+        "{logs}"
+    );
+    for hint in [
+        "Address already in use",
+        "choose another address with --http-listen (PGTENANT_HTTP_LISTEN, or http_listen in the config file)",
+        "or \"\" to turn it off",
+    ] {
+        assert!(logs.contains(hint), "no {hint:?} in:\n{logs}");
+    }
 }
 
 /// An (emulated) Citus upstream: ready once the shard map is loaded, the shard-map

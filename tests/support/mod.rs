@@ -751,6 +751,41 @@ impl PgServer {
         }
     }
 
+    /// Stop the server in fast mode (`pg_ctl stop -m fast`: every backend gets SIGTERM
+    /// and sends its client `FATAL 57P01`); it keeps its dir and port for
+    /// [`start_again`](Self::start_again).
+    pub fn stop_fast(&mut self) {
+        if self.running {
+            run_ok(
+                pg_command(&pg_bin("pg_ctl"))
+                    .current_dir(&self.dir)
+                    .args(["stop", "-w", "-t", "60", "-m", "fast", "-D"])
+                    .arg(&self.data),
+                "pg_ctl stop -m fast",
+            );
+            self.running = false;
+        }
+    }
+
+    /// `kill -9` one backend of this server. PostgreSQL then ends every other backend
+    /// (they send a `WARNING 57P02`, "crash of another server process", and close) and
+    /// restarts after crash recovery; meanwhile logins get `57P03`.
+    pub fn kill_backend(&self, pid: i32) {
+        assert!(pid > 0, "not a backend pid: {pid}");
+        assert_eq!(
+            self.psql_ok(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+            )),
+            "1",
+            "pid {pid} is not a backend of the server on port {}",
+            self.port
+        );
+        run_ok(
+            Command::new("kill").args(["-9", &pid.to_string()]),
+            "kill -9 a backend",
+        );
+    }
+
     /// Start a stopped server again on the same port.
     pub fn start_again(&mut self) {
         if !self.running {
@@ -1083,4 +1118,5 @@ fn listen_port(args: &[String], env: &[(&str, &str)]) -> Option<u16> {
 
 // The emulated Citus cluster (coordinator + 2 workers): see citus.rs.
 pub mod citus;
+pub mod proxy;
 pub mod wire;

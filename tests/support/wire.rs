@@ -268,6 +268,46 @@ impl Raw {
         Msg { tag: h[0], body }
     }
 
+    /// Every message until the peer closes the connection (end of stream, or a reset);
+    /// panics if it is still open after `timeout`.
+    pub fn until_closed(&mut self, timeout: Duration) -> Vec<Msg> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        let read = |s: &mut TcpStream, buf: &mut [u8], out: &Vec<Msg>| -> bool {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match s.read_exact(buf) {
+                Ok(()) => true,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("connection still open after {timeout:?}; got {out:?}")
+                }
+                Err(_) => false,
+            }
+        };
+        loop {
+            let mut h = [0u8; 5];
+            if !read(&mut self.s, &mut h, &out) {
+                break;
+            }
+            let len = u32::from_be_bytes(h[1..5].try_into().unwrap()) as usize;
+            let mut body = vec![0u8; len - 4];
+            if !read(&mut self.s, &mut body, &out) {
+                break;
+            }
+            out.push(Msg { tag: h[0], body });
+        }
+        self.s
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        out
+    }
+
     /// Nothing arrives within `wait` (the connection stays open).
     pub fn nothing_within(&mut self, wait: Duration) -> bool {
         self.s.set_read_timeout(Some(wait)).unwrap();

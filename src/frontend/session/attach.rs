@@ -95,7 +95,6 @@ impl Session {
             // Set by the transaction's first message (`forward`); a placeholder until then.
             xact_started: lent.unwrap_or_else(Instant::now),
             _active: crate::metrics::counters::Active::enter_for(Some(&self.c.state)),
-            server_fatal: false,
             notified: false,
             unread: None,
         };
@@ -346,30 +345,6 @@ impl Session {
             a.server.applied = Arc::new(kept);
             a.server.dirty_by = 0;
         }
-    }
-
-    /// The server connection broke: the client gets 08006 and is disconnected (its
-    /// transaction is gone); the next client gets a fresh server connection.
-    /// In session mode the client's session was that server's (its pid, its key): it ends
-    /// as a direct connection would, with the server's own FATAL when it sent one (already
-    /// relayed: `pg_terminate_backend`'s 57P01, a shutdown's 57P01/57P02/57P03) and no
-    /// second one of pgtenant's, else with 08006.
-    pub(super) fn server_lost(&mut self, why: &str) -> Flow {
-        // A late cancel must not reach the closed backend's pid (PostgreSQL may give it
-        // to another backend). If one is on its way, it already has its target.
-        let _ = self.c.key.slot.try_set(None);
-        let mut told = false;
-        if let Some(a) = self.attached.take() {
-            tracing::warn!(user = %Escaped(&self.c.user), pool = %a.pool.name(), server = a.server.id, reason = why, "server connection lost");
-            told = a.server_fatal && self.mode == PoolMode::Session;
-            a.pool.discard(a.server);
-        }
-        if !told {
-            self.c
-                .conn
-                .queue(&build::fatal(sqlstate::CONNECTION_FAILURE, why));
-        }
-        Flow::Quit
     }
 
     /// The client is leaving: return or close its server, flush what is queued.

@@ -6,9 +6,9 @@
 //! client sends the first message of a transaction and goes back when ReadyForQuery says
 //! idle and nothing the client sent is still unanswered (see [`super::pipeline`]). In
 //! session mode the client took it at login (its key is that server's, see `login`) and
-//! it stays until the client leaves; if it breaks, the client is disconnected (with the
-//! server's own FATAL when it sent one), as a direct connection would end: it never goes
-//! on with another backend behind the pid it was told.
+//! it stays until the client leaves: it never goes on with another backend behind the pid
+//! it was told. A server connection that breaks under its client ends that client, the
+//! same way in every mode (see `lost`).
 //!
 //! In transaction and statement mode the client's session travels with it: its named
 //! prepared statements are prepared on whatever server serves it (once per server, LRU
@@ -45,12 +45,14 @@ use crate::router::command::{
     Command, RESERVED_STATEMENT_PREFIX,
 };
 use crate::router::TxControl;
+use lost::Lost;
 
 mod attach;
 mod check;
 mod client;
 mod forward;
 mod holds;
+mod lost;
 mod relay;
 
 /// Stop reading from one side while this much is queued for the other (backpressure).
@@ -79,9 +81,6 @@ struct Attached {
     xact_started: Instant,
     /// Counts this session in `pgtenant_clients{state="active"}` while attached.
     _active: crate::metrics::counters::Active,
-    /// The server sent a FATAL (it closes next): in session mode that is what the client
-    /// is told, not pgtenant's own 08006 (`server_lost`).
-    server_fatal: bool,
     /// The client may have sent a notification in this transaction (NOTIFY, or a
     /// function such as pg_notify) while it listens: its ReadyForQuery waits for the
     /// LISTEN hub's barrier (see `listen`).
@@ -350,12 +349,9 @@ impl Session {
                 // (memory per idle client; one short-lived allocation per event).
                 Event::ClientRead(Ok(_)) => Box::pin(self.on_client_input()).await?,
                 Event::ClientRead(Err(e)) | Event::ClientWrite(e) => return Err(e.into()),
-                Event::ServerRead(Ok(0)) => {
-                    self.server_lost("server closed the connection unexpectedly")
-                }
-                Event::ServerRead(Err(e)) | Event::ServerWrite(e) => {
-                    self.server_lost(&format!("server connection failed: {e}"))
-                }
+                Event::ServerRead(Ok(0)) => self.server_lost(Lost::Closed),
+                Event::ServerRead(Err(e)) => self.server_lost(Lost::Io(&e)),
+                Event::ServerWrite(e) => self.server_write_failed(e),
                 Event::ServerRead(Ok(_)) => {
                     let mut flow = self.on_server_input();
                     while let Flow::NotifyBarrier = flow {

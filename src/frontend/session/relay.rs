@@ -19,7 +19,10 @@ impl Session {
                 None => match a.server.conn.try_frame() {
                     Ok(Some(f)) => (f, false),
                     Ok(None) => return Flow::Continue,
-                    Err(e) => return self.server_lost(&format!("server sent a bad message: {e}")),
+                    Err(e) => {
+                        let why = format!("server sent a bad message: {e}");
+                        return self.server_lost(Lost::Unreadable(&why));
+                    }
                 },
             };
             a.pool.stats.bytes_sent.add(f.len() as u64);
@@ -46,12 +49,14 @@ impl Session {
                             self.ctx.tenants.error(k);
                         }
                     }
-                    // The server ends the connection (pg_terminate_backend, shutdown): in
-                    // session mode it was the client's own, which must hear why (see
-                    // `server_lost`), whatever pgtenant was doing on it.
-                    let fatal = self.mode == PoolMode::Session && is_fatal(f.body());
-                    a.server_fatal |= fatal;
-                    if !hidden || show_errors || fatal {
+                    if is_fatal(f.body()) {
+                        // The server ends the connection (a shutdown, pg_terminate_backend,
+                        // a timeout of its own): the client is told once, in its words,
+                        // whatever pgtenant was doing on it (see `lost`).
+                        crate::metrics::counters::SERVER_ERRORS.count_body(f.body());
+                        return self.server_lost(Lost::Fatal(&f));
+                    }
+                    if !hidden || show_errors {
                         crate::metrics::counters::SERVER_ERRORS.count_body(f.body());
                         self.c.conn.queue(&f);
                     } else {
@@ -92,7 +97,9 @@ impl Session {
                 }
                 b'Z' => {
                     let Ok(st) = decode::ready_status(f.body()) else {
-                        return self.server_lost("server sent a malformed ReadyForQuery");
+                        return self.server_lost(Lost::Unreadable(
+                            "server sent a malformed ReadyForQuery",
+                        ));
                     };
                     if st == b'I' && !hidden && self.listener.is_some() {
                         // A transaction that may have notified a channel the client
@@ -118,7 +125,9 @@ impl Session {
                         Some(Expect::Forward(_) | Expect::Hidden { .. }) | None => {}
                         Some(other) => {
                             tracing::error!(?other, "ReadyForQuery out of order");
-                            return self.server_lost("pgtenant lost track of the server's answers");
+                            return self.server_lost(Lost::Unreadable(
+                                "pgtenant lost track of the server's answers",
+                            ));
                         }
                     }
                     if hidden {
