@@ -12,7 +12,7 @@ fn pgtenant() -> Command {
 }
 
 /// A realistic PgBouncer setup: userlist.txt, an %include, settings pgtenant carries and
-/// some it only notes (logfile, pidfile, unix_socket_dir).
+/// some it only notes (logfile, pidfile); no unix socket (`unix_socket_dir =`).
 fn write_ini(dir: &TempDir, pg: &PgServer, listen_port: u16) -> std::path::PathBuf {
     dir.write(
         "userlist.txt",
