@@ -607,3 +607,44 @@ fn an_error_before_the_rest_of_the_pipeline_does_not_hang() {
         assert_eq!(one(&b, "select 2").await, "2");
     });
 }
+
+/// A client's own tiny statement_timeout must not make the session check fail (it ran
+/// under that timeout and was cancelled): the setting stays the client's, in every
+/// transaction, and never reaches the other client of the same server connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tiny_statement_timeout_is_kept_and_stays_with_its_client() {
+    let pg = server();
+    for mode in MODES {
+        let (pt, _d) = start(&pg, mode, 1, "");
+        let a = client(&pt).await;
+        let b = client(&pt).await;
+        let mut seen = 0;
+        for i in 0..15 {
+            // Even a SET or SHOW may run over 1 ms on a busy machine (as it would on a
+            // direct connection): such a statement is retried.
+            while a.simple_query("SET statement_timeout = 1").await.is_err() {}
+            match one(&a, "SHOW statement_timeout").await.as_str() {
+                "1ms" => seen += 1,
+                "ERROR 57014" => {}
+                other => panic!("{mode} round {i}: {other}"),
+            }
+            assert_eq!(
+                one(&b, "SHOW statement_timeout").await,
+                "0",
+                "{mode} round {i}"
+            );
+            while a.simple_query("RESET statement_timeout").await.is_err() {}
+            assert_eq!(
+                one(&a, "SHOW statement_timeout").await,
+                "0",
+                "{mode} round {i}"
+            );
+        }
+        assert!(seen > 0, "{mode}: the client never saw its own setting");
+        assert!(
+            !pt.logs().contains("the session check failed"),
+            "{mode}: {}",
+            pt.logs()
+        );
+    }
+}

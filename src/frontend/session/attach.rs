@@ -8,6 +8,52 @@ use super::*;
 /// How long the session check may take before the connection is closed instead.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Run the check query. If the client's own `statement_timeout` cancels it (a client may
+/// set 1 ms), read that value, run the check with the timeout off, and put the value
+/// back: returns it then, since the check saw 0 (`statement_timeout` as the check found
+/// it must be replaced by it).
+async fn check_rows(
+    a: &mut Attached,
+    sql: &str,
+) -> Result<(Vec<Vec<Option<String>>>, Option<String>), String> {
+    let server = &mut a.server;
+    let first = tokio::time::timeout(CHECK_TIMEOUT, server.query_rows(sql))
+        .await
+        .map_err(|_| "timed out".to_string())?;
+    let rows = match first {
+        Ok(rows) => (rows, None),
+        Err(crate::backend::BackendError::Server(e)) if e.code == sqlstate::QUERY_CANCELED => {
+            let again = async {
+                let was = server
+                    .query_rows("SELECT pg_catalog.current_setting('statement_timeout')")
+                    .await?
+                    .into_iter()
+                    .next()
+                    .and_then(|r| r.into_iter().next().flatten())
+                    .unwrap_or_default();
+                server.run_internal("SET statement_timeout = 0").await?;
+                let rows = server.query_rows(sql).await?;
+                server
+                    .run_internal(&format!(
+                        "SELECT pg_catalog.set_config('statement_timeout', {}, false)",
+                        params::literal(&was)
+                    ))
+                    .await?;
+                Ok::<_, crate::backend::BackendError>((rows, Some(was)))
+            };
+            tokio::time::timeout(CHECK_TIMEOUT, again)
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if server.tx_status != b'I' {
+        return Err("the server is not idle after the check".into());
+    }
+    Ok(rows)
+}
+
 impl Session {
     /// Attach to a worker pool without telling the client about a failure (the caller
     /// falls back to the coordinator).
@@ -199,10 +245,18 @@ impl Session {
         let always = s.session_check_always;
         if a.effects != 0 || always || self.pinned {
             if let Err(e) = self.check(&mut a, always).await {
-                tracing::warn!(user = %Escaped(&self.c.user), error = %e, "the session check failed; closing the server connection");
+                // What the transaction left (settings, temp tables, cursors) is unknown
+                // and the connection cannot be lent: the client's session is lost with
+                // it, and the client is told so rather than carry on without it.
+                tracing::warn!(user = %Escaped(&self.c.user), error = %e, "the session check failed; closing the server connection and the client's session");
                 self.pinned = false;
                 self.c.state.set_pinned(false);
                 a.pool.discard(a.server);
+                self.c.conn.queue(&build::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    "the session's state could not be read back from its server connection",
+                ));
+                self.session_lost = true;
                 return;
             }
             tracing::debug!(
@@ -258,14 +312,13 @@ impl Session {
             names.extend(learned.names(db).iter().cloned());
         }
         let sql = check::sql(settings, state, &a.server.login_role, &names);
-        let rows = tokio::time::timeout(CHECK_TIMEOUT, a.server.query_rows(&sql))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        if a.server.tx_status != b'I' {
-            return Err("the server is not idle after the check".into());
+        let (rows, timeout_was) = check_rows(a, &sql).await?;
+        let mut found = check::parse(rows)?;
+        if let Some(v) = timeout_was {
+            // The check ran with statement_timeout 0 (the client's own was too short
+            // for it): what the client has is the value read before.
+            found.settings.insert("statement_timeout".into(), v);
         }
-        let found = check::parse(rows)?;
         // What the server holds now is the client's session, exactly: a startup setting
         // the client RESET is gone from it (the client saw the server's default), and
         // later servers must agree with that rather than silently bring the startup

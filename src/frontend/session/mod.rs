@@ -268,6 +268,9 @@ struct Session {
     /// `poll_shutdown`).
     shutdown_looked: Option<(std::task::Waker, u64)>,
     draining: bool,
+    /// The session check failed: the client's session state is lost with its server
+    /// connection, it was sent a FATAL and the session ends.
+    session_lost: bool,
     /// Transaction status the client last saw.
     client_tx: u8,
     /// The tenant whose key routed the current transaction (SHOW TENANTS).
@@ -322,6 +325,7 @@ where
         shutdown: Box::pin(kill.cancelled_owned()),
         shutdown_looked: None,
         draining: false,
+        session_lost: false,
         client_tx: b'I',
         tenant: None,
         c: client,
@@ -402,6 +406,9 @@ impl Session {
             let prepared = self.view.t().statements.len();
             self.c.state.console.publish(link, prepared);
             if let Flow::Quit = flow {
+                return Ok(());
+            }
+            if self.session_lost {
                 return Ok(());
             }
             if self.draining && self.attached.as_ref().is_none_or(|a| a.is_clean()) {
