@@ -29,6 +29,8 @@ pub enum ServerError {
     Tls(#[from] crate::net::tls::TlsError),
     #[error("auth_file: {0}")]
     AuthFile(#[from] auth::AuthError),
+    #[error("auth_user: {0}")]
+    AuthUser(String),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -74,6 +76,21 @@ pub fn build_users(s: &Settings) -> Result<UserStore, ServerError> {
     for (name, u) in &s.users {
         if let Some(pw) = &u.password {
             users.insert(name.clone(), Secret::parse(pw));
+        }
+    }
+    // auth_query runs as auth_user: pgtenant must be able to log in as it.
+    if let Some(a) = &s.auth_user {
+        let why = match users.get(a) {
+            Some(Secret::Plain(_) | Secret::Md5(_)) => None,
+            Some(Secret::Scram(_)) => {
+                Some("has only a SCRAM-SHA-256 secret, with which pgtenant cannot log in")
+            }
+            None => Some("has no password"),
+        };
+        if let Some(why) = why {
+            return Err(ServerError::AuthUser(format!(
+                "'{a}' {why}: give it its password (plain, or md5 if the server asks it for md5) in [users.{a}] or the auth_file"
+            )));
         }
     }
     Ok(users)
@@ -140,6 +157,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         coordinator: ArcSwap::from_pointee(coordinator(&settings)),
         clients: AtomicU32::new(0),
         admission: Default::default(),
+        auth_query: Default::default(),
         scram_cache: Default::default(),
         shutdown: CancellationToken::new(),
         admin: crate::admin::AdminState::new(overrides.clone()),
@@ -210,6 +228,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         let _ = t.await;
     }
     ctx.pools.close_idle();
+    ctx.auth_query.close_all();
     tracing::info!("pgtenant stopped");
     Ok(())
 }
@@ -288,6 +307,8 @@ pub fn reload(ctx: &Context, overrides: &Overrides) {
         ctx.coordinator.store(Arc::new(coordinator(&new)));
     }
     ctx.users.store(Arc::new(users));
+    // auth_user, its password or the server may have changed: lookups connect afresh.
+    ctx.auth_query.close_all();
     ctx.client_tls.store(Arc::new(ctls));
     crate::net::budget::set_limit(new.max_buffered_message_bytes as usize);
     ctx.settings.store(Arc::new(new));

@@ -166,6 +166,10 @@ struct Draft {
     shutdown_timeout: Duration,
     auth_file: Option<PathBuf>,
     users: BTreeMap<String, UserSettings>,
+    auth_user: Option<String>,
+    auth_query: String,
+    auth_dbname: Option<String>,
+    auth_query_cache_ttl: Duration,
     client_tls_cert_file: Option<PathBuf>,
     client_tls_key_file: Option<PathBuf>,
     server_tls: ServerTls,
@@ -228,6 +232,14 @@ impl Default for Draft {
             shutdown_timeout: secs(30),
             auth_file: None,
             users: BTreeMap::new(),
+            auth_user: None,
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_dbname: None,
+            // Not in PgBouncer (which asks at every login). Long enough that a client
+            // retrying a refused name in a loop costs the server one query per 5 s;
+            // short enough that a role created right after a refused try logs in
+            // seconds later.
+            auth_query_cache_ttl: secs(5),
             client_tls_cert_file: None,
             client_tls_key_file: None,
             server_tls: ServerTls::Disable,
@@ -249,6 +261,10 @@ impl Default for Draft {
         }
     }
 }
+
+/// PgBouncer 1.25's default auth_query: no row for a role that may not log in, NULL for
+/// one whose password has expired.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -348,6 +364,11 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
                 Ok(())
             }
             "auth_file" => path(v, base).map(|x| d.auth_file = Some(x)),
+            // "" = unset, as PgBouncer writes it.
+            "auth_user" => string(v).map(|x| d.auth_user = Some(x).filter(|u| !u.is_empty())),
+            "auth_query" => string(v).map(|x| d.auth_query = x),
+            "auth_dbname" => string(v).map(|x| d.auth_dbname = Some(x).filter(|u| !u.is_empty())),
+            "auth_query_cache_ttl" => seconds(v).map(|x| d.auth_query_cache_ttl = x),
             "pool_mode" => choice(v, POOL_MODES).map(|x| d.pool_mode = x),
             "pool_size" => positive(v).map(|x| d.pool_size = x),
             "min_pool_size" => count(v).map(|x| d.min_pool_size = x),
@@ -713,6 +734,13 @@ fn finish(
         }
     }
 
+    if d.auth_query.trim().is_empty() {
+        errs.push(
+            "auth_query",
+            "expected a query returning the user name and its password for $1",
+        );
+    }
+
     let (Some(upstream), true) = (upstream, errs.0.is_empty()) else {
         return Err(ConfigError { errors: errs.0 });
     };
@@ -756,6 +784,10 @@ fn finish(
         shutdown_timeout: d.shutdown_timeout,
         auth_file: d.auth_file,
         users,
+        auth_user: d.auth_user,
+        auth_query: d.auth_query,
+        auth_dbname: d.auth_dbname,
+        auth_query_cache_ttl: d.auth_query_cache_ttl,
         client_tls_cert_file: d.client_tls_cert_file,
         client_tls_key_file: d.client_tls_key_file,
         server_tls: d.server_tls,
