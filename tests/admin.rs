@@ -1158,7 +1158,10 @@ async fn show_commands_are_logged_at_debug_changes_at_info() {
     admin(&p, "SET query_wait_timeout = 99");
     admin(&p, "RELOAD");
     let logs = p.logs();
-    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("admin command")).collect();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("admin command"))
+        .collect();
     assert!(
         lines.iter().all(|l| !l.contains("SHOW")),
         "SHOW logged at info:\n{logs}"
