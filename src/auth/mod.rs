@@ -1,12 +1,10 @@
-//! Client and server authentication: SCRAM-SHA-256, md5, cleartext, trust; secrets, the
-//! PgBouncer-style auth file, and auth_query lookups of secrets on the server.
-//! Sans-IO but for query.rs: the frontend/backend move the bytes.
+//! Client and server authentication: SCRAM-SHA-256, md5, cleartext, trust; secrets and
+//! the PgBouncer-style auth file. Sans-IO: the frontend/backend move the bytes.
 //!
 //! Nothing here logs, displays or puts a secret into an error message.
 
 pub mod auth_file;
 pub mod md5;
-pub mod query;
 pub mod scram;
 pub mod secret;
 
@@ -14,7 +12,6 @@ use std::path::PathBuf;
 
 pub use auth_file::{load_auth_file, parse_auth_file, UserStore};
 pub use md5::{md5_password_hash, md5_salted_response, md5_verify};
-pub use query::{AuthQuery, Lookup};
 pub use scram::{ScramClient, ScramServer, ServerCredential, SCRAM_SHA_256};
 pub use secret::{ScramSecret, Secret};
 

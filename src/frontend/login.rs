@@ -2,7 +2,7 @@
 //! then the greeting (ParameterStatus, BackendKeyData, ReadyForQuery).
 //!
 //! A user's secret comes from the config or the auth_file; one neither names is looked up
-//! on the server with auth_query when auth_user is set (auth::query), except on a trust
+//! on the server with auth_query when auth_user is set (auth_query.rs), except on a trust
 //! listener, which checks nothing. Whatever the source, a refusal is the same exchange
 //! and the same 28P01 answer.
 //!
@@ -284,7 +284,7 @@ async fn authenticate_client(
 /// The secret of a user pgtenant does not know, read from the server with auth_query as
 /// auth_user, in auth_dbname or else the client's database (the upstream's for the admin
 /// console, which is no server's). None without auth_user, for a role that may not log
-/// in, or when the lookup failed (auth::query logs why).
+/// in, or when the lookup failed (auth_query.rs logs why).
 async fn looked_up(ctx: &Context, user: &str, database: &str) -> Option<Secret> {
     let s = ctx.settings();
     let auth_user = s.auth_user.as_deref()?;
@@ -299,7 +299,7 @@ async fn looked_up(ctx: &Context, user: &str, database: &str) -> Option<Secret> 
         None => database,
     };
     let node = (**ctx.coordinator.load()).clone();
-    let lookup = auth::Lookup {
+    let lookup = super::auth_query::Lookup {
         params: ctx
             .pools
             .own_connect_params(&node, database, auth_user, credential, "auth_query"),

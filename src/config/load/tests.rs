@@ -603,4 +603,7 @@ fn the_example_file_loads() {
     assert_eq!(s.pool_idle_timeout, d.pool_idle_timeout);
     assert_eq!(s.server_reset_query, d.server_reset_query);
     assert_eq!(s.listeners[0], d.listeners[0]);
+    assert_eq!(s.auth_user, d.auth_user);
+    assert_eq!(s.auth_query, d.auth_query);
+    assert_eq!(s.auth_query_cache_ttl, d.auth_query_cache_ttl);
 }

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Semaphore};
 
-use super::Secret;
+use crate::auth::Secret;
 use crate::backend::{self, BackendError, ConnectParams, ServerConn};
 use crate::logging::Escaped;
 use crate::protocol::ErrorFields;
