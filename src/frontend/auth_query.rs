@@ -34,7 +34,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -97,6 +97,8 @@ pub struct AuthQuery(Arc<Inner>);
 
 struct Inner {
     state: Mutex<State>,
+    /// Hashes the names (random keys).
+    names: std::collections::hash_map::RandomState,
     slots: Semaphore,
     idle: Mutex<VecDeque<Idle>>,
     /// Mean duration of a query (exponentially weighted), in microseconds; 0 = none yet.
@@ -111,6 +113,7 @@ impl Default for Inner {
     fn default() -> Inner {
         Inner {
             state: Mutex::default(),
+            names: Default::default(),
             slots: Semaphore::new(LOOKUP_CONNECTIONS),
             idle: Mutex::default(),
             typical_us: AtomicU64::new(0),
@@ -128,7 +131,10 @@ struct Idle {
     since: Instant,
 }
 
-type Key = (u64, Box<str>);
+/// A name in a scope, hashed with this process's random keys: a fixed size whatever the
+/// name's length (startup packets allow 10 kB), and no collision an outsider could
+/// compute to get another user's name remembered as refused.
+type Key = u64;
 
 /// What a lookup tells its waiters.
 #[derive(Clone)]
@@ -152,7 +158,7 @@ struct State {
 impl State {
     /// Remember `key` until `until`; forget expired names and, beyond `cap`, the oldest.
     fn remember(&mut self, key: Key, until: Instant, now: Instant, cap: usize) {
-        self.remembered.insert(key.clone(), until);
+        self.remembered.insert(key, until);
         self.order.push_back((key, until));
         loop {
             let over = self.remembered.len() > cap || self.order.len() > 2 * cap;
@@ -227,7 +233,7 @@ impl AuthQuery {
     /// failed (logged). Never waits longer than `l.timeout` (plus, for a remembered
     /// refusal, the typical duration of a query).
     pub async fn lookup(&self, user: &str, l: Lookup) -> Option<Secret> {
-        let key: Key = (l.scope(), user.into());
+        let key: Key = self.0.names.hash_one((l.scope(), user));
         let timeout = l.timeout;
         let rx = {
             let mut st = lock(&self.0.state);
@@ -238,7 +244,7 @@ impl AuthQuery {
                 Some(rx.clone())
             } else {
                 let (tx, rx) = watch::channel(Answer::Waiting);
-                st.inflight.insert(key.clone(), rx.clone());
+                st.inflight.insert(key, rx.clone());
                 let flight = Flight {
                     inner: self.0.clone(),
                     key,
@@ -311,7 +317,7 @@ impl Flight {
             st.inflight.remove(&self.key);
         }
         if let Some(until) = until {
-            st.remember(self.key.clone(), until, Instant::now(), MAX_REMEMBERED);
+            st.remember(self.key, until, Instant::now(), MAX_REMEMBERED);
         }
     }
 }
@@ -489,7 +495,7 @@ mod tests {
     use super::*;
 
     fn key(n: usize) -> Key {
-        (7, format!("user{n}").into())
+        n as Key
     }
 
     #[test]
