@@ -290,11 +290,6 @@ impl AuthQuery {
             i.conn.terminate();
         }
     }
-
-    /// Kept connections (tests, metrics).
-    pub fn idle_connections(&self) -> usize {
-        lock(&self.0.idle).len()
-    }
 }
 
 /// A running lookup's place in `inflight`, taken out when it ends (even by a panic).
