@@ -39,6 +39,8 @@ pub struct Context {
     pub clients: AtomicU32,
     /// Who may hold a connection: max_startup_clients, max_client_conn.
     pub admission: crate::frontend::Admission,
+    /// Secrets of users pgtenant does not know, read from the server (auth_query).
+    pub auth_query: crate::frontend::AuthQuery,
     /// SCRAM secrets derived from plain passwords: user → (password, secret).
     pub scram_cache: dashmap::DashMap<String, (String, crate::auth::ScramSecret)>,
     /// Fires on SIGTERM/SIGINT: idle clients leave, busy ones finish their transaction.

@@ -45,6 +45,8 @@ pub enum ServerError {
     Hba(String),
     #[error("cannot listen on unix socket {path}: {message} (unix_socket_dir; \"\" turns it off)")]
     BindUnix { path: String, message: String },
+    #[error("auth_user: {0}")]
+    AuthUser(String),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -90,6 +92,21 @@ pub fn build_users(s: &Settings) -> Result<UserStore, ServerError> {
     for (name, u) in &s.users {
         if let Some(pw) = &u.password {
             users.insert(name.clone(), Secret::parse(pw));
+        }
+    }
+    // auth_query runs as auth_user: pgtenant must be able to log in as it.
+    if let Some(a) = &s.auth_user {
+        let why = match users.get(a) {
+            Some(Secret::Plain(_) | Secret::Md5(_)) => None,
+            Some(Secret::Scram(_)) => {
+                Some("has only a SCRAM-SHA-256 secret, with which pgtenant cannot log in")
+            }
+            None => Some("has no password"),
+        };
+        if let Some(why) = why {
+            return Err(ServerError::AuthUser(format!(
+                "'{a}' {why}: give it its password (plain, or md5 if the server asks it for md5) in [users.{a}] or the auth_file"
+            )));
         }
     }
     Ok(users)
@@ -183,6 +200,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         coordinator: ArcSwap::from_pointee(coordinator(&settings)),
         clients: AtomicU32::new(0),
         admission: Default::default(),
+        auth_query: Default::default(),
         scram_cache: Default::default(),
         shutdown: CancellationToken::new(),
         admin: crate::admin::AdminState::new(overrides.clone()),
@@ -256,6 +274,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     if let Some(path) = unix_socket {
         let _ = std::fs::remove_file(path);
     }
+    ctx.auth_query.close_all();
     tracing::info!("pgtenant stopped");
     Ok(())
 }
@@ -383,6 +402,8 @@ pub fn reload(ctx: &Context, overrides: &Overrides) {
         ctx.coordinator.store(Arc::new(coordinator(&new)));
     }
     ctx.users.store(Arc::new(users));
+    // auth_user, its password or the server may have changed: lookups connect afresh.
+    ctx.auth_query.close_all();
     ctx.client_tls.store(Arc::new(ctls));
     ctx.hba.store(Arc::new(hba));
     crate::net::budget::set_limit(new.max_buffered_message_bytes as usize);

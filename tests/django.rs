@@ -472,6 +472,40 @@ fn psycopg_behaves_as_on_a_direct_connection() {
     }
 }
 
+/// psycopg's test_change_password (tests/pq/test_pgconn.py) through pgtenant with
+/// auth_query (issue 12 item 8, issue 14 point 3): a role made after pgtenant started
+/// logs in, its password changed with PQchangePassword works at once and the old one is
+/// refused; the role changes its own password and restores it; NOLOGIN and a dropped
+/// role are refused (tests/django/auth/change_password.py).
+#[test]
+fn psycopg_change_password_through_auth_query() {
+    let python = venv_python();
+    let pg = PgServer::start();
+    let dir = TempDir::new("django-auth-query");
+    let cfg = dir.config_file(&format!(
+        "upstream = \"{}\"\nauth_user = \"postgres\"\n\n[users.postgres]\npassword = \"postgres\"\n",
+        pg.url("app", "secret", "app")
+    ));
+    let pt = Pgtenant::start(&["run", "--config", cfg.to_str().unwrap()], &[]);
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres password=postgres dbname=postgres",
+        pt.port()
+    );
+    let script = django_dir().join("auth").join("change_password.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&dsn)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}\n{}\n--- pgtenant ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        pt.logs()
+    );
+}
+
 #[test]
 fn requirements_are_pinned() {
     let text = fs::read_to_string(django_dir().join("requirements.txt")).unwrap();

@@ -35,8 +35,14 @@ pub fn reconnect(ctx: &Arc<Context>, db: Option<&str>) -> Result<Reply, AdminErr
         }
     }
     match db {
-        Some(db) => ctx.pools.close_idle_database(db),
-        None => ctx.pools.close_idle(),
+        Some(db) => {
+            ctx.pools.close_idle_database(db);
+            ctx.auth_query.close_database(db);
+        }
+        None => {
+            ctx.pools.close_idle();
+            ctx.auth_query.close_all();
+        }
     }
     Ok(Reply::Tag("RECONNECT"))
 }

@@ -235,6 +235,10 @@ fn items() -> Vec<Item> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default()),
+        item!("auth_user", |s| s.auth_user.clone().unwrap_or_default()),
+        item!("auth_query", |s| s.auth_query.clone()),
+        item!("auth_dbname", |s| s.auth_dbname.clone().unwrap_or_default()),
+        item!("auth_query_cache_ttl", |s| secs(s.auth_query_cache_ttl)),
         item!("auth_type", |s| s.listeners[0]
             .auth_type
             .as_str()

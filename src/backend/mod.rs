@@ -146,6 +146,25 @@ impl ServerConn {
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         self.conn.send(&build::query(sql)).await?;
+        self.read_rows().await
+    }
+
+    /// [`Self::query_rows`] with parameters (`$1`, …, sent as text with the extended
+    /// protocol, so a value is never read as SQL).
+    pub async fn query_params(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        for f in build::extended_query(sql, params) {
+            self.conn.queue(&f);
+        }
+        self.conn.flush().await?;
+        self.read_rows().await
+    }
+
+    /// The rows up to ReadyForQuery; the first error of the server, if any.
+    async fn read_rows(&mut self) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         let mut rows = Vec::new();
         let mut failed = None;
         loop {

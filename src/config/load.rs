@@ -183,6 +183,10 @@ struct Draft {
     unix_socket_dir: Option<PathBuf>,
     unix_socket_mode: u32,
     users: BTreeMap<String, UserSettings>,
+    auth_user: Option<String>,
+    auth_query: String,
+    auth_dbname: Option<String>,
+    auth_query_cache_ttl: Duration,
     client_tls_cert_file: Option<PathBuf>,
     client_tls_key_file: Option<PathBuf>,
     server_tls: ServerTls,
@@ -248,6 +252,14 @@ impl Default for Draft {
             unix_socket_dir: None,
             unix_socket_mode: 0o777,
             users: BTreeMap::new(),
+            auth_user: None,
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_dbname: None,
+            // Not in PgBouncer (which asks at every login). Long enough that a client
+            // retrying a refused name in a loop costs the server one query per 5 s;
+            // short enough that a role created right after a refused try logs in
+            // seconds later.
+            auth_query_cache_ttl: secs(5),
             client_tls_cert_file: None,
             client_tls_key_file: None,
             server_tls: ServerTls::Disable,
@@ -269,6 +281,10 @@ impl Default for Draft {
         }
     }
 }
+
+/// PgBouncer 1.25's default auth_query: no row for a role that may not log in, NULL for
+/// one whose password has expired.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -383,6 +399,11 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
                 .filter(|m| *m <= 0o777)
                 .map(|m| d.unix_socket_mode = m)
                 .ok_or_else(|| format!("expected an octal mode such as \"0777\", got {}", got(v))),
+            // "" = unset, as PgBouncer writes it.
+            "auth_user" => string(v).map(|x| d.auth_user = Some(x).filter(|u| !u.is_empty())),
+            "auth_query" => string(v).map(|x| d.auth_query = x),
+            "auth_dbname" => string(v).map(|x| d.auth_dbname = Some(x).filter(|u| !u.is_empty())),
+            "auth_query_cache_ttl" => seconds(v).map(|x| d.auth_query_cache_ttl = x),
             "pool_mode" => choice(v, POOL_MODES).map(|x| d.pool_mode = x),
             "pool_size" => positive(v).map(|x| d.pool_size = x),
             "min_pool_size" => count(v).map(|x| d.min_pool_size = x),
@@ -754,6 +775,13 @@ fn finish(
         }
     }
 
+    if d.auth_query.trim().is_empty() {
+        errs.push(
+            "auth_query",
+            "expected a query returning the user name and its password for $1",
+        );
+    }
+
     let (Some(upstream), true) = (upstream, errs.0.is_empty()) else {
         return Err(ConfigError { errors: errs.0 });
     };
@@ -801,6 +829,10 @@ fn finish(
         shutdown_timeout: d.shutdown_timeout,
         auth_file: d.auth_file,
         users,
+        auth_user: d.auth_user,
+        auth_query: d.auth_query,
+        auth_dbname: d.auth_dbname,
+        auth_query_cache_ttl: d.auth_query_cache_ttl,
         client_tls_cert_file: d.client_tls_cert_file,
         client_tls_key_file: d.client_tls_key_file,
         server_tls: d.server_tls,

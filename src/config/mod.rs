@@ -228,6 +228,16 @@ pub struct Settings {
     pub auth_file: Option<PathBuf>,
     /// Users from the TOML file (the upstream URL's user is added by the loader).
     pub users: BTreeMap<String, UserSettings>,
+    /// Role that reads the secrets of users pgtenant does not know, with `auth_query`;
+    /// None = only the users pgtenant knows may log in (PgBouncer's auth_user).
+    pub auth_user: Option<String>,
+    /// The query, with `$1` = the user name; returns (user name, password) or no row.
+    pub auth_query: String,
+    /// Database the query runs in; None = the client's own database.
+    pub auth_dbname: Option<String>,
+    /// How long a refusal from auth_query (no such role, no login, no valid password) is
+    /// remembered for that name; 0 = ask at every login.
+    pub auth_query_cache_ttl: Duration,
     pub client_tls_cert_file: Option<PathBuf>,
     pub client_tls_key_file: Option<PathBuf>,
     pub server_tls: ServerTls,

@@ -1,6 +1,11 @@
 //! Startup: SSLRequest/GSSENCRequest, CancelRequest, protocol version, authentication,
 //! then the greeting (ParameterStatus, BackendKeyData, ReadyForQuery).
 //!
+//! A user's secret comes from the config or the auth_file; one neither names is looked up
+//! on the server with auth_query when auth_user is set (auth_query.rs), except on a trust
+//! listener, which checks nothing. Whatever the source, a refusal is the same exchange
+//! and the same 28P01 answer.
+//!
 //! Two phases. Until the client has authenticated it is *waiting* (admission.rs): it
 //! counts against max_startup_clients, may be closed to make room for newer connections,
 //! and must get there within client_login_timeout. Then it takes a max_client_conn slot
@@ -14,6 +19,7 @@
 //! a notification's sender pid agree with its key, as on a direct connection. Clients of
 //! the other modes get a key of pgtenant's own (cancel.rs).
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::Rng;
 
@@ -22,7 +28,7 @@ use super::{CancelKey, FrontendError};
 use crate::auth::hba::{HbaDecision, HbaMethod};
 use crate::auth::{self, ScramServer, Secret, ServerCredential};
 use crate::backend::ServerConn;
-use crate::config::{AuthType, ClientTls, Listener, PoolMode};
+use crate::config::{AuthType, ClientTls, Listener, PoolMode, Settings};
 use crate::context::Context;
 use crate::logging::Escaped;
 use crate::net::{Connection, Frame, Stream};
@@ -276,7 +282,13 @@ async fn authenticate_client(
         };
     }
     let users = ctx.users.load_full();
-    let secret = users.get(&user).cloned();
+    let secret = match users.get(&user) {
+        Some(s) => Some(s.clone()),
+        // Neither the config nor the auth_file names it: the server may (auth_query).
+        None if listener_method != AuthType::Trust => looked_up(ctx, &user, &database).await,
+        None => None,
+    };
+    drop(users);
     let method = effective_method(listener_method, secret.as_ref());
     let outcome = if cleartext {
         authenticate_cleartext(&mut conn, &user, secret.as_ref()).await?
@@ -302,6 +314,48 @@ async fn authenticate_client(
         rest,
         credential,
     }))
+}
+
+/// The secret of a user pgtenant does not know, read from the server with auth_query as
+/// auth_user, in auth_dbname or else the client's database (the upstream's for the admin
+/// console, which is no server's). None without auth_user, for a role that may not log
+/// in, or when the lookup failed (auth_query.rs logs why).
+async fn looked_up(ctx: &Context, user: &str, database: &str) -> Option<Secret> {
+    let s = ctx.settings();
+    let auth_user = s.auth_user.as_deref()?;
+    let credential = ctx
+        .users
+        .load()
+        .get(auth_user)
+        .and_then(|x| ServerCredential::from_secret(x, auth_user, None));
+    let database = match &s.auth_dbname {
+        Some(d) => d.as_str(),
+        None if crate::admin::is_admin_database(database) => s.upstream.database.as_str(),
+        None => database,
+    };
+    let node = (**ctx.coordinator.load()).clone();
+    let lookup = super::auth_query::Lookup {
+        params: ctx
+            .pools
+            .own_connect_params(&node, database, auth_user, credential, "auth_query"),
+        sql: s.auth_query.clone(),
+        cache_ttl: s.auth_query_cache_ttl,
+        timeout: lookup_timeout(&s),
+        idle_timeout: s.server_idle_timeout,
+    };
+    ctx.auth_query.lookup(user, lookup).await
+}
+
+/// How long an auth_query lookup may take: half of client_login_timeout, so that the
+/// client hears the wrong-password answer instead of a closed socket, and no more than
+/// server_connect_timeout.
+fn lookup_timeout(s: &Settings) -> Duration {
+    let half = s.client_login_timeout / 2;
+    if s.server_connect_timeout.is_zero() {
+        half
+    } else {
+        half.min(s.server_connect_timeout)
+    }
 }
 
 /// An authenticated client: take its max_client_conn slot, then greet it (the admin

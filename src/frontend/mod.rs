@@ -4,6 +4,7 @@
 //! Peer-supplied strings (user, database, application_name) go into log lines through
 //! `logging::Escaped`: no control character, bounded length.
 pub mod admission;
+pub mod auth_query;
 mod cancel;
 mod listen;
 mod login;
@@ -23,6 +24,7 @@ use crate::context::Context;
 use crate::logging::Escaped;
 
 pub use admission::Admission;
+pub use auth_query::AuthQuery;
 pub use cancel::{CancelKey, CancelRegistry, CancelSlot};
 pub use listen::ListenHub;
 pub use prepared::StatementRegistry;

@@ -55,7 +55,8 @@ impl Pools {
     }
 
     /// Parameters for a connection of pgtenant's own that belongs to no pool (the
-    /// shard-map reader): the pools' TLS and timeouts, application_name "pgtenant <purpose>".
+    /// shard-map reader, auth_query lookups): the pools' TLS and timeouts,
+    /// application_name "pgtenant <purpose>".
     pub fn own_connect_params(
         &self,
         node: &Node,

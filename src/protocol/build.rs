@@ -120,6 +120,34 @@ pub fn query(sql: &str) -> Frame {
     Frame::new(b'Q', &b)
 }
 
+/// Parse, Bind, Execute and Sync of the unnamed statement with text parameters (their
+/// types left to the server): a query of pgtenant's own whose values never become SQL.
+pub fn extended_query(sql: &str, params: &[&str]) -> [Frame; 4] {
+    let mut parse = BytesMut::with_capacity(sql.len() + 4);
+    cstr(&mut parse, "");
+    cstr(&mut parse, sql);
+    parse.put_i16(0);
+    let mut bind = BytesMut::new();
+    cstr(&mut bind, "");
+    cstr(&mut bind, "");
+    bind.put_i16(0); // every parameter in text format
+    bind.put_i16(params.len() as i16);
+    for p in params {
+        bind.put_i32(p.len() as i32);
+        bind.put_slice(p.as_bytes());
+    }
+    bind.put_i16(0); // every result column in text format
+    let mut execute = BytesMut::with_capacity(5);
+    cstr(&mut execute, "");
+    execute.put_i32(0);
+    [
+        Frame::new(b'P', &parse),
+        Frame::new(b'B', &bind),
+        Frame::new(b'E', &execute),
+        Frame::new(b'S', &[]),
+    ]
+}
+
 pub fn terminate() -> Frame {
     Frame::new(b'X', &[])
 }

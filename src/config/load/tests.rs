@@ -448,6 +448,44 @@ fn listeners() {
 }
 
 #[test]
+fn auth_query_settings() {
+    let s = load_str(UP, &Overrides::default()).unwrap();
+    assert_eq!(s.auth_user, None);
+    assert_eq!(s.auth_query, DEFAULT_AUTH_QUERY);
+    assert_eq!(s.auth_dbname, None);
+    assert_eq!(s.auth_query_cache_ttl, secs(5));
+    let s = load_str(
+        &format!(
+            "{UP}auth_user = \"lookup\"\nauth_dbname = \"postgres\"\n\
+             auth_query = \"SELECT usename, passwd FROM pgbouncer.get_auth($1)\"\n\
+             auth_query_cache_ttl = 0.5\n"
+        ),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(s.auth_user.as_deref(), Some("lookup"));
+    assert_eq!(s.auth_dbname.as_deref(), Some("postgres"));
+    assert_eq!(
+        s.auth_query,
+        "SELECT usename, passwd FROM pgbouncer.get_auth($1)"
+    );
+    assert_eq!(s.auth_query_cache_ttl, Duration::from_millis(500));
+    // PgBouncer writes "unset" as an empty string.
+    let s = load_str(
+        &format!("{UP}auth_user = \"\"\nauth_dbname = \"\"\n"),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!((s.auth_user, s.auth_dbname), (None, None));
+    let errs = errors(&format!(
+        "{UP}auth_query = \" \"\nauth_query_cache_ttl = -1\nauth_user = 1\n"
+    ));
+    assert!(has(&errs, "auth_query: expected a query"), "{errs:?}");
+    assert!(has(&errs, "auth_query_cache_ttl: expected"), "{errs:?}");
+    assert!(has(&errs, "auth_user: expected a string"), "{errs:?}");
+}
+
+#[test]
 fn durations_accept_floats_and_integers() {
     let s = load_str(
         &format!("{UP}query_wait_timeout = 0.5\nserver_lifetime = 0\ntcp_keepalive = 60\nserver_reset_query_always = 1\n"),
@@ -565,4 +603,7 @@ fn the_example_file_loads() {
     assert_eq!(s.pool_idle_timeout, d.pool_idle_timeout);
     assert_eq!(s.server_reset_query, d.server_reset_query);
     assert_eq!(s.listeners[0], d.listeners[0]);
+    assert_eq!(s.auth_user, d.auth_user);
+    assert_eq!(s.auth_query, d.auth_query);
+    assert_eq!(s.auth_query_cache_ttl, d.auth_query_cache_ttl);
 }

@@ -381,12 +381,13 @@ pub(super) fn note_effects(a: &mut Attached, view: &mut View, e: u8, sql: &str) 
 }
 
 /// `DROP DATABASE` among `cmds` (however it arrives: simple query, extended protocol,
-/// any mode): pgtenant's idle connections to that database would make the server wait
-/// for them and refuse, so they are closed first.
+/// any mode): pgtenant's idle connections to that database (the pools', and auth_query's
+/// kept ones) would make the server wait for them and refuse, so they are closed first.
 pub(super) fn close_for_drop(ctx: &Context, cmds: &[Command]) {
     for c in cmds {
         if let Command::DropDatabase { name } = c {
             ctx.pools.close_idle_database(name);
+            ctx.auth_query.close_database(name);
         }
     }
 }
