@@ -197,7 +197,21 @@ async fn transaction_mode_200_clients_share_5_server_connections() {
         .await
         .unwrap();
     }
-    let p = start(&pg, &["--pool-size", "5", "--max-client-conn", "250"]);
+    // 200 SCRAM logins at once: the client side (tokio-postgres, a debug build) derives
+    // each key with 4096 PBKDF2 rounds on the test's own two threads, which on a busy
+    // 2-core machine can take longer than the default 15 s client_login_timeout. This
+    // test is about sharing server connections, not login speed.
+    let p = start(
+        &pg,
+        &[
+            "--pool-size",
+            "5",
+            "--max-client-conn",
+            "250",
+            "--client-login-timeout",
+            "60",
+        ],
+    );
     let sampler = Sampler::start(&pg, Some("app")).await;
 
     const CLIENTS: usize = 200;
