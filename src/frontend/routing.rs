@@ -175,7 +175,9 @@ fn locate(map: &ShardMap, health: &NodeHealth, colocation: u32, hash: i32) -> De
 
 fn from_plan(plan: &Plan) -> Option<Decision> {
     match plan {
-        Plan::Coordinator(r) => Some(Decision::Coordinator(RouteReason::from_plan(r))),
+        Plan::Coordinator(r) | Plan::ReadOnly(r) => {
+            Some(Decision::Coordinator(RouteReason::from_plan(r)))
+        }
         Plan::HintTenant { .. } => Some(Decision::Coordinator(RouteReason::NoKey)),
         Plan::Anywhere => Some(Decision::Anywhere),
         Plan::Transaction(t) => Some(Decision::Hold(*t)),
