@@ -34,6 +34,8 @@ pub struct Context {
     pub routes: crate::frontend::routing::RouteStats,
     /// Workers that could not be reached.
     pub node_health: crate::frontend::routing::NodeHealth,
+    /// Whose turn it is in the read spread (`multi_tenant_reads = any`).
+    pub read_spread: crate::frontend::routing::Spread,
     pub coordinator: ArcSwap<Node>,
     /// Open client connections, from accept to close (metrics, SHOW LISTS).
     pub clients: AtomicU32,

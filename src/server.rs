@@ -197,6 +197,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         shard_map: Default::default(),
         routes: Default::default(),
         node_health: Default::default(),
+        read_spread: Default::default(),
         coordinator: ArcSwap::from_pointee(coordinator(&settings)),
         clients: AtomicU32::new(0),
         admission: Default::default(),

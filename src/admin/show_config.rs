@@ -263,8 +263,19 @@ fn items() -> Vec<Item> {
                 m.shard_map_refresh_interval = d
             }
         ),
-        item!("reference_reads", |s| format!("{:?}", s.reference_reads)
-            .to_ascii_lowercase()),
+        item!("reference_reads", |s| s
+            .reference_reads
+            .as_str()
+            .to_string()),
+        item!(
+            "multi_tenant_reads",
+            |s| s.multi_tenant_reads.as_str().to_string(),
+            |m, v| m.multi_tenant_reads = match v.trim().to_ascii_lowercase().as_str() {
+                "coordinator" => crate::config::MultiTenantReads::Coordinator,
+                "any" => crate::config::MultiTenantReads::Any,
+                _ => return Err(format!("expected coordinator or any, got '{v}'")),
+            }
+        ),
         item!("plan_cache_size", |s| s.plan_cache_size.to_string()),
         item!(
             "worker_retry_delay",

@@ -32,7 +32,7 @@ pub const FINGERPRINT_SQL: &str = "SELECT \
       FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid) \
    || '/' || (SELECT count(*)::text || ':' || coalesce(sum(hashint8(shardid # (logicalrelid::oid::bigint << 32))), 0)::text FROM pg_dist_shard) \
    || '/' || (SELECT count(*)::text || ':' || coalesce(sum(hashint8(shardid # (groupid::bigint << 32) # (shardstate::bigint << 56))), 0)::text FROM pg_dist_placement) \
-   || '/' || (SELECT count(*)::text || ':' || coalesce(sum(hashtext(groupid::text || ':' || nodename || ':' || nodeport::text || ':' || isactive::text || ':' || noderole::text)), 0)::text FROM pg_dist_node)";
+   || '/' || (SELECT count(*)::text || ':' || coalesce(sum(hashtext(groupid::text || ':' || nodename || ':' || nodeport::text || ':' || isactive::text || ':' || noderole::text || ':' || hasmetadata::text || ':' || coalesce(metadatasynced, false)::text)), 0)::text FROM pg_dist_node)";
 
 const TABLES_SQL: &str = "SELECT n.nspname, c.relname, p.partmethod::text, p.colocationid::text, \
    k.col, (SELECT a.atttypid::text FROM pg_attribute a WHERE a.attrelid = p.logicalrelid AND a.attname = k.col) \
@@ -60,7 +60,10 @@ const SHARDS_SQL: &str = "SELECT p.colocationid::text, s.shardid::text, s.shardm
    WHERE p.partmethod = 'h' AND pl.shardstate = 1 \
    ORDER BY p.colocationid, s.shardid, pl.groupid";
 
-const NODES_SQL: &str = "SELECT groupid::text, nodename, nodeport::text FROM pg_dist_node \
+/// With whether the node can plan and run distributed queries itself (Citus 11+: it has
+/// the metadata, and it is in sync).
+const NODES_SQL: &str = "SELECT groupid::text, nodename, nodeport::text, \
+   (hasmetadata AND coalesce(metadatasynced, false))::text FROM pg_dist_node \
    WHERE isactive AND noderole::text = 'primary' ORDER BY groupid, nodeid";
 
 /// One shard's hash range and owner.
@@ -82,8 +85,11 @@ pub struct ShardMap {
     pub tables: Tables,
     /// Colocation group → its shard ranges, sorted by `min`.
     pub groups: HashMap<u32, Vec<ShardRange>>,
-    /// Nodes that own shards, with their Citus group id.
+    /// Active primary nodes, with their Citus group id.
     pub nodes: Vec<(i32, Node)>,
+    /// Workers (group ≠ 0) that hold the Citus metadata, in sync: they plan and run
+    /// distributed queries as the coordinator does (`multi_tenant_reads = any`).
+    pub metadata_workers: Vec<Node>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,14 +227,20 @@ pub fn build(
 
     let mut node_index: HashMap<i32, usize> = HashMap::new();
     let mut nodes: Vec<(i32, Node)> = Vec::new();
+    let mut metadata_workers = Vec::new();
     for r in node_rows {
         let group: i32 = num(r, 0)?;
         if node_index.contains_key(&group) {
             continue;
         }
         let port: u16 = num(r, 2)?;
+        let node = resolver.resolve(group, col(r, 1)?, port);
+        // An older catalog query (no fourth column) says nothing: no metadata.
+        if group != 0 && r.get(3).and_then(|c| c.as_deref()) == Some("true") {
+            metadata_workers.push(node.clone());
+        }
         node_index.insert(group, nodes.len());
-        nodes.push((group, resolver.resolve(group, col(r, 1)?, port)));
+        nodes.push((group, node));
     }
 
     let mut groups: HashMap<u32, Vec<ShardRange>> = HashMap::new();
@@ -263,6 +275,7 @@ pub fn build(
         tables,
         groups,
         nodes,
+        metadata_workers,
     })
 }
 
@@ -330,10 +343,18 @@ mod tests {
             vec![s("1"), s("2"), s("0"), s("9"), s("1")],
         ];
         let nodes = vec![
-            vec![s("1"), s("10.0.0.5"), s("5432")],
-            vec![s("2"), s("10.0.0.6"), s("5432")],
+            vec![s("0"), s("coordinator.host"), s("5432"), s("true")],
+            vec![s("1"), s("10.0.0.5"), s("5432"), s("true")],
+            vec![s("2"), s("10.0.0.6"), s("5432"), s("false")],
         ];
         let m = build(1, "f".into(), &tables, &seqs, &shards, &nodes, &resolver).unwrap();
+        // Only workers whose metadata is synced run distributed queries themselves.
+        let readers: Vec<(&str, &str, u16)> = m
+            .metadata_workers
+            .iter()
+            .map(|n| (&*n.name, &*n.host, n.port))
+            .collect();
+        assert_eq!(readers, vec![("worker-1", "w1.svc", 6000)]);
         let (r, n) = m.locate(1, 5).unwrap();
         assert_eq!(
             (r.shard_id, &*n.name, &*n.host, n.port),

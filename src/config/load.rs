@@ -13,8 +13,8 @@ use toml::Value;
 use super::values::*;
 
 use super::{
-    AuthType, ClientTls, Listener, LogFormat, PoolMode, ReferenceReads, Routing, ServerTls,
-    Settings, Upstream, UserSettings,
+    AuthType, ClientTls, Listener, LogFormat, MultiTenantReads, PoolMode, ReferenceReads, Routing,
+    ServerTls, Settings, Upstream, UserSettings,
 };
 
 /// Values given on the command line or in the environment; `None` = not given.
@@ -199,6 +199,7 @@ struct Draft {
     shard_map_refresh_interval: Duration,
     node_addresses: BTreeMap<String, String>,
     reference_reads: ReferenceReads,
+    multi_tenant_reads: MultiTenantReads,
     plan_cache_size: u32,
     worker_retry_delay: Duration,
     http_listen: String,
@@ -272,6 +273,7 @@ impl Default for Draft {
             shard_map_refresh_interval: Duration::from_millis(500),
             node_addresses: BTreeMap::new(),
             reference_reads: ReferenceReads::Coordinator,
+            multi_tenant_reads: MultiTenantReads::Coordinator,
             plan_cache_size: 10_000,
             worker_retry_delay: secs(5),
             http_listen: "127.0.0.1:9930".into(),
@@ -326,6 +328,10 @@ const ROUTING: &[(&str, Routing)] = &[
 const REFERENCE_READS: &[(&str, ReferenceReads)] = &[
     ("coordinator", ReferenceReads::Coordinator),
     ("local_worker", ReferenceReads::LocalWorker),
+];
+const MULTI_TENANT_READS: &[(&str, MultiTenantReads)] = &[
+    ("coordinator", MultiTenantReads::Coordinator),
+    ("any", MultiTenantReads::Any),
 ];
 
 /// `node_addresses = { "10.0.0.5:5432" = "worker-0.citus:5432" }`: both sides host:port.
@@ -450,6 +456,7 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             }),
             "node_addresses" => node_addresses(v).map(|x| d.node_addresses = x),
             "reference_reads" => choice(v, REFERENCE_READS).map(|x| d.reference_reads = x),
+            "multi_tenant_reads" => choice(v, MULTI_TENANT_READS).map(|x| d.multi_tenant_reads = x),
             "plan_cache_size" => positive(v).map(|x| d.plan_cache_size = x),
             "worker_retry_delay" => seconds(v).map(|x| d.worker_retry_delay = x),
             "http_listen" => string(v).map(|x| d.http_listen = x),
@@ -845,6 +852,7 @@ fn finish(
         shard_map_refresh_interval: d.shard_map_refresh_interval,
         node_addresses: d.node_addresses.clone(),
         reference_reads: d.reference_reads,
+        multi_tenant_reads: d.multi_tenant_reads,
         plan_cache_size: d.plan_cache_size as usize,
         worker_retry_delay: d.worker_retry_delay,
         http_listen,

@@ -119,6 +119,37 @@ pub enum ReferenceReads {
     LocalWorker,
 }
 
+/// Where reads that no tenant pins go (`multi_tenant_reads`): multi-tenant and no-key
+/// SELECTs and reference-table reads that are certainly read-only (`router`, "Read-only
+/// statements") and form a transaction of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MultiTenantReads {
+    #[default]
+    Coordinator,
+    /// Round-robin over the coordinator and the workers with Citus metadata that are up
+    /// (Citus 11+: every node with metadata plans and runs distributed queries).
+    Any,
+}
+
+impl MultiTenantReads {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MultiTenantReads::Coordinator => "coordinator",
+            MultiTenantReads::Any => "any",
+        }
+    }
+}
+
+impl ReferenceReads {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReferenceReads::Coordinator => "coordinator",
+            ReferenceReads::LocalWorker => "local_worker",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -256,6 +287,7 @@ pub struct Settings {
     /// should connect to (e.g. Kubernetes service names).
     pub node_addresses: BTreeMap<String, String>,
     pub reference_reads: ReferenceReads,
+    pub multi_tenant_reads: MultiTenantReads,
     /// Statement shapes whose route is cached.
     pub plan_cache_size: usize,
     /// How long a worker that could not be reached is skipped (statements go to the

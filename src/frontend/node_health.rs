@@ -49,6 +49,12 @@ impl NodeHealth {
         }
     }
 
+    /// No worker is marked (down, or in a down window's history): the common case, one
+    /// look for all workers.
+    pub fn none_marked(&self) -> bool {
+        self.down.is_empty()
+    }
+
     /// A session could not reach `node`. Returns true when a probe should be started
     /// for it (none is running).
     pub fn mark_down(&self, node: &Node, base: Duration) -> bool {

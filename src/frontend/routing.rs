@@ -1,6 +1,21 @@
 //! The route decision for the first message of a transaction: plan the statement (cached),
 //! take the tenant value from the literal or the Bind parameter, hash it as PostgreSQL
 //! does, and find the node owning that hash in the current shard map.
+//!
+//! Reads that no tenant pins (`NoKey`, `MultiTenant`, `ReferenceRead`) go to the
+//! coordinator, unless:
+//! - `multi_tenant_reads = any`, the plan says the statement certainly reads only
+//!   (`Plan::ReadOnly`, or a read-only tenant plan whose values disagree or are missing),
+//!   and the caller says it is a transaction of its own ([`Reads::spread`]): then
+//!   [`Spread`] picks the next of the coordinator and the workers with Citus metadata
+//!   that are not marked down, round-robin (reason `ReadSpread`); with no such worker in
+//!   the map it stays on the coordinator under its own reason;
+//! - otherwise, a reference read with `reference_reads = local_worker` goes to the first
+//!   worker that is up (reason `ReferenceRead`).
+//!
+//! A down worker is never chosen ([`NodeHealth::is_down`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::citus::hash::{hash_binary, hash_value};
 use crate::citus::{DistType, ShardMap};
@@ -12,8 +27,10 @@ use crate::router::{KeySource, Plan, Planner, Reason, TenantValue, TxControl};
 /// Where the first statement of a transaction sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// The worker (or coordinator) owning the tenant's shard.
-    Node(Node),
+    /// A node chosen for the reason: the worker (or coordinator) owning the tenant's shard
+    /// (`TenantKey`, `Hint`), a worker for `reference_reads = local_worker`
+    /// (`ReferenceRead`), a node of the read spread (`ReadSpread`).
+    Node(Node, RouteReason),
     Coordinator(RouteReason),
     /// Touches no table: the coordinator serves it, but it says nothing about tenants.
     Anywhere,
@@ -29,6 +46,8 @@ pub enum RouteReason {
     NoKey,
     ReferenceRead,
     MultiTenant,
+    /// A read no tenant pins, spread over the nodes (`multi_tenant_reads = any`).
+    ReadSpread,
     Ddl,
     Utility,
     SequenceDefault,
@@ -47,12 +66,13 @@ pub enum RouteReason {
 }
 
 impl RouteReason {
-    pub const ALL: [RouteReason; 18] = [
+    pub const ALL: [RouteReason; 19] = [
         RouteReason::TenantKey,
         RouteReason::Hint,
         RouteReason::NoKey,
         RouteReason::ReferenceRead,
         RouteReason::MultiTenant,
+        RouteReason::ReadSpread,
         RouteReason::Ddl,
         RouteReason::Utility,
         RouteReason::SequenceDefault,
@@ -75,6 +95,7 @@ impl RouteReason {
             RouteReason::NoKey => "no_key",
             RouteReason::ReferenceRead => "reference_read",
             RouteReason::MultiTenant => "multi_tenant",
+            RouteReason::ReadSpread => "read_spread",
             RouteReason::Ddl => "ddl",
             RouteReason::Utility => "utility",
             RouteReason::SequenceDefault => "sequence_default",
@@ -165,21 +186,75 @@ impl RouteStats {
 
 pub use super::node_health::NodeHealth;
 
-fn locate(map: &ShardMap, health: &NodeHealth, colocation: u32, hash: i32) -> Decision {
+/// The owner of `hash` in `colocation`; `reason` is `TenantKey` or `Hint`.
+fn locate(
+    map: &ShardMap,
+    health: &NodeHealth,
+    colocation: u32,
+    hash: i32,
+    reason: RouteReason,
+) -> Decision {
     match map.locate(colocation, hash) {
         Some((_, node)) if health.is_down(node) => Decision::Coordinator(RouteReason::WorkerDown),
-        Some((_, node)) => Decision::Node(node.clone()),
+        Some((_, node)) => Decision::Node(node.clone(), reason),
         None => Decision::Coordinator(RouteReason::NoShard),
     }
 }
 
 fn from_plan(plan: &Plan) -> Option<Decision> {
     match plan {
-        Plan::Coordinator(r) => Some(Decision::Coordinator(RouteReason::from_plan(r))),
+        Plan::Coordinator(r) | Plan::ReadOnly(r) => {
+            Some(Decision::Coordinator(RouteReason::from_plan(r)))
+        }
         Plan::HintTenant { .. } => Some(Decision::Coordinator(RouteReason::NoKey)),
         Plan::Anywhere => Some(Decision::Anywhere),
         Plan::Transaction(t) => Some(Decision::Hold(*t)),
         Plan::Tenant { .. } => None,
+    }
+}
+
+/// How reads that no tenant pins are placed: the settings, and what the session knows.
+#[derive(Clone, Copy, Default)]
+pub struct Reads<'a> {
+    /// `reference_reads = local_worker`.
+    pub local_reference: bool,
+    /// `multi_tenant_reads = any`, and the statement is a transaction of its own (the
+    /// caller's rule, `Session::own_transaction`): read-only ones are spread by this.
+    pub spread: Option<&'a Spread>,
+}
+
+/// The read spread (`multi_tenant_reads = any`): a turn counter shared by all sessions.
+#[derive(Default)]
+pub struct Spread {
+    next: AtomicUsize,
+}
+
+impl Spread {
+    /// The node for the next spread read: round-robin over the coordinator and the
+    /// workers with Citus metadata that are not marked down. None when the map has no
+    /// such worker (the read keeps its reason on the coordinator).
+    pub fn pick(&self, map: &ShardMap, health: &NodeHealth) -> Option<Decision> {
+        let workers = &map.metadata_workers;
+        if workers.is_empty() {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let node = if health.none_marked() {
+            match turn % (workers.len() + 1) {
+                0 => None,
+                k => workers.get(k - 1),
+            }
+        } else {
+            let up = |n: &&Node| !health.is_down(n);
+            match turn % (workers.iter().filter(up).count() + 1) {
+                0 => None,
+                k => workers.iter().filter(up).nth(k - 1),
+            }
+        };
+        Some(match node {
+            Some(n) => Decision::Node(n.clone(), RouteReason::ReadSpread),
+            None => Decision::Coordinator(RouteReason::ReadSpread),
+        })
     }
 }
 
@@ -188,13 +263,33 @@ fn reference_worker(map: &ShardMap, health: &NodeHealth) -> Option<Decision> {
     map.nodes
         .iter()
         .find(|(group, n)| *group != 0 && !health.is_down(n))
-        .map(|(_, n)| Decision::Node(n.clone()))
+        .map(|(_, n)| Decision::Node(n.clone(), RouteReason::ReferenceRead))
 }
 
-/// Apply `reference_reads` to a plan's decision.
-fn with_reference_reads(d: Decision, map: &ShardMap, health: &NodeHealth, local: bool) -> Decision {
+/// Place a coordinator-bound decision that may be a read no tenant pins (see the module
+/// rules). `read_only`: the plan says it reads only.
+fn place_read(
+    d: Decision,
+    read_only: bool,
+    map: &ShardMap,
+    health: &NodeHealth,
+    reads: Reads<'_>,
+) -> Decision {
+    match (&d, reads.spread) {
+        (
+            Decision::Coordinator(
+                RouteReason::NoKey | RouteReason::MultiTenant | RouteReason::ReferenceRead,
+            ),
+            Some(spread),
+        ) if read_only => {
+            if let Some(spread) = spread.pick(map, health) {
+                return spread;
+            }
+        }
+        _ => {}
+    }
     match d {
-        Decision::Coordinator(RouteReason::ReferenceRead) if local => {
+        Decision::Coordinator(RouteReason::ReferenceRead) if reads.local_reference => {
             reference_worker(map, health).unwrap_or(d)
         }
         d => d,
@@ -204,24 +299,31 @@ fn with_reference_reads(d: Decision, map: &ShardMap, health: &NodeHealth, local:
 /// The tenant a statement was routed by: its colocation group and value text.
 pub type TenantOf = Option<(u32, String)>;
 
-/// A simple query (`local_reference_reads`: `reference_reads = local_worker`), with the tenant (colocation group, value text) when a key decided.
+/// The route reason of a tenant plan's reason.
+fn tenant_reason(r: &Reason) -> RouteReason {
+    match r {
+        Reason::Hint => RouteReason::Hint,
+        _ => RouteReason::TenantKey,
+    }
+}
+
+/// A simple query, with the tenant (colocation group, value text) when a key decided.
 pub fn decide_simple_keyed(
     planner: &Planner,
     map: &ShardMap,
     health: &NodeHealth,
     sql: &str,
-    local_reference_reads: bool,
+    reads: Reads<'_>,
 ) -> (Decision, TenantOf) {
     let routed = planner.plan_simple(sql, &map.tables, map.version);
     if let Some(d) = from_plan(&routed.plan) {
-        return (
-            with_reference_reads(d, map, health, local_reference_reads),
-            None,
-        );
+        let read_only = matches!(*routed.plan, Plan::ReadOnly(_));
+        return (place_read(d, read_only, map, health, reads), None);
     }
     let Plan::Tenant {
         colocation,
         dist_type,
+        reason,
         ..
     } = &*routed.plan
     else {
@@ -233,7 +335,7 @@ pub fn decide_simple_keyed(
         .map(|k| (hash_value(*dist_type, k), k))
     {
         Some((Ok(h), k)) => (
-            locate(map, health, *colocation, h),
+            locate(map, health, *colocation, h, tenant_reason(reason)),
             Some((*colocation, k.to_owned())),
         ),
         _ => (Decision::Coordinator(RouteReason::NoKey), None),
@@ -261,25 +363,26 @@ fn value_text(dt: DistType, k: &KeySource, bind: &Bind<'_>) -> Option<String> {
     }
 }
 
-/// An extended-protocol statement `sql` bound with `bind`, with the tenant (colocation group, value text) when a key decided.
+/// An extended-protocol statement `sql` bound with `bind`, with the tenant (colocation
+/// group, value text) when a key decided.
 pub fn decide_bind_keyed(
     planner: &Planner,
     map: &ShardMap,
     health: &NodeHealth,
     sql: &str,
     bind: &Bind<'_>,
-    local_reference_reads: bool,
+    reads: Reads<'_>,
 ) -> (Decision, TenantOf) {
     let plan = planner.plan_extended(sql, &map.tables, map.version);
     if let Some(d) = from_plan(&plan) {
-        return (
-            with_reference_reads(d, map, health, local_reference_reads),
-            None,
-        );
+        let read_only = matches!(*plan, Plan::ReadOnly(_));
+        return (place_read(d, read_only, map, health, reads), None);
     }
     let Plan::Tenant {
         colocation,
         dist_type,
+        reason,
+        read_only,
         ..
     } = &*plan
     else {
@@ -304,17 +407,16 @@ pub fn decide_bind_keyed(
             },
         }
     });
+    let unpinned = |r| place_read(Decision::Coordinator(r), *read_only, map, health, reads);
     match value {
         TenantValue::Value(h) => (
-            locate(map, health, *colocation, h),
+            locate(map, health, *colocation, h, tenant_reason(reason)),
             first
                 .and_then(|k| value_text(dt, &k, bind))
                 .map(|v| (*colocation, v)),
         ),
-        TenantValue::Conflict => (Decision::Coordinator(RouteReason::MultiTenant), None),
-        TenantValue::Unknown | TenantValue::NotTenant => {
-            (Decision::Coordinator(RouteReason::NoKey), None)
-        }
+        TenantValue::Conflict => (unpinned(RouteReason::MultiTenant), None),
+        TenantValue::Unknown | TenantValue::NotTenant => (unpinned(RouteReason::NoKey), None),
     }
 }
 
@@ -334,5 +436,124 @@ pub fn tx_tag(t: TxControl, sql: &str) -> &'static str {
         TxControl::Release => "RELEASE",
         TxControl::SetLocal if first.eq_ignore_ascii_case("set") => "SET",
         TxControl::SetLocal => "SET",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::citus::catalog::Tables;
+
+    fn node(name: &str) -> Node {
+        Node {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+        }
+    }
+
+    fn map(workers: &[&str]) -> ShardMap {
+        ShardMap {
+            version: 1,
+            loaded_at: Instant::now(),
+            fingerprint: String::new(),
+            tables: Tables::new(),
+            groups: Default::default(),
+            nodes: Vec::new(),
+            metadata_workers: workers.iter().map(|w| node(w)).collect(),
+        }
+    }
+
+    fn names(s: &Spread, m: &ShardMap, h: &NodeHealth, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| match s.pick(m, h) {
+                Some(Decision::Node(n, RouteReason::ReadSpread)) => n.name.to_string(),
+                Some(Decision::Coordinator(RouteReason::ReadSpread)) => "c".into(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_spread_takes_turns_and_skips_down_workers() {
+        let (s, h) = (Spread::default(), NodeHealth::default());
+        let m = map(&["w1", "w2"]);
+        assert_eq!(names(&s, &m, &h, 6), ["c", "w1", "w2", "c", "w1", "w2"]);
+        h.mark_down(&node("w1"), Duration::from_secs(60));
+        let got = names(&s, &m, &h, 6);
+        assert!(!got.contains(&"w1".to_string()), "{got:?}");
+        assert_eq!(got.iter().filter(|n| *n == "c").count(), 3, "{got:?}");
+        h.mark_down(&node("w2"), Duration::from_secs(60));
+        assert_eq!(names(&s, &m, &h, 3), ["c", "c", "c"]);
+        h.mark_up(&node("w1"));
+        h.mark_up(&node("w2"));
+        assert_eq!(names(&s, &m, &h, 3).len(), 3);
+        // No worker with metadata: nothing to spread over.
+        assert!(s.pick(&map(&[]), &h).is_none());
+    }
+
+    #[test]
+    fn only_read_only_coordinator_reads_are_spread() {
+        let (s, h) = (Spread::default(), NodeHealth::default());
+        let m = map(&["w1"]);
+        let reads = Reads {
+            local_reference: false,
+            spread: Some(&s),
+        };
+        for r in [
+            RouteReason::NoKey,
+            RouteReason::MultiTenant,
+            RouteReason::ReferenceRead,
+        ] {
+            let placed: Vec<Decision> = (0..2)
+                .map(|_| place_read(Decision::Coordinator(r), true, &m, &h, reads))
+                .collect();
+            assert!(
+                placed
+                    .iter()
+                    .any(|d| matches!(d, Decision::Node(_, RouteReason::ReadSpread))),
+                "{r:?}: {placed:?}"
+            );
+            // Not known to read only: stays.
+            assert_eq!(
+                place_read(Decision::Coordinator(r), false, &m, &h, reads),
+                Decision::Coordinator(r)
+            );
+            // Not a transaction of its own (no spread given): stays.
+            assert_eq!(
+                place_read(Decision::Coordinator(r), true, &m, &h, Reads::default()),
+                Decision::Coordinator(r)
+            );
+        }
+        for r in [
+            RouteReason::SequenceDefault,
+            RouteReason::ReferenceWrite,
+            RouteReason::Utility,
+            RouteReason::NotDistributed,
+        ] {
+            assert_eq!(
+                place_read(Decision::Coordinator(r), true, &m, &h, reads),
+                Decision::Coordinator(r)
+            );
+        }
+        // reference_reads = local_worker still applies to what is not spread.
+        let local = Reads {
+            local_reference: true,
+            spread: None,
+        };
+        let mut m2 = map(&[]);
+        m2.nodes = vec![(0, node("c")), (1, node("w1"))];
+        assert_eq!(
+            place_read(
+                Decision::Coordinator(RouteReason::ReferenceRead),
+                false,
+                &m2,
+                &h,
+                local
+            ),
+            Decision::Node(node("w1"), RouteReason::ReferenceRead)
+        );
     }
 }

@@ -107,6 +107,23 @@ impl Connection {
         self.rbuf.len()
     }
 
+    /// The tags of the complete frames waiting in the input buffer, in order, without
+    /// taking them (a frame whose length is not there yet ends the list).
+    pub fn buffered_tags(&self) -> impl Iterator<Item = u8> + '_ {
+        let b = &self.rbuf[..];
+        let mut i = 0usize;
+        std::iter::from_fn(move || {
+            let h = b.get(i..i + 5)?;
+            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+            let end = (i + 1).checked_add(len)?;
+            if len < 4 || end > b.len() {
+                return None;
+            }
+            i = end;
+            Some(h[0])
+        })
+    }
+
     /// Bytes queued but not yet written.
     pub fn pending_output(&self) -> usize {
         self.wbuf.len()

@@ -31,6 +31,7 @@ use sqlparser::ast::{
     TableObject, TableWithJoins, UnaryOperator, Update, UpdateTableFromKind, Value, Visit, Visitor,
 };
 
+use super::effects::read_only_call;
 use super::plan::{merge_keys, KeySource, Plan, Reason};
 use crate::citus::{Catalog, TableInfo, TableKind};
 
@@ -46,15 +47,49 @@ pub(super) fn plan_dml(stmt: &Statement, catalog: &dyn Catalog, hint: Option<&Ke
     if scan.relations != a.relations {
         a.opaque = true;
     }
-    a.finish(&scan, hint)
+    // Certainly read-only: a query with no DML inside (a data-modifying CTE is a second
+    // statement to the visitor), no row locks, only calls known to read, and nothing the
+    // analysis could not follow (it may hide a local table).
+    let read_only = matches!(stmt, Statement::Query(_))
+        && scan.statements == 1
+        && !scan.locks
+        && !scan.unknown_call
+        && !a.opaque;
+    match a.finish(&scan, hint, read_only) {
+        Plan::Coordinator(r @ (Reason::NoKey | Reason::MultiTenant | Reason::ReferenceRead))
+            if read_only =>
+        {
+            Plan::ReadOnly(r)
+        }
+        p => p,
+    }
 }
 
-/// What the visitor finds: table names and function calls.
+/// What the visitor finds: table names, function calls, statements and row locks.
 #[derive(Default)]
 struct Scan {
     relations: usize,
     sequence_fn: bool,
     admin_fn: bool,
+    /// Statements, the outer one included: more than one means DML inside a query.
+    statements: usize,
+    /// `FOR UPDATE` / `FOR SHARE` / … somewhere.
+    locks: bool,
+    /// A call of a function not known to be read-only (`effects::read_only_call`), or of
+    /// one qualified with a schema other than `pg_catalog`.
+    unknown_call: bool,
+}
+
+impl Scan {
+    fn call(&mut self, name: &ObjectName) {
+        let parts: Vec<_> = name.0.iter().map(|p| p.as_ident()).collect();
+        let known = match parts.as_slice() {
+            [Some(f)] => read_only_call(&fold(f)),
+            [Some(s), Some(f)] => fold(s) == "pg_catalog" && read_only_call(&fold(f)),
+            _ => false,
+        };
+        self.unknown_call |= !known;
+    }
 }
 
 impl Visitor for Scan {
@@ -62,6 +97,30 @@ impl Visitor for Scan {
 
     fn pre_visit_relation(&mut self, _relation: &ObjectName) -> ControlFlow<()> {
         self.relations += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, _statement: &Statement) -> ControlFlow<()> {
+        self.statements += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        self.locks |= !query.locks.is_empty();
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        match factor {
+            // A set-returning function in FROM: `generate_series(1, 3)`, `f(1)`.
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. } => self.call(name),
+            _ => {}
+        }
         ControlFlow::Continue(())
     }
 
@@ -75,6 +134,7 @@ impl Visitor for Scan {
                     FnClass::Plain => {}
                 }
             }
+            self.call(&f.name);
         }
         ControlFlow::Continue(())
     }
@@ -260,6 +320,9 @@ struct Analysis<'c> {
     binds: Vec<(usize, KeySource)>,
     /// Directed pinning: `from` pinned ⇒ `to` pinned (to the same value).
     edges: Vec<(usize, usize)>,
+    /// Nodes a conjunct limits to a list of keys (`IN (1, 2)`, `= 1 OR = 2`): several
+    /// tenants, unless another conjunct pins them to one.
+    choices: Vec<usize>,
     scopes: Vec<Vec<Entry<'c>>>,
     /// CTEs visible here, innermost last.
     ctes: Vec<(String, Outs)>,
@@ -281,6 +344,7 @@ impl<'c> Analysis<'c> {
             uf: Vec::new(),
             binds: Vec::new(),
             edges: Vec::new(),
+            choices: Vec::new(),
             scopes: Vec::new(),
             ctes: Vec::new(),
             relations: 0,
@@ -296,7 +360,7 @@ impl<'c> Analysis<'c> {
 
     // ---- the result ----------------------------------------------------------------
 
-    fn finish(mut self, scan: &Scan, hint: Option<&KeySource>) -> Plan {
+    fn finish(mut self, scan: &Scan, hint: Option<&KeySource>, read_only: bool) -> Plan {
         if self.ddl {
             return Plan::Coordinator(Reason::Ddl);
         }
@@ -342,6 +406,12 @@ impl<'c> Analysis<'c> {
             .into_iter()
             .map(|(a, b)| (self.find(a), self.find(b)))
             .collect();
+        // Classes limited to a list of keys (`IN (1, 2)`, `= 1 OR = 2`) and no single one.
+        let mut several = vec![false; n];
+        for node in std::mem::take(&mut self.choices) {
+            let r = self.find(node);
+            several[r] = true;
+        }
         let mut changed = true;
         while changed {
             changed = false;
@@ -349,33 +419,44 @@ impl<'c> Analysis<'c> {
                 if !keys[a].is_empty() && keys[b].is_empty() {
                     keys[b] = keys[a].clone();
                     changed = true;
+                } else if several[a] && keys[a].is_empty() && !several[b] {
+                    several[b] = true;
+                    changed = true;
                 }
             }
         }
         let mut all = Vec::new();
         let mut unpinned = false;
+        let mut multi = false;
         let mut seen = vec![false; n];
         for i in 0..self.insts.len() {
             let (node, poisoned) = (self.insts[i].node, self.insts[i].poisoned);
             let r = self.find(node);
             if poisoned || keys[r].is_empty() {
-                unpinned = true;
+                if !poisoned && several[r] {
+                    multi = true;
+                } else {
+                    unpinned = true;
+                }
             }
             if !seen[r] {
                 seen[r] = true;
                 all.extend(keys[r].iter().cloned());
             }
         }
-        let reason = if unpinned {
-            match hint {
-                Some(h) => {
-                    all.push(h.clone());
-                    Reason::Hint
-                }
-                None => return Plan::Coordinator(Reason::NoKey),
+        if unpinned && hint.is_none() {
+            return Plan::Coordinator(Reason::NoKey);
+        }
+        if multi {
+            // The statement names its tenants, and they are several: a hint cannot pin it.
+            return Plan::Coordinator(Reason::MultiTenant);
+        }
+        let reason = match hint {
+            Some(h) if unpinned => {
+                all.push(h.clone());
+                Reason::Hint
             }
-        } else {
-            Reason::TenantKey
+            _ => Reason::TenantKey,
         };
         match merge_keys(all) {
             Some((key, also)) => Plan::Tenant {
@@ -384,6 +465,7 @@ impl<'c> Analysis<'c> {
                 key,
                 also,
                 reason,
+                read_only,
             },
             None => Plan::Coordinator(Reason::MultiTenant),
         }
@@ -1267,9 +1349,59 @@ impl<'c> Analysis<'c> {
             }
             _ => match equality(e) {
                 Some((l, r)) => self.equal(l, r),
-                None => self.walk(e),
+                None => match self.key_choice(e) {
+                    Some(node) => self.choices.push(node),
+                    None => self.walk(e),
+                },
             },
         }
+    }
+
+    /// `col IN (k1, k2, …)`, or an OR of `col = k` and `col IN (…)` over one distribution
+    /// column of the current scope (every value a key): that column's node. Holds no
+    /// subquery, so nothing is left to walk.
+    fn key_choice(&self, e: &Expr) -> Option<usize> {
+        let cur = self.cur();
+        let mut node = None;
+        let mut stack = vec![e];
+        while let Some(e) = stack.pop() {
+            let col = match e {
+                Expr::Nested(x) => {
+                    stack.push(x);
+                    continue;
+                }
+                Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::Or,
+                    right,
+                } => {
+                    stack.push(right);
+                    stack.push(left);
+                    continue;
+                }
+                Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::Eq,
+                    right,
+                } => match (self.resolve(left), self.resolve(right)) {
+                    (Some(c), None) if key_source(right).is_some() => c,
+                    (None, Some(c)) if key_source(left).is_some() => c,
+                    _ => return None,
+                },
+                Expr::In {
+                    expr,
+                    target: InTarget::List(list),
+                    negated: false,
+                    ..
+                } if list.iter().all(|x| key_source(x).is_some()) => self.resolve(expr)?,
+                _ => return None,
+            };
+            if col.depth != cur || node.is_some_and(|n| n != col.node) {
+                return None;
+            }
+            node = Some(col.node);
+        }
+        node
     }
 
     fn equal(&mut self, l: &Expr, r: &Expr) {

@@ -34,7 +34,7 @@ pub struct Routed {
     /// For `Tenant` and `HintTenant`, `key` holds the value; the plan's own `KeySource`
     /// (often `Param(LITERAL_PARAM_BASE + k)`) is an internal detail of the cache. A tenant
     /// plan whose key cannot be resolved, or whose keys disagree, comes back as
-    /// `Coordinator(NoKey)` / `Coordinator(MultiTenant)`.
+    /// `Coordinator(NoKey)` / `Coordinator(MultiTenant)` (`ReadOnly(…)` if it reads only).
     pub plan: Arc<Plan>,
     /// The tenant key's value text (for `citus::hash::hash_value(dist_type, text)`).
     pub key: Option<String>,
@@ -144,8 +144,10 @@ pub struct Planner {
     version: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
-    no_key: Arc<Plan>,
-    multi: Arc<Plan>,
+    /// What a tenant plan becomes when a value is missing / the values disagree:
+    /// `[write or unknown, read-only]`.
+    no_key: [Arc<Plan>; 2],
+    multi: [Arc<Plan>; 2],
 }
 
 impl fmt::Debug for Planner {
@@ -176,8 +178,14 @@ impl Planner {
             version: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            no_key: Arc::new(Plan::Coordinator(Reason::NoKey)),
-            multi: Arc::new(Plan::Coordinator(Reason::MultiTenant)),
+            no_key: [
+                Arc::new(Plan::Coordinator(Reason::NoKey)),
+                Arc::new(Plan::ReadOnly(Reason::NoKey)),
+            ],
+            multi: [
+                Arc::new(Plan::Coordinator(Reason::MultiTenant)),
+                Arc::new(Plan::ReadOnly(Reason::MultiTenant)),
+            ],
         }
     }
 
@@ -291,17 +299,24 @@ impl Planner {
             }
             KeySource::Param(_) => None,
         });
+        let read_only = usize::from(matches!(
+            *p,
+            Plan::Tenant {
+                read_only: true,
+                ..
+            }
+        ));
         match value {
             TenantValue::Value(v) => Routed {
                 plan: p,
                 key: Some(v.into_owned()),
             },
             TenantValue::Conflict => Routed {
-                plan: self.multi.clone(),
+                plan: self.multi[read_only].clone(),
                 key: None,
             },
             TenantValue::Unknown | TenantValue::NotTenant => Routed {
-                plan: self.no_key.clone(),
+                plan: self.no_key[read_only].clone(),
                 key: None,
             },
         }
@@ -311,7 +326,7 @@ impl Planner {
 /// Would another text of the same shape (other literal values) get another plan?
 fn depends_on_literals(p: &Plan) -> bool {
     match p {
-        Plan::Coordinator(Reason::MultiTenant) => true,
+        Plan::Coordinator(Reason::MultiTenant) | Plan::ReadOnly(Reason::MultiTenant) => true,
         p => p.key_sources().any(|k| matches!(k, KeySource::Literal(_))),
     }
 }

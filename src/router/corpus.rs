@@ -62,6 +62,8 @@ pub enum Expect {
     /// A hint on a statement without distributed tables.
     HintTenant(&'static str),
     Coordinator(Reason),
+    /// Coordinator-bound for the reason, and certainly read-only.
+    ReadOnly(Reason),
     Anywhere,
     Transaction(TxControl),
 }
@@ -195,31 +197,31 @@ pub const CORPUS: &[(&str, Expect)] = {
         // --- multi-tenant and unpinned ---
         (
             r#"SELECT "shop_order"."id" FROM "shop_order" WHERE "shop_order"."account_id" IN (42, 43)"#,
-            Coordinator(Reason::NoKey),
+            ReadOnly(Reason::MultiTenant),
         ),
         (
             r#"SELECT "shop_order"."id" FROM "shop_order" WHERE ("shop_order"."account_id" = 42 OR "shop_order"."account_id" = 43)"#,
-            Coordinator(Reason::NoKey),
+            ReadOnly(Reason::MultiTenant),
         ),
         (
             r#"SELECT "shop_order"."id" FROM "shop_order" WHERE "shop_order"."id" = 42"#,
-            Coordinator(Reason::NoKey),
+            ReadOnly(Reason::NoKey),
         ),
         (
             r#"SELECT COUNT(*) AS "__count" FROM "shop_order""#,
-            Coordinator(Reason::NoKey),
+            ReadOnly(Reason::NoKey),
         ),
         (
             r#"SELECT o.id FROM orders o JOIN items i ON i.account_id = o.account_id WHERE o.account_id = 1 AND i.account_id = 2"#,
-            Coordinator(Reason::MultiTenant),
+            ReadOnly(Reason::MultiTenant),
         ),
         (
             r#"SELECT o.id FROM orders o JOIN events e ON e.id = o.id WHERE o.account_id = 1 AND e.tenant = 'acme'"#,
-            Coordinator(Reason::MultiTenant),
+            ReadOnly(Reason::MultiTenant),
         ),
         (
             r#"SELECT "shop_plan"."id", "shop_plan"."name" FROM "shop_plan" ORDER BY "shop_plan"."price""#,
-            Coordinator(Reason::ReferenceRead),
+            ReadOnly(Reason::ReferenceRead),
         ),
         // --- Django's own tables (local on the coordinator) ---
         (

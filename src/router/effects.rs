@@ -362,6 +362,57 @@ fn harmless(name: &[u8]) -> bool {
         .is_ok()
 }
 
+/// Known-harmless calls that still must not leave the coordinator for a read to move to
+/// another node (`router` rules, "Read-only statements"): sequences, transaction ids and
+/// transaction-level advisory locks act on the node that runs them, and relation sizes
+/// measure that node's storage. Sorted.
+const NODE_BOUND: &[&str] = &[
+    "currval",
+    "nextval",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_current_xact_id",
+    "pg_relation_size",
+    "pg_total_relation_size",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "txid_current",
+];
+
+/// Read-only calls that are not in `KNOWN_HARMLESS` because they need no parentheses (the
+/// session scan only looks at `name(`) or are told apart by the parser: the SQL-standard
+/// value functions, and the functions that name the server answering. Sorted.
+const READ_ONLY_EXTRA: &[&str] = &[
+    "current_catalog",
+    "current_database",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_schemas",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "inet_server_addr",
+    "inet_server_port",
+    "localtime",
+    "localtimestamp",
+    "session_user",
+    "user",
+];
+
+/// Is a call of `name` (folded as PostgreSQL folds it, unqualified or `pg_catalog.`)
+/// certainly read-only, with the same effect on whichever node of the cluster runs it? A
+/// read may then leave the coordinator (`multi_tenant_reads = any`). Functions that answer
+/// which server ran them (`inet_server_port`, `pg_backend_pid`, `version`) count: that is
+/// what they are asked.
+pub fn read_only_call(name: &str) -> bool {
+    // A quoted name keeps its case: `"Lower"` is another function than `lower`.
+    if name.bytes().any(|b| b.is_ascii_uppercase()) || NODE_BOUND.binary_search(&name).is_ok() {
+        return false;
+    }
+    harmless(name.as_bytes()) || READ_ONLY_EXTRA.binary_search(&name).is_ok()
+}
+
 /// May this DML text change the session through what it calls (see the module rules)?
 pub fn opaque(sql: &str) -> bool {
     let b = sql.as_bytes();
@@ -675,6 +726,8 @@ mod tests {
     #[test]
     fn the_list_is_sorted() {
         assert!(KNOWN_HARMLESS.windows(2).all(|w| w[0] < w[1]));
+        assert!(NODE_BOUND.windows(2).all(|w| w[0] < w[1]));
+        assert!(READ_ONLY_EXTRA.windows(2).all(|w| w[0] < w[1]));
         assert!(!harmless(b"set_config") && !harmless(b"pg_advisory_lock"));
     }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`plan()`] (`plan.rs`, `analyze.rs`): one SQL text and the [`Catalog`] → a [`Plan`]:
 //!   pinned to one tenant of a colocation group (and where that tenant's key value sits), the
-//!   coordinator (and why), anywhere, or transaction control. Pure: no I/O.
+//!   coordinator (and why; and whether it only reads), anywhere, or transaction control.
+//!   Pure: no I/O.
 //! - [`Planner`] (`cache.rs`, `mask.rs`): the same behind a bounded plan cache, keyed by the
 //!   exact text (extended protocol) or the text with its literals masked (simple protocol).
 //! - [`command`]: a light keyword classifier for the statements that change session state.
@@ -27,6 +28,12 @@
 //! - INSERT … VALUES with a column list holding the distribution column (every row must carry
 //!   the same key); INSERT … SELECT pinned by the selected key; UPDATE and DELETE … WHERE
 //!   (with FROM / USING); RETURNING and ON CONFLICT are fine; SELECT … FOR UPDATE stays pinned.
+//!
+//! A conjunct that limits a distribution column to a list of keys — `col IN (k1, k2, …)`, or
+//! an OR of `col = k` / `col IN (…)` over that one column — names several tenants: unless
+//! another conjunct pins the column to one key, the statement is `MultiTenant` (even with
+//! a hint, and even if the values happen to be equal: a masked text cannot tell), carried
+//! to colocated tables like a key. A table with no constraint at all makes it `NoKey`.
 //!
 //! All distributed tables of a statement must be in one colocation group and pinned to the
 //! same value: two different literal values → `Coordinator(MultiTenant)`; values from
@@ -65,6 +72,30 @@
 //! tenant but no colocation group, which the caller supplies from its configuration. A hint
 //! never moves DDL, utility statements, writes to reference tables or local tables off the
 //! coordinator. `--` comments are not read.
+//!
+//! # Read-only statements
+//!
+//! A statement that would be `Coordinator(NoKey | MultiTenant | ReferenceRead)` is
+//! `ReadOnly(same reason)` when it certainly reads only; a tenant plan carries the same
+//! fact (`Plan::Tenant::read_only`), so that a run-time conflict or missing value gives
+//! `ReadOnly(MultiTenant | NoKey)`. The caller may run such a statement on any node with
+//! Citus metadata (`multi_tenant_reads = any`, `frontend::routing`). Certainly read-only:
+//! - a query (SELECT, VALUES, set operations, EXPLAIN of one), with no INSERT / UPDATE /
+//!   DELETE inside (a data-modifying CTE), no `FOR UPDATE | NO KEY UPDATE | SHARE | KEY
+//!   SHARE` at any level, no `SELECT … INTO`;
+//! - every function it calls (in expressions and in FROM) is a built-in known to read only
+//!   and to mean the same on every node (`effects::read_only_call`: unqualified or
+//!   `pg_catalog.`; not sequences, transaction ids, advisory locks, relation sizes,
+//!   `set_config`, Citus functions — most of those are already `Utility` or
+//!   `SequenceDefault`); any other call (an application's function may write) makes it
+//!   not read-only;
+//! - the analysis followed all of it (nothing `opaque`, which could hide a local table);
+//! - in a text of several statements, every one is read-only (a statement that touches no
+//!   table is `Anywhere` and may call anything: it makes the text not read-only).
+//!
+//! What rules, row-level-security policies, user-defined operators and casts run is not
+//! visible in the text (as for `effects`); a SELECT fires no trigger, and a view is not in
+//! the catalog (a local table to the planner: `NotDistributed`).
 mod analyze;
 pub mod cache;
 pub mod command;

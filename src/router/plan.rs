@@ -77,6 +77,10 @@ pub enum Plan {
         also: Vec<KeySource>,
         /// [`Reason::TenantKey`] or [`Reason::Hint`].
         reason: Reason,
+        /// Certainly read-only (as for [`Plan::ReadOnly`]): when the places in `also`
+        /// disagree at run time, or a value is missing, the statement is a read that no
+        /// tenant pins.
+        read_only: bool,
     },
     /// A tenant hint on a statement that touches no distributed table (only reference
     /// tables, or none): the hint names a tenant but not its colocation group. The caller
@@ -85,6 +89,11 @@ pub enum Plan {
     HintTenant { key: KeySource },
     /// Must run on the coordinator.
     Coordinator(Reason),
+    /// Runs on the coordinator for the same reasons (`NoKey`, `MultiTenant` or
+    /// `ReferenceRead`), but certainly reads only (see "Read-only statements" in
+    /// [`crate::router`]): the caller may send it to any node with Citus metadata
+    /// (`multi_tenant_reads = any`) when it is a transaction of its own.
+    ReadOnly(Reason),
     /// Touches no table: may run anywhere; does not decide a transaction's node.
     Anywhere,
     /// BEGIN/COMMIT/…: handled by the session loop.
@@ -105,6 +114,14 @@ pub enum TenantValue<T> {
 }
 
 impl Plan {
+    /// The reason of a plan that runs on the coordinator (`Coordinator` or `ReadOnly`).
+    pub fn coordinator_reason(&self) -> Option<Reason> {
+        match self {
+            Plan::Coordinator(r) | Plan::ReadOnly(r) => Some(*r),
+            _ => None,
+        }
+    }
+
     /// The key sources of a tenant plan (`key` first), or none.
     pub fn key_sources(&self) -> impl Iterator<Item = &KeySource> {
         let (key, also): (Option<&KeySource>, &[KeySource]) = match self {
@@ -348,7 +365,8 @@ fn unparsed(sql: &str, masked: &str) -> Plan {
 }
 
 /// Combine the plans of the statements of one query string (sent as one unit):
-/// - any `Coordinator(r)` → the first such reason;
+/// - any `Coordinator(r)` or `ReadOnly(r)` → the first such reason, `ReadOnly` only when
+///   every part is (an `Anywhere` part may call anything: it is not known read-only);
 /// - transaction control next to anything else → `Coordinator(TransactionControl)`;
 /// - `Anywhere` parts do not count; tenant parts must share a group and a key (literals
 ///   equal; parameters go to `also` for the run-time check), else `Coordinator(MultiTenant)`.
@@ -360,10 +378,19 @@ pub(super) fn combine(plans: impl IntoIterator<Item = Plan>) -> Plan {
     type Acc = (Option<(u32, DistType)>, Vec<KeySource>, Reason);
     let mut tenant: Option<Acc> = None;
     let mut multi = false;
+    let mut read_only = true;
     for p in plans {
         count += 1;
+        read_only &= matches!(
+            p,
+            Plan::ReadOnly(_)
+                | Plan::Tenant {
+                    read_only: true,
+                    ..
+                }
+        );
         match p {
-            Plan::Coordinator(r) => {
+            Plan::Coordinator(r) | Plan::ReadOnly(r) => {
                 coordinator.get_or_insert(r);
             }
             Plan::Transaction(t) => {
@@ -376,6 +403,7 @@ pub(super) fn combine(plans: impl IntoIterator<Item = Plan>) -> Plan {
                 key,
                 also,
                 reason,
+                ..
             } => {
                 let t = tenant.get_or_insert((None, Vec::new(), Reason::Hint));
                 match t.0 {
@@ -396,7 +424,11 @@ pub(super) fn combine(plans: impl IntoIterator<Item = Plan>) -> Plan {
         }
     }
     if let Some(r) = coordinator {
-        return Plan::Coordinator(r);
+        return if read_only {
+            Plan::ReadOnly(r)
+        } else {
+            Plan::Coordinator(r)
+        };
     }
     if let Some(t) = tx {
         return if count == 1 {
@@ -419,6 +451,7 @@ pub(super) fn combine(plans: impl IntoIterator<Item = Plan>) -> Plan {
                     key,
                     also,
                     reason,
+                    read_only,
                 },
                 None => Plan::HintTenant { key },
             },

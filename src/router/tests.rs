@@ -23,11 +23,12 @@ fn tenant(sql: &str) -> (u32, String) {
     }
 }
 
+/// The reason of a coordinator plan, read-only or not (the read-only rules have their own
+/// tests).
 fn coord(sql: &str) -> Reason {
-    match p(sql) {
-        Plan::Coordinator(r) => r,
-        other => panic!("{sql}\n  expected coordinator, got {other:?}"),
-    }
+    let plan = p(sql);
+    plan.coordinator_reason()
+        .unwrap_or_else(|| panic!("{sql}\n  expected coordinator, got {plan:?}"))
 }
 
 fn lit(s: &str) -> KeySource {
@@ -84,7 +85,8 @@ fn equality_with_literals_params_and_casts() {
                 dist_type: DistType::Int8,
                 key: KeySource::Param(0),
                 also: vec![],
-                reason: Reason::TenantKey
+                reason: Reason::TenantKey,
+                read_only: true,
             },
             "{sql}"
         );
@@ -99,7 +101,7 @@ fn in_with_one_value_pins_more_does_not() {
     );
     assert_eq!(
         coord("select * from orders where account_id in (7, 8)"),
-        Reason::NoKey
+        Reason::MultiTenant
     );
     assert_eq!(
         coord("select * from orders where account_id not in (7)"),
@@ -113,6 +115,168 @@ fn in_with_one_value_pins_more_does_not() {
         coord("select * from orders where account_id = any(array[7])"),
         Reason::NoKey
     );
+}
+
+/// Issue 13: `IN (a, b)` and `OR` over tenants of one distribution column are
+/// `MultiTenant`, not `NoKey`, in every position where a single key would pin.
+#[test]
+fn key_lists_and_ors_are_several_tenants() {
+    for sql in [
+        "select * from orders where account_id in (7, 8)",
+        "select * from orders where account_id in ($1, $2)",
+        "select * from orders where account_id in ('7', 8::bigint, -9)",
+        "select * from orders where account_id = 7 or account_id = 8",
+        "select * from orders where (account_id = 7 or 8 = account_id) and status = 'x'",
+        "select * from orders where account_id = $1 or account_id in ($2, $3)",
+        "select * from orders o where o.account_id = 1 or (o.account_id = 2 or o.account_id = 3)",
+        "select * from events where tenant in ('a', 'b')",
+        // Carried to colocated tables by joins and correlated subqueries.
+        "select * from orders o join items i on i.account_id = o.account_id where o.account_id in (1, 2)",
+        "select * from orders o where o.account_id in (1, 2) and exists (select 1 from items i where i.account_id = o.account_id)",
+        // Writes are several tenants too.
+        "update orders set status = 'x' where account_id in (1, 2)",
+        "delete from orders where account_id = 1 or account_id = 2",
+        // A hint does not pin a statement that names its tenants.
+        "select * from orders where account_id in (1, 2) /* tenant_id=1 */",
+    ] {
+        assert_eq!(coord(sql), Reason::MultiTenant, "{sql}");
+    }
+    // Not a list of keys of one column: no key.
+    for sql in [
+        "select * from orders where account_id in (7, id)",
+        "select * from orders where account_id = 7 or status = 'x'",
+        "select * from orders where account_id in (select account_id from items)",
+        "select * from orders where account_id not in (7, 8)",
+        "select * from orders o join items i on i.order_id = o.id where o.account_id = 1 or i.account_id = 2",
+        "select * from orders where account_id > 7 or account_id = 1",
+        // Another table of the statement is not constrained at all.
+        "select * from orders o, items i where o.account_id in (1, 2)",
+    ] {
+        assert_eq!(coord(sql), Reason::NoKey, "{sql}");
+    }
+    // A single key next to the list still pins.
+    assert_eq!(
+        tenant("select * from orders where account_id = 7 and account_id in (7, 8)"),
+        (1, "7".into())
+    );
+    assert_eq!(
+        tenant("select * from orders where account_id in (7, 8) and account_id = 7"),
+        (1, "7".into())
+    );
+    // The cached (masked) path agrees.
+    let planner = Planner::new(16);
+    let cat = catalog();
+    for sql in [
+        "select * from orders where account_id in (7, 8)",
+        "select * from orders where account_id = 7 or account_id = 8",
+    ] {
+        let r = planner.plan_simple(sql, &cat, 1);
+        assert_eq!(*r.plan, Plan::ReadOnly(Reason::MultiTenant), "{sql}");
+    }
+}
+
+/// What may leave the coordinator (`multi_tenant_reads = any`): a query that reads only.
+#[test]
+fn read_only_statements() {
+    for sql in [
+        "select * from orders",
+        "select count(*) from orders where status = 'x'",
+        "select * from orders where account_id in (1, 2)",
+        "select * from plans",
+        "select p.name, count(*) from orders o join plans p on p.id = o.id group by p.name",
+        "select inet_server_port(), count(*) from orders",
+        "select current_user, current_timestamp, now(), version() from plans",
+        "select lower(name), coalesce(x, 0), pg_catalog.upper(name) from plans",
+        "with t as (select * from orders) select count(*) from t",
+        "select * from orders where account_id in (select account_id from items)",
+        "select * from orders o union all select * from orders o2 where o2.status = 'x'",
+        "select * from generate_series(1, 3) g join plans p on p.id = g",
+        "explain select * from orders",
+        "select * from orders; select * from plans",
+        "select * from orders where account_id = 1; select * from orders",
+    ] {
+        assert!(matches!(p(sql), Plan::ReadOnly(_)), "{sql}: {:?}", p(sql));
+    }
+    // Pinned reads are tenant plans; they know they read only.
+    assert!(matches!(
+        p("select * from orders o, items i where o.account_id = $1 and i.account_id = $2 and i.account_id = o.account_id"),
+        Plan::Tenant { read_only: true, .. }
+    ));
+    assert!(matches!(
+        p("update orders set x = 1 where account_id = $1"),
+        Plan::Tenant {
+            read_only: false,
+            ..
+        }
+    ));
+    // What must stay on the coordinator (same reason, not read-only).
+    for (sql, reason) in [
+        ("update orders set status = 'x'", Reason::NoKey),
+        (
+            "delete from orders where account_id in (1, 2)",
+            Reason::MultiTenant,
+        ),
+        (
+            "insert into orders (account_id, id) select account_id, id from orders",
+            Reason::NoKey,
+        ),
+        ("select * from orders for update", Reason::NoKey),
+        (
+            "select * from orders o join plans p on p.id = o.id for share of o",
+            Reason::NoKey,
+        ),
+        (
+            "select * from (select * from orders for update) t",
+            Reason::NoKey,
+        ),
+        ("select * from plans for update", Reason::ReferenceRead),
+        (
+            "with d as (delete from orders where status = 'x' returning *) select count(*) from d",
+            Reason::NoKey,
+        ),
+        (
+            "with d as (update plans set name = 'x' returning *) select * from d",
+            Reason::ReferenceWrite,
+        ),
+        ("select my_function(id) from orders", Reason::NoKey),
+        (
+            "select public.lower(name) from plans",
+            Reason::ReferenceRead,
+        ),
+        ("select \"Lower\"(name) from plans", Reason::ReferenceRead),
+        (
+            "select * from my_srf(1) f join plans p on p.id = f.id",
+            Reason::ReferenceRead,
+        ),
+        ("select txid_current() from plans", Reason::ReferenceRead),
+        (
+            "select pg_relation_size('orders') from plans",
+            Reason::ReferenceRead,
+        ),
+        (
+            "select * from orders; update plans set name = 'x'",
+            Reason::NoKey,
+        ),
+        ("select * from orders; select 1", Reason::NoKey),
+    ] {
+        assert_eq!(p(sql), Plan::Coordinator(reason), "{sql}");
+    }
+    // Never read-only whatever they read: sequences, advisory locks, settings.
+    for (sql, reason) in [
+        ("select nextval('s'), * from plans", Reason::SequenceDefault),
+        ("select currval('s') from orders", Reason::SequenceDefault),
+        (
+            "select pg_advisory_xact_lock(1) from plans",
+            Reason::Utility,
+        ),
+        (
+            "select set_config('a.b', 'c', false) from orders",
+            Reason::Utility,
+        ),
+        ("select * into t2 from orders", Reason::Ddl),
+    ] {
+        assert_eq!(p(sql), Plan::Coordinator(reason), "{sql}");
+    }
 }
 
 #[test]
@@ -186,9 +350,11 @@ fn and_chains_pin_or_breaks() {
         coord("select * from orders where status = 'x' or account_id = 5"),
         Reason::NoKey
     );
+    // An OR of keys of one column names several tenants (equal values too: a masked
+    // simple-protocol text cannot tell them apart).
     assert_eq!(
         coord("select * from orders where (account_id = 5 or account_id = 5)"),
-        Reason::NoKey
+        Reason::MultiTenant
     );
     assert_eq!(
         coord("select * from orders where not (account_id = 5)"),
@@ -628,7 +794,8 @@ fn several_statements_combine() {
             dist_type: DistType::Int8,
             key: KeySource::Param(0),
             also: vec![KeySource::Param(1)],
-            reason: Reason::TenantKey
+            reason: Reason::TenantKey,
+            read_only: true,
         }
     );
 }
@@ -643,7 +810,8 @@ fn parameters_that_must_agree_are_checked_at_run_time() {
             dist_type: DistType::Int8,
             key: KeySource::Param(0),
             also: vec![KeySource::Param(1)],
-            reason: Reason::TenantKey
+            reason: Reason::TenantKey,
+            read_only: true,
         }
     );
     let params = ["5", "5"];
@@ -718,7 +886,8 @@ fn hints() {
             dist_type: DistType::Int8,
             key: KeySource::Param(0),
             also: vec![],
-            reason: Reason::Hint
+            reason: Reason::Hint,
+            read_only: true,
         }
     );
     // Hints never move what must stay on the coordinator.
@@ -862,6 +1031,7 @@ fn check(expect: Expect, plan: &Plan, key: Option<&str>, sql: &str) {
             other => panic!("{sql}\n  expected hint {v}, got {other:?} key {key:?}"),
         },
         Expect::Coordinator(r) => assert_eq!(*plan, Plan::Coordinator(r), "{sql}"),
+        Expect::ReadOnly(r) => assert_eq!(*plan, Plan::ReadOnly(r), "{sql}"),
         Expect::Anywhere => assert_eq!(*plan, Plan::Anywhere, "{sql}"),
         Expect::Transaction(t) => assert_eq!(*plan, Plan::Transaction(t), "{sql}"),
     }
@@ -935,8 +1105,10 @@ fn cached_plans_serve_other_literals() {
     let same = planner.plan_simple("select * from orders o, items i where o.account_id = 1 and i.account_id = 1 and i.account_id = o.account_id", &cat, 1);
     assert_eq!(same.key.as_deref(), Some("1"));
     let diff = planner.plan_simple("select * from orders o, items i where o.account_id = 1 and i.account_id = 2 and i.account_id = o.account_id", &cat, 1);
-    assert_eq!(*diff.plan, Plan::Coordinator(Reason::MultiTenant));
+    assert_eq!(*diff.plan, Plan::ReadOnly(Reason::MultiTenant));
     assert_eq!(diff.key, None);
+    let diff_write = planner.plan_simple("delete from items i using orders o where o.account_id = 1 and i.account_id = 2 and i.account_id = o.account_id", &cat, 1);
+    assert_eq!(*diff_write.plan, Plan::Coordinator(Reason::MultiTenant));
     // Hints of different tenants share the plan, not the value.
     let h1 = planner.plan_simple("select * from orders /* tenant_id=42 */", &cat, 1);
     let h2 = planner.plan_simple(

@@ -606,4 +606,29 @@ fn the_example_file_loads() {
     assert_eq!(s.auth_user, d.auth_user);
     assert_eq!(s.auth_query, d.auth_query);
     assert_eq!(s.auth_query_cache_ttl, d.auth_query_cache_ttl);
+    assert_eq!(s.reference_reads, d.reference_reads);
+    assert_eq!(s.multi_tenant_reads, d.multi_tenant_reads);
+}
+
+#[test]
+fn multi_tenant_reads() {
+    let s = load_str(UP, &Overrides::default()).unwrap();
+    assert_eq!(s.multi_tenant_reads, MultiTenantReads::Coordinator);
+    let s = load_str(
+        &format!("{UP}multi_tenant_reads = \"any\"\nreference_reads = \"local_worker\"\n"),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (s.multi_tenant_reads, s.reference_reads),
+        (MultiTenantReads::Any, ReferenceReads::LocalWorker)
+    );
+    let errs = errors(&format!("{UP}multi_tenant_reads = \"workers\"\n"));
+    assert!(
+        has(
+            &errs,
+            "multi_tenant_reads: expected one of coordinator, any"
+        ),
+        "{errs:?}"
+    );
 }

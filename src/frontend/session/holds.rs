@@ -32,8 +32,18 @@ impl Session {
         };
         let planner = self.ctx.router.planner();
         let health = &self.ctx.node_health;
-        let local_refs =
-            self.ctx.settings.load().reference_reads == crate::config::ReferenceReads::LocalWorker;
+        let (local_reference, spread) = {
+            let s = self.ctx.settings.load();
+            (
+                s.reference_reads == crate::config::ReferenceReads::LocalWorker,
+                s.multi_tenant_reads == crate::config::MultiTenantReads::Any
+                    && self.own_transaction(),
+            )
+        };
+        let reads = |spread: bool| Reads {
+            local_reference,
+            spread: spread.then_some(&self.ctx.read_spread),
+        };
         // `SET pgtenant.tenant = '42'`: a session-wide hint for statements without a key,
         // given to the planner as the sqlcommenter comment it already understands.
         let session_hint = self
@@ -60,7 +70,7 @@ impl Session {
                         &map,
                         health,
                         &hinted(&sql, session_hint.as_deref()),
-                        local_refs,
+                        reads(spread),
                     ),
                 ) {
                     Decision::Hold(t) => {
@@ -92,7 +102,7 @@ impl Session {
                             health,
                             &hinted(&sql, session_hint.as_deref()),
                             &b,
-                            local_refs,
+                            reads(spread && self.bind_ends_its_group()),
                         ),
                     ) {
                         Decision::Hold(t) => {
@@ -114,15 +124,15 @@ impl Session {
             _ => Decision::Coordinator(RouteReason::NoKey),
         };
         let (pool, reason) = match decision {
-            Decision::Node(node) if node != self.c.pool.key.node => {
+            Decision::Node(node, reason) if node != self.c.pool.key.node => {
                 let key = crate::pool::PoolKey {
                     node,
                     database: self.c.pool.key.database.clone(),
                     user: self.c.pool.key.user.clone(),
                 };
-                (self.ctx.pools.get(&key), RouteReason::TenantKey)
+                (self.ctx.pools.get(&key), reason)
             }
-            Decision::Node(_) => (self.c.pool.clone(), RouteReason::TenantKey),
+            Decision::Node(_, reason) => (self.c.pool.clone(), reason),
             Decision::Coordinator(r) => (self.c.pool.clone(), r),
             Decision::Anywhere => (self.c.pool.clone(), RouteReason::Anywhere),
             Decision::Hold(_) => (self.c.pool.clone(), RouteReason::TransactionControl),
@@ -143,7 +153,9 @@ impl Session {
         self.ctx.routes.count(reason, to_worker);
         self.route = (reason, to_worker);
         self.tenant = None;
-        if let (RouteReason::TenantKey, Some((colocation, value))) = (reason, tenant) {
+        if let (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, value))) =
+            (reason, tenant)
+        {
             let k = self
                 .ctx
                 .tenants
@@ -155,6 +167,37 @@ impl Session {
             return Some(f);
         }
         self.attach(&f, pool).await.then_some(f)
+    }
+
+    /// Is the statement about to be routed a transaction of its own, which a read may
+    /// leave the coordinator for (`multi_tenant_reads = any`)? The client is idle (no
+    /// BEGIN, held or on a server), not pinned to a server, and its text reads to pgtenant
+    /// as to the server (`View::unreadable`). A simple Query is then one implicit
+    /// transaction; an extended-protocol statement must also end its group
+    /// ([`Session::bind_ends_its_group`]).
+    fn own_transaction(&self) -> bool {
+        self.client_tx == b'I'
+            && !self.pinned
+            && !self.view.unreadable
+            && !self.held.iter().any(|h| matches!(h, Held::Answered(_)))
+    }
+
+    /// The Bind being routed is followed, in what the client already sent, by nothing but
+    /// Describe and Execute, then a Sync: its group (one implicit transaction) holds no
+    /// other statement. A group not complete yet, a Flush, another Parse or Bind → false.
+    fn bind_ends_its_group(&self) -> bool {
+        let mut next = self
+            .deferred
+            .iter()
+            .map(Frame::tag)
+            .chain(self.c.conn.buffered_tags());
+        loop {
+            match next.next() {
+                Some(b'D' | b'E') => continue,
+                Some(b'S') => return true,
+                _ => return false,
+            }
+        }
     }
 
     /// BEGIN (and, inside a held BEGIN, SET LOCAL / SAVEPOINT / RELEASE / ROLLBACK TO,

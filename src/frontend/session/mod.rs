@@ -30,7 +30,9 @@ use super::login::{pool_error_frame, Client, SessionServer};
 use super::params::{self, ParamMap};
 use super::pipeline::{Expect, Pipeline, Req};
 use super::prepared::{dml_effects, effect, effects_of, StatementDef};
-use super::routing::{decide_bind_keyed, decide_simple_keyed, tx_tag, Decision, RouteReason};
+use super::routing::{
+    decide_bind_keyed, decide_simple_keyed, tx_tag, Decision, Reads, RouteReason,
+};
 use super::FrontendError;
 use crate::backend::{server_statement_name, ServerConn};
 use crate::config::PoolMode;
