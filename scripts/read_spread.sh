@@ -182,7 +182,7 @@ run() { # workload mode round
         printf "%s\t%s\t%s\t%.0f\t%s", w, m, r, tps, lat
         for (i = 1; i <= 3; i++) printf "\t%d", b[i] - a[i]
         for (i = 1; i <= 3; i++) printf "\t%.1f", (y[i] - x[i]) / tick
-        printf "\t%.1f\n", xacts > 0 ? (p1 - p0) / tick * 1e6 / xacts : 0
+        printf "\t%.1f\n", (xacts > 0 ? (p1 - p0) / tick * 1e6 / xacts : 0)
     }' >>"$RUNS"
     say "$(tail -n1 "$RUNS" | tr '\t' ' ')"
 }
