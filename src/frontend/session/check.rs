@@ -19,8 +19,10 @@
 //!   later check finds none; a protocol-level statement count that differs from what
 //!   pgtenant prepared means someone dropped or replaced one of pgtenant's statements,
 //!   and the server's statements are all dropped (`DEALLOCATE ALL`).
-//! - If the check fails (an error, a timeout the client set), the server connection is
-//!   closed rather than lent to anyone else.
+//! - A client's own `statement_timeout` that cancels the check (57014) is read, turned
+//!   off for a second try and put back (`attach::check_rows`). If the check still
+//!   fails, the server connection is closed rather than lent to anyone else, and the
+//!   client's session ends with FATAL 08006: what its transaction left there is unknown.
 use std::collections::BTreeSet;
 
 use super::params::{self, ParamMap};
