@@ -503,3 +503,34 @@ async fn a_down_worker_gets_no_reads() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// `reference_reads = local_worker` sends only reference reads that certainly read and are
+/// a transaction of their own to a worker: a BEGIN block that starts with one stays on the
+/// coordinator with its later writes, and a reference "read" that locks or calls an
+/// application function stays too.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_reference_reads_never_take_a_transaction_to_a_worker() {
+    let cluster = CitusCluster::start(small());
+    let (p, _dir) = start_pgtenant(&cluster, "reference_reads = \"local_worker\"");
+    let coord = cluster.coordinator.port();
+    let c = client(&p).await;
+    // Alone: a worker's copy answers.
+    let alone = simple_port(&c, "select inet_server_port() from plans limit 1").await;
+    assert_ne!(
+        alone, coord,
+        "a lone reference read stays on the coordinator"
+    );
+    // Inside BEGIN: the whole transaction, its write included, on the coordinator.
+    c.simple_query("begin").await.unwrap();
+    let first = simple_port(&c, "select inet_server_port() from plans limit 1").await;
+    let write = simple_port(
+        &c,
+        "update plans set name = name where id = 1 returning inet_server_port()",
+    )
+    .await;
+    c.simple_query("commit").await.unwrap();
+    assert_eq!((first, write), (coord, coord));
+    // Not certainly a read: stays.
+    let locked = simple_port(&c, "select inet_server_port() from plans limit 1 for share").await;
+    assert_eq!(locked, coord);
+}

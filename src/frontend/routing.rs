@@ -216,7 +216,8 @@ fn from_plan(plan: &Plan) -> Option<Decision> {
 /// How reads that no tenant pins are placed: the settings, and what the session knows.
 #[derive(Clone, Copy, Default)]
 pub struct Reads<'a> {
-    /// `reference_reads = local_worker`.
+    /// `reference_reads = local_worker`, and the statement is a transaction of its own:
+    /// read-only reference reads go to a worker's copy.
     pub local_reference: bool,
     /// `multi_tenant_reads = any`, and the statement is a transaction of its own (the
     /// caller's rule, `Session::own_transaction`): read-only ones are spread by this.
@@ -289,7 +290,7 @@ fn place_read(
         _ => {}
     }
     match d {
-        Decision::Coordinator(RouteReason::ReferenceRead) if reads.local_reference => {
+        Decision::Coordinator(RouteReason::ReferenceRead) if reads.local_reference && read_only => {
             reference_worker(map, health).unwrap_or(d)
         }
         d => d,
@@ -538,22 +539,23 @@ mod tests {
                 Decision::Coordinator(r)
             );
         }
-        // reference_reads = local_worker still applies to what is not spread.
+        // reference_reads = local_worker still applies to what is not spread, when it
+        // certainly reads only (`local_reference` is given only for a transaction of its
+        // own).
         let local = Reads {
             local_reference: true,
             spread: None,
         };
         let mut m2 = map(&[]);
         m2.nodes = vec![(0, node("c")), (1, node("w1"))];
+        let reference = Decision::Coordinator(RouteReason::ReferenceRead);
         assert_eq!(
-            place_read(
-                Decision::Coordinator(RouteReason::ReferenceRead),
-                false,
-                &m2,
-                &h,
-                local
-            ),
+            place_read(reference.clone(), true, &m2, &h, local),
             Decision::Node(node("w1"), RouteReason::ReferenceRead)
+        );
+        assert_eq!(
+            place_read(reference.clone(), false, &m2, &h, local),
+            reference
         );
     }
 }

@@ -32,17 +32,20 @@ impl Session {
         };
         let planner = self.ctx.router.planner();
         let health = &self.ctx.node_health;
+        // Reads may leave the coordinator (a worker's reference copy, or the spread) only
+        // as a transaction of their own: a BEGIN block that starts with one must not take
+        // its later writes to a worker.
+        let own = self.own_transaction();
         let (local_reference, spread) = {
             let s = self.ctx.settings.load();
             (
                 s.reference_reads == crate::config::ReferenceReads::LocalWorker,
-                s.multi_tenant_reads == crate::config::MultiTenantReads::Any
-                    && self.own_transaction(),
+                s.multi_tenant_reads == crate::config::MultiTenantReads::Any,
             )
         };
-        let reads = |spread: bool| Reads {
-            local_reference,
-            spread: spread.then_some(&self.ctx.read_spread),
+        let reads = |own: bool| Reads {
+            local_reference: local_reference && own,
+            spread: (spread && own).then_some(&self.ctx.read_spread),
         };
         // `SET pgtenant.tenant = '42'`: a session-wide hint for statements without a key,
         // given to the planner as the sqlcommenter comment it already understands.
@@ -70,7 +73,7 @@ impl Session {
                         &map,
                         health,
                         &hinted(&sql, session_hint.as_deref()),
-                        reads(spread),
+                        reads(own),
                     ),
                 ) {
                     Decision::Hold(t) => {
@@ -102,7 +105,7 @@ impl Session {
                             health,
                             &hinted(&sql, session_hint.as_deref()),
                             &b,
-                            reads(spread && self.bind_ends_its_group()),
+                            reads(own && self.bind_ends_its_group()),
                         ),
                     ) {
                         Decision::Hold(t) => {
