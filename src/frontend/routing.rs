@@ -11,7 +11,9 @@
 //!   that are not marked down, round-robin (reason `ReadSpread`); with no such worker in
 //!   the map it stays on the coordinator under its own reason;
 //! - otherwise, a reference read with `reference_reads = local_worker` goes to the first
-//!   worker that is up (reason `ReferenceRead`).
+//!   worker that is up (reason `ReferenceRead`), under the same two conditions: it
+//!   certainly reads only, and it is a transaction of its own ([`Reads::local_reference`]).
+//!   A BEGIN block never leaves the coordinator this way.
 //!
 //! A down worker is never chosen ([`NodeHealth::is_down`]).
 
