@@ -1,6 +1,6 @@
 //! Client → server: every complete frame the client sent, in order; what pgtenant answers
 //! itself when no server is attached.
-use super::forward::{close_for_drop, reserved_refusal};
+use super::forward::screen_parse;
 use super::relay::{emit_synthetic, queue_own};
 use super::*;
 
@@ -234,14 +234,10 @@ impl Session {
                 if p.name.is_empty() {
                     return Ok(false);
                 }
-                if !is_plain_dml(&p.query) {
-                    let cmds = classify(&p.query);
-                    close_for_drop(&self.ctx, &cmds);
-                    if let Some(refusal) = reserved_refusal(&cmds) {
-                        self.c.conn.queue(&refusal.error());
-                        self.skip_until_sync = true;
-                        return Ok(true);
-                    }
+                if let Err(refusal) = screen_parse(&self.ctx, &p.query) {
+                    self.c.conn.queue(&refusal.error());
+                    self.skip_until_sync = true;
+                    return Ok(true);
                 }
                 if self.view.t().statements.contains_key(p.name)
                     || self.view.t().sql_prepared.contains_key(p.name)

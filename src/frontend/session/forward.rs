@@ -39,19 +39,15 @@ impl Session {
                 if !track || p.name.is_empty() {
                     // Plain DML (most of it) is no DROP DATABASE nor view command: one
                     // scan for what it may do to the session instead of a classification.
-                    let plain = is_plain_dml(&p.query);
-                    let mut e = if plain {
-                        dml_effects(&p.query)
-                    } else {
-                        let cmds = classify(&p.query);
-                        close_for_drop(&self.ctx, &cmds);
-                        if let Some(refusal) = reserved_refusal(&cmds) {
+                    let mut e = match screen_parse(&self.ctx, &p.query) {
+                        Err(refusal) => {
                             a.pipe.push(Expect::Synthetic(vec![refusal.error()]));
                             self.skip_until_sync = true;
                             return Ok(());
                         }
+                        Ok(None) => dml_effects(&p.query),
                         // A pinned client's DROP, CLOSE, DISCARD may lift the pin.
-                        effects_of(&p.query, &cmds) | pin_recheck(self.pinned)
+                        Ok(Some(cmds)) => effects_of(&p.query, &cmds) | pin_recheck(self.pinned),
                     };
                     if !p.name.is_empty() {
                         // Untracked: the client's own statement lives on this server.
@@ -75,14 +71,10 @@ impl Session {
                     self.skip_until_sync = true;
                     return Ok(());
                 }
-                if !is_plain_dml(&p.query) {
-                    let cmds = classify(&p.query);
-                    close_for_drop(&self.ctx, &cmds);
-                    if let Some(refusal) = reserved_refusal(&cmds) {
-                        a.pipe.push(Expect::Synthetic(vec![refusal.error()]));
-                        self.skip_until_sync = true;
-                        return Ok(());
-                    }
+                if let Err(refusal) = screen_parse(&self.ctx, &p.query) {
+                    a.pipe.push(Expect::Synthetic(vec![refusal.error()]));
+                    self.skip_until_sync = true;
+                    return Ok(());
                 }
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
                 let epoch = self.view.t().epoch;
@@ -377,6 +369,22 @@ pub(super) fn note_effects(a: &mut Attached, view: &mut View, e: u8, sql: &str) 
     a.effects |= e;
     if e & effect::SETTINGS != 0 {
         view.t_mut().custom.extend(custom_setting_names(sql));
+    }
+}
+
+/// What a Parse's text needs before it is recorded or forwarded: plain DML (most of it)
+/// needs nothing (`Ok(None)`, one scan, no classification); anything else is classified
+/// once (`Ok(Some(commands))`), a `DROP DATABASE` among it closes pgtenant's connections
+/// first, and one of pgtenant's reserved statement names is refused (`Err`).
+pub(super) fn screen_parse(ctx: &Context, sql: &str) -> Result<Option<Vec<Command>>, Refusal> {
+    if is_plain_dml(sql) {
+        return Ok(None);
+    }
+    let cmds = classify(sql);
+    close_for_drop(ctx, &cmds);
+    match reserved_refusal(&cmds) {
+        Some(refusal) => Err(refusal),
+        None => Ok(Some(cmds)),
     }
 }
 
