@@ -409,9 +409,12 @@ pub fn reload(ctx: &Context, overrides: &Overrides) {
     ctx.hba.store(Arc::new(hba));
     crate::net::budget::set_limit(new.max_buffered_message_bytes as usize);
     ctx.settings.store(Arc::new(new));
+    let retired = ctx
+        .pools
+        .retire_changed(&ctx.settings(), &ctx.coordinator.load());
     for p in ctx.pools.all() {
         p.regrant();
     }
     ctx.shard_map.request_refresh();
-    tracing::info!("configuration reloaded");
+    tracing::info!(pools_retired = retired, "configuration reloaded");
 }

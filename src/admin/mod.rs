@@ -355,7 +355,7 @@ pub fn format_time(t: SystemTime) -> String {
 /// A pool's database as the console shows it: `app` on the coordinator, `app@worker-1`
 /// on a worker, so that nothing is summed away.
 pub fn pool_database(key: &crate::pool::PoolKey) -> String {
-    if &*key.node.name == "coordinator" {
+    if !key.node.is_worker() {
         key.database.to_string()
     } else {
         format!("{}@{}", key.database, key.node.name)

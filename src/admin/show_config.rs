@@ -338,54 +338,74 @@ pub fn set(current: &Settings, key: &str, value: &str) -> Result<Settings, Strin
     Ok(new)
 }
 
+/// One row per database clients can name: each `[databases]` entry (not `*` itself), the
+/// names `*` has served, and the upstream's database without `[databases]`; then one row
+/// per routed database and worker (`db@worker-N`). Columns as PgBouncer's, values from
+/// the entry (`pool_mode` empty when the entry does not set one, as PgBouncer shows it).
 pub fn databases(ctx: &Context) -> ResultSet {
     let s = ctx.settings();
-    // name → (node host, port, database, current server connections).
-    let mut dbs: BTreeMap<String, (String, u16, String, u32)> = BTreeMap::new();
-    let coord = ctx.coordinator.load();
-    dbs.insert(
-        s.upstream.database.clone(),
-        (
-            coord.host.to_string(),
-            coord.port,
-            s.upstream.database.clone(),
-            0,
-        ),
-    );
+    let mut names: BTreeSet<String> = s.databases.keys().filter(|n| *n != "*").cloned().collect();
+    if s.databases.is_empty() {
+        names.insert(s.upstream.database.clone());
+    }
+    /// (server connections of its pools, a worker row's host and port, the entry's name).
+    type Row = (u32, Option<(String, u16)>, String);
+    let mut conns: BTreeMap<String, Row> = BTreeMap::new();
     for p in ctx.pools.all() {
-        let e = dbs.entry(pool_database(&p.key)).or_insert_with(|| {
-            (
-                p.key.node.host.to_string(),
-                p.key.node.port,
-                p.key.database.to_string(),
-                0,
-            )
-        });
-        e.3 += p.counts().1;
+        let name = pool_database(&p.key);
+        let worker = p
+            .key
+            .node
+            .is_worker()
+            .then(|| (p.key.node.host.to_string(), p.key.node.port));
+        let e = conns
+            .entry(name.clone())
+            .or_insert_with(|| (0, worker, p.key.database.to_string()));
+        e.0 += p.counts().1;
+        if !p.key.node.is_worker() {
+            names.insert(name);
+        }
+    }
+    for (name, (_, worker, _)) in &conns {
+        if worker.is_some() {
+            names.insert(name.clone());
+        }
     }
     let mut rs = ResultSet::new(DATABASES);
-    for (name, (host, port, db, conns)) in dbs {
+    for name in names {
+        let (n, worker, entry_name) = conns.get(&name).cloned().unwrap_or((0, None, name.clone()));
+        let Some(t) = s.target(&entry_name) else {
+            continue; // a pool of a removed entry, on its way out
+        };
+        let (host, port) = worker.unwrap_or((t.host.clone(), t.port));
+        let e = s.database_entry(&entry_name);
+        let l = s.limits(&entry_name, t.user.as_deref().unwrap_or(""));
         let clients = ctx
             .admin
             .clients
-            .count_where(|c| *c.database == *db && !name.contains('@'));
+            .count_where(|c| *c.database == *entry_name && !name.contains('@'));
+        let paused = ctx.admin.pause.is_paused(&entry_name);
         rs.push_values([
             name,
             host,
             port.to_string(),
-            db,
-            String::new(),
-            s.pool_size.to_string(),
-            s.min_pool_size.to_string(),
-            s.reserve_pool_size.to_string(),
+            t.dbname.clone(),
+            t.user.clone().unwrap_or_default(),
+            e.and_then(|e| e.pool_size)
+                .unwrap_or(s.pool_size)
+                .to_string(),
+            l.min_pool_size.to_string(),
+            l.reserve_pool_size.to_string(),
             s.server_lifetime.as_secs().to_string(),
-            s.pool_mode.as_str().to_string(),
+            e.and_then(|e| e.pool_mode)
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default(),
             String::new(),
-            s.max_db_connections.to_string(),
-            conns.to_string(),
+            l.max_db_connections.to_string(),
+            n.to_string(),
             "0".into(),
             clients.to_string(),
-            "0".into(),
+            if paused { "1" } else { "0" }.into(),
             "0".into(),
         ]);
     }
@@ -405,15 +425,19 @@ pub fn users(ctx: &Context) -> ResultSet {
             .map(|p| p.counts().1)
             .sum();
         let clients = ctx.admin.clients.count_where(|c| *c.user == *name);
-        let user_mode = s.users.get(&name).and_then(|u| u.pool_mode);
+        let u = s.users.get(&name);
         rs.push_values([
             name.clone(),
-            s.pool_size_for(&name).to_string(),
+            u.and_then(|u| u.pool_size)
+                .unwrap_or(s.pool_size)
+                .to_string(),
             s.reserve_pool_size.to_string(),
-            user_mode
+            u.and_then(|u| u.pool_mode)
                 .map(|m| m.as_str().to_string())
                 .unwrap_or_default(),
-            "0".into(),
+            u.and_then(|u| u.max_user_connections)
+                .unwrap_or(s.max_user_connections)
+                .to_string(),
             conns.to_string(),
             "0".into(),
             clients.to_string(),

@@ -52,12 +52,16 @@ pub fn pools(ctx: &Context) -> ResultSet {
         let maxwait = p.max_wait();
         let active = p.stats.active.get_gauge() as u32;
         let waiting = p.stats.waiting.load(Ordering::Relaxed);
-        // Clients belong to their coordinator pool (they log in to it); worker pools are
-        // borrowed per transaction and count no clients of their own.
-        let clients = if &*p.key.node.name == "coordinator" {
+        // Clients belong to their home pool (they log in to it); worker pools are
+        // borrowed per transaction and count no clients of their own. An entry with a
+        // forced role has one pool for all its clients.
+        let forced = s
+            .database_entry(&p.key.database)
+            .is_some_and(|e| e.user.is_some());
+        let clients = if !p.key.node.is_worker() {
             ctx.admin.clients.count_where(|c| {
                 *c.database == *p.key.database
-                    && *c.user == *p.key.user
+                    && (forced || *c.user == *p.key.user)
                     && !is_admin_database(&c.database)
             }) as u32
         } else {
@@ -79,7 +83,9 @@ pub fn pools(ctx: &Context) -> ResultSet {
             total.saturating_sub(idle + active).to_string(),
             maxwait.as_secs().to_string(),
             maxwait.subsec_micros().to_string(),
-            s.pool_mode_for(&p.key.user).as_str().to_string(),
+            s.pool_mode_of(&p.key.database, &p.key.user)
+                .as_str()
+                .to_string(),
             String::new(),
         ]);
     }

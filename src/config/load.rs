@@ -183,6 +183,8 @@ struct Draft {
     unix_socket_dir: Option<PathBuf>,
     unix_socket_mode: u32,
     users: BTreeMap<String, UserSettings>,
+    databases: BTreeMap<String, super::Database>,
+    max_user_connections: u32,
     auth_user: Option<String>,
     auth_query: String,
     auth_dbname: Option<String>,
@@ -253,6 +255,8 @@ impl Default for Draft {
             unix_socket_dir: None,
             unix_socket_mode: 0o777,
             users: BTreeMap::new(),
+            databases: BTreeMap::new(),
+            max_user_connections: 0,
             auth_user: None,
             auth_query: DEFAULT_AUTH_QUERY.into(),
             auth_dbname: None,
@@ -296,7 +300,7 @@ fn secs(n: u64) -> Duration {
 /// after every transaction (`always`: also what triggers, views and policies do).
 const SESSION_CHECKS: &[(&str, bool)] = &[("auto", false), ("always", true)];
 
-const POOL_MODES: &[(&str, PoolMode)] = &[
+pub(super) const POOL_MODES: &[(&str, PoolMode)] = &[
     ("session", PoolMode::Session),
     ("transaction", PoolMode::Transaction),
     ("statement", PoolMode::Statement),
@@ -390,6 +394,15 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
                 apply_users(d, v, errs);
                 Ok(())
             }
+            "databases" => {
+                let mut e = Vec::new();
+                d.databases = super::databases::parse(v, &mut e);
+                for (k, m) in e {
+                    errs.push(&k, m);
+                }
+                Ok(())
+            }
+            "max_user_connections" => count(v).map(|x| d.max_user_connections = x),
             "auth_file" => path(v, base).map(|x| d.auth_file = Some(x)),
             "auth_hba_file" => path(v, base).map(|x| d.auth_hba_file = Some(x)),
             "unix_socket_dir" => match v.as_str() {
@@ -538,6 +551,7 @@ fn apply_users(d: &mut Draft, v: &Value, errs: &mut Errors) {
                 },
                 "pool_size" => positive(v).map(|x| user.pool_size = Some(x)),
                 "pool_mode" => choice(v, POOL_MODES).map(|x| user.pool_mode = Some(x)),
+                "max_user_connections" => count(v).map(|x| user.max_user_connections = Some(x)),
                 _ => Err(unknown_key(k)),
             };
             errs.check(&format!("{key}.{k}"), r);
@@ -818,6 +832,8 @@ fn finish(
         max_startup_clients: d.max_startup_clients,
         client_login_timeout: d.client_login_timeout,
         max_db_connections: d.max_db_connections,
+        max_user_connections: d.max_user_connections,
+        databases: d.databases,
         query_wait_timeout: d.query_wait_timeout,
         server_connect_timeout: d.server_connect_timeout,
         server_idle_timeout: d.server_idle_timeout,

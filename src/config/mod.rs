@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod databases;
 mod load;
 pub mod pgbouncer;
 mod upstream;
 mod values;
 
+pub use databases::{Database, Limits, Target};
 pub use load::{load, reload, ConfigError, Overrides};
 pub use upstream::Upstream;
 pub(crate) use values::split_users;
@@ -176,6 +178,9 @@ pub struct UserSettings {
     pub pool_size: Option<u32>,
     /// Overrides the global pool_mode for this user.
     pub pool_mode: Option<PoolMode>,
+    /// Server connections of this role per node at most (0 = unlimited); overrides the
+    /// global max_user_connections.
+    pub max_user_connections: Option<u32>,
 }
 
 impl std::fmt::Debug for UserSettings {
@@ -185,6 +190,7 @@ impl std::fmt::Debug for UserSettings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("pool_size", &self.pool_size)
             .field("pool_mode", &self.pool_mode)
+            .field("max_user_connections", &self.max_user_connections)
             .finish()
     }
 }
@@ -219,8 +225,13 @@ pub struct Settings {
     pub max_startup_clients: u32,
     /// From connect to authenticated; at least 1 s (no "disabled").
     pub client_login_timeout: Duration,
-    /// 0 = unlimited.
+    /// Server connections per database entry and node; 0 = unlimited.
     pub max_db_connections: u32,
+    /// Server connections per server role and node; 0 = unlimited.
+    pub max_user_connections: u32,
+    /// `[databases]`: entries by the name clients ask for (`*` = the fallback); empty =
+    /// every name passes through to the upstream (`databases.rs`).
+    pub databases: BTreeMap<String, Database>,
     /// 0 = wait forever.
     pub query_wait_timeout: Duration,
     pub server_connect_timeout: Duration,
@@ -307,21 +318,5 @@ impl Settings {
     /// The first listener's address (what most callers and tests mean by "the port").
     pub fn primary_listen(&self) -> SocketAddr {
         self.listeners[0].addr
-    }
-
-    /// Pool size for a user, honouring a per-user override.
-    pub fn pool_size_for(&self, user: &str) -> u32 {
-        self.users
-            .get(user)
-            .and_then(|u| u.pool_size)
-            .unwrap_or(self.pool_size)
-    }
-
-    /// Pool mode for a user, honouring a per-user override.
-    pub fn pool_mode_for(&self, user: &str) -> PoolMode {
-        self.users
-            .get(user)
-            .and_then(|u| u.pool_mode)
-            .unwrap_or(self.pool_mode)
     }
 }

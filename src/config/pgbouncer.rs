@@ -12,12 +12,12 @@
 //!   would silently differ, e.g. `auth_type = hba`). An unknown key is an error with its
 //!   line, as PgBouncer refuses it. `run` fails on any error or refusal; `import` writes
 //!   the carried settings as TOML with every note as a comment.
-//! - `[databases]`: pgtenant has one upstream today, and passes every database name
-//!   through to it. Entries that mean exactly that (`*`, or names equal to their `dbname`
-//!   on one host and port) are carried as `upstream`; aliases or several servers are
-//!   refused (per-database upstreams are not built yet).
-//! - `[users]`: `pool_mode` and `pool_size` per user are carried; a
-//!   `max_user_connections` above 0 is refused (not enforced by pgtenant).
+//! - `[databases]`: every entry is carried as a `[databases.NAME]` table (its own server,
+//!   database, forced user and limits; `*` the fallback). The first named entry (else `*`)
+//!   also becomes `upstream`: the server pgtenant reads the Citus catalog from, as the
+//!   entry's user (else auth_user, else the first admin user). A connection string
+//!   setting pgtenant cannot keep (several hosts, per-entry auth_query, …) is refused.
+//! - `[users]`: `pool_mode`, `pool_size` and `max_user_connections` are carried.
 use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
@@ -177,6 +177,7 @@ fn kind(key: &str) -> Option<Kind> {
         | "reserve_pool_size"
         | "max_client_conn"
         | "max_db_connections"
+        | "max_user_connections"
         | "max_prepared_statements" => Same(Int),
         "reserve_pool_timeout"
         | "server_check_delay"
@@ -253,10 +254,6 @@ fn kind(key: &str) -> Option<Kind> {
             Ignored("pgtenant accepts every startup parameter and carries it to the server")
         }
         "track_extra_parameters" => Ignored("pgtenant tracks every setting a client changes"),
-        "max_user_connections" => RefusedUnless(
-            "0",
-            "per-user connection limits are not enforced by pgtenant",
-        ),
         "max_db_client_connections" | "max_user_client_connections" => RefusedUnless(
             "0",
             "per-database/user client limits are not enforced by pgtenant",
@@ -579,19 +576,27 @@ fn user_entry(l: &Line, t: &mut Translation) {
                 Ok(n) => {
                     user.insert("pool_size".into(), Value::Integer(n));
                 }
-                Err(_) => t
-                    .errors
-                    .push(format!("{}: [users] {}: pool_size: expected a number", l.at(), l.key)),
+                Err(_) => t.errors.push(format!(
+                    "{}: [users] {}: pool_size: expected a number",
+                    l.at(),
+                    l.key
+                )),
             },
-            "max_user_connections" if v == "0" => {}
-            "max_user_connections" => t.errors.push(format!(
-                "{}: [users] {}: max_user_connections = {v}: per-user connection limits are not enforced by pgtenant",
+            "max_user_connections" => match v.parse::<i64>() {
+                Ok(n) if n >= 0 => {
+                    user.insert("max_user_connections".into(), Value::Integer(n));
+                }
+                _ => t.errors.push(format!(
+                    "{}: [users] {}: max_user_connections: expected a number",
+                    l.at(),
+                    l.key
+                )),
+            },
+            other => t.errors.push(format!(
+                "{}: [users] {}: unknown parameter '{other}'",
                 l.at(),
                 l.key
             )),
-            other => t
-                .errors
-                .push(format!("{}: [users] {}: unknown parameter '{other}'", l.at(), l.key)),
         }
     }
     let users = t
@@ -603,17 +608,26 @@ fn user_entry(l: &Line, t: &mut Translation) {
     }
 }
 
-/// `[databases]`: carried as the one upstream when every entry means "pass the name
-/// through to this server".
+/// (host, port, user, password, dbname) of the entry that becomes the upstream.
+type UpstreamEntry = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// `[databases]`: every entry as a `[databases.NAME]` table; the first named entry (else
+/// `*`) is also the upstream.
 fn databases_section(
     entries: &[&Line],
     special: &std::collections::BTreeMap<&str, &Line>,
     t: &mut Translation,
 ) {
     let _ = special;
-    let mut server: Option<(String, String, Option<String>, Option<String>)> = None;
-    // The database pgtenant itself reads (the Citus catalog): the first named entry.
-    let mut first_db: Option<String> = None;
+    let mut server: Option<UpstreamEntry> = None;
+    let mut fallback = None;
+    let mut tables = Table::new();
     for l in entries {
         let pairs = match conninfo(&l.value) {
             Ok(p) => p,
@@ -623,25 +637,61 @@ fn databases_section(
                 continue;
             }
         };
+        // PgBouncer's defaults: a unix socket in /tmp is its default host; pgtenant's
+        // listeners and tests use TCP, so an entry without host means the loopback.
         let mut host = "127.0.0.1".to_string();
         let mut port = "5432".to_string();
         let mut dbname = None;
         let mut user = None;
         let mut password = None;
+        let mut entry = Table::new();
         let mut bad = false;
         for (k, v) in pairs {
+            let int = |v: &str| v.parse::<i64>().ok().filter(|n| *n >= 0);
             match k.as_str() {
+                "host" if v.contains(',') => {
+                    t.errors.push(format!(
+                        "{}: [databases] {}: host={v}: several hosts (load balancing) are not supported",
+                        l.at(),
+                        l.key
+                    ));
+                    bad = true;
+                }
                 "host" => host = v,
                 "port" => port = v,
                 "dbname" => dbname = Some(v),
                 "user" => user = Some(v),
                 "password" => password = Some(v),
-                "pool_size" | "pool_mode" | "max_db_connections" | "reserve_pool"
-                | "reserve_pool_size" | "min_pool_size" | "connect_query" | "auth_user"
-                | "client_encoding" | "datestyle" | "timezone" | "application_name"
-                | "auth_query" | "auth_dbname" | "server_lifetime" => {
+                "pool_size" | "min_pool_size" | "reserve_pool" | "reserve_pool_size"
+                | "max_db_connections" => match int(&v) {
+                    Some(n) => {
+                        let key = if k == "reserve_pool" {
+                            "reserve_pool_size"
+                        } else {
+                            k.as_str()
+                        };
+                        entry.insert(key.into(), Value::Integer(n));
+                    }
+                    None => {
+                        t.errors.push(format!(
+                            "{}: [databases] {}: {k}={v}: expected a number",
+                            l.at(),
+                            l.key
+                        ));
+                        bad = true;
+                    }
+                },
+                "pool_mode" | "connect_query" | "auth_user" | "client_encoding" | "datestyle"
+                | "timezone" | "application_name" => {
+                    entry.insert(k.clone(), Value::String(v));
+                }
+                "auth_query"
+                | "auth_dbname"
+                | "server_lifetime"
+                | "load_balance_hosts"
+                | "max_db_client_connections" => {
                     t.errors.push(format!(
-                        "{}: [databases] {}: {k}: per-database settings are not supported yet (set it globally)",
+                        "{}: [databases] {}: {k}: not supported per database (set it globally)",
                         l.at(),
                         l.key
                     ));
@@ -660,38 +710,48 @@ fn databases_section(
         if bad {
             continue;
         }
-        if l.key != "*" && dbname.as_deref().is_some_and(|d| d != l.key) {
-            t.errors.push(format!(
-                "{}: [databases] {}: dbname={}: database aliases are not supported yet (pgtenant passes the client's database name through)",
-                l.at(),
-                l.key,
-                dbname.unwrap_or_default()
-            ));
-            continue;
-        }
-        if l.key != "*" && first_db.is_none() {
-            first_db = Some(l.key.clone());
-        }
-        let this = (host, port, user, password);
-        match &server {
-            None => server = Some(this),
-            Some(s) if s.0 == this.0 && s.1 == this.1 => {
-                if s.2 != this.2 {
-                    t.errors.push(format!(
-                        "{}: [databases] {}: a forced user per database is not supported yet",
-                        l.at(),
-                        l.key
-                    ));
-                }
+        entry.insert("host".into(), Value::String(host.clone()));
+        match port.parse::<i64>() {
+            Ok(p) if (1..=65535).contains(&p) => {
+                entry.insert("port".into(), Value::Integer(p));
             }
-            Some(_) => t.errors.push(format!(
-                "{}: [databases] {}: several servers are not supported yet (one upstream)",
-                l.at(),
-                l.key
-            )),
+            _ => {
+                t.errors.push(format!(
+                    "{}: [databases] {}: port={port}: expected a port number",
+                    l.at(),
+                    l.key
+                ));
+                continue;
+            }
         }
+        for (k, v) in [
+            ("dbname", &dbname),
+            ("user", &user),
+            ("password", &password),
+        ] {
+            if let Some(v) = v {
+                entry.insert(k.into(), Value::String(v.clone()));
+            }
+        }
+        let this = (
+            host,
+            port,
+            user,
+            password,
+            dbname.or_else(|| (l.key != "*").then(|| l.key.clone())),
+        );
+        if l.key == "*" {
+            fallback = Some(this);
+        } else if server.is_none() {
+            server = Some(this);
+        }
+        tables.insert(l.key.clone(), Value::Table(entry));
     }
-    let Some((host, port, user, password)) = server else {
+    if !tables.is_empty() {
+        t.table.insert("databases".into(), Value::Table(tables));
+    }
+    let server = server.or(fallback);
+    let Some((host, port, user, password, first_db)) = server else {
         t.errors.push(
             "[databases]: no entry: pgtenant needs the server to pool (e.g. * = host=… port=…)"
                 .into(),

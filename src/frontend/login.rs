@@ -32,7 +32,7 @@ use crate::config::{AuthType, ClientTls, Listener, PoolMode, Settings};
 use crate::context::Context;
 use crate::logging::Escaped;
 use crate::net::{Connection, Frame, Stream};
-use crate::pool::{ParamList, Pool, PoolError, PoolKey};
+use crate::pool::{ParamList, Pool, PoolError};
 use crate::protocol::{build, decode, sqlstate, StartupPacket};
 
 /// Largest startup packet accepted (PostgreSQL uses 10000).
@@ -47,8 +47,13 @@ pub struct Client {
     /// The settings its startup parameters ask for (replayed on every server it uses).
     pub startup: Arc<super::params::ParamMap>,
     pub key: CancelKey,
-    /// The pool on the coordinator for this (database, user).
+    /// Its home pool (`target::home`): the coordinator's, or its database entry's server.
     pub pool: Arc<Pool>,
+    /// Its statements may be routed with the shard map (the pool is the upstream's
+    /// database on the coordinator).
+    pub routed: bool,
+    /// What its login proved, for the pool it moves to when its entry changes.
+    pub credential: Option<ServerCredential>,
     /// Ends this session (SIGTERM, or KILL / KILL_CLIENT from the admin console): a
     /// child of the context's shutdown token.
     pub kill: tokio_util::sync::CancellationToken,
@@ -322,18 +327,28 @@ async fn authenticate_client(
 /// in, or when the lookup failed (auth_query.rs logs why).
 async fn looked_up(ctx: &Context, user: &str, database: &str) -> Option<Secret> {
     let s = ctx.settings();
-    let auth_user = s.auth_user.as_deref()?;
+    let auth_user = s.auth_user_for(database)?;
     let credential = ctx
         .users
         .load()
         .get(auth_user)
         .and_then(|x| ServerCredential::from_secret(x, auth_user, None));
-    let database = match &s.auth_dbname {
-        Some(d) => d.as_str(),
-        None if crate::admin::is_admin_database(database) => s.upstream.database.as_str(),
-        None => database,
+    // The client's database entry's server (the upstream for the admin console, which is
+    // no server's, and for a name that has no entry: that login fails after this anyway).
+    let target = (!crate::admin::is_admin_database(database))
+        .then(|| s.target(database))
+        .flatten();
+    let (node, dbname) = match &target {
+        Some(t) => (
+            super::target::node_for(ctx, &t.host, t.port),
+            t.dbname.as_str(),
+        ),
+        None => (
+            (**ctx.coordinator.load()).clone(),
+            s.upstream.database.as_str(),
+        ),
     };
-    let node = (**ctx.coordinator.load()).clone();
+    let database = s.auth_dbname.as_deref().unwrap_or(dbname);
     let lookup = super::auth_query::Lookup {
         params: ctx
             .pools
@@ -427,17 +442,22 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
         .await?;
         return Ok(None);
     }
-    let key = PoolKey {
-        node: (**ctx.coordinator.load()).clone(),
-        database: database.as_str().into(),
-        user: user.as_str().into(),
+    let Some(home) = super::target::home(ctx, &settings, &database, &user, credential.clone())
+    else {
+        // After authentication, as PgBouncer: a stranger learns nothing of which exist.
+        tracing::warn!(user = %Escaped(&user), database = %Escaped(&database), "client refused: no such database ([databases] has no entry for it and no *)");
+        conn.send(&build::fatal(
+            sqlstate::INVALID_CATALOG_NAME,
+            &format!("no such database: {database}"),
+        ))
+        .await?;
+        return Ok(None);
     };
-    let pool = ctx.pools.get(&key);
-    pool.set_credential(credential.clone());
+    let pool = home.pool;
 
     let startup = super::params::from_startup(&rest);
     // Session mode: the client's own server connection, taken now.
-    let own = match settings.pool_mode_for(&user) {
+    let own = match settings.pool_mode_of(&pool.key.database, &pool.key.user) {
         PoolMode::Session => match session_server(&pool, ctx).await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -496,13 +516,20 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
     conn.queue(&build::backend_key_data(cancel_key.pid, cancel_key.secret));
     conn.queue(&build::ready_for_query(b'I'));
     conn.flush().await?;
-    drop((user, database));
+    drop(database);
     slot.keep();
     Ok(Some(Login::Client(
         Client {
             conn,
-            user: pool.key.user.clone(),
+            // Shared with the pool's key unless the entry forces another role.
+            user: if *pool.key.user == *user {
+                pool.key.user.clone()
+            } else {
+                user.as_str().into()
+            },
             database: pool.key.database.clone(),
+            routed: home.routed,
+            credential,
             startup: ctx.startup_params.share(startup),
             key: cancel_key,
             pool,

@@ -15,6 +15,7 @@ pub mod prepared;
 pub mod routing;
 mod session;
 pub mod setting_names;
+pub mod target;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -43,7 +43,7 @@ impl Pool {
             let mut g = self.lock();
             // As in PgBouncer, server_idle_timeout does not close connections that
             // min_pool_size keeps (server_lifetime still does; fill_min reopens them).
-            let min = s.min_pool_size.min(self.pool_size(&s));
+            let min = self.limits(&s).min_pool_size;
             let mut i = 0;
             while i < g.idle.len() {
                 let total = g.total;
@@ -73,13 +73,13 @@ impl Pool {
 /// known), one at a time in the background.
 fn fill_min(pool: &Arc<Pool>) {
     let s = pool.settings.load();
-    let min = s.min_pool_size.min(pool.pool_size(&s));
+    let min = pool.limits(&s).min_pool_size;
     if min == 0 || !pool.has_credential() {
         return;
     }
     let open = {
         let mut g = pool.lock();
-        if g.total < min && pool.try_count_db() {
+        if g.total < min && pool.try_count() {
             g.total += 1;
             true
         } else {

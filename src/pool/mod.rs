@@ -49,16 +49,29 @@ pub type ParamList = Arc<Vec<(String, String)>>;
 /// A server pgtenant pools connections to: the coordinator or a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Node {
-    /// Name shown in the admin console and logs ("coordinator", "worker-1", …).
+    /// Name shown in the admin console and logs: "coordinator", "worker-<group>" (the
+    /// shard map's workers), or "host:port" (a `[databases]` entry's own server).
     pub name: Arc<str>,
     pub host: Arc<str>,
     pub port: u16,
 }
 
+impl Node {
+    /// A Citus worker, borrowed per transaction by routing (no client logs in to it).
+    pub fn is_worker(&self) -> bool {
+        &*self.name != "coordinator" && !self.name.contains(':')
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub node: Node,
+    /// The database as clients name it (the `[databases]` entry's name): SHOW POOLS,
+    /// PAUSE, the limits.
     pub database: Arc<str>,
+    /// The server's database (the entry's `dbname`; the same name without `[databases]`).
+    pub dbname: Arc<str>,
+    /// The server role (the entry's forced user, else the client's).
     pub user: Arc<str>,
 }
 
@@ -256,20 +269,22 @@ impl Drop for ServerGuard {
     }
 }
 
-/// Server connections per database on one node, for max_db_connections.
-pub struct DbCounter {
+/// Server connections of one database entry (max_db_connections) or one server role
+/// (max_user_connections) on one node.
+pub struct Counter {
     pub count: AtomicU32,
-    /// Woken when a connection of this database closes.
+    /// Woken when a connection it counts closes (or goes idle).
     pub freed: Notify,
-    /// Every pool of this database, so that a pool at max_db_connections can close an
-    /// idle connection of another one (PgBouncer's evict_connection).
+    /// Every pool it counts, so that a pool at the limit can close an idle connection of
+    /// another one (PgBouncer's evict_connection).
     pools: Mutex<Vec<Weak<Pool>>>,
 }
 
 pub struct Pool {
     pub key: PoolKey,
     inner: Mutex<Inner>,
-    db: Arc<DbCounter>,
+    db: Arc<Counter>,
+    role: Arc<Counter>,
     settings: Arc<ArcSwap<Settings>>,
     credential: Mutex<Option<ServerCredential>>,
     /// The ParameterStatus set of the first server connection (sent to clients at login).
@@ -282,6 +297,9 @@ pub struct Pool {
     /// Connections with an id up to this one were marked by RECONNECT: closed when they
     /// come back instead of reused (PgBouncer's close_needed).
     close_needed_upto: AtomicU64,
+    /// Its entry changed on reload: new clients get a fresh pool, its own move at their
+    /// next transaction.
+    stale: std::sync::atomic::AtomicBool,
     /// Itself, for the guards of its connections.
     me: Weak<Pool>,
 }
@@ -297,8 +315,13 @@ impl Pool {
         self.settings.load_full()
     }
 
+    /// This pool's limits under settings `s` (its entry's, its role's, the global ones).
+    pub fn limits(&self, s: &Settings) -> crate::config::Limits {
+        s.limits(&self.key.database, &self.key.user)
+    }
+
     fn pool_size(&self, s: &Settings) -> u32 {
-        s.pool_size_for(&self.key.user)
+        self.limits(s).pool_size
     }
 
     /// Remember the credential to open connections with (e.g. SCRAM keys learnt from a
@@ -343,7 +366,7 @@ impl Pool {
             host: self.key.node.host.to_string(),
             port: self.key.node.port,
             user: self.key.user.to_string(),
-            database: self.key.database.to_string(),
+            database: self.key.dbname.to_string(),
             credential: self
                 .credential
                 .lock()
@@ -353,7 +376,10 @@ impl Pool {
             tls: self.tls.clone(),
             connect_timeout: s.server_connect_timeout,
             max_message: s.max_message_size as usize,
-            startup: Vec::new(),
+            startup: s
+                .database_entry(&self.key.database)
+                .map(|e| e.startup.clone())
+                .unwrap_or_default(),
             keepalive: (!s.tcp_keepalive.is_zero()).then_some(s.tcp_keepalive),
         }
     }
@@ -368,8 +394,10 @@ impl Pool {
     /// Forget a connection slot (the connection is closed or was never opened).
     fn drop_slot(&self, g: &mut Inner) {
         g.total = g.total.saturating_sub(1);
-        self.db.count.fetch_sub(1, Ordering::AcqRel);
-        self.db.freed.notify_waiters();
+        for c in [&self.db, &self.role] {
+            c.count.fetch_sub(1, Ordering::AcqRel);
+            c.freed.notify_waiters();
+        }
         // A waiter may now open a connection in the freed slot.
         let s = self.settings.load();
         if g.total < self.pool_size(&s) {
@@ -383,7 +411,7 @@ impl Pool {
             if w.is_closed() {
                 continue;
             }
-            if !self.try_count_db() {
+            if !self.try_count() {
                 g.waiters.push_front(w);
                 return;
             }
@@ -391,20 +419,33 @@ impl Pool {
             if let Err(Handoff::Slot) = w.send(Handoff::Slot) {
                 g.total -= 1;
                 self.db.count.fetch_sub(1, Ordering::AcqRel);
+                self.role.count.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
             return;
         }
     }
 
-    fn try_count_db(&self) -> bool {
-        let max = self.settings.load().max_db_connections;
+    /// Count one more connection of this database entry and this role, if both limits
+    /// allow it.
+    fn try_count(&self) -> bool {
+        let l = self.limits(&self.settings.load());
+        if !Self::try_count_one(&self.db, l.max_db_connections) {
+            return false;
+        }
+        if !Self::try_count_one(&self.role, l.max_user_connections) {
+            self.db.count.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn try_count_one(c: &Counter, max: u32) -> bool {
         if max == 0 {
-            self.db.count.fetch_add(1, Ordering::AcqRel);
+            c.count.fetch_add(1, Ordering::AcqRel);
             return true;
         }
-        self.db
-            .count
+        c.count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
@@ -465,26 +506,29 @@ impl Pool {
                 Wait(oneshot::Receiver<Handoff>),
             }
             // Registered before anything is checked, so a connection of this database
-            // freed (or idled in another pool) from here on wakes the wait below.
+            // or role freed (or idled in another pool) from here on wakes the wait below.
             let db_freed = self.db.freed.notified();
+            let role_freed = self.role.freed.notified();
             let next = {
                 let s = self.settings.load();
+                let l = self.limits(&s);
                 let mut g = self.lock();
                 let got = self.pop_usable_idle(&mut g, &s, Instant::now());
-                let limit = self.pool_size(&s)
+                let limit = l.pool_size
                     + if allow_reserve {
-                        s.reserve_pool_size
+                        l.reserve_pool_size
                     } else {
                         0
                     };
                 if let Some(c) = got {
                     Next::Got(c)
-                } else if g.total < limit && self.try_count_db() {
+                } else if g.total < limit && self.try_count() {
                     g.total += 1;
                     Next::Open
                 } else if g.total < limit && self.evict_idle_elsewhere() {
-                    // max_db_connections was reached with idle connections in another
-                    // pool of this database: one was closed, try again.
+                    // max_db_connections or max_user_connections was reached with idle
+                    // connections in another pool of this database or role: one was
+                    // closed, try again.
                     continue;
                 } else {
                     let (tx, rx) = oneshot::channel();
@@ -516,7 +560,14 @@ impl Pool {
                     self.stats.waiting.fetch_add(1, Ordering::Relaxed);
                     // Not boxed: the session boxes this whole future already.
                     let r = self
-                        .wait(rx, db_freed, &s, started, deadline, allow_reserve)
+                        .wait(
+                            rx,
+                            [db_freed, role_freed],
+                            &s,
+                            started,
+                            deadline,
+                            allow_reserve,
+                        )
                         .await;
                     self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                     match r {
@@ -544,16 +595,20 @@ impl Pool {
     async fn wait(
         &self,
         mut rx: oneshot::Receiver<Handoff>,
-        db_freed: tokio::sync::futures::Notified<'_>,
+        freed: [tokio::sync::futures::Notified<'_>; 2],
         s: &Settings,
         started: Instant,
         deadline: Option<Instant>,
         allow_reserve: bool,
     ) -> Waited {
+        let l = self.limits(s);
         let reserve_at =
-            (!allow_reserve && s.reserve_pool_size > 0).then(|| started + s.reserve_pool_timeout);
+            (!allow_reserve && l.reserve_pool_size > 0).then(|| started + s.reserve_pool_timeout);
+        let [db_freed, role_freed] = freed;
         tokio::pin!(db_freed);
-        let db_limited = s.max_db_connections > 0;
+        tokio::pin!(role_freed);
+        let db_limited = l.max_db_connections > 0;
+        let role_limited = l.max_user_connections > 0;
         // Timers are made when first polled: a disabled branch costs nothing.
         async fn sleep_until(at: Option<Instant>) {
             match at {
@@ -579,6 +634,10 @@ impl Pool {
                 self.reclaim(rx);
                 Waited::Retry
             }
+            _ = &mut role_freed, if role_limited => {
+                self.reclaim(rx);
+                Waited::Retry
+            }
         }
     }
 
@@ -595,17 +654,20 @@ impl Pool {
         }
     }
 
-    /// Close one idle connection of another pool of the same database (the longest idle
-    /// one first in each pool). Called with this pool's lock held: it only try-locks the
-    /// others, so two pools evicting for each other cannot deadlock.
+    /// Close one idle connection of another pool of the same database or role (the
+    /// longest idle one first in each pool). Called with this pool's lock held: it only
+    /// try-locks the others, so two pools evicting for each other cannot deadlock.
     fn evict_idle_elsewhere(&self) -> bool {
-        let pools: Vec<Arc<Pool>> = self
-            .db
-            .pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let pools: Vec<Arc<Pool>> = [&self.db, &self.role]
             .iter()
-            .filter_map(Weak::upgrade)
+            .flat_map(|c| {
+                c.pools
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .collect::<Vec<_>>()
+            })
             .collect();
         for p in pools {
             if std::ptr::eq(Arc::as_ptr(&p), self) {
@@ -617,7 +679,7 @@ impl Pool {
             if let Some(c) = g.idle.pop_front() {
                 p.drop_slot(&mut g);
                 drop(g);
-                tracing::debug!(pool = %p.name(), server = c.id, for_pool = %self.name(), "closing idle server connection: max_db_connections reached");
+                tracing::debug!(pool = %p.name(), server = c.id, for_pool = %self.name(), "closing idle server connection: max_db_connections or max_user_connections reached");
                 c.terminate();
                 return true;
             }
@@ -689,6 +751,16 @@ impl Pool {
 
     /// RECONNECT: every connection open now is closed instead of reused (idle ones at
     /// once by the caller, lent ones when they come back).
+    /// Its database entry changed or went away on reload (`Pools::retire_changed`).
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+        self.mark_close_needed();
+    }
+
     pub fn mark_close_needed(&self) {
         let top = self.servers.iter().map(|e| *e.key()).max().unwrap_or(0);
         self.close_needed_upto.fetch_max(top, Ordering::Relaxed);
@@ -717,7 +789,11 @@ impl Pool {
     async fn open(&self) -> Result<Box<ServerConn>, PoolError> {
         let s = self.settings();
         let params = self.connect_params(&s);
-        match backend::connect(&params).await {
+        let connected = match backend::connect(&params).await {
+            Ok(c) => self.connect_query(c, &s).await,
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok(mut c) => {
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 self.servers.insert(
@@ -749,6 +825,29 @@ impl Pool {
                 let mut g = self.lock();
                 self.drop_slot(&mut g);
                 Err(e.into())
+            }
+        }
+    }
+
+    /// The entry's connect_query, once on a new connection before anyone uses it (what
+    /// it sets becomes the connection's baseline, reported to the pool's clients).
+    async fn connect_query(
+        &self,
+        mut c: ServerConn,
+        s: &Settings,
+    ) -> Result<ServerConn, BackendError> {
+        let Some(q) = s
+            .database_entry(&self.key.database)
+            .and_then(|e| e.connect_query.as_deref())
+        else {
+            return Ok(c);
+        };
+        match c.run_internal(q).await {
+            Ok(()) => Ok(c),
+            Err(e) => {
+                tracing::warn!(pool = %self.name(), error = %e, "connect_query failed; closing the new server connection");
+                c.terminate();
+                Err(e)
             }
         }
     }
@@ -787,8 +886,9 @@ impl Pool {
         let s = self.settings.load();
         c.last_used = now;
         let mut g = self.lock();
-        let over_size = g.total > self.pool_size(&s) + s.reserve_pool_size
-            || (g.total > self.pool_size(&s) && g.waiters.iter().all(|w| w.is_closed()));
+        let l = self.limits(&s);
+        let over_size = g.total > l.pool_size + l.reserve_pool_size
+            || (g.total > l.pool_size && g.waiters.iter().all(|w| w.is_closed()));
         if !clean
             || c.id <= self.close_needed_upto.load(Ordering::Relaxed)
             || c.tx_status != b'I'
@@ -811,10 +911,13 @@ impl Pool {
         }
         g.idle.push_back(c);
         drop(g);
-        if s.max_db_connections > 0 {
-            // Clients of another pool of this database may be waiting at
-            // max_db_connections: they can now close this idle connection and open theirs.
+        // Clients of another pool of this database or role may be waiting at its limit:
+        // they can now close this idle connection and open theirs.
+        if l.max_db_connections > 0 {
             self.db.freed.notify_waiters();
+        }
+        if l.max_user_connections > 0 {
+            self.role.freed.notify_waiters();
         }
     }
 
@@ -889,6 +992,7 @@ mod tests {
                 port: 1,
             },
             database: db.into(),
+            dbname: db.into(),
             user: "app".into(),
         }
     }

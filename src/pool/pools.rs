@@ -33,7 +33,10 @@ impl Retired {
 /// All pools, created on first use.
 pub struct Pools {
     pub(super) map: DashMap<PoolKey, Arc<Pool>>,
-    pub(super) dbs: DashMap<(Node, Arc<str>), Arc<DbCounter>>,
+    /// max_db_connections counters by (node, database entry).
+    pub(super) dbs: DashMap<(Node, Arc<str>), Arc<Counter>>,
+    /// max_user_connections counters by (node, server role).
+    pub(super) roles: DashMap<(Node, Arc<str>), Arc<Counter>>,
     /// Counters of removed pools by node name (bounded by the nodes, not the pools).
     pub(super) retired: Mutex<std::collections::HashMap<Arc<str>, Retired>>,
     pub(super) settings: Arc<ArcSwap<Settings>>,
@@ -48,6 +51,7 @@ impl Pools {
         Arc::new(Pools {
             map: DashMap::new(),
             dbs: DashMap::new(),
+            roles: DashMap::new(),
             retired: Mutex::default(),
             settings,
             tls: ArcSwap::from_pointee(tls),
@@ -88,49 +92,74 @@ impl Pools {
     /// The pool for a key, created if needed.
     pub fn get(&self, key: &PoolKey) -> Arc<Pool> {
         if let Some(p) = self.map.get(key) {
-            return p.clone();
+            if !p.is_stale() {
+                return p.clone();
+            }
         }
+        let counter = || {
+            Arc::new(Counter {
+                count: AtomicU32::new(0),
+                freed: Notify::new(),
+                pools: Mutex::new(Vec::new()),
+            })
+        };
         let db = self
             .dbs
             .entry((key.node.clone(), key.database.clone()))
-            .or_insert_with(|| {
-                Arc::new(DbCounter {
-                    count: AtomicU32::new(0),
-                    freed: Notify::new(),
-                    pools: Mutex::new(Vec::new()),
-                })
-            })
+            .or_insert_with(counter)
             .clone();
-        self.map
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let pool = Arc::new_cyclic(|me| Pool {
-                    key: key.clone(),
-                    inner: Mutex::new(Inner {
-                        idle: VecDeque::new(),
-                        total: 0,
-                        waiters: VecDeque::new(),
-                        exhausted_logged: None,
-                        exhausted_since_log: 0,
-                        unused_since: None,
-                    }),
-                    db: db.clone(),
-                    settings: self.settings.clone(),
-                    credential: Mutex::new(None),
-                    server_params: Mutex::new(None),
-                    tls: (**self.tls.load()).clone(),
-                    stats: PoolStats::new(&key.node.name),
-                    servers: DashMap::new(),
-                    close_needed_upto: AtomicU64::new(0),
-                    me: me.clone(),
-                });
-                db.pools
+        let role = self
+            .roles
+            .entry((key.node.clone(), key.user.clone()))
+            .or_insert_with(counter)
+            .clone();
+        let make = || {
+            let pool = Arc::new_cyclic(|me| Pool {
+                key: key.clone(),
+                inner: Mutex::new(Inner {
+                    idle: VecDeque::new(),
+                    total: 0,
+                    waiters: VecDeque::new(),
+                    exhausted_logged: None,
+                    exhausted_since_log: 0,
+                    unused_since: None,
+                }),
+                db: db.clone(),
+                role: role.clone(),
+                settings: self.settings.clone(),
+                credential: Mutex::new(None),
+                server_params: Mutex::new(None),
+                tls: (**self.tls.load()).clone(),
+                stats: PoolStats::new(&key.node.name),
+                servers: DashMap::new(),
+                close_needed_upto: AtomicU64::new(0),
+                stale: std::sync::atomic::AtomicBool::new(false),
+                me: me.clone(),
+            });
+            for c in [&db, &role] {
+                c.pools
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(Arc::downgrade(&pool));
-                pool
-            })
-            .clone()
+            }
+            pool
+        };
+        match self.map.entry(key.clone()) {
+            dashmap::Entry::Occupied(mut o) if o.get().is_stale() => {
+                // An entry changed and changed back: a fresh pool; the stale one lives on
+                // with the clients still on it, its counters go to the node's totals.
+                let old = o.insert(make());
+                self.retired
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(old.key.node.name.clone())
+                    .or_default()
+                    .add(&old.stats);
+                o.get().clone()
+            }
+            dashmap::Entry::Occupied(o) => o.get().clone(),
+            dashmap::Entry::Vacant(v) => v.insert(make()).clone(),
+        }
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {
@@ -195,18 +224,22 @@ impl Pools {
                     .add(&p.stats);
             }
         }
-        let dbs: Vec<Arc<DbCounter>> = removed.iter().map(|p| p.db.clone()).collect();
+        let counters: Vec<Arc<Counter>> = removed
+            .iter()
+            .flat_map(|p| [p.db.clone(), p.role.clone()])
+            .collect();
         drop(removed);
-        for db in &dbs {
-            db.pools
+        for c in &counters {
+            c.pools
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|w| w.strong_count() > 0);
         }
-        drop(dbs);
-        // A database counter no pool refers to any more (`get` clones it under this
-        // shard's lock before it makes a pool, so one being used is never removed).
-        self.dbs.retain(|_, db| Arc::strong_count(db) > 1);
+        drop(counters);
+        // A counter no pool refers to any more (`get` clones it before it makes a pool,
+        // so one being used is never removed).
+        self.dbs.retain(|_, c| Arc::strong_count(c) > 1);
+        self.roles.retain(|_, c| Arc::strong_count(c) > 1);
         n
     }
 
@@ -223,22 +256,51 @@ impl Pools {
         for p in self
             .all()
             .into_iter()
-            .filter(|p| &*p.key.database == database)
+            .filter(|p| &*p.key.dbname == database)
         {
             p.mark_close_needed();
         }
-        self.close_idle_where(|k| &*k.database == database);
+        self.close_idle_where(|p| *p.key.dbname == *database);
+    }
+
+    /// After a reload: the pools whose database entry now leads elsewhere (another
+    /// server, database or forced role) or nowhere are marked stale: their idle
+    /// connections close now, lent ones when they come back, and their clients move to
+    /// the new place at their next transaction (or are told the database is gone).
+    /// Returns how many pools were marked.
+    pub fn retire_changed(&self, s: &Settings, coordinator: &Node) -> usize {
+        let mut n = 0;
+        for p in self.all() {
+            if p.is_stale() {
+                continue;
+            }
+            let same = s.target(&p.key.database).is_some_and(|t| {
+                let server = (&*p.key.node.host, p.key.node.port) == (t.host.as_str(), t.port)
+                    // A routed pool on a worker stays while its entry is still routed.
+                    || (t.routed && p.key.node != *coordinator);
+                server
+                    && *p.key.dbname == t.dbname
+                    && t.user.as_deref().is_none_or(|u| *p.key.user == *u)
+            });
+            if !same {
+                tracing::info!(pool = %p.name(), "database entry changed or removed: closing its server connections");
+                p.mark_stale();
+                n += 1;
+            }
+        }
+        self.close_idle_where(|p| p.is_stale());
+        n
     }
 
     /// After a new shard map: close the idle connections of pools on nodes that are no
     /// longer in it (a removed or replaced worker). Busy ones close when they come back,
     /// since nothing routes there any more.
     pub fn close_idle_on_nodes_except(&self, keep: &[Node]) {
-        self.close_idle_where(|k| &*k.node.name != "coordinator" && !keep.contains(&k.node));
+        self.close_idle_where(|p| p.key.node.is_worker() && !keep.contains(&p.key.node));
     }
 
-    fn close_idle_where(&self, pick: impl Fn(&PoolKey) -> bool) {
-        for p in self.all().into_iter().filter(|p| pick(&p.key)) {
+    fn close_idle_where(&self, pick: impl Fn(&Pool) -> bool) {
+        for p in self.all().into_iter().filter(|p| pick(p)) {
             let idle: Vec<Box<ServerConn>> = {
                 let mut g = p.lock();
                 let v: Vec<_> = g.idle.drain(..).collect();

@@ -95,7 +95,7 @@ fn upstream_user_is_added_to_users() {
     )
     .unwrap();
     assert_eq!(s.users["app"].password.as_deref(), Some("other"));
-    assert_eq!(s.pool_size_for("app"), 3);
+    assert_eq!(s.limits("app", "app").pool_size, 3);
     // Named without a password: the URL's password is used.
     let s = load_str(
         &format!("{UP}[users.app]\npool_mode = \"session\"\n"),
@@ -103,7 +103,7 @@ fn upstream_user_is_added_to_users() {
     )
     .unwrap();
     assert_eq!(s.users["app"].password.as_deref(), Some("secret"));
-    assert_eq!(s.pool_mode_for("app"), PoolMode::Session);
+    assert_eq!(s.pool_mode_of("app", "app"), PoolMode::Session);
 }
 
 #[test]

@@ -126,10 +126,10 @@ fn meanings_pgtenant_cannot_keep_are_refused() {
     let t = translated("refused.ini");
     let all = t.errors.join("\n");
     for want in [
-        "refused.ini:2: [databases] app: dbname=app_production: database aliases",
-        "refused.ini:3: [databases] other: pool_size: per-database settings",
+        "refused.ini:2: [databases] app: host=10.0.0.5,10.0.0.7: several hosts",
+        "refused.ini:3: [databases] other: auth_dbname: not supported per database",
         "refused.ini:6: auth_type = pam",
-        "refused.ini:8: max_user_connections = 40",
+        "refused.ini:8: client_idle_timeout = 600",
         "refused.ini:9: query_timeout = 30",
     ] {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");

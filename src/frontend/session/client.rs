@@ -172,6 +172,7 @@ impl Session {
                     Expect::Forward(Req::Sync | Req::Query { .. } | Req::FunctionCall)
                 )
             })
+            && self.c.routed
             && self.ctx.shard_map.current.load().is_some()
     }
 

@@ -8,6 +8,9 @@ impl Session {
     /// and attach. Returns the message back when a server is attached and it must be
     /// forwarded; None when it was held, answered, or refused.
     pub(super) async fn route_first(&mut self, f: Frame) -> Option<Frame> {
+        if self.c.pool.is_stale() && !self.move_home() {
+            return None;
+        }
         let pause = &self.ctx.admin.pause;
         if pause.is_paused(&self.c.pool.key.database) {
             // PAUSE: the new transaction waits for RESUME (or for its end: KILL, SHUTDOWN).
@@ -22,6 +25,7 @@ impl Session {
         }
         let map = match self.mode {
             PoolMode::Session => None,
+            _ if !self.c.routed => None,
             _ => self.ctx.shard_map.get(),
         };
         let Some(map) = map else {
@@ -131,6 +135,7 @@ impl Session {
                 let key = crate::pool::PoolKey {
                     node,
                     database: self.c.pool.key.database.clone(),
+                    dbname: self.c.pool.key.dbname.clone(),
                     user: self.c.pool.key.user.clone(),
                 };
                 (self.ctx.pools.get(&key), reason)
@@ -343,4 +348,34 @@ pub(super) fn keep_tenant(
 ) -> Decision {
     *slot = t;
     d
+}
+
+impl Session {
+    /// The client's pool went stale on RELOAD (its database entry changed or went away):
+    /// take its new home before this transaction, or end the session with the error a new
+    /// login would get. False: the session ends.
+    fn move_home(&mut self) -> bool {
+        let s = self.ctx.settings();
+        let home = crate::frontend::target::home(
+            &self.ctx,
+            &s,
+            &self.c.database,
+            &self.c.user,
+            self.c.credential.clone(),
+        );
+        let Some(home) = home else {
+            tracing::info!(user = %Escaped(&self.c.user), database = %Escaped(&self.c.database), "database entry removed on reload: closing its client");
+            self.c.conn.queue(&build::fatal(
+                sqlstate::INVALID_CATALOG_NAME,
+                &format!("no such database: {}", self.c.database),
+            ));
+            self.session_lost = true;
+            return false;
+        };
+        tracing::debug!(from = %self.c.pool.name(), to = %home.pool.name(), "database entry changed on reload: client moves");
+        self.mode = s.pool_mode_of(&home.pool.key.database, &home.pool.key.user);
+        self.c.pool = home.pool;
+        self.c.routed = home.routed;
+        true
+    }
 }

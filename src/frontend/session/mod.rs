@@ -295,7 +295,7 @@ where
     E: FnOnce(Result<(), FrontendError>, &Context) + Send,
 {
     let settings = ctx.settings();
-    let mode = settings.pool_mode_for(&client.user);
+    let mode = settings.pool_mode_of(&client.pool.key.database, &client.pool.key.user);
     let max_prepared = settings.max_prepared_statements as usize;
     let desired = client.startup.clone();
     // Polled for KILL and SHUTDOWN (the kill token is a child of the shutdown token).

@@ -1,0 +1,308 @@
+//! `[databases]` and the per-user limits: which server (and database, and role) a client's
+//! database name leads to, and the pool limits of that pool.
+//!
+//! Rules:
+//! - Without `[databases]` every database name a client asks for is passed through to the
+//!   upstream server, as before: the pool's database is the client's.
+//! - With `[databases]`, the client's database name picks its entry, else the `*` entry;
+//!   a name with neither is refused after authentication with
+//!   `FATAL 3D000 no such database: NAME` (PgBouncer's message; authentication first, so
+//!   that a stranger learns nothing about which databases exist).
+//! - An entry's `host` and `port` default to the upstream's, `dbname` to the name the
+//!   client asked for (`*` included), `user` to the client's own role: a `user` set here is
+//!   PgBouncer's forced user (every client of the entry shares its pools and logs in to the
+//!   server as that role, with the entry's `password` or the secret pgtenant knows for it).
+//! - Limits: a `[users]` value wins over the entry's, the entry's over the global one
+//!   (PgBouncer's order for pool_size and pool_mode). max_db_connections counts per entry
+//!   and node, max_user_connections per server role and node (each server enforces its
+//!   own role limits, so a routed cluster's workers each get the whole limit).
+//! - Only entries on the upstream server and its database are routed with the Citus shard
+//!   map (`routed`): the map describes that database; any other entry is a plain pool.
+use std::collections::BTreeMap;
+
+use toml::Value;
+
+use super::load::POOL_MODES;
+use super::values::*;
+use super::{PoolMode, Settings};
+
+/// One `[databases]` entry; `None` = inherit (see the module rules).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Database {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub dbname: Option<String>,
+    /// Forced server role for every client of this entry.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub pool_size: Option<u32>,
+    pub min_pool_size: Option<u32>,
+    pub reserve_pool_size: Option<u32>,
+    pub pool_mode: Option<PoolMode>,
+    pub max_db_connections: Option<u32>,
+    /// Role that reads unknown users' secrets for clients of this entry (auth_query).
+    pub auth_user: Option<String>,
+    /// Run once on every new server connection of this entry, before any client uses it.
+    pub connect_query: Option<String>,
+    /// client_encoding, datestyle, timezone, application_name: sent in the startup packet
+    /// of the entry's server connections (the server's defaults for its clients).
+    pub startup: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Database {
+    // The password is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("pool_size", &self.pool_size)
+            .field("pool_mode", &self.pool_mode)
+            .field("max_db_connections", &self.max_db_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a client's database name leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The name the pool is known by (SHOW POOLS, PAUSE): what the client asked for.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// The server's database.
+    pub dbname: String,
+    /// A forced role (the entry's `user`); None = the client's own.
+    pub user: Option<String>,
+    /// The entry's password for the forced role, if it gives one.
+    pub password: Option<String>,
+    /// On the upstream server and its database: Citus routing applies.
+    pub routed: bool,
+    pub connect_query: Option<String>,
+    pub startup: Vec<(String, String)>,
+}
+
+/// A pool's limits, resolved (module rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub pool_size: u32,
+    pub min_pool_size: u32,
+    pub reserve_pool_size: u32,
+    /// 0 = unlimited.
+    pub max_db_connections: u32,
+    /// 0 = unlimited.
+    pub max_user_connections: u32,
+}
+
+/// Startup parameters an entry may set, by their pgbouncer.ini / TOML names.
+pub const STARTUP_KEYS: [(&str, &str); 4] = [
+    ("client_encoding", "client_encoding"),
+    ("datestyle", "DateStyle"),
+    ("timezone", "TimeZone"),
+    ("application_name", "application_name"),
+];
+
+impl Settings {
+    /// The entry for a client's database name: its own, else `*`. None with no
+    /// `[databases]` at all (everything passes through) or no match.
+    pub fn database_entry(&self, name: &str) -> Option<&Database> {
+        self.databases.get(name).or_else(|| self.databases.get("*"))
+    }
+
+    /// Where a client asking for database `name` goes; None = no such database.
+    pub fn target(&self, name: &str) -> Option<Target> {
+        let up = &self.upstream;
+        let Some(e) = self.database_entry(name) else {
+            if !self.databases.is_empty() {
+                return None;
+            }
+            return Some(Target {
+                name: name.to_string(),
+                host: up.host.clone(),
+                port: up.port,
+                dbname: name.to_string(),
+                user: None,
+                password: None,
+                routed: name == up.database,
+                connect_query: None,
+                startup: Vec::new(),
+            });
+        };
+        let host = e.host.clone().unwrap_or_else(|| up.host.clone());
+        let port = e.port.unwrap_or(up.port);
+        let dbname = e.dbname.clone().unwrap_or_else(|| name.to_string());
+        Some(Target {
+            name: name.to_string(),
+            routed: host == up.host && port == up.port && dbname == up.database,
+            host,
+            port,
+            dbname,
+            user: e.user.clone(),
+            password: e.password.clone(),
+            connect_query: e.connect_query.clone(),
+            startup: e.startup.clone(),
+        })
+    }
+
+    /// The limits of the pool of database `name` (as clients call it) and server role
+    /// `user`.
+    pub fn limits(&self, name: &str, user: &str) -> Limits {
+        let e = self.database_entry(name);
+        let u = self.users.get(user);
+        let pool_size = u
+            .and_then(|u| u.pool_size)
+            .or_else(|| e.and_then(|e| e.pool_size))
+            .unwrap_or(self.pool_size);
+        Limits {
+            pool_size,
+            min_pool_size: e
+                .and_then(|e| e.min_pool_size)
+                .unwrap_or(self.min_pool_size)
+                .min(pool_size),
+            reserve_pool_size: e
+                .and_then(|e| e.reserve_pool_size)
+                .unwrap_or(self.reserve_pool_size),
+            max_db_connections: e
+                .and_then(|e| e.max_db_connections)
+                .unwrap_or(self.max_db_connections),
+            max_user_connections: u
+                .and_then(|u| u.max_user_connections)
+                .unwrap_or(self.max_user_connections),
+        }
+    }
+
+    /// Pool mode of database `name` for server role `user`: the user's, the entry's, the
+    /// global one.
+    pub fn pool_mode_of(&self, name: &str, user: &str) -> PoolMode {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_mode)
+            .or_else(|| self.database_entry(name).and_then(|e| e.pool_mode))
+            .unwrap_or(self.pool_mode)
+    }
+
+    /// auth_user for clients of database `name`: the entry's, else the global one.
+    pub fn auth_user_for(&self, name: &str) -> Option<&str> {
+        self.database_entry(name)
+            .and_then(|e| e.auth_user.as_deref())
+            .or(self.auth_user.as_deref())
+    }
+}
+
+/// `[databases.NAME]` tables (TOML). Errors are "databases.NAME.key: message".
+pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<String, Database> {
+    let mut out = BTreeMap::new();
+    let Some(t) = v.as_table() else {
+        errs.push((
+            "databases".into(),
+            "expected tables like [databases.NAME]".into(),
+        ));
+        return out;
+    };
+    for (name, e) in t {
+        let key = format!("databases.{name}");
+        if name.is_empty() {
+            errs.push((
+                "databases".into(),
+                "a database name may not be empty".into(),
+            ));
+            continue;
+        }
+        if crate::admin::is_admin_database(name) {
+            errs.push((
+                key,
+                "is the admin console's name; choose another name for the entry".into(),
+            ));
+            continue;
+        }
+        let Some(t) = e.as_table() else {
+            errs.push((
+                key,
+                "expected a table with host, port, dbname, user, …".into(),
+            ));
+            continue;
+        };
+        let mut d = Database::default();
+        for (k, v) in t {
+            let text = |v: &Value| -> Result<Option<String>, String> {
+                string(v).map(|s| Some(s).filter(|s| !s.is_empty()))
+            };
+            let r: Result<(), String> = match k.as_str() {
+                "host" => text(v).map(|x| d.host = x),
+                "port" => port(v).map(|x| d.port = Some(x)),
+                "dbname" => text(v).map(|x| d.dbname = x),
+                "user" => text(v).map(|x| d.user = x),
+                // Never echo the value: it is a secret.
+                "password" => match v.as_str() {
+                    Some(s) => {
+                        d.password = Some(s.to_string());
+                        Ok(())
+                    }
+                    None => Err(format!("expected a string, got {}", v.type_str())),
+                },
+                "pool_size" => positive(v).map(|x| d.pool_size = Some(x)),
+                "min_pool_size" => count(v).map(|x| d.min_pool_size = Some(x)),
+                "reserve_pool_size" => count(v).map(|x| d.reserve_pool_size = Some(x)),
+                "pool_mode" => choice(v, POOL_MODES).map(|x| d.pool_mode = Some(x)),
+                "max_db_connections" => count(v).map(|x| d.max_db_connections = Some(x)),
+                "auth_user" => text(v).map(|x| d.auth_user = x),
+                "connect_query" => text(v).map(|x| d.connect_query = x),
+                k if STARTUP_KEYS.iter().any(|(n, _)| *n == k) => {
+                    let name = STARTUP_KEYS.iter().find(|(n, _)| *n == k).map(|x| x.1);
+                    text(v).and_then(|x| match (x, name) {
+                        (Some(x), Some(n)) if k == "client_encoding" => {
+                            match crate::protocol::encodings::canonical(&x) {
+                                Some(c) => {
+                                    d.startup.push((n.to_string(), c.to_string()));
+                                    Ok(())
+                                }
+                                None => Err(format!("unknown encoding '{x}'")),
+                            }
+                        }
+                        (Some(x), Some(n)) => {
+                            d.startup.push((n.to_string(), x));
+                            Ok(())
+                        }
+                        _ => Ok(()),
+                    })
+                }
+                other => Err(format!(
+                    "unknown key '{other}' (expected host, port, dbname, user, password, pool_size, min_pool_size, reserve_pool_size, pool_mode, max_db_connections, auth_user, connect_query, client_encoding, datestyle, timezone, application_name)"
+                )),
+            };
+            if let Err(m) = r {
+                errs.push((format!("{key}.{k}"), m));
+            }
+        }
+        if let (Some(min), Some(size)) = (d.min_pool_size, d.pool_size) {
+            if min > size {
+                errs.push((
+                    format!("{key}.min_pool_size"),
+                    format!("{min} is larger than the entry's pool_size ({size})"),
+                ));
+            }
+        }
+        if d.password.is_some() && d.user.is_none() {
+            errs.push((
+                format!("{key}.password"),
+                "needs user: the password is the forced user's".into(),
+            ));
+        }
+        out.insert(name.clone(), d);
+    }
+    out
+}
+
+fn port(v: &Value) -> Result<u16, String> {
+    match v {
+        Value::Integer(n) if (1..=65535).contains(n) => Ok(*n as u16),
+        Value::String(s) => s
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("expected a port from 1 to 65535, got '{s}'")),
+        _ => Err(format!("expected a port from 1 to 65535, got {}", got(v))),
+    }
+}

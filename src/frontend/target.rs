@@ -1,0 +1,79 @@
+//! The pool a client's database name leads to: its `[databases]` entry's server, database
+//! and forced role (`config::databases` has the rules), or the upstream's.
+//!
+//! Rules:
+//! - A target on the upstream's host and port uses the coordinator node (so that a routed
+//!   entry's worker pools and SHOW NODES name it the same); any other server is a node of
+//!   its own, named `host:port`.
+//! - A forced role's server credential is the entry's password, else the secret pgtenant
+//!   knows for that role (config users, auth_file); never the client's.
+//! - The client's own credential (what its login proved) opens its own role's pools.
+use std::sync::Arc;
+
+use crate::auth::{Secret, ServerCredential};
+use crate::config::Settings;
+use crate::context::Context;
+use crate::pool::{Node, Pool, PoolKey};
+
+/// A client's home pool and whether its statements are routed with the shard map.
+pub struct Home {
+    pub pool: Arc<Pool>,
+    pub routed: bool,
+}
+
+/// The home pool of a client of database `name` that logged in as `user` with
+/// `credential`. None = no such database (no entry and no `*`).
+pub fn home(
+    ctx: &Context,
+    s: &Settings,
+    name: &str,
+    user: &str,
+    credential: Option<ServerCredential>,
+) -> Option<Home> {
+    let t = s.target(name)?;
+    let node = node_for(ctx, &t.host, t.port);
+    let (role, credential) = match &t.user {
+        Some(forced) => {
+            let secret = match &t.password {
+                Some(p) => Some(Secret::parse(p)),
+                None => ctx.users.load().get(forced).cloned(),
+            };
+            let c = secret
+                .as_ref()
+                .and_then(|x| ServerCredential::from_secret(x, forced, None));
+            (forced.as_str(), c)
+        }
+        None => (user, credential),
+    };
+    let key = PoolKey {
+        node,
+        database: name.into(),
+        dbname: t.dbname.as_str().into(),
+        user: role.into(),
+    };
+    let pool = ctx.pools.get(&key);
+    pool.set_credential(credential);
+    Some(Home {
+        pool,
+        routed: t.routed,
+    })
+}
+
+/// The node of a server: the coordinator's when it is the upstream's host and port, else
+/// one named `host:port`.
+pub fn node_for(ctx: &Context, host: &str, port: u16) -> Node {
+    let coordinator = ctx.coordinator.load();
+    if (&*coordinator.host, coordinator.port) == (host, port) {
+        return (**coordinator).clone();
+    }
+    let shown = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Node {
+        name: shown.into(),
+        host: host.into(),
+        port,
+    }
+}
