@@ -27,6 +27,16 @@ async fn show(admin: &tokio_postgres::Client, cmd: &str) -> Vec<HashMap<String, 
     out
 }
 
+/// The body of an HTTP GET on the loopback.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
     for m in c.simple_query(sql).await.unwrap() {
         if let SimpleQueryMessage::Row(r) = m {
@@ -106,7 +116,18 @@ async fn each_entry_is_its_own_upstream() {
     let (a, b) = servers();
     let dir = TempDir::new("databases");
     let file = dir.config_file(&config(&a, &first_entries(&b)));
-    let p = Pgtenant::start(&["run", "--config", file.to_str().unwrap()], &[]);
+    let http = support::free_port();
+    let http_listen = format!("127.0.0.1:{http}");
+    let p = Pgtenant::start(
+        &[
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+            "--http-listen",
+            &http_listen,
+        ],
+        &[],
+    );
 
     // An alias on the upstream.
     let app = support::connect(&p.url("app", "secret", "app")).await;
@@ -212,6 +233,14 @@ async fn each_entry_is_its_own_upstream() {
     assert!(pools
         .iter()
         .any(|r| r["database"] == "forced" && r["user"] == "owner" && r["cl_active"] == "1"));
+    // /metrics: a series per entry.
+    let metrics = http_get(http, "/metrics");
+    for want in [
+        "pgtenant_database_server_connections{database=\"billing\"} 1",
+        "pgtenant_database_waiting_clients{database=\"limited\"} 0",
+    ] {
+        assert!(metrics.contains(want), "missing {want} in:\n{metrics}");
+    }
     let users = show(&admin, "SHOW USERS").await;
     assert!(users
         .iter()

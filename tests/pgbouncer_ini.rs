@@ -145,3 +145,137 @@ fn a_bad_ini_is_refused_with_file_and_line_and_nothing_starts() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(":7: unknown PgBouncer setting"));
 }
+
+/// A PgBouncer configuration with several databases on two servers: an alias, an entry
+/// with its own pool settings and startup settings on the other server, the `*`
+/// fallback, and a `[users]` limit; run as it is, and imported as `[databases.NAME]`.
+#[tokio::test(flavor = "multi_thread")]
+async fn several_databases_on_two_servers() {
+    let a = PgServer::start();
+    let b = PgServer::start();
+    a.psql_ok("CREATE DATABASE shop OWNER app");
+    b.psql_ok("CREATE DATABASE billing_db OWNER app");
+    b.psql_ok("CREATE DATABASE archive OWNER app");
+    let dir = TempDir::new("ini-dbs");
+    let port = free_port();
+    dir.write("userlist.txt", "\"app\" \"secret\"\n");
+    let ini = dir.write(
+        "pgbouncer.ini",
+        &format!(
+            "[databases]\n\
+             ; an alias on server A\n\
+             main = host=127.0.0.1 port={a} dbname=shop user=app password=secret\n\
+             billing = host=127.0.0.1 port={b} dbname=billing_db pool_size=3 pool_mode=session timezone=Europe/Paris application_name=billing\n\
+             * = host=127.0.0.1 port={b}\n\
+             \n\
+             [users]\n\
+             app = max_user_connections=10\n\
+             \n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = scram-sha-256\n\
+             auth_file = userlist.txt\n\
+             admin_users = app\n\
+             pool_mode = transaction\n\
+             default_pool_size = 5\n",
+            a = a.port(),
+            b = b.port(),
+        ),
+    );
+    let mut p = Pgtenant::spawn(&["run", "--config", ini.to_str().unwrap()], &[], Some(port));
+    p.wait_ready(Duration::from_secs(20));
+    let url = |db: &str| format!("postgres://app:secret@127.0.0.1:{port}/{db}");
+    let main = support::connect(&url("main")).await;
+    let row = main
+        .query_one("SELECT current_database(), inet_server_port()", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "shop");
+    assert_eq!(row.get::<_, i32>(1), i32::from(a.port()));
+    let billing = support::connect(&url("billing")).await;
+    let row = billing
+        .query_one(
+            "SELECT current_database(), inet_server_port(), current_setting('TimeZone')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "billing_db");
+    assert_eq!(row.get::<_, i32>(1), i32::from(b.port()));
+    assert_eq!(row.get::<_, String>(2), "Europe/Paris");
+    let archive = support::connect(&url("archive")).await;
+    let row = archive
+        .query_one("SELECT current_database(), inet_server_port()", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "archive");
+    assert_eq!(row.get::<_, i32>(1), i32::from(b.port()));
+
+    let admin = support::connect(&url("pgbouncer")).await;
+    let mut rows = std::collections::HashMap::new();
+    for m in admin.simple_query("SHOW DATABASES").await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            rows.insert(
+                r.get("name").unwrap().to_string(),
+                (
+                    r.get("port").unwrap().to_string(),
+                    r.get("database").unwrap().to_string(),
+                    r.get("pool_size").unwrap().to_string(),
+                    r.get("pool_mode").unwrap_or("").to_string(),
+                    r.get("force_user").unwrap_or("").to_string(),
+                ),
+            );
+        }
+    }
+    let b_port = b.port().to_string();
+    assert_eq!(
+        rows["billing"],
+        (
+            b_port.clone(),
+            "billing_db".into(),
+            "3".into(),
+            "session".into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        rows["main"],
+        (
+            a.port().to_string(),
+            "shop".into(),
+            "5".into(),
+            String::new(),
+            "app".into()
+        )
+    );
+    assert_eq!(rows["archive"].0, b_port);
+    drop(p);
+
+    // Imported: every entry as a table of its own, accepted by `check`.
+    let out = pgtenant().args(["import"]).arg(&ini).output().unwrap();
+    let toml = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{toml}");
+    for want in [
+        "[databases.billing]",
+        "dbname = \"billing_db\"",
+        "pool_size = 3",
+        "timezone = \"Europe/Paris\"",
+        "[databases.\"*\"]",
+        "max_user_connections = 10",
+    ] {
+        assert!(toml.contains(want), "missing {want} in:\n{toml}");
+    }
+    let path = dir.write("imported.toml", &toml);
+    let check = pgtenant()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

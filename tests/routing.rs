@@ -1091,6 +1091,47 @@ async fn hint_comment_routes_to_the_tenants_owner() {
     );
 }
 
+/// `[databases]`: an entry for the upstream's database (here an alias) is routed with
+/// the shard map; an entry for another database on the same coordinator is a plain pool
+/// (the map describes the upstream's database only).
+#[tokio::test(flavor = "multi_thread")]
+async fn only_entries_of_the_upstreams_database_are_routed() {
+    let cluster = CitusCluster::start(small(20, 4));
+    cluster
+        .coordinator
+        .psql_ok("CREATE DATABASE other OWNER app");
+    let made = cluster.coordinator.psql(&[
+        "-d",
+        "other",
+        "-c",
+        "CREATE TABLE orders (tenant_id int, amount int); INSERT INTO orders VALUES (1, 5); GRANT SELECT ON orders TO app",
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let (p, _dir) = start_pgtenant(
+        &cluster,
+        "[databases.tenants]\ndbname = \"app\"\n[databases.plain]\ndbname = \"other\"\n",
+    );
+    let tenants = try_connect(&p.url("app", "secret", "tenants"))
+        .await
+        .unwrap();
+    let plain = try_connect(&p.url("app", "secret", "plain")).await.unwrap();
+    let (w0, _) = split_by_worker(&cluster, "orders");
+    let t = w0[0];
+    let owner = cluster.owner_port("orders", &t.to_string());
+    assert_ne!(owner, cluster.coordinator.port());
+    let sql = format!("/* tenant_id={t} */ select inet_server_port(), count(*) from orders");
+    assert_eq!(simple_port_count(&tenants, &sql).await.0, owner);
+    assert_eq!(ext_port_count(&tenants, &sql, &[]).await.0, owner);
+    assert_eq!(
+        simple_port_count(&plain, &sql).await,
+        (cluster.coordinator.port(), 1)
+    );
+    assert_eq!(
+        ext_port_count(&plain, &sql, &[]).await,
+        (cluster.coordinator.port(), 1)
+    );
+}
+
 /// `SET pgtenant.tenant = 'K'`: a session-wide hint for statements without a key; a key
 /// in the statement still wins; RESET ends it.
 #[tokio::test(flavor = "multi_thread")]

@@ -67,6 +67,18 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "Server connections by node and state (idle, active = lent to a client, opening).",
     ),
     (
+        "pgtenant_database_server_connections",
+        GAUGE,
+        &["database"],
+        "Server connections of each [databases] entry, on every node (names the * entry serves count under \"*\"); absent without [databases].",
+    ),
+    (
+        "pgtenant_database_waiting_clients",
+        GAUGE,
+        &["database"],
+        "Clients waiting for a server connection of each [databases] entry (as pgtenant_database_server_connections).",
+    ),
+    (
         "pgtenant_pool_waiting_clients",
         GAUGE,
         &["node"],
@@ -500,6 +512,29 @@ impl Collector for Scrape {
             out.counter("pgtenant_transactions_total", &[node], n.xacts);
             out.counter("pgtenant_bytes_received_total", &[node], n.bytes_received);
             out.counter("pgtenant_bytes_sent_total", &[node], n.bytes_sent);
+        }
+
+        // Per [databases] entry: bounded by the configuration (what `*` serves is one
+        // series), so an operator can alert per upstream.
+        let s = ctx.settings();
+        if !s.databases.is_empty() {
+            let mut dbs: BTreeMap<&str, (u64, u64)> =
+                s.databases.keys().map(|k| (k.as_str(), (0, 0))).collect();
+            let pools = ctx.pools.all();
+            for p in &pools {
+                let name = if s.databases.contains_key(&*p.key.database) {
+                    &*p.key.database
+                } else {
+                    "*"
+                };
+                let e = dbs.entry(name).or_default();
+                e.0 += u64::from(p.counts().1);
+                e.1 += u64::from(p.stats.waiting.load(r));
+            }
+            for (db, (conns, waiting)) in dbs {
+                out.gauge("pgtenant_database_server_connections", &[db], conns as f64);
+                out.gauge("pgtenant_database_waiting_clients", &[db], waiting as f64);
+            }
         }
 
         for reason in RouteReason::ALL {

@@ -1,6 +1,10 @@
-//! Pools of server connections, one per (node, database, user), with PgBouncer's limits:
-//! pool_size, reserve_pool_size after reserve_pool_timeout, max_db_connections,
-//! query_wait_timeout, server_lifetime, server_idle_timeout, server_check_query.
+//! Pools of server connections, one per (node, database entry, server role), with
+//! PgBouncer's limits: pool_size, reserve_pool_size after reserve_pool_timeout,
+//! max_db_connections (per entry and node), max_user_connections (per role and node),
+//! query_wait_timeout, server_lifetime, server_idle_timeout, server_check_query. A pool's
+//! limits are its entry's and role's (`Settings::limits`), read at each use, so RELOAD and
+//! SET change them in place; a pool whose entry now leads elsewhere is marked stale
+//! (`Pools::retire_changed`) and replaced, never re-pointed.
 //!
 //! A pool never parses SQL and never holds a connection in an unknown state: the caller
 //! says whether a connection is clean when it gives it back, and unclean ones are closed.
