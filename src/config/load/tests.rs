@@ -632,3 +632,94 @@ fn multi_tenant_reads() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn databases_entries_resolve_with_their_defaults_and_precedence() {
+    let s = load_str(
+        &format!(
+            "{UP}pool_size = 8\nmax_user_connections = 3\n\
+             [users.rep]\npool_size = 2\nmax_user_connections = 1\n\
+             [databases.app]\n\
+             [databases.shop]\ndbname = \"shop_prod\"\npool_size = 5\npool_mode = \"session\"\n\
+             [databases.billing]\nhost = \"10.0.0.9\"\nport = \"6543\"\nuser = \"owner\"\npassword = \"pw\"\n\
+             timezone = \"UTC\"\nclient_encoding = \"utf8\"\n"
+        ),
+        &Overrides::default(),
+    )
+    .unwrap();
+    // The upstream's database on the upstream's server: routed.
+    let t = s.target("app").unwrap();
+    assert_eq!(
+        (t.host.as_str(), t.port, t.dbname.as_str()),
+        ("127.0.0.1", 5432, "app")
+    );
+    assert!(t.routed && t.user.is_none());
+    // An alias on the same server: not the map's database, not routed.
+    let t = s.target("shop").unwrap();
+    assert_eq!(t.dbname, "shop_prod");
+    assert!(!t.routed);
+    let t = s.target("billing").unwrap();
+    assert_eq!((t.host.as_str(), t.port), ("10.0.0.9", 6543));
+    assert_eq!(t.dbname, "billing");
+    assert_eq!(t.user.as_deref(), Some("owner"));
+    assert_eq!(
+        t.startup,
+        vec![
+            ("client_encoding".to_string(), "UTF8".to_string()),
+            ("TimeZone".to_string(), "UTC".to_string())
+        ]
+    );
+    // No entry, no `*`: no such database.
+    assert!(s.target("other").is_none());
+    // [users] over the entry over the global value.
+    assert_eq!(s.limits("shop", "app").pool_size, 5);
+    assert_eq!(s.limits("shop", "rep").pool_size, 2);
+    assert_eq!(s.limits("app", "app").pool_size, 8);
+    assert_eq!(s.limits("app", "app").max_user_connections, 3);
+    assert_eq!(s.limits("app", "rep").max_user_connections, 1);
+    assert_eq!(s.pool_mode_of("shop", "app"), PoolMode::Session);
+    assert_eq!(s.pool_mode_of("app", "app"), PoolMode::Transaction);
+    // Without [databases] every name passes through; only the upstream's is routed.
+    let s = load_str(UP, &Overrides::default()).unwrap();
+    assert!(s.target("app").unwrap().routed);
+    let t = s.target("anything").unwrap();
+    assert_eq!(t.dbname, "anything");
+    assert!(!t.routed);
+}
+
+#[test]
+fn databases_entry_errors_name_their_key() {
+    let err = load_str(
+        &format!(
+            "{UP}[databases.a]\nportt = 1\n\
+             [databases.b]\nport = 70000\n\
+             [databases.c]\npassword = \"x\"\n\
+             [databases.pgbouncer]\n\
+             [databases.d]\npool_size = 2\nmin_pool_size = 3\n\
+             [databases.e]\nclient_encoding = \"klingon\"\n\
+             [databases.f]\npool_mode = \"sometimes\"\n"
+        ),
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "databases.a.portt: unknown key",
+        "databases.b.port: expected a port from 1 to 65535",
+        "databases.c.password: needs user",
+        "databases.pgbouncer: is the admin console's name",
+        "databases.d.min_pool_size: 3 is larger than the entry's pool_size (2)",
+        "databases.e.client_encoding: unknown encoding 'klingon'",
+        "databases.f.pool_mode:",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // The password is never echoed.
+    let err = load_str(
+        &format!("{UP}[databases.c]\npassword = \"hunter2\"\n"),
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+}
