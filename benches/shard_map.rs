@@ -97,6 +97,7 @@ fn build_map(rows: &(Rows, Rows, Rows, Rows)) -> ShardMap {
     let resolver = NodeResolver {
         rewrites: &rewrites,
         coordinator: &coord,
+        worker_prefix: "worker-",
     };
     build(
         1,

@@ -28,8 +28,13 @@ pub struct Context {
     /// The rules of `auth_type = hba` (None when no listener uses it).
     pub hba: ArcSwap<Option<Arc<crate::auth::hba::Hba>>>,
     pub router: Router,
-    /// The Citus shard map (None until loaded, or when the upstream is not Citus).
-    pub shard_map: ShardMapHandle,
+    /// The Citus shard map of the upstream's database (None until loaded, or when the
+    /// upstream is not Citus); the primary cluster's.
+    pub shard_map: Arc<ShardMapHandle>,
+    /// The upstream's database as a routed cluster (`citus::cluster`).
+    pub primary_cluster: Arc<crate::citus::Cluster>,
+    /// `[databases]` entries routed with a shard map of their own, by catalog place.
+    pub clusters: dashmap::DashMap<crate::citus::ClusterKey, Arc<crate::citus::Cluster>>,
     /// Routed transactions by destination and reason.
     pub routes: crate::frontend::routing::RouteStats,
     /// Workers that could not be reached.

@@ -183,6 +183,8 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
 
     crate::net::budget::set_limit(settings.max_buffered_message_bytes as usize);
     let shared_settings = Arc::new(ArcSwap::from_pointee(settings.clone()));
+    let shard_map: Arc<crate::citus::ShardMapHandle> = Arc::default();
+    let primary_cluster = Arc::new(crate::citus::Cluster::primary(&settings, shard_map.clone()));
     let ctx = Arc::new(Context {
         settings: shared_settings.clone(),
         users: ArcSwap::from_pointee(users),
@@ -194,7 +196,9 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         client_tls: ArcSwap::from_pointee(ctls),
         hba: ArcSwap::from_pointee(hba),
         router: Router::new(),
-        shard_map: Default::default(),
+        shard_map,
+        primary_cluster: primary_cluster.clone(),
+        clusters: Default::default(),
         routes: Default::default(),
         node_health: Default::default(),
         read_spread: Default::default(),
@@ -214,7 +218,9 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     let tracker = TaskTracker::new();
     let janitor_stop = CancellationToken::new();
     let janitor = pool::spawn_janitor(ctx.pools.clone(), janitor_stop.clone());
-    let refresher = crate::citus::spawn_refresher(ctx.clone(), janitor_stop.clone());
+    let refresher =
+        crate::citus::spawn_refresher(ctx.clone(), primary_cluster, janitor_stop.clone());
+    crate::citus::cluster::sync(&ctx);
     let stats = crate::admin::spawn_stats(ctx.clone(), janitor_stop.clone());
     let trimmer = crate::memory::spawn_trimmer(ctx.clone(), janitor_stop.clone());
     // /metrics, /healthz, /readyz keep answering while clients drain (/readyz says so).
@@ -354,7 +360,7 @@ async fn accept_loop(
 }
 
 /// SIGHUP: re-read the configuration. Clients stay; new limits apply from now on.
-pub fn reload(ctx: &Context, overrides: &Overrides) {
+pub fn reload(ctx: &Arc<Context>, overrides: &Overrides) {
     let current = ctx.settings();
     let new = match config::reload(&current, overrides) {
         Ok(s) => s,
@@ -412,6 +418,7 @@ pub fn reload(ctx: &Context, overrides: &Overrides) {
     let retired = ctx
         .pools
         .retire_changed(&ctx.settings(), &ctx.coordinator.load());
+    crate::citus::cluster::sync(ctx);
     for p in ctx.pools.all() {
         p.regrant();
     }

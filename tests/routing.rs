@@ -1107,9 +1107,16 @@ async fn only_entries_of_the_upstreams_database_are_routed() {
         "CREATE TABLE orders (tenant_id int, amount int); INSERT INTO orders VALUES (1, 5); GRANT SELECT ON orders TO app",
     ]);
     assert!(made.status.success(), "{made:?}");
+    // `spelled`: the same catalog through another spelling of the host, so not the
+    // upstream's place: routed only because it asks, with a map and refresher of its own.
     let (p, _dir) = start_pgtenant(
         &cluster,
-        "[databases.tenants]\ndbname = \"app\"\n[databases.plain]\ndbname = \"other\"\n",
+        "admin_users = [\"app\"]\n\
+             [databases.tenants]\ndbname = \"app\"\n\
+             [databases.plain]\ndbname = \"other\"\n\
+             [databases.unrouted]\ndbname = \"app\"\nrouting = \"off\"\n\
+             [databases.spelled]\nhost = \"localhost\"\ndbname = \"app\"\nrouting = \"on\"\n\
+             [databases.spelled_plain]\nhost = \"localhost\"\ndbname = \"app\"\n",
     );
     let tenants = try_connect(&p.url("app", "secret", "tenants"))
         .await
@@ -1129,6 +1136,40 @@ async fn only_entries_of_the_upstreams_database_are_routed() {
     assert_eq!(
         ext_port_count(&plain, &sql, &[]).await,
         (cluster.coordinator.port(), 1)
+    );
+    for (db, routed) in [
+        ("unrouted", false),
+        ("spelled_plain", false),
+        ("spelled", true),
+    ] {
+        let c = try_connect(&p.url("app", "secret", db)).await.unwrap();
+        let want = if routed {
+            owner
+        } else {
+            cluster.coordinator.port()
+        };
+        // The own cluster's map loads in the background: give it a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = simple_port_count(&c, &sql).await.0;
+            if got == want || std::time::Instant::now() > deadline {
+                assert_eq!(got, want, "{db}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(ext_port_count(&c, &sql, &[]).await.0, want, "{db}");
+    }
+    // The own cluster's workers are its own nodes.
+    let admin = try_connect(&p.url("app", "secret", "pgtenant"))
+        .await
+        .unwrap();
+    let pools = simple(&admin, "SHOW POOLS").await;
+    assert!(
+        pools.iter().any(|r| r[0]
+            .as_deref()
+            .is_some_and(|d| d.starts_with("spelled@spelled/worker-"))),
+        "{pools:?}"
     );
 }
 

@@ -120,6 +120,7 @@ async fn a_100k_shard_map_loads_fast_and_agrees_with_postgres() {
     let resolver = NodeResolver {
         rewrites: &rewrites,
         coordinator: &coordinator,
+        worker_prefix: "worker-",
     };
     let limit = if cfg!(debug_assertions) {
         Duration::from_secs(10)

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::Cluster;
 use super::shard_map::{self, NodeResolver, DETECT_SQL, FINGERPRINT_SQL};
-use crate::auth::ServerCredential;
 use crate::backend::ServerConn;
 use crate::config::Routing;
 use crate::context::Context;
@@ -18,19 +18,25 @@ static VERSION: AtomicU64 = AtomicU64::new(0);
 /// How often a non-Citus upstream is checked again for a Citus catalog.
 const NOT_CITUS_RECHECK: Duration = Duration::from_secs(60);
 
-pub fn spawn_refresher(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// Keep `cluster`'s map fresh until `stop`.
+pub fn spawn_refresher(
+    ctx: Arc<Context>,
+    cluster: Arc<Cluster>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut conn: Option<ServerConn> = None;
+        let map = &cluster.map;
         loop {
             let s = ctx.settings();
             let interval = s.shard_map_refresh_interval;
             let mut wait = interval;
             if s.routing != Routing::Off {
-                let r = refresh_once(&ctx, &mut conn).await;
-                if r.is_ok() {
-                    ctx.health.upstream_checked(ctx.shard_map.get().is_some());
+                let r = refresh_once(&ctx, &cluster, &mut conn).await;
+                if r.is_ok() && cluster.is_primary() {
+                    ctx.health.upstream_checked(map.get().is_some());
                 }
-                if !ctx.shard_map.is_citus.load(Ordering::Relaxed) {
+                if !map.is_citus.load(Ordering::Relaxed) {
                     // A plain PostgreSQL: no connection kept; look again now and then (and
                     // on every reload) in case it becomes a Citus coordinator.
                     conn = None;
@@ -38,27 +44,21 @@ pub fn spawn_refresher(ctx: Arc<Context>, stop: CancellationToken) -> tokio::tas
                 }
                 if let Err(e) = r {
                     conn = None;
-                    ctx.shard_map
-                        .refresh_failures
-                        .fetch_add(1, Ordering::Relaxed);
+                    map.refresh_failures.fetch_add(1, Ordering::Relaxed);
                     let msg = e.to_string();
-                    let mut last = ctx
-                        .shard_map
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
+                    let mut last = map.last_error.lock().unwrap_or_else(|p| p.into_inner());
                     if last.as_deref() != Some(msg.as_str()) {
-                        tracing::warn!(error = %msg, "shard map refresh failed; keeping the last good map");
+                        tracing::warn!(entry = cluster.entry.as_deref().unwrap_or(""), error = %msg, "shard map refresh failed; keeping the last good map");
                     }
                     *last = Some(msg);
                 }
             } else {
-                ctx.shard_map.current.store(None);
+                map.current.store(None);
                 conn = None;
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = ctx.shard_map.wake.notified() => {}
+                _ = map.wake.notified() => {}
                 _ = stop.cancelled() => return,
             }
         }
@@ -66,21 +66,20 @@ pub fn spawn_refresher(ctx: Arc<Context>, stop: CancellationToken) -> tokio::tas
 }
 
 /// One check: connect if needed, detect Citus, compare the fingerprint, load on change.
-async fn refresh_once(ctx: &Arc<Context>, conn: &mut Option<ServerConn>) -> Result<(), String> {
+async fn refresh_once(
+    ctx: &Arc<Context>,
+    cluster: &Cluster,
+    conn: &mut Option<ServerConn>,
+) -> Result<(), String> {
     let s = ctx.settings();
+    let map = &cluster.map;
     if conn.is_none() {
         // A connection of its own, outside every pool: reading metadata must not create
         // pools (min_pool_size would then open connections nobody asked for).
-        let up = &s.upstream;
-        let credential = ctx
-            .users
-            .load()
-            .get(&up.user)
-            .and_then(|secret| ServerCredential::from_secret(secret, &up.user, None));
-        let node = (**ctx.coordinator.load()).clone();
+        let l = cluster.login(ctx, &s);
         let params =
             ctx.pools
-                .own_connect_params(&node, &up.database, &up.user, credential, "shard map");
+                .own_connect_params(&l.node, &l.dbname, &l.user, l.credential, "shard map");
         let c = tokio::time::timeout(Duration::from_secs(30), crate::backend::connect(&params))
             .await
             .map_err(|_| "connecting to the coordinator timed out".to_string())?
@@ -90,7 +89,7 @@ async fn refresh_once(ctx: &Arc<Context>, conn: &mut Option<ServerConn>) -> Resu
     let Some(c) = conn.as_mut() else {
         return Ok(());
     };
-    if ctx.shard_map.get().is_some() {
+    if map.get().is_some() {
         // The usual case: one round trip per check (the fingerprint; the catalog was
         // there last time). If it fails, the detection below tells why.
         if let Ok(rows) = c.query_rows(FINGERPRINT_SQL).await {
@@ -100,17 +99,20 @@ async fn refresh_once(ctx: &Arc<Context>, conn: &mut Option<ServerConn>) -> Resu
                 .cloned()
                 .flatten()
                 .unwrap_or_default();
-            return load_if_changed(ctx, c, fp).await;
+            return load_if_changed(ctx, cluster, c, fp).await;
         }
     }
     let detected = c.query_rows(DETECT_SQL).await.map_err(|e| e.to_string())?;
     let is_citus = matches!(detected.first().and_then(|r| r.first()), Some(Some(v)) if v == "true");
-    let was = ctx.shard_map.is_citus.swap(is_citus, Ordering::Relaxed);
+    let was = map.is_citus.swap(is_citus, Ordering::Relaxed);
     if !is_citus {
-        if was || ctx.shard_map.get().is_some() {
-            tracing::warn!("the upstream no longer has a Citus catalog: routing off");
+        if was || map.get().is_some() {
+            tracing::warn!(
+                entry = cluster.entry.as_deref().unwrap_or(""),
+                "the server no longer has a Citus catalog: routing off"
+            );
         }
-        ctx.shard_map.current.store(None);
+        map.current.store(None);
         if s.routing == Routing::On {
             return Err("routing = on but the upstream has no Citus catalog (pg_dist_*)".into());
         }
@@ -126,25 +128,30 @@ async fn refresh_once(ctx: &Arc<Context>, conn: &mut Option<ServerConn>) -> Resu
         .cloned()
         .flatten()
         .unwrap_or_default();
-    load_if_changed(ctx, c, fp).await
+    load_if_changed(ctx, cluster, c, fp).await
 }
 
 /// Load and swap a new map unless the current one has this fingerprint.
-async fn load_if_changed(ctx: &Arc<Context>, c: &mut ServerConn, fp: String) -> Result<(), String> {
+async fn load_if_changed(
+    ctx: &Arc<Context>,
+    cluster: &Cluster,
+    c: &mut ServerConn,
+    fp: String,
+) -> Result<(), String> {
     let s = ctx.settings();
-    if let Some(m) = ctx.shard_map.get() {
+    let handle = &cluster.map;
+    if let Some(m) = handle.get() {
         if m.fingerprint == fp {
-            *ctx.shard_map
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = None;
+            *handle.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return Ok(());
         }
     }
-    let coordinator = (**ctx.coordinator.load()).clone();
+    let coordinator = cluster.coordinator(ctx);
+    let prefix = cluster.worker_prefix();
     let resolver = NodeResolver {
         rewrites: &s.node_addresses,
         coordinator: &coordinator,
+        worker_prefix: &prefix,
     };
     let version = VERSION.fetch_add(1, Ordering::Relaxed) + 1;
     let started = std::time::Instant::now();
@@ -152,6 +159,7 @@ async fn load_if_changed(ctx: &Arc<Context>, c: &mut ServerConn, fp: String) -> 
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(
+        entry = cluster.entry.as_deref().unwrap_or(""),
         version,
         tables = map.tables.len(),
         shards = map.shard_count(),
@@ -160,11 +168,8 @@ async fn load_if_changed(ctx: &Arc<Context>, c: &mut ServerConn, fp: String) -> 
         "shard map loaded"
     );
     let nodes: Vec<_> = map.nodes.iter().map(|(_, n)| n.clone()).collect();
-    ctx.shard_map.current.store(Some(Arc::new(map)));
-    ctx.pools.close_idle_on_nodes_except(&nodes);
-    *ctx.shard_map
-        .last_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = None;
+    handle.current.store(Some(Arc::new(map)));
+    ctx.pools.close_idle_on_nodes_except(&prefix, &nodes);
+    *handle.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     Ok(())
 }

@@ -123,6 +123,9 @@ impl ShardMap {
 pub struct NodeResolver<'a> {
     pub rewrites: &'a std::collections::BTreeMap<String, String>,
     pub coordinator: &'a Node,
+    /// How worker names begin: `worker-` (`worker-<group>`), a secondary cluster's
+    /// `<entry>/worker-`.
+    pub worker_prefix: &'a str,
 }
 
 impl NodeResolver<'_> {
@@ -136,7 +139,7 @@ impl NodeResolver<'_> {
             None => (host.to_owned(), port),
         };
         Node {
-            name: format!("worker-{group}").into(),
+            name: format!("{}{group}", self.worker_prefix).into(),
             host: h.into(),
             port: p,
         }
@@ -323,6 +326,7 @@ mod tests {
         let resolver = NodeResolver {
             rewrites: &rw,
             coordinator: &coord,
+            worker_prefix: "worker-",
         };
         let tables = vec![
             vec![
@@ -388,6 +392,7 @@ mod tests {
         let resolver = NodeResolver {
             rewrites: &rw,
             coordinator: &coord,
+            worker_prefix: "worker-",
         };
         let n: i64 = 100_000;
         let step = (1i64 << 32) / n;

@@ -16,8 +16,10 @@
 //!   (PgBouncer's order for pool_size and pool_mode). max_db_connections counts per entry
 //!   and node, max_user_connections per server role and node (each server enforces its
 //!   own role limits, so a routed cluster's workers each get the whole limit).
-//! - Only entries on the upstream server and its database are routed with the Citus shard
-//!   map (`routed`): the map describes that database; any other entry is a plain pool.
+//! - Routing (`routing` per entry): `auto` (the default) routes an entry that leads to the
+//!   upstream's server and database with the upstream's shard map (`routed`), and leaves
+//!   any other entry a plain pool; `on` routes an entry that leads elsewhere with a shard
+//!   map of its own, read from its own server (`own_cluster`); `off` never routes.
 use std::collections::BTreeMap;
 
 use toml::Value;
@@ -44,6 +46,8 @@ pub struct Database {
     pub auth_user: Option<String>,
     /// Run once on every new server connection of this entry, before any client uses it.
     pub connect_query: Option<String>,
+    /// `auto` (None), `on` or `off`: see the module rules.
+    pub routing: Option<super::Routing>,
     /// client_encoding, datestyle, timezone, application_name: sent in the startup packet
     /// of the entry's server connections (the server's defaults for its clients).
     pub startup: Vec<(String, String)>,
@@ -78,8 +82,11 @@ pub struct Target {
     pub user: Option<String>,
     /// The entry's password for the forced role, if it gives one.
     pub password: Option<String>,
-    /// On the upstream server and its database: Citus routing applies.
+    /// Routed with a shard map (the upstream's, or its own with `own_cluster`).
     pub routed: bool,
+    /// `routing = "on"` for a place that is not the upstream's database: a cluster (shard
+    /// map, refresher) of its own.
+    pub own_cluster: bool,
     pub connect_query: Option<String>,
     pub startup: Vec<(String, String)>,
 }
@@ -126,6 +133,7 @@ impl Settings {
                 user: None,
                 password: None,
                 routed: name == up.database,
+                own_cluster: false,
                 connect_query: None,
                 startup: Vec::new(),
             });
@@ -133,9 +141,18 @@ impl Settings {
         let host = e.host.clone().unwrap_or_else(|| up.host.clone());
         let port = e.port.unwrap_or(up.port);
         let dbname = e.dbname.clone().unwrap_or_else(|| name.to_string());
+        let upstreams = host == up.host && port == up.port && dbname == up.database;
+        let (routed, own_cluster) = match e.routing {
+            None | Some(super::Routing::Auto) => (upstreams, false),
+            Some(super::Routing::On) => (true, !upstreams),
+            Some(super::Routing::Off) => (false, false),
+        };
+        // `routing = "off"` globally turns every entry's routing off.
+        let on = self.routing != super::Routing::Off;
         Some(Target {
             name: name.to_string(),
-            routed: host == up.host && port == up.port && dbname == up.database,
+            routed: routed && on,
+            own_cluster: own_cluster && on,
             host,
             port,
             dbname,
@@ -249,6 +266,7 @@ pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<Str
                 "max_db_connections" => count(v).map(|x| d.max_db_connections = Some(x)),
                 "auth_user" => text(v).map(|x| d.auth_user = x),
                 "connect_query" => text(v).map(|x| d.connect_query = x),
+                "routing" => choice(v, super::load::ROUTING).map(|x| d.routing = Some(x)),
                 k if STARTUP_KEYS.iter().any(|(n, _)| *n == k) => {
                     let name = STARTUP_KEYS.iter().find(|(n, _)| *n == k).map(|x| x.1);
                     text(v).and_then(|x| match (x, name) {
@@ -269,7 +287,7 @@ pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<Str
                     })
                 }
                 other => Err(format!(
-                    "unknown key '{other}' (expected host, port, dbname, user, password, pool_size, min_pool_size, reserve_pool_size, pool_mode, max_db_connections, auth_user, connect_query, client_encoding, datestyle, timezone, application_name)"
+                    "unknown key '{other}' (expected host, port, dbname, user, password, pool_size, min_pool_size, reserve_pool_size, pool_mode, max_db_connections, auth_user, connect_query, routing, client_encoding, datestyle, timezone, application_name)"
                 )),
             };
             if let Err(m) = r {

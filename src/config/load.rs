@@ -324,7 +324,7 @@ const SERVER_TLS: &[(&str, ServerTls)] = &[
     ("verify-full", ServerTls::VerifyFull),
 ];
 const LOG_FORMATS: &[(&str, LogFormat)] = &[("plain", LogFormat::Plain), ("json", LogFormat::Json)];
-const ROUTING: &[(&str, Routing)] = &[
+pub(super) const ROUTING: &[(&str, Routing)] = &[
     ("auto", Routing::Auto),
     ("on", Routing::On),
     ("off", Routing::Off),

@@ -49,9 +49,9 @@ pub struct Client {
     pub key: CancelKey,
     /// Its home pool (`target::home`): the coordinator's, or its database entry's server.
     pub pool: Arc<Pool>,
-    /// Its statements may be routed with the shard map (the pool is the upstream's
-    /// database on the coordinator).
-    pub routed: bool,
+    /// The cluster its statements are routed with (`citus::cluster`); None: not routed
+    /// (its database is no routed entry's).
+    pub cluster: Option<Arc<crate::citus::Cluster>>,
     /// What its login proved, for the pool it moves to when its entry changes.
     pub credential: Option<ServerCredential>,
     /// Ends this session (SIGTERM, or KILL / KILL_CLIENT from the admin console): a
@@ -528,7 +528,7 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
                 user.as_str().into()
             },
             database: pool.key.database.clone(),
-            routed: home.routed,
+            cluster: home.cluster,
             credential,
             startup: ctx.startup_params.share(startup),
             key: cancel_key,

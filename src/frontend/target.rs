@@ -15,10 +15,11 @@ use crate::config::Settings;
 use crate::context::Context;
 use crate::pool::{Node, Pool, PoolKey};
 
-/// A client's home pool and whether its statements are routed with the shard map.
+/// A client's home pool and the cluster its statements are routed with (None: not
+/// routed).
 pub struct Home {
     pub pool: Arc<Pool>,
-    pub routed: bool,
+    pub cluster: Option<Arc<crate::citus::Cluster>>,
 }
 
 /// The home pool of a client of database `name` that logged in as `user` with
@@ -55,25 +56,12 @@ pub fn home(
     pool.set_credential(credential);
     Some(Home {
         pool,
-        routed: t.routed,
+        cluster: crate::citus::cluster::for_target(ctx, &t),
     })
 }
 
 /// The node of a server: the coordinator's when it is the upstream's host and port, else
-/// one named `host:port`.
+/// one named `host:port` (`Node::server`).
 pub fn node_for(ctx: &Context, host: &str, port: u16) -> Node {
-    let coordinator = ctx.coordinator.load();
-    if (&*coordinator.host, coordinator.port) == (host, port) {
-        return (**coordinator).clone();
-    }
-    let shown = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    Node {
-        name: shown.into(),
-        host: host.into(),
-        port,
-    }
+    Node::server(&ctx.coordinator.load(), host, port)
 }

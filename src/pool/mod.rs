@@ -65,6 +65,24 @@ impl Node {
     pub fn is_worker(&self) -> bool {
         &*self.name != "coordinator" && !self.name.contains(':')
     }
+
+    /// The node of server `host:port`: `coordinator` itself when it is that server, else
+    /// one named `host:port` (a `[databases]` entry's own server).
+    pub fn server(coordinator: &Node, host: &str, port: u16) -> Node {
+        if (&*coordinator.host, coordinator.port) == (host, port) {
+            return coordinator.clone();
+        }
+        let shown = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Node {
+            name: shown.into(),
+            host: host.into(),
+            port,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

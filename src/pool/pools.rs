@@ -295,8 +295,13 @@ impl Pools {
     /// After a new shard map: close the idle connections of pools on nodes that are no
     /// longer in it (a removed or replaced worker). Busy ones close when they come back,
     /// since nothing routes there any more.
-    pub fn close_idle_on_nodes_except(&self, keep: &[Node]) {
-        self.close_idle_where(|p| p.key.node.is_worker() && !keep.contains(&p.key.node));
+    /// Only the workers of that map's cluster (names beginning with `worker_prefix`).
+    pub fn close_idle_on_nodes_except(&self, worker_prefix: &str, keep: &[Node]) {
+        self.close_idle_where(|p| {
+            p.key.node.is_worker()
+                && p.key.node.name.starts_with(worker_prefix)
+                && !keep.contains(&p.key.node)
+        });
     }
 
     fn close_idle_where(&self, pick: impl Fn(&Pool) -> bool) {

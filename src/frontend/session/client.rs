@@ -172,8 +172,11 @@ impl Session {
                     Expect::Forward(Req::Sync | Req::Query { .. } | Req::FunctionCall)
                 )
             })
-            && self.c.routed
-            && self.ctx.shard_map.current.load().is_some()
+            && self
+                .c
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.map.current.load().is_some())
     }
 
     /// Before the ReadyForQuery of a transaction that may have notified: wait (bounded)

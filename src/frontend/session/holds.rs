@@ -8,7 +8,13 @@ impl Session {
     /// and attach. Returns the message back when a server is attached and it must be
     /// forwarded; None when it was held, answered, or refused.
     pub(super) async fn route_first(&mut self, f: Frame) -> Option<Frame> {
-        if self.c.pool.is_stale() && !self.move_home() {
+        // RELOAD changed where this client's database leads, or how it is routed.
+        let cluster_ended = self
+            .c
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.stop.is_cancelled());
+        if (self.c.pool.is_stale() || cluster_ended) && !self.move_home() {
             return None;
         }
         let pause = &self.ctx.admin.pause;
@@ -25,8 +31,7 @@ impl Session {
         }
         let map = match self.mode {
             PoolMode::Session => None,
-            _ if !self.c.routed => None,
-            _ => self.ctx.shard_map.get(),
+            _ => self.c.cluster.as_ref().and_then(|c| c.map.get()),
         };
         let Some(map) = map else {
             self.ctx.routes.count(RouteReason::NoRouting, false);
@@ -375,7 +380,7 @@ impl Session {
         tracing::debug!(from = %self.c.pool.name(), to = %home.pool.name(), "database entry changed on reload: client moves");
         self.mode = s.pool_mode_of(&home.pool.key.database, &home.pool.key.user);
         self.c.pool = home.pool;
-        self.c.routed = home.routed;
+        self.c.cluster = home.cluster;
         true
     }
 }

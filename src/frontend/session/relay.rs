@@ -41,7 +41,9 @@ impl Session {
                             .map(|e| e.code)
                             .unwrap_or_default();
                         if matches!(code.as_str(), "42P01" | "XX000" | "55000") {
-                            self.ctx.shard_map.request_refresh();
+                            if let Some(c) = &self.c.cluster {
+                                c.map.request_refresh();
+                            }
                         }
                     }
                     if !hidden {
