@@ -579,3 +579,25 @@ fn auth_user_needs_a_usable_password() {
         assert!(out.contains("auth_user: ") && out.contains(why), "{out}");
     }
 }
+
+/// `auth_user` of a `[databases]` entry: unknown roles are looked up for that entry's
+/// clients only (in the entry's own database), and refused for an entry without one when
+/// no global auth_user is set.
+#[tokio::test]
+async fn auth_user_per_database_entry() {
+    let pg = PgServer::start();
+    pg.psql_ok("CREATE ROLE per_entry LOGIN PASSWORD 'pe1'");
+    let (p, _dir) = start(&format!(
+        "upstream = \"{}\"\n\
+         [users.postgres]\npassword = \"postgres\"\n\
+         [databases.app]\nauth_user = \"postgres\"\n\
+         [databases.closed]\ndbname = \"app\"\n",
+        pg.url("app", "secret", "app")
+    ));
+    assert_eq!(
+        login(p.port(), "per_entry", "pe1", "app").await,
+        "per_entry"
+    );
+    assert_refused(p.port(), "per_entry", "wrong", "app").await;
+    assert_refused(p.port(), "per_entry", "pe1", "closed").await;
+}
