@@ -333,22 +333,27 @@ async fn looked_up(ctx: &Context, user: &str, database: &str) -> Option<Secret> 
         .load()
         .get(auth_user)
         .and_then(|x| ServerCredential::from_secret(x, auth_user, None));
-    // The client's database entry's server (the upstream for the admin console, which is
-    // no server's, and for a name that has no entry: that login fails after this anyway).
-    let target = (!crate::admin::is_admin_database(database))
-        .then(|| s.target(database))
-        .flatten();
-    let (node, dbname) = match &target {
+    // Where the query runs: auth_dbname's place (with [databases], as in PgBouncer, the
+    // entry of that name; else a database of the upstream), else the client's database
+    // entry's (the upstream's for the admin console, which is no server's, and for a name
+    // that has no entry: that login fails after this anyway).
+    let asked = match s.auth_dbname.as_deref() {
+        Some(d) => Some(d),
+        None => (!crate::admin::is_admin_database(database)).then_some(database),
+    };
+    let target = asked.and_then(|d| s.target(d));
+    let (node, database) = match &target {
         Some(t) => (
             super::target::node_for(ctx, &t.host, t.port),
             t.dbname.as_str(),
         ),
         None => (
             (**ctx.coordinator.load()).clone(),
-            s.upstream.database.as_str(),
+            s.auth_dbname
+                .as_deref()
+                .unwrap_or(s.upstream.database.as_str()),
         ),
     };
-    let database = s.auth_dbname.as_deref().unwrap_or(dbname);
     let lookup = super::auth_query::Lookup {
         params: ctx
             .pools
