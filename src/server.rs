@@ -195,7 +195,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         listens: ListenHub::default(),
         client_tls: ArcSwap::from_pointee(ctls),
         hba: ArcSwap::from_pointee(hba),
-        router: Router::new(),
+        router: Router::with_capacity(settings.plan_cache_size),
         shard_map,
         primary_cluster: primary_cluster.clone(),
         clusters: Default::default(),

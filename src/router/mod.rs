@@ -120,6 +120,13 @@ impl Router {
         Router::default()
     }
 
+    /// A router whose plan cache holds about `plan_cache_size` plans (0: no caching).
+    pub fn with_capacity(plan_cache_size: usize) -> Router {
+        Router {
+            planner: Planner::new(plan_cache_size),
+        }
+    }
+
     /// The shared planner and plan cache.
     pub fn planner(&self) -> &Planner {
         &self.planner

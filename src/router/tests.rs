@@ -1268,3 +1268,27 @@ fn the_planner_is_shared_between_threads() {
     });
     assert_eq!(planner.stats().2, 1);
 }
+
+/// `plan_cache_size` reaches the planner: 0 caches nothing (every plan a miss, the
+/// answers unchanged), a size bounds what is kept.
+#[test]
+fn router_capacity_comes_from_plan_cache_size() {
+    let cat = catalog();
+    let none = super::Router::with_capacity(0);
+    let some = super::Router::with_capacity(10_000);
+    for _ in 0..2 {
+        for &(sql, expect) in CORPUS {
+            if matches!(expect, Expect::Param(..)) {
+                continue;
+            }
+            for r in [&none, &some] {
+                let routed = r.planner().plan_simple(sql, &cat, 1);
+                check(expect, &routed.plan, routed.key.as_deref(), sql);
+            }
+        }
+    }
+    let (hits, _, len) = none.planner().stats();
+    assert_eq!((hits, len), (0, 0));
+    let (hits, _, len) = some.planner().stats();
+    assert!(hits > 0 && len > 0);
+}
