@@ -33,6 +33,9 @@ pub struct Context {
     pub shard_map: Arc<ShardMapHandle>,
     /// The upstream's database as a routed cluster (`citus::cluster`).
     pub primary_cluster: Arc<crate::citus::Cluster>,
+    /// Bumped after every RELOAD and SET: sessions look up their home again at their next
+    /// transaction when it moved (`Session::move_home`).
+    pub config_epoch: std::sync::atomic::AtomicU64,
     /// `[databases]` entries routed with a shard map of their own, by catalog place.
     pub clusters: dashmap::DashMap<crate::citus::ClusterKey, Arc<crate::citus::Cluster>>,
     /// Routed transactions by destination and reason.

@@ -199,6 +199,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         shard_map,
         primary_cluster: primary_cluster.clone(),
         clusters: Default::default(),
+        config_epoch: Default::default(),
         routes: Default::default(),
         node_health: Default::default(),
         read_spread: Default::default(),
@@ -415,10 +416,11 @@ pub fn reload(ctx: &Arc<Context>, overrides: &Overrides) {
     ctx.hba.store(Arc::new(hba));
     crate::net::budget::set_limit(new.max_buffered_message_bytes as usize);
     ctx.settings.store(Arc::new(new));
-    let retired = ctx
-        .pools
-        .retire_changed(&ctx.settings(), &ctx.coordinator.load());
+    let retired = ctx.pools.retire_changed(&current, &ctx.settings());
     crate::citus::cluster::sync(ctx);
+    // After the clusters: a session that looks again finds its entry's cluster.
+    ctx.config_epoch
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
     for p in ctx.pools.all() {
         p.regrant();
     }

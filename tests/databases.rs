@@ -348,3 +348,88 @@ async fn a_changed_entry_moves_its_clients_at_their_next_transaction() {
         0
     );
 }
+
+/// PgBouncer's switchover (PAUSE, RELOAD, RESUME) moves waiting transactions to the new
+/// place; an entry moved back onto the upstream and a dropped forced role move their
+/// clients; connect_query survives another client's settings and a failing one is
+/// ignored, as in PgBouncer.
+#[tokio::test(flavor = "multi_thread")]
+async fn switchover_forced_role_and_connect_query() {
+    let (a, b) = servers();
+    let dir = TempDir::new("databases-switch");
+    let entries = |moved: &str, forced: &str| {
+        format!(
+            "[databases.moved]\n{moved}\
+             [databases.forcer]\ndbname = \"app_a\"\n{forced}\
+             [databases.cq]\ndbname = \"app_a\"\npool_size = 1\n\
+             connect_query = \"SET search_path = cqschema, public\"\n\
+             [databases.bad_cq]\ndbname = \"app_a\"\nconnect_query = \"SELECT no_such_function()\"\n"
+        )
+    };
+    let away = format!(
+        "host = \"127.0.0.1\"\nport = {}\ndbname = \"app_b\"\n",
+        b.port()
+    );
+    let file = dir.config_file(&config(
+        &a,
+        &entries(&away, "user = \"owner\"\npassword = \"ownerpw\"\n"),
+    ));
+    let p = Pgtenant::start(&["run", "--config", file.to_str().unwrap()], &[]);
+    let admin = support::connect(&p.url("app", "secret", "pgtenant")).await;
+
+    let moved = support::connect(&p.url("app", "secret", "moved")).await;
+    assert_eq!(
+        one(&moved, "SELECT inet_server_port()").await,
+        b.port().to_string()
+    );
+    let forcer = support::connect(&p.url("app", "secret", "forcer")).await;
+    assert_eq!(one(&forcer, "SELECT current_user").await, "owner");
+
+    // connect_query is the connection's starting point: another client's SET on the one
+    // shared connection (pool_size 1) does not take it away from the next client.
+    let cq1 = support::connect(&p.url("app", "secret", "cq")).await;
+    let cq2 = support::connect(&p.url("app", "secret", "cq")).await;
+    assert_eq!(one(&cq1, "SHOW search_path").await, "cqschema, public");
+    cq2.batch_execute("SET search_path = elsewhere")
+        .await
+        .unwrap();
+    assert_eq!(one(&cq2, "SHOW search_path").await, "elsewhere");
+    assert_eq!(one(&cq1, "SHOW search_path").await, "cqschema, public");
+    assert_eq!(one(&cq2, "SHOW search_path").await, "elsewhere");
+    // A connect_query that fails is logged and the connection used anyway.
+    let bad = support::connect(&p.url("app", "secret", "bad_cq")).await;
+    assert_eq!(one(&bad, "SELECT 41 + 1").await, "42");
+    p.wait_for_log("connect_query failed", Duration::from_secs(5));
+
+    // PAUSE, RELOAD (moved goes back onto the upstream, forcer loses its forced role),
+    // a transaction that waits in the pause, RESUME: it runs at the new place.
+    admin.simple_query("PAUSE moved").await.unwrap();
+    std::fs::write(&file, config(&a, &entries("dbname = \"app_a\"\n", ""))).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let port = one(&moved, "SELECT inet_server_port()").await;
+        let db = one(&moved, "SELECT current_database()").await;
+        (port, db)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the transaction waits for RESUME");
+    admin.simple_query("RESUME moved").await.unwrap();
+    let (port, db) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered after RESUME")
+        .unwrap();
+    assert_eq!((port, db), (a.port().to_string(), "app_a".to_string()));
+    // The forced role is gone: the client continues as itself.
+    assert_eq!(one(&forcer, "SELECT current_user").await, "app");
+    // The old place's connections closed.
+    assert_eq!(
+        b.wait_for_backends("app", "app_b", 0, Duration::from_secs(5))
+            .await,
+        0
+    );
+    assert_eq!(
+        a.wait_for_backends("owner", "app_a", 0, Duration::from_secs(5))
+            .await,
+        0
+    );
+}

@@ -1115,7 +1115,7 @@ async fn only_entries_of_the_upstreams_database_are_routed() {
              [databases.tenants]\ndbname = \"app\"\n\
              [databases.plain]\ndbname = \"other\"\n\
              [databases.unrouted]\ndbname = \"app\"\nrouting = \"off\"\n\
-             [databases.spelled]\nhost = \"localhost\"\ndbname = \"app\"\nrouting = \"on\"\n\
+             [databases.spelled]\nhost = \"localhost\"\ndbname = \"app\"\nrouting = \"on\"\nauth_user = \"app\"\n\
              [databases.spelled_plain]\nhost = \"localhost\"\ndbname = \"app\"\n",
     );
     let tenants = try_connect(&p.url("app", "secret", "tenants"))

@@ -36,7 +36,7 @@ pub fn reconnect(ctx: &Arc<Context>, db: Option<&str>) -> Result<Reply, AdminErr
     }
     match db {
         Some(db) => {
-            ctx.pools.close_idle_database(db);
+            ctx.pools.close_idle_entry(db);
             ctx.auth_query.close_database(db);
         }
         None => {
@@ -98,6 +98,8 @@ pub fn kill_client(ctx: &Arc<Context>, id: u64) -> Result<Reply, AdminError> {
 pub fn set(ctx: &Arc<Context>, key: &str, value: &str) -> Result<Reply, AdminError> {
     let new = super::show_config::set(&ctx.settings(), key, value).map_err(AdminError::new)?;
     ctx.settings.store(Arc::new(new));
+    ctx.config_epoch
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
     for p in ctx.pools.all() {
         p.regrant();
     }

@@ -158,6 +158,11 @@ fn items() -> Vec<Item> {
             |m, v| m.max_db_connections = parse_u32(v, 0)?
         ),
         item!(
+            "max_user_connections",
+            |s| s.max_user_connections.to_string(),
+            |m, v| m.max_user_connections = parse_u32(v, 0)?
+        ),
+        item!(
             "query_wait_timeout",
             |s| secs(s.query_wait_timeout),
             |m, v| m.query_wait_timeout = parse_secs(v)?

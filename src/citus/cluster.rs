@@ -8,7 +8,9 @@
 //! - A `[databases]` entry with `routing = "on"` that leads to another server or database
 //!   has a cluster of its own (`Target::own_cluster`): its coordinator is the entry's
 //!   server, its catalog is read as the entry's forced user (with the entry's password or
-//!   the secret pgtenant knows) or else as the upstream's user, and its workers are named
+//!   the secret pgtenant knows), else as its auth_user, else (only on the upstream's own
+//!   server: the upstream's secret never goes elsewhere) as the upstream's user; its
+//!   workers are named
 //!   `<entry>/worker-<group>` so that node health, SHOW POOLS and the metrics never mix
 //!   them with another cluster's.
 //! - Clusters follow the configuration ([`sync`], at start and on RELOAD): one whose entry
@@ -146,8 +148,15 @@ pub fn sync(ctx: &Arc<Context>) {
             port: t.port,
             dbname: t.dbname,
         };
+        // The role that reads the catalog: the forced user, else the entry's (or the
+        // global) auth_user; the upstream's user only on the upstream's own server
+        // (`config` refuses the rest), so its secret never goes to another server.
+        let reader = t
+            .user
+            .map(|u| (u, t.password))
+            .or_else(|| s.auth_user_for(name).map(|u| (u.to_string(), None)));
         if wanted.iter().all(|(k, _, _)| *k != key) {
-            wanted.push((key, name.clone(), t.user.map(|u| (u, t.password))));
+            wanted.push((key, name.clone(), reader));
         }
     }
     ctx.clusters.retain(|key, c| {

@@ -803,6 +803,26 @@ fn finish(
         );
     }
 
+    // An entry routed with its own shard map reads that server's catalog: not with the
+    // upstream's secret, which must not go to another server.
+    if let Some(up) = &upstream {
+        for (name, e) in &d.databases {
+            let elsewhere = e.host.as_ref().is_some_and(|h| *h != up.host)
+                || e.port.is_some_and(|p| p != up.port);
+            if e.routing == Some(Routing::On)
+                && elsewhere
+                && e.user.is_none()
+                && e.auth_user.is_none()
+                && d.auth_user.is_none()
+            {
+                errs.push(
+                    &format!("databases.{name}.routing"),
+                    "\"on\" on another server needs user or auth_user (the role that reads its Citus catalog)",
+                );
+            }
+        }
+    }
+
     let (Some(upstream), true) = (upstream, errs.0.is_empty()) else {
         return Err(ConfigError { errors: errs.0 });
     };

@@ -127,7 +127,11 @@ fn read_into(
             key: if section == "pgbouncer" {
                 key.to_ascii_lowercase()
             } else {
-                key.to_string()
+                // A database or user name may be written in double quotes ("my-db").
+                key.strip_prefix('"')
+                    .and_then(|k| k.strip_suffix('"'))
+                    .unwrap_or(key)
+                    .to_string()
             },
             value: v.trim().to_string(),
             file: path.to_path_buf(),
@@ -624,7 +628,6 @@ fn databases_section(
     special: &std::collections::BTreeMap<&str, &Line>,
     t: &mut Translation,
 ) {
-    let _ = special;
     let mut server: Option<UpstreamEntry> = None;
     let mut fallback = None;
     let mut tables = Table::new();
@@ -637,9 +640,13 @@ fn databases_section(
                 continue;
             }
         };
-        // PgBouncer's defaults: a unix socket in /tmp is its default host; pgtenant's
-        // listeners and tests use TCP, so an entry without host means the loopback.
-        let mut host = "127.0.0.1".to_string();
+        // PgBouncer's default host: a unix socket in unix_socket_dir (/tmp unless set;
+        // the loopback when it is set empty, as sockets are then off).
+        let mut host = match special.get("unix_socket_dir") {
+            Some(d) if d.value.trim().is_empty() => "127.0.0.1".to_string(),
+            Some(d) => d.value.trim().to_string(),
+            None => "/tmp".to_string(),
+        };
         let mut port = "5432".to_string();
         let mut dbname = None;
         let mut user = None;
@@ -723,6 +730,15 @@ fn databases_section(
                 ));
                 continue;
             }
+        }
+        if password.is_some() && user.is_none() {
+            // PgBouncer uses an entry's password only for its forced user.
+            t.notes.push(format!(
+                "{}: [databases] {}: password without user: not carried (it is only used with user=)",
+                l.at(),
+                l.key
+            ));
+            password = None;
         }
         for (k, v) in [
             ("dbname", &dbname),

@@ -52,6 +52,8 @@ pub struct Client {
     /// The cluster its statements are routed with (`citus::cluster`); None: not routed
     /// (its database is no routed entry's).
     pub cluster: Option<Arc<crate::citus::Cluster>>,
+    /// `Context::config_epoch` when its home was looked up.
+    pub home_epoch: u64,
     /// What its login proved, for the pool it moves to when its entry changes.
     pub credential: Option<ServerCredential>,
     /// Ends this session (SIGTERM, or KILL / KILL_CLIENT from the admin console): a
@@ -447,6 +449,8 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
         .await?;
         return Ok(None);
     }
+    // Read before the lookup: a RELOAD after it makes the session look again.
+    let epoch = ctx.config_epoch.load(std::sync::atomic::Ordering::Acquire);
     let Some(home) = super::target::home(ctx, &settings, &database, &user, credential.clone())
     else {
         // After authentication, as PgBouncer: a stranger learns nothing of which exist.
@@ -458,12 +462,37 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
         .await?;
         return Ok(None);
     };
-    let pool = home.pool;
+    let mut pool = home.pool;
+    let mut cluster = home.cluster;
 
     let startup = super::params::from_startup(&rest);
     // Session mode: the client's own server connection, taken now.
     let own = match settings.pool_mode_of(&pool.key.database, &pool.key.user) {
         PoolMode::Session => match session_server(&pool, ctx).await {
+            // PgBouncer's switchover (PAUSE, RELOAD, RESUME) moved the entry while this
+            // login waited: take the server at its new place.
+            Ok(s) if pool.is_stale() => {
+                drop(s);
+                let s2 = ctx.settings();
+                let Some(h) = super::target::home(ctx, &s2, &database, &user, credential.clone())
+                else {
+                    conn.send(&build::fatal(
+                        sqlstate::INVALID_CATALOG_NAME,
+                        &format!("no such database: {database}"),
+                    ))
+                    .await?;
+                    return Ok(None);
+                };
+                pool = h.pool;
+                cluster = h.cluster;
+                match session_server(&pool, ctx).await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        conn.send(&pool_error_frame(&e)).await?;
+                        return Ok(None);
+                    }
+                }
+            }
             Ok(s) => Some(s),
             Err(e) => {
                 conn.send(&pool_error_frame(&e)).await?;
@@ -533,7 +562,8 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
                 user.as_str().into()
             },
             database: pool.key.database.clone(),
-            cluster: home.cluster,
+            cluster,
+            home_epoch: epoch,
             credential,
             startup: ctx.startup_params.share(startup),
             key: cancel_key,

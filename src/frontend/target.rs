@@ -51,6 +51,7 @@ pub fn home(
         database: name.into(),
         dbname: t.dbname.as_str().into(),
         user: role.into(),
+        forced: t.user.is_some(),
     };
     let pool = ctx.pools.get(&key);
     pool.set_credential(credential);

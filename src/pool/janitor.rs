@@ -74,7 +74,8 @@ impl Pool {
 fn fill_min(pool: &Arc<Pool>) {
     let s = pool.settings.load();
     let min = pool.limits(&s).min_pool_size;
-    if min == 0 || !pool.has_credential() {
+    // A stale pool's entry now leads elsewhere: nothing is opened there any more.
+    if min == 0 || !pool.has_credential() || pool.is_stale() {
         return;
     }
     let open = {

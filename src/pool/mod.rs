@@ -95,6 +95,9 @@ pub struct PoolKey {
     pub dbname: Arc<str>,
     /// The server role (the entry's forced user, else the client's).
     pub user: Arc<str>,
+    /// `user` is the entry's forced role (all its clients share the pool), not the
+    /// clients' own: a RELOAD that drops the forced user must move them off it.
+    pub forced: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -451,15 +454,22 @@ impl Pool {
     /// Count one more connection of this database entry and this role, if both limits
     /// allow it.
     fn try_count(&self) -> bool {
+        self.try_count_which().is_ok()
+    }
+
+    /// [`Pool::try_count`], saying which limit is full.
+    fn try_count_which(&self) -> Result<(), Full> {
         let l = self.limits(&self.settings.load());
         if !Self::try_count_one(&self.db, l.max_db_connections) {
-            return false;
+            return Err(Full::Database);
         }
         if !Self::try_count_one(&self.role, l.max_user_connections) {
             self.db.count.fetch_sub(1, Ordering::AcqRel);
-            return false;
+            // Someone may have seen the database full while this count stood.
+            self.db.freed.notify_waiters();
+            return Err(Full::Role);
         }
-        true
+        Ok(())
     }
 
     fn try_count_one(c: &Counter, max: u32) -> bool {
@@ -542,12 +552,16 @@ impl Pool {
                     } else {
                         0
                     };
+                let counted = match (got.is_some(), g.total < limit) {
+                    (false, true) => Some(self.try_count_which()),
+                    _ => None,
+                };
                 if let Some(c) = got {
                     Next::Got(c)
-                } else if g.total < limit && self.try_count() {
+                } else if let Some(Ok(())) = counted {
                     g.total += 1;
                     Next::Open
-                } else if g.total < limit && self.evict_idle_elsewhere() {
+                } else if matches!(counted, Some(Err(full)) if self.evict_idle_elsewhere(full)) {
                     // max_db_connections or max_user_connections was reached with idle
                     // connections in another pool of this database or role: one was
                     // closed, try again.
@@ -679,17 +693,19 @@ impl Pool {
     /// Close one idle connection of another pool of the same database or role (the
     /// longest idle one first in each pool). Called with this pool's lock held: it only
     /// try-locks the others, so two pools evicting for each other cannot deadlock.
-    fn evict_idle_elsewhere(&self) -> bool {
-        let pools: Vec<Arc<Pool>> = [&self.db, &self.role]
+    /// Only pools of the limit that is `full` count: closing another role's idle
+    /// connection frees nothing for a role at max_user_connections.
+    fn evict_idle_elsewhere(&self, full: Full) -> bool {
+        let counter = match full {
+            Full::Database => &self.db,
+            Full::Role => &self.role,
+        };
+        let pools: Vec<Arc<Pool>> = counter
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .flat_map(|c| {
-                c.pools
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .filter_map(Weak::upgrade)
-                    .collect::<Vec<_>>()
-            })
+            .filter_map(Weak::upgrade)
             .collect();
         for p in pools {
             if std::ptr::eq(Arc::as_ptr(&p), self) {
@@ -851,8 +867,32 @@ impl Pool {
         }
     }
 
+    /// Its database entry's connect_query, if any (run again after pgtenant resets a
+    /// connection's settings, so that the entry's starting point survives).
+    pub fn connect_query_sql(&self) -> Option<String> {
+        self.settings
+            .load()
+            .database_entry(&self.key.database)
+            .and_then(|e| e.connect_query.clone())
+    }
+
+    /// Run the connect_query again on a connection whose settings were just reset.
+    /// False: the connection broke (close it).
+    pub async fn rerun_connect_query(&self, c: &mut ServerConn) -> bool {
+        let Some(q) = self.connect_query_sql() else {
+            return true;
+        };
+        match c.run_internal(&q).await {
+            Ok(()) => true,
+            Err(BackendError::Server(_)) => c.tx_status == b'I',
+            Err(_) => false,
+        }
+    }
+
     /// The entry's connect_query, once on a new connection before anyone uses it (what
-    /// it sets becomes the connection's baseline, reported to the pool's clients).
+    /// it sets is the connection's starting point; see README "Databases" for what a
+    /// client's RESET does to it). An error of the query is logged and ignored, as in
+    /// PgBouncer; a broken connection is closed.
     async fn connect_query(
         &self,
         mut c: ServerConn,
@@ -866,6 +906,12 @@ impl Pool {
         };
         match c.run_internal(q).await {
             Ok(()) => Ok(c),
+            // As PgBouncer: an error of the query itself is logged and otherwise ignored
+            // (the connection answered, is idle, and is used).
+            Err(BackendError::Server(e)) if c.tx_status == b'I' => {
+                tracing::warn!(pool = %self.name(), code = %e.code, error = %e.message, "connect_query failed; the connection is used anyway");
+                Ok(c)
+            }
             Err(e) => {
                 tracing::warn!(pool = %self.name(), error = %e, "connect_query failed; closing the new server connection");
                 c.terminate();
@@ -913,6 +959,7 @@ impl Pool {
             || (g.total > l.pool_size && g.waiters.iter().all(|w| w.is_closed()));
         if !clean
             || c.id <= self.close_needed_upto.load(Ordering::Relaxed)
+            || self.is_stale()
             || c.tx_status != b'I'
             || c.conn.buffered_input() > 0
             || c.conn.is_eof()
@@ -979,6 +1026,13 @@ impl Pool {
     }
 }
 
+/// Which limit stopped a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    Database,
+    Role,
+}
+
 #[allow(clippy::large_enum_variant)]
 enum Waited {
     Handoff(Handoff),
@@ -1016,6 +1070,7 @@ mod tests {
             database: db.into(),
             dbname: db.into(),
             user: "app".into(),
+            forced: false,
         }
     }
 

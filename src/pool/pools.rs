@@ -252,6 +252,12 @@ impl Pools {
     /// which would otherwise wait for them and fail): the idle ones now, the lent ones
     /// when they come back (as RECONNECT does; a session-mode client that just left may
     /// still be on its way back with its connection).
+    /// Close the idle connections of one `[databases]` entry (RECONNECT db); lent ones
+    /// are marked by the caller.
+    pub fn close_idle_entry(&self, entry: &str) {
+        self.close_idle_where(|p| *p.key.database == *entry);
+    }
+
     pub fn close_idle_database(&self, database: &str) {
         for p in self
             .all()
@@ -268,19 +274,53 @@ impl Pools {
     /// connections close now, lent ones when they come back, and their clients move to
     /// the new place at their next transaction (or are told the database is gone).
     /// Returns how many pools were marked.
-    pub fn retire_changed(&self, s: &Settings, coordinator: &Node) -> usize {
+    ///
+    /// Pools whose entry still leads to the same place but opens connections differently
+    /// now (its connect_query or startup settings changed) keep their clients; their
+    /// connections are closed (idle now, lent on return) so that new ones are made the
+    /// new way, as PgBouncer does for a changed entry.
+    pub fn retire_changed(&self, old: &Settings, s: &Settings) -> usize {
         let mut n = 0;
         for p in self.all() {
             if p.is_stale() {
                 continue;
             }
+            let made = |s: &Settings| {
+                s.database_entry(&p.key.database)
+                    .map(|e| (e.connect_query.clone(), e.startup.clone()))
+            };
+            if made(old) != made(s) {
+                tracing::info!(pool = %p.name(), "database entry's connect_query or startup settings changed: closing its server connections");
+                p.mark_close_needed();
+                let idle: Vec<Box<ServerConn>> = {
+                    let mut g = p.lock();
+                    let v: Vec<_> = g.idle.drain(..).collect();
+                    for _ in &v {
+                        p.drop_slot(&mut g);
+                    }
+                    v
+                };
+                for c in idle {
+                    c.terminate();
+                }
+            }
             let same = s.target(&p.key.database).is_some_and(|t| {
-                let server = (&*p.key.node.host, p.key.node.port) == (t.host.as_str(), t.port)
-                    // A routed pool on a worker stays while its entry is still routed.
-                    || (t.routed && p.key.node != *coordinator);
-                server
-                    && *p.key.dbname == t.dbname
-                    && t.user.as_deref().is_none_or(|u| *p.key.user == *u)
+                let server = if p.key.node.is_worker() {
+                    // A worker pool stays while its entry is routed with the same cluster.
+                    if is_primary_worker(&p.key.node) {
+                        t.routed && !t.own_cluster
+                    } else {
+                        let prefix = format!("{}/", p.key.database.replace(':', "_"));
+                        t.own_cluster && p.key.node.name.starts_with(&prefix)
+                    }
+                } else {
+                    (&*p.key.node.host, p.key.node.port) == (t.host.as_str(), t.port)
+                };
+                let role = match &t.user {
+                    Some(u) => p.key.forced && *p.key.user == **u,
+                    None => !p.key.forced,
+                };
+                server && *p.key.dbname == t.dbname && role
             });
             if !same {
                 tracing::info!(pool = %p.name(), "database entry changed or removed: closing its server connections");
@@ -297,9 +337,11 @@ impl Pools {
     /// since nothing routes there any more.
     /// Only the workers of that map's cluster (names beginning with `worker_prefix`).
     pub fn close_idle_on_nodes_except(&self, worker_prefix: &str, keep: &[Node]) {
+        let primary = worker_prefix == "worker-";
         self.close_idle_where(|p| {
             p.key.node.is_worker()
                 && p.key.node.name.starts_with(worker_prefix)
+                && (!primary || is_primary_worker(&p.key.node))
                 && !keep.contains(&p.key.node)
         });
     }
@@ -319,4 +361,10 @@ impl Pools {
             }
         }
     }
+}
+
+/// A worker of the primary cluster (`worker-<group>`); an entry's own cluster's workers
+/// are `<entry>/worker-<group>`.
+fn is_primary_worker(n: &Node) -> bool {
+    n.name.starts_with("worker-") && !n.name.contains('/')
 }

@@ -723,3 +723,25 @@ fn databases_entry_errors_name_their_key() {
     .to_string();
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn an_entry_routed_on_another_server_needs_its_own_catalog_reader() {
+    let err = load_str(
+        &format!("{UP}[databases.eu]\nhost = \"10.1.0.5\"\nrouting = \"on\"\n"),
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("databases.eu.routing: \"on\" on another server needs user or auth_user"),
+        "{err}"
+    );
+    for ok in [
+        "[databases.eu]\nhost = \"10.1.0.5\"\nrouting = \"on\"\nauth_user = \"reader\"\n",
+        "[databases.eu]\nhost = \"10.1.0.5\"\nrouting = \"on\"\nuser = \"owner\"\n",
+        // The upstream's own server: its user may read it.
+        "[databases.eu]\ndbname = \"eu\"\nrouting = \"on\"\n",
+    ] {
+        load_str(&format!("{UP}{ok}"), &Overrides::default()).unwrap();
+    }
+}

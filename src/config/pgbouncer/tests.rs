@@ -198,3 +198,40 @@ fn detection_and_import_text() {
     let parsed: Table = text.parse().expect("valid TOML");
     assert_eq!(parsed["pool_size"].as_integer(), Some(20));
 }
+
+/// `[databases]` details as PgBouncer reads them: quoted names, the default host (a unix
+/// socket in unix_socket_dir, /tmp unless set), a password without user (not used).
+#[test]
+fn database_entries_keep_pgbouncers_defaults() {
+    let dir = std::env::temp_dir().join(format!("pgtenant-ini-dbs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let entry = |t: &Translation, name: &str| -> Table {
+        t.table["databases"][name].as_table().unwrap().clone()
+    };
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        translate(&read(&p).unwrap())
+    };
+    let t = write(
+        "a.ini",
+        "[databases]\n\"my-db\" = dbname=mine user=u\nplain = password=p\n[pgbouncer]\nauth_user = u\n",
+    );
+    assert!(t.errors.is_empty(), "{:?}", t.errors);
+    let mine = entry(&t, "my-db");
+    assert_eq!(mine["host"].as_str(), Some("/tmp"));
+    assert_eq!(mine["dbname"].as_str(), Some("mine"));
+    assert!(entry(&t, "plain").get("password").is_none());
+    assert!(t.notes.iter().any(|n| n.contains("password without user")));
+    let t = write(
+        "b.ini",
+        "[databases]\nx = dbname=x user=u\n[pgbouncer]\nunix_socket_dir = /run/pg\n",
+    );
+    assert_eq!(entry(&t, "x")["host"].as_str(), Some("/run/pg"));
+    let t = write(
+        "c.ini",
+        "[databases]\nx = dbname=x user=u\n[pgbouncer]\nunix_socket_dir =\n",
+    );
+    assert_eq!(entry(&t, "x")["host"].as_str(), Some("127.0.0.1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

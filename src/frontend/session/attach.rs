@@ -144,12 +144,25 @@ impl Session {
             notified: false,
             unread: None,
         };
-        self.take_over(&mut a);
+        let reset_all = self.take_over(&mut a);
+        let mut replay = Vec::new();
         if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
-            for sql in params::replay(&a.server.applied, &self.view.desired) {
-                hidden_query(&mut a, &sql);
+            replay = params::replay(&a.server.applied, &self.view.desired);
+            for sql in &replay {
+                hidden_query(&mut a, sql);
             }
             a.server.applied = self.view.desired.clone();
+        }
+        // A reset took the connection back to the server's defaults: the entry's
+        // connect_query is its starting point, so it runs again, and the client's own
+        // settings after it (they win, as on a connection the client set up itself).
+        if reset_all || replay.iter().any(|q| q.starts_with("RESET")) {
+            if let Some(q) = a.pool.connect_query_sql() {
+                hidden_query(&mut a, &q);
+                for sql in replay.iter().filter(|q| q.starts_with("SET")) {
+                    hidden_query(&mut a, sql);
+                }
+            }
         }
         self.attached = Some(Box::new(a));
     }
@@ -273,7 +286,9 @@ impl Session {
             return;
         }
         if s.server_reset_query_always && !s.server_reset_query.is_empty() {
-            if a.server.run_internal(&s.server_reset_query).await.is_err() {
+            if a.server.run_internal(&s.server_reset_query).await.is_err()
+                || !a.pool.rerun_connect_query(&mut a.server).await
+            {
                 a.pool.discard(a.server);
                 return;
             }
@@ -378,7 +393,9 @@ impl Session {
     /// A server connection lent to this client: what another client left there that
     /// must not reach this one goes first (its SQL-level statements, settings under
     /// names pgtenant does not know).
-    fn take_over(&self, a: &mut Attached) {
+    /// True when it reset every setting (`RESET ALL`).
+    fn take_over(&self, a: &mut Attached) -> bool {
+        let mut reset_all = false;
         if a.server.sql_owner != self.id && !a.server.prepared.sql.is_empty() {
             let names: Vec<String> = a.server.prepared.sql.keys().cloned().collect();
             for n in names {
@@ -397,7 +414,9 @@ impl Session {
             }
             a.server.applied = Arc::new(kept);
             a.server.dirty_by = 0;
+            reset_all = true;
         }
+        reset_all
     }
 
     /// The client is leaving: return or close its server, flush what is queued.
@@ -405,8 +424,8 @@ impl Session {
         // Before its server can go to the next client: in session mode that one gets the
         // same (real) key.
         self.c.key.unregister();
-        if let Some(sub) = self.listener.take() {
-            self.ctx.listens.unlisten(&self.c.pool, &sub, None);
+        if let (Some(sub), Some(pool)) = (self.listener.take(), self.listen_pool.take()) {
+            self.ctx.listens.unlisten(&pool, &sub, None);
         }
         if let Some(mut a) = self.attached.take() {
             self.set_cancel_target(None).await;
@@ -428,9 +447,12 @@ impl Session {
                 && !reset.is_empty()
                 && (self.mode == PoolMode::Session || s.server_reset_query_always || self.pinned)
             {
-                let r = tokio::time::timeout(Duration::from_secs(10), a.server.run_internal(reset))
-                    .await;
-                clean = matches!(r, Ok(Ok(())));
+                let r = tokio::time::timeout(Duration::from_secs(10), async {
+                    a.server.run_internal(reset).await.is_ok()
+                        && a.pool.rerun_connect_query(&mut a.server).await
+                })
+                .await;
+                clean = matches!(r, Ok(true));
                 a.server.forget_session_state();
             }
             if clean {

@@ -364,12 +364,16 @@ impl Session {
             Command::Listen { channel } if self.mode != PoolMode::Session => {
                 let hub = &self.ctx.listens;
                 let sub = self.listener.get_or_insert_with(|| hub.subscriber());
-                self.listen_ack = Some(hub.listen(&self.c.pool, sub, channel));
+                // The pool it first listened through keeps its LISTENs, also after a
+                // RELOAD moved its home (`move_home`).
+                let pool = self.listen_pool.get_or_insert_with(|| self.c.pool.clone());
+                self.listen_ack = Some(hub.listen(pool, sub, channel));
                 return Some("LISTEN");
             }
             Command::Unlisten { channel } if self.mode != PoolMode::Session => {
-                if let Some(sub) = self.listener.as_ref() {
-                    self.ctx.listens.unlisten(&self.c.pool, sub, channel);
+                if let (Some(sub), Some(pool)) = (self.listener.as_ref(), self.listen_pool.as_ref())
+                {
+                    self.ctx.listens.unlisten(pool, sub, channel);
                 }
                 return Some("UNLISTEN");
             }

@@ -8,15 +8,6 @@ impl Session {
     /// and attach. Returns the message back when a server is attached and it must be
     /// forwarded; None when it was held, answered, or refused.
     pub(super) async fn route_first(&mut self, f: Frame) -> Option<Frame> {
-        // RELOAD changed where this client's database leads, or how it is routed.
-        let cluster_ended = self
-            .c
-            .cluster
-            .as_ref()
-            .is_some_and(|c| c.stop.is_cancelled());
-        if (self.c.pool.is_stale() || cluster_ended) && !self.move_home() {
-            return None;
-        }
         let pause = &self.ctx.admin.pause;
         if pause.is_paused(&self.c.pool.key.database) {
             // PAUSE: the new transaction waits for RESUME (or for its end: KILL, SHUTDOWN).
@@ -28,6 +19,23 @@ impl Session {
                 }
             })
             .await;
+        }
+        // After any PAUSE (PgBouncer's switchover is PAUSE, RELOAD, RESUME): a RELOAD or
+        // SET since this client's home was looked up may have moved its database entry or
+        // changed its routing.
+        let epoch = self
+            .ctx
+            .config_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        let cluster_ended = self
+            .c
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.stop.is_cancelled());
+        if (epoch != self.c.home_epoch || self.c.pool.is_stale() || cluster_ended)
+            && !self.move_home(epoch)
+        {
+            return None;
         }
         let map = match self.mode {
             PoolMode::Session => None,
@@ -142,6 +150,7 @@ impl Session {
                     database: self.c.pool.key.database.clone(),
                     dbname: self.c.pool.key.dbname.clone(),
                     user: self.c.pool.key.user.clone(),
+                    forced: self.c.pool.key.forced,
                 };
                 (self.ctx.pools.get(&key), reason)
             }
@@ -359,7 +368,8 @@ impl Session {
     /// The client's pool went stale on RELOAD (its database entry changed or went away):
     /// take its new home before this transaction, or end the session with the error a new
     /// login would get. False: the session ends.
-    fn move_home(&mut self) -> bool {
+    fn move_home(&mut self, epoch: u64) -> bool {
+        self.c.home_epoch = epoch;
         let s = self.ctx.settings();
         let home = crate::frontend::target::home(
             &self.ctx,
@@ -377,8 +387,14 @@ impl Session {
             self.session_lost = true;
             return false;
         };
-        tracing::debug!(from = %self.c.pool.name(), to = %home.pool.name(), "database entry changed on reload: client moves");
-        self.mode = s.pool_mode_of(&home.pool.key.database, &home.pool.key.user);
+        if !Arc::ptr_eq(&home.pool, &self.c.pool) {
+            tracing::debug!(from = %self.c.pool.name(), to = %home.pool.name(), "database entry changed on reload: client moves");
+            // LISTENs were made through the old pool's listening connection
+            // (`listen_pool`): they stay there (notifications from the old place) until
+            // the client UNLISTENs or leaves; see README "Databases".
+        }
+        // The pool mode stays the one the client logged in with (its session's state
+        // tracking depends on it); a changed pool_mode applies to new clients.
         self.c.pool = home.pool;
         self.c.cluster = home.cluster;
         true

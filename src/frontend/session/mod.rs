@@ -242,6 +242,9 @@ struct Session {
     fake_statement: Option<&'static str>,
     /// Notifications for channels this client LISTENs to (transaction/statement mode).
     listener: Option<Subscriber>,
+    /// The pool whose listening connection holds this client's LISTENs (its home pool at
+    /// its first LISTEN).
+    listen_pool: Option<Arc<Pool>>,
     /// Messages held until a statement decides the transaction's node: transaction
     /// control pgtenant already answered, and Parses waiting for their Bind.
     held: Vec<Held>,
@@ -316,6 +319,7 @@ where
         max_prepared,
         fake_statement: None,
         listener: None,
+        listen_pool: None,
         listen_ack: None,
         held: Vec::new(),
         route: (RouteReason::NoRouting, false),
