@@ -10,7 +10,7 @@
 //! - `build/<n> shards`: `shard_map::build` for 1,000 and 100,000 shards (the map is
 //!   dropped outside the timing). Target (performance issue): 100,000 shards well under
 //!   1 s, so a refresh never stalls; the load from a real PostgreSQL (query + build) is
-//!   checked in `tests/scale.rs`.
+//!   checked in `tests/it/scale.rs`.
 //! - `lookup/<n> shards`: what routing does per statement for a tenant value: the int8
 //!   hash of its text (`citus::hash::hash_value`) and `ShardMap::locate` (binary search of
 //!   the colocation group's ranges), cycling through 4,096 pseudo-random tenant ids so the

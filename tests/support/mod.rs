@@ -1,4 +1,5 @@
-//! The one shared harness every integration test uses (`mod support;`).
+//! The one shared harness every integration test uses (`tests/it/main.rs` loads it as
+//! `mod support`; a test file directly in `tests/` can too, with `mod support;`).
 //!
 //! It starts real PostgreSQL servers on free loopback ports, drives the `pgtenant`
 //! binary as a child process, and makes temp dirs and TLS certificates. Everything

@@ -1,7 +1,7 @@
 //! Unix-domain sockets (issue 14, point 5): pgtenant listens on
 //! `<unix_socket_dir>/.s.PGSQL.<port>` beside TCP, and reaches a server through its
 //! socket directory (`host=/path`), with tokio-postgres and psql; hba `local` lines.
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

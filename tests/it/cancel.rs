@@ -2,7 +2,7 @@
 //! Ctrl-C, tokio-postgres' cancel token, cancels that must never reach another client's
 //! query, and made-up keys that must do nothing.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

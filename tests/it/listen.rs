@@ -1,7 +1,7 @@
 //! LISTEN/NOTIFY through pgtenant: in transaction mode pgtenant listens on behalf of its
 //! clients (one listening server connection per pool) and delivers notifications to each
 //! subscribed client; in session mode LISTEN works on the client's own connection.
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

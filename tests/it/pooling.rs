@@ -7,7 +7,7 @@
 //! Server-side truth comes from `pg_stat_activity`, read as the superuser directly on
 //! PostgreSQL (never through pgtenant).
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};

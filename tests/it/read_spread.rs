@@ -7,7 +7,7 @@
 //! a worker gives a partial answer there (a real Citus worker with metadata would run the
 //! distributed query): routing is checked by `inet_server_port()`, answers only where every
 //! node has the same rows (the reference table `plans`).
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! transactions finish, idle clients leave, shutdown_timeout, a second signal), and
 //! SIGHUP reloads of pool_size (growing, shrinking, a broken file).
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -5,12 +5,12 @@
 //! `pg_stat_activity`, is the sender pid of its notifications and what
 //! `pg_terminate_backend()` ends (the client then gets one FATAL, 08006 with the server's
 //! text, and is disconnected, never moved to another backend), and the real key cancels
-//! through pgtenant. Transaction mode keeps pgtenant's own keys (tests/cancel.rs).
+//! through pgtenant. Transaction mode keeps pgtenant's own keys (tests/it/cancel.rs).
 //!
 //! Raw protocol clients (trust auth on the listener): tokio-postgres does not show the
 //! BackendKeyData it received.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -319,7 +319,7 @@ async fn notification_sender_pid_is_the_key_pid() {
 
 /// `pg_terminate_backend(pid)` with the pid a client was told ends that client, idle or
 /// busy: it gets one FATAL, 08006 with the server's text (its 57P01 in the DETAIL, see
-/// tests/server_lost.rs), then the connection closes; it is never moved silently to
+/// tests/it/server_lost.rs), then the connection closes; it is never moved silently to
 /// another backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminating_the_pid_ends_the_client() {

@@ -5,7 +5,7 @@
 //! The rule under test (DESIGN.md, decision 7): bad input costs one connection, never the
 //! process, and a broken server connection is never handed to the next client.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -305,7 +305,7 @@ async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
 /// FATAL, 08006 with the server's text, and is disconnected (never the server's 57P01
 /// followed by pgtenant's own 08006); the next client gets a fresh server connection
 /// (pool_size 1, so the dead connection's slot must have been freed). Every way a server
-/// can die, in every mode: tests/server_lost.rs.
+/// can die, in every mode: tests/it/server_lost.rs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_killed_inside_a_transaction() {
     let pg = PgServer::start();

@@ -8,9 +8,9 @@
 //!   memory goes back to the OS;
 //! - logins to databases that do not exist leave no pool behind.
 //!
-//! Each test prints what it measured (`cargo test --test memory -- --nocapture`).
+//! Each test prints what it measured (`cargo test --test it memory:: -- --nocapture`).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! `shard_map::load`).
 //!
 //! - The load (detect + fingerprint + load, as a refresh that finds a change does) must
-//!   take < 1 s when built with optimizations (`cargo test --release --test scale`) and
+//!   take < 1 s when built with optimizations (`cargo test --release --test it scale::`) and
 //!   < 10 s in a debug build; the time is printed either way. The cost of building the
 //!   map alone is measured precisely by `cargo bench --bench shard_map`.
 //! - The map must agree with PostgreSQL: for 3,005 tenant values (edge values, 1..=1000
@@ -13,7 +13,7 @@
 //!   text + `ShardMap::locate`) are the ones the coordinator's catalog gives for
 //!   `hashint8(value)` (the hash function of the bigint column).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

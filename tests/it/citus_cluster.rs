@@ -1,7 +1,7 @@
 //! Tests of the emulated Citus cluster itself (`tests/support/citus.rs`); no pgtenant.
 //! If these fail, the routing tests built on the cluster prove nothing.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use support::citus::{

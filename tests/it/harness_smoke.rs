@@ -1,6 +1,6 @@
 //! Smoke tests for the shared test harness in `tests/support`.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::{free_port, gen_certs, try_connect, PgServer, TempDir};

@@ -2,7 +2,7 @@
 //! environment < flags (observed on a real PostgreSQL), zero-file runs from the
 //! environment or the README's four flags, and `--log-format json`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! The raw-protocol tests speak the protocol over a plain `TcpStream` with the tiny
 //! framing helpers below, with pgtenant in `--auth-type trust` mode.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -6,9 +6,9 @@
 //! remembered for `auth_query_cache_ttl`, secrets never; and the bad cases end promptly
 //! with that answer and a log line: an auth_user that may not read pg_authid, a server
 //! that refuses connections, one that accepts and never answers. psycopg's own
-//! test_change_password scenario runs in tests/django.rs.
+//! test_change_password scenario runs in tests/it/django.rs.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::net::TcpListener;

@@ -5,7 +5,7 @@
 //!
 //! Silent sockets are plain `std::net::TcpStream`s that connect and send nothing.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::net::TcpStream;

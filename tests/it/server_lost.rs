@@ -17,7 +17,7 @@
 //! Raw protocol clients show every message; a tokio-postgres client shows what a driver
 //! makes of it.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

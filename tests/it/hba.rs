@@ -1,7 +1,7 @@
 //! `auth_type = "hba"` with `auth_hba_file` (issue 14, point 4): the first matching line of
 //! a pg_hba.conf-style file decides each connection's method, against a real PostgreSQL
 //! with tokio-postgres clients; a bad file is refused at start and at RELOAD.
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! pgtenant run from a PgBouncer configuration (`pgbouncer.ini`), and `pgtenant import`
 //! (issue 14, point 1), against a real PostgreSQL with psql and tokio-postgres clients.
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

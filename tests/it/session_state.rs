@@ -8,7 +8,7 @@
 //! Server-side truth (which backend ran what, what it has prepared) is read either through
 //! pgtenant inside the same transaction (same backend) or directly on PostgreSQL.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::process::{Command, Output, Stdio};

@@ -8,7 +8,7 @@
 //! authentication request a listener sends first and exactly what follows a failure
 //! (one ErrorResponse 28P01, then the connection closes).
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! PostgreSQL; not ready while draining or when the upstream is down) and `/metrics`
 //! (Prometheus text that parses, counters that move with traffic).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -1,7 +1,7 @@
 //! The admin console against a running pgtenant: PgBouncer's SHOW headers exactly, values
 //! that move with traffic, access levels, RELOAD, SET, KILL_CLIENT, and pgtenant's own
 //! SHOW NODES / SHARDS / TENANT against the emulated Citus cluster.
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //!   is refused at login;
 //! - `DROP DATABASE` works however it arrives, although pgtenant held idle connections to
 //!   that database.
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! pgtenant's own statement names, `select 1; deallocate all`, DISCARD ALL, the session
 //! check's metric, backpressure on a Sync flood, and clients whose encoding is not UTF-8.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream as StdTcpStream;

@@ -7,7 +7,7 @@
 //! server connection mid-statement and answers `FATAL 08006` (connection_failure) and
 //! closes the client connection (the transaction is gone, as with PgBouncer). Statements
 //! that start afterwards are routed to the coordinator while the worker is marked down.
-mod support;
+use crate::support;
 
 use std::error::Error;
 use std::process::{Command, Stdio};

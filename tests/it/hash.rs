@@ -7,7 +7,7 @@
 //! both from a query parameter (a varlena with a 4-byte header: PostgreSQL's aligned path
 //! in hash_bytes) and from a table column (short 1-byte headers: the unaligned path).
 
-mod support;
+use crate::support;
 
 use pgtenant::citus::hash::{
     hash_binary, hash_value, hashbpchar, hashint2, hashint4, hashint8, hashtext, uuid_hash,

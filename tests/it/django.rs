@@ -14,10 +14,10 @@
 //! from PyPI), and made again when the requirements file or the Python changes. Set
 //! `PGTENANT_TEST_PYTHON` to use another interpreter than `python3`.
 //!
-//! Run only these: `cargo test --test django` (add `-- --nocapture` to see each run's
+//! Run only these: `cargo test --test it django::` (add `-- --nocapture` to see each run's
 //! summary).
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! Smoke test of tenant routing against the emulated Citus cluster: a few tenants, simple
 //! and extended protocol, each answered by the worker that owns it.
-mod support;
+use crate::support;
 
 use support::citus::{CitusCluster, CitusOptions};
 

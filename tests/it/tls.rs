@@ -8,7 +8,7 @@
 //! refuse `app` without TLS (`hostnossl … reject`), and `pg_stat_ssl` says what each
 //! server connection really uses.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
