@@ -1310,10 +1310,12 @@ async fn transaction_stays_on_one_backend() {
 
     // Other clients keep the pool busy.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut busy = Vec::new();
     for _ in 0..3 {
         let url = url.clone();
         let stop = stop.clone();
+        let running = running.clone();
         busy.push(tokio::spawn(async move {
             let c = connect(&url).await;
             let mut n = 0u32;
@@ -1321,10 +1323,20 @@ async fn transaction_stays_on_one_backend() {
                 c.simple_query("select pg_backend_pid(), pg_sleep(0.005)")
                     .await
                     .unwrap();
+                if n == 0 {
+                    running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 n += 1;
             }
             n
         }));
+    }
+    // The transactions below start once every busy client has run a statement (on a
+    // loaded machine the three could otherwise still be logging in when they end).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "the busy clients did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     let mut c = connect(&url).await;
