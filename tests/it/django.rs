@@ -318,23 +318,38 @@ fn start_pgtenant(pg: &PgServer) -> Pgtenant {
 // ---------------------------------------------------------------------------------------
 
 /// The suite straight against PostgreSQL, both binding modes: proves the Django tests
-/// themselves are right, so a failure through pgtenant is pgtenant's.
+/// themselves are right, so a failure through pgtenant is pgtenant's. The two runs go at
+/// once, each against a server of its own (each run creates and drops its test database
+/// `test_app`); a run keeps about half a core busy, so together they take little longer
+/// than one.
 #[test]
 fn django_suite_passes_directly_against_postgresql() {
     venv_python();
-    let pg = PgServer::start();
-    for server_side_binding in [false, true] {
-        run_django_suite(Target {
-            port: pg.port(),
-            server_side_binding,
-            pgtenant: None,
-            label: if server_side_binding {
-                "PostgreSQL directly, server-side binding"
-            } else {
-                "PostgreSQL directly"
-            },
-        });
-    }
+    std::thread::scope(|s| {
+        let runs: Vec<_> = [false, true]
+            .into_iter()
+            .map(|server_side_binding| {
+                s.spawn(move || {
+                    let pg = PgServer::start();
+                    run_django_suite(Target {
+                        port: pg.port(),
+                        server_side_binding,
+                        pgtenant: None,
+                        label: if server_side_binding {
+                            "PostgreSQL directly, server-side binding"
+                        } else {
+                            "PostgreSQL directly"
+                        },
+                    });
+                })
+            })
+            .collect();
+        for run in runs {
+            if let Err(panic) = run.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
 }
 
 /// The suite through pgtenant in transaction mode (pool of two), psycopg's default
@@ -368,7 +383,6 @@ fn django_suite_passes_through_pgtenant_with_server_side_binding() {
     });
 }
 
-/// Every Python package is pinned, so every run installs the same set.
 /// The prepared-statement hijack (issue 11) with psycopg 3 and `prepare=True`: two
 /// clients on one server connection; B's attempts through pgtenant's reserved names and
 /// through dynamic SQL never make A's statement run B's SQL (tests/django/isolation).
@@ -506,6 +520,7 @@ fn psycopg_change_password_through_auth_query() {
     );
 }
 
+/// Every Python package is pinned, so every run installs the same set.
 #[test]
 fn requirements_are_pinned() {
     let text = fs::read_to_string(django_dir().join("requirements.txt")).unwrap();
