@@ -18,7 +18,10 @@
 //! ns per transaction next to the CPU one `pgbench -S` transaction costs pgtenant
 //! (~15 µs, measured earlier in this project with pgbench against a local PostgreSQL).
 //!
-//! Run: `cargo bench --bench counters` (add `-- --quick` for a short run).
+//! Run: `cargo bench --bench counters` (add `-- --quick` for a short run). `cargo test` runs
+//! every benchmark and the summary once, briefly (`common::test_mode`).
+mod common;
+
 use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -120,9 +123,9 @@ fn bench_counters(c: &mut Criterion) {
 
 criterion_group!(benches, bench_counters);
 
-/// ns per call of `f` over `n` calls from `threads` threads (best of 5 runs).
-fn ns_per(threads: usize, n: u64, f: &(impl Fn() + Sync)) -> f64 {
-    (0..5)
+/// ns per call of `f` over `n` calls from `threads` threads (best of `runs` runs).
+fn ns_per(threads: usize, (n, runs): (u64, usize), f: &(impl Fn() + Sync)) -> f64 {
+    (0..runs)
         .map(|_| on_threads(threads, n, f).as_nanos() as f64 / n as f64)
         .fold(f64::INFINITY, f64::min)
 }
@@ -132,7 +135,7 @@ fn summary() {
     let pool = PoolStats::new("bench");
     let body = division_by_zero();
     let q = Duration::from_micros(180);
-    let n = 2_000_000;
+    let n = common::sizes(2_000_000);
     let xact = || one_transaction(&routes, &pool, q);
     let err = || one_error(&body);
     let record = || pool.query_latency.record(black_box(q));
@@ -141,6 +144,9 @@ fn summary() {
         "counter work per transaction vs ~{:.0} µs CPU per pgbench -S transaction:",
         XACT_CPU_NS / 1000.0
     );
+    if common::test_mode() {
+        println!("{}", common::TEST_MODE_NOTE);
+    }
     for (what, f) in [
         ("transaction counters", &xact as &(dyn Fn() + Sync)),
         ("latency record", &record),

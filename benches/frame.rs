@@ -31,7 +31,10 @@
 //! small fraction of it. Target (performance issue): parse + forward well under 100 ns
 //! per message.
 //!
-//! Run: `cargo bench --bench frame` (add `-- --quick` for a short run).
+//! Run: `cargo bench --bench frame` (add `-- --quick` for a short run). `cargo test` runs
+//! every benchmark and the summary once, briefly (`common::test_mode`).
+mod common;
+
 use std::hint::black_box;
 use std::io::Read;
 use std::time::Instant;
@@ -261,15 +264,15 @@ fn bench_frame(c: &mut Criterion) {
 
 criterion_group!(benches, bench_frame);
 
-/// Best of 5 runs of `n` calls of `f`: ns per call.
-fn ns_per(n: u32, mut f: impl FnMut() -> usize) -> f64 {
-    (0..5)
+/// Best of `runs` runs of `n` calls of `f`: ns per call.
+fn ns_per((n, runs): (u64, usize), mut f: impl FnMut() -> usize) -> f64 {
+    (0..runs)
         .map(|_| {
             let t = Instant::now();
             for _ in 0..n {
                 black_box(f());
             }
-            t.elapsed().as_nanos() as f64 / f64::from(n)
+            t.elapsed().as_nanos() as f64 / n as f64
         })
         .fold(f64::INFINITY, f64::min)
 }
@@ -280,12 +283,15 @@ fn summary() {
         "framing per batch and per message vs ~{:.0} µs CPU per pgbench -S transaction:",
         XACT_CPU_NS / 1000.0
     );
+    if common::test_mode() {
+        println!("{}", common::TEST_MODE_NOTE);
+    }
     let mut per_xact = [0.0f64; 3];
     for (name, batch, n) in &batches() {
         let mut rbuf = BytesMut::new();
         let mut wbuf = BytesMut::new();
         let mut sink = Sink::new();
-        let runs = if *n > 10 { 20_000 } else { 200_000 };
+        let runs = common::sizes(if *n > 10 { 20_000 } else { 200_000 });
         let results = [
             ("decode", ns_per(runs, || decode(&mut rbuf, batch))),
             (

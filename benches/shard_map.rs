@@ -10,7 +10,7 @@
 //! - `build/<n> shards`: `shard_map::build` for 1,000 and 100,000 shards (the map is
 //!   dropped outside the timing). Target (performance issue): 100,000 shards well under
 //!   1 s, so a refresh never stalls; the load from a real PostgreSQL (query + build) is
-//!   checked in `tests/scale.rs`.
+//!   checked in `tests/it/scale.rs`.
 //! - `lookup/<n> shards`: what routing does per statement for a tenant value: the int8
 //!   hash of its text (`citus::hash::hash_value`) and `ShardMap::locate` (binary search of
 //!   the colocation group's ranges), cycling through 4,096 pseudo-random tenant ids so the
@@ -25,7 +25,10 @@
 //! 100,000 (2.4 MB) do not: the deep steps of the search then miss the cache, so the time
 //! grows faster than log2(n) but nowhere near n.
 //!
-//! Run: `cargo bench --bench shard_map` (add `-- --quick` for a short run).
+//! Run: `cargo bench --bench shard_map` (add `-- --quick` for a short run). `cargo test` runs
+//! every benchmark and the summary once, briefly (`common::test_mode`).
+mod common;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
@@ -189,10 +192,14 @@ criterion_group!(benches, bench_shard_map);
 fn summary() {
     let ids = tenant_ids();
     println!();
-    println!("shard map (1 table, 8 workers), best of 5:");
+    let (_, runs) = common::sizes(1);
+    println!("shard map (1 table, 8 workers), best of {runs}:");
+    if common::test_mode() {
+        println!("{}", common::TEST_MODE_NOTE);
+    }
     for n in [1_000u32, 100_000] {
         let rows = catalog_rows(n);
-        let ms = (0..5)
+        let ms = (0..runs)
             .map(|_| {
                 let t = Instant::now();
                 black_box(build_map(&rows));
@@ -208,9 +215,14 @@ fn summary() {
             .iter()
             .map(|v| hash_value(DistType::Int8, v).expect("int8 text"))
             .collect();
-        let rounds = 500;
+        // Rounds over the 4,096 tenants, best of 5 (test mode: one round, once).
+        let (rounds, runs) = if common::test_mode() {
+            (1, 1)
+        } else {
+            (500, 5)
+        };
         let best = |f: &dyn Fn()| {
-            (0..5)
+            (0..runs)
                 .map(|_| {
                     let t = Instant::now();
                     for _ in 0..rounds {

@@ -24,7 +24,10 @@
 //! to the CPU one `pgbench -S` transaction costs pgtenant (~15 µs). Target: well under
 //! 1 µs per record, i.e. a few percent of a transaction at most.
 //!
-//! Run: `cargo bench --bench sketch` (add `-- --quick` for a short run).
+//! Run: `cargo bench --bench sketch` (add `-- --quick` for a short run). `cargo test` runs
+//! every benchmark and the summary once, briefly (`common::test_mode`).
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -247,9 +250,9 @@ fn bench_sketch(c: &mut Criterion) {
 
 criterion_group!(benches, bench_sketch);
 
-/// ns per record from `threads` threads (best of 5 runs of `n` each).
-fn ns_per(threads: usize, n: u64, f: &(impl Fn(usize, u64) + Sync)) -> f64 {
-    (0..5)
+/// ns per record from `threads` threads (best of `runs` runs of `n` each).
+fn ns_per(threads: usize, (n, runs): (u64, usize), f: &(impl Fn(usize, u64) + Sync)) -> f64 {
+    (0..runs)
         .map(|_| on_threads(threads, n, f).as_nanos() as f64 / n as f64)
         .fold(f64::INFINITY, f64::min)
 }
@@ -261,7 +264,7 @@ fn summary() {
     for v in &known {
         record(&t, v, &node);
     }
-    let n = 1_000_000;
+    let n = common::sizes(1_000_000);
     let spread = |th: usize, i: u64| {
         record(&t, &known[(i as usize * 7 + th * 50) % known.len()], &node);
     };
@@ -271,6 +274,9 @@ fn summary() {
         "sketch work per routed transaction vs ~{:.0} µs CPU per pgbench -S transaction:",
         XACT_CPU_NS / 1000.0
     );
+    if common::test_mode() {
+        println!("{}", common::TEST_MODE_NOTE);
+    }
     for (what, threads, ns) in [
         ("known tenant", 1, ns_per(1, n, &spread)),
         ("known tenant", 2, ns_per(2, n, &spread)),

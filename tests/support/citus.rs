@@ -889,7 +889,7 @@ fn placement_group(i: usize) -> i32 {
 }
 
 /// The Citus catalog (as the issue lists it) and `column_to_column_name`, in schema
-/// `public` (also used alone, e.g. by `tests/scale.rs`).
+/// `public` (also used alone, e.g. by `tests/it/scale.rs`).
 pub const CATALOG_DDL: &str = r#"
 CREATE TABLE pg_dist_partition (
     logicalrelid regclass NOT NULL PRIMARY KEY,

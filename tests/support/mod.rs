@@ -1,12 +1,16 @@
-//! The one shared harness every integration test uses (`mod support;`).
+//! The one shared harness every integration test uses (`tests/it/main.rs` loads it as
+//! `mod support`; a test file directly in `tests/` can too, with `mod support;`).
 //!
 //! It starts real PostgreSQL servers on free loopback ports, drives the `pgtenant`
 //! binary as a child process, and makes temp dirs and TLS certificates. Everything
 //! panics with a clear message on setup failure (this is test code), and every server or
 //! process it starts has a `Drop` guard that stops it.
 //!
-//! Speed: `initdb` runs once per test process into a template directory; each
-//! [`PgServer::start`] copies the template and starts it with `pg_ctl -w start`.
+//! Speed: `initdb` runs once into a template directory that every test process (every
+//! test binary) shares while its inputs are unchanged; each [`PgServer::start`] copies
+//! the template and starts it with `pg_ctl -w start`. Servers and temp dirs live under
+//! [`tmp_root`]: a tmpfs (`/dev/shm`) when there is one, where the copy and PostgreSQL's
+//! own writes cost a fraction of what they cost on disk.
 //!
 //! Roles in every server (loopback TCP, `pg_hba` method in brackets):
 //! - `postgres` / `postgres` — superuser (scram-sha-256)
@@ -173,13 +177,72 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Where every server, template and [`TempDir`] of the harness goes:
+/// `$PGTENANT_TEST_TMPDIR` when set; else `/dev/shm` when it is a tmpfs this process can
+/// write with at least 1 GiB free (memory, not disk: the servers run with `fsync = off`
+/// anyway, and copying a data directory there takes a tenth of the time); else
+/// `std::env::temp_dir()`.
+pub fn tmp_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("PGTENANT_TEST_TMPDIR") {
+            let dir = PathBuf::from(dir);
+            fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("PGTENANT_TEST_TMPDIR {}: {e}", dir.display()));
+            return dir;
+        }
+        let shm = Path::new("/dev/shm");
+        if is_writable_tmpfs(shm, 1 << 30) {
+            return shm.to_path_buf();
+        }
+        std::env::temp_dir()
+    })
+}
+
+/// `dir` is a tmpfs mount point with at least `min_free` bytes available, and this
+/// process can create a directory in it.
+fn is_writable_tmpfs(dir: &Path, min_free: u64) -> bool {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let tmpfs = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let _source = f.next();
+        f.next() == dir.to_str() && f.next() == Some("tmpfs")
+    });
+    if !tmpfs {
+        return false;
+    }
+    // `df` rather than statvfs(3): no unsafe code in the harness.
+    let free = Command::new("df")
+        .args(["-k", "--output=avail"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0);
+    if free < min_free {
+        return false;
+    }
+    let probe = dir.join(format!("{DIR_PREFIX}{}-probe", std::process::id()));
+    let ok = fs::create_dir(&probe).is_ok();
+    let _ = fs::remove_dir(&probe);
+    ok
+}
+
 // ---------------------------------------------------------------------------------------
 // TempDir
 // ---------------------------------------------------------------------------------------
 
 static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// A unique directory under `std::env::temp_dir()` that removes itself on drop.
+/// A unique directory under [`tmp_root`] that removes itself on drop.
 /// Named `pgtenant-test-<pid>-<n>-<label>`; leftovers of killed test processes are swept
 /// (and any server in them stopped) the next time a test process starts a server.
 pub struct TempDir {
@@ -189,8 +252,7 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
         let n = DIR_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path =
-            std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{n}-{label}", std::process::id()));
+        let path = tmp_root().join(format!("{DIR_PREFIX}{}-{n}-{label}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));
@@ -226,7 +288,17 @@ impl Drop for TempDir {
 /// Sweep `pgtenant-test-<pid>-*` dirs of test processes that no longer exist, stopping
 /// any PostgreSQL left running in them. Runs once per test process.
 fn sweep_leftovers() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+    let mut roots = vec![tmp_root().to_path_buf()];
+    if std::env::temp_dir() != roots[0] {
+        roots.push(std::env::temp_dir());
+    }
+    for root in roots {
+        sweep_leftovers_in(&root);
+    }
+}
+
+fn sweep_leftovers_in(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
         return;
     };
     for e in entries.flatten() {
@@ -390,48 +462,110 @@ const SETUP_SQL: &[&str] = &[
 const SETUP_APP_DB_SQL: &[&str] = &["GRANT ALL ON SCHEMA public TO PUBLIC;"];
 
 struct Template {
-    _dir: PathBuf,
     data: PathBuf,
 }
 
+/// What the template is made from: the PostgreSQL binaries (path, size, mtime), the
+/// settings and setup SQL above, and who runs the servers. A change makes a new template.
+fn template_key() -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for bin in ["initdb", "postgres"] {
+        let p = pg_bin(bin);
+        p.hash(&mut h);
+        if let Ok(m) = fs::metadata(&p) {
+            m.len().hash(&mut h);
+            m.modified().ok().hash(&mut h);
+        }
+    }
+    (BASE_CONF, BASE_HBA, SETUP_SQL, SETUP_APP_DB_SQL).hash(&mut h);
+    (SUPERUSER, SUPERUSER_PASSWORD, is_root()).hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// The template data directory, `<tmp_root>/pgtenant-test-template-<key>/data`. The
+/// first test process that needs it runs `initdb` and the setup into a directory of its
+/// own and renames that into place (atomic: a template is whole or absent); the others,
+/// in the same run or a later one, copy it as it is. Nothing ever starts a server on it.
 fn template() -> &'static Template {
     static TEMPLATE: OnceLock<Template> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         sweep_leftovers();
-        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-template", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create template dir");
-        set_mode(&dir, 0o700);
-        chown_to_postgres(&dir);
-        let data = dir.join("data");
-        let pwfile = dir.join("pwfile");
-        fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write pwfile");
-        chown_to_postgres(&pwfile);
-
-        run_ok(
-            pg_command(&pg_bin("initdb"))
-                .current_dir(&dir)
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", SUPERUSER, "--encoding=UTF8", "--locale=C"])
-                .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
-                .args(["--no-sync", "--no-instructions", "--wal-segsize=1"])
-                .arg(format!("--pwfile={}", pwfile.display())),
-            "initdb (template)",
-        );
-        single_user(&dir, &data, "postgres", SETUP_SQL);
-        single_user(&dir, &data, "app", SETUP_APP_DB_SQL);
-
-        let mut conf = fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .expect("open template postgresql.conf");
-        conf.write_all(BASE_CONF.as_bytes())
-            .expect("write postgresql.conf");
-        fs::write(data.join("pg_hba.conf"), BASE_HBA).expect("write pg_hba.conf");
-        chown_to_postgres(&data);
-        Template { _dir: dir, data }
+        let shared = tmp_root().join(format!("{DIR_PREFIX}template-{}", template_key()));
+        let data = shared.join("data");
+        if !data.join("PG_VERSION").exists() {
+            make_template(&shared);
+        }
+        Template { data }
     })
+}
+
+/// Build a template in `<tmp_root>/pgtenant-test-<pid>-template` (swept if this process
+/// dies) and rename it to `shared`, unless another process got there first.
+fn make_template(shared: &Path) {
+    let dir = tmp_root().join(format!("{DIR_PREFIX}{}-template", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create template dir");
+    set_mode(&dir, 0o700);
+    chown_to_postgres(&dir);
+    let data = dir.join("data");
+    let pwfile = dir.join("pwfile");
+    fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write pwfile");
+    chown_to_postgres(&pwfile);
+
+    run_ok(
+        pg_command(&pg_bin("initdb"))
+            .current_dir(&dir)
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", SUPERUSER, "--encoding=UTF8", "--locale=C"])
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .args(["--no-sync", "--no-instructions", "--wal-segsize=1"])
+            .arg(format!("--pwfile={}", pwfile.display())),
+        "initdb (template)",
+    );
+    let _ = fs::remove_file(&pwfile);
+    single_user(&dir, &data, "postgres", SETUP_SQL);
+    single_user(&dir, &data, "app", SETUP_APP_DB_SQL);
+
+    let mut conf = fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .expect("open template postgresql.conf");
+    conf.write_all(BASE_CONF.as_bytes())
+        .expect("write postgresql.conf");
+    fs::write(data.join("pg_hba.conf"), BASE_HBA).expect("write pg_hba.conf");
+    chown_to_postgres(&data);
+    remove_old_templates(shared);
+    if fs::rename(&dir, shared).is_err() {
+        // Another process renamed its template into place first: use that one.
+        let _ = fs::remove_dir_all(&dir);
+        assert!(
+            shared.join("data").join("PG_VERSION").exists(),
+            "could not put the PostgreSQL template in place at {}",
+            shared.display()
+        );
+    }
+}
+
+/// Remove templates made from other inputs (see [`template_key`]) more than an hour ago,
+/// so that /dev/shm does not collect one per edit of the settings above.
+fn remove_old_templates(keep: &Path) {
+    let prefix = format!("{DIR_PREFIX}template-");
+    let Ok(entries) = fs::read_dir(tmp_root()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if e.file_name().to_string_lossy().starts_with(&prefix) && e.path() != keep && old {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Run SQL in single-user mode (no server, no auth needed), one statement per line.
@@ -522,7 +656,7 @@ impl PgServer {
     fn start_with(opts: PgServerBuilder) -> PgServer {
         let tpl = template();
         let n = DIR_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{n}-pg", std::process::id()));
+        let dir = tmp_root().join(format!("{DIR_PREFIX}{}-{n}-pg", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create server dir");
         set_mode(&dir, 0o700);

@@ -1,5 +1,5 @@
 """psycopg 3 behaviours that must be the same through pgtenant as on a direct connection
-(issue 12). Run once per target by tests/django.rs:
+(issue 12). Run once per target by tests/it/django.rs:
 
     python like_direct.py "host=127.0.0.1 port=… user=app password=secret dbname=app" MODE
 

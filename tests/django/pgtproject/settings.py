@@ -1,7 +1,7 @@
 """Settings for the pgtenant Django test project.
 
 The database is whatever the environment names, normally pgtenant in transaction mode
-(tests/django.rs starts one), or PostgreSQL itself to prove the suite is right:
+(tests/it/django.rs starts one), or PostgreSQL itself to prove the suite is right:
 
     PGT_HOST, PGT_PORT, PGT_USER, PGT_PASSWORD, PGT_DB
     PGT_SERVER_SIDE_BINDING=1   psycopg server-side binding + prepared statements

@@ -1,0 +1,47 @@
+//! Every integration test of pgtenant, in one test binary: `cargo test --test it`.
+//!
+//! Each file here is a module of its own (`admin`, `routing`, …) holding the tests of
+//! one area; select them by name, e.g. `cargo test --test it routing::` or
+//! `cargo test --test it -- --exact django::requirements_are_pinned`. One binary instead
+//! of one per file: the shared harness (`tests/support`, used by every file) and the
+//! dependencies are compiled and linked once instead of thirty times, the PostgreSQL
+//! template is made once per run, and the test threads keep busy across files instead
+//! of waiting for the slowest test of each file.
+//!
+//! A new file here needs a `mod` line below (and `use crate::support;` in the file). A
+//! file directly in `tests/` (with `mod support;`) still builds as a test binary of its
+//! own.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod admin;
+mod auth;
+mod auth_query;
+mod backend_pid;
+mod cancel;
+mod citus_cluster;
+mod cli;
+mod django;
+mod failures;
+mod fidelity;
+mod harness_smoke;
+mod hash;
+mod hba;
+mod isolation;
+mod lifecycle;
+mod listen;
+mod login_limits;
+mod memory;
+mod metrics;
+mod pgbouncer_ini;
+mod pooling;
+mod protocol;
+mod read_spread;
+mod routing;
+mod routing_smoke;
+mod scale;
+mod server_lost;
+mod session_state;
+mod tls;
+mod unix_socket;
