@@ -22,6 +22,7 @@ mod backend_pid;
 mod cancel;
 mod citus_cluster;
 mod cli;
+mod databases;
 mod django;
 mod failures;
 mod fidelity;

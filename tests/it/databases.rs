@@ -4,7 +4,7 @@
 //! max_user_connections, SHOW DATABASES, and RELOAD adding, changing and removing entries
 //! without dropping the clients of the others. Two real PostgreSQL servers, tokio-postgres
 //! clients.
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
