@@ -310,9 +310,20 @@ impl Raw {
 
     /// Nothing arrives within `wait` (the connection stays open).
     pub fn nothing_within(&mut self, wait: Duration) -> bool {
-        self.s.set_read_timeout(Some(wait)).unwrap();
+        let deadline = std::time::Instant::now() + wait;
         let mut b = [0u8; 1];
-        let r = self.s.peek(&mut b);
+        let r = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            self.s
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match self.s.peek(&mut b) {
+                // A recv with a timeout fails with EINTR when the process is interrupted
+                // (signal(7)), whatever SA_RESTART says: wait out the rest.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
         self.s
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
