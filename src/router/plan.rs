@@ -6,9 +6,9 @@ use sqlparser::ast::{ContextModifier, Set, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::analyze::{self, param_index};
+use super::analyze;
 use super::command::{classify, classify_single, Command};
-use super::mask::{self, LitKind};
+use super::mask;
 use crate::citus::{Catalog, DistType};
 
 /// Where a tenant key's value comes from.
@@ -214,13 +214,13 @@ pub fn plan(sql: &str, catalog: &dyn Catalog) -> Plan {
     combine(plans)
 }
 
-/// The key a hint stands for: its value, or the parameter `$n` it names.
+/// The key a hint stands for: the parameter `$n` it names (see [`mask::Masked::hint_param`]),
+/// or its value.
 fn hint_key(m: &mask::Masked, sql: &str, k: usize) -> Option<KeySource> {
-    let v = m.literal(sql, k)?;
-    if m.lits[k].kind == LitKind::HintBare && v.starts_with('$') {
-        return param_index(&v).map(KeySource::Param);
+    if let Some(p) = m.hint_param(sql, k) {
+        return Some(KeySource::Param(p));
     }
-    Some(KeySource::Literal(v.into_owned()))
+    Some(KeySource::Literal(m.literal(sql, k)?.into_owned()))
 }
 
 fn plan_statement(stmt: &Statement, catalog: &dyn Catalog, hint: Option<&KeySource>) -> Plan {
