@@ -1296,3 +1296,21 @@ fn cached_and_uncached_agree_on_parameter_hints() {
     let r = Planner::new(64).plan_simple("select * from events /* tenant_id=%241 */", &cat, 1);
     assert_eq!(r.key.as_deref(), Some("$1"));
 }
+
+/// Found by the `plan` fuzz target: two read-only statements of different tenants in one
+/// text were `Coordinator(MultiTenant)` when planned as written but `ReadOnly(MultiTenant)`
+/// through the plan cache (keys as parameters, checked at run time). Reads are reads.
+#[test]
+fn several_tenants_in_reads_only_are_read_only() {
+    let cat = catalog();
+    let sql = "select * from orders where account_id = 5; select * from items where account_id = 6";
+    assert_eq!(plan(sql, &cat), Plan::ReadOnly(Reason::MultiTenant));
+    let groups =
+        "select * from orders where account_id = 5; select * from events where tenant = 'a'";
+    assert_eq!(plan(groups, &cat), Plan::ReadOnly(Reason::MultiTenant));
+    let write = "select * from orders where account_id = 5; delete from items where account_id = 6";
+    assert_eq!(plan(write, &cat), Plan::Coordinator(Reason::MultiTenant));
+    let direct = Planner::new(0).plan_simple(sql, &cat, 1);
+    let cached = Planner::new(64).plan_simple(sql, &cat, 1);
+    assert_eq!(direct, cached);
+}
