@@ -36,8 +36,9 @@ targets=()
 case "${1:-}" in
     --smoke) smoke=1; shift ;;
     --ci)
+        mkdir -p "$FUZZ/artifacts"
         t0=$SECONDS
-        nice -n 15 cargo build --manifest-path "$FUZZ/Cargo.toml" --target-dir target --bins
+        nice -n 15 cargo build --manifest-path "$FUZZ/Cargo.toml" --target-dir target --bins --features ci
         t_build=$((SECONDS - t0))
         t0=$SECONDS
         failed=()
