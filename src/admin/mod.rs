@@ -117,6 +117,8 @@ impl AdminError {
 /// The answer to one command: a result set, or just a command tag.
 pub enum Reply {
     Rows(ResultSet),
+    /// A NOTICE, then the SHOW tag (SHOW HELP, as PgBouncer answers it).
+    Notice(String),
     Tag(&'static str),
 }
 
@@ -194,6 +196,10 @@ pub async fn execute(
     match cmd {
         Command::Empty => Ok(Reply::Tag("")),
         Command::Show(s) => match s {
+            Show::Help => Ok(Reply::Notice(format!(
+                "Console usage\n\t{}",
+                parser::USAGE.join("\n\t")
+            ))),
             Show::Pools => rows(show_pools::pools(ctx)),
             Show::Stats => rows(show_stats::stats(ctx)),
             Show::StatsTotals => rows(show_stats::totals(ctx)),
@@ -301,6 +307,10 @@ pub async fn serve(
                 match reply {
                     Ok(Reply::Rows(rs)) => {
                         rs.queue(&mut conn);
+                        conn.queue(&crate::protocol::build::command_complete("SHOW"));
+                    }
+                    Ok(Reply::Notice(text)) => {
+                        conn.queue(&build::notice(&text));
                         conn.queue(&crate::protocol::build::command_complete("SHOW"));
                     }
                     Ok(Reply::Tag("")) => conn.queue(&Frame::new(b'I', &[])),

@@ -1,9 +1,31 @@
 //! Text → [`Command`]: case-insensitive keywords, an optional trailing `;`, single-quoted
 //! values (`SHOW TENANT 'acme' events`, `SET server_check_query = 'select 1'`).
 
+/// What SHOW HELP lists (PgBouncer's "Console usage"), one line per command form:
+/// `A|B` alternatives, `<x>` one argument, `[<x>]` an optional one. [`parse`] accepts
+/// exactly these forms (the fuzz target `admin` checks it).
+pub const USAGE: &[&str] = &[
+    "SHOW HELP|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|SERVERS|CLIENTS|DATABASES|USERS",
+    "SHOW CONFIG|LISTS|VERSION|STATE|NODES|ROUTES|PLAN_CACHE|TENANTS|LATENCY",
+    "SHOW SHARDS [<table>]",
+    "SHOW TENANT <value> [<table>]",
+    "SET <key> =|TO <value>",
+    "RELOAD",
+    "PAUSE [<db>]",
+    "RESUME [<db>]",
+    "RECONNECT [<db>]",
+    "KILL [<db>]",
+    "KILL_CLIENT <id>",
+    "SUSPEND",
+    "SHUTDOWN",
+    "WAIT_CLOSE [<db>]",
+];
+
 /// What `SHOW x` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Show {
+    /// The console usage ([`USAGE`]), as a NOTICE.
+    Help,
     Pools,
     Stats,
     StatsTotals,
@@ -144,6 +166,7 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
             };
             let rest = &words[2..];
             let show = match what.as_str() {
+                "help" => Show::Help,
                 "pools" => Show::Pools,
                 "stats" => Show::Stats,
                 "stats_totals" => Show::StatsTotals,
@@ -278,5 +301,36 @@ mod tests {
         assert_eq!(parse("set a = 'b"), Err(ParseError::Unterminated));
         assert!(!parse("reload").unwrap().is_read_only());
         assert!(parse("show pools").unwrap().is_read_only());
+    }
+
+    /// The error message points at SHOW HELP: it exists, and every form it lists parses
+    /// (found by the `admin` fuzz target: SHOW HELP itself was an invalid command).
+    #[test]
+    fn show_help_lists_what_parses() {
+        assert_eq!(parse("SHOW HELP;"), Ok(Command::Show(Show::Help)));
+        assert!(parse("show help").unwrap().is_read_only());
+        for line in USAGE {
+            let words: Vec<&str> = line.split(' ').collect();
+            let alts: Vec<Vec<&str>> = words.iter().map(|w| w.split('|').collect()).collect();
+            let n = alts.iter().map(Vec::len).max().unwrap();
+            for i in 0..n {
+                let text: Vec<&str> = alts
+                    .iter()
+                    .map(|a| {
+                        let w = a[i % a.len()];
+                        match w {
+                            "<id>" => "7",
+                            w if w.starts_with('<') || w.starts_with("[<") => "x",
+                            w => w,
+                        }
+                    })
+                    .collect();
+                let text = text.join(" ");
+                assert!(
+                    parse(&text).is_ok(),
+                    "{text:?} (from {line:?}) does not parse"
+                );
+            }
+        }
     }
 }

@@ -885,6 +885,19 @@ fn conninfo(s: &str) -> Result<Vec<(String, String)>, String> {
     }
 }
 
+/// A message as a TOML comment may hold it: control characters (but tab), which the ini
+/// may carry in a key or value and a TOML comment may not, are written escaped (found by
+/// the `pgbouncer_ini` fuzz target: a NUL in a key made the output unreadable).
+fn comment_text(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\t' => c.to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 /// The TOML text `pgtenant import` writes: a header, every note and error as a comment,
 /// then the settings.
 pub fn to_toml(source: &Path, t: &Translation) -> String {
@@ -895,13 +908,13 @@ pub fn to_toml(source: &Path, t: &Translation) -> String {
     if !t.errors.is_empty() {
         out.push_str("#\n# NOT CARRIED, and pgtenant would run differently (fix before use):\n");
         for e in &t.errors {
-            out.push_str(&format!("#   {e}\n"));
+            out.push_str(&format!("#   {}\n", comment_text(e)));
         }
     }
     if !t.notes.is_empty() {
         out.push_str("#\n# Not carried (no effect on what clients see):\n");
         for n in &t.notes {
-            out.push_str(&format!("#   {n}\n"));
+            out.push_str(&format!("#   {}\n", comment_text(n)));
         }
     }
     out.push('\n');

@@ -6,9 +6,9 @@ use sqlparser::ast::{ContextModifier, Set, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::analyze::{self, param_index};
+use super::analyze;
 use super::command::{classify, classify_single, Command};
-use super::mask::{self, LitKind};
+use super::mask;
 use crate::citus::{Catalog, DistType};
 
 /// Where a tenant key's value comes from.
@@ -214,13 +214,13 @@ pub fn plan(sql: &str, catalog: &dyn Catalog) -> Plan {
     combine(plans)
 }
 
-/// The key a hint stands for: its value, or the parameter `$n` it names.
+/// The key a hint stands for: the parameter `$n` it names (see [`mask::Masked::hint_param`]),
+/// or its value.
 fn hint_key(m: &mask::Masked, sql: &str, k: usize) -> Option<KeySource> {
-    let v = m.literal(sql, k)?;
-    if m.lits[k].kind == LitKind::HintBare && v.starts_with('$') {
-        return param_index(&v).map(KeySource::Param);
+    if let Some(p) = m.hint_param(sql, k) {
+        return Some(KeySource::Param(p));
     }
-    Some(KeySource::Literal(v.into_owned()))
+    Some(KeySource::Literal(m.literal(sql, k)?.into_owned()))
 }
 
 fn plan_statement(stmt: &Statement, catalog: &dyn Catalog, hint: Option<&KeySource>) -> Plan {
@@ -437,13 +437,21 @@ pub(super) fn combine(plans: impl IntoIterator<Item = Plan>) -> Plan {
             Plan::Coordinator(Reason::TransactionControl)
         };
     }
+    // Several tenants in statements that all certainly read: a read no tenant pins, as
+    // for one statement (found by the `plan` fuzz target: the plan cache, which sees the
+    // keys as parameters, said ReadOnly where planning the text said Coordinator).
+    let several = if read_only {
+        Plan::ReadOnly(Reason::MultiTenant)
+    } else {
+        Plan::Coordinator(Reason::MultiTenant)
+    };
     if multi {
-        return Plan::Coordinator(Reason::MultiTenant);
+        return several;
     }
     match tenant {
         None => Plan::Anywhere,
         Some((group, keys, reason)) => match merge_keys(keys) {
-            None => Plan::Coordinator(Reason::MultiTenant),
+            None => several,
             Some((key, also)) => match group {
                 Some((colocation, dist_type)) => Plan::Tenant {
                     colocation,

@@ -1292,3 +1292,49 @@ fn router_capacity_comes_from_plan_cache_size() {
     let (hits, _, len) = some.planner().stats();
     assert!(hits > 0 && len > 0);
 }
+
+/// Found by the `plan` fuzz target: with the plan cache, a simple-protocol text whose hint
+/// names a parameter (`/* tenant_id=$1 */`, no value in the simple protocol) was routed
+/// to the tenant `$1`; uncached it is a statement no key pins. Both must agree.
+#[test]
+fn cached_and_uncached_agree_on_parameter_hints() {
+    let cat = catalog();
+    for sql in [
+        "select * from orders /* tenant_id=$1 */",
+        "select * from events /* tenant_id=$1 */",
+        "select * from orders where account_id = 5 /* tenant_id=$2 */",
+        "select 1 /* tenant_id=$1 */",
+        "select * from events /* tenant_id=%241 */",
+    ] {
+        let direct = Planner::new(0).plan_simple(sql, &cat, 1);
+        let cached = Planner::new(64);
+        let miss = cached.plan_simple(sql, &cat, 1);
+        let hit = cached.plan_simple(sql, &cat, 1);
+        assert_eq!(miss, hit, "{sql}");
+        assert_eq!(direct.key, miss.key, "{sql}");
+        if direct.key.is_none() {
+            assert_eq!(direct.plan, miss.plan, "{sql}");
+        }
+    }
+    // `%24` is a %-escaped `$`: the tenant named `$1`, not a parameter.
+    let r = Planner::new(64).plan_simple("select * from events /* tenant_id=%241 */", &cat, 1);
+    assert_eq!(r.key.as_deref(), Some("$1"));
+}
+
+/// Found by the `plan` fuzz target: two read-only statements of different tenants in one
+/// text were `Coordinator(MultiTenant)` when planned as written but `ReadOnly(MultiTenant)`
+/// through the plan cache (keys as parameters, checked at run time). Reads are reads.
+#[test]
+fn several_tenants_in_reads_only_are_read_only() {
+    let cat = catalog();
+    let sql = "select * from orders where account_id = 5; select * from items where account_id = 6";
+    assert_eq!(plan(sql, &cat), Plan::ReadOnly(Reason::MultiTenant));
+    let groups =
+        "select * from orders where account_id = 5; select * from events where tenant = 'a'";
+    assert_eq!(plan(groups, &cat), Plan::ReadOnly(Reason::MultiTenant));
+    let write = "select * from orders where account_id = 5; delete from items where account_id = 6";
+    assert_eq!(plan(write, &cat), Plan::Coordinator(Reason::MultiTenant));
+    let direct = Planner::new(0).plan_simple(sql, &cat, 1);
+    let cached = Planner::new(64).plan_simple(sql, &cat, 1);
+    assert_eq!(direct, cached);
+}

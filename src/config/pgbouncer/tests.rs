@@ -235,3 +235,18 @@ fn database_entries_keep_pgbouncers_defaults() {
     assert_eq!(entry(&t, "x")["host"].as_str(), Some("127.0.0.1"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Found by the `pgbouncer_ini` fuzz target: a control character (here NUL) in an unknown
+/// key went into a comment of the imported TOML as it was, and TOML refuses that.
+#[test]
+fn import_escapes_control_characters_in_comments() {
+    let t = Translation {
+        table: Table::new(),
+        notes: vec!["a\u{7f}note\twith tab".into()],
+        errors: vec!["x.ini:3: unknown key 'a\0b\u{1b}'".into()],
+    };
+    let text = to_toml(Path::new("x.ini"), &t);
+    text.parse::<Table>().expect("valid TOML");
+    assert!(text.contains("unknown key 'a\\u{0}b\\u{1b}'"), "{text}");
+    assert!(text.contains("a\\u{7f}note\twith tab"), "{text}");
+}
