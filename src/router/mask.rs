@@ -198,7 +198,9 @@ pub fn mask_spans(sql: &str) -> Masked {
                 continue;
             }
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                let end = sql[i..].find('\n').map_or(n, |p| i + p);
+                // As in PostgreSQL's lexer (and `command`, `effects`): a carriage return
+                // ends the comment too (found by the `plan` fuzz target).
+                let end = sql[i..].find(['\n', '\r']).map_or(n, |p| i + p);
                 replace!(i, end, " ");
                 i = end;
                 continue;
@@ -746,6 +748,19 @@ mod tests {
         assert!(!mask_spans("select $a$ x").cacheable);
         assert!(!mask_spans("select \u{1}").cacheable);
         assert!(mask_spans("select '\u{1}'").cacheable);
+    }
+
+    /// Found by the `plan` fuzz target: a `--` comment ended only at a line feed, so with
+    /// bare carriage returns the rest of the text was comment to the cache key (and two
+    /// statements differing after it shared a key) while sqlparser planned all of it.
+    #[test]
+    fn line_comments_end_at_carriage_returns() {
+        let (key, lits) = mask("select 1 -- c\rfrom orders where account_id = 5");
+        assert_eq!(
+            key.replace(MARK, "?"),
+            "select ?  \rfrom orders where account_id = ?"
+        );
+        assert_eq!(lits, vec!["1", "5"]);
     }
 
     /// Found by the `mask` fuzz target: a mark byte inside a B'…', X'…', N'…' or U&'…'
