@@ -26,13 +26,11 @@ fuzz_target!(|data: &[u8]| {
     if let Err(errors) = r {
         assert!(!errors.is_empty(), "an error without a message");
         for e in &errors {
-            let (key, msg) = e
+            // TOML allows an empty key (`'' = 1`): then the prefix is empty too.
+            let (_key, msg) = e
                 .split_once(": ")
                 .unwrap_or_else(|| panic!("error names no key: {e:?}"));
-            assert!(
-                !key.is_empty() && !msg.is_empty(),
-                "error names no key: {e:?}"
-            );
+            assert!(!msg.is_empty(), "an error without a message: {e:?}");
         }
     }
 });
