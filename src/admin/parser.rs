@@ -304,7 +304,8 @@ mod tests {
     }
 
     /// The error message points at SHOW HELP: it exists, and every form it lists parses
-    /// (found by the `admin` fuzz target: SHOW HELP itself was an invalid command).
+    /// (found while writing the `admin` fuzz target: SHOW HELP itself was an invalid
+    /// command).
     #[test]
     fn show_help_lists_what_parses() {
         assert_eq!(parse("SHOW HELP;"), Ok(Command::Show(Show::Help)));
