@@ -292,17 +292,7 @@ impl Pools {
             if made(old) != made(s) {
                 tracing::info!(pool = %p.name(), "database entry's connect_query or startup settings changed: closing its server connections");
                 p.mark_close_needed();
-                let idle: Vec<Box<ServerConn>> = {
-                    let mut g = p.lock();
-                    let v: Vec<_> = g.idle.drain(..).collect();
-                    for _ in &v {
-                        p.drop_slot(&mut g);
-                    }
-                    v
-                };
-                for c in idle {
-                    c.terminate();
-                }
+                p.close_idle();
             }
             let same = s.target(&p.key.database).is_some_and(|t| {
                 let server = if p.key.node.is_worker() {
@@ -348,17 +338,7 @@ impl Pools {
 
     fn close_idle_where(&self, pick: impl Fn(&Pool) -> bool) {
         for p in self.all().into_iter().filter(|p| pick(p)) {
-            let idle: Vec<Box<ServerConn>> = {
-                let mut g = p.lock();
-                let v: Vec<_> = g.idle.drain(..).collect();
-                for _ in &v {
-                    p.drop_slot(&mut g);
-                }
-                v
-            };
-            for c in idle {
-                c.terminate();
-            }
+            p.close_idle();
         }
     }
 }

@@ -1,0 +1,226 @@
+//! Getting a server connection: the fast path (an idle one), opening within the limits,
+//! or waiting in FIFO order with reserve_pool_timeout and query_wait_timeout.
+use super::*;
+
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Waited {
+    Handoff(Handoff),
+    Reserve,
+    Retry,
+    Timeout,
+}
+
+impl Pool {
+    /// The fast path of [`Pool::acquire`], without waiting: an idle connection that needs
+    /// no check. `None`: take the slow path (it also handles waiters, opening, checks).
+    /// `started`: now (the caller reads the clock once and reuses it).
+    pub fn try_acquire_idle(&self, started: Instant) -> Option<Box<ServerConn>> {
+        let s = self.settings.load();
+        let mut g = self.lock();
+        if !g.waiters.is_empty() {
+            return None;
+        }
+        let c = self.pop_usable_idle(&mut g, &s, started)?;
+        if !s.server_check_query.is_empty()
+            && started.saturating_duration_since(c.last_used) >= s.server_check_delay
+        {
+            g.idle.push_back(c);
+            return None;
+        }
+        drop(g);
+        // No wait: recorded as zero rather than paying a second clock read.
+        Some(self.assigned_after(c, Duration::ZERO))
+    }
+    /// The most recently used idle connection that is neither expired nor closed by the
+    /// server; the others met on the way are closed.
+    pub(super) fn pop_usable_idle(
+        &self,
+        g: &mut Inner,
+        s: &Settings,
+        now: Instant,
+    ) -> Option<Box<ServerConn>> {
+        while let Some(mut c) = g.idle.pop_back() {
+            if Self::expired(s, &c, now) || c.conn.is_stale() {
+                self.drop_slot(g);
+                c.terminate();
+                continue;
+            }
+            return Some(c);
+        }
+        None
+    }
+    /// Get a server connection: an idle one, a new one within the limits, or wait for one.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Box<ServerConn>, PoolError> {
+        let s = self.settings();
+        let started = Instant::now();
+        let deadline = (!s.query_wait_timeout.is_zero()).then(|| started + s.query_wait_timeout);
+        let mut allow_reserve = false;
+        loop {
+            #[allow(clippy::large_enum_variant)]
+            enum Next {
+                Got(Box<ServerConn>),
+                Open,
+                Wait(oneshot::Receiver<Handoff>),
+            }
+            // Registered before anything is checked, so a connection of this database
+            // or role freed (or idled in another pool) from here on wakes the wait below.
+            let db_freed = self.db.freed.notified();
+            let role_freed = self.role.freed.notified();
+            let next = {
+                let s = self.settings.load();
+                let l = self.limits(&s);
+                let mut g = self.lock();
+                let got = self.pop_usable_idle(&mut g, &s, Instant::now());
+                let limit = l.pool_size
+                    + if allow_reserve {
+                        l.reserve_pool_size
+                    } else {
+                        0
+                    };
+                let counted = match (got.is_some(), g.total < limit) {
+                    (false, true) => Some(self.try_count_which()),
+                    _ => None,
+                };
+                if let Some(c) = got {
+                    Next::Got(c)
+                } else if let Some(Ok(())) = counted {
+                    g.total += 1;
+                    Next::Open
+                } else if matches!(counted, Some(Err(full)) if self.evict_idle_elsewhere(full)) {
+                    // max_db_connections or max_user_connections was reached with idle
+                    // connections in another pool of this database or role: one was
+                    // closed, try again.
+                    continue;
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    if g.waiters.iter().all(|w| w.is_closed()) {
+                        g.exhausted_since_log += 1;
+                        if g.exhausted_logged.is_none_or(|t| {
+                            started.saturating_duration_since(t) >= EXHAUSTED_LOG_EVERY
+                        }) {
+                            tracing::info!(pool = %self.name(), total = g.total, queues_since_last_message = g.exhausted_since_log, "pool exhausted: clients are waiting for a server connection");
+                            g.exhausted_logged = Some(started);
+                            g.exhausted_since_log = 0;
+                        }
+                    }
+                    g.waiters.push_back(Waiter { tx, since: started });
+                    Next::Wait(rx)
+                }
+            };
+            match next {
+                Next::Got(c) => match self.check(c).await {
+                    Some(c) => return Ok(self.assigned(c, started)),
+                    None => continue,
+                },
+                Next::Open => {
+                    return Box::pin(self.open())
+                        .await
+                        .map(|c| self.assigned(c, started))
+                }
+                Next::Wait(rx) => {
+                    self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+                    // Not boxed: the session boxes this whole future already.
+                    let r = self
+                        .wait(
+                            rx,
+                            [db_freed, role_freed],
+                            &s,
+                            started,
+                            deadline,
+                            allow_reserve,
+                        )
+                        .await;
+                    self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                    match r {
+                        Waited::Handoff(Handoff::Conn(c)) => match self.check(c).await {
+                            Some(c) => return Ok(self.assigned(c, started)),
+                            None => continue,
+                        },
+                        Waited::Handoff(Handoff::Slot) => {
+                            return Box::pin(self.open())
+                                .await
+                                .map(|c| self.assigned(c, started))
+                        }
+                        Waited::Reserve => allow_reserve = true,
+                        Waited::Retry => {}
+                        Waited::Timeout => {
+                            self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                            return Err(PoolError::WaitTimeout);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    pub(super) async fn wait(
+        &self,
+        mut rx: oneshot::Receiver<Handoff>,
+        freed: [tokio::sync::futures::Notified<'_>; 2],
+        s: &Settings,
+        started: Instant,
+        deadline: Option<Instant>,
+        allow_reserve: bool,
+    ) -> Waited {
+        let l = self.limits(s);
+        let reserve_at =
+            (!allow_reserve && l.reserve_pool_size > 0).then(|| started + s.reserve_pool_timeout);
+        let [db_freed, role_freed] = freed;
+        tokio::pin!(db_freed);
+        tokio::pin!(role_freed);
+        let db_limited = l.max_db_connections > 0;
+        let role_limited = l.max_user_connections > 0;
+        // Timers are made when first polled: a disabled branch costs nothing.
+        async fn sleep_until(at: Option<Instant>) {
+            match at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            biased;
+            r = &mut rx => match r {
+                Ok(h) => Waited::Handoff(h),
+                Err(_) => Waited::Retry,
+            },
+            _ = sleep_until(reserve_at), if reserve_at.is_some() => {
+                self.reclaim(rx);
+                Waited::Reserve
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                self.reclaim(rx);
+                Waited::Timeout
+            }
+            _ = &mut db_freed, if db_limited => {
+                self.reclaim(rx);
+                Waited::Retry
+            }
+            _ = &mut role_freed, if role_limited => {
+                self.reclaim(rx);
+                Waited::Retry
+            }
+        }
+    }
+    /// A waiter gives up: whatever was sent to it in the meantime is not lost.
+    pub(super) fn reclaim(&self, mut rx: oneshot::Receiver<Handoff>) {
+        rx.close();
+        match rx.try_recv() {
+            Ok(Handoff::Conn(c)) => self.release(c, true),
+            Ok(Handoff::Slot) => {
+                let mut g = self.lock();
+                self.drop_slot(&mut g);
+            }
+            Err(_) => {}
+        }
+    }
+    pub(super) fn assigned(&self, c: Box<ServerConn>, started: Instant) -> Box<ServerConn> {
+        self.assigned_after(c, started.elapsed())
+    }
+    /// `waited`: how long the client waited (zero on the fast path, which does not wait).
+    pub(super) fn assigned_after(&self, c: Box<ServerConn>, waited: Duration) -> Box<ServerConn> {
+        self.stats.active.add(1);
+        self.stats.assignments.add(1);
+        self.stats.wait_time_us.add(waited.as_micros() as u64);
+        self.stats.wait_latency.record(waited);
+        c
+    }
+}
