@@ -267,24 +267,17 @@ pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<Str
                 "auth_user" => text(v).map(|x| d.auth_user = x),
                 "connect_query" => text(v).map(|x| d.connect_query = x),
                 "routing" => choice(v, super::load::ROUTING).map(|x| d.routing = Some(x)),
-                k if STARTUP_KEYS.iter().any(|(n, _)| *n == k) => {
-                    let name = STARTUP_KEYS.iter().find(|(n, _)| *n == k).map(|x| x.1);
-                    text(v).and_then(|x| match (x, name) {
-                        (Some(x), Some(n)) if k == "client_encoding" => {
-                            match crate::protocol::encodings::canonical(&x) {
-                                Some(c) => {
-                                    d.startup.push((n.to_string(), c.to_string()));
-                                    Ok(())
-                                }
-                                None => Err(format!("unknown encoding '{x}'")),
-                            }
+                k if startup_name(k).is_some() => {
+                    let name = startup_name(k).unwrap_or(k);
+                    let value = text(v).and_then(|x| match x {
+                        Some(x) if k == "client_encoding" => {
+                            crate::protocol::encodings::canonical(&x)
+                                .map(|c| Some(c.to_string()))
+                                .ok_or_else(|| format!("unknown encoding '{x}'"))
                         }
-                        (Some(x), Some(n)) => {
-                            d.startup.push((n.to_string(), x));
-                            Ok(())
-                        }
-                        _ => Ok(()),
-                    })
+                        x => Ok(x),
+                    });
+                    value.map(|x| d.startup.extend(x.map(|x| (name.to_string(), x))))
                 }
                 other => Err(format!(
                     "unknown key '{other}' (expected host, port, dbname, user, password, pool_size, min_pool_size, reserve_pool_size, pool_mode, max_db_connections, auth_user, connect_query, routing, client_encoding, datestyle, timezone, application_name)"
@@ -311,6 +304,14 @@ pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<Str
         out.insert(name.clone(), d);
     }
     out
+}
+
+/// PostgreSQL's name of a startup setting an entry may set (`STARTUP_KEYS`).
+fn startup_name(key: &str) -> Option<&'static str> {
+    STARTUP_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, n)| *n)
 }
 
 fn port(v: &Value) -> Result<u16, String> {

@@ -455,11 +455,8 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
     else {
         // After authentication, as PgBouncer: a stranger learns nothing of which exist.
         tracing::warn!(user = %Escaped(&user), database = %Escaped(&database), "client refused: no such database ([databases] has no entry for it and no *)");
-        conn.send(&build::fatal(
-            sqlstate::INVALID_CATALOG_NAME,
-            &format!("no such database: {database}"),
-        ))
-        .await?;
+        conn.send(&super::target::no_such_database(&database))
+            .await?;
         return Ok(None);
     };
     let mut pool = home.pool;
@@ -476,11 +473,8 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
                 let s2 = ctx.settings();
                 let Some(h) = super::target::home(ctx, &s2, &database, &user, credential.clone())
                 else {
-                    conn.send(&build::fatal(
-                        sqlstate::INVALID_CATALOG_NAME,
-                        &format!("no such database: {database}"),
-                    ))
-                    .await?;
+                    conn.send(&super::target::no_such_database(&database))
+                        .await?;
                     return Ok(None);
                 };
                 pool = h.pool;

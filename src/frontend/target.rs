@@ -61,6 +61,14 @@ pub fn home(
     })
 }
 
+/// What a client asking for a database with no entry (and no `*`) is told, as PgBouncer.
+pub fn no_such_database(name: &str) -> crate::net::Frame {
+    crate::protocol::build::fatal(
+        crate::protocol::sqlstate::INVALID_CATALOG_NAME,
+        &format!("no such database: {name}"),
+    )
+}
+
 /// The node of a server: the coordinator's when it is the upstream's host and port, else
 /// one named `host:port` (`Node::server`).
 pub fn node_for(ctx: &Context, host: &str, port: u16) -> Node {

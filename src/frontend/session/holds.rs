@@ -380,10 +380,9 @@ impl Session {
         );
         let Some(home) = home else {
             tracing::info!(user = %Escaped(&self.c.user), database = %Escaped(&self.c.database), "database entry removed on reload: closing its client");
-            self.c.conn.queue(&build::fatal(
-                sqlstate::INVALID_CATALOG_NAME,
-                &format!("no such database: {}", self.c.database),
-            ));
+            self.c
+                .conn
+                .queue(&crate::frontend::target::no_such_database(&self.c.database));
             self.session_lost = true;
             return false;
         };
