@@ -141,14 +141,58 @@ fn coordinator(s: &Settings) -> Node {
     }
 }
 
-async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerError> {
-    let users = build_users(&settings)?;
-    let hba = build_hba(&settings)?;
-    let ctls = client_tls(&settings)?;
+/// Everything the sessions share, from loaded settings and what `serve` read for them
+/// (users, HBA rules, TLS both ways). No socket is bound and no task spawned: `serve`
+/// adds listeners and background tasks; the session fuzz target drives sessions on it
+/// directly.
+pub fn build_context(
+    settings: &Settings,
+    overrides: &Overrides,
+) -> Result<Arc<Context>, ServerError> {
+    let users = build_users(settings)?;
+    let hba = build_hba(settings)?;
+    let ctls = client_tls(settings)?;
     let stls = crate::net::tls::client_config(
         settings.server_tls,
         settings.server_tls_ca_file.as_deref(),
     )?;
+    crate::net::budget::set_limit(settings.max_buffered_message_bytes as usize);
+    let shared_settings = Arc::new(ArcSwap::from_pointee(settings.clone()));
+    let shard_map: Arc<crate::citus::ShardMapHandle> = Arc::default();
+    let primary_cluster = Arc::new(crate::citus::Cluster::primary(settings, shard_map.clone()));
+    Ok(Arc::new(Context {
+        settings: shared_settings.clone(),
+        users: ArcSwap::from_pointee(users),
+        pools: Pools::new(shared_settings, stls),
+        cancels: Arc::new(CancelRegistry::default()),
+        statements: StatementRegistry::default(),
+        setting_names: Default::default(),
+        listens: ListenHub::default(),
+        client_tls: ArcSwap::from_pointee(ctls),
+        hba: ArcSwap::from_pointee(hba),
+        router: Router::with_capacity(settings.plan_cache_size),
+        shard_map,
+        primary_cluster: primary_cluster.clone(),
+        clusters: Default::default(),
+        config_epoch: Default::default(),
+        routes: Default::default(),
+        node_health: Default::default(),
+        read_spread: Default::default(),
+        coordinator: ArcSwap::from_pointee(coordinator(settings)),
+        clients: AtomicU32::new(0),
+        admission: Default::default(),
+        auth_query: Default::default(),
+        scram_cache: Default::default(),
+        shutdown: CancellationToken::new(),
+        admin: crate::admin::AdminState::new(overrides.clone()),
+        health: Default::default(),
+        tenants: Default::default(),
+        startup_params: Default::default(),
+    }))
+}
+
+async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerError> {
+    let ctx = build_context(&settings, &overrides)?;
     let mut listeners = Vec::new();
     for l in &settings.listeners {
         let sock = TcpListener::bind(l.addr)
@@ -181,39 +225,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     };
     tracing::info!(upstream = %settings.upstream.redacted(), pool_mode = settings.pool_mode.as_str(), pool_size = settings.pool_size, "pgtenant started");
 
-    crate::net::budget::set_limit(settings.max_buffered_message_bytes as usize);
-    let shared_settings = Arc::new(ArcSwap::from_pointee(settings.clone()));
-    let shard_map: Arc<crate::citus::ShardMapHandle> = Arc::default();
-    let primary_cluster = Arc::new(crate::citus::Cluster::primary(&settings, shard_map.clone()));
-    let ctx = Arc::new(Context {
-        settings: shared_settings.clone(),
-        users: ArcSwap::from_pointee(users),
-        pools: Pools::new(shared_settings, stls),
-        cancels: Arc::new(CancelRegistry::default()),
-        statements: StatementRegistry::default(),
-        setting_names: Default::default(),
-        listens: ListenHub::default(),
-        client_tls: ArcSwap::from_pointee(ctls),
-        hba: ArcSwap::from_pointee(hba),
-        router: Router::with_capacity(settings.plan_cache_size),
-        shard_map,
-        primary_cluster: primary_cluster.clone(),
-        clusters: Default::default(),
-        config_epoch: Default::default(),
-        routes: Default::default(),
-        node_health: Default::default(),
-        read_spread: Default::default(),
-        coordinator: ArcSwap::from_pointee(coordinator(&settings)),
-        clients: AtomicU32::new(0),
-        admission: Default::default(),
-        auth_query: Default::default(),
-        scram_cache: Default::default(),
-        shutdown: CancellationToken::new(),
-        admin: crate::admin::AdminState::new(overrides.clone()),
-        health: Default::default(),
-        tenants: Default::default(),
-        startup_params: Default::default(),
-    });
+    let primary_cluster = ctx.primary_cluster.clone();
 
     let stop_accepting = CancellationToken::new();
     let tracker = TaskTracker::new();

@@ -90,6 +90,12 @@ pub struct Pipeline {
     /// COPY IN started (CopyInResponse seen) and the client has not ended it yet: its
     /// Syncs until CopyDone/CopyFail get no answer.
     pub copy_in: bool,
+    /// An extended-protocol message went to the server after the last Sync (or simple
+    /// query): the server is inside that batch's implicit transaction, or skipping to
+    /// the Sync after an error, even once every answer is in. Such a connection is not
+    /// idle: the next client's query would run in this transaction (and commit it) or
+    /// be ignored.
+    pub unsynced: bool,
 }
 
 thread_local! {
@@ -126,7 +132,11 @@ impl Pipeline {
             .ok()
             .flatten()
             .unwrap_or_default();
-        Pipeline { q, copy_in: false }
+        Pipeline {
+            q,
+            copy_in: false,
+            unsynced: false,
+        }
     }
 
     /// Nothing owed (CopyEnd and Flush markers owe nothing).
@@ -139,6 +149,11 @@ impl Pipeline {
     }
 
     pub fn push(&mut self, e: Expect) {
+        match e.req() {
+            Some(r) if r.is_extended() => self.unsynced = true,
+            Some(Req::Sync | Req::Query { .. } | Req::FunctionCall) => self.unsynced = false,
+            _ => {}
+        }
         self.q.push_back(e);
     }
 

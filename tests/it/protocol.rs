@@ -703,6 +703,48 @@ fn raw_flush_returns_answers_before_sync() {
     assert_eq!(r.value("select 'after flush'"), "after flush");
 }
 
+/// A client that leaves in the middle of an extended-protocol batch (answers flushed, no
+/// Sync) leaves its server connection inside that batch's implicit transaction, or
+/// skipping to a Sync after an error. Such a connection is closed, not lent: the next
+/// client's query would commit the leaver's uncommitted INSERT, or be ignored by the
+/// server and hang. (Found by the `session` fuzz target.)
+#[test]
+fn a_client_leaving_mid_batch_leaves_nothing_behind() {
+    let pg = PgServer::start();
+    let pt = pgtenant_trust(&pg, 1);
+    let (mut r, _) = Raw::login(pt.port(), "app", "app");
+    r.write(&query("create table leftover (x int)"));
+    r.read_until_ready();
+
+    // An INSERT executed and flushed, never synced: uncommitted on the server.
+    let mut batch = parse("", "insert into leftover values (1)", &[]);
+    batch.extend(bind("", "", &[]));
+    batch.extend(execute("", 0));
+    batch.extend(flush());
+    r.write(&batch);
+    let msgs = r.read_n(3);
+    assert_eq!(tags(&msgs), "12C", "{msgs:?}");
+    drop(r);
+
+    let (mut r2, _) = Raw::login(pt.port(), "app", "app");
+    assert_eq!(r2.value("select count(*) from leftover"), "0");
+    drop(r2);
+    let (mut r3, _) = Raw::login(pt.port(), "app", "app");
+    assert_eq!(
+        r3.value("select count(*) from leftover"),
+        "0",
+        "the leaver's INSERT was committed by another client's query"
+    );
+
+    // An error in a batch with no Sync: the server skips everything until one.
+    r3.write(&[describe(b'P', "no_such_portal"), flush()].concat());
+    let msgs = r3.read_n(1);
+    assert_eq!(msgs[0].tag, b'E', "{msgs:?}");
+    drop(r3);
+    let (mut r4, _) = Raw::login(pt.port(), "app", "app");
+    assert_eq!(r4.value("select 'answered'"), "answered");
+}
+
 #[test]
 fn raw_describe_and_close_statement() {
     let pg = PgServer::start();

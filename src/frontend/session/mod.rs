@@ -96,6 +96,7 @@ impl Attached {
     /// Idle and owing nothing: safe to give to another client.
     fn is_clean(&self) -> bool {
         self.pipe.is_settled()
+            && !self.pipe.unsynced
             && self.server.tx_status == b'I'
             && self.server.conn.pending_output() == 0
             && self.server.conn.buffered_input() == 0
