@@ -558,10 +558,14 @@ impl Conn {
     async fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
         self.world.lock().unwrap().activity += 1;
         let flow = match tag {
+            // After an error in an extended batch everything is ignored until Sync,
+            // a simple query too; otherwise it ends the batch's implicit transaction.
+            b'Q' if self.skipping => Flow::Go,
             b'Q' => {
                 let sql =
                     String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
                 self.simple(&sql).await;
+                self.in_batch = false;
                 Flow::Go
             }
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => {

@@ -90,11 +90,12 @@ pub struct Pipeline {
     /// COPY IN started (CopyInResponse seen) and the client has not ended it yet: its
     /// Syncs until CopyDone/CopyFail get no answer.
     pub copy_in: bool,
-    /// An extended-protocol message went to the server after the last Sync (or simple
-    /// query): the server is inside that batch's implicit transaction, or skipping to
-    /// the Sync after an error, even once every answer is in. Such a connection is not
-    /// idle: the next client's query would run in this transaction (and commit it) or
-    /// be ignored.
+    /// An extended-protocol message went to the server and no ReadyForQuery has come
+    /// after it: the server is inside that batch's implicit transaction, or skipping to
+    /// a Sync after an error (a simple query sent then is ignored too), even once every
+    /// answer is in. Such a connection is not idle: the next client's query would run in
+    /// this transaction (and commit it) or be ignored. Cleared by a ReadyForQuery that
+    /// leaves nothing owed ([`Pipeline::ready`]).
     pub unsynced: bool,
 }
 
@@ -148,11 +149,18 @@ impl Pipeline {
                 .all(|e| matches!(e, Expect::CopyEnd | Expect::Flush))
     }
 
+    /// A ReadyForQuery was read and its entry popped: with nothing owed after it, the
+    /// server is out of any extended batch (it sends one only at a Sync, or after a
+    /// simple query it ran, which ends the batch's transaction).
+    pub fn ready(&mut self) {
+        if self.is_settled() {
+            self.unsynced = false;
+        }
+    }
+
     pub fn push(&mut self, e: Expect) {
-        match e.req() {
-            Some(r) if r.is_extended() => self.unsynced = true,
-            Some(Req::Sync | Req::Query { .. } | Req::FunctionCall) => self.unsynced = false,
-            _ => {}
+        if e.req().is_some_and(Req::is_extended) {
+            self.unsynced = true;
         }
         self.q.push_back(e);
     }

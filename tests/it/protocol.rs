@@ -745,6 +745,22 @@ fn a_client_leaving_mid_batch_leaves_nothing_behind() {
     assert_eq!(r4.value("select 'answered'"), "answered");
 }
 
+/// After an error in an extended batch the server ignores everything until a Sync, a
+/// simple query too: a client that sends one there and leaves without a Sync must not
+/// keep its server connection (pool of one: the next client is served).
+#[test]
+fn a_client_leaving_while_its_query_is_ignored_frees_the_connection() {
+    let pg = PgServer::start();
+    let pt = pgtenant_trust(&pg, 1);
+    let (mut r, _) = Raw::login(pt.port(), "app", "app");
+    r.write(&[describe(b'P', "no_such_portal"), query("select 1")].concat());
+    let msgs = r.read_n(1);
+    assert_eq!(msgs[0].tag, b'E', "{msgs:?}");
+    drop(r);
+    let (mut r2, _) = Raw::login(pt.port(), "app", "app");
+    assert_eq!(r2.value("select 'answered'"), "answered");
+}
+
 #[test]
 fn raw_describe_and_close_statement() {
     let pg = PgServer::start();

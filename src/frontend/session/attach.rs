@@ -497,6 +497,7 @@ async fn settle_hidden(a: &mut Attached) {
                     };
                     a.server.tx_status = st;
                     a.pipe.q.pop_front();
+                    a.pipe.ready();
                 }
                 b'S' => a.server.note_parameter(f.body()),
                 _ => {}

@@ -132,6 +132,7 @@ impl Session {
                             ));
                         }
                     }
+                    a.pipe.ready();
                     if hidden {
                         // A query of pgtenant's own after the client's last one (the
                         // DEALLOCATE ALL behind a client's): the transaction ends here.
