@@ -846,3 +846,39 @@ async fn idle_transaction_timeout_disconnects_idle_in_transaction_client() {
     );
     assert_ne!(backend_pid(&next).await, pid);
 }
+
+/// A batch answered (Flush) but never synced keeps the server inside its implicit
+/// transaction: idle_transaction_timeout ends it as it ends an idle BEGIN, rather than the
+/// client holding the pool's only connection for ever.
+#[test]
+fn idle_transaction_timeout_covers_a_batch_without_sync() {
+    use support::wire::{self, Raw};
+    let pg = PgServer::start();
+    let (p, _dir) = start_toml(
+        &pg,
+        "idle_transaction_timeout = 1\n",
+        &["--pool-size", "1", "--auth-type", "trust"],
+    );
+    let mut r = Raw::connect(p.port());
+    r.send(&[
+        wire::parse("", "select 1", &[]),
+        wire::bind("", "", &[]),
+        wire::execute(""),
+        wire::flush(),
+    ]);
+    let t0 = Instant::now();
+    let msgs = r.until_closed(Duration::from_secs(10));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(800),
+        "closed after {:?}, before idle_transaction_timeout: {msgs:?}",
+        t0.elapsed()
+    );
+    assert_eq!(wire::tags(&msgs[..4]), "12DC", "{msgs:?}");
+    let last = msgs.last().unwrap();
+    assert_eq!(last.tag, b'E', "{msgs:?}");
+    assert_eq!(last.sqlstate(), "25P03", "{msgs:?}");
+    // The pool's one connection serves the next client.
+    let mut next = Raw::connect(p.port());
+    let answer = next.exchange(&[wire::query("select 'next'")]);
+    assert!(wire::tags(&answer).contains('D'), "{answer:?}");
+}

@@ -18,7 +18,15 @@ impl Session {
                 Some(f) => (f, true),
                 None => match a.server.conn.try_frame() {
                     Ok(Some(f)) => (f, false),
-                    Ok(None) => return Flow::Continue,
+                    Ok(None) => {
+                        // Every answer of a batch with no Sync yet is in: the server is
+                        // in that batch's transaction until the client goes on, so
+                        // idle_transaction_timeout applies as after a BEGIN.
+                        if a.pipe.unsynced && a.pipe.is_settled() && self.idle_tx_timer.is_none() {
+                            self.arm_idle_tx_timer();
+                        }
+                        return Flow::Continue;
+                    }
                     Err(e) => {
                         let why = format!("server sent a bad message: {e}");
                         return self.server_lost(Lost::Unreadable(&why));
