@@ -106,7 +106,7 @@ t_tools=$((SECONDS - t_start))
 dict_of() {
     case "$1" in
         plan | mask | mask_tokens | hint | command) echo "$FUZZ/dict/sql.dict" ;;
-        decode | extended | frame | scram) echo "$FUZZ/dict/protocol.dict" ;;
+        decode | extended | frame | scram | session) echo "$FUZZ/dict/protocol.dict" ;;
         admin) echo "$FUZZ/dict/admin.dict" ;;
         config_toml | pgbouncer_ini) echo "$FUZZ/dict/config.dict" ;;
         *) echo "" ;;
