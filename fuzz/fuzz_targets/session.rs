@@ -50,8 +50,10 @@ struct Input {
     mode: Mode,
     /// pool_size = 1 + this % 2.
     pool: u8,
-    /// session_check = "always" instead of "auto".
-    check_always: bool,
+    /// Settings beyond the defaults, one bit each: session_check = "always";
+    /// server_reset_query_always; max_prepared_statements = 2 (pgtenant's statement LRU
+    /// evicts); idle_transaction_timeout = 5 s.
+    knobs: u8,
     /// Clients = 1 + this % 3.
     clients: u8,
     steps: Vec<Step>,
@@ -819,11 +821,12 @@ fn socket_dir() -> &'static PathBuf {
     })
 }
 
-fn settings(mode: Mode, pool: u32, check_always: bool) -> Arc<Settings> {
-    type Cache = Mutex<HashMap<(Mode, u32, bool), Arc<Settings>>>;
+fn settings(mode: Mode, pool: u32, knobs: u8) -> Arc<Settings> {
+    type Cache = Mutex<HashMap<(Mode, u32, u8), Arc<Settings>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
+    let knobs = knobs & 0xf;
     let mut c = CACHE.get_or_init(Default::default).lock().unwrap();
-    c.entry((mode, pool, check_always))
+    c.entry((mode, pool, knobs))
         .or_insert_with(|| {
             let dir = socket_dir();
             let host = dir.to_str().unwrap().replace('/', "%2F");
@@ -835,15 +838,21 @@ fn settings(mode: Mode, pool: u32, check_always: bool) -> Arc<Settings> {
                  pool_mode = \"{}\"\n\
                  pool_size = {pool}\n\
                  session_check = \"{}\"\n\
+                 server_reset_query_always = {}\n\
+                 max_prepared_statements = {}\n\
+                 idle_transaction_timeout = {}\n\
                  query_wait_timeout = 30\n",
                 match mode {
                     Mode::Transaction => "transaction",
                     Mode::Session => "session",
                     Mode::Statement => "statement",
                 },
-                if check_always { "always" } else { "auto" }
+                if knobs & 1 != 0 { "always" } else { "auto" },
+                knobs & 2 != 0,
+                if knobs & 4 != 0 { 2 } else { 200 },
+                if knobs & 8 != 0 { 5 } else { 0 },
             );
-            let path = dir.join(format!("pgtenant-{mode:?}-{pool}-{check_always}.toml"));
+            let path = dir.join(format!("pgtenant-{mode:?}-{pool}-{knobs}.toml"));
             std::fs::write(&path, toml).unwrap();
             let s = pgtenant::config::load(Some(&path), &Overrides::default())
                 .unwrap_or_else(|e| panic!("the target's configuration: {e}"));
@@ -961,7 +970,7 @@ impl Driver {
 
 fn run(input: &Input) {
     let pool = 1 + u32::from(input.pool % 2);
-    let settings = settings(input.mode, pool, input.check_always);
+    let settings = settings(input.mode, pool, input.knobs);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
