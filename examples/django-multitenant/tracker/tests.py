@@ -82,7 +82,7 @@ class ViewTests(TenantTestCase):
         self.assertEqual(r.status_code, 200)
         data = r.json()
         self.assertEqual(data["account"], "test a")
-        self.assertEqual(data["members"], 3)
+        self.assertEqual([m["name"] for m in data["members"]], ["member 0", "member 1", "member 2"])
         self.assertEqual([p["total"] for p in data["projects"]], [4, 4])
 
     def test_a_task_from_the_view(self):

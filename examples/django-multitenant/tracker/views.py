@@ -34,7 +34,7 @@ def plans(request):
 
 @require_GET
 def dashboard(request, account_id):
-    """The account's projects with their open and total task counts."""
+    """The account's members, and its projects with their open and total task counts."""
     account = request.account
     projects = (
         Project.objects.filter(archived=False)
@@ -48,7 +48,7 @@ def dashboard(request, account_id):
         {
             "account": account.name,
             "plan": account.plan.name,
-            "members": Member.objects.count(),
+            "members": list(Member.objects.order_by("id").values("id", "name")),
             "projects": [
                 {"id": p.id, "name": p.name, "open": p.tasks_open, "total": p.tasks_total}
                 for p in projects
