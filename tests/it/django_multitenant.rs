@@ -313,13 +313,6 @@ fn read_record(path: &std::path::Path) -> Vec<Recorded> {
 /// Why a statement issued for a tenant may run on the coordinator, or `None` (then it
 /// must not). `first_of_tx` is the first statement of the transaction it is in.
 fn coordinator_reason(r: &Recorded, first_of_tx: Option<&Recorded>) -> Option<&'static str> {
-    let upper = r.sql.to_uppercase();
-    if upper.starts_with("INSERT INTO") && upper.contains(" SELECT * FROM UNNEST(") {
-        return Some(
-            "bulk_create: Django 5.2 writes INSERT ... SELECT * FROM UNNEST(arrays); the \
-             tenant is inside an array literal, which the router does not read (no_key)",
-        );
-    }
     if let Some(first) = first_of_tx {
         if first.n != r.n && coordinator_reason(first, None).is_some() {
             return Some(
@@ -333,7 +326,8 @@ fn coordinator_reason(r: &Recorded, first_of_tx: Option<&Recorded>) -> Option<&'
         .split('"')
         .filter(|w| w.starts_with("tracker_"))
         .collect();
-    if !tables.is_empty() && tables.iter().all(|t| *t == "tracker_plan") {
+    let read = r.sql.trim_start().to_uppercase().starts_with("SELECT");
+    if read && !tables.is_empty() && tables.iter().all(|t| *t == "tracker_plan") {
         return Some("reads only the reference table tracker_plan (reference_read)");
     }
     None
