@@ -12,7 +12,9 @@
 //! `log_line_prefix`, and pgtenant's SHOW SERVERS maps each server connection's pid
 //! (`remote_pid`) to the address it connected to.
 //!
-//! One test runs, in order, through pgtenant (transaction mode, pool of 4):
+//! Two tests — psycopg's client-side binding (the default: literals in the text, simple
+//! queries) and its server-side binding (Bind parameters, prepared statements) — each run,
+//! in order, through pgtenant (transaction mode, pool of 4):
 //! 1. `manage.py migrate`: the migrations create and distribute the tables; SHOW ROUTES
 //!    must then show nothing sent to a worker.
 //! 2. `manage.py traffic` (tracker/management/commands/traffic.py): 12 accounts made,
@@ -228,6 +230,8 @@ struct Logged {
     pid: u32,
     app: String,
     text: String,
+    /// Run through the extended protocol (`execute <name>: …`), not a simple query.
+    extended: bool,
 }
 
 /// The statements in `log` (`@@<pid> <application_name>@@ LOG:  statement: …` or
@@ -256,16 +260,17 @@ fn logged_statements(log: &str) -> Vec<Logged> {
         .into_iter()
         .filter_map(|(pid, app, msg)| {
             let msg = msg.strip_prefix("LOG:  ")?;
-            let text = if let Some(t) = msg.strip_prefix("statement: ") {
-                t
+            let (text, extended) = if let Some(t) = msg.strip_prefix("statement: ") {
+                (t, false)
             } else {
                 let rest = msg.strip_prefix("execute ")?;
-                rest.split_once(": ")?.1
+                (rest.split_once(": ")?.1, true)
             };
             Some(Logged {
                 pid,
                 app,
                 text: text.to_string(),
+                extended,
             })
         })
         .collect()
@@ -337,8 +342,30 @@ fn coordinator_reason(r: &Recorded, first_of_tx: Option<&Recorded>) -> Option<&'
 // The test
 // ---------------------------------------------------------------------------------------
 
+/// psycopg's default client-side binding: the tenant is a literal in each text.
 #[test]
 fn django_multitenant_app_is_routed_to_tenant_owners() {
+    run_case(false);
+}
+
+/// psycopg's server-side binding (`OPTIONS={"server_side_binding": True}`): the tenant is a
+/// Bind parameter (an array parameter in bulk_create's UNNEST), and psycopg prepares the
+/// statements it runs often.
+#[test]
+fn django_multitenant_app_is_routed_with_server_side_binding() {
+    run_case(true);
+}
+
+fn run_case(server_side_binding: bool) {
+    let label = if server_side_binding {
+        "server-side binding"
+    } else {
+        "client-side binding"
+    };
+    let binding = [(
+        "DJANGO_SERVER_SIDE_BINDING",
+        if server_side_binding { "1" } else { "0" },
+    )];
     let t0 = Instant::now();
     venv_python();
     let pg = start_cluster();
@@ -352,7 +379,12 @@ fn django_multitenant_app_is_routed_to_tenant_owners() {
 
     // 1. Migrations through pgtenant: all on the coordinator.
     let log_start = pg.log().len();
-    manage(&["migrate", "--noinput", "-v", "0"], &through, &[], &pgt);
+    manage(
+        &["migrate", "--noinput", "-v", "0"],
+        &through,
+        &binding,
+        &pgt,
+    );
     let (after_migrate, (_, to_worker)) = routes(&pgt);
     assert_eq!(
         to_worker, 0,
@@ -378,7 +410,7 @@ fn django_multitenant_app_is_routed_to_tenant_owners() {
             ACCOUNTS,
         ],
         &through,
-        &[],
+        &binding,
         &pgt,
     );
     let log = pg.log();
@@ -458,6 +490,15 @@ fn django_multitenant_app_is_routed_to_tenant_owners() {
         at += i + 1;
     }
 
+    // The binding really is the one asked for: psycopg sends client-side bound texts as
+    // simple queries, server-side bound ones through the extended protocol.
+    let extended = placed.iter().filter(|(_, s, _)| s.extended).count();
+    assert_eq!(
+        extended > 0,
+        server_side_binding,
+        "{extended} of the app's statements came through the extended protocol ({label})"
+    );
+
     // Judge every statement.
     let mut failures: Vec<String> = Vec::new();
     let mut tenant_total = 0;
@@ -530,8 +571,8 @@ fn django_multitenant_app_is_routed_to_tenant_owners() {
     }
     let on_owner = by_key + by_hint;
     let mut report = format!(
-        "django-multitenant example through pgtenant: {} statements recorded, {} accounts \
-         (owners: {:?})\n\
+        "django-multitenant example through pgtenant ({label}): {} statements recorded, {} \
+         accounts (owners: {:?})\n\
          tenant-scoped: {tenant_total}; on the owner: {on_owner} ({:.1} %; by key {by_key}, \
          by tenant comment {by_hint}; per worker {per_worker:?})\n",
         record.len(),
@@ -563,7 +604,7 @@ fn django_multitenant_app_is_routed_to_tenant_owners() {
     let suite = manage(
         &["test", "--keepdb", "--noinput", "-v", "2"],
         &through,
-        &[("DJANGO_TEST_DATABASE", "app")],
+        &[("DJANGO_TEST_DATABASE", "app"), binding[0]],
         &pgt,
     );
     let ran = suite

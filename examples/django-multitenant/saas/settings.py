@@ -102,6 +102,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
 }
 
+# DJANGO_SERVER_SIDE_BINDING=1: psycopg's server-side binding (parameters sent apart, as
+# Bind values; statements prepared after a few runs), which pgtenant routes as well.
+if os.environ.get("DJANGO_SERVER_SIDE_BINDING") == "1":
+    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
+
 # The test runner's database: DJANGO_TEST_DATABASE names an existing one to run the
 # suite in with --keepdb (tests/it/django_multitenant.rs: the emulated cluster's own).
 if os.environ.get("DJANGO_TEST_DATABASE"):

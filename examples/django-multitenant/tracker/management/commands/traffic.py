@@ -15,8 +15,9 @@ What it does, in order (phase names as recorded):
 
 Each statement the app sends is recorded by an execute wrapper as one JSON line:
 {"n", "phase", "tenant" (the account id it was issued for, or null), "sql" (the exact text
-sent: psycopg's client-side binding merges the parameters, cursor.mogrify gives it),
-"in_tx" (inside atomic())}. In a view, the tenant is the URL's account from the start of
+sent: with psycopg's client-side binding the parameters merged in, as cursor.mogrify gives
+it; with server-side binding the text with $1, $2, … as psycopg sends it), "in_tx" (inside
+atomic())}. In a view, the tenant is the URL's account from the start of
 the request (the middleware's own account lookup included).
 
 With --direct-url (a connection string straight to the coordinator), every SELECT run
@@ -45,6 +46,21 @@ from tracker.management.commands.seed import ensure_plans, seed_account
 from tracker.models import Account, Comment, Member, Project, Tag, Task
 
 ORDERED = re.compile(r"\bORDER\s+BY\b", re.IGNORECASE)
+PLACEHOLDER = re.compile(r"%%|%[sbt]")
+
+
+def dollar_params(sql):
+    """The text psycopg sends for `sql` with server-side binding: %s → $1, $2, …"""
+    n = 0
+
+    def number(m):
+        nonlocal n
+        if m.group(0) == "%%":
+            return "%"
+        n += 1
+        return f"${n}"
+
+    return PLACEHOLDER.sub(number, sql)
 
 
 def normalized(rows):
@@ -71,6 +87,9 @@ class Recorder:
         self.compared = 0
         self.mismatches = []
         self.direct = psycopg.connect(direct_url, autocommit=True) if direct_url else None
+        self.client_side = not connection.settings_dict.get("OPTIONS", {}).get(
+            "server_side_binding", False
+        )
 
     def tenant(self):
         value = get_current_tenant_value()
@@ -79,11 +98,13 @@ class Recorder:
         return None if value is None else int(value)
 
     def __call__(self, execute, sql, params, many, context):
-        cur = context["cursor"].cursor  # the psycopg (client-side binding) cursor
-        if many:
-            texts = [cur.mogrify(sql, p) for p in params]
-        elif params is None:
+        cur = context["cursor"].cursor  # the psycopg cursor
+        if params is None:
             texts = [sql]
+        elif not self.client_side:
+            texts = [dollar_params(sql)] * (len(params) if many else 1)
+        elif many:
+            texts = [cur.mogrify(sql, p) for p in params]
         else:
             texts = [cur.mogrify(sql, params)]
         in_tx = context["connection"].in_atomic_block
@@ -105,14 +126,15 @@ class Recorder:
             and texts[0].lstrip().upper().startswith("SELECT")
             and cur.description is not None
         ):
-            self.compare(cur, texts[0])
+            self.compare(cur, sql, params)
         return result
 
-    def compare(self, cur, text):
+    def compare(self, cur, sql, params):
         got = cur.fetchall()
         if got:
             cur.scroll(0, mode="absolute")  # the app reads the same rows next
         got = normalized(got)
+        text = sql if params is None else psycopg.ClientCursor(self.direct).mogrify(sql, params)
         want = normalized(self.direct.execute(text).fetchall())
         self.compared += 1
         if not ORDERED.search(text):
