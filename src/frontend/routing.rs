@@ -24,6 +24,7 @@ use crate::citus::{DistType, ShardMap};
 use crate::metrics::striped::Striped;
 use crate::pool::Node;
 use crate::protocol::extended::Bind;
+use crate::router::array::{binary_common_element, text_common_element};
 use crate::router::{KeySource, Plan, Planner, Reason, TenantValue, TxControl};
 
 /// Where the first statement of a transaction sends it.
@@ -350,20 +351,30 @@ pub fn decide_simple_keyed(
 fn value_text(dt: DistType, k: &KeySource, bind: &Bind<'_>) -> Option<String> {
     match k {
         KeySource::Literal(s) => Some(s.clone()),
+        KeySource::ParamElements(i) => match bind.param(*i) {
+            Ok(Some((0, Some(v)))) => text_common_element(std::str::from_utf8(v).ok()?),
+            Ok(Some((1, Some(v)))) => binary_value_text(dt, binary_common_element(v)?),
+            _ => None,
+        },
         KeySource::Param(i) => match bind.param(*i) {
             Ok(Some((0, Some(v)))) => std::str::from_utf8(v).ok().map(str::to_owned),
-            Ok(Some((1, Some(v)))) => Some(match (dt, v.len()) {
-                (DistType::Int2, 2) => i16::from_be_bytes([v[0], v[1]]).to_string(),
-                (DistType::Int4, 4) => i32::from_be_bytes(v.try_into().ok()?).to_string(),
-                (DistType::Int8, 8) => i64::from_be_bytes(v.try_into().ok()?).to_string(),
-                (DistType::Text | DistType::Varchar | DistType::Bpchar, _) => {
-                    std::str::from_utf8(v).ok()?.to_owned()
-                }
-                _ => v.iter().map(|b| format!("{b:02x}")).collect(),
-            }),
+            Ok(Some((1, Some(v)))) => binary_value_text(dt, v),
             _ => None,
         },
     }
+}
+
+/// A binary parameter's value as text: integers decoded, text as is, others in hex.
+fn binary_value_text(dt: DistType, v: &[u8]) -> Option<String> {
+    Some(match (dt, v.len()) {
+        (DistType::Int2, 2) => i16::from_be_bytes([v[0], v[1]]).to_string(),
+        (DistType::Int4, 4) => i32::from_be_bytes(v.try_into().ok()?).to_string(),
+        (DistType::Int8, 8) => i64::from_be_bytes(v.try_into().ok()?).to_string(),
+        (DistType::Text | DistType::Varchar | DistType::Bpchar, _) => {
+            std::str::from_utf8(v).ok()?.to_owned()
+        }
+        _ => v.iter().map(|b| format!("{b:02x}")).collect(),
+    })
 }
 
 /// An extended-protocol statement `sql` bound with `bind`, with the tenant (colocation
@@ -406,6 +417,16 @@ pub fn decide_bind_keyed(
                     .ok()
                     .and_then(|s| hash_value(dt, s).ok()),
                 Ok(Some((1, Some(v)))) => hash_binary(dt, v).ok(),
+                _ => None,
+            },
+            KeySource::ParamElements(i) => match bind.param(*i) {
+                Ok(Some((0, Some(v)))) => std::str::from_utf8(v)
+                    .ok()
+                    .and_then(text_common_element)
+                    .and_then(|s| hash_value(dt, &s).ok()),
+                Ok(Some((1, Some(v)))) => {
+                    binary_common_element(v).and_then(|e| hash_binary(dt, e).ok())
+                }
                 _ => None,
             },
         }

@@ -305,6 +305,12 @@ impl Planner {
                 }
             }
             KeySource::Param(_) => None,
+            // An array literal (masked like any other): the element all its elements hold.
+            KeySource::ParamElements(i) if *i >= LITERAL_PARAM_BASE => m
+                .literal(sql, i - LITERAL_PARAM_BASE)
+                .and_then(|a| super::array::text_common_element(&a))
+                .map(Cow::Owned),
+            KeySource::ParamElements(_) => None,
         });
         let read_only = usize::from(matches!(
             *p,

@@ -97,6 +97,7 @@
 //! visible in the text (as for `effects`); a SELECT fires no trigger, and a view is not in
 //! the catalog (a local table to the planner: `NotDistributed`).
 mod analyze;
+pub mod array;
 pub mod cache;
 pub mod command;
 pub mod corpus;

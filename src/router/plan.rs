@@ -19,6 +19,9 @@ pub enum KeySource {
     Literal(String),
     /// Parameter `$n+1` of the statement (0-based index), bound later.
     Param(usize),
+    /// Every element of array parameter `$n+1` (0-based index): the value they all hold,
+    /// none if they differ (see [`super::array`]; `INSERT … SELECT * FROM UNNEST($1, …)`).
+    ParamElements(usize),
 }
 
 /// Why a statement runs where it runs.
@@ -160,7 +163,7 @@ impl Plan {
 /// `None`: different tenants); parameters are kept for the run-time check.
 pub(super) fn merge_keys(keys: Vec<KeySource>) -> Option<(KeySource, Vec<KeySource>)> {
     let mut literal: Option<String> = None;
-    let mut params: Vec<usize> = Vec::new();
+    let mut params: Vec<KeySource> = Vec::new();
     for k in keys {
         match k {
             KeySource::Literal(s) => match &literal {
@@ -168,14 +171,14 @@ pub(super) fn merge_keys(keys: Vec<KeySource>) -> Option<(KeySource, Vec<KeySour
                 Some(_) => {}
                 None => literal = Some(s),
             },
-            KeySource::Param(p) => {
+            p @ (KeySource::Param(_) | KeySource::ParamElements(_)) => {
                 if !params.contains(&p) {
                     params.push(p);
                 }
             }
         }
     }
-    let mut params = params.into_iter().map(KeySource::Param);
+    let mut params = params.into_iter();
     let key = match literal {
         Some(l) => KeySource::Literal(l),
         None => params.next()?,

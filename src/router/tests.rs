@@ -569,6 +569,66 @@ fn inserts() {
     );
 }
 
+/// Django 5.2's `bulk_create` on PostgreSQL: `INSERT … SELECT * FROM UNNEST(arrays)`, one
+/// array per column (found by tests/it/django_multitenant.rs: django-multitenant's
+/// `bulk_create` of one tenant's rows went to the coordinator). Pinned when every element
+/// of the distribution column's array is one value.
+#[test]
+fn bulk_create_unnest() {
+    let django = |a: &str| {
+        format!(
+            r#"INSERT INTO "orders" ("account_id", "id", "status") SELECT * FROM UNNEST(('{a}'::int2[])::bigint[], ('{{1,2,3}}'::int2[])::bigint[], ('{{new,new,old}}')::varchar[]) RETURNING "orders"."id""#
+        )
+    };
+    assert_eq!(tenant(&django("{5,5,5}")), (1, "5".into()));
+    assert_eq!(
+        tenant(
+            r#"insert into orders (id, account_id) select * from unnest('{1,2}'::bigint[], '{"5", 5}'::bigint[])"#
+        ),
+        (1, "5".into())
+    );
+    assert_eq!(
+        tenant("insert into events (tenant, id) select * from unnest('{acme,acme}'::text[], '{1,2}'::bigint[]) with ordinality"),
+        (2, "acme".into())
+    );
+    // Different tenants, a NULL, no rows, an unknown column position: not pinned.
+    for sql in [
+        django("{5,6,5}"),
+        django("{5,NULL,5}"),
+        django("{}"),
+        "insert into orders (account_id, id) select * from orders o, unnest('{5}'::bigint[])"
+            .into(),
+        "insert into orders (account_id, id) select * from unnest(array[5, 5], '{1,2}'::bigint[])"
+            .into(),
+    ] {
+        assert_eq!(coord(&sql), Reason::NoKey, "{sql}");
+    }
+    // A parameter (extended protocol): resolved from the bound array.
+    match p("insert into orders (account_id, id) select * from unnest($1::bigint[], $2::bigint[])")
+    {
+        Plan::Tenant {
+            key: KeySource::ParamElements(0),
+            also,
+            ..
+        } if also.is_empty() => {}
+        other => panic!("expected a tenant plan keyed by $1's elements, got {other:?}"),
+    }
+    // The cache plans the masked text once and reads each text's array.
+    let planner = Planner::new(16);
+    let cat = catalog();
+    for (arr, key) in [
+        ("{5,5,5}", Some("5")),
+        ("{7,7,7}", Some("7")),
+        ("{7,8,7}", None),
+    ] {
+        let r = planner.plan_simple(&django(arr), &cat, 1);
+        assert_eq!(r.key.as_deref(), key, "{arr}: {:?}", r.plan);
+        if key.is_none() {
+            assert_eq!(*r.plan, Plan::Coordinator(Reason::NoKey), "{arr}");
+        }
+    }
+}
+
 #[test]
 fn sequence_defaults() {
     assert_eq!(
@@ -817,13 +877,13 @@ fn parameters_that_must_agree_are_checked_at_run_time() {
     let params = ["5", "5"];
     let get = |k: &KeySource| match k {
         KeySource::Param(i) => params.get(*i).copied(),
-        KeySource::Literal(_) => None,
+        KeySource::Literal(_) | KeySource::ParamElements(_) => None,
     };
     assert_eq!(plan.tenant_value(get), TenantValue::Value("5"));
     let params2 = ["5", "6"];
     let get2 = |k: &KeySource| match k {
         KeySource::Param(i) => params2.get(*i).copied(),
-        KeySource::Literal(_) => None,
+        KeySource::Literal(_) | KeySource::ParamElements(_) => None,
     };
     assert_eq!(plan.tenant_value(get2), TenantValue::Conflict);
     assert_eq!(plan.tenant_value(|_| None::<&str>), TenantValue::Unknown);
@@ -1040,7 +1100,7 @@ fn check(expect: Expect, plan: &Plan, key: Option<&str>, sql: &str) {
 fn direct_key(plan: &Plan) -> Option<String> {
     match plan.tenant_value(|k| match k {
         KeySource::Literal(s) => Some(s.clone()),
-        KeySource::Param(_) => None,
+        KeySource::Param(_) | KeySource::ParamElements(_) => None,
     }) {
         TenantValue::Value(v) => Some(v),
         _ => None,

@@ -52,7 +52,7 @@ fn venv_dir() -> PathBuf {
 // ---------------------------------------------------------------------------------------
 
 /// Run a command to completion; Err with its output when it cannot start or fails.
-fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -161,8 +161,9 @@ fn make_venv() -> Result<PathBuf, String> {
     Ok(python)
 }
 
-/// The venv's python, made once per test process (the tests here share it).
-fn venv_python() -> PathBuf {
+/// The venv's python, made once per test process (the tests here and in
+/// `django_multitenant` share it).
+pub(crate) fn venv_python() -> PathBuf {
     static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     match VENV.get_or_init(make_venv) {
         Ok(p) => p.clone(),
@@ -184,7 +185,7 @@ struct Target<'a> {
 }
 
 /// Lines worth reading first in Django's output: the failed tests and the summary.
-fn failure_summary(output: &str) -> String {
+pub(crate) fn failure_summary(output: &str) -> String {
     let mut lines: Vec<&str> = output
         .lines()
         .filter(|l| {
@@ -201,7 +202,7 @@ fn failure_summary(output: &str) -> String {
 }
 
 /// The last `max` bytes of `s` (on a char boundary).
-fn tail(s: &str, max: usize) -> &str {
+pub(crate) fn tail(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

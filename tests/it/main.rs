@@ -24,6 +24,7 @@ mod citus_cluster;
 mod cli;
 mod databases;
 mod django;
+mod django_multitenant;
 mod failures;
 mod fidelity;
 mod harness_smoke;

@@ -884,7 +884,7 @@ impl CitusCluster {
 }
 
 /// Group of shard index `i`: round robin over the two workers, first worker first.
-fn placement_group(i: usize) -> i32 {
+pub fn placement_group(i: usize) -> i32 {
     1 + (i % 2) as i32
 }
 

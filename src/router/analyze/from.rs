@@ -170,8 +170,15 @@ impl<'c> Analysis<'c> {
                     outs.exact = false;
                 }
                 SelectItem::Wildcard(_) => {
-                    outs.exact = false;
+                    // Positions stay known only over derived tables whose columns all are
+                    // (`SELECT * FROM UNNEST(…)`): a table's `*` has columns not listed.
                     let cur = self.cur();
+                    let known = self.scopes[cur]
+                        .iter()
+                        .all(|e| matches!(&e.kind, EntryKind::Derived(o) if o.exact));
+                    if !known {
+                        outs.exact = false;
+                    }
                     let mut cols = Vec::new();
                     for e in &self.scopes[cur] {
                         cols.extend(entry_cols(e, &self.insts));
@@ -446,12 +453,51 @@ impl<'c> Analysis<'c> {
                 self.push_other(alias.as_ref().map(|a| fold(&a.name)));
             }
             TableFactor::UNNEST {
-                alias, array_exprs, ..
+                alias,
+                array_exprs,
+                with_offset,
+                with_ordinality,
+                ..
             } => {
+                // One column per array (PostgreSQL's multi-argument UNNEST), each the
+                // arrays' common element when it is a key: Django 5.2's bulk_create is
+                // `INSERT … SELECT * FROM UNNEST('{42,42}'::bigint[], …)`.
+                let mut cols: Vec<(Option<String>, OutVal)> = Vec::new();
                 for e in array_exprs {
-                    self.walk(e);
+                    let val = match array_key(e) {
+                        Some(k) => OutVal::Key(k),
+                        None => {
+                            self.walk(e);
+                            OutVal::Other
+                        }
+                    };
+                    cols.push((None, val));
                 }
-                self.push_other(alias.as_ref().map(|a| fold(&a.name)));
+                if *with_ordinality {
+                    cols.push((None, OutVal::Other));
+                }
+                let mut outs = Outs {
+                    cols,
+                    exact: !*with_offset,
+                };
+                if let Some(a) = alias {
+                    if !a.columns.is_empty() {
+                        if a.columns.len() == outs.cols.len() {
+                            for (c, def) in outs.cols.iter_mut().zip(&a.columns) {
+                                c.0 = Some(fold(&def.name));
+                            }
+                        } else {
+                            outs = Outs::default();
+                        }
+                    }
+                }
+                let cur = self.cur();
+                self.scopes[cur].push(Entry {
+                    name: alias.as_ref().map(|a| fold(&a.name)).unwrap_or_default(),
+                    schema: None,
+                    info: None,
+                    kind: EntryKind::Derived(outs),
+                });
             }
             _ => self.opaque = true,
         }

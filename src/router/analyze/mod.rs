@@ -118,6 +118,24 @@ pub(super) fn key_source(e: &Expr) -> Option<KeySource> {
     }
 }
 
+/// The key every element of an array expression stands for: an array literal
+/// (`'{42,42}'::bigint[]`, possibly cast again) whose elements are all one value, or an
+/// array parameter (`$1::bigint[]`, also a masked literal), resolved when bound.
+pub(super) fn array_key(e: &Expr) -> Option<KeySource> {
+    match e {
+        Expr::Nested(x) => array_key(x),
+        Expr::Cast { expr, .. } => array_key(expr),
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => {
+                crate::router::array::text_common_element(s).map(KeySource::Literal)
+            }
+            Value::Placeholder(p) => param_index(p).map(KeySource::ParamElements),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn value_key(v: &Value) -> Option<KeySource> {
     match v {
         Value::Number(n, _) => Some(KeySource::Literal(n.clone())),
