@@ -92,6 +92,12 @@ pub struct ConnView {
 
 pub type Shared = Arc<Mutex<World>>;
 
+/// FUZZ_SESSION_DEBUG set: print what every server connection receives.
+fn debug() -> bool {
+    static D: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *D.get_or_init(|| std::env::var_os("FUZZ_SESSION_DEBUG").is_some())
+}
+
 /// A connection's cancel key, its cancel signal and who runs on it now.
 type CancelEntry = (i32, Arc<Notify>, Arc<Mutex<Option<u8>>>);
 
@@ -557,6 +563,14 @@ impl Conn {
 
     async fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
         self.world.lock().unwrap().activity += 1;
+        if debug() {
+            eprintln!(
+                "server pid {}: <- {} {}",
+                self.pid,
+                tag as char,
+                String::from_utf8_lossy(body).replace('\0', "|")
+            );
+        }
         let flow = match tag {
             // After an error in an extended batch everything is ignored until Sync,
             // a simple query too; otherwise it ends the batch's implicit transaction.

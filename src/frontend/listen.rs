@@ -56,6 +56,24 @@ pub struct Subscriber {
     pub id: u64,
     pub rx: mpsc::Receiver<Frame>,
     tx: mpsc::Sender<Frame>,
+    /// The channels the client listens to, as its session sees them. The hub learns of
+    /// an UNLISTEN through its queue, after the client was answered; a notification the
+    /// hub fans out meanwhile is dropped here ([`Subscriber::wants`]), so that nothing
+    /// arrives after UNLISTEN, as on a direct connection.
+    pub channels: std::collections::HashSet<String>,
+}
+
+impl Subscriber {
+    /// Does the client still listen to the channel of this NotificationResponse?
+    pub fn wants(&self, notification: &Frame) -> bool {
+        let body = notification.body();
+        let channel = body.get(4..).unwrap_or_default();
+        let end = channel
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(channel.len());
+        std::str::from_utf8(&channel[..end]).is_ok_and(|c| self.channels.contains(c))
+    }
 }
 
 impl ListenHub {
@@ -65,6 +83,7 @@ impl ListenHub {
             id: self.next_client.fetch_add(1, Ordering::Relaxed) + 1,
             rx,
             tx,
+            channels: Default::default(),
         }
     }
 

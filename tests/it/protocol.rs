@@ -761,6 +761,31 @@ fn a_client_leaving_while_its_query_is_ignored_frees_the_connection() {
     assert_eq!(r2.value("select 'answered'"), "answered");
 }
 
+/// `DEALLOCATE ALL` parsed as the unnamed statement is answered by pgtenant (it acts on
+/// the client's view); once the client closes that statement, binding it fails as on a
+/// direct connection (it was bound from pgtenant's stale record; found by the `session`
+/// fuzz target).
+#[test]
+fn a_closed_unnamed_view_command_cannot_be_bound() {
+    let pg = PgServer::start();
+    let pt = pgtenant_trust(&pg, 1);
+    let (mut r, _) = Raw::login(pt.port(), "app", "app");
+    r.write(
+        &[
+            parse("", "DEALLOCATE ALL", &[]),
+            close(b'S', ""),
+            bind("", "", &[]),
+            execute("", 0),
+            sync(),
+        ]
+        .concat(),
+    );
+    let msgs = r.read_until_ready();
+    assert_eq!(tags(&msgs), "13EZ", "{msgs:?}");
+    assert_eq!(msgs[2].fields()[&b'C'], "26000", "{msgs:?}");
+    assert_eq!(r.value("select 'still here'"), "still here");
+}
+
 #[test]
 fn raw_describe_and_close_statement() {
     let pg = PgServer::start();

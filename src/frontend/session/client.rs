@@ -193,7 +193,9 @@ impl Session {
         }
         if let Some(l) = self.listener.as_mut() {
             while let Ok(f) = l.rx.try_recv() {
-                self.c.conn.queue(&f);
+                if l.wants(&f) {
+                    self.c.conn.queue(&f);
+                }
             }
         }
     }
@@ -348,6 +350,19 @@ impl Session {
                     None => Ok(None),
                 }
             }
+            b'C' => {
+                // Closing the unnamed statement or portal closes the one pgtenant answers
+                // for too (the Close itself goes on as usual): a later Bind or Execute of
+                // it fails as on a direct connection.
+                let t = Target::decode(f.body())?;
+                if t.name.is_empty() {
+                    match t.kind {
+                        b'S' => self.fake_statement = None,
+                        _ => self.fake_portal = None,
+                    }
+                }
+                Ok(None)
+            }
             _ => Ok(None),
         }
     }
@@ -367,12 +382,20 @@ impl Session {
                 // The pool it first listened through keeps its LISTENs, also after a
                 // RELOAD moved its home (`move_home`).
                 let pool = self.listen_pool.get_or_insert_with(|| self.c.pool.clone());
+                sub.channels.insert(channel.clone());
                 self.listen_ack = Some(hub.listen(pool, sub, channel));
                 return Some("LISTEN");
             }
             Command::Unlisten { channel } if self.mode != PoolMode::Session => {
-                if let (Some(sub), Some(pool)) = (self.listener.as_ref(), self.listen_pool.as_ref())
+                if let (Some(sub), Some(pool)) = (self.listener.as_mut(), self.listen_pool.as_ref())
                 {
+                    match &channel {
+                        Some(c) => sub.channels.remove(c),
+                        None => {
+                            sub.channels.clear();
+                            true
+                        }
+                    };
                     self.ctx.listens.unlisten(pool, sub, channel);
                 }
                 return Some("UNLISTEN");

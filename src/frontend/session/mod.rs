@@ -404,7 +404,9 @@ impl Session {
                     Flow::Continue
                 }
                 Event::Notification(f) => {
-                    self.c.conn.queue(&f);
+                    if self.listener.as_ref().is_some_and(|l| l.wants(&f)) {
+                        self.c.conn.queue(&f);
+                    }
                     Flow::Continue
                 }
             };
