@@ -356,6 +356,8 @@ struct Conn {
     cancel: Arc<Notify>,
     view: Arc<Mutex<ConnView>>,
     terminated: bool,
+    /// COPY FROM STDIN running (a simple query's): rows received so far.
+    copy: Option<u64>,
 }
 
 enum Flow {
@@ -447,6 +449,7 @@ impl Conn {
             cancel,
             view,
             terminated: false,
+            copy: None,
         };
         let app = params.get("application_name").cloned().unwrap_or_default();
         c.reported_app = app.clone();
@@ -558,7 +561,50 @@ impl Conn {
     }
 
     fn set_view(&self) {
-        self.view.lock().unwrap().idle = self.status == Status::Idle && !self.in_batch;
+        self.view.lock().unwrap().idle =
+            self.status == Status::Idle && !self.in_batch && self.copy.is_none();
+    }
+
+    /// A message while COPY FROM STDIN runs, as PostgreSQL's CopyGetData takes it: data,
+    /// its end or its failure; Flush and Sync ignored; anything else fails the COPY
+    /// (the message is consumed). The query's ReadyForQuery follows its end.
+    fn copy_message(&mut self, tag: u8, body: &[u8]) {
+        let Some(rows) = self.copy.as_mut() else {
+            return;
+        };
+        match tag {
+            b'd' => {
+                *rows += 1;
+                return;
+            }
+            b'H' | b'S' => return,
+            b'c' => {
+                let n = *rows;
+                self.copy = None;
+                complete(&mut self.out, &format!("COPY {n}"));
+            }
+            b'f' => {
+                self.copy = None;
+                self.fail("57014", "COPY from stdin failed");
+            }
+            other => {
+                if let (b'Q' | b'P', Some((c, n))) = (other, tag_of(&String::from_utf8_lossy(body)))
+                {
+                    let owner = *self.owner.lock().unwrap();
+                    if owner.is_some_and(|o| o != c) {
+                        self.violation(format!(
+                            "client {c}'s statement n{n} arrived during client {owner:?}'s COPY"
+                        ));
+                    }
+                }
+                self.copy = None;
+                self.fail("08P01", "unexpected message type during COPY from stdin");
+            }
+        }
+        if self.tx.as_ref().is_some_and(|t| !t.explicit) {
+            self.commit();
+        }
+        self.ready();
     }
 
     async fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
@@ -572,6 +618,10 @@ impl Conn {
             );
         }
         let flow = match tag {
+            _ if self.copy.is_some() && tag != b'X' => {
+                self.copy_message(tag, body);
+                Flow::Go
+            }
             // After an error in an extended batch everything is ignored until Sync,
             // a simple query too; otherwise it ends the batch's implicit transaction.
             b'Q' if self.skipping => Flow::Go,
@@ -784,6 +834,11 @@ impl Conn {
             if !self.statement(s, true).await {
                 break;
             }
+            if self.copy.is_some() {
+                // The rest comes with the COPY's end (`copy_message`); the fuzz
+                // clients send COPY alone in its query.
+                return;
+            }
         }
         if self.tx.as_ref().is_some_and(|t| !t.explicit) {
             self.commit();
@@ -921,6 +976,11 @@ impl Conn {
                     tx.temp += 1;
                 }
                 complete(&mut self.out, "CREATE TABLE");
+            }
+            "COPY" if describe && words.iter().any(|w| w == "STDIN") => {
+                // CopyInResponse: text, one column.
+                msg(&mut self.out, b'G', &[0, 0, 1, 0, 0]);
+                self.copy = Some(0);
             }
             "SELECT" => return self.select(s, &plain, describe).await,
             "" => {
