@@ -276,6 +276,13 @@ struct Client {
     skip_to_sync: bool,
     /// Sent a COPY FROM STDIN and not yet its end.
     copying: bool,
+    /// Transaction or statement mode: the server connection may change between
+    /// transactions.
+    pooled: bool,
+    /// The unnamed statement of an earlier transaction (pooled modes): it stays where it
+    /// was parsed, and the next transaction may run elsewhere or after a reset, so a Bind
+    /// of it may fail with 26000 (pgtenant's documented behaviour) or run it.
+    stale_unnamed: Option<Inst>,
     /// Expectations pushed, popped, and pushed up to the last Sync, Flush or Query: the
     /// server sends nothing before one of those, so only these are owed.
     pushed: usize,
@@ -287,9 +294,11 @@ struct Client {
 }
 
 impl Client {
-    fn new(id: u8, sock: UnixStream) -> Client {
+    fn new(id: u8, sock: UnixStream, pooled: bool) -> Client {
         Client {
             id,
+            pooled,
+            stale_unnamed: None,
             sock: Some(sock),
             buf: Vec::new(),
             n: 0,
@@ -635,6 +644,9 @@ impl Client {
                     self.fail(format!("{:?} answering Parse", tag as char));
                 }
                 let (stmt, sql) = (*stmt, *sql);
+                if stmt_name(stmt).is_empty() {
+                    self.stale_unnamed = None;
+                }
                 self.stmts.insert(stmt_name(stmt), sql);
                 pop = true;
             }
@@ -643,7 +655,9 @@ impl Client {
                     self.fail(format!("{:?} answering Bind", tag as char));
                 }
                 let (portal, stmt) = (*portal, *stmt);
-                match self.stmts.get(&stmt_name(stmt)).copied() {
+                let name = stmt_name(stmt);
+                let stale = self.stale_unnamed.filter(|_| name.is_empty());
+                match self.stmts.get(&name).copied().or(stale) {
                     Some(i) => {
                         self.portals.insert(portal_name(portal), i);
                     }
@@ -691,6 +705,9 @@ impl Client {
                 }
                 if let Some(s) = stmt {
                     let s = stmt_name(*s);
+                    if s.is_empty() {
+                        self.stale_unnamed = None;
+                    }
                     self.stmts.remove(&s);
                 }
                 if let Some(p) = portal {
@@ -724,6 +741,11 @@ impl Client {
     fn end_of_transaction(&mut self, body: &[u8]) {
         if body.first() == Some(&b'I') {
             self.portals.clear();
+            if self.pooled {
+                if let Some(i) = self.stmts.remove("") {
+                    self.stale_unnamed = Some(i);
+                }
+            }
         }
     }
 
@@ -760,12 +782,16 @@ impl Client {
             Sql::Deallocate(k) => {
                 self.sql_prepared.remove(&(k % 3));
             }
+            // PostgreSQL keeps the unnamed statement through both; pgtenant may not (it
+            // answers them on the client's view): either is accepted.
             Sql::DeallocateAll => {
                 self.sql_prepared.clear();
+                self.stale_unnamed = self.stmts.remove("").or(self.stale_unnamed);
                 self.stmts.clear();
             }
             Sql::Discard => {
                 self.sql_prepared.clear();
+                self.stale_unnamed = self.stmts.remove("").or(self.stale_unnamed);
                 self.stmts.clear();
                 self.portals.clear();
             }
@@ -1057,7 +1083,8 @@ fn run(input: &Input) {
         for id in 1..=n {
             let mut sock = d.connect();
             sock.write_all(&startup()).await.unwrap();
-            d.clients.push(Client::new(id, sock));
+            d.clients
+                .push(Client::new(id, sock, input.mode != Mode::Session));
         }
         d.settle().await;
         let count = d.clients.len();
