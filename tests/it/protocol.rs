@@ -784,6 +784,23 @@ fn a_closed_unnamed_view_command_cannot_be_bound() {
     assert_eq!(tags(&msgs), "13EZ", "{msgs:?}");
     assert_eq!(msgs[2].fields()[&b'C'], "26000", "{msgs:?}");
     assert_eq!(r.value("select 'still here'"), "still here");
+
+    // Bound to a named portal, it runs as on a direct connection (it failed with 26000:
+    // only the unnamed portal was followed).
+    r.write(
+        &[
+            parse("", "DEALLOCATE ALL", &[]),
+            bind("p1", "", &[]),
+            describe(b'P', "p1"),
+            execute("p1", 0),
+            close(b'P', "p1"),
+            sync(),
+        ]
+        .concat(),
+    );
+    let msgs = r.read_until_ready();
+    assert_eq!(tags(&msgs), "12nC3Z", "{msgs:?}");
+    assert_eq!(msgs[3].cstr(), "DEALLOCATE ALL", "{msgs:?}");
 }
 
 #[test]

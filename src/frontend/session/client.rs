@@ -313,13 +313,14 @@ impl Session {
             }
             b'B' => {
                 let b = Bind::decode(f.body())?;
-                if !b.portal.is_empty() {
-                    return Ok(None);
+                if self.fake_portal_is(b.portal) {
+                    // Bound again: the unnamed portal is replaced (a named one PostgreSQL
+                    // would refuse with 42P03; the server, which never had it, binds it).
+                    self.fake_portal = None;
                 }
-                self.fake_portal = None;
                 match self.fake_statement.filter(|_| b.statement.is_empty()) {
                     Some(tag) => {
-                        self.fake_portal = Some(tag);
+                        self.fake_portal = Some(Box::new((b.portal.into(), tag)));
                         Ok(Some(vec![Frame::new(b'2', &[])]))
                     }
                     None => Ok(None),
@@ -327,11 +328,10 @@ impl Session {
             }
             b'D' => {
                 let t = Target::decode(f.body())?;
-                let real = !t.name.is_empty()
-                    || match t.kind {
-                        b'S' => self.fake_statement.is_none(),
-                        _ => self.fake_portal.is_none(),
-                    };
+                let real = match t.kind {
+                    b'S' => !t.name.is_empty() || self.fake_statement.is_none(),
+                    _ => !self.fake_portal_is(t.name),
+                };
                 if real {
                     return Ok(None);
                 }
@@ -345,8 +345,8 @@ impl Session {
             b'E' => {
                 let mut r = crate::protocol::Reader::new(f.body(), "Execute");
                 let portal = r.cstr()?;
-                match self.fake_portal.filter(|_| portal.is_empty()) {
-                    Some(tag) => Ok(Some(vec![build::command_complete(tag)])),
+                match self.fake_portal.as_ref().filter(|p| *p.0 == *portal) {
+                    Some(p) => Ok(Some(vec![build::command_complete(p.1)])),
                     None => Ok(None),
                 }
             }
@@ -355,16 +355,21 @@ impl Session {
                 // for too (the Close itself goes on as usual): a later Bind or Execute of
                 // it fails as on a direct connection.
                 let t = Target::decode(f.body())?;
-                if t.name.is_empty() {
-                    match t.kind {
-                        b'S' => self.fake_statement = None,
-                        _ => self.fake_portal = None,
-                    }
+                match t.kind {
+                    b'S' if t.name.is_empty() => self.fake_statement = None,
+                    b'S' => {}
+                    _ if self.fake_portal_is(t.name) => self.fake_portal = None,
+                    _ => {}
                 }
                 Ok(None)
             }
             _ => Ok(None),
         }
+    }
+
+    /// Is `name` the portal pgtenant answers for?
+    fn fake_portal_is(&self, name: &str) -> bool {
+        self.fake_portal.as_ref().is_some_and(|p| *p.0 == *name)
     }
 
     /// DEALLOCATE / DISCARD ALL act on the client's view only. Returns the command tag to

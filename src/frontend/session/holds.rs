@@ -310,7 +310,7 @@ impl Session {
         }
         self.c.conn.queue_held(&Frame::new(b'2', &[]));
         self.fake_statement = None;
-        self.fake_portal = Some(tag);
+        self.fake_portal = Some(Box::new(("".into(), tag)));
         true
     }
 

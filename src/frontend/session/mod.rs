@@ -263,7 +263,9 @@ struct Session {
     route: (RouteReason, bool),
     /// A LISTEN waiting to be in effect before the client hears "LISTEN".
     listen_ack: Option<tokio::sync::oneshot::Receiver<()>>,
-    fake_portal: Option<&'static str>,
+    /// A portal bound to a statement pgtenant answers itself (`fake_extended`): its name
+    /// and command tag. Boxed: rare, and a session stays small.
+    fake_portal: Option<Box<(Box<str>, &'static str)>>,
     /// After a refused extended-protocol message, drop messages until Sync.
     skip_until_sync: bool,
     /// Armed while the client sits idle inside a transaction.
