@@ -895,7 +895,10 @@ impl Conn {
                     Some((n, v)) => (unquote(n), v.trim().trim_matches('\'').to_string()),
                     None => (unquote(rest), String::new()),
                 };
-                self.set(&name, Some(value), local && in_block);
+                // SET LOCAL outside a block: a warning and no effect, as PostgreSQL.
+                if !local || in_block {
+                    self.set(&name, Some(value), local);
+                }
                 complete(&mut self.out, "SET");
             }
             "RESET" => {

@@ -1153,6 +1153,8 @@ fn run(input: &Input) {
 
 fuzz_target!(|input: Input| {
     if std::env::var_os("FUZZ_SESSION_DEBUG").is_some() {
+        static LOG: std::sync::Once = std::sync::Once::new();
+        LOG.call_once(|| pgtenant::logging::init(pgtenant::config::LogFormat::Plain, "debug"));
         eprintln!("{input:#?}");
     }
     run(&input);
