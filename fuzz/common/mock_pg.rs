@@ -358,6 +358,8 @@ struct Conn {
     terminated: bool,
     /// COPY FROM STDIN running (a simple query's): rows received so far.
     copy: Option<u64>,
+    /// Running a simple query of several statements (an implicit transaction block).
+    multi: bool,
 }
 
 enum Flow {
@@ -450,6 +452,7 @@ impl Conn {
             view,
             terminated: false,
             copy: None,
+            multi: false,
         };
         let app = params.get("application_name").cloned().unwrap_or_default();
         c.reported_app = app.clone();
@@ -828,6 +831,7 @@ impl Conn {
             self.ready();
             return;
         }
+        self.multi = stmts.len() > 1;
         for s in stmts {
             self.arrive(s);
             self.begin_implicit(tag_of(s).map(|t| t.0));
@@ -873,6 +877,17 @@ impl Conn {
                     self.status = Status::InBlock;
                 }
                 complete(&mut self.out, "BEGIN");
+            }
+            "COMMIT" | "END" | "ROLLBACK" | "ABORT" if !in_block && !self.multi => {
+                // No transaction block: a warning, and the implicit transaction (and its
+                // portals) goes on, as PostgreSQL. (In a query of several statements it
+                // ends the implicit block: the arms below.)
+                let tag = if matches!(w0, "COMMIT" | "END") {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                complete(&mut self.out, tag);
             }
             "COMMIT" | "END" => {
                 let failed = self.status == Status::Failed;
@@ -1068,6 +1083,7 @@ impl Conn {
     }
 
     async fn extended(&mut self, tag: u8, body: &[u8]) {
+        self.multi = false;
         if tag == b'S' {
             self.skipping = false;
             self.in_batch = false;
@@ -1113,6 +1129,10 @@ impl Conn {
                 let portal = read_cstr(body, &mut at).unwrap_or_default();
                 let stmt = read_cstr(body, &mut at).unwrap_or_default();
                 match self.stmts.get(&stmt).cloned() {
+                    _ if !portal.is_empty() && self.portals.contains_key(&portal) => {
+                        self.fail("42P03", &format!("portal \"{portal}\" already exists"));
+                        false
+                    }
                     Some((sql, _)) => {
                         self.arrive(&sql);
                         self.begin_implicit(tag_of(&sql).map(|t| t.0));
