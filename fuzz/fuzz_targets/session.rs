@@ -1154,7 +1154,10 @@ fn run(input: &Input) {
 fuzz_target!(|input: Input| {
     if std::env::var_os("FUZZ_SESSION_DEBUG").is_some() {
         static LOG: std::sync::Once = std::sync::Once::new();
-        LOG.call_once(|| pgtenant::logging::init(pgtenant::config::LogFormat::Plain, "debug"));
+        // FUZZ_SESSION_DEBUG=trace for every session event.
+        let level = std::env::var("FUZZ_SESSION_DEBUG").unwrap_or_default();
+        let level = if level == "trace" { "trace" } else { "debug" };
+        LOG.call_once(|| pgtenant::logging::init(pgtenant::config::LogFormat::Plain, level));
         eprintln!("{input:#?}");
     }
     run(&input);

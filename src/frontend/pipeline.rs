@@ -97,6 +97,11 @@ pub struct Pipeline {
     /// this transaction (and commit it) or be ignored. Cleared by a ReadyForQuery that
     /// leaves nothing owed ([`Pipeline::ready`]).
     pub unsynced: bool,
+    /// pgtenant can no longer tell which of the server's answers belongs to which request
+    /// (a ReadyForQuery where none was due; an error ending a COPY IN, after which Syncs
+    /// the client sent during the COPY may or may not be answered). The client keeps
+    /// getting what the server sends, but the connection is closed, never lent again.
+    pub lost_track: bool,
 }
 
 thread_local! {
@@ -137,6 +142,7 @@ impl Pipeline {
             q,
             copy_in: false,
             unsynced: false,
+            lost_track: false,
         }
     }
 

@@ -313,11 +313,16 @@ impl Session {
             let db = &a.pool.key.database;
             let learned = &self.ctx.setting_names;
             if learned.due(db) {
-                match a
-                    .server
-                    .query_rows(crate::frontend::setting_names::LEARN_SQL)
-                    .await
-                {
+                // Bounded like the check itself: a server that does not answer must not
+                // hold the session (and its connection) for ever.
+                let read = tokio::time::timeout(
+                    CHECK_TIMEOUT,
+                    a.server
+                        .query_rows(crate::frontend::setting_names::LEARN_SQL),
+                )
+                .await
+                .map_err(|_| "reading the custom setting names timed out".to_string())?;
+                match read {
                     Ok(rows) => learned.store(db, rows),
                     Err(e) => {
                         tracing::debug!(error = %e, "reading the custom setting names failed")

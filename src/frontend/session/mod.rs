@@ -97,6 +97,7 @@ impl Attached {
     fn is_clean(&self) -> bool {
         self.pipe.is_settled()
             && !self.pipe.unsynced
+            && !self.pipe.lost_track
             && self.server.tx_status == b'I'
             && self.server.conn.pending_output() == 0
             && self.server.conn.buffered_input() == 0

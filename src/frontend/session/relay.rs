@@ -42,6 +42,14 @@ impl Session {
             tracing::trace!(server = a.server.id, tag = %(tag as char), head = ?a.pipe.q.front(), queued = a.pipe.q.len(), "server message");
             match tag {
                 b'E' => {
+                    if a.pipe.copy_in {
+                        // The server ended the COPY IN with an error: Syncs the client sent
+                        // during it were dropped from the queue, and whether the server
+                        // read them before or after the error (ignored, or answered) is not
+                        // known. The COPY is over either way.
+                        a.pipe.copy_in = false;
+                        a.pipe.lost_track = true;
+                    }
                     if a.pool.key.node != self.c.pool.key.node {
                         // On a worker, a missing relation or an internal error can mean the
                         // shard moved away: check the map now rather than at the next tick.
@@ -132,7 +140,15 @@ impl Session {
                             a.server.prepared.sql.insert(name.clone(), text.clone());
                             self.view.t_mut().sql_prepared.insert(name, text);
                         }
-                        Some(Expect::Forward(_) | Expect::Hidden { .. }) | None => {}
+                        Some(Expect::Forward(r) | Expect::Hidden { req: r, .. })
+                            if !r.ends_with(b'Z') =>
+                        {
+                            // A ReadyForQuery where another answer was due.
+                            tracing::warn!(server = a.server.id, owed = ?r, "ReadyForQuery where none was due; the connection will be closed");
+                            a.pipe.lost_track = true;
+                        }
+                        None => a.pipe.lost_track = true,
+                        Some(Expect::Forward(_) | Expect::Hidden { .. }) => {}
                         Some(other) => {
                             tracing::error!(?other, "ReadyForQuery out of order");
                             return self.server_lost(Lost::Unreadable(
