@@ -803,6 +803,46 @@ fn a_closed_unnamed_view_command_cannot_be_bound() {
     assert_eq!(msgs[3].cstr(), "DEALLOCATE ALL", "{msgs:?}");
 }
 
+/// A bad row ends a COPY IN with an error; PostgreSQL then reads the client's next
+/// messages normally, so a Sync the client sent behind the data is answered, though
+/// pgtenant did not count it (it took the COPY for running). The `session` fuzz target
+/// found that this mispairing could send a connection back to the pool while its server
+/// skipped to a Sync (fixed: an error during COPY IN marks the connection, closed at
+/// release). On a real server this sequence did not go wrong before the fix either (the
+/// connection was not lent); it guards the path: the client's own answers, then the next
+/// client served.
+#[test]
+fn an_error_ending_copy_in_does_not_lend_a_confused_connection() {
+    let pg = PgServer::start();
+    let pt = pgtenant_trust(&pg, 1);
+    let (mut r, _) = Raw::login(pt.port(), "app", "app");
+    r.write(&query("create table copied (x int)"));
+    r.read_until_ready();
+    r.write(&query("copy copied from stdin"));
+    let msgs = r.read_n(1);
+    assert_eq!(msgs[0].tag, b'G', "{msgs:?}");
+    r.write(
+        &[
+            copy_data(b"not a number\n"),
+            sync(),
+            execute("q1", 0),
+            sync(),
+            execute("q1", 0),
+            flush(),
+        ]
+        .concat(),
+    );
+    // The COPY's error and ReadyForQuery, the Sync's, the first Execute's error and its
+    // Sync's; then the second Execute's error (no Sync: the server skips to one).
+    // The connection is closed once pgtenant lost track of it: the last error may not
+    // reach this client (on a direct connection it would), but nothing reaches the next.
+    let msgs = r.read_n(5);
+    assert_eq!(tags(&msgs), "EZZEZ", "{msgs:?}");
+    drop(r);
+    let (mut r2, _) = Raw::login(pt.port(), "app", "app");
+    assert_eq!(r2.value("select 'answered'"), "answered");
+}
+
 #[test]
 fn raw_describe_and_close_statement() {
     let pg = PgServer::start();
