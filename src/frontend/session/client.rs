@@ -287,7 +287,11 @@ impl Session {
         if self.mode == PoolMode::Session {
             return Ok(None);
         }
+        // Nothing faked in flight (nearly always): only a Parse can start it, and the
+        // other messages need no decoding here (`forward` decodes them).
+        let faking = self.fake_statement.is_some() || self.fake_portal.is_some();
         match f.tag() {
+            b'B' | b'D' | b'E' | b'C' if !faking => Ok(None),
             b'P' => {
                 let p = Parse::decode(f.body())?;
                 if !p.name.is_empty() {
