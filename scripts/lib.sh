@@ -19,6 +19,19 @@ die() {
     exit 1
 }
 
+# A script that takes no arguments (its knobs are environment variables): --help prints
+# its header comment (from line 2 to `set -euo`), anything else is refused.
+no_args_or_help() {
+    case "${1:-}" in
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    "") ;;
+    *) die "no arguments expected (knobs are environment variables; see --help)" ;;
+    esac
+}
+
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then
         "$@"

@@ -41,14 +41,7 @@ SCRIPT_NAME=loadbench
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$ROOT/scripts/lib.sh"
 
-case "${1:-}" in
--h | --help)
-    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-    exit 0
-    ;;
-"") ;;
-*) die "no arguments expected (knobs are environment variables; see --help)" ;;
-esac
+no_args_or_help "$@"
 
 DURATION=${LOADBENCH_DURATION:-15}
 ROUNDS=${LOADBENCH_ROUNDS:-3}

@@ -32,14 +32,7 @@ SCRIPT_NAME=django-load
 # shellcheck source-path=SCRIPTDIR source=../../../scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-case "${1:-}" in
--h | --help)
-    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-    exit 0
-    ;;
-"") ;;
-*) die "no arguments expected (knobs are environment variables; see --help)" ;;
-esac
+no_args_or_help "$@"
 
 USERS=${LOAD_USERS:-50}
 DURATION=${LOAD_DURATION:-60}
