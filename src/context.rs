@@ -61,6 +61,8 @@ pub struct Context {
     pub health: crate::metrics::Health,
     /// The busiest tenants (SHOW TENANTS), in bounded memory.
     pub tenants: crate::metrics::tenants::Tenants,
+    /// Blue-green databases: tenant homes, holds, leases (`bluegreen`).
+    pub bluegreen: crate::bluegreen::BlueGreen,
     /// Startup settings, one copy per distinct set (clients of one app share it).
     pub startup_params: crate::frontend::params::SharedParams,
 }

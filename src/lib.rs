@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod bluegreen;
 pub mod citus;
 pub mod config;
 pub mod context;

@@ -42,6 +42,28 @@ enum Command {
         #[arg(value_name = "PGBOUNCER_INI")]
         file: PathBuf,
     },
+    /// Blue-green: move tenants between blue and green through a running instance's admin
+    /// console, e.g. `pgtenant migrate TENANT 42 TABLE orders TO green WAIT SYNC`; with
+    /// no words, SHOW MIGRATION. Exit status 1 when the command fails or a cutover aborts.
+    Migrate {
+        /// The admin console to send the command to.
+        #[arg(
+            long,
+            env = "PGTENANT_ADMIN_URL",
+            value_name = "URL",
+            default_value = "postgres://pgtenant@127.0.0.1:6432/pgtenant",
+            hide_env_values = true
+        )]
+        admin: String,
+        /// What follows MIGRATE on the console: TENANT <values> [TABLE <t>] TO green|blue
+        /// [TIMEOUT <duration>] [WAIT SYNC] [DATABASE <db>].
+        #[arg(
+            value_name = "WORDS",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        words: Vec<String>,
+    },
 }
 
 /// The settings that can come from the command line or the environment.
@@ -128,7 +150,59 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => check(args.into_overrides()),
         Some(Command::Run(args)) => run(args.into_overrides()),
         Some(Command::Import { file }) => import(&file),
+        Some(Command::Migrate { admin, words }) => migrate(&admin, &words),
         None => run(cli.settings.into_overrides()),
+    }
+}
+
+/// `pgtenant migrate [--admin URL] WORDS…`: MIGRATE WORDS (or SHOW MIGRATION) on the
+/// console.
+fn migrate(admin: &str, words: &[String]) -> ExitCode {
+    let command = if words.is_empty() {
+        "SHOW MIGRATION".to_string()
+    } else {
+        // Each word quoted as the console reads it: a value with spaces or quotes stays
+        // one word.
+        let quoted: Vec<String> = words
+            .iter()
+            .map(|w| {
+                if w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ",._-".contains(c))
+                {
+                    w.clone()
+                } else {
+                    format!("'{}'", w.replace('\'', "''"))
+                }
+            })
+            .collect();
+        format!("MIGRATE {}", quoted.join(" "))
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgtenant migrate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(pgtenant::bluegreen::console::run(admin, &command)) {
+        Ok(out) => {
+            print!("{out}");
+            if out
+                .lines()
+                .any(|l| l == "result: aborted" || l == "result: refused")
+            {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("pgtenant migrate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

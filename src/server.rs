@@ -188,6 +188,7 @@ pub fn build_context(
         health: Default::default(),
         tenants: Default::default(),
         startup_params: Default::default(),
+        bluegreen: Default::default(),
     }))
 }
 
@@ -234,6 +235,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     let refresher =
         crate::citus::spawn_refresher(ctx.clone(), primary_cluster, janitor_stop.clone());
     crate::citus::cluster::sync(&ctx);
+    crate::bluegreen::sync(&ctx);
     let stats = crate::admin::spawn_stats(ctx.clone(), janitor_stop.clone());
     let trimmer = crate::memory::spawn_trimmer(ctx.clone(), janitor_stop.clone());
     // /metrics, /healthz, /readyz keep answering while clients drain (/readyz says so).
@@ -430,6 +432,7 @@ pub fn reload(ctx: &Arc<Context>, overrides: &Overrides) {
     ctx.settings.store(Arc::new(new));
     let retired = ctx.pools.retire_changed(&current, &ctx.settings());
     crate::citus::cluster::sync(ctx);
+    crate::bluegreen::sync(ctx);
     // After the clusters: a session that looks again finds its entry's cluster.
     ctx.config_epoch
         .fetch_add(1, std::sync::atomic::Ordering::Release);

@@ -2,7 +2,7 @@
 //! Property: a command the parser accepts is one SHOW HELP lists
 //! (`admin::parser::USAGE`): its words, split here independently (white space, `'…'`
 //! strings with `''`, `=` on its own), match one usage line (`A|B` keywords in any case,
-//! `<x>` one word, `<id>` a client id, `[<x>]` an optional last word), after an optional
+//! `<x>` one word, `<id>` a client id, `[…]` optional words), after an optional
 //! trailing `;`. Also: parsing is deterministic and an empty command is `Empty`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -46,18 +46,66 @@ fn words(s: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
-fn matches(line: &str, w: &[String]) -> bool {
-    let pat: Vec<&str> = line.split(' ').collect();
-    let optional = pat.last().is_some_and(|p| p.starts_with('['));
-    let need = pat.len() - usize::from(optional);
-    if w.len() < need || w.len() > pat.len() {
-        return false;
+/// One element of a usage line.
+enum Pat<'a> {
+    /// `A|B`: one of these keywords, in any case.
+    Word(&'a str),
+    /// `<x>`: any one word (`<id>`: a client id).
+    Arg(&'a str),
+    /// `[…]`: these elements, or nothing.
+    Optional(Vec<Pat<'a>>),
+}
+
+fn pattern(line: &str) -> Vec<Pat<'_>> {
+    let mut out = Vec::new();
+    let mut group: Option<Vec<Pat<'_>>> = None;
+    for w in line.split(' ') {
+        let opens = w.starts_with('[');
+        let closes = w.ends_with(']');
+        let core = w.trim_start_matches('[').trim_end_matches(']');
+        let p = if core.starts_with('<') {
+            Pat::Arg(core)
+        } else {
+            Pat::Word(core)
+        };
+        if opens {
+            group = Some(Vec::new());
+        }
+        match group.as_mut() {
+            Some(g) => g.push(p),
+            None => out.push(p),
+        }
+        if closes {
+            out.extend(group.take().map(Pat::Optional));
+        }
     }
-    pat.iter().zip(w).all(|(p, w)| match *p {
-        "<id>" => w.parse::<u64>().is_ok(),
-        p if p.starts_with('<') || p.starts_with('[') => true,
-        p => p.split('|').any(|k| k.eq_ignore_ascii_case(w)),
-    })
+    out
+}
+
+fn match_from(pat: &[&Pat<'_>], w: &[String]) -> bool {
+    let Some((first, rest)) = pat.split_first() else {
+        return w.is_empty();
+    };
+    match first {
+        Pat::Optional(g) => {
+            let with: Vec<&Pat<'_>> = g.iter().chain(rest.iter().copied()).collect();
+            match_from(&with, w) || match_from(rest, w)
+        }
+        Pat::Arg(a) => match w.split_first() {
+            Some((x, more)) => (*a != "<id>" || x.parse::<u64>().is_ok()) && match_from(rest, more),
+            None => false,
+        },
+        Pat::Word(k) => match w.split_first() {
+            Some((x, more)) => k.split('|').any(|k| k.eq_ignore_ascii_case(x)) && match_from(rest, more),
+            None => false,
+        },
+    }
+}
+
+fn matches(line: &str, w: &[String]) -> bool {
+    let pat = pattern(line);
+    let refs: Vec<&Pat<'_>> = pat.iter().collect();
+    match_from(&refs, w)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -9,6 +9,7 @@
 //! The columns of PgBouncer's SHOW commands are a contract tools depend on: names and
 //! order are PgBouncer 1.25's exactly. Every value is sent as text.
 mod control;
+mod migrate;
 pub mod parser;
 mod pause;
 mod registry;
@@ -221,7 +222,9 @@ pub async fn execute(
             Show::PlanCache => rows(show_citus::plan_cache(ctx)),
             Show::Tenants => rows(show_metrics::tenants(ctx)),
             Show::Latency => rows(show_metrics::latency()),
+            Show::Migration => migrate::show(ctx).await.map(Reply::Rows),
         },
+        Command::Migrate(m) => migrate::migrate(ctx, m).await,
         Command::Reload => control::reload(ctx),
         Command::Shutdown => control::shutdown(ctx),
         Command::Reconnect(db) => control::reconnect(ctx, db.as_deref()),

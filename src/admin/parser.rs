@@ -2,7 +2,7 @@
 //! values (`SHOW TENANT 'acme' events`, `SET server_check_query = 'select 1'`).
 
 /// What SHOW HELP lists (PgBouncer's "Console usage"), one line per command form:
-/// `A|B` alternatives, `<x>` one argument, `[<x>]` an optional one. [`parse`] accepts
+/// `A|B` alternatives, `<x>` one argument, `[…]` optional words (`[<x>]`, `[TABLE <t>]`). [`parse`] accepts
 /// exactly these forms (the fuzz target `admin` checks it).
 pub const USAGE: &[&str] = &[
     "SHOW HELP|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|SERVERS|CLIENTS|DATABASES|USERS",
@@ -19,6 +19,8 @@ pub const USAGE: &[&str] = &[
     "SUSPEND",
     "SHUTDOWN",
     "WAIT_CLOSE [<db>]",
+    "MIGRATE TENANT <values> [TABLE <table>] TO green|blue [TIMEOUT <duration>] [WAIT SYNC] [DATABASE <db>]",
+    "SHOW MIGRATION",
 ];
 
 /// What `SHOW x` asks for.
@@ -50,6 +52,8 @@ pub enum Show {
     PlanCache,
     Tenants,
     Latency,
+    /// Blue-green: tenants outside their default home, cutovers, this instance's lease.
+    Migration,
 }
 
 /// One admin console command.
@@ -69,6 +73,8 @@ pub enum Command {
         key: String,
         value: String,
     },
+    /// Blue-green cutover of one tenant or a list (`bluegreen::cutover`).
+    Migrate(Migrate),
     /// An empty query string.
     Empty,
 }
@@ -78,6 +84,117 @@ impl Command {
     pub fn is_read_only(&self) -> bool {
         matches!(self, Command::Show(_) | Command::Empty)
     }
+}
+
+/// `MIGRATE TENANT 42,43 [TABLE orders] TO green [TIMEOUT 5s] [WAIT SYNC] [DATABASE app]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrate {
+    /// The tenant values, in order (one word, split at commas).
+    pub values: Vec<String>,
+    pub table: Option<String>,
+    pub to: crate::config::Home,
+    /// None: the default (5 s per phase).
+    pub timeout: Option<std::time::Duration>,
+    pub wait_sync: bool,
+    /// None: the only blue-green entry.
+    pub database: Option<String>,
+}
+
+/// Most tenants one MIGRATE may list.
+pub const MIGRATE_MAX_VALUES: usize = 1000;
+
+/// `5s`, `500ms`, `2m`, or a number of seconds; from 100 ms to 1 h.
+fn duration(w: &str) -> Result<std::time::Duration, ParseError> {
+    let w = w.to_ascii_lowercase();
+    let (num, scale) = if let Some(n) = w.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = w.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = w.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (w.as_str(), 1.0)
+    };
+    let secs = num
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|s| (0.1..=3600.0).contains(s))
+        .ok_or_else(|| {
+            ParseError::BadArgs(format!(
+                "TIMEOUT '{w}': expected a duration from 100ms to 1h such as 5s, 500ms or 2m"
+            ))
+        })?;
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// The words after `MIGRATE`.
+fn migrate(words: &[String]) -> Result<Command, ParseError> {
+    const USAGE_MIGRATE: &str = "usage: MIGRATE TENANT <value>[,<value>…] [TABLE <table>] TO green|blue [TIMEOUT <duration>] [WAIT SYNC] [DATABASE <db>]";
+    let bad = || ParseError::BadArgs(USAGE_MIGRATE.into());
+    let kw = |i: usize| words.get(i).map(|w| w.to_ascii_lowercase());
+    if kw(0).as_deref() != Some("tenant") {
+        return Err(bad());
+    }
+    let values: Vec<String> = words
+        .get(1)
+        .ok_or_else(bad)?
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .collect();
+    if values.iter().any(|v| v.is_empty()) {
+        return Err(ParseError::BadArgs(
+            "MIGRATE TENANT: an empty tenant value in the list".into(),
+        ));
+    }
+    if values.len() > MIGRATE_MAX_VALUES {
+        return Err(ParseError::BadArgs(format!(
+            "MIGRATE TENANT: at most {MIGRATE_MAX_VALUES} tenants at once"
+        )));
+    }
+    let mut i = 2;
+    let mut table = None;
+    if kw(i).as_deref() == Some("table") {
+        table = Some(ident(words.get(i + 1).ok_or_else(bad)?));
+        i += 2;
+    }
+    if kw(i).as_deref() != Some("to") {
+        return Err(bad());
+    }
+    let to = kw(i + 1)
+        .as_deref()
+        .and_then(crate::config::Home::parse)
+        .ok_or_else(bad)?;
+    i += 2;
+    let mut timeout = None;
+    if kw(i).as_deref() == Some("timeout") {
+        timeout = Some(duration(words.get(i + 1).ok_or_else(bad)?)?);
+        i += 2;
+    }
+    let mut wait_sync = false;
+    if kw(i).as_deref() == Some("wait") {
+        if kw(i + 1).as_deref() != Some("sync") {
+            return Err(bad());
+        }
+        wait_sync = true;
+        i += 2;
+    }
+    let mut database = None;
+    if kw(i).as_deref() == Some("database") {
+        database = Some(ident(words.get(i + 1).ok_or_else(bad)?));
+        i += 2;
+    }
+    if i != words.len() {
+        return Err(bad());
+    }
+    Ok(Command::Migrate(Migrate {
+        values,
+        table,
+        to,
+        timeout,
+        wait_sync,
+        database,
+    }))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,6 +301,7 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
                 "plan_cache" => Show::PlanCache,
                 "tenants" => Show::Tenants,
                 "latency" => Show::Latency,
+                "migration" => Show::Migration,
                 "shards" => {
                     return match rest {
                         [] => Ok(Command::Show(Show::Shards(None))),
@@ -218,6 +336,7 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
         "reconnect" => opt_db(&words[1..]).map(Command::Reconnect),
         "kill" => opt_db(&words[1..]).map(Command::Kill),
         "wait_close" => opt_db(&words[1..]).map(Command::WaitClose),
+        "migrate" => migrate(&words[1..]),
         "kill_client" => match &words[1..] {
             [id] => id
                 .parse()
@@ -280,6 +399,65 @@ mod tests {
             Ok(Command::Show(Show::Shards(Some("orders".into()))))
         );
         assert_eq!(parse(";"), Ok(Command::Empty));
+        assert_eq!(parse("show migration"), Ok(Command::Show(Show::Migration)));
+        assert_eq!(
+            parse(
+                "MIGRATE TENANT 42,43 TABLE orders TO Green TIMEOUT 2500ms WAIT SYNC DATABASE app;"
+            ),
+            Ok(Command::Migrate(Migrate {
+                values: vec!["42".into(), "43".into()],
+                table: Some("orders".into()),
+                to: crate::config::Home::Green,
+                timeout: Some(std::time::Duration::from_millis(2500)),
+                wait_sync: true,
+                database: Some("app".into()),
+            }))
+        );
+        assert_eq!(
+            parse("migrate tenant 'a b' to blue"),
+            Ok(Command::Migrate(Migrate {
+                values: vec!["a b".into()],
+                table: None,
+                to: crate::config::Home::Blue,
+                timeout: None,
+                wait_sync: false,
+                database: None,
+            }))
+        );
+        assert!(!parse("migrate tenant 1 to green").unwrap().is_read_only());
+    }
+
+    #[test]
+    fn migrate_refuses_what_it_cannot_read() {
+        for bad in [
+            "migrate",
+            "migrate tenant",
+            "migrate tenant 42",
+            "migrate tenant 42 to purple",
+            "migrate tenant 42 to green timeout",
+            "migrate tenant 42 to green timeout 0s",
+            "migrate tenant 42 to green timeout 2h",
+            "migrate tenant 42 to green timeout soon",
+            "migrate tenant 42 to green wait",
+            "migrate tenant 42 to green wait later",
+            "migrate tenant 42 to green database",
+            "migrate tenant 42 to green database app extra",
+            "migrate tenant 42 to green wait sync timeout 5s",
+            "migrate tenant 42,,43 to green",
+            "migrate tenant 42 table to green",
+            "migrate tenants 42 to green",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ParseError::BadArgs(_))),
+                "{bad}: {:?}",
+                parse(bad)
+            );
+        }
+        let many = (0..=MIGRATE_MAX_VALUES)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(parse(&format!("migrate tenant {many} to green")).is_err());
     }
 
     #[test]
@@ -311,26 +489,41 @@ mod tests {
         assert_eq!(parse("SHOW HELP;"), Ok(Command::Show(Show::Help)));
         assert!(parse("show help").unwrap().is_read_only());
         for line in USAGE {
-            let words: Vec<&str> = line.split(' ').collect();
-            let alts: Vec<Vec<&str>> = words.iter().map(|w| w.split('|').collect()).collect();
-            let n = alts.iter().map(Vec::len).max().unwrap();
-            for i in 0..n {
-                let text: Vec<&str> = alts
-                    .iter()
-                    .map(|a| {
-                        let w = a[i % a.len()];
-                        match w {
+            // Every optional group in, and every one out; alternatives taken in turn.
+            for with_optional in [true, false] {
+                let mut words: Vec<&str> = Vec::new();
+                let mut in_group = false;
+                for w in line.split(' ') {
+                    let opens = w.starts_with('[');
+                    let closes = w.ends_with(']');
+                    if opens {
+                        in_group = true;
+                    }
+                    if !in_group || with_optional {
+                        words.push(w.trim_start_matches('[').trim_end_matches(']'));
+                    }
+                    if closes {
+                        in_group = false;
+                    }
+                }
+                let alts: Vec<Vec<&str>> = words.iter().map(|w| w.split('|').collect()).collect();
+                let n = alts.iter().map(Vec::len).max().unwrap_or(1);
+                for i in 0..n {
+                    let text: Vec<&str> = alts
+                        .iter()
+                        .map(|a| match a[i % a.len()] {
                             "<id>" => "7",
-                            w if w.starts_with('<') || w.starts_with("[<") => "x",
+                            "<duration>" => "5s",
+                            w if w.starts_with('<') => "x",
                             w => w,
-                        }
-                    })
-                    .collect();
-                let text = text.join(" ");
-                assert!(
-                    parse(&text).is_ok(),
-                    "{text:?} (from {line:?}) does not parse"
-                );
+                        })
+                        .collect();
+                    let text = text.join(" ");
+                    assert!(
+                        parse(&text).is_ok(),
+                        "{text:?} (from {line:?}) does not parse"
+                    );
+                }
             }
         }
     }

@@ -87,6 +87,9 @@ pub struct ServerConn {
     /// Dropped with the connection: lets its owner (the pool's admin registry) notice
     /// that it is gone, whichever way it was closed.
     pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// A NotificationResponse arrived while pgtenant's own query read its answer (the
+    /// blue-green agent listens on its connection and reads the store again).
+    pub notified: bool,
 }
 
 impl ServerConn {
@@ -116,6 +119,7 @@ impl ServerConn {
             applied: Arc::new(ParamMap::new()),
             prepared: PreparedCache::default(),
             guard: None,
+            notified: false,
         }
     }
 
@@ -190,6 +194,7 @@ impl ServerConn {
                 }
                 b'E' => failed = Some(ErrorFields::parse(f.body())?),
                 b'S' => self.note_parameter(f.body()),
+                b'A' => self.notified = true,
                 _ => {}
             }
         }

@@ -247,6 +247,44 @@ pub fn hash_value(t: DistType, text: &str) -> Result<i32, HashError> {
     }
 }
 
+/// A tenant value's text in one spelling per value, as PostgreSQL would print it: integers
+/// in decimal (`042`, ` 42` → `42`), uuids lower-case with hyphens, 16 raw bytes (a
+/// binary uuid parameter) too; text types as they are. An error for text that is no
+/// value of the type (`abc` for a bigint column).
+pub fn canonical_text(t: DistType, text: &str) -> Result<String, HashError> {
+    Ok(match t {
+        DistType::Int2 => parse_int(
+            text.as_bytes(),
+            "smallint",
+            i16::MIN.into(),
+            i16::MAX.into(),
+        )?
+        .to_string(),
+        DistType::Int4 => {
+            parse_int(text.as_bytes(), "integer", i32::MIN.into(), i32::MAX.into())?.to_string()
+        }
+        DistType::Int8 => parse_int(text.as_bytes(), "bigint", i64::MIN, i64::MAX)?.to_string(),
+        DistType::Uuid => uuid_text(&parse_uuid(text.as_bytes())?),
+        DistType::Text | DistType::Varchar | DistType::Bpchar => {
+            check_text(text.as_bytes())?;
+            text.to_string()
+        }
+        DistType::Other(_) => return Err(HashError::Unsupported(t)),
+    })
+}
+
+/// A uuid's 16 bytes as PostgreSQL prints them.
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(36);
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
 /// The hash Citus computes for a value of type `t` sent as a binary-format Bind parameter.
 ///
 /// - Integer types: a big-endian two's-complement integer of 2, 4 or 8 bytes. The width

@@ -51,6 +51,54 @@ pub struct Database {
     /// client_encoding, datestyle, timezone, application_name: sent in the startup packet
     /// of the entry's server connections (the server's defaults for its clients).
     pub startup: Vec<(String, String)>,
+    /// Blue-green migration: the old database ("blue"); the entry's own place is green
+    /// (`crate::bluegreen`).
+    pub blue: Option<BluePlace>,
+    /// Where transactions of no tenant (or several) go; blue unless set.
+    pub default_home: Option<Home>,
+}
+
+/// The old database of a blue-green entry (`[databases.NAME.blue]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BluePlace {
+    pub host: String,
+    pub port: u16,
+    pub dbname: Option<String>,
+    /// Logical replication slots on blue whose subscriber must have confirmed blue's
+    /// position before a `WAIT SYNC` cutover flips; empty = every logical slot of blue's
+    /// database.
+    pub slots: Vec<String>,
+}
+
+/// A tenant's home in a blue-green database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Home {
+    Blue,
+    Green,
+}
+
+impl Home {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Home::Blue => "blue",
+            Home::Green => "green",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Home> {
+        match s.to_ascii_lowercase().as_str() {
+            "blue" => Some(Home::Blue),
+            "green" => Some(Home::Green),
+            _ => None,
+        }
+    }
+
+    pub fn other(self) -> Home {
+        match self {
+            Home::Blue => Home::Green,
+            Home::Green => Home::Blue,
+        }
+    }
 }
 
 impl std::fmt::Debug for Database {
@@ -89,6 +137,19 @@ pub struct Target {
     pub own_cluster: bool,
     pub connect_query: Option<String>,
     pub startup: Vec<(String, String)>,
+    /// Blue-green: the old database (host, port, its database name) and where
+    /// transactions of no tenant go.
+    pub blue: Option<BlueTarget>,
+}
+
+/// A blue-green entry's old database, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlueTarget {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub slots: Vec<String>,
+    pub default_home: Home,
 }
 
 /// A pool's limits, resolved (module rules).
@@ -136,6 +197,7 @@ impl Settings {
                 own_cluster: false,
                 connect_query: None,
                 startup: Vec::new(),
+                blue: None,
             });
         };
         let host = e.host.clone().unwrap_or_else(|| up.host.clone());
@@ -160,6 +222,13 @@ impl Settings {
             password: e.password.clone(),
             connect_query: e.connect_query.clone(),
             startup: e.startup.clone(),
+            blue: e.blue.as_ref().map(|b| BlueTarget {
+                host: b.host.clone(),
+                port: b.port,
+                dbname: b.dbname.clone().unwrap_or_else(|| name.to_string()),
+                slots: b.slots.clone(),
+                default_home: e.default_home.unwrap_or(Home::Blue),
+            }),
         })
     }
 
@@ -267,6 +336,14 @@ pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<Str
                 "auth_user" => text(v).map(|x| d.auth_user = x),
                 "connect_query" => text(v).map(|x| d.connect_query = x),
                 "routing" => choice(v, super::load::ROUTING).map(|x| d.routing = Some(x)),
+                "blue" => blue_place(v).map(|x| d.blue = Some(x)),
+                "default_home" => match v.as_str().and_then(Home::parse) {
+                    Some(h) => {
+                        d.default_home = Some(h);
+                        Ok(())
+                    }
+                    None => Err(format!("expected \"blue\" or \"green\", got {}", got(v))),
+                },
                 k if startup_name(k).is_some() => {
                     let name = startup_name(k).unwrap_or(k);
                     let value = text(v).and_then(|x| match x {
@@ -280,7 +357,7 @@ pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<Str
                     value.map(|x| d.startup.extend(x.map(|x| (name.to_string(), x))))
                 }
                 other => Err(format!(
-                    "unknown key '{other}' (expected host, port, dbname, user, password, pool_size, min_pool_size, reserve_pool_size, pool_mode, max_db_connections, auth_user, connect_query, routing, client_encoding, datestyle, timezone, application_name)"
+                    "unknown key '{other}' (expected host, port, dbname, user, password, pool_size, min_pool_size, reserve_pool_size, pool_mode, max_db_connections, auth_user, connect_query, routing, blue, default_home, client_encoding, datestyle, timezone, application_name)"
                 )),
             };
             if let Err(m) = r {
@@ -295,6 +372,12 @@ pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<Str
                 ));
             }
         }
+        if d.default_home.is_some() && d.blue.is_none() {
+            errs.push((
+                format!("{key}.default_home"),
+                "needs blue: default_home is for a blue-green entry".into(),
+            ));
+        }
         if d.password.is_some() && d.user.is_none() {
             errs.push((
                 format!("{key}.password"),
@@ -304,6 +387,44 @@ pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<Str
         out.insert(name.clone(), d);
     }
     out
+}
+
+/// `blue = { host = "…", port = 5432, dbname = "…", slots = ["…"] }`.
+fn blue_place(v: &Value) -> Result<BluePlace, String> {
+    let Some(t) = v.as_table() else {
+        return Err(format!(
+            "expected a table such as {{ host = \"old-db\", port = 5432 }}, got {}",
+            got(v)
+        ));
+    };
+    let mut host = None;
+    let mut p = None;
+    let mut dbname = None;
+    let mut slots = Vec::new();
+    for (k, v) in t {
+        let r = match k.as_str() {
+            "host" => string(v).map(|x| host = Some(x).filter(|h| !h.is_empty())),
+            "port" => port(v).map(|x| p = Some(x)),
+            "dbname" => string(v).map(|x| dbname = Some(x).filter(|d| !d.is_empty())),
+            "slots" => match v.as_array() {
+                Some(a) => a.iter().try_for_each(|x| string(x).map(|s| slots.push(s))),
+                None => Err(format!(
+                    "slots: expected a list of slot names, got {}",
+                    got(v)
+                )),
+            },
+            other => Err(format!(
+                "unknown key '{other}' (expected host, port, dbname, slots)"
+            )),
+        };
+        r.map_err(|m| format!("{k}: {m}"))?;
+    }
+    Ok(BluePlace {
+        host: host.ok_or("needs host (the old database's server)")?,
+        port: p.unwrap_or(5432),
+        dbname,
+        slots,
+    })
 }
 
 /// PostgreSQL's name of a startup setting an entry may set (`STARTUP_KEYS`).

@@ -199,6 +199,8 @@ struct Draft {
     tcp_keepalive: Duration,
     routing: Routing,
     shard_map_refresh_interval: Duration,
+    instance_name: Option<String>,
+    tenant_homes_lease: Duration,
     node_addresses: BTreeMap<String, String>,
     reference_reads: ReferenceReads,
     multi_tenant_reads: MultiTenantReads,
@@ -275,6 +277,8 @@ impl Default for Draft {
             tcp_keepalive: secs(0),
             routing: Routing::Auto,
             shard_map_refresh_interval: Duration::from_millis(500),
+            instance_name: None,
+            tenant_homes_lease: secs(10),
             node_addresses: BTreeMap::new(),
             reference_reads: ReferenceReads::Coordinator,
             multi_tenant_reads: MultiTenantReads::Coordinator,
@@ -291,6 +295,17 @@ impl Default for Draft {
 /// PgBouncer 1.25's default auth_query: no row for a role that may not log in, NULL for
 /// one whose password has expired.
 pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
+
+/// This host's name and the process id: unique per instance on a host, and across pods.
+fn default_instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "pgtenant".into());
+    format!("{host}:{}", std::process::id())
+}
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -467,6 +482,10 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
                     }
                 }
             }),
+            "instance_name" => {
+                string(v).map(|x| d.instance_name = Some(x).filter(|n| !n.is_empty()))
+            }
+            "tenant_homes_lease" => seconds(v).map(|x| d.tenant_homes_lease = x),
             "node_addresses" => node_addresses(v).map(|x| d.node_addresses = x),
             "reference_reads" => choice(v, REFERENCE_READS).map(|x| d.reference_reads = x),
             "multi_tenant_reads" => choice(v, MULTI_TENANT_READS).map(|x| d.multi_tenant_reads = x),
@@ -823,6 +842,40 @@ fn finish(
         }
     }
 
+    // Blue-green entries: each transaction goes to its tenant's home, found with green's
+    // shard map.
+    if let Some(up) = &upstream {
+        for (name, e) in &d.databases {
+            if e.blue.is_none() {
+                continue;
+            }
+            let key = format!("databases.{name}.blue");
+            if e.pool_mode.unwrap_or(d.pool_mode) == PoolMode::Session {
+                errs.push(&key, "a blue-green entry needs transaction or statement pooling (each transaction goes to its tenant's home); the pool mode here is session");
+            }
+            let upstreams = e.host.as_ref().is_none_or(|h| *h == up.host)
+                && e.port.is_none_or(|p| p == up.port)
+                && e.dbname.as_deref().unwrap_or(name) == up.database;
+            let routed = match e.routing {
+                Some(Routing::Off) => false,
+                Some(Routing::On) => true,
+                _ => upstreams,
+            };
+            if !routed || d.routing == Routing::Off {
+                errs.push(&key, "green (the entry's own host, port and dbname) must be a routed Citus cluster: the upstream's database, or routing = \"on\"");
+            }
+        }
+    }
+    if !(secs(1)..=secs(3600)).contains(&d.tenant_homes_lease) {
+        errs.push(
+            "tenant_homes_lease",
+            format!(
+                "expected 1 to 3600 seconds, got {}",
+                d.tenant_homes_lease.as_secs_f64()
+            ),
+        );
+    }
+
     let (Some(upstream), true) = (upstream, errs.0.is_empty()) else {
         return Err(ConfigError { errors: errs.0 });
     };
@@ -886,6 +939,8 @@ fn finish(
         tcp_keepalive: d.tcp_keepalive,
         routing: d.routing,
         shard_map_refresh_interval: d.shard_map_refresh_interval,
+        instance_name: d.instance_name.unwrap_or_else(default_instance_name),
+        tenant_homes_lease: d.tenant_homes_lease,
         node_addresses: d.node_addresses.clone(),
         reference_reads: d.reference_reads,
         multi_tenant_reads: d.multi_tenant_reads,

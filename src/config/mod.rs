@@ -17,7 +17,7 @@ pub mod pgbouncer;
 mod upstream;
 mod values;
 
-pub use databases::{Database, Limits, Target};
+pub use databases::{BluePlace, BlueTarget, Database, Home, Limits, Target};
 pub use load::{load, reload, ConfigError, Overrides};
 pub use upstream::Upstream;
 pub(crate) use values::split_users;
@@ -294,6 +294,13 @@ pub struct Settings {
     pub routing: Routing,
     /// How often the shard map is checked for changes (a cheap query; full load on change).
     pub shard_map_refresh_interval: Duration,
+    /// This instance's name in the tenant homes store (blue-green migration); unique per
+    /// instance (default: host name and process id).
+    pub instance_name: String,
+    /// How long an instance's lease on the tenant homes lasts without renewal (renewed
+    /// every quarter of it); a cutover waits this long for an instance that does not
+    /// answer.
+    pub tenant_homes_lease: Duration,
     /// Rewrites of node addresses as Citus stores them ("host:port") to what pgtenant
     /// should connect to (e.g. Kubernetes service names).
     pub node_addresses: BTreeMap<String, String>,

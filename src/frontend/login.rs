@@ -52,6 +52,8 @@ pub struct Client {
     /// The cluster its statements are routed with (`citus::cluster`); None: not routed
     /// (its database is no routed entry's).
     pub cluster: Option<Arc<crate::citus::Cluster>>,
+    /// A blue-green entry's blue side (None for every other entry).
+    pub blue: Option<Arc<super::target::BlueHome>>,
     /// `Context::config_epoch` when its home was looked up.
     pub home_epoch: u64,
     /// What its login proved, for the pool it moves to when its entry changes.
@@ -461,6 +463,7 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
     };
     let mut pool = home.pool;
     let mut cluster = home.cluster;
+    let mut blue = home.blue;
 
     let startup = super::params::from_startup(&rest);
     // Session mode: the client's own server connection, taken now.
@@ -479,6 +482,7 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
                 };
                 pool = h.pool;
                 cluster = h.cluster;
+                blue = h.blue;
                 match session_server(&pool, ctx).await {
                     Ok(s) => Some(s),
                     Err(e) => {
@@ -557,6 +561,7 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
             },
             database: pool.key.database.clone(),
             cluster,
+            blue,
             home_epoch: epoch,
             credential,
             startup: ctx.startup_params.share(startup),

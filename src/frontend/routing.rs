@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::citus::hash::{hash_binary, hash_value};
+use crate::citus::hash::{canonical_text, hash_binary, hash_value};
 use crate::citus::{DistType, ShardMap};
 use crate::metrics::striped::Striped;
 use crate::pool::Node;
@@ -340,7 +340,10 @@ pub fn decide_simple_keyed(
     {
         Some((Ok(h), k)) => (
             locate(map, health, *colocation, h, tenant_reason(reason)),
-            Some((*colocation, k.to_owned())),
+            Some((
+                *colocation,
+                canonical_text(*dist_type, k).unwrap_or_else(|_| k.to_owned()),
+            )),
         ),
         _ => (Decision::Coordinator(RouteReason::NoKey), None),
     }
@@ -349,15 +352,18 @@ pub fn decide_simple_keyed(
 /// A tenant value as text for the console: text parameters as sent, binary integers
 /// decoded, other binary values in hex.
 fn value_text(dt: DistType, k: &KeySource, bind: &Bind<'_>) -> Option<String> {
+    let canonical = |s: &str| canonical_text(dt, s).unwrap_or_else(|_| s.to_owned());
     match k {
-        KeySource::Literal(s) => Some(s.clone()),
+        KeySource::Literal(s) => Some(canonical(s)),
         KeySource::ParamElements(i) => match bind.param(*i) {
-            Ok(Some((0, Some(v)))) => text_common_element(std::str::from_utf8(v).ok()?),
+            Ok(Some((0, Some(v)))) => {
+                text_common_element(std::str::from_utf8(v).ok()?).map(|s| canonical(&s))
+            }
             Ok(Some((1, Some(v)))) => binary_value_text(dt, binary_common_element(v)?),
             _ => None,
         },
         KeySource::Param(i) => match bind.param(*i) {
-            Ok(Some((0, Some(v)))) => std::str::from_utf8(v).ok().map(str::to_owned),
+            Ok(Some((0, Some(v)))) => std::str::from_utf8(v).ok().map(canonical),
             Ok(Some((1, Some(v)))) => binary_value_text(dt, v),
             _ => None,
         },
@@ -373,6 +379,7 @@ fn binary_value_text(dt: DistType, v: &[u8]) -> Option<String> {
         (DistType::Text | DistType::Varchar | DistType::Bpchar, _) => {
             std::str::from_utf8(v).ok()?.to_owned()
         }
+        (DistType::Uuid, 16) => crate::citus::hash::uuid_text(v.try_into().ok()?),
         _ => v.iter().map(|b| format!("{b:02x}")).collect(),
     })
 }

@@ -20,6 +20,16 @@ use crate::pool::{Node, Pool, PoolKey};
 pub struct Home {
     pub pool: Arc<Pool>,
     pub cluster: Option<Arc<crate::citus::Cluster>>,
+    /// A blue-green entry's old database: its pool and the entry's homes (`bluegreen`).
+    pub blue: Option<Arc<BlueHome>>,
+}
+
+/// The blue side of a blue-green entry, for one client: where its tenants in blue (and,
+/// with `default_home = blue`, its transactions of no tenant) go.
+pub struct BlueHome {
+    pub pool: Arc<Pool>,
+    pub entry: Arc<crate::bluegreen::Entry>,
+    pub default_home: crate::config::Home,
 }
 
 /// The home pool of a client of database `name` that logged in as `user` with
@@ -53,11 +63,35 @@ pub fn home(
         user: role.into(),
         forced: t.user.is_some(),
     };
+    let blue = t.blue.as_ref().and_then(|b| {
+        // The store names the entry as the configuration does (`*` for the fallback).
+        let entry_name = if s.databases.contains_key(name) {
+            name
+        } else {
+            "*"
+        };
+        let entry = ctx.bluegreen.get(entry_name)?;
+        let key = PoolKey {
+            node: node_for(ctx, &b.host, b.port),
+            database: name.into(),
+            dbname: b.dbname.as_str().into(),
+            user: role.into(),
+            forced: t.user.is_some(),
+        };
+        let pool = ctx.pools.get(&key);
+        pool.set_credential(credential.clone());
+        Some(Arc::new(BlueHome {
+            pool,
+            entry,
+            default_home: b.default_home,
+        }))
+    });
     let pool = ctx.pools.get(&key);
     pool.set_credential(credential);
     Some(Home {
         pool,
         cluster: crate::citus::cluster::for_target(ctx, &t),
+        blue,
     })
 }
 

@@ -10,6 +10,7 @@
 //! - [`health`]: liveness (heartbeat, accept loops) and readiness (draining, coordinator
 //!   reachable, shard map fresh).
 //! - [`counters`]: server errors by SQLSTATE class, clients active / waiting.
+//! - [`migration`]: blue-green cutovers run here (results, pause histogram).
 //! - `collect`: the Prometheus collector over `Context`.
 //! - `http`: the hyper listener.
 mod collect;
@@ -17,6 +18,7 @@ pub mod counters;
 pub mod health;
 mod http;
 pub mod latency;
+pub mod migration;
 pub mod striped;
 pub mod tenants;
 

@@ -143,6 +143,7 @@ impl Session {
             _active: crate::metrics::counters::Active::enter_for(Some(&self.c.state)),
             notified: false,
             unread: None,
+            home: None,
         };
         let reset_all = self.take_over(&mut a);
         let mut replay = Vec::new();
@@ -188,17 +189,20 @@ impl Session {
                 let fatal = pool_error_frame(&e);
                 // Same code and text, but ERROR: the client may retry on this connection.
                 let fields = ErrorFields::parse(fatal.body()).unwrap_or_default();
-                self.c
-                    .conn
-                    .queue(&build::error(&fields.code, &fields.message));
-                match first.tag() {
-                    b'Q' | b'F' | b'S' => {
-                        self.c.conn.queue(&build::ready_for_query(self.client_tx))
-                    }
-                    _ => self.skip_until_sync = true,
-                }
+                self.refuse_first(first, &fields.code, &fields.message);
                 false
             }
+        }
+    }
+
+    /// The transaction whose first message is `first` gets no server: an ERROR (the
+    /// client may retry on this connection), then ReadyForQuery for a simple Query (or
+    /// what follows an extended group at its Sync).
+    pub(super) fn refuse_first(&mut self, first: &Frame, code: &str, message: &str) {
+        self.c.conn.queue(&build::error(code, message));
+        match first.tag() {
+            b'Q' | b'F' | b'S' => self.c.conn.queue(&build::ready_for_query(self.client_tx)),
+            _ => self.skip_until_sync = true,
         }
     }
 

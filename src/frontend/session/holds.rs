@@ -44,7 +44,12 @@ impl Session {
         let Some(map) = map else {
             self.ctx.routes.count(RouteReason::NoRouting, false);
             self.route = (RouteReason::NoRouting, false);
-            let pool = self.c.pool.clone();
+            let mut pool = self.c.pool.clone();
+            if let Some(bh) = self.c.blue.clone() {
+                if self.home_without_map(&f, &bh)? == crate::bluegreen::Home::Blue {
+                    pool = bh.pool.clone();
+                }
+            }
             return self.attach(&f, pool).await.then_some(f);
         };
         let planner = self.ctx.router.planner();
@@ -159,6 +164,29 @@ impl Session {
             Decision::Anywhere => (self.c.pool.clone(), RouteReason::Anywhere),
             Decision::Hold(_) => (self.c.pool.clone(), RouteReason::TransactionControl),
         };
+        // Blue-green: the tenant's home (or the default one) decides between blue and
+        // the decision above (green).
+        let mut running = None;
+        if let Some(bh) = self.c.blue.clone() {
+            let placed = self.tenant_home(&f, &bh, &tenant).await?;
+            running = placed.running;
+            if placed.home == crate::bluegreen::Home::Blue {
+                self.ctx.routes.count(reason, false);
+                self.route = (reason, false);
+                self.tenant = None;
+                if let (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, value))) =
+                    (reason, tenant)
+                {
+                    let k = self
+                        .ctx
+                        .tenants
+                        .key(colocation, &value, bh.pool.key.node.name.clone());
+                    self.tenant = Some(k);
+                }
+                let blue = bh.pool.clone();
+                return self.attach_home(&f, blue, running).await.then_some(f);
+            }
+        }
         let to_worker = !Arc::ptr_eq(&pool, &self.c.pool);
         if to_worker && !self.attach_quiet(pool.clone()).await {
             // The worker is unreachable: mark it down (probed in the background until it
@@ -170,7 +198,7 @@ impl Session {
             self.ctx.routes.count(RouteReason::WorkerDown, false);
             self.route = (RouteReason::WorkerDown, false);
             let coord = self.c.pool.clone();
-            return self.attach(&f, coord).await.then_some(f);
+            return self.attach_home(&f, coord, running).await.then_some(f);
         }
         self.ctx.routes.count(reason, to_worker);
         self.route = (reason, to_worker);
@@ -186,9 +214,12 @@ impl Session {
         }
         if to_worker {
             self.ctx.node_health.mark_up(&pool.key.node);
+            if let Some(a) = self.attached.as_mut() {
+                a.home = running;
+            }
             return Some(f);
         }
-        self.attach(&f, pool).await.then_some(f)
+        self.attach_home(&f, pool, running).await.then_some(f)
     }
 
     /// Is the statement about to be routed a transaction of its own, which a read may
@@ -396,6 +427,7 @@ impl Session {
         // tracking depends on it); a changed pool_mode applies to new clients.
         self.c.pool = home.pool;
         self.c.cluster = home.cluster;
+        self.c.blue = home.blue;
         true
     }
 }

@@ -54,6 +54,7 @@ mod check;
 mod client;
 mod forward;
 mod holds;
+mod homes;
 mod lost;
 mod relay;
 
@@ -90,6 +91,9 @@ struct Attached {
     /// A server message taken up again after an await (the ReadyForQuery held for the
     /// barrier).
     unread: Option<Frame>,
+    /// Blue-green: this transaction's registration with its tenant's gate, until the
+    /// connection goes back (a cutover waits for it to end).
+    home: Option<crate::bluegreen::Running>,
 }
 
 impl Attached {
@@ -113,6 +117,9 @@ enum Event {
     Shutdown,
     /// A NotificationResponse from the LISTEN hub.
     Notification(Frame),
+    /// Blue-green: a tenant transaction has something to send and this instance's lease
+    /// is not valid (see `homes`).
+    LeaseLapsed,
 }
 
 impl Event {
@@ -122,6 +129,7 @@ impl Event {
             Event::ServerRead(_) => "server-read",
             Event::ClientWrite(_) => "client-write-error",
             Event::ServerWrite(_) => "server-write-error",
+            Event::LeaseLapsed => "lease-lapsed",
             Event::IdleTxTimeout => "idle-tx-timeout",
             Event::Shutdown => "shutdown",
             Event::Notification(_) => "notification",
@@ -406,6 +414,7 @@ impl Session {
                     self.draining = true;
                     Flow::Continue
                 }
+                Event::LeaseLapsed => Box::pin(self.lease_lapsed()).await,
                 Event::Notification(f) => {
                     if self.listener.as_ref().is_some_and(|l| l.wants(&f)) {
                         self.c.conn.queue(&f);
@@ -437,6 +446,9 @@ impl Session {
         // Writes first: whatever was queued by the last batch goes out in one call.
         if let Some(a) = self.attached.as_mut() {
             if a.server.conn.pending_output() > 0 {
+                if a.home.as_ref().is_some_and(|r| !r.lease_valid()) {
+                    return Poll::Ready(Event::LeaseLapsed);
+                }
                 if let Poll::Ready(Err(e)) = a.server.conn.poll_write_out(cx) {
                     return Poll::Ready(Event::ServerWrite(e));
                 }

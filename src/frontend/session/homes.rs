@@ -1,0 +1,167 @@
+//! Blue-green: the home of the transaction being routed (`bluegreen` has the rules).
+//!
+//! - With a tenant, the transaction registers with the tenant's gate first (waiting
+//!   while a cutover holds the tenant), then reads the tenant's home; the registration
+//!   travels with the server connection it gets and ends when that goes back.
+//! - Without one, it goes to the entry's default home.
+//! - No tenant transaction is routed while this instance's lease is not valid: it waits
+//!   for a renewal (up to query_wait_timeout, then an error for this transaction only).
+//! - Without green's shard map the tenant is unknown: every transaction goes to the
+//!   default home while no tenant lives elsewhere; otherwise it is refused.
+use super::*;
+use crate::bluegreen::{Enter, Gate, Home, Running};
+use crate::frontend::routing::TenantOf;
+use crate::frontend::target::BlueHome;
+
+/// Where a blue-green transaction goes.
+pub(super) struct Placed {
+    pub home: Home,
+    pub running: Option<Running>,
+}
+
+impl Session {
+    /// The home of a transaction of `tenant` (None: of no tenant). None: refused (the
+    /// client has its error) or the session ends.
+    pub(super) async fn tenant_home(
+        &mut self,
+        first: &Frame,
+        bh: &BlueHome,
+        tenant: &TenantOf,
+    ) -> Option<Placed> {
+        let limit = self.ctx.settings.load().query_wait_timeout;
+        let entry = bh.entry.clone();
+        let waited = Instant::now();
+        let Some((colocation, value)) = tenant else {
+            return Some(Placed {
+                home: bh.default_home,
+                running: None,
+            });
+        };
+        if !entry.lease.valid() {
+            let ok = tokio::select! {
+                ok = entry.lease.wait_valid(limit) => ok,
+                _ = self.c.kill.cancelled() => return None,
+                _ = self.ctx.shutdown.cancelled() => return None,
+            };
+            if !ok {
+                let why = entry
+                    .status()
+                    .last_error
+                    .unwrap_or_else(|| "no renewal yet".into());
+                tracing::warn!(database = %entry.name, error = %why, "blue-green: lease not renewed within query_wait_timeout: transaction refused");
+                self.refuse_first(
+                    first,
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    &format!(
+                        "pgtenant cannot confirm the tenant homes of database \"{}\" (its store on green is unreachable: {why})",
+                        entry.name
+                    ),
+                );
+                return None;
+            }
+        }
+        loop {
+            match Gate::enter(&entry, (*colocation, value.as_str().into())) {
+                Enter::Running(mut r) => {
+                    return Some(Placed {
+                        home: r.look_up_home(),
+                        running: Some(r),
+                    })
+                }
+                Enter::Held(hold) => {
+                    tracing::debug!(tenant = %Escaped(value), cutover = hold.cutover, "blue-green: transaction waits for a cutover");
+                    let left = limit.saturating_sub(waited.elapsed());
+                    tokio::select! {
+                        _ = hold.released() => {}
+                        _ = tokio::time::sleep(left) => {
+                            self.refuse_first(
+                                first,
+                                sqlstate::QUERY_CANCELED,
+                                &format!("canceling statement: tenant {value} is being moved between blue and green and the cutover outlasted query_wait_timeout"),
+                            );
+                            return None;
+                        }
+                        _ = self.c.kill.cancelled() => return None,
+                        _ = self.ctx.shutdown.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Green's shard map is not loaded: the default home, unless a tenant lives elsewhere
+    /// (then no transaction can be placed safely). None: refused.
+    pub(super) fn home_without_map(&mut self, first: &Frame, bh: &BlueHome) -> Option<Home> {
+        let homes = bh.entry.homes.load();
+        let elsewhere = homes
+            .map
+            .values()
+            .flat_map(|m| m.values())
+            .any(|h| *h != bh.default_home);
+        if !elsewhere {
+            return Some(bh.default_home);
+        }
+        self.refuse_first(
+            first,
+            sqlstate::CANNOT_CONNECT_NOW,
+            &format!(
+                "green's shard map of database \"{}\" is not loaded: pgtenant cannot tell this transaction's tenant, and some tenants live in {}",
+                bh.entry.name,
+                bh.default_home.other().as_str()
+            ),
+        );
+        None
+    }
+
+    /// This instance's lease ran out while a tenant transaction had something to send
+    /// (the process was frozen, or cut off from the store): nothing goes out until a
+    /// renewal has re-read the homes. If the tenant moved meanwhile (a cutover did not
+    /// wait for this instance, whose lease had ended), the transaction must not go on in
+    /// the old home: its server connection is closed (the server rolls it back) and the
+    /// client is told.
+    pub(super) async fn lease_lapsed(&mut self) -> Flow {
+        let Some(r) = self.attached.as_ref().and_then(|a| a.home.as_ref()) else {
+            return Flow::Continue;
+        };
+        let entry = r.entry().clone();
+        let limit = self.ctx.settings.load().query_wait_timeout;
+        let valid = tokio::select! {
+            ok = entry.lease.wait_valid(limit) => ok,
+            _ = self.c.kill.cancelled() => false,
+            _ = self.ctx.shutdown.cancelled() => false,
+        };
+        let r = self.attached.as_ref().and_then(|a| a.home.as_ref());
+        if valid && r.is_some_and(|r| r.still_home()) {
+            return Flow::Continue;
+        }
+        let tenant = r.map(|r| r.tenant().1.to_string()).unwrap_or_default();
+        tracing::warn!(database = %entry.name, tenant = %Escaped(&tenant), renewed = valid, "blue-green: lease lapsed during a tenant transaction and its home changed (or could not be confirmed): transaction ended");
+        if let Some(a) = self.attached.take() {
+            a.pool.discard(a.server);
+        }
+        self.c.conn.queue(&build::fatal(
+            "40001",
+            &format!(
+                "tenant {tenant} moved between blue and green while this pgtenant instance could not confirm the tenant homes; the transaction was rolled back, retry it"
+            ),
+        ));
+        Flow::Quit
+    }
+
+    /// Attach to `pool` for a blue-green transaction, keeping its gate registration with
+    /// the connection.
+    pub(super) async fn attach_home(
+        &mut self,
+        f: &Frame,
+        pool: Arc<Pool>,
+        running: Option<Running>,
+    ) -> bool {
+        if !self.attach(f, pool).await {
+            return false;
+        }
+        if let Some(a) = self.attached.as_mut() {
+            a.home = running;
+        }
+        true
+    }
+}
