@@ -318,15 +318,16 @@ async fn phases(
     // Flip: the drain checked again under the exclusive lock.
     let flip_until = Instant::now() + req.timeout;
     loop {
-        let pending = store::run(
+        if Instant::now() >= flip_until {
+            return Err("flip timed out: instances kept renewing without draining".into());
+        }
+        store::run(
             c,
-            &format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({}); {pending_sql}",
-                store::LOCK
-            ),
+            &format!("BEGIN; SELECT pg_advisory_xact_lock({})", store::LOCK),
         )
         .await
         .map_err(err)?;
+        let pending = store::run(c, &pending_sql).await.map_err(err)?;
         if !pending.is_empty() {
             store::run(c, "ROLLBACK").await.map_err(err)?;
             // An instance renewed (it was frozen or cut off): it must drain too.

@@ -19,6 +19,7 @@ mod admin;
 mod auth;
 mod auth_query;
 mod backend_pid;
+mod bluegreen;
 mod cancel;
 mod citus_cluster;
 mod cli;

@@ -1,0 +1,400 @@
+//! Blue-green tenant migration (`src/bluegreen`): blue is a plain PostgreSQL server with
+//! the application's table, green a second server with the Citus catalog emulation
+//! (examples/django-multitenant/citus_emulation.sql) that listens on 127.0.0.1 (the
+//! coordinator) and 127.0.0.2 (its worker: the same server, so the same rows, but another
+//! node to pgtenant). Where a row was written shows in which server has it.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::support::{self, PgServer, Pgtenant, TempDir};
+
+const WORKER: &str = "127.0.0.2";
+
+pub(crate) fn emulation_sql() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join("django-multitenant")
+        .join("citus_emulation.sql")
+}
+
+/// The application's table, in both homes. Ids are made by the writer (unique across
+/// homes: green's own writes and blue's replicated ones never collide); `written_at` is
+/// the writing server's clock (both servers run on this machine, one clock).
+const EVENTS: &str = "CREATE TABLE events (
+    account_id bigint NOT NULL,
+    id text NOT NULL,
+    via text NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (account_id, id));
+ALTER TABLE events OWNER TO app;";
+
+pub(crate) struct Homes {
+    pub blue: PgServer,
+    pub green: PgServer,
+}
+
+/// Blue and green; with `replicate`, blue publishes `events` and green subscribes
+/// (slot `green_sub` on blue).
+pub(crate) fn start_homes(replicate: bool) -> Homes {
+    let blue = PgServer::builder()
+        .conf("wal_level = logical")
+        .conf("max_wal_senders = 10")
+        .conf("max_replication_slots = 10")
+        .conf("wal_sender_timeout = '5s'")
+        .start();
+    let green = PgServer::builder()
+        .conf(&format!("listen_addresses = '127.0.0.1,{WORKER}'"))
+        .conf("wal_receiver_status_interval = '1s'")
+        .hba("host all all 127.0.0.0/8 scram-sha-256")
+        .start();
+    let out = blue.psql(&["-q", "-v", "ON_ERROR_STOP=1", "-d", "app", "-c", EVENTS]);
+    assert!(
+        out.status.success(),
+        "blue schema: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = green.port();
+    let nodes = format!(
+        "SELECT citus_set_coordinator_host('127.0.0.1', {port}); SELECT citus_add_node('{WORKER}', {port});"
+    );
+    let out = green.psql(&[
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        "app",
+        "-f",
+        emulation_sql().to_str().unwrap(),
+        "-c",
+        &nodes,
+        "-c",
+        EVENTS,
+        "-c",
+        "SELECT create_distributed_table('events', 'account_id')",
+    ]);
+    assert!(
+        out.status.success(),
+        "green schema: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if replicate {
+        let out = blue.psql(&[
+            "-q",
+            "-d",
+            "app",
+            "-c",
+            "CREATE PUBLICATION green_pub FOR TABLE events",
+        ]);
+        assert!(
+            out.status.success(),
+            "publication: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = green.psql(&[
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            "app",
+            "-c",
+            &format!(
+                "CREATE SUBSCRIPTION green_sub CONNECTION 'host=127.0.0.1 port={} dbname=app user={} password={}' PUBLICATION green_pub",
+                blue.port(),
+                support::SUPERUSER,
+                support::SUPERUSER_PASSWORD
+            ),
+        ]);
+        assert!(
+            out.status.success(),
+            "subscription: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Homes { blue, green }
+}
+
+/// A pgtenant in front of both: entry `app` is green (the upstream's database, routed)
+/// with blue's place; entry `plain` is a database without blue.
+pub(crate) fn start_instance(h: &Homes, dir: &TempDir, name: &str, lease_s: f64) -> Pgtenant {
+    let cfg = dir.write(
+        &format!("{name}.toml"),
+        &format!(
+            "upstream = \"{}\"\npool_mode = \"transaction\"\npool_size = 8\nmax_client_conn = 400\n\
+             admin_users = [\"app\"]\ninstance_name = \"{name}\"\ntenant_homes_lease = {lease_s}\n\
+             query_wait_timeout = 60\n\
+             [databases.app]\nblue = {{ host = \"127.0.0.1\", port = {}, dbname = \"app\" }}\n\
+             [databases.plain]\ndbname = \"app\"\nrouting = \"off\"\n",
+            h.green.url("app", "secret", "app"),
+            h.blue.port()
+        ),
+    );
+    let p = Pgtenant::start(&["run", "--config", cfg.to_str().unwrap()], &[]);
+    p.wait_for_log("shard map loaded", Duration::from_secs(20));
+    p
+}
+
+/// A command on `p`'s admin console: its rows as column → value (NULL as "").
+pub(crate) async fn console(
+    p: &Pgtenant,
+    sql: &str,
+) -> Result<Vec<HashMap<String, String>>, String> {
+    let c = support::try_connect(&p.url("app", "secret", "pgtenant"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let msgs = tokio::time::timeout(Duration::from_secs(90), c.simple_query(sql))
+        .await
+        .map_err(|_| format!("{sql}: no answer in 90 s\n--- logs ---\n{}", p.logs()))?
+        .map_err(|e| {
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string())
+        })?;
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_string(), r.get(i).unwrap_or("").to_string()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Wait until `p`'s lease on the homes of `app` is valid.
+pub(crate) async fn wait_lease(p: &Pgtenant) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = console(p, "SHOW MIGRATION").await.unwrap_or_default();
+        if rows
+            .iter()
+            .any(|r| r["type"] == "instance" && r["phase"] == "lease valid")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no valid lease: {rows:?}\n--- logs ---\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rows of `account` by id: (id, written_at as epoch seconds).
+pub(crate) async fn rows_of(server: &PgServer, account: i64) -> HashMap<String, f64> {
+    let c = server.client("app", "secret", "app").await;
+    c.query(
+        "SELECT id, extract(epoch FROM written_at)::float8 FROM events WHERE account_id = $1",
+        &[&account],
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+async fn insert(c: &tokio_postgres::Client, account: i64, id: &str) -> Result<(), String> {
+    c.execute(
+        "INSERT INTO events (account_id, id, via) VALUES ($1, $2, 'test')",
+        &[&account, &id],
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| support::citus::db_err(&e))
+}
+
+fn one(rows: &[HashMap<String, String>]) -> &HashMap<String, String> {
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    &rows[0]
+}
+
+/// One instance: a tenant moves to green and back; its rows land in its home, others stay
+/// in blue; every bad input is a clear error that changes nothing; a second cutover of a
+/// tenant whose cutover runs is refused; a cutover that cannot drain aborts and the held
+/// transaction goes on where it was; the command line does what the console does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_moves_to_green_and_back_and_bad_input_changes_nothing() {
+    let h = start_homes(false);
+    let dir = TempDir::new("bluegreen");
+    let p = start_instance(&h, &dir, "one", 2.0);
+    wait_lease(&p).await;
+    let c = support::connect(&p.url("app", "secret", "app")).await;
+
+    insert(&c, 7, "before").await.unwrap();
+    assert!(rows_of(&h.blue, 7).await.contains_key("before"));
+    assert!(rows_of(&h.green, 7).await.is_empty());
+
+    let r = console(&p, "MIGRATE TENANT 7 TO green TIMEOUT 5s")
+        .await
+        .unwrap();
+    let r = one(&r);
+    assert_eq!(r["result"], "done", "{r:?}\n{}", p.logs());
+    assert_eq!(
+        (r["from_home"].as_str(), r["to_home"].as_str()),
+        ("blue", "green")
+    );
+    insert(&c, 7, "after").await.unwrap();
+    insert(&c, 8, "other").await.unwrap();
+    assert!(rows_of(&h.green, 7).await.contains_key("after"));
+    assert!(!rows_of(&h.blue, 7).await.contains_key("after"));
+    assert!(rows_of(&h.blue, 8).await.contains_key("other"));
+    // A statement of no tenant goes to the default home, blue.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "blue has 'before' and 'other'");
+    // The tenant's spelling does not matter: 007 is 7.
+    let err = console(&p, "MIGRATE TENANT 007 TO green")
+        .await
+        .unwrap_err();
+    assert!(err.contains("already in green"), "{err}");
+
+    // Bad input: a clear error, nothing changed.
+    for (cmd, want) in [
+        (
+            "MIGRATE TENANT 9 TABLE nosuch TO green",
+            "not a distributed table",
+        ),
+        ("MIGRATE TENANT abc TO green", "does not fit"),
+        (
+            "MIGRATE TENANT 9 TO green DATABASE plain",
+            "no blue-green entry",
+        ),
+        (
+            "MIGRATE TENANT 9 TO green DATABASE nosuch",
+            "no blue-green entry",
+        ),
+        ("MIGRATE TENANT 9,x TO green", "does not fit"),
+        ("MIGRATE TENANT 9 TO purple", "usage"),
+    ] {
+        let err = console(&p, cmd).await.unwrap_err();
+        assert!(err.contains(want), "{cmd}: {err}");
+    }
+    let m = console(&p, "SHOW MIGRATION").await.unwrap();
+    let away: Vec<_> = m.iter().filter(|r| r["type"] == "tenant").collect();
+    assert_eq!(away.len(), 1, "only tenant 7 is in green: {m:?}");
+    assert_eq!(
+        (away[0]["tenant"].as_str(), away[0]["home"].as_str()),
+        ("7", "green")
+    );
+
+    // A transaction of tenant 9 stays open: the drain cannot finish, the cutover aborts
+    // at its timeout, and a second cutover of 9 meanwhile is refused.
+    let c9 = support::connect(&p.url("app", "secret", "app")).await;
+    c9.batch_execute("BEGIN").await.unwrap();
+    insert(&c9, 9, "open").await.unwrap();
+    let p_url = p.url("app", "secret", "pgtenant");
+    let first = tokio::spawn(async move {
+        let c = support::connect(&p_url).await;
+        c.simple_query("MIGRATE TENANT 9 TO green TIMEOUT 2s").await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = console(&p, "MIGRATE TENANT 9 TO green").await.unwrap_err();
+    assert!(err.contains("already running"), "{err}");
+    // Meanwhile a new transaction of 9 is held (no error), one of 10 is not.
+    let c10 = support::connect(&p.url("app", "secret", "app")).await;
+    let t0 = Instant::now();
+    insert(&c10, 10, "not-held").await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    let held = {
+        let c = support::connect(&p.url("app", "secret", "app")).await;
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            insert(&c, 9, "held").await.map(|_| t0.elapsed())
+        })
+    };
+    let msgs = first.await.unwrap().unwrap();
+    let aborted = msgs.iter().any(|m| match m {
+        SimpleQueryMessage::Row(r) => {
+            r.get("result") == Some("aborted")
+                && r.get("reason")
+                    .is_some_and(|x| x.contains("drain timed out"))
+        }
+        _ => false,
+    });
+    assert!(
+        aborted,
+        "the cutover of 9 aborted at its drain timeout\n{}",
+        p.logs()
+    );
+    let waited = held.await.unwrap().unwrap();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "the new transaction of 9 was held: {waited:?}"
+    );
+    c9.batch_execute("COMMIT").await.unwrap();
+    let blue9 = rows_of(&h.blue, 9).await;
+    assert!(
+        blue9.contains_key("open") && blue9.contains_key("held"),
+        "{blue9:?}"
+    );
+    assert!(rows_of(&h.green, 9).await.is_empty());
+
+    // Back to blue.
+    let r = console(&p, "MIGRATE TENANT 7 TO blue").await.unwrap();
+    assert_eq!(one(&r)["result"], "done", "{r:?}");
+    insert(&c, 7, "back").await.unwrap();
+    assert!(rows_of(&h.blue, 7).await.contains_key("back"));
+
+    // The command line: the same through the console.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .args([
+            "migrate",
+            "--admin",
+            &p.url("app", "secret", "pgtenant"),
+            "TENANT",
+            "11",
+            "TO",
+            "green",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("result: done"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .args([
+            "migrate",
+            "--admin",
+            &p.url("app", "secret", "pgtenant"),
+            "TENANT",
+            "11",
+            "TO",
+            "green",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in green"));
+    insert(&c, 11, "cli").await.unwrap();
+    assert!(rows_of(&h.green, 11).await.contains_key("cli"));
+
+    // SHOW MIGRATION: the store's cutovers, newest first after the running ones.
+    let m = console(&p, "SHOW MIGRATION").await.unwrap();
+    let cutovers: Vec<_> = m.iter().filter(|r| r["type"] == "cutover").collect();
+    assert_eq!(cutovers.len(), 4, "{m:?}");
+    assert!(
+        cutovers
+            .iter()
+            .any(|r| r["phase"] == "aborted" && r["tenant"] == "9"),
+        "{m:?}"
+    );
+    assert!(m.iter().all(|r| r["type"] != "hold"), "no hold left: {m:?}");
+}
