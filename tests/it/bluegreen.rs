@@ -398,3 +398,329 @@ async fn a_tenant_moves_to_green_and_back_and_bad_input_changes_nothing() {
     );
     assert!(m.iter().all(|r| r["type"] != "hold"), "no hold left: {m:?}");
 }
+
+/// What the load did.
+#[derive(Default)]
+struct Load {
+    /// (account, id) of every insert that succeeded.
+    written: Vec<(i64, String)>,
+    /// Errors other than the loss of the killed instance's connections.
+    errors: Vec<String>,
+    /// Connections that ended with the killed instance (then reconnected elsewhere).
+    lost_with_killed: usize,
+    /// Longest insert of a migrated tenant (1..=10), in ms.
+    max_migrated_ms: f64,
+}
+
+/// The chaos run of issue 17: 51 clients over 100 tenants through three instances while
+/// ten tenants move to green one by one (WAIT SYNC), one of them back to blue; instance C
+/// is killed (SIGKILL) during a cutover and B frozen (SIGSTOP) past its lease during
+/// another. Zero client errors (but the killed instance's own connections), and every
+/// row is where its tenant's home was when it was written: a row in blue was written
+/// before its tenant's flip to green (or after the flip back), a row only in green after
+/// it; blue's rows all reached green by replication; no write was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+async fn tenants_move_under_load_with_an_instance_killed_and_one_frozen() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use support::Signal;
+
+    let h = start_homes(true);
+    let dir = TempDir::new("bluegreen-chaos");
+    let lease = 3.0;
+    let a = start_instance(&h, &dir, "a", lease);
+    let b = start_instance(&h, &dir, "b", lease);
+    let c = start_instance(&h, &dir, "c", lease);
+    for p in [&a, &b, &c] {
+        wait_lease(p).await;
+    }
+    let urls: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|p| p.url("app", "secret", "app"))
+        .collect();
+    let killed = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Mutex::new(Load::default()));
+    const CLIENTS: usize = 51;
+    const TENANTS: u64 = 100;
+    let mut tasks = Vec::new();
+    for k in 0..CLIENTS {
+        let (urls, killed, stop, load) = (urls.clone(), killed.clone(), stop.clone(), load.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut at = k % 3;
+            let mut client = support::connect(&urls[at]).await;
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (k as u64 * 7919);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let account = ((seed >> 33) % TENANTS + 1) as i64;
+                let id = format!("c{k}-{n}");
+                n += 1;
+                let t0 = Instant::now();
+                let r = client
+                    .execute(
+                        "INSERT INTO events (account_id, id, via) VALUES ($1, $2, $3)",
+                        &[&account, &id, &["a", "b", "c"][at]],
+                    )
+                    .await;
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                match r {
+                    Ok(_) => {
+                        let mut l = load.lock().unwrap();
+                        l.written.push((account, id));
+                        if account <= 10 && ms > l.max_migrated_ms {
+                            l.max_migrated_ms = ms;
+                        }
+                    }
+                    Err(e)
+                        if at == 2
+                            && killed.load(Ordering::Relaxed)
+                            && e.as_db_error().is_none() =>
+                    {
+                        // The write may or may not have committed before the kill: look.
+                        load.lock().unwrap().lost_with_killed += 1;
+                        at = k % 2;
+                        client = support::connect(&urls[at]).await;
+                        let found = client
+                            .query(
+                                "SELECT 1 FROM events WHERE account_id = $1 AND id = $2",
+                                &[&account, &id],
+                            )
+                            .await
+                            .map(|r| !r.is_empty())
+                            .unwrap_or(false);
+                        if found {
+                            load.lock().unwrap().written.push((account, id));
+                        }
+                    }
+                    Err(e) => load.lock().unwrap().errors.push(format!(
+                        "client {k} via {at}: {}",
+                        support::citus::db_err(&e)
+                    )),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // (tenant, to, console of) in order; tenant 5's cutover sees C killed, tenant 7's sees
+    // B frozen.
+    let plan: Vec<(u32, &str, usize)> = vec![
+        (1, "green", 0),
+        (2, "green", 1),
+        (3, "green", 0),
+        (2, "blue", 1),
+        (4, "green", 0),
+        (5, "green", 0),
+        (6, "green", 1),
+        (7, "green", 0),
+        (8, "green", 1),
+        (9, "green", 0),
+        (10, "green", 1),
+    ];
+    let consoles = [&a, &b];
+    let mut outcomes: Vec<HashMap<String, String>> = Vec::new();
+    let mut c_proc = Some(c);
+    for (tenant, to, on) in plan {
+        let sync = if to == "green" { " WAIT SYNC" } else { "" };
+        let cmd = format!("MIGRATE TENANT {tenant} TO {to} TIMEOUT 10s{sync}");
+        let p = consoles[on];
+        let r = match tenant {
+            5 => {
+                let url = p.url("app", "secret", "pgtenant");
+                let cmd2 = cmd.clone();
+                let run = tokio::spawn(async move {
+                    let c = support::connect(&url).await;
+                    c.simple_query(&cmd2)
+                        .await
+                        .map_err(|e| support::citus::db_err(&e))
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut cp = c_proc.take().unwrap();
+                killed.store(true, Ordering::Relaxed);
+                cp.signal(Signal::Kill);
+                cp.wait_exit(Duration::from_secs(5));
+                let msgs = run.await.unwrap().unwrap();
+                msgs.into_iter()
+                    .filter_map(|m| match m {
+                        SimpleQueryMessage::Row(r) => Some(
+                            r.columns()
+                                .iter()
+                                .enumerate()
+                                .map(|(i, c)| {
+                                    (c.name().to_string(), r.get(i).unwrap_or("").to_string())
+                                })
+                                .collect::<HashMap<String, String>>(),
+                        ),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            }
+            7 => {
+                b.signal(Signal::Stop);
+                let frozen = Instant::now();
+                let r = console(p, &cmd).await;
+                // Past its lease for sure, then resume it.
+                let until = frozen + Duration::from_secs_f64(lease + 2.0);
+                tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+                b.signal(Signal::Cont);
+                r.unwrap()
+            }
+            _ => console(p, &cmd)
+                .await
+                .unwrap_or_else(|e| panic!("{cmd}: {e}")),
+        };
+        let r = one(&r).clone();
+        eprintln!(
+            "cutover {}: tenant {tenant} to {to}: {} pause {} ms (drain {} sync {}) {}",
+            r["cutover"], r["result"], r["pause_ms"], r["drain_ms"], r["sync_ms"], r["reason"]
+        );
+        if tenant != 5 {
+            assert_eq!(r["result"], "done", "{cmd}: {r:?}");
+        } else {
+            assert!(matches!(r["result"].as_str(), "done" | "aborted"), "{r:?}");
+        }
+        outcomes.push(r);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a load client hung")
+            .unwrap();
+    }
+    let load = std::mem::take(&mut *load.lock().unwrap());
+    assert!(
+        load.errors.is_empty(),
+        "{} client errors, e.g. {:?}\n--- a ---\n{}\n--- b ---\n{}",
+        load.errors.len(),
+        &load.errors[..load.errors.len().min(5)],
+        a.logs(),
+        b.logs()
+    );
+
+    // Blue's rows all reach green.
+    let lsn = h
+        .blue
+        .psql(&["-At", "-d", "app", "-c", "SELECT pg_current_wal_lsn()"]);
+    let lsn = String::from_utf8_lossy(&lsn.stdout).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught = h.blue.psql(&[
+            "-At",
+            "-d",
+            "app",
+            "-c",
+            &format!("SELECT confirmed_flush_lsn >= '{lsn}' FROM pg_replication_slots WHERE slot_name = 'green_sub'"),
+        ]);
+        if String::from_utf8_lossy(&caught.stdout).trim() == "t" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replication did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The flips, from the store: tenant → [(to, time)].
+    let g = h.green.client("app", "secret", "app").await;
+    let mut flips: HashMap<String, Vec<(String, f64)>> = HashMap::new();
+    for r in g
+        .query(
+            "SELECT tenant, to_home, extract(epoch FROM ended_at)::float8 FROM pgtenant.cutovers WHERE phase = 'done' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        flips.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+    }
+    let home_at = |tenant: i64, t: f64| -> &str {
+        let mut home = "blue";
+        for (to, at) in flips.get(&tenant.to_string()).into_iter().flatten() {
+            if t > *at {
+                home = to;
+            }
+        }
+        home
+    };
+    let mut written: HashMap<i64, std::collections::HashSet<String>> = HashMap::new();
+    for (acc, id) in &load.written {
+        written.entry(*acc).or_default().insert(id.clone());
+    }
+    let (mut in_blue, mut green_only, mut problems) = (0, 0, Vec::new());
+    for tenant in 1..=TENANTS as i64 {
+        let blue = rows_of(&h.blue, tenant).await;
+        let green = rows_of(&h.green, tenant).await;
+        for (id, at) in &blue {
+            in_blue += 1;
+            if home_at(tenant, *at) != "blue" {
+                problems.push(format!(
+                    "tenant {tenant}: {id} written in blue at {at} after its flip to green"
+                ));
+            }
+            if !green.contains_key(id) {
+                problems.push(format!("tenant {tenant}: {id} in blue never reached green"));
+            }
+        }
+        for (id, at) in green.iter().filter(|(id, _)| !blue.contains_key(*id)) {
+            green_only += 1;
+            if home_at(tenant, *at) != "green" {
+                problems.push(format!(
+                    "tenant {tenant}: {id} written in green at {at} while its home was blue"
+                ));
+            }
+        }
+        let mine = written.remove(&tenant).unwrap_or_default();
+        let stored: std::collections::HashSet<String> =
+            blue.keys().chain(green.keys()).cloned().collect();
+        for id in mine.difference(&stored) {
+            problems.push(format!(
+                "tenant {tenant}: write {id} acknowledged but found nowhere"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems, e.g. {:?}",
+        problems.len(),
+        &problems[..problems.len().min(10)]
+    );
+    let mut pauses: Vec<f64> = outcomes
+        .iter()
+        .filter(|r| r["result"] == "done")
+        .filter_map(|r| r["pause_ms"].parse().ok())
+        .collect();
+    pauses.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let p = |q: f64| pauses[((pauses.len() as f64 * q).ceil() as usize).clamp(1, pauses.len()) - 1];
+    eprintln!(
+        "blue-green chaos: {} writes by {CLIENTS} clients over {TENANTS} tenants, 0 errors ({} connections lost with the killed instance, reconnected); rows in blue {in_blue} (all replicated), written in green {green_only}; {} cutovers done, pause p50 {:.0} ms p99 {:.0} ms max {:.0} ms; longest write of a migrated tenant {:.0} ms; tenant 5's cutover (instance killed): {} ({})",
+        load.written.len(),
+        load.lost_with_killed,
+        pauses.len(),
+        p(0.5),
+        p(0.99),
+        pauses.last().copied().unwrap_or(0.0),
+        load.max_migrated_ms,
+        outcomes[5]["result"],
+        outcomes[5]["reason"],
+    );
+    // No hold is left anywhere, and the live instances agree on the homes.
+    for p in [&a, &b] {
+        let m = console(p, "SHOW MIGRATION").await.unwrap();
+        assert!(m.iter().all(|r| r["type"] != "hold"), "{m:?}");
+        let mut away: Vec<String> = m
+            .iter()
+            .filter(|r| r["type"] == "tenant")
+            .map(|r| r["tenant"].clone())
+            .collect();
+        away.sort_by_key(|t| t.parse::<u32>().unwrap_or(0));
+        let want: Vec<String> = [1, 3, 4, 5, 6, 7, 8, 9, 10]
+            .iter()
+            .filter(|t| **t != 5 || outcomes[5]["result"] == "done")
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(away, want, "{m:?}");
+    }
+}

@@ -997,6 +997,9 @@ pub enum Signal {
     Int,
     Hup,
     Kill,
+    /// Freeze the process (SIGSTOP); `Cont` resumes it.
+    Stop,
+    Cont,
 }
 
 impl Signal {
@@ -1006,6 +1009,8 @@ impl Signal {
             Signal::Int => "INT",
             Signal::Hup => "HUP",
             Signal::Kill => "KILL",
+            Signal::Stop => "STOP",
+            Signal::Cont => "CONT",
         }
     }
 }
