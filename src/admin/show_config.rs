@@ -268,6 +268,8 @@ fn items() -> Vec<Item> {
                 m.shard_map_refresh_interval = d
             }
         ),
+        item!("instance_name", |s| s.instance_name.clone()),
+        item!("tenant_homes_lease", |s| secs(s.tenant_homes_lease)),
         item!("reference_reads", |s| s
             .reference_reads
             .as_str()

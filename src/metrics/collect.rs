@@ -270,6 +270,42 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         &[],
         "Time clients waited for a server connection (connect included).",
     ),
+    (
+        "pgtenant_tenant_homes",
+        GAUGE,
+        &["database", "home"],
+        "Blue-green: tenants with a home recorded in the store, by home (every other tenant is in blue).",
+    ),
+    (
+        "pgtenant_tenant_homes_lease_valid",
+        GAUGE,
+        &["database"],
+        "Blue-green: 1 while this instance's lease on the tenant homes is valid (else its tenant transactions wait).",
+    ),
+    (
+        "pgtenant_cutover_held_transactions",
+        GAUGE,
+        &["database"],
+        "Blue-green: transactions waiting now for a cutover of their tenant to end.",
+    ),
+    (
+        "pgtenant_cutover_holds",
+        GAUGE,
+        &["database"],
+        "Blue-green: tenants this instance holds now for a running cutover.",
+    ),
+    (
+        "pgtenant_cutovers_total",
+        COUNTER,
+        &["result"],
+        "Blue-green cutovers run by this instance, by result (done, aborted).",
+    ),
+    (
+        "pgtenant_cutover_pause_seconds",
+        HISTOGRAM,
+        &[],
+        "Blue-green cutovers run by this instance: the pause each caused, from the start of its drain to its flip or abort.",
+    ),
 ];
 
 /// Collects a snapshot of `ctx` on every scrape.
@@ -637,6 +673,46 @@ impl Collector for Scrape {
             &lat.all(Kind::Transaction),
         );
         out.histogram("pgtenant_client_wait_seconds", &lat.all(Kind::Wait));
+
+        for e in ctx.bluegreen.entries.iter() {
+            let (blue, green) = e.homes.load().counts();
+            out.gauge("pgtenant_tenant_homes", &[&e.name, "blue"], blue as f64);
+            out.gauge("pgtenant_tenant_homes", &[&e.name, "green"], green as f64);
+            out.gauge(
+                "pgtenant_tenant_homes_lease_valid",
+                &[&e.name],
+                flag(e.lease.valid()),
+            );
+            out.gauge(
+                "pgtenant_cutover_held_transactions",
+                &[&e.name],
+                e.gate.waiting() as f64,
+            );
+            out.gauge("pgtenant_cutover_holds", &[&e.name], e.gate.holds().len() as f64);
+        }
+        let cut = &crate::metrics::migration::CUTOVERS;
+        out.counter("pgtenant_cutovers_total", &["done"], cut.done.load(r));
+        out.counter("pgtenant_cutovers_total", &["aborted"], cut.aborted.load(r));
+        out.push("pgtenant_cutover_pause_seconds", &[], |m| {
+            let mut h = Histogram::default();
+            h.set_sample_count(cut.pause_count.load(r));
+            h.set_sample_sum(cut.pause_sum_us.load(r) as f64 / 1e6);
+            let mut total = 0;
+            h.set_bucket(
+                crate::metrics::migration::PAUSE_BUCKETS
+                    .iter()
+                    .zip(&cut.pause_buckets)
+                    .map(|(le, n)| {
+                        total += n.load(r);
+                        let mut b = Bucket::default();
+                        b.set_upper_bound(*le);
+                        b.set_cumulative_count(total);
+                        b
+                    })
+                    .collect(),
+            );
+            m.set_histogram(h);
+        });
         out.families
     }
 }
