@@ -236,3 +236,49 @@ pub fn sync(ctx: &Arc<Context>) {
         agent::spawn(ctx.clone(), e);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lease_is_valid_from_its_sending_for_its_length() {
+        let l = Lease::default();
+        assert!(!l.valid(), "never renewed");
+        assert_eq!(l.remaining(), Duration::ZERO);
+        l.renew(Instant::now(), Duration::from_millis(200));
+        assert!(l.valid());
+        assert!(l.remaining() > Duration::from_millis(100));
+        // Renewed from a moment long past: already over.
+        l.renew(
+            Instant::now() - Duration::from_secs(1),
+            Duration::from_millis(500),
+        );
+        assert!(!l.valid());
+        // A waiter is woken by the renewal; one that waits in vain gives up at its limit.
+        let l = Arc::new(Lease::default());
+        let w = {
+            let l = l.clone();
+            tokio::spawn(async move { l.wait_valid(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        l.renew(Instant::now(), Duration::from_secs(1));
+        assert!(w.await.unwrap());
+        l.expire();
+        let t0 = Instant::now();
+        assert!(!l.wait_valid(Duration::from_millis(50)).await);
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn homes_default_to_blue_and_count_per_home() {
+        let mut h = Homes::default();
+        assert_eq!(h.get(1, "42"), Home::Blue);
+        h.map.entry(1).or_default().insert("42".into(), Home::Green);
+        h.map.entry(1).or_default().insert("43".into(), Home::Blue);
+        h.map.entry(2).or_default().insert("42".into(), Home::Green);
+        assert_eq!(h.get(1, "42"), Home::Green);
+        assert_eq!(h.get(2, "43"), Home::Blue);
+        assert_eq!(h.counts(), (1, 2));
+    }
+}

@@ -417,7 +417,13 @@ fn blue_place(v: &Value) -> Result<BluePlace, String> {
                 "unknown key '{other}' (expected host, port, dbname, slots)"
             )),
         };
-        r.map_err(|m| format!("{k}: {m}"))?;
+        r.map_err(|m| {
+            if m.starts_with("unknown key") {
+                m
+            } else {
+                format!("{k}: {m}")
+            }
+        })?;
     }
     Ok(BluePlace {
         host: host.ok_or("needs host (the old database's server)")?,

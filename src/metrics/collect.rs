@@ -688,7 +688,11 @@ impl Collector for Scrape {
                 &[&e.name],
                 e.gate.waiting() as f64,
             );
-            out.gauge("pgtenant_cutover_holds", &[&e.name], e.gate.holds().len() as f64);
+            out.gauge(
+                "pgtenant_cutover_holds",
+                &[&e.name],
+                e.gate.holds().len() as f64,
+            );
         }
         let cut = &crate::metrics::migration::CUTOVERS;
         out.counter("pgtenant_cutovers_total", &["done"], cut.done.load(r));

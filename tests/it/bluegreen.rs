@@ -724,3 +724,51 @@ async fn tenants_move_under_load_with_an_instance_killed_and_one_frozen() {
         assert_eq!(away, want, "{m:?}");
     }
 }
+
+/// The lease at work: instance B holds an open transaction of tenant 3 in blue and is
+/// frozen (SIGSTOP). A cutover of 3 on instance A waits until B's lease has ended (B
+/// cannot answer), then flips. When B resumes, the open transaction's next statement must
+/// not reach blue: B re-reads the homes first, sees 3 moved, and ends the transaction
+/// (FATAL 40001; its server connection closed, so blue rolls it back). A new transaction
+/// of 3 through B then goes to green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_instance_does_not_write_in_the_old_home_after_the_flip() {
+    use support::Signal;
+    let h = start_homes(false);
+    let dir = TempDir::new("bluegreen-frozen");
+    let a = start_instance(&h, &dir, "a", 2.0);
+    let b = start_instance(&h, &dir, "b", 2.0);
+    wait_lease(&a).await;
+    wait_lease(&b).await;
+    let cb = support::connect(&b.url("app", "secret", "app")).await;
+    cb.batch_execute("BEGIN").await.unwrap();
+    insert(&cb, 3, "open-1").await.unwrap();
+    b.signal(Signal::Stop);
+    let t0 = Instant::now();
+    let r = console(&a, "MIGRATE TENANT 3 TO green TIMEOUT 10s").await;
+    let waited = t0.elapsed();
+    b.signal(Signal::Cont);
+    let r = r.unwrap();
+    assert_eq!(one(&r)["result"], "done", "{r:?}\n{}", a.logs());
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "the flip waited for B's lease to end: {waited:?}"
+    );
+    // B's open transaction of 3 must not go on in blue.
+    let err = insert(&cb, 3, "open-2").await.unwrap_err();
+    assert!(
+        err.contains("40001") || err.contains("moved between blue and green"),
+        "{err}\n{}",
+        b.logs()
+    );
+    let blue = rows_of(&h.blue, 3).await;
+    assert!(
+        blue.is_empty(),
+        "nothing of the open transaction committed in blue: {blue:?}"
+    );
+    // A new client of B: tenant 3 is in green now.
+    let cb2 = support::connect(&b.url("app", "secret", "app")).await;
+    insert(&cb2, 3, "after").await.unwrap();
+    assert!(rows_of(&h.green, 3).await.contains_key("after"));
+    assert!(rows_of(&h.blue, 3).await.is_empty());
+}

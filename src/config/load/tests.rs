@@ -745,3 +745,66 @@ fn an_entry_routed_on_another_server_needs_its_own_catalog_reader() {
         load_str(&format!("{UP}{ok}"), &Overrides::default()).unwrap();
     }
 }
+
+#[test]
+fn blue_green_entries() {
+    // The upstream's database (routed) with an old database beside it.
+    let s = load_str(
+        &format!(
+            "{UP}instance_name = \"pod-a\"\ntenant_homes_lease = 4\n\
+             [databases.app]\nblue = {{ host = \"old-db\", port = 5433, slots = [\"green_sub\"] }}\n\
+             default_home = \"green\"\n"
+        ),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(s.instance_name, "pod-a");
+    assert_eq!(s.tenant_homes_lease, std::time::Duration::from_secs(4));
+    let t = s.target("app").unwrap();
+    let b = t.blue.expect("blue");
+    assert_eq!(
+        (b.host.as_str(), b.port, b.dbname.as_str()),
+        ("old-db", 5433, "app")
+    );
+    assert_eq!(b.slots, ["green_sub"]);
+    assert_eq!(b.default_home, crate::config::Home::Green);
+    // Defaults: blue's dbname is the entry's name, default_home blue, a unique name.
+    let s = load_str(
+        &format!("{UP}[databases.app]\nblue = {{ host = \"old-db\" }}\n"),
+        &Overrides::default(),
+    )
+    .unwrap();
+    let b = s.target("app").unwrap().blue.unwrap();
+    assert_eq!((b.port, b.default_home), (5432, crate::config::Home::Blue));
+    assert!(s
+        .instance_name
+        .ends_with(&format!(":{}", std::process::id())));
+
+    let err = load_str(
+        &format!(
+            "{UP}tenant_homes_lease = 0.5\n\
+             [databases.a]\nblue = {{ port = 5433 }}\n\
+             [databases.b]\nblue = {{ host = \"x\", colour = \"teal\" }}\n\
+             [databases.c]\ndefault_home = \"green\"\n\
+             [databases.d]\nblue = {{ host = \"x\" }}\ndefault_home = \"purple\"\n\
+             [databases.e]\nblue = {{ host = \"x\" }}\npool_mode = \"session\"\n\
+             [databases.f]\nblue = {{ host = \"x\" }}\nhost = \"elsewhere\"\n\
+             [databases.g]\nblue = \"old-db\"\n"
+        ),
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "tenant_homes_lease: expected 1 to 3600 seconds",
+        "databases.a.blue: needs host",
+        "databases.b.blue: unknown key 'colour'",
+        "databases.c.default_home: needs blue",
+        "databases.d.default_home: expected \"blue\" or \"green\"",
+        "databases.e.blue: a blue-green entry needs transaction or statement pooling",
+        "databases.f.blue: green (the entry's own host, port and dbname) must be a routed Citus cluster",
+        "databases.g.blue: expected a table",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
