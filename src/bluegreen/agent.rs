@@ -304,7 +304,10 @@ async fn load_homes(e: &Entry, c: &mut ServerConn, known: i64) -> Result<(), Str
     }
     let (blue, green) = homes.counts();
     tracing::debug!(database = %e.name, version = homes.version, blue, green, "tenant homes loaded");
+    let version = homes.version;
     e.homes.store(Arc::new(homes));
+    e.homes_version
+        .store(version, std::sync::atomic::Ordering::Release);
     Ok(())
 }
 

@@ -79,19 +79,33 @@ pub struct Running {
     key: TenantKey,
     /// The home it was sent to (set once looked up).
     home: super::Home,
+    /// The homes' version when it was looked up.
+    version: i64,
 }
 
 impl Running {
     /// The tenant's home, looked up now (after the registration), and kept as this
     /// transaction's.
     pub fn look_up_home(&mut self) -> super::Home {
-        self.home = self.entry.home_of(self.key.0, &self.key.1);
+        let homes = self.entry.homes.load();
+        self.version = homes.version;
+        self.home = homes.get(self.key.0, &self.key.1);
         self.home
     }
 
-    /// Is this instance's lease valid now (may it write to the tenant's home)?
-    pub fn lease_valid(&self) -> bool {
+    /// May this transaction write to its server now? This instance's lease is valid and
+    /// the tenant's home is still the one it went to (looked up again only when the homes
+    /// changed since: one atomic load otherwise). A flip of a tenant with a registered
+    /// transaction happens only when this instance's lease ended without acknowledging,
+    /// so after a renewal the home must be checked too.
+    pub fn may_write(&self) -> bool {
         self.entry.lease.valid()
+            && (self
+                .entry
+                .homes_version
+                .load(std::sync::atomic::Ordering::Acquire)
+                == self.version
+                || self.still_home())
     }
 
     pub fn entry(&self) -> &Arc<super::Entry> {
@@ -145,6 +159,7 @@ impl Gate {
             entry: entry.clone(),
             key,
             home: super::Home::Blue,
+            version: 0,
         })
     }
 

@@ -38,7 +38,7 @@ pub mod gate;
 pub mod store;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -151,6 +151,8 @@ pub struct Entry {
     /// The entry's name (as clients name the database): the store's `database` column.
     pub name: Arc<str>,
     pub homes: ArcSwap<Homes>,
+    /// `homes.version`, readable with one atomic load (written after `homes`).
+    pub homes_version: AtomicI64,
     pub gate: Gate,
     pub lease: Lease,
     pub status: Mutex<Status>,
@@ -176,6 +178,7 @@ impl Entry {
         Entry {
             name: name.into(),
             homes: ArcSwap::from_pointee(Homes::default()),
+            homes_version: AtomicI64::new(0),
             gate: Gate::default(),
             lease: Lease::default(),
             status: Mutex::new(Status::default()),

@@ -118,7 +118,7 @@ enum Event {
     /// A NotificationResponse from the LISTEN hub.
     Notification(Frame),
     /// Blue-green: a tenant transaction has something to send and this instance's lease
-    /// is not valid (see `homes`).
+    /// is not valid, or its tenant moved (see `homes`).
     LeaseLapsed,
 }
 
@@ -446,7 +446,7 @@ impl Session {
         // Writes first: whatever was queued by the last batch goes out in one call.
         if let Some(a) = self.attached.as_mut() {
             if a.server.conn.pending_output() > 0 {
-                if a.home.as_ref().is_some_and(|r| !r.lease_valid()) {
+                if a.home.as_ref().is_some_and(|r| !r.may_write()) {
                     return Poll::Ready(Event::LeaseLapsed);
                 }
                 if let Poll::Ready(Err(e)) = a.server.conn.poll_write_out(cx) {
