@@ -83,7 +83,8 @@ pub fn lit(s: &str) -> String {
 }
 
 /// One lease renewal of `instance` for `database`: also ends cutovers past their deadline
-/// (their runner stopped), and returns the homes' version (`v` row) and the running
+/// (their runner stopped) and forgets instances gone for a day (a restarted pod is a new
+/// instance), and returns the homes' version (`v` row) and the running
 /// cutovers (`c` rows: id, colocation, tenant, to_home, deadline in ms from now).
 pub fn renew_sql(database: &str, instance: &str, lease_ms: u128) -> String {
     let (db, me) = (lit(database), lit(instance));
@@ -97,6 +98,8 @@ INSERT INTO pgtenant.instances (database, instance, lease_until)
 UPDATE pgtenant.cutovers SET phase = 'aborted', ended_at = now(),
     reason = 'deadline passed: its runner stopped or lost the store'
     WHERE database = {db} AND phase IN ('drain', 'sync') AND deadline < now();
+DELETE FROM pgtenant.instances
+    WHERE database = {db} AND lease_until < now() - interval '1 day';
 SELECT 'v', coalesce(max(version), 0)::text, NULL, NULL, NULL
     FROM pgtenant.tenant_homes WHERE database = {db}
 UNION ALL

@@ -119,10 +119,20 @@ pub(crate) fn start_homes(replicate: bool) -> Homes {
 /// A pgtenant in front of both: entry `app` is green (the upstream's database, routed)
 /// with blue's place; entry `plain` is a database without blue.
 pub(crate) fn start_instance(h: &Homes, dir: &TempDir, name: &str, lease_s: f64) -> Pgtenant {
+    start_instance_with(h, dir, name, lease_s, 8)
+}
+
+pub(crate) fn start_instance_with(
+    h: &Homes,
+    dir: &TempDir,
+    name: &str,
+    lease_s: f64,
+    pool_size: u32,
+) -> Pgtenant {
     let cfg = dir.write(
         &format!("{name}.toml"),
         &format!(
-            "upstream = \"{}\"\npool_mode = \"transaction\"\npool_size = 8\nmax_client_conn = 400\n\
+            "upstream = \"{}\"\npool_mode = \"transaction\"\npool_size = {pool_size}\nmax_client_conn = 400\n\
              admin_users = [\"app\"]\ninstance_name = \"{name}\"\ntenant_homes_lease = {lease_s}\n\
              query_wait_timeout = 60\n\
              [databases.app]\nblue = {{ host = \"127.0.0.1\", port = {}, dbname = \"app\" }}\n\
@@ -324,11 +334,7 @@ async fn a_tenant_moves_to_green_and_back_and_bad_input_changes_nothing() {
     let c10 = support::connect(&p.url("app", "secret", "app")).await;
     let t0 = Instant::now();
     insert(&c10, 10, "not-held").await.unwrap();
-    assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     let held = {
         let c = support::connect(&p.url("app", "secret", "app")).await;
         tokio::spawn(async move {
@@ -789,4 +795,48 @@ async fn a_frozen_instance_does_not_write_in_the_old_home_after_the_flip() {
     insert(&cb2, 3, "after").await.unwrap();
     assert!(rows_of(&h.green, 3).await.contains_key("after"));
     assert!(rows_of(&h.blue, 3).await.is_empty());
+}
+
+/// A transaction routed to blue that waits for a connection while its instance is frozen
+/// and its tenant moves: nothing was sent yet, so it is routed again, to green, without
+/// an error. (B's blue pool has one connection, held by an open transaction of another
+/// tenant.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_waiting_for_a_connection_follows_its_tenant_after_a_freeze() {
+    use support::Signal;
+    let h = start_homes(false);
+    let dir = TempDir::new("bluegreen-waiting");
+    let a = start_instance(&h, &dir, "a", 2.0);
+    let b = start_instance_with(&h, &dir, "b", 2.0, 1);
+    wait_lease(&a).await;
+    wait_lease(&b).await;
+    // X holds B's only blue connection.
+    let x = support::connect(&b.url("app", "secret", "app")).await;
+    x.batch_execute("BEGIN").await.unwrap();
+    insert(&x, 4, "x").await.unwrap();
+    // Y's transaction of 3 is routed to blue and waits for that connection.
+    let y = support::connect(&b.url("app", "secret", "app")).await;
+    // (A simple Query: routed with its tenant at once; tokio-postgres' `execute` would
+    // first send a Parse/Describe/Sync of no tenant.)
+    let waiting = tokio::spawn(async move {
+        y.batch_execute("INSERT INTO events (account_id, id, via) VALUES (3, 'y', 'test')")
+            .await
+            .map_err(|e| support::citus::db_err(&e))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+    b.signal(Signal::Stop);
+    let r = console(&a, "MIGRATE TENANT 3 TO green TIMEOUT 10s").await;
+    b.signal(Signal::Cont);
+    assert_eq!(one(&r.unwrap())["result"], "done");
+    x.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("Y finished")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("Y got an error: {e}\n{}", b.logs()));
+    assert!(rows_of(&h.green, 3).await.contains_key("y"));
+    assert!(rows_of(&h.blue, 3).await.is_empty());
+    assert!(rows_of(&h.blue, 4).await.contains_key("x"));
+    assert!(b.logs().contains("routed again"), "{}", b.logs());
 }

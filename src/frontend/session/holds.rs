@@ -8,6 +8,27 @@ impl Session {
     /// and attach. Returns the message back when a server is attached and it must be
     /// forwarded; None when it was held, answered, or refused.
     pub(super) async fn route_first(&mut self, f: Frame) -> Option<Frame> {
+        if self.c.blue.is_none() {
+            return self.route_first_once(f).await;
+        }
+        // Blue-green: the home was looked up before the wait for a server connection; if
+        // this instance's lease lapsed meanwhile and the tenant moved, nothing was sent
+        // yet: route again (see `homes::settle_home`).
+        for _ in 0..3 {
+            let r = self.route_first_once(f.clone()).await;
+            if r.is_none() {
+                return r;
+            }
+            match self.settle_home(&f).await {
+                Some(true) => return r,
+                Some(false) => continue,
+                None => return None,
+            }
+        }
+        self.route_first_once(f).await
+    }
+
+    async fn route_first_once(&mut self, f: Frame) -> Option<Frame> {
         let pause = &self.ctx.admin.pause;
         if pause.is_paused(&self.c.pool.key.database) {
             // PAUSE: the new transaction waits for RESUME (or for its end: KILL, SHUTDOWN).

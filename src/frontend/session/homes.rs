@@ -113,6 +113,51 @@ impl Session {
         None
     }
 
+    /// Right after a blue-green transaction got its server connection, before anything
+    /// is sent: may it write there? Some(true): yes. Some(false): its tenant moved while
+    /// this instance's lease had lapsed (it waited for a connection meanwhile): the
+    /// connection is dropped and the caller routes again. None: refused (the lease could
+    /// not be renewed within query_wait_timeout; the client has its error).
+    pub(super) async fn settle_home(&mut self, first: &Frame) -> Option<bool> {
+        let Some(r) = self.attached.as_ref().and_then(|a| a.home.as_ref()) else {
+            return Some(true);
+        };
+        if r.may_write() {
+            return Some(true);
+        }
+        let entry = r.entry().clone();
+        let limit = self.ctx.settings.load().query_wait_timeout;
+        let valid = tokio::select! {
+            ok = entry.lease.wait_valid(limit) => ok,
+            _ = self.c.kill.cancelled() => false,
+            _ = self.ctx.shutdown.cancelled() => false,
+        };
+        let still = self
+            .attached
+            .as_ref()
+            .and_then(|a| a.home.as_ref())
+            .is_some_and(|r| r.still_home());
+        if valid && still {
+            return Some(true);
+        }
+        if let Some(a) = self.attached.take() {
+            a.pool.discard(a.server);
+        }
+        if !valid {
+            self.refuse_first(
+                first,
+                sqlstate::CANNOT_CONNECT_NOW,
+                &format!(
+                    "pgtenant cannot confirm the tenant homes of database \"{}\" (its store on green is unreachable)",
+                    entry.name
+                ),
+            );
+            return None;
+        }
+        tracing::info!(database = %entry.name, "blue-green: the tenant moved while this transaction waited for a connection: routed again");
+        Some(false)
+    }
+
     /// This instance's lease ran out while a tenant transaction had something to send
     /// (the process was frozen, or cut off from the store): nothing goes out until a
     /// renewal has re-read the homes. If the tenant moved meanwhile (a cutover did not
