@@ -61,6 +61,9 @@ pub struct Context {
     pub health: crate::metrics::Health,
     /// The busiest tenants (SHOW TENANTS), in bounded memory.
     pub tenants: crate::metrics::tenants::Tenants,
+    /// Every tenant's transactions over the last minutes and hours (SHOW TENANT ACTIVITY,
+    /// SHOW QUIET TENANTS), in fixed memory; keyed by `tenants`' hash.
+    pub activity: crate::metrics::activity::Activity,
     /// Startup settings, one copy per distinct set (clients of one app share it).
     pub startup_params: crate::frontend::params::SharedParams,
 }

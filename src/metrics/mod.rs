@@ -10,8 +10,11 @@
 //! - [`health`]: liveness (heartbeat, accept loops) and readiness (draining, coordinator
 //!   reachable, shard map fresh).
 //! - [`counters`]: server errors by SQLSTATE class, clients active / waiting.
+//! - [`tenants`]: the busiest tenants (Space-Saving); [`activity`]: every tenant's
+//!   transactions over the last minutes and hours (count-min sketches in time buckets).
 //! - `collect`: the Prometheus collector over `Context`.
 //! - `http`: the hyper listener.
+pub mod activity;
 mod collect;
 pub mod counters;
 pub mod health;
