@@ -2,8 +2,9 @@
 //! Property: a command the parser accepts is one SHOW HELP lists
 //! (`admin::parser::USAGE`): its words, split here independently (white space, `'…'`
 //! strings with `''`, `=` on its own), match one usage line (`A|B` keywords in any case,
-//! `<x>` one word, `<id>` a client id, `[<x>]` an optional last word), after an optional
-//! trailing `;`. Also: parsing is deterministic and an empty command is `Empty`.
+//! `<x>` one word, `<id>` a client id, `[<x>]` an optional last word, `[KW <x>]` optional
+//! keyword-value pairs in any order), after an optional trailing `;`. Also: parsing is
+//! deterministic and an empty command is `Empty`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use pgtenant::admin::parser::{parse, Command, USAGE};
@@ -46,7 +47,39 @@ fn words(s: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// `line`'s fixed words and its `[KW <x>]` option groups (keywords).
+fn option_groups(line: &str) -> (Vec<&str>, Vec<&str>) {
+    let pat: Vec<&str> = line.split(' ').collect();
+    let group = |p: &str| p.starts_with('[') && !p.ends_with(']');
+    let fixed: Vec<&str> = pat.iter().take_while(|p| !group(p)).copied().collect();
+    let groups = pat[fixed.len()..]
+        .iter()
+        .filter(|p| group(p))
+        .map(|p| &p[1..])
+        .collect();
+    (fixed, groups)
+}
+
 fn matches(line: &str, w: &[String]) -> bool {
+    let (fixed, groups) = option_groups(line);
+    if !groups.is_empty() {
+        // Options: keyword-value pairs after the fixed words, any order, each at most once.
+        if w.len() < fixed.len() || !matches(&fixed.join(" "), &w[..fixed.len()]) {
+            return false;
+        }
+        let rest = &w[fixed.len()..];
+        let mut seen = vec![false; groups.len()];
+        return rest.len() % 2 == 0
+            && rest.chunks(2).all(|kv| {
+                match groups.iter().position(|g| g.eq_ignore_ascii_case(&kv[0])) {
+                    Some(i) if !seen[i] => {
+                        seen[i] = true;
+                        true
+                    }
+                    _ => false,
+                }
+            });
+    }
     let pat: Vec<&str> = line.split(' ').collect();
     let optional = pat.last().is_some_and(|p| p.starts_with('['));
     let need = pat.len() - usize::from(optional);

@@ -1,0 +1,280 @@
+//! SHOW TENANT ACTIVITY <value> [TABLE <table>] and SHOW QUIET TENANTS: how busy tenants
+//! were lately, from the activity sketches (`metrics::activity`), to pick the quiet ones.
+//!
+//! Rules:
+//! - Counts are the sketches' estimates: never below the true number of tenant-routed
+//!   transactions this pgtenant process ended in the window, above it by at most
+//!   `error_bound` with probability ≥ 98.2 % (`metrics::activity`). A tenant is the
+//!   (colocation group, value text) the router reported, as SHOW TENANTS lists it.
+//! - The sketches cannot list tenants. SHOW QUIET TENANTS reads the candidates from the
+//!   database: the distinct values of the table's distribution column, on the primary
+//!   cluster's coordinator, through a connection of its own (as the shard map refresher
+//!   reads the catalog: no pool is created or borrowed), at most [`MAX_CANDIDATES`] values
+//!   under a [`STATEMENT_TIMEOUT`]. Reading and ranking run in this console client's own
+//!   task (ranking on the blocking pool): other console clients and sessions go on.
+//! - Ranking: ascending by estimate over the window, ties by value; LIMIT rows.
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::parser::Quiet;
+use super::show_citus::{groups, map, table_group, table_names};
+use super::{format_time, AdminError, Reply, ResultSet};
+use crate::citus::hash::hash_value;
+use crate::citus::{Catalog, ShardMap, TableInfo, TableKind};
+use crate::context::Context;
+use crate::metrics::activity::Window;
+
+pub const ACTIVITY: &[&str] = &[
+    "tenant",
+    "colocation",
+    "tables",
+    "node",
+    "xacts_1m",
+    "xacts_1h",
+    "xacts_24h",
+    "error_bound_1m",
+    "error_bound_1h",
+    "error_bound_24h",
+    "last_seen",
+];
+
+pub const QUIET: &[&str] = &[
+    "tenant",
+    "colocation",
+    "table",
+    "node",
+    "window",
+    "xacts",
+    "error_bound",
+    "last_seen",
+];
+
+/// Most distribution column values read for SHOW QUIET TENANTS.
+pub const MAX_CANDIDATES: usize = 1_000_000;
+/// The coordinator's statement_timeout for reading them.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The home node of `value` in group `colocation` (None: not a valid key, or no shard).
+fn home(m: &ShardMap, colocation: u32, dt: crate::citus::DistType, value: &str) -> Option<String> {
+    let h = hash_value(dt, value).ok()?;
+    m.locate(colocation, h).map(|(_, n)| n.name.to_string())
+}
+
+fn last_seen(ctx: &Context, hash: u64) -> Option<String> {
+    ctx.activity.last_seen(hash).map(format_time)
+}
+
+/// One row per colocation group the value is a valid key of (or the table's group).
+pub fn tenant_activity(
+    ctx: &Context,
+    value: &str,
+    table: Option<&str>,
+) -> Result<ResultSet, AdminError> {
+    let m = map(ctx)?;
+    let only = table.map(|t| table_group(&m, t)).transpose()?;
+    let windows = [Window::Minutes(1), Window::Minutes(60), Window::Hours(24)]
+        .map(|w| ctx.activity.window(w));
+    let mut rs = ResultSet::new(ACTIVITY);
+    let mut errors = Vec::new();
+    for (id, tables) in groups(&m) {
+        if only.is_some_and(|o| o != id) {
+            continue;
+        }
+        let Some(dt) = tables.first().map(|t| t.dist_type) else {
+            continue;
+        };
+        if let Err(e) = hash_value(dt, value) {
+            errors.push(format!("colocation group {id} ({dt:?}): {e}"));
+            continue;
+        }
+        let h = ctx.tenants.hash(id, value);
+        let est = windows.each_ref().map(|w| w.estimate(h));
+        let mut row = vec![
+            Some(value.to_string()),
+            Some(id.to_string()),
+            Some(table_names(&tables)),
+            home(&m, id, dt, value),
+        ];
+        row.extend(est.iter().map(|e| Some(e.count.to_string())));
+        row.extend(est.iter().map(|e| Some(e.bound.to_string())));
+        row.push(last_seen(ctx, h));
+        rs.push(row);
+    }
+    if rs.rows.is_empty() && !errors.is_empty() {
+        return Err(AdminError::new(format!(
+            "'{value}' is not a valid key: {}",
+            errors.join("; ")
+        )));
+    }
+    Ok(rs)
+}
+
+/// `"name"`, with `"` doubled: always quoted, so any stored name reads back as itself.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The query reading the candidates: at most one value more than [`MAX_CANDIDATES`], so
+/// that a cut is seen.
+pub fn candidates_sql(t: &TableInfo) -> String {
+    let col = quote_ident(&t.dist_column);
+    format!(
+        "SELECT DISTINCT {col}::text FROM {}.{} WHERE {col} IS NOT NULL LIMIT {}",
+        quote_ident(&t.schema),
+        quote_ident(&t.name),
+        MAX_CANDIDATES + 1
+    )
+}
+
+/// The named distributed table, or the first of the only colocation group that has any.
+fn pick_table(m: &ShardMap, table: Option<&str>) -> Result<TableInfo, AdminError> {
+    if let Some(t) = table {
+        table_group(m, t)?;
+        let (schema, name) = match t.split_once('.') {
+            Some((s, n)) => (Some(s), n),
+            None => (None, t),
+        };
+        return m
+            .tables
+            .table(schema, name)
+            .filter(|i| i.kind == TableKind::Distributed)
+            .cloned()
+            .ok_or_else(|| AdminError::new(format!("{t} is not a distributed table")));
+    }
+    let g = groups(m);
+    let mut it = g.values();
+    match (it.next(), it.next()) {
+        (Some(ts), None) => Ok(ts[0].clone()),
+        (None, _) => Err(AdminError::new("the shard map has no distributed table")),
+        (Some(_), Some(_)) => {
+            Err(AdminError::new(format!(
+            "{} colocation groups have distributed tables: name one with TABLE <table> (one of {})",
+            g.len(),
+            g.values().map(|ts| table_names(&ts[..1])).collect::<Vec<_>>().join(", ")
+        )))
+        }
+    }
+}
+
+/// The distinct values of the table's distribution column, read on the coordinator.
+async fn read_candidates(ctx: &Arc<Context>, t: &TableInfo) -> Result<Vec<String>, AdminError> {
+    let s = ctx.settings();
+    let l = ctx.primary_cluster.login(ctx, &s);
+    let params =
+        ctx.pools
+            .own_connect_params(&l.node, &l.dbname, &l.user, l.credential, "quiet tenants");
+    let mut c = tokio::time::timeout(CONNECT_TIMEOUT, crate::backend::connect(&params))
+        .await
+        .map_err(|_| AdminError::new("connecting to the coordinator timed out"))?
+        .map_err(|e| AdminError::new(format!("connecting to the coordinator: {e}")))?;
+    let read = async {
+        c.query_rows(&format!(
+            "SET statement_timeout = {}",
+            STATEMENT_TIMEOUT.as_millis()
+        ))
+        .await?;
+        c.query_rows(&candidates_sql(t)).await
+    };
+    let rows = read.await.map_err(|e| {
+        AdminError::new(format!(
+            "reading the tenants of {}.{}: {e}",
+            t.schema, t.name
+        ))
+    });
+    c.terminate();
+    Ok(rows?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect())
+}
+
+/// The window's error bound, and the `limit` smallest (estimate, hash, value) of the
+/// candidates.
+fn rank(
+    ctx: &Context,
+    colocation: u32,
+    window: Window,
+    values: Vec<String>,
+    limit: usize,
+) -> (u64, Vec<(u64, u64, String)>) {
+    let w = ctx.activity.window(window);
+    let mut ranked: Vec<(u64, u64, String)> = values
+        .into_iter()
+        .map(|v| {
+            let h = ctx.tenants.hash(colocation, &v);
+            (w.estimate(h).count, h, v)
+        })
+        .collect();
+    let by = |a: &(u64, u64, String), b: &(u64, u64, String)| (a.0, &a.2).cmp(&(b.0, &b.2));
+    if ranked.len() > limit {
+        ranked.select_nth_unstable_by(limit, by);
+        ranked.truncate(limit);
+    }
+    ranked.sort_unstable_by(by);
+    (w.bound, ranked)
+}
+
+pub async fn quiet_tenants(ctx: &Arc<Context>, q: Quiet) -> Result<Reply, AdminError> {
+    let m = map(ctx)?;
+    let t = pick_table(&m, q.table.as_deref())?;
+    let mut values = read_candidates(ctx, &t).await?;
+    let cut = values.len() > MAX_CANDIDATES;
+    values.truncate(MAX_CANDIDATES);
+    let read = values.len();
+    let colocation = t.colocation_id;
+    let c = ctx.clone();
+    let (bound, ranked) =
+        tokio::task::spawn_blocking(move || rank(&c, colocation, q.window, values, q.limit))
+            .await
+            .map_err(|e| AdminError::new(format!("ranking failed: {e}")))?;
+    let label = q.window.label();
+    let name = table_names(&[&t]);
+    let mut rs = ResultSet::new(QUIET);
+    for (count, h, v) in ranked {
+        rs.push(vec![
+            Some(v.clone()),
+            Some(colocation.to_string()),
+            Some(name.clone()),
+            home(&m, colocation, t.dist_type, &v),
+            Some(label.clone()),
+            Some(count.to_string()),
+            Some(bound.to_string()),
+            last_seen(ctx, h),
+        ]);
+    }
+    if cut {
+        return Ok(Reply::RowsNotice(
+            rs,
+            format!(
+                "{name} has more than {MAX_CANDIDATES} tenants: only the first {read} the coordinator returned were ranked"
+            ),
+        ));
+    }
+    Ok(Reply::Rows(rs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_identifiers() {
+        assert_eq!(quote_ident("orders"), "\"orders\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        let t = TableInfo {
+            schema: "my schema".into(),
+            name: "Orders".into(),
+            kind: TableKind::Distributed,
+            dist_column: "account\"id".into(),
+            dist_type: crate::citus::DistType::Int8,
+            colocation_id: 3,
+            int_sequence_columns: vec![],
+        };
+        assert_eq!(
+            candidates_sql(&t),
+            "SELECT DISTINCT \"account\"\"id\"::text FROM \"my schema\".\"Orders\" \
+             WHERE \"account\"\"id\" IS NOT NULL LIMIT 1000001"
+        );
+    }
+}
