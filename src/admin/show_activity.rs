@@ -10,9 +10,12 @@
 //!   database: the distinct values of the table's distribution column, on the primary
 //!   cluster's coordinator, through a connection of its own (as the shard map refresher
 //!   reads the catalog: no pool is created or borrowed), at most [`MAX_CANDIDATES`] values
-//!   under a [`STATEMENT_TIMEOUT`]. Reading and ranking run in this console client's own
-//!   task (ranking on the blocking pool): other console clients and sessions go on.
-//! - Ranking: ascending by estimate over the window, ties by value; LIMIT rows.
+//!   under a [`STATEMENT_TIMEOUT`] per fetch and [`TOTAL_TIMEOUT`] in all, through a
+//!   read-only cursor [`BATCH`] values at a time.
+//!   Reading and ranking run in this console client's own task, a batch between two
+//!   reads: other console clients and sessions go on.
+//! - Ranking: ascending by estimate over the window (as of the command's start), ties by
+//!   value; LIMIT rows. Memory: one batch plus LIMIT rows, however many tenants.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,8 +54,10 @@ pub const QUIET: &[&str] = &[
 
 /// Most distribution column values read for SHOW QUIET TENANTS.
 pub const MAX_CANDIDATES: usize = 1_000_000;
-/// The coordinator's statement_timeout for reading them.
+/// The coordinator's statement_timeout for reading them (each fetch of the cursor).
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// All the reading.
+pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The home node of `value` in group `colocation` (None: not a valid key, or no shard).
@@ -116,7 +121,7 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 /// The query reading the candidates: at most one value more than [`MAX_CANDIDATES`], so
-/// that a cut is seen.
+/// that a cut is seen (read through a cursor, [`BATCH`] values at a time).
 pub fn candidates_sql(t: &TableInfo) -> String {
     let col = quote_ident(&t.dist_column);
     format!(
@@ -157,8 +162,44 @@ fn pick_table(m: &ShardMap, table: Option<&str>) -> Result<TableInfo, AdminError
     }
 }
 
-/// The distinct values of the table's distribution column, read on the coordinator.
-async fn read_candidates(ctx: &Arc<Context>, t: &TableInfo) -> Result<Vec<String>, AdminError> {
+/// The quietest tenants found, at most `limit`, and how many candidates were read.
+struct Ranked {
+    /// (estimate, value, hash), ascending.
+    rows: Vec<(u64, String, u64)>,
+    read: usize,
+    /// More than MAX_CANDIDATES values: the rest were not read.
+    cut: bool,
+}
+
+/// The `limit` smallest (estimate, value) seen so far, in a max-heap: memory is one
+/// batch of candidates plus `limit` rows, whatever the table holds.
+struct Quietest {
+    heap: std::collections::BinaryHeap<(u64, String, u64)>,
+    limit: usize,
+}
+
+impl Quietest {
+    fn offer(&mut self, count: u64, value: String, hash: u64) {
+        if self.heap.len() == self.limit {
+            match self.heap.peek() {
+                Some((c, v, _)) if (count, &value) < (*c, v) => {
+                    self.heap.pop();
+                }
+                _ => return,
+            }
+        }
+        self.heap.push((count, value, hash));
+    }
+}
+
+/// Read the distinct values of the table's distribution column on the coordinator, a
+/// cursor batch at a time, and keep the `limit` with the smallest estimate over `window`.
+async fn rank_candidates(
+    ctx: &Arc<Context>,
+    t: &TableInfo,
+    window: Window,
+    limit: usize,
+) -> Result<(Ranked, u64), AdminError> {
     let s = ctx.settings();
     let l = ctx.primary_cluster.login(ctx, &s);
     let params =
@@ -168,70 +209,63 @@ async fn read_candidates(ctx: &Arc<Context>, t: &TableInfo) -> Result<Vec<String
         .await
         .map_err(|_| AdminError::new("connecting to the coordinator timed out"))?
         .map_err(|e| AdminError::new(format!("connecting to the coordinator: {e}")))?;
-    let read = async {
+    // The counts as of the start; ranking a batch is ~50 ns a value, between reads.
+    let w = ctx.activity.window(window);
+    let mut best = Quietest {
+        heap: std::collections::BinaryHeap::with_capacity(limit + 1),
+        limit,
+    };
+    let mut read = 0usize;
+    let mut cut = false;
+    let result = tokio::time::timeout(TOTAL_TIMEOUT, async {
         c.query_rows(&format!(
-            "SET statement_timeout = {}",
-            STATEMENT_TIMEOUT.as_millis()
+            "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; DECLARE pgtenant_quiet NO SCROLL CURSOR FOR {}",
+            STATEMENT_TIMEOUT.as_millis(),
+            candidates_sql(t)
         ))
         .await?;
-        c.query_rows(&candidates_sql(t)).await
-    };
-    let rows = read.await.map_err(|e| {
-        AdminError::new(format!(
-            "reading the tenants of {}.{}: {e}",
-            t.schema, t.name
-        ))
-    });
+        loop {
+            let rows = c
+                .query_rows(&format!("FETCH FORWARD {BATCH} FROM pgtenant_quiet"))
+                .await?;
+            let n = rows.len();
+            for v in rows.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
+                if read == MAX_CANDIDATES {
+                    cut = true;
+                    break;
+                }
+                read += 1;
+                let h = ctx.tenants.hash(t.colocation_id, &v);
+                best.offer(w.estimate(h).count, v, h);
+            }
+            if n < BATCH || cut {
+                break;
+            }
+        }
+        c.query_rows("COMMIT").await
+    })
+    .await;
     c.terminate();
-    Ok(rows?
-        .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten())
-        .collect())
+    let what = format!("reading the tenants of {}.{}", t.schema, t.name);
+    result
+        .map_err(|_| AdminError::new(format!("{what}: over {TOTAL_TIMEOUT:?}")))?
+        .map_err(|e| AdminError::new(format!("{what}: {e}")))?;
+    let rows = best.heap.into_sorted_vec();
+    Ok((Ranked { rows, read, cut }, w.bound))
 }
 
-/// The window's error bound, and the `limit` smallest (estimate, hash, value) of the
-/// candidates.
-fn rank(
-    ctx: &Context,
-    colocation: u32,
-    window: Window,
-    values: Vec<String>,
-    limit: usize,
-) -> (u64, Vec<(u64, u64, String)>) {
-    let w = ctx.activity.window(window);
-    let mut ranked: Vec<(u64, u64, String)> = values
-        .into_iter()
-        .map(|v| {
-            let h = ctx.tenants.hash(colocation, &v);
-            (w.estimate(h).count, h, v)
-        })
-        .collect();
-    let by = |a: &(u64, u64, String), b: &(u64, u64, String)| (a.0, &a.2).cmp(&(b.0, &b.2));
-    if ranked.len() > limit {
-        ranked.select_nth_unstable_by(limit, by);
-        ranked.truncate(limit);
-    }
-    ranked.sort_unstable_by(by);
-    (w.bound, ranked)
-}
+/// Values fetched from the cursor at a time.
+const BATCH: usize = 10_000;
 
 pub async fn quiet_tenants(ctx: &Arc<Context>, q: Quiet) -> Result<Reply, AdminError> {
     let m = map(ctx)?;
     let t = pick_table(&m, q.table.as_deref())?;
-    let mut values = read_candidates(ctx, &t).await?;
-    let cut = values.len() > MAX_CANDIDATES;
-    values.truncate(MAX_CANDIDATES);
-    let read = values.len();
+    let (ranked, bound) = rank_candidates(ctx, &t, q.window, q.limit).await?;
     let colocation = t.colocation_id;
-    let c = ctx.clone();
-    let (bound, ranked) =
-        tokio::task::spawn_blocking(move || rank(&c, colocation, q.window, values, q.limit))
-            .await
-            .map_err(|e| AdminError::new(format!("ranking failed: {e}")))?;
     let label = q.window.label();
     let name = table_names(&[&t]);
     let mut rs = ResultSet::new(QUIET);
-    for (count, h, v) in ranked {
+    for (count, v, h) in ranked.rows {
         rs.push(vec![
             Some(v.clone()),
             Some(colocation.to_string()),
@@ -243,11 +277,12 @@ pub async fn quiet_tenants(ctx: &Arc<Context>, q: Quiet) -> Result<Reply, AdminE
             last_seen(ctx, h),
         ]);
     }
-    if cut {
+    if ranked.cut {
         return Ok(Reply::RowsNotice(
             rs,
             format!(
-                "{name} has more than {MAX_CANDIDATES} tenants: only the first {read} the coordinator returned were ranked"
+                "{name} has more than {MAX_CANDIDATES} tenants: only the first {} the coordinator returned were ranked",
+                ranked.read
             ),
         ));
     }
@@ -257,6 +292,32 @@ pub async fn quiet_tenants(ctx: &Arc<Context>, q: Quiet) -> Result<Reply, AdminE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keeps_the_quietest_in_order_ties_by_value() {
+        let mut q = Quietest {
+            heap: Default::default(),
+            limit: 3,
+        };
+        for (c, v) in [
+            (5, "e"),
+            (0, "z"),
+            (9, "a"),
+            (0, "b"),
+            (5, "c"),
+            (1, "y"),
+            (0, "q"),
+        ] {
+            q.offer(c, v.to_string(), 0);
+        }
+        let got: Vec<(u64, String)> = q
+            .heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(c, v, _)| (c, v))
+            .collect();
+        assert_eq!(got, [(0, "b".into()), (0, "q".into()), (0, "z".into())]);
+    }
 
     #[test]
     fn quotes_identifiers() {
