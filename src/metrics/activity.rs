@@ -141,7 +141,10 @@ impl Ring {
     fn clear(&self, unit: u64) {
         let start = self.base(unit, 0);
         for c in &self.cells[start..start + ROWS * self.width] {
-            c.store(0, Ordering::Relaxed);
+            // Reading first leaves a page never written (a bucket of a quiet time) unmapped.
+            if c.load(Ordering::Relaxed) != 0 {
+                c.store(0, Ordering::Relaxed);
+            }
         }
     }
 
