@@ -18,6 +18,8 @@
 //!   [`ROWS`] counters summed over the window's buckets, so it is ≥ the true count. It
 //!   over-counts by at most `e/width × N` (N: every tenant's transactions in the window)
 //!   with probability ≥ 1 − e^−[`ROWS`] (98.2 %); [`Estimate::bound`] is that number.
+//!   Counters are `u32`: one wraps only past 4.29 G transactions in one bucket (1.19 M a
+//!   second for an hour into one counter), beyond what one pgtenant process routes.
 //! - **Windows are whole buckets.** A window of n minutes (1 ≤ n ≤ 60) sums the current
 //!   minute and the n previous ones; of n hours (2 ≤ n ≤ 24, `1h` is 60 minutes) the
 //!   current hour and the n previous ones. A window thus covers at least n and at most
