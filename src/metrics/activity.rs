@@ -10,8 +10,8 @@
 //!   own traffic.
 //! - **Tiny per-transaction cost, no lock.** A routed transaction adds 1 to one counter per
 //!   row in the current minute bucket and in the current hour bucket: 2 × [`ROWS`] relaxed
-//!   atomic adds, columns derived from the tenant's 64-bit hash (already computed for
-//!   SHOW TENANTS) by double hashing. Only the first transaction of a new minute takes a
+//!   atomic adds, one column a row taken from a 16-bit field of the tenant's 64-bit hash
+//!   (already computed for SHOW TENANTS). Only the first transaction of a new minute takes a
 //!   lock, to clear the buckets the clock moved into.
 //! - **Never under-counts.** Plain count-min (conservative update would lose counts under
 //!   concurrent updates with atomics): an estimate is the smallest of the tenant's
@@ -180,12 +180,15 @@ impl Default for Activity {
     }
 }
 
-/// The columns of a tenant's hash in each row: h1 + i·h2 (Kirsch–Mitzenmacher).
+/// The column of a tenant in each row: row i takes bits 16·i.. of the tenant's 64-bit
+/// hash (SipHash with a per-process random key), so the rows' columns are independent
+/// (double hashing, h1 + i·h2, is not: two tenants that meet in two rows meet in all).
+/// Widths are powers of two up to 2^16: a row keeps the low bits of its field.
 fn columns(hash: u64) -> [usize; ROWS] {
-    let h1 = hash as u32 as usize;
-    let h2 = ((hash >> 32) as u32 | 1) as usize;
-    std::array::from_fn(|i| h1.wrapping_add(i.wrapping_mul(h2)))
+    std::array::from_fn(|i| (hash >> (16 * i)) as usize & 0xffff)
 }
+
+const _: () = assert!(ROWS * 16 <= 64 && MINUTE_WIDTH <= 1 << 16 && HOUR_WIDTH <= 1 << 16);
 
 impl Activity {
     /// Empty sketches whose minute 0 starts at `start` (wall clock `started_at`).
@@ -393,7 +396,7 @@ mod tests {
     #[test]
     fn windows_roll() {
         let a = Activity::default();
-        let [x, y] = [1u64 << 40 | 7, 9u64 << 33 | 12345];
+        let [x, y] = [0x0001_0002_0003_0004u64, 0x0101_0202_0303_0404];
         // x: 10 transactions in minute 0; y: 1 per minute from minute 0 to 179.
         for _ in 0..10 {
             a.record_at(x, 0);
