@@ -16,6 +16,7 @@
 //!   reads: other console clients and sessions go on.
 //! - Ranking: ascending by estimate over the window (as of the command's start), ties by
 //!   value; LIMIT rows. Memory: one batch plus LIMIT rows, however many tenants.
+//! - One SHOW QUIET TENANTS at a time per process; another one meanwhile gets an error.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -257,9 +258,16 @@ async fn rank_candidates(
 /// Values fetched from the cursor at a time.
 const BATCH: usize = 10_000;
 
+/// One SHOW QUIET TENANTS at a time in the process: each reads a whole column on the
+/// coordinator.
+static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 pub async fn quiet_tenants(ctx: &Arc<Context>, q: Quiet) -> Result<Reply, AdminError> {
     let m = map(ctx)?;
     let t = pick_table(&m, q.table.as_deref())?;
+    let _turn = ONE_AT_A_TIME.try_acquire().map_err(|_| {
+        AdminError::new("another SHOW QUIET TENANTS is running: try again when it is done")
+    })?;
     let (ranked, bound) = rank_candidates(ctx, &t, q.window, q.limit).await?;
     let colocation = t.colocation_id;
     let label = q.window.label();
