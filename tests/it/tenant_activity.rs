@@ -163,8 +163,56 @@ async fn activity_counts_and_the_quietest_tenants() {
         .unwrap();
     assert_eq!(ev.len(), cluster.tenant_keys("events").len(), "{ev:?}");
 
-    // The console is still there, and SHOW HELP lists the new forms.
-    assert!(show(&admin, "show pools").await.is_ok());
-    let help = admin.simple_query("show help").await;
-    assert!(help.is_ok());
+    // While one SHOW QUIET TENANTS waits on the coordinator (the table locked there), the
+    // other console clients and the sessions go on, and a second one is refused.
+    let locker = cluster.app_client(&cluster.coordinator).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let slow = tokio::spawn({
+        let url = p.url("app", "secret", "pgtenant");
+        async move {
+            let c = support::connect(&url).await;
+            show(&c, "show quiet tenants table orders limit 2").await
+        }
+    });
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND application_name = 'pgtenant quiet tenants'";
+    // (Not on `locker`: pg_stat_activity is read once per transaction.)
+    let watcher = cluster.app_client(&cluster.coordinator).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let n: i64 = watcher.query_one(waiting, &[]).await.unwrap().get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && !slow.is_finished(),
+            "the read never waited on the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let other = support::connect(&p.url("app", "secret", "pgtenant")).await;
+    assert!(show(&other, "show pools").await.is_ok());
+    assert!(show(&admin, &format!("show tenant activity {}", keys[0]))
+        .await
+        .is_ok());
+    let e = show(&other, "show quiet tenants table orders")
+        .await
+        .unwrap_err();
+    assert!(e.contains("another SHOW QUIET TENANTS is running"), "{e}");
+    app.simple_query(&format!(
+        "select count(*) from orders where account_id = {}",
+        keys[0]
+    ))
+    .await
+    .unwrap();
+    assert!(!slow.is_finished());
+    locker.batch_execute("COMMIT").await.unwrap();
+    let done = slow.await.unwrap().unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(show(&other, "show quiet tenants table orders limit 1")
+        .await
+        .is_ok());
 }
