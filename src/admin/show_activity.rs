@@ -5,7 +5,9 @@
 //! - Counts are the sketches' estimates: never below the true number of tenant-routed
 //!   transactions this pgtenant process ended in the window, above it by at most
 //!   `error_bound` with probability ≥ 98.2 % (`metrics::activity`). A tenant is the
-//!   (colocation group, value text) the router reported, as SHOW TENANTS lists it.
+//!   (colocation group, value text) the router reported, as SHOW TENANTS lists it: the
+//!   value as PostgreSQL prints it (`citus::hash::canonical_text`), so that the values
+//!   the database lists and the ones typed here find the same counters.
 //! - The sketches cannot list tenants. SHOW QUIET TENANTS reads the candidates from the
 //!   database: the distinct values of the table's distribution column, on the primary
 //!   cluster's coordinator, through a connection of its own (as the shard map refresher
@@ -23,7 +25,7 @@ use std::time::Duration;
 use super::parser::Quiet;
 use super::show_citus::{groups, map, table_group, table_names};
 use super::{format_time, AdminError, Reply, ResultSet};
-use crate::citus::hash::hash_value;
+use crate::citus::hash::{canonical_text, hash_value};
 use crate::citus::{Catalog, ShardMap, TableInfo, TableKind};
 use crate::context::Context;
 use crate::metrics::activity::Window;
@@ -94,13 +96,15 @@ pub fn tenant_activity(
             errors.push(format!("colocation group {id} ({dt:?}): {e}"));
             continue;
         }
-        let h = ctx.tenants.hash(id, value);
+        // As the router records it: `042` is tenant 42 of an integer group.
+        let value = canonical_text(dt, value);
+        let h = ctx.tenants.hash(id, &value);
         let est = windows.each_ref().map(|w| w.estimate(h));
         let mut row = vec![
             Some(value.to_string()),
             Some(id.to_string()),
             Some(table_names(&tables)),
-            home(&m, id, dt, value),
+            home(&m, id, dt, &value),
         ];
         row.extend(est.iter().map(|e| Some(e.count.to_string())));
         row.extend(est.iter().map(|e| Some(e.bound.to_string())));

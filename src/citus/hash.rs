@@ -426,9 +426,79 @@ fn parse_uuid(s: &[u8]) -> Result<[u8; 16], HashError> {
     }
 }
 
+/// A uuid's 16 bytes as PostgreSQL prints them: lower-case hex, 8-4-4-4-12.
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(36);
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// A key value's text as PostgreSQL prints it (`col::text`): integers without sign `+`,
+/// leading zeros or white space, uuids in lower case with hyphens, bpchar without trailing
+/// blanks (which it ignores), text and varchar as they are. Values that one tenant's rows
+/// hold therefore read the same however a statement wrote them (`042`, `'42'`, `42`), and
+/// as the database lists them. Input the type would reject is returned as is.
+pub fn canonical_text(t: DistType, text: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let int = |ty, min, max| match parse_int(text.as_bytes(), ty, min, max) {
+        Ok(v) => Cow::Owned(v.to_string()),
+        Err(_) => Cow::Borrowed(text),
+    };
+    match t {
+        DistType::Int2 => int("smallint", i16::MIN.into(), i16::MAX.into()),
+        DistType::Int4 => int("integer", i32::MIN.into(), i32::MAX.into()),
+        DistType::Int8 => int("bigint", i64::MIN, i64::MAX),
+        DistType::Uuid => match parse_uuid(text.as_bytes()) {
+            Ok(u) => Cow::Owned(uuid_text(&u)),
+            Err(_) => Cow::Borrowed(text),
+        },
+        DistType::Bpchar => Cow::Borrowed(text.trim_end_matches(' ')),
+        DistType::Text | DistType::Varchar | DistType::Other(_) => Cow::Borrowed(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_text_is_what_postgresql_prints() {
+        for (t, input, out) in [
+            (DistType::Int8, " +042 ", "42"),
+            (DistType::Int8, "-7", "-7"),
+            (DistType::Int4, "99999999999", "99999999999"),
+            (DistType::Int2, "0010", "10"),
+            (
+                DistType::Uuid,
+                "{0000000000000000000000000000002A}",
+                "00000000-0000-0000-0000-00000000002a",
+            ),
+            (
+                DistType::Uuid,
+                "00000000-0000-0000-0000-00000000002A",
+                "00000000-0000-0000-0000-00000000002a",
+            ),
+            (DistType::Uuid, "nope", "nope"),
+            (DistType::Bpchar, "ab  ", "ab"),
+            (DistType::Text, " Acme ", " Acme "),
+        ] {
+            assert_eq!(canonical_text(t, input), out, "{t:?} {input:?}");
+        }
+        // The canonical text hashes as the original.
+        assert_eq!(
+            hash_value(
+                DistType::Uuid,
+                &canonical_text(DistType::Uuid, "{0000000000000000000000000000002A}")
+            ),
+            hash_value(DistType::Uuid, "00000000-0000-0000-0000-00000000002a")
+        );
+    }
 
     const UUID_42: &str = "00000000-0000-0000-0000-00000000002a";
 

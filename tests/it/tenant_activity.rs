@@ -163,6 +163,33 @@ async fn activity_counts_and_the_quietest_tenants() {
         .unwrap();
     assert_eq!(ev.len(), cluster.tenant_keys("events").len(), "{ev:?}");
 
+    // A uuid written in upper case (and an integer with leading zeros) is the tenant the
+    // database lists: the values are counted as PostgreSQL prints them.
+    let org = cluster.tenant_key("devices", 11);
+    for _ in 0..7 {
+        app.simple_query(&format!(
+            "select count(*) from devices where org = '{}'",
+            org.to_uppercase()
+        ))
+        .await
+        .unwrap();
+    }
+    let dev = show(&admin, "show quiet tenants table devices limit 1000")
+        .await
+        .unwrap();
+    let last = dev.last().unwrap();
+    assert_eq!(last["tenant"], org, "{dev:?}");
+    assert!(num(last, "xacts") >= 7, "{last:?}");
+    let padded = format!("00{}", keys[4]);
+    let r = show(
+        &admin,
+        &format!("show tenant activity {padded} table orders"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r[0]["tenant"], keys[4]);
+    assert!(num(&r[0], "xacts_24h") >= 50, "{r:?}");
+
     // While one SHOW QUIET TENANTS waits on the coordinator (the table locked there), the
     // other console clients and the sessions go on, and a second one is refused.
     let locker = cluster.app_client(&cluster.coordinator).await;
