@@ -427,16 +427,44 @@ fn parse_uuid(s: &[u8]) -> Result<[u8; 16], HashError> {
 }
 
 /// A uuid's 16 bytes as PostgreSQL prints them: lower-case hex, 8-4-4-4-12.
-pub fn uuid_text(u: &[u8; 16]) -> String {
-    let mut out = String::with_capacity(36);
+fn uuid_bytes(u: &[u8; 16]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut at = 0;
     for (i, b) in u.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
+            at += 1;
         }
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 15)];
+        at += 2;
     }
     out
+}
+
+/// [`uuid_bytes`] as a string.
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    String::from_utf8(uuid_bytes(u).to_vec()).expect("ASCII")
+}
+
+/// Already as PostgreSQL prints an integer: `0`, or an optional `-` and digits without a
+/// leading zero (the range is checked by the hash of the same text).
+fn is_canonical_int(s: &[u8]) -> bool {
+    let digits = s.strip_prefix(b"-").unwrap_or(s);
+    match digits {
+        [b'0'] => s.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// Already as PostgreSQL prints a uuid (checked without parsing it).
+fn is_canonical_uuid(s: &[u8]) -> bool {
+    s.len() == 36
+        && s.iter().enumerate().all(|(i, &b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
 }
 
 /// A key value's text as PostgreSQL prints it (`col::text`): integers without sign `+`,
@@ -446,14 +474,21 @@ pub fn uuid_text(u: &[u8; 16]) -> String {
 /// as the database lists them. Input the type would reject is returned as is.
 pub fn canonical_text(t: DistType, text: &str) -> std::borrow::Cow<'_, str> {
     use std::borrow::Cow;
-    let int = |ty, min, max| match parse_int(text.as_bytes(), ty, min, max) {
-        Ok(v) => Cow::Owned(v.to_string()),
-        Err(_) => Cow::Borrowed(text),
+    let int = |ty, min, max| {
+        if is_canonical_int(text.as_bytes()) {
+            return Cow::Borrowed(text);
+        }
+        match parse_int(text.as_bytes(), ty, min, max) {
+            Ok(v) => Cow::Owned(v.to_string()),
+            Err(_) => Cow::Borrowed(text),
+        }
     };
     match t {
         DistType::Int2 => int("smallint", i16::MIN.into(), i16::MAX.into()),
         DistType::Int4 => int("integer", i32::MIN.into(), i32::MAX.into()),
         DistType::Int8 => int("bigint", i64::MIN, i64::MAX),
+        // Most clients send the canonical form already: a scan, no parse, no new string.
+        DistType::Uuid if is_canonical_uuid(text.as_bytes()) => Cow::Borrowed(text),
         DistType::Uuid => match parse_uuid(text.as_bytes()) {
             Ok(u) => Cow::Owned(uuid_text(&u)),
             Err(_) => Cow::Borrowed(text),
@@ -472,6 +507,9 @@ mod tests {
         for (t, input, out) in [
             (DistType::Int8, " +042 ", "42"),
             (DistType::Int8, "-7", "-7"),
+            (DistType::Int8, "-0", "0"),
+            (DistType::Int8, "0", "0"),
+            (DistType::Int8, "100", "100"),
             (DistType::Int4, "99999999999", "99999999999"),
             (DistType::Int2, "0010", "10"),
             (
