@@ -63,6 +63,9 @@ pub struct Context {
     pub tenants: crate::metrics::tenants::Tenants,
     /// Blue-green databases: tenant homes, holds, leases (`bluegreen`).
     pub bluegreen: crate::bluegreen::BlueGreen,
+    /// Every tenant's transactions over the last minutes and hours (SHOW TENANT ACTIVITY,
+    /// SHOW QUIET TENANTS), in fixed memory; keyed by `tenants`' hash.
+    pub activity: crate::metrics::activity::Activity,
     /// Startup settings, one copy per distinct set (clients of one app share it).
     pub startup_params: crate::frontend::params::SharedParams,
 }

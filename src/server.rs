@@ -187,6 +187,7 @@ pub fn build_context(
         admin: crate::admin::AdminState::new(overrides.clone()),
         health: Default::default(),
         tenants: Default::default(),
+        activity: Default::default(),
         startup_params: Default::default(),
         bluegreen: Default::default(),
     }))

@@ -2,8 +2,8 @@
 //! Property: a command the parser accepts is one SHOW HELP lists
 //! (`admin::parser::USAGE`): its words, split here independently (white space, `'…'`
 //! strings with `''`, `=` on its own), match one usage line (`A|B` keywords in any case,
-//! `<x>` one word, `<id>` a client id, `[…]` optional words), after an optional
-//! trailing `;`. Also: parsing is deterministic and an empty command is `Empty`.
+//! `<x>` one word, `<id>` a client id, `[…]` optional words; a run of optional groups in
+//! any order, each at most once), after an optional trailing `;`. Also: parsing is deterministic and an empty command is `Empty`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use pgtenant::admin::parser::{parse, Command, USAGE};
@@ -82,21 +82,67 @@ fn pattern(line: &str) -> Vec<Pat<'_>> {
     out
 }
 
+/// Does one element (a keyword or an argument) match one word?
+fn one(p: &Pat<'_>, x: &str) -> bool {
+    match p {
+        Pat::Word(k) => k.split('|').any(|k| k.eq_ignore_ascii_case(x)),
+        Pat::Arg(a) => *a != "<id>" || x.parse::<u64>().is_ok(),
+        Pat::Optional(_) => false,
+    }
+}
+
+/// How many words an optional group takes at the start of `w`, if it matches there.
+fn prefix(g: &[Pat<'_>], w: &[String]) -> Option<usize> {
+    (w.len() >= g.len() && g.iter().zip(w).all(|(p, x)| one(p, x))).then_some(g.len())
+}
+
+/// A run of optional groups, in any order, each at most once, then `rest`.
+fn match_options(
+    opts: &[&Vec<Pat<'_>>],
+    used: &mut [bool],
+    rest: &[&Pat<'_>],
+    w: &[String],
+) -> bool {
+    if match_from(rest, w) {
+        return true;
+    }
+    for i in 0..opts.len() {
+        if used[i] {
+            continue;
+        }
+        if let Some(n) = prefix(opts[i], w) {
+            used[i] = true;
+            if match_options(opts, used, rest, &w[n..]) {
+                return true;
+            }
+            used[i] = false;
+        }
+    }
+    false
+}
+
 fn match_from(pat: &[&Pat<'_>], w: &[String]) -> bool {
     let Some((first, rest)) = pat.split_first() else {
         return w.is_empty();
     };
     match first {
-        Pat::Optional(g) => {
-            let with: Vec<&Pat<'_>> = g.iter().chain(rest.iter().copied()).collect();
-            match_from(&with, w) || match_from(rest, w)
+        Pat::Optional(_) => {
+            let run = pat
+                .iter()
+                .take_while(|p| matches!(p, Pat::Optional(_)))
+                .count();
+            let opts: Vec<&Vec<Pat<'_>>> = pat[..run]
+                .iter()
+                .filter_map(|p| match p {
+                    Pat::Optional(g) => Some(g),
+                    _ => None,
+                })
+                .collect();
+            let mut used = vec![false; opts.len()];
+            match_options(&opts, &mut used, &pat[run..], w)
         }
-        Pat::Arg(a) => match w.split_first() {
-            Some((x, more)) => (*a != "<id>" || x.parse::<u64>().is_ok()) && match_from(rest, more),
-            None => false,
-        },
-        Pat::Word(k) => match w.split_first() {
-            Some((x, more)) => k.split('|').any(|k| k.eq_ignore_ascii_case(x)) && match_from(rest, more),
+        p => match w.split_first() {
+            Some((x, more)) => one(p, x) && match_from(rest, more),
             None => false,
         },
     }

@@ -141,7 +141,9 @@ write("command", sorted(set(cmd), key=len))
 admin = ["SHOW POOLS;", "show stats_totals", "SHOW TENANT 'acme' events", "show shards orders",
          "SET server_check_query='select ''x'''", "set pool_size = 5", "kill_client 42",
          "PAUSE app", "RESUME", "RECONNECT", "WAIT_CLOSE app", "SHOW HELP", "show help;",
-         "reload", "suspend", "shutdown", "kill db", "show config", ";", "SET a TO 'b'"]
+         "reload", "suspend", "shutdown", "kill db", "show config", ";", "SET a TO 'b'",
+         "SHOW TENANT ACTIVITY 42 TABLE orders", "show tenant 'activity' events",
+         "SHOW QUIET TENANTS TABLE orders WINDOW 24h LIMIT 10", "show quiet tenants limit 5"]
 write("admin", admin)
 
 toml = open(os.path.join(ROOT, "config/pgtenant.toml")).read()
@@ -197,7 +199,8 @@ admin_words = ["SHOW", "HELP", "POOLS", "STATS", "STATS_TOTALS", "STATS_AVERAGES
                "CLIENTS", "DATABASES", "USERS", "CONFIG", "LISTS", "VERSION", "STATE", "NODES",
                "ROUTES", "PLAN_CACHE", "TENANTS", "LATENCY", "SHARDS", "TENANT", "SET", "TO", "=",
                "RELOAD", "PAUSE", "RESUME", "RECONNECT", "KILL", "KILL_CLIENT", "SUSPEND",
-               "SHUTDOWN", "WAIT_CLOSE", "'", "''", ";"]
+               "SHUTDOWN", "WAIT_CLOSE", "ACTIVITY", "QUIET", "TABLE", "WINDOW", "LIMIT", "24h",
+               "'", "''", ";"]
 write_dict("admin.dict", admin_words)
 
 keys = re.findall(r"^#?\s*([a-z_]+)\s*=", toml, re.M)

@@ -13,6 +13,7 @@ mod migrate;
 pub mod parser;
 mod pause;
 mod registry;
+mod show_activity;
 mod show_citus;
 mod show_clients;
 mod show_config;
@@ -120,6 +121,8 @@ pub enum Reply {
     Rows(ResultSet),
     /// A NOTICE, then the SHOW tag (SHOW HELP, as PgBouncer answers it).
     Notice(String),
+    /// A NOTICE, then a result set (SHOW QUIET TENANTS, when it ranked only part).
+    RowsNotice(ResultSet, String),
     Tag(&'static str),
 }
 
@@ -218,6 +221,10 @@ pub async fn execute(
             Show::Tenant { value, table } => {
                 show_citus::tenant(ctx, &value, table.as_deref()).map(Reply::Rows)
             }
+            Show::TenantActivity { value, table } => {
+                show_activity::tenant_activity(ctx, &value, table.as_deref()).map(Reply::Rows)
+            }
+            Show::QuietTenants(q) => show_activity::quiet_tenants(ctx, q).await,
             Show::Routes => rows(show_citus::routes(ctx)),
             Show::PlanCache => rows(show_citus::plan_cache(ctx)),
             Show::Tenants => rows(show_metrics::tenants(ctx)),
@@ -309,6 +316,11 @@ pub async fn serve(
                 };
                 match reply {
                     Ok(Reply::Rows(rs)) => {
+                        rs.queue(&mut conn);
+                        conn.queue(&crate::protocol::build::command_complete("SHOW"));
+                    }
+                    Ok(Reply::RowsNotice(rs, text)) => {
+                        conn.queue(&build::notice(&text));
                         rs.queue(&mut conn);
                         conn.queue(&crate::protocol::build::command_complete("SHOW"));
                     }

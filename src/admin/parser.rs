@@ -9,6 +9,8 @@ pub const USAGE: &[&str] = &[
     "SHOW CONFIG|LISTS|VERSION|STATE|NODES|ROUTES|PLAN_CACHE|TENANTS|LATENCY",
     "SHOW SHARDS [<table>]",
     "SHOW TENANT <value> [<table>]",
+    "SHOW TENANT ACTIVITY <value> [TABLE <table>]",
+    "SHOW QUIET TENANTS [TABLE <table>] [WINDOW <window>] [LIMIT <n>]",
     "SET <key> =|TO <value>",
     "RELOAD",
     "PAUSE [<db>]",
@@ -48,6 +50,13 @@ pub enum Show {
         value: String,
         table: Option<String>,
     },
+    /// One tenant's transactions over the last 1 m, 1 h, 24 h (`show_activity.rs`).
+    TenantActivity {
+        value: String,
+        table: Option<String>,
+    },
+    /// The least active tenants of a table's colocation group over a window.
+    QuietTenants(Quiet),
     Routes,
     PlanCache,
     Tenants,
@@ -55,6 +64,18 @@ pub enum Show {
     /// Blue-green: tenants outside their default home, cutovers, this instance's lease.
     Migration,
 }
+
+/// SHOW QUIET TENANTS' options (each at most once, in any order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quiet {
+    pub table: Option<String>,
+    pub window: crate::metrics::activity::Window,
+    pub limit: usize,
+}
+
+/// SHOW QUIET TENANTS' LIMIT when none is given, and the largest accepted.
+pub const QUIET_LIMIT: usize = 100;
+pub const QUIET_LIMIT_MAX: usize = 100_000;
 
 /// One admin console command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,9 +230,11 @@ pub enum ParseError {
 }
 
 /// Split into words; a single-quoted string is one word (quotes removed, `''` → `'`);
-/// `=` is a word of its own.
-fn tokens(s: &str) -> Result<Vec<String>, ParseError> {
+/// `=` is a word of its own. Also which words were quoted (a quoted word is never a
+/// keyword).
+fn tokens(s: &str) -> Result<(Vec<String>, Vec<bool>), ParseError> {
     let mut out = Vec::new();
+    let mut quoted = Vec::new();
     let mut chars = s.chars().peekable();
     while let Some(&c) = chars.peek() {
         if c.is_whitespace() {
@@ -231,9 +254,11 @@ fn tokens(s: &str) -> Result<Vec<String>, ParseError> {
                 }
             }
             out.push(w);
+            quoted.push(true);
         } else if c == '=' {
             chars.next();
             out.push("=".into());
+            quoted.push(false);
         } else {
             let mut w = String::new();
             while let Some(&ch) = chars.peek() {
@@ -244,9 +269,56 @@ fn tokens(s: &str) -> Result<Vec<String>, ParseError> {
                 chars.next();
             }
             out.push(w);
+            quoted.push(false);
         }
     }
-    Ok(out)
+    Ok((out, quoted))
+}
+
+/// `SHOW QUIET TENANTS` options after its keywords.
+fn quiet(rest: &[String]) -> Result<Quiet, ParseError> {
+    let usage = || {
+        ParseError::BadArgs(
+            "usage: SHOW QUIET TENANTS [TABLE <table>] [WINDOW <window>] [LIMIT <n>]".into(),
+        )
+    };
+    let mut q = Quiet {
+        table: None,
+        window: crate::metrics::activity::Window::Hours(24),
+        limit: QUIET_LIMIT,
+    };
+    let mut seen = Vec::new();
+    for pair in rest.chunks(2) {
+        let [k, v] = pair else {
+            return Err(usage());
+        };
+        let k = k.to_ascii_lowercase();
+        if seen.contains(&k) {
+            return Err(usage());
+        }
+        match k.as_str() {
+            "table" => q.table = Some(ident(v)),
+            "window" => {
+                q.window = crate::metrics::activity::Window::parse(v).ok_or_else(|| {
+                    ParseError::BadArgs(format!(
+                        "window '{v}': 1m to 60m (minutes) or 1h to 24h (hours)"
+                    ))
+                })?
+            }
+            "limit" => {
+                q.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=QUIET_LIMIT_MAX).contains(n))
+                    .ok_or_else(|| {
+                        ParseError::BadArgs(format!("limit '{v}': 1 to {QUIET_LIMIT_MAX}"))
+                    })?
+            }
+            _ => return Err(usage()),
+        }
+        seen.push(k);
+    }
+    Ok(q)
 }
 
 /// A database name argument: unquoted identifiers fold to lower case, as in SQL.
@@ -259,7 +331,7 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
     if trimmed.is_empty() {
         return Ok(Command::Empty);
     }
-    let words = tokens(trimmed)?;
+    let (words, quoted) = tokens(trimmed)?;
     let invalid = || ParseError::Invalid(trimmed.to_string());
     let kw: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
     let opt_db = |rest: &[String]| -> Result<Option<String>, ParseError> {
@@ -308,6 +380,30 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
                         [t] => Ok(Command::Show(Show::Shards(Some(ident(t))))),
                         _ => Err(ParseError::BadArgs(trimmed.to_string())),
                     }
+                }
+                "tenant"
+                    if rest.len() >= 2
+                        && rest[0].eq_ignore_ascii_case("activity")
+                        && !quoted[2] =>
+                {
+                    return match &rest[1..] {
+                        [v] => Ok(Command::Show(Show::TenantActivity {
+                            value: v.clone(),
+                            table: None,
+                        })),
+                        [v, kw, t] if kw.eq_ignore_ascii_case("table") => {
+                            Ok(Command::Show(Show::TenantActivity {
+                                value: v.clone(),
+                                table: Some(ident(t)),
+                            }))
+                        }
+                        _ => Err(ParseError::BadArgs(
+                            "usage: SHOW TENANT ACTIVITY <value> [TABLE <table>]".into(),
+                        )),
+                    };
+                }
+                "quiet" if kw.get(2).is_some_and(|w| w == "tenants") => {
+                    return quiet(&words[3..]).map(|q| Command::Show(Show::QuietTenants(q)));
                 }
                 "tenant" => {
                     return match rest {
@@ -481,6 +577,82 @@ mod tests {
         assert!(parse("show pools").unwrap().is_read_only());
     }
 
+    #[test]
+    fn parses_tenant_activity_and_quiet_tenants() {
+        use crate::metrics::activity::Window;
+        let activity = |value: &str, table: Option<&str>| {
+            Ok(Command::Show(Show::TenantActivity {
+                value: value.into(),
+                table: table.map(Into::into),
+            }))
+        };
+        assert_eq!(parse("SHOW TENANT ACTIVITY 42"), activity("42", None));
+        assert_eq!(
+            parse("show tenant activity 'acme' table events;"),
+            activity("acme", Some("events"))
+        );
+        assert_eq!(
+            parse("show tenant Activity 7 TABLE \"Orders\""),
+            activity("7", Some("Orders"))
+        );
+        // A quoted 'activity' is a tenant value: SHOW TENANT's own form.
+        assert_eq!(
+            parse("show tenant 'activity' events"),
+            Ok(Command::Show(Show::Tenant {
+                value: "activity".into(),
+                table: Some("events".into())
+            }))
+        );
+        assert_eq!(
+            parse("show tenant activity"),
+            Ok(Command::Show(Show::Tenant {
+                value: "activity".into(),
+                table: None
+            }))
+        );
+        for bad in [
+            "show tenant activity 42 events",
+            "show tenant activity 42 table",
+            "show tenant activity 42 table a b",
+        ] {
+            assert!(matches!(parse(bad), Err(ParseError::BadArgs(_))), "{bad}");
+        }
+
+        let quiet = |table: Option<&str>, window, limit| {
+            Ok(Command::Show(Show::QuietTenants(Quiet {
+                table: table.map(Into::into),
+                window,
+                limit,
+            })))
+        };
+        assert_eq!(
+            parse("SHOW QUIET TENANTS"),
+            quiet(None, Window::Hours(24), QUIET_LIMIT)
+        );
+        assert_eq!(
+            parse("show quiet tenants limit 10 table orders window 5m;"),
+            quiet(Some("orders"), Window::Minutes(5), 10)
+        );
+        assert_eq!(
+            parse("show quiet tenants WINDOW '1h'"),
+            quiet(None, Window::Minutes(60), QUIET_LIMIT)
+        );
+        assert!(parse("show quiet tenants").unwrap().is_read_only());
+        for bad in [
+            "show quiet tenants limit",
+            "show quiet tenants limit 0",
+            "show quiet tenants limit 100001",
+            "show quiet tenants limit x",
+            "show quiet tenants window 2d",
+            "show quiet tenants window 61m",
+            "show quiet tenants table a table b",
+            "show quiet tenants sort asc",
+        ] {
+            assert!(matches!(parse(bad), Err(ParseError::BadArgs(_))), "{bad}");
+        }
+        assert!(matches!(parse("show quiet"), Err(ParseError::Invalid(_))));
+    }
+
     /// The error message points at SHOW HELP: it exists, and every form it lists parses
     /// (found while writing the `admin` fuzz target: SHOW HELP itself was an invalid
     /// command).
@@ -512,7 +684,8 @@ mod tests {
                     let text: Vec<&str> = alts
                         .iter()
                         .map(|a| match a[i % a.len()] {
-                            "<id>" => "7",
+                            "<id>" | "<n>" => "7",
+                            "<window>" => "24h",
                             "<duration>" => "5s",
                             w if w.starts_with('<') => "x",
                             w => w,

@@ -54,7 +54,7 @@ pub const ROUTES: &[&str] = &[
 ];
 pub const PLAN_CACHE: &[&str] = &["plans", "hits", "misses", "hit_ratio"];
 
-fn map(ctx: &Context) -> Result<Arc<ShardMap>, AdminError> {
+pub(super) fn map(ctx: &Context) -> Result<Arc<ShardMap>, AdminError> {
     ctx.shard_map.get().ok_or_else(|| {
         let why = ctx
             .shard_map
@@ -126,7 +126,7 @@ pub fn nodes(ctx: &Context) -> ResultSet {
 }
 
 /// Distributed tables by colocation group, names sorted.
-fn groups(m: &ShardMap) -> BTreeMap<u32, Vec<&crate::citus::TableInfo>> {
+pub(super) fn groups(m: &ShardMap) -> BTreeMap<u32, Vec<&crate::citus::TableInfo>> {
     let mut g: BTreeMap<u32, Vec<&crate::citus::TableInfo>> = BTreeMap::new();
     for t in m.tables.iter().filter(|t| t.kind == TableKind::Distributed) {
         g.entry(t.colocation_id).or_default().push(t);
@@ -137,7 +137,7 @@ fn groups(m: &ShardMap) -> BTreeMap<u32, Vec<&crate::citus::TableInfo>> {
     g
 }
 
-fn table_names(ts: &[&crate::citus::TableInfo]) -> String {
+pub(super) fn table_names(ts: &[&crate::citus::TableInfo]) -> String {
     ts.iter()
         .map(|t| {
             if t.schema == "public" {
@@ -151,7 +151,7 @@ fn table_names(ts: &[&crate::citus::TableInfo]) -> String {
 }
 
 /// `schema.table` or `table` (public) → its colocation group.
-fn table_group(m: &ShardMap, table: &str) -> Result<u32, AdminError> {
+pub(super) fn table_group(m: &ShardMap, table: &str) -> Result<u32, AdminError> {
     let (schema, name) = match table.split_once('.') {
         Some((s, n)) => (Some(s), n),
         None => (None, table),

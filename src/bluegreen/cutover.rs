@@ -135,12 +135,13 @@ pub fn resolve(ctx: &Context, req: &Request) -> Result<(u32, String, String), St
             }
         }
     };
-    let value = crate::citus::hash::canonical_text(table.dist_type, &req.tenant).map_err(|e| {
-        format!(
-            "tenant value '{}' does not fit {}.{} ({:?}): {e}",
-            req.tenant, table.name, table.dist_column, table.dist_type
-        )
-    })?;
+    let value =
+        crate::citus::hash::checked_canonical(table.dist_type, &req.tenant).map_err(|e| {
+            format!(
+                "tenant value '{}' does not fit {}.{} ({:?}): {e}",
+                req.tenant, table.name, table.dist_column, table.dist_type
+            )
+        })?;
     Ok((table.colocation_id, value, table.name))
 }
 

@@ -247,42 +247,11 @@ pub fn hash_value(t: DistType, text: &str) -> Result<i32, HashError> {
     }
 }
 
-/// A tenant value's text in one spelling per value, as PostgreSQL would print it: integers
-/// in decimal (`042`, ` 42` → `42`), uuids lower-case with hyphens, 16 raw bytes (a
-/// binary uuid parameter) too; text types as they are. An error for text that is no
-/// value of the type (`abc` for a bigint column).
-pub fn canonical_text(t: DistType, text: &str) -> Result<String, HashError> {
-    Ok(match t {
-        DistType::Int2 => parse_int(
-            text.as_bytes(),
-            "smallint",
-            i16::MIN.into(),
-            i16::MAX.into(),
-        )?
-        .to_string(),
-        DistType::Int4 => {
-            parse_int(text.as_bytes(), "integer", i32::MIN.into(), i32::MAX.into())?.to_string()
-        }
-        DistType::Int8 => parse_int(text.as_bytes(), "bigint", i64::MIN, i64::MAX)?.to_string(),
-        DistType::Uuid => uuid_text(&parse_uuid(text.as_bytes())?),
-        DistType::Text | DistType::Varchar | DistType::Bpchar => {
-            check_text(text.as_bytes())?;
-            text.to_string()
-        }
-        DistType::Other(_) => return Err(HashError::Unsupported(t)),
-    })
-}
-
-/// A uuid's 16 bytes as PostgreSQL prints them.
-pub fn uuid_text(u: &[u8; 16]) -> String {
-    let mut out = String::with_capacity(36);
-    for (i, b) in u.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+/// [`canonical_text`] of a value the type accepts; an error for text that is no value of
+/// the type (`abc` for a bigint column), as [`hash_value`] says.
+pub fn checked_canonical(t: DistType, text: &str) -> Result<String, HashError> {
+    hash_value(t, text)?;
+    Ok(canonical_text(t, text).into_owned())
 }
 
 /// The hash Citus computes for a value of type `t` sent as a binary-format Bind parameter.
@@ -464,9 +433,117 @@ fn parse_uuid(s: &[u8]) -> Result<[u8; 16], HashError> {
     }
 }
 
+/// A uuid's 16 bytes as PostgreSQL prints them: lower-case hex, 8-4-4-4-12.
+fn uuid_bytes(u: &[u8; 16]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 15)];
+        at += 2;
+    }
+    out
+}
+
+/// [`uuid_bytes`] as a string.
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    String::from_utf8(uuid_bytes(u).to_vec()).expect("ASCII")
+}
+
+/// Already as PostgreSQL prints an integer: `0`, or an optional `-` and digits without a
+/// leading zero (the range is checked by the hash of the same text).
+fn is_canonical_int(s: &[u8]) -> bool {
+    let digits = s.strip_prefix(b"-").unwrap_or(s);
+    match digits {
+        [b'0'] => s.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// Already as PostgreSQL prints a uuid (checked without parsing it).
+fn is_canonical_uuid(s: &[u8]) -> bool {
+    s.len() == 36
+        && s.iter().enumerate().all(|(i, &b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
+}
+
+/// A key value's text as PostgreSQL prints it (`col::text`): integers without sign `+`,
+/// leading zeros or white space, uuids in lower case with hyphens, bpchar without trailing
+/// blanks (which it ignores), text and varchar as they are. Values that one tenant's rows
+/// hold therefore read the same however a statement wrote them (`042`, `'42'`, `42`), and
+/// as the database lists them. Input the type would reject is returned as is.
+pub fn canonical_text(t: DistType, text: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let int = |ty, min, max| {
+        if is_canonical_int(text.as_bytes()) {
+            return Cow::Borrowed(text);
+        }
+        match parse_int(text.as_bytes(), ty, min, max) {
+            Ok(v) => Cow::Owned(v.to_string()),
+            Err(_) => Cow::Borrowed(text),
+        }
+    };
+    match t {
+        DistType::Int2 => int("smallint", i16::MIN.into(), i16::MAX.into()),
+        DistType::Int4 => int("integer", i32::MIN.into(), i32::MAX.into()),
+        DistType::Int8 => int("bigint", i64::MIN, i64::MAX),
+        // Most clients send the canonical form already: a scan, no parse, no new string.
+        DistType::Uuid if is_canonical_uuid(text.as_bytes()) => Cow::Borrowed(text),
+        DistType::Uuid => match parse_uuid(text.as_bytes()) {
+            Ok(u) => Cow::Owned(uuid_text(&u)),
+            Err(_) => Cow::Borrowed(text),
+        },
+        DistType::Bpchar => Cow::Borrowed(text.trim_end_matches(' ')),
+        DistType::Text | DistType::Varchar | DistType::Other(_) => Cow::Borrowed(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_text_is_what_postgresql_prints() {
+        for (t, input, out) in [
+            (DistType::Int8, " +042 ", "42"),
+            (DistType::Int8, "-7", "-7"),
+            (DistType::Int8, "-0", "0"),
+            (DistType::Int8, "0", "0"),
+            (DistType::Int8, "100", "100"),
+            (DistType::Int4, "99999999999", "99999999999"),
+            (DistType::Int2, "0010", "10"),
+            (
+                DistType::Uuid,
+                "{0000000000000000000000000000002A}",
+                "00000000-0000-0000-0000-00000000002a",
+            ),
+            (
+                DistType::Uuid,
+                "00000000-0000-0000-0000-00000000002A",
+                "00000000-0000-0000-0000-00000000002a",
+            ),
+            (DistType::Uuid, "nope", "nope"),
+            (DistType::Bpchar, "ab  ", "ab"),
+            (DistType::Text, " Acme ", " Acme "),
+        ] {
+            assert_eq!(canonical_text(t, input), out, "{t:?} {input:?}");
+        }
+        // The canonical text hashes as the original.
+        assert_eq!(
+            hash_value(
+                DistType::Uuid,
+                &canonical_text(DistType::Uuid, "{0000000000000000000000000000002A}")
+            ),
+            hash_value(DistType::Uuid, "00000000-0000-0000-0000-00000000002a")
+        );
+    }
 
     const UUID_42: &str = "00000000-0000-0000-0000-00000000002a";
 

@@ -340,19 +340,17 @@ pub fn decide_simple_keyed(
     {
         Some((Ok(h), k)) => (
             locate(map, health, *colocation, h, tenant_reason(reason)),
-            Some((
-                *colocation,
-                canonical_text(*dist_type, k).unwrap_or_else(|_| k.to_owned()),
-            )),
+            Some((*colocation, canonical_text(*dist_type, k).into_owned())),
         ),
         _ => (Decision::Coordinator(RouteReason::NoKey), None),
     }
 }
 
-/// A tenant value as text for the console: text parameters as sent, binary integers
-/// decoded, other binary values in hex.
+/// A tenant value as text for the console and the tenant sketches, as PostgreSQL prints it
+/// (`canonical_text`): text parameters and literals canonicalized, binary integers and
+/// uuids decoded, other binary values in hex.
 fn value_text(dt: DistType, k: &KeySource, bind: &Bind<'_>) -> Option<String> {
-    let canonical = |s: &str| canonical_text(dt, s).unwrap_or_else(|_| s.to_owned());
+    let canonical = |s: &str| canonical_text(dt, s).into_owned();
     match k {
         KeySource::Literal(s) => Some(canonical(s)),
         KeySource::ParamElements(i) => match bind.param(*i) {
@@ -370,16 +368,19 @@ fn value_text(dt: DistType, k: &KeySource, bind: &Bind<'_>) -> Option<String> {
     }
 }
 
-/// A binary parameter's value as text: integers decoded, text as is, others in hex.
+/// A binary parameter's value as text: integers and uuids as PostgreSQL prints them, text
+/// as is, others in hex.
 fn binary_value_text(dt: DistType, v: &[u8]) -> Option<String> {
     Some(match (dt, v.len()) {
         (DistType::Int2, 2) => i16::from_be_bytes([v[0], v[1]]).to_string(),
         (DistType::Int4, 4) => i32::from_be_bytes(v.try_into().ok()?).to_string(),
         (DistType::Int8, 8) => i64::from_be_bytes(v.try_into().ok()?).to_string(),
-        (DistType::Text | DistType::Varchar | DistType::Bpchar, _) => {
-            std::str::from_utf8(v).ok()?.to_owned()
-        }
         (DistType::Uuid, 16) => crate::citus::hash::uuid_text(v.try_into().ok()?),
+        (DistType::Bpchar, _) => std::str::from_utf8(v)
+            .ok()?
+            .trim_end_matches(' ')
+            .to_owned(),
+        (DistType::Text | DistType::Varchar, _) => std::str::from_utf8(v).ok()?.to_owned(),
         _ => v.iter().map(|b| format!("{b:02x}")).collect(),
     })
 }

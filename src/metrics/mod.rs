@@ -11,8 +11,11 @@
 //!   reachable, shard map fresh).
 //! - [`counters`]: server errors by SQLSTATE class, clients active / waiting.
 //! - [`migration`]: blue-green cutovers run here (results, pause histogram).
+//! - [`tenants`]: the busiest tenants (Space-Saving); [`activity`]: every tenant's
+//!   transactions over the last minutes and hours (count-min sketches in time buckets).
 //! - `collect`: the Prometheus collector over `Context`.
 //! - `http`: the hyper listener.
+pub mod activity;
 mod collect;
 pub mod counters;
 pub mod health;

@@ -212,6 +212,11 @@ pub struct TenantKey {
 }
 
 impl TenantKey {
+    /// The tenant's 64-bit hash (of colocation group and value), as [`Tenants::hash`].
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
     fn key(&self) -> Key {
         Key {
             hash: self.hash,
@@ -239,9 +244,15 @@ impl Default for Tenants {
 }
 
 impl Tenants {
+    /// The hash of a tenant value in a colocation group (this process' own hash: the
+    /// activity sketches use it too).
+    pub fn hash(&self, colocation: u32, value: &str) -> u64 {
+        self.hasher.hash_one((colocation, value))
+    }
+
     /// The key of a tenant value in a colocation group, routed to `node`.
     pub fn key(&self, colocation: u32, value: &str, node: Arc<str>) -> TenantKey {
-        let hash = self.hasher.hash_one((colocation, value));
+        let hash = self.hash(colocation, value);
         TenantKey {
             colocation,
             value: Arc::from(value),

@@ -46,5 +46,6 @@ mod routing_smoke;
 mod scale;
 mod server_lost;
 mod session_state;
+mod tenant_activity;
 mod tls;
 mod unix_socket;

@@ -174,6 +174,7 @@ impl Session {
                             a.pool.stats.add_xact(xact);
                             if let Some(k) = self.tenant.take() {
                                 self.ctx.tenants.transaction(&k, xact);
+                                self.ctx.activity.record(k.hash(), at);
                             }
                         }
                     }
