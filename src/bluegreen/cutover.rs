@@ -251,7 +251,7 @@ COMMIT;",
     match result {
         Ok(()) => {
             tracing::info!(database = %db, cutover = id, tenant = %tenant, to = req.to.as_str(), pause_ms = out.pause.as_millis() as u64, "cutover done");
-            crate::metrics::migration::cutover_ended(true, out.pause);
+            crate::metrics::migration::cutover_ended(true, out.pause, req.timeout);
         }
         Err(why) => {
             let abort = format!(
@@ -270,7 +270,7 @@ COMMIT;",
                 tracing::warn!(cutover = id, error = %store::error_text(&e), "could not mark the cutover aborted: instances end it at its deadline");
             }
             tracing::warn!(database = %db, cutover = id, tenant = %tenant, reason = %why, "cutover aborted: the tenant stays in {}", from.as_str());
-            crate::metrics::migration::cutover_ended(false, out.pause);
+            crate::metrics::migration::cutover_ended(false, out.pause, req.timeout);
             out.aborted = Some(why);
         }
     }

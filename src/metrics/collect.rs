@@ -301,6 +301,12 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "Blue-green cutovers run by this instance, by result (done, aborted).",
     ),
     (
+        "pgtenant_cutover_pauses_over_timeout_total",
+        COUNTER,
+        &[],
+        "Blue-green cutovers run by this instance whose pause was longer than their own TIMEOUT.",
+    ),
+    (
         "pgtenant_cutover_pause_seconds",
         HISTOGRAM,
         &[],
@@ -697,6 +703,11 @@ impl Collector for Scrape {
         let cut = &crate::metrics::migration::CUTOVERS;
         out.counter("pgtenant_cutovers_total", &["done"], cut.done.load(r));
         out.counter("pgtenant_cutovers_total", &["aborted"], cut.aborted.load(r));
+        out.counter(
+            "pgtenant_cutover_pauses_over_timeout_total",
+            &[],
+            cut.over_timeout.load(r),
+        );
         out.push("pgtenant_cutover_pause_seconds", &[], |m| {
             let mut h = Histogram::default();
             h.set_sample_count(cut.pause_count.load(r));

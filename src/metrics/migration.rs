@@ -12,6 +12,8 @@ pub const PAUSE_BUCKETS: [f64; 12] = [
 pub struct Cutovers {
     pub done: AtomicU64,
     pub aborted: AtomicU64,
+    /// Cutovers whose pause was longer than their own TIMEOUT (one phase's bound).
+    pub over_timeout: AtomicU64,
     /// Cumulative counts per bucket of [`PAUSE_BUCKETS`] (not cumulative here: each
     /// pause counts in its first bucket that holds it; the collector sums them up).
     pub pause_buckets: [AtomicU64; PAUSE_BUCKETS.len()],
@@ -22,14 +24,19 @@ pub struct Cutovers {
 pub static CUTOVERS: Cutovers = Cutovers {
     done: AtomicU64::new(0),
     aborted: AtomicU64::new(0),
+    over_timeout: AtomicU64::new(0),
     pause_buckets: [const { AtomicU64::new(0) }; PAUSE_BUCKETS.len()],
     pause_count: AtomicU64::new(0),
     pause_sum_us: AtomicU64::new(0),
 };
 
-/// A cutover this instance ran ended (done or aborted) after `pause`.
-pub fn cutover_ended(done: bool, pause: Duration) {
+/// A cutover this instance ran ended (done or aborted) after `pause`; `timeout` is its
+/// TIMEOUT.
+pub fn cutover_ended(done: bool, pause: Duration, timeout: Duration) {
     let c = &CUTOVERS;
+    if pause > timeout {
+        c.over_timeout.fetch_add(1, Ordering::Relaxed);
+    }
     if done {
         c.done.fetch_add(1, Ordering::Relaxed);
     } else {
