@@ -274,8 +274,15 @@ pub async fn show(ctx: &Arc<Context>) -> Result<ResultSet, AdminError> {
     Ok(rs)
 }
 
+/// At most this many SHOW MIGRATIONs read the store at once per process (each opens a
+/// connection to green's coordinator; stats users may run it in a loop).
+static STORE_READERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Running cutovers, then the latest ended ones.
 async fn cutovers(ctx: &Arc<Context>, db: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    let _permit = STORE_READERS.try_acquire().map_err(|_| {
+        "two other SHOW MIGRATIONs are reading the store now; try again".to_string()
+    })?;
     let mut c = crate::bluegreen::agent::open(ctx, db).await?;
     let sql = format!(
         "SELECT id::text, tenant, colocation_id::text, from_home || ' -> ' || to_home, phase,
