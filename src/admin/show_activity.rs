@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::parser::Quiet;
-use super::show_citus::{groups, map, table_group, table_names};
+use super::show_citus::{map, table_names, value_groups};
 use super::{format_time, AdminError, Reply, ResultSet};
 use crate::citus::hash::{canonical_text, hash_value};
-use crate::citus::{Catalog, ShardMap, TableInfo, TableKind};
+use crate::citus::{ShardMap, TableInfo};
 use crate::context::Context;
 use crate::metrics::activity::Window;
 
@@ -80,22 +80,10 @@ pub fn tenant_activity(
     table: Option<&str>,
 ) -> Result<ResultSet, AdminError> {
     let m = map(ctx)?;
-    let only = table.map(|t| table_group(&m, t)).transpose()?;
     let windows = [Window::Minutes(1), Window::Minutes(60), Window::Hours(24)]
         .map(|w| ctx.activity.window(w));
     let mut rs = ResultSet::new(ACTIVITY);
-    let mut errors = Vec::new();
-    for (id, tables) in groups(&m) {
-        if only.is_some_and(|o| o != id) {
-            continue;
-        }
-        let Some(dt) = tables.first().map(|t| t.dist_type) else {
-            continue;
-        };
-        if let Err(e) = hash_value(dt, value) {
-            errors.push(format!("colocation group {id} ({dt:?}): {e}"));
-            continue;
-        }
+    for (id, tables, dt, hash) in value_groups(&m, value, table)? {
         // As the router records it: `042` is tenant 42 of an integer group.
         let value = canonical_text(dt, value);
         let h = ctx.tenants.hash(id, &value);
@@ -104,18 +92,12 @@ pub fn tenant_activity(
             Some(value.to_string()),
             Some(id.to_string()),
             Some(table_names(&tables)),
-            home(&m, id, dt, &value),
+            m.locate(id, hash).map(|(_, n)| n.name.to_string()),
         ];
         row.extend(est.iter().map(|e| Some(e.count.to_string())));
         row.extend(est.iter().map(|e| Some(e.bound.to_string())));
         row.push(last_seen(ctx, h));
         rs.push(row);
-    }
-    if rs.rows.is_empty() && !errors.is_empty() {
-        return Err(AdminError::new(format!(
-            "'{value}' is not a valid key: {}",
-            errors.join("; ")
-        )));
     }
     Ok(rs)
 }
@@ -139,32 +121,7 @@ pub fn candidates_sql(t: &TableInfo) -> String {
 
 /// The named distributed table, or the first of the only colocation group that has any.
 fn pick_table(m: &ShardMap, table: Option<&str>) -> Result<TableInfo, AdminError> {
-    if let Some(t) = table {
-        table_group(m, t)?;
-        let (schema, name) = match t.split_once('.') {
-            Some((s, n)) => (Some(s), n),
-            None => (None, t),
-        };
-        return m
-            .tables
-            .table(schema, name)
-            .filter(|i| i.kind == TableKind::Distributed)
-            .cloned()
-            .ok_or_else(|| AdminError::new(format!("{t} is not a distributed table")));
-    }
-    let g = groups(m);
-    let mut it = g.values();
-    match (it.next(), it.next()) {
-        (Some(ts), None) => Ok(ts[0].clone()),
-        (None, _) => Err(AdminError::new("the shard map has no distributed table")),
-        (Some(_), Some(_)) => {
-            Err(AdminError::new(format!(
-            "{} colocation groups have distributed tables: name one with TABLE <table> (one of {})",
-            g.len(),
-            g.values().map(|ts| table_names(&ts[..1])).collect::<Vec<_>>().join(", ")
-        )))
-        }
-    }
+    m.distributed_table(table).cloned().map_err(AdminError::new)
 }
 
 /// The quietest tenants found, at most `limit`, and how many candidates were read.
@@ -304,6 +261,7 @@ pub async fn quiet_tenants(ctx: &Arc<Context>, q: Quiet) -> Result<Reply, AdminE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::citus::TableKind;
 
     #[test]
     fn keeps_the_quietest_in_order_ties_by_value() {

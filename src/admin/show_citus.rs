@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{AdminError, ResultSet};
 use crate::citus::hash::hash_value;
-use crate::citus::{Catalog, ShardMap, TableKind};
+use crate::citus::{ShardMap, TableKind};
 use crate::context::Context;
 use crate::frontend::routing::RouteReason;
 use crate::pool::Node;
@@ -152,19 +152,48 @@ pub(super) fn table_names(ts: &[&crate::citus::TableInfo]) -> String {
 
 /// `schema.table` or `table` (public) → its colocation group.
 pub(super) fn table_group(m: &ShardMap, table: &str) -> Result<u32, AdminError> {
-    let (schema, name) = match table.split_once('.') {
-        Some((s, n)) => (Some(s), n),
-        None => (None, table),
-    };
-    match m.tables.table(schema, name) {
-        Some(t) if t.kind == TableKind::Distributed => Ok(t.colocation_id),
-        Some(_) => Err(AdminError::new(format!(
-            "{table} is a reference table: every node has all of it"
-        ))),
-        None => Err(AdminError::new(format!(
-            "{table} is not a distributed table in the shard map"
-        ))),
+    m.distributed_table(Some(table))
+        .map(|t| t.colocation_id)
+        .map_err(AdminError::new)
+}
+
+/// One colocation group a value is a key of: the group, its tables, key type, the hash.
+pub(super) type ValueGroup<'m> = (
+    u32,
+    Vec<&'m crate::citus::TableInfo>,
+    crate::citus::DistType,
+    i32,
+);
+
+/// The colocation groups (only `table`'s, if named) whose key type accepts `value`: (group,
+/// its tables, key type, hash). An error when no group accepts it, naming why each refused.
+pub(super) fn value_groups<'m>(
+    m: &'m ShardMap,
+    value: &str,
+    table: Option<&str>,
+) -> Result<Vec<ValueGroup<'m>>, AdminError> {
+    let only = table.map(|t| table_group(m, t)).transpose()?;
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (id, tables) in groups(m) {
+        if only.is_some_and(|o| o != id) {
+            continue;
+        }
+        let Some(dt) = tables.first().map(|t| t.dist_type) else {
+            continue;
+        };
+        match hash_value(dt, value) {
+            Ok(h) => out.push((id, tables, dt, h)),
+            Err(e) => errors.push(format!("colocation group {id} ({dt:?}): {e}")),
+        }
     }
+    if out.is_empty() && !errors.is_empty() {
+        return Err(AdminError::new(format!(
+            "'{value}' is not a valid key: {}",
+            errors.join("; ")
+        )));
+    }
+    Ok(out)
 }
 
 pub fn shards(ctx: &Context, table: Option<&str>) -> Result<ResultSet, AdminError> {
@@ -198,23 +227,8 @@ pub fn shards(ctx: &Context, table: Option<&str>) -> Result<ResultSet, AdminErro
 
 pub fn tenant(ctx: &Context, value: &str, table: Option<&str>) -> Result<ResultSet, AdminError> {
     let m = map(ctx)?;
-    let only = table.map(|t| table_group(&m, t)).transpose()?;
     let mut rs = ResultSet::new(TENANT);
-    let mut errors = Vec::new();
-    for (id, tables) in groups(&m) {
-        if only.is_some_and(|o| o != id) {
-            continue;
-        }
-        let Some(dt) = tables.first().map(|t| t.dist_type) else {
-            continue;
-        };
-        let hash = match hash_value(dt, value) {
-            Ok(h) => h,
-            Err(e) => {
-                errors.push(format!("colocation group {id} ({dt:?}): {e}"));
-                continue;
-            }
-        };
+    for (id, tables, dt, hash) in value_groups(&m, value, table)? {
         let located = m.locate(id, hash);
         rs.push(vec![
             Some(id.to_string()),
@@ -228,12 +242,6 @@ pub fn tenant(ctx: &Context, value: &str, table: Option<&str>) -> Result<ResultS
             located.map(|(_, n)| n.host.to_string()),
             located.map(|(_, n)| n.port.to_string()),
         ]);
-    }
-    if rs.rows.is_empty() && !errors.is_empty() {
-        return Err(AdminError::new(format!(
-            "'{value}' is not a valid key: {}",
-            errors.join("; ")
-        )));
     }
     Ok(rs)
 }

@@ -178,20 +178,7 @@ impl ServerConn {
                     self.tx_status = decode::ready_status(f.body())?;
                     break;
                 }
-                b'D' => {
-                    let mut r = crate::protocol::Reader::new(f.body(), "DataRow");
-                    let n = r.i16()?;
-                    let mut cols = Vec::with_capacity(n.max(0) as usize);
-                    for _ in 0..n {
-                        let len = r.i32()?;
-                        cols.push(if len < 0 {
-                            None
-                        } else {
-                            Some(String::from_utf8_lossy(r.bytes(len as usize)?).into_owned())
-                        });
-                    }
-                    rows.push(cols);
-                }
+                b'D' => rows.push(data_row(f.body())?),
                 b'E' => failed = Some(ErrorFields::parse(f.body())?),
                 b'S' => self.note_parameter(f.body()),
                 b'A' => self.notified = true,
@@ -231,4 +218,20 @@ impl ServerConn {
             let _ = self.conn.stream().try_write_raw(f.raw());
         }
     }
+}
+
+/// A DataRow's columns as text (NULL = None).
+pub fn data_row(body: &[u8]) -> Result<Vec<Option<String>>, crate::protocol::ProtocolError> {
+    let mut r = crate::protocol::Reader::new(body, "DataRow");
+    let n = r.i16()?;
+    let mut cols = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = r.i32()?;
+        cols.push(if len < 0 {
+            None
+        } else {
+            Some(String::from_utf8_lossy(r.bytes(len as usize)?).into_owned())
+        });
+    }
+    Ok(cols)
 }

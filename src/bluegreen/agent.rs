@@ -49,7 +49,7 @@ async fn run(ctx: Arc<Context>, e: Arc<Entry>) {
             match connect(&ctx, &e.name).await {
                 Ok(c) => {
                     conn = Some(c);
-                    set_status(&e, Ok(false));
+                    set_status(&e, Ok(()));
                 }
                 Err(err) => {
                     set_status(&e, Err(err));
@@ -62,7 +62,7 @@ async fn run(ctx: Arc<Context>, e: Arc<Entry>) {
         }
         let Some(c) = conn.as_mut() else { continue };
         match renew(&ctx, &e, c, &mut placed, &drained_tx).await {
-            Ok(()) => set_status(&e, Ok(true)),
+            Ok(()) => set_status(&e, Ok(())),
             Err(err) => {
                 set_status(&e, Err(err));
                 conn = None;
@@ -137,18 +137,15 @@ async fn wait(
     }
 }
 
-fn set_status(e: &Entry, r: Result<bool, String>) {
+fn set_status(e: &Entry, r: Result<(), String>) {
     let mut st = e.status.lock().unwrap_or_else(|p| p.into_inner());
     match r {
-        Ok(renewed) => {
+        Ok(()) => {
             if st.last_error.is_some() {
                 tracing::info!(database = %e.name, "tenant homes store reachable again");
             }
             st.connected = true;
             st.last_error = None;
-            if renewed {
-                st.renewals += 1;
-            }
         }
         Err(err) => {
             if st.last_error.as_deref() != Some(err.as_str()) {

@@ -59,18 +59,10 @@ pub async fn run(url: &str, command: &str) -> Result<String, String> {
                 }
             }
             b'D' => {
-                let mut r = Reader::new(f.body(), "DataRow");
-                let n = r.i16().map_err(|e| e.to_string())?;
-                for i in 0..n.max(0) as usize {
-                    let len = r.i32().map_err(|e| e.to_string())?;
-                    let v = if len < 0 {
-                        "".to_string()
-                    } else {
-                        String::from_utf8_lossy(r.bytes(len as usize).map_err(|e| e.to_string())?)
-                            .into_owned()
-                    };
+                let row = crate::backend::data_row(f.body()).map_err(|e| e.to_string())?;
+                for (i, v) in row.into_iter().enumerate() {
                     let name = columns.get(i).map(String::as_str).unwrap_or("?");
-                    out.push_str(&format!("{name}: {v}\n"));
+                    out.push_str(&format!("{name}: {}\n", v.unwrap_or_default()));
                 }
                 out.push('\n');
             }

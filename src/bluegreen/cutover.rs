@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use super::store::{self, lit};
 use super::Home;
 use crate::backend::ServerConn;
-use crate::citus::catalog::{Catalog, TableKind};
 use crate::context::Context;
 
 /// How often the drain and sync phases look again.
@@ -64,7 +63,7 @@ pub struct Outcome {
 
 /// Resolve the request against the configuration and green's shard map: the colocation
 /// group and the canonical value.
-pub fn resolve(ctx: &Context, req: &Request) -> Result<(u32, String, String), String> {
+pub fn resolve(ctx: &Context, req: &Request) -> Result<(u32, String), String> {
     let s = ctx.settings();
     let Some(entry) = s.databases.get(&req.database) else {
         return Err(format!("no database entry \"{}\"", req.database));
@@ -86,55 +85,9 @@ pub fn resolve(ctx: &Context, req: &Request) -> Result<(u32, String, String), St
             req.database
         )
     })?;
-    let distributed = || {
-        map.tables
-            .iter()
-            .filter(|t| t.kind == TableKind::Distributed)
-    };
-    let table = match &req.table {
-        Some(name) => {
-            let (schema, n) = match name.split_once('.') {
-                Some((s, n)) => (Some(s), n),
-                None => (None, name.as_str()),
-            };
-            match map.tables.table(schema, n) {
-                Some(t) if t.kind == TableKind::Distributed => t.clone(),
-                Some(_) => {
-                    return Err(format!(
-                        "{name} is a reference table: it has no tenants to migrate"
-                    ))
-                }
-                None => {
-                    return Err(format!(
-                        "{name} is not a distributed table in green's shard map"
-                    ))
-                }
-            }
-        }
-        None => {
-            let mut groups: Vec<u32> = distributed().map(|t| t.colocation_id).collect();
-            groups.sort_unstable();
-            groups.dedup();
-            match groups.as_slice() {
-                [one] => distributed()
-                    .filter(|t| t.colocation_id == *one)
-                    .min_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)))
-                    .cloned()
-                    .ok_or("no distributed table")?,
-                [] => return Err("green has no distributed table".into()),
-                many => {
-                    return Err(format!(
-                        "green has {} colocation groups ({}): name one with TABLE <table>",
-                        many.len(),
-                        many.iter()
-                            .map(|g| g.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                }
-            }
-        }
-    };
+    let table = map
+        .distributed_table(req.table.as_deref())
+        .map_err(|e| format!("green: {e}"))?;
     let value =
         crate::citus::hash::checked_canonical(table.dist_type, &req.tenant).map_err(|e| {
             format!(
@@ -142,13 +95,13 @@ pub fn resolve(ctx: &Context, req: &Request) -> Result<(u32, String, String), St
                 req.tenant, table.name, table.dist_column, table.dist_type
             )
         })?;
-    Ok((table.colocation_id, value, table.name))
+    Ok((table.colocation_id, value))
 }
 
 /// Run one cutover to its end (done or aborted). Err: bad input or the store could not be
 /// reached — nothing changed, unless the message says the cutover was aborted.
 pub async fn run(ctx: Arc<Context>, req: Request) -> Result<Outcome, String> {
-    let (colocation, tenant, _table) = resolve(&ctx, &req)?;
+    let (colocation, tenant) = resolve(&ctx, &req)?;
     let s = ctx.settings();
     let lease = s.tenant_homes_lease;
     let db = req.database.clone();

@@ -142,8 +142,6 @@ impl Lease {
 pub struct Status {
     pub connected: bool,
     pub last_error: Option<String>,
-    /// Renewals that succeeded.
-    pub renewals: u64,
 }
 
 /// One blue-green database entry in this instance.

@@ -101,6 +101,49 @@ pub enum MapError {
 }
 
 impl ShardMap {
+    /// The distributed table an operator names (`orders`, `sales.orders`), or, with no
+    /// name, the first (by schema and name) of the only colocation group that has
+    /// distributed tables. Errors say why none fits.
+    pub fn distributed_table(&self, name: Option<&str>) -> Result<&TableInfo, String> {
+        use super::catalog::Catalog;
+        if let Some(t) = name {
+            let (schema, n) = match t.split_once('.') {
+                Some((s, n)) => (Some(s), n),
+                None => (None, t),
+            };
+            return match self.tables.table(schema, n) {
+                Some(i) if i.kind == TableKind::Distributed => Ok(i),
+                Some(_) => Err(format!(
+                    "{t} is a reference table: every node has all of it"
+                )),
+                None => Err(format!("{t} is not a distributed table in the shard map")),
+            };
+        }
+        let distributed = || {
+            self.tables
+                .iter()
+                .filter(|t| t.kind == TableKind::Distributed)
+        };
+        let mut groups: Vec<u32> = distributed().map(|t| t.colocation_id).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        match groups.as_slice() {
+            [one] => distributed()
+                .filter(|t| t.colocation_id == *one)
+                .min_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)))
+                .ok_or_else(|| "the shard map has no distributed table".to_string()),
+            [] => Err("the shard map has no distributed table".into()),
+            many => Err(format!(
+                "{} colocation groups have distributed tables: name one with TABLE <table> (groups {})",
+                many.len(),
+                many.iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
     /// The shard of `colocation` whose range holds `hash`, and its node. Binary search:
     /// ranges may be uneven (tenant isolation, splits).
     pub fn locate(&self, colocation: u32, hash: i32) -> Option<(&ShardRange, &Node)> {

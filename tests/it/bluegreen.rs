@@ -240,6 +240,15 @@ async fn insert(c: &tokio_postgres::Client, account: i64, id: &str) -> Result<()
     .map_err(|e| support::citus::db_err(&e))
 }
 
+/// `pgtenant migrate --admin <p's console> <words>`.
+fn migrate_cli(p: &Pgtenant, words: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .args(["migrate", "--admin", &p.url("app", "secret", "pgtenant")])
+        .args(words)
+        .output()
+        .unwrap()
+}
+
 fn one(rows: &[HashMap<String, String>]) -> &HashMap<String, String> {
     assert_eq!(rows.len(), 1, "{rows:?}");
     &rows[0]
@@ -375,36 +384,14 @@ async fn a_tenant_moves_to_green_and_back_and_bad_input_changes_nothing() {
     assert!(rows_of(&h.blue, 7).await.contains_key("back"));
 
     // The command line: the same through the console.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
-        .args([
-            "migrate",
-            "--admin",
-            &p.url("app", "secret", "pgtenant"),
-            "TENANT",
-            "11",
-            "TO",
-            "green",
-        ])
-        .output()
-        .unwrap();
+    let out = migrate_cli(&p, &["TENANT", "11", "TO", "green"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("result: done"),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
-        .args([
-            "migrate",
-            "--admin",
-            &p.url("app", "secret", "pgtenant"),
-            "TENANT",
-            "11",
-            "TO",
-            "green",
-        ])
-        .output()
-        .unwrap();
+    let out = migrate_cli(&p, &["TENANT", "11", "TO", "green"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already in green"));
     insert(&c, 11, "cli").await.unwrap();

@@ -192,19 +192,8 @@ impl Session {
             let placed = self.tenant_home(&f, &bh, &tenant).await?;
             running = placed.running;
             if placed.home == crate::bluegreen::Home::Blue {
-                self.ctx.routes.count(reason, false);
-                self.route = (reason, false);
-                self.tenant = None;
-                if let (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, value))) =
-                    (reason, tenant)
-                {
-                    let k = self
-                        .ctx
-                        .tenants
-                        .key(colocation, &value, bh.pool.key.node.name.clone());
-                    self.tenant = Some(k);
-                }
                 let blue = bh.pool.clone();
+                self.note_route(reason, false, tenant, &blue);
                 return self.attach_home(&f, blue, running).await.then_some(f);
             }
         }
@@ -221,18 +210,7 @@ impl Session {
             let coord = self.c.pool.clone();
             return self.attach_home(&f, coord, running).await.then_some(f);
         }
-        self.ctx.routes.count(reason, to_worker);
-        self.route = (reason, to_worker);
-        self.tenant = None;
-        if let (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, value))) =
-            (reason, tenant)
-        {
-            let k = self
-                .ctx
-                .tenants
-                .key(colocation, &value, pool.key.node.name.clone());
-            self.tenant = Some(k);
-        }
+        self.note_route(reason, to_worker, tenant, &pool);
         if to_worker {
             self.ctx.node_health.mark_up(&pool.key.node);
             if let Some(a) = self.attached.as_mut() {
@@ -241,6 +219,27 @@ impl Session {
             return Some(f);
         }
         self.attach_home(&f, pool, running).await.then_some(f)
+    }
+
+    /// Count the route (SHOW ROUTES) and keep the transaction's tenant for the tenant
+    /// sketches when a key or hint decided, with the node of `pool`.
+    fn note_route(
+        &mut self,
+        reason: RouteReason,
+        to_worker: bool,
+        tenant: crate::frontend::routing::TenantOf,
+        pool: &Arc<Pool>,
+    ) {
+        self.ctx.routes.count(reason, to_worker);
+        self.route = (reason, to_worker);
+        self.tenant = match (reason, tenant) {
+            (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, value))) => Some(
+                self.ctx
+                    .tenants
+                    .key(colocation, &value, pool.key.node.name.clone()),
+            ),
+            _ => None,
+        };
     }
 
     /// Is the statement about to be routed a transaction of its own, which a read may

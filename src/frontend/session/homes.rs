@@ -37,28 +37,9 @@ impl Session {
                 running: None,
             });
         };
-        if !entry.lease.valid() {
-            let ok = tokio::select! {
-                ok = entry.lease.wait_valid(limit) => ok,
-                _ = self.c.kill.cancelled() => return None,
-                _ = self.ctx.shutdown.cancelled() => return None,
-            };
-            if !ok {
-                let why = entry
-                    .status()
-                    .last_error
-                    .unwrap_or_else(|| "no renewal yet".into());
-                tracing::warn!(database = %entry.name, error = %why, "blue-green: lease not renewed within query_wait_timeout: transaction refused");
-                self.refuse_first(
-                    first,
-                    sqlstate::CANNOT_CONNECT_NOW,
-                    &format!(
-                        "pgtenant cannot confirm the tenant homes of database \"{}\" (its store on green is unreachable: {why})",
-                        entry.name
-                    ),
-                );
-                return None;
-            }
+        if !entry.lease.valid() && !self.renewed(&entry).await? {
+            self.refuse_unconfirmed(first, &entry);
+            return None;
         }
         loop {
             match Gate::enter(&entry, (*colocation, value.as_str().into())) {
@@ -87,6 +68,36 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Wait for this instance's lease on `entry`'s homes to be valid, up to
+    /// query_wait_timeout: Some(valid), None when the session is killed or pgtenant shuts
+    /// down meanwhile.
+    async fn renewed(&self, entry: &crate::bluegreen::Entry) -> Option<bool> {
+        let limit = self.ctx.settings.load().query_wait_timeout;
+        tokio::select! {
+            ok = entry.lease.wait_valid(limit) => Some(ok),
+            _ = self.c.kill.cancelled() => None,
+            _ = self.ctx.shutdown.cancelled() => None,
+        }
+    }
+
+    /// The transaction whose first message is `first` cannot be placed: the lease was not
+    /// renewed within query_wait_timeout.
+    fn refuse_unconfirmed(&mut self, first: &Frame, entry: &crate::bluegreen::Entry) {
+        let why = entry
+            .status()
+            .last_error
+            .unwrap_or_else(|| "no renewal yet".into());
+        tracing::warn!(database = %entry.name, error = %why, "blue-green: lease not renewed within query_wait_timeout: transaction refused");
+        self.refuse_first(
+            first,
+            sqlstate::CANNOT_CONNECT_NOW,
+            &format!(
+                "pgtenant cannot confirm the tenant homes of database \"{}\" (its store on green is unreachable: {why})",
+                entry.name
+            ),
+        );
     }
 
     /// Green's shard map is not loaded: the default home, unless a tenant lives elsewhere
@@ -126,12 +137,7 @@ impl Session {
             return Some(true);
         }
         let entry = r.entry().clone();
-        let limit = self.ctx.settings.load().query_wait_timeout;
-        let valid = tokio::select! {
-            ok = entry.lease.wait_valid(limit) => ok,
-            _ = self.c.kill.cancelled() => false,
-            _ = self.ctx.shutdown.cancelled() => false,
-        };
+        let valid = self.renewed(&entry).await.unwrap_or(false);
         let still = self
             .attached
             .as_ref()
@@ -144,14 +150,7 @@ impl Session {
             a.pool.discard(a.server);
         }
         if !valid {
-            self.refuse_first(
-                first,
-                sqlstate::CANNOT_CONNECT_NOW,
-                &format!(
-                    "pgtenant cannot confirm the tenant homes of database \"{}\" (its store on green is unreachable)",
-                    entry.name
-                ),
-            );
+            self.refuse_unconfirmed(first, &entry);
             return None;
         }
         tracing::info!(database = %entry.name, "blue-green: the tenant moved while this transaction waited for a connection: routed again");
@@ -169,12 +168,7 @@ impl Session {
             return Flow::Continue;
         };
         let entry = r.entry().clone();
-        let limit = self.ctx.settings.load().query_wait_timeout;
-        let valid = tokio::select! {
-            ok = entry.lease.wait_valid(limit) => ok,
-            _ = self.c.kill.cancelled() => false,
-            _ = self.ctx.shutdown.cancelled() => false,
-        };
+        let valid = self.renewed(&entry).await.unwrap_or(false);
         let r = self.attached.as_ref().and_then(|a| a.home.as_ref());
         if valid && r.is_some_and(|r| r.still_home()) {
             return Flow::Continue;
