@@ -66,6 +66,8 @@ pub struct Context {
     /// Every tenant's transactions over the last minutes and hours (SHOW TENANT ACTIVITY,
     /// SHOW QUIET TENANTS), in fixed memory; keyed by `tenants`' hash.
     pub activity: crate::metrics::activity::Activity,
+    /// Per-tenant limits: run-time overrides, rate buckets, counts (`limits`).
+    pub tenant_limits: crate::limits::TenantLimits,
     /// Startup settings, one copy per distinct set (clients of one app share it).
     pub startup_params: crate::frontend::params::SharedParams,
 }

@@ -13,6 +13,7 @@ pub mod citus;
 pub mod config;
 pub mod context;
 pub mod frontend;
+pub mod limits;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -56,6 +56,8 @@ pub struct Database {
     pub blue: Option<BluePlace>,
     /// Where transactions of no tenant (or several) go; blue unless set.
     pub default_home: Option<Home>,
+    /// The entry's own `tenant_max_active` (over the global one).
+    pub tenant_max_active: Option<super::MaxActive>,
 }
 
 /// The old database of a blue-green entry (`[databases.NAME.blue]`).
@@ -259,6 +261,13 @@ impl Settings {
         }
     }
 
+    /// `tenant_max_active` of database `name`: the entry's, else the global one.
+    pub fn tenant_max_active_of(&self, name: &str) -> super::MaxActive {
+        self.database_entry(name)
+            .and_then(|e| e.tenant_max_active)
+            .unwrap_or(self.tenant_max_active)
+    }
+
     /// Pool mode of database `name` for server role `user`: the user's, the entry's, the
     /// global one.
     pub fn pool_mode_of(&self, name: &str, user: &str) -> PoolMode {
@@ -337,6 +346,8 @@ pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<Str
                 "connect_query" => text(v).map(|x| d.connect_query = x),
                 "routing" => choice(v, super::load::ROUTING).map(|x| d.routing = Some(x)),
                 "blue" => blue_place(v).map(|x| d.blue = Some(x)),
+                "tenant_max_active" => super::tenant_limits::max_active(v)
+                    .map(|x| d.tenant_max_active = Some(x)),
                 "default_home" => match v.as_str().and_then(Home::parse) {
                     Some(h) => {
                         d.default_home = Some(h);
@@ -357,7 +368,7 @@ pub(super) fn parse(v: &Value, errs: &mut Vec<(String, String)>) -> BTreeMap<Str
                     value.map(|x| d.startup.extend(x.map(|x| (name.to_string(), x))))
                 }
                 other => Err(format!(
-                    "unknown key '{other}' (expected host, port, dbname, user, password, pool_size, min_pool_size, reserve_pool_size, pool_mode, max_db_connections, auth_user, connect_query, routing, blue, default_home, client_encoding, datestyle, timezone, application_name)"
+                    "unknown key '{other}' (expected host, port, dbname, user, password, pool_size, min_pool_size, reserve_pool_size, pool_mode, max_db_connections, auth_user, connect_query, routing, blue, default_home, tenant_max_active, client_encoding, datestyle, timezone, application_name)"
                 )),
             };
             if let Err(m) = r {

@@ -210,6 +210,10 @@ struct Draft {
     shard_map_max_age: Duration,
     admin_users: Vec<String>,
     stats_users: Vec<String>,
+    tenant_max_active: super::MaxActive,
+    tenant_max_tps: f64,
+    tenant_statement_timeout: Duration,
+    tenant_limits: BTreeMap<String, super::TenantOverride>,
 }
 
 /// The defaults, as PgBouncer's where PgBouncer has the setting.
@@ -288,6 +292,10 @@ impl Default for Draft {
             shard_map_max_age: secs(60),
             admin_users: Vec::new(),
             stats_users: Vec::new(),
+            tenant_max_active: super::MaxActive::Off,
+            tenant_max_tps: 0.0,
+            tenant_statement_timeout: Duration::ZERO,
+            tenant_limits: BTreeMap::new(),
         }
     }
 }
@@ -495,6 +503,21 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "shard_map_max_age" => seconds(v).map(|x| d.shard_map_max_age = x),
             "admin_users" => user_list(v).map(|x| d.admin_users = x),
             "stats_users" => user_list(v).map(|x| d.stats_users = x),
+            "tenant_max_active" => {
+                super::tenant_limits::max_active(v).map(|x| d.tenant_max_active = x)
+            }
+            "tenant_max_tps" => super::tenant_limits::max_tps(v).map(|x| d.tenant_max_tps = x),
+            "tenant_statement_timeout" => {
+                super::tenant_limits::timeout(v).map(|x| d.tenant_statement_timeout = x)
+            }
+            "tenant_limits" => {
+                let mut e = Vec::new();
+                d.tenant_limits = super::tenant_limits::parse(v, &mut e);
+                for (k, m) in e {
+                    errs.push(&k, m);
+                }
+                Ok(())
+            }
             _ => Err(unknown_key(k)),
         };
         errs.check(k, r);
@@ -950,6 +973,10 @@ fn finish(
         shard_map_max_age: d.shard_map_max_age,
         admin_users: d.admin_users,
         stats_users: d.stats_users,
+        tenant_max_active: d.tenant_max_active,
+        tenant_max_tps: d.tenant_max_tps,
+        tenant_statement_timeout: d.tenant_statement_timeout,
+        tenant_limits: d.tenant_limits,
     })
 }
 

@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 mod databases;
 mod load;
 pub mod pgbouncer;
+pub mod tenant_limits;
 mod upstream;
 mod values;
 
 pub use databases::{BluePlace, BlueTarget, Database, Home, Limits, Target};
 pub use load::{load, reload, ConfigError, Overrides};
+pub use tenant_limits::{canonical_tenant, MaxActive, TenantOverride};
 pub use upstream::Upstream;
 pub(crate) use values::split_users;
 
@@ -319,9 +321,32 @@ pub struct Settings {
     pub admin_users: Vec<String>,
     /// Users allowed the admin console's SHOW commands only.
     pub stats_users: Vec<String>,
+    /// Per-tenant limits (`tenant_limits.rs`, enforced by `crate::limits`): server
+    /// connections of one pool one tenant may hold at once.
+    pub tenant_max_active: MaxActive,
+    /// Transactions per second one tenant may start through this instance; 0 = no limit.
+    pub tenant_max_tps: f64,
+    /// A tenant's statement running longer is cancelled; 0 = none.
+    pub tenant_statement_timeout: Duration,
+    /// `[tenant_limits]`: overrides for named tenants (canonical value → override).
+    pub tenant_limits: BTreeMap<String, TenantOverride>,
 }
 
 impl Settings {
+    /// Is any per-tenant limit configured (a default, an entry's, or a named tenant's)?
+    /// When none is (and none was set at run time), transactions carry no tenant claim
+    /// and pools queue in plain FIFO order: the limits cost nothing.
+    pub fn tenant_limits_configured(&self) -> bool {
+        !self.tenant_max_active.is_off()
+            || self.tenant_max_tps > 0.0
+            || !self.tenant_statement_timeout.is_zero()
+            || !self.tenant_limits.is_empty()
+            || self
+                .databases
+                .values()
+                .any(|d| d.tenant_max_active.is_some_and(|m| !m.is_off()))
+    }
+
     /// The first listener's address (what most callers and tests mean by "the port").
     pub fn primary_listen(&self) -> SocketAddr {
         self.listeners[0].addr
