@@ -90,6 +90,9 @@ pub struct ServerConn {
     /// A NotificationResponse arrived while pgtenant's own query read its answer (the
     /// blue-green agent listens on its connection and reads the store again).
     pub notified: bool,
+    /// The tenant this connection is counted for while lent (`pool::queue`): given back
+    /// exactly once when it returns or closes.
+    pub lent_to: Option<Arc<str>>,
 }
 
 impl ServerConn {
@@ -120,6 +123,7 @@ impl ServerConn {
             prepared: PreparedCache::default(),
             guard: None,
             notified: false,
+            lent_to: None,
         }
     }
 

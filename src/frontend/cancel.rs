@@ -86,6 +86,35 @@ impl CancelSlot {
     }
 }
 
+impl CancelSlot {
+    /// Cancel what this client's server runs now, on pgtenant's own account (a tenant's
+    /// statement_timeout): the target is taken now, under the same rule as a client's
+    /// cancel (the session cannot move its target, hence its server connection cannot go
+    /// to another client, until the postmaster has signalled the backend), and sent from
+    /// a task of its own. False when there is no target or a cancel is on its way already.
+    pub fn cancel_detached(self: &Arc<Self>) -> bool {
+        let t = {
+            let mut g = self.lock();
+            if g.in_flight > 0 {
+                return false;
+            }
+            let Some(t) = g.target.clone() else {
+                return false;
+            };
+            g.in_flight += 1;
+            t
+        };
+        let slot = self.clone();
+        tokio::spawn(async move {
+            let _in_flight = InFlight(&slot);
+            if let Err(e) = send_cancel(&t).await {
+                tracing::warn!(error = %e, "cancel request for a statement timeout failed");
+            }
+        });
+        true
+    }
+}
+
 /// A cancel on its way: the slot's target stays put until it is dropped (also when the
 /// task sending it is dropped half-way).
 struct InFlight<'a>(&'a CancelSlot);

@@ -507,7 +507,7 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
     ) {
         (Some(s), defaults) => greeting_params(s, defaults.as_ref(), &startup),
         (None, Some(p)) => p,
-        (None, None) => match pool.acquire().await {
+        (None, None) => match pool.acquire(None).await {
             Ok(c) => {
                 pool.release(c, true);
                 pool.server_params().unwrap_or_default()
@@ -580,7 +580,7 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
 async fn session_server(pool: &Arc<Pool>, ctx: &Context) -> Result<SessionServer, PoolError> {
     ctx.admin.pause.wait(&pool.key.database).await;
     let _waiting = crate::metrics::counters::Waiting::enter_for(None);
-    match Box::pin(pool.acquire()).await {
+    match Box::pin(pool.acquire(None)).await {
         Ok(s) => Ok(SessionServer {
             server: Some(s),
             pool: pool.clone(),
@@ -637,6 +637,7 @@ pub fn pool_error_frame(e: &PoolError) -> Frame {
         PoolError::ShuttingDown => {
             build::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")
         }
+        PoolError::TenantRate(m) => build::fatal(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, m),
         PoolError::Connect(crate::backend::BackendError::Server(f)) => {
             build::fatal(&f.code, &f.message)
         }

@@ -44,6 +44,10 @@ pub struct Claim {
     pub statement_timeout: Duration,
     /// Set by the pool when the transaction waited because its tenant was at its limit.
     pub throttled: bool,
+    /// Set when it waited for a rate token.
+    pub rate_throttled: bool,
+    /// How long its tenant's limits made it wait (the token, the tenant's queue).
+    pub waited: Duration,
 }
 
 /// Counters since start (`/metrics`, SHOW TENANT LIMITS).
@@ -129,6 +133,8 @@ impl TenantLimits {
             max_tps: o.max_tps.unwrap_or(s.tenant_max_tps),
             statement_timeout: o.statement_timeout.unwrap_or(s.tenant_statement_timeout),
             throttled: false,
+            rate_throttled: false,
+            waited: Duration::ZERO,
         })
     }
 }

@@ -1,6 +1,14 @@
 //! Getting a server connection: the fast path (an idle one), opening within the limits,
-//! or waiting in FIFO order with reserve_pool_timeout and query_wait_timeout.
+//! or waiting for a turn (`queue.rs`) with reserve_pool_timeout and query_wait_timeout.
+//! A transaction with a tenant claim (`crate::limits`) takes nothing while its tenant
+//! holds its `max_active` connections: it waits in its tenant's queue meanwhile.
 use super::*;
+use crate::limits::Claim;
+
+/// The tenant and limit of a claim, when the pool must count or queue by tenant.
+fn tenant_of(claim: &Option<&mut Claim>) -> Option<(Arc<str>, u32)> {
+    claim.as_ref().map(|c| (c.tenant.clone(), c.max_active))
+}
 
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Waited {
@@ -14,18 +22,32 @@ impl Pool {
     /// The fast path of [`Pool::acquire`], without waiting: an idle connection that needs
     /// no check. `None`: take the slow path (it also handles waiters, opening, checks).
     /// `started`: now (the caller reads the clock once and reuses it).
-    pub fn try_acquire_idle(&self, started: Instant) -> Option<Box<ServerConn>> {
+    /// `claim`: the transaction's tenant and its limit, if any is on.
+    pub fn try_acquire_idle(
+        &self,
+        started: Instant,
+        claim: Option<&Claim>,
+    ) -> Option<Box<ServerConn>> {
         let s = self.settings.load();
         let mut g = self.lock();
-        if !g.waiters.is_empty() {
+        if g.queue.has_turns() {
             return None;
         }
-        let c = self.pop_usable_idle(&mut g, &s, started)?;
+        if let Some(cl) = claim {
+            if !g.queue.may_take(&cl.tenant, cl.max_active) {
+                return None;
+            }
+        }
+        let mut c = self.pop_usable_idle(&mut g, &s, started)?;
         if !s.server_check_query.is_empty()
             && started.saturating_duration_since(c.last_used) >= s.server_check_delay
         {
             g.idle.push_back(c);
             return None;
+        }
+        if let Some(cl) = claim.filter(|cl| cl.max_active > 0) {
+            g.queue.lend(&cl.tenant, cl.max_active);
+            c.lent_to = Some(cl.tenant.clone());
         }
         drop(g);
         // No wait: recorded as zero rather than paying a second clock read.
@@ -50,7 +72,12 @@ impl Pool {
         None
     }
     /// Get a server connection: an idle one, a new one within the limits, or wait for one.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Box<ServerConn>, PoolError> {
+    /// `claim`: the transaction's tenant and its limit (marked `throttled` when it waited
+    /// because its tenant was at its limit).
+    pub async fn acquire(
+        self: &Arc<Self>,
+        mut claim: Option<&mut Claim>,
+    ) -> Result<Box<ServerConn>, PoolError> {
         let s = self.settings();
         let started = Instant::now();
         let deadline = (!s.query_wait_timeout.is_zero()).then(|| started + s.query_wait_timeout);
@@ -59,7 +86,7 @@ impl Pool {
             #[allow(clippy::large_enum_variant)]
             enum Next {
                 Got(Box<ServerConn>),
-                Open,
+                Open(Option<Arc<str>>),
                 Wait(oneshot::Receiver<Handoff>),
             }
             // Registered before anything is checked, so a connection of this database
@@ -70,22 +97,41 @@ impl Pool {
                 let s = self.settings.load();
                 let l = self.limits(&s);
                 let mut g = self.lock();
-                let got = self.pop_usable_idle(&mut g, &s, Instant::now());
+                let tenant = tenant_of(&claim);
+                let may = tenant
+                    .as_ref()
+                    .is_none_or(|(t, max)| g.queue.may_take(t, *max));
+                let got = if may {
+                    self.pop_usable_idle(&mut g, &s, Instant::now())
+                } else {
+                    None
+                };
                 let limit = l.pool_size
                     + if allow_reserve {
                         l.reserve_pool_size
                     } else {
                         0
                     };
-                let counted = match (got.is_some(), g.total < limit) {
+                let counted = match (got.is_some(), may && g.total < limit) {
                     (false, true) => Some(self.try_count_which()),
                     _ => None,
                 };
-                if let Some(c) = got {
+                // Counted for its tenant from here (given back on every way out).
+                let lent = tenant
+                    .as_ref()
+                    .filter(|(_, max)| {
+                        *max > 0 && (got.is_some() || matches!(counted, Some(Ok(()))))
+                    })
+                    .map(|(t, max)| {
+                        g.queue.lend(t, *max);
+                        t.clone()
+                    });
+                if let Some(mut c) = got {
+                    c.lent_to = lent;
                     Next::Got(c)
                 } else if let Some(Ok(())) = counted {
                     g.total += 1;
-                    Next::Open
+                    Next::Open(lent)
                 } else if matches!(counted, Some(Err(full)) if self.evict_idle_elsewhere(full)) {
                     // max_db_connections or max_user_connections was reached with idle
                     // connections in another pool of this database or role: one was
@@ -93,7 +139,7 @@ impl Pool {
                     continue;
                 } else {
                     let (tx, rx) = oneshot::channel();
-                    if g.waiters.iter().all(|w| w.is_closed()) {
+                    if !g.queue.any_open() {
                         g.exhausted_since_log += 1;
                         if g.exhausted_logged.is_none_or(|t| {
                             started.saturating_duration_since(t) >= EXHAUSTED_LOG_EVERY
@@ -103,7 +149,15 @@ impl Pool {
                             g.exhausted_since_log = 0;
                         }
                     }
-                    g.waiters.push_back(Waiter { tx, since: started });
+                    let parked = g.queue.push(
+                        Waiter { tx, since: started },
+                        tenant.as_ref().map(|(t, max)| (t, *max)),
+                    );
+                    if parked {
+                        if let Some(c) = claim.as_deref_mut() {
+                            c.throttled = true;
+                        }
+                    }
                     Next::Wait(rx)
                 }
             };
@@ -112,8 +166,8 @@ impl Pool {
                     Some(c) => return Ok(self.assigned(c, started)),
                     None => continue,
                 },
-                Next::Open => {
-                    return Box::pin(self.open())
+                Next::Open(lent) => {
+                    return Box::pin(self.open(lent))
                         .await
                         .map(|c| self.assigned(c, started))
                 }
@@ -136,8 +190,8 @@ impl Pool {
                             Some(c) => return Ok(self.assigned(c, started)),
                             None => continue,
                         },
-                        Waited::Handoff(Handoff::Slot) => {
-                            return Box::pin(self.open())
+                        Waited::Handoff(Handoff::Slot(lent)) => {
+                            return Box::pin(self.open(lent))
                                 .await
                                 .map(|c| self.assigned(c, started))
                         }
@@ -205,8 +259,11 @@ impl Pool {
         rx.close();
         match rx.try_recv() {
             Ok(Handoff::Conn(c)) => self.release(c, true),
-            Ok(Handoff::Slot) => {
+            Ok(Handoff::Slot(lent)) => {
                 let mut g = self.lock();
+                if let Some(t) = lent {
+                    g.queue.unlend(&t);
+                }
                 self.drop_slot(&mut g);
             }
             Err(_) => {}

@@ -90,7 +90,7 @@ fn fill_min(pool: &Arc<Pool>) {
     if open {
         let pool = pool.clone();
         tokio::spawn(async move {
-            if let Ok(c) = pool.open().await {
+            if let Ok(c) = pool.open(None).await {
                 // Count it as lent and give it straight back: it joins the idle list.
                 pool.stats.active.add(1);
                 pool.release(c, true);

@@ -96,7 +96,7 @@ impl Pool {
     pub fn regrant(&self) {
         let s = self.settings.load();
         let mut g = self.lock();
-        while g.total < self.pool_size(&s) && g.waiters.iter().any(|w| !w.is_closed()) {
+        while g.total < self.pool_size(&s) && g.queue.has_turns() {
             let before = g.total;
             self.grant_slot(&mut g);
             if g.total == before {

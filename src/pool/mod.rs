@@ -113,6 +113,9 @@ pub enum PoolError {
     Connect(#[from] BackendError),
     #[error("pgtenant is shutting down")]
     ShuttingDown,
+    /// A tenant's `max_tps`: its next token comes after its query_wait_timeout.
+    #[error("{0}")]
+    TenantRate(String),
 }
 
 /// What a waiting client is handed.
@@ -121,8 +124,9 @@ pub enum PoolError {
 enum Handoff {
     /// A clean, idle connection.
     Conn(Box<ServerConn>),
-    /// A slot that was counted for you: open a new connection in it.
-    Slot,
+    /// A slot that was counted for you: open a new connection in it (counted for the
+    /// tenant named, if any: the connection carries it).
+    Slot(Option<Arc<str>>),
 }
 
 struct Inner {
@@ -131,8 +135,9 @@ struct Inner {
     idle: VecDeque<Box<ServerConn>>,
     /// Connections that exist or are being opened, idle ones included.
     total: u32,
-    /// Clients waiting for a connection, in queue order.
-    waiters: VecDeque<Waiter>,
+    /// Clients waiting for a connection, in turn order, and the tenants' counts
+    /// (`queue.rs`).
+    queue: queue::Queue<Waiter>,
     /// When "pool exhausted" was last logged, and how many times the queue started
     /// since: a busy pool starts a queue thousands of times a second, the log says so
     /// once a minute.
@@ -151,11 +156,16 @@ struct Waiter {
     since: Instant,
 }
 
-impl Waiter {
+impl queue::Waits for Waiter {
     fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+    fn waited(&self) -> Duration {
+        self.since.elapsed()
+    }
+}
 
+impl Waiter {
     // The connection is handed back on failure, as oneshot::Sender::send does.
     #[allow(clippy::result_large_err)]
     fn send(self, h: Handoff) -> Result<(), Handoff> {
@@ -256,24 +266,39 @@ impl Pool {
         }
     }
 
-    /// Give a waiter the right to open a connection, if anyone waits.
+    /// Give a waiter the right to open a connection, if anyone's turn waits.
     fn grant_slot(&self, g: &mut Inner) {
-        while let Some(w) = g.waiters.pop_front() {
-            if w.is_closed() {
-                continue;
-            }
+        while g.queue.has_turns() {
             if !self.try_count() {
-                g.waiters.push_front(w);
                 return;
             }
+            let Some(p) = g.queue.pop() else {
+                self.uncount();
+                return;
+            };
             g.total += 1;
-            if let Err(Handoff::Slot) = w.send(Handoff::Slot) {
+            if let Err(Handoff::Slot(t)) = p.waiter.send(Handoff::Slot(p.counted)) {
                 g.total -= 1;
-                self.db.count.fetch_sub(1, Ordering::AcqRel);
-                self.role.count.fetch_sub(1, Ordering::AcqRel);
+                self.uncount();
+                if let Some(t) = t {
+                    g.queue.unlend(&t);
+                }
                 continue;
             }
             return;
+        }
+    }
+
+    /// Take back a count of [`Pool::try_count`] that was not used.
+    fn uncount(&self) {
+        self.db.count.fetch_sub(1, Ordering::AcqRel);
+        self.role.count.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The connection is no longer lent: give its tenant's count back.
+    fn unlend(&self, g: &mut Inner, c: &mut ServerConn) {
+        if let Some(t) = c.lent_to.take() {
+            g.queue.unlend(&t);
         }
     }
 
@@ -317,13 +342,21 @@ impl Pool {
 
     /// How long the oldest client in this pool's queue has waited (zero when none).
     pub fn max_wait(&self) -> Duration {
+        self.lock().queue.max_wait()
+    }
+
+    /// Per tenant now: (connections counted for it, transactions waiting). Only tenants
+    /// under a limit are counted; waiting ones whenever a limit is on.
+    pub fn tenant_load(&self) -> std::collections::HashMap<Arc<str>, (u32, u32)> {
         let g = self.lock();
-        g.waiters
-            .iter()
-            .filter(|w| !w.is_closed())
-            .map(|w| w.since.elapsed())
-            .max()
-            .unwrap_or_default()
+        let mut m: std::collections::HashMap<Arc<str>, (u32, u32)> = Default::default();
+        for (t, n) in g.queue.active_by_tenant() {
+            m.entry(t.clone()).or_default().0 += n;
+        }
+        for (t, n) in g.queue.waiting_by_tenant() {
+            m.entry(t.clone()).or_default().1 += n;
+        }
+        m
     }
 
     /// RECONNECT: every connection open now is closed instead of reused (idle ones at
@@ -360,9 +393,10 @@ impl Pool {
         let s = self.settings.load();
         c.last_used = now;
         let mut g = self.lock();
+        self.unlend(&mut g, &mut c);
         let l = self.limits(&s);
         let over_size = g.total > l.pool_size + l.reserve_pool_size
-            || (g.total > l.pool_size && g.waiters.iter().all(|w| w.is_closed()));
+            || (g.total > l.pool_size && !g.queue.any_open());
         if !clean
             || c.id <= self.close_needed_upto.load(Ordering::Relaxed)
             || self.is_stale()
@@ -377,11 +411,15 @@ impl Pool {
             c.terminate();
             return;
         }
-        while let Some(w) = g.waiters.pop_front() {
-            match w.send(Handoff::Conn(c)) {
+        while let Some(p) = g.queue.pop() {
+            c.lent_to = p.counted;
+            match p.waiter.send(Handoff::Conn(c)) {
                 Ok(()) => return,
-                Err(Handoff::Conn(back)) => c = back,
-                Err(Handoff::Slot) => return, // never sent here
+                Err(Handoff::Conn(mut back)) => {
+                    self.unlend(&mut g, &mut back);
+                    c = back;
+                }
+                Err(Handoff::Slot(_)) => return, // never sent here
             }
         }
         g.idle.push_back(c);
@@ -400,6 +438,7 @@ impl Pool {
     pub fn close_idle(&self) {
         let idle: Vec<Box<ServerConn>> = {
             let mut g = self.lock();
+            // Idle connections are lent to no one.
             let v: Vec<_> = g.idle.drain(..).collect();
             for _ in &v {
                 self.drop_slot(&mut g);
@@ -412,9 +451,10 @@ impl Pool {
     }
 
     /// Close a connection that is not coming back (broken, or the client quit mid-way).
-    pub fn close(&self, c: Box<ServerConn>) {
+    pub fn close(&self, mut c: Box<ServerConn>) {
         {
             let mut g = self.lock();
+            self.unlend(&mut g, &mut c);
             self.drop_slot(&mut g);
         }
         c.terminate();
@@ -440,6 +480,7 @@ pub use pools::{Pools, Retired};
 mod acquire;
 mod limits;
 mod open;
+mod queue;
 mod stats;
 
 pub use limits::Counter;

@@ -50,8 +50,9 @@ impl Pool {
             .push(("application_name".into(), format!("pgtenant {purpose}")));
         backend::connect(&p).await
     }
-    /// Open a connection in a slot already counted.
-    pub(super) async fn open(&self) -> Result<Box<ServerConn>, PoolError> {
+    /// Open a connection in a slot already counted (for tenant `lent`, if named: the
+    /// connection carries it, or the count is given back when opening fails).
+    pub(super) async fn open(&self, lent: Option<Arc<str>>) -> Result<Box<ServerConn>, PoolError> {
         let s = self.settings();
         let params = self.connect_params(&s);
         let connected = match backend::connect(&params).await {
@@ -73,6 +74,7 @@ impl Pool {
                         last_used: None,
                     },
                 );
+                c.lent_to = lent;
                 c.guard = Some(Box::new(ServerGuard {
                     pool: self.me.clone(),
                     id: c.id,
@@ -88,6 +90,9 @@ impl Pool {
                 self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(pool = %self.name(), error = %e, "server connection failed");
                 let mut g = self.lock();
+                if let Some(t) = lent {
+                    g.queue.unlend(&t);
+                }
                 self.drop_slot(&mut g);
                 Err(e.into())
             }

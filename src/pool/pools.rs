@@ -119,7 +119,7 @@ impl Pools {
                 inner: Mutex::new(Inner {
                     idle: VecDeque::new(),
                     total: 0,
-                    waiters: VecDeque::new(),
+                    queue: Default::default(),
                     exhausted_logged: None,
                     exhausted_since_log: 0,
                     unused_since: None,
@@ -166,6 +166,29 @@ impl Pools {
         self.map.iter().map(|e| e.value().clone()).collect()
     }
 
+    /// Per tenant, over every pool now: (connections counted for it, transactions
+    /// waiting). Only tenants under a limit are counted; see [`Pool::tenant_load`].
+    pub fn tenant_load(&self) -> std::collections::HashMap<Arc<str>, (u32, u32)> {
+        let mut m: std::collections::HashMap<Arc<str>, (u32, u32)> = Default::default();
+        for p in self.all() {
+            for (t, (a, w)) in p.tenant_load() {
+                let e = m.entry(t).or_default();
+                e.0 += a;
+                e.1 += w;
+            }
+        }
+        m
+    }
+
+    /// Transactions waiting per tenant now, over every pool (SHOW TENANTS).
+    pub fn tenant_waiting(&self) -> std::collections::HashMap<Arc<str>, u32> {
+        self.tenant_load()
+            .into_iter()
+            .filter(|(_, (_, w))| *w > 0)
+            .map(|(t, (_, w))| (t, w))
+            .collect()
+    }
+
     /// What the removed pools had counted, by node name.
     pub fn retired(&self) -> Vec<(Arc<str>, Retired)> {
         let g = self.retired.lock().unwrap_or_else(|p| p.into_inner());
@@ -196,7 +219,7 @@ impl Pools {
             let Ok(mut g) = p.inner.try_lock() else {
                 return true;
             };
-            if !free || g.total > 0 || !g.waiters.is_empty() {
+            if !free || g.total > 0 || g.queue.any_open() {
                 g.unused_since = None;
                 return true;
             }

@@ -28,6 +28,19 @@ pub fn error(code: &str, message: &str) -> Frame {
     error_with_tag(b'E', "ERROR", code, message)
 }
 
+/// ErrorResponse with severity ERROR and a DETAIL field.
+pub fn error_with_detail(code: &str, message: &str, detail: &str) -> Frame {
+    let e = error(code, message);
+    let body = e.body();
+    let mut b = BytesMut::with_capacity(body.len() + detail.len() + 2);
+    // Before the final terminator.
+    b.put_slice(&body[..body.len() - 1]);
+    b.put_u8(b'D');
+    cstr(&mut b, detail);
+    b.put_u8(0);
+    Frame::new(b'E', &b)
+}
+
 /// ErrorResponse with severity FATAL (the connection closes after it).
 pub fn fatal(code: &str, message: &str) -> Frame {
     error_with_tag(b'E', "FATAL", code, message)

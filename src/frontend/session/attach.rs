@@ -54,23 +54,41 @@ async fn check_rows(
     Ok(rows)
 }
 
+/// What attaching to a worker came to.
+pub(super) enum WorkerAttach {
+    Attached,
+    /// It could not be reached: the coordinator serves.
+    Unreachable,
+    /// The client was told why not (a full pool, a tenant limit).
+    Refused,
+}
+
 impl Session {
-    /// Attach to a worker pool without telling the client about a failure (the caller
-    /// falls back to the coordinator).
-    pub(super) async fn attach_quiet(&mut self, pool: Arc<Pool>) -> bool {
+    /// Attach to a worker pool for the transaction `first` starts. A worker that cannot
+    /// be reached is not the client's business (the caller falls back to the
+    /// coordinator); a full pool or a tenant limit is: the client gets its error, as on
+    /// any pool, and no other node takes the transaction (a saturated worker is not a
+    /// down one, and a tenant's limit must not be escaped through the coordinator).
+    pub(super) async fn attach_worker(&mut self, first: &Frame, pool: Arc<Pool>) -> WorkerAttach {
         if !pool.has_credential() {
             // A pool on another node logs in as this client's user, with its secret
             // (which its coordinator pool keeps: not a copy in every session).
             pool.set_credential(self.c.pool.credential());
         }
-        match self.acquire(&pool).await {
-            Ok((server, lent)) => {
+        let claim = self.take_claim(&pool);
+        match self.acquire(&pool, claim).await {
+            Ok((server, lent, claim)) => {
                 self.install(server, pool, lent).await;
-                true
+                self.claimed(claim);
+                WorkerAttach::Attached
+            }
+            Err(PoolError::Connect(e)) => {
+                tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), error = %e, "worker connection failed");
+                WorkerAttach::Unreachable
             }
             Err(e) => {
-                tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), error = %e, "worker connection failed");
-                false
+                self.refuse_pool_error(first, &pool, &e);
+                WorkerAttach::Refused
             }
         }
     }
@@ -84,20 +102,31 @@ impl Session {
     }
 
     /// A server connection from `pool`, counted as waiting meanwhile.
-    /// With the time it was lent (the transaction's clock starts there).
+    /// With the time it was lent (the transaction's clock starts there), and the
+    /// transaction's tenant claim back (marked when its tenant's limit made it wait).
     pub(super) async fn acquire(
         &self,
         pool: &Arc<Pool>,
-    ) -> Result<(Box<ServerConn>, Instant), PoolError> {
+        mut claim: Option<Box<crate::limits::Claim>>,
+    ) -> Result<(Box<ServerConn>, Instant, Option<Box<crate::limits::Claim>>), PoolError> {
+        if let Some(c) = claim.as_deref_mut() {
+            if c.max_tps > 0.0 {
+                Box::pin(self.take_token(c)).await?;
+            }
+        }
         let now = Instant::now();
-        if let Some(c) = pool.try_acquire_idle(now) {
-            return Ok((c, now));
+        if let Some(c) = pool.try_acquire_idle(now, claim.as_deref()) {
+            return Ok((c, now, claim));
         }
         let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
         // Boxed: the slow path (waiting, connecting) stays out of every session's future,
         // which an idle client keeps for as long as it is connected.
-        let c = Box::pin(pool.acquire()).await?;
-        Ok((c, Instant::now()))
+        let c = Box::pin(pool.acquire(claim.as_deref_mut())).await?;
+        let at = Instant::now();
+        if let Some(cl) = claim.as_deref_mut().filter(|c| c.throttled) {
+            cl.waited += at.saturating_duration_since(now);
+        }
+        Ok((c, at, claim))
     }
 
     /// Make `server` this client's: cancel target, settings replay.
@@ -144,6 +173,7 @@ impl Session {
             notified: false,
             unread: None,
             home: None,
+            timer: None,
         };
         let reset_all = self.take_over(&mut a);
         let mut replay = Vec::new();
@@ -172,27 +202,36 @@ impl Session {
     /// settings in line with the client's. On failure the client gets an error for this
     /// request and keeps its connection.
     pub(super) async fn attach(&mut self, first: &Frame, pool: Arc<Pool>) -> bool {
-        match self.acquire(&pool).await {
-            Ok((server, lent)) => {
+        let claim = self.take_claim(&pool);
+        match self.acquire(&pool, claim).await {
+            Ok((server, lent, claim)) => {
                 self.install(server, pool, lent).await;
+                self.claimed(claim);
                 true
             }
             Err(e) => {
-                match &e {
-                    PoolError::WaitTimeout => {
-                        tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), "query_wait_timeout: pool exhausted")
-                    }
-                    e => {
-                        tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), error = %e, "no server connection")
-                    }
-                }
-                let fatal = pool_error_frame(&e);
-                // Same code and text, but ERROR: the client may retry on this connection.
-                let fields = ErrorFields::parse(fatal.body()).unwrap_or_default();
-                self.refuse_first(first, &fields.code, &fields.message);
+                self.refuse_pool_error(first, &pool, &e);
                 false
             }
         }
+    }
+
+    /// The pool had no connection for the transaction `first` starts: the client gets
+    /// the error for this request and keeps its connection.
+    fn refuse_pool_error(&mut self, first: &Frame, pool: &Pool, e: &PoolError) {
+        match e {
+            PoolError::WaitTimeout => {
+                tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), "query_wait_timeout: pool exhausted")
+            }
+            PoolError::TenantRate(_) => {}
+            e => {
+                tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), error = %e, "no server connection")
+            }
+        }
+        let fatal = pool_error_frame(e);
+        // Same code and text, but ERROR: the client may retry on this connection.
+        let fields = ErrorFields::parse(fatal.body()).unwrap_or_default();
+        self.refuse_first(first, &fields.code, &fields.message);
     }
 
     /// The transaction whose first message is `first` gets no server: an ERROR (the

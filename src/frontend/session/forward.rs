@@ -32,6 +32,9 @@ impl Session {
             if a.server.tx_status == b'I' {
                 a.xact_started = now;
             }
+            if let Some(t) = a.timer.as_mut() {
+                t.arm();
+            }
         }
         match f.tag() {
             b'P' => {

@@ -1,5 +1,6 @@
 //! Routing holds: the first message of a transaction decides the node; BEGIN and friends
 //! and Parses are held (answered out of sight) until a statement tells.
+use super::attach::WorkerAttach;
 use super::*;
 
 impl Session {
@@ -185,6 +186,7 @@ impl Session {
             Decision::Anywhere => (self.c.pool.clone(), RouteReason::Anywhere),
             Decision::Hold(_) => (self.c.pool.clone(), RouteReason::TransactionControl),
         };
+        self.claim_tenant = self.limited_tenant(reason, &tenant);
         // Blue-green: the tenant's home (or the default one) decides between blue and
         // the decision above (green).
         let mut running = None;
@@ -198,7 +200,14 @@ impl Session {
             }
         }
         let to_worker = !Arc::ptr_eq(&pool, &self.c.pool);
-        if to_worker && !self.attach_quiet(pool.clone()).await {
+        let worker = match to_worker {
+            true => self.attach_worker(&f, pool.clone()).await,
+            false => WorkerAttach::Attached,
+        };
+        if let WorkerAttach::Refused = worker {
+            return None;
+        }
+        if let WorkerAttach::Unreachable = worker {
             // The worker is unreachable: mark it down (probed in the background until it
             // answers) and let the coordinator serve.
             let base = self.ctx.settings.load().worker_retry_delay;
@@ -240,6 +249,8 @@ impl Session {
             ),
             _ => None,
         };
+        // MERGE(h-metrics): record in the tenants sketch.
+        self.throttled_wait = None;
     }
 
     /// Is the statement about to be routed a transaction of its own, which a read may

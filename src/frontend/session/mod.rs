@@ -55,6 +55,7 @@ mod client;
 mod forward;
 mod holds;
 mod homes;
+mod limits;
 mod lost;
 mod relay;
 
@@ -94,6 +95,8 @@ struct Attached {
     /// Blue-green: this transaction's registration with its tenant's gate, until the
     /// connection goes back (a cutover waits for it to end).
     home: Option<crate::bluegreen::Running>,
+    /// The tenant's statement_timeout, when it has one (`limits`).
+    timer: Option<Box<limits::StatementTimer>>,
 }
 
 impl Attached {
@@ -120,6 +123,8 @@ enum Event {
     /// Blue-green: a tenant transaction has something to send and this instance's lease
     /// is not valid, or its tenant moved (see `homes`).
     LeaseLapsed,
+    /// The transaction's tenant has a statement_timeout and the statement ran past it.
+    StatementTimeout,
 }
 
 impl Event {
@@ -130,6 +135,7 @@ impl Event {
             Event::ClientWrite(_) => "client-write-error",
             Event::ServerWrite(_) => "server-write-error",
             Event::LeaseLapsed => "lease-lapsed",
+            Event::StatementTimeout => "statement-timeout",
             Event::IdleTxTimeout => "idle-tx-timeout",
             Event::Shutdown => "shutdown",
             Event::Notification(_) => "notification",
@@ -292,6 +298,12 @@ struct Session {
     client_tx: u8,
     /// The tenant whose key routed the current transaction (SHOW TENANTS).
     tenant: Option<crate::metrics::tenants::TenantKey>,
+    /// The tenant the next connection is claimed for (`limits`): set when a route is
+    /// decided while a tenant limit is on, taken by the acquire that follows.
+    claim_tenant: Option<Arc<str>>,
+    /// The current transaction waited this long because its tenant was at its limit
+    /// (recorded with its tenant once the route is noted).
+    throttled_wait: Option<Duration>,
 }
 
 /// The session's future. Built in two steps so that it holds the session's state once
@@ -346,6 +358,8 @@ where
         session_lost: false,
         client_tx: b'I',
         tenant: None,
+        claim_tenant: None,
+        throttled_wait: None,
         c: client,
     };
     drop(settings);
@@ -415,6 +429,7 @@ impl Session {
                     Flow::Continue
                 }
                 Event::LeaseLapsed => Box::pin(self.lease_lapsed()).await,
+                Event::StatementTimeout => self.statement_timed_out(),
                 Event::Notification(f) => {
                     if self.listener.as_ref().is_some_and(|l| l.wants(&f)) {
                         self.c.conn.queue(&f);
@@ -495,6 +510,11 @@ impl Session {
         if let Some(t) = self.idle_tx_timer.as_mut() {
             if t.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::IdleTxTimeout);
+            }
+        }
+        if let Some(t) = self.attached.as_mut().and_then(|a| a.timer.as_mut()) {
+            if t.poll_fired(cx) {
+                return Poll::Ready(Event::StatementTimeout);
             }
         }
         // Notifications go out between answers, never inside one.

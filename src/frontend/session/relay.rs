@@ -76,7 +76,10 @@ impl Session {
                     }
                     if !hidden || show_errors {
                         crate::metrics::counters::SERVER_ERRORS.count_body(f.body());
-                        self.c.conn.queue(&f);
+                        match a.timer.as_mut().and_then(|t| t.rewrite_error(f.body())) {
+                            Some(timeout) => self.c.conn.queue(&timeout),
+                            None => self.c.conn.queue(&f),
+                        }
                     } else {
                         let e = ErrorFields::parse(f.body()).unwrap_or_default();
                         tracing::warn!(user = %Escaped(&self.c.user), code = %e.code, message = %e.message, "server refused a setting pgtenant replayed");
@@ -167,6 +170,9 @@ impl Session {
                     }
                     // Read once: the latencies and the release below share it.
                     let now = a.query_started.take().map(|t| (t, Instant::now()));
+                    if let Some(t) = a.timer.as_mut() {
+                        t.disarm();
+                    }
                     if let Some((t, at)) = now {
                         a.pool.stats.add_query(at.saturating_duration_since(t));
                         if st == b'I' {

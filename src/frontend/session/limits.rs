@@ -1,0 +1,190 @@
+//! The session's side of per-tenant limits (`crate::limits`): the transaction's claim,
+//! the rate token before it takes a connection, and the statement timer while it runs.
+//!
+//! Rules:
+//! - A claim is made only when a limit is on and the router pinned the transaction to one
+//!   tenant (a key or a hint): `claim_tenant` is set when the route is decided and taken
+//!   by the next acquire, so a transaction's claim never outlives it.
+//! - The rate token is taken before the pool is asked (waiting for a token holds no
+//!   server connection); the wait counts as waiting (`pgtenant_clients{state="waiting"}`).
+//! - The statement timer runs from a statement's first message to its ReadyForQuery; when
+//!   it fires, pgtenant cancels through the client's own cancel slot (`CancelSlot`), so
+//!   the cancel can never reach a server connection that went to another client, and the
+//!   client gets PostgreSQL's own statement-timeout error, naming the tenant's limit.
+use super::*;
+use crate::limits::{rate::Token, Claim};
+
+/// A tenant's statement_timeout on the attached connection.
+pub(super) struct StatementTimer {
+    limit: Duration,
+    tenant: Arc<str>,
+    /// Armed while a statement runs.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// It fired and a cancel went out: the server's "canceling statement due to user
+    /// request" that follows is this timeout's.
+    fired: bool,
+}
+
+impl StatementTimer {
+    /// Start the clock of a statement about to be sent.
+    pub(super) fn arm(&mut self) {
+        let at = tokio::time::Instant::now() + self.limit;
+        match self.sleep.as_mut() {
+            Some(s) => s.as_mut().reset(at),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// The statement's answer is complete.
+    pub(super) fn disarm(&mut self) {
+        self.sleep = None;
+    }
+
+    pub(super) fn poll_fired(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let Some(s) = self.sleep.as_mut() else {
+            return false;
+        };
+        if s.as_mut().poll(cx).is_ready() {
+            self.sleep = None;
+            return true;
+        }
+        false
+    }
+
+    /// An ErrorResponse from the server while this timer's cancel was out: PostgreSQL's
+    /// statement-timeout error in place of "canceling statement due to user request".
+    pub(super) fn rewrite_error(&mut self, body: &[u8]) -> Option<Frame> {
+        if !self.fired {
+            return None;
+        }
+        let fields = ErrorFields::parse(body).ok()?;
+        if fields.code != sqlstate::QUERY_CANCELED {
+            return None;
+        }
+        self.fired = false;
+        Some(build::error_with_detail(
+            sqlstate::QUERY_CANCELED,
+            "canceling statement due to statement timeout",
+            &format!(
+                "tenant {}'s statement_timeout ({} ms) set by pgtenant",
+                self.tenant,
+                self.limit.as_millis()
+            ),
+        ))
+    }
+}
+
+impl Session {
+    /// The tenant to claim for when the route was decided by `reason` with `tenant`, if
+    /// any limit is on.
+    pub(super) fn limited_tenant(
+        &self,
+        reason: RouteReason,
+        tenant: &crate::frontend::routing::TenantOf,
+    ) -> Option<Arc<str>> {
+        match (reason, tenant) {
+            (RouteReason::TenantKey | RouteReason::Hint, Some((_, v)))
+                if self.ctx.tenant_limits.on(&self.ctx.settings.load()) =>
+            {
+                Some(Arc::from(v.as_str()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The claim of the transaction about to take a connection of `pool`.
+    pub(super) fn take_claim(&mut self, pool: &Pool) -> Option<Box<Claim>> {
+        let tenant = self.claim_tenant.take()?;
+        let s = self.ctx.settings.load();
+        let pool_size = pool.limits(&s).pool_size;
+        self.ctx
+            .tenant_limits
+            .claim(&s, &pool.key.database, pool_size, &tenant)
+            .map(Box::new)
+    }
+
+    /// `max_tps`: wait for the tenant's token, or refuse when it would come after the
+    /// transaction's query_wait_timeout.
+    pub(super) async fn take_token(&self, claim: &mut Claim) -> Result<(), PoolError> {
+        if claim.max_tps <= 0.0 {
+            return Ok(());
+        }
+        let s = self.ctx.settings.load();
+        let max_wait = (!s.query_wait_timeout.is_zero()).then_some(s.query_wait_timeout);
+        let now = Instant::now();
+        let counts = &self.ctx.tenant_limits.counts;
+        match self
+            .ctx
+            .tenant_limits
+            .rate
+            .take(&claim.tenant, claim.max_tps, now, max_wait)
+        {
+            Token::After(d) if d.is_zero() => Ok(()),
+            Token::After(d) => {
+                counts.throttled_rate.fetch_add(1, Ordering::Relaxed);
+                claim.rate_throttled = true;
+                claim.waited += d;
+                let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            Token::TooLate(d) => {
+                counts.rate_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(tenant = %Escaped(&claim.tenant), max_tps = claim.max_tps, "tenant over its rate limit; transaction refused");
+                Err(PoolError::TenantRate(format!(
+                    "tenant {} is over its rate limit (max_tps = {}): its next transaction may start in {} ms, after query_wait_timeout",
+                    claim.tenant,
+                    claim.max_tps,
+                    d.as_millis()
+                )))
+            }
+        }
+    }
+
+    /// After the pool lent a connection for `claim`: count a wait its tenant's limit
+    /// caused, and start the statement timer when the tenant has one.
+    pub(super) fn claimed(&mut self, claim: Option<Box<Claim>>) {
+        let Some(claim) = claim else {
+            return;
+        };
+        if claim.throttled {
+            self.ctx
+                .tenant_limits
+                .counts
+                .throttled_active
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if claim.throttled || claim.rate_throttled {
+            self.throttled_wait = Some(claim.waited);
+        }
+        if let Some(a) = self.attached.as_mut() {
+            a.timer = (!claim.statement_timeout.is_zero()).then(|| {
+                Box::new(StatementTimer {
+                    limit: claim.statement_timeout,
+                    tenant: claim.tenant.clone(),
+                    sleep: None,
+                    fired: false,
+                })
+            });
+        }
+    }
+
+    /// The tenant's statement_timeout passed: cancel the statement.
+    pub(super) fn statement_timed_out(&mut self) -> Flow {
+        let Some(t) = self.attached.as_mut().and_then(|a| a.timer.as_mut()) else {
+            return Flow::Continue;
+        };
+        if self.c.key.slot.cancel_detached() {
+            t.fired = true;
+            self.ctx
+                .tenant_limits
+                .counts
+                .statement_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(tenant = %Escaped(&t.tenant), limit_ms = t.limit.as_millis() as u64, "tenant statement_timeout: cancelling the statement");
+        }
+        Flow::Continue
+    }
+}
+
+use std::sync::atomic::Ordering;
