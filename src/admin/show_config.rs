@@ -270,6 +270,21 @@ fn items() -> Vec<Item> {
         ),
         item!("instance_name", |s| s.instance_name.clone()),
         item!("tenant_homes_lease", |s| secs(s.tenant_homes_lease)),
+        item!(
+            "tenant_max_active",
+            |s| s.tenant_max_active.show(),
+            |m, v| m.tenant_max_active = crate::config::MaxActive::parse(v)?
+        ),
+        item!(
+            "tenant_max_tps",
+            |s| s.tenant_max_tps.to_string(),
+            |m, v| m.tenant_max_tps = crate::config::tenant_limits::parse_tps(v)?
+        ),
+        item!(
+            "tenant_statement_timeout",
+            |s| secs(s.tenant_statement_timeout),
+            |m, v| m.tenant_statement_timeout = crate::config::tenant_limits::parse_timeout(v)?
+        ),
         item!("reference_reads", |s| s
             .reference_reads
             .as_str()
@@ -336,6 +351,7 @@ pub fn set(current: &Settings, key: &str, value: &str) -> Result<Settings, Strin
     };
     let mut new = current.clone();
     set(&mut new, value).map_err(|e| format!("{key}: {e}"))?;
+    new.derive();
     if new.min_pool_size > new.pool_size {
         return Err(format!(
             "min_pool_size ({}) is larger than pool_size ({})",

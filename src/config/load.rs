@@ -911,7 +911,7 @@ fn finish(
         entry.password = upstream.password.clone();
     }
 
-    Ok(Settings {
+    let mut s = Settings {
         config_file,
         notes: Vec::new(),
         auth_hba_file: d.auth_hba_file,
@@ -977,7 +977,10 @@ fn finish(
         tenant_max_tps: d.tenant_max_tps,
         tenant_statement_timeout: d.tenant_statement_timeout,
         tenant_limits: d.tenant_limits,
-    })
+        tenant_limits_on: false,
+    };
+    s.derive();
+    Ok(s)
 }
 
 #[cfg(test)]

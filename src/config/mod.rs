@@ -330,13 +330,25 @@ pub struct Settings {
     pub tenant_statement_timeout: Duration,
     /// `[tenant_limits]`: overrides for named tenants (canonical value → override).
     pub tenant_limits: BTreeMap<String, TenantOverride>,
+    /// Derived ([`Settings::derive`]): is any tenant limit configured?
+    tenant_limits_on: bool,
 }
 
 impl Settings {
     /// Is any per-tenant limit configured (a default, an entry's, or a named tenant's)?
     /// When none is (and none was set at run time), transactions carry no tenant claim
     /// and pools queue in plain FIFO order: the limits cost nothing.
+    /// Read per routed transaction: kept in a field, computed by [`Settings::derive`].
     pub fn tenant_limits_configured(&self) -> bool {
+        self.tenant_limits_on
+    }
+
+    /// Compute the derived fields again after a change (load, SET).
+    pub fn derive(&mut self) {
+        self.tenant_limits_on = self.tenant_limits_any();
+    }
+
+    fn tenant_limits_any(&self) -> bool {
         !self.tenant_max_active.is_off()
             || self.tenant_max_tps > 0.0
             || !self.tenant_statement_timeout.is_zero()

@@ -38,6 +38,8 @@ impl StatementTimer {
     /// The statement's answer is complete.
     pub(super) fn disarm(&mut self) {
         self.sleep = None;
+        // Its error, if any, came before the ReadyForQuery that ends the statement.
+        self.fired = false;
     }
 
     pub(super) fn poll_fired(&mut self, cx: &mut TaskContext<'_>) -> bool {
