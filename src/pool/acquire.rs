@@ -139,7 +139,8 @@ impl Pool {
                     continue;
                 } else {
                     let (tx, rx) = oneshot::channel();
-                    if !g.queue.any_open() {
+                    // A tenant at its limit waits for itself, not for the pool.
+                    if may && !g.queue.any_open() {
                         g.exhausted_since_log += 1;
                         if g.exhausted_logged.is_none_or(|t| {
                             started.saturating_duration_since(t) >= EXHAUSTED_LOG_EVERY

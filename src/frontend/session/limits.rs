@@ -131,8 +131,12 @@ impl Session {
                 Ok(())
             }
             Token::TooLate(d) => {
-                counts.rate_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(tenant = %Escaped(&claim.tenant), max_tps = claim.max_tps, "tenant over its rate limit; transaction refused");
+                let n = counts.rate_refused.fetch_add(1, Ordering::Relaxed);
+                // A tenant far over its rate is refused thousands of times a second: the
+                // log says so once a minute (the counts are in /metrics).
+                if log_now(&RATE_LOGGED) {
+                    tracing::info!(tenant = %Escaped(&claim.tenant), max_tps = claim.max_tps, refused_since_start = n + 1, "tenant over its rate limit; transaction refused");
+                }
                 Err(PoolError::TenantRate(format!(
                     "tenant {} is over its rate limit (max_tps = {}): its next transaction may start in {} ms, after query_wait_timeout",
                     claim.tenant,
@@ -189,4 +193,18 @@ impl Session {
     }
 }
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// When the last rate refusal was logged (seconds since the process's first log of it).
+static RATE_LOGGED: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// At most one message a minute per kind.
+fn log_now(last: &AtomicU64) -> bool {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = START.get_or_init(Instant::now).elapsed().as_secs();
+    let prev = last.load(Ordering::Relaxed);
+    (prev == u64::MAX || now >= prev + 60)
+        && last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
