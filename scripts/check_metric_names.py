@@ -38,8 +38,9 @@ ALERT_TESTS = ROOT / "deploy/prometheus/alerts_test.yml"
 
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
-# Labels whose values are not fixed strings in the code (database: a [databases] entry name).
-FREE_VALUES = {"job", "instance", "node", "le", "database"}
+# Labels whose values are not fixed strings in the code (database: a [databases] entry name;
+# tenant: a tenant value, or "other").
+FREE_VALUES = {"job", "instance", "node", "le", "database", "tenant"}
 
 NAME = re.compile(r"\bpgtenant_[a-z0-9_]+\b")
 SELECTOR = re.compile(r"\b(pgtenant_[a-z0-9_]+)\s*(\{([^}]*)\})?")

@@ -1,10 +1,11 @@
 //! SHOW TENANTS (the heavy-hitters sketches) and SHOW LATENCY (the histograms).
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::ResultSet;
 use crate::context::Context;
 use crate::metrics::latency::{self, Kind, Snapshot};
-use crate::metrics::tenants::Rank;
+use crate::metrics::tenants::{Rank, Tenants};
 
 pub const TENANTS: &[&str] = &[
     "tenant",
@@ -13,6 +14,8 @@ pub const TENANTS: &[&str] = &[
     "statements",
     "time_us",
     "errors",
+    "throttled",
+    "waiting",
     "error_bound",
     "ranked_by",
 ];
@@ -20,24 +23,35 @@ pub const TENANTS: &[&str] = &[
 /// Rows per ranking.
 pub const TOP: usize = 50;
 
-/// The top tenants by statements, then those of the top by time not already listed.
-pub fn tenants(ctx: &Context) -> ResultSet {
+/// The top tenants by statements, then those of the top by time not already listed, then
+/// those of the top by throttled transactions not already listed. `waiting`: transactions
+/// of each tenant value waiting in the pools now (`Pools::tenant_waiting`), 0 when absent.
+/// Rows of the throttled ranking have NULL statements, time_us and errors: that sketch
+/// counts only throttled transactions.
+pub fn tenants(ctx: &Context, waiting: &HashMap<Arc<str>, u32>) -> ResultSet {
+    tenant_rows(&ctx.tenants, waiting)
+}
+
+fn tenant_rows(tenants: &Tenants, waiting: &HashMap<Arc<str>, u32>) -> ResultSet {
     let mut rs = ResultSet::new(TENANTS);
     let mut seen = HashSet::new();
-    for rank in [Rank::Statements, Rank::Time] {
-        for r in ctx.tenants.top(rank, TOP) {
+    for rank in [Rank::Statements, Rank::Time, Rank::Throttled] {
+        for r in tenants.top(rank, TOP) {
             if !seen.insert((r.colocation, r.tenant.clone())) {
                 continue;
             }
-            rs.push_values([
-                r.tenant.to_string(),
-                r.colocation.to_string(),
-                r.node.to_string(),
-                r.statements.to_string(),
-                r.time_us.to_string(),
-                r.errors.to_string(),
-                r.error_bound.to_string(),
-                rank.as_str().to_string(),
+            let counted = |v: u64| (rank != Rank::Throttled).then(|| v.to_string());
+            rs.push(vec![
+                Some(r.tenant.to_string()),
+                Some(r.colocation.to_string()),
+                Some(r.node.to_string()),
+                counted(r.statements),
+                counted(r.time_us),
+                counted(r.errors),
+                Some(r.throttled.to_string()),
+                Some(waiting.get(&*r.tenant).copied().unwrap_or(0).to_string()),
+                Some(r.error_bound.to_string()),
+                Some(rank.as_str().to_string()),
             ]);
         }
     }
@@ -78,4 +92,61 @@ pub fn latency() -> ResultSet {
         }
     }
     rs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn tenants_lists_throttled_and_waiting() {
+        let t = Tenants::default();
+        let node: Arc<str> = Arc::from("worker-1");
+        let busy = t.key(1, "42", node.clone());
+        for _ in 0..3 {
+            t.transaction(&busy, Duration::from_micros(10));
+        }
+        t.throttled(&busy, Duration::from_millis(2));
+        // Throttled, never finished a transaction: listed by the throttled ranking only.
+        let held = t.key(1, "7", node.clone());
+        t.throttled(&held, Duration::from_millis(5));
+        t.throttled(&held, Duration::from_millis(5));
+        let waiting = HashMap::from([(Arc::from("7"), 4), (Arc::from("99"), 1)]);
+        let rs = tenant_rows(&t, &waiting);
+        let rows: Vec<Vec<Option<&str>>> = rs
+            .rows
+            .iter()
+            .map(|r| r.iter().map(|c| c.as_deref()).collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                [
+                    Some("42"),
+                    Some("1"),
+                    Some("worker-1"),
+                    Some("3"),
+                    Some("30"),
+                    Some("0"),
+                    Some("1"),
+                    Some("0"),
+                    Some("0"),
+                    Some("statements")
+                ],
+                [
+                    Some("7"),
+                    Some("1"),
+                    Some("worker-1"),
+                    None,
+                    None,
+                    None,
+                    Some("2"),
+                    Some("4"),
+                    Some("0"),
+                    Some("throttled")
+                ],
+            ]
+        );
+    }
 }

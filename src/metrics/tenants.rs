@@ -1,25 +1,36 @@
 //! The busiest tenants in bounded memory: Space-Saving heavy-hitters sketches.
 //!
-//! Two sketches, one ranked by statements (routed transactions) and one by transaction
-//! time. Each has a fixed number of counters (`SHARDS` × `PER_SHARD`), split into shards
-//! by the key's hash, each shard behind its own small `Mutex`: a routed transaction takes one
-//! shard lock per sketch, never a global one. When a new tenant arrives at a full shard it
+//! Three sketches: one ranked by statements (routed transactions), one by transaction
+//! time, and a smaller one by throttled transactions (transactions that waited because of
+//! their tenant's limit, `limits`), so that the most throttled tenants are found even when
+//! they are not among the busiest. Each has a fixed number of counters (`SHARDS` ×
+//! `PER_SHARD`, `THROTTLED_PER_SHARD` for the third), split into shards by the key's hash,
+//! each shard behind its own small `Mutex`: a routed transaction takes one shard lock per
+//! sketch of the first two, never a global one; only a throttled transaction touches the
+//! third. When a new tenant arrives at a full shard it
 //! takes over the counter with the smallest weight, inheriting that weight (Space-Saving):
 //! a listed count over-estimates the truth by at most `error_bound`, and any tenant whose
 //! true weight exceeds total / capacity is guaranteed to be listed.
 //!
-//! Each counter also carries the other numbers (statements, time, errors) accumulated
-//! since the tenant last took a counter; only the ranking weight carries the inherited
-//! over-estimate.
+//! Each counter also carries the other numbers (statements, time, errors, throttled and
+//! throttle wait) accumulated since the tenant last took a counter; only the ranking
+//! weight carries the inherited over-estimate. The throttled sketch counts only throttled
+//! transactions (its rows' statements, time and errors stay 0). Process-wide totals of
+//! throttled transactions and their wait are kept too (`/metrics` shows the top tenants
+//! and the rest as `other`).
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub const SHARDS: usize = 16;
-/// Counters per shard: 16 × 64 = 1,024 counters per sketch.
+/// Counters per shard: 16 × 64 = 1,024 counters per sketch (statements, time).
 pub const PER_SHARD: usize = 64;
+/// Counters per shard of the throttled sketch: 16 × 16 = 256 (throttled tenants are the
+/// few at their limit; any with more than 1/256 of all throttled transactions is listed).
+pub const THROTTLED_PER_SHARD: usize = 16;
 
 /// One tenant's counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +43,12 @@ pub struct TenantRow {
     pub statements: u64,
     pub time_us: u64,
     pub errors: u64,
-    /// The ranking weight (statements or time) may be over-stated by at most this much.
+    /// Transactions that waited because of a tenant limit (`Tenants::throttled`).
+    pub throttled: u64,
+    /// Their total wait, µs.
+    pub throttle_wait_us: u64,
+    /// The ranking weight (statements, time or throttled) may be over-stated by at most
+    /// this much.
     pub error_bound: u64,
 }
 
@@ -40,6 +56,7 @@ pub struct TenantRow {
 pub enum Rank {
     Statements,
     Time,
+    Throttled,
 }
 
 impl Rank {
@@ -47,6 +64,24 @@ impl Rank {
         match self {
             Rank::Statements => "statements",
             Rank::Time => "time",
+            Rank::Throttled => "throttled",
+        }
+    }
+
+    /// The ranking weight of a row.
+    pub fn weight(self, r: &TenantRow) -> u64 {
+        match self {
+            Rank::Statements => r.statements,
+            Rank::Time => r.time_us,
+            Rank::Throttled => r.throttled,
+        }
+    }
+
+    fn weight_mut(self, r: &mut TenantRow) -> &mut u64 {
+        match self {
+            Rank::Statements => &mut r.statements,
+            Rank::Time => &mut r.time_us,
+            Rank::Throttled => &mut r.throttled,
         }
     }
 }
@@ -95,22 +130,21 @@ struct Shard {
 
 struct Sketch {
     rank: Rank,
+    per_shard: usize,
     shards: Vec<Mutex<Shard>>,
 }
 
 impl Sketch {
-    fn new(rank: Rank) -> Sketch {
+    fn new(rank: Rank, per_shard: usize) -> Sketch {
         Sketch {
             rank,
+            per_shard,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
     fn weight(&self, r: &TenantRow) -> u64 {
-        match self.rank {
-            Rank::Statements => r.statements,
-            Rank::Time => r.time_us,
-        }
+        self.rank.weight(r)
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
@@ -148,9 +182,11 @@ impl Sketch {
             statements: 0,
             time_us: 0,
             errors: 0,
+            throttled: 0,
+            throttle_wait_us: 0,
             error_bound: min,
         };
-        let i = if g.rows.len() < PER_SHARD {
+        let i = if g.rows.len() < self.per_shard {
             g.rows.push(fresh(0));
             g.hashes.push(key.hash);
             g.rows.len() - 1
@@ -172,10 +208,7 @@ impl Sketch {
             g.hashes[i] = key.hash;
             let mut row = fresh(min);
             // Space-Saving: the newcomer inherits the evicted weight.
-            match self.rank {
-                Rank::Statements => row.statements = min,
-                Rank::Time => row.time_us = min,
-            }
+            *self.rank.weight_mut(&mut row) = min;
             g.rows[i] = row;
             i
         };
@@ -230,14 +263,21 @@ impl TenantKey {
 pub struct Tenants {
     by_statements: Sketch,
     by_time: Sketch,
+    by_throttled: Sketch,
+    /// Every throttled transaction and its wait (µs), listed or not.
+    throttled_total: AtomicU64,
+    throttle_wait_us_total: AtomicU64,
     hasher: RandomState,
 }
 
 impl Default for Tenants {
     fn default() -> Tenants {
         Tenants {
-            by_statements: Sketch::new(Rank::Statements),
-            by_time: Sketch::new(Rank::Time),
+            by_statements: Sketch::new(Rank::Statements, PER_SHARD),
+            by_time: Sketch::new(Rank::Time, PER_SHARD),
+            by_throttled: Sketch::new(Rank::Throttled, THROTTLED_PER_SHARD),
+            throttled_total: AtomicU64::new(0),
+            throttle_wait_us_total: AtomicU64::new(0),
             hasher: RandomState::new(),
         }
     }
@@ -287,19 +327,49 @@ impl Tenants {
             .update(k.shard, &key, None, false, |r| r.errors += 1);
     }
 
+    /// One transaction of the tenant waited `waited` because of a tenant limit (its
+    /// `max_active` or `max_tps`; counted once even if both held it). Ranked in the
+    /// throttled sketch (taking a counter there if needed), added to the tenant's counters
+    /// of the other two rankings if it holds one, and to the process-wide totals. Called
+    /// only for throttled transactions: three shard locks then, none otherwise.
+    pub fn throttled(&self, k: &TenantKey, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.throttled_total.fetch_add(1, Ordering::Relaxed);
+        self.throttle_wait_us_total.fetch_add(us, Ordering::Relaxed);
+        let key = k.key();
+        let count = |r: &mut TenantRow| {
+            r.throttled += 1;
+            r.throttle_wait_us = r.throttle_wait_us.saturating_add(us);
+        };
+        self.by_throttled
+            .update(k.shard, &key, Some(&k.node), true, count);
+        self.by_statements.update(k.shard, &key, None, false, count);
+        self.by_time.update(k.shard, &key, None, false, count);
+    }
+
+    /// Throttled transactions and their total wait (µs) since start, of every tenant.
+    pub fn throttled_totals(&self) -> (u64, u64) {
+        (
+            self.throttled_total.load(Ordering::Relaxed),
+            self.throttle_wait_us_total.load(Ordering::Relaxed),
+        )
+    }
+
     /// The top `n` tenants of one ranking, heaviest first.
     pub fn top(&self, rank: Rank, n: usize) -> Vec<TenantRow> {
         let mut v = match rank {
             Rank::Statements => self.by_statements.rows(),
             Rank::Time => self.by_time.rows(),
+            Rank::Throttled => self.by_throttled.rows(),
         };
         v.truncate(n);
         v
     }
 
-    /// Counters in use (both sketches); never more than 2 × SHARDS × PER_SHARD.
+    /// Counters in use (all sketches); never more than
+    /// SHARDS × (2 × PER_SHARD + THROTTLED_PER_SHARD).
     pub fn counters(&self) -> usize {
-        self.by_statements.counters() + self.by_time.counters()
+        self.by_statements.counters() + self.by_time.counters() + self.by_throttled.counters()
     }
 }
 
@@ -361,5 +431,66 @@ mod tests {
             );
             assert_eq!((&*r.node, r.colocation), ("worker-2", 3));
         }
+    }
+
+    #[test]
+    fn throttled_transactions_are_counted_in_every_ranking_and_in_total() {
+        let t = Tenants::default();
+        let k = t.key(3, "42", Arc::from("worker-2"));
+        for _ in 0..5 {
+            t.transaction(&k, Duration::from_micros(50));
+        }
+        t.throttled(&k, Duration::from_millis(3));
+        t.throttled(&k, Duration::from_micros(500));
+        // A tenant throttled before it ever ran takes a counter only in the throttled
+        // ranking.
+        let new = t.key(3, "7", Arc::from("worker-1"));
+        t.throttled(&new, Duration::from_millis(1));
+        for rank in [Rank::Statements, Rank::Time] {
+            let top = t.top(rank, 10);
+            assert_eq!(top.len(), 1, "{rank:?}: {top:?}");
+            assert_eq!((top[0].throttled, top[0].throttle_wait_us), (2, 3_500));
+        }
+        let top = t.top(Rank::Throttled, 10);
+        let names: Vec<(&str, u64, u64, u64)> = top
+            .iter()
+            .map(|r| (&*r.tenant, r.throttled, r.throttle_wait_us, r.statements))
+            .collect();
+        assert_eq!(names, [("42", 2, 3_500, 0), ("7", 1, 1_000, 0)]);
+        assert_eq!(&*top[1].node, "worker-1");
+        assert_eq!(t.throttled_totals(), (3, 4_500));
+    }
+
+    #[test]
+    fn the_most_throttled_are_found_among_many_busier_tenants() {
+        let t = Tenants::default();
+        let node: Arc<str> = Arc::from("worker-1");
+        let slow = t.key(1, "slow", node.clone());
+        let mut truth = 0u64;
+        for i in 0..200_000u32 {
+            let k = t.key(1, &format!("tenant-{i}"), node.clone());
+            // Busier tenants (by statements), one in ten throttled once (the noise: 20,000
+            // throttled tenants for 256 counters).
+            for _ in 0..3 {
+                t.transaction(&k, Duration::from_micros(10));
+            }
+            if i % 10 == 0 {
+                t.throttled(&k, Duration::from_micros(100));
+            }
+            if i % 500 == 0 {
+                t.throttled(&slow, Duration::from_millis(20));
+                truth += 1;
+            }
+        }
+        assert!(t.counters() <= SHARDS * (2 * PER_SHARD + THROTTLED_PER_SHARD));
+        let top = &t.top(Rank::Throttled, 1)[0];
+        assert_eq!(&*top.tenant, "slow");
+        // Counted since it took its counter: exact at least from there on.
+        assert!(top.throttled >= truth && top.throttled - top.error_bound <= truth);
+        assert_eq!(
+            top.throttle_wait_us,
+            20_000 * (top.throttled - top.error_bound)
+        );
+        assert_eq!(t.throttled_totals().0, truth + 20_000);
     }
 }

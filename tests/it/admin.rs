@@ -394,7 +394,7 @@ async fn show_tenants_and_latency() {
     let header = admin(&p, "SHOW TENANTS");
     assert_eq!(
         header.lines().next().unwrap(),
-        "tenant|colocation|node|statements|time_us|errors|error_bound|ranked_by"
+        "tenant|colocation|node|statements|time_us|errors|throttled|waiting|error_bound|ranked_by"
     );
 
     let key = cluster.tenant_key("orders", 42);
@@ -453,6 +453,8 @@ async fn show_tenants_and_latency() {
     assert!(r["errors"].parse::<u64>().unwrap() >= 1, "{r:?}");
     assert!(r["time_us"].parse::<u64>().unwrap() > 0, "{r:?}");
     assert_eq!(r["error_bound"], "0");
+    // No tenant limit configured: nothing throttled, nothing waiting for one.
+    assert_eq!((&*r["throttled"], &*r["waiting"]), ("0", "0"), "{r:?}");
     assert_eq!(r["node"], node_row(&p, port)["node"], "{r:?}");
     // Heaviest first.
     assert_eq!(t[0]["tenant"], key, "{t:?}");

@@ -214,6 +214,31 @@ async fn probes_and_metrics_on_plain_postgres() {
     }
     assert_eq!(sum(&before, "pgtenant_ready", &[]), 1.0);
     assert_eq!(sum(&before, "pgtenant_citus_upstream", &[]), 0.0);
+    // Per-tenant limits: nothing throttled, so the tenant classes are "other" alone, and
+    // every limit event is exported from the start.
+    for name in [
+        "pgtenant_tenant_throttled_total",
+        "pgtenant_tenant_throttle_wait_seconds_total",
+    ] {
+        let classes: Vec<&Sample> = before.iter().filter(|s| s.name == name).collect();
+        assert_eq!(classes.len(), 1, "{name}");
+        assert_eq!(classes[0].labels["tenant"], "other", "{name}");
+        assert_eq!(classes[0].value, 0.0, "{name}");
+    }
+    for event in [
+        "throttled_active",
+        "throttled_rate",
+        "rate_refused",
+        "statement_timeout",
+    ] {
+        let n = before
+            .iter()
+            .filter(|s| {
+                s.name == "pgtenant_tenant_limit_events_total" && s.labels["event"] == event
+            })
+            .count();
+        assert_eq!(n, 1, "{event}");
+    }
     // Every reason is exported for both destinations, from the start.
     assert!(
         before
