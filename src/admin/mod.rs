@@ -227,8 +227,7 @@ pub async fn execute(
             Show::QuietTenants(q) => show_activity::quiet_tenants(ctx, q).await,
             Show::Routes => rows(show_citus::routes(ctx)),
             Show::PlanCache => rows(show_citus::plan_cache(ctx)),
-            // TODO(pool): ctx.pools.tenant_waiting()
-            Show::Tenants => rows(show_metrics::tenants(ctx, &Default::default())),
+            Show::Tenants => rows(show_metrics::tenants(ctx, &ctx.pools.tenant_waiting())),
             Show::Latency => rows(show_metrics::latency()),
             Show::Migration => migrate::show(ctx).await.map(Reply::Rows),
         },

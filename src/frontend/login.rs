@@ -633,7 +633,9 @@ fn greeting_params(
 /// The ErrorResponse a client gets when no server connection could be had.
 pub fn pool_error_frame(e: &PoolError) -> Frame {
     match e {
-        PoolError::WaitTimeout => build::fatal(sqlstate::CONNECTION_FAILURE, "query_wait_timeout"),
+        PoolError::WaitTimeout | PoolError::TenantWaitTimeout(_) => {
+            build::fatal(sqlstate::CONNECTION_FAILURE, "query_wait_timeout")
+        }
         PoolError::ShuttingDown => {
             build::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")
         }

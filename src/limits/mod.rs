@@ -36,6 +36,8 @@ pub mod rate;
 pub struct Claim {
     /// The tenant value (canonical text).
     pub tenant: Arc<str>,
+    /// Its colocation group (for the tenant sketches; the limits are by value).
+    pub colocation: u32,
     /// Server connections of the pool the tenant may hold at once; 0 = no limit.
     pub max_active: u32,
     /// Transactions per second; 0 = no limit.
@@ -59,6 +61,8 @@ pub struct Counts {
     pub throttled_rate: AtomicU64,
     /// Transactions refused because their token would come too late.
     pub rate_refused: AtomicU64,
+    /// Transactions that reached query_wait_timeout in their tenant's queue.
+    pub wait_timeouts: AtomicU64,
     /// Statements cancelled by a tenant's statement_timeout.
     pub statement_timeouts: AtomicU64,
 }
@@ -129,6 +133,7 @@ impl TenantLimits {
             .unwrap_or_else(|| s.tenant_max_active_of(database));
         Some(Claim {
             tenant: tenant.into(),
+            colocation: 0,
             max_active: max_active.of(pool_size),
             max_tps: o.max_tps.unwrap_or(s.tenant_max_tps),
             statement_timeout: o.statement_timeout.unwrap_or(s.tenant_statement_timeout),

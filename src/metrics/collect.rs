@@ -330,7 +330,7 @@ const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "pgtenant_tenant_limit_events_total",
         COUNTER,
         &["event"],
-        "Per-tenant limit events: throttled_active (waited for a connection: tenant at max_active), throttled_rate (waited for a max_tps token), rate_refused (refused: the token would come after query_wait_timeout), statement_timeout (statement cancelled by the tenant's statement_timeout).",
+        "Per-tenant limit events: throttled_active (waited for a connection: tenant at max_active), throttled_rate (waited for a max_tps token), rate_refused (refused: the token would come after query_wait_timeout), wait_timeout (query_wait_timeout in the tenant's queue: the tenant held max_active connections all along), statement_timeout (statement cancelled by the tenant's statement_timeout).",
     ),
 ];
 
@@ -889,6 +889,7 @@ fn tenant_limits(out: &mut Out, tenants: &Tenants, counts: &Counts, split: &mut 
         ("throttled_active", &counts.throttled_active),
         ("throttled_rate", &counts.throttled_rate),
         ("rate_refused", &counts.rate_refused),
+        ("wait_timeout", &counts.wait_timeouts),
         ("statement_timeout", &counts.statement_timeouts),
     ] {
         out.counter("pgtenant_tenant_limit_events_total", &[event], n.load(r));
@@ -956,6 +957,7 @@ mod tests {
                 ("statement_timeout".into(), 2.0),
                 ("throttled_active".into(), 7.0),
                 ("throttled_rate".into(), 0.0),
+                ("wait_timeout".into(), 0.0),
             ])
         );
         // Nothing throttled at all: other alone, at 0.

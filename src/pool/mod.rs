@@ -113,6 +113,10 @@ pub enum PoolError {
     Connect(#[from] BackendError),
     #[error("pgtenant is shutting down")]
     ShuttingDown,
+    /// query_wait_timeout while the transaction's tenant held its `max_active`
+    /// connections (the client sees the same error as [`PoolError::WaitTimeout`]).
+    #[error("query_wait_timeout: tenant {0} held its tenant_max_active connections")]
+    TenantWaitTimeout(Arc<str>),
     /// A tenant's `max_tps`: its next token comes after its query_wait_timeout.
     #[error("{0}")]
     TenantRate(String),

@@ -17,7 +17,9 @@ const HEAVY: usize = 200;
 const LIGHT: usize = 50;
 const SLEEP: f64 = 0.2;
 
-fn start(cluster: &CitusCluster, dir: &TempDir, name: &str, extra: &str) -> Pgtenant {
+/// pgtenant with its metrics port.
+fn start(cluster: &CitusCluster, dir: &TempDir, name: &str, extra: &str) -> (Pgtenant, u16) {
+    let http = support::free_port();
     let cfg = dir.write(
         &format!("{name}.toml"),
         &format!(
@@ -27,9 +29,48 @@ fn start(cluster: &CitusCluster, dir: &TempDir, name: &str, extra: &str) -> Pgte
             cluster.upstream_url()
         ),
     );
-    let p = Pgtenant::start(&["run", "--config", cfg.to_str().unwrap()], &[]);
+    let addr = format!("127.0.0.1:{http}");
+    let p = Pgtenant::start(
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--http-listen",
+            &addr,
+        ],
+        &[],
+    );
     support::citus::wait_for_shard_map(&p);
-    p
+    (p, http)
+}
+
+/// `/metrics` lines of `name` (with their labels).
+async fn metric_lines(http: u16, name: &str) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .map(str::to_string)
+        .collect()
+}
+
+/// SHOW TENANTS rows of `tenant`: (throttled, waiting).
+async fn shown(admin: &tokio_postgres::Client, tenant: &str) -> Option<(u64, u64)> {
+    let msgs = admin.simple_query("SHOW TENANTS").await.unwrap();
+    msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get("tenant") == Some(tenant) => Some((
+            r.get("throttled").and_then(|v| v.parse().ok()).unwrap_or(0),
+            r.get("waiting").and_then(|v| v.parse().ok()).unwrap_or(0),
+        )),
+        _ => None,
+    })
 }
 
 /// Tenants of `orders` whose rows live on worker 0: the heavy one and `LIGHT` others.
@@ -62,6 +103,9 @@ struct Outcome {
     heavy_other_errors: Vec<String>,
     /// Most of the heavy tenant's statements seen running at once on the worker.
     heavy_max_running: i64,
+    /// Most of its transactions SHOW TENANTS showed waiting, and its throttled count after.
+    heavy_max_waiting_shown: u64,
+    heavy_throttled_shown: u64,
     took: Duration,
 }
 
@@ -77,6 +121,7 @@ async fn scenario(cluster: &CitusCluster, p: &Pgtenant, heavy: &str, light: &[St
         light_clients.push(support::connect(&url).await);
     }
     let worker = cluster.app_client(&cluster.workers[0]).await;
+    let admin = support::connect(&p.url("app", "secret", "pgtenant")).await;
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let heavy_sql = format!(
@@ -117,11 +162,14 @@ async fn scenario(cluster: &CitusCluster, p: &Pgtenant, heavy: &str, light: &[St
             })
         })
         .collect();
-    // Sample the heavy tenant's statements running on the worker.
+    // Sample the heavy tenant's statements running on the worker, and what SHOW TENANTS
+    // says of it.
     let sampler = {
         let done = done.clone();
+        let heavy = heavy.to_string();
         tokio::spawn(async move {
             let mut max = 0i64;
+            let mut waiting = 0u64;
             while !done.load(Ordering::Relaxed) {
                 let r = worker
                     .query_one(
@@ -131,9 +179,12 @@ async fn scenario(cluster: &CitusCluster, p: &Pgtenant, heavy: &str, light: &[St
                     .await
                     .unwrap();
                 max = max.max(r.get::<_, i64>(0));
+                if let Some((_, w)) = shown(&admin, &heavy).await {
+                    waiting = waiting.max(w);
+                }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            max
+            (max, waiting, admin)
         })
     };
     let mut heavy_ok = 0;
@@ -155,7 +206,8 @@ async fn scenario(cluster: &CitusCluster, p: &Pgtenant, heavy: &str, light: &[St
         lat.extend(l);
         light_errors.extend(e);
     }
-    let heavy_max_running = sampler.await.unwrap();
+    let (heavy_max_running, heavy_max_waiting_shown, admin) = sampler.await.unwrap();
+    let heavy_throttled_shown = shown(&admin, heavy).await.map_or(0, |(t, _)| t);
     Outcome {
         light_p50: percentile(&mut lat, 0.50),
         light_p99: percentile(&mut lat, 0.99),
@@ -165,13 +217,15 @@ async fn scenario(cluster: &CitusCluster, p: &Pgtenant, heavy: &str, light: &[St
         heavy_wait_timeouts,
         heavy_other_errors,
         heavy_max_running,
+        heavy_max_waiting_shown,
+        heavy_throttled_shown,
         took,
     }
 }
 
 fn report(label: &str, o: &Outcome) {
     eprintln!(
-        "{label}: light p50 {:.1} ms, p99 {:.1} ms over {} transactions, {} errors; heavy {} done, {} query_wait_timeout, {} other errors, at most {} running at once; {:.1} s",
+        "{label}: light p50 {:.1} ms, p99 {:.1} ms over {} transactions, {} errors; heavy {} done, {} query_wait_timeout, {} other errors, at most {} running at once, SHOW TENANTS: up to {} waiting, {} throttled; {:.1} s",
         o.light_p50.as_secs_f64() * 1e3,
         o.light_p99.as_secs_f64() * 1e3,
         o.light_count,
@@ -180,6 +234,8 @@ fn report(label: &str, o: &Outcome) {
         o.heavy_wait_timeouts,
         o.heavy_other_errors.len(),
         o.heavy_max_running,
+        o.heavy_max_waiting_shown,
+        o.heavy_throttled_shown,
         o.took.as_secs_f64()
     );
 }
@@ -195,18 +251,22 @@ async fn one_heavy_tenant_does_not_starve_fifty_light_ones() {
     let (heavy, light) = tenants_on_worker0(&cluster);
 
     let off = {
-        let p = start(&cluster, &dir, "off", "");
+        let (p, _) = start(&cluster, &dir, "off", "");
         scenario(&cluster, &p, &heavy, &light).await
     };
     report("no tenant limit", &off);
     let fair = {
-        let p = start(&cluster, &dir, "fair", "tenant_max_active = \"100%\"");
+        let (p, _) = start(&cluster, &dir, "fair", "tenant_max_active = \"100%\"");
         scenario(&cluster, &p, &heavy, &light).await
     };
     report("fair queueing only (tenant_max_active = 100%)", &fair);
-    let limited = {
-        let p = start(&cluster, &dir, "limited", "tenant_max_active = 3");
-        scenario(&cluster, &p, &heavy, &light).await
+    let (limited, throttled_metric) = {
+        let (p, http) = start(&cluster, &dir, "limited", "tenant_max_active = 3");
+        let o = scenario(&cluster, &p, &heavy, &light).await;
+        (
+            o,
+            metric_lines(http, "pgtenant_tenant_throttled_total").await,
+        )
     };
     report("tenant_max_active = 3", &limited);
 
@@ -252,6 +312,25 @@ async fn one_heavy_tenant_does_not_starve_fifty_light_ones() {
     );
     // Its own transactions complete at its share, the rest end at query_wait_timeout.
     assert!(limited.heavy_ok >= 30, "{}", limited.heavy_ok);
+    // Seen: SHOW TENANTS showed its queue and counts its throttled transactions; /metrics
+    // lists it by name among the most throttled.
+    assert!(
+        limited.heavy_max_waiting_shown >= 50,
+        "{}",
+        limited.heavy_max_waiting_shown
+    );
+    assert!(
+        limited.heavy_throttled_shown >= 50,
+        "{}",
+        limited.heavy_throttled_shown
+    );
+    assert!(
+        throttled_metric
+            .iter()
+            .any(|l| l.contains(&format!("tenant=\"{heavy}\""))),
+        "{throttled_metric:?}"
+    );
+    assert_eq!(off.heavy_throttled_shown, 0);
     // Fair queueing alone: a light tenant waits for a turn, not for the whole backlog.
     assert!(
         fair.light_p99 * 2 < off.light_p99,
@@ -271,7 +350,7 @@ async fn a_tenants_statement_timeout_and_rate_apply_to_it_only() {
     let dir = TempDir::new("tenant-limits-time");
     let keys = cluster.tenant_keys("orders");
     let (slow, other, rated) = (&keys[0], &keys[1], &keys[2]);
-    let p = start(
+    let (p, _) = start(
         &cluster,
         &dir,
         "time",

@@ -111,7 +111,7 @@ impl Session {
     ) -> Result<(Box<ServerConn>, Instant, Option<Box<crate::limits::Claim>>), PoolError> {
         if let Some(c) = claim.as_deref_mut() {
             if c.max_tps > 0.0 {
-                Box::pin(self.take_token(c)).await?;
+                Box::pin(self.take_token(c, pool)).await?;
             }
         }
         let now = Instant::now();
@@ -121,7 +121,22 @@ impl Session {
         let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
         // Boxed: the slow path (waiting, connecting) stays out of every session's future,
         // which an idle client keeps for as long as it is connected.
-        let c = Box::pin(pool.acquire(claim.as_deref_mut())).await?;
+        let c = match Box::pin(pool.acquire(claim.as_deref_mut())).await {
+            Ok(c) => c,
+            Err(PoolError::WaitTimeout) if claim.as_ref().is_some_and(|c| c.throttled) => {
+                // The same error for the client; the log and the counts say whose limit
+                // it was.
+                let c = claim.as_deref().expect("checked");
+                self.ctx
+                    .tenant_limits
+                    .counts
+                    .wait_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.refused_by_limit(c, pool, now.elapsed());
+                return Err(PoolError::TenantWaitTimeout(c.tenant.clone()));
+            }
+            Err(e) => return Err(e),
+        };
         let at = Instant::now();
         if let Some(cl) = claim.as_deref_mut().filter(|c| c.throttled) {
             cl.waited += at.saturating_duration_since(now);
@@ -222,6 +237,9 @@ impl Session {
         match e {
             PoolError::WaitTimeout => {
                 tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), "query_wait_timeout: pool exhausted")
+            }
+            PoolError::TenantWaitTimeout(t) => {
+                tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), tenant = %Escaped(t), "query_wait_timeout: the tenant held its tenant_max_active connections")
             }
             PoolError::TenantRate(_) => {}
             e => {

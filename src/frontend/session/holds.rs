@@ -30,6 +30,7 @@ impl Session {
     }
 
     async fn route_first_once(&mut self, f: Frame) -> Option<Frame> {
+        self.throttled_wait = None;
         let pause = &self.ctx.admin.pause;
         if pause.is_paused(&self.c.pool.key.database) {
             // PAUSE: the new transaction waits for RESUME (or for its end: KILL, SHUTDOWN).
@@ -249,8 +250,6 @@ impl Session {
             ),
             _ => None,
         };
-        // MERGE(h-metrics): record in the tenants sketch.
-        self.throttled_wait = None;
     }
 
     /// Is the statement about to be routed a transaction of its own, which a read may

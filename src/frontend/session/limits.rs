@@ -83,12 +83,12 @@ impl Session {
         &self,
         reason: RouteReason,
         tenant: &crate::frontend::routing::TenantOf,
-    ) -> Option<Arc<str>> {
+    ) -> Option<(u32, Arc<str>)> {
         match (reason, tenant) {
-            (RouteReason::TenantKey | RouteReason::Hint, Some((_, v)))
+            (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, v)))
                 if self.ctx.tenant_limits.on(&self.ctx.settings.load()) =>
             {
-                Some(Arc::from(v.as_str()))
+                Some((*colocation, Arc::from(v.as_str())))
             }
             _ => None,
         }
@@ -96,18 +96,20 @@ impl Session {
 
     /// The claim of the transaction about to take a connection of `pool`.
     pub(super) fn take_claim(&mut self, pool: &Pool) -> Option<Box<Claim>> {
-        let tenant = self.claim_tenant.take()?;
+        let (colocation, tenant) = self.claim_tenant.take()?;
         let s = self.ctx.settings.load();
         let pool_size = pool.limits(&s).pool_size;
-        self.ctx
+        let mut c = self
+            .ctx
             .tenant_limits
-            .claim(&s, &pool.key.database, pool_size, &tenant)
-            .map(Box::new)
+            .claim(&s, &pool.key.database, pool_size, &tenant)?;
+        c.colocation = colocation;
+        Some(Box::new(c))
     }
 
     /// `max_tps`: wait for the tenant's token, or refuse when it would come after the
     /// transaction's query_wait_timeout.
-    pub(super) async fn take_token(&self, claim: &mut Claim) -> Result<(), PoolError> {
+    pub(super) async fn take_token(&self, claim: &mut Claim, pool: &Pool) -> Result<(), PoolError> {
         if claim.max_tps <= 0.0 {
             return Ok(());
         }
@@ -132,6 +134,7 @@ impl Session {
             }
             Token::TooLate(d) => {
                 let n = counts.rate_refused.fetch_add(1, Ordering::Relaxed);
+                self.refused_by_limit(claim, pool, Duration::ZERO);
                 // A tenant far over its rate is refused thousands of times a second: the
                 // log says so once a minute (the counts are in /metrics).
                 if log_now(&RATE_LOGGED) {
@@ -173,6 +176,16 @@ impl Session {
                 })
             });
         }
+    }
+
+    /// The transaction's tenant limit refused it (`query_wait_timeout` in the tenant's
+    /// queue, or its rate): count it for the tenant, as a throttled transaction.
+    pub(super) fn refused_by_limit(&self, claim: &Claim, pool: &Pool, waited: Duration) {
+        let k = self
+            .ctx
+            .tenants
+            .key(claim.colocation, &claim.tenant, pool.key.node.name.clone());
+        self.ctx.tenants.throttled(&k, waited);
     }
 
     /// The tenant's statement_timeout passed: cancel the statement.

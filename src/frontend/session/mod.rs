@@ -300,9 +300,9 @@ struct Session {
     tenant: Option<crate::metrics::tenants::TenantKey>,
     /// The tenant the next connection is claimed for (`limits`): set when a route is
     /// decided while a tenant limit is on, taken by the acquire that follows.
-    claim_tenant: Option<Arc<str>>,
-    /// The current transaction waited this long because its tenant was at its limit
-    /// (recorded with its tenant once the route is noted).
+    claim_tenant: Option<(u32, Arc<str>)>,
+    /// The current transaction waited this long because its tenant's limits held it
+    /// (recorded with its tenant when the transaction ends).
     throttled_wait: Option<Duration>,
 }
 

@@ -179,6 +179,9 @@ impl Session {
                             let xact = at.saturating_duration_since(a.xact_started);
                             a.pool.stats.add_xact(xact);
                             if let Some(k) = self.tenant.take() {
+                                if let Some(w) = self.throttled_wait.take() {
+                                    self.ctx.tenants.throttled(&k, w);
+                                }
                                 self.ctx.tenants.transaction(&k, xact);
                                 self.ctx.activity.record(k.hash(), at);
                             }
