@@ -10,6 +10,7 @@
 //!   distinct error, and the task connects again after a backoff from [`RETRY_MIN`]
 //!   doubling to [`RETRY_MAX`].
 //! - The connection follows RELOAD: a changed `upstream` is connected to afresh.
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +43,8 @@ pub fn spawn(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHan
 async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let mut conn: Option<(ServerConn, (String, u16, String, String))> = None;
     let mut retry = RETRY_MIN;
+    // Rows skipped by the last load, warned about once (not at every load).
+    let mut warned: HashSet<(String, String)> = HashSet::new();
     loop {
         let s = ctx.settings();
         if conn.as_ref().is_some_and(|(_, p)| *p != place(&s.upstream)) {
@@ -67,7 +70,7 @@ async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         let Some((c, _)) = conn.as_mut() else {
             continue;
         };
-        if let Err(e) = load(&ctx, c).await {
+        if let Err(e) = load(&ctx, c, &mut warned).await {
             failed(&ctx, e);
             conn = None;
             continue;
@@ -102,8 +105,13 @@ async fn connect(ctx: &Arc<Context>) -> Result<ServerConn, String> {
     Ok(c)
 }
 
-/// Read every override and replace this instance's copy.
-pub async fn load(ctx: &Arc<Context>, c: &mut ServerConn) -> Result<(), String> {
+/// Read every override and replace this instance's copy; warn of skipped rows not in
+/// `warned` (which then holds this load's).
+async fn load(
+    ctx: &Arc<Context>,
+    c: &mut ServerConn,
+    warned: &mut HashSet<(String, String)>,
+) -> Result<(), String> {
     let limits = &ctx.tenant_limits;
     let sql = store::load_sql();
     for _ in 0..STALE_RETRIES {
@@ -128,9 +136,11 @@ pub async fn load(ctx: &Arc<Context>, c: &mut ServerConn) -> Result<(), String> 
                 store::MAX_ROWS
             );
         }
-        for (tenant, why) in &loaded.skipped {
+        let skipped_now: HashSet<(String, String)> = loaded.skipped.iter().cloned().collect();
+        for (tenant, why) in skipped_now.difference(warned) {
             tracing::warn!(tenant = %crate::logging::Escaped(tenant), error = %why, "pgtenant.tenant_limits: row skipped");
         }
+        *warned = skipped_now;
         let (n, skipped, truncated) = (loaded.rows.len(), loaded.skipped.len(), loaded.truncated);
         if !limits.replace_rows(loaded.rows, mark) {
             // A SET TENANT here committed while this load read: its own row is in force;
