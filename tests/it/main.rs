@@ -47,5 +47,6 @@ mod scale;
 mod server_lost;
 mod session_state;
 mod tenant_activity;
+mod tenant_limits_store;
 mod tls;
 mod unix_socket;
