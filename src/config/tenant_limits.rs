@@ -199,9 +199,11 @@ impl TenantOverride {
                     Some(parse_timeout(value)?)
                 }
             }
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown tenant limit '{other}' (expected max_active, max_tps, statement_timeout)"
-            )),
+            ))
+            }
         }
         Ok(())
     }
