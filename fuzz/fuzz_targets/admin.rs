@@ -53,7 +53,9 @@ fn words(s: &str) -> Option<Vec<String>> {
 /// `SET TENANT <value> …`: the words after the value split at commas.
 fn split_set_tenant(w: Vec<String>) -> Vec<String> {
     let is = |i: usize, k: &str| w.get(i).is_some_and(|x| x.eq_ignore_ascii_case(k));
-    if !(is(0, "set") && is(1, "tenant")) || w.len() < 4 {
+    // `SET tenant = x` (four words) is the generic SET, taken whole.
+    let generic = w.len() == 4 && (is(2, "=") || is(2, "to"));
+    if !(is(0, "set") && is(1, "tenant")) || w.len() < 4 || generic {
         return w;
     }
     let mut out: Vec<String> = w[..3].to_vec();
