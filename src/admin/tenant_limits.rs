@@ -101,9 +101,16 @@ async fn write(
                 pgschema::error_text(&e)
             )
         };
-        pgschema::run(&mut c, &store::schema_sql())
+        // Created once (by the first SET anywhere); CREATE SCHEMA would need the
+        // privilege even when the schema is there (made by a DBA, say).
+        let exists = pgschema::run(&mut c, store::EXISTS_SQL)
             .await
             .map_err(store_err)?;
+        if !matches!(exists.first().and_then(|r| r.first()), Some(Some(t)) if t == "t") {
+            pgschema::run(&mut c, &store::schema_sql())
+                .await
+                .map_err(store_err)?;
+        }
         if change.may_add() {
             let full = pgschema::run(&mut c, &store::full_sql(change.tenant()))
                 .await

@@ -54,6 +54,9 @@ COMMIT;"
     )
 }
 
+/// Is the table there?
+pub const EXISTS_SQL: &str = "SELECT to_regclass('pgtenant.tenant_limits') IS NOT NULL";
+
 /// The columns every read selects, in [`Row::read`]'s order.
 const COLUMNS: &str = "tenant, max_active, max_tps::text, statement_timeout_ms::text, set_by, \
      to_char(set_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'";

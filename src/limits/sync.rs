@@ -10,6 +10,8 @@
 //!   distinct error, and the task connects again after a backoff from [`RETRY_MIN`]
 //!   doubling to [`RETRY_MAX`].
 //! - The connection follows RELOAD: a changed `upstream` is connected to afresh.
+//! - With `routing = "off"` there is no tenant, so no limit applies: the task keeps no
+//!   connection (nor does the shard map's refresher).
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store;
 use crate::backend::ServerConn;
-use crate::config::Upstream;
+use crate::config::{Routing, Upstream};
 use crate::context::Context;
 use crate::pgschema;
 
@@ -47,6 +49,18 @@ async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let mut warned: HashSet<(String, String)> = HashSet::new();
     loop {
         let s = ctx.settings();
+        if s.routing == Routing::Off {
+            // No tenant anywhere: no limit can apply, and no connection is kept. Looked
+            // at again after a RELOAD (within the period).
+            if let Some((c, _)) = conn.take() {
+                c.terminate();
+            }
+            ctx.tenant_limits.with_status(|st| st.connected = false);
+            tokio::select! {
+                _ = tokio::time::sleep(s.shard_map_refresh_interval) => continue,
+                _ = stop.cancelled() => return,
+            }
+        }
         if conn.as_ref().is_some_and(|(_, p)| *p != place(&s.upstream)) {
             tracing::info!("upstream changed: tenant limits store connected afresh");
             if let Some((c, _)) = conn.take() {
