@@ -18,6 +18,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod net;
+pub mod pgschema;
 pub mod pool;
 pub mod protocol;
 pub mod router;

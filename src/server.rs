@@ -238,6 +238,8 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         crate::citus::spawn_refresher(ctx.clone(), primary_cluster, janitor_stop.clone());
     crate::citus::cluster::sync(&ctx);
     crate::bluegreen::sync(&ctx);
+    // Run-time tenant limits (SET TENANT), shared through the upstream's database.
+    let limits_sync = crate::limits::sync::spawn(ctx.clone(), janitor_stop.clone());
     let stats = crate::admin::spawn_stats(ctx.clone(), janitor_stop.clone());
     let trimmer = crate::memory::spawn_trimmer(ctx.clone(), janitor_stop.clone());
     // /metrics, /healthz, /readyz keep answering while clients drain (/readyz says so).
@@ -289,6 +291,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     janitor_stop.cancel();
     let _ = janitor.await;
     let _ = refresher.await;
+    let _ = limits_sync.await;
     let _ = stats.await;
     let _ = trimmer.await;
     for t in metrics {

@@ -3,7 +3,11 @@
 //! (`admin::parser::USAGE`): its words, split here independently (white space, `'…'`
 //! strings with `''`, `=` on its own), match one usage line (`A|B` keywords in any case,
 //! `<x>` one word, `<id>` a client id, `[…]` optional words; a run of optional groups in
-//! any order, each at most once), after an optional trailing `;`. Also: parsing is deterministic and an empty command is `Empty`.
+//! any order, each at most once), after an optional trailing `;`. `SET TENANT`'s
+//! `key = value` pairs are separated by commas that may be glued to a word
+//! (`8,max_tps`): after its tenant value, such words are split here at their commas
+//! (`,` a word of its own), as the parser does outside quotes (a quoted word with a comma
+//! is never a valid key or value). Also: parsing is deterministic and an empty command is `Empty`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use pgtenant::admin::parser::{parse, Command, USAGE};
@@ -44,6 +48,28 @@ fn words(s: &str) -> Option<Vec<String>> {
         out.push(w);
     }
     Some(out)
+}
+
+/// `SET TENANT <value> …`: the words after the value split at commas.
+fn split_set_tenant(w: Vec<String>) -> Vec<String> {
+    let is = |i: usize, k: &str| w.get(i).is_some_and(|x| x.eq_ignore_ascii_case(k));
+    // `SET tenant = x` (four words) is the generic SET, taken whole.
+    let generic = w.len() == 4 && (is(2, "=") || is(2, "to"));
+    if !(is(0, "set") && is(1, "tenant")) || w.len() < 4 || generic {
+        return w;
+    }
+    let mut out: Vec<String> = w[..3].to_vec();
+    for x in &w[3..] {
+        for (i, piece) in x.split(',').enumerate() {
+            if i > 0 {
+                out.push(",".into());
+            }
+            if !piece.is_empty() {
+                out.push(piece.into());
+            }
+        }
+    }
+    out
 }
 
 /// One element of a usage line.
@@ -166,7 +192,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(cmd, Command::Empty);
         return;
     }
-    let w = words(core).expect("accepted, so its quotes are closed");
+    let w = split_set_tenant(words(core).expect("accepted, so its quotes are closed"));
     assert!(
         USAGE.iter().any(|l| matches(l, &w)),
         "accepted {text:?} ({cmd:?}, words {w:?}), which SHOW HELP does not list"

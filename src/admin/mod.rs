@@ -21,6 +21,7 @@ mod show_metrics;
 mod show_pools;
 mod show_stats;
 mod suspend;
+mod tenant_limits;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -124,6 +125,8 @@ pub enum Reply {
     /// A NOTICE, then a result set (SHOW QUIET TENANTS, when it ranked only part).
     RowsNotice(ResultSet, String),
     Tag(&'static str),
+    /// A NOTICE, then the command tag (RESET TENANT of a tenant with no override).
+    TagNotice(&'static str, String),
 }
 
 /// A result set of text columns.
@@ -186,9 +189,10 @@ impl ResultSet {
     }
 }
 
-/// Run one command.
+/// Run one command for `user`.
 pub async fn execute(
     ctx: &Arc<Context>,
+    user: &str,
     access: Access,
     cmd: Command,
 ) -> Result<Reply, AdminError> {
@@ -230,7 +234,9 @@ pub async fn execute(
             Show::Tenants => rows(show_metrics::tenants(ctx, &ctx.pools.tenant_waiting())),
             Show::Latency => rows(show_metrics::latency()),
             Show::Migration => migrate::show(ctx).await.map(Reply::Rows),
+            Show::TenantLimits => Ok(tenant_limits::show(ctx)),
         },
+        Command::TenantLimit(c) => tenant_limits::change(ctx, user, c).await,
         Command::Migrate(m) => migrate::migrate(ctx, m).await,
         Command::Reload => control::reload(ctx),
         Command::Shutdown => control::shutdown(ctx),
@@ -310,7 +316,7 @@ pub async fn serve(
                 let reply = match access(&ctx, &user) {
                     None => Err(AdminError::new("admin access needed")),
                     Some(a) => match parsed {
-                        Ok(cmd) => execute(&ctx, a, cmd).await,
+                        Ok(cmd) => execute(&ctx, &user, a, cmd).await,
                         Err(e) => Err(AdminError::new(e.to_string())),
                     },
                 };
@@ -331,6 +337,10 @@ pub async fn serve(
                     Ok(Reply::Tag("")) => conn.queue(&Frame::new(b'I', &[])),
                     Ok(Reply::Tag(tag)) => {
                         conn.queue(&crate::protocol::build::command_complete(tag))
+                    }
+                    Ok(Reply::TagNotice(tag, text)) => {
+                        conn.queue(&build::notice(&text));
+                        conn.queue(&crate::protocol::build::command_complete(tag));
                     }
                     Err(e) => conn.queue(&build::error(e.code, &e.message)),
                 }

@@ -23,6 +23,9 @@ pub const USAGE: &[&str] = &[
     "WAIT_CLOSE [<db>]",
     "MIGRATE TENANT <values> [TABLE <table>] TO green|blue [TIMEOUT <duration>] [WAIT SYNC] [DATABASE <db>]",
     "SHOW MIGRATION",
+    "SHOW TENANT LIMITS",
+    "SET TENANT <value> <key> = <limit> [, <key> = <limit>] [, <key> = <limit>]",
+    "RESET TENANT <value> [<key>]",
 ];
 
 /// What `SHOW x` asks for.
@@ -63,6 +66,9 @@ pub enum Show {
     Latency,
     /// Blue-green: tenants outside their default home, cutovers, this instance's lease.
     Migration,
+    /// Per-tenant limits: the defaults, and every tenant's override (configured or set at
+    /// run time).
+    TenantLimits,
 }
 
 /// SHOW QUIET TENANTS' options (each at most once, in any order).
@@ -96,6 +102,9 @@ pub enum Command {
     },
     /// Blue-green cutover of one tenant or a list (`bluegreen::cutover`).
     Migrate(Migrate),
+    /// `SET TENANT` / `RESET TENANT`: a change to a tenant's run-time limits, written to
+    /// the store every instance reads (`limits::store`).
+    TenantLimit(crate::limits::store::Change),
     /// An empty query string.
     Empty,
 }
@@ -216,6 +225,94 @@ fn migrate(words: &[String]) -> Result<Command, ParseError> {
         wait_sync,
         database,
     }))
+}
+
+const USAGE_SET_TENANT: &str = "usage: SET TENANT <value> <key> = <limit> [, <key> = <limit> …] \
+     (keys max_active, max_tps, statement_timeout; <key> = default resets one)";
+
+/// The words after `SET TENANT`: a tenant value (quoted or not), then `key = value` pairs
+/// separated by commas (outside quotes; `8,max_tps` is two words), each key at most once.
+fn set_tenant(words: &[String], quoted: &[bool]) -> Result<Command, ParseError> {
+    use crate::limits::store::{tenant_value, Assign, Change};
+    let bad = || ParseError::BadArgs(USAGE_SET_TENANT.into());
+    let Some(value) = words.first() else {
+        return Err(bad());
+    };
+    let tenant =
+        tenant_value(value).map_err(|e| ParseError::BadArgs(format!("SET TENANT: {e}")))?;
+    /// A word, `=` or `,`.
+    #[derive(PartialEq)]
+    enum Tok<'a> {
+        Word(&'a str),
+        Eq,
+        Comma,
+    }
+    let mut toks = Vec::new();
+    for (w, q) in words[1..].iter().zip(&quoted[1..]) {
+        if *q {
+            toks.push(Tok::Word(w));
+        } else if w == "=" {
+            toks.push(Tok::Eq);
+        } else {
+            for (i, piece) in w.split(',').enumerate() {
+                if i > 0 {
+                    toks.push(Tok::Comma);
+                }
+                if !piece.is_empty() {
+                    toks.push(Tok::Word(piece));
+                }
+            }
+        }
+    }
+    let mut assigns: Vec<Assign> = Vec::new();
+    let mut it = toks.into_iter();
+    loop {
+        let (Some(Tok::Word(k)), Some(Tok::Eq), Some(Tok::Word(v))) =
+            (it.next(), it.next(), it.next())
+        else {
+            return Err(bad());
+        };
+        let a = Assign::parse(k, v)
+            .map_err(|e| ParseError::BadArgs(format!("SET TENANT {tenant}: {e}")))?;
+        if assigns.iter().any(|b| b.key == a.key) {
+            return Err(ParseError::BadArgs(format!(
+                "SET TENANT {tenant}: {} given twice",
+                a.key.name()
+            )));
+        }
+        assigns.push(a);
+        match it.next() {
+            None => break,
+            Some(Tok::Comma) => {}
+            Some(_) => return Err(bad()),
+        }
+    }
+    Ok(Command::TenantLimit(Change::Set { tenant, assigns }))
+}
+
+/// The words after `RESET`: `TENANT <value> [<key>]`.
+fn reset_tenant(words: &[String], quoted: &[bool]) -> Result<Command, ParseError> {
+    use crate::limits::store::{tenant_value, Change, Key};
+    let bad = || ParseError::BadArgs("usage: RESET TENANT <value> [<key>]".into());
+    if !words
+        .first()
+        .is_some_and(|w| w.eq_ignore_ascii_case("tenant"))
+        || quoted[0]
+    {
+        return Err(bad());
+    }
+    let (value, key) = match &words[1..] {
+        [v] => (v, None),
+        [v, k] => (v, Some(k)),
+        _ => return Err(bad()),
+    };
+    let tenant =
+        tenant_value(value).map_err(|e| ParseError::BadArgs(format!("RESET TENANT: {e}")))?;
+    let key = key
+        .map(|k| Key::parse(k))
+        .transpose()
+        .map_err(|e| ParseError::BadArgs(format!("RESET TENANT {tenant}: {e}")))?;
+    Ok(Command::TenantLimit(Change::Reset { tenant, key }))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -402,6 +499,9 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
                         )),
                     };
                 }
+                "tenant" if rest.len() == 1 && kw[2] == "limits" && !quoted[2] => {
+                    return Ok(Command::Show(Show::TenantLimits));
+                }
                 "quiet" if kw.get(2).is_some_and(|w| w == "tenants") => {
                     return quiet(&words[3..]).map(|q| Command::Show(Show::QuietTenants(q)));
                 }
@@ -440,6 +540,15 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
                 .map_err(|_| ParseError::BadArgs(format!("'{id}' is not a client id"))),
             _ => Err(ParseError::BadArgs("usage: KILL_CLIENT <id>".into())),
         },
+        // `SET tenant = x` is the generic SET (of a setting that does not exist).
+        "set"
+            if kw.get(1).is_some_and(|w| w == "tenant")
+                && !quoted[1]
+                && !(words.len() == 4 && !quoted[2] && (kw[2] == "=" || kw[2] == "to")) =>
+        {
+            set_tenant(&words[2..], &quoted[2..])
+        }
+        "reset" => reset_tenant(&words[1..], &quoted[1..]),
         "set" => match &words[1..] {
             [key, eq, value] if eq == "=" || eq.eq_ignore_ascii_case("to") => Ok(Command::Set {
                 key: key.to_ascii_lowercase(),
@@ -653,6 +762,131 @@ mod tests {
         assert!(matches!(parse("show quiet"), Err(ParseError::Invalid(_))));
     }
 
+    #[test]
+    fn parses_tenant_limits() {
+        use crate::limits::store::{Assign, Change, Key};
+        let set = |tenant: &str, kv: &[(&str, &str)]| {
+            Ok(Command::TenantLimit(Change::Set {
+                tenant: tenant.into(),
+                assigns: kv
+                    .iter()
+                    .map(|(k, v)| Assign::parse(k, v).unwrap())
+                    .collect(),
+            }))
+        };
+        assert_eq!(
+            parse("SET TENANT 42 max_active = 8"),
+            set("42", &[("max_active", "8")])
+        );
+        assert_eq!(
+            parse("set tenant '042' MAX_ACTIVE = '25%', max_tps = 50, statement_timeout = 2s;"),
+            set(
+                "42",
+                &[
+                    ("max_active", "25%"),
+                    ("max_tps", "50"),
+                    ("statement_timeout", "2s")
+                ]
+            )
+        );
+        // Commas glued to either side, or on their own.
+        for text in [
+            "set tenant acme max_active=8,max_tps=default",
+            "set tenant acme max_active = 8 , max_tps = default",
+            "set tenant acme max_active = 8 ,max_tps = DEFAULT",
+        ] {
+            assert_eq!(
+                parse(text),
+                set("acme", &[("max_active", "8"), ("max_tps", "default")]),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            parse("set tenant 'a b,c' statement_timeout = 500ms"),
+            set("a b,c", &[("statement_timeout", "500ms")])
+        );
+        assert!(!parse("set tenant 1 max_tps = 1").unwrap().is_read_only());
+        // SET of a setting named tenant stays the generic SET.
+        assert_eq!(
+            parse("set tenant = 5"),
+            Ok(Command::Set {
+                key: "tenant".into(),
+                value: "5".into()
+            })
+        );
+        assert_eq!(
+            parse("reset tenant 042"),
+            Ok(Command::TenantLimit(Change::Reset {
+                tenant: "42".into(),
+                key: None
+            }))
+        );
+        assert_eq!(
+            parse("RESET TENANT 'x' Max_Tps;"),
+            Ok(Command::TenantLimit(Change::Reset {
+                tenant: "x".into(),
+                key: Some(Key::MaxTps)
+            }))
+        );
+        assert!(!parse("reset tenant 1").unwrap().is_read_only());
+        assert_eq!(
+            parse("show tenant limits"),
+            Ok(Command::Show(Show::TenantLimits))
+        );
+        assert!(parse("SHOW TENANT LIMITS").unwrap().is_read_only());
+        // Quoted, it is a tenant value; with a table, SHOW TENANT's own form.
+        assert!(matches!(
+            parse("show tenant 'limits'"),
+            Ok(Command::Show(Show::Tenant { .. }))
+        ));
+        assert!(matches!(
+            parse("show tenant limits orders"),
+            Ok(Command::Show(Show::Tenant { .. }))
+        ));
+    }
+
+    #[test]
+    fn tenant_limits_name_what_is_wrong() {
+        let err = |t: &str| match parse(t) {
+            Err(ParseError::BadArgs(m)) => m,
+            other => panic!("{t}: {other:?}"),
+        };
+        assert!(err("set tenant 42 color = red").contains("unknown tenant limit 'color'"));
+        assert!(err("set tenant 42 max_active = lots").contains("max_active: expected"));
+        assert!(err("set tenant 42 max_tps = -1").contains("max_tps"));
+        assert!(err("set tenant 42 statement_timeout = 2days").contains("statement_timeout"));
+        assert!(err("set tenant '' max_active = 1").contains("empty"));
+        assert!(err("set tenant '  ' max_active = 1").contains("empty"));
+        let long = "x".repeat(201);
+        assert!(err(&format!("set tenant '{long}' max_active = 1")).contains("201 characters"));
+        assert!(err("set tenant 42 max_active = 1, max_active = 2").contains("given twice"));
+        for bad in [
+            "set tenant",
+            "set tenant 42",
+            "set tenant 42 max_active",
+            "set tenant 42 max_active =",
+            "set tenant 42 max_active = 1,",
+            "set tenant 42 max_active = 1 max_tps = 2",
+            "set tenant 42 max_active = 1,, max_tps = 2",
+            "set tenant 42 = 1",
+            "set tenant 42 max_active 1",
+            "set tenant 42 max_active to 1",
+            "reset",
+            "reset tenant",
+            "reset tenant 42 max_active extra",
+            "reset tenants 42",
+            "reset 'tenant' 42",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ParseError::BadArgs(_))),
+                "{bad}: {:?}",
+                parse(bad)
+            );
+        }
+        assert!(err("reset tenant 42 color").contains("unknown tenant limit"));
+        assert!(err("reset tenant '' ").contains("empty"));
+    }
+
     /// The error message points at SHOW HELP: it exists, and every form it lists parses
     /// (found while writing the `admin` fuzz target: SHOW HELP itself was an invalid
     /// command).
@@ -681,10 +915,13 @@ mod tests {
                 let alts: Vec<Vec<&str>> = words.iter().map(|w| w.split('|').collect()).collect();
                 let n = alts.iter().map(Vec::len).max().unwrap_or(1);
                 for i in 0..n {
+                    // SET TENANT names each key once.
+                    let mut keys = ["max_active", "max_tps", "statement_timeout"].into_iter();
                     let text: Vec<&str> = alts
                         .iter()
                         .map(|a| match a[i % a.len()] {
-                            "<id>" | "<n>" => "7",
+                            "<id>" | "<n>" | "<limit>" => "7",
+                            "<key>" => keys.next().unwrap_or("x"),
                             "<window>" => "24h",
                             "<duration>" => "5s",
                             w if w.starts_with('<') => "x",

@@ -178,14 +178,9 @@ pub async fn open(ctx: &Arc<Context>, database: &str) -> Result<ServerConn, Stri
         .ok_or_else(|| format!("no database entry {database}"))?;
     let cluster = crate::citus::cluster::for_target(ctx, &t)
         .ok_or_else(|| format!("database {database}: green is not a routed Citus cluster"))?;
-    let l = cluster.login(ctx, &s);
-    let params =
-        ctx.pools
-            .own_connect_params(&l.node, &l.dbname, &l.user, l.credential, "tenant homes");
-    tokio::time::timeout(s.server_connect_timeout, crate::backend::connect(&params))
+    cluster
+        .open_own(ctx, "tenant homes", "green's coordinator")
         .await
-        .map_err(|_| "connecting to green's coordinator timed out".to_string())?
-        .map_err(|x| format!("connecting to green's coordinator: {x}"))
 }
 
 /// One renewal (see the module rules).

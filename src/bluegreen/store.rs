@@ -6,17 +6,13 @@
 //!   and several pgtenant deployments, may share one coordinator.
 //! - Values are sent as quoted literals built by [`lit`] (a name or a tenant value never
 //!   reads as SQL): the statements that must be one transaction are sent as one simple
-//!   Query.
+//!   Query (the helpers are `crate::pgschema`'s, shared with the tenant limits' store).
 //! - Lease renewals take [`LOCK`] shared, the flip exclusively: a renewal either comes
 //!   before the flip (and the flip sees that instance's lease live) or after it (and sees
 //!   the new home).
 //! - The schema is created under the same lock, so that instances starting together do
 //!   not race on `CREATE … IF NOT EXISTS`.
-use crate::backend::{BackendError, ServerConn};
-
-/// The advisory lock key of the homes (`hashtext('pgtenant.tenant_homes')` would do; a
-/// constant is simpler to find in pg_locks).
-pub const LOCK: i64 = 0x7067_7465_6e61_6e74; // "pgtenant"
+pub use crate::pgschema::{error_text, lit, run, LOCK};
 
 /// The LISTEN/NOTIFY channel of the homes: a notification's payload is the database
 /// entry's name.
@@ -70,18 +66,6 @@ COMMIT;"
     )
 }
 
-/// A string as an SQL literal: `'…'` with quotes doubled, `E'…'` when it holds a
-/// backslash (then doubled too), so it reads the same whatever standard_conforming_strings
-/// says.
-pub fn lit(s: &str) -> String {
-    let body = s.replace('\'', "''");
-    if s.contains('\\') {
-        format!("E'{}'", body.replace('\\', "\\\\"))
-    } else {
-        format!("'{body}'")
-    }
-}
-
 /// One lease renewal of `instance` for `database`: also ends cutovers past their deadline
 /// (their runner stopped) and forgets instances gone for a day (a restarted pod is a new
 /// instance), and returns the homes' version (`v` row) and the running
@@ -127,33 +111,4 @@ pub fn ack_sql(cutover: i64, instance: &str) -> String {
     ON CONFLICT DO NOTHING",
         lit(instance)
     )
-}
-
-/// A server's first error, or the connection's, as one line.
-pub fn error_text(e: &BackendError) -> String {
-    match e {
-        BackendError::Server(f) => format!("{} ({})", f.message, f.code),
-        e => e.to_string(),
-    }
-}
-
-/// Run `sql` (one simple Query); on failure roll back whatever it left open.
-pub async fn run(c: &mut ServerConn, sql: &str) -> Result<Vec<Vec<Option<String>>>, BackendError> {
-    let r = c.query_rows(sql).await;
-    if r.is_err() && c.tx_status != b'I' {
-        c.query_rows("ROLLBACK").await?;
-    }
-    r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn literals_never_end_early() {
-        assert_eq!(lit("app"), "'app'");
-        assert_eq!(lit("o'brien"), "'o''brien'");
-        assert_eq!(lit("a\\'; DROP"), "E'a\\\\''; DROP'");
-    }
 }

@@ -116,6 +116,27 @@ impl Cluster {
             user,
         }
     }
+
+    /// A connection of its own (outside every pool: pgtenant's own reads and writes must
+    /// not create pools) to its coordinator, as the login that reads its catalog.
+    /// `purpose` is its application_name (`pgtenant <purpose>`), `place` names the server
+    /// in errors ("green's coordinator").
+    pub async fn open_own(
+        &self,
+        ctx: &Context,
+        purpose: &str,
+        place: &str,
+    ) -> Result<crate::backend::ServerConn, String> {
+        let s = ctx.settings();
+        let l = self.login(ctx, &s);
+        let params =
+            ctx.pools
+                .own_connect_params(&l.node, &l.dbname, &l.user, l.credential, purpose);
+        tokio::time::timeout(s.server_connect_timeout, crate::backend::connect(&params))
+            .await
+            .map_err(|_| format!("connecting to {place} timed out"))?
+            .map_err(|x| format!("connecting to {place}: {x}"))
+    }
 }
 
 /// The cluster a session of database `name` is routed with (None: not routed).

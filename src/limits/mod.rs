@@ -18,6 +18,10 @@
 //!   its `query_wait_timeout`.
 //! - `statement_timeout` is enforced by pgtenant (a cancel request when a statement runs
 //!   longer), not by a server setting the client could change.
+//! - Run-time overrides live in the upstream's database (`store.rs`, table
+//!   `pgtenant.tenant_limits`): `SET TENANT` on any instance's console writes them, and
+//!   every instance's sync task (`sync.rs`) loads them at start, when notified of a change,
+//!   and every `shard_map_refresh_interval`.
 //! - Nothing is paid when no limit is configured or set: transactions carry no claim (one
 //!   flag read per routed transaction) and pools queue FIFO as before.
 use std::collections::HashMap;
@@ -30,6 +34,8 @@ use arc_swap::ArcSwap;
 use crate::config::{MaxActive, Settings, TenantOverride};
 
 pub mod rate;
+pub mod store;
+pub mod sync;
 
 /// What one transaction of a tenant may do, resolved when it starts.
 #[derive(Debug, Clone)]
@@ -77,6 +83,8 @@ pub struct TenantLimits {
     runtime_any: AtomicBool,
     pub rate: rate::Buckets,
     pub counts: Counts,
+    /// The run-time overrides with who set them, and the store's state (`store.rs`).
+    pub store: store::Store,
 }
 
 impl Default for TenantLimits {
@@ -86,6 +94,7 @@ impl Default for TenantLimits {
             runtime_any: AtomicBool::new(false),
             rate: rate::Buckets::default(),
             counts: Counts::default(),
+            store: store::Store::default(),
         }
     }
 }
