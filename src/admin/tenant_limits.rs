@@ -36,6 +36,8 @@ pub const LIMITS: &[&str] = &[
     "source",
     "set_by",
     "set_at",
+    "active",
+    "waiting",
 ];
 
 /// SET TENANT / RESET TENANT.
@@ -247,6 +249,12 @@ pub fn lines(ctx: &Context, max: usize) -> (Vec<Line>, usize) {
 pub fn show(ctx: &Context) -> Reply {
     let s = ctx.settings();
     let mut rs = ResultSet::new(LIMITS);
+    // Connections counted for tenants under a limit, and waiting transactions, now (over
+    // every pool); the `*` row has the totals.
+    let load = ctx.pools.tenant_load();
+    let (active, waiting) = load.values().fold((0u64, 0u64), |(a, w), (x, y)| {
+        (a + u64::from(*x), w + u64::from(*y))
+    });
     rs.push(vec![
         Some("*".into()),
         Some(s.tenant_max_active.show()),
@@ -255,9 +263,12 @@ pub fn show(ctx: &Context) -> Reply {
         Some("default".into()),
         None,
         None,
+        Some(active.to_string()),
+        Some(waiting.to_string()),
     ]);
     let (lines, total) = lines(ctx, SHOW_MAX_ROWS);
     for l in lines {
+        let (a, w) = load.get(l.tenant.as_str()).copied().unwrap_or_default();
         rs.push(vec![
             Some(l.tenant),
             l.limits.max_active.map(|m| m.show()),
@@ -266,6 +277,8 @@ pub fn show(ctx: &Context) -> Reply {
             Some(l.source.into()),
             l.set_by,
             l.set_at,
+            Some(a.to_string()),
+            Some(w.to_string()),
         ]);
     }
     let mut notes = Vec::new();

@@ -475,3 +475,99 @@ async fn a_tenants_statement_timeout_and_rate_apply_to_it_only() {
     }
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+/// `n` transactions of `tenant` at once, each sleeping `secs`: (how long they took, the
+/// most seen running at once on `server`).
+async fn burst(
+    url: &str,
+    cluster: &CitusCluster,
+    tenant: &str,
+    n: usize,
+    secs: f64,
+) -> (Duration, i64) {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        clients.push(support::connect(url).await);
+    }
+    let owner = cluster.owner_port("orders", tenant);
+    let server = if owner == cluster.workers[0].port() {
+        &cluster.workers[0]
+    } else {
+        &cluster.workers[1]
+    };
+    let watch = cluster.app_client(server).await;
+    let marker = format!("/* burst {tenant} */");
+    let t = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            let sql = format!("select pg_sleep({secs}), count(*) from orders where account_id = {tenant} {marker}");
+            tokio::spawn(async move { c.simple_query(&sql).await.map(|_| ()) })
+        })
+        .collect();
+    let mut max = 0;
+    while tasks.iter().any(|t| !t.is_finished()) {
+        let r = watch
+            .query_one(
+                "select count(*) from pg_stat_activity where state = 'active' and query like $1 and pid <> pg_backend_pid()",
+                &[&format!("%{marker}%")],
+            )
+            .await
+            .unwrap();
+        max = max.max(r.get::<_, i64>(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    (t.elapsed(), max)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overrides_set_at_run_time_apply_to_the_next_transaction() {
+    let cluster = CitusCluster::start(CitusOptions {
+        tenants: 20,
+        shard_count: 8,
+        ..CitusOptions::default()
+    });
+    let dir = TempDir::new("tenant-limits-runtime");
+    let keys = cluster.tenant_keys("orders");
+    let (p, _) = start(&cluster, &dir, "runtime", "");
+    let url = p.url("app", "secret", "app");
+    let admin = support::connect(&p.url("app", "secret", "pgtenant")).await;
+    let t = &keys[4];
+
+    // No limit: 6 at once.
+    let (took, max) = burst(&url, &cluster, t, 6, 0.4).await;
+    eprintln!("no limit: {:.2} s, {max} at once", took.as_secs_f64());
+    assert!(max >= 5, "{max}");
+    // SET TENANT: the next transactions hold one connection at a time.
+    admin
+        .simple_query(&format!("SET TENANT {t} max_active = 1"))
+        .await
+        .unwrap();
+    let (took, max) = burst(&url, &cluster, t, 6, 0.4).await;
+    eprintln!("max_active = 1: {:.2} s, {max} at once", took.as_secs_f64());
+    assert_eq!(max, 1);
+    assert!(took >= Duration::from_millis(2300), "{took:?}");
+    // Another tenant is not limited by it.
+    let (_, max) = burst(&url, &cluster, &keys[5], 6, 0.4).await;
+    assert!(max >= 5, "{max}");
+    // The console's SET of the default applies to every tenant; the tenant's own
+    // override stays over it.
+    admin
+        .simple_query("SET tenant_max_active = 2")
+        .await
+        .unwrap();
+    let (_, max) = burst(&url, &cluster, &keys[5], 6, 0.4).await;
+    assert_eq!(max, 2);
+    let (_, max) = burst(&url, &cluster, t, 4, 0.3).await;
+    assert_eq!(max, 1);
+    // RESET TENANT: back to the default.
+    admin
+        .simple_query(&format!("RESET TENANT {t}"))
+        .await
+        .unwrap();
+    let (_, max) = burst(&url, &cluster, t, 6, 0.4).await;
+    assert_eq!(max, 2);
+}
