@@ -373,4 +373,118 @@ mod tests {
         );
         assert_eq!(names(&mut q, 1), ["a"]);
     }
+
+    /// Random operations against a model: counts always match the connections lent, a
+    /// tenant is never handed more than its limit, nobody open is left waiting while a
+    /// turn could serve them, and no entry outlives its use.
+    #[test]
+    fn random_operations_keep_the_invariants() {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let tenants: Vec<Arc<str>> = (0..5).map(|i| Arc::from(i.to_string())).collect();
+        for _round in 0..200 {
+            let mut q: Queue<W> = Queue::default();
+            // Per tenant: connections lent (the model), and its limit (one per round, as
+            // a configuration would give it).
+            let mut lent = [0u32; 5];
+            let max: Vec<u32> = (0..5).map(|_| rand(4) as u32).collect();
+            let mut waiting: Vec<(W, Option<usize>)> = Vec::new();
+            for _ in 0..300 {
+                match rand(6) {
+                    0 | 1 => {
+                        let t = rand(6) as usize;
+                        let w = w("w");
+                        let tenant = (t < 5).then_some(t);
+                        let parked = q.push(w.clone(), tenant.map(|t| (&tenants[t], max[t])));
+                        if let Some(t) = tenant {
+                            assert_eq!(parked, max[t] > 0 && lent[t] >= max[t]);
+                        }
+                        waiting.push((w, tenant));
+                    }
+                    2 => match q.pop() {
+                        Some(p) => {
+                            assert!(!p.waiter.is_closed());
+                            let i = waiting
+                                .iter()
+                                .position(|(w, _)| Rc::ptr_eq(&w.1, &p.waiter.1))
+                                .expect("a waiter that was queued");
+                            let (_, tenant) = waiting.remove(i);
+                            match tenant {
+                                Some(t) if max[t] > 0 => {
+                                    assert_eq!(p.counted.as_deref(), Some(&*tenants[t]));
+                                    lent[t] += 1;
+                                    assert!(lent[t] <= max[t], "tenant {t} over its limit");
+                                }
+                                _ => assert!(p.counted.is_none()),
+                            }
+                        }
+                        None => {
+                            // Nobody open can be served: each is of a tenant at its limit.
+                            for (w, tenant) in &waiting {
+                                if !w.is_closed() {
+                                    let t = tenant.expect("a waiter of no tenant is a turn");
+                                    assert!(
+                                        max[t] > 0 && lent[t] >= max[t],
+                                        "tenant {t} left waiting"
+                                    );
+                                }
+                            }
+                        }
+                    },
+                    3 => {
+                        let t = rand(5) as usize;
+                        if lent[t] > 0 {
+                            lent[t] -= 1;
+                            q.unlend(&tenants[t]);
+                        }
+                    }
+                    4 => {
+                        let t = rand(5) as usize;
+                        if max[t] > 0 && q.may_take(&tenants[t], max[t]) {
+                            q.lend(&tenants[t], max[t]);
+                            lent[t] += 1;
+                        }
+                        assert!(max[t] == 0 || lent[t] <= max[t]);
+                    }
+                    _ => {
+                        if !waiting.is_empty() {
+                            let i = rand(waiting.len() as u64) as usize;
+                            waiting[i].0 .1.set(true);
+                        }
+                    }
+                }
+                let counted: HashMap<&str, u32> =
+                    q.active_by_tenant().map(|(k, n)| (&**k, n)).collect();
+                for t in 0..5 {
+                    assert_eq!(
+                        counted.get(&*tenants[t]).copied().unwrap_or(0),
+                        lent[t],
+                        "tenant {t}"
+                    );
+                }
+                waiting.retain(|(w, _)| !w.is_closed());
+                let busy = (0..5)
+                    .filter(|&t| lent[t] > 0 || waiting.iter().any(|(_, x)| *x == Some(t)))
+                    .count();
+                assert!(q.tenant_entries() <= busy + 5);
+            }
+            // Everything given back and nobody waiting: nothing kept.
+            for (w, _) in &waiting {
+                w.1.set(true);
+            }
+            for t in 0..5 {
+                for _ in 0..lent[t] {
+                    q.unlend(&tenants[t]);
+                }
+            }
+            while q.pop().is_some() {}
+            assert_eq!(q.tenant_entries(), 0);
+            assert!(!q.has_turns());
+        }
+    }
 }

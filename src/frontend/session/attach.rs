@@ -189,6 +189,7 @@ impl Session {
             unread: None,
             home: None,
             timer: None,
+            throttled: None,
         };
         let reset_all = self.take_over(&mut a);
         let mut replay = Vec::new();

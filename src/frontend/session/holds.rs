@@ -30,7 +30,6 @@ impl Session {
     }
 
     async fn route_first_once(&mut self, f: Frame) -> Option<Frame> {
-        self.throttled_wait = None;
         let pause = &self.ctx.admin.pause;
         if pause.is_paused(&self.c.pool.key.database) {
             // PAUSE: the new transaction waits for RESUME (or for its end: KILL, SHUTDOWN).

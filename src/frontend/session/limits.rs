@@ -83,12 +83,12 @@ impl Session {
         &self,
         reason: RouteReason,
         tenant: &crate::frontend::routing::TenantOf,
-    ) -> Option<(u32, Arc<str>)> {
+    ) -> Option<Box<(u32, Arc<str>)>> {
         match (reason, tenant) {
             (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, v)))
                 if self.ctx.tenant_limits.on(&self.ctx.settings.load()) =>
             {
-                Some((*colocation, Arc::from(v.as_str())))
+                Some(Box::new((*colocation, Arc::from(v.as_str()))))
             }
             _ => None,
         }
@@ -96,7 +96,7 @@ impl Session {
 
     /// The claim of the transaction about to take a connection of `pool`.
     pub(super) fn take_claim(&mut self, pool: &Pool) -> Option<Box<Claim>> {
-        let (colocation, tenant) = self.claim_tenant.take()?;
+        let (colocation, tenant) = *self.claim_tenant.take()?;
         let s = self.ctx.settings.load();
         let pool_size = pool.limits(&s).pool_size;
         let mut c = self
@@ -163,10 +163,10 @@ impl Session {
                 .throttled_active
                 .fetch_add(1, Ordering::Relaxed);
         }
-        if claim.throttled || claim.rate_throttled {
-            self.throttled_wait = Some(claim.waited);
-        }
         if let Some(a) = self.attached.as_mut() {
+            if claim.throttled || claim.rate_throttled {
+                a.throttled = Some(claim.waited);
+            }
             a.timer = (!claim.statement_timeout.is_zero()).then(|| {
                 Box::new(StatementTimer {
                     limit: claim.statement_timeout,

@@ -179,7 +179,7 @@ impl Session {
                             let xact = at.saturating_duration_since(a.xact_started);
                             a.pool.stats.add_xact(xact);
                             if let Some(k) = self.tenant.take() {
-                                if let Some(w) = self.throttled_wait.take() {
+                                if let Some(w) = a.throttled.take() {
                                     self.ctx.tenants.throttled(&k, w);
                                 }
                                 self.ctx.tenants.transaction(&k, xact);
