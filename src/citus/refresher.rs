@@ -33,6 +33,11 @@ pub fn spawn_refresher(
             let mut wait = interval;
             if s.routing != Routing::Off {
                 let r = refresh_once(&ctx, &cluster, &mut conn).await;
+                if let Some(c) = conn.as_mut().filter(|c| c.notified) {
+                    // A tenant limit changed (SET/RESET TENANT on some instance).
+                    c.notified = false;
+                    ctx.tenant_limits.wake.notify_one();
+                }
                 if r.is_ok() && cluster.is_primary() {
                     ctx.health.upstream_checked(map.get().is_some());
                 }
@@ -43,6 +48,11 @@ pub fn spawn_refresher(
                     wait = interval.max(NOT_CITUS_RECHECK);
                 }
                 if let Err(e) = r {
+                    if conn.is_some() && cluster.is_primary() {
+                        // The connection that hears of tenant limit changes is lost: the
+                        // limits' sync task finds out how the store is (and keeps trying).
+                        ctx.tenant_limits.wake.notify_one();
+                    }
                     conn = None;
                     map.refresh_failures.fetch_add(1, Ordering::Relaxed);
                     let msg = e.to_string();
@@ -84,6 +94,20 @@ async fn refresh_once(
             .await
             .map_err(|_| "connecting to the coordinator timed out".to_string())?
             .map_err(|e| format!("connecting to the coordinator: {e}"))?;
+        let mut c = c;
+        if cluster.is_primary() {
+            // Run-time tenant limits (`limits::sync`): this connection, already kept and
+            // read every interval, hears of their changes; a new connection may have
+            // missed some, so they are loaded again.
+            if let Err(e) = c
+                .run_internal(&format!("LISTEN {}", crate::limits::store::CHANNEL))
+                .await
+            {
+                tracing::debug!(error = %e, "LISTEN for tenant limits failed");
+            }
+            c.notified = false;
+            ctx.tenant_limits.wake.notify_one();
+        }
         *conn = Some(c);
     }
     let Some(c) = conn.as_mut() else {

@@ -20,8 +20,8 @@
 //!   longer), not by a server setting the client could change.
 //! - Run-time overrides live in the upstream's database (`store.rs`, table
 //!   `pgtenant.tenant_limits`): `SET TENANT` on any instance's console writes them, and
-//!   every instance's sync task (`sync.rs`) loads them at start, when notified of a change,
-//!   and every `shard_map_refresh_interval`.
+//!   every instance's sync task (`sync.rs`) loads them at start and when told of a change
+//!   (the shard-map refresher's connection LISTENs for it).
 //! - Nothing is paid when no limit is configured or set: transactions carry no claim (one
 //!   flag read per routed transaction) and pools queue FIFO as before.
 use std::collections::HashMap;
@@ -85,6 +85,9 @@ pub struct TenantLimits {
     pub counts: Counts,
     /// The run-time overrides with who set them, and the store's state (`store.rs`).
     pub store: store::Store,
+    /// Load the store again (`sync.rs`): a notification came on the shard-map
+    /// refresher's connection, or that connection was opened again.
+    pub wake: tokio::sync::Notify,
 }
 
 impl Default for TenantLimits {
@@ -95,6 +98,7 @@ impl Default for TenantLimits {
             rate: rate::Buckets::default(),
             counts: Counts::default(),
             store: store::Store::default(),
+            wake: tokio::sync::Notify::new(),
         }
     }
 }

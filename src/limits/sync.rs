@@ -1,17 +1,21 @@
-//! The run-time tenant limits' sync task (one per process): keeps a connection of its own
-//! to the upstream's coordinator, LISTENs on [`store::CHANNEL`] and loads every override
-//! into `ctx.tenant_limits`.
+//! The run-time tenant limits' sync task (one per process): loads every override from the
+//! store into `ctx.tenant_limits`.
 //!
 //! Rules:
-//! - Loads at start, at once on a notification (those that come within
-//!   [`COALESCE`] of it are one load), and every `shard_map_refresh_interval` in case a
-//!   notification was missed (a connection lost and opened again).
+//! - Loads at start, and whenever `ctx.tenant_limits.wake` fires: the shard-map
+//!   refresher's connection to the upstream's coordinator (kept anyway, read every
+//!   `shard_map_refresh_interval`) LISTENs on [`store::CHANNEL`] and wakes this task when a
+//!   notification came, and when it opened a new connection (a notification sent while it
+//!   was down is lost). So a change reaches every instance within about one refresh
+//!   interval, without a connection of its own per instance (hundreds of sidecars) and
+//!   without reading the whole table (up to 100,000 rows) on a timer. Wakes within
+//!   [`COALESCE`] of each other are one load (a script setting many tenants).
+//! - A load opens a connection, reads, and closes it.
 //! - A failure keeps the last good set (limits in force stay in force), is logged once per
-//!   distinct error, and the task connects again after a backoff from [`RETRY_MIN`]
-//!   doubling to [`RETRY_MAX`].
-//! - The connection follows RELOAD: a changed `upstream` is connected to afresh.
-//! - With `routing = "off"` there is no tenant, so no limit applies: the task keeps no
-//!   connection (nor does the shard map's refresher).
+//!   distinct error, and is tried again after a backoff from [`RETRY_MIN`] doubling to
+//!   [`RETRY_MAX`] (or at the next wake).
+//! - With `routing = "off"` there is no tenant, so no limit applies: nothing is loaded
+//!   (nor does the refresher keep a connection).
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store;
 use crate::backend::ServerConn;
-use crate::config::{Routing, Upstream};
+use crate::config::Routing;
 use crate::context::Context;
 use crate::pgschema;
 
@@ -33,90 +37,68 @@ pub const COALESCE: Duration = Duration::from_millis(20);
 /// How many times in a row a load is read again because a console write overtook it.
 const STALE_RETRIES: usize = 5;
 
-/// Where the upstream's coordinator is, as the task connected to it.
-fn place(u: &Upstream) -> (String, u16, String, String) {
-    (u.host.clone(), u.port, u.database.clone(), u.user.clone())
-}
-
 pub fn spawn(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move { run(ctx, stop).await })
 }
 
 async fn run(ctx: Arc<Context>, stop: CancellationToken) {
-    let mut conn: Option<(ServerConn, (String, u16, String, String))> = None;
     let mut retry = RETRY_MIN;
     // Rows skipped by the last load, warned about once (not at every load).
     let mut warned: HashSet<(String, String)> = HashSet::new();
+    let limits = &ctx.tenant_limits;
     loop {
         let s = ctx.settings();
-        if s.routing == Routing::Off {
-            // No tenant anywhere: no limit can apply, and no connection is kept. Looked
-            // at again after a RELOAD (within the period).
-            if let Some((c, _)) = conn.take() {
-                c.terminate();
-            }
-            ctx.tenant_limits.with_status(|st| st.connected = false);
-            tokio::select! {
-                _ = tokio::time::sleep(s.shard_map_refresh_interval) => continue,
-                _ = stop.cancelled() => return,
-            }
-        }
-        if conn.as_ref().is_some_and(|(_, p)| *p != place(&s.upstream)) {
-            tracing::info!("upstream changed: tenant limits store connected afresh");
-            if let Some((c, _)) = conn.take() {
-                c.terminate();
-            }
-        }
-        if conn.is_none() {
-            match connect(&ctx).await {
-                Ok(c) => conn = Some((c, place(&s.upstream))),
+        let next = if s.routing == Routing::Off {
+            // No tenant anywhere: no limit can apply. Looked at again after a RELOAD
+            // (within the period).
+            limits.with_status(|st| st.connected = false);
+            Some(s.shard_map_refresh_interval)
+        } else {
+            match load_once(&ctx, &mut warned).await {
+                Ok(()) => {
+                    retry = RETRY_MIN;
+                    None
+                }
                 Err(e) => {
                     failed(&ctx, e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry) => {}
-                        _ = stop.cancelled() => return,
-                    }
+                    let r = retry;
                     retry = (retry * 2).min(RETRY_MAX);
-                    continue;
+                    Some(r)
                 }
             }
-        }
-        let Some((c, _)) = conn.as_mut() else {
-            continue;
         };
-        if let Err(e) = load(&ctx, c, &mut warned).await {
-            failed(&ctx, e);
-            conn = None;
-            continue;
-        }
-        retry = RETRY_MIN;
-        match wait(c, s.shard_map_refresh_interval, &stop).await {
-            Wake::Load => {}
-            Wake::Lost(e) => {
-                failed(&ctx, e);
-                conn = None;
+        let timer = async {
+            match next {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
             }
-            Wake::Stop => {
-                if let Some((c, _)) = conn.take() {
-                    c.terminate();
+        };
+        tokio::select! {
+            _ = limits.wake.notified() => {
+                // The notifications of a burst make one load.
+                tokio::select! {
+                    _ = tokio::time::sleep(COALESCE) => {}
+                    _ = stop.cancelled() => return,
                 }
-                return;
             }
+            _ = timer => {}
+            _ = stop.cancelled() => return,
         }
     }
 }
 
-/// A connection to the upstream's coordinator, LISTENing on the channel.
-async fn connect(ctx: &Arc<Context>) -> Result<ServerConn, String> {
+/// Connect, load, close.
+async fn load_once(
+    ctx: &Arc<Context>,
+    warned: &mut HashSet<(String, String)>,
+) -> Result<(), String> {
     let mut c = ctx
         .primary_cluster
         .open_own(ctx, "tenant limits", "the upstream's coordinator")
         .await?;
-    pgschema::run(&mut c, &format!("LISTEN {}", store::CHANNEL))
-        .await
-        .map_err(|e| format!("LISTEN {}: {}", store::CHANNEL, pgschema::error_text(&e)))?;
-    c.notified = false;
-    Ok(c)
+    let r = load(ctx, &mut c, warned).await;
+    c.terminate();
+    r
 }
 
 /// Read every override and replace this instance's copy; warn of skipped rows not in
@@ -190,49 +172,4 @@ fn failed(ctx: &Context, e: String) {
         st.connected = false;
         st.last_error = Some(e);
     });
-}
-
-enum Wake {
-    Load,
-    Lost(String),
-    Stop,
-}
-
-/// Until a notification (and those right after it), the period, or the stop.
-async fn wait(c: &mut ServerConn, period: Duration, stop: &CancellationToken) -> Wake {
-    if c.notified {
-        c.notified = false;
-        return Wake::Load;
-    }
-    let until = tokio::time::Instant::now() + period;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => return Wake::Load,
-            _ = stop.cancelled() => return Wake::Stop,
-            f = c.conn.read_frame() => match f {
-                Ok(Some(f)) if f.tag() == b'A' => break,
-                Ok(Some(f)) if f.tag() == b'S' => c.note_parameter(f.body()),
-                Ok(Some(f)) if f.tag() == b'E' => {
-                    let why = crate::protocol::ErrorFields::parse(f.body())
-                        .map(|e| format!("{} ({})", e.message, e.code))
-                        .unwrap_or_else(|_| "an error".into());
-                    return Wake::Lost(format!("the store's connection: {why}"));
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return Wake::Lost("the store's connection closed".into()),
-            },
-        }
-    }
-    // Notifications of a burst (a script setting many tenants) make one load.
-    let until = tokio::time::Instant::now() + COALESCE;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => return Wake::Load,
-            f = c.conn.read_frame() => match f {
-                Ok(Some(f)) if f.tag() == b'S' => c.note_parameter(f.body()),
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return Wake::Lost("the store's connection closed".into()),
-            },
-        }
-    }
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::citus::{CitusCluster, CitusOptions};
 use support::{PgServer, Pgtenant, TempDir};
 
 /// How soon another instance must see a change (it is told by NOTIFY; measured well
@@ -115,10 +116,18 @@ fn wait_until(
     }
 }
 
+fn citus_cluster() -> CitusCluster {
+    CitusCluster::start(CitusOptions {
+        tenants: 10,
+        shard_count: 4,
+        ..CitusOptions::default()
+    })
+}
+
 fn start(pg: &PgServer, dir: &TempDir, name: &str, extra: &str) -> Pgtenant {
     let cfg = dir.config_file(&format!(
         "upstream = \"{}\"\npool_size = 8\nadmin_users = [\"app\"]\ninstance_name = \"{name}\"\n\
-         shard_map_refresh_interval = 30\n{extra}\n[users.monitor]\npassword = \"monpw\"\n",
+         {extra}\n[users.monitor]\npassword = \"monpw\"\n",
         pg.url("app", "secret", "app")
     ));
     let p = Pgtenant::start(
@@ -159,16 +168,18 @@ fn store_rows(pg: &PgServer) -> Vec<String> {
 
 #[test]
 fn set_and_reset_reach_every_instance() {
-    let pg = PgServer::start();
+    // Tenants (and so their limits) exist on a Citus upstream: the emulated one.
+    let cluster = citus_cluster();
+    let pg = &cluster.coordinator;
     let (da, db) = (TempDir::new("limits-a"), TempDir::new("limits-b"));
     let a = start(
-        &pg,
+        pg,
         &da,
         "a",
         "tenant_max_active = \"25%\"\ntenant_statement_timeout = \"30s\"\n\
          [tenant_limits]\n\"7\" = { max_active = 2 }\n",
     );
-    let b = start(&pg, &db, "b", "");
+    let b = start(pg, &db, "b", "");
 
     // The defaults first, then the configured override.
     let l = limits(&a);
@@ -218,7 +229,7 @@ fn set_and_reset_reach_every_instance() {
         l.get("42").is_some_and(|r| r["max_active"] == "8")
     });
     eprintln!("SET TENANT on a seen by b after {took:?}");
-    assert_eq!(store_rows(&pg), ["42|8||2000|app on a"]);
+    assert_eq!(store_rows(pg), ["42|8||2000|app on a"]);
 
     // B's change to a configured tenant of A: key by key over the file.
     admin(&b, "set tenant 7 max_tps=10,statement_timeout=500ms");
@@ -278,11 +289,11 @@ fn set_and_reset_reach_every_instance() {
     wait_until(&b, PROPAGATION_BOUND, "7 gone on b", |l| {
         !l.contains_key("7")
     });
-    assert!(store_rows(&pg).is_empty());
+    assert!(store_rows(pg).is_empty());
 
     // Bad input: a clear error, nothing written anywhere.
     admin(&a, "SET TENANT 5 max_active = 1");
-    let before = store_rows(&pg);
+    let before = store_rows(pg);
     let long = "x".repeat(201);
     for (sql, needle) in [
         ("SET TENANT 5 color = 1", "unknown tenant limit 'color'"),
@@ -311,7 +322,7 @@ fn set_and_reset_reach_every_instance() {
         let err = admin_err(&a, sql);
         assert!(err.contains(needle), "{sql}: {err}");
     }
-    assert_eq!(store_rows(&pg), before);
+    assert_eq!(store_rows(pg), before);
     assert_eq!(limits(&a)["5"]["max_active"], "1");
 
     // A stats user reads, and may not write.
@@ -322,7 +333,7 @@ fn set_and_reset_reach_every_instance() {
     let (ok, out, err) = psql(&a, "monitor", "monpw", "SHOW TENANT LIMITS");
     assert!(ok, "{err}");
     assert_eq!(parse(&out)["5"]["max_active"], "1");
-    assert_eq!(store_rows(&pg), before);
+    assert_eq!(store_rows(pg), before);
 
     // A row written by hand that does not read is skipped with a warning; the others stay.
     let out = pg.psql(&[
@@ -353,10 +364,11 @@ fn set_and_reset_reach_every_instance() {
 
 #[test]
 fn the_store_lost_and_back() {
-    let mut pg = PgServer::start();
+    let mut cluster = citus_cluster();
+    let pg = &mut cluster.coordinator;
     let (da, db) = (TempDir::new("limits-a"), TempDir::new("limits-b"));
-    let a = start(&pg, &da, "a", "");
-    let b = start(&pg, &db, "b", "");
+    let a = start(pg, &da, "a", "");
+    let b = start(pg, &db, "b", "");
     admin(&a, "SET TENANT 1 max_active = 3");
     wait_until(&b, PROPAGATION_BOUND, "1 on b", |l| l.contains_key("1"));
 
