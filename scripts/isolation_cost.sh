@@ -40,14 +40,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 30000))
-        port_in_use "$p" || { echo "$p"; return; }
-    done
-}
-
 PG_PORT=$(free_port)
 mkdir -p "$WORK/pg"
 if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$WORK" "$WORK/pg"; fi

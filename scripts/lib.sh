@@ -3,8 +3,8 @@
 #   SCRIPT_NAME=demo          # prefix of error messages
 #   . scripts/lib.sh
 #
-# General: say, die, as_root, as_pg, claim_pidfile, port_in_use, need_postgres (sets
-# PGBIN and PSQL), need_cargo, pg_owned_dir (sets PG_DIR), pg_template, stop_server.
+# General: say, die, as_root, as_pg, claim_pidfile, port_in_use, free_port, need_postgres
+# (sets PGBIN and PSQL), need_cargo, pg_owned_dir (sets PG_DIR), pg_template, stop_server.
 # The demo's three-node cluster (a coordinator and two workers, real Citus when the
 # extension is installed, else emulated as tests/support/citus.rs does): cluster_init,
 # cluster_create, cluster_stop, su_sql, app_psql, owner_port. SQL: deploy/demo/.
@@ -67,6 +67,20 @@ claim_pidfile() {
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A loopback port nobody listens on, picked at random from 20000 up to the ephemeral
+# range (where the ports of outgoing connections come from: one may hold a port that
+# nobody listens on).
+free_port() {
+    local p lo=32768 span
+    read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    span=$((lo - 20000))
+    [ "$span" -ge 1000 ] || span=10000
+    while :; do
+        p=$((20000 + RANDOM % span))
+        port_in_use "$p" || { echo "$p"; return; }
+    done
+}
 
 pg_bindir() {
     if [ -x /usr/lib/postgresql/15/bin/initdb ]; then
