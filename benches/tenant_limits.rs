@@ -95,6 +95,8 @@ fn main() {
         println!("{}", common::TEST_MODE_NOTE);
     }
     let known: Vec<String> = (0..100).map(|i| format!("{}", 1_000 + i)).collect();
+    // The router hands the claim the tenant text it already holds (an `Arc<str>`).
+    let known_arcs: Vec<Arc<str>> = known.iter().map(|v| Arc::from(v.as_str())).collect();
     let many: Vec<String> = (0..100_000).map(|i| format!("tenant-{i}")).collect();
 
     // The baseline: a flag read.
@@ -115,13 +117,15 @@ fn main() {
         ("claim, nothing configured", &off),
         ("claim, nothing configured, 100 [databases]", &off_entries),
     ] {
-        assert!(limits.claim(s, "db", 20, &known[0]).is_none());
+        assert!(limits
+            .claim(s, "db", 20, Arc::from(known[0].as_str()))
+            .is_none());
         let ns = ns_per(1, n, &|_, i| {
             black_box(limits.claim(
                 black_box(s),
                 "db",
                 20,
-                black_box(&known[i as usize % known.len()]),
+                black_box(known_arcs[i as usize % known_arcs.len()].clone()),
             ));
         });
         row(
@@ -148,15 +152,24 @@ fn main() {
     }
     limits_on.set_runtime(rt);
     assert_eq!(
-        limits_on.claim(&on, "db", 20, "1000").unwrap().max_active,
+        limits_on
+            .claim(&on, "db", 20, "1000".into())
+            .unwrap()
+            .max_active,
         4
     );
     assert_eq!(
-        limits_on.claim(&on, "db", 20, "1005").unwrap().max_tps,
+        limits_on
+            .claim(&on, "db", 20, "1005".into())
+            .unwrap()
+            .max_tps,
         50.0
     );
     assert_eq!(
-        limits_on.claim(&on, "db", 20, "1001").unwrap().max_active,
+        limits_on
+            .claim(&on, "db", 20, "1001".into())
+            .unwrap()
+            .max_active,
         5
     );
     let claim_on = ns_per(1, n, &|_, i| {
@@ -164,7 +177,7 @@ fn main() {
             black_box(&on),
             "db",
             20,
-            black_box(&known[i as usize % known.len()]),
+            black_box(known_arcs[i as usize % known_arcs.len()].clone()),
         ));
     });
     row(

@@ -135,17 +135,17 @@ impl TenantLimits {
         s: &Settings,
         database: &str,
         pool_size: u32,
-        tenant: &str,
+        tenant: Arc<str>,
     ) -> Option<Claim> {
         if !self.on(s) {
             return None;
         }
-        let o = self.override_of(s, tenant);
+        let o = self.override_of(s, &tenant);
         let max_active: MaxActive = o
             .max_active
             .unwrap_or_else(|| s.tenant_max_active_of(database));
         Some(Claim {
-            tenant: tenant.into(),
+            tenant,
             colocation: 0,
             max_active: max_active.of(pool_size),
             max_tps: o.max_tps.unwrap_or(s.tenant_max_tps),
@@ -177,7 +177,7 @@ mod tests {
     fn nothing_configured_means_no_claim() {
         let s = settings("");
         let l = TenantLimits::default();
-        assert!(l.claim(&s, "db", 20, "42").is_none());
+        assert!(l.claim(&s, "db", 20, "42".into()).is_none());
     }
 
     #[test]
@@ -187,9 +187,9 @@ mod tests {
              [tenant_limits]\n\"42\" = { max_active = 8, statement_timeout = \"2s\" }\n",
         );
         let l = TenantLimits::default();
-        let c = l.claim(&s, "db", 20, "7").unwrap();
+        let c = l.claim(&s, "db", 20, "7".into()).unwrap();
         assert_eq!((c.max_active, c.max_tps), (5, 100.0));
-        let c = l.claim(&s, "db", 20, "42").unwrap();
+        let c = l.claim(&s, "db", 20, "42".into()).unwrap();
         assert_eq!(c.max_active, 8);
         assert_eq!(c.statement_timeout, Duration::from_secs(2));
         let mut rt = HashMap::new();
@@ -198,7 +198,7 @@ mod tests {
         o.set("max_tps", "0").unwrap();
         rt.insert(Arc::from("42"), o);
         l.set_runtime(rt);
-        let c = l.claim(&s, "db", 20, "42").unwrap();
+        let c = l.claim(&s, "db", 20, "42".into()).unwrap();
         assert_eq!((c.max_active, c.max_tps), (1, 0.0));
         assert_eq!(
             c.statement_timeout,
@@ -214,9 +214,9 @@ mod tests {
         let mut o = TenantOverride::default();
         o.set("max_active", "2").unwrap();
         l.set_runtime(HashMap::from([(Arc::from("9"), o)]));
-        assert_eq!(l.claim(&s, "db", 20, "9").unwrap().max_active, 2);
-        assert_eq!(l.claim(&s, "db", 20, "10").unwrap().max_active, 0);
+        assert_eq!(l.claim(&s, "db", 20, "9".into()).unwrap().max_active, 2);
+        assert_eq!(l.claim(&s, "db", 20, "10".into()).unwrap().max_active, 0);
         l.set_runtime(HashMap::new());
-        assert!(l.claim(&s, "db", 20, "9").is_none());
+        assert!(l.claim(&s, "db", 20, "9".into()).is_none());
     }
 }

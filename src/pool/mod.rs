@@ -415,7 +415,7 @@ impl Pool {
             c.terminate();
             return;
         }
-        while let Some(p) = g.queue.pop() {
+        while let Some(p) = g.queue.has_turns().then(|| g.queue.pop()).flatten() {
             c.lent_to = p.counted;
             match p.waiter.send(Handoff::Conn(c)) {
                 Ok(()) => return,

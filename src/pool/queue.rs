@@ -38,6 +38,8 @@ enum Turn<W> {
 }
 
 struct Tenant<W> {
+    /// Its key, for the turn order (no second lookup to find it).
+    key: Arc<str>,
     /// Connections lent to it (counted only while it has a limit).
     active: u32,
     /// Its limit as its latest transaction's claim says; 0 = none.
@@ -135,18 +137,17 @@ impl<W: Waits> Queue<W> {
 
     /// A connection lent to `tenant` came back (or was closed, or never opened).
     pub fn unlend(&mut self, tenant: &str) {
-        let Some(key) = self.tenants.get_key_value(tenant).map(|(k, _)| k.clone()) else {
+        let Some(t) = self.tenants.get_mut(tenant) else {
             debug_assert!(false, "unlend of an uncounted tenant");
             return;
         };
-        let t = self.tenants.get_mut(&key).expect("present");
         t.active = t.active.saturating_sub(1);
         t.drop_closed_front();
         if !t.in_ring && !t.waiting.is_empty() && !t.at_limit() {
             t.in_ring = true;
-            self.ring.push_back(Turn::Tenant(key));
+            self.ring.push_back(Turn::Tenant(t.key.clone()));
         } else if t.unused() {
-            self.tenants.remove(&key);
+            self.tenants.remove(tenant);
         }
     }
 
@@ -243,6 +244,7 @@ impl<W: Waits> Queue<W> {
 
     fn tenant(&mut self, key: &Arc<str>) -> &mut Tenant<W> {
         self.tenants.entry(key.clone()).or_insert_with(|| Tenant {
+            key: key.clone(),
             active: 0,
             max: 0,
             waiting: VecDeque::new(),

@@ -1,6 +1,7 @@
 //! Routing holds: the first message of a transaction decides the node; BEGIN and friends
 //! and Parses are held (answered out of sight) until a statement tells.
 use super::attach::WorkerAttach;
+use super::limits::limited_tenant;
 use super::*;
 
 impl Session {
@@ -80,11 +81,12 @@ impl Session {
         // as a transaction of their own: a BEGIN block that starts with one must not take
         // its later writes to a worker.
         let own = self.own_transaction();
-        let (local_reference, spread) = {
+        let (local_reference, spread, limits_on) = {
             let s = self.ctx.settings.load();
             (
                 s.reference_reads == crate::config::ReferenceReads::LocalWorker,
                 s.multi_tenant_reads == crate::config::MultiTenantReads::Any,
+                self.ctx.tenant_limits.on(&s),
             )
         };
         let reads = |own: bool| Reads {
@@ -186,7 +188,9 @@ impl Session {
             Decision::Anywhere => (self.c.pool.clone(), RouteReason::Anywhere),
             Decision::Hold(_) => (self.c.pool.clone(), RouteReason::TransactionControl),
         };
-        self.claim_tenant = self.limited_tenant(reason, &tenant);
+        if limits_on {
+            self.claim_tenant = limited_tenant(reason, &tenant);
+        }
         // Blue-green: the tenant's home (or the default one) decides between blue and
         // the decision above (green).
         let mut running = None;

@@ -18,8 +18,11 @@ use crate::limits::{rate::Token, Claim};
 pub(super) struct StatementTimer {
     limit: Duration,
     tenant: Arc<str>,
-    /// Armed while a statement runs.
+    /// Made at the first statement, reset for each one after (no allocation per
+    /// statement).
     sleep: Option<Pin<Box<Sleep>>>,
+    /// A statement runs: the sleep counts.
+    armed: bool,
     /// It fired and a cancel went out: the server's "canceling statement due to user
     /// request" that follows is this timeout's.
     fired: bool,
@@ -33,21 +36,25 @@ impl StatementTimer {
             Some(s) => s.as_mut().reset(at),
             None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
         }
+        self.armed = true;
     }
 
     /// The statement's answer is complete.
     pub(super) fn disarm(&mut self) {
-        self.sleep = None;
+        self.armed = false;
         // Its error, if any, came before the ReadyForQuery that ends the statement.
         self.fired = false;
     }
 
     pub(super) fn poll_fired(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        if !self.armed {
+            return false;
+        }
         let Some(s) = self.sleep.as_mut() else {
             return false;
         };
         if s.as_mut().poll(cx).is_ready() {
-            self.sleep = None;
+            self.armed = false;
             return true;
         }
         false
@@ -76,33 +83,36 @@ impl StatementTimer {
     }
 }
 
-impl Session {
-    /// The tenant to claim for when the route was decided by `reason` with `tenant`, if
-    /// any limit is on.
-    pub(super) fn limited_tenant(
-        &self,
-        reason: RouteReason,
-        tenant: &crate::frontend::routing::TenantOf,
-    ) -> Option<Box<(u32, Arc<str>)>> {
-        match (reason, tenant) {
-            (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, v)))
-                if self.ctx.tenant_limits.on(&self.ctx.settings.load()) =>
-            {
-                Some(Box::new((*colocation, Arc::from(v.as_str()))))
-            }
-            _ => None,
+/// The tenant to claim for when the route was decided by `reason` with `tenant` (the
+/// caller checked that a limit is on).
+pub(super) fn limited_tenant(
+    reason: RouteReason,
+    tenant: &crate::frontend::routing::TenantOf,
+) -> Option<Box<(u32, Arc<str>)>> {
+    match (reason, tenant) {
+        (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, v))) => {
+            Some(Box::new((*colocation, Arc::from(v.as_str()))))
         }
+        _ => None,
+    }
+}
+
+impl Session {
+    /// The claim of the transaction about to take a connection of `pool` (inlined: with
+    /// no limit on it is one test).
+    #[inline]
+    pub(super) fn take_claim(&mut self, pool: &Pool) -> Option<Box<Claim>> {
+        let t = self.claim_tenant.take()?;
+        self.make_claim(pool, *t)
     }
 
-    /// The claim of the transaction about to take a connection of `pool`.
-    pub(super) fn take_claim(&mut self, pool: &Pool) -> Option<Box<Claim>> {
-        let (colocation, tenant) = *self.claim_tenant.take()?;
+    fn make_claim(&self, pool: &Pool, (colocation, tenant): (u32, Arc<str>)) -> Option<Box<Claim>> {
         let s = self.ctx.settings.load();
         let pool_size = pool.limits(&s).pool_size;
         let mut c = self
             .ctx
             .tenant_limits
-            .claim(&s, &pool.key.database, pool_size, &tenant)?;
+            .claim(&s, &pool.key.database, pool_size, tenant)?;
         c.colocation = colocation;
         Some(Box::new(c))
     }
@@ -152,10 +162,14 @@ impl Session {
 
     /// After the pool lent a connection for `claim`: count a wait its tenant's limit
     /// caused, and start the statement timer when the tenant has one.
+    #[inline]
     pub(super) fn claimed(&mut self, claim: Option<Box<Claim>>) {
-        let Some(claim) = claim else {
-            return;
-        };
+        if let Some(c) = claim {
+            self.claimed_slow(&c);
+        }
+    }
+
+    fn claimed_slow(&mut self, claim: &Claim) {
         if claim.throttled {
             self.ctx
                 .tenant_limits
@@ -172,6 +186,7 @@ impl Session {
                     limit: claim.statement_timeout,
                     tenant: claim.tenant.clone(),
                     sleep: None,
+                    armed: false,
                     fired: false,
                 })
             });
