@@ -386,6 +386,31 @@ impl Pool {
         self.servers.iter().filter(|e| *e.key() <= marked).count()
     }
 
+    /// The transaction a connection was lent for ended but its client keeps it (pinned):
+    /// its tenant's count is given back now.
+    pub fn end_claim(&self, c: &mut ServerConn) {
+        if c.lent_to.is_some() {
+            let mut g = self.lock();
+            self.unlend(&mut g, c);
+            // Its tenant may take a turn again: an idle connection goes to it at once
+            // (nothing comes back to the pool to wake it otherwise).
+            while g.queue.has_turns() {
+                let Some(mut idle) = g.idle.pop_back() else {
+                    break;
+                };
+                let Some(p) = g.queue.pop() else {
+                    g.idle.push_back(idle);
+                    break;
+                };
+                idle.lent_to = p.counted;
+                if let Err(Handoff::Conn(mut back)) = p.waiter.send(Handoff::Conn(idle)) {
+                    self.unlend(&mut g, &mut back);
+                    g.idle.push_back(back);
+                }
+            }
+        }
+    }
+
     /// Give a connection back. `clean`: idle, nothing unanswered, safe for the next client.
     pub fn release(&self, c: Box<ServerConn>, clean: bool) {
         self.release_at(c, clean, Instant::now())

@@ -341,8 +341,13 @@ impl Session {
             );
         }
         if self.pinned {
-            // The connection stays; cancel requests reach it again.
+            // The connection stays; cancel requests reach it again. The tenant claim ends
+            // with its transaction: a pinned connection counts for no tenant and carries
+            // no tenant's statement timeout into the client's next transactions (a pinned
+            // client is outside transaction pooling, and so outside per-tenant limits).
             a.effects = 0;
+            a.timer = None;
+            a.pool.end_claim(&mut a.server);
             self.set_cancel_target(Some(a.server.cancel.clone())).await;
             self.attached = Some(Box::new(a));
             return;
