@@ -48,6 +48,7 @@ mod server_lost;
 mod session_state;
 mod tenant_activity;
 mod tenant_limits;
+mod tenant_limits_attack;
 mod tenant_limits_store;
 mod tls;
 mod unix_socket;

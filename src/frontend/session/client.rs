@@ -148,6 +148,14 @@ impl Session {
                 }
             }
             tracing::trace!(tag = %(f.tag() as char), attached = self.attached.is_some(), "client message");
+            if self
+                .attached
+                .as_ref()
+                .and_then(|a| a.timer.as_ref())
+                .is_some_and(|t| t.stale())
+            {
+                Box::pin(self.settle_timeout_cancel()).await;
+            }
             if let Err(e) = self.forward(f) {
                 tracing::warn!(user = %Escaped(&self.c.user), error = %e, "bad message from client");
                 self.c

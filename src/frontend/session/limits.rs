@@ -26,6 +26,10 @@ pub(super) struct StatementTimer {
     /// It fired and a cancel went out: the server's "canceling statement due to user
     /// request" that follows is this timeout's.
     fired: bool,
+    /// The statement ended before the cancel of its timeout was seen to land: that
+    /// cancel may still be on its way, and must not reach the client's next statement
+    /// on this connection (see [`Session::settle_timeout_cancel`]).
+    stale: bool,
 }
 
 impl StatementTimer {
@@ -42,8 +46,15 @@ impl StatementTimer {
     /// The statement's answer is complete.
     pub(super) fn disarm(&mut self) {
         self.armed = false;
-        // Its error, if any, came before the ReadyForQuery that ends the statement.
+        // Its error, if any, came before the ReadyForQuery that ends the statement; if
+        // none came, the cancel may still be travelling.
+        self.stale |= self.fired;
         self.fired = false;
+    }
+
+    /// A cancel of this timer may still be on its way (the statement ended first).
+    pub(super) fn stale(&self) -> bool {
+        self.stale
     }
 
     pub(super) fn poll_fired(&mut self, cx: &mut TaskContext<'_>) -> bool {
@@ -188,6 +199,7 @@ impl Session {
                     sleep: None,
                     armed: false,
                     fired: false,
+                    stale: false,
                 })
             });
         }
@@ -201,6 +213,22 @@ impl Session {
             .tenants
             .key(claim.colocation, &claim.tenant, pool.key.node.name.clone());
         self.ctx.tenants.throttled(&k, waited);
+    }
+
+    /// Before the client's next message goes to a connection whose last statement ended
+    /// while its timeout's cancel was out: wait until that cancel has reached the server
+    /// (the backend, idle then, ignores it), so that it cannot cancel the next statement.
+    pub(super) async fn settle_timeout_cancel(&mut self) {
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        let Some(t) = a.timer.as_mut().filter(|t| t.stale) else {
+            return;
+        };
+        t.stale = false;
+        // Setting the same target waits for every cancel in flight to be delivered.
+        let target = a.server.cancel.clone();
+        self.set_cancel_target(Some(target)).await;
     }
 
     /// The tenant's statement_timeout passed: cancel the statement.
