@@ -571,3 +571,58 @@ async fn overrides_set_at_run_time_apply_to_the_next_transaction() {
     let (_, max) = burst(&url, &cluster, t, 6, 0.4).await;
     assert_eq!(max, 2);
 }
+
+/// A client pinned to its server connection (a temp table) inside a tenant's transaction:
+/// the tenant's claim ends with that transaction — the connection counts for no tenant and
+/// the client's next statements (another tenant's) run without the first one's timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_connection_carries_no_tenant_claim_past_its_transaction() {
+    let cluster = CitusCluster::start(CitusOptions {
+        tenants: 20,
+        shard_count: 4,
+        ..CitusOptions::default()
+    });
+    let dir = TempDir::new("tenant-limits-pinned");
+    let keys = cluster.tenant_keys("orders");
+    let (t, other) = (&keys[0], &keys[1]);
+    let (p, _) = start(
+        &cluster,
+        &dir,
+        "pinned",
+        &format!(
+            "[tenant_limits]\n\"{t}\" = {{ max_active = 1, statement_timeout = \"300ms\" }}\n"
+        ),
+    );
+    let c = support::connect(&p.url("app", "secret", "app")).await;
+    let admin = support::connect(&p.url("app", "secret", "pgtenant")).await;
+    for sql in [
+        "begin".to_string(),
+        format!("select count(*) from orders where account_id = {t}"),
+        "create temp table pin(a int)".to_string(),
+        "commit".to_string(),
+    ] {
+        c.simple_query(&sql).await.unwrap();
+    }
+    // Pinned now; the next statements are the same client's, of another tenant.
+    c.simple_query(&format!(
+        "select pg_sleep(0.6), count(*) from orders where account_id = {other}"
+    ))
+    .await
+    .expect("not cancelled by the first tenant's statement_timeout");
+    c.simple_query("select count(*) from pin").await.unwrap();
+    let rows = admin.simple_query("SHOW TENANT LIMITS").await.unwrap();
+    let active = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get("tenant") == Some(t.as_str()) => {
+            r.get("active").map(str::to_string)
+        }
+        _ => None,
+    });
+    assert_eq!(active.as_deref(), Some("0"));
+    // And the tenant itself still gets its one connection.
+    let c2 = support::connect(&p.url("app", "secret", "app")).await;
+    c2.simple_query(&format!(
+        "select count(*) from orders where account_id = {t}"
+    ))
+    .await
+    .unwrap();
+}
