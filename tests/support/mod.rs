@@ -150,14 +150,22 @@ pub fn pg_bin(name: &str) -> PathBuf {
 
 /// A free loopback TCP port (bind 127.0.0.1:0, then release). Never hands out the same
 /// port twice in one process, so parallel tests do not collide with each other.
+///
+/// Taken below the kernel's range for outgoing connections (32768–60999 by default): a
+/// port the kernel hands out for `bind(0)` is also one it may give to any outgoing
+/// connection (a test opening hundreds of client connections) between the moment it was
+/// picked here and the moment the server binds it.
 pub fn free_port() -> u16 {
+    use rand::Rng;
     static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
-    for _ in 0..100 {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local_addr").port();
-        drop(l);
-        if port != 5432 && given.lock().unwrap().insert(port) {
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port: u16 = rng.gen_range(20_000..32_000);
+        if given.lock().unwrap().contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && given.lock().unwrap().insert(port) {
             return port;
         }
     }
