@@ -131,6 +131,14 @@ if want idle; then
 fi
 SOMAXCONN=$(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo '?')
 CLK_TCK=$(getconf CLK_TCK)
+# System calls per transaction: perf counting the raw_syscalls:sys_enter tracepoint of the
+# pooler's threads during each run (every system call enters the kernel through it). Off
+# ("—") where perf or the tracepoint is not available (containers, kernel.perf_event_paranoid).
+PERF_SYSCALLS=no
+if command -v perf >/dev/null 2>&1 &&
+    perf stat -e raw_syscalls:sys_enter -x, -o /dev/null -- true >/dev/null 2>&1; then
+    PERF_SYSCALLS=yes
+fi
 
 # --- 2. leftovers of a killed run, cleanup -----------------------------------------------
 pg_owned_dir "$WORK/pg" "/var/tmp/pgtenant-loadbench-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
@@ -313,20 +321,31 @@ start_pgtenant() {
 
 # bench_run SECTION WORKLOAD TARGET ROUND PORT PID|- PGBENCH-ARGS…: one pgbench run, one
 # line in $RUNS: section workload target round status tps xacts failed latency_ms
-# cpu_us_per_xact note.
+# cpu_us_per_xact note syscalls_per_xact.
 bench_run() {
     local section=$1 workload=$2 target=$3 round=$4 port=$5 pid=$6
     shift 6
     local out=$WORK/runs/$section-$workload-$target-$round.log
-    local c0=0 c1=0 rc=0 tps xacts failed lat cpu=- status=ok note=-
+    local c0=0 c1=0 rc=0 tps xacts failed lat cpu=- status=ok note=- perf_pid='' calls=- sc=-
     if [ "$pid" != - ]; then
         kill -0 "$pid" 2>/dev/null || die "$target (pid $pid) is gone"
         c0=$(cpu_ticks "$pid")
+        if [ "$PERF_SYSCALLS" = yes ]; then
+            perf stat -e raw_syscalls:sys_enter -x, -p "$pid" -o "$out.perf" >/dev/null 2>&1 &
+            perf_pid=$!
+            sleep 0.2
+        fi
     fi
     PGPASSWORD=secret "$PGBENCH" -n -h 127.0.0.1 -p "$port" -U app "$@" app >"$out" 2>&1 || rc=$?
     if [ "$pid" != - ]; then
         kill -0 "$pid" 2>/dev/null || die "$target (pid $pid) died during the run (log: $out)"
         c1=$(cpu_ticks "$pid")
+        if [ -n "$perf_pid" ]; then
+            kill -INT "$perf_pid" 2>/dev/null || true
+            wait "$perf_pid" 2>/dev/null || true
+            calls=$(awk -F, '/raw_syscalls:sys_enter/ && $1 ~ /^[0-9]+$/ { print $1; exit }' "$out.perf" 2>/dev/null)
+            calls=${calls:--}
+        fi
     fi
     xacts=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
     failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out")
@@ -340,12 +359,15 @@ bench_run() {
         if grep -q 'Run was aborted' "$out"; then note+=" (run aborted)"; fi
     elif [ "$pid" != - ]; then
         cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$xacts" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+        if [ "$calls" != - ]; then
+            sc=$(awk -v c="$calls" -v n="$xacts" 'BEGIN { printf "%.2f", c / n }')
+        fi
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$workload" "$target" "$round" \
-        "$status" "${tps:--}" "${xacts:--}" "${failed:--}" "${lat:--}" "$cpu" "$note" >>"$RUNS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$workload" "$target" "$round" \
+        "$status" "${tps:--}" "${xacts:--}" "${failed:--}" "${lat:--}" "$cpu" "$note" "$sc" >>"$RUNS"
     if [ "$status" = ok ]; then
         printf '    round %s  %-18s %10.0f tps  %8.3f ms  %s  (%s xacts, %s failed)\n' \
-            "$round" "$target" "$tps" "$lat" "$([ "$cpu" = - ] || echo "$cpu µs CPU/xact")" "$xacts" "${failed:--}"
+            "$round" "$target" "$tps" "$lat" "$([ "$cpu" = - ] || echo "$cpu µs CPU/xact")$([ "$sc" = - ] || echo ", $sc syscalls/xact")" "$xacts" "${failed:--}"
     else
         printf '    round %s  %-18s FAILED: %s\n' "$round" "$target" "$note"
     fi
@@ -601,6 +623,9 @@ TABLE=$WORK/table.md
             done
             echo "| $w | tps | $cell_a | $cell_b | $(ratio "$tb" "$ta") |"
             echo "| $w | pooler CPU µs / xact | $(fmt %.1f "$ca") | $(fmt %.1f "$cb") | $(ratio "$cb" "$ca") |"
+            sa=$(median "$section" "$mode" "$a" 12)
+            sb=$(median "$section" "$mode" "$b" 12)
+            echo "| $w | pooler system calls / xact | $(fmt %.2f "$sa") | $(fmt %.2f "$sb") | $(ratio "$sb" "$sa") |"
             echo "| $w | avg latency ms | $(fmt %.3f "$la") | $(fmt %.3f "$lb") | $(ratio "$lb" "$la") |"
             fa=$(failed_xacts "$section" "$mode" "$a")
             fb=$(failed_xacts "$section" "$mode" "$b")
@@ -671,8 +696,8 @@ PGB_VERSION=$("$PGBOUNCER" --version | head -n1)
         echo
         echo "## Runs"
         echo
-        echo "| section | workload | target | round | status | tps | xacts | failed | latency ms | CPU µs/xact | note |"
-        echo "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+        echo "| section | workload | target | round | status | tps | xacts | failed | latency ms | CPU µs/xact | note | syscalls/xact |"
+        echo "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
         awk -F'\t' -v OFS=' | ' '{ $1 = $1; print "| " $0 " |" }' "$RUNS"
     fi
 } >"$WORK/results.md"
