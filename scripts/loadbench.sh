@@ -33,6 +33,9 @@
 #   LOADBENCH_WORKERS       pgtenant --workers (default: one per core)
 #   LOADBENCH_ONLY          comma list of sections: pgbench,latency,idle,tenant,instructions
 #                           (all)
+#   LOADBENCH_SYSCALLS      "detail": also count which system calls (read, write, recvfrom,
+#                           sendto, epoll_wait, futex, io_uring_enter, …) per transaction,
+#                           printed per run and kept in target/loadbench/syscalls.tsv
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -135,9 +138,20 @@ CLK_TCK=$(getconf CLK_TCK)
 # pooler's threads during each run (every system call enters the kernel through it). Off
 # ("—") where perf or the tracepoint is not available (containers, kernel.perf_event_paranoid).
 PERF_SYSCALLS=no
+PERF_EVENTS=raw_syscalls:sys_enter
 if command -v perf >/dev/null 2>&1 &&
     perf stat -e raw_syscalls:sys_enter -x, -o /dev/null -- true >/dev/null 2>&1; then
     PERF_SYSCALLS=yes
+    # LOADBENCH_SYSCALLS=detail: also which calls, per transaction (the calls a pooler's
+    # socket work and waiting go through; those the kernel has a tracepoint for).
+    if [ "${LOADBENCH_SYSCALLS:-}" = detail ]; then
+        for c in read write readv writev recvfrom sendto recvmsg sendmsg epoll_wait epoll_pwait \
+            epoll_ctl futex sched_yield io_uring_enter; do
+            if perf stat -e "syscalls:sys_enter_$c" -x, -o /dev/null -- true >/dev/null 2>&1; then
+                PERF_EVENTS+=",syscalls:sys_enter_$c"
+            fi
+        done
+    fi
 fi
 
 # --- 2. leftovers of a killed run, cleanup -----------------------------------------------
@@ -331,7 +345,7 @@ bench_run() {
         kill -0 "$pid" 2>/dev/null || die "$target (pid $pid) is gone"
         c0=$(cpu_ticks "$pid")
         if [ "$PERF_SYSCALLS" = yes ]; then
-            perf stat -e raw_syscalls:sys_enter -x, -p "$pid" -o "$out.perf" >/dev/null 2>&1 &
+            perf stat -e "$PERF_EVENTS" -x, -p "$pid" -o "$out.perf" >/dev/null 2>&1 &
             perf_pid=$!
             sleep 0.2
         fi
@@ -361,6 +375,16 @@ bench_run() {
         cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$xacts" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
         if [ "$calls" != - ]; then
             sc=$(awk -v c="$calls" -v n="$xacts" 'BEGIN { printf "%.2f", c / n }')
+            if [ "$PERF_EVENTS" != raw_syscalls:sys_enter ]; then
+                # One line per run: section workload target round, then call=per-xact pairs.
+                awk -F, -v n="$xacts" -v head="$section	$workload	$target	$round" '
+                    $3 ~ /^syscalls:sys_enter_/ && $1 ~ /^[0-9]+$/ && $1 > 0 {
+                        sub(/^syscalls:sys_enter_/, "", $3); line = line sprintf("\t%s=%.2f", $3, $1 / n)
+                    }
+                    END { print head line }' "$out.perf" >>"$WORK/syscalls.tsv"
+                printf '    round %s  %-18s syscalls/xact by call:%s\n' "$round" "$target" \
+                    "$(tail -n1 "$WORK/syscalls.tsv" | cut -f5- | tr '\t' ' ')"
+            fi
         fi
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$workload" "$target" "$round" \
@@ -404,6 +428,7 @@ ratio() { # a b: a ÷ b
 
 # --- 3. measurements -------------------------------------------------------------------------
 : >"$RUNS"
+: >"$WORK/syscalls.tsv"
 : >"$WORK/idle.tsv"
 : >"$WORK/routes.txt"
 pg_template "$PGHOME/template"
