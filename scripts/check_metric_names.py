@@ -4,7 +4,7 @@
     python3 scripts/check_metric_names.py
 
 The metric families, their types and label names are read from FAMILIES in
-src/metrics/collect.rs. Then, in deploy/grafana/pgtenant.json, deploy/prometheus/alerts.yml
+src/metrics/collect/families.rs. Then, in deploy/grafana/pgtenant.json, deploy/prometheus/alerts.yml
 and deploy/prometheus/alerts_test.yml:
 
 - every pgtenant_* series named in a query exists (a histogram as _bucket, _sum or _count);
@@ -13,7 +13,7 @@ and deploy/prometheus/alerts_test.yml:
   prints is one the query's metrics carry (plus job and instance from the scrape, and le
   of a _bucket series);
 - every label value matched literally (=, !=, or a =~ list of plain words) is a string the
-  code exports (a literal in collect.rs, counters.rs or routing.rs); node names, job,
+  code exports (a literal in collect/, counters.rs or routing.rs); node names, job,
   instance and le are not checked;
 - every series of the alert unit tests has exactly the labels pgtenant exports;
 - the dashboard shows every family.
@@ -26,9 +26,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COLLECT = ROOT / "src/metrics/collect.rs"
+COLLECT = ROOT / "src/metrics/collect/families.rs"
 VALUE_SOURCES = [
-    COLLECT,
+    ROOT / "src/metrics/collect/mod.rs",
+    ROOT / "src/metrics/collect/throttled.rs",
     ROOT / "src/metrics/counters.rs",
     ROOT / "src/frontend/routing.rs",
 ]
@@ -58,7 +59,7 @@ def problem(where, msg):
 
 
 def families():
-    """{name: (type, [labels])} from FAMILIES in collect.rs."""
+    """{name: (type, [labels])} from FAMILIES in collect/families.rs."""
     text = COLLECT.read_text()
     start = text.index("const FAMILIES")
     body = text[start : text.index("\n];", start)]
