@@ -23,7 +23,7 @@
 mod common;
 
 use std::hint::black_box;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgtenant::citus::hash::canonical_text;
@@ -44,33 +44,6 @@ fn record(t: &Tenants, a: Option<&Activity>, value: &str, node: &Arc<str>) {
     if let Some(a) = a {
         a.record(k.hash(), at);
     }
-}
-
-/// Wall time for each of `threads` threads to run `f(thread, i)` for i in 0..iters, all
-/// at once: the time one thread's record takes.
-fn on_threads(threads: usize, iters: u64, f: &(impl Fn(usize, u64) + Sync)) -> Duration {
-    let start = Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        for th in 0..threads {
-            let start = &start;
-            s.spawn(move || {
-                start.wait();
-                for i in 0..iters {
-                    f(th, i);
-                }
-            });
-        }
-        start.wait();
-        Instant::now()
-    })
-    .elapsed()
-}
-
-/// ns per call from `threads` threads (best of `runs` runs of `n` each).
-fn ns_per(threads: usize, (n, runs): (u64, usize), f: &(impl Fn(usize, u64) + Sync)) -> f64 {
-    (0..runs)
-        .map(|_| on_threads(threads, n, f).as_nanos() as f64 / n as f64)
-        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {
@@ -109,8 +82,10 @@ fn main() {
     let pair = |threads: usize, f: &(dyn Fn(Option<&Activity>, usize, u64) + Sync)| {
         let (mut without, mut with) = (f64::INFINITY, f64::INFINITY);
         for _ in 0..n.1 {
-            without = without.min(ns_per(threads, (n.0, 1), &|th, i| f(None, th, i)));
-            with = with.min(ns_per(threads, (n.0, 1), &|th, i| f(Some(a), th, i)));
+            without = without.min(common::ns_per(threads, (n.0, 1), &|th, i| f(None, th, i)));
+            with = with.min(common::ns_per(threads, (n.0, 1), &|th, i| {
+                f(Some(a), th, i)
+            }));
         }
         (without, with)
     };
@@ -132,7 +107,7 @@ fn main() {
     let now = Instant::now();
     let hashes: Vec<u64> = many.iter().map(|v| t.hash(COLOCATION, v)).collect();
     for threads in [1, 2] {
-        let ns = ns_per(threads, n, &|th, i| {
+        let ns = common::ns_per(threads, n, &|th, i| {
             a.record(
                 hashes[(i as usize * 7919 + th * 50_000) % hashes.len()],
                 now,
@@ -159,10 +134,10 @@ fn main() {
             "5F0C1B2A-0000-4E6F-9A1B-00000000002A",
         ),
     ] {
-        let copy = ns_per(1, n, &|_, _| {
+        let copy = common::ns_per(1, n, &|_, _| {
             black_box(black_box(text).to_owned());
         });
-        let canon = ns_per(1, n, &|_, _| {
+        let canon = common::ns_per(1, n, &|_, _| {
             black_box(canonical_text(dt, black_box(text)).into_owned());
         });
         println!("  tenant text of an {what} key: copied {copy:5.1} ns, canonical {canon:5.1} ns");

@@ -32,7 +32,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
@@ -90,26 +90,6 @@ fn live() -> isize {
 fn record(t: &Tenants, value: &str, node: &Arc<str>) {
     let k = t.key(COLOCATION, black_box(value), node.clone());
     t.transaction(&k, black_box(Duration::from_micros(180)));
-}
-
-/// Wall time for each of `threads` threads to run `f(thread, i)` for i in 0..iters, all
-/// at once: the time one thread's record takes.
-fn on_threads(threads: usize, iters: u64, f: &(impl Fn(usize, u64) + Sync)) -> Duration {
-    let start = Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        for th in 0..threads {
-            let start = &start;
-            s.spawn(move || {
-                start.wait();
-                for i in 0..iters {
-                    f(th, i);
-                }
-            });
-        }
-        start.wait();
-        Instant::now()
-    })
-    .elapsed()
 }
 
 /// 1,000,000 distinct tenants (one transaction each, 10 µs) and 3 heavy ones, each with a
@@ -218,13 +198,13 @@ fn bench_sketch(c: &mut Criterion) {
     });
     g.bench_function("record/known tenant, 2 threads", |b| {
         b.iter_custom(|iters| {
-            on_threads(2, iters, &|th, i| {
+            common::on_threads(2, iters, &|th, i| {
                 record(&t, &known[(i as usize * 7 + th * 50) % known.len()], &node)
             })
         })
     });
     g.bench_function("record/same tenant, 2 threads", |b| {
-        b.iter_custom(|iters| on_threads(2, iters, &|_, _| record(&t, &known[0], &node)))
+        b.iter_custom(|iters| common::on_threads(2, iters, &|_, _| record(&t, &known[0], &node)))
     });
 
     let full = Tenants::default();
@@ -250,13 +230,6 @@ fn bench_sketch(c: &mut Criterion) {
 
 criterion_group!(benches, bench_sketch);
 
-/// ns per record from `threads` threads (best of `runs` runs of `n` each).
-fn ns_per(threads: usize, (n, runs): (u64, usize), f: &(impl Fn(usize, u64) + Sync)) -> f64 {
-    (0..runs)
-        .map(|_| on_threads(threads, n, f).as_nanos() as f64 / n as f64)
-        .fold(f64::INFINITY, f64::min)
-}
-
 fn summary() {
     let node: Arc<str> = Arc::from("worker-3");
     let known: Vec<String> = (0..100).map(|i| format!("{}", 1_000 + i)).collect();
@@ -278,9 +251,9 @@ fn summary() {
         println!("{}", common::TEST_MODE_NOTE);
     }
     for (what, threads, ns) in [
-        ("known tenant", 1, ns_per(1, n, &spread)),
-        ("known tenant", 2, ns_per(2, n, &spread)),
-        ("same tenant", 2, ns_per(2, n, &same)),
+        ("known tenant", 1, common::ns_per(1, n, &spread)),
+        ("known tenant", 2, common::ns_per(2, n, &spread)),
+        ("same tenant", 2, common::ns_per(2, n, &same)),
     ] {
         println!(
             "  {what:<13} {threads} thread{}: {ns:6.1} ns = {:.2}% of a transaction",

@@ -26,7 +26,7 @@ mod common;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgtenant::config::{Settings, TenantOverride};
@@ -49,33 +49,6 @@ fn settings(toml: &str) -> Settings {
     let s = pgtenant::config::load(Some(&p), &Default::default()).expect("config");
     let _ = std::fs::remove_file(&p);
     s
-}
-
-/// Wall time for each of `threads` threads to run `f(thread, i)` for i in 0..iters, all
-/// at once: the time one thread's call takes.
-fn on_threads(threads: usize, iters: u64, f: &(impl Fn(usize, u64) + Sync)) -> Duration {
-    let start = Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        for th in 0..threads {
-            let start = &start;
-            s.spawn(move || {
-                start.wait();
-                for i in 0..iters {
-                    f(th, i);
-                }
-            });
-        }
-        start.wait();
-        Instant::now()
-    })
-    .elapsed()
-}
-
-/// ns per call from `threads` threads (best of `runs` runs of `n` each).
-fn ns_per(threads: usize, (n, runs): (u64, usize), f: &(impl Fn(usize, u64) + Sync)) -> f64 {
-    (0..runs)
-        .map(|_| on_threads(threads, n, f).as_nanos() as f64 / n as f64)
-        .fold(f64::INFINITY, f64::min)
 }
 
 fn row(what: &str, ns: f64, against: &str) {
@@ -101,7 +74,7 @@ fn main() {
 
     // The baseline: a flag read.
     let flag = AtomicBool::new(false);
-    let bare = ns_per(1, n, &|_, _| {
+    let bare = common::ns_per(1, n, &|_, _| {
         black_box(black_box(&flag).load(Ordering::Relaxed));
     });
     row("AtomicBool load (a flag read)", bare, "the baseline");
@@ -120,7 +93,7 @@ fn main() {
         assert!(limits
             .claim(s, "db", 20, Arc::from(known[0].as_str()))
             .is_none());
-        let ns = ns_per(1, n, &|_, i| {
+        let ns = common::ns_per(1, n, &|_, i| {
             black_box(limits.claim(
                 black_box(s),
                 "db",
@@ -172,7 +145,7 @@ fn main() {
             .max_active,
         5
     );
-    let claim_on = ns_per(1, n, &|_, i| {
+    let claim_on = common::ns_per(1, n, &|_, i| {
         black_box(limits_on.claim(
             black_box(&on),
             "db",
@@ -194,7 +167,7 @@ fn main() {
     for k in keys.iter().chain(&many_keys) {
         t.transaction(k, Duration::from_micros(180));
     }
-    let xact = ns_per(1, n, &|_, i| {
+    let xact = common::ns_per(1, n, &|_, i| {
         t.transaction(
             &keys[i as usize % keys.len()],
             black_box(Duration::from_micros(180)),
@@ -213,7 +186,7 @@ fn main() {
         for threads in [1, 2] {
             let b = Buckets::default();
             let base = Instant::now();
-            let ns = ns_per(threads, n, &|th, i| {
+            let ns = common::ns_per(threads, n, &|th, i| {
                 let now = base + Duration::from_micros(i);
                 let k = &tenants[(i as usize * 7 + th * 50) % tenants.len()];
                 black_box(b.take(k, 1000.0, now, Some(Duration::from_secs(5))));
@@ -229,7 +202,7 @@ fn main() {
     // Tenants::throttled on the same sketches.
     for (what, ks) in [("100 tenants", &keys), ("100k tenants", &many_keys)] {
         for threads in [1, 2] {
-            let ns = ns_per(threads, n, &|th, i| {
+            let ns = common::ns_per(threads, n, &|th, i| {
                 let k = &ks[(i as usize * 7919 + th * 50) % ks.len()];
                 t.throttled(k, black_box(Duration::from_millis(3)));
             });

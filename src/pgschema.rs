@@ -17,6 +17,14 @@ use crate::backend::{BackendError, ServerConn};
 /// shared and their flips exclusively (`bluegreen::store`).
 pub const LOCK: i64 = 0x7067_7465_6e61_6e74; // "pgtenant"
 
+/// One transaction that creates the schema and then what `ddl` creates (`CREATE … IF NOT
+/// EXISTS` statements), under [`LOCK`].
+pub fn create_sql(ddl: &str) -> String {
+    format!(
+        "BEGIN;\nSELECT pg_advisory_xact_lock({LOCK});\nCREATE SCHEMA IF NOT EXISTS pgtenant;\n{ddl}\nCOMMIT;"
+    )
+}
+
 /// A string as an SQL literal: `'…'` with quotes doubled, `E'…'` when it holds a
 /// backslash (then doubled too), so it reads the same whatever standard_conforming_strings
 /// says.

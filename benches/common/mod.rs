@@ -33,3 +33,36 @@ pub fn sizes(full: u64) -> (u64, usize) {
 /// The line a summary prints under its heading in test mode.
 pub const TEST_MODE_NOTE: &str =
     "  (test mode: one short run of each, unoptimized; run `cargo bench` for numbers)";
+
+/// Wall time for each of `threads` threads to run `f(thread, i)` for i in 0..iters, all
+/// at once: the time one thread's call takes.
+#[allow(dead_code)] // not every bench measures on threads
+pub fn on_threads(
+    threads: usize,
+    iters: u64,
+    f: &(impl Fn(usize, u64) + Sync),
+) -> std::time::Duration {
+    let start = std::sync::Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for th in 0..threads {
+            let start = &start;
+            s.spawn(move || {
+                start.wait();
+                for i in 0..iters {
+                    f(th, i);
+                }
+            });
+        }
+        start.wait();
+        std::time::Instant::now()
+    })
+    .elapsed()
+}
+
+/// ns per call from `threads` threads (best of `runs` runs of `n` each).
+#[allow(dead_code)] // not every bench measures on threads
+pub fn ns_per(threads: usize, (n, runs): (u64, usize), f: &(impl Fn(usize, u64) + Sync)) -> f64 {
+    (0..runs)
+        .map(|_| on_threads(threads, n, f).as_nanos() as f64 / n as f64)
+        .fold(f64::INFINITY, f64::min)
+}

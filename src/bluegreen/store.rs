@@ -20,11 +20,8 @@ pub const CHANNEL: &str = "pgtenant_homes";
 
 /// Creates the schema and tables if missing.
 pub fn schema_sql() -> String {
-    format!(
-        "BEGIN;
-SELECT pg_advisory_xact_lock({LOCK});
-CREATE SCHEMA IF NOT EXISTS pgtenant;
-CREATE TABLE IF NOT EXISTS pgtenant.tenant_homes (
+    crate::pgschema::create_sql(
+        "CREATE TABLE IF NOT EXISTS pgtenant.tenant_homes (
     database text NOT NULL,
     colocation_id integer NOT NULL,
     tenant text NOT NULL,
@@ -61,8 +58,7 @@ CREATE TABLE IF NOT EXISTS pgtenant.cutover_acks (
     cutover_id bigint NOT NULL REFERENCES pgtenant.cutovers (id) ON DELETE CASCADE,
     instance text NOT NULL,
     drained_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (cutover_id, instance));
-COMMIT;"
+    PRIMARY KEY (cutover_id, instance));",
     )
 }
 

@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use super::TenantLimits;
 use crate::config::tenant_limits::{parse_timeout, parse_tps};
 use crate::config::{canonical_tenant, MaxActive, TenantOverride};
-use crate::pgschema::{lit, LOCK};
+use crate::pgschema::lit;
 
 /// The LISTEN/NOTIFY channel of the run-time limits: the payload is the tenant changed.
 pub const CHANNEL: &str = "pgtenant_tenant_limits";
@@ -39,18 +39,14 @@ pub const MAX_TENANT_CHARS: usize = 200;
 
 /// Creates the schema and the table if missing.
 pub fn schema_sql() -> String {
-    format!(
-        "BEGIN;
-SELECT pg_advisory_xact_lock({LOCK});
-CREATE SCHEMA IF NOT EXISTS pgtenant;
-CREATE TABLE IF NOT EXISTS pgtenant.tenant_limits (
+    crate::pgschema::create_sql(
+        "CREATE TABLE IF NOT EXISTS pgtenant.tenant_limits (
     tenant text PRIMARY KEY,
     max_active text,
     max_tps double precision,
     statement_timeout_ms bigint,
     set_by text,
-    set_at timestamptz DEFAULT now());
-COMMIT;"
+    set_at timestamptz DEFAULT now());",
     )
 }
 

@@ -17,15 +17,20 @@ const HEAVY: usize = 200;
 const LIGHT: usize = 50;
 const SLEEP: f64 = 0.2;
 
-/// pgtenant with its metrics port.
-fn start(cluster: &CitusCluster, dir: &TempDir, name: &str, extra: &str) -> (Pgtenant, u16) {
+/// pgtenant in front of `cluster` (transaction pooling, trust, `app` an admin) with
+/// `settings` and its metrics port.
+pub(crate) fn start_with(
+    cluster: &CitusCluster,
+    dir: &TempDir,
+    name: &str,
+    settings: &str,
+) -> (Pgtenant, u16) {
     let http = support::free_port();
     let cfg = dir.write(
         &format!("{name}.toml"),
         &format!(
-            "upstream = \"{}\"\npool_mode = \"transaction\"\npool_size = 10\n\
-             max_client_conn = 600\nadmin_users = [\"app\"]\nquery_wait_timeout = 5\n\
-             auth_type = \"trust\"\n{extra}\n",
+            "upstream = \"{}\"\npool_mode = \"transaction\"\nmax_client_conn = 600\n\
+             admin_users = [\"app\"]\nauth_type = \"trust\"\n{settings}\n",
             cluster.upstream_url()
         ),
     );
@@ -42,6 +47,16 @@ fn start(cluster: &CitusCluster, dir: &TempDir, name: &str, extra: &str) -> (Pgt
     );
     support::citus::wait_for_shard_map(&p);
     (p, http)
+}
+
+/// [`start_with`] a pool of 10 and `query_wait_timeout = 5`, then `extra`.
+fn start(cluster: &CitusCluster, dir: &TempDir, name: &str, extra: &str) -> (Pgtenant, u16) {
+    start_with(
+        cluster,
+        dir,
+        name,
+        &format!("pool_size = 10\nquery_wait_timeout = 5\n{extra}"),
+    )
 }
 
 /// `/metrics` lines of `name` (with their labels).
@@ -61,28 +76,40 @@ async fn metric_lines(http: u16, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// SHOW TENANTS rows of `tenant`: (throttled, waiting).
-async fn shown(admin: &tokio_postgres::Client, tenant: &str) -> Option<(u64, u64)> {
-    let msgs = admin.simple_query("SHOW TENANTS").await.unwrap();
+/// Two numeric columns of `tenant`'s row in an admin SHOW (None: no row).
+pub(crate) async fn tenant_row(
+    admin: &tokio_postgres::Client,
+    show: &str,
+    tenant: &str,
+    [a, b]: [&str; 2],
+) -> Option<(u64, u64)> {
+    let msgs = admin.simple_query(show).await.unwrap();
+    let num = |r: &tokio_postgres::SimpleQueryRow, c: &str| {
+        r.get(c).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
     msgs.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) if r.get("tenant") == Some(tenant) => Some((
-            r.get("throttled").and_then(|v| v.parse().ok()).unwrap_or(0),
-            r.get("waiting").and_then(|v| v.parse().ok()).unwrap_or(0),
-        )),
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get("tenant") == Some(tenant) => {
+            Some((num(r, a), num(r, b)))
+        }
         _ => None,
     })
 }
 
-/// Tenants of `orders` whose rows live on worker 0: the heavy one and `LIGHT` others.
-fn tenants_on_worker0(cluster: &CitusCluster) -> (String, Vec<String>) {
+/// SHOW TENANTS of `tenant`: (throttled, waiting).
+async fn shown(admin: &tokio_postgres::Client, tenant: &str) -> Option<(u64, u64)> {
+    tenant_row(admin, "SHOW TENANTS", tenant, ["throttled", "waiting"]).await
+}
+
+/// The first `n` tenants of `orders` whose rows live on worker 0.
+pub(crate) fn tenants_on_worker0(cluster: &CitusCluster, n: usize) -> Vec<String> {
     let port = cluster.workers[0].port();
     let keys: Vec<String> = cluster
         .tenant_keys("orders")
         .into_iter()
         .filter(|k| cluster.owner_port("orders", k) == port)
         .collect();
-    assert!(keys.len() > LIGHT, "{} tenants on worker 0", keys.len());
-    (keys[0].clone(), keys[1..=LIGHT].to_vec())
+    assert!(keys.len() >= n, "{} tenants on worker 0", keys.len());
+    keys[..n].to_vec()
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
@@ -248,7 +275,8 @@ async fn one_heavy_tenant_does_not_starve_fifty_light_ones() {
         ..CitusOptions::default()
     });
     let dir = TempDir::new("tenant-limits");
-    let (heavy, light) = tenants_on_worker0(&cluster);
+    let keys = tenants_on_worker0(&cluster, LIGHT + 1);
+    let (heavy, light) = (keys[0].clone(), keys[1..].to_vec());
 
     let off = {
         let (p, _) = start(&cluster, &dir, "off", "");

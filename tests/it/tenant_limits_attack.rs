@@ -6,34 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::tenant_limits::{start_with, tenant_row, tenants_on_worker0};
 use support::citus::{CitusCluster, CitusOptions};
 use support::{Pgtenant, TempDir};
 
-fn start(cluster: &CitusCluster, dir: &TempDir, name: &str, extra: &str) -> Pgtenant {
-    let cfg = dir.write(
-        &format!("{name}.toml"),
-        &format!(
-            "upstream = \"{}\"\npool_mode = \"transaction\"\n\
-             max_client_conn = 600\nadmin_users = [\"app\"]\n\
-             auth_type = \"trust\"\n{extra}\n",
-            cluster.upstream_url()
-        ),
-    );
-    let p = Pgtenant::start(&["run", "--config", cfg.to_str().unwrap()], &[]);
-    support::citus::wait_for_shard_map(&p);
-    p
-}
-
-/// Two tenants whose rows live on the same worker.
-fn two_on_one_worker(cluster: &CitusCluster, n: usize) -> Vec<String> {
-    let port = cluster.workers[0].port();
-    let keys: Vec<String> = cluster
-        .tenant_keys("orders")
-        .into_iter()
-        .filter(|k| cluster.owner_port("orders", k) == port)
-        .collect();
-    assert!(keys.len() >= n, "{} tenants on worker 0", keys.len());
-    keys[..n].to_vec()
+fn start(cluster: &CitusCluster, dir: &TempDir, name: &str, settings: &str) -> Pgtenant {
+    start_with(cluster, dir, name, settings).0
 }
 
 /// A tenant whose statements end right around its statement_timeout, on a worker pool of
@@ -47,7 +25,7 @@ async fn a_statement_timeout_never_cancels_the_next_client() {
         ..CitusOptions::default()
     });
     let dir = TempDir::new("tl-attack-cancel");
-    let keys = two_on_one_worker(&cluster, 2);
+    let keys = tenants_on_worker0(&cluster, 2);
     let (slow, other) = (&keys[0], &keys[1]);
     let p = start(
         &cluster,
@@ -123,7 +101,7 @@ async fn a_late_timeout_does_not_cancel_the_next_statement_of_the_block() {
         ..CitusOptions::default()
     });
     let dir = TempDir::new("tl-attack-block");
-    let keys = two_on_one_worker(&cluster, 1);
+    let keys = tenants_on_worker0(&cluster, 1);
     let slow = &keys[0];
     let p = start(
         &cluster,
@@ -179,17 +157,8 @@ async fn a_late_timeout_does_not_cancel_the_next_statement_of_the_block() {
 
 /// SHOW TENANT LIMITS of `tenant`: (active, waiting).
 async fn load(admin: &tokio_postgres::Client, tenant: &str) -> (u64, u64) {
-    let msgs = admin.simple_query("SHOW TENANT LIMITS").await.unwrap();
-    msgs.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) if r.get("tenant") == Some(tenant) => {
-                Some((
-                    r.get("active").and_then(|v| v.parse().ok()).unwrap_or(0),
-                    r.get("waiting").and_then(|v| v.parse().ok()).unwrap_or(0),
-                ))
-            }
-            _ => None,
-        })
+    tenant_row(admin, "SHOW TENANT LIMITS", tenant, ["active", "waiting"])
+        .await
         .unwrap_or_else(|| panic!("no SHOW TENANT LIMITS row of {tenant}"))
 }
 
@@ -269,7 +238,7 @@ async fn a_limited_tenants_counts_come_back_whatever_ends_its_transactions() {
         ..CitusOptions::default()
     });
     let dir = TempDir::new("tl-attack-leaks");
-    let keys = two_on_one_worker(&cluster, 1);
+    let keys = tenants_on_worker0(&cluster, 1);
     let t = &keys[0];
     let p = start(
         &cluster,
