@@ -200,7 +200,11 @@ impl Pool {
                         Waited::Retry => {}
                         Waited::Timeout => {
                             self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
-                            return Err(PoolError::WaitTimeout);
+                            // Whose limit held it: the pool's, or its tenant's.
+                            return Err(match claim.as_deref().filter(|c| c.throttled) {
+                                Some(c) => PoolError::TenantWaitTimeout(c.tenant.clone()),
+                                None => PoolError::WaitTimeout,
+                            });
                         }
                     }
                 }

@@ -386,6 +386,23 @@ impl Pool {
         self.servers.iter().filter(|e| *e.key() <= marked).count()
     }
 
+    /// Hand a clean connection to the waiter whose turn it is (counted for its tenant);
+    /// the connection back when nobody takes it.
+    fn hand_to_waiter(&self, g: &mut Inner, mut c: Box<ServerConn>) -> Option<Box<ServerConn>> {
+        while let Some(p) = g.queue.has_turns().then(|| g.queue.pop()).flatten() {
+            c.lent_to = p.counted;
+            match p.waiter.send(Handoff::Conn(c)) {
+                Ok(()) => return None,
+                Err(Handoff::Conn(mut back)) => {
+                    self.unlend(g, &mut back);
+                    c = back;
+                }
+                Err(Handoff::Slot(_)) => return None, // never sent here
+            }
+        }
+        Some(c)
+    }
+
     /// The transaction a connection was lent for ended but its client keeps it (pinned):
     /// its tenant's count is given back now.
     pub fn end_claim(&self, c: &mut ServerConn) {
@@ -395,17 +412,12 @@ impl Pool {
             // Its tenant may take a turn again: an idle connection goes to it at once
             // (nothing comes back to the pool to wake it otherwise).
             while g.queue.has_turns() {
-                let Some(mut idle) = g.idle.pop_back() else {
+                let Some(idle) = g.idle.pop_back() else {
                     break;
                 };
-                let Some(p) = g.queue.pop() else {
-                    g.idle.push_back(idle);
-                    break;
-                };
-                idle.lent_to = p.counted;
-                if let Err(Handoff::Conn(mut back)) = p.waiter.send(Handoff::Conn(idle)) {
-                    self.unlend(&mut g, &mut back);
+                if let Some(back) = self.hand_to_waiter(&mut g, idle) {
                     g.idle.push_back(back);
+                    break;
                 }
             }
         }
@@ -440,17 +452,9 @@ impl Pool {
             c.terminate();
             return;
         }
-        while let Some(p) = g.queue.has_turns().then(|| g.queue.pop()).flatten() {
-            c.lent_to = p.counted;
-            match p.waiter.send(Handoff::Conn(c)) {
-                Ok(()) => return,
-                Err(Handoff::Conn(mut back)) => {
-                    self.unlend(&mut g, &mut back);
-                    c = back;
-                }
-                Err(Handoff::Slot(_)) => return, // never sent here
-            }
-        }
+        let Some(c) = self.hand_to_waiter(&mut g, c) else {
+            return;
+        };
         g.idle.push_back(c);
         drop(g);
         // Clients of another pool of this database or role may be waiting at its limit:

@@ -123,19 +123,18 @@ impl Session {
         // which an idle client keeps for as long as it is connected.
         let c = match Box::pin(pool.acquire(claim.as_deref_mut())).await {
             Ok(c) => c,
-            Err(PoolError::WaitTimeout) if claim.as_ref().is_some_and(|c| c.throttled) => {
-                // The same error for the client; the log and the counts say whose limit
-                // it was.
-                let c = claim.as_deref().expect("checked");
-                self.ctx
-                    .tenant_limits
-                    .counts
-                    .wait_timeouts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.refused_by_limit(c, pool, now.elapsed());
-                return Err(PoolError::TenantWaitTimeout(c.tenant.clone()));
+            Err(e) => {
+                if let (PoolError::TenantWaitTimeout(_), Some(c)) = (&e, claim.as_deref()) {
+                    // The same error for the client; the counts say whose limit it was.
+                    self.ctx
+                        .tenant_limits
+                        .counts
+                        .wait_timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.refused_by_limit(c, pool, now.elapsed());
+                }
+                return Err(e);
             }
-            Err(e) => return Err(e),
         };
         let at = Instant::now();
         if let Some(cl) = claim.as_deref_mut().filter(|c| c.throttled) {
