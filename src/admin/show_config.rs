@@ -215,6 +215,23 @@ fn items() -> Vec<Item> {
             }
         ),
         item!(
+            "server_pipelining",
+            |s| if s.server_pipelining { "auto" } else { "off" }.to_string(),
+            |m, v| m.server_pipelining = match v.trim().to_ascii_lowercase().as_str() {
+                "off" => false,
+                "auto" => true,
+                _ => return Err(format!("expected off or auto, got '{v}'")),
+            }
+        ),
+        item!(
+            "server_pipeline_depth",
+            |s| s.server_pipeline_depth.to_string(),
+            |m, v| m.server_pipeline_depth = match v.trim().parse::<u32>() {
+                Ok(n @ 2..=64) => n,
+                _ => return Err(format!("expected 2 to 64, got '{v}'")),
+            }
+        ),
+        item!(
             "server_check_query",
             |s| s.server_check_query.clone(),
             |m, v| m.server_check_query = v.to_string()

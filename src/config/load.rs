@@ -171,6 +171,8 @@ struct Draft {
     server_reset_query: String,
     server_reset_query_always: bool,
     session_check_always: bool,
+    server_pipelining: bool,
+    server_pipeline_depth: u32,
     server_check_query: String,
     server_check_delay: Duration,
     stats_period: Duration,
@@ -249,6 +251,8 @@ impl Default for Draft {
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
             session_check_always: false,
+            server_pipelining: false,
+            server_pipeline_depth: 8,
             server_check_query: "select 1".into(),
             server_check_delay: secs(30),
             stats_period: secs(60),
@@ -322,6 +326,10 @@ fn secs(n: u64) -> Duration {
 /// `session_check`: after transactions that may have changed the session (`auto`), or
 /// after every transaction (`always`: also what triggers, views and policies do).
 const SESSION_CHECKS: &[(&str, bool)] = &[("auto", false), ("always", true)];
+
+/// `server_pipelining`: several clients' self-contained statements back to back on one
+/// server connection while the pool is saturated (`auto`), or never (`off`).
+pub(crate) const SERVER_PIPELINING: &[(&str, bool)] = &[("off", false), ("auto", true)];
 
 pub(super) const POOL_MODES: &[(&str, PoolMode)] = &[
     ("session", PoolMode::Session),
@@ -464,6 +472,13 @@ fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: &mut Errors
             "server_reset_query" => string(v).map(|x| d.server_reset_query = x),
             "server_reset_query_always" => boolean(v).map(|x| d.server_reset_query_always = x),
             "session_check" => choice(v, SESSION_CHECKS).map(|x| d.session_check_always = x),
+            "server_pipelining" => choice(v, SERVER_PIPELINING).map(|x| d.server_pipelining = x),
+            "server_pipeline_depth" => positive(v)
+                .and_then(|x| match x {
+                    2..=64 => Ok(x),
+                    _ => Err(format!("expected 2 to 64, got {x}")),
+                })
+                .map(|x| d.server_pipeline_depth = x),
             "server_check_query" => string(v).map(|x| d.server_check_query = x),
             "server_check_delay" => seconds(v).map(|x| d.server_check_delay = x),
             "stats_period" => seconds(v).map(|x| d.stats_period = x),
@@ -939,6 +954,8 @@ fn finish(
         server_reset_query: d.server_reset_query,
         server_reset_query_always: d.server_reset_query_always,
         session_check_always: d.session_check_always,
+        server_pipelining: d.server_pipelining,
+        server_pipeline_depth: d.server_pipeline_depth,
         server_check_query: d.server_check_query,
         server_check_delay: d.server_check_delay,
         stats_period: d.stats_period,

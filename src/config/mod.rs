@@ -253,6 +253,12 @@ pub struct Settings {
     /// `session_check = always`: read the session back after every transaction in
     /// transaction and statement mode, not only after those that may have changed it.
     pub session_check_always: bool,
+    /// `server_pipelining = auto`: while a pool is saturated, the self-contained
+    /// statements of several waiting clients go back to back on one server connection
+    /// (`pool::batch`).
+    pub server_pipelining: bool,
+    /// The most clients' statements one server connection takes at once (2–64).
+    pub server_pipeline_depth: u32,
     /// Run on a server that has been idle longer than server_check_delay. Empty = none.
     pub server_check_query: String,
     pub server_check_delay: Duration,

@@ -40,6 +40,12 @@ struct SlotState {
     target: Option<Arc<CancelTarget>>,
     /// Cancels taken from this slot and not yet delivered.
     in_flight: u32,
+    /// Cancels taken from this slot, ever (a batch tells whose a 57014 was).
+    taken: u32,
+    /// The client's statement waits in a batch (`pool::batch`): a cancel now is kept for
+    /// when it starts (`wanted`).
+    queued: bool,
+    wanted: bool,
 }
 
 impl CancelSlot {
@@ -80,8 +86,12 @@ impl CancelSlot {
         if g.in_flight > 0 {
             return None;
         }
-        let t = g.target.clone()?;
+        let Some(t) = g.target.clone() else {
+            g.wanted |= g.queued;
+            return None;
+        };
         g.in_flight += 1;
+        g.taken = g.taken.wrapping_add(1);
         Some((t, InFlight(self)))
     }
 }
@@ -102,6 +112,7 @@ impl CancelSlot {
                 return false;
             };
             g.in_flight += 1;
+            g.taken = g.taken.wrapping_add(1);
             t
         };
         let slot = self.clone();
@@ -112,6 +123,32 @@ impl CancelSlot {
             }
         });
         true
+    }
+}
+
+/// A statement in a batch (`pool::batch`): the driver points the key at the server while
+/// the statement runs there, whatever cancel of the client's may be on its way (the
+/// driver, not the slot, keeps such a cancel from reaching a batch-mate).
+impl crate::pool::batch::UnitCancel for CancelSlot {
+    fn point(&self, t: Option<Arc<CancelTarget>>, queued: bool) -> bool {
+        let mut g = self.lock();
+        let runs = t.is_some();
+        g.target = t;
+        g.queued = queued;
+        let wanted = g.wanted && runs;
+        if !queued {
+            g.wanted = false;
+        }
+        wanted
+    }
+    fn taken(&self) -> u32 {
+        self.lock().taken
+    }
+    fn in_flight(&self) -> bool {
+        self.lock().in_flight > 0
+    }
+    fn cancel_now(self: Arc<Self>) {
+        self.cancel_detached();
     }
 }
 

@@ -76,8 +76,21 @@ impl Pool {
     /// because its tenant was at its limit).
     pub async fn acquire(
         self: &Arc<Self>,
-        mut claim: Option<&mut Claim>,
+        claim: Option<&mut Claim>,
     ) -> Result<Box<ServerConn>, PoolError> {
+        match self.acquire_unit(claim, None).await? {
+            Lent::Conn(c) => Ok(c),
+            Lent::Batched(_) => unreachable!("no unit, no batch"),
+        }
+    }
+
+    /// [`Pool::acquire`] for a transaction that is one unit a batch may take (`batch`):
+    /// if it waits, it may be served in a batch instead of being lent a connection.
+    pub async fn acquire_unit(
+        self: &Arc<Self>,
+        mut claim: Option<&mut Claim>,
+        mut unit: Option<Arc<batch::Ticket>>,
+    ) -> Result<Lent, PoolError> {
         let s = self.settings();
         let started = Instant::now();
         let deadline = (!s.query_wait_timeout.is_zero()).then(|| started + s.query_wait_timeout);
@@ -151,7 +164,11 @@ impl Pool {
                         }
                     }
                     let parked = g.queue.push(
-                        Waiter { tx, since: started },
+                        Waiter {
+                            tx,
+                            since: started,
+                            unit: unit.clone(),
+                        },
                         tenant.as_ref().map(|(t, max)| (t, *max)),
                     );
                     if parked {
@@ -164,13 +181,13 @@ impl Pool {
             };
             match next {
                 Next::Got(c) => match self.check(c).await {
-                    Some(c) => return Ok(self.assigned(c, started)),
+                    Some(c) => return Ok(Lent::Conn(self.assigned(c, started))),
                     None => continue,
                 },
                 Next::Open(lent) => {
                     return Box::pin(self.open(lent))
                         .await
-                        .map(|c| self.assigned(c, started))
+                        .map(|c| Lent::Conn(self.assigned(c, started)))
                 }
                 Next::Wait(rx) => {
                     self.stats.waiting.fetch_add(1, Ordering::Relaxed);
@@ -188,16 +205,21 @@ impl Pool {
                     self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                     match r {
                         Waited::Handoff(Handoff::Conn(c)) => match self.check(c).await {
-                            Some(c) => return Ok(self.assigned(c, started)),
+                            Some(c) => return Ok(Lent::Conn(self.assigned(c, started))),
                             None => continue,
                         },
                         Waited::Handoff(Handoff::Slot(lent)) => {
                             return Box::pin(self.open(lent))
                                 .await
-                                .map(|c| self.assigned(c, started))
+                                .map(|c| Lent::Conn(self.assigned(c, started)))
                         }
-                        Waited::Reserve => allow_reserve = true,
-                        Waited::Retry => {}
+                        Waited::Handoff(Handoff::Batched(t)) => return Ok(Lent::Batched(t)),
+                        Waited::Reserve => {
+                            allow_reserve = true;
+                            unit = unit.map(|t| t.renewed());
+                        }
+                        // A ticket withdrawn from the queue is not queued again.
+                        Waited::Retry => unit = unit.map(|t| t.renewed()),
                         Waited::Timeout => {
                             self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
                             // Whose limit held it: the pool's, or its tenant's.
@@ -242,27 +264,28 @@ impl Pool {
                 Err(_) => Waited::Retry,
             },
             _ = sleep_until(reserve_at), if reserve_at.is_some() => {
-                self.reclaim(rx);
-                Waited::Reserve
+                self.reclaim(rx).map_or(Waited::Reserve, |t| Waited::Handoff(Handoff::Batched(t)))
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
-                self.reclaim(rx);
-                Waited::Timeout
+                self.reclaim(rx).map_or(Waited::Timeout, |t| Waited::Handoff(Handoff::Batched(t)))
             }
             _ = &mut db_freed, if db_limited => {
-                self.reclaim(rx);
-                Waited::Retry
+                self.reclaim(rx).map_or(Waited::Retry, |t| Waited::Handoff(Handoff::Batched(t)))
             }
             _ = &mut role_freed, if role_limited => {
-                self.reclaim(rx);
-                Waited::Retry
+                self.reclaim(rx).map_or(Waited::Retry, |t| Waited::Handoff(Handoff::Batched(t)))
             }
         }
     }
-    /// A waiter gives up: whatever was sent to it in the meantime is not lost.
-    pub(super) fn reclaim(&self, mut rx: oneshot::Receiver<Handoff>) {
+    /// A waiter gives up: whatever was sent to it in the meantime is not lost. A unit a
+    /// batch already sent comes back (its answer is on the way: the waiter takes it).
+    pub(super) fn reclaim(
+        &self,
+        mut rx: oneshot::Receiver<Handoff>,
+    ) -> Option<Arc<batch::Ticket>> {
         rx.close();
         match rx.try_recv() {
+            Ok(Handoff::Batched(t)) => return (!t.withdraw()).then_some(t),
             Ok(Handoff::Conn(c)) => self.release(c, true),
             Ok(Handoff::Slot(lent)) => {
                 let mut g = self.lock();
@@ -273,6 +296,7 @@ impl Pool {
             }
             Err(_) => {}
         }
+        None
     }
     pub(super) fn assigned(&self, c: Box<ServerConn>, started: Instant) -> Box<ServerConn> {
         self.assigned_after(c, started.elapsed())

@@ -131,6 +131,16 @@ enum Handoff {
     /// A slot that was counted for you: open a new connection in it (counted for the
     /// tenant named, if any: the connection carries it).
     Slot(Option<Arc<str>>),
+    /// Your unit goes in a batch on a connection of the pool (`batch`): its answer comes
+    /// through the ticket.
+    Batched(Arc<batch::Ticket>),
+}
+
+/// What a client gets from [`Pool::acquire_unit`].
+pub enum Lent {
+    Conn(Box<ServerConn>),
+    /// Its unit went in a batch: read the answer from the ticket.
+    Batched(Arc<batch::Ticket>),
 }
 
 struct Inner {
@@ -158,6 +168,8 @@ const EXHAUSTED_LOG_EVERY: Duration = Duration::from_secs(60);
 struct Waiter {
     tx: oneshot::Sender<Handoff>,
     since: Instant,
+    /// Its statement, when it may go in a batch (`batch`).
+    unit: Option<Arc<batch::Ticket>>,
 }
 
 impl queue::Waits for Waiter {
@@ -390,6 +402,13 @@ impl Pool {
     /// the connection back when nobody takes it.
     fn hand_to_waiter(&self, g: &mut Inner, mut c: Box<ServerConn>) -> Option<Box<ServerConn>> {
         while let Some(p) = g.queue.has_turns().then(|| g.queue.pop()).flatten() {
+            if p.counted.is_none() {
+                match self.try_batch(g, c, p.waiter) {
+                    Ok(()) => return None,
+                    Err(back) => c = back,
+                }
+                continue;
+            }
             c.lent_to = p.counted;
             match p.waiter.send(Handoff::Conn(c)) {
                 Ok(()) => return None,
@@ -397,10 +416,76 @@ impl Pool {
                     self.unlend(g, &mut back);
                     c = back;
                 }
-                Err(Handoff::Slot(_)) => return None, // never sent here
+                Err(_) => return None, // never sent here
             }
         }
         Some(c)
+    }
+
+    /// Hand `c` to `head` (a waiter of no tenant), in a batch with the waiters behind it
+    /// when its unit and theirs may share it (`batch`). The connection back when nobody
+    /// took it.
+    fn try_batch(
+        &self,
+        g: &mut Inner,
+        c: Box<ServerConn>,
+        head: Waiter,
+    ) -> Result<(), Box<ServerConn>> {
+        let mut mates = Vec::new();
+        if head.unit.as_ref().is_some_and(|u| batch::fits(&c, u)) {
+            let depth = self.settings.load().server_pipeline_depth.max(2) as usize;
+            while mates.len() + 1 < depth {
+                match g
+                    .queue
+                    .pop_one_if(|w| w.unit.as_ref().is_some_and(|u| batch::fits(&c, u)))
+                {
+                    Some(w) => mates.push(w),
+                    None => break,
+                }
+            }
+        }
+        let (Some(me), Ok(rt)) = (
+            self.me.upgrade(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return Self::hand_plain(c, head, mates, g);
+        };
+        if mates.is_empty() {
+            return Self::hand_plain(c, head, mates, g);
+        }
+        let mut units = Vec::with_capacity(mates.len() + 1);
+        for w in std::iter::once(head).chain(mates) {
+            let Some(t) = w.unit.clone() else { continue };
+            if w.send(Handoff::Batched(t.clone())).is_ok() {
+                units.push(t);
+            }
+        }
+        if units.is_empty() {
+            return Err(c);
+        }
+        // Active once for the whole batch (until its release); each unit is counted as
+        // an assignment when it starts (`batch::start`).
+        self.stats.active.add(1);
+        rt.spawn(batch::drive(me, c, units));
+        Ok(())
+    }
+
+    /// No batch: `c` to `head`, and the waiters taken for a batch back to the front of
+    /// the queue in their order.
+    fn hand_plain(
+        c: Box<ServerConn>,
+        head: Waiter,
+        mates: Vec<Waiter>,
+        g: &mut Inner,
+    ) -> Result<(), Box<ServerConn>> {
+        for w in mates.into_iter().rev() {
+            g.queue.push_front_one(w);
+        }
+        match head.send(Handoff::Conn(c)) {
+            Ok(()) => Ok(()),
+            Err(Handoff::Conn(back)) => Err(back),
+            Err(_) => unreachable!("a connection was sent"),
+        }
     }
 
     /// The transaction a connection was lent for ended but its client keeps it (pinned):
@@ -511,6 +596,7 @@ mod pools;
 pub use pools::{Pools, Retired};
 
 mod acquire;
+pub mod batch;
 mod limits;
 mod open;
 mod queue;

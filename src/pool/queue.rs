@@ -220,6 +220,30 @@ impl<W: Waits> Queue<W> {
         None
     }
 
+    /// The waiter at the front when it is a turn of its own (no tenant) that `take`
+    /// accepts (closed ones are dropped on the way): the next in line, never one behind
+    /// another (a batch takes waiters in turn order).
+    pub fn pop_one_if(&mut self, take: impl Fn(&W) -> bool) -> Option<W> {
+        loop {
+            match self.ring.front() {
+                Some(Turn::One(w)) if w.is_closed() => {
+                    self.ring.pop_front();
+                }
+                Some(Turn::One(w)) if take(w) => match self.ring.pop_front() {
+                    Some(Turn::One(w)) => return Some(w),
+                    _ => unreachable!("the front was a turn of its own"),
+                },
+                _ => return None,
+            }
+        }
+    }
+
+    /// Put a waiter of no tenant back at the front (taken by [`Queue::pop_one_if`] for a
+    /// batch that did not form).
+    pub fn push_front_one(&mut self, w: W) {
+        self.ring.push_front(Turn::One(w));
+    }
+
     /// Waiting transactions per tenant now (SHOW TENANTS, SHOW TENANT LIMITS).
     pub fn waiting_by_tenant(&self) -> impl Iterator<Item = (&Arc<str>, u32)> {
         self.tenants.iter().filter_map(|(k, t)| {

@@ -176,6 +176,30 @@ pub fn query_text(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, ProtocolErro
     Reader::new(body, "Query").cstr_text()
 }
 
+/// Is this ErrorResponse's severity FATAL or PANIC (the server closes the connection)?
+/// Read in place: most errors are not.
+pub fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    let mut severity: Option<&[u8]> = None;
+    while let Some((&t, tail)) = rest.split_first() {
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        match t {
+            0 => break,
+            // The non-localized severity, when the server sends it (9.6 on).
+            b'V' => {
+                severity = Some(&tail[..end]);
+                break;
+            }
+            b'S' => severity = Some(&tail[..end]),
+            _ => {}
+        }
+        rest = &tail[end + 1..];
+    }
+    matches!(severity, Some(b"FATAL" | b"PANIC"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,8 +59,17 @@ pub(super) enum WorkerAttach {
     Attached,
     /// It could not be reached: the coordinator serves.
     Unreachable,
+    /// The statement went in a batch on it (`batched`) and the client has its answer.
+    Served(super::batched::Served),
     /// The client was told why not (a full pool, a tenant limit).
     Refused,
+}
+
+/// What [`Session::acquire`] got.
+pub(super) enum Got {
+    Conn(Box<ServerConn>, Instant, Option<Box<crate::limits::Claim>>),
+    /// The statement went in a batch: its answer comes through the ticket.
+    Batched(Arc<crate::pool::batch::Ticket>),
 }
 
 impl Session {
@@ -76,12 +85,13 @@ impl Session {
             pool.set_credential(self.c.pool.credential());
         }
         let claim = self.take_claim(&pool);
-        match self.acquire(&pool, claim).await {
-            Ok((server, lent, claim)) => {
+        match self.acquire(&pool, claim, first).await {
+            Ok(Got::Conn(server, lent, claim)) => {
                 self.install(server, pool, lent).await;
                 self.claimed(claim);
                 WorkerAttach::Attached
             }
+            Ok(Got::Batched(t)) => WorkerAttach::Served(self.serve_batched(t, &pool).await),
             Err(PoolError::Connect(e)) => {
                 tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), error = %e, "worker connection failed");
                 WorkerAttach::Unreachable
@@ -101,14 +111,17 @@ impl Session {
         }
     }
 
-    /// A server connection from `pool`, counted as waiting meanwhile.
-    /// With the time it was lent (the transaction's clock starts there), and the
-    /// transaction's tenant claim back (marked when its tenant's limit made it wait).
+    /// A server connection from `pool` for the transaction `first` starts, counted as
+    /// waiting meanwhile. With the time it was lent (the transaction's clock starts
+    /// there), and the transaction's tenant claim back (marked when its tenant's limit
+    /// made it wait). Or, when it had to wait and `first` is a unit a batch may take, a
+    /// place in a batch (`batched`).
     pub(super) async fn acquire(
         &self,
         pool: &Arc<Pool>,
         mut claim: Option<Box<crate::limits::Claim>>,
-    ) -> Result<(Box<ServerConn>, Instant, Option<Box<crate::limits::Claim>>), PoolError> {
+        first: &Frame,
+    ) -> Result<Got, PoolError> {
         if let Some(c) = claim.as_deref_mut() {
             if c.max_tps > 0.0 {
                 Box::pin(self.take_token(c, pool)).await?;
@@ -116,13 +129,18 @@ impl Session {
         }
         let now = Instant::now();
         if let Some(c) = pool.try_acquire_idle(now, claim.as_deref()) {
-            return Ok((c, now, claim));
+            return Ok(Got::Conn(c, now, claim));
         }
         let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
+        let unit = match claim {
+            None => self.batch_unit(first),
+            Some(_) => None,
+        };
         // Boxed: the slow path (waiting, connecting) stays out of every session's future,
         // which an idle client keeps for as long as it is connected.
-        let c = match Box::pin(pool.acquire(claim.as_deref_mut())).await {
-            Ok(c) => c,
+        let c = match Box::pin(pool.acquire_unit(claim.as_deref_mut(), unit)).await {
+            Ok(crate::pool::Lent::Conn(c)) => c,
+            Ok(crate::pool::Lent::Batched(t)) => return Ok(Got::Batched(t)),
             Err(e) => {
                 if let (PoolError::TenantWaitTimeout(_), Some(c)) = (&e, claim.as_deref()) {
                     // The same error for the client; the counts say whose limit it was.
@@ -140,7 +158,7 @@ impl Session {
         if let Some(cl) = claim.as_deref_mut().filter(|c| c.throttled) {
             cl.waited += at.saturating_duration_since(now);
         }
-        Ok((c, at, claim))
+        Ok(Got::Conn(c, at, claim))
     }
 
     /// Make `server` this client's: cancel target, settings replay.
@@ -218,11 +236,15 @@ impl Session {
     /// request and keeps its connection.
     pub(super) async fn attach(&mut self, first: &Frame, pool: Arc<Pool>) -> bool {
         let claim = self.take_claim(&pool);
-        match self.acquire(&pool, claim).await {
-            Ok((server, lent, claim)) => {
+        match self.acquire(&pool, claim, first).await {
+            Ok(Got::Conn(server, lent, claim)) => {
                 self.install(server, pool, lent).await;
                 self.claimed(claim);
                 true
+            }
+            Ok(Got::Batched(t)) => {
+                self.serve_batched(t, &pool).await;
+                false
             }
             Err(e) => {
                 self.refuse_pool_error(first, &pool, &e);

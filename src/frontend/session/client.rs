@@ -139,6 +139,10 @@ impl Session {
                         continue;
                     }
                     None => {
+                        if self.session_lost {
+                            // A batch's server connection broke under this statement.
+                            return Ok(Flow::Quit);
+                        }
                         if self.skip_until_sync {
                             // The batch was refused: its held Parses go with it.
                             self.held.retain(|h| !matches!(h, Held::Parse(_)));

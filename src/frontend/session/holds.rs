@@ -211,6 +211,15 @@ impl Session {
         if let WorkerAttach::Refused = worker {
             return None;
         }
+        if let WorkerAttach::Served(served) = worker {
+            // Its statement went in a batch on the worker and its answer is out.
+            self.note_route(reason, true, tenant, &pool);
+            self.ctx.node_health.mark_up(&pool.key.node);
+            if let Some(k) = self.tenant.take() {
+                self.served_for(&k, &served);
+            }
+            return None;
+        }
         if let WorkerAttach::Unreachable = worker {
             // The worker is unreachable: mark it down (probed in the background until it
             // answers) and let the coordinator serve.

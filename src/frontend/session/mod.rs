@@ -50,6 +50,7 @@ use crate::router::TxControl;
 use lost::Lost;
 
 mod attach;
+mod batched;
 mod check;
 mod client;
 mod forward;

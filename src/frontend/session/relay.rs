@@ -274,29 +274,7 @@ pub(super) fn undo_prepared(a: &mut Attached, e: Expect) {
     }
 }
 
-/// Is this ErrorResponse's severity FATAL or PANIC (the server closes the connection)?
-/// Read in place: most errors are not.
-pub(super) fn is_fatal(body: &[u8]) -> bool {
-    let mut rest = body;
-    let mut severity: Option<&[u8]> = None;
-    while let Some((&t, tail)) = rest.split_first() {
-        let Some(end) = tail.iter().position(|&b| b == 0) else {
-            break;
-        };
-        match t {
-            0 => break,
-            // The non-localized severity, when the server sends it (9.6 on).
-            b'V' => {
-                severity = Some(&tail[..end]);
-                break;
-            }
-            b'S' => severity = Some(&tail[..end]),
-            _ => {}
-        }
-        rest = &tail[end + 1..];
-    }
-    matches!(severity, Some(b"FATAL" | b"PANIC"))
-}
+pub(super) use crate::protocol::decode::is_fatal;
 
 /// What a CommandComplete tag says the statement may have done to the session.
 fn tag_effects(body: &[u8]) -> u8 {

@@ -1,0 +1,131 @@
+//! A client's statement served in a batch (server-side pipelining, `pool::batch`).
+//!
+//! Rules:
+//! - Only a unit that is its own implicit transaction and leaves the session as it was
+//!   may go in a batch: one simple Query of plain DML without session effects (the same
+//!   test as the forwarding fast path: `is_plain_dml`, `dml_effects`), from a client idle
+//!   outside any transaction, not pinned, holding nothing, whose text pgtenant reads as
+//!   the server does, not listening, without a tenant claim and without blue-green homes;
+//!   with `session_check = auto` and no `server_reset_query_always` (no query runs between
+//!   two clients' transactions). The ticket is made only once the pool has no idle
+//!   connection for it (the fast path pays nothing).
+//! - The client's answer is exactly the server's, frame by frame; a ParameterStatus in it
+//!   reaches the client (and the connection, which notes it) but not the client's view.
+//! - A broken server connection ends the client's session as `lost` says, as if the
+//!   connection had been its own.
+use std::sync::Arc;
+
+use super::*;
+use crate::pool::batch::{End, LostServer, Ticket};
+
+/// What a batched statement came to (the tenant sketches take it where the route is known).
+pub(super) struct Served {
+    pub took: Duration,
+    pub errors: u32,
+}
+
+impl Session {
+    /// A ticket for `first` when it may go in a batch (see the module rules).
+    pub(super) fn batch_unit(&self, first: &Frame) -> Option<Arc<Ticket>> {
+        let s = self.ctx.settings.load();
+        if !s.server_pipelining
+            || s.session_check_always
+            || s.server_reset_query_always
+            || self.mode == PoolMode::Session
+            || first.tag() != b'Q'
+            || self.client_tx != b'I'
+            || self.pinned
+            || !self.held.is_empty()
+            || self.skip_until_sync
+            || self.view.unreadable
+            || self.listener.is_some()
+            || self.c.blue.is_some()
+        {
+            return None;
+        }
+        let sql = decode::query_text(first.body()).ok()?;
+        if !is_plain_dml(&sql) || dml_effects(&sql) != 0 {
+            return None;
+        }
+        let cancel: Arc<dyn crate::pool::batch::UnitCancel> = self.c.key.slot.clone();
+        Some(Ticket::new(first.clone(), self.view.desired.clone(), cancel))
+    }
+
+    /// Relay the answer of a statement a batch took to the client. The client's session
+    /// ends here when the server connection broke under the batch (`session_lost`).
+    pub(super) async fn serve_batched(&mut self, t: Arc<Ticket>, pool: &Pool) -> Served {
+        /// The ticket is left (its batch stops waiting for this client) however this
+        /// future ends.
+        struct Leave(Arc<Ticket>);
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                self.0.leave();
+            }
+        }
+        let t = Leave(t);
+        let mut frames = Vec::new();
+        let end = loop {
+            let end = t.0.next(&mut frames).await;
+            for f in frames.drain(..) {
+                self.c.conn.queue(&f);
+            }
+            if let Some(end) = end {
+                break end;
+            }
+            if self.c.conn.pending_output() >= HIGH_WATER && self.c.conn.flush().await.is_err() {
+                // The client is gone: the rest of its answer has nowhere to go.
+                self.session_lost = true;
+                return Served {
+                    took: Duration::ZERO,
+                    errors: 0,
+                };
+            }
+        };
+        match end {
+            End::Done { errors, code, took } => {
+                if let (Some(code), Some(c)) = (code, &self.c.cluster) {
+                    // On a worker, a missing relation or an internal error can mean the
+                    // shard moved away: check the map now (as `relay` does).
+                    if pool.key.node != self.c.pool.key.node
+                        && matches!(code.as_str(), "42P01" | "XX000" | "55000")
+                    {
+                        c.map.request_refresh();
+                    }
+                }
+                self.client_tx = b'I';
+                let served = Served { took, errors };
+                if let Some(k) = self.tenant.take() {
+                    self.served_for(&k, &served);
+                }
+                served
+            }
+            End::Lost(why) => {
+                let told = match &why {
+                    LostServer::Fatal(f) => Lost::Fatal(f).told(),
+                    LostServer::Closed => Lost::Closed.told(),
+                    LostServer::Io(e) => {
+                        Lost::Io(&io::Error::new(io::ErrorKind::ConnectionReset, e.clone()))
+                            .told()
+                    }
+                    LostServer::Unreadable(e) => Lost::Unreadable(e).told(),
+                };
+                tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), reason = ?why, "server connection lost under a batched statement");
+                self.c.conn.queue(&told);
+                self.session_lost = true;
+                Served {
+                    took: Duration::ZERO,
+                    errors: 1,
+                }
+            }
+        }
+    }
+
+    /// Record a batched transaction with its tenant (SHOW TENANTS, activity).
+    pub(super) fn served_for(&self, k: &crate::metrics::tenants::TenantKey, s: &Served) {
+        if s.errors > 0 {
+            self.ctx.tenants.error(k);
+        }
+        self.ctx.tenants.transaction(k, s.took);
+        self.ctx.activity.record(k.hash(), Instant::now());
+    }
+}

@@ -1,0 +1,441 @@
+//! Server-side pipelining (`server_pipelining = auto`): while a pool is saturated, the
+//! self-contained statements of several waiting clients go back to back on one server
+//! connection, in one write, and their answers come back in as few reads.
+//!
+//! Rules:
+//! - Only when the pool is saturated: a batch forms when a connection comes back and
+//!   clients wait (`Pool::hand_to_waiter`); a client that finds an idle connection or may
+//!   open one never waits behind another's statement.
+//! - A unit is one simple Query that is its own implicit transaction and changes nothing
+//!   of the session (plain DML without session effects, the client idle and unpinned; the
+//!   session decides, `frontend::session::batched`), of a client without a tenant claim,
+//!   whose settings are exactly the connection's and whose connection needs no take-over.
+//!   PostgreSQL runs each such Query as a transaction of its own: an error in one does not
+//!   reach the next.
+//! - The batch is the waiters in turn order from the front, as long as each is a unit
+//!   that fits (no one is overtaken), at most `server_pipeline_depth`.
+//! - Answers go to their own client only, split at each ReadyForQuery, in order; a client
+//!   that does not read holds its batch-mates once it has [`MAIL_MAX`] bytes waiting (as
+//!   a server that cannot send holds everything behind it).
+//! - Cancels: a client's key points at the connection only while its own unit runs (from
+//!   the ReadyForQuery of the unit before it to its own), and a cancel sent while its unit
+//!   waited in the batch is sent when it starts. A cancel may still land after its unit
+//!   ended, on the next one: from a unit whose cancel was sent but which ended without
+//!   `57014`, the following units' answers are held until their ReadyForQuery, and one
+//!   that failed with `57014` although its own client sent no cancel is run again (its
+//!   implicit transaction was rolled back; once). The connection goes back to the pool
+//!   only when no cancel of the batch is on its way (PostgreSQL ignores one that lands
+//!   while it is idle).
+//! - A server connection that breaks fails the unit running and those after it, each
+//!   client told as when its own connection breaks (`08006`); units not sent yet (a client
+//!   that gave up first) are not run.
+//! - A waiter that times out before the driver sent its unit is withdrawn (its statement
+//!   never runs); once sent, it waits for its answer like the others.
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::Pool;
+use crate::backend::{CancelTarget, ParamMap, ServerConn};
+use crate::net::Frame;
+use crate::protocol::{decode, ErrorFields};
+
+/// Bytes of answers a client may leave unread before its batch waits for it.
+pub const MAIL_MAX: usize = 256 * 1024;
+/// An answer held for a possible re-run (see the module rules) is delivered once it is
+/// this large (it is not run again then).
+const HOLD_MAX: usize = 64 * 1024;
+
+/// What the driver needs of a unit's client's cancel key (the frontend's `CancelSlot`).
+pub trait UnitCancel: Send + Sync {
+    /// The client's unit waits in a batch (`None`, `queued`) or runs on the server of
+    /// `t`, or is over (`None`, not queued). Never waits: a cancel on its way keeps the
+    /// target it took. True when the client asked for a cancel while its unit waited.
+    fn point(&self, t: Option<Arc<CancelTarget>>, queued: bool) -> bool;
+    /// Cancels taken from the key so far (whose was a `57014`).
+    fn taken(&self) -> u32;
+    /// A cancel of this client is on its way now.
+    fn in_flight(&self) -> bool;
+    /// Send a cancel to the current target from a task of its own.
+    fn cancel_now(self: Arc<Self>);
+}
+
+const PENDING: u8 = 0;
+const SENT: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+/// How a unit's answer ended.
+#[derive(Debug)]
+pub enum End {
+    /// Its ReadyForQuery came. `errors`: ErrorResponses in it; `code`: the first one's
+    /// SQLSTATE; `took`: from its start on the server to its ReadyForQuery.
+    Done {
+        errors: u32,
+        code: Option<String>,
+        took: Duration,
+    },
+    /// The server connection broke before its ReadyForQuery.
+    Lost(LostServer),
+}
+
+/// How the server connection of a batch broke (the session tells its client as when its
+/// own connection breaks).
+#[derive(Debug, Clone)]
+pub enum LostServer {
+    /// The server's FATAL.
+    Fatal(Frame),
+    Closed,
+    Io(String),
+    Unreadable(String),
+}
+
+/// One client's unit in a batch: its statement, and its answer on the way back.
+pub struct Ticket {
+    /// The simple Query, as the client sent it.
+    pub frame: Frame,
+    /// The client's settings: the connection must have exactly these.
+    pub desired: Arc<ParamMap>,
+    pub cancel: Arc<dyn UnitCancel>,
+    since: Instant,
+    phase: AtomicU8,
+    mail: Mutex<Mail>,
+    /// Driver → client: frames or the end arrived.
+    ready: Notify,
+    /// Client → driver: it took its frames, or left.
+    room: Notify,
+}
+
+#[derive(Default)]
+struct Mail {
+    frames: Vec<Frame>,
+    bytes: usize,
+    end: Option<End>,
+    gone: bool,
+}
+
+impl Ticket {
+    pub fn new(frame: Frame, desired: Arc<ParamMap>, cancel: Arc<dyn UnitCancel>) -> Arc<Ticket> {
+        Arc::new(Ticket {
+            frame,
+            desired,
+            cancel,
+            since: Instant::now(),
+            phase: AtomicU8::new(PENDING),
+            mail: Mutex::new(Mail::default()),
+            ready: Notify::new(),
+            room: Notify::new(),
+        })
+    }
+
+    /// The same unit as a new ticket, for another wait in the queue (a ticket that left the
+    /// queue may still be in a batch about to skip it).
+    pub fn renewed(&self) -> Arc<Ticket> {
+        Ticket::new(self.frame.clone(), self.desired.clone(), self.cancel.clone())
+    }
+
+    fn mail(&self) -> MutexGuard<'_, Mail> {
+        self.mail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The driver is about to send it; false when its client withdrew first.
+    fn claim(&self) -> bool {
+        self.phase
+            .compare_exchange(PENDING, SENT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The client gives up waiting (query_wait_timeout): true when its statement was not
+    /// sent and never will be; false when it was (its answer comes).
+    pub fn withdraw(&self) -> bool {
+        self.phase
+            .compare_exchange(PENDING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            || self.phase.load(Ordering::Acquire) == WITHDRAWN
+    }
+
+    /// Wait for more of the answer: appends its frames to `out`; the end once it came
+    /// (everything before it is in `out` then).
+    pub async fn next(&self, out: &mut Vec<Frame>) -> Option<End> {
+        loop {
+            {
+                let mut m = self.mail();
+                if !m.frames.is_empty() || m.end.is_some() {
+                    out.append(&mut m.frames);
+                    m.bytes = 0;
+                    let end = m.end.take();
+                    drop(m);
+                    self.room.notify_one();
+                    return end;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// The client will not read its answer (it left, or its session ended): what comes
+    /// is dropped and its batch never waits for it.
+    pub fn leave(&self) {
+        self.withdraw();
+        let mut m = self.mail();
+        m.gone = true;
+        m.frames.clear();
+        m.bytes = 0;
+        drop(m);
+        self.room.notify_one();
+    }
+
+    /// Hand frames to the client, waiting while it has [`MAIL_MAX`] unread.
+    async fn deliver(&self, frames: &mut Vec<Frame>) {
+        loop {
+            {
+                let mut m = self.mail();
+                if m.gone {
+                    frames.clear();
+                    return;
+                }
+                if m.bytes < MAIL_MAX {
+                    m.bytes += frames.iter().map(Frame::len).sum::<usize>();
+                    m.frames.append(frames);
+                    drop(m);
+                    self.ready.notify_one();
+                    return;
+                }
+            }
+            self.room.notified().await;
+        }
+    }
+
+    fn finish(&self, end: End) {
+        let mut m = self.mail();
+        if !m.gone {
+            m.end = Some(end);
+        }
+        drop(m);
+        self.ready.notify_one();
+    }
+}
+
+/// Can `c` take this unit as it is (no settings to replay, nothing of another client's to
+/// clear first)?
+pub(super) fn fits(c: &ServerConn, t: &Ticket) -> bool {
+    c.dirty_by == 0
+        && c.prepared.sql.is_empty()
+        && (Arc::ptr_eq(&c.applied, &t.desired) || *c.applied == *t.desired)
+}
+
+/// A unit on the server, in the driver.
+struct Running {
+    ticket: Arc<Ticket>,
+    /// When it started on the server (the ReadyForQuery of the one before).
+    started: Option<Instant>,
+    /// Cancels taken from its client's key when it started.
+    taken_at_start: u32,
+    /// A cancel meant for an earlier unit may land on it: its answer is held until its
+    /// ReadyForQuery.
+    suspect: bool,
+    held: Vec<Frame>,
+    held_bytes: usize,
+    errors: u32,
+    code: Option<String>,
+    run_again: bool,
+}
+
+impl Running {
+    fn new(ticket: Arc<Ticket>) -> Running {
+        Running {
+            ticket,
+            started: None,
+            taken_at_start: 0,
+            suspect: false,
+            held: Vec::new(),
+            held_bytes: 0,
+            errors: 0,
+            code: None,
+            run_again: false,
+        }
+    }
+}
+
+/// Send `units` on `conn` back to back and give each client its answer; then give the
+/// connection back (where it may start the next batch).
+pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec<Arc<Ticket>>) {
+    let mut q: VecDeque<Running> = VecDeque::with_capacity(units.len());
+    // Every unit's client, for the cancels still on their way at the end.
+    let mut clients: Vec<Arc<dyn UnitCancel>> = Vec::with_capacity(units.len());
+    for t in units {
+        if t.claim() {
+            t.cancel.point(None, true);
+            pool.stats.client_message(b'Q', t.frame.len());
+            conn.conn.queue(&t.frame);
+            clients.push(t.cancel.clone());
+            q.push_back(Running::new(t));
+        }
+    }
+    if q.is_empty() {
+        pool.release(conn, true);
+        return;
+    }
+    let lost = run(&pool, &mut conn, &mut q).await;
+    for r in &q {
+        r.ticket.cancel.point(None, false);
+    }
+    match lost {
+        None => {
+            // No cancel of this batch may land on the next client's statement.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while clients.iter().any(|c| c.in_flight()) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let clean = !clients.iter().any(|c| c.in_flight());
+            pool.release(conn, clean);
+        }
+        Some(why) => {
+            tracing::warn!(pool = %pool.name(), server = conn.id, units = q.len(), reason = ?why, "server connection lost under a batch");
+            for mut r in q.drain(..) {
+                if !r.held.is_empty() {
+                    r.ticket.deliver(&mut r.held).await;
+                }
+                r.ticket.finish(End::Lost(why.clone()));
+            }
+            pool.discard(conn);
+        }
+    }
+}
+
+/// Read the answers of the units in `q` until every one has ended; on a broken
+/// connection, why (the units left in `q` are the ones it fails).
+async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> Option<LostServer> {
+    if let Err(e) = conn.conn.flush().await {
+        return Some(LostServer::Io(e.to_string()));
+    }
+    let batch_started = Instant::now();
+    start(pool, q.front_mut().expect("a unit"), conn, false, batch_started);
+    // A cancel taken for an ended unit that did not end with 57014 may still land.
+    let mut armed = false;
+    loop {
+        let f = match conn.conn.try_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                // Everything read so far goes out before the next read.
+                for r in q.iter_mut().filter(|r| !r.suspect && !r.held.is_empty()) {
+                    r.held_bytes = 0;
+                    r.ticket.deliver(&mut r.held).await;
+                }
+                if conn.conn.pending_output() > 0 {
+                    if let Err(e) = conn.conn.flush().await {
+                        return Some(LostServer::Io(e.to_string()));
+                    }
+                }
+                match conn.conn.fill().await {
+                    Ok(0) => return Some(LostServer::Closed),
+                    Ok(_) => continue,
+                    Err(e) => return Some(LostServer::Io(e.to_string())),
+                }
+            }
+            Err(e) => return Some(LostServer::Unreadable(format!("server sent a bad message: {e}"))),
+        };
+        pool.stats.bytes_sent.add(f.len() as u64);
+        let r = q.front_mut().expect("a unit runs while answers come");
+        let tag = f.tag();
+        match tag {
+            b'E' => {
+                crate::metrics::counters::SERVER_ERRORS.count_body(f.body());
+                if decode::is_fatal(f.body()) {
+                    return Some(LostServer::Fatal(f));
+                }
+                r.errors += 1;
+                if r.code.is_none() {
+                    r.code = ErrorFields::parse(f.body()).map(|e| e.code).ok();
+                }
+            }
+            b'S' => conn.note_parameter(f.body()),
+            _ => {}
+        }
+        r.held_bytes += f.len();
+        r.held.push(f.clone());
+        if r.suspect && r.held_bytes > HOLD_MAX {
+            // Too large to hold: it goes out as it comes, and is not run again.
+            r.suspect = false;
+            r.held_bytes = 0;
+            r.ticket.deliver(&mut r.held).await;
+        }
+        if tag != b'Z' {
+            continue;
+        }
+        let status = match decode::ready_status(f.body()) {
+            Ok(s) => s,
+            Err(e) => return Some(LostServer::Unreadable(e.to_string())),
+        };
+        let now = Instant::now();
+        let mut r = q.pop_front().expect("the unit that ended");
+        r.ticket.cancel.point(None, false);
+        let own_cancel = r.ticket.cancel.taken() != r.taken_at_start;
+        let cancelled = r.code.as_deref() == Some(crate::protocol::sqlstate::QUERY_CANCELED);
+        if r.suspect && cancelled && !own_cancel && !r.run_again {
+            // An earlier unit's cancel landed here: its transaction was rolled back; run
+            // it again at the end of the batch, its client none the wiser.
+            tracing::debug!(server = conn.id, "a batch-mate's cancel hit a unit; running it again");
+            armed = false;
+            r.held.clear();
+            r.held_bytes = 0;
+            r.errors = 0;
+            r.code = None;
+            r.run_again = true;
+            r.suspect = false;
+            r.started = None;
+            conn.conn.queue(&r.ticket.frame);
+            r.ticket.cancel.point(None, true);
+            q.push_back(r);
+        } else {
+            if cancelled {
+                armed = false;
+            } else if own_cancel {
+                armed = true;
+            }
+            let took = r
+                .started
+                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+            pool.stats.add_query(took);
+            pool.stats.add_xact(took);
+            if !r.held.is_empty() {
+                r.ticket.deliver(&mut r.held).await;
+            }
+            r.ticket.finish(End::Done {
+                errors: r.errors,
+                code: r.code.take(),
+                took,
+            });
+        }
+        if status != b'I' {
+            // A unit never leaves a transaction open; if one did, nobody can tell what the
+            // next would run in.
+            return Some(LostServer::Unreadable(
+                "a pipelined statement left a transaction open".into(),
+            ));
+        }
+        match q.front_mut() {
+            Some(next) => start(pool, next, conn, armed, now),
+            None => return None,
+        }
+    }
+}
+
+/// `r` starts on the server now: its client's cancels reach it from here.
+fn start(pool: &Pool, r: &mut Running, conn: &ServerConn, suspect: bool, now: Instant) {
+    r.started = Some(now);
+    r.suspect = suspect;
+    r.taken_at_start = r.ticket.cancel.taken();
+    if r.ticket.cancel.point(Some(conn.cancel.clone()), false) {
+        r.ticket.cancel.clone().cancel_now();
+    }
+    if !r.run_again {
+        // SHOW STATS: each unit is an assignment that waited until it started.
+        let waited = now.saturating_duration_since(r.ticket.since);
+        pool.stats.assignments.add(1);
+        pool.stats.wait_time_us.add(waited.as_micros() as u64);
+        pool.stats.wait_latency.record(waited);
+    }
+}
