@@ -120,6 +120,9 @@ struct SettingsArgs {
     /// Users allowed the admin console's SHOW commands, comma-separated.
     #[arg(long, env = "PGTENANT_STATS_USERS", value_name = "USERS")]
     stats_users: Option<String>,
+    /// Server-side pipelining while a pool is saturated: off or auto.
+    #[arg(long, env = "PGTENANT_SERVER_PIPELINING", value_name = "MODE")]
+    server_pipelining: Option<String>,
 }
 
 impl SettingsArgs {
@@ -140,6 +143,7 @@ impl SettingsArgs {
             http_listen: self.http_listen,
             admin_users: self.admin_users,
             stats_users: self.stats_users,
+            server_pipelining: self.server_pipelining,
         }
     }
 }

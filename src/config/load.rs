@@ -45,6 +45,8 @@ pub struct Overrides {
     pub admin_users: Option<String>,
     /// `--stats-users a,b` / `PGTENANT_STATS_USERS`.
     pub stats_users: Option<String>,
+    /// `--server-pipelining off|auto` / `PGTENANT_SERVER_PIPELINING`.
+    pub server_pipelining: Option<String>,
 }
 
 /// Every problem found, each naming its key.
@@ -659,6 +661,12 @@ fn apply_overrides(d: &mut Draft, o: &Overrides, errs: &mut Errors) {
     }
     if let Some(x) = o.max_startup_clients {
         d.max_startup_clients = x;
+    }
+    if let Some(x) = &o.server_pipelining {
+        let r = choice_str(x, SERVER_PIPELINING).map_err(|e| format!("{e} {FROM}"));
+        if let Some(x) = errs.check("server_pipelining", r) {
+            d.server_pipelining = x;
+        }
     }
     if let Some(x) = o.client_login_timeout {
         let r = Duration::try_from_secs_f64(x)

@@ -135,6 +135,15 @@ impl ErrorClasses {
 /// ErrorResponses servers sent that were relayed to clients, by SQLSTATE class.
 pub static SERVER_ERRORS: ErrorClasses = ErrorClasses::new();
 
+/// Server-side pipelining (`pool::batch`): batches sent, statements sent in them, and
+/// statements run again because a batch-mate's cancel landed on them.
+pub static PIPELINE_BATCHES: crate::metrics::striped::Striped =
+    crate::metrics::striped::Striped::new();
+pub static PIPELINED_STATEMENTS: crate::metrics::striped::Striped =
+    crate::metrics::striped::Striped::new();
+pub static PIPELINE_RERUNS: crate::metrics::striped::Striped =
+    crate::metrics::striped::Striped::new();
+
 /// Client sessions holding a server connection now.
 pub static CLIENTS_ACTIVE: crate::metrics::striped::Striped =
     crate::metrics::striped::Striped::new();

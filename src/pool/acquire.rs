@@ -279,10 +279,7 @@ impl Pool {
     }
     /// A waiter gives up: whatever was sent to it in the meantime is not lost. A unit a
     /// batch already sent comes back (its answer is on the way: the waiter takes it).
-    pub(super) fn reclaim(
-        &self,
-        mut rx: oneshot::Receiver<Handoff>,
-    ) -> Option<Arc<batch::Ticket>> {
+    pub(super) fn reclaim(&self, mut rx: oneshot::Receiver<Handoff>) -> Option<Arc<batch::Ticket>> {
         rx.close();
         match rx.try_recv() {
             Ok(Handoff::Batched(t)) => return (!t.withdraw()).then_some(t),

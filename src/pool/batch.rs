@@ -19,13 +19,14 @@
 //!   a server that cannot send holds everything behind it).
 //! - Cancels: a client's key points at the connection only while its own unit runs (from
 //!   the ReadyForQuery of the unit before it to its own), and a cancel sent while its unit
-//!   waited in the batch is sent when it starts. A cancel may still land after its unit
-//!   ended, on the next one: from a unit whose cancel was sent but which ended without
-//!   `57014`, the following units' answers are held until their ReadyForQuery, and one
-//!   that failed with `57014` although its own client sent no cancel is run again (its
-//!   implicit transaction was rolled back; once). The connection goes back to the pool
-//!   only when no cancel of the batch is on its way (PostgreSQL ignores one that lands
-//!   while it is idle).
+//!   waited in the batch is sent when it starts. A cancel can still land after the unit it
+//!   was meant for ended, on the next one (PostgreSQL reads the next statement from its
+//!   buffer at once): so each unit's answer is held until its ReadyForQuery (up to
+//!   [`HOLD_MAX`]; a larger one goes out as it comes), and a unit that failed with `57014
+//!   … due to user request` although its own client sent no cancel is run again, unseen
+//!   (its implicit transaction was rolled back), up to [`RUNS_AGAIN_MAX`] times. The
+//!   connection goes back to the pool only when no cancel of the batch is on its way
+//!   (PostgreSQL ignores one that lands while it is idle).
 //! - A server connection that breaks fails the unit running and those after it, each
 //!   client told as when its own connection breaks (`08006`); units not sent yet (a client
 //!   that gave up first) are not run.
@@ -48,6 +49,10 @@ pub const MAIL_MAX: usize = 256 * 1024;
 /// An answer held for a possible re-run (see the module rules) is delivered once it is
 /// this large (it is not run again then).
 const HOLD_MAX: usize = 64 * 1024;
+
+/// How many times a statement hit by other clients' cancels is run again before its
+/// client is given the cancel (each time takes another client's late cancel).
+const RUNS_AGAIN_MAX: u8 = 3;
 
 /// What the driver needs of a unit's client's cancel key (the frontend's `CancelSlot`).
 pub trait UnitCancel: Send + Sync {
@@ -133,7 +138,11 @@ impl Ticket {
     /// The same unit as a new ticket, for another wait in the queue (a ticket that left the
     /// queue may still be in a batch about to skip it).
     pub fn renewed(&self) -> Arc<Ticket> {
-        Ticket::new(self.frame.clone(), self.desired.clone(), self.cancel.clone())
+        Ticket::new(
+            self.frame.clone(),
+            self.desired.clone(),
+            self.cancel.clone(),
+        )
     }
 
     fn mail(&self) -> MutexGuard<'_, Mail> {
@@ -233,14 +242,17 @@ struct Running {
     started: Option<Instant>,
     /// Cancels taken from its client's key when it started.
     taken_at_start: u32,
-    /// A cancel meant for an earlier unit may land on it: its answer is held until its
-    /// ReadyForQuery.
-    suspect: bool,
+    /// Nothing of its answer went to its client yet: it is held until its ReadyForQuery
+    /// (or until it is [`HOLD_MAX`] large), so that it can be run again unseen.
+    holding: bool,
     held: Vec<Frame>,
     held_bytes: usize,
     errors: u32,
     code: Option<String>,
-    run_again: bool,
+    /// Its first error was a cancel "due to user request" (not a statement timeout).
+    user_cancel: bool,
+    /// Times it was run again (at most [`RUNS_AGAIN_MAX`]).
+    run_again: u8,
 }
 
 impl Running {
@@ -249,12 +261,13 @@ impl Running {
             ticket,
             started: None,
             taken_at_start: 0,
-            suspect: false,
+            holding: true,
             held: Vec::new(),
             held_bytes: 0,
             errors: 0,
             code: None,
-            run_again: false,
+            user_cancel: false,
+            run_again: 0,
         }
     }
 }
@@ -278,6 +291,8 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
         pool.release(conn, true);
         return;
     }
+    crate::metrics::counters::PIPELINE_BATCHES.add(1);
+    crate::metrics::counters::PIPELINED_STATEMENTS.add(q.len() as u64);
     let lost = run(&pool, &mut conn, &mut q).await;
     for r in &q {
         r.ticket.cancel.point(None, false);
@@ -312,15 +327,13 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
         return Some(LostServer::Io(e.to_string()));
     }
     let batch_started = Instant::now();
-    start(pool, q.front_mut().expect("a unit"), conn, false, batch_started);
-    // A cancel taken for an ended unit that did not end with 57014 may still land.
-    let mut armed = false;
+    start(pool, q.front_mut().expect("a unit"), conn, batch_started);
     loop {
         let f = match conn.conn.try_frame() {
             Ok(Some(f)) => f,
             Ok(None) => {
                 // Everything read so far goes out before the next read.
-                for r in q.iter_mut().filter(|r| !r.suspect && !r.held.is_empty()) {
+                for r in q.iter_mut().filter(|r| !r.holding && !r.held.is_empty()) {
                     r.held_bytes = 0;
                     r.ticket.deliver(&mut r.held).await;
                 }
@@ -335,7 +348,11 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
                     Err(e) => return Some(LostServer::Io(e.to_string())),
                 }
             }
-            Err(e) => return Some(LostServer::Unreadable(format!("server sent a bad message: {e}"))),
+            Err(e) => {
+                return Some(LostServer::Unreadable(format!(
+                    "server sent a bad message: {e}"
+                )))
+            }
         };
         pool.stats.bytes_sent.add(f.len() as u64);
         let r = q.front_mut().expect("a unit runs while answers come");
@@ -348,7 +365,11 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
                 }
                 r.errors += 1;
                 if r.code.is_none() {
-                    r.code = ErrorFields::parse(f.body()).map(|e| e.code).ok();
+                    if let Ok(e) = ErrorFields::parse(f.body()) {
+                        r.user_cancel = e.code == crate::protocol::sqlstate::QUERY_CANCELED
+                            && e.message.contains("user request");
+                        r.code = Some(e.code);
+                    }
                 }
             }
             b'S' => conn.note_parameter(f.body()),
@@ -356,9 +377,9 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
         }
         r.held_bytes += f.len();
         r.held.push(f.clone());
-        if r.suspect && r.held_bytes > HOLD_MAX {
+        if r.holding && r.held_bytes > HOLD_MAX {
             // Too large to hold: it goes out as it comes, and is not run again.
-            r.suspect = false;
+            r.holding = false;
             r.held_bytes = 0;
             r.ticket.deliver(&mut r.held).await;
         }
@@ -373,27 +394,34 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
         let mut r = q.pop_front().expect("the unit that ended");
         r.ticket.cancel.point(None, false);
         let own_cancel = r.ticket.cancel.taken() != r.taken_at_start;
-        let cancelled = r.code.as_deref() == Some(crate::protocol::sqlstate::QUERY_CANCELED);
-        if r.suspect && cancelled && !own_cancel && !r.run_again {
-            // An earlier unit's cancel landed here: its transaction was rolled back; run
-            // it again at the end of the batch, its client none the wiser.
-            tracing::debug!(server = conn.id, "a batch-mate's cancel hit a unit; running it again");
-            armed = false;
+        if r.holding && r.user_cancel && !own_cancel && r.run_again < RUNS_AGAIN_MAX {
+            // Another client's cancel landed here (one sent as the statement before it
+            // ended): its transaction was rolled back; run it again at the end of the
+            // batch, its client none the wiser.
+            tracing::debug!(
+                server = conn.id,
+                "a batch-mate's cancel hit a unit; running it again"
+            );
+            crate::metrics::counters::PIPELINE_RERUNS.add(1);
             r.held.clear();
             r.held_bytes = 0;
             r.errors = 0;
             r.code = None;
-            r.run_again = true;
-            r.suspect = false;
+            r.user_cancel = false;
+            r.run_again += 1;
+            r.holding = true;
             r.started = None;
             conn.conn.queue(&r.ticket.frame);
             r.ticket.cancel.point(None, true);
             q.push_back(r);
         } else {
-            if cancelled {
-                armed = false;
-            } else if own_cancel {
-                armed = true;
+            if r.user_cancel && !own_cancel {
+                tracing::warn!(
+                    server = conn.id,
+                    run_again = r.run_again,
+                    held = r.holding,
+                    "a batched statement was cancelled although its client sent no cancel"
+                );
             }
             let took = r
                 .started
@@ -417,21 +445,20 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
             ));
         }
         match q.front_mut() {
-            Some(next) => start(pool, next, conn, armed, now),
+            Some(next) => start(pool, next, conn, now),
             None => return None,
         }
     }
 }
 
 /// `r` starts on the server now: its client's cancels reach it from here.
-fn start(pool: &Pool, r: &mut Running, conn: &ServerConn, suspect: bool, now: Instant) {
+fn start(pool: &Pool, r: &mut Running, conn: &ServerConn, now: Instant) {
     r.started = Some(now);
-    r.suspect = suspect;
     r.taken_at_start = r.ticket.cancel.taken();
     if r.ticket.cancel.point(Some(conn.cancel.clone()), false) {
         r.ticket.cancel.clone().cancel_now();
     }
-    if !r.run_again {
+    if r.run_again == 0 {
         // SHOW STATS: each unit is an assignment that waited until it started.
         let waited = now.saturating_duration_since(r.ticket.since);
         pool.stats.assignments.add(1);

@@ -444,10 +444,7 @@ impl Pool {
                 }
             }
         }
-        let (Some(me), Ok(rt)) = (
-            self.me.upgrade(),
-            tokio::runtime::Handle::try_current(),
-        ) else {
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
             return Self::hand_plain(c, head, mates, g);
         };
         if mates.is_empty() {

@@ -38,6 +38,7 @@ mod login_limits;
 mod memory;
 mod metrics;
 mod pgbouncer_ini;
+mod pipelining;
 mod pooling;
 mod protocol;
 mod read_spread;

@@ -134,8 +134,10 @@ fn precedence_file_then_overrides() {
         http_listen: None,
         admin_users: Some("ops, root".into()),
         stats_users: None,
+        server_pipelining: Some("auto".into()),
     };
     let s = load_str(&text, &o).unwrap();
+    assert!(s.server_pipelining);
     assert_eq!(s.admin_users, vec!["ops".to_string(), "root".to_string()]);
     assert_eq!(s.primary_listen(), "0.0.0.0:7001".parse().unwrap());
     assert_eq!(s.upstream.user, "other");
@@ -807,4 +809,33 @@ fn blue_green_entries() {
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+#[test]
+fn server_pipelining_settings() {
+    let d = load_str("", &Overrides::default()).unwrap();
+    assert!(!d.server_pipelining, "off by default");
+    assert_eq!(d.server_pipeline_depth, 8);
+    let s = load_str(
+        "server_pipelining = \"auto\"\nserver_pipeline_depth = 16\n",
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert!(s.server_pipelining);
+    assert_eq!(s.server_pipeline_depth, 16);
+    for bad in [
+        "server_pipelining = \"on\"",
+        "server_pipeline_depth = 1",
+        "server_pipeline_depth = 65",
+    ] {
+        let e = load_str(bad, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+    }
+    let o = Overrides {
+        server_pipelining: Some("sometimes".into()),
+        ..Overrides::default()
+    };
+    assert!(load_str("", &o).is_err());
 }

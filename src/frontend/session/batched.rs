@@ -48,7 +48,11 @@ impl Session {
             return None;
         }
         let cancel: Arc<dyn crate::pool::batch::UnitCancel> = self.c.key.slot.clone();
-        Some(Ticket::new(first.clone(), self.view.desired.clone(), cancel))
+        Some(Ticket::new(
+            first.clone(),
+            self.view.desired.clone(),
+            cancel,
+        ))
     }
 
     /// Relay the answer of a statement a batch took to the client. The client's session
@@ -104,8 +108,7 @@ impl Session {
                     LostServer::Fatal(f) => Lost::Fatal(f).told(),
                     LostServer::Closed => Lost::Closed.told(),
                     LostServer::Io(e) => {
-                        Lost::Io(&io::Error::new(io::ErrorKind::ConnectionReset, e.clone()))
-                            .told()
+                        Lost::Io(&io::Error::new(io::ErrorKind::ConnectionReset, e.clone())).told()
                     }
                     LostServer::Unreadable(e) => Lost::Unreadable(e).told(),
                 };

@@ -139,6 +139,24 @@ pub(super) const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "ErrorResponses from servers relayed to clients, by SQLSTATE class (first two characters of the code; other when unknown).",
     ),
     (
+        "pgtenant_server_pipeline_batches_total",
+        COUNTER,
+        &[],
+        "Batches of several clients' statements sent back to back on one server connection (server_pipelining).",
+    ),
+    (
+        "pgtenant_server_pipelined_statements_total",
+        COUNTER,
+        &[],
+        "Client statements sent in batches (server_pipelining).",
+    ),
+    (
+        "pgtenant_server_pipeline_reruns_total",
+        COUNTER,
+        &[],
+        "Batched statements run again because a cancel meant for the statement before them landed on them.",
+    ),
+    (
         "pgtenant_plan_cache_hits_total",
         COUNTER,
         &[],

@@ -311,6 +311,23 @@ impl Collector for Scrape {
             out.counter("pgtenant_server_errors_total", &[class], n);
         }
 
+        for (name, c) in [
+            (
+                "pgtenant_server_pipeline_batches_total",
+                &super::counters::PIPELINE_BATCHES,
+            ),
+            (
+                "pgtenant_server_pipelined_statements_total",
+                &super::counters::PIPELINED_STATEMENTS,
+            ),
+            (
+                "pgtenant_server_pipeline_reruns_total",
+                &super::counters::PIPELINE_RERUNS,
+            ),
+        ] {
+            out.counter(name, &[], c.get());
+        }
+
         let (hits, misses, size) = ctx.router.planner().stats();
         out.counter("pgtenant_plan_cache_hits_total", &[], hits);
         out.counter("pgtenant_plan_cache_misses_total", &[], misses);

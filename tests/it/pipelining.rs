@@ -1,0 +1,447 @@
+//! Server-side pipelining (`server_pipelining = auto`) against a real PostgreSQL: while
+//! the pool is saturated, waiting clients' plain statements share one server connection
+//! back to back. Every client must still get exactly its own answer, its own errors, its
+//! own cancels, and lose only what ran on a connection that broke.
+use crate::support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{PgServer, Pgtenant};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// pgtenant in transaction mode with pipelining on, pool of `pool_size`, its metrics port.
+fn start(pg: &PgServer, pool_size: u32, extra: &str) -> (Pgtenant, u16) {
+    let http = support::free_port();
+    let dir = support::TempDir::new("pipelining");
+    let cfg = dir.write(
+        "pgtenant.toml",
+        &format!(
+            "upstream = \"{}\"\npool_mode = \"transaction\"\npool_size = {pool_size}\n\
+             max_client_conn = 500\nserver_pipelining = \"auto\"\nserver_pipeline_depth = 8\n\
+             query_wait_timeout = 30\n{extra}\n",
+            pg.url("app", "secret", "app")
+        ),
+    );
+    let addr = format!("127.0.0.1:{http}");
+    let p = Pgtenant::start(
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--http-listen",
+            &addr,
+        ],
+        &[],
+    );
+    std::mem::forget(dir);
+    assert!(
+        support::wait_for_port(http, Duration::from_secs(10)),
+        "{}",
+        p.logs()
+    );
+    (p, http)
+}
+
+async fn client(p: &Pgtenant) -> Client {
+    let (c, conn) = tokio_postgres::connect(&p.url("app", "secret", "app"), NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", p.logs()));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    c
+}
+
+/// The rows of a simple query, as text.
+async fn rows(c: &Client, sql: &str) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    Ok(c.simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A counter of pgtenant's /metrics.
+async fn metric(http: u16, name: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http))
+        .await
+        .expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        .round() as u64
+}
+
+/// Hold every connection of the pool in an open transaction until the returned senders
+/// are used (each `()` commits one), so that the clients started meanwhile queue up.
+async fn hold_pool(p: &Pgtenant, n: usize) -> Vec<tokio::sync::oneshot::Sender<()>> {
+    let mut release = Vec::new();
+    for _ in 0..n {
+        let c = client(p).await;
+        c.batch_execute("begin; select 1").await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = rx.await;
+            c.batch_execute("commit").await.unwrap();
+            // Keep the client until its commit is answered.
+        });
+        release.push(tx);
+    }
+    release
+}
+
+/// Wait until `n` clients wait in pgtenant's pool (SHOW POOLS would say cl_waiting).
+async fn until_waiting(http: u16, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric_gauge(http, "pgtenant_clients{state=\"waiting\"}").await < n {
+        assert!(Instant::now() < deadline, "{n} clients never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn metric_gauge(http: u16, name: &str) -> u64 {
+    metric(http, name).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_pool_batches_and_every_client_gets_its_own_answers() {
+    let pg = PgServer::start();
+    // One connection: every release finds the other clients waiting.
+    let (p, http) = start(&pg, 1, "");
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for cid in 0..32u32 {
+        let c = client(&p).await;
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..60u32 {
+                let r = rows(&c, &format!("select {cid}, {i}, pg_sleep(0.001)"))
+                    .await
+                    .expect("a plain select");
+                assert_eq!(r.len(), 1);
+                assert_eq!(
+                    (r[0][0].as_str(), r[0][1].as_str()),
+                    (&*cid.to_string(), &*i.to_string()),
+                    "client {cid} got another's answer"
+                );
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::Relaxed), 32 * 60);
+    let admin = pg.admin_client().await;
+    let backends: i64 = admin
+        .query_one(
+            "select count(*) from pg_stat_activity where usename = 'app'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(backends <= 1, "more backends than the pool: {backends}");
+    let batches = metric(http, "pgtenant_server_pipeline_batches_total").await;
+    let units = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    eprintln!("32 clients x 60 statements, pool 1: {batches} batches, {units} statements in them");
+    assert!(
+        batches > 0 && units >= 2 * batches,
+        "no batch formed: {batches}/{units}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_in_the_middle_of_a_batch_reaches_only_its_client() {
+    let pg = PgServer::start();
+    let (p, http) = start(&pg, 1, "");
+    let release = hold_pool(&p, 1).await;
+    // Queued behind the held connection: ok, error, ok, error, ok …
+    let mut tasks = Vec::new();
+    for k in 0..7u32 {
+        let c = client(&p).await;
+        tasks.push(tokio::spawn(async move {
+            let sql = if k % 2 == 1 {
+                format!("select 1/0, {k}")
+            } else {
+                format!("select {k}")
+            };
+            (
+                k,
+                rows(&c, &sql).await,
+                rows(&c, &format!("select {k} + 100")).await,
+            )
+        }));
+        until_waiting(http, u64::from(k) + 1).await;
+    }
+    let before = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    for r in release {
+        r.send(()).unwrap();
+    }
+    for t in tasks {
+        let (k, first, second) = t.await.unwrap();
+        if k % 2 == 1 {
+            let e = first.expect_err("division by zero");
+            assert_eq!(e.code().map(|c| c.code()), Some("22012"), "client {k}: {e}");
+        } else {
+            assert_eq!(first.expect("its own select"), vec![vec![k.to_string()]]);
+        }
+        // The client's connection goes on either way.
+        assert_eq!(second.unwrap(), vec![vec![(k + 100).to_string()]]);
+    }
+    let after = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    assert!(
+        after >= before + 7,
+        "the 7 waiting statements went in batches: {before} → {after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_only_the_batched_statement_it_was_meant_for() {
+    let pg = PgServer::start();
+    let (p, http) = start(&pg, 1, "");
+    let release = hold_pool(&p, 1).await;
+    // The batch: a slow one, then quick ones, and a slow one its client cancels while it
+    // still waits behind the others.
+    let slow = client(&p).await;
+    let slow_token = slow.cancel_token();
+    let first = tokio::spawn(async move { rows(&slow, "select pg_sleep(20), 'slow'").await });
+    until_waiting(http, 1).await;
+    let mut quick = Vec::new();
+    for k in 0..3u32 {
+        let c = client(&p).await;
+        quick.push(tokio::spawn(async move {
+            (k, rows(&c, &format!("select {k}, pg_sleep(0.05)")).await)
+        }));
+        until_waiting(http, u64::from(k) + 2).await;
+    }
+    let late = client(&p).await;
+    let late_token = late.cancel_token();
+    let last = tokio::spawn(async move { rows(&late, "select pg_sleep(20), 'late'").await });
+    until_waiting(http, 5).await;
+    let started = Instant::now();
+    for r in release {
+        r.send(()).unwrap();
+    }
+    // The last one's client cancels while its statement waits in the batch: it is sent
+    // when its statement starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    late_token.cancel_query(NoTls).await.unwrap();
+    // The first one runs: cancel it.
+    slow_token.cancel_query(NoTls).await.unwrap();
+    let e = first.await.unwrap().expect_err("cancelled");
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e}");
+    for t in quick {
+        let (k, r) = t.await.unwrap();
+        let r = r.unwrap_or_else(|e| panic!("quick {k} was hit by a batch-mate cancel: {e:?}"));
+        assert_eq!(r[0][0], k.to_string());
+    }
+    let e = last.await.unwrap().expect_err("cancelled when it started");
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "both slow ones were cancelled"
+    );
+}
+
+/// A client firing cancels at its own short statements, batched with others: a cancel
+/// that arrives after its statement ended must never fail a batch-mate's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_cancels_never_fail_a_batch_mate() {
+    let pg = PgServer::start();
+    let (p, http) = start(&pg, 1, "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut mates = Vec::new();
+    for k in 0..6u32 {
+        let c = client(&p).await;
+        let stop = stop.clone();
+        mates.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let r = rows(&c, &format!("select {k}, pg_sleep(0.001)"))
+                    .await
+                    .unwrap_or_else(|e| panic!("mate {k} failed: {e:?}"));
+                assert_eq!(r[0][0], k.to_string());
+                n += 1;
+            }
+            n
+        }));
+    }
+    let shooter = Arc::new(client(&p).await);
+    let _ = std::fs::write("/tmp/pipelining-late.log", "");
+    let mut cancelled = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        i += 1;
+        let c = shooter.clone();
+        let token = c.cancel_token();
+        let q = tokio::spawn(async move { rows(&c, "select pg_sleep(0.002)").await });
+        // Fire at a varying moment: before, during and just after the statement.
+        tokio::time::sleep(Duration::from_micros(i * 397 % 4000)).await;
+        let _ = token.cancel_query(NoTls).await;
+        if q.await.unwrap().is_err() {
+            cancelled += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for m in mates {
+        match m.await {
+            Ok(n) => total += n,
+            Err(e) => panic!(
+                "{e}\n{}",
+                p.logs()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("cancel"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    }
+    let batched = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    let reruns = metric(http, "pgtenant_server_pipeline_reruns_total").await;
+    eprintln!("{i} cancels fired, {cancelled} cancelled; mates ran {total}; {batched} statements batched, {reruns} run again");
+    assert!(batched > 0, "nothing was batched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_on_a_batched_connection_fails_only_its_statements_with_08006() {
+    let pg = PgServer::start();
+    let (p, http) = start(&pg, 2, "");
+    let release = hold_pool(&p, 2).await;
+    let mut batch = Vec::new();
+    for k in 0..3u32 {
+        let c = client(&p).await;
+        let sql = match k {
+            0 => "select pg_sleep(20), 'doomed'".to_string(),
+            _ => format!("select {k}"),
+        };
+        batch.push(tokio::spawn(async move { (rows(&c, &sql).await, c) }));
+        until_waiting(http, u64::from(k) + 1).await;
+    }
+    let mut release = release.into_iter();
+    release.next().unwrap().send(()).unwrap();
+    let admin = pg.admin_client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = admin
+            .execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity \
+                 where query like '%''doomed''%' and pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the batch never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in batch {
+        let (r, c) = t.await.unwrap();
+        let e = r.expect_err("its connection was terminated");
+        assert_eq!(e.code().map(|c| c.code()), Some("08006"), "{e}");
+        assert!(c.is_closed() || rows(&c, "select 1").await.is_err());
+    }
+    // The other connection and new clients are untouched.
+    release.next().unwrap().send(()).unwrap();
+    let c = client(&p).await;
+    assert_eq!(
+        rows(&c, "select 42").await.unwrap(),
+        vec![vec!["42".to_string()]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_settings_and_prepared_statements_keep_their_own_connection_state() {
+    let pg = PgServer::start();
+    let (p, http) = start(&pg, 2, "");
+    let setup = client(&p).await;
+    setup
+        .batch_execute("create table pipe_t(k int, v int)")
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    // Plain clients keep the pool saturated and batches forming.
+    for k in 0..16u32 {
+        let c = client(&p).await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = rows(&c, &format!("select {k}, pg_sleep(0.001)"))
+                    .await
+                    .unwrap();
+                assert_eq!(r[0][0], k.to_string());
+            }
+        }));
+    }
+    // A transaction: its statements all run in it, on one backend, never in a batch.
+    let tx = client(&p).await;
+    // Its own settings: the time zone is its own in every statement.
+    let tz = client(&p).await;
+    tz.batch_execute("set timezone = 'Asia/Kathmandu'")
+        .await
+        .unwrap();
+    // Prepared statements, protocol and SQL level.
+    let prep = client(&p).await;
+    let stmt = prep.prepare("select $1::int + 1").await.unwrap();
+    prep.batch_execute("prepare sq(int) as select $1 * 2")
+        .await
+        .unwrap();
+    for i in 0..40i32 {
+        let r = rows(&tx, &format!("begin; insert into pipe_t values ({i}, 1); select txid_current(), pg_backend_pid()")).await.unwrap();
+        let r2 = rows(&tx, "select txid_current(), pg_backend_pid()")
+            .await
+            .unwrap();
+        assert_eq!(r, r2, "the transaction moved");
+        tx.batch_execute("commit").await.unwrap();
+        let z = rows(&tz, "select current_setting('TimeZone')")
+            .await
+            .unwrap();
+        assert_eq!(z[0][0], "Asia/Kathmandu");
+        let n: i32 = prep.query_one(&stmt, &[&i]).await.unwrap().get(0);
+        assert_eq!(n, i + 1);
+        let d = rows(&prep, &format!("execute sq({i})")).await.unwrap();
+        assert_eq!(d[0][0], (i * 2).to_string());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n: i64 = setup
+        .query_one("select count(*) from pipe_t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 40);
+    let plain = client(&p).await;
+    let z = rows(&plain, "select current_setting('TimeZone')")
+        .await
+        .unwrap();
+    assert_ne!(
+        z[0][0], "Asia/Kathmandu",
+        "a client's setting reached another"
+    );
+    assert!(metric(http, "pgtenant_server_pipelined_statements_total").await > 0);
+}
