@@ -813,11 +813,12 @@ fn blue_green_entries() {
 
 #[test]
 fn server_pipelining_settings() {
-    let d = load_str("", &Overrides::default()).unwrap();
+    const UP: &str = "upstream = \"postgres://app:pw@db:5433/app\"\n";
+    let d = load_str(UP, &Overrides::default()).unwrap();
     assert!(!d.server_pipelining, "off by default");
     assert_eq!(d.server_pipeline_depth, 8);
     let s = load_str(
-        "server_pipelining = \"auto\"\nserver_pipeline_depth = 16\n",
+        &format!("{UP}server_pipelining = \"auto\"\nserver_pipeline_depth = 16\n"),
         &Overrides::default(),
     )
     .unwrap();
@@ -828,7 +829,7 @@ fn server_pipelining_settings() {
         "server_pipeline_depth = 1",
         "server_pipeline_depth = 65",
     ] {
-        let e = load_str(bad, &Overrides::default())
+        let e = load_str(&format!("{UP}{bad}\n"), &Overrides::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
@@ -837,5 +838,5 @@ fn server_pipelining_settings() {
         server_pipelining: Some("sometimes".into()),
         ..Overrides::default()
     };
-    assert!(load_str("", &o).is_err());
+    assert!(load_str(UP, &o).is_err());
 }
