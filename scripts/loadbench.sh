@@ -29,6 +29,8 @@
 #   LOADBENCH_DURATION      seconds per pgbench run (15)
 #   LOADBENCH_ROUNDS        rounds per workload (3)
 #   LOADBENCH_POOL          server connections per pool, both poolers (20)
+#   LOADBENCH_CLIENTS       pgbench clients of the pgbench and tenant sections (32)
+#   PGTENANT_SERVER_PIPELINING  off (default) or auto: pgtenant's server-side pipelining
 #   LOADBENCH_IDLE_CLIENTS  idle clients of the idle section (10000)
 #   LOADBENCH_WORKERS       pgtenant --workers (default: one per core)
 #   LOADBENCH_ONLY          comma list of sections: pgbench,latency,idle,tenant,instructions
@@ -52,11 +54,12 @@ POOL=${LOADBENCH_POOL:-20}
 IDLE_CLIENTS=${LOADBENCH_IDLE_CLIENTS:-10000}
 WORKERS=${LOADBENCH_WORKERS:-}
 ONLY=${LOADBENCH_ONLY:-pgbench,latency,idle,tenant,instructions}
-CLIENTS=32
+CLIENTS=${LOADBENCH_CLIENTS:-32}
 THREADS=2
 SECTIONS=(pgbench latency idle tenant instructions)
 
 is_count() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
+is_count "$CLIENTS" || die "LOADBENCH_CLIENTS must be a positive number, not '$CLIENTS'"
 is_count "$DURATION" || die "LOADBENCH_DURATION must be a positive number of seconds, not '$DURATION'"
 is_count "$ROUNDS" || die "LOADBENCH_ROUNDS must be a positive number, not '$ROUNDS'"
 is_count "$POOL" || die "LOADBENCH_POOL must be a positive number, not '$POOL'"
@@ -76,7 +79,7 @@ fi
 # The command as run, with the knobs that were set.
 COMMAND=
 for v in LOADBENCH_DURATION LOADBENCH_ROUNDS LOADBENCH_POOL LOADBENCH_IDLE_CLIENTS \
-    LOADBENCH_WORKERS LOADBENCH_ONLY; do
+    LOADBENCH_WORKERS LOADBENCH_ONLY LOADBENCH_CLIENTS PGTENANT_SERVER_PIPELINING; do
     if [ -n "${!v+x}" ]; then COMMAND+="$v=$(printf '%q' "${!v}") "; fi
 done
 COMMAND+="./scripts/loadbench.sh"
