@@ -99,8 +99,9 @@ pub enum LostServer {
 
 /// One client's unit in a batch: its statement, and its answer on the way back.
 pub struct Ticket {
-    /// The simple Query, as the client sent it.
-    pub frame: Frame,
+    /// The unit as the client sent it: a simple Query, or an extended-protocol group of
+    /// the unnamed statement and portal ending in Sync.
+    pub frames: Vec<Frame>,
     /// The client's settings: the connection must have exactly these.
     pub desired: Arc<ParamMap>,
     pub cancel: Arc<dyn UnitCancel>,
@@ -122,9 +123,13 @@ struct Mail {
 }
 
 impl Ticket {
-    pub fn new(frame: Frame, desired: Arc<ParamMap>, cancel: Arc<dyn UnitCancel>) -> Arc<Ticket> {
+    pub fn new(
+        frames: Vec<Frame>,
+        desired: Arc<ParamMap>,
+        cancel: Arc<dyn UnitCancel>,
+    ) -> Arc<Ticket> {
         Arc::new(Ticket {
-            frame,
+            frames,
             desired,
             cancel,
             since: Instant::now(),
@@ -139,7 +144,7 @@ impl Ticket {
     /// queue may still be in a batch about to skip it).
     pub fn renewed(&self) -> Arc<Ticket> {
         Ticket::new(
-            self.frame.clone(),
+            self.frames.clone(),
             self.desired.clone(),
             self.cancel.clone(),
         )
@@ -281,8 +286,10 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
     for t in units {
         if t.claim() {
             t.cancel.point(None, true);
-            pool.stats.client_message(b'Q', t.frame.len());
-            conn.conn.queue(&t.frame);
+            for f in &t.frames {
+                pool.stats.client_message(f.tag(), f.len());
+                conn.conn.queue(f);
+            }
             clients.push(t.cancel.clone());
             q.push_back(Running::new(t));
         }
@@ -305,6 +312,9 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let clean = !clients.iter().any(|c| c.in_flight());
+            // The unnamed statement there is the last unit's client's, whom no session
+            // knows to be on this connection: nobody may Bind it without a Parse.
+            conn.unnamed_owner = 0;
             pool.release(conn, clean);
         }
         Some(why) => {
@@ -411,7 +421,9 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
             r.run_again += 1;
             r.holding = true;
             r.started = None;
-            conn.conn.queue(&r.ticket.frame);
+            for f in &r.ticket.frames {
+                conn.conn.queue(f);
+            }
             r.ticket.cancel.point(None, true);
             q.push_back(r);
         } else {

@@ -445,3 +445,63 @@ async fn transactions_settings_and_prepared_statements_keep_their_own_connection
     );
     assert!(metric(http, "pgtenant_server_pipelined_statements_total").await > 0);
 }
+
+/// The extended protocol's unnamed statement, as psycopg and tokio-postgres'
+/// `query_typed` send it (Parse, Bind, Describe, Execute, Sync at once): batched too, each
+/// client with its own parameters, types, errors and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_groups_of_different_clients_share_a_batch() {
+    use tokio_postgres::types::Type;
+    let pg = PgServer::start();
+    let (p, http) = start(&pg, 1, "");
+    let release = hold_pool(&p, 1).await;
+    let before = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    let mut tasks = Vec::new();
+    for k in 0..6i32 {
+        let c = client(&p).await;
+        tasks.push(tokio::spawn(async move {
+            let r = if k == 3 {
+                // An error in the middle of the batch: its own client's only.
+                c.query_typed("select 1 / $1::int", &[(&0i32, Type::INT4)])
+                    .await
+                    .map(|_| 0)
+            } else if k % 2 == 0 {
+                c.query_typed("select $1::int * 10", &[(&k, Type::INT4)])
+                    .await
+                    .map(|rows| rows[0].get::<_, i32>(0))
+            } else {
+                c.query_typed(
+                    "select length($1::text)",
+                    &[(&"x".repeat(k as usize), Type::TEXT)],
+                )
+                .await
+                .map(|rows| rows[0].get::<_, i32>(0))
+            };
+            // The client goes on with a named statement of its own afterwards.
+            let stmt = c.prepare("select $1::int + 1").await.unwrap();
+            let after: i32 = c.query_one(&stmt, &[&k]).await.unwrap().get(0);
+            (k, r, after)
+        }));
+        until_waiting(http, k as u64 + 1).await;
+    }
+    for r in release {
+        r.send(()).unwrap();
+    }
+    for t in tasks {
+        let (k, r, after) = t.await.unwrap();
+        match k {
+            3 => {
+                let e = r.expect_err("division by zero");
+                assert_eq!(e.code().map(|c| c.code()), Some("22012"), "{e}");
+            }
+            k if k % 2 == 0 => assert_eq!(r.unwrap(), k * 10),
+            k => assert_eq!(r.unwrap(), k),
+        }
+        assert_eq!(after, k + 1);
+    }
+    let after = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    assert!(
+        after >= before + 6,
+        "the 6 groups went in batches: {before} → {after}"
+    );
+}

@@ -117,7 +117,7 @@ impl Session {
     /// made it wait). Or, when it had to wait and `first` is a unit a batch may take, a
     /// place in a batch (`batched`).
     pub(super) async fn acquire(
-        &self,
+        &mut self,
         pool: &Arc<Pool>,
         mut claim: Option<Box<crate::limits::Claim>>,
         first: &Frame,
@@ -132,13 +132,22 @@ impl Session {
             return Ok(Got::Conn(c, now, claim));
         }
         let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
-        let unit = match claim {
-            None => self.batch_unit(first),
-            Some(_) => None,
+        let (unit, taken) = match claim {
+            None => self.batch_unit(first).unzip(),
+            Some(_) => (None, None),
         };
         // Boxed: the slow path (waiting, connecting) stays out of every session's future,
         // which an idle client keeps for as long as it is connected.
-        let c = match Box::pin(pool.acquire_unit(claim.as_deref_mut(), unit)).await {
+        let got = Box::pin(pool.acquire_unit(claim.as_deref_mut(), unit)).await;
+        match (&got, taken) {
+            (Ok(crate::pool::Lent::Batched(_)), _) => {
+                // Sent with the unit: the Parse held for its Bind too.
+                self.held.clear();
+            }
+            (_, Some(taken)) => self.give_back_unit(taken),
+            (_, None) => {}
+        }
+        let c = match got {
             Ok(crate::pool::Lent::Conn(c)) => c,
             Ok(crate::pool::Lent::Batched(t)) => return Ok(Got::Batched(t)),
             Err(e) => {
@@ -244,6 +253,7 @@ impl Session {
             }
             Ok(Got::Batched(t)) => {
                 self.serve_batched(t, &pool).await;
+                self.ctx.routes.count_statement(self.route.0, self.route.1);
                 false
             }
             Err(e) => {

@@ -3,7 +3,10 @@
 //! Rules:
 //! - Only a unit that is its own implicit transaction and leaves the session as it was
 //!   may go in a batch: one simple Query of plain DML without session effects (the same
-//!   test as the forwarding fast path: `is_plain_dml`, `dml_effects`), from a client idle
+//!   test as the forwarding fast path: `is_plain_dml`, `dml_effects`), or an
+//!   extended-protocol group of the unnamed statement and portal (Parse, Bind, at most one
+//!   Describe, an unlimited Execute, Sync: all already sent) of such a statement, from a
+//!   client idle
 //!   outside any transaction, not pinned, holding nothing, whose text pgtenant reads as
 //!   the server does, not listening, without a tenant claim and without blue-green homes;
 //!   with `session_check = auto` and no `server_reset_query_always` (no query runs between
@@ -25,34 +28,106 @@ pub(super) struct Served {
 }
 
 impl Session {
-    /// A ticket for `first` when it may go in a batch (see the module rules).
-    pub(super) fn batch_unit(&self, first: &Frame) -> Option<Arc<Ticket>> {
+    /// A ticket for the unit `first` starts when it may go in a batch (see the module
+    /// rules), with the messages of the unit taken from the client's input after `first`
+    /// (given back with [`Session::give_back_unit`] when no batch takes it).
+    pub(super) fn batch_unit(&mut self, first: &Frame) -> Option<(Arc<Ticket>, Vec<Frame>)> {
         let s = self.ctx.settings.load();
         if !s.server_pipelining
             || s.session_check_always
             || s.server_reset_query_always
             || self.mode == PoolMode::Session
-            || first.tag() != b'Q'
             || self.client_tx != b'I'
             || self.pinned
-            || !self.held.is_empty()
             || self.skip_until_sync
             || self.view.unreadable
             || self.listener.is_some()
             || self.c.blue.is_some()
+            || !self.deferred.is_empty()
         {
             return None;
         }
-        let sql = decode::query_text(first.body()).ok()?;
-        if !is_plain_dml(&sql) || dml_effects(&sql) != 0 {
-            return None;
-        }
+        drop(s);
+        let (frames, taken) = match first.tag() {
+            b'Q' if self.held.is_empty() => {
+                let sql = decode::query_text(first.body()).ok()?;
+                if !plain(&sql) {
+                    return None;
+                }
+                (vec![first.clone()], Vec::new())
+            }
+            b'P' | b'B' => {
+                let taken = self.take_group(first)?;
+                let mut frames = Vec::with_capacity(taken.len() + 2);
+                if let [Held::Parse(p)] = &self.held[..] {
+                    frames.push(p.clone());
+                }
+                frames.push(first.clone());
+                frames.extend(taken.iter().cloned());
+                if !unnamed_group(&frames) {
+                    self.give_back_unit(taken);
+                    return None;
+                }
+                (frames, taken)
+            }
+            _ => return None,
+        };
         let cancel: Arc<dyn crate::pool::batch::UnitCancel> = self.c.key.slot.clone();
-        Some(Ticket::new(
-            first.clone(),
-            self.view.desired.clone(),
-            cancel,
+        Some((
+            Ticket::new(frames, self.view.desired.clone(), cancel),
+            taken,
         ))
+    }
+
+    /// The rest of an extended-protocol group after `first` (a Parse with nothing held, or
+    /// a Bind after a held Parse), taken from the client's input: Bind (after a Parse),
+    /// at most one Describe, Execute, Sync, all already there. None (nothing taken) when
+    /// the group is not that, or not complete yet.
+    fn take_group(&mut self, first: &Frame) -> Option<Vec<Frame>> {
+        let after_parse = match (first.tag(), &self.held[..]) {
+            (b'P', []) => true,
+            (b'B', [Held::Parse(_)]) => false,
+            _ => return None,
+        };
+        let n = {
+            let mut tags = self.c.conn.buffered_tags();
+            let mut n = 0;
+            if after_parse {
+                if tags.next()? != b'B' {
+                    return None;
+                }
+                n += 1;
+            }
+            let mut t = tags.next()?;
+            if t == b'D' {
+                n += 1;
+                t = tags.next()?;
+            }
+            if t != b'E' || tags.next()? != b'S' {
+                return None;
+            }
+            n + 2
+        };
+        let mut taken = Vec::with_capacity(n);
+        for _ in 0..n {
+            match self.c.conn.try_frame() {
+                Ok(Some(f)) => taken.push(f),
+                _ => {
+                    // Cannot happen (the frames were complete); nothing is lost either way.
+                    self.give_back_unit(taken);
+                    return None;
+                }
+            }
+        }
+        Some(taken)
+    }
+
+    /// Messages [`Session::batch_unit`] took from the client's input, back in front of
+    /// what it sends next (no batch took the unit: they go the usual way).
+    pub(super) fn give_back_unit(&mut self, taken: Vec<Frame>) {
+        for f in taken.into_iter().rev() {
+            self.deferred.push_front(f);
+        }
     }
 
     /// Relay the answer of a statement a batch took to the client. The client's session
@@ -131,4 +206,31 @@ impl Session {
         self.ctx.tenants.transaction(k, s.took);
         self.ctx.activity.record(k.hash(), Instant::now());
     }
+}
+
+/// Plain DML that leaves the session as it was (the forwarding fast path's test).
+fn plain(sql: &str) -> bool {
+    is_plain_dml(sql) && dml_effects(sql) == 0
+}
+
+/// Parse, Bind, [Describe], Execute, Sync of the unnamed statement and portal, the
+/// statement plain (see [`plain`]) and the Execute unlimited: a unit of its own, which
+/// leaves nothing behind but the unnamed statement.
+fn unnamed_group(frames: &[Frame]) -> bool {
+    let [p, b, rest @ ..] = frames else {
+        return false;
+    };
+    let (Ok(p), Ok(b)) = (Parse::decode(p.body()), Bind::decode(b.body())) else {
+        return false;
+    };
+    if !p.name.is_empty() || !b.portal.is_empty() || !b.statement.is_empty() || !plain(&p.query) {
+        return false;
+    }
+    rest.iter().all(|f| match f.tag() {
+        b'D' => Target::decode(f.body()).is_ok_and(|t| t.name.is_empty()),
+        // The unnamed portal, no row limit.
+        b'E' => f.body() == [0u8; 5],
+        b'S' => true,
+        _ => false,
+    })
 }

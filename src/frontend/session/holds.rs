@@ -214,6 +214,7 @@ impl Session {
         if let WorkerAttach::Served(served) = worker {
             // Its statement went in a batch on the worker and its answer is out.
             self.note_route(reason, true, tenant, &pool);
+            self.ctx.routes.count_statement(self.route.0, self.route.1);
             self.ctx.node_health.mark_up(&pool.key.node);
             if let Some(k) = self.tenant.take() {
                 self.served_for(&k, &served);
