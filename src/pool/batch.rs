@@ -23,8 +23,10 @@
 //!   was meant for ended, on the next one (PostgreSQL reads the next statement from its
 //!   buffer at once): so each unit's answer is held until its ReadyForQuery (up to
 //!   [`HOLD_MAX`]; a larger one goes out as it comes), and a unit that failed with `57014
-//!   … due to user request` although its own client sent no cancel is run again, unseen
-//!   (its implicit transaction was rolled back), up to [`RUNS_AGAIN_MAX`] times. The
+//!   … due to user request` although its own client sent no cancel, when another client
+//!   of the batch did, is run again, unseen (its implicit transaction was rolled back),
+//!   up to [`RUNS_AGAIN_MAX`] times. A cancel from outside pgtenant (`pg_cancel_backend`)
+//!   with no batch-mate's cancel about is what it seems: its client gets the error. The
 //!   connection goes back to the pool only when no cancel of the batch is on its way
 //!   (PostgreSQL ignores one that lands while it is idle).
 //! - A server connection that breaks fails the unit running and those after it, each
@@ -253,12 +255,28 @@ struct Running {
     user_cancel: bool,
     /// Times it was run again (at most [`RUNS_AGAIN_MAX`]).
     run_again: u8,
+    /// Its client's place in the batch's [`Clients`].
+    client: usize,
+}
+
+/// Every unit's client in a batch, with the cancels taken from its key when the batch
+/// started: a cancel that can land on another client's statement is one of these taken
+/// since.
+type Clients = Vec<(Arc<dyn UnitCancel>, u32)>;
+
+/// Did a client of the batch other than `me` take a cancel since the batch started?
+fn mates_cancelled(clients: &Clients, me: usize) -> bool {
+    clients
+        .iter()
+        .enumerate()
+        .any(|(i, (c, at_start))| i != me && c.taken() != *at_start)
 }
 
 impl Running {
-    fn new(ticket: Arc<Ticket>) -> Running {
+    fn new(ticket: Arc<Ticket>, client: usize) -> Running {
         Running {
             ticket,
+            client,
             started: None,
             taken_at_start: 0,
             holding: true,
@@ -276,15 +294,16 @@ impl Running {
 /// connection back (where it may start the next batch).
 pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec<Arc<Ticket>>) {
     let mut q: VecDeque<Running> = VecDeque::with_capacity(units.len());
-    // Every unit's client, for the cancels still on their way at the end.
-    let mut clients: Vec<Arc<dyn UnitCancel>> = Vec::with_capacity(units.len());
+    // Every unit's client: whose cancels may land on a batch-mate, and the cancels still
+    // on their way at the end.
+    let mut clients: Clients = Vec::with_capacity(units.len());
     for t in units {
         if t.claim() {
             t.cancel.point(None, true);
             pool.stats.client_message(b'Q', t.frame.len());
             conn.conn.queue(&t.frame);
-            clients.push(t.cancel.clone());
-            q.push_back(Running::new(t));
+            clients.push((t.cancel.clone(), t.cancel.taken()));
+            q.push_back(Running::new(t, clients.len() - 1));
         }
     }
     if q.is_empty() {
@@ -293,7 +312,7 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
     }
     crate::metrics::counters::PIPELINE_BATCHES.add(1);
     crate::metrics::counters::PIPELINED_STATEMENTS.add(q.len() as u64);
-    let lost = run(&pool, &mut conn, &mut q).await;
+    let lost = run(&pool, &mut conn, &mut q, &clients).await;
     for r in &q {
         r.ticket.cancel.point(None, false);
     }
@@ -301,10 +320,10 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
         None => {
             // No cancel of this batch may land on the next client's statement.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while clients.iter().any(|c| c.in_flight()) && Instant::now() < deadline {
+            while clients.iter().any(|(c, _)| c.in_flight()) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let clean = !clients.iter().any(|c| c.in_flight());
+            let clean = !clients.iter().any(|(c, _)| c.in_flight());
             pool.release(conn, clean);
         }
         Some(why) => {
@@ -322,7 +341,12 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
 
 /// Read the answers of the units in `q` until every one has ended; on a broken
 /// connection, why (the units left in `q` are the ones it fails).
-async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> Option<LostServer> {
+async fn run(
+    pool: &Pool,
+    conn: &mut ServerConn,
+    q: &mut VecDeque<Running>,
+    clients: &Clients,
+) -> Option<LostServer> {
     if let Err(e) = conn.conn.flush().await {
         return Some(LostServer::Io(e.to_string()));
     }
@@ -394,7 +418,11 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
         let mut r = q.pop_front().expect("the unit that ended");
         r.ticket.cancel.point(None, false);
         let own_cancel = r.ticket.cancel.taken() != r.taken_at_start;
-        if r.holding && r.user_cancel && !own_cancel && r.run_again < RUNS_AGAIN_MAX {
+        // Only a batch-mate's cancel can be the cause of running it again: one from
+        // outside pgtenant (pg_cancel_backend from another session, a watchdog) is as
+        // meant for this statement as without pipelining.
+        let mates_cancel = !own_cancel && mates_cancelled(clients, r.client);
+        if r.holding && r.user_cancel && mates_cancel && r.run_again < RUNS_AGAIN_MAX {
             // Another client's cancel landed here (one sent as the statement before it
             // ended): its transaction was rolled back; run it again at the end of the
             // batch, its client none the wiser.
@@ -415,7 +443,7 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
             r.ticket.cancel.point(None, true);
             q.push_back(r);
         } else {
-            if r.user_cancel && !own_cancel {
+            if r.user_cancel && mates_cancel {
                 tracing::warn!(
                     server = conn.id,
                     run_again = r.run_again,

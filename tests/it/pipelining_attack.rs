@@ -632,6 +632,50 @@ async fn notices_and_notifications_of_batched_statements_go_to_their_own() {
     assert_eq!(payloads, (0..6).map(|k| k.to_string()).collect::<Vec<_>>());
 }
 
+/// A cancel that does not come through pgtenant (pg_cancel_backend from a DBA's session,
+/// a watchdog) hits a batched statement: its client gets the 57014, as without
+/// pipelining; the statement is not run again behind the canceller's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_outside_pgtenant_reaches_the_batched_statement() {
+    let pg = PgServer::start();
+    let (p, http) = start(&pg, 1, 8, "");
+    let release = hold_pool(&p, 1).await;
+    let slow = client(&p).await;
+    let s = tokio::spawn(async move { rows(&slow, "select pg_sleep(20), 'outside'").await });
+    until_waiting(http, 1).await;
+    let m = mates(&p, http, 3, 1, 0.0).await;
+    release.into_iter().for_each(|r| r.send(()).unwrap());
+    let admin = pg.admin_client().await;
+    let started = Instant::now();
+    loop {
+        let n = admin
+            .execute(
+                "select pg_cancel_backend(pid) from pg_stat_activity \
+                 where query like '%''outside''%' and state = 'active' \
+                 and pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = tokio::time::timeout(Duration::from_secs(10), s)
+        .await
+        .unwrap_or_else(|_| panic!("the cancelled statement ran again\n{}", p.logs()))
+        .unwrap();
+    let e = r.expect_err("cancelled");
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e}");
+    answered(&p, m).await;
+    assert_eq!(
+        metric(http, "pgtenant_server_pipeline_reruns_total").await,
+        0
+    );
+}
+
 /// 300 clients on a pool of one connection, batches of up to 64: no deadlock, every
 /// answer its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
