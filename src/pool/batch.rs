@@ -17,6 +17,10 @@
 //! - Answers go to their own client only, split at each ReadyForQuery, in order; a client
 //!   that does not read holds its batch-mates once it has [`MAIL_MAX`] bytes waiting (as
 //!   a server that cannot send holds everything behind it).
+//! - A ParameterStatus in the answers (a trigger, view or operator that calls
+//!   `set_config`: no scan of the text sees it) reaches its own client; the statements
+//!   after it in the batch run with the changed setting (they were sent already), and
+//!   the connection is closed after the batch rather than lent to anyone else.
 //! - Cancels: a client's key points at the connection only while its own unit runs (from
 //!   the ReadyForQuery of the unit before it to its own), and a cancel sent while its unit
 //!   waited in the batch is sent when it starts. A cancel can still land after the unit it
@@ -312,7 +316,8 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
     }
     crate::metrics::counters::PIPELINE_BATCHES.add(1);
     crate::metrics::counters::PIPELINED_STATEMENTS.add(q.len() as u64);
-    let lost = run(&pool, &mut conn, &mut q, &clients).await;
+    let mut reported = false;
+    let lost = run(&pool, &mut conn, &mut q, &clients, &mut reported).await;
     for r in &q {
         r.ticket.cancel.point(None, false);
     }
@@ -324,7 +329,13 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let clean = !clients.iter().any(|(c, _)| c.in_flight());
-            pool.release(conn, clean);
+            if reported {
+                // A statement changed a reported setting behind pgtenant's back (a
+                // trigger, a view, an operator calling set_config): nobody knows what
+                // else it changed, and no later client may find it there.
+                tracing::info!(pool = %pool.name(), server = conn.id, "a batched statement changed a setting; closing its server connection");
+            }
+            pool.release(conn, clean && !reported);
         }
         Some(why) => {
             tracing::warn!(pool = %pool.name(), server = conn.id, units = q.len(), reason = ?why, "server connection lost under a batch");
@@ -340,12 +351,14 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
 }
 
 /// Read the answers of the units in `q` until every one has ended; on a broken
-/// connection, why (the units left in `q` are the ones it fails).
+/// connection, why (the units left in `q` are the ones it fails). `reported`: a
+/// ParameterStatus came (a setting of the session changed).
 async fn run(
     pool: &Pool,
     conn: &mut ServerConn,
     q: &mut VecDeque<Running>,
     clients: &Clients,
+    reported: &mut bool,
 ) -> Option<LostServer> {
     if let Err(e) = conn.conn.flush().await {
         return Some(LostServer::Io(e.to_string()));
@@ -396,7 +409,10 @@ async fn run(
                     }
                 }
             }
-            b'S' => conn.note_parameter(f.body()),
+            b'S' => {
+                conn.note_parameter(f.body());
+                *reported = true;
+            }
             _ => {}
         }
         r.held_bytes += f.len();

@@ -464,6 +464,69 @@ async fn m_batched(http: u16) -> u64 {
     metric(http, "pgtenant_server_pipelined_statements_total").await
 }
 
+/// A reported setting changed behind pgtenant's back (a trigger calling `set_config`, which
+/// no scan of the statement's text can see) by a batched statement: the ParameterStatus
+/// goes to its client only, and the setting never reaches a client of a later
+/// transaction on that connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_changed_by_a_trigger_in_a_batch_reaches_no_later_client() {
+    let pg = PgServer::start();
+    let (p, http) = start(&pg, 1, 8, "");
+    let setup = client(&p).await;
+    setup
+        .batch_execute(
+            "create table tz_t(k int); \
+             create function tz_f() returns trigger language plpgsql as $$ begin \
+               perform set_config('TimeZone', 'Asia/Tokyo', false); return new; end $$; \
+             create trigger tz_t before insert on tz_t for each row execute function tz_f()",
+        )
+        .await
+        .unwrap();
+    let default_tz = rows(&setup, "select current_setting('TimeZone')")
+        .await
+        .unwrap()[0][0]
+        .clone();
+    assert_ne!(default_tz, "Asia/Tokyo");
+    let before = m_batched(http).await;
+    let release = hold_pool(&p, 1).await;
+    let mut changer = Raw::login(&p).await;
+    changer.query("insert into tz_t values (1)").await;
+    until_waiting(http, 1).await;
+    let m = mates(&p, http, 3, 1, 0.0).await;
+    release.into_iter().for_each(|r| r.send(()).unwrap());
+    answered(&p, m).await;
+    // Its own client hears of the change.
+    let mut told = None;
+    loop {
+        let (tag, body) = changer.msg().await;
+        if tag == b'S' && body.starts_with(b"TimeZone\0") {
+            told = Some(String::from_utf8_lossy(&body).to_string());
+        }
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert!(
+        told.as_deref().is_some_and(|t| t.contains("Asia/Tokyo")),
+        "{told:?}"
+    );
+    assert!(
+        m_batched(http).await >= before + 4,
+        "the insert was not batched"
+    );
+    // Later transactions of other clients, on the one connection of the pool.
+    for _ in 0..3 {
+        let c = client(&p).await;
+        let tz = rows(&c, "select current_setting('TimeZone')")
+            .await
+            .unwrap();
+        assert_eq!(
+            tz[0][0], default_tz,
+            "a batch-mate's setting reached a later client"
+        );
+    }
+}
+
 /// Statements whose text shows they may change the session (a session advisory lock, a
 /// function of the application's that calls set_config) never share a batch, and what
 /// they leave is seen by no batch-mate.
