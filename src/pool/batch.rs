@@ -16,7 +16,10 @@
 //!   that fits (no one is overtaken), at most `server_pipeline_depth`.
 //! - Answers go to their own client only, split at each ReadyForQuery, in order; a client
 //!   that does not read holds its batch-mates once it has [`MAIL_MAX`] bytes waiting (as
-//!   a server that cannot send holds everything behind it).
+//!   a server that cannot send holds everything behind it), for [`STALL_MAX`] at most
+//!   without taking any: then the rest of its answer is dropped and its session ends
+//!   (`08006`), and the batch goes on. Nobody waiting behind it: it is waited for, as
+//!   for a client that holds a connection of its own.
 //! - A ParameterStatus in the answers (a trigger, view or operator that calls
 //!   `set_config`: no scan of the text sees it) reaches its own client; the statements
 //!   after it in the batch run with the changed setting (they were sent already), and
@@ -52,6 +55,12 @@ use crate::protocol::{decode, ErrorFields};
 
 /// Bytes of answers a client may leave unread before its batch waits for it.
 pub const MAIL_MAX: usize = 256 * 1024;
+/// How long a batch waits for a client that leaves [`MAIL_MAX`] of its answer unread
+/// (takes none of it meanwhile) while other clients' statements wait behind its own on
+/// the server connection: then the rest of its answer is dropped and its session ends
+/// (`08006`), so that a client that stops reading holds its batch-mates this long at
+/// most.
+pub const STALL_MAX: Duration = Duration::from_secs(5);
 /// An answer held for a possible re-run (see the module rules) is delivered once it is
 /// this large (it is not run again then).
 const HOLD_MAX: usize = 64 * 1024;
@@ -101,6 +110,9 @@ pub enum LostServer {
     Closed,
     Io(String),
     Unreadable(String),
+    /// Not the server's doing: the client read nothing of its answer for [`STALL_MAX`]
+    /// while its batch-mates waited (the server connection is fine).
+    ClientStalled,
 }
 
 /// One client's unit in a batch: its statement, and its answer on the way back.
@@ -202,8 +214,10 @@ impl Ticket {
         self.room.notify_one();
     }
 
-    /// Hand frames to the client, waiting while it has [`MAIL_MAX`] unread.
-    async fn deliver(&self, frames: &mut Vec<Frame>) {
+    /// Hand frames to the client, waiting while it has [`MAIL_MAX`] unread; for at most
+    /// [`STALL_MAX`] at a time when `others_wait` (other units of the batch come after
+    /// it): then the client is cut off (see [`Ticket::cut`]).
+    async fn deliver(&self, frames: &mut Vec<Frame>, others_wait: bool) {
         loop {
             {
                 let mut m = self.mail();
@@ -219,8 +233,37 @@ impl Ticket {
                     return;
                 }
             }
-            self.room.notified().await;
+            if !others_wait {
+                self.room.notified().await;
+            } else if tokio::time::timeout(STALL_MAX, self.room.notified())
+                .await
+                .is_err()
+                && self.cut()
+            {
+                frames.clear();
+                return;
+            }
         }
+    }
+
+    /// The client took nothing of its answer for [`STALL_MAX`] while its batch-mates
+    /// waited: the rest of its answer is dropped and its session ends (as when its server
+    /// connection breaks). False when it made room after all.
+    fn cut(&self) -> bool {
+        let mut m = self.mail();
+        if m.gone || m.bytes < MAIL_MAX {
+            return false;
+        }
+        m.gone = true;
+        m.frames.clear();
+        m.bytes = 0;
+        m.end = Some(End::Lost(LostServer::ClientStalled));
+        drop(m);
+        tracing::warn!(
+            "a client left its batched answer unread while its batch-mates waited; its session ends"
+        );
+        self.ready.notify_one();
+        true
     }
 
     fn finish(&self, end: End) {
@@ -339,9 +382,11 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
         }
         Some(why) => {
             tracing::warn!(pool = %pool.name(), server = conn.id, units = q.len(), reason = ?why, "server connection lost under a batch");
+            let mut left = q.len();
             for mut r in q.drain(..) {
+                left -= 1;
                 if !r.held.is_empty() {
-                    r.ticket.deliver(&mut r.held).await;
+                    r.ticket.deliver(&mut r.held, left > 0).await;
                 }
                 r.ticket.finish(End::Lost(why.clone()));
             }
@@ -370,9 +415,10 @@ async fn run(
             Ok(Some(f)) => f,
             Ok(None) => {
                 // Everything read so far goes out before the next read.
+                let others_wait = q.len() > 1;
                 for r in q.iter_mut().filter(|r| !r.holding && !r.held.is_empty()) {
                     r.held_bytes = 0;
-                    r.ticket.deliver(&mut r.held).await;
+                    r.ticket.deliver(&mut r.held, others_wait).await;
                 }
                 if conn.conn.pending_output() > 0 {
                     if let Err(e) = conn.conn.flush().await {
@@ -392,6 +438,7 @@ async fn run(
             }
         };
         pool.stats.bytes_sent.add(f.len() as u64);
+        let others_wait = q.len() > 1;
         let r = q.front_mut().expect("a unit runs while answers come");
         let tag = f.tag();
         match tag {
@@ -421,7 +468,7 @@ async fn run(
             // Too large to hold: it goes out as it comes, and is not run again.
             r.holding = false;
             r.held_bytes = 0;
-            r.ticket.deliver(&mut r.held).await;
+            r.ticket.deliver(&mut r.held, others_wait).await;
         }
         if tag != b'Z' {
             continue;
@@ -473,7 +520,7 @@ async fn run(
             pool.stats.add_query(took);
             pool.stats.add_xact(took);
             if !r.held.is_empty() {
-                r.ticket.deliver(&mut r.held).await;
+                r.ticket.deliver(&mut r.held, !q.is_empty()).await;
             }
             r.ticket.finish(End::Done {
                 errors: r.errors,

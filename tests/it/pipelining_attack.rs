@@ -151,6 +151,16 @@ impl Raw {
     }
 }
 
+/// pgtenant's resident memory (kB).
+fn rss_kb(p: &Pgtenant) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
 /// A statement with an answer of about 40 MB: far more than pgtenant buffers for one
 /// client (256 KiB waiting for it in the batch, 256 KiB in its write buffer) and the
 /// socket buffers.
@@ -187,6 +197,60 @@ async fn answered(p: &Pgtenant, mates: Vec<Answer>) -> Vec<String> {
         pids.push(r[0][1].clone());
     }
     pids
+}
+
+/// A client that sends a statement with a huge answer and never reads it, first in a
+/// batch: its batch-mates behind it on the server connection still get their answers in
+/// bounded time, pgtenant's memory stays bounded, and the client that did not read loses
+/// its session (it would otherwise hold its batch-mates for as long as it pleases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_mate_that_never_reads_holds_the_others_only_for_a_bounded_time() {
+    let pg = PgServer::start();
+    let (p, http) = start(&pg, 1, 8, "");
+    let release = hold_pool(&p, 1).await;
+    let mut stalled = Raw::login(&p).await;
+    stalled.query(HUGE).await;
+    until_waiting(http, 1).await;
+    let mates = mates(&p, http, 3, 1, 0.0).await;
+    let rss_before = rss_kb(&p);
+    let started = Instant::now();
+    for r in release {
+        r.send(()).unwrap();
+    }
+    answered(&p, mates).await;
+    let took = started.elapsed();
+    eprintln!("batch-mates of a client that did not read served in {took:?}");
+    let grew = rss_kb(&p).saturating_sub(rss_before);
+    assert!(
+        grew < 20 * 1024,
+        "pgtenant grew by {grew} kB holding an answer nobody reads"
+    );
+    // The client that did not read: what it gets once it reads is part of its answer, then
+    // the end of its session (08006), never another client's rows.
+    let mut rows_seen = 0u64;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stalled.msg()).await {
+            Ok((b'D', body)) => {
+                assert!(body.ends_with(&[b'x'; 1000]), "a row of its own");
+                rows_seen += 1;
+            }
+            Ok((b'E', body)) => break body,
+            Ok((b'Z', _)) => panic!("its whole answer came after all: {rows_seen} rows"),
+            Ok(_) => {}
+            Err(_) => panic!("its session neither ended nor answered"),
+        }
+    };
+    let text = String::from_utf8_lossy(&end).to_string();
+    assert!(text.contains("08006"), "{text}");
+    assert!(rows_seen < 40000, "{rows_seen}");
+    // The pool is whole again.
+    let c = client(&p).await;
+    assert_eq!(
+        rows(&c, "select 7").await.unwrap(),
+        vec![vec!["7".to_string()]]
+    );
+    let admin = console(&p).await;
+    settles(&p, http, &admin, "a client that did not read").await;
 }
 
 /// A client that leaves while its huge answer comes (after reading a little of it), in a
