@@ -405,6 +405,15 @@ async fn the_console_in_the_middle_of_a_batch() {
     let m = mates(&p, http, 4, 0, 0.2).await;
     release.into_iter().for_each(|r| r.send(()).unwrap());
     until_batched(http, 4).await;
+    // Its clients count as active while it runs (0.8 s), not as idle.
+    let t = Instant::now();
+    while metric(http, "pgtenant_clients{state=\"active\"}").await < 4 {
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "batched clients shown idle"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     admin.simple_query("RECONNECT app").await.unwrap();
     let pids = answered(&p, m).await;
     assert!(pids.iter().all(|x| *x == pids[0]), "one batch: {pids:?}");

@@ -68,6 +68,9 @@ impl Session {
             }
         }
         let t = Leave(t);
+        // Served meanwhile, as a client attached to a server is (SHOW CLIENTS, the
+        // clients' metrics): not idle.
+        let _active = crate::metrics::counters::Active::enter_for(Some(&self.c.state));
         let mut frames = Vec::new();
         let end = loop {
             let end = t.0.next(&mut frames).await;
