@@ -16,15 +16,24 @@
 //!   that fits (no one is overtaken), at most `server_pipeline_depth`.
 //! - Answers go to their own client only, split at each ReadyForQuery, in order; a client
 //!   that does not read holds its batch-mates once it has [`MAIL_MAX`] bytes waiting (as
-//!   a server that cannot send holds everything behind it).
+//!   a server that cannot send holds everything behind it), for [`STALL_MAX`] at most
+//!   without taking any: then the rest of its answer is dropped and its session ends
+//!   (`08006`), and the batch goes on. Nobody waiting behind it: it is waited for, as
+//!   for a client that holds a connection of its own.
+//! - A ParameterStatus in the answers (a trigger, view or operator that calls
+//!   `set_config`: no scan of the text sees it) reaches its own client; the statements
+//!   after it in the batch run with the changed setting (they were sent already), and
+//!   the connection is closed after the batch rather than lent to anyone else.
 //! - Cancels: a client's key points at the connection only while its own unit runs (from
 //!   the ReadyForQuery of the unit before it to its own), and a cancel sent while its unit
 //!   waited in the batch is sent when it starts. A cancel can still land after the unit it
 //!   was meant for ended, on the next one (PostgreSQL reads the next statement from its
 //!   buffer at once): so each unit's answer is held until its ReadyForQuery (up to
 //!   [`HOLD_MAX`]; a larger one goes out as it comes), and a unit that failed with `57014
-//!   … due to user request` although its own client sent no cancel is run again, unseen
-//!   (its implicit transaction was rolled back), up to [`RUNS_AGAIN_MAX`] times. The
+//!   … due to user request` although its own client sent no cancel, when another client
+//!   of the batch did, is run again, unseen (its implicit transaction was rolled back),
+//!   up to [`RUNS_AGAIN_MAX`] times. A cancel from outside pgtenant (`pg_cancel_backend`)
+//!   with no batch-mate's cancel about is what it seems: its client gets the error. The
 //!   connection goes back to the pool only when no cancel of the batch is on its way
 //!   (PostgreSQL ignores one that lands while it is idle).
 //! - A server connection that breaks fails the unit running and those after it, each
@@ -46,6 +55,12 @@ use crate::protocol::{decode, ErrorFields};
 
 /// Bytes of answers a client may leave unread before its batch waits for it.
 pub const MAIL_MAX: usize = 256 * 1024;
+/// How long a batch waits for a client that leaves [`MAIL_MAX`] of its answer unread
+/// (takes none of it meanwhile) while other clients' statements wait behind its own on
+/// the server connection: then the rest of its answer is dropped and its session ends
+/// (`08006`), so that a client that stops reading holds its batch-mates this long at
+/// most.
+pub const STALL_MAX: Duration = Duration::from_secs(5);
 /// An answer held for a possible re-run (see the module rules) is delivered once it is
 /// this large (it is not run again then).
 const HOLD_MAX: usize = 64 * 1024;
@@ -95,6 +110,9 @@ pub enum LostServer {
     Closed,
     Io(String),
     Unreadable(String),
+    /// Not the server's doing: the client read nothing of its answer for [`STALL_MAX`]
+    /// while its batch-mates waited (the server connection is fine).
+    ClientStalled,
 }
 
 /// One client's unit in a batch: its statement, and its answer on the way back.
@@ -201,8 +219,10 @@ impl Ticket {
         self.room.notify_one();
     }
 
-    /// Hand frames to the client, waiting while it has [`MAIL_MAX`] unread.
-    async fn deliver(&self, frames: &mut Vec<Frame>) {
+    /// Hand frames to the client, waiting while it has [`MAIL_MAX`] unread; for at most
+    /// [`STALL_MAX`] at a time when `others_wait` (other units of the batch come after
+    /// it): then the client is cut off (see [`Ticket::cut`]).
+    async fn deliver(&self, frames: &mut Vec<Frame>, others_wait: bool) {
         loop {
             {
                 let mut m = self.mail();
@@ -218,8 +238,37 @@ impl Ticket {
                     return;
                 }
             }
-            self.room.notified().await;
+            if !others_wait {
+                self.room.notified().await;
+            } else if tokio::time::timeout(STALL_MAX, self.room.notified())
+                .await
+                .is_err()
+                && self.cut()
+            {
+                frames.clear();
+                return;
+            }
         }
+    }
+
+    /// The client took nothing of its answer for [`STALL_MAX`] while its batch-mates
+    /// waited: the rest of its answer is dropped and its session ends (as when its server
+    /// connection breaks). False when it made room after all.
+    fn cut(&self) -> bool {
+        let mut m = self.mail();
+        if m.gone || m.bytes < MAIL_MAX {
+            return false;
+        }
+        m.gone = true;
+        m.frames.clear();
+        m.bytes = 0;
+        m.end = Some(End::Lost(LostServer::ClientStalled));
+        drop(m);
+        tracing::warn!(
+            "a client left its batched answer unread while its batch-mates waited; its session ends"
+        );
+        self.ready.notify_one();
+        true
     }
 
     fn finish(&self, end: End) {
@@ -258,12 +307,28 @@ struct Running {
     user_cancel: bool,
     /// Times it was run again (at most [`RUNS_AGAIN_MAX`]).
     run_again: u8,
+    /// Its client's place in the batch's [`Clients`].
+    client: usize,
+}
+
+/// Every unit's client in a batch, with the cancels taken from its key when the batch
+/// started: a cancel that can land on another client's statement is one of these taken
+/// since.
+type Clients = Vec<(Arc<dyn UnitCancel>, u32)>;
+
+/// Did a client of the batch other than `me` take a cancel since the batch started?
+fn mates_cancelled(clients: &Clients, me: usize) -> bool {
+    clients
+        .iter()
+        .enumerate()
+        .any(|(i, (c, at_start))| i != me && c.taken() != *at_start)
 }
 
 impl Running {
-    fn new(ticket: Arc<Ticket>) -> Running {
+    fn new(ticket: Arc<Ticket>, client: usize) -> Running {
         Running {
             ticket,
+            client,
             started: None,
             taken_at_start: 0,
             holding: true,
@@ -281,8 +346,9 @@ impl Running {
 /// connection back (where it may start the next batch).
 pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec<Arc<Ticket>>) {
     let mut q: VecDeque<Running> = VecDeque::with_capacity(units.len());
-    // Every unit's client, for the cancels still on their way at the end.
-    let mut clients: Vec<Arc<dyn UnitCancel>> = Vec::with_capacity(units.len());
+    // Every unit's client: whose cancels may land on a batch-mate, and the cancels still
+    // on their way at the end.
+    let mut clients: Clients = Vec::with_capacity(units.len());
     for t in units {
         if t.claim() {
             t.cancel.point(None, true);
@@ -290,8 +356,8 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
                 pool.stats.client_message(f.tag(), f.len());
                 conn.conn.queue(f);
             }
-            clients.push(t.cancel.clone());
-            q.push_back(Running::new(t));
+            clients.push((t.cancel.clone(), t.cancel.taken()));
+            q.push_back(Running::new(t, clients.len() - 1));
         }
     }
     if q.is_empty() {
@@ -300,7 +366,8 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
     }
     crate::metrics::counters::PIPELINE_BATCHES.add(1);
     crate::metrics::counters::PIPELINED_STATEMENTS.add(q.len() as u64);
-    let lost = run(&pool, &mut conn, &mut q).await;
+    let mut reported = false;
+    let lost = run(&pool, &mut conn, &mut q, &clients, &mut reported).await;
     for r in &q {
         r.ticket.cancel.point(None, false);
     }
@@ -308,20 +375,28 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
         None => {
             // No cancel of this batch may land on the next client's statement.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while clients.iter().any(|c| c.in_flight()) && Instant::now() < deadline {
+            while clients.iter().any(|(c, _)| c.in_flight()) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let clean = !clients.iter().any(|c| c.in_flight());
+            let clean = !clients.iter().any(|(c, _)| c.in_flight());
             // The unnamed statement there is the last unit's client's, whom no session
             // knows to be on this connection: nobody may Bind it without a Parse.
             conn.unnamed_owner = 0;
-            pool.release(conn, clean);
+            if reported {
+                // A statement changed a reported setting behind pgtenant's back (a
+                // trigger, a view, an operator calling set_config): nobody knows what
+                // else it changed, and no later client may find it there.
+                tracing::info!(pool = %pool.name(), server = conn.id, "a batched statement changed a setting; closing its server connection");
+            }
+            pool.release(conn, clean && !reported);
         }
         Some(why) => {
             tracing::warn!(pool = %pool.name(), server = conn.id, units = q.len(), reason = ?why, "server connection lost under a batch");
+            let mut left = q.len();
             for mut r in q.drain(..) {
+                left -= 1;
                 if !r.held.is_empty() {
-                    r.ticket.deliver(&mut r.held).await;
+                    r.ticket.deliver(&mut r.held, left > 0).await;
                 }
                 r.ticket.finish(End::Lost(why.clone()));
             }
@@ -331,8 +406,15 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
 }
 
 /// Read the answers of the units in `q` until every one has ended; on a broken
-/// connection, why (the units left in `q` are the ones it fails).
-async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> Option<LostServer> {
+/// connection, why (the units left in `q` are the ones it fails). `reported`: a
+/// ParameterStatus came (a setting of the session changed).
+async fn run(
+    pool: &Pool,
+    conn: &mut ServerConn,
+    q: &mut VecDeque<Running>,
+    clients: &Clients,
+    reported: &mut bool,
+) -> Option<LostServer> {
     if let Err(e) = conn.conn.flush().await {
         return Some(LostServer::Io(e.to_string()));
     }
@@ -343,9 +425,10 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
             Ok(Some(f)) => f,
             Ok(None) => {
                 // Everything read so far goes out before the next read.
+                let others_wait = q.len() > 1;
                 for r in q.iter_mut().filter(|r| !r.holding && !r.held.is_empty()) {
                     r.held_bytes = 0;
-                    r.ticket.deliver(&mut r.held).await;
+                    r.ticket.deliver(&mut r.held, others_wait).await;
                 }
                 if conn.conn.pending_output() > 0 {
                     if let Err(e) = conn.conn.flush().await {
@@ -365,6 +448,7 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
             }
         };
         pool.stats.bytes_sent.add(f.len() as u64);
+        let others_wait = q.len() > 1;
         let r = q.front_mut().expect("a unit runs while answers come");
         let tag = f.tag();
         match tag {
@@ -382,7 +466,10 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
                     }
                 }
             }
-            b'S' => conn.note_parameter(f.body()),
+            b'S' => {
+                conn.note_parameter(f.body());
+                *reported = true;
+            }
             _ => {}
         }
         r.held_bytes += f.len();
@@ -391,7 +478,7 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
             // Too large to hold: it goes out as it comes, and is not run again.
             r.holding = false;
             r.held_bytes = 0;
-            r.ticket.deliver(&mut r.held).await;
+            r.ticket.deliver(&mut r.held, others_wait).await;
         }
         if tag != b'Z' {
             continue;
@@ -404,7 +491,11 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
         let mut r = q.pop_front().expect("the unit that ended");
         r.ticket.cancel.point(None, false);
         let own_cancel = r.ticket.cancel.taken() != r.taken_at_start;
-        if r.holding && r.user_cancel && !own_cancel && r.run_again < RUNS_AGAIN_MAX {
+        // Only a batch-mate's cancel can be the cause of running it again: one from
+        // outside pgtenant (pg_cancel_backend from another session, a watchdog) is as
+        // meant for this statement as without pipelining.
+        let mates_cancel = !own_cancel && mates_cancelled(clients, r.client);
+        if r.holding && r.user_cancel && mates_cancel && r.run_again < RUNS_AGAIN_MAX {
             // Another client's cancel landed here (one sent as the statement before it
             // ended): its transaction was rolled back; run it again at the end of the
             // batch, its client none the wiser.
@@ -427,7 +518,7 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
             r.ticket.cancel.point(None, true);
             q.push_back(r);
         } else {
-            if r.user_cancel && !own_cancel {
+            if r.user_cancel && mates_cancel {
                 tracing::warn!(
                     server = conn.id,
                     run_again = r.run_again,
@@ -441,7 +532,7 @@ async fn run(pool: &Pool, conn: &mut ServerConn, q: &mut VecDeque<Running>) -> O
             pool.stats.add_query(took);
             pool.stats.add_xact(took);
             if !r.held.is_empty() {
-                r.ticket.deliver(&mut r.held).await;
+                r.ticket.deliver(&mut r.held, !q.is_empty()).await;
             }
             r.ticket.finish(End::Done {
                 errors: r.errors,

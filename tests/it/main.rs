@@ -39,6 +39,7 @@ mod memory;
 mod metrics;
 mod pgbouncer_ini;
 mod pipelining;
+mod pipelining_attack;
 mod pooling;
 mod protocol;
 mod read_spread;

@@ -44,7 +44,7 @@ fn start(pg: &PgServer, pool_size: u32, extra: &str) -> (Pgtenant, u16) {
     (p, http)
 }
 
-async fn client(p: &Pgtenant) -> Client {
+pub(crate) async fn client(p: &Pgtenant) -> Client {
     let (c, conn) = tokio_postgres::connect(&p.url("app", "secret", "app"), NoTls)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}\n{}", p.logs()));
@@ -55,7 +55,7 @@ async fn client(p: &Pgtenant) -> Client {
 }
 
 /// The rows of a simple query, as text.
-async fn rows(c: &Client, sql: &str) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+pub(crate) async fn rows(c: &Client, sql: &str) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
     Ok(c.simple_query(sql)
         .await?
         .into_iter()
@@ -71,7 +71,7 @@ async fn rows(c: &Client, sql: &str) -> Result<Vec<Vec<String>>, tokio_postgres:
 }
 
 /// A counter of pgtenant's /metrics.
-async fn metric(http: u16, name: &str) -> u64 {
+pub(crate) async fn metric(http: u16, name: &str) -> u64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http))
         .await
@@ -92,7 +92,7 @@ async fn metric(http: u16, name: &str) -> u64 {
 
 /// Hold every connection of the pool in an open transaction until the returned senders
 /// are used (each `()` commits one), so that the clients started meanwhile queue up.
-async fn hold_pool(p: &Pgtenant, n: usize) -> Vec<tokio::sync::oneshot::Sender<()>> {
+pub(crate) async fn hold_pool(p: &Pgtenant, n: usize) -> Vec<tokio::sync::oneshot::Sender<()>> {
     let mut release = Vec::new();
     for _ in 0..n {
         let c = client(p).await;
@@ -109,7 +109,7 @@ async fn hold_pool(p: &Pgtenant, n: usize) -> Vec<tokio::sync::oneshot::Sender<(
 }
 
 /// Wait until `n` clients wait in pgtenant's pool (SHOW POOLS would say cl_waiting).
-async fn until_waiting(http: u16, n: u64) {
+pub(crate) async fn until_waiting(http: u16, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric_gauge(http, "pgtenant_clients{state=\"waiting\"}").await < n {
         assert!(Instant::now() < deadline, "{n} clients never waited");
@@ -242,8 +242,13 @@ async fn a_cancel_reaches_only_the_batched_statement_it_was_meant_for() {
         r.send(()).unwrap();
     }
     // The last one's client cancels while its statement waits in the batch: it is sent
-    // when its statement starts.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // when its statement starts. (Once the batch formed: a cancel while it still waits for
+    // a connection has nothing to cancel, with or without pipelining.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(http, "pgtenant_server_pipelined_statements_total").await < 5 {
+        assert!(Instant::now() < deadline, "no batch formed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     late_token.cancel_query(NoTls).await.unwrap();
     // The first one runs: cancel it.
     slow_token.cancel_query(NoTls).await.unwrap();

@@ -15,7 +15,8 @@
 //! - The client's answer is exactly the server's, frame by frame; a ParameterStatus in it
 //!   reaches the client (and the connection, which notes it) but not the client's view.
 //! - A broken server connection ends the client's session as `lost` says, as if the
-//!   connection had been its own.
+//!   connection had been its own; so does a batch that gave up waiting for this client to
+//!   read its answer (`pool::batch::STALL_MAX`).
 use std::sync::Arc;
 
 use super::*;
@@ -142,6 +143,9 @@ impl Session {
             }
         }
         let t = Leave(t);
+        // Served meanwhile, as a client attached to a server is (SHOW CLIENTS, the
+        // clients' metrics): not idle.
+        let _active = crate::metrics::counters::Active::enter_for(Some(&self.c.state));
         let mut frames = Vec::new();
         let end = loop {
             let end = t.0.next(&mut frames).await;
@@ -186,6 +190,12 @@ impl Session {
                         Lost::Io(&io::Error::new(io::ErrorKind::ConnectionReset, e.clone())).told()
                     }
                     LostServer::Unreadable(e) => Lost::Unreadable(e).told(),
+                    LostServer::ClientStalled => Lost::Unreadable(&format!(
+                        "the client read none of its answer for {} s while other clients' \
+                         statements waited behind it on the server connection",
+                        crate::pool::batch::STALL_MAX.as_secs()
+                    ))
+                    .told(),
                 };
                 tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), reason = ?why, "server connection lost under a batched statement");
                 self.c.conn.queue(&told);
