@@ -6,8 +6,9 @@
 //! - Only when the pool is saturated: a batch forms when a connection comes back and
 //!   clients wait (`Pool::hand_to_waiter`); a client that finds an idle connection or may
 //!   open one never waits behind another's statement.
-//! - A unit is one simple Query that is its own implicit transaction and changes nothing
-//!   of the session (plain DML without session effects, the client idle and unpinned; the
+//! - A unit is one simple Query, or one extended-protocol group of the unnamed statement
+//!   ending in Sync, that is its own implicit transaction and changes nothing of the
+//!   session (plain DML without session effects, the client idle and unpinned; the
 //!   session decides, `frontend::session::batched`), of a client without a tenant claim,
 //!   whose settings are exactly the connection's and whose connection needs no take-over.
 //!   PostgreSQL runs each such Query as a transaction of its own: an error in one does not

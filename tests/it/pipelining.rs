@@ -510,3 +510,66 @@ async fn extended_protocol_groups_of_different_clients_share_a_batch() {
         "the 6 groups went in batches: {before} → {after}"
     );
 }
+
+/// Routed to a worker (the emulated Citus cluster): tenant-keyed statements, simple and
+/// extended (the Parse held until its Bind names the tenant), batched on the owning
+/// worker's pool; every client gets its own tenant's rows from the worker that owns them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_statements_are_batched_on_their_worker() {
+    use support::citus::{CitusCluster, CitusOptions};
+    use tokio_postgres::types::Type;
+    let cluster = CitusCluster::start(CitusOptions {
+        tenants: 200,
+        shard_count: 8,
+        ..CitusOptions::default()
+    });
+    let dir = support::TempDir::new("pipelining-routed");
+    let (p, http) = crate::tenant_limits::start_with(
+        &cluster,
+        &dir,
+        "routed",
+        "pool_size = 1\nserver_pipelining = \"auto\"\nquery_wait_timeout = 30",
+    );
+    let keys = crate::tenant_limits::tenants_on_worker0(&cluster, 12);
+    let worker = cluster.workers[0].port().to_string();
+    let mut tasks = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let c = client(&p).await;
+        let k: i64 = k.parse().unwrap();
+        let worker = worker.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..30 {
+                let (port, n) = if (i + round) % 2 == 0 {
+                    let r = rows(
+                        &c,
+                        &format!(
+                            "select inet_server_port(), count(*), min(account_id) \
+                             from orders where account_id = {k}"
+                        ),
+                    )
+                    .await
+                    .unwrap();
+                    assert_eq!(r[0][2], k.to_string(), "another tenant's rows");
+                    (r[0][0].clone(), r[0][1].clone())
+                } else {
+                    let r = c
+                        .query_typed(
+                            "select inet_server_port()::text, count(*)::text \
+                             from orders where account_id = $1",
+                            &[(&k, Type::INT8)],
+                        )
+                        .await
+                        .unwrap();
+                    (r[0].get::<_, String>(0), r[0].get::<_, String>(1))
+                };
+                assert_eq!((port.as_str(), n.as_str()), (worker.as_str(), "3"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let units = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    eprintln!("12 tenants x 30 routed statements, worker pool 1: {units} batched");
+    assert!(units > 0, "nothing was batched on the worker");
+}
