@@ -444,12 +444,12 @@ impl Pool {
                 }
             }
         }
-        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
-            return Self::hand_plain(c, head, mates, g);
-        };
         if mates.is_empty() {
             return Self::hand_plain(c, head, mates, g);
         }
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            return Self::hand_plain(c, head, mates, g);
+        };
         let mut units = Vec::with_capacity(mates.len() + 1);
         for w in std::iter::once(head).chain(mates) {
             let Some(t) = w.unit.clone() else { continue };

@@ -11,16 +11,27 @@ use std::time::{Duration, Instant};
 use support::{PgServer, Pgtenant};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-/// pgtenant in transaction mode with pipelining on, pool of `pool_size`, its metrics port.
-fn start(pg: &PgServer, pool_size: u32, extra: &str) -> (Pgtenant, u16) {
+/// pgtenant in transaction mode with pipelining on (`depth`), pool of `pool_size`,
+/// trust auth with `app` an admin, then `extra`; its metrics port, and the directory
+/// holding its configuration (removed when dropped).
+/// Statements in these tests wait for their turn, however long the batch before them.
+const WAIT: &str = "query_wait_timeout = 30";
+
+pub(crate) fn start(
+    pg: &PgServer,
+    pool_size: u32,
+    depth: u32,
+    extra: &str,
+) -> (Pgtenant, u16, support::TempDir) {
     let http = support::free_port();
     let dir = support::TempDir::new("pipelining");
     let cfg = dir.write(
         "pgtenant.toml",
         &format!(
             "upstream = \"{}\"\npool_mode = \"transaction\"\npool_size = {pool_size}\n\
-             max_client_conn = 500\nserver_pipelining = \"auto\"\nserver_pipeline_depth = 8\n\
-             query_wait_timeout = 30\n{extra}\n",
+             max_client_conn = 1000\nserver_pipelining = \"auto\"\n\
+             server_pipeline_depth = {depth}\nadmin_users = [\"app\"]\n\
+             auth_type = \"trust\"\n{extra}\n",
             pg.url("app", "secret", "app")
         ),
     );
@@ -35,13 +46,12 @@ fn start(pg: &PgServer, pool_size: u32, extra: &str) -> (Pgtenant, u16) {
         ],
         &[],
     );
-    std::mem::forget(dir);
     assert!(
         support::wait_for_port(http, Duration::from_secs(10)),
         "{}",
         p.logs()
     );
-    (p, http)
+    (p, http, dir)
 }
 
 pub(crate) async fn client(p: &Pgtenant) -> Client {
@@ -111,21 +121,17 @@ pub(crate) async fn hold_pool(p: &Pgtenant, n: usize) -> Vec<tokio::sync::onesho
 /// Wait until `n` clients wait in pgtenant's pool (SHOW POOLS would say cl_waiting).
 pub(crate) async fn until_waiting(http: u16, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while metric_gauge(http, "pgtenant_clients{state=\"waiting\"}").await < n {
+    while metric(http, "pgtenant_clients{state=\"waiting\"}").await < n {
         assert!(Instant::now() < deadline, "{n} clients never waited");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn metric_gauge(http: u16, name: &str) -> u64 {
-    metric(http, name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_pool_batches_and_every_client_gets_its_own_answers() {
     let pg = PgServer::start();
     // One connection: every release finds the other clients waiting.
-    let (p, http) = start(&pg, 1, "");
+    let (p, http, _dir) = start(&pg, 1, 8, WAIT);
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for cid in 0..32u32 {
@@ -172,7 +178,7 @@ async fn a_saturated_pool_batches_and_every_client_gets_its_own_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_in_the_middle_of_a_batch_reaches_only_its_client() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, "");
+    let (p, http, _dir) = start(&pg, 1, 8, WAIT);
     let release = hold_pool(&p, 1).await;
     // Queued behind the held connection: ok, error, ok, error, ok …
     let mut tasks = Vec::new();
@@ -217,7 +223,7 @@ async fn an_error_in_the_middle_of_a_batch_reaches_only_its_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_reaches_only_the_batched_statement_it_was_meant_for() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, "");
+    let (p, http, _dir) = start(&pg, 1, 8, WAIT);
     let release = hold_pool(&p, 1).await;
     // The batch: a slow one, then quick ones, and a slow one its client cancels while it
     // still waits behind the others.
@@ -272,7 +278,7 @@ async fn a_cancel_reaches_only_the_batched_statement_it_was_meant_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_cancels_never_fail_a_batch_mate() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, "");
+    let (p, http, _dir) = start(&pg, 1, 8, WAIT);
     let stop = Arc::new(AtomicBool::new(false));
     let mut mates = Vec::new();
     for k in 0..6u32 {
@@ -331,7 +337,7 @@ async fn late_cancels_never_fail_a_batch_mate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_on_a_batched_connection_fails_only_its_statements_with_08006() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 2, "");
+    let (p, http, _dir) = start(&pg, 2, 8, WAIT);
     let release = hold_pool(&p, 2).await;
     let mut batch = Vec::new();
     for k in 0..3u32 {
@@ -380,7 +386,7 @@ async fn a_fatal_on_a_batched_connection_fails_only_its_statements_with_08006() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_settings_and_prepared_statements_keep_their_own_connection_state() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 2, "");
+    let (p, http, _dir) = start(&pg, 2, 8, WAIT);
     let setup = client(&p).await;
     setup
         .batch_execute("create table pipe_t(k int, v int)")
@@ -458,7 +464,7 @@ async fn transactions_settings_and_prepared_statements_keep_their_own_connection
 async fn extended_protocol_groups_of_different_clients_share_a_batch() {
     use tokio_postgres::types::Type;
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, "");
+    let (p, http, _dir) = start(&pg, 1, 8, WAIT);
     let release = hold_pool(&p, 1).await;
     let before = metric(http, "pgtenant_server_pipelined_statements_total").await;
     let mut tasks = Vec::new();

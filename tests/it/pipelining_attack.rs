@@ -4,7 +4,7 @@
 //! notices and notifications, cancels that come from elsewhere, and hundreds of waiters.
 //! Whatever one client does, every other client gets exactly its own answer, in bounded
 //! time, and nothing of one client's session reaches another.
-use crate::pipelining::{client, hold_pool, metric, rows, until_waiting};
+use crate::pipelining::{client, hold_pool, metric, rows, start, until_waiting};
 use crate::support;
 
 use std::collections::HashMap;
@@ -14,42 +14,6 @@ use support::{PgServer, Pgtenant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
-
-/// pgtenant in transaction mode with pipelining on: pool of `pool_size`, batches of up
-/// to `depth`, the console open to `app`, trust logins (for the raw clients below). With
-/// its metrics port.
-fn start(pg: &PgServer, pool_size: u32, depth: u32, extra: &str) -> (Pgtenant, u16) {
-    let http = support::free_port();
-    let dir = support::TempDir::new("pipelining-attack");
-    let cfg = dir.write(
-        "pgtenant.toml",
-        &format!(
-            "upstream = \"{}\"\npool_mode = \"transaction\"\npool_size = {pool_size}\n\
-             max_client_conn = 1000\nserver_pipelining = \"auto\"\n\
-             server_pipeline_depth = {depth}\nadmin_users = [\"app\"]\n\
-             auth_type = \"trust\"\n{extra}\n",
-            pg.url("app", "secret", "app")
-        ),
-    );
-    let addr = format!("127.0.0.1:{http}");
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--http-listen",
-            &addr,
-        ],
-        &[],
-    );
-    std::mem::forget(dir);
-    assert!(
-        support::wait_for_port(http, Duration::from_secs(10)),
-        "{}",
-        p.logs()
-    );
-    (p, http)
-}
 
 async fn console(p: &Pgtenant) -> Client {
     support::connect(&p.url("app", "secret", "pgtenant")).await
@@ -206,7 +170,7 @@ async fn answered(p: &Pgtenant, mates: Vec<Answer>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_mate_that_never_reads_holds_the_others_only_for_a_bounded_time() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, 8, "");
+    let (p, http, _dir) = start(&pg, 1, 8, "");
     let release = hold_pool(&p, 1).await;
     let mut stalled = Raw::login(&p).await;
     stalled.query(HUGE).await;
@@ -259,7 +223,7 @@ async fn a_batch_mate_that_never_reads_holds_the_others_only_for_a_bounded_time(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_mid_batch_leaves_nothing_behind() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, 8, "");
+    let (p, http, _dir) = start(&pg, 1, 8, "");
     let admin = console(&p).await;
     for round in 0..2 {
         let release = hold_pool(&p, 1).await;
@@ -294,7 +258,7 @@ async fn a_client_that_leaves_mid_batch_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_timeout_racing_a_batch_never_runs_a_refused_statement() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, 8, "query_wait_timeout = 0.2");
+    let (p, http, _dir) = start(&pg, 1, 8, "query_wait_timeout = 0.2");
     // A hog holds the pool a little longer than the wait timeout, again and again: the
     // waiters' timeouts fire around the moments it lets go and a batch forms.
     let setup = client(&p).await;
@@ -397,7 +361,7 @@ async fn until_batched(http: u16, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_the_middle_of_a_batch() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, 8, "");
+    let (p, http, _dir) = start(&pg, 1, 8, "");
     let admin = console(&p).await;
 
     // RECONNECT.
@@ -544,7 +508,7 @@ async fn m_batched(http: u16) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setting_changed_by_a_trigger_in_a_batch_reaches_no_later_client() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, 8, "");
+    let (p, http, _dir) = start(&pg, 1, 8, "");
     let setup = client(&p).await;
     setup
         .batch_execute(
@@ -606,7 +570,7 @@ async fn a_setting_changed_by_a_trigger_in_a_batch_reaches_no_later_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_that_change_the_session_stay_out_of_batches() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 2, 8, "");
+    let (p, http, _dir) = start(&pg, 2, 8, "");
     let setup = client(&p).await;
     setup
         .batch_execute(
@@ -701,7 +665,7 @@ async fn noticed_client(p: &Pgtenant) -> (Client, tokio::sync::mpsc::UnboundedRe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_and_notifications_of_batched_statements_go_to_their_own() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, 8, "");
+    let (p, http, _dir) = start(&pg, 1, 8, "");
     let setup = client(&p).await;
     setup
         .batch_execute(
@@ -774,7 +738,7 @@ async fn notices_and_notifications_of_batched_statements_go_to_their_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_from_outside_pgtenant_reaches_the_batched_statement() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, 8, "");
+    let (p, http, _dir) = start(&pg, 1, 8, "");
     let release = hold_pool(&p, 1).await;
     let slow = client(&p).await;
     let s = tokio::spawn(async move { rows(&slow, "select pg_sleep(20), 'outside'").await });
@@ -817,7 +781,7 @@ async fn a_cancel_from_outside_pgtenant_reaches_the_batched_statement() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_clients_on_one_connection() {
     let pg = PgServer::start();
-    let (p, http) = start(&pg, 1, 64, "");
+    let (p, http, _dir) = start(&pg, 1, 64, "");
     let mut clients = Vec::new();
     for _ in 0..300 {
         clients.push(client(&p).await);
