@@ -22,4 +22,5 @@ pub mod pgschema;
 pub mod pool;
 pub mod protocol;
 pub mod router;
+pub mod runtime;
 pub mod server;

@@ -99,6 +99,9 @@ struct SettingsArgs {
     /// Runtime worker threads; 0 = one per core.
     #[arg(long, env = "PGTENANT_WORKERS", value_name = "N")]
     workers: Option<usize>,
+    /// I/O engine: auto (io_uring when it works here, else epoll), io_uring or epoll.
+    #[arg(long, env = "PGTENANT_IO_ENGINE", value_name = "ENGINE")]
+    io_engine: Option<String>,
     /// Client auth on the primary listener: scram-sha-256, md5 or trust.
     #[arg(long, env = "PGTENANT_AUTH_TYPE", value_name = "TYPE")]
     auth_type: Option<String>,
@@ -136,6 +139,7 @@ impl SettingsArgs {
             log_format: self.log_format,
             log_level: self.log_level,
             workers: self.workers,
+            io_engine: self.io_engine,
             auth_type: self.auth_type,
             max_client_conn: self.max_client_conn,
             max_startup_clients: self.max_startup_clients,

@@ -53,28 +53,28 @@ pub enum ServerError {
 
 /// Build the runtime and serve until shut down. The exit code says how it ended.
 pub fn run(settings: Settings, overrides: Overrides) -> ExitCode {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if settings.workers > 0 {
-        rt.worker_threads(settings.workers);
-    }
-    // SQL parsing recurses; a roomier stack than the 2 MiB default keeps the planner's
-    // nesting limits far from the edge (the memory is only reserved, not touched).
-    let rt = match rt
-        .enable_all()
-        .thread_name("pgtenant")
-        .thread_stack_size(8 << 20)
-        .build()
-    {
-        Ok(rt) => rt,
+    let engine = match crate::net::uring::choose(settings.io_engine) {
+        Ok(e) => e,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
+            tracing::error!(error = %e, "cannot start: set io_engine = auto or epoll");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(settings, overrides)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    tracing::info!(
+        io_engine = engine.name(),
+        threads = crate::runtime::threads(settings.workers),
+        reason = %engine.reason,
+        "I/O engine"
+    );
+    let workers = settings.workers;
+    match crate::runtime::run(&engine, workers, move || serve(settings, overrides)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "pgtenant stopped");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
             ExitCode::FAILURE
         }
     }
@@ -315,7 +315,7 @@ enum Acceptor {
 impl Acceptor {
     async fn accept(&self) -> std::io::Result<crate::net::Stream> {
         match self {
-            Acceptor::Tcp(l) => l.accept().await.map(|(s, _)| crate::net::Stream::Plain(s)),
+            Acceptor::Tcp(l) => crate::net::Stream::plain(l.accept().await?.0),
             Acceptor::Unix(l) => l
                 .accept()
                 .await
@@ -362,13 +362,13 @@ async fn accept_loop(
             Ok(socket) => {
                 let keepalive = ctx.settings.load().tcp_keepalive;
                 if let (false, Some(tcp)) = (keepalive.is_zero(), socket.tcp()) {
-                    let _ = crate::backend::socket_keepalive(tcp, keepalive);
+                    let _ = crate::backend::socket_keepalive(&tcp, keepalive);
                 }
-                tracker.spawn(frontend::handle_client(
+                crate::runtime::spawn_client(tracker.track_future(frontend::handle_client(
                     socket,
                     listener.clone(),
                     ctx.clone(),
-                ));
+                )));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -271,6 +271,7 @@ fn items() -> Vec<Item> {
             .to_ascii_lowercase()),
         item!("log_level", |s| s.log_level.clone()),
         item!("workers", |s| s.workers.to_string()),
+        item!("io_engine", |s| s.io_engine.as_str().to_string()),
         item!("tcp_keepalive", |s| secs(s.tcp_keepalive)),
         item!("routing", |s| format!("{:?}", s.routing)
             .to_ascii_lowercase()),

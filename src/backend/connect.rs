@@ -3,7 +3,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::{BackendError, CancelTarget, ServerConn};
 use crate::auth::{self, ScramClient, ServerCredential};
@@ -50,10 +49,10 @@ async fn connect_inner(p: &ConnectParams) -> Result<ServerConn, BackendError> {
         unix => return handshake(unix, p).await,
     };
     if let Some(k) = p.keepalive {
-        let _ = socket_keepalive(&tcp, k);
+        let _ = socket_keepalive(&socket2::SockRef::from(&tcp), k);
     }
     let stream = match (p.tls_mode, &p.tls) {
-        (ServerTls::Disable, _) | (_, None) => Stream::Plain(tcp),
+        (ServerTls::Disable, _) | (_, None) => Stream::plain(tcp)?,
         (mode, Some(cfg)) => {
             tcp.write_all(&build::ssl_request()).await?;
             let mut answer = [0u8; 1];
@@ -68,7 +67,7 @@ async fn connect_inner(p: &ConnectParams) -> Result<ServerConn, BackendError> {
                         .map_err(|e| BackendError::Tls(e.to_string()))?;
                     Stream::TlsClient(Box::new(tls))
                 }
-                b'N' if mode == ServerTls::Prefer => Stream::Plain(tcp),
+                b'N' if mode == ServerTls::Prefer => Stream::plain(tcp)?,
                 b'N' => return Err(BackendError::Tls("server does not support TLS".into())),
                 other => {
                     return Err(BackendError::Tls(format!(
@@ -122,9 +121,9 @@ async fn handshake(stream: Stream, p: &ConnectParams) -> Result<ServerConn, Back
 }
 
 /// TCP keep-alive with the given idle time (tokio does not expose it; socket2 does).
-pub fn socket_keepalive(tcp: &TcpStream, idle: Duration) -> std::io::Result<()> {
+pub fn socket_keepalive(tcp: &socket2::SockRef<'_>, idle: Duration) -> std::io::Result<()> {
     let ka = socket2::TcpKeepalive::new().with_time(idle);
-    socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
+    tcp.set_tcp_keepalive(&ka)
 }
 
 /// Answer the server's Authentication requests until AuthenticationOk.

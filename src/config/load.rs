@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use toml::Value;
 
+use crate::net::uring::IoEngine;
+
 use super::values::*;
 
 use super::{
@@ -37,6 +39,7 @@ pub struct Overrides {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub workers: Option<usize>,
+    pub io_engine: Option<String>,
     pub auth_type: Option<String>,
     pub max_client_conn: Option<u32>,
     /// `--max-startup-clients` / `PGTENANT_MAX_STARTUP_CLIENTS`.
@@ -167,6 +170,7 @@ struct Draft {
     log_format: LogFormat,
     log_level: String,
     workers: usize,
+    io_engine: IoEngine,
     tcp_keepalive: Duration,
     routing: Routing,
     shard_map_refresh_interval: Duration,
@@ -251,6 +255,7 @@ impl Default for Draft {
             log_format: LogFormat::Plain,
             log_level: "info".into(),
             workers: 0,
+            io_engine: IoEngine::Auto,
             tcp_keepalive: secs(0),
             routing: Routing::Auto,
             shard_map_refresh_interval: Duration::from_millis(500),
@@ -299,6 +304,13 @@ const SESSION_CHECKS: &[(&str, bool)] = &[("auto", false), ("always", true)];
 /// `server_pipelining`: several clients' self-contained statements back to back on one
 /// server connection while the pool is saturated (`auto`), or never (`off`).
 pub(crate) const SERVER_PIPELINING: &[(&str, bool)] = &[("off", false), ("auto", true)];
+
+/// `io_engine`: which I/O engine drives the sockets (see `net::uring`).
+pub(crate) const IO_ENGINES: &[(&str, IoEngine)] = &[
+    ("auto", IoEngine::Auto),
+    ("io_uring", IoEngine::IoUring),
+    ("epoll", IoEngine::Epoll),
+];
 
 pub(super) const POOL_MODES: &[(&str, PoolMode)] = &[
     ("session", PoolMode::Session),

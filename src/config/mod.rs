@@ -297,6 +297,8 @@ pub struct Settings {
     pub log_level: String,
     /// Runtime worker threads; 0 = one per core.
     pub workers: usize,
+    /// The I/O engine asked for (read at start only; see `net::uring`).
+    pub io_engine: crate::net::uring::IoEngine,
     /// Keep-alive for client and server sockets; 0 = OS default.
     pub tcp_keepalive: Duration,
     pub routing: Routing,

@@ -182,7 +182,7 @@ async fn authenticate_client(
                     (ClientTls::Allow | ClientTls::Require, Some(cfg)) if !local => {
                         conn.queue_bytes(b"S");
                         conn.flush().await?;
-                        let Ok(Stream::Plain(tcp)) = conn.into_stream() else {
+                        let Some(tcp) = conn.into_stream().ok().and_then(Stream::into_tcp) else {
                             // Bytes after SSLRequest before the handshake: refuse them
                             // (they would bypass TLS).
                             return Ok(None);

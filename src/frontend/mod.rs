@@ -81,9 +81,6 @@ pub fn handle_client(
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + Send {
     let peer = socket.peer_addr();
-    if let Some(tcp) = socket.tcp() {
-        let _ = tcp.set_nodelay(true);
-    }
     // Open connections, counted from accept to close (metrics, SHOW LISTS); who may
     // stay is admission.rs's business.
     ctx.clients.fetch_add(1, Ordering::AcqRel);

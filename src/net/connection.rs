@@ -180,8 +180,19 @@ impl Connection {
         if self.eof || !self.rbuf.is_empty() {
             return true;
         }
+        if let Stream::Uring(u) = &self.stream {
+            return u.is_stale();
+        }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         self.poll_fill(&mut cx).is_ready()
+    }
+
+    /// The connection goes idle (a server connection back in its pool): under io_uring,
+    /// arm a receive so that [`Connection::is_stale`] costs nothing later.
+    pub fn watch(&self) {
+        if let Stream::Uring(u) = &self.stream {
+            u.watch();
+        }
     }
 
     /// Wait for more input. Returns 0 at end of stream.

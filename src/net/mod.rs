@@ -5,6 +5,7 @@ mod connection;
 mod frame;
 pub mod stream;
 pub mod tls;
+pub mod uring;
 
 pub use connection::{ConnError, Connection};
 pub use frame::{Frame, FrameError};

@@ -18,6 +18,8 @@ pub enum Stream {
     /// its socket directory). Never TLS, as in PostgreSQL. Boxed like the TLS variants, so
     /// that a plain TCP stream still needs no tag of its own (memory per idle client).
     Unix(Box<UnixStream>),
+    /// A TCP socket on the io_uring engine (see [`super::uring`]).
+    Uring(super::uring::UringStream),
 }
 
 impl Stream {
@@ -29,34 +31,61 @@ impl Stream {
         matches!(self, Stream::Unix(_))
     }
 
-    /// The TCP socket under it (None for a unix socket).
-    pub fn tcp(&self) -> Option<&TcpStream> {
+    /// A connected TCP socket on the engine this thread runs: io_uring on a ring thread,
+    /// tokio's epoll otherwise. TCP_NODELAY is set.
+    pub fn plain(tcp: TcpStream) -> io::Result<Stream> {
+        tcp.set_nodelay(true)?;
+        if super::uring::on_ring_thread() {
+            return Ok(Stream::Uring(super::uring::UringStream::new(
+                tcp.into_std()?,
+            )?));
+        }
+        Ok(Stream::Plain(tcp))
+    }
+
+    /// The TCP socket under it, for its options (None for a unix socket).
+    pub fn tcp(&self) -> Option<socket2::SockRef<'_>> {
         match self {
-            Stream::Plain(s) => Some(s),
-            Stream::TlsServer(s) => Some(s.get_ref().0),
-            Stream::TlsClient(s) => Some(s.get_ref().0),
+            Stream::Plain(s) => Some(socket2::SockRef::from(s)),
+            Stream::TlsServer(s) => Some(socket2::SockRef::from(s.get_ref().0)),
+            Stream::TlsClient(s) => Some(socket2::SockRef::from(s.get_ref().0)),
+            Stream::Uring(s) => Some(socket2::SockRef::from(s)),
             Stream::Unix(_) => None,
+        }
+    }
+
+    /// The plain TCP socket as tokio's, for a TLS handshake (None if it is not a plain
+    /// TCP socket, or bytes are still buffered or in flight on it).
+    pub fn into_tcp(self) -> Option<TcpStream> {
+        match self {
+            Stream::Plain(t) => Some(t),
+            Stream::Uring(u) => TcpStream::from_std(u.into_std().ok()?).ok(),
+            _ => None,
         }
     }
 
     /// The peer's address (None for a unix socket).
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        self.tcp().and_then(|t| t.peer_addr().ok())
+        self.tcp()
+            .and_then(|t| t.peer_addr().ok())
+            .and_then(|a| a.as_socket())
     }
 
     /// Our own address (None for a unix socket).
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.tcp().and_then(|t| t.local_addr().ok())
+        self.tcp()
+            .and_then(|t| t.local_addr().ok())
+            .and_then(|a| a.as_socket())
     }
 
     /// Write without waiting, below TLS (best effort, e.g. a last Terminate).
     pub fn try_write_raw(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(u) => u.try_write(buf),
-            other => match other.tcp() {
-                Some(t) => t.try_write(buf),
-                None => Ok(0),
-            },
+            Stream::Plain(t) => t.try_write(buf),
+            Stream::TlsServer(s) => s.get_ref().0.try_write(buf),
+            Stream::TlsClient(s) => s.get_ref().0.try_write(buf),
+            Stream::Uring(u) => u.try_write(buf),
         }
     }
 }
@@ -92,6 +121,7 @@ impl AsyncRead for Stream {
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Uring(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -107,6 +137,7 @@ impl AsyncWrite for Stream {
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Uring(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -116,6 +147,7 @@ impl AsyncWrite for Stream {
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Uring(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -125,6 +157,7 @@ impl AsyncWrite for Stream {
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Uring(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -537,6 +537,7 @@ impl Pool {
         let Some(c) = self.hand_to_waiter(&mut g, c) else {
             return;
         };
+        c.conn.watch();
         g.idle.push_back(c);
         drop(g);
         // Clients of another pool of this database or role may be waiting at its limit:

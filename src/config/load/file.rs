@@ -164,6 +164,7 @@ pub(super) fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: 
             "log_format" => choice(v, LOG_FORMATS).map(|x| d.log_format = x),
             "log_level" => string(v).map(|x| d.log_level = x),
             "workers" => count(v).map(|x| d.workers = x as usize),
+            "io_engine" => choice(v, IO_ENGINES).map(|x| d.io_engine = x),
             "tcp_keepalive" => seconds(v).map(|x| d.tcp_keepalive = x),
             "routing" => choice(v, ROUTING).map(|x| d.routing = x),
             "shard_map_refresh_interval" => seconds(v).and_then(|x| {

@@ -300,6 +300,7 @@ pub(super) fn finish(
         log_format: d.log_format,
         log_level: d.log_level,
         workers: d.workers,
+        io_engine: d.io_engine,
         tcp_keepalive: d.tcp_keepalive,
         routing: d.routing,
         shard_map_refresh_interval: d.shard_map_refresh_interval,

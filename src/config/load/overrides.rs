@@ -44,6 +44,12 @@ pub(super) fn apply_overrides(d: &mut Draft, o: &Overrides, errs: &mut Errors) {
     if let Some(x) = o.max_startup_clients {
         d.max_startup_clients = x;
     }
+    if let Some(x) = &o.io_engine {
+        let r = choice_str(x, IO_ENGINES).map_err(|e| format!("{e} {FROM}"));
+        if let Some(x) = errs.check("io_engine", r) {
+            d.io_engine = x;
+        }
+    }
     if let Some(x) = &o.server_pipelining {
         let r = choice_str(x, SERVER_PIPELINING).map_err(|e| format!("{e} {FROM}"));
         if let Some(x) = errs.check("server_pipelining", r) {

@@ -127,6 +127,7 @@ fn precedence_file_then_overrides() {
         log_format: Some("plain".into()),
         log_level: Some("warn".into()),
         workers: Some(4),
+        io_engine: Some("epoll".into()),
         auth_type: Some("trust".into()),
         max_client_conn: Some(7),
         max_startup_clients: None,
@@ -138,6 +139,7 @@ fn precedence_file_then_overrides() {
     };
     let s = load_str(&text, &o).unwrap();
     assert!(s.server_pipelining);
+    assert_eq!(s.io_engine, crate::net::uring::IoEngine::Epoll);
     assert_eq!(s.admin_users, vec!["ops".to_string(), "root".to_string()]);
     assert_eq!(s.primary_listen(), "0.0.0.0:7001".parse().unwrap());
     assert_eq!(s.upstream.user, "other");
@@ -839,4 +841,37 @@ fn server_pipelining_settings() {
         ..Overrides::default()
     };
     assert!(load_str(UP, &o).is_err());
+}
+
+#[test]
+fn io_engine_setting() {
+    use crate::net::uring::IoEngine;
+    assert_eq!(
+        load_str(UP, &Overrides::default()).unwrap().io_engine,
+        IoEngine::Auto
+    );
+    for (v, want) in [
+        ("auto", IoEngine::Auto),
+        ("io_uring", IoEngine::IoUring),
+        ("epoll", IoEngine::Epoll),
+    ] {
+        let s = load_str(&format!("{UP}io_engine = \"{v}\"\n"), &Overrides::default()).unwrap();
+        assert_eq!(s.io_engine, want);
+    }
+    let e = load_str(
+        &format!("{UP}io_engine = \"uring\"\n"),
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("io_engine") && e.contains("auto, io_uring, epoll"),
+        "{e}"
+    );
+    let o = Overrides {
+        io_engine: Some("kqueue".into()),
+        ..Overrides::default()
+    };
+    let e = load_str(UP, &o).unwrap_err().to_string();
+    assert!(e.contains("io_engine"), "{e}");
 }

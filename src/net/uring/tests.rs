@@ -1,0 +1,275 @@
+//! The io_uring stream against real sockets, on rings of their own threads.
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// Run `f` on a current-thread runtime whose thread has a ring, as the engine does.
+fn on_ring<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        install().expect("io_uring works on the test machine");
+        assert!(on_ring_thread());
+        f.await
+    })
+}
+
+/// A connected pair: ours on the ring, the peer a plain tokio socket.
+async fn pair() -> (UringStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (mine, _) = l.accept().await.unwrap();
+    (UringStream::new(mine.into_std().unwrap()).unwrap(), peer)
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn a_probe_finds_io_uring_here_and_epoll_is_always_possible() {
+    assert!(probe().is_ok(), "{:?}", probe());
+    let c = choose(IoEngine::Epoll).unwrap();
+    assert!(!c.uring);
+    assert!(choose(IoEngine::Auto).unwrap().uring);
+    assert!(choose(IoEngine::IoUring).unwrap().uring);
+}
+
+#[test]
+fn bytes_cross_both_ways_intact() {
+    on_ring(async {
+        let (mine, mut peer) = pair().await;
+        // 3 MiB each way at once: many receives, partial sends, a full outbox.
+        let to_peer = pattern(3 << 20, 1);
+        let to_me = pattern(3 << 20, 7);
+        let (a, b) = (to_peer.clone(), to_me.clone());
+        let peer_side = tokio::spawn(async move {
+            let (mut r, mut w) = peer.split();
+            let mut got = vec![0u8; a.len()];
+            let (x, y) = tokio::join!(r.read_exact(&mut got), w.write_all(&b));
+            x.unwrap();
+            y.unwrap();
+            assert!(got == a, "the peer got other bytes than were written");
+            peer
+        });
+        let (mut r, mut w) = tokio::io::split(mine);
+        let mut got = vec![0u8; to_me.len()];
+        let (x, y) = tokio::join!(r.read_exact(&mut got), async {
+            w.write_all(&to_peer).await?;
+            w.flush().await
+        });
+        x.unwrap();
+        y.unwrap();
+        assert!(got == to_me);
+        let _peer = peer_side.await.unwrap();
+    });
+}
+
+#[test]
+fn end_of_stream_reads_zero_and_shutdown_reaches_the_peer() {
+    on_ring(async {
+        let (mut mine, mut peer) = pair().await;
+        peer.write_all(b"last").await.unwrap();
+        peer.shutdown().await.unwrap();
+        let mut buf = Vec::new();
+        mine.read_to_end(&mut buf).await.unwrap();
+        assert_eq!(buf, b"last");
+        mine.write_all(b"bye").await.unwrap();
+        mine.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+    });
+}
+
+#[test]
+fn dropping_a_stream_with_a_receive_armed_closes_the_socket() {
+    on_ring(async {
+        let (mut mine, mut peer) = pair().await;
+        // Arm a receive that will never complete on its own.
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(Duration::from_millis(50), mine.read(&mut buf)).await;
+        assert!(r.is_err(), "nothing was sent");
+        drop(mine);
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut rest))
+            .await
+            .expect("the socket is closed once its receive is cancelled")
+            .unwrap();
+        assert_eq!(n, 0);
+    });
+}
+
+#[test]
+fn dropping_a_stream_whose_peer_stopped_reading_does_not_keep_the_socket() {
+    on_ring(async {
+        let (mut mine, mut peer) = pair().await;
+        // Fill the socket buffers: the last send stays in flight.
+        let big = vec![7u8; 8 << 20];
+        let r = tokio::time::timeout(Duration::from_millis(300), mine.write_all(&big)).await;
+        assert!(r.is_err(), "the peer reads nothing: the writer must wait");
+        drop(mine);
+        // The peer drains what reached it and then sees the end (or a reset).
+        let mut sink = vec![0u8; 1 << 16];
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match peer.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            end.is_ok(),
+            "the socket stayed open after its stream was dropped"
+        );
+    });
+}
+
+#[test]
+fn a_writer_is_held_back_when_the_peer_does_not_read() {
+    on_ring(async {
+        let (mut mine, _peer) = pair().await;
+        let chunk = vec![1u8; 64 * 1024];
+        let mut accepted = 0usize;
+        let r = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                accepted += mine.write(&chunk).await.unwrap();
+            }
+        })
+        .await;
+        assert!(r.is_err());
+        // Kernel buffers (a few MiB on loopback at most) plus the outbox bound.
+        assert!(
+            accepted < 32 << 20,
+            "{accepted} bytes accepted from a writer whose peer reads nothing"
+        );
+    });
+}
+
+#[test]
+fn into_std_gives_the_socket_back_only_when_nothing_is_in_flight() {
+    on_ring(async {
+        let (mut mine, mut peer) = pair().await;
+        mine.write_all(b"S").await.unwrap();
+        mine.flush().await.unwrap();
+        let mut one = [0u8; 1];
+        peer.read_exact(&mut one).await.unwrap();
+        let std = mine.into_std().expect("flushed, no receive armed");
+        let mut back = TcpStream::from_std(std).unwrap();
+        back.write_all(b"ok").await.unwrap();
+        let mut two = [0u8; 2];
+        peer.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"ok");
+
+        let (mut armed, _p) = pair().await;
+        let mut buf = [0u8; 4];
+        let _ = tokio::time::timeout(Duration::from_millis(20), armed.read(&mut buf)).await;
+        assert!(armed.into_std().is_err(), "a receive is armed");
+    });
+}
+
+#[test]
+fn many_sockets_on_one_ring_share_its_buffers() {
+    on_ring(async {
+        // More connections than provided buffers, all answering at once.
+        let n = 600;
+        let mut mine = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..n {
+            let (m, p) = pair().await;
+            mine.push(m);
+            peers.push(p);
+        }
+        let readers: Vec<_> = mine
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut m)| {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 1000];
+                    m.read_exact(&mut buf).await.unwrap();
+                    assert!(buf.iter().all(|&b| b == i as u8));
+                    m.write_all(&buf[..10]).await.unwrap();
+                    m.flush().await.unwrap();
+                    m
+                })
+            })
+            .collect();
+        // Let every reader arm its receive, then answer all of them in one go.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for (i, p) in peers.iter_mut().enumerate() {
+            p.write_all(&vec![i as u8; 1000]).await.unwrap();
+        }
+        let mut kept = Vec::new();
+        for r in readers {
+            kept.push(r.await.unwrap());
+        }
+        for (i, p) in peers.iter_mut().enumerate() {
+            let mut ten = [0u8; 10];
+            p.read_exact(&mut ten).await.unwrap();
+            assert_eq!(ten, [i as u8; 10]);
+        }
+    });
+}
+
+#[test]
+fn a_stream_moves_between_ring_threads() {
+    // A server connection is made on one thread and used by clients on others.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let echo = std::thread::spawn(move || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        port_tx.send(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            use std::io::{Read, Write};
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => s.write_all(&buf[..n]).unwrap(),
+            }
+        }
+    });
+    let addr = port_rx.recv().unwrap();
+    on_ring(async move {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let mut s = UringStream::new(s.into_std().unwrap()).unwrap();
+        s.write_all(b"one").await.unwrap();
+        let mut b = [0u8; 3];
+        s.read_exact(&mut b).await.unwrap();
+        tx.send(s).unwrap();
+    });
+    let mut s = rx.recv().unwrap();
+    on_ring(async move {
+        for round in 0..50u8 {
+            s.write_all(&[round; 100]).await.unwrap();
+            let mut b = [0u8; 100];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(b, [round; 100]);
+        }
+    });
+    echo.join().unwrap();
+}
+
+#[test]
+fn a_stream_polled_off_the_ring_threads_fails_cleanly() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert!(!on_ring_thread());
+        let (mut mine, _peer) = pair().await;
+        let mut b = [0u8; 1];
+        let e = mine.read(&mut b).await.unwrap_err();
+        assert!(e.to_string().contains("without a ring"), "{e}");
+    });
+}
