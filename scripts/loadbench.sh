@@ -31,6 +31,8 @@
 #   LOADBENCH_POOL          server connections per pool, both poolers (20)
 #   LOADBENCH_CLIENTS       pgbench clients of the pgbench and tenant sections (32)
 #   PGTENANT_SERVER_PIPELINING  off (default) or auto: pgtenant's server-side pipelining
+#   PGTENANT_IO_ENGINE      auto (default), io_uring or epoll: pgtenant's I/O engine (the
+#                           one that ran is read from pgtenant's log into the results)
 #   LOADBENCH_IDLE_CLIENTS  idle clients of the idle section (10000)
 #   LOADBENCH_WORKERS       pgtenant --workers (default: one per core)
 #   LOADBENCH_ONLY          comma list of sections: pgbench,latency,idle,tenant,instructions
@@ -78,8 +80,10 @@ fi
 
 # The command as run, with the knobs that were set.
 COMMAND=
+PGT_ENGINE=
 for v in LOADBENCH_DURATION LOADBENCH_ROUNDS LOADBENCH_POOL LOADBENCH_IDLE_CLIENTS \
-    LOADBENCH_WORKERS LOADBENCH_ONLY LOADBENCH_CLIENTS PGTENANT_SERVER_PIPELINING; do
+    LOADBENCH_WORKERS LOADBENCH_ONLY LOADBENCH_CLIENTS PGTENANT_SERVER_PIPELINING \
+    PGTENANT_IO_ENGINE; do
     if [ -n "${!v+x}" ]; then COMMAND+="$v=$(printf '%q' "${!v}") "; fi
 done
 COMMAND+="./scripts/loadbench.sh"
@@ -333,7 +337,9 @@ start_pgtenant() {
     check_auth "$port" "pgtenant ($name)"
     POOLER_PORT[$name]=$port
     POOLER_PID[$name]=$pid
-    say "pgtenant ($name): 127.0.0.1:$port, pid $pid, upstream port $up"
+    # The I/O engine that runs (io_engine = auto picks io_uring where it works).
+    PGT_ENGINE=$(sed -n 's/.*I\/O engine io_engine="\([a-z_]*\)".*/\1/p' "$WORK/$name.log" | head -n 1)
+    say "pgtenant ($name): 127.0.0.1:$port, pid $pid, upstream port $up, I/O engine ${PGT_ENGINE:-unknown}"
 }
 
 # bench_run SECTION WORKLOAD TARGET ROUND PORT PID|- PGBENCH-ARGS…: one pgbench run, one
@@ -703,7 +709,8 @@ PGB_VERSION=$("$PGBOUNCER" --version | head -n1)
     echo "- $PG_VERSION; $PGB_VERSION; pgtenant $COMMIT"
     echo "- command: \`$COMMAND\`"
     echo "- knobs: duration ${DURATION} s, rounds $ROUNDS, pool size $POOL, pgbench -c $CLIENTS -j $THREADS," \
-        "idle clients $IDLE_CLIENTS, pgtenant workers ${WORKERS:-one per core}, sections $ONLY"
+        "idle clients $IDLE_CLIENTS, pgtenant workers ${WORKERS:-one per core}, sections $ONLY," \
+        "pgtenant I/O engine ${PGT_ENGINE:-unknown}"
     echo "- load average: $LOAD_AT_START at start, $LOAD_BEFORE before the measurements"
     echo "- PostgreSQL: defaults (fsync on) except ${PG_SETTINGS[*]}; both poolers: transaction" \
         "pooling, SCRAM-SHA-256 client auth with a plain-text password, max_client_conn $MAX_CLIENT_CONN," \

@@ -76,6 +76,10 @@ unset RUST_TEST_THREADS
 run_step "cargo fmt" cargo fmt --all -- --check
 run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
 run_step "cargo test" cargo test --all-targets
+# The integration tests again with every pgtenant on the epoll engine: `cargo test` ran
+# them under the default (io_engine = auto: io_uring where the kernel allows it, as here),
+# and epoll is what runs where a seccomp profile refuses io_uring (GKE, Docker).
+run_step "it, io_engine=epoll" env PGTENANT_TEST_IO_ENGINE=epoll cargo test --test it
 
 # fuzz/ (its own cargo workspace, not part of the steps above): build every fuzz target
 # with plain cargo into target/, reusing what `cargo test` just built (no nightly, no

@@ -136,6 +136,27 @@ impl Connection {
     /// their size: an idle client costs no read buffer, and a short request allocates a
     /// few hundred bytes rather than a whole read chunk.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if let Stream::Uring(u) = &self.stream {
+            // The ring's bytes as they came: they become the buffer when it is empty.
+            return match u.poll_take(cx) {
+                Poll::Ready(Ok(Some(b))) => {
+                    let n = b.len();
+                    if self.rbuf.is_empty() && (b.len() >= self.rbuf.capacity() || !self.keep_rbuf)
+                    {
+                        self.rbuf = b;
+                    } else {
+                        self.rbuf.extend_from_slice(&b);
+                    }
+                    Poll::Ready(Ok(n))
+                }
+                Poll::Ready(Ok(None)) => {
+                    self.eof = true;
+                    Poll::Ready(Ok(0))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
         let r = if self.rbuf.capacity() == 0 && !self.keep_rbuf {
             let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut rb = tokio::io::ReadBuf::uninit(&mut scratch);
@@ -365,6 +386,15 @@ impl Connection {
     pub fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let held = usize::from(self.held);
         while self.wbuf.len() > held {
+            if let Stream::Uring(u) = &self.stream {
+                // The queued bytes go to the ring as they are, without a copy.
+                let n = self.wbuf.len() - held;
+                match u.poll_send_from(cx, &mut self.wbuf, n) {
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             let out = &self.wbuf[..self.wbuf.len() - held];
             match Pin::new(&mut self.stream).poll_write(cx, out) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),

@@ -31,6 +31,7 @@ mod fidelity;
 mod harness_smoke;
 mod hash;
 mod hba;
+mod io_engine;
 mod isolation;
 mod lifecycle;
 mod listen;

@@ -1063,7 +1063,7 @@ impl Pgtenant {
                 p
             }
         };
-        let mut p = Self::spawn_owned(args, env, port);
+        let mut p = Self::spawn_owned(args, env, port, false);
         p.wait_ready(Duration::from_secs(10));
         p
     }
@@ -1074,10 +1074,27 @@ impl Pgtenant {
     pub fn spawn(args: &[&str], env: &[(&str, &str)], expect_port: Option<u16>) -> Pgtenant {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let port = expect_port.or_else(|| listen_port(&args, env)).unwrap_or(0);
-        Self::spawn_owned(args, env, port)
+        Self::spawn_owned(args, env, port, false)
     }
 
-    fn spawn_owned(args: Vec<String>, env: &[(&str, &str)], port: u16) -> Pgtenant {
+    /// [`Pgtenant::spawn`] under a seccomp filter that refuses the io_uring system calls
+    /// with EPERM, as Docker's and containerd's default profiles do.
+    pub fn spawn_without_io_uring(
+        args: &[&str],
+        env: &[(&str, &str)],
+        expect_port: Option<u16>,
+    ) -> Pgtenant {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let port = expect_port.or_else(|| listen_port(&args, env)).unwrap_or(0);
+        Self::spawn_owned(args, env, port, true)
+    }
+
+    fn spawn_owned(
+        args: Vec<String>,
+        env: &[(&str, &str)],
+        port: u16,
+        deny_io_uring: bool,
+    ) -> Pgtenant {
         let dir = TempDir::new("pgtenant");
         let log_path = dir.path().join("pgtenant.log");
         let log = fs::File::create(&log_path).expect("create pgtenant log");
@@ -1098,6 +1115,25 @@ impl Pgtenant {
         // (127.0.0.1:9930). A test that wants the endpoints passes `--http-listen`
         // (or sets PGTENANT_HTTP_LISTEN in `env`, which wins over this).
         cmd.env("PGTENANT_HTTP_LISTEN", "127.0.0.1:0");
+        // The whole suite can run under one I/O engine or with pipelining on:
+        // PGTENANT_TEST_IO_ENGINE / PGTENANT_TEST_SERVER_PIPELINING reach every pgtenant
+        // started here (a test's own `env` still wins).
+        for (from, to) in [
+            ("PGTENANT_TEST_IO_ENGINE", "PGTENANT_IO_ENGINE"),
+            (
+                "PGTENANT_TEST_SERVER_PIPELINING",
+                "PGTENANT_SERVER_PIPELINING",
+            ),
+        ] {
+            if let Some(v) = std::env::var_os(from) {
+                cmd.env(to, v);
+            }
+        }
+        if deny_io_uring {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only prctl calls between fork and exec (async-signal-safe).
+            unsafe { cmd.pre_exec(seccomp::deny_io_uring) };
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -1266,4 +1302,5 @@ fn listen_port(args: &[String], env: &[(&str, &str)]) -> Option<u16> {
 // The emulated Citus cluster (coordinator + 2 workers): see citus.rs.
 pub mod citus;
 pub mod proxy;
+pub mod seccomp;
 pub mod wire;

@@ -165,6 +165,90 @@ impl UringStream {
         Ok(shared.sock)
     }
 
+    /// [`AsyncRead::poll_read`] without the copy: the received bytes as they came
+    /// (`Some`), or `None` at end of stream.
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<io::Result<Option<BytesMut>>> {
+        let mut st = self.s.lock();
+        if !st.inbox.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut st.inbox))));
+        }
+        if let Some(e) = st.read_err {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
+        }
+        if st.eof {
+            return Poll::Ready(Ok(None));
+        }
+        self.arm_reader(&mut st, cx)
+    }
+
+    fn arm_reader<T>(&self, st: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match &st.reader {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.reader = Some(cx.waker().clone()),
+        }
+        if st.recv.is_none() {
+            match with_ring(|r| r.recv(self.s.clone())) {
+                Some(id) => st.recv = Some(id),
+                None => return Poll::Ready(Err(not_on_ring())),
+            }
+        }
+        Poll::Pending
+    }
+
+    /// [`AsyncWrite::poll_write`] of the first `n` bytes of `buf` without a copy when
+    /// nothing is in flight (the bytes are split off `buf` and sent as they are).
+    pub fn poll_send_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        n: usize,
+    ) -> Poll<io::Result<usize>> {
+        let mut st = self.s.lock();
+        if st.send.is_none() && st.outbox.is_empty() && st.write_err.is_none() && n > 0 {
+            let bytes = buf.split_to(n).freeze();
+            return match with_ring(|r| r.send(self.s.clone(), bytes)) {
+                Some(id) => {
+                    st.send = Some(id);
+                    Poll::Ready(Ok(n))
+                }
+                None => Poll::Ready(Err(not_on_ring())),
+            };
+        }
+        drop(st);
+        let r = self.write_locked(cx, &buf[..n]);
+        if let Poll::Ready(Ok(k)) = r {
+            buf.advance(k);
+        }
+        r
+    }
+
+    fn write_locked(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut st = self.s.lock();
+        if let Some(e) = st.write_err {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let room = OUTBOX_MAX.saturating_sub(st.outbox.len());
+        if room == 0 {
+            st.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = room.min(buf.len());
+        if st.send.is_none() {
+            // Nothing in flight: send these bytes directly.
+            let bytes = Bytes::copy_from_slice(&buf[..n]);
+            match with_ring(|r| r.send(self.s.clone(), bytes)) {
+                Some(id) => st.send = Some(id),
+                None => return Poll::Ready(Err(not_on_ring())),
+            }
+        } else {
+            st.outbox.extend_from_slice(&buf[..n]);
+        }
+        Poll::Ready(Ok(n))
+    }
+
     /// Arm a receive on an idle connection (a server connection going back to the pool),
     /// so that its end or an unexpected message is known when it is next taken, without
     /// a system call then (as tokio's cached readiness does for epoll).
@@ -294,14 +378,7 @@ impl AsyncRead for UringStream {
         if st.eof || buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        st.reader = Some(cx.waker().clone());
-        if st.recv.is_none() {
-            match with_ring(|r| r.recv(this.s.clone())) {
-                Some(id) => st.recv = Some(id),
-                None => return Poll::Ready(Err(not_on_ring())),
-            }
-        }
-        Poll::Pending
+        this.arm_reader(&mut st, cx)
     }
 }
 
@@ -311,31 +388,7 @@ impl AsyncWrite for UringStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let mut st = this.s.lock();
-        if let Some(e) = st.write_err {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
-        }
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let room = OUTBOX_MAX.saturating_sub(st.outbox.len());
-        if room == 0 {
-            st.writer = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = room.min(buf.len());
-        if st.send.is_none() {
-            // Nothing in flight: send these bytes directly.
-            let bytes = Bytes::copy_from_slice(&buf[..n]);
-            match with_ring(|r| r.send(this.s.clone(), bytes)) {
-                Some(id) => st.send = Some(id),
-                None => return Poll::Ready(Err(not_on_ring())),
-            }
-        } else {
-            st.outbox.extend_from_slice(&buf[..n]);
-        }
-        Poll::Ready(Ok(n))
+        self.write_locked(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
