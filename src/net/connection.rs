@@ -216,6 +216,15 @@ impl Connection {
         }
     }
 
+    /// The io_uring thread whose ring watches this idle connection (see
+    /// [`Connection::watch`]); None under epoll.
+    pub fn watched_on(&self) -> Option<u32> {
+        match &self.stream {
+            Stream::Uring(u) => u.armed_on(),
+            _ => None,
+        }
+    }
+
     /// Wait for more input. Returns 0 at end of stream.
     pub async fn fill(&mut self) -> io::Result<usize> {
         poll_fn(|cx| self.poll_fill(cx)).await

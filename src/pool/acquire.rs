@@ -10,6 +10,10 @@ fn tenant_of(claim: &Option<&mut Claim>) -> Option<(Arc<str>, u32)> {
     claim.as_ref().map(|c| (c.tenant.clone(), c.max_active))
 }
 
+/// io_uring: how many of the most recently used idle connections are looked at for one
+/// watched by the taking thread's ring.
+const SAME_THREAD_SCAN: usize = 4;
+
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Waited {
     Handoff(Handoff),
@@ -61,6 +65,19 @@ impl Pool {
         s: &Settings,
         now: Instant,
     ) -> Option<Box<ServerConn>> {
+        // io_uring: among the most recently used few, prefer one watched by this thread's
+        // ring, so that its answers complete here without waking another thread.
+        if let Some(here) = crate::net::uring::this_ring() {
+            let n = g.idle.len();
+            if let Some(i) = (n.saturating_sub(SAME_THREAD_SCAN)..n)
+                .rev()
+                .find(|&i| g.idle[i].conn.watched_on() == Some(here))
+            {
+                if i + 1 != n {
+                    g.idle.swap(i, n - 1);
+                }
+            }
+        }
         while let Some(mut c) = g.idle.pop_back() {
             if Self::expired(s, &c, now) || c.conn.is_stale() {
                 self.drop_slot(g);

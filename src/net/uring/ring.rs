@@ -347,6 +347,11 @@ pub fn on_ring_thread() -> bool {
     RING.with(|r| r.borrow().is_some())
 }
 
+/// This thread's ring, if it has one.
+pub fn this_ring() -> Option<u32> {
+    RING.with(|r| r.borrow().as_ref().map(|r| r.sq.id))
+}
+
 /// Give this thread a ring and start its driver on the current (current-thread) runtime.
 /// Call once per runtime thread, from inside that runtime.
 pub fn install() -> io::Result<tokio::task::JoinHandle<()>> {

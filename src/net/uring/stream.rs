@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::ring::{with_ring, OpId, Subm};
 
 /// Bytes a writer may have queued beyond what the kernel took before it must wait.
-pub const OUTBOX_MAX: usize = 256 * 1024;
+pub const OUTBOX_MAX: usize = 64 * 1024;
 
 /// A TCP stream on the io_uring engine.
 pub struct UringStream {
@@ -262,6 +262,11 @@ impl UringStream {
         {
             st.recv = with_ring(|r| r.recv(self.s.clone()));
         }
+    }
+
+    /// The ring its receive is armed on, if one is.
+    pub fn armed_on(&self) -> Option<u32> {
+        self.s.lock().recv.map(|op| op.ring)
     }
 
     /// For a connection that should be silent: did the peer close it or send something?
