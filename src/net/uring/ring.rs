@@ -159,9 +159,23 @@ impl Drop for BufRing {
     }
 }
 
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // The thread is ending (pgtenant is stopping, or a test thread ends): the kernel
+        // may still be finishing this ring's operations while it tears the ring down, so
+        // the memory they use (bytes being sent, receive buffers) and their sockets are
+        // left to the process's exit rather than freed under it.
+        std::mem::forget(std::mem::take(&mut self.sq.ops));
+        std::mem::forget(std::mem::take(&mut self.bufs.mem));
+    }
+}
+
 impl Ring {
     fn new() -> io::Result<Ring> {
         let mut b = IoUring::builder();
+        // Not DEFER_TASKRUN: its deferred completions do not make the ring's fd readable
+        // for tokio's epoll (tried: the driver never woke), and running them needs an
+        // enter of the driver's own.
         b.setup_cqsize(CQ_ENTRIES).setup_single_issuer();
         let uring = b.build(SQ_ENTRIES)?;
         let bufs = BufRing::new(&uring)?;
