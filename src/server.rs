@@ -315,7 +315,11 @@ enum Acceptor {
 impl Acceptor {
     async fn accept(&self) -> std::io::Result<crate::net::Stream> {
         match self {
-            Acceptor::Tcp(l) => crate::net::Stream::plain(l.accept().await?.0),
+            Acceptor::Tcp(l) => {
+                let (tcp, _) = l.accept().await?;
+                tcp.set_nodelay(true)?;
+                crate::net::Stream::plain(tcp)
+            }
             Acceptor::Unix(l) => l
                 .accept()
                 .await

@@ -104,6 +104,13 @@ impl Errors {
         self.0.push(format!("{key}: {msg}"));
     }
 
+    /// Record `(key, message)` pairs found by a section's own parser.
+    fn push_all(&mut self, found: Vec<(String, String)>) {
+        for (k, m) in found {
+            self.push(&k, m);
+        }
+    }
+
     /// Record the error of `r`, if any, under `key`.
     fn check<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
         r.map_err(|e| self.push(key, e)).ok()

@@ -32,9 +32,9 @@ impl Stream {
     }
 
     /// A connected TCP socket on the engine this thread runs: io_uring on a ring thread,
-    /// tokio's epoll otherwise. TCP_NODELAY is set.
+    /// tokio's epoll otherwise. (TCP_NODELAY is the caller's: [`connect`] and the accept
+    /// loop set it.)
     pub fn plain(tcp: TcpStream) -> io::Result<Stream> {
-        tcp.set_nodelay(true)?;
         if super::uring::on_ring_thread() {
             return Ok(Stream::Uring(super::uring::UringStream::new(
                 tcp.into_std()?,

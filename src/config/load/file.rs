@@ -99,9 +99,7 @@ pub(super) fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: 
             "databases" => {
                 let mut e = Vec::new();
                 d.databases = crate::config::databases::parse(v, &mut e);
-                for (k, m) in e {
-                    errs.push(&k, m);
-                }
+                errs.push_all(e);
                 Ok(())
             }
             "max_user_connections" => count(v).map(|x| d.max_user_connections = x),
@@ -202,9 +200,7 @@ pub(super) fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: 
             "tenant_limits" => {
                 let mut e = Vec::new();
                 d.tenant_limits = crate::config::tenant_limits::parse(v, &mut e);
-                for (k, m) in e {
-                    errs.push(&k, m);
-                }
+                errs.push_all(e);
                 Ok(())
             }
             _ => Err(unknown_key(k)),

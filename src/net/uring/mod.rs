@@ -82,58 +82,17 @@ pub fn choose(want: IoEngine) -> Result<Chosen, String> {
     }
 }
 
-/// Make a small ring with what the engine needs: the setup flags, the operations and a
-/// provided-buffer ring (Linux 6.0+). The error names what failed.
+/// Make a ring exactly as the engine does (its setup flags and its provided-buffer ring,
+/// Linux 6.0+) and check the operations it submits. The error names what failed.
 pub fn probe() -> Result<String, String> {
-    use io_uring::{opcode, IoUring, Probe};
-    let ring: IoUring = IoUring::builder()
-        .setup_single_issuer()
-        .build(8)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) => "io_uring_setup: operation not permitted (a seccomp profile or \
-                 kernel.io_uring_disabled refuses it)"
-                .to_string(),
-            Some(libc::ENOSYS) => "io_uring_setup: not implemented by this kernel".to_string(),
-            _ => format!("io_uring_setup: {e}"),
-        })?;
-    let mut p = Probe::new();
-    ring.submitter()
-        .register_probe(&mut p)
-        .map_err(|e| format!("io_uring_register(PROBE): {e}"))?;
-    for (name, code) in [
-        ("RECV", opcode::Recv::CODE),
-        ("SEND", opcode::Send::CODE),
-        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
-    ] {
-        if !p.is_supported(code) {
-            return Err(format!("the kernel lacks the {name} operation"));
-        }
-    }
-    // A provided-buffer ring (5.19+): the receive buffers of idle connections.
-    let len = 4096;
-    // SAFETY: an anonymous private page, unmapped below.
-    let mem = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE,
-            -1,
-            0,
-        )
-    };
-    if mem == libc::MAP_FAILED {
-        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: the page outlives the registration (the ring is dropped before the unmap).
-    let r = unsafe {
-        ring.submitter()
-            .register_buf_ring_with_flags(mem as u64, 8, 1, 0)
-    };
-    drop(ring);
-    // SAFETY: mapped above with this length.
-    unsafe { libc::munmap(mem, len) };
-    r.map_err(|e| format!("io_uring_register(PBUF_RING): {e} (Linux 5.19+ needed)"))?;
+    let ring = ring::Ring::new().map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) => "io_uring_setup: operation not permitted (a seccomp profile or \
+                              kernel.io_uring_disabled refuses it)"
+            .to_string(),
+        Some(libc::ENOSYS) => "io_uring_setup: not implemented by this kernel".to_string(),
+        _ => format!("io_uring setup: {e} (Linux 6.0+ needed)"),
+    })?;
+    ring.supports_operations()?;
     Ok("io_uring works (single issuer, provided buffer rings)".into())
 }
 

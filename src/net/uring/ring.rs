@@ -161,17 +161,20 @@ impl Drop for BufRing {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // The thread is ending (pgtenant is stopping, or a test thread ends): the kernel
-        // may still be finishing this ring's operations while it tears the ring down, so
-        // the memory they use (bytes being sent, receive buffers) and their sockets are
-        // left to the process's exit rather than freed under it.
-        std::mem::forget(std::mem::take(&mut self.sq.ops));
-        std::mem::forget(std::mem::take(&mut self.bufs.mem));
+        // With operations still in flight (a thread ending while pgtenant stops, or a test
+        // thread), the kernel may still be finishing them while it tears the ring down: the
+        // memory they use (bytes being sent, receive buffers) and their sockets are left to
+        // the process's exit rather than freed under it.
+        if self.sq.ops.iter().any(|(_, op)| op.is_some()) {
+            std::mem::forget(std::mem::take(&mut self.sq.ops));
+            std::mem::forget(std::mem::take(&mut self.bufs.mem));
+        }
     }
 }
 
 impl Ring {
-    fn new() -> io::Result<Ring> {
+    /// A ring as the engine uses it (also [`super::probe`]'s test of this kernel).
+    pub(super) fn new() -> io::Result<Ring> {
         let mut b = IoUring::builder();
         // Not DEFER_TASKRUN: its deferred completions do not make the ring's fd readable
         // for tokio's epoll (tried: the driver never woke), and running them needs an
@@ -192,6 +195,26 @@ impl Ring {
             bufs,
             scratch: Vec::new(),
         })
+    }
+
+    /// Does the kernel offer every operation the engine submits?
+    pub(super) fn supports_operations(&self) -> Result<(), String> {
+        let mut p = io_uring::Probe::new();
+        self.sq
+            .uring
+            .submitter()
+            .register_probe(&mut p)
+            .map_err(|e| format!("io_uring_register(PROBE): {e}"))?;
+        for (name, code) in [
+            ("RECV", opcode::Recv::CODE),
+            ("SEND", opcode::Send::CODE),
+            ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+        ] {
+            if !p.is_supported(code) {
+                return Err(format!("the kernel lacks the {name} operation"));
+            }
+        }
+        Ok(())
     }
 
     /// Handle every completion waiting, then give the buffers back to the kernel.

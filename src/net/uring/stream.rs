@@ -156,9 +156,9 @@ impl UringStream {
                 return Err(io::Error::other("bytes in flight on the socket"));
             }
         }
-        let me = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `me` is never used nor dropped again; the Arc is moved out once.
-        let s = unsafe { std::ptr::read(&me.s) };
+        // Dropping the stream with nothing in flight cancels nothing: the socket is ours.
+        let s = self.s.clone();
+        drop(self);
         let shared = Arc::try_unwrap(s)
             .map_err(|_| io::Error::other("an io_uring operation still holds the socket"))?;
         shared.sock.set_nonblocking(true)?;
@@ -168,9 +168,19 @@ impl UringStream {
     /// [`AsyncRead::poll_read`] without the copy: the received bytes as they came
     /// (`Some`), or `None` at end of stream.
     pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<io::Result<Option<BytesMut>>> {
+        self.poll_inbox(cx, std::mem::take)
+    }
+
+    /// `take` what was received (`Some`), or `None` at end of stream; with nothing
+    /// received, arm a receive on this thread's ring (one at a time) and wait.
+    fn poll_inbox<T>(
+        &self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut BytesMut) -> T,
+    ) -> Poll<io::Result<Option<T>>> {
         let mut st = self.s.lock();
         if !st.inbox.is_empty() {
-            return Poll::Ready(Ok(Some(std::mem::take(&mut st.inbox))));
+            return Poll::Ready(Ok(Some(take(&mut st.inbox))));
         }
         if let Some(e) = st.read_err {
             return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
@@ -178,10 +188,6 @@ impl UringStream {
         if st.eof {
             return Poll::Ready(Ok(None));
         }
-        self.arm_reader(&mut st, cx)
-    }
-
-    fn arm_reader<T>(&self, st: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         match &st.reader {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => st.reader = Some(cx.waker().clone()),
@@ -195,58 +201,51 @@ impl UringStream {
         Poll::Pending
     }
 
-    /// [`AsyncWrite::poll_write`] of the first `n` bytes of `buf` without a copy when
-    /// nothing is in flight (the bytes are split off `buf` and sent as they are).
+    /// [`AsyncWrite::poll_write`] of the first `n` bytes of `buf`, split off it without a
+    /// copy when they go to the ring at once.
     pub fn poll_send_from(
         &self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
         n: usize,
     ) -> Poll<io::Result<usize>> {
-        let mut st = self.s.lock();
-        if st.send.is_none() && st.outbox.is_empty() && st.write_err.is_none() && n > 0 {
-            let bytes = buf.split_to(n).freeze();
-            return match with_ring(|r| r.send(self.s.clone(), bytes)) {
-                Some(id) => {
-                    st.send = Some(id);
-                    Poll::Ready(Ok(n))
-                }
-                None => Poll::Ready(Err(not_on_ring())),
-            };
-        }
-        drop(st);
-        let r = self.write_locked(cx, &buf[..n]);
-        if let Poll::Ready(Ok(k)) = r {
-            buf.advance(k);
-        }
-        r
+        // The bytes move from the connection's buffer to the ring: nothing new is held.
+        self.poll_queue(cx, n, n, |k| buf.split_to(k).freeze())
     }
 
-    fn write_locked(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    /// Accept up to `n` bytes for sending: with nothing in flight, up to `direct` of them
+    /// are sent now (`take(k)` gives them), else they wait in the outbox (at most
+    /// [`OUTBOX_MAX`]). `take` also consumes them from the caller's buffer.
+    fn poll_queue(
+        &self,
+        cx: &mut Context<'_>,
+        n: usize,
+        direct: usize,
+        take: impl FnOnce(usize) -> Bytes,
+    ) -> Poll<io::Result<usize>> {
         let mut st = self.s.lock();
         if let Some(e) = st.write_err {
             return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
         }
-        if buf.is_empty() {
+        if n == 0 {
             return Poll::Ready(Ok(0));
         }
-        let room = OUTBOX_MAX.saturating_sub(st.outbox.len());
-        if room == 0 {
-            st.writer = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = room.min(buf.len());
         if st.send.is_none() {
-            // Nothing in flight: send these bytes directly.
-            let bytes = Bytes::copy_from_slice(&buf[..n]);
-            match with_ring(|r| r.send(self.s.clone(), bytes)) {
+            // Nothing in flight, so nothing waits in the outbox either.
+            let k = n.min(direct);
+            match with_ring(|r| r.send(self.s.clone(), take(k))) {
                 Some(id) => st.send = Some(id),
                 None => return Poll::Ready(Err(not_on_ring())),
             }
-        } else {
-            st.outbox.extend_from_slice(&buf[..n]);
+            return Poll::Ready(Ok(k));
         }
-        Poll::Ready(Ok(n))
+        let k = OUTBOX_MAX.saturating_sub(st.outbox.len()).min(n);
+        if k == 0 {
+            st.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        st.outbox.extend_from_slice(&take(k));
+        Poll::Ready(Ok(k))
     }
 
     /// Arm a receive on an idle connection (a server connection going back to the pool),
@@ -365,25 +364,19 @@ impl AsyncRead for UringStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let mut st = this.s.lock();
-        if !st.inbox.is_empty() {
-            let n = st.inbox.len().min(buf.remaining());
-            buf.put_slice(&st.inbox[..n]);
-            st.inbox.advance(n);
-            if st.inbox.is_empty() {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_inbox(cx, |inbox| {
+            let n = inbox.len().min(buf.remaining());
+            buf.put_slice(&inbox[..n]);
+            inbox.advance(n);
+            if inbox.is_empty() {
                 // An idle connection keeps no buffer.
-                st.inbox = BytesMut::new();
+                *inbox = BytesMut::new();
             }
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(e) = st.read_err {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
-        }
-        if st.eof || buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        this.arm_reader(&mut st, cx)
+        })
+        .map_ok(|_| ())
     }
 }
 
@@ -393,7 +386,10 @@ impl AsyncWrite for UringStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.write_locked(cx, buf)
+        // Copied bytes are new memory: at most OUTBOX_MAX of them per send.
+        self.poll_queue(cx, buf.len(), OUTBOX_MAX, |k| {
+            Bytes::copy_from_slice(&buf[..k])
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
