@@ -599,8 +599,13 @@ impl CitusCluster {
         });
     }
 
-    /// Stop `workers[i]` (immediate shutdown; its port stays reserved).
+    /// Stop `workers[i]` (immediate shutdown; its port stays reserved). What it committed
+    /// comes back when it starts again, as on a real server: the test servers run with
+    /// `synchronous_commit = off`, so its WAL is flushed (CHECKPOINT) first — without that,
+    /// a DELETE committed just before (e.g. `finish_move`'s) was lost now and then.
     pub fn stop_worker(&mut self, i: usize) {
+        // Best effort: a worker that is already down has nothing to flush.
+        let _ = self.workers[i].psql(&["-c", "CHECKPOINT"]);
         self.workers[i].stop();
     }
 
