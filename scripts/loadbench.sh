@@ -344,7 +344,8 @@ start_pgtenant() {
 
 # bench_run SECTION WORKLOAD TARGET ROUND PORT PID|- PGBENCH-ARGS…: one pgbench run, one
 # line in $RUNS: section workload target round status tps xacts failed latency_ms
-# cpu_us_per_xact note syscalls_per_xact.
+# cpu_us_per_xact note syscalls_per_xact p50_ms p99_ms. The percentiles come from pgbench's
+# per-transaction log (-l: every transaction's latency in µs), removed after the run.
 bench_run() {
     local section=$1 workload=$2 target=$3 round=$4 port=$5 pid=$6
     shift 6
@@ -359,7 +360,17 @@ bench_run() {
             sleep 0.2
         fi
     fi
-    PGPASSWORD=secret "$PGBENCH" -n -h 127.0.0.1 -p "$port" -U app "$@" app >"$out" 2>&1 || rc=$?
+    local xlog=$WORK/runs/xlog-$section-$workload-$target-$round p50=- p99=-
+    PGPASSWORD=secret "$PGBENCH" -n -h 127.0.0.1 -p "$port" -U app -l --log-prefix="$xlog" "$@" app \
+        >"$out" 2>&1 || rc=$?
+    # Columns: client, transaction, latency µs, script, epoch s, µs ("failed"/"skipped"
+    # in the latency column for those: left out).
+    read -r p50 p99 < <(cat "$xlog".* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 }' | sort -n |
+        awk '{ a[NR] = $1 } END {
+            if (NR == 0) { print "- -"; exit }
+            i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999)
+            printf "%.3f %.3f\n", a[i50] / 1000, a[i99] / 1000 }') || true
+    rm -f "$xlog".*
     if [ "$pid" != - ]; then
         kill -0 "$pid" 2>/dev/null || die "$target (pid $pid) died during the run (log: $out)"
         c1=$(cpu_ticks "$pid")
@@ -396,11 +407,11 @@ bench_run() {
             fi
         fi
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$workload" "$target" "$round" \
-        "$status" "${tps:--}" "${xacts:--}" "${failed:--}" "${lat:--}" "$cpu" "$note" "$sc" >>"$RUNS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$workload" "$target" "$round" \
+        "$status" "${tps:--}" "${xacts:--}" "${failed:--}" "${lat:--}" "$cpu" "$note" "$sc" "${p50:--}" "${p99:--}" >>"$RUNS"
     if [ "$status" = ok ]; then
-        printf '    round %s  %-18s %10.0f tps  %8.3f ms  %s  (%s xacts, %s failed)\n' \
-            "$round" "$target" "$tps" "$lat" "$([ "$cpu" = - ] || echo "$cpu µs CPU/xact")$([ "$sc" = - ] || echo ", $sc syscalls/xact")" "$xacts" "${failed:--}"
+        printf '    round %s  %-18s %10.0f tps  %8.3f ms (p50 %s, p99 %s)  %s  (%s xacts, %s failed)\n' \
+            "$round" "$target" "$tps" "$lat" "${p50:--}" "${p99:--}" "$([ "$cpu" = - ] || echo "$cpu µs CPU/xact")$([ "$sc" = - ] || echo ", $sc syscalls/xact")" "$xacts" "${failed:--}"
     else
         printf '    round %s  %-18s FAILED: %s\n' "$round" "$target" "$note"
     fi
@@ -661,6 +672,11 @@ TABLE=$WORK/table.md
             sb=$(median "$section" "$mode" "$b" 12)
             echo "| $w | pooler system calls / xact | $(fmt %.2f "$sa") | $(fmt %.2f "$sb") | $(ratio "$sb" "$sa") |"
             echo "| $w | avg latency ms | $(fmt %.3f "$la") | $(fmt %.3f "$lb") | $(ratio "$lb" "$la") |"
+            for q in 13:p50 14:p99; do
+                qa=$(median "$section" "$mode" "$a" "${q%%:*}")
+                qb=$(median "$section" "$mode" "$b" "${q%%:*}")
+                echo "| $w | ${q#*:} latency ms | $(fmt %.3f "$qa") | $(fmt %.3f "$qb") | $(ratio "$qb" "$qa") |"
+            done
             fa=$(failed_xacts "$section" "$mode" "$a")
             fb=$(failed_xacts "$section" "$mode" "$b")
             if [ "$fa" != 0 ] || [ "$fb" != 0 ]; then
@@ -678,6 +694,12 @@ TABLE=$WORK/table.md
         [ -n "$ld" ] && [ -n "$lb" ] && ab=$(awk -v p="$lb" -v d="$ld" 'BEGIN { printf "%.1f", (p - d) * 1000 }')
         echo "| $w | avg latency ms (direct: $(fmt %.3f "$ld")) | $(fmt %.3f "$la") | $(fmt %.3f "$lb") | $(ratio "$lb" "$la") |"
         echo "| $w | latency added µs | $aa | $ab | $(ratio "$ab" "$aa") |"
+        for q in 13:p50 14:p99; do
+            qd=$(median latency simple direct "${q%%:*}")
+            qa=$(median latency simple pgbouncer "${q%%:*}")
+            qb=$(median latency simple pgtenant "${q%%:*}")
+            echo "| $w | ${q#*:} latency ms (direct: $(fmt %.3f "$qd")) | $(fmt %.3f "$qa") | $(fmt %.3f "$qb") | $(ratio "$qb" "$qa") |"
+        done
     fi
     if want idle; then
         w="$IDLE_CLIENTS idle clients"
@@ -731,8 +753,8 @@ PGB_VERSION=$("$PGBOUNCER" --version | head -n1)
         echo
         echo "## Runs"
         echo
-        echo "| section | workload | target | round | status | tps | xacts | failed | latency ms | CPU µs/xact | note | syscalls/xact |"
-        echo "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
+        echo "| section | workload | target | round | status | tps | xacts | failed | latency ms | CPU µs/xact | note | syscalls/xact | p50 ms | p99 ms |"
+        echo "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"
         awk -F'\t' -v OFS=' | ' '{ $1 = $1; print "| " $0 " |" }' "$RUNS"
     fi
 } >"$WORK/results.md"
