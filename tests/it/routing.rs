@@ -1576,8 +1576,10 @@ async fn worker_stopped_mid_load() {
                 p.logs()
             )
         });
+    // A probe every 0.5 s: about a second normally; 3 s leaves room for a loaded CI
+    // machine (2.17 s seen once with the whole suite running beside it).
     assert!(
-        back < Duration::from_secs(2),
+        back < Duration::from_secs(3),
         "worker 0 answered again but its tenants came back only after {back:?}\n{}",
         p.logs()
     );
