@@ -36,9 +36,12 @@ targets=()
 case "${1:-}" in
     --smoke) smoke=1; shift ;;
     --ci)
-        mkdir -p "$FUZZ/artifacts"
+        mkdir -p "$FUZZ/artifacts" target
         t0=$SECONDS
-        nice -n 15 cargo build --manifest-path "$FUZZ/Cargo.toml" --target-dir target --bins --features ci
+        # The main crate's target directory (CARGO_TARGET_DIR when set), whose builds
+        # `cargo test --all-targets` just made.
+        tdir=${CARGO_TARGET_DIR:-target}
+        nice -n 15 cargo build --manifest-path "$FUZZ/Cargo.toml" --target-dir "$tdir" --bins --features ci
         t_build=$((SECONDS - t0))
         t0=$SECONDS
         failed=()
@@ -48,7 +51,7 @@ case "${1:-}" in
             else
                 what=(-runs=2000 -seed=1 -len_control=0)
             fi
-            if nice -n 15 "target/debug/$t" "${what[@]}" -max_len=4096 -timeout=30 \
+            if nice -n 15 "$tdir/debug/$t" "${what[@]}" -max_len=4096 -timeout=30 \
                 -artifact_prefix="$FUZZ/artifacts/$t-" >"target/fuzz-$t.log" 2>&1; then
                 echo "fuzz smoke: $t ok ($(grep -cE '^#' "target/fuzz-$t.log" || true) status lines)"
             else
