@@ -134,11 +134,18 @@ impl SharedParams {
 /// in order: `session_authorization` (changing it also resets `role`), then `role`, then
 /// the other settings (which may depend on the role's rights).
 pub fn replay(from: &ParamMap, to: &ParamMap) -> Vec<String> {
+    replay_steps(from, to).into_iter().map(|(q, _)| q).collect()
+}
+
+/// [`replay`]'s statements, each with the `RESET` that takes its setting back to the
+/// server's default should the server refuse the value (`None` for a statement that is a
+/// RESET already).
+pub fn replay_steps(from: &ParamMap, to: &ParamMap) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     let mut from = from.clone();
     let sa = "session_authorization";
     if from.get(sa) != to.get(sa) {
-        out.push(set_or_reset(sa, to.get(sa)));
+        out.push(step(sa, to.get(sa)));
         // PostgreSQL resets the role with the session authorization.
         from.remove(sa);
         from.remove("role");
@@ -150,18 +157,18 @@ pub fn replay(from: &ParamMap, to: &ParamMap) -> Vec<String> {
         if from.contains_key("role") && to.contains_key("role") {
             // Back to the login role first: if the new role cannot be taken (dropped,
             // membership revoked), the session is left with less, not the old role.
-            out.push("RESET \"role\"".to_owned());
+            out.push(("RESET \"role\"".to_owned(), None));
         }
-        out.push(set_or_reset("role", to.get("role")));
+        out.push(step("role", to.get("role")));
     }
     for k in from.keys() {
         if !to.contains_key(k) && !is_identity(k) {
-            out.push(format!("RESET {}", ident(k)));
+            out.push((format!("RESET {}", ident(k)), None));
         }
     }
     for (k, v) in to {
         if from.get(k) != Some(v) && !is_identity(k) {
-            out.push(set_or_reset(k, Some(v)));
+            out.push(step(k, Some(v)));
         }
     }
     out
@@ -169,6 +176,11 @@ pub fn replay(from: &ParamMap, to: &ParamMap) -> Vec<String> {
 
 fn is_identity(name: &str) -> bool {
     name == "role" || name == "session_authorization"
+}
+
+fn step(name: &str, value: Option<&String>) -> (String, Option<String>) {
+    let reset = value.map(|_| format!("RESET {}", ident(name)));
+    (set_or_reset(name, value), reset)
 }
 
 fn set_or_reset(name: &str, value: Option<&String>) -> String {

@@ -631,7 +631,8 @@ async fn a_tiny_statement_timeout_is_kept_and_stays_with_its_client() {
             assert_eq!(
                 one(&b, "SHOW statement_timeout").await,
                 "0",
-                "{mode} round {i}"
+                "{mode} round {i}\n{}",
+                pt.logs()
             );
             while a.simple_query("RESET statement_timeout").await.is_err() {}
             assert_eq!(

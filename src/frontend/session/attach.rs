@@ -8,6 +8,31 @@ use super::*;
 /// How long the session check may take before the connection is closed instead.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a lent connection runs before the client's first message: each statement, and
+/// the `RESET` of its setting should the server refuse its value.
+type Setup = Vec<(String, Option<String>)>;
+
+/// Run one of pgtenant's statements; again (3 tries in all) when it was cancelled, or
+/// refused for a lock or a serialization failure: the previous client's timeouts are
+/// still in force while the setup runs.
+async fn run_retrying(
+    server: &mut ServerConn,
+    sql: &str,
+) -> Result<(), crate::backend::BackendError> {
+    let mut tries = 1;
+    loop {
+        match server.run_internal(sql).await {
+            Err(crate::backend::BackendError::Server(e))
+                if tries < 3
+                    && matches!(e.code.as_str(), "57014" | "55P03" | "40001" | "40P01") =>
+            {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Run the check query. If the client's own `statement_timeout` cancels it (a client may
 /// set 1 ms), read that value, run the check with the timeout off, and put the value
 /// back: returns it then, since the check saw 0 (`statement_timeout` as the check found
@@ -87,7 +112,10 @@ impl Session {
         let claim = self.take_claim(&pool);
         match self.acquire(&pool, claim, first).await {
             Ok(Got::Conn(server, lent, claim)) => {
-                self.install(server, pool, lent).await;
+                if !self.install(server, pool, lent).await {
+                    self.refuse_setup(first);
+                    return WorkerAttach::Refused;
+                }
                 self.claimed(claim);
                 WorkerAttach::Attached
             }
@@ -173,14 +201,67 @@ impl Session {
     /// Make `server` this client's: cancel target, settings replay.
     /// `lent`: when the pool lent it; the first message forwarded (at once) starts the
     /// query and transaction clocks there.
+    /// False: the connection could not be given the client's session (see
+    /// [`Session::run_setup`]); it was closed and the client is not attached.
     pub(super) async fn install(
         &mut self,
         server: Box<ServerConn>,
         pool: Arc<Pool>,
         lent: Instant,
-    ) {
+    ) -> bool {
         self.set_cancel_target(Some(server.cancel.clone())).await;
-        self.adopt(server, pool, Some(lent));
+        let setup = self.adopt(server, pool, Some(lent));
+        if setup.is_empty() {
+            return true;
+        }
+        // Boxed: a session's future stays small for the common case.
+        Box::pin(self.run_setup(setup)).await
+    }
+
+    /// Run the take-over and settings replay on the connection just attached, each
+    /// statement to its end, before the client's first message goes: the previous
+    /// client's settings are still in force while they run, and one of them can make a
+    /// statement fail (its `statement_timeout = 1` cancels a `RESET` on a busy machine,
+    /// its `lock_timeout`, …). Queued blindly ahead of the client's message, such a
+    /// failure let the client's statement run with the previous client's setting, or its
+    /// role. Rules: a statement cancelled, or refused for a lock or a serialization
+    /// failure, runs again (3 tries); a value the server refuses is logged and its
+    /// setting reset to the server's default (the client goes on with less, never with
+    /// another client's value); anything else closes the connection and the caller
+    /// refuses the client's request with an error (it may retry).
+    async fn run_setup(&mut self, setup: Setup) -> bool {
+        let Some(a) = self.attached.as_mut() else {
+            return false;
+        };
+        let user = self.c.user.clone();
+        let steps = async {
+            for (q, reset) in &setup {
+                match run_retrying(&mut a.server, q).await {
+                    Ok(()) => {}
+                    Err(crate::backend::BackendError::Server(e)) if reset.is_some() => {
+                        tracing::warn!(user = %Escaped(&user), code = %e.code, message = %e.message, "server refused a setting pgtenant replayed; the server's default applies");
+                        let reset = reset.as_deref().unwrap_or_default();
+                        run_retrying(&mut a.server, reset)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok::<(), String>(())
+        };
+        let failed = match tokio::time::timeout(CHECK_TIMEOUT, steps).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => e,
+            Err(_) => "timed out".to_string(),
+        };
+        let Some(a) = self.attached.take() else {
+            return false;
+        };
+        tracing::warn!(user = %Escaped(&self.c.user), server = a.server.id, error = %failed, "a server connection could not be given the client's session; closing it");
+        self.set_cancel_target(None).await;
+        a.pool.discard(a.server);
+        false
     }
 
     /// [`Session::install`] of the server connection a session-mode client took at login,
@@ -190,7 +271,14 @@ impl Session {
         let set = self.c.key.slot.try_set(Some(server.cancel.clone()));
         debug_assert!(set.is_ok(), "a cancel in flight before the session started");
         let pool = self.c.pool.clone();
-        self.adopt(server, pool, None);
+        // The client's own new connection: nothing of another client's is on it, so the
+        // setup goes ahead of its first message.
+        let setup = self.adopt(server, pool, None);
+        if let Some(a) = self.attached.as_mut() {
+            for (q, _) in &setup {
+                hidden_query(a, q);
+            }
+        }
         // SHOW CLIENTS shows the link before the client's first message.
         self.c
             .state
@@ -198,9 +286,9 @@ impl Session {
             .publish(self.attached.as_ref().map_or(0, |a| a.server.id), 0);
     }
 
-    /// The rest of [`Session::install`], once the cancel target is set: take-over and
-    /// settings replay, queued ahead of the client's first message.
-    fn adopt(&mut self, server: Box<ServerConn>, pool: Arc<Pool>, lent: Option<Instant>) {
+    /// The rest of [`Session::install`], once the cancel target is set: the connection
+    /// becomes the client's, and the take-over and settings replay it needs are returned.
+    fn adopt(&mut self, server: Box<ServerConn>, pool: Arc<Pool>, lent: Option<Instant>) -> Setup {
         let mut a = Attached {
             server,
             pool,
@@ -217,27 +305,26 @@ impl Session {
             timer: None,
             throttled: None,
         };
-        let reset_all = self.take_over(&mut a);
+        let mut setup = Setup::new();
+        let reset_all = self.take_over(&mut a, &mut setup);
         let mut replay = Vec::new();
         if !Arc::ptr_eq(&a.server.applied, &self.view.desired) {
-            replay = params::replay(&a.server.applied, &self.view.desired);
-            for sql in &replay {
-                hidden_query(&mut a, sql);
-            }
+            replay = params::replay_steps(&a.server.applied, &self.view.desired);
+            setup.extend(replay.iter().cloned());
             a.server.applied = self.view.desired.clone();
         }
         // A reset took the connection back to the server's defaults: the entry's
         // connect_query is its starting point, so it runs again, and the client's own
         // settings after it (they win, as on a connection the client set up itself).
-        if reset_all || replay.iter().any(|q| q.starts_with("RESET")) {
+        if reset_all || replay.iter().any(|(q, _)| q.starts_with("RESET")) {
             if let Some(q) = a.pool.connect_query_sql() {
-                hidden_query(&mut a, &q);
-                for sql in replay.iter().filter(|q| q.starts_with("SET")) {
-                    hidden_query(&mut a, sql);
-                }
+                setup.push((q, None));
+                // The steps that set a value (they carry their RESET).
+                setup.extend(replay.iter().filter(|(_, r)| r.is_some()).cloned());
             }
         }
         self.attached = Some(Box::new(a));
+        setup
     }
 
     /// Get a server connection for the transaction `first` starts and bring its session
@@ -247,7 +334,10 @@ impl Session {
         let claim = self.take_claim(&pool);
         match self.acquire(&pool, claim, first).await {
             Ok(Got::Conn(server, lent, claim)) => {
-                self.install(server, pool, lent).await;
+                if !self.install(server, pool, lent).await {
+                    self.refuse_setup(first);
+                    return false;
+                }
                 self.claimed(claim);
                 true
             }
@@ -261,6 +351,17 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// The connection lent for the transaction `first` starts could not be given the
+    /// client's session (`run_setup`) and was closed: the client gets an error for this
+    /// request and keeps its connection.
+    fn refuse_setup(&mut self, first: &Frame) {
+        self.refuse_first(
+            first,
+            sqlstate::CONNECTION_FAILURE,
+            "a server connection could not be given this session's settings; try again",
+        );
     }
 
     /// The pool had no connection for the transaction `first` starts: the client gets
@@ -497,18 +598,17 @@ impl Session {
     /// must not reach this one goes first (its SQL-level statements, settings under
     /// names pgtenant does not know).
     /// True when it reset every setting (`RESET ALL`).
-    fn take_over(&self, a: &mut Attached) -> bool {
+    fn take_over(&self, a: &mut Attached, setup: &mut Setup) -> bool {
         let mut reset_all = false;
         if a.server.sql_owner != self.id && !a.server.prepared.sql.is_empty() {
-            let names: Vec<String> = a.server.prepared.sql.keys().cloned().collect();
-            for n in names {
-                hidden_query(a, &format!("DEALLOCATE {}", params::ident(&n)));
+            for n in a.server.prepared.sql.keys() {
+                setup.push((format!("DEALLOCATE {}", params::ident(n)), None));
             }
             a.server.prepared.sql.clear();
         }
         if a.server.dirty_by != 0 && a.server.dirty_by != self.id {
             // RESET ALL leaves the identities alone.
-            hidden_query(a, "RESET ALL");
+            setup.push(("RESET ALL".to_owned(), None));
             let mut kept = ParamMap::new();
             for k in check::IDENTITY {
                 if let Some(v) = a.server.applied.get(k) {
