@@ -143,6 +143,18 @@ pub fn replay(from: &ParamMap, to: &ParamMap) -> Vec<String> {
 pub fn replay_steps(from: &ParamMap, to: &ParamMap) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     let mut from = from.clone();
+    // The timeouts before anything else: every statement here runs under the settings
+    // the server has (another client's), and its `statement_timeout = 1` or
+    // `lock_timeout = 1` could cancel the rest.
+    for k in TIMEOUTS {
+        if from.get(k) != to.get(k) {
+            out.push(step(k, to.get(k)));
+            match to.get(k) {
+                Some(v) => from.insert(k.to_owned(), v.clone()),
+                None => from.remove(k),
+            };
+        }
+    }
     let sa = "session_authorization";
     if from.get(sa) != to.get(sa) {
         out.push(step(sa, to.get(sa)));
@@ -173,6 +185,9 @@ pub fn replay_steps(from: &ParamMap, to: &ParamMap) -> Vec<(String, Option<Strin
     }
     out
 }
+
+/// Settings that can make the replay's own statements fail (see [`replay_steps`]).
+const TIMEOUTS: [&str; 2] = ["statement_timeout", "lock_timeout"];
 
 fn is_identity(name: &str) -> bool {
     name == "role" || name == "session_authorization"
@@ -302,6 +317,20 @@ mod tests {
             vec![
                 "RESET \"session_authorization\"".to_string(),
                 "SELECT pg_catalog.set_config('role', 'priv', false)".to_string(),
+            ]
+        );
+        // Another client's timeouts go first, whatever their place in the map.
+        let mut e = ParamMap::new();
+        e.insert("application_name".into(), "a".into());
+        e.insert("statement_timeout".into(), "1ms".into());
+        let mut f = ParamMap::new();
+        f.insert("lock_timeout".into(), "5s".into());
+        assert_eq!(
+            replay(&e, &f),
+            vec![
+                "RESET \"statement_timeout\"".to_string(),
+                "SELECT pg_catalog.set_config('lock_timeout', '5s', false)".to_string(),
+                "RESET \"application_name\"".to_string(),
             ]
         );
         assert_eq!(literal("a\\b"), "E'a\\\\b'");
