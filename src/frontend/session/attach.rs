@@ -236,19 +236,20 @@ impl Session {
         let user = self.c.user.clone();
         let steps = async {
             for (q, reset) in &setup {
-                match run_retrying(&mut a.server, q).await {
-                    Ok(()) => {}
-                    Err(crate::backend::BackendError::Server(e)) if reset.is_some() => {
+                let e = match (run_retrying(&mut a.server, q).await, reset) {
+                    (Ok(()), _) => continue,
+                    (Err(crate::backend::BackendError::Server(e)), Some(reset)) => {
                         tracing::warn!(user = %Escaped(&user), code = %e.code, message = %e.message, "server refused a setting pgtenant replayed; the server's default applies");
-                        let reset = reset.as_deref().unwrap_or_default();
-                        run_retrying(&mut a.server, reset)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        match run_retrying(&mut a.server, reset).await {
+                            Ok(()) => continue,
+                            Err(e) => e,
+                        }
                     }
-                    Err(e) => return Err(e.to_string()),
-                }
+                    (Err(e), _) => e,
+                };
+                return Err(e.to_string());
             }
-            Ok::<(), String>(())
+            Ok(())
         };
         let failed = match tokio::time::timeout(CHECK_TIMEOUT, steps).await {
             Ok(Ok(())) => return true,
