@@ -372,6 +372,7 @@ async fn accept_loop(
                     socket,
                     listener.clone(),
                     ctx.clone(),
+                    tracker.clone(),
                 )));
             }
             Err(e) => {

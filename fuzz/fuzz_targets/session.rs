@@ -965,6 +965,7 @@ impl Driver {
             pgtenant::net::Stream::Unix(Box::new(b)),
             self.listener.clone(),
             self.ctx.clone(),
+            tokio_util::task::TaskTracker::new(),
         ));
         a
     }

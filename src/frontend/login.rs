@@ -56,8 +56,9 @@ pub struct Client {
     pub blue: Option<Arc<super::target::BlueHome>>,
     /// `Context::config_epoch` when its home was looked up.
     pub home_epoch: u64,
-    /// What its login proved, for the pool it moves to when its entry changes.
-    pub credential: Option<ServerCredential>,
+    /// What its login proved, for the pool it moves to when its entry changes. Boxed:
+    /// read only on a RELOAD that changes its entry.
+    pub credential: Option<Box<ServerCredential>>,
     /// Ends this session (SIGTERM, or KILL / KILL_CLIENT from the admin console): a
     /// child of the context's shutdown token.
     pub kill: tokio_util::sync::CancellationToken,
@@ -563,7 +564,7 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
             cluster,
             blue,
             home_epoch: epoch,
-            credential,
+            credential: credential.map(Box::new),
             startup: ctx.startup_params.share(startup),
             key: cancel_key,
             pool,

@@ -42,7 +42,7 @@ impl Session {
             || self.pinned
             || self.skip_until_sync
             || self.view.unreadable
-            || self.listener.is_some()
+            || self.listening.is_some()
             || self.c.blue.is_some()
             || !self.deferred.is_empty()
         {

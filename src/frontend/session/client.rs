@@ -22,7 +22,7 @@ impl Session {
             let f = match next {
                 Ok(Some(f)) => f,
                 Ok(None) => {
-                    if self.listen_ack.is_some() {
+                    if self.listening.as_ref().is_some_and(|l| l.ack.is_some()) {
                         self.await_listen().await;
                     }
                     // Answers pgtenant makes itself that nothing precedes go out now (a
@@ -52,7 +52,7 @@ impl Session {
                 // Earlier messages of the batch are on the server: its ReadyForQuery
                 // answers this Sync, in order.
             }
-            if self.listen_ack.is_some() {
+            if self.listening.as_ref().is_some_and(|l| l.ack.is_some()) {
                 self.await_listen().await;
             }
             if f.tag() == b'X' {
@@ -203,9 +203,9 @@ impl Session {
                 tracing::warn!(user = %Escaped(&self.c.user), "LISTEN hub barrier not passed within 2 s");
             }
         }
-        if let Some(l) = self.listener.as_mut() {
-            while let Ok(f) = l.rx.try_recv() {
-                if l.wants(&f) {
+        if let Some(l) = self.listening.as_mut() {
+            while let Ok(f) = l.sub.rx.try_recv() {
+                if l.sub.wants(&f) {
                     self.c.conn.queue(&f);
                 }
             }
@@ -215,7 +215,7 @@ impl Session {
     /// A LISTEN is answered only once the listening connection listens: a NOTIFY the
     /// client (or anyone it tells) sends next must reach it.
     pub(super) async fn await_listen(&mut self) {
-        if let Some(ack) = self.listen_ack.take() {
+        if let Some(ack) = self.listening.as_mut().and_then(|l| l.ack.take()) {
             if tokio::time::timeout(Duration::from_secs(10), ack)
                 .await
                 .is_err()
@@ -399,25 +399,29 @@ impl Session {
         match cmd {
             Command::Listen { channel } if self.mode != PoolMode::Session => {
                 let hub = &self.ctx.listens;
-                let sub = self.listener.get_or_insert_with(|| hub.subscriber());
                 // The pool it first listened through keeps its LISTENs, also after a
                 // RELOAD moved its home (`move_home`).
-                let pool = self.listen_pool.get_or_insert_with(|| self.c.pool.clone());
-                sub.channels.insert(channel.clone());
-                self.listen_ack = Some(hub.listen(pool, sub, channel));
+                let l = self.listening.get_or_insert_with(|| {
+                    Box::new(super::Listening {
+                        sub: hub.subscriber(),
+                        pool: self.c.pool.clone(),
+                        ack: None,
+                    })
+                });
+                l.sub.channels.insert(channel.clone());
+                l.ack = Some(hub.listen(&l.pool, &l.sub, channel));
                 return Some("LISTEN");
             }
             Command::Unlisten { channel } if self.mode != PoolMode::Session => {
-                if let (Some(sub), Some(pool)) = (self.listener.as_mut(), self.listen_pool.as_ref())
-                {
+                if let Some(l) = self.listening.as_mut() {
                     match &channel {
-                        Some(c) => sub.channels.remove(c),
+                        Some(c) => l.sub.channels.remove(c),
                         None => {
-                            sub.channels.clear();
+                            l.sub.channels.clear();
                             true
                         }
                     };
-                    self.ctx.listens.unlisten(pool, sub, channel);
+                    self.ctx.listens.unlisten(&l.pool, &l.sub, channel);
                 }
                 return Some("UNLISTEN");
             }

@@ -256,11 +256,13 @@ impl Session {
         self.ctx.routes.count(reason, to_worker);
         self.route = (reason, to_worker);
         self.tenant = match (reason, tenant) {
-            (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, value))) => Some(
-                self.ctx
-                    .tenants
-                    .key(colocation, &value, pool.key.node.name.clone()),
-            ),
+            (RouteReason::TenantKey | RouteReason::Hint, Some((colocation, value))) => {
+                Some(Box::new(self.ctx.tenants.key(
+                    colocation,
+                    &value,
+                    pool.key.node.name.clone(),
+                )))
+            }
             _ => None,
         };
     }
@@ -450,7 +452,7 @@ impl Session {
             &s,
             &self.c.database,
             &self.c.user,
-            self.c.credential.clone(),
+            self.c.credential.as_deref().cloned(),
         );
         let Some(home) = home else {
             tracing::info!(user = %Escaped(&self.c.user), database = %Escaped(&self.c.database), "database entry removed on reload: closing its client");

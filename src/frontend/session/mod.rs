@@ -122,8 +122,9 @@ enum Event {
     ServerWrite(io::Error),
     IdleTxTimeout,
     Shutdown,
-    /// A NotificationResponse from the LISTEN hub.
-    Notification(Frame),
+    /// A NotificationResponse from the LISTEN hub was queued for the client (the frame
+    /// is not carried here: an event is kept across the handlers' awaits).
+    Notification,
     /// Blue-green: a tenant transaction has something to send and this instance's lease
     /// is not valid, or its tenant moved (see `homes`).
     LeaseLapsed,
@@ -142,7 +143,7 @@ impl Event {
             Event::StatementTimeout => "statement-timeout",
             Event::IdleTxTimeout => "idle-tx-timeout",
             Event::Shutdown => "shutdown",
-            Event::Notification(_) => "notification",
+            Event::Notification => "notification",
         }
     }
 }
@@ -260,11 +261,8 @@ struct Session {
     /// The unnamed statement / portal hold a command pgtenant answers itself (DEALLOCATE,
     /// DISCARD ALL sent through the extended protocol, as psycopg does): its tag.
     fake_statement: Option<&'static str>,
-    /// Notifications for channels this client LISTENs to (transaction/statement mode).
-    listener: Option<Subscriber>,
-    /// The pool whose listening connection holds this client's LISTENs (its home pool at
-    /// its first LISTEN).
-    listen_pool: Option<Arc<Pool>>,
+    /// Its LISTENs (transaction/statement mode). Boxed: most clients never listen.
+    listening: Option<Box<Listening>>,
     /// Messages held until a statement decides the transaction's node: transaction
     /// control pgtenant already answered, and Parses waiting for their Bind.
     held: Vec<Held>,
@@ -280,8 +278,6 @@ struct Session {
     /// Why the current transaction went where it went (and whether to a worker): its
     /// statements are counted under it.
     route: (RouteReason, bool),
-    /// A LISTEN waiting to be in effect before the client hears "LISTEN".
-    listen_ack: Option<tokio::sync::oneshot::Receiver<()>>,
     /// A portal bound to a statement pgtenant answers itself (`fake_extended`): its name
     /// and command tag. Boxed: rare, and a session stays small.
     fake_portal: Option<Box<(Box<str>, &'static str)>>,
@@ -300,12 +296,24 @@ struct Session {
     session_lost: bool,
     /// Transaction status the client last saw.
     client_tx: u8,
-    /// The tenant whose key routed the current transaction (SHOW TENANTS).
-    tenant: Option<crate::metrics::tenants::TenantKey>,
+    /// The tenant whose key routed the current transaction (SHOW TENANTS). Boxed: set
+    /// for a routed transaction and taken at its end, so an idle session keeps 8 bytes.
+    tenant: Option<Box<crate::metrics::tenants::TenantKey>>,
     /// The tenant the next connection is claimed for (`limits`): set when a route is
     /// decided while a tenant limit is on, taken by the acquire that follows. Boxed: an
     /// idle session keeps 8 bytes for it.
     claim_tenant: Option<Box<(u32, Arc<str>)>>,
+}
+
+/// A client that LISTENs (transaction and statement mode, see `listen`).
+struct Listening {
+    /// Notifications for the channels it listens to.
+    sub: Subscriber,
+    /// The pool whose listening connection holds its LISTENs (its home pool at its first
+    /// LISTEN).
+    pool: Arc<Pool>,
+    /// A LISTEN waiting to be in effect before the client hears "LISTEN".
+    ack: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// The session's future. Built in two steps so that it holds the session's state once
@@ -344,9 +352,7 @@ where
         track_prepared: mode != PoolMode::Session && max_prepared > 0,
         max_prepared,
         fake_statement: None,
-        listener: None,
-        listen_pool: None,
-        listen_ack: None,
+        listening: None,
         held: Vec::new(),
         route: (RouteReason::NoRouting, false),
         deferred: std::collections::VecDeque::new(),
@@ -431,12 +437,7 @@ impl Session {
                 }
                 Event::LeaseLapsed => Box::pin(self.lease_lapsed()).await,
                 Event::StatementTimeout => self.statement_timed_out(),
-                Event::Notification(f) => {
-                    if self.listener.as_ref().is_some_and(|l| l.wants(&f)) {
-                        self.c.conn.queue(&f);
-                    }
-                    Flow::Continue
-                }
+                Event::Notification => Flow::Continue,
             };
             // SHOW CLIENTS / SERVERS: the server lent now, the statements prepared.
             let link = self.attached.as_ref().map_or(0, |a| a.server.id);
@@ -521,9 +522,12 @@ impl Session {
         // Notifications go out between answers, never inside one.
         let between = self.attached.as_ref().is_none_or(|a| a.pipe.is_settled());
         if between && self.c.conn.pending_output() < HIGH_WATER {
-            if let Some(l) = self.listener.as_mut() {
-                if let Poll::Ready(Some(f)) = l.rx.poll_recv(cx) {
-                    return Poll::Ready(Event::Notification(f));
+            if let Some(l) = self.listening.as_mut() {
+                if let Poll::Ready(Some(f)) = l.sub.rx.poll_recv(cx) {
+                    if l.sub.wants(&f) {
+                        self.c.conn.queue(&f);
+                    }
+                    return Poll::Ready(Event::Notification);
                 }
             }
         }

@@ -122,7 +122,7 @@ impl Session {
                             "server sent a malformed ReadyForQuery",
                         ));
                     };
-                    if st == b'I' && !hidden && self.listener.is_some() {
+                    if st == b'I' && !hidden && self.listening.is_some() {
                         // A transaction that may have notified a channel the client
                         // listens on: its notifications come first (see `listen`).
                         let notified = std::mem::take(&mut a.notified) || a.effects != 0;
