@@ -36,6 +36,8 @@ const BGID: u16 = 1;
 const NBUFS: u16 = 256;
 pub(super) const BUF_SIZE: usize = 16 * 1024;
 const SQ_ENTRIES: u32 = 1024;
+/// `IORING_RECVSEND_POLL_FIRST` (the crate's `sys` module is private).
+const RECVSEND_POLL_FIRST: u16 = 1;
 /// Completions can outnumber submissions by far (every idle client has a receive armed);
 /// the kernel keeps any overflow (IORING_FEAT_NODROP) until the next reap.
 const CQ_ENTRIES: u32 = 16 * 1024;
@@ -149,6 +151,10 @@ pub(super) struct Subm {
     /// Entries that found the queue full while the kernel refused more (its completion
     /// queue overflowing): pushed by the driver after its next reap.
     backlog: Vec<squeue::Entry>,
+    /// The ring runs completion work cooperatively (`IORING_SETUP_COOP_TASKRUN` with
+    /// `TASKRUN_FLAG`): the kernel does not interrupt the running thread to post a
+    /// completion, it flags the ring, and the driver enters to have it run.
+    coop: bool,
 }
 
 impl Drop for BufRing {
@@ -175,12 +181,25 @@ impl Drop for Ring {
 impl Ring {
     /// A ring as the engine uses it (also [`super::probe`]'s test of this kernel).
     pub(super) fn new() -> io::Result<Ring> {
-        let mut b = IoUring::builder();
         // Not DEFER_TASKRUN: its deferred completions do not make the ring's fd readable
         // for tokio's epoll (tried: the driver never woke), and running them needs an
-        // enter of the driver's own.
-        b.setup_cqsize(CQ_ENTRIES).setup_single_issuer();
-        let uring = b.build(SQ_ENTRIES)?;
+        // enter of the driver's own. COOP_TASKRUN (Linux 5.19) where the kernel has it: a
+        // completion arriving while the thread runs waits for the thread's next system
+        // call instead of interrupting it (an inter-processor interrupt, costly in a VM);
+        // a sleeping thread is still woken.
+        let build = |coop: bool| {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(CQ_ENTRIES).setup_single_issuer();
+            if coop {
+                b.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            b.build(SQ_ENTRIES)
+        };
+        let (uring, coop) = match build(true) {
+            Ok(u) => (u, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (build(false)?, false),
+            Err(e) => return Err(e),
+        };
         let bufs = BufRing::new(&uring)?;
         Ok(Ring {
             sq: Subm {
@@ -191,6 +210,7 @@ impl Ring {
                 driver: None,
                 pending: 0,
                 backlog: Vec::new(),
+                coop,
             },
             bufs,
             scratch: Vec::new(),
@@ -270,6 +290,11 @@ impl Subm {
         }
     }
 
+    /// Completion work waits for an enter (`coop`).
+    fn taskrun(&mut self) -> bool {
+        self.coop && self.uring.submission().taskrun()
+    }
+
     fn enter(&mut self) {
         loop {
             match self.uring.submit() {
@@ -331,12 +356,18 @@ impl Subm {
         Some(op)
     }
 
-    /// Arm a receive into a provided buffer.
+    /// Arm a receive into a provided buffer. A receive is armed when its reader found
+    /// nothing buffered, i.e. right after a request went out or its answer was read, so
+    /// the peer has rarely answered yet: where the kernel has it (Linux 5.19, as `coop`)
+    /// the receive waits for data first (`IORING_RECVSEND_POLL_FIRST`) instead of trying
+    /// once and failing with EAGAIN.
     pub fn recv(&mut self, s: Arc<Shared>) -> OpId {
         let fd = s.fd();
         let ud = self.slot(Op::Recv(s));
+        let ioprio = if self.coop { RECVSEND_POLL_FIRST } else { 0 };
         let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), BUF_SIZE as u32)
             .buf_group(BGID)
+            .ioprio(ioprio)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
             .user_data(ud);
@@ -420,7 +451,7 @@ async fn drive(afd: AsyncFd<RingFd>) {
                 let Some(r) = r.as_mut() else { return false };
                 // Pushes made while reaping are seen below, without waking this task.
                 r.sq.driver = None;
-                if r.sq.pending > 0 {
+                if r.sq.pending > 0 || r.sq.taskrun() {
                     r.sq.enter();
                 }
                 r.reap();
