@@ -274,6 +274,8 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     );
     stop_accepting.cancel();
     crate::frontend::cancel_session_token(&ctx.shutdown);
+    // Sessions look at the token when woken (they hold no registration with it).
+    ctx.admin.clients.wake_sessions();
     // A SUSPEND would keep the draining sessions parked until shutdown_timeout.
     crate::admin::lift_suspend_at_shutdown(&ctx);
     tracker.close();

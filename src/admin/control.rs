@@ -22,6 +22,7 @@ pub fn reload(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
 pub fn shutdown(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
     tracing::info!("SHUTDOWN from the admin console");
     crate::frontend::cancel_session_token(&ctx.shutdown);
+    ctx.admin.clients.wake_sessions();
     Ok(Reply::Tag("SHUTDOWN"))
 }
 
@@ -56,7 +57,7 @@ pub fn kill(ctx: &Arc<Context>, db: Option<&str>) -> Result<Reply, AdminError> {
             None => !super::is_admin_database(&c.database),
         };
         if hit {
-            crate::frontend::cancel_session_token(&c.kill);
+            c.kill();
         }
     }
     reconnect(ctx, db)?;

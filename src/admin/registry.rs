@@ -2,7 +2,7 @@
 //! The map is written at login and logout only; a session's [`SessionConsole`] (in its
 //! `ClientState`) gets relaxed stores from the session loop, no lock.
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,10 +20,22 @@ pub struct ClientInfo {
     pub connect_time: SystemTime,
     pub application_name: Arc<str>,
     pub tls: bool,
-    /// Cancelled by KILL / KILL_CLIENT: the session ends (after its transaction).
-    pub kill: CancellationToken,
+    /// An admin console session's token, cancelled by KILL / KILL_CLIENT (a client's
+    /// session is killed through its `state` instead).
+    pub kill: Option<CancellationToken>,
     /// Active / waiting / idle (None: an admin console session, always active).
     pub state: Option<Arc<crate::metrics::counters::ClientState>>,
+}
+
+impl ClientInfo {
+    /// End this client's session (after its transaction) or console session.
+    pub fn kill(&self) {
+        match (&self.state, &self.kill) {
+            (Some(s), _) => s.console.kill(),
+            (None, Some(t)) => crate::frontend::cancel_session_token(t),
+            (None, None) => {}
+        }
+    }
 }
 
 #[derive(Default)]
@@ -55,11 +67,20 @@ impl ClientRegistry {
         v
     }
 
+    /// Wake every client's session, to look at its flags and the shutdown token.
+    pub fn wake_sessions(&self) {
+        for e in self.map.iter() {
+            if let Some(s) = &e.value().state {
+                s.console.suspend.wake();
+            }
+        }
+    }
+
     /// End one client's session. False if there is no such client.
     pub fn kill(&self, id: u64) -> bool {
         match self.map.get(&id) {
             Some(c) => {
-                crate::frontend::cancel_session_token(&c.kill);
+                c.kill();
                 true
             }
             None => false,
@@ -83,6 +104,10 @@ pub struct SessionConsole {
     request_s: AtomicU64,
     /// Named protocol-level prepared statements in the client's view.
     prepared: AtomicU32,
+    /// KILL / KILL_CLIENT came: the session ends (after its transaction). A flag and the
+    /// session's waker (kept in `suspend`) rather than a cancellation token per client:
+    /// the memory every idle client costs.
+    killed: AtomicBool,
     pub suspend: super::suspend::SessionSuspend,
 }
 
@@ -113,6 +138,29 @@ impl SessionConsole {
 
     pub fn prepared(&self) -> u32 {
         self.prepared.load(Ordering::Relaxed)
+    }
+
+    /// End the session (KILL, KILL_CLIENT): the flag, then a wake-up.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.suspend.wake();
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the session is killed. Awaited only inside the session's own task:
+    /// it leaves that task's waker where [`SessionConsole::kill`] wakes it.
+    pub fn killed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            // The waker first, then the flag: a kill in between still wakes it.
+            self.suspend.set_waker(cx.waker());
+            match self.is_killed() {
+                true => std::task::Poll::Ready(()),
+                false => std::task::Poll::Pending,
+            }
+        })
     }
 }
 
@@ -152,4 +200,71 @@ pub fn spawn_clock(stop: tokio_util::sync::CancellationToken) -> tokio::task::Jo
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// KILL reaches a session waiting in `killed()` (and one that looks at the flag
+    /// later), wakes it once, and bumps the signal count first so that a session skipping
+    /// its checks (same waker, same count) looks again.
+    #[test]
+    fn a_kill_wakes_the_waiting_session() {
+        let c = SessionConsole::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut killed = std::pin::pin!(c.killed());
+        assert!(killed.as_mut().poll(&mut cx).is_pending());
+        assert!(!c.is_killed());
+        let before = crate::frontend::session_signals();
+        c.kill();
+        assert!(crate::frontend::session_signals() > before);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(c.is_killed());
+        assert_eq!(killed.as_mut().poll(&mut cx), Poll::Ready(()));
+        // Killed for good: a later wait ends at once.
+        assert_eq!(std::pin::pin!(c.killed()).poll(&mut cx), Poll::Ready(()));
+    }
+
+    /// Shutdown wakes every registered session (they hold no registration with the
+    /// token); a console session without state is skipped.
+    #[test]
+    fn wake_sessions_reaches_every_session() {
+        let reg = ClientRegistry::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        for console in [false, true, false] {
+            let state =
+                (!console).then(|| Arc::new(crate::metrics::counters::ClientState::default()));
+            if let Some(s) = &state {
+                s.console.suspend.set_waker(&waker);
+            }
+            reg.register(ClientInfo {
+                id: reg.next_id(),
+                user: "u".into(),
+                database: "d".into(),
+                addr: None,
+                local_addr: None,
+                connect_time: SystemTime::now(),
+                application_name: "".into(),
+                tls: false,
+                kill: console.then(CancellationToken::new),
+                state,
+            });
+        }
+        reg.wake_sessions();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    }
 }

@@ -31,7 +31,6 @@ use std::task::{Context as TaskContext, Waker};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::{AdminError, Reply};
 use crate::context::Context;
@@ -91,7 +90,7 @@ impl SuspendState {
     }
 
     /// A new client, logged in: wait here while suspended (or until it is killed).
-    pub async fn hold(&self, kill: &CancellationToken) {
+    pub async fn hold(&self, session: &super::SessionConsole) {
         loop {
             let resumed = self.resumed.notified();
             tokio::pin!(resumed);
@@ -101,7 +100,7 @@ impl SuspendState {
             }
             tokio::select! {
                 _ = resumed => {}
-                _ = kill.cancelled() => return,
+                _ = session.killed() => return,
             }
         }
     }
@@ -136,7 +135,7 @@ impl SessionSuspend {
     /// while its signal count and waker are unchanged, see `frontend::session`, so a
     /// taken waker could be missing at the next nudge); the count moves first so that the
     /// woken session also looks at its kill token again.
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         crate::frontend::signal_sessions();
         if let Some(w) = lock(&self.waker).as_ref() {
             w.wake_by_ref();
@@ -223,11 +222,7 @@ fn lift(ctx: &Context) -> bool {
     if !state.on.swap(false, Ordering::SeqCst) {
         return false;
     }
-    for c in ctx.admin.clients.all() {
-        if let Some(s) = &c.state {
-            s.console.suspend.wake();
-        }
-    }
+    ctx.admin.clients.wake_sessions();
     state.resumed.notify_waiters();
     true
 }

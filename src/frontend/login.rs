@@ -59,9 +59,6 @@ pub struct Client {
     /// What its login proved, for the pool it moves to when its entry changes. Boxed:
     /// read only on a RELOAD that changes its entry.
     pub credential: Option<Box<ServerCredential>>,
-    /// Ends this session (SIGTERM, or KILL / KILL_CLIENT from the admin console): a
-    /// child of the context's shutdown token.
-    pub kill: tokio_util::sync::CancellationToken,
     /// Active / waiting / idle, for SHOW CLIENTS (kept by the metrics guards).
     pub state: Arc<crate::metrics::counters::ClientState>,
 }
@@ -568,7 +565,6 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
             startup: ctx.startup_params.share(startup),
             key: cancel_key,
             pool,
-            kill: ctx.shutdown.child_token(),
             state: Arc::default(),
         },
         rest,

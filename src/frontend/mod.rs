@@ -32,14 +32,17 @@ pub use listen::ListenHub;
 pub use prepared::StatementRegistry;
 pub use setting_names::SettingNames;
 
-/// Bumped before any token a session loop polls is cancelled (KILL, SHUTDOWN) and before
-/// SUSPEND or RESUME wakes sessions: a session that sees the same value as at its last look, with the same waker,
-/// knows its token is still not cancelled without locking it (two mutexes per look in
-/// tokio-util), which it would otherwise do every time it goes to sleep.
+/// Bumped before anything a session loop looks at when woken changes (its kill flag, the
+/// shutdown token) and before SUSPEND or RESUME wakes sessions: a session that sees the
+/// same value as at its last look, with the same waker, knows nothing changed without
+/// looking (the token takes a mutex), which it would otherwise do every time it goes to
+/// sleep. A session registers its waker in one place, its console state
+/// (`admin::SessionConsole`), where KILL, SUSPEND, RESUME and shutdown wake it.
 static SESSION_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Cancel a token a session loop may be polling (its kill token or the shutdown token).
-/// Every such cancel must go through here (see `SESSION_SIGNALS`).
+/// Cancel a token a session loop may look at (the shutdown token, an admin console
+/// session's kill token). Every such cancel must go through here (see `SESSION_SIGNALS`);
+/// the sessions are then woken through the registry (`ClientRegistry::wake_sessions`).
 pub fn cancel_session_token(t: &tokio_util::sync::CancellationToken) {
     signal_sessions();
     t.cancel();
@@ -154,7 +157,7 @@ fn after_login(
                 // SUSPEND: a new client waits here, logged in, until RESUME
                 // (admin::suspend).
                 return Some(Serve::Other(Box::pin(async move {
-                    ctx.admin.suspend.hold(&client.kill).await;
+                    ctx.admin.suspend.hold(&client.state.console).await;
                     start_session(client, params, own, &ctx, leaving).await;
                 })));
             }
@@ -179,7 +182,7 @@ fn after_login(
                     user.as_str().into(),
                     database.as_str().into(),
                     &params,
-                    kill.clone(),
+                    Some(kill.clone()),
                     None,
                 );
                 let r = crate::admin::serve(conn, user.clone(), ctx.clone(), kill).await;
@@ -221,7 +224,7 @@ fn start_session(
         client.user.clone(),
         client.database.clone(),
         &params,
-        client.kill.clone(),
+        None,
         Some(client.state.clone()),
     );
     drop(params);
@@ -245,7 +248,7 @@ fn register(
     user: Arc<str>,
     database: Arc<str>,
     params: &[(String, String)],
-    kill: tokio_util::sync::CancellationToken,
+    kill: Option<tokio_util::sync::CancellationToken>,
     state: Option<Arc<crate::metrics::counters::ClientState>>,
 ) -> Arc<crate::admin::ClientInfo> {
     let stream = conn.stream();

@@ -37,7 +37,7 @@ impl Session {
             Box::pin(async {
                 tokio::select! {
                     _ = pause.wait(&self.c.pool.key.database) => {}
-                    _ = self.c.kill.cancelled() => {}
+                    _ = self.c.state.console.killed() => {}
                     _ = self.ctx.shutdown.cancelled() => {}
                 }
             })

@@ -23,7 +23,6 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::listen::Subscriber;
 use super::login::{pool_error_frame, Client, SessionServer};
@@ -285,7 +284,6 @@ struct Session {
     skip_until_sync: bool,
     /// Armed while the client sits idle inside a transaction.
     idle_tx_timer: Option<Pin<Box<Sleep>>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The waker `shutdown` was last polled with and `session_signals()` before that
     /// poll: while both are unchanged, `shutdown` is not polled again (see
     /// `poll_shutdown`).
@@ -335,8 +333,6 @@ where
     let mode = settings.pool_mode_of(&client.pool.key.database, &client.pool.key.user);
     let max_prepared = settings.max_prepared_statements as usize;
     let desired = client.startup.clone();
-    // Polled for KILL and SHUTDOWN (the kill token is a child of the shutdown token).
-    let kill = client.kill.clone();
     static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let mut s = Session {
         id: NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -360,7 +356,6 @@ where
         fake_portal: None,
         skip_until_sync: false,
         idle_tx_timer: None,
-        shutdown: Box::pin(kill.cancelled_owned()),
         shutdown_looked: None,
         draining: false,
         session_lost: false,
@@ -561,7 +556,10 @@ impl Session {
         }
         // Where SUSPEND and RESUME wake this session (admin::suspend).
         self.c.state.console.suspend.set_waker(cx.waker());
-        if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
+        // KILL sets its flag and SHUTDOWN cancels the context's token, each before it
+        // wakes the session (server.rs wakes every session at shutdown).
+        if !self.draining && (self.c.state.console.is_killed() || self.ctx.shutdown.is_cancelled())
+        {
             return Poll::Ready(Event::Shutdown);
         }
         match &mut self.shutdown_looked {
