@@ -205,8 +205,8 @@ pub fn spawn_clock(stop: tokio_util::sync::CancellationToken) -> tokio::task::Jo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
     use std::future::Future;
+    use std::sync::atomic::AtomicUsize;
     use std::task::{Context, Poll, Wake, Waker};
 
     struct Count(AtomicUsize);
