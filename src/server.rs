@@ -273,9 +273,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
         "shutting down"
     );
     stop_accepting.cancel();
-    crate::frontend::cancel_session_token(&ctx.shutdown);
-    // Sessions look at the token when woken (they hold no registration with it).
-    ctx.admin.clients.wake_sessions();
+    crate::frontend::shut_down_sessions(&ctx);
     // A SUSPEND would keep the draining sessions parked until shutdown_timeout.
     crate::admin::lift_suspend_at_shutdown(&ctx);
     tracker.close();

@@ -21,8 +21,7 @@ pub fn reload(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
 /// Drain and exit, as SIGTERM: idle clients leave now, busy ones after their transaction.
 pub fn shutdown(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
     tracing::info!("SHUTDOWN from the admin console");
-    crate::frontend::cancel_session_token(&ctx.shutdown);
-    ctx.admin.clients.wake_sessions();
+    crate::frontend::shut_down_sessions(ctx);
     Ok(Reply::Tag("SHUTDOWN"))
 }
 

@@ -20,8 +20,9 @@ pub struct ClientInfo {
     pub connect_time: SystemTime,
     pub application_name: Arc<str>,
     pub tls: bool,
-    /// An admin console session's token, cancelled by KILL / KILL_CLIENT (a client's
-    /// session is killed through its `state` instead).
+    /// An admin console session's token (a child of the shutdown token, awaited by the
+    /// console loop), cancelled by KILL / KILL_CLIENT; a client's session is killed
+    /// through its `state` instead.
     pub kill: Option<CancellationToken>,
     /// Active / waiting / idle (None: an admin console session, always active).
     pub state: Option<Arc<crate::metrics::counters::ClientState>>,
@@ -32,7 +33,7 @@ impl ClientInfo {
     pub fn kill(&self) {
         match (&self.state, &self.kill) {
             (Some(s), _) => s.console.kill(),
-            (None, Some(t)) => crate::frontend::cancel_session_token(t),
+            (None, Some(t)) => t.cancel(),
             (None, None) => {}
         }
     }
@@ -67,11 +68,13 @@ impl ClientRegistry {
         v
     }
 
-    /// Wake every client's session, to look at its flags and the shutdown token.
+    /// Wake every client's session, to look at its flags and the shutdown token (the
+    /// signal count moves once, before any of them wakes).
     pub fn wake_sessions(&self) {
+        crate::frontend::signal_sessions();
         for e in self.map.iter() {
             if let Some(s) = &e.value().state {
-                s.console.suspend.wake();
+                s.console.suspend.wake_after_signal();
             }
         }
     }

@@ -20,8 +20,8 @@
 //!   transaction must read again, or they would stay parked until shutdown_timeout.
 //! - A session waiting for a server connection counts as suspended: it reads nothing
 //!   while it waits.
-//! - New clients log in and are then held, before their session starts, until RESUME
-//!   (`frontend::handle_client`): they see a successful connection whose first query waits,
+//! - New clients log in and are then held, registered but before their session starts,
+//!   until RESUME or KILL (`frontend::after_login`): they see a successful connection whose first query waits,
 //!   as PgBouncer keeps new connections waiting. They are held after the startup packet
 //!   rather than refused at accept so that the admin console (known only from the startup
 //!   packet) stays reachable: an operator whose SUSPENDing session died can still RESUME.
@@ -89,7 +89,8 @@ impl SuspendState {
         Some(round)
     }
 
-    /// A new client, logged in: wait here while suspended (or until it is killed).
+    /// A new client, logged in and registered (KILL finds it): wait here while suspended,
+    /// until RESUME, a KILL, or shutdown (which lifts the suspension).
     pub async fn hold(&self, session: &super::SessionConsole) {
         loop {
             let resumed = self.resumed.notified();
@@ -134,9 +135,15 @@ impl SessionSuspend {
     /// Wake the session. The waker stays in place (a session skips registering it again
     /// while its signal count and waker are unchanged, see `frontend::session`, so a
     /// taken waker could be missing at the next nudge); the count moves first so that the
-    /// woken session also looks at its kill token again.
+    /// woken session also looks at its kill flag and the shutdown token again.
     pub(crate) fn wake(&self) {
         crate::frontend::signal_sessions();
+        self.wake_after_signal();
+    }
+
+    /// [`SessionSuspend::wake`] for a caller that moved the signal count itself (once for
+    /// every session it wakes: `ClientRegistry::wake_sessions`).
+    pub(crate) fn wake_after_signal(&self) {
         if let Some(w) = lock(&self.waker).as_ref() {
             w.wake_by_ref();
         }

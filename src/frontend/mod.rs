@@ -1,6 +1,7 @@
 //! A task per client for its startup (TLS, protocol version, authentication); a logged-in
 //! client's session loop, which lends it server connections, then runs as a task of its
-//! own on the same thread (so that an idle client's task holds nothing of its login).
+//! own (so that an idle client's task holds nothing of its login), spawned on the runtime
+//! it logged in on: under io_uring that is its thread for life.
 //!
 //! Peer-supplied strings (user, database, application_name) go into log lines through
 //! `logging::Escaped`: no control character, bounded length.
@@ -40,12 +41,12 @@ pub use setting_names::SettingNames;
 /// (`admin::SessionConsole`), where KILL, SUSPEND, RESUME and shutdown wake it.
 static SESSION_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Cancel a token a session loop may look at (the shutdown token, an admin console
-/// session's kill token). Every such cancel must go through here (see `SESSION_SIGNALS`);
-/// the sessions are then woken through the registry (`ClientRegistry::wake_sessions`).
-pub fn cancel_session_token(t: &tokio_util::sync::CancellationToken) {
-    signal_sessions();
-    t.cancel();
+/// Shutdown (SIGTERM, SIGINT, the console's SHUTDOWN): cancel the context's token, then
+/// wake every session to look at it (they hold no registration with the token; the wake
+/// moves `SESSION_SIGNALS`). Idle sessions leave, busy ones finish their transaction.
+pub fn shut_down_sessions(ctx: &Context) {
+    ctx.shutdown.cancel();
+    ctx.admin.clients.wake_sessions();
 }
 
 /// Before waking sessions from outside (a cancel, SUSPEND, RESUME): they look at their
@@ -76,9 +77,10 @@ type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 /// Serve one client connection until it leaves.
 ///
 /// The login runs in this task, as a boxed future built before it starts. A logged-in
-/// client's session then runs as a task of its own on the same thread, spawned through
-/// `tracker` (shutdown waits for it): that task holds the session's state inline and
-/// nothing of the login, which is the memory an idle client costs.
+/// client's session then runs as a task of its own, spawned through `tracker` (shutdown
+/// waits for it) from this one (the same thread under io_uring): that task holds the
+/// session's state inline and nothing of the login, which is the memory an idle client
+/// costs.
 pub fn handle_client(
     socket: crate::net::Stream,
     listener: Listener,
@@ -99,6 +101,7 @@ pub fn handle_client(
         let leaving = Leaving {
             ctx,
             logged_in: matches!(r, Ok(Some(_))),
+            registered: 0,
         };
         let ctx = leaving.ctx.clone();
         match after_login(peer, r, &ctx, leaving) {
@@ -110,16 +113,22 @@ pub fn handle_client(
     }
 }
 
-/// A client's connection ends: its max_client_conn slot (if it logged in) and its count
-/// are given back when this is dropped, at the end of whatever served the client (also
-/// when its task is dropped without finishing, at runtime shutdown).
+/// A client's connection ends: its registry entry (SHOW CLIENTS), its max_client_conn
+/// slot (if it logged in) and its count are given back when this is dropped, at the end
+/// of whatever served the client, also when that is dropped without finishing (a
+/// panicking session, runtime shutdown).
 struct Leaving {
     ctx: Arc<Context>,
     logged_in: bool,
+    /// Its registry id once registered (ids start at 1).
+    registered: u64,
 }
 
 impl Drop for Leaving {
     fn drop(&mut self) {
+        if self.registered != 0 {
+            self.ctx.admin.clients.unregister(self.registered);
+        }
         if self.logged_in {
             self.ctx.admission.client_left();
         }
@@ -140,7 +149,7 @@ fn after_login(
     peer: Option<std::net::SocketAddr>,
     r: Result<Option<login::Login>, FrontendError>,
     ctx: &Arc<Context>,
-    leaving: Leaving,
+    mut leaving: Leaving,
 ) -> Option<Serve<impl std::future::Future<Output = ()> + Send>> {
     match r {
         Ok(Some(login::Login::Client(client, params, own))) => {
@@ -152,17 +161,30 @@ fn after_login(
                 peer = ?peer, user = %Escaped(&client.user), database = %Escaped(&client.database),
                 application_name = %Escaped(app.unwrap_or("")), tls = client.conn.stream().is_tls(), "client logged in"
             );
+            // The registry keeps what SHOW CLIENTS shows (and where KILL finds it); the
+            // session needs only `startup`.
+            let info = register(
+                ctx,
+                &client.conn,
+                client.user.clone(),
+                client.database.clone(),
+                &params,
+                None,
+                Some(client.state.clone()),
+            );
+            leaving.registered = info.id;
+            drop(params);
             let ctx = ctx.clone();
             if ctx.admin.suspend.is_on() {
-                // SUSPEND: a new client waits here, logged in, until RESUME
+                // SUSPEND: a new client waits here, logged in, until RESUME or KILL
                 // (admin::suspend).
                 return Some(Serve::Other(Box::pin(async move {
                     ctx.admin.suspend.hold(&client.state.console).await;
-                    start_session(client, params, own, &ctx, leaving).await;
+                    start_session(client, own, &ctx, info, leaving).await;
                 })));
             }
             Some(Serve::Session(start_session(
-                client, params, own, &ctx, leaving,
+                client, own, &ctx, info, leaving,
             )))
         }
         Ok(Some(login::Login::Admin {
@@ -176,7 +198,7 @@ fn after_login(
             let ctx = ctx.clone();
             Some(Serve::Other(Box::pin(async move {
                 let kill = ctx.shutdown.child_token();
-                let info = register(
+                leaving.registered = register(
                     &ctx,
                     &conn,
                     user.as_str().into(),
@@ -184,11 +206,11 @@ fn after_login(
                     &params,
                     Some(kill.clone()),
                     None,
-                );
+                )
+                .id;
                 let r = crate::admin::serve(conn, user.clone(), ctx.clone(), kill).await;
-                ctx.admin.clients.unregister(info.id);
-                drop(key);
                 drop(leaving);
+                drop(key);
                 match r {
                     Ok(()) => {
                         tracing::info!(peer = ?peer, user = %Escaped(&user), "admin console client closed")
@@ -207,29 +229,17 @@ fn after_login(
     }
 }
 
-/// Register a logged-in client and build its session's future (which unregisters it at
-/// its end).
+/// A registered client's session future; at its end `leaving` gives back what the client
+/// held. The end's log line reads the peer and user back from the registry entry (no
+/// copy per session).
 fn start_session(
     client: login::Client,
-    params: Vec<(String, String)>,
     own: Option<login::SessionServer>,
     ctx: &Arc<Context>,
+    info: Arc<crate::admin::ClientInfo>,
     leaving: Leaving,
 ) -> impl std::future::Future<Output = ()> + Send {
-    // The registry keeps what SHOW CLIENTS shows; the session needs only `startup`. The
-    // session's end reads the peer and user back from the entry (no copy per session).
-    let info = register(
-        ctx,
-        &client.conn,
-        client.user.clone(),
-        client.database.clone(),
-        &params,
-        None,
-        Some(client.state.clone()),
-    );
-    drop(params);
-    session::run(client, own, ctx.clone(), move |r, ctx: &Context| {
-        ctx.admin.clients.unregister(info.id);
+    session::run(client, own, ctx.clone(), move |r, _: &Context| {
         drop(leaving);
         let (peer, user) = (info.addr, &info.user);
         match r {

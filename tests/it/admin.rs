@@ -1025,6 +1025,67 @@ async fn suspend_with_a_killed_client_idle_in_a_transaction() {
     }
 }
 
+/// A client that logs in during SUSPEND is held before its session starts, listed in
+/// SHOW CLIENTS, and KILL_CLIENT ends it there (it is not served, and not left waiting
+/// for RESUME).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_held_by_suspend_is_listed_and_can_be_killed() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("admin-suspend-held-kill");
+    let p = start(&pg, &dir, "auth_type = \"trust\"");
+    let url = p.url("app", "secret", "app");
+    let (ok, _, err) = tokio::time::timeout(Duration::from_secs(10), admin_async(&p, "SUSPEND"))
+        .await
+        .expect("SUSPEND with nothing to flush")
+        .unwrap();
+    assert!(ok, "{err}");
+    let newcomer = tokio::spawn(async move {
+        let c = support::connect(&url).await;
+        c.simple_query("select 7").await.map(|_| ())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let held = rows(&admin(&p, "SHOW CLIENTS"))
+            .into_iter()
+            .find(|r| r["database"] == "app")
+            .map(|r| r["id"].clone());
+        if let Some(id) = held {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held client is not in SHOW CLIENTS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !newcomer.is_finished(),
+        "a new client was served while suspended"
+    );
+    admin(&p, &format!("KILL_CLIENT {id}"));
+    let served = tokio::time::timeout(Duration::from_secs(10), newcomer)
+        .await
+        .unwrap_or_else(|_| panic!("the killed client still waits for RESUME\n{}", p.logs()))
+        .unwrap();
+    assert!(
+        served.is_err(),
+        "a killed client was served while suspended"
+    );
+    // Its entry goes when its session has ended (just after the client saw the close).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rows(&admin(&p, "SHOW CLIENTS"))
+        .iter()
+        .any(|r| r["database"] == "app")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the killed client is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin(&p, "RESUME");
+}
+
 /// SHUTDOWN while suspended: a client inside a transaction gets to finish it, and pgtenant
 /// exits then, not at shutdown_timeout.
 #[tokio::test(flavor = "multi_thread")]

@@ -284,9 +284,9 @@ struct Session {
     skip_until_sync: bool,
     /// Armed while the client sits idle inside a transaction.
     idle_tx_timer: Option<Pin<Box<Sleep>>>,
-    /// The waker `shutdown` was last polled with and `session_signals()` before that
-    /// poll: while both are unchanged, `shutdown` is not polled again (see
-    /// `poll_shutdown`).
+    /// The waker the kill flag and the shutdown token were last looked at with, and
+    /// `session_signals()` before that look: while both are unchanged, they are not
+    /// looked at again (see `poll_shutdown`).
     shutdown_looked: Option<(std::task::Waker, u64)>,
     draining: bool,
     /// The session check failed: the client's session state is lost with its server
@@ -425,8 +425,8 @@ impl Session {
                     Flow::Quit
                 }
                 Event::Shutdown => {
-                    // KILL or SHUTDOWN: finish the transaction (the token is not polled
-                    // again; SUSPEND still wakes the session through its waker).
+                    // KILL or SHUTDOWN: finish the transaction (the flag and token are not
+                    // looked at again; SUSPEND still wakes the session through its waker).
                     self.draining = true;
                     Flow::Continue
                 }
@@ -538,15 +538,15 @@ impl Session {
                 .is_some_and(|a| a.pipe.q.len() >= MAX_OWED)
     }
 
-    /// KILL or SHUTDOWN (the kill token). Looked at only when nothing else is ready (the
-    /// task is about to sleep): its waker is registered then (with the token, and for
-    /// SUSPEND/RESUME), and a busy session does not pay the lock round trips per turn (a
-    /// flooding client still reaches it, since tokio's cooperative budget makes its reads
-    /// return Pending in time).
-    /// Polling the token costs two mutex round trips, so the look is skipped while the
+    /// KILL (the console state's flag) or SHUTDOWN (the context's token). Looked at only
+    /// when nothing else is ready (the task is about to sleep): its waker is registered
+    /// then in its console state, where KILL, SUSPEND, RESUME and shutdown wake it, and a
+    /// busy session does not pay the locks per turn (a flooding client still reaches it,
+    /// since tokio's cooperative budget makes its reads return Pending in time).
+    /// The look takes two mutexes (the waker slot, the token), so it is skipped while the
     /// session signal count has not moved since the last one and the waker is the same:
-    /// the registrations from that look still stand, and whoever cancels a token or wakes
-    /// sessions (SUSPEND, RESUME) moves the count first.
+    /// the registration from that look still stands, and whoever kills, shuts down or
+    /// wakes sessions moves the count first.
     fn poll_shutdown(&mut self, cx: &mut TaskContext<'_>) -> Poll<Event> {
         let signals = super::session_signals();
         if let Some((w, seen)) = &self.shutdown_looked {

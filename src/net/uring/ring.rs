@@ -155,6 +155,11 @@ pub(super) struct Subm {
     /// `TASKRUN_FLAG`): the kernel does not interrupt the running thread to post a
     /// completion, it flags the ring, and the driver enters to have it run.
     coop: bool,
+    /// The receive flags (`ioprio`): `IORING_RECVSEND_POLL_FIRST` with `coop` (both came
+    /// in Linux 5.19), so that receives wait for data before their first try; 0 for good
+    /// once a receive is refused with EINVAL (a kernel that backported one and not the
+    /// other).
+    pub(super) poll_first: u16,
 }
 
 impl Drop for BufRing {
@@ -211,6 +216,7 @@ impl Ring {
                 pending: 0,
                 backlog: Vec::new(),
                 coop,
+                poll_first: if coop { RECVSEND_POLL_FIRST } else { 0 },
             },
             bufs,
             scratch: Vec::new(),
@@ -358,16 +364,14 @@ impl Subm {
 
     /// Arm a receive into a provided buffer. A receive is armed when its reader found
     /// nothing buffered, i.e. right after a request went out or its answer was read, so
-    /// the peer has rarely answered yet: where the kernel has it (Linux 5.19, as `coop`)
-    /// the receive waits for data first (`IORING_RECVSEND_POLL_FIRST`) instead of trying
-    /// once and failing with EAGAIN.
+    /// the peer has rarely answered yet: where the kernel has it (`poll_first`) the
+    /// receive waits for data first instead of trying once and failing with EAGAIN.
     pub fn recv(&mut self, s: Arc<Shared>) -> OpId {
         let fd = s.fd();
         let ud = self.slot(Op::Recv(s));
-        let ioprio = if self.coop { RECVSEND_POLL_FIRST } else { 0 };
         let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), BUF_SIZE as u32)
             .buf_group(BGID)
-            .ioprio(ioprio)
+            .ioprio(self.poll_first)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
             .user_data(ud);

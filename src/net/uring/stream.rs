@@ -79,6 +79,13 @@ impl Shared {
                 st.recv = Some(sq.recv(this.clone()));
                 return;
             }
+            e if -e == libc::EINVAL && sq.poll_first != 0 => {
+                // The kernel refuses RECVSEND_POLL_FIRST: receive without it from now on.
+                tracing::info!("io_uring: receives without POLL_FIRST (the kernel refuses it)");
+                sq.poll_first = 0;
+                st.recv = Some(sq.recv(this.clone()));
+                return;
+            }
             e => st.read_err = Some(-e),
         }
         let w = st.reader.take();

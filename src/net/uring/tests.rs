@@ -273,3 +273,22 @@ fn a_stream_polled_off_the_ring_threads_fails_cleanly() {
         assert!(e.to_string().contains("without a ring"), "{e}");
     });
 }
+
+/// A kernel that refuses the receive flags (EINVAL, as one with COOP_TASKRUN backported
+/// but not RECVSEND_POLL_FIRST would): the ring drops them for good and the reader still
+/// gets its bytes. Simulated with a flag bit no kernel accepts.
+#[test]
+fn a_refused_receive_flag_is_dropped_and_the_receive_armed_again() {
+    on_ring(async {
+        ring::with_ring(|sq| sq.poll_first = 0x4000).unwrap();
+        let (mut mine, mut peer) = pair().await;
+        peer.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), mine.read_exact(&mut got))
+            .await
+            .expect("the receive was armed again")
+            .unwrap();
+        assert_eq!(&got, b"hello");
+        assert_eq!(ring::with_ring(|sq| sq.poll_first), Some(0));
+    });
+}
