@@ -249,6 +249,10 @@ fn items() -> Vec<Item> {
         item!("max_prepared_statements", |s| s
             .max_prepared_statements
             .to_string()),
+        item!("max_listen_channels", |s| s.max_listen_channels.to_string()),
+        item!("max_pool_listen_channels", |s| s
+            .max_pool_listen_channels
+            .to_string()),
         item!("shutdown_timeout", |s| secs(s.shutdown_timeout), |m, v| m
             .shutdown_timeout =
             parse_secs(v)?),

@@ -273,6 +273,13 @@ pub struct Settings {
     /// Named prepared statements kept per server connection (LRU); 0 = no tracking,
     /// named statements are forwarded as they are (PgBouncer's max_prepared_statements).
     pub max_prepared_statements: u32,
+    /// Channels one client may LISTEN to at once in transaction/statement mode (its
+    /// LISTENs go onto its pool's one listening connection); 0 = no limit.
+    pub max_listen_channels: u32,
+    /// Distinct channels a pool's listening connection may listen to, over all its
+    /// clients (PostgreSQL scans a backend's channel list per LISTEN and per
+    /// notification); 0 = no limit.
+    pub max_pool_listen_channels: u32,
     pub shutdown_timeout: Duration,
     /// PgBouncer-style userlist.txt ("user" "secret" per line).
     pub auth_file: Option<PathBuf>,

@@ -14,6 +14,12 @@
 //! If the listening connection breaks, it is reopened and every channel listened again;
 //! notifications sent in between are lost (as they would be for a direct connection that
 //! reconnects).
+//!
+//! One client must not slow LISTEN for the others of its pool (PostgreSQL scans a
+//! backend's channel list per LISTEN and per notification): a client listens to at most
+//! `max_listen_channels` channels, a pool's listening connection to at most
+//! `max_pool_listen_channels`; a LISTEN beyond either fails (54000) before anything is
+//! sent, and an UNLISTEN of a channel the client does not listen to sends nothing.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,20 +53,56 @@ enum Cmd {
 /// The listening connections, one task per pool that has listeners.
 #[derive(Default)]
 pub struct ListenHub {
-    hubs: Mutex<HashMap<PoolKey, mpsc::UnboundedSender<Cmd>>>,
+    hubs: Mutex<HashMap<PoolKey, Hub>>,
     next_client: AtomicU64,
 }
 
-/// A client's subscription handle: its notification queue and id.
+/// One pool's listening connection: its task's queue, and how many of its clients listen
+/// to each channel (kept by the subscribers themselves, so that a LISTEN over
+/// `max_pool_listen_channels` is refused before anything is sent).
+struct Hub {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    channels: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// Why a LISTEN is refused (SQLSTATE 54000, program_limit_exceeded).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ListenLimit {
+    /// The client listens to `max_listen_channels` channels already.
+    Client(u32),
+    /// The pool's listening connection holds `max_pool_listen_channels` channels already.
+    Pool(u32),
+}
+
+impl std::fmt::Display for ListenLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenLimit::Client(n) => write!(
+                f,
+                "too many LISTEN channels: this client listens to {n} (max_listen_channels)"
+            ),
+            ListenLimit::Pool(n) => write!(
+                f,
+                "too many LISTEN channels: this pool's clients listen to {n} distinct channels (max_pool_listen_channels)"
+            ),
+        }
+    }
+}
+
+/// A client's subscription to one pool's listening connection: its notification queue,
+/// its channels. Dropping it unlistens them all (also when its session is dropped
+/// without finishing).
 pub struct Subscriber {
-    pub id: u64,
+    id: u64,
     pub rx: mpsc::Receiver<Frame>,
     tx: mpsc::Sender<Frame>,
+    hub: mpsc::UnboundedSender<Cmd>,
+    pool_channels: Arc<Mutex<HashMap<String, u32>>>,
     /// The channels the client listens to, as its session sees them. The hub learns of
     /// an UNLISTEN through its queue, after the client was answered; a notification the
     /// hub fans out meanwhile is dropped here ([`Subscriber::wants`]), so that nothing
     /// arrives after UNLISTEN, as on a direct connection.
-    pub channels: std::collections::HashSet<String>,
+    channels: std::collections::HashSet<String>,
 }
 
 impl Subscriber {
@@ -74,66 +116,113 @@ impl Subscriber {
             .unwrap_or(channel.len());
         std::str::from_utf8(&channel[..end]).is_ok_and(|c| self.channels.contains(c))
     }
+
+    /// LISTEN `channel` (limits: 0 = none). `Ok(Some(rx))`: `rx` fires once the listening
+    /// connection listens (a client must not be told "LISTEN" before a NOTIFY it sends
+    /// next would reach it); `Ok(None)`: it listens to that channel already.
+    pub fn listen(
+        &mut self,
+        channel: String,
+        max_client: u32,
+        max_pool: u32,
+    ) -> Result<Option<oneshot::Receiver<()>>, ListenLimit> {
+        if self.channels.contains(&channel) {
+            return Ok(None);
+        }
+        if max_client != 0 && self.channels.len() >= max_client as usize {
+            return Err(ListenLimit::Client(max_client));
+        }
+        {
+            let mut counts = lock(&self.pool_channels);
+            let full = max_pool != 0 && counts.len() >= max_pool as usize;
+            match counts.get_mut(&channel) {
+                Some(n) => *n += 1,
+                None if full => return Err(ListenLimit::Pool(max_pool)),
+                None => {
+                    counts.insert(channel.clone(), 1);
+                }
+            }
+        }
+        self.channels.insert(channel.clone());
+        let (ack, rx) = oneshot::channel();
+        let _ = self.hub.send(Cmd::Listen {
+            client: self.id,
+            channel,
+            tx: self.tx.clone(),
+            ack,
+        });
+        Ok(Some(rx))
+    }
+
+    /// UNLISTEN `channel`, or every channel (`None`, UNLISTEN *). A channel it does not
+    /// listen to costs nothing (the hub hears only of real changes).
+    pub fn unlisten(&mut self, channel: Option<&str>) {
+        let gone: Vec<String> = match channel {
+            Some(c) => self.channels.take(c).into_iter().collect(),
+            None => self.channels.drain().collect(),
+        };
+        if gone.is_empty() {
+            return;
+        }
+        {
+            let mut counts = lock(&self.pool_channels);
+            for c in &gone {
+                if let Some(n) = counts.get_mut(c) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(c);
+                    }
+                }
+            }
+        }
+        let channel = match channel {
+            Some(_) => gone.into_iter().next(),
+            None => None,
+        };
+        let _ = self.hub.send(Cmd::Unlisten {
+            client: self.id,
+            channel,
+        });
+    }
+
+    /// Resolves once every notification committed before this call is in its
+    /// subscribers' queues. None: the listening connection's task is gone.
+    pub fn barrier(&self) -> Option<oneshot::Receiver<()>> {
+        let (ack, rx) = oneshot::channel();
+        self.hub.send(Cmd::Barrier { ack }).ok()?;
+        Some(rx)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.unlisten(None);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ListenHub {
-    pub fn subscriber(&self) -> Subscriber {
+    /// A subscription to `pool`'s listening connection (its task starts with the first).
+    pub fn subscriber(&self, pool: &Arc<Pool>) -> Subscriber {
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        let mut g = lock(&self.hubs);
+        if g.get(&pool.key).is_none_or(|h| h.cmds.is_closed()) {
+            let (cmds, queue) = mpsc::unbounded_channel();
+            tokio::spawn(run_hub(pool.clone(), queue));
+            let channels = Default::default();
+            g.insert(pool.key.clone(), Hub { cmds, channels });
+        }
+        let h = &g[&pool.key];
         Subscriber {
             id: self.next_client.fetch_add(1, Ordering::Relaxed) + 1,
             rx,
             tx,
+            hub: h.cmds.clone(),
+            pool_channels: h.channels.clone(),
             channels: Default::default(),
-        }
-    }
-
-    fn hub(&self, pool: &Arc<Pool>) -> mpsc::UnboundedSender<Cmd> {
-        let mut g = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = g.get(&pool.key).filter(|h| !h.is_closed()) {
-            return h.clone();
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_hub(pool.clone(), rx));
-        g.insert(pool.key.clone(), tx.clone());
-        tx
-    }
-
-    /// Subscribe; the receiver fires when the LISTEN is in effect on the server (a client
-    /// must not be told "LISTEN" before a NOTIFY it sends next would reach it).
-    pub fn listen(
-        &self,
-        pool: &Arc<Pool>,
-        sub: &Subscriber,
-        channel: String,
-    ) -> oneshot::Receiver<()> {
-        let (ack, rx) = oneshot::channel();
-        let _ = self.hub(pool).send(Cmd::Listen {
-            client: sub.id,
-            channel,
-            tx: sub.tx.clone(),
-            ack,
-        });
-        rx
-    }
-
-    /// Resolves once every notification committed before this call is in its
-    /// subscribers' queues. None: this pool has no listening connection.
-    pub fn barrier(&self, pool: &Arc<Pool>) -> Option<oneshot::Receiver<()>> {
-        let g = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
-        let h = g.get(&pool.key)?;
-        let (ack, rx) = oneshot::channel();
-        h.send(Cmd::Barrier { ack }).ok()?;
-        Some(rx)
-    }
-
-    /// `channel: None` = UNLISTEN *.
-    pub fn unlisten(&self, pool: &Arc<Pool>, sub: &Subscriber, channel: Option<String>) {
-        let g = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = g.get(&pool.key) {
-            let _ = h.send(Cmd::Unlisten {
-                client: sub.id,
-                channel,
-            });
         }
     }
 }

@@ -133,13 +133,18 @@ pub fn query(sql: &str) -> Frame {
     Frame::new(b'Q', &b)
 }
 
+/// A Parse of `sql` as statement `name`, with no parameter types.
+pub fn parse(name: &str, sql: &str) -> Frame {
+    let mut b = BytesMut::with_capacity(name.len() + sql.len() + 4);
+    cstr(&mut b, name);
+    cstr(&mut b, sql);
+    b.put_i16(0);
+    Frame::new(b'P', &b)
+}
+
 /// Parse, Bind, Execute and Sync of the unnamed statement with text parameters (their
 /// types left to the server): a query of pgtenant's own whose values never become SQL.
 pub fn extended_query(sql: &str, params: &[&str]) -> [Frame; 4] {
-    let mut parse = BytesMut::with_capacity(sql.len() + 4);
-    cstr(&mut parse, "");
-    cstr(&mut parse, sql);
-    parse.put_i16(0);
     let mut bind = BytesMut::new();
     cstr(&mut bind, "");
     cstr(&mut bind, "");
@@ -154,7 +159,7 @@ pub fn extended_query(sql: &str, params: &[&str]) -> [Frame; 4] {
     cstr(&mut execute, "");
     execute.put_i32(0);
     [
-        Frame::new(b'P', &parse),
+        parse("", sql),
         Frame::new(b'B', &bind),
         Frame::new(b'E', &execute),
         Frame::new(b'S', &[]),

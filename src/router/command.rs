@@ -247,13 +247,15 @@ fn classify_words(w: &[Word]) -> Command {
             }
         }
         "listen" => match name(1) {
-            Some(channel) => Command::Listen { channel },
+            Some(channel) => Command::Listen {
+                channel: truncated_identifier(channel),
+            },
             None => Command::Other,
         },
         "unlisten" => match w.get(1) {
             Some(x) if x.ident == "*" => Command::Unlisten { channel: None },
             Some(x) => Command::Unlisten {
-                channel: Some(x.ident.clone()),
+                channel: Some(truncated_identifier(x.ident.clone())),
             },
             None => Command::Other,
         },
@@ -261,6 +263,20 @@ fn classify_words(w: &[Word]) -> Command {
         k if HARMLESS_LEADING.binary_search(&k).is_ok() => Command::Other,
         _ => Command::Opaque,
     }
+}
+
+/// An identifier as PostgreSQL keeps it: at most NAMEDATALEN - 1 = 63 bytes, cut on a
+/// character boundary (a channel named longer is the channel of its first 63 bytes).
+fn truncated_identifier(mut s: String) -> String {
+    const MAX: usize = 63;
+    if s.len() > MAX {
+        let end = (0..=MAX)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        s.truncate(end);
+    }
+    s
 }
 
 /// A leading token: `keyword` is lower-cased (empty for quoted identifiers), `ident` is
@@ -575,6 +591,22 @@ mod tests {
         assert_eq!(
             classify("UNLISTEN *"),
             vec![Command::Unlisten { channel: None }]
+        );
+        // Identifiers over 63 bytes are cut as PostgreSQL cuts them (on a character
+        // boundary): the channel the server listens to is the cut one.
+        let long = format!("LISTEN {}", "c".repeat(100));
+        assert_eq!(
+            classify(&long),
+            vec![Command::Listen {
+                channel: "c".repeat(63)
+            }]
+        );
+        let wide = format!("UNLISTEN \"{}\"", "é".repeat(40));
+        assert_eq!(
+            classify(&wide),
+            vec![Command::Unlisten {
+                channel: Some("é".repeat(31))
+            }]
         );
         assert_eq!(
             classify("select $$;set x$$; select $a$ ; $a$"),

@@ -126,3 +126,149 @@ async fn session_mode_listen_works_on_the_clients_own_connection() {
     let n = next(&mut a_rx).await.expect("notification in session mode");
     assert_eq!(n.payload(), "hi");
 }
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+fn msg(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default()
+}
+
+/// One client cannot load a pool's listening connection with channels: past
+/// `max_listen_channels` (per client) or `max_pool_listen_channels` (distinct, per pool) a
+/// LISTEN fails with 54000, through the simple and the extended protocol, outside and
+/// inside a transaction (which then fails, as any error would); the others' LISTENs and
+/// notifications go on, and channels come back with UNLISTEN and when a client leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_channels_are_capped_per_client_and_per_pool() {
+    let pg = PgServer::start();
+    let dir = support::TempDir::new("listen-caps");
+    let conf = dir.config_file("max_listen_channels = 3\nmax_pool_listen_channels = 4\n");
+    let p = Pgtenant::start(
+        &[
+            "run",
+            "--upstream",
+            &pg.url("app", "secret", "app"),
+            "--pool-size",
+            "2",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let url = p.url("app", "secret", "app");
+    let (a, mut a_rx) = listener(&url).await;
+    let (b, mut b_rx) = listener(&url).await;
+    let c = support::connect(&url).await;
+
+    a.batch_execute("LISTEN a1; ").await.unwrap();
+    a.batch_execute("LISTEN a2").await.unwrap();
+    a.batch_execute("LISTEN a3").await.unwrap();
+    // Listening again to one of its channels takes nothing more.
+    a.batch_execute("LISTEN a1").await.unwrap();
+    // Simple protocol, outside a transaction.
+    let e = a.batch_execute("LISTEN a4").await.unwrap_err();
+    assert_eq!(code(&e), "54000", "{e:?}");
+    assert!(msg(&e).contains("max_listen_channels"), "{e}");
+    // Extended protocol (the unnamed statement), outside a transaction.
+    let e = a.query_typed("LISTEN a4", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "54000", "{e:?}");
+    // Inside a transaction the transaction fails, as on a direct connection.
+    a.batch_execute("BEGIN").await.unwrap();
+    let e = a.batch_execute("LISTEN a4").await.unwrap_err();
+    assert_eq!(code(&e), "54000", "{e:?}");
+    let e = a.batch_execute("select 1").await.unwrap_err();
+    assert_eq!(
+        code(&e),
+        "25P02",
+        "the transaction goes on after the refusal: {e:?}"
+    );
+    a.batch_execute("ROLLBACK").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    let e = a.query_typed("LISTEN a4", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "54000", "{e:?}");
+    let e = a.batch_execute("select 1").await.unwrap_err();
+    assert_eq!(code(&e), "25P02", "{e:?}");
+    a.batch_execute("ROLLBACK").await.unwrap();
+    // The refused client still hears its channels.
+    c.batch_execute("NOTIFY a3, 'x'").await.unwrap();
+    assert_eq!(next(&mut a_rx).await.expect("a3").channel(), "a3");
+
+    // The pool holds a1..a3; B's first channel is the fourth and last distinct one.
+    b.batch_execute("LISTEN b1").await.unwrap();
+    let e = b.batch_execute("LISTEN b2").await.unwrap_err();
+    assert_eq!(code(&e), "54000", "{e:?}");
+    assert!(msg(&e).contains("max_pool_listen_channels"), "{e}");
+    // A channel someone listens to already is not a new one.
+    b.batch_execute("LISTEN a1").await.unwrap();
+    // UNLISTEN gives a channel back (a1 stays: B still listens to it).
+    a.batch_execute("UNLISTEN a2").await.unwrap();
+    b.batch_execute("LISTEN b2").await.unwrap();
+    c.batch_execute("NOTIFY b2, 'y'; NOTIFY a1, 'z'")
+        .await
+        .unwrap();
+    let got = [
+        next(&mut b_rx).await.expect("b2"),
+        next(&mut b_rx).await.expect("a1 for B"),
+    ];
+    assert_eq!(
+        [got[0].channel(), got[1].channel()],
+        ["b2", "a1"],
+        "B hears both"
+    );
+    assert_eq!(next(&mut a_rx).await.expect("a1 for A").channel(), "a1");
+    // An UNLISTEN of a channel the client does not listen to is answered and costs nothing.
+    b.batch_execute("UNLISTEN nothing").await.unwrap();
+    // Fill the pool again (a1 a3 b2 c1), so that B's next LISTEN meets the pool's limit.
+    b.batch_execute("UNLISTEN b1").await.unwrap();
+    c.batch_execute("LISTEN c1").await.unwrap();
+    let e = b.batch_execute("LISTEN b3").await.unwrap_err();
+    assert!(msg(&e).contains("max_pool_listen_channels"), "{e:?}");
+    // A client that leaves gives its channels back: a3 goes with A (a1 stays, B's).
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match b.batch_execute("LISTEN b3").await {
+            Ok(()) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(code(&e), "54000", "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("A's channels were not given back: {e:?}"),
+        }
+    }
+    // B listens to a1 b2 b3 and hears them.
+    c.batch_execute("NOTIFY b3, 'w'").await.unwrap();
+    assert_eq!(next(&mut b_rx).await.expect("b3").channel(), "b3");
+}
+
+/// A channel named longer than 63 bytes is the channel of its first 63 bytes, as
+/// PostgreSQL truncates identifiers: its notifications reach the listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_channel_name_is_truncated_as_postgresql_does() {
+    let pg = PgServer::start();
+    let p = Pgtenant::start(&["run", "--upstream", &pg.url("app", "secret", "app")], &[]);
+    let url = p.url("app", "secret", "app");
+    let (a, mut a_rx) = listener(&url).await;
+    let c = support::connect(&url).await;
+    let long = "c".repeat(70);
+    a.batch_execute(&format!("LISTEN {long}")).await.unwrap();
+    c.query("select pg_notify($1, 'p')", &[&"c".repeat(63)])
+        .await
+        .unwrap();
+    let n = next(&mut a_rx)
+        .await
+        .expect("the truncated channel's notification");
+    assert_eq!(n.channel(), "c".repeat(63));
+    a.batch_execute(&format!("UNLISTEN {long}")).await.unwrap();
+    c.batch_execute(&format!("NOTIFY {long}")).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), a_rx.recv())
+            .await
+            .is_err(),
+        "UNLISTEN of the long name ends the truncated channel"
+    );
+}

@@ -154,6 +154,8 @@ pub(super) fn apply_file(d: &mut Draft, table: &toml::Table, base: &Path, errs: 
             "max_message_size" => count(v).map(|x| d.max_message_size = x),
             "max_buffered_message_bytes" => count(v).map(|x| d.max_buffered_message_bytes = x),
             "max_prepared_statements" => count(v).map(|x| d.max_prepared_statements = x),
+            "max_listen_channels" => count(v).map(|x| d.max_listen_channels = x),
+            "max_pool_listen_channels" => count(v).map(|x| d.max_pool_listen_channels = x),
             "shutdown_timeout" => seconds(v).map(|x| d.shutdown_timeout = x),
             "client_tls_cert_file" => path(v, base).map(|x| d.client_tls_cert_file = Some(x)),
             "client_tls_key_file" => path(v, base).map(|x| d.client_tls_key_file = Some(x)),

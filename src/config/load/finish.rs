@@ -286,6 +286,8 @@ pub(super) fn finish(
         max_message_size: d.max_message_size,
         max_buffered_message_bytes: d.max_buffered_message_bytes,
         max_prepared_statements: d.max_prepared_statements,
+        max_listen_channels: d.max_listen_channels,
+        max_pool_listen_channels: d.max_pool_listen_channels,
         shutdown_timeout: d.shutdown_timeout,
         auth_file: d.auth_file,
         users,

@@ -604,6 +604,8 @@ fn the_example_file_loads() {
     assert_eq!(s.server_lifetime, d.server_lifetime);
     assert_eq!(s.max_message_size, d.max_message_size);
     assert_eq!(s.max_buffered_message_bytes, d.max_buffered_message_bytes);
+    assert_eq!(s.max_listen_channels, d.max_listen_channels);
+    assert_eq!(s.max_pool_listen_channels, d.max_pool_listen_channels);
     assert_eq!(s.pool_idle_timeout, d.pool_idle_timeout);
     assert_eq!(s.server_reset_query, d.server_reset_query);
     assert_eq!(s.listeners[0], d.listeners[0]);

@@ -628,9 +628,8 @@ impl Session {
         // Before its server can go to the next client: in session mode that one gets the
         // same (real) key.
         self.c.key.unregister();
-        if let Some(l) = self.listening.take() {
-            self.ctx.listens.unlisten(&l.pool, &l.sub, None);
-        }
+        // Its LISTENs end with its subscription.
+        self.listening = None;
         if let Some(mut a) = self.attached.take() {
             self.set_cancel_target(None).await;
             let s = self.ctx.settings();

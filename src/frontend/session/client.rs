@@ -1,6 +1,6 @@
 //! Client → server: every complete frame the client sent, in order; what pgtenant answers
 //! itself when no server is attached.
-use super::forward::screen_parse;
+use super::forward::{screen_parse, Refusal};
 use super::relay::{emit_synthetic, queue_own};
 use super::*;
 
@@ -195,7 +195,7 @@ impl Session {
     /// until the LISTEN hub has handed out what was committed, then queue this client's
     /// notifications ahead of the ReadyForQuery, as PostgreSQL orders them.
     pub(super) async fn notify_barrier(&mut self) {
-        if let Some(rx) = self.ctx.listens.barrier(&self.c.pool) {
+        if let Some(rx) = self.listening.as_ref().and_then(|l| l.sub.barrier()) {
             if tokio::time::timeout(Duration::from_secs(2), rx)
                 .await
                 .is_err()
@@ -280,11 +280,14 @@ impl Session {
             b'Q' if self.client_tx == b'I' => {
                 let sql = decode::query_text(f.body())?;
                 let sql: &str = &sql;
-                if let Some(tag) = self.client_view_command(sql) {
-                    self.c.conn.queue(&build::command_complete(tag));
-                    self.c.conn.queue(&build::ready_for_query(b'I'));
-                    return Ok(true);
+                match self.client_view_command(sql) {
+                    Ok(Some(tag)) => self.c.conn.queue(&build::command_complete(tag)),
+                    Ok(None) => return Ok(false),
+                    // Outside a transaction: the error is all there is to it.
+                    Err(refusal) => self.c.conn.queue(&refusal.error()),
                 }
+                self.c.conn.queue(&build::ready_for_query(b'I'));
+                return Ok(true);
             }
             _ => {}
         }
@@ -320,9 +323,23 @@ impl Session {
                     )
                 );
                 if is_view_command {
-                    if let Some(tag) = self.client_view_command(&p.query) {
-                        self.fake_statement = Some(tag);
-                        return Ok(Some(vec![Frame::new(b'1', &[])]));
+                    match self.client_view_command(&p.query) {
+                        Ok(Some(tag)) => {
+                            self.fake_statement = Some(tag);
+                            return Ok(Some(vec![Frame::new(b'1', &[])]));
+                        }
+                        Ok(None) => {}
+                        Err(refusal) if self.attached.is_some() => {
+                            // The server fails the statement (and the transaction it may
+                            // be in) itself: it parses one that raises the error when
+                            // executed, and the client's Bind and Execute go on to it.
+                            self.forward_real(build::parse("", &refusal.raise_sql()))?;
+                            return Ok(Some(Vec::new()));
+                        }
+                        Err(refusal) => {
+                            self.skip_until_sync = true;
+                            return Ok(Some(vec![refusal.error()]));
+                        }
                     }
                 }
                 Ok(None)
@@ -390,42 +407,52 @@ impl Session {
 
     /// DEALLOCATE / DISCARD ALL act on the client's view only. Returns the command tag to
     /// answer with, or None when `sql` is not such a command.
-    pub(super) fn client_view_command(&mut self, sql: &str) -> Option<&'static str> {
-        self.view_command(classify_single(sql)?)
+    /// `Err`: the command is refused (a LISTEN over a limit).
+    pub(super) fn client_view_command(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<&'static str>, Refusal> {
+        match classify_single(sql) {
+            Some(cmd) => self.view_command(cmd),
+            None => Ok(None),
+        }
     }
 
     /// [`Session::client_view_command`] for a statement already classified.
-    pub(super) fn view_command(&mut self, cmd: Command) -> Option<&'static str> {
+    pub(super) fn view_command(&mut self, cmd: Command) -> Result<Option<&'static str>, Refusal> {
         match cmd {
             Command::Listen { channel } if self.mode != PoolMode::Session => {
-                let hub = &self.ctx.listens;
+                let (max_client, max_pool) = {
+                    let s = self.ctx.settings();
+                    (s.max_listen_channels, s.max_pool_listen_channels)
+                };
                 // The pool it first listened through keeps its LISTENs, also after a
                 // RELOAD moved its home (`move_home`).
                 let l = self.listening.get_or_insert_with(|| {
                     Box::new(super::Listening {
-                        sub: hub.subscriber(),
-                        pool: self.c.pool.clone(),
+                        sub: self.ctx.listens.subscriber(&self.c.pool),
                         ack: None,
                     })
                 });
-                l.sub.channels.insert(channel.clone());
-                l.ack = Some(hub.listen(&l.pool, &l.sub, channel));
-                return Some("LISTEN");
+                match l.sub.listen(channel, max_client, max_pool) {
+                    Ok(ack) => l.ack = ack,
+                    Err(limit) => {
+                        tracing::warn!(user = %Escaped(&self.c.user), "LISTEN refused: {limit}");
+                        return Err(Refusal::new(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            limit.to_string(),
+                        ));
+                    }
+                }
+                return Ok(Some("LISTEN"));
             }
             Command::Unlisten { channel } if self.mode != PoolMode::Session => {
                 if let Some(l) = self.listening.as_mut() {
-                    match &channel {
-                        Some(c) => l.sub.channels.remove(c),
-                        None => {
-                            l.sub.channels.clear();
-                            true
-                        }
-                    };
-                    self.ctx.listens.unlisten(&l.pool, &l.sub, channel);
+                    l.sub.unlisten(channel.as_deref());
                 }
-                return Some("UNLISTEN");
+                return Ok(Some("UNLISTEN"));
             }
-            _ if !self.track_prepared => return None,
+            _ if !self.track_prepared => return Ok(None),
             _ => {}
         }
         match cmd {
@@ -433,12 +460,12 @@ impl Session {
                 let had = self.view.t_mut().sql_prepared.remove(&n).is_some()
                     | self.view.t_mut().statements.remove(&n).is_some();
                 // Not the client's: the server answers (26000), as PostgreSQL would.
-                had.then_some("DEALLOCATE")
+                Ok(had.then_some("DEALLOCATE"))
             }
             Command::Deallocate { name: None } => {
                 self.view.clear(false);
                 self.view.t_mut().epoch = self.ctx.statements.next_epoch();
-                Some("DEALLOCATE ALL")
+                Ok(Some("DEALLOCATE ALL"))
             }
             // A pinned client's DISCARD ALL goes to its server: its temp tables, held
             // cursors and locks live there (`forward_query`).
@@ -446,9 +473,9 @@ impl Session {
                 self.view.clear(true);
                 self.view.t_mut().epoch = self.ctx.statements.next_epoch();
                 self.view.set_desired(self.c.startup.clone());
-                Some("DISCARD ALL")
+                Ok(Some("DISCARD ALL"))
             }
-            _ => None,
+            _ => Ok(None),
         }
     }
 }

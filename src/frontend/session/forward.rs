@@ -7,7 +7,7 @@ impl Session {
     /// recording what the server owes.
     pub(super) fn forward(&mut self, f: Frame) -> Result<(), FrontendError> {
         if let Some(frames) = self.fake_extended(&f)? {
-            if let Some(a) = self.attached.as_mut() {
+            if let Some(a) = self.attached.as_mut().filter(|_| !frames.is_empty()) {
                 a.pipe.push(Expect::Synthetic(frames));
             }
             return Ok(());
@@ -211,11 +211,18 @@ impl Session {
                     a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
                     return Ok(());
                 }
-                if let Some(tag) = self.client_view_command(sql) {
-                    if let Some(a) = self.attached.as_mut() {
-                        a.pipe.push(Expect::SyntheticCommand(tag));
+                match self.client_view_command(sql) {
+                    Ok(Some(tag)) => {
+                        if let Some(a) = self.attached.as_mut() {
+                            a.pipe.push(Expect::SyntheticCommand(tag));
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
+                    Ok(None) => {}
+                    Err(refusal) => {
+                        raise_on_server(self.attached.as_deref_mut(), &refusal);
+                        return Ok(());
+                    }
                 }
                 let Some(a) = self.attached.as_mut() else {
                     return Ok(());
@@ -253,20 +260,25 @@ impl Session {
         let cmds = classify(sql);
         close_for_drop(&self.ctx, &cmds);
         if let [cmd] = &cmds[..] {
-            if let Some(tag) = self.view_command(cmd.clone()) {
-                if let Some(a) = self.attached.as_mut() {
-                    a.pipe.push(Expect::SyntheticCommand(tag));
+            match self.view_command(cmd.clone()) {
+                Ok(Some(tag)) => {
+                    if let Some(a) = self.attached.as_mut() {
+                        a.pipe.push(Expect::SyntheticCommand(tag));
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                Ok(None) => {}
+                Err(refusal) => {
+                    raise_on_server(self.attached.as_deref_mut(), &refusal);
+                    return Ok(());
+                }
             }
         }
         let Some(a) = self.attached.as_mut() else {
             return Ok(());
         };
         if let Some(refusal) = reserved_refusal(&cmds) {
-            // The server raises the error itself, so the transaction fails as it would.
-            a.server.conn.queue(&refusal.raise_query());
-            a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
+            raise_on_server(Some(a), &refusal);
             return Ok(());
         }
         let e = effects_of(sql, &cmds) | pin_recheck(self.pinned);
@@ -403,26 +415,40 @@ pub(super) fn close_for_drop(ctx: &Context, cmds: &[Command]) {
     }
 }
 
-/// Why a statement that names one of pgtenant's own server-side statements is refused.
+/// A statement pgtenant refuses: one that names pgtenant's own server-side statements, a
+/// LISTEN over a limit.
 pub(super) struct Refusal {
     code: &'static str,
     message: String,
 }
 
 impl Refusal {
+    pub(super) fn new(code: &'static str, message: String) -> Refusal {
+        Refusal { code, message }
+    }
+
     /// The error as pgtenant's own ErrorResponse.
     pub(super) fn error(&self) -> Frame {
         build::error(self.code, &self.message)
     }
 
-    /// A query that makes the server raise this error (so that a transaction block fails
-    /// as it would have).
-    pub(super) fn raise_query(&self) -> Frame {
+    /// A statement that makes the server raise this error (so that a transaction block
+    /// fails as it would have).
+    pub(super) fn raise_sql(&self) -> String {
         let msg = params::literal(&self.message).replace("$pgtenant$", "");
-        build::query(&format!(
+        format!(
             "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {msg}; END$pgtenant$",
             self.code
-        ))
+        )
+    }
+}
+
+/// A refused simple query with a server attached: the server raises the error itself, so
+/// that a transaction block fails as it would have.
+fn raise_on_server(a: Option<&mut Attached>, refusal: &Refusal) {
+    if let Some(a) = a {
+        a.server.conn.queue(&build::query(&refusal.raise_sql()));
+        a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
     }
 }
 

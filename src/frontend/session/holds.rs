@@ -465,7 +465,7 @@ impl Session {
         if !Arc::ptr_eq(&home.pool, &self.c.pool) {
             tracing::debug!(from = %self.c.pool.name(), to = %home.pool.name(), "database entry changed on reload: client moves");
             // LISTENs were made through the old pool's listening connection
-            // (`Listening::pool`): they stay there (notifications from the old place) until
+            // (`Listening::sub`): they stay there (notifications from the old place) until
             // the client UNLISTENs or leaves; see README "Databases".
         }
         // The pool mode stays the one the client logged in with (its session's state

@@ -305,11 +305,9 @@ struct Session {
 
 /// A client that LISTENs (transaction and statement mode, see `listen`).
 struct Listening {
-    /// Notifications for the channels it listens to.
+    /// Its subscription to the listening connection of the pool it first listened
+    /// through (its home pool then); its channels, its notifications.
     sub: Subscriber,
-    /// The pool whose listening connection holds its LISTENs (its home pool at its first
-    /// LISTEN).
-    pool: Arc<Pool>,
     /// A LISTEN waiting to be in effect before the client hears "LISTEN".
     ack: Option<tokio::sync::oneshot::Receiver<()>>,
 }
