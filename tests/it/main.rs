@@ -48,6 +48,7 @@ mod routing;
 mod routing_smoke;
 mod scale;
 mod server_lost;
+mod session_drop;
 mod session_state;
 mod tenant_activity;
 mod tenant_limits;

@@ -424,10 +424,14 @@ impl Session {
     /// changed settings in this transaction, reading them back first: that is its new
     /// session. `now`: the clock read at the ReadyForQuery, if it was.
     pub(super) async fn release(&mut self, now: Option<Instant>) {
+        if self.attached.is_none() {
+            return;
+        }
+        // While it waits, the connection stays the session's (see `Drop for Session`).
+        self.set_cancel_target(None).await;
         let Some(a) = self.attached.take() else {
             return;
         };
-        self.set_cancel_target(None).await;
         if self.pinned || self.release_runs_queries(&a) {
             // Boxed: a session's future stays small for the common case.
             let s = self.ctx.settings.load_full();
@@ -447,7 +451,8 @@ impl Session {
     /// Release after a transaction that may have changed the session (run the session
     /// check: the client's settings, what pins it) or with server_reset_query_always (run
     /// the reset query). A pinned client keeps the connection.
-    pub(super) async fn release_slow(&mut self, mut a: Attached, s: Arc<crate::config::Settings>) {
+    pub(super) async fn release_slow(&mut self, a: Attached, s: Arc<crate::config::Settings>) {
+        let mut a = Taken(Some(a));
         // The client already has its answer queued; let it go out first.
         let _ = self.c.conn.flush().await;
         let always = s.session_check_always;
@@ -459,6 +464,7 @@ impl Session {
                 tracing::warn!(user = %Escaped(&self.c.user), error = %e, "the session check failed; closing the server connection and the client's session");
                 self.pinned = false;
                 self.c.state.set_pinned(false);
+                let a = a.give();
                 a.pool.discard(a.server);
                 self.c.conn.queue(&build::fatal(
                     sqlstate::CONNECTION_FAILURE,
@@ -478,23 +484,27 @@ impl Session {
             // with its transaction: a pinned connection counts for no tenant and carries
             // no tenant's statement timeout into the client's next transactions (a pinned
             // client is outside transaction pooling, and so outside per-tenant limits).
+            let mut a = a.give();
             a.effects = 0;
             a.timer = None;
             a.pool.end_claim(&mut a.server);
-            self.set_cancel_target(Some(a.server.cancel.clone())).await;
+            let target = a.server.cancel.clone();
             self.attached = Some(Box::new(a));
+            self.set_cancel_target(Some(target)).await;
             return;
         }
         if s.server_reset_query_always && !s.server_reset_query.is_empty() {
-            if a.server.run_internal(&s.server_reset_query).await.is_err()
-                || !a.pool.rerun_connect_query(&mut a.server).await
+            let r: &mut Attached = &mut a;
+            if r.server.run_internal(&s.server_reset_query).await.is_err()
+                || !r.pool.rerun_connect_query(&mut r.server).await
             {
+                let a = a.give();
                 a.pool.discard(a.server);
                 return;
             }
             a.server.forget_session_state();
         }
-        give_back(a, None);
+        give_back(a.give(), None);
     }
 
     /// Run the session check on the connection this client's transaction just ended on
@@ -630,8 +640,11 @@ impl Session {
         self.c.key.unregister();
         // Its LISTENs end with its subscription.
         self.listening = None;
-        if let Some(mut a) = self.attached.take() {
+        if self.attached.is_some() {
             self.set_cancel_target(None).await;
+        }
+        if let Some(a) = self.attached.take() {
+            let mut a = Taken(Some(*a));
             let s = self.ctx.settings();
             if !a.is_clean() && only_hidden(&a) {
                 // A client that left before its first statement (its server taken at
@@ -650,6 +663,7 @@ impl Session {
                 && !reset.is_empty()
                 && (self.mode == PoolMode::Session || s.server_reset_query_always || self.pinned)
             {
+                let a: &mut Attached = &mut a;
                 let r = tokio::time::timeout(Duration::from_secs(10), async {
                     a.server.run_internal(reset).await.is_ok()
                         && a.pool.rerun_connect_query(&mut a.server).await
@@ -658,6 +672,7 @@ impl Session {
                 clean = matches!(r, Ok(true));
                 a.server.forget_session_state();
             }
+            let a = a.give();
             if clean {
                 a.pool.release(a.server, true);
             } else {
@@ -715,4 +730,44 @@ pub(super) fn give_back(a: Attached, now: Option<Instant>) {
     let clean = a.is_clean();
     a.pool
         .release_at(a.server, clean, now.unwrap_or_else(Instant::now));
+}
+
+/// A server connection taken out of the session across awaits (the session check, the
+/// reset query at the end): if the session's future is dropped at one of them, the
+/// connection is closed through its pool, as `Drop for Session` does for the one it
+/// holds.
+pub(super) struct Taken(Option<Attached>);
+
+impl Taken {
+    /// The connection, to give back or close: it is no longer guarded.
+    pub(super) fn give(mut self) -> Attached {
+        self.0
+            .take()
+            .expect("a Taken holds its connection until given")
+    }
+}
+
+impl std::ops::Deref for Taken {
+    type Target = Attached;
+    fn deref(&self) -> &Attached {
+        self.0
+            .as_ref()
+            .expect("a Taken holds its connection until given")
+    }
+}
+
+impl std::ops::DerefMut for Taken {
+    fn deref_mut(&mut self) -> &mut Attached {
+        self.0
+            .as_mut()
+            .expect("a Taken holds its connection until given")
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.pool.discard(a.server);
+        }
+    }
 }

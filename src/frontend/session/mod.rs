@@ -373,6 +373,19 @@ where
     }
 }
 
+/// A session dropped before `finish` gave its server connection back (its task panicked,
+/// or the runtime dropped it): the connection is closed through its pool, whose count of
+/// open and lent connections then stays true. Without this a panic in one client's
+/// session would keep a pool slot forever, and `pool_size` of them would starve every
+/// client of the pool.
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(a) = self.attached.take() {
+            a.pool.discard(a.server);
+        }
+    }
+}
+
 impl Session {
     async fn run(&mut self) -> Result<(), FrontendError> {
         loop {
@@ -475,8 +488,15 @@ impl Session {
             return Poll::Ready(Event::ClientRead(Ok(1)));
         }
         if self.attached.is_none() && self.c.conn.pending_output() == 0 && !self.paused_input {
-            // Idle between transactions: no buffer is kept for a client that sends nothing.
+            // Idle between transactions: no buffer is kept for a client that sends nothing,
+            // nor the room a burst of held or deferred messages once took.
             self.c.conn.release_buffers();
+            if self.deferred.is_empty() && self.deferred.capacity() > 8 {
+                self.deferred = Default::default();
+            }
+            if self.held.is_empty() && self.held.capacity() > 8 {
+                self.held = Vec::new();
+            }
         }
         let server_out = self
             .attached
