@@ -538,3 +538,46 @@ async fn value(c: &tokio_postgres::Client, sql: &str) -> String {
         })
         .expect("a row")
 }
+
+/// With routing on, a Parse waits in pgtenant for its Bind (whose values tell the tenant).
+/// A client that sends Parse after Parse and never a Bind does not make pgtenant keep
+/// them: past 64 held messages (or 1 MiB) the transaction goes to the coordinator, where
+/// they run as they come. 20 MB of Parses leave pgtenant's RSS within a few MiB, and the
+/// client gets every ParseComplete at its Sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parses_held_for_a_route_are_bounded() {
+    use support::citus::{CitusCluster, CitusOptions};
+    let cluster = CitusCluster::start(CitusOptions {
+        tenants: 10,
+        ..CitusOptions::default()
+    });
+    let p = cluster.start_pgtenant(&["--auth-type", "trust"]);
+    let mut s = raw::login(p.port(), "app", "app").await;
+    let before = rss(&p);
+    let parse = raw::parse("", &format!("select 1 /* {} */", "x".repeat(2000)));
+    let n = 10_000;
+    let all: Vec<u8> = parse
+        .iter()
+        .copied()
+        .cycle()
+        .take(parse.len() * n)
+        .collect();
+    s.write_all(&all).await.unwrap();
+    // pgtenant reads it all (it sends nothing back before the Sync).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown = rss(&p).saturating_sub(before);
+    s.write_all(&raw::msg(b'S', &[])).await.unwrap();
+    let msgs = raw::until_ready(&mut s).await;
+    let completes = msgs.iter().filter(|(t, _)| *t == b'1').count();
+    eprintln!(
+        "{} MiB of Parses without a Bind: RSS grew {:.1} MiB",
+        all.len() / MIB,
+        mib(grown)
+    );
+    assert_eq!(completes, n, "every Parse answered at the Sync");
+    assert!(
+        grown < 8 * MIB,
+        "held Parses kept in pgtenant: RSS grew {:.1} MiB",
+        mib(grown)
+    );
+}

@@ -124,7 +124,7 @@ impl Session {
                 ) {
                     Decision::Hold(t) => {
                         let tag = tx_tag(t, &sql);
-                        if self.hold_transaction_control(t, tag, &f) {
+                        if !self.held_full() && self.hold_transaction_control(t, tag, &f) {
                             return None;
                         }
                         Decision::Coordinator(RouteReason::TransactionControl)
@@ -133,11 +133,15 @@ impl Session {
                 },
                 Err(_) => Decision::Coordinator(RouteReason::NoKey),
             },
-            b'P' => {
+            b'P' if !self.held_full() => {
                 // The node depends on the Bind's values: hold the Parse until then.
                 self.held.push(Held::Parse(f));
                 return None;
             }
+            // Held too much already (a client that sends Parse after Parse and no Bind,
+            // SAVEPOINT after SAVEPOINT): the coordinator, which runs anything, takes the
+            // transaction now rather than pgtenant keeping what the client sends.
+            b'P' => Decision::Coordinator(RouteReason::NoKey),
             b'B' => match Bind::decode(f.body()) {
                 Ok(b) => match self.statement_text(b.statement) {
                     Some(sql) if !self.routable(&sql) => {
@@ -158,6 +162,7 @@ impl Session {
                             let tag = tx_tag(t, &sql);
                             let unnamed = b.statement.is_empty();
                             if b.portal.is_empty()
+                                && !self.held_full()
                                 && self.hold_extended_transaction_control(t, tag, &sql, unnamed)
                             {
                                 return None;
@@ -296,6 +301,22 @@ impl Session {
                 _ => return false,
             }
         }
+    }
+
+    /// Messages held while no node is chosen are bounded (by count and bytes): past that
+    /// nothing more is held, and the transaction goes to the coordinator.
+    pub(super) fn held_full(&self) -> bool {
+        const HELD_MAX: usize = 64;
+        const HELD_MAX_BYTES: usize = 1024 * 1024;
+        self.held.len() >= HELD_MAX
+            || self
+                .held
+                .iter()
+                .map(|h| match h {
+                    Held::Answered(f) | Held::Parse(f) => f.len(),
+                })
+                .sum::<usize>()
+                >= HELD_MAX_BYTES
     }
 
     /// BEGIN (and, inside a held BEGIN, SET LOCAL / SAVEPOINT / RELEASE / ROLLBACK TO,
