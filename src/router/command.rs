@@ -163,11 +163,23 @@ pub fn classify_single(sql: &str) -> Option<Command> {
     }
 }
 
+/// Custom settings a session keeps track of (and reads back by name); a client naming
+/// more gets the first ones.
+pub const MAX_CUSTOM_SETTINGS: usize = 64;
+
 /// Names of custom (dotted) settings a query string sets: `SET [SESSION] app.x …` and
-/// `set_config('app.x', …)` with a literal name. PostgreSQL's pg_settings does not list
-/// such placeholder settings, so the session loop reads them back by name.
+/// `set_config('app.x', …)` with a literal name, the first [`MAX_CUSTOM_SETTINGS`]
+/// distinct ones (one pass over the text however many it names). PostgreSQL's
+/// pg_settings does not list such placeholder settings, so the session loop reads them
+/// back by name.
 pub fn custom_setting_names(sql: &str) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut add = |out: &mut Vec<String>, name: &str| {
+        if out.len() < MAX_CUSTOM_SETTINGS && seen.insert(name.to_owned()) {
+            out.push(name.to_owned());
+        }
+    };
     let mut lx = Lexer {
         s: sql.as_bytes(),
         i: 0,
@@ -181,23 +193,26 @@ pub fn custom_setting_names(sql: &str) -> Vec<String> {
                 1
             };
             if let Some(n) = w.get(i).filter(|x| x.ident.contains('.')) {
-                out.push(n.ident.clone());
+                add(&mut out, &n.ident);
             }
         }
-        if lx.at_end() {
+        if lx.at_end() || out.len() >= MAX_CUSTOM_SETTINGS {
             break;
         }
     }
     let lower = sql.to_ascii_lowercase();
     let mut from = 0;
-    while let Some(pos) = lower[from..].find("set_config") {
+    while out.len() < MAX_CUSTOM_SETTINGS {
+        let Some(pos) = lower[from..].find("set_config") else {
+            break;
+        };
         let rest = lower[from + pos + 10..].trim_start();
         if let Some(r) = rest.strip_prefix('(') {
             if let Some(r) = r.trim_start().strip_prefix('\'') {
                 if let Some(end) = r.find('\'') {
                     let name = &r[..end];
-                    if name.contains('.') && !out.iter().any(|n| n == name) {
-                        out.push(name.to_owned());
+                    if name.contains('.') {
+                        add(&mut out, name);
                     }
                 }
             }
@@ -543,6 +558,33 @@ mod tests {
             vec!["app.user".to_string()]
         );
         assert!(custom_setting_names("select 1").is_empty());
+        // Repeats count once.
+        assert_eq!(
+            custom_setting_names(
+                "set app.a = 1; set app.a = 2; select set_config('app.a', '3', false)"
+            ),
+            vec!["app.a".to_string()]
+        );
+    }
+
+    /// A statement naming tens of thousands of settings costs one pass, and yields the
+    /// first MAX_CUSTOM_SETTINGS: a client cannot stall a worker thread with it (a
+    /// quadratic de-duplication took 1.2 s for 40,000 names), nor grow its session.
+    #[test]
+    fn many_custom_settings_cost_one_pass_and_are_capped() {
+        let calls: Vec<String> = (0..40_000)
+            .map(|i| format!("set_config('app.s{i}', 'v', false)"))
+            .collect();
+        let sql = format!("select {}", calls.join(", "));
+        let t = std::time::Instant::now();
+        let names = custom_setting_names(&sql);
+        let took = t.elapsed();
+        assert_eq!(names.len(), MAX_CUSTOM_SETTINGS);
+        assert_eq!(names[0], "app.s0");
+        assert!(took < std::time::Duration::from_millis(200), "{took:?}");
+        let sets: Vec<String> = (0..40_000).map(|i| format!("set app.s{i} = 1")).collect();
+        let names = custom_setting_names(&sets.join("; "));
+        assert_eq!(names.len(), MAX_CUSTOM_SETTINGS);
     }
 
     #[test]

@@ -515,7 +515,7 @@ impl Session {
         // there is not replayed elsewhere until the pin lifts.
         let settings = always || self.pinned || a.effects & effect::SETTINGS != 0;
         let state = always || self.pinned || a.effects & effect::STATE != 0;
-        while self.view.t().custom.len() > 64 {
+        while self.view.t().custom.len() > MAX_CUSTOM_SETTINGS {
             self.view.t_mut().custom.pop_last();
         }
         let mut names = self.view.t().custom.clone();

@@ -383,7 +383,13 @@ pub(super) fn note_effects(a: &mut Attached, view: &mut View, e: u8, sql: &str) 
     }
     a.effects |= e;
     if e & effect::SETTINGS != 0 {
-        view.t_mut().custom.extend(custom_setting_names(sql));
+        let custom = &mut view.t_mut().custom;
+        for n in custom_setting_names(sql) {
+            if custom.len() >= MAX_CUSTOM_SETTINGS {
+                break;
+            }
+            custom.insert(n);
+        }
     }
 }
 

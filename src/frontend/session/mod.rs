@@ -43,7 +43,7 @@ use crate::protocol::extended::{Bind, Parse, Target};
 use crate::protocol::{build, decode, sqlstate, ErrorFields};
 use crate::router::command::{
     classify, classify_single, custom_setting_names, is_plain_dml, is_reserved_statement_name,
-    Command, RESERVED_STATEMENT_PREFIX,
+    Command, MAX_CUSTOM_SETTINGS, RESERVED_STATEMENT_PREFIX,
 };
 use crate::router::TxControl;
 use lost::Lost;
