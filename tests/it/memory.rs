@@ -581,3 +581,63 @@ async fn parses_held_for_a_route_are_bounded() {
         mib(grown)
     );
 }
+
+/// Answers pgtenant makes itself wait in the client's pipeline behind the server's (here
+/// behind a 2 s statement): a client cannot make them large. 100 Binds of a 1 MiB
+/// statement name the client never prepared each queue a 26000 error; its text shows the
+/// name cut to 128 bytes, so the 100 MiB sent leave pgtenant's RSS within a few MiB (the
+/// whole names would be 100 MiB), and every error still reaches the client, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_pgtenant_queues_are_small_whatever_the_client_names() {
+    let pg = PgServer::start();
+    let (p, _cfg, _http) = start(&pg, "");
+    let mut s = raw::login(p.port(), "app", "app").await;
+    let before = rss(&p);
+    let mut q = b"select pg_sleep(2)".to_vec();
+    q.push(0);
+    s.write_all(&raw::msg(b'Q', &q)).await.unwrap();
+    let n = 100;
+    let name = "n".repeat(MIB);
+    let mut bind = name.as_bytes().to_vec();
+    bind.extend_from_slice(b"\0"); // portal ""
+    bind.splice(0..0, [0u8]); // portal "" first, then the statement name
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no formats, no parameters, no result formats
+    let pair = [raw::msg(b'B', &bind), raw::msg(b'S', &[])].concat();
+    for _ in 0..n {
+        s.write_all(&pair).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let grown = rss(&p).saturating_sub(before);
+    eprintln!(
+        "{n} Binds of a 1 MiB unknown name behind a running statement: RSS grew {:.1} MiB",
+        mib(grown)
+    );
+    let mut errors = 0;
+    let mut readies = 0;
+    while readies < n + 1 {
+        let m = tokio::time::timeout(Duration::from_secs(30), raw::read_msg(&mut s))
+            .await
+            .expect("answers within 30 s")
+            .expect("connection open");
+        match m.0 {
+            b'E' => {
+                let text = String::from_utf8_lossy(&m.1).into_owned();
+                assert!(text.contains("26000"), "{text}");
+                assert!(
+                    text.contains(&format!("\"{}…\"", "n".repeat(128))),
+                    "the name cut"
+                );
+                assert!(m.1.len() < 1024, "error of {} bytes", m.1.len());
+                errors += 1;
+            }
+            b'Z' => readies += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(errors, n);
+    assert!(
+        grown < 24 * MIB,
+        "answers queued behind the statement hold the names: RSS grew {:.1} MiB",
+        mib(grown)
+    );
+}

@@ -1,6 +1,6 @@
 //! Client → server: every complete frame the client sent, in order; what pgtenant answers
 //! itself when no server is attached.
-use super::forward::{screen_parse, Refusal};
+use super::forward::{screen_parse, shown, Refusal};
 use super::relay::{emit_synthetic, queue_own};
 use super::*;
 
@@ -260,7 +260,7 @@ impl Session {
                 if self.view.t().statements.contains_key(p.name)
                     || self.view.t().sql_prepared.contains_key(p.name)
                 {
-                    let msg = format!("prepared statement \"{}\" already exists", p.name);
+                    let msg = format!("prepared statement \"{}\" already exists", shown(p.name));
                     self.c.conn.queue(&build::error("42P05", &msg));
                     self.skip_until_sync = true;
                     return Ok(true);

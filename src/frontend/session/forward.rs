@@ -68,7 +68,7 @@ impl Session {
                     || self.view.t().sql_prepared.contains_key(p.name)
                 {
                     // As PostgreSQL: refused, and the rest of the batch up to Sync skipped.
-                    let msg = format!("prepared statement \"{}\" already exists", p.name);
+                    let msg = format!("prepared statement \"{}\" already exists", shown(p.name));
                     a.pipe
                         .push(Expect::Synthetic(vec![build::error("42P05", &msg)]));
                     self.skip_until_sync = true;
@@ -108,7 +108,7 @@ impl Session {
                     }
                     None if track && !b.statement.is_empty() => Some(format!(
                         "prepared statement \"{}\" does not exist",
-                        b.statement
+                        shown(b.statement)
                     )),
                     None => None,
                 };
@@ -150,7 +150,8 @@ impl Session {
                         return Ok(());
                     }
                     None if named => {
-                        let msg = format!("prepared statement \"{}\" does not exist", t.name);
+                        let msg =
+                            format!("prepared statement \"{}\" does not exist", shown(t.name));
                         a.pipe
                             .push(Expect::Synthetic(vec![build::error("26000", &msg)]));
                         self.skip_until_sync = true;
@@ -482,7 +483,7 @@ pub(super) fn reserved_refusal(cmds: &[Command]) -> Option<Refusal> {
         {
             Some(Refusal {
                 code: "26000",
-                message: format!("prepared statement \"{name}\" does not exist"),
+                message: format!("prepared statement \"{}\" does not exist", shown(name)),
             })
         }
         _ => None,
@@ -524,4 +525,19 @@ pub(super) fn hidden_query(a: &mut Attached, sql: &str) {
         req: Req::Query { prepare: None },
         show_errors: false,
     });
+}
+
+/// A client's statement name as pgtenant's own errors show it: whole up to 128 bytes (as
+/// any real name is), cut with "…" beyond, so that an answer pgtenant makes and queues
+/// for a client is small however long the name it sent (MAX_OWED bounds their number).
+pub(super) fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 128;
+    if name.len() <= MAX {
+        return name.into();
+    }
+    let end = (0..=MAX)
+        .rev()
+        .find(|&i| name.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}…", &name[..end]).into()
 }

@@ -63,8 +63,10 @@ mod relay;
 const HIGH_WATER: usize = 256 * 1024;
 /// Stop taking client messages while the server owes this many answers (each is an
 /// entry in the pipeline queue; messages pgtenant answers itself add entries without
-/// writing to the server, so the write buffer alone does not bound them).
-const MAX_OWED: usize = 100_000;
+/// writing to the server, so the write buffer alone does not bound them). Each is small
+/// (an answer pgtenant makes shows a client's name cut to 128 bytes, `forward::shown`):
+/// a client that queues the most costs a few MiB.
+const MAX_OWED: usize = 10_000;
 
 /// The session setting that names a tenant for statements carrying no key.
 const SESSION_TENANT_SETTING: &str = "pgtenant.tenant";
