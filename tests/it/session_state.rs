@@ -1404,3 +1404,89 @@ async fn deallocate_all_after_ddl_prepares_afresh() {
     let got = r.until_ready().await;
     assert_eq!(tags(&got), "12DCZ", "after DISCARD ALL: {got:?}");
 }
+
+/// A client that left many SQL-level statements on a pooled connection costs the next
+/// client of that connection one `DEALLOCATE ALL`, not one round trip per name; the next
+/// client may use those names, the first client gets its statements back on demand, and
+/// another client's protocol-level statement (pgtenant's own on that server, dropped too)
+/// is prepared again where it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_a_client_left_on_a_connection_go_at_once() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let mut a = Raw::login(pt.port(), "app", "app").await;
+    let mut b = Raw::login(pt.port(), "app", "app").await;
+    let c = connect(&app_url(&pt)).await;
+    let c_stmt = c.prepare("select $1::int + 1000").await.unwrap();
+    assert_eq!(
+        c.query_one(&c_stmt, &[&1]).await.unwrap().get::<_, i32>(0),
+        1001
+    );
+    for i in 0..50 {
+        assert_eq!(
+            a.command(&format!("PREPARE p{i} AS select {i}")).await,
+            "PREPARE"
+        );
+    }
+    // B takes the connection A's 50 statements are on.
+    assert_eq!(b.command("PREPARE p7 AS select 'b'").await, "PREPARE");
+    assert_eq!(b.value("EXECUTE p7").await, "b");
+    assert_eq!(a.value("EXECUTE p7").await, "7");
+    assert_eq!(a.value("EXECUTE p49").await, "49");
+    assert_eq!(b.value("EXECUTE p7").await, "b");
+    assert_eq!(
+        c.query_one(&c_stmt, &[&2]).await.unwrap().get::<_, i32>(0),
+        1002
+    );
+}
+
+/// pgtenant keeps a client's prepared statements for it whatever server it uses, so one
+/// client cannot hold unbounded many: 10,000 (protocol and SQL level together) or 16 MiB
+/// of their text; beyond, Parse and PREPARE fail with 54000 (inside a transaction the
+/// server raises it, so the transaction fails), and closing one makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_prepared_statements_are_bounded() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let mut a = Raw::login(pt.port(), "app", "app").await;
+    let mut batch = Vec::new();
+    for i in 0..9_999 {
+        batch.extend(parse(&format!("s{i}"), &format!("select {i}"), &[]));
+    }
+    batch.extend(sync());
+    a.send(&batch).await;
+    let msgs = a.until_ready().await;
+    assert_eq!(msgs.iter().filter(|m| m.tag == b'1').count(), 9_999);
+    assert_eq!(a.command("PREPARE q AS select 'q'").await, "PREPARE");
+    // Full: a Parse, a PREPARE (outside and inside a transaction) are refused.
+    a.send(&[parse("one_more", "select 1", &[]), sync()].concat())
+        .await;
+    let msgs = a.until_ready().await;
+    assert_eq!(tags(&msgs), "EZ", "{msgs:?}");
+    assert_eq!(msgs[0].sqlstate(), "54000");
+    assert_eq!(a.error("PREPARE r AS select 'r'").await, "54000");
+    a.simple("BEGIN").await;
+    assert_eq!(a.error("PREPARE r AS select 'r'").await, "54000");
+    assert_eq!(a.error("select 1").await, "25P02");
+    a.simple("ROLLBACK").await;
+    // What it holds still works; closing one makes room.
+    assert_eq!(a.value("EXECUTE q").await, "q");
+    a.send(&bes("s42", &[])).await;
+    let msgs = a.until_ready().await;
+    assert_eq!(tags(&msgs), "2DCZ", "{msgs:?}");
+    assert_eq!(msgs[1].value(), "42");
+    a.send(&[close(b'S', "s0"), sync()].concat()).await;
+    a.until_ready().await;
+    a.send(&[parse("one_more", "select 1", &[]), sync()].concat())
+        .await;
+    assert_eq!(tags(&a.until_ready().await), "1Z");
+
+    // Bytes: a client with one statement of 17 MiB of text is over 16 MiB.
+    let mut b = Raw::login(pt.port(), "app", "app").await;
+    let big = format!("select 1 /* {} */", "x".repeat(17 << 20));
+    b.send(&[parse("big", &big, &[]), sync()].concat()).await;
+    let msgs = b.until_ready().await;
+    assert_eq!(tags(&msgs), "EZ");
+    assert_eq!(msgs[0].sqlstate(), "54000");
+    assert_eq!(b.value("select 'still here'").await, "still here");
+}

@@ -612,10 +612,18 @@ impl Session {
     fn take_over(&self, a: &mut Attached, setup: &mut Setup) -> bool {
         let mut reset_all = false;
         if a.server.sql_owner != self.id && !a.server.prepared.sql.is_empty() {
-            for n in a.server.prepared.sql.keys() {
-                setup.push((format!("DEALLOCATE {}", params::ident(n)), None));
+            if a.server.prepared.sql.len() > 4 {
+                // One statement, not one round trip per name (a client that left many
+                // must not cost the next one a wait): pgtenant's own statements there
+                // go too and are prepared again on demand.
+                setup.push(("DEALLOCATE ALL".to_owned(), None));
+                a.server.prepared.clear();
+            } else {
+                for n in a.server.prepared.sql.keys() {
+                    setup.push((format!("DEALLOCATE {}", params::ident(n)), None));
+                }
+                a.server.prepared.sql.clear();
             }
-            a.server.prepared.sql.clear();
         }
         if a.server.dirty_by != 0 && a.server.dirty_by != self.id {
             // RESET ALL leaves the identities alone.

@@ -235,7 +235,7 @@ impl Session {
             b'C' if self.track_prepared => {
                 let t = Target::decode(f.body())?;
                 if t.kind == b'S' && !t.name.is_empty() {
-                    self.view.t_mut().statements.remove(t.name);
+                    self.view.t_mut().remove_statement(t.name);
                     self.c.conn.queue_held(&Frame::new(b'3', &[]));
                     return Ok(true);
                 }
@@ -265,10 +265,15 @@ impl Session {
                     self.skip_until_sync = true;
                     return Ok(true);
                 }
+                if let Err(refusal) = self.view.t().room_for(p.name, &p.query) {
+                    self.c.conn.queue(&refusal.error());
+                    self.skip_until_sync = true;
+                    return Ok(true);
+                }
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
                 let epoch = self.view.t().epoch;
                 let def = self.ctx.statements.intern_at(&p, key, epoch);
-                self.view.t_mut().statements.insert(p.name.to_owned(), def);
+                self.view.t_mut().add_statement(p.name, def);
                 self.c.conn.queue_held(&Frame::new(b'1', &[]));
                 return Ok(true);
             }
@@ -457,8 +462,7 @@ impl Session {
         }
         match cmd {
             Command::Deallocate { name: Some(n) } => {
-                let had = self.view.t_mut().sql_prepared.remove(&n).is_some()
-                    | self.view.t_mut().statements.remove(&n).is_some();
+                let had = self.view.t_mut().remove_sql(&n) | self.view.t_mut().remove_statement(&n);
                 // Not the client's: the server answers (26000), as PostgreSQL would.
                 Ok(had.then_some("DEALLOCATE"))
             }

@@ -74,7 +74,9 @@ impl Session {
                     self.skip_until_sync = true;
                     return Ok(());
                 }
-                if let Err(refusal) = screen_parse(&self.ctx, &p.query) {
+                if let Err(refusal) = screen_parse(&self.ctx, &p.query)
+                    .and_then(|_| self.view.t().room_for(p.name, &p.query))
+                {
                     a.pipe.push(Expect::Synthetic(vec![refusal.error()]));
                     self.skip_until_sync = true;
                     return Ok(());
@@ -83,10 +85,7 @@ impl Session {
                 let epoch = self.view.t().epoch;
                 let def = self.ctx.statements.intern_at(&p, key, epoch);
                 note_effects(a, &mut self.view, def.effects, &def.query);
-                self.view
-                    .t_mut()
-                    .statements
-                    .insert(p.name.to_owned(), def.clone());
+                self.view.t_mut().add_statement(p.name, def.clone());
                 if a.server.prepared.touch(def.id) {
                     a.pipe.push(Expect::Synthetic(vec![Frame::new(b'1', &[])]));
                 } else {
@@ -165,7 +164,7 @@ impl Session {
                 let t = Target::decode(f.body())?;
                 if track && t.kind == b'S' && !t.name.is_empty() {
                     // The client's view only; the server keeps the statement for others.
-                    self.view.t_mut().statements.remove(t.name);
+                    self.view.t_mut().remove_statement(t.name);
                     a.pipe.push(Expect::Synthetic(vec![Frame::new(b'3', &[])]));
                 } else {
                     a.server.conn.queue(&f);
@@ -301,6 +300,15 @@ impl Session {
             }
             a.server.applied = self.view.desired.clone();
             return Ok(());
+        }
+        if let [Command::Prepare { name }] = &cmds[..] {
+            let t = self.view.t();
+            if !t.sql_prepared.contains_key(name) && !t.statements.contains_key(name) {
+                if let Err(refusal) = t.room_for(name, sql) {
+                    raise_on_server(Some(a), &refusal);
+                    return Ok(());
+                }
+            }
         }
         let mut prepare = None;
         let mut deallocate_all = false;

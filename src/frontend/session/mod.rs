@@ -204,6 +204,71 @@ struct ViewTables {
     /// Custom (dotted) settings it set: pg_settings does not list them, so they are read
     /// back by name (bounded: a client naming hundreds of them gets the first 64).
     custom: std::collections::BTreeSet<String>,
+    /// Bytes of names and texts in `statements` and `sql_prepared` (bounded, see
+    /// [`MAX_CLIENT_STATEMENT_BYTES`]).
+    bytes: usize,
+}
+
+/// Prepared statements one client may hold (protocol-level and SQL-level together), and
+/// the bytes of their names and texts: pgtenant keeps them for it (in its view, in the
+/// process-wide registry) whatever server it uses, so one client must not take the
+/// process's memory with them. A Parse or PREPARE beyond fails with 54000.
+const MAX_CLIENT_STATEMENTS: usize = 10_000;
+const MAX_CLIENT_STATEMENT_BYTES: usize = 16 * 1024 * 1024;
+
+impl ViewTables {
+    fn add_statement(&mut self, name: &str, def: Arc<StatementDef>) {
+        self.bytes += name.len() + def.query.len();
+        if let Some(old) = self.statements.insert(name.to_owned(), def) {
+            self.bytes -= name.len() + old.query.len();
+        }
+    }
+
+    fn remove_statement(&mut self, name: &str) -> bool {
+        match self.statements.remove(name) {
+            Some(old) => {
+                self.bytes -= name.len() + old.query.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn add_sql(&mut self, name: String, text: Arc<str>) {
+        self.bytes += name.len() + text.len();
+        let n = name.len();
+        if let Some(old) = self.sql_prepared.insert(name, text) {
+            self.bytes -= n + old.len();
+        }
+    }
+
+    fn remove_sql(&mut self, name: &str) -> bool {
+        match self.sql_prepared.remove(name) {
+            Some(old) => {
+                self.bytes -= name.len() + old.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Room for one more statement of `name` and `text`? (One it holds already under
+    /// that name is replaced, or refused as a duplicate, elsewhere.)
+    fn room_for(&self, name: &str, text: &str) -> Result<(), forward::Refusal> {
+        let count = self.statements.len() + self.sql_prepared.len();
+        if count >= MAX_CLIENT_STATEMENTS
+            || self.bytes + name.len() + text.len() > MAX_CLIENT_STATEMENT_BYTES
+        {
+            return Err(forward::Refusal::new(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "too many prepared statements: pgtenant keeps at most {MAX_CLIENT_STATEMENTS} per client, {} MiB of their text (this client holds {count}); close or deallocate some",
+                    MAX_CLIENT_STATEMENT_BYTES >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a view without tables reads.
@@ -236,6 +301,7 @@ impl View {
         if let Some(t) = self.tables.as_mut() {
             t.statements.clear();
             t.sql_prepared.clear();
+            t.bytes = 0;
             if settings_too {
                 t.session.clear();
             }

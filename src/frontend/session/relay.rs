@@ -141,7 +141,7 @@ impl Session {
                             prepare: Some((name, text)),
                         })) => {
                             a.server.prepared.sql.insert(name.clone(), text.clone());
-                            self.view.t_mut().sql_prepared.insert(name, text);
+                            self.view.t_mut().add_sql(name, text);
                         }
                         Some(Expect::Forward(r) | Expect::Hidden { req: r, .. })
                             if !r.ends_with(b'Z') =>
