@@ -55,6 +55,9 @@ impl From<ConnError> for BackendError {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An authenticated server connection, idle or lent to a client.
+/// ParameterStatus names a server connection remembers.
+pub const MAX_SERVER_PARAMS: usize = 256;
+
 pub struct ServerConn {
     pub conn: Connection,
     /// pgtenant's own id for this connection (admin console, logs).
@@ -127,12 +130,15 @@ impl ServerConn {
         }
     }
 
-    /// Update the remembered parameter set from a ParameterStatus body.
+    /// Update the remembered parameter set from a ParameterStatus body. At most
+    /// [`MAX_SERVER_PARAMS`] names are kept (PostgreSQL reports about twenty): a server
+    /// that reports ever new ones does not grow the connection without bound.
     pub fn note_parameter(&mut self, body: &[u8]) {
         if let Ok((k, v)) = decode::parameter_status(body) {
-            match self.params.iter_mut().find(|(n, _)| *n == k) {
-                Some(slot) => slot.1 = v,
-                None => self.params.push((k, v)),
+            match self.params.iter().position(|(n, _)| *n == k) {
+                Some(i) => self.params[i].1 = v,
+                None if self.params.len() < MAX_SERVER_PARAMS => self.params.push((k, v)),
+                None => {}
             }
         }
     }

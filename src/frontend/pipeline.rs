@@ -86,7 +86,12 @@ impl Expect {
 /// per-thread stash rather than allocated again for every transaction.
 #[derive(Debug, Default)]
 pub struct Pipeline {
+    /// Read it freely; entries go in through [`Pipeline::push`] and out through
+    /// [`Pipeline::pop_front`] (they keep `sync_points`).
     pub q: VecDeque<Expect>,
+    /// Entries in `q` whose answer ends with a ReadyForQuery the client sees (its Sync,
+    /// Query, FunctionCall): counted, not searched for, at each client message.
+    sync_points: usize,
     /// COPY IN started (CopyInResponse seen) and the client has not ended it yet: its
     /// Syncs until CopyDone/CopyFail get no answer.
     pub copy_in: bool,
@@ -130,6 +135,13 @@ impl Drop for Pipeline {
     }
 }
 
+fn is_sync_point(e: &Expect) -> bool {
+    matches!(
+        e,
+        Expect::Forward(Req::Sync | Req::Query { .. } | Req::FunctionCall)
+    )
+}
+
 impl Pipeline {
     /// An empty pipeline, its queue taken from this thread's stash when there is one.
     pub fn new() -> Pipeline {
@@ -140,6 +152,7 @@ impl Pipeline {
             .unwrap_or_default();
         Pipeline {
             q,
+            sync_points: 0,
             copy_in: false,
             unsynced: false,
             lost_track: false,
@@ -168,7 +181,26 @@ impl Pipeline {
         if e.req().is_some_and(Req::is_extended) {
             self.unsynced = true;
         }
+        self.sync_points += usize::from(is_sync_point(&e));
         self.q.push_back(e);
+    }
+
+    pub fn pop_front(&mut self) -> Option<Expect> {
+        let e = self.q.pop_front();
+        if e.as_ref().is_some_and(is_sync_point) {
+            self.sync_points -= 1;
+        }
+        e
+    }
+
+    /// Does the server owe a ReadyForQuery the client will see (for its Sync, Query or
+    /// FunctionCall)?
+    pub fn owes_sync_point(&self) -> bool {
+        debug_assert_eq!(
+            self.sync_points,
+            self.q.iter().filter(|e| is_sync_point(e)).count()
+        );
+        self.sync_points > 0
     }
 
     /// The server started COPY IN for the request at the head: Syncs the client already
@@ -180,6 +212,7 @@ impl Pipeline {
             match &self.q[i] {
                 Expect::Forward(Req::Sync) => {
                     self.q.remove(i);
+                    self.sync_points -= 1;
                 }
                 Expect::CopyEnd => {
                     self.q.remove(i);
@@ -204,7 +237,7 @@ impl Pipeline {
     /// Drop CopyEnd markers at the head (they owe nothing).
     pub fn skip_markers(&mut self) {
         while matches!(self.q.front(), Some(Expect::CopyEnd)) {
-            self.q.pop_front();
+            self.pop_front();
         }
     }
 
@@ -218,7 +251,7 @@ impl Pipeline {
             if is_sync {
                 break;
             }
-            if let Some(e) = self.q.pop_front() {
+            if let Some(e) = self.pop_front() {
                 dropped.push(e);
             }
         }

@@ -259,6 +259,9 @@ impl TenantKey {
     }
 }
 
+/// Bytes of a tenant value kept in the rankings (SHOW TENANTS).
+pub const MAX_SHOWN_VALUE: usize = 256;
+
 /// The process-wide tenant sketches (`Context::tenants`).
 pub struct Tenants {
     by_statements: Sketch,
@@ -290,12 +293,24 @@ impl Tenants {
         self.hasher.hash_one((colocation, value))
     }
 
-    /// The key of a tenant value in a colocation group, routed to `node`.
+    /// The key of a tenant value in a colocation group, routed to `node`. The value is
+    /// kept (and shown) cut to [`MAX_SHOWN_VALUE`] bytes: rankings keep thousands of
+    /// rows, and a client's key may be a megabyte of text; the hash is of the whole value.
     pub fn key(&self, colocation: u32, value: &str, node: Arc<str>) -> TenantKey {
         let hash = self.hash(colocation, value);
+        let shown = match value.len() > MAX_SHOWN_VALUE {
+            true => {
+                let end = (0..=MAX_SHOWN_VALUE)
+                    .rev()
+                    .find(|&i| value.is_char_boundary(i))
+                    .unwrap_or(0);
+                format!("{}…", &value[..end])
+            }
+            false => value.to_owned(),
+        };
         TenantKey {
             colocation,
-            value: Arc::from(value),
+            value: Arc::from(shown),
             node,
             hash,
             // The index uses the low bits of the hash; the shard takes the high ones.
@@ -376,6 +391,24 @@ impl Tenants {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tenant value of a megabyte is kept (and shown) cut; two long values with the
+    /// same start stay two tenants (the hash is of the whole value).
+    #[test]
+    fn long_tenant_values_are_kept_cut() {
+        let t = Tenants::default();
+        let node: Arc<str> = Arc::from("w");
+        let a = t.key(1, &format!("{}a", "é".repeat(1 << 19)), node.clone());
+        let b = t.key(1, &format!("{}b", "é".repeat(1 << 19)), node.clone());
+        assert!(a.value.len() <= MAX_SHOWN_VALUE + '…'.len_utf8());
+        assert!(a.value.ends_with('…'));
+        assert_eq!(a.value, b.value);
+        assert_ne!(a.hash(), b.hash());
+        t.transaction(&a, Duration::from_micros(5));
+        t.transaction(&b, Duration::from_micros(5));
+        assert_eq!(t.top(Rank::Statements, 10).len(), 2);
+        assert_eq!(t.key(1, "42", node).value.as_ref(), "42");
+    }
 
     #[test]
     fn a_million_tenants_in_fixed_memory_keep_the_heavy_ones() {

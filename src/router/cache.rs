@@ -25,6 +25,11 @@ use crate::citus::Catalog;
 
 const SHARDS: usize = 16;
 
+/// The longest statement text (masked, for the simple protocol) the plan cache keeps:
+/// its entries are shared by every client, and a client must not fill them with
+/// megabytes of text each.
+pub const MAX_CACHED_TEXT: usize = 64 * 1024;
+
 /// Default number of cached plans.
 pub const DEFAULT_CAPACITY: usize = 10_000;
 
@@ -208,11 +213,12 @@ impl Planner {
         }
     }
 
-    /// Plan a simple-protocol query string: the plan and the tenant key's value.
+    /// Plan a simple-protocol query string: the plan and the tenant key's value. Texts
+    /// over [`MAX_CACHED_TEXT`] are planned each time, never kept.
     pub fn plan_simple(&self, sql: &str, catalog: &dyn Catalog, catalog_version: u64) -> Routed {
         self.observe(catalog_version);
         let m = mask::mask_spans(sql);
-        if !m.cacheable || self.per_shard == 0 {
+        if !m.cacheable || self.per_shard == 0 || m.key.len() > MAX_CACHED_TEXT {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return self.resolve(Arc::new(plan(sql, catalog)), &m, sql);
         }
@@ -253,7 +259,7 @@ impl Planner {
         catalog_version: u64,
     ) -> Arc<Plan> {
         self.observe(catalog_version);
-        if self.per_shard == 0 || sql.contains(mask::MARK) {
+        if self.per_shard == 0 || sql.len() > MAX_CACHED_TEXT || sql.contains(mask::MARK) {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return Arc::new(plan(sql, catalog));
         }

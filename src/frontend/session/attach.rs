@@ -722,7 +722,7 @@ async fn settle_hidden(a: &mut Attached) {
                         return;
                     };
                     a.server.tx_status = st;
-                    a.pipe.q.pop_front();
+                    a.pipe.pop_front();
                     a.pipe.ready();
                 }
                 b'S' => a.server.note_parameter(f.body()),

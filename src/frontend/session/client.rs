@@ -176,14 +176,8 @@ impl Session {
         let Some(a) = self.attached.as_ref() else {
             return false;
         };
-        // The pipeline first: it is short, and usually holds no such request.
         self.mode != PoolMode::Session
-            && a.pipe.q.iter().any(|e| {
-                matches!(
-                    e,
-                    Expect::Forward(Req::Sync | Req::Query { .. } | Req::FunctionCall)
-                )
-            })
+            && a.pipe.owes_sync_point()
             && self
                 .c
                 .cluster

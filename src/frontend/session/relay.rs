@@ -86,7 +86,7 @@ impl Session {
                     }
                     match a.pipe.q.front().and_then(Expect::req).cloned() {
                         Some(r) if r.is_extended() => {
-                            a.pipe.q.pop_front();
+                            a.pipe.pop_front();
                             undo_prepared(a, Expect::Forward(r));
                             for e in a.pipe.drop_until_sync() {
                                 undo_prepared(a, e);
@@ -136,7 +136,7 @@ impl Session {
                     // side trip's ReadyForQuery must still say "in transaction".
                     let holding_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
                     let client_st = if holding_tx && st == b'I' { b'T' } else { st };
-                    match a.pipe.q.pop_front() {
+                    match a.pipe.pop_front() {
                         Some(Expect::Forward(Req::Query {
                             prepare: Some((name, text)),
                         })) => {
@@ -254,7 +254,7 @@ impl Session {
             if let Some(r) = a.pipe.q.front().and_then(Expect::req) {
                 let describe_statement_part = tag == b't';
                 if !describe_statement_part && r.ends_with(tag) {
-                    a.pipe.q.pop_front();
+                    a.pipe.pop_front();
                 }
             }
         }
@@ -308,7 +308,7 @@ pub(super) fn emit_synthetic(a: &mut Attached, client: &mut crate::net::Connecti
     loop {
         match a.pipe.q.front() {
             Some(Expect::Synthetic(_)) => {
-                if let Some(Expect::Synthetic(frames)) = a.pipe.q.pop_front() {
+                if let Some(Expect::Synthetic(frames)) = a.pipe.pop_front() {
                     for f in &frames {
                         queue_own(client, f);
                     }
@@ -316,13 +316,13 @@ pub(super) fn emit_synthetic(a: &mut Attached, client: &mut crate::net::Connecti
             }
             Some(Expect::Flush) => {
                 // The client's Flush: what it asked for before it goes out now.
-                a.pipe.q.pop_front();
+                a.pipe.pop_front();
                 client.release_held();
             }
             Some(Expect::SyntheticCommand(tag)) => {
                 client.queue(&build::command_complete(tag));
                 client.queue(&build::ready_for_query(a.server.tx_status));
-                a.pipe.q.pop_front();
+                a.pipe.pop_front();
             }
             _ => return,
         }
