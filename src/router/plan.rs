@@ -164,6 +164,9 @@ impl Plan {
 pub(super) fn merge_keys(keys: Vec<KeySource>) -> Option<(KeySource, Vec<KeySource>)> {
     let mut literal: Option<String> = None;
     let mut params: Vec<KeySource> = Vec::new();
+    // Linear however many parameters a statement names (tens of thousands in a bulk
+    // INSERT): a set, not a search of the list.
+    let mut seen = std::collections::HashSet::new();
     for k in keys {
         match k {
             KeySource::Literal(s) => match &literal {
@@ -172,7 +175,7 @@ pub(super) fn merge_keys(keys: Vec<KeySource>) -> Option<(KeySource, Vec<KeySour
                 None => literal = Some(s),
             },
             p @ (KeySource::Param(_) | KeySource::ParamElements(_)) => {
-                if !params.contains(&p) {
+                if seen.insert(p.clone()) {
                     params.push(p);
                 }
             }

@@ -1420,3 +1420,36 @@ fn several_tenants_in_reads_only_are_read_only() {
     let cached = Planner::new(64).plan_simple(sql, &cat, 1);
     assert_eq!(direct, cached);
 }
+
+/// One statement's analysis is bounded whatever its shape: a wide CTE named thousands of
+/// times (each reference copied its columns: quadratic time and memory, gigabytes for a
+/// 32 KB text) and thousands of FROM items with thousands of column references (each
+/// looked up in every item) stop at the analysis's work budget and go to the coordinator.
+#[test]
+fn pathological_statements_are_analysed_in_bounded_work() {
+    let cat = catalog();
+    let n = 3000;
+    let cols = vec!["a"; n].join(",");
+    let refs = vec!["c"; n].join(",");
+    let sql = format!("with c as (select {cols}) select 1 from {refs}");
+    let t = std::time::Instant::now();
+    let p = plan(&sql, &cat);
+    let took = t.elapsed();
+    assert!(matches!(p, Plan::Coordinator(_)), "{p:?}");
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+
+    let tables = vec!["orders"; n].join(",");
+    let sql = format!("select {cols} from {tables}");
+    let t = std::time::Instant::now();
+    let p = plan(&sql, &cat);
+    let took = t.elapsed();
+    assert!(matches!(p, Plan::Coordinator(_)), "{p:?}");
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+
+    // Ordinary statements are far from the budget and keep their routing.
+    let p = plan(
+        "with x as (select * from orders where account_id = 5) select * from x, x y",
+        &cat,
+    );
+    assert_eq!(p.key_sources().next(), Some(&lit("5")));
+}

@@ -181,6 +181,9 @@ impl<'c> Analysis<'c> {
                     }
                     let mut cols = Vec::new();
                     for e in &self.scopes[cur] {
+                        if !self.spend(entry_cost(e)) {
+                            break;
+                        }
                         cols.extend(entry_cols(e, &self.insts));
                     }
                     outs.cols.extend(cols);
@@ -195,8 +198,10 @@ impl<'c> Analysis<'c> {
                             .map(fold)
                             .collect();
                         if let Some((d, idx)) = self.find_entry(&quals) {
-                            let cols = entry_cols(&self.scopes[d][idx], &self.insts);
-                            outs.cols.extend(cols);
+                            if self.spend(entry_cost(&self.scopes[d][idx])) {
+                                let cols = entry_cols(&self.scopes[d][idx], &self.insts);
+                                outs.cols.extend(cols);
+                            }
                         }
                     }
                 }
@@ -319,6 +324,9 @@ impl<'c> Analysis<'c> {
         let cur = self.cur();
         let mut found = None;
         for e in &self.scopes[cur][range.clone()] {
+            if !self.spend(entry_cost(e)) {
+                return None;
+            }
             if let Some(n) = entry_col(e, name, &self.insts) {
                 if found.is_some() {
                     return None;
@@ -527,6 +535,10 @@ impl<'c> Analysis<'c> {
         }
         if parts.len() == 1 {
             if let Some((_, outs)) = self.ctes.iter().rev().find(|(n, _)| *n == parts[0]) {
+                if !self.spend(1 + outs.cols.len()) {
+                    self.opaque = true;
+                    return (EntryKind::Other, None);
+                }
                 return (EntryKind::Derived(outs.clone()), None);
             }
         }
@@ -568,6 +580,9 @@ impl<'c> Analysis<'c> {
         };
         for d in (0..self.scopes.len()).rev() {
             for (i, e) in self.scopes[d].iter().enumerate() {
+                if !self.spend(1) {
+                    return None;
+                }
                 if e.name != *name {
                     continue;
                 }

@@ -42,13 +42,21 @@ use crate::citus::{Catalog, TableInfo, TableKind};
 /// Deeper expressions than this are not analysed (the statement goes to the coordinator).
 const MAX_DEPTH: usize = 200;
 
+/// Work one statement's analysis may take, in FROM entries and derived columns looked at
+/// or copied: past it the statement is not analysed further and goes to the coordinator.
+/// Real statements take well under a thousand; without a bound a 16 KB text naming a
+/// wide CTE a thousand times made the analysis copy millions of columns (seconds of a
+/// worker thread, gigabytes), and name lookups over thousands of FROM items were
+/// quadratic.
+const MAX_WORK: usize = 200_000;
+
 /// Plan one DML statement. `hint` is the tenant hint of the text, if any.
 pub(super) fn plan_dml(stmt: &Statement, catalog: &dyn Catalog, hint: Option<&KeySource>) -> Plan {
     let mut scan = Scan::default();
     let _ = stmt.visit(&mut scan);
     let mut a = Analysis::new(catalog);
     a.statement(stmt);
-    if scan.relations != a.relations {
+    if scan.relations != a.relations || a.over_budget() {
         a.opaque = true;
     }
     // Certainly read-only: a query with no DML inside (a data-modifying CTE is a second
@@ -247,6 +255,8 @@ struct Analysis<'c> {
     ddl: bool,
     opaque: bool,
     depth: usize,
+    /// Work spent so far (see [`MAX_WORK`]).
+    work: std::cell::Cell<usize>,
 }
 
 impl<'c> Analysis<'c> {
@@ -268,7 +278,20 @@ impl<'c> Analysis<'c> {
             ddl: false,
             opaque: false,
             depth: 0,
+            work: std::cell::Cell::new(0),
         }
+    }
+
+    /// Count `n` units of work; false once the statement is over [`MAX_WORK`] (the
+    /// caller stops, the statement goes to the coordinator).
+    fn spend(&self, n: usize) -> bool {
+        let w = self.work.get().saturating_add(n);
+        self.work.set(w);
+        w <= MAX_WORK
+    }
+
+    fn over_budget(&self) -> bool {
+        self.work.get() > MAX_WORK
     }
 
     // ---- the result ----------------------------------------------------------------
@@ -427,6 +450,14 @@ fn is_default(e: &Expr) -> bool {
 
 fn last_name(name: &ObjectName) -> Option<String> {
     name.0.last().and_then(|p| p.as_ident()).map(fold)
+}
+
+/// What looking a column up in a FROM item costs (see [`Analysis::spend`]).
+fn entry_cost(e: &Entry<'_>) -> usize {
+    match &e.kind {
+        EntryKind::Derived(outs) => 1 + outs.cols.len(),
+        _ => 1,
+    }
 }
 
 /// The node for column `name` of a FROM item, if it is a distribution column there.

@@ -14,6 +14,9 @@ impl<'c> Analysis<'c> {
                 let cur = self.cur();
                 let mut found = None;
                 for (i, entry) in self.scopes.get(cur)?.iter().enumerate() {
+                    if !self.spend(entry_cost(entry)) {
+                        return None;
+                    }
                     if let Some(node) = entry_col(entry, &name, &self.insts) {
                         if found.is_some() {
                             return None;
