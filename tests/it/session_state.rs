@@ -1490,3 +1490,42 @@ async fn a_clients_prepared_statements_are_bounded() {
     assert_eq!(msgs[0].sqlstate(), "54000");
     assert_eq!(b.value("select 'still here'").await, "still here");
 }
+
+/// A client that sends more messages than pgtenant lets it owe (10,000 answers) in one go,
+/// with its Sync at the end, gets every answer: once pgtenant stops reading it, the
+/// answers pgtenant makes itself go out, and the server is asked (Flush) for the ones it
+/// holds back until a Sync, so the pipeline drains and the client is read again. Before,
+/// such a session stopped for good (nothing to read from the server, the client unread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_past_the_owed_limit_drains() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let mut a = Raw::login(pt.port(), "app", "app").await;
+    a.simple("BEGIN").await;
+    // Closes pgtenant answers itself (a server is attached: inside the transaction).
+    let mut batch = Vec::new();
+    for i in 0..20_000 {
+        batch.extend(close(b'S', &format!("nothing_{i}")));
+    }
+    batch.extend(sync());
+    a.send(&batch).await;
+    let msgs = tokio::time::timeout(Duration::from_secs(30), a.until_ready())
+        .await
+        .expect("all the answers within 30 s");
+    assert_eq!(msgs.iter().filter(|m| m.tag == b'3').count(), 20_000);
+    assert_eq!(msgs.last().map(|m| m.tag), Some(b'Z'));
+    // A real statement at the head, whose answer the server keeps until it is asked.
+    let mut batch = [parse("", "select 7", &[]), bind("", "", &[]), execute("")].concat();
+    for i in 0..20_000 {
+        batch.extend(close(b'S', &format!("nothing_{i}")));
+    }
+    batch.extend(sync());
+    a.send(&batch).await;
+    let msgs = tokio::time::timeout(Duration::from_secs(30), a.until_ready())
+        .await
+        .expect("all the answers within 30 s");
+    assert_eq!(tags(&msgs[..4]), "12DC", "{:?}", &msgs[..4]);
+    assert_eq!(msgs.iter().filter(|m| m.tag == b'3').count(), 20_000);
+    assert_eq!(a.value("select 'after'").await, "after");
+    a.simple("COMMIT").await;
+}

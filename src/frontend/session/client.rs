@@ -13,6 +13,21 @@ impl Session {
             if self.input_blocked() {
                 // Backpressure: the rest waits in the read buffer (see `paused_input`).
                 self.paused_input = true;
+                if let Some(a) = self
+                    .attached
+                    .as_mut()
+                    .filter(|a| a.pipe.q.len() >= MAX_OWED)
+                {
+                    // Owed answers must come without the client's next Sync or Flush,
+                    // which waits unread: answers pgtenant makes at the head go out now,
+                    // and the server is asked to send what it holds back (a Flush has
+                    // no answer of its own), as PostgreSQL sends a full output buffer.
+                    emit_synthetic(a, &mut self.c.conn);
+                    self.c.conn.release_held();
+                    if a.pipe.q.front().is_some_and(|e| e.req().is_some()) {
+                        a.server.conn.queue(&Frame::new(b'H', &[]));
+                    }
+                }
                 return Ok(Flow::Continue);
             }
             let next = match self.deferred.pop_front() {
