@@ -642,3 +642,63 @@ async fn answers_pgtenant_queues_are_small_whatever_the_client_names() {
         mib(grown)
     );
 }
+
+/// When held messages are full (a held BEGIN and 63 SAVEPOINTs), the next message takes
+/// the transaction to the coordinator with everything held, whatever that message is:
+/// an extended-protocol INSERT that comes then runs inside the client's transaction, and
+/// its ROLLBACK undoes it (before, a Parse went on alone and the INSERT was committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_hold_takes_the_transaction_along() {
+    use support::citus::{CitusCluster, CitusOptions};
+    let cluster = CitusCluster::start(CitusOptions {
+        tenants: 10,
+        ..CitusOptions::default()
+    });
+    let admin = cluster
+        .coordinator
+        .client(support::SUPERUSER, support::SUPERUSER_PASSWORD, "app")
+        .await;
+    admin
+        .batch_execute("create table held_t (x int); grant all on held_t to public")
+        .await
+        .unwrap();
+    let p = cluster.start_pgtenant(&["--auth-type", "trust"]);
+    let mut s = raw::login(p.port(), "app", "app").await;
+    let simple = |sql: &str| {
+        let mut q = sql.as_bytes().to_vec();
+        q.push(0);
+        raw::msg(b'Q', &q)
+    };
+    let mut batch = simple("BEGIN");
+    for i in 0..63 {
+        batch.extend(simple(&format!("SAVEPOINT s{i}")));
+    }
+    s.write_all(&batch).await.unwrap();
+    for _ in 0..64 {
+        let msgs = raw::until_ready(&mut s).await;
+        assert!(raw::errors(&msgs).is_empty(), "{:?}", raw::errors(&msgs));
+    }
+    let mut bind = b"\0\0\0\0\0\x01".to_vec();
+    bind.extend_from_slice(&1i32.to_be_bytes());
+    bind.push(b'7');
+    bind.extend_from_slice(&[0, 0]);
+    let batch = [
+        raw::parse("", "insert into held_t values ($1::int)"),
+        raw::msg(b'B', &bind),
+        raw::msg(b'E', b"\0\0\0\0\0"),
+        raw::msg(b'S', &[]),
+    ]
+    .concat();
+    s.write_all(&batch).await.unwrap();
+    let msgs = raw::until_ready(&mut s).await;
+    assert!(raw::errors(&msgs).is_empty(), "{:?}", raw::errors(&msgs));
+    assert_eq!(msgs.last().unwrap().1, b"T", "still in the transaction");
+    s.write_all(&simple("ROLLBACK")).await.unwrap();
+    raw::until_ready(&mut s).await;
+    let n: i64 = admin
+        .query_one("select count(*) from held_t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the INSERT ran outside the client's transaction");
+}

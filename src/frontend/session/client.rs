@@ -101,6 +101,9 @@ impl Session {
                     }
                     continue;
                 }
+                // Held full: the transaction goes to the coordinator with this message,
+                // whatever it is, and takes everything held with it (see `held_full`).
+                let full = self.held_full();
                 match self.route_first(f).await {
                     Some(f) => {
                         // Attached: forward what was held (BEGIN and friends hidden, Parses
@@ -109,7 +112,7 @@ impl Session {
                         // server; a prepare-only batch (Parse/Describe/Sync, as
                         // tokio-postgres and JDBC send before the Bind) is a side trip that
                         // leaves it held.
-                        let runs = matches!(f.tag(), b'Q' | b'B' | b'F');
+                        let runs = full || matches!(f.tag(), b'Q' | b'B' | b'F');
                         let held: Vec<Held> = if runs {
                             std::mem::take(&mut self.held)
                         } else {
