@@ -117,6 +117,11 @@ impl Subscriber {
         std::str::from_utf8(&channel[..end]).is_ok_and(|c| self.channels.contains(c))
     }
 
+    /// Listens to no channel.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
     /// LISTEN `channel` (limits: 0 = none). `Ok(Some(rx))`: `rx` fires once the listening
     /// connection listens (a client must not be told "LISTEN" before a NOTIFY it sends
     /// next would reach it); `Ok(None)`: it listens to that channel already.

@@ -414,25 +414,37 @@ pub fn decide_bind_keyed(
     // Values that must agree are compared by hash: equal values hash equally, and two
     // values with one hash live in one shard anyway.
     let mut first: Option<KeySource> = None;
+    // The first parameter is read straight from the message; a plan that checks more
+    // (a bulk INSERT's thousands) decodes them all once, not once per key.
+    let mut all: Option<Vec<crate::protocol::extended::BindParam>> = None;
+    let mut param = |i: usize, looked: bool| -> Option<crate::protocol::extended::BindParam> {
+        if !looked {
+            return bind.param(i).ok().flatten();
+        }
+        all.get_or_insert_with(|| bind.all_params().unwrap_or_default())
+            .get(i)
+            .copied()
+    };
     let value = plan.tenant_value(|k| {
+        let looked = first.is_some();
         if first.is_none() {
             first = Some(k.clone());
         }
         match k {
             KeySource::Literal(s) => hash_value(dt, s).ok(),
-            KeySource::Param(i) => match bind.param(*i) {
-                Ok(Some((0, Some(v)))) => std::str::from_utf8(v)
+            KeySource::Param(i) => match param(*i, looked) {
+                Some((0, Some(v))) => std::str::from_utf8(v)
                     .ok()
                     .and_then(|s| hash_value(dt, s).ok()),
-                Ok(Some((1, Some(v)))) => hash_binary(dt, v).ok(),
+                Some((1, Some(v))) => hash_binary(dt, v).ok(),
                 _ => None,
             },
-            KeySource::ParamElements(i) => match bind.param(*i) {
-                Ok(Some((0, Some(v)))) => std::str::from_utf8(v)
+            KeySource::ParamElements(i) => match param(*i, looked) {
+                Some((0, Some(v))) => std::str::from_utf8(v)
                     .ok()
                     .and_then(text_common_element)
                     .and_then(|s| hash_value(dt, &s).ok()),
-                Ok(Some((1, Some(v)))) => {
+                Some((1, Some(v))) => {
                     binary_common_element(v).and_then(|e| hash_binary(dt, e).ok())
                 }
                 _ => None,

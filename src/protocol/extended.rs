@@ -76,6 +76,37 @@ impl<'a> Bind<'a> {
 
     /// Parameter `idx` (0-based): its format (0 text, 1 binary) and value (None = NULL).
     /// `Ok(None)` when there is no such parameter.
+    /// Every parameter with its format, decoded in one pass (for a caller that looks at
+    /// several: [`Bind::param`] reads the message from its start each time).
+    pub fn all_params(&self) -> Result<Vec<BindParam<'a>>, ProtocolError> {
+        let mut r = Reader::new(self.rest, "Bind");
+        let nformats = r.i16()?;
+        if nformats < 0 {
+            return Err(ProtocolError::Malformed("Bind"));
+        }
+        let mut formats = Vec::with_capacity(nformats as usize);
+        for _ in 0..nformats {
+            formats.push(r.i16()?);
+        }
+        let nparams = r.i16()?.max(0) as usize;
+        let mut out = Vec::with_capacity(nparams);
+        for i in 0..nparams {
+            let format = match nformats {
+                0 => 0,
+                1 => formats[0],
+                _ => *formats.get(i).ok_or(ProtocolError::Malformed("Bind"))?,
+            };
+            let len = r.i32()?;
+            let v = if len < 0 {
+                None
+            } else {
+                Some(r.bytes(len as usize)?)
+            };
+            out.push((format, v));
+        }
+        Ok(out)
+    }
+
     pub fn param(&self, idx: usize) -> Result<Option<BindParam<'a>>, ProtocolError> {
         let mut r = Reader::new(self.rest, "Bind");
         let nformats = r.i16()?;
@@ -181,6 +212,10 @@ mod tests {
         assert_eq!(b.param(0).unwrap(), Some((0, Some(&b"42"[..]))));
         assert_eq!(b.param(1).unwrap(), Some((0, None)));
         assert_eq!(b.param(2).unwrap(), None);
+        assert_eq!(
+            b.all_params().unwrap(),
+            vec![(0, Some(&b"42"[..])), (0, None)]
+        );
         let body = b"\0s\0\0\x01\0\x01\0\x01\0\0\0\x08\0\0\0\0\0\0\0\x2a\0\0";
         assert_eq!(
             Bind::decode(body).unwrap().param(0).unwrap(),

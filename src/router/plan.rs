@@ -199,8 +199,16 @@ pub const MAX_OPERATORS: usize = if cfg!(debug_assertions) { 120 } else { 1000 }
 /// 50), lowered for the same reason: its frames are large, in debug builds very large.
 pub const MAX_NESTING: usize = if cfg!(debug_assertions) { 16 } else { 40 };
 
+/// Longer texts are not planned (`Coordinator(ParseFailure)`, the coordinator runs
+/// anything): planning costs ~100 ns a byte of a worker thread, and texts over the plan
+/// cache's limit are planned at every Bind.
+pub const MAX_PLANNED_TEXT: usize = 256 * 1024;
+
 /// Plan a query string (one statement, or several: each is planned and the plans combined).
 pub fn plan(sql: &str, catalog: &dyn Catalog) -> Plan {
+    if sql.len() > MAX_PLANNED_TEXT {
+        return Plan::Coordinator(Reason::ParseFailure);
+    }
     let m = mask::mask_spans(sql);
     if m.operators > MAX_OPERATORS {
         return Plan::Coordinator(Reason::ParseFailure);

@@ -1453,3 +1453,12 @@ fn pathological_statements_are_analysed_in_bounded_work() {
     );
     assert_eq!(p.key_sources().next(), Some(&lit("5")));
 }
+
+/// Texts over MAX_PLANNED_TEXT are not planned: the coordinator takes them.
+#[test]
+fn texts_too_long_to_plan_go_to_the_coordinator() {
+    let cat = catalog();
+    let pad = "x".repeat(super::plan::MAX_PLANNED_TEXT);
+    let sql = format!("select * from orders where account_id = 5 /* {pad} */");
+    assert_eq!(plan(&sql, &cat), Plan::Coordinator(Reason::ParseFailure));
+}

@@ -454,6 +454,11 @@ impl Session {
                 match l.sub.listen(channel, max_client, max_pool) {
                     Ok(ack) => l.ack = ack,
                     Err(limit) => {
+                        if l.sub.is_empty() && l.ack.is_none() {
+                            // Its first LISTEN: no subscription is kept for it (a listening
+                            // client pays a hub round trip per write transaction).
+                            self.listening = None;
+                        }
                         tracing::warn!(user = %Escaped(&self.c.user), "LISTEN refused: {limit}");
                         return Err(Refusal::new(
                             sqlstate::PROGRAM_LIMIT_EXCEEDED,
