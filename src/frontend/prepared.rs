@@ -29,6 +29,9 @@ pub struct StatementDef {
     pub effects: u8,
     /// Its text (the router plans it when a Bind starts a transaction).
     pub query: Arc<str>,
+    /// The custom settings its text names (`custom_setting_names`), found once here
+    /// rather than at every Bind.
+    pub custom: Box<[String]>,
 }
 
 #[derive(Default)]
@@ -47,10 +50,10 @@ impl StatementRegistry {
         if let Some(d) = self.map.get(key) {
             return d.clone();
         }
-        self.map
-            .entry(key.into())
-            .or_insert_with(|| self.define(p))
-            .clone()
+        // Defined outside the shard's lock (a scan and copies of a text that may be
+        // megabytes); a definition made twice by a race loses its id, never reused.
+        let def = self.define(p);
+        self.map.entry(key.into()).or_insert(def).clone()
     }
 
     /// [`Self::intern`] for a client that ran `DEALLOCATE ALL` / `DISCARD ALL` (its
@@ -65,10 +68,8 @@ impl StatementRegistry {
         if let Some(d) = self.fresh.get(&k) {
             return d.clone();
         }
-        self.fresh
-            .entry(k)
-            .or_insert_with(|| self.define(p))
-            .clone()
+        let def = self.define(p);
+        self.fresh.entry(k).or_insert(def).clone()
     }
 
     /// A new epoch for a client's `DEALLOCATE ALL` / `DISCARD ALL`.
@@ -90,6 +91,7 @@ impl StatementRegistry {
             parse,
             query: Arc::from(&*p.query),
             effects,
+            custom: crate::router::command::custom_setting_names(&p.query).into(),
         })
     }
 

@@ -84,7 +84,7 @@ impl Session {
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
                 let epoch = self.view.t().epoch;
                 let def = self.ctx.statements.intern_at(&p, key, epoch);
-                note_effects(a, &mut self.view, def.effects, &def.query);
+                note_def_effects(a, &mut self.view, &def);
                 self.view.t_mut().add_statement(p.name, def.clone());
                 if a.server.prepared.touch(def.id) {
                     a.pipe.push(Expect::Synthetic(vec![Frame::new(b'1', &[])]));
@@ -119,7 +119,7 @@ impl Session {
                 }
                 match def {
                     Some(def) => {
-                        note_effects(a, &mut self.view, def.effects, &def.query);
+                        note_def_effects(a, &mut self.view, &def);
                         if !a.server.prepared.touch(def.id) {
                             prepare_on(a, &def, cap, false);
                         }
@@ -386,6 +386,15 @@ fn pin_recheck(pinned: bool) -> u8 {
 /// Record what a message may do to the session: the read-back at the transaction's end,
 /// and the custom settings it names.
 pub(super) fn note_effects(a: &mut Attached, view: &mut View, e: u8, sql: &str) {
+    note(a, view, e, || custom_setting_names(sql));
+}
+
+/// [`note_effects`] of a named statement: its custom setting names were found once.
+pub(super) fn note_def_effects(a: &mut Attached, view: &mut View, def: &StatementDef) {
+    note(a, view, def.effects, || def.custom.to_vec());
+}
+
+fn note(a: &mut Attached, view: &mut View, e: u8, names: impl FnOnce() -> Vec<String>) {
     let e = if view.unreadable { effect::ALL } else { e };
     if e == 0 {
         return;
@@ -393,7 +402,7 @@ pub(super) fn note_effects(a: &mut Attached, view: &mut View, e: u8, sql: &str) 
     a.effects |= e;
     if e & effect::SETTINGS != 0 {
         let custom = &mut view.t_mut().custom;
-        for n in custom_setting_names(sql) {
+        for n in names() {
             if custom.len() >= MAX_CUSTOM_SETTINGS {
                 break;
             }
