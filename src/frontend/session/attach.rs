@@ -209,8 +209,11 @@ impl Session {
         pool: Arc<Pool>,
         lent: Instant,
     ) -> bool {
-        self.set_cancel_target(Some(server.cancel.clone())).await;
+        // Adopted first: while the cancel target is set (which may wait for a cancel on its
+        // way) the connection is the session's (see `Drop for Session`).
+        let cancel = server.cancel.clone();
         let setup = self.adopt(server, pool, Some(lent));
+        self.set_cancel_target(Some(cancel)).await;
         if setup.is_empty() {
             return true;
         }
@@ -256,11 +259,11 @@ impl Session {
             Ok(Err(e)) => e,
             Err(_) => "timed out".to_string(),
         };
+        self.set_cancel_target(None).await;
         let Some(a) = self.attached.take() else {
             return false;
         };
         tracing::warn!(user = %Escaped(&self.c.user), server = a.server.id, error = %failed, "a server connection could not be given the client's session; closing it");
-        self.set_cancel_target(None).await;
         a.pool.discard(a.server);
         false
     }
