@@ -1529,3 +1529,72 @@ async fn a_pipeline_past_the_owed_limit_drains() {
     assert_eq!(a.value("select 'after'").await, "after");
     a.simple("COMMIT").await;
 }
+
+/// Errors pgtenant makes itself for the extended protocol (a statement name that exists,
+/// one that does not) fail the server's transaction too, as on a direct connection: the
+/// client gets the error in its place, ReadyForQuery says `E` inside a transaction block,
+/// the next statement gets 25P02, and outside a block the batch's implicit transaction
+/// is rolled back (an INSERT earlier in it does not stay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgtenants_own_extended_errors_fail_the_transaction() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let admin = pg
+        .client(support::SUPERUSER, support::SUPERUSER_PASSWORD, "app")
+        .await;
+    admin
+        .batch_execute("create table ext_err (x int); grant all on ext_err to public")
+        .await
+        .unwrap();
+    let mut a = Raw::login(pt.port(), "app", "app").await;
+    a.simple("BEGIN").await;
+    a.send(&[bind("", "nope", &[]), sync()].concat()).await;
+    let msgs = a.until_ready().await;
+    assert_eq!(tags(&msgs), "EZ", "{msgs:?}");
+    assert_eq!(msgs[0].sqlstate(), "26000");
+    assert_eq!(msgs[1].body, b"E", "the transaction failed");
+    assert_eq!(a.error("select 1").await, "25P02");
+    a.simple("ROLLBACK").await;
+
+    a.send(&[parse("dup", "select 1", &[]), sync()].concat())
+        .await;
+    assert_eq!(tags(&a.until_ready().await), "1Z");
+    a.simple("BEGIN").await;
+    a.send(
+        &[
+            parse("dup", "select 2", &[]),
+            describe(b'S', "nothing"),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let msgs = a.until_ready().await;
+    assert_eq!(tags(&msgs), "EZ", "{msgs:?}");
+    assert_eq!(msgs[0].sqlstate(), "42P05");
+    assert_eq!(msgs[1].body, b"E");
+    a.simple("ROLLBACK").await;
+
+    // Outside a block: the batch's INSERT goes with the error.
+    let batch = [
+        parse("", "insert into ext_err values (1)", &[]),
+        bind("", "", &[]),
+        execute(""),
+        bind("", "nope", &[]),
+        sync(),
+    ]
+    .concat();
+    a.send(&batch).await;
+    let msgs = a.until_ready().await;
+    assert_eq!(tags(&msgs), "12CEZ", "{msgs:?}");
+    assert_eq!(msgs[3].sqlstate(), "26000");
+    let n: i64 = admin
+        .query_one("select count(*) from ext_err", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the batch's implicit transaction was not rolled back");
+    // The client's statements still work afterwards.
+    a.send(&bes("dup", &[])).await;
+    assert_eq!(tags(&a.until_ready().await), "2DCZ");
+}

@@ -44,7 +44,7 @@ impl Session {
                     // scan for what it may do to the session instead of a classification.
                     let mut e = match screen_parse(&self.ctx, &p.query) {
                         Err(refusal) => {
-                            a.pipe.push(Expect::Synthetic(vec![refusal.error()]));
+                            raise_in_batch(a, &refusal);
                             self.skip_until_sync = true;
                             return Ok(());
                         }
@@ -69,15 +69,14 @@ impl Session {
                 {
                     // As PostgreSQL: refused, and the rest of the batch up to Sync skipped.
                     let msg = format!("prepared statement \"{}\" already exists", shown(p.name));
-                    a.pipe
-                        .push(Expect::Synthetic(vec![build::error("42P05", &msg)]));
+                    raise_in_batch(a, &Refusal::new("42P05", msg));
                     self.skip_until_sync = true;
                     return Ok(());
                 }
                 if let Err(refusal) = screen_parse(&self.ctx, &p.query)
                     .and_then(|_| self.view.t().room_for(p.name, &p.query))
                 {
-                    a.pipe.push(Expect::Synthetic(vec![refusal.error()]));
+                    raise_in_batch(a, &refusal);
                     self.skip_until_sync = true;
                     return Ok(());
                 }
@@ -112,8 +111,7 @@ impl Session {
                     None => None,
                 };
                 if let Some(msg) = missing {
-                    a.pipe
-                        .push(Expect::Synthetic(vec![build::error("26000", &msg)]));
+                    raise_in_batch(a, &Refusal::new("26000", msg));
                     self.skip_until_sync = true;
                     return Ok(());
                 }
@@ -143,16 +141,14 @@ impl Session {
                     }
                     None if t.kind == b'S' && t.name.is_empty() && !unnamed_ours(a, self.id) => {
                         let msg = "unnamed prepared statement does not exist";
-                        a.pipe
-                            .push(Expect::Synthetic(vec![build::error("26000", msg)]));
+                        raise_in_batch(a, &Refusal::new("26000", msg.to_owned()));
                         self.skip_until_sync = true;
                         return Ok(());
                     }
                     None if named => {
                         let msg =
                             format!("prepared statement \"{}\" does not exist", shown(t.name));
-                        a.pipe
-                            .push(Expect::Synthetic(vec![build::error("26000", &msg)]));
+                        raise_in_batch(a, &Refusal::new("26000", msg));
                         self.skip_until_sync = true;
                         return Ok(());
                     }
@@ -465,6 +461,28 @@ impl Refusal {
             self.code
         )
     }
+}
+
+/// A refused extended-protocol message with a server attached: the server raises the
+/// error itself (the unnamed statement and portal run a DO block that raises it), so that
+/// the transaction block, or the batch's implicit transaction, fails as PostgreSQL's
+/// would, and the client gets the error in its place among the answers. The caller skips
+/// the client's messages up to its Sync, as the server does after an error.
+fn raise_in_batch(a: &mut Attached, refusal: &Refusal) {
+    a.server.conn.queue(&build::parse("", &refusal.raise_sql()));
+    // Bind "" to "": no formats, no parameters, no result formats; Execute "" unlimited.
+    a.server
+        .conn
+        .queue(&Frame::new(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    a.server.conn.queue(&Frame::new(b'E', &[0, 0, 0, 0, 0]));
+    for req in [Req::Parse { stmt: None }, Req::Bind, Req::Execute] {
+        a.pipe.push(Expect::Hidden {
+            req,
+            show_errors: true,
+        });
+    }
+    // The client's unnamed statement there is replaced.
+    a.server.unnamed_owner = 0;
 }
 
 /// A refused simple query with a server attached: the server raises the error itself, so
