@@ -1001,6 +1001,13 @@ impl Conn {
                 self.copy = Some(0);
             }
             "SELECT" => return self.select(s, &plain, describe).await,
+            "DO" if plain.contains("RAISE EXCEPTION USING ERRCODE = '") => {
+                // pgtenant's own refusals (`forward::Refusal::raise_sql`), raised as
+                // PL/pgSQL raises them.
+                let (code, message) = raised(s);
+                self.fail(&code, &message);
+                return false;
+            }
             "" => {
                 msg(&mut self.out, b'I', &[]);
             }
@@ -1224,4 +1231,30 @@ impl Conn {
             self.skipping = true;
         }
     }
+}
+
+/// The SQLSTATE and message of `DO … RAISE EXCEPTION USING ERRCODE = 'x', MESSAGE = '…'`.
+fn raised(s: &str) -> (String, String) {
+    let code = s
+        .split("ERRCODE = '")
+        .nth(1)
+        .and_then(|r| r.get(..5))
+        .unwrap_or("P0001")
+        .to_string();
+    let mut message = String::new();
+    if let Some(r) = s.split("MESSAGE = ").nth(1) {
+        let r = r.strip_prefix('E').unwrap_or(r);
+        let mut chars = r.strip_prefix('\'').unwrap_or(r).chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\'' {
+                if chars.peek() == Some(&'\'') {
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            message.push(c);
+        }
+    }
+    (code, message)
 }
