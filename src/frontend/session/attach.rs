@@ -435,6 +435,26 @@ impl Session {
         let Some(a) = self.attached.take() else {
             return;
         };
+        if a.pipe.lost_track {
+            // Its answers can no longer be told apart (`Pipeline::lost_track`): a check's
+            // query would read what the server still owes the client and take it for the
+            // session's settings. The connection is closed unread. A transaction that
+            // changed nothing leaves the client's view as it was; one that may have (a
+            // SET, a function: `effects`), or a pinned client's state there, is lost with
+            // it, and the client is told so rather than go on with a wrong session.
+            let lost = self.pinned || a.effects != 0;
+            a.pool.discard(a.server);
+            if lost {
+                self.pinned = false;
+                self.c.state.set_pinned(false);
+                self.c.conn.queue(&build::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    "the session's state could not be read back from its server connection",
+                ));
+                self.session_lost = true;
+            }
+            return;
+        }
         if self.pinned || self.release_runs_queries(&a) {
             // Boxed: a session's future stays small for the common case.
             let s = self.ctx.settings.load_full();
