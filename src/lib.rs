@@ -24,3 +24,4 @@ pub mod protocol;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod sync;

@@ -25,8 +25,9 @@
 //!   as PgBouncer keeps new connections waiting. They are held after the startup packet
 //!   rather than refused at accept so that the admin console (known only from the startup
 //!   packet) stays reachable: an operator whose SUSPENDing session died can still RESUME.
+use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Waker};
 use std::time::Duration;
 
@@ -43,10 +44,6 @@ pub struct SuspendState {
     round: AtomicU64,
     /// Wakes new clients held before their session (RESUME).
     resumed: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SuspendState {

@@ -14,6 +14,7 @@
 //!
 //! `Context::clients` still counts every open client connection, from accept to close
 //! (metrics, SHOW LISTS); this module only decides who may stay.
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -208,10 +209,6 @@ impl Default for Throttle {
     fn default() -> Self {
         Throttle::new()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -32,11 +32,12 @@
 //!   number of failures not logged since).
 //! - Nothing here logs a secret; user names are logged escaped.
 
+use crate::sync::lock;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Semaphore};
@@ -222,10 +223,6 @@ impl fmt::Display for Failure {
             ),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl AuthQuery {

@@ -20,6 +20,7 @@
 //! `max_listen_channels` channels, a pool's listening connection to at most
 //! `max_pool_listen_channels`; a LISTEN beyond either fails (54000) before anything is
 //! sent, and an UNLISTEN of a channel the client does not listen to sends nothing.
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -180,13 +181,9 @@ impl Subscriber {
                 }
             }
         }
-        let channel = match channel {
-            Some(_) => gone.into_iter().next(),
-            None => None,
-        };
         let _ = self.hub.send(Cmd::Unlisten {
             client: self.id,
-            channel,
+            channel: channel.map(str::to_owned),
         });
     }
 
@@ -203,10 +200,6 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         self.unlisten(None);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ListenHub {

@@ -1,5 +1,6 @@
 //! What `/healthz` and `/readyz` answer from: a runtime heartbeat, the accept loops that
 //! are running, and a cheap periodic TCP check of the coordinator.
+use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -125,10 +126,6 @@ impl Health {
         }
         why
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why pgtenant should not get traffic, one reason per entry; empty = ready.

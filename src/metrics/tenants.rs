@@ -298,19 +298,9 @@ impl Tenants {
     /// rows, and a client's key may be a megabyte of text; the hash is of the whole value.
     pub fn key(&self, colocation: u32, value: &str, node: Arc<str>) -> TenantKey {
         let hash = self.hash(colocation, value);
-        let shown = match value.len() > MAX_SHOWN_VALUE {
-            true => {
-                let end = (0..=MAX_SHOWN_VALUE)
-                    .rev()
-                    .find(|&i| value.is_char_boundary(i))
-                    .unwrap_or(0);
-                format!("{}…", &value[..end])
-            }
-            false => value.to_owned(),
-        };
         TenantKey {
             colocation,
-            value: Arc::from(shown),
+            value: Arc::from(crate::protocol::cut(value, MAX_SHOWN_VALUE)),
             node,
             hash,
             // The index uses the low bits of the hash; the shard takes the high ones.

@@ -74,70 +74,33 @@ impl<'a> Bind<'a> {
         })
     }
 
-    /// Parameter `idx` (0-based): its format (0 text, 1 binary) and value (None = NULL).
-    /// `Ok(None)` when there is no such parameter.
-    /// Every parameter with its format, decoded in one pass (for a caller that looks at
-    /// several: [`Bind::param`] reads the message from its start each time).
-    pub fn all_params(&self) -> Result<Vec<BindParam<'a>>, ProtocolError> {
+    /// The parameters in order, each with its format (0 text, 1 binary) and value
+    /// (None = NULL), read as they are asked for.
+    fn params(&self) -> Result<Params<'a>, ProtocolError> {
         let mut r = Reader::new(self.rest, "Bind");
         let nformats = r.i16()?;
         if nformats < 0 {
             return Err(ProtocolError::Malformed("Bind"));
         }
-        let mut formats = Vec::with_capacity(nformats as usize);
-        for _ in 0..nformats {
-            formats.push(r.i16()?);
-        }
-        let nparams = r.i16()?.max(0) as usize;
-        let mut out = Vec::with_capacity(nparams);
-        for i in 0..nparams {
-            let format = match nformats {
-                0 => 0,
-                1 => formats[0],
-                _ => *formats.get(i).ok_or(ProtocolError::Malformed("Bind"))?,
-            };
-            let len = r.i32()?;
-            let v = if len < 0 {
-                None
-            } else {
-                Some(r.bytes(len as usize)?)
-            };
-            out.push((format, v));
-        }
-        Ok(out)
+        let formats = r.bytes(2 * nformats as usize)?;
+        let n = r.i16()?.max(0) as usize;
+        Ok(Params {
+            r,
+            formats,
+            n,
+            i: 0,
+        })
     }
 
+    /// Parameter `idx` (0-based). `Ok(None)` when there is no such parameter.
     pub fn param(&self, idx: usize) -> Result<Option<BindParam<'a>>, ProtocolError> {
-        let mut r = Reader::new(self.rest, "Bind");
-        let nformats = r.i16()?;
-        if nformats < 0 {
-            return Err(ProtocolError::Malformed("Bind"));
-        }
-        let mut formats = Vec::with_capacity(nformats as usize);
-        for _ in 0..nformats {
-            formats.push(r.i16()?);
-        }
-        let nparams = r.i16()?;
-        if nparams < 0 || idx >= nparams as usize {
-            return Ok(None);
-        }
-        let format = match nformats {
-            0 => 0,
-            1 => formats[0],
-            _ => *formats.get(idx).ok_or(ProtocolError::Malformed("Bind"))?,
-        };
-        for i in 0..nparams as usize {
-            let len = r.i32()?;
-            let v = if len < 0 {
-                None
-            } else {
-                Some(r.bytes(len as usize)?)
-            };
-            if i == idx {
-                return Ok(Some((format, v)));
-            }
-        }
-        Ok(None)
+        self.params()?.nth(idx).transpose()
+    }
+
+    /// Every parameter, decoded in one pass (for a caller that looks at several:
+    /// [`Bind::param`] reads the message from its start each time).
+    pub fn all_params(&self) -> Result<Vec<BindParam<'a>>, ProtocolError> {
+        self.params()?.collect()
     }
 
     /// The same Bind naming another statement.
@@ -176,6 +139,43 @@ impl<'a> Target<'a> {
         b.put_slice(name.as_bytes());
         b.put_u8(0);
         Frame::new(tag, &b)
+    }
+}
+
+/// A Bind's parameters ([`Bind::params`]).
+struct Params<'a> {
+    r: Reader<'a>,
+    /// The format codes, two bytes each: none (all text), one (for all), or one each.
+    formats: &'a [u8],
+    n: usize,
+    i: usize,
+}
+
+impl<'a> Iterator for Params<'a> {
+    type Item = Result<BindParam<'a>, ProtocolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.i >= self.n {
+            return None;
+        }
+        let i = self.i;
+        self.i += 1;
+        let at = match self.formats.len() {
+            0 => None,
+            2 => Some(0),
+            _ => Some(2 * i),
+        };
+        let format = match at.map(|at| self.formats.get(at..at + 2)) {
+            None => 0,
+            Some(Some(b)) => i16::from_be_bytes([b[0], b[1]]),
+            Some(None) => return Some(Err(ProtocolError::Malformed("Bind"))),
+        };
+        let value = match self.r.i32() {
+            Ok(len) if len < 0 => Ok(None),
+            Ok(len) => self.r.bytes(len as usize).map(Some),
+            Err(e) => Err(e),
+        };
+        Some(value.map(|v| (format, v)))
     }
 }
 

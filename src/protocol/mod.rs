@@ -14,6 +14,25 @@ mod reader;
 pub use decode::{AuthRequest, ErrorFields, StartupPacket, PROTOCOL_3_0};
 pub use reader::Reader;
 
+/// The longest start of `s` of at most `max` bytes that ends on a character boundary
+/// (PostgreSQL cuts identifiers so; pgtenant cuts what a peer sent it so).
+pub fn prefix_within(s: &str, max: usize) -> &str {
+    let end = (0..=max.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    &s[..end]
+}
+
+/// `s` whole up to `max` bytes, else its start cut there with "…" (what a peer sent,
+/// kept or shown by pgtenant in bounded room).
+pub fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    format!("{}…", prefix_within(s, max)).into()
+}
+
 /// Protocol decode errors.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {

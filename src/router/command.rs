@@ -283,14 +283,8 @@ fn classify_words(w: &[Word]) -> Command {
 /// An identifier as PostgreSQL keeps it: at most NAMEDATALEN - 1 = 63 bytes, cut on a
 /// character boundary (a channel named longer is the channel of its first 63 bytes).
 fn truncated_identifier(mut s: String) -> String {
-    const MAX: usize = 63;
-    if s.len() > MAX {
-        let end = (0..=MAX)
-            .rev()
-            .find(|&i| s.is_char_boundary(i))
-            .unwrap_or(0);
-        s.truncate(end);
-    }
+    let end = crate::protocol::prefix_within(&s, 63).len();
+    s.truncate(end);
     s
 }
 

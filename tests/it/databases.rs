@@ -201,21 +201,15 @@ async fn each_entry_is_its_own_upstream() {
     r1.batch_execute("COMMIT").await.unwrap();
     // Once r1's connection is idle, r2 may close it and open its own.
     assert_eq!(one(&r2, "SELECT current_database()").await, "app_b");
-    // The closed backend leaves pg_stat_activity a moment after its Terminate (its exit
+    // r1's closed backend leaves pg_stat_activity a moment after its Terminate (its exit
     // is asynchronous): wait for it rather than race it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = b.count_backends("reporter", "reports_b").await
-            + b.count_backends("reporter", "app_b").await;
-        if n <= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} backends of reporter on server B, max_user_connections = 1"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let closed = b
+        .wait_for_backends("reporter", "reports_b", 0, Duration::from_secs(5))
+        .await;
+    assert!(
+        closed + b.count_backends("reporter", "app_b").await <= 1,
+        "max_user_connections = 1"
+    );
 
     // SHOW DATABASES: one row per entry, with its own server, database and limits.
     let admin = support::connect(&p.url("app", "secret", "pgtenant")).await;

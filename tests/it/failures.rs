@@ -793,26 +793,9 @@ async fn client_disconnect_mid_transaction_rolls_back() {
         .unwrap();
     let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(ids, vec![3]);
-    let admin = pg.admin_client().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE usename = 'app' AND state LIKE 'idle in transaction%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} sessions left idle in transaction"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let n = pg
+        .wait_none_idle_in_transaction("app", Duration::from_secs(10))
+        .await;
+    assert_eq!(n, 0, "{n} sessions left idle in transaction");
     assert_alive(&mut p);
 }

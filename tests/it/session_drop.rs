@@ -71,29 +71,17 @@ fn a_session_dropped_mid_transaction_frees_its_pool_slot() {
         let r = tokio::time::timeout(Duration::from_secs(10), c.query_one("select 41 + 1", &[]))
             .await
             .expect("answered within 10 s");
-        let row = r.expect("the dropped session's pool slot is free: a new client gets a connection");
+        let row =
+            r.expect("the dropped session's pool slot is free: a new client gets a connection");
         assert_eq!(row.get::<_, i32>(0), 42);
         // The dropped transaction's backend is gone (its connection was closed, not
         // lent again with a transaction open).
-        let admin = pg.admin_client().await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let n: i64 = admin
-                .query_one(
-                    "select count(*) from pg_stat_activity where datname = 'app' and state = 'idle in transaction'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if n == 0 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the dropped session's transaction is still open on the server"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let n = pg
+            .wait_none_idle_in_transaction("app", Duration::from_secs(5))
+            .await;
+        assert_eq!(
+            n, 0,
+            "the dropped session's transaction is still open on the server"
+        );
     });
 }

@@ -878,6 +878,28 @@ impl PgServer {
         }
     }
 
+    /// Poll until no session of `user` is idle in a transaction (an aborted one
+    /// included); return how many were left at `timeout`.
+    pub async fn wait_none_idle_in_transaction(&self, user: &str, timeout: Duration) -> i64 {
+        let admin = self.admin_client().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE usename = $1 AND state LIKE 'idle in transaction%'",
+                    &[&user],
+                )
+                .await
+                .expect("count idle-in-transaction sessions")
+                .get(0);
+            if n == 0 || Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Stop the server (immediate mode); it keeps its dir and port for [`start_again`].
     ///
     /// [`start_again`]: Self::start_again

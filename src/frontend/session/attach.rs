@@ -445,13 +445,7 @@ impl Session {
             let lost = self.pinned || a.effects != 0;
             a.pool.discard(a.server);
             if lost {
-                self.pinned = false;
-                self.c.state.set_pinned(false);
-                self.c.conn.queue(&build::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    "the session's state could not be read back from its server connection",
-                ));
-                self.session_lost = true;
+                self.lose_session();
             }
             return;
         }
@@ -462,6 +456,19 @@ impl Session {
             return;
         }
         give_back(*a, now);
+    }
+
+    /// The client's session state is lost with the server connection it was on (closed
+    /// by the caller): the client is told (FATAL 08006) and its session ends, rather than
+    /// go on without it.
+    fn lose_session(&mut self) {
+        self.pinned = false;
+        self.c.state.set_pinned(false);
+        self.c.conn.queue(&build::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "the session's state could not be read back from its server connection",
+        ));
+        self.session_lost = true;
     }
 
     /// Must the connection run queries before it goes back (the session check, or
@@ -485,15 +492,9 @@ impl Session {
                 // and the connection cannot be lent: the client's session is lost with
                 // it, and the client is told so rather than carry on without it.
                 tracing::warn!(user = %Escaped(&self.c.user), error = %e, "the session check failed; closing the server connection and the client's session");
-                self.pinned = false;
-                self.c.state.set_pinned(false);
                 let a = a.give();
                 a.pool.discard(a.server);
-                self.c.conn.queue(&build::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    "the session's state could not be read back from its server connection",
-                ));
-                self.session_lost = true;
+                self.lose_session();
                 return;
             }
             tracing::debug!(

@@ -264,22 +264,17 @@ impl Session {
                 if p.name.is_empty() {
                     return Ok(false);
                 }
-                if let Err(refusal) = screen_parse(&self.ctx, &p.query) {
-                    self.c.conn.queue(&refusal.error());
-                    self.skip_until_sync = true;
-                    return Ok(true);
-                }
-                if self.view.t().statements.contains_key(p.name)
-                    || self.view.t().sql_prepared.contains_key(p.name)
-                {
-                    let msg = format!("prepared statement \"{}\" already exists", shown(p.name));
-                    self.c.conn.queue(&build::error("42P05", &msg));
-                    self.skip_until_sync = true;
-                    return Ok(true);
-                }
-                if let Err(refusal) = self.view.t().room_for(p.name, &p.query) {
-                    self.c.conn.queue(&refusal.error());
-                    self.skip_until_sync = true;
+                let exists = self.view.t().statements.contains_key(p.name)
+                    || self.view.t().sql_prepared.contains_key(p.name);
+                let refused = screen_parse(&self.ctx, &p.query).and_then(|_| match exists {
+                    true => Err(Refusal::new(
+                        "42P05",
+                        format!("prepared statement \"{}\" already exists", shown(p.name)),
+                    )),
+                    false => self.view.t().room_for(p.name, &p.query),
+                });
+                if let Err(refusal) = refused {
+                    self.refuse_in_batch(&refusal);
                     return Ok(true);
                 }
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
@@ -346,16 +341,9 @@ impl Session {
                             return Ok(Some(vec![Frame::new(b'1', &[])]));
                         }
                         Ok(None) => {}
-                        Err(refusal) if self.attached.is_some() => {
-                            // The server fails the statement (and the transaction it may
-                            // be in) itself: it parses one that raises the error when
-                            // executed, and the client's Bind and Execute go on to it.
-                            self.forward_real(build::parse("", &refusal.raise_sql()))?;
-                            return Ok(Some(Vec::new()));
-                        }
                         Err(refusal) => {
-                            self.skip_until_sync = true;
-                            return Ok(Some(vec![refusal.error()]));
+                            self.refuse_in_batch(&refusal);
+                            return Ok(Some(Vec::new()));
                         }
                     }
                 }

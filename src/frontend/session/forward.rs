@@ -15,6 +15,37 @@ impl Session {
         self.forward_real(f)
     }
 
+    /// Refuse an extended-protocol message. With a server attached the server raises the
+    /// error ([`raise_in_batch`]), so that its transaction fails as PostgreSQL's would;
+    /// without one pgtenant answers it. Either way the client's messages up to its Sync
+    /// are skipped, as after any error.
+    pub(super) fn refuse_in_batch(&mut self, refusal: &Refusal) {
+        match self.attached.as_deref_mut() {
+            Some(a) => raise_in_batch(a, refusal),
+            None => self.c.conn.queue(&refusal.error()),
+        }
+        self.skip_until_sync = true;
+    }
+
+    /// A command of the client's view (DEALLOCATE, DISCARD ALL, LISTEN, …) sent as a
+    /// simple query with a server attached: its tag goes out in its turn, or the server
+    /// raises its refusal. False: not such a command.
+    fn answered_view_command(&mut self, answer: Result<Option<&'static str>, Refusal>) -> bool {
+        match answer {
+            Ok(None) => false,
+            Ok(Some(tag)) => {
+                if let Some(a) = self.attached.as_mut() {
+                    a.pipe.push(Expect::SyntheticCommand(tag));
+                }
+                true
+            }
+            Err(refusal) => {
+                raise_on_server(self.attached.as_deref_mut(), &refusal);
+                true
+            }
+        }
+    }
+
     /// [`Session::forward`] for a message `fake_extended` already declined (the first
     /// message of a transaction and the Parses held for it).
     pub(super) fn forward_real(&mut self, f: Frame) -> Result<(), FrontendError> {
@@ -44,8 +75,7 @@ impl Session {
                     // scan for what it may do to the session instead of a classification.
                     let mut e = match screen_parse(&self.ctx, &p.query) {
                         Err(refusal) => {
-                            raise_in_batch(a, &refusal);
-                            self.skip_until_sync = true;
+                            self.refuse_in_batch(&refusal);
                             return Ok(());
                         }
                         Ok(None) => dml_effects(&p.query),
@@ -69,15 +99,13 @@ impl Session {
                 {
                     // As PostgreSQL: refused, and the rest of the batch up to Sync skipped.
                     let msg = format!("prepared statement \"{}\" already exists", shown(p.name));
-                    raise_in_batch(a, &Refusal::new("42P05", msg));
-                    self.skip_until_sync = true;
+                    self.refuse_in_batch(&Refusal::new("42P05", msg));
                     return Ok(());
                 }
                 if let Err(refusal) = screen_parse(&self.ctx, &p.query)
                     .and_then(|_| self.view.t().room_for(p.name, &p.query))
                 {
-                    raise_in_batch(a, &refusal);
-                    self.skip_until_sync = true;
+                    self.refuse_in_batch(&refusal);
                     return Ok(());
                 }
                 let key = f.body().get(p.name.len() + 1..).unwrap_or_default();
@@ -111,8 +139,7 @@ impl Session {
                     None => None,
                 };
                 if let Some(msg) = missing {
-                    raise_in_batch(a, &Refusal::new("26000", msg));
-                    self.skip_until_sync = true;
+                    self.refuse_in_batch(&Refusal::new("26000", msg));
                     return Ok(());
                 }
                 match def {
@@ -141,15 +168,13 @@ impl Session {
                     }
                     None if t.kind == b'S' && t.name.is_empty() && !unnamed_ours(a, self.id) => {
                         let msg = "unnamed prepared statement does not exist";
-                        raise_in_batch(a, &Refusal::new("26000", msg.to_owned()));
-                        self.skip_until_sync = true;
+                        self.refuse_in_batch(&Refusal::new("26000", msg.to_owned()));
                         return Ok(());
                     }
                     None if named => {
                         let msg =
                             format!("prepared statement \"{}\" does not exist", shown(t.name));
-                        raise_in_batch(a, &Refusal::new("26000", msg));
-                        self.skip_until_sync = true;
+                        self.refuse_in_batch(&Refusal::new("26000", msg));
                         return Ok(());
                     }
                     None => a.server.conn.queue(&f),
@@ -207,18 +232,9 @@ impl Session {
                     a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
                     return Ok(());
                 }
-                match self.client_view_command(sql) {
-                    Ok(Some(tag)) => {
-                        if let Some(a) = self.attached.as_mut() {
-                            a.pipe.push(Expect::SyntheticCommand(tag));
-                        }
-                        return Ok(());
-                    }
-                    Ok(None) => {}
-                    Err(refusal) => {
-                        raise_on_server(self.attached.as_deref_mut(), &refusal);
-                        return Ok(());
-                    }
+                let answer = self.client_view_command(sql);
+                if self.answered_view_command(answer) {
+                    return Ok(());
                 }
                 let Some(a) = self.attached.as_mut() else {
                     return Ok(());
@@ -256,18 +272,9 @@ impl Session {
         let cmds = classify(sql);
         close_for_drop(&self.ctx, &cmds);
         if let [cmd] = &cmds[..] {
-            match self.view_command(cmd.clone()) {
-                Ok(Some(tag)) => {
-                    if let Some(a) = self.attached.as_mut() {
-                        a.pipe.push(Expect::SyntheticCommand(tag));
-                    }
-                    return Ok(());
-                }
-                Ok(None) => {}
-                Err(refusal) => {
-                    raise_on_server(self.attached.as_deref_mut(), &refusal);
-                    return Ok(());
-                }
+            let answer = self.view_command(cmd.clone());
+            if self.answered_view_command(answer) {
+                return Ok(());
             }
         }
         let Some(a) = self.attached.as_mut() else {
@@ -466,8 +473,8 @@ impl Refusal {
 /// A refused extended-protocol message with a server attached: the server raises the
 /// error itself (the unnamed statement and portal run a DO block that raises it), so that
 /// the transaction block, or the batch's implicit transaction, fails as PostgreSQL's
-/// would, and the client gets the error in its place among the answers. The caller skips
-/// the client's messages up to its Sync, as the server does after an error.
+/// would, and the client gets the error in its place among the answers
+/// ([`Session::refuse_in_batch`] skips the client's messages up to its Sync).
 fn raise_in_batch(a: &mut Attached, refusal: &Refusal) {
     a.server.conn.queue(&build::parse("", &refusal.raise_sql()));
     // Bind "" to "": no formats, no parameters, no result formats; Execute "" unlimited.
@@ -566,13 +573,5 @@ pub(super) fn hidden_query(a: &mut Attached, sql: &str) {
 /// any real name is), cut with "…" beyond, so that an answer pgtenant makes and queues
 /// for a client is small however long the name it sent (MAX_OWED bounds their number).
 pub(super) fn shown(name: &str) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 128;
-    if name.len() <= MAX {
-        return name.into();
-    }
-    let end = (0..=MAX)
-        .rev()
-        .find(|&i| name.is_char_boundary(i))
-        .unwrap_or(0);
-    format!("{}…", &name[..end]).into()
+    crate::protocol::cut(name, 128)
 }

@@ -110,6 +110,10 @@ impl Session {
             });
         let mut tenant = None;
         let decision = match f.tag() {
+            // Held too much already (Parse after Parse and no Bind, SAVEPOINT after
+            // SAVEPOINT): the coordinator, which runs anything, takes the transaction now
+            // (with everything held) rather than pgtenant keeping what the client sends.
+            _ if self.held_full() => Decision::Coordinator(RouteReason::NoKey),
             b'Q' => match decode::query_text(f.body()) {
                 Ok(sql) if !self.routable(&sql) => Decision::Coordinator(RouteReason::Encoding),
                 Ok(sql) => match keep_tenant(
@@ -124,7 +128,7 @@ impl Session {
                 ) {
                     Decision::Hold(t) => {
                         let tag = tx_tag(t, &sql);
-                        if !self.held_full() && self.hold_transaction_control(t, tag, &f) {
+                        if self.hold_transaction_control(t, tag, &f) {
                             return None;
                         }
                         Decision::Coordinator(RouteReason::TransactionControl)
@@ -133,15 +137,11 @@ impl Session {
                 },
                 Err(_) => Decision::Coordinator(RouteReason::NoKey),
             },
-            b'P' if !self.held_full() => {
+            b'P' => {
                 // The node depends on the Bind's values: hold the Parse until then.
                 self.held.push(Held::Parse(f));
                 return None;
             }
-            // Held too much already (a client that sends Parse after Parse and no Bind,
-            // SAVEPOINT after SAVEPOINT): the coordinator, which runs anything, takes the
-            // transaction now rather than pgtenant keeping what the client sends.
-            b'P' => Decision::Coordinator(RouteReason::NoKey),
             b'B' => match Bind::decode(f.body()) {
                 Ok(b) => match self.statement_text(b.statement) {
                     Some(sql) if !self.routable(&sql) => {
@@ -162,7 +162,6 @@ impl Session {
                             let tag = tx_tag(t, &sql);
                             let unnamed = b.statement.is_empty();
                             if b.portal.is_empty()
-                                && !self.held_full()
                                 && self.hold_extended_transaction_control(t, tag, &sql, unnamed)
                             {
                                 return None;
