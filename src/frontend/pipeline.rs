@@ -5,7 +5,7 @@
 //! statement) sit in the same queue so that answers reach the client in the order it sent
 //! the messages. A server connection is clean (may go back to the pool) only when this
 //! queue is empty and the last ReadyForQuery said idle.
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::net::Frame;
 
@@ -107,6 +107,12 @@ pub struct Pipeline {
     /// the client sent during the COPY may or may not be answered). The client keeps
     /// getting what the server sends, but the connection is closed, never lent again.
     pub lost_track: bool,
+    /// Syncs sent so far: the batch a message belongs to (an error makes the server skip
+    /// what follows it up to the next Sync, and no further).
+    syncs: u64,
+    /// Statement ids with a Parse or Close in the queue: the batch of the latest, and how
+    /// many (see [`Pipeline::unsure`]).
+    statements: HashMap<u64, (u64, u32)>,
 }
 
 thread_local! {
@@ -156,6 +162,8 @@ impl Pipeline {
             copy_in: false,
             unsynced: false,
             lost_track: false,
+            syncs: 0,
+            statements: HashMap::new(),
         }
     }
 
@@ -182,6 +190,15 @@ impl Pipeline {
             self.unsynced = true;
         }
         self.sync_points += usize::from(is_sync_point(&e));
+        match e.req() {
+            Some(Req::Parse { stmt: Some(id) } | Req::Close { evicted: Some(id) }) => {
+                let (batch, n) = self.statements.entry(*id).or_default();
+                *batch = self.syncs;
+                *n += 1;
+            }
+            Some(Req::Sync) => self.syncs += 1,
+            _ => {}
+        }
         self.q.push_back(e);
     }
 
@@ -190,7 +207,34 @@ impl Pipeline {
         if e.as_ref().is_some_and(is_sync_point) {
             self.sync_points -= 1;
         }
+        if let Some(Req::Parse { stmt: Some(id) } | Req::Close { evicted: Some(id) }) =
+            e.as_ref().and_then(Expect::req)
+        {
+            if let Some((_, n)) = self.statements.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.statements.remove(id);
+                }
+            }
+        }
         e
+    }
+
+    /// Is a Parse or Close of statement `id` in the queue?
+    pub fn has_statement_op(&self, id: u64) -> bool {
+        !self.statements.is_empty() && self.statements.contains_key(&id)
+    }
+
+    /// Is a Parse or Close of statement `id` still unanswered in an earlier batch than the
+    /// one being sent? An error before it there makes the server skip it, so whether the
+    /// server will have the statement when this batch runs is not known yet: a message of
+    /// this batch that needs it prepares it again (Close, then Parse).
+    pub fn unsure(&self, id: u64) -> bool {
+        !self.statements.is_empty()
+            && self
+                .statements
+                .get(&id)
+                .is_some_and(|&(batch, _)| batch < self.syncs)
     }
 
     /// Does the server owe a ReadyForQuery the client will see (for its Sync, Query or
@@ -262,6 +306,42 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_statement_op_is_unsure_for_later_batches_only() {
+        let mut p = Pipeline::default();
+        p.push(Expect::Forward(Req::Execute));
+        p.push(Expect::Hidden {
+            req: Req::Parse { stmt: Some(7) },
+            show_errors: true,
+        });
+        assert!(
+            !p.unsure(7),
+            "same batch: skipped together with what needs it"
+        );
+        assert!(p.has_statement_op(7));
+        p.push(Expect::Forward(Req::Bind));
+        p.push(Expect::Forward(Req::Sync));
+        assert!(
+            p.unsure(7),
+            "a later batch runs even if that Parse is skipped"
+        );
+        assert!(!p.unsure(8));
+        // A second op of the same id in this batch: still in flight after the first pops.
+        p.push(Expect::Hidden {
+            req: Req::Close { evicted: Some(7) },
+            show_errors: false,
+        });
+        assert!(!p.unsure(7), "the latest op is in this batch");
+        p.pop_front();
+        p.pop_front();
+        assert!(p.has_statement_op(7));
+        assert_eq!(p.drop_until_sync().len(), 1, "the Bind");
+        p.pop_front(); // the Sync
+        p.pop_front(); // the Close
+        assert!(!p.has_statement_op(7) && !p.unsure(7));
+        assert!(p.statements.is_empty());
+    }
 
     #[test]
     fn copy_in_voids_syncs_sent_before_the_data() {

@@ -1598,3 +1598,62 @@ async fn pgtenants_own_extended_errors_fail_the_transaction() {
     a.send(&bes("dup", &[])).await;
     assert_eq!(tags(&a.until_ready().await), "2DCZ");
 }
+
+/// A statement pgtenant prepares on a server connection for a client's Bind is skipped
+/// when an earlier message of that batch fails; a batch the client pipelined behind it
+/// (after its Sync) still finds the statement, as on a direct connection where the
+/// client's own Parse ran long before. The fuzzer's session target found pgtenant sending
+/// that later Bind to a statement the server never made ("pgt_1 does not exist").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_in_a_failed_batch_is_there_for_the_next() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 2);
+    let mut r = Raw::login(pt.port(), "app", "app").await;
+    r.send(&[parse("s2", "select 42", &[]), sync()].concat())
+        .await;
+    assert_eq!(tags(&r.until_ready().await), "1Z");
+    let pid_a = r.value("select pg_backend_pid()").await;
+
+    // Another client takes that server connection and keeps it: the next batches run on
+    // one that lacks s2.
+    let mut holder = connect(&app_url(&pt)).await;
+    let tx = holder.transaction().await.unwrap();
+    assert_eq!(value_tx(&tx, "select pg_backend_pid()").await, pid_a);
+
+    for round in 0..3 {
+        // Batch 1 fails before its Bind of s2 (so the server skips the Parse pgtenant puts
+        // before that Bind); batches 2 and 3 use s2, sent in the same write, before any
+        // answer.
+        let mut batch = [
+            parse("", "select 1 / (0 * random())::int", &[]),
+            bind("", "", &[]),
+            execute(""),
+            bind("", "s2", &[]),
+            execute(""),
+            sync(),
+        ]
+        .concat();
+        batch.extend(bes("s2", &[]));
+        batch.extend([describe(b'S', "s2"), bes("s2", &[])].concat());
+        r.send(&batch).await;
+        let first = r.until_ready().await;
+        assert_eq!(tags(&first), "12EZ", "round {round}: {first:?}");
+        assert_eq!(first[2].sqlstate(), "22012");
+        let second = r.until_ready().await;
+        assert_eq!(tags(&second), "2DCZ", "round {round}: {second:?}");
+        assert_eq!(second[1].value(), "42");
+        let third = r.until_ready().await;
+        assert_eq!(tags(&third), "tT2DCZ", "round {round}: {third:?}");
+        assert_eq!(third[3].value(), "42");
+    }
+    assert_ne!(r.value("select pg_backend_pid()").await, pid_a);
+    tx.commit().await.unwrap();
+    // And on the first connection again, where s2 has been all along.
+    let mut other = connect(&app_url(&pt)).await;
+    let tx = other.transaction().await.unwrap();
+    let pid_b = value_tx(&tx, "select pg_backend_pid()").await;
+    assert_ne!(pid_b, pid_a);
+    r.send(&bes("s2", &[])).await;
+    assert_eq!(tags(&r.until_ready().await), "2DCZ");
+    tx.commit().await.unwrap();
+}

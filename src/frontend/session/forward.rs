@@ -113,7 +113,7 @@ impl Session {
                 let def = self.ctx.statements.intern_at(&p, key, epoch);
                 note_def_effects(a, &mut self.view, &def);
                 self.view.t_mut().add_statement(p.name, def.clone());
-                if a.server.prepared.touch(def.id) {
+                if prepared_on(a, def.id) {
                     a.pipe.push(Expect::Synthetic(vec![Frame::new(b'1', &[])]));
                 } else {
                     prepare_on(a, &def, cap, true);
@@ -145,7 +145,7 @@ impl Session {
                 match def {
                     Some(def) => {
                         note_def_effects(a, &mut self.view, &def);
-                        if !a.server.prepared.touch(def.id) {
+                        if !prepared_on(a, def.id) {
                             prepare_on(a, &def, cap, false);
                         }
                         a.server.conn.queue(&b.encode_as(&def.server_name));
@@ -159,7 +159,7 @@ impl Session {
                 let named = track && t.kind == b'S' && !t.name.is_empty();
                 match self.view.t().statements.get(t.name).filter(|_| named) {
                     Some(def) => {
-                        if !a.server.prepared.touch(def.id) {
+                        if !prepared_on(a, def.id) {
                             prepare_on(a, def, cap, false);
                         }
                         a.server
@@ -532,9 +532,29 @@ pub(super) fn reserved_refusal(cmds: &[Command]) -> Option<Refusal> {
     })
 }
 
+/// Will the server have statement `id` when the batch being sent runs? Yes when it is
+/// cached and no Parse or Close of it is still unanswered in an earlier batch (the server
+/// skips those after an error, see [`crate::frontend::pipeline::Pipeline::unsure`]).
+/// Marks it used.
+fn prepared_on(a: &mut Attached, id: u64) -> bool {
+    a.server.prepared.touch(id) && !a.pipe.unsure(id)
+}
+
 /// Send a Parse for `def` to the server (closing the least recently used statement first
-/// when the server's cache is full). `visible`: the client sent this Parse itself.
+/// when the server's cache is full). `visible`: the client sent this Parse itself. When
+/// the server may have it already (a Parse or Close of it that the server skipped, or one
+/// not answered yet in an earlier batch), a Close of it goes first: a Parse of a name
+/// that exists fails, a Close of one that does not succeeds.
 pub(super) fn prepare_on(a: &mut Attached, def: &StatementDef, cap: usize, visible: bool) {
+    if a.pipe.unsure(def.id) | a.server.prepared.take_doubt(def.id) {
+        a.server
+            .conn
+            .queue(&Target::encode(b'C', b'S', &def.server_name));
+        a.pipe.push(Expect::Hidden {
+            req: Req::Close { evicted: None },
+            show_errors: false,
+        });
+    }
     if let Some(victim) = a.server.prepared.insert(def.id, cap) {
         a.server
             .conn

@@ -110,6 +110,7 @@ impl Attached {
         self.pipe.is_settled()
             && !self.pipe.unsynced
             && !self.pipe.lost_track
+            && !self.server.prepared.overflowed()
             && self.server.tx_status == b'I'
             && self.server.conn.pending_output() == 0
             && self.server.conn.buffered_input() == 0

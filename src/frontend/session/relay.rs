@@ -265,10 +265,14 @@ impl Session {
 /// have changed in the server's statement cache.
 pub(super) fn undo_prepared(a: &mut Attached, e: Expect) {
     match e.req() {
-        Some(Req::Parse { stmt: Some(id) }) => a.server.prepared.remove(*id),
-        Some(Req::Close { evicted: Some(id) }) => {
-            // The Close never ran: the statement is still there.
-            let _ = a.server.prepared.insert(*id, usize::MAX);
+        // The server skipped it (or refused it). A later Parse or Close of the same id
+        // still on its way decides what the server has (its own skip is undone in turn);
+        // otherwise that depends on what ran before, perhaps another batch's Parse or
+        // Close of it, so it is in doubt: the next Parse of it closes it first.
+        Some(Req::Parse { stmt: Some(id) } | Req::Close { evicted: Some(id) })
+            if !a.pipe.has_statement_op(*id) =>
+        {
+            a.server.prepared.doubt(*id)
         }
         _ => {}
     }
