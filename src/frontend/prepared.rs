@@ -32,6 +32,8 @@ pub struct StatementDef {
     /// The custom settings its text names (`custom_setting_names`), found once here
     /// rather than at every Bind.
     pub custom: Box<[String]>,
+    /// Its plan, when its text is too long for the shared plan cache.
+    pub plan: crate::router::PlanMemo,
 }
 
 #[derive(Default)]
@@ -92,6 +94,7 @@ impl StatementRegistry {
             query: Arc::from(&*p.query),
             effects,
             custom: crate::router::command::custom_setting_names(&p.query).into(),
+            plan: Default::default(),
         })
     }
 

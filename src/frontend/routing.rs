@@ -18,6 +18,7 @@
 //! A down worker is never chosen ([`NodeHealth::is_down`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::citus::hash::{canonical_text, hash_binary, hash_value};
 use crate::citus::{DistType, ShardMap};
@@ -385,17 +386,15 @@ fn binary_value_text(dt: DistType, v: &[u8]) -> Option<String> {
     })
 }
 
-/// An extended-protocol statement `sql` bound with `bind`, with the tenant (colocation
-/// group, value text) when a key decided.
+/// An extended-protocol statement planned as `plan` (see [`Planner::plan_named`]) bound
+/// with `bind`, with the tenant (colocation group, value text) when a key decided.
 pub fn decide_bind_keyed(
-    planner: &Planner,
+    plan: Arc<Plan>,
     map: &ShardMap,
     health: &NodeHealth,
-    sql: &str,
     bind: &Bind<'_>,
     reads: Reads<'_>,
 ) -> (Decision, TenantOf) {
-    let plan = planner.plan_extended(sql, &map.tables, map.version);
     if let Some(d) = from_plan(&plan) {
         let read_only = matches!(*plan, Plan::ReadOnly(_));
         return (place_read(d, read_only, map, health, reads), None);

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use super::mask::{self, Masked, LITERAL_PARAM_BASE};
 use super::plan::{plan, KeySource, Plan, Reason, TenantValue};
 use crate::citus::Catalog;
+use crate::sync::lock;
 
 const SHARDS: usize = 16;
 
@@ -44,6 +45,15 @@ pub struct Routed {
     /// The tenant key's value text (for `citus::hash::hash_value(dist_type, text)`).
     pub key: Option<String>,
 }
+
+/// A named statement's own plan, for a text over [`MAX_CACHED_TEXT`] (see
+/// [`Planner::plan_named`]): the catalog version and tenant hint it was made with. It
+/// lives and goes with the statement.
+#[derive(Default)]
+pub struct PlanMemo(Mutex<Option<Kept>>);
+
+/// A kept plan: (catalog version, tenant hint, plan).
+type Kept = (u64, Box<str>, Arc<Plan>);
 
 #[derive(Clone)]
 enum Cached {
@@ -281,6 +291,38 @@ impl Planner {
         p
     }
 
+    /// [`Self::plan_extended`] for a named statement: `sql` with the session's tenant
+    /// `hint` appended (if any). A text too long for the shared cache is planned once per
+    /// catalog version and hint and kept in the statement's own `memo`: a client that
+    /// binds a long statement again and again (each Bind a few bytes) must not make
+    /// pgtenant plan its text each time (~100 ns a byte).
+    pub fn plan_named(
+        &self,
+        sql: &str,
+        hint: Option<&str>,
+        catalog: &dyn Catalog,
+        catalog_version: u64,
+        memo: &PlanMemo,
+    ) -> Arc<Plan> {
+        let text: Cow<'_, str> = match hint {
+            Some(h) => Cow::Owned(format!("{sql}{h}")),
+            None => Cow::Borrowed(sql),
+        };
+        if text.len() <= MAX_CACHED_TEXT {
+            return self.plan_extended(&text, catalog, catalog_version);
+        }
+        let hint = hint.unwrap_or_default();
+        if let Some((v, h, p)) = lock(&memo.0).as_ref() {
+            if *v == catalog_version && **h == *hint {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return p.clone();
+            }
+        }
+        let p = self.plan_extended(&text, catalog, catalog_version);
+        *lock(&memo.0) = Some((catalog_version, hint.into(), p.clone()));
+        p
+    }
+
     /// A newer catalog: the old plans can go.
     fn observe(&self, version: u64) {
         let seen = self.version.load(Ordering::Relaxed);
@@ -348,9 +390,4 @@ fn depends_on_literals(p: &Plan) -> bool {
         Plan::Coordinator(Reason::MultiTenant) | Plan::ReadOnly(Reason::MultiTenant) => true,
         p => p.key_sources().any(|k| matches!(k, KeySource::Literal(_))),
     }
-}
-
-fn lock(m: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
-    // A panic while holding the lock leaves a consistent map (no invariant spans calls).
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -105,7 +105,7 @@ pub mod effects;
 pub mod mask;
 pub mod plan;
 
-pub use cache::{Planner, Routed, DEFAULT_CAPACITY};
+pub use cache::{PlanMemo, Planner, Routed, DEFAULT_CAPACITY};
 pub use mask::{mask, LITERAL_PARAM_BASE};
 pub use plan::{plan, KeySource, Plan, Reason, TenantValue, TxControl};
 

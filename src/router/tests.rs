@@ -1266,6 +1266,42 @@ fn long_statement_texts_are_not_cached() {
     assert_eq!(planner.stats(), (0, 4, 0));
 }
 
+/// A named statement too long for the shared cache is planned once per catalog version
+/// and tenant hint, and kept with the statement: a client binding it again and again does
+/// not make pgtenant plan its text at each Bind.
+#[test]
+fn long_named_statements_are_planned_once() {
+    let cat = catalog();
+    let planner = Planner::new(100);
+    let memo = super::PlanMemo::default();
+    let pad = "x".repeat(super::cache::MAX_CACHED_TEXT);
+    let sql = format!("select * from orders where account_id = $1 /* {pad} */");
+    let a = planner.plan_named(&sql, None, &cat, 1, &memo);
+    let b = planner.plan_named(&sql, None, &cat, 1, &memo);
+    assert!(Arc::ptr_eq(&a, &b), "the second Bind uses the kept plan");
+    assert_eq!(a.key_sources().next(), Some(&KeySource::Param(0)));
+    assert_eq!(
+        planner.stats(),
+        (1, 1, 0),
+        "one plan, one hit, nothing shared"
+    );
+    // Another hint or catalog version is planned afresh (and kept in its place).
+    let hint = " /* account_id = 9 */";
+    let c = planner.plan_named(&sql, Some(hint), &cat, 1, &memo);
+    assert!(!Arc::ptr_eq(&a, &c));
+    assert!(Arc::ptr_eq(
+        &c,
+        &planner.plan_named(&sql, Some(hint), &cat, 1, &memo)
+    ));
+    let d = planner.plan_named(&sql, Some(hint), &cat, 2, &memo);
+    assert!(!Arc::ptr_eq(&c, &d));
+    assert_eq!(planner.stats().1, 3);
+    // Short texts use the shared cache, as plan_extended does.
+    let short = "select * from orders where account_id = $1";
+    let e = planner.plan_named(short, None, &cat, 2, &memo);
+    assert!(Arc::ptr_eq(&e, &planner.plan_extended(short, &cat, 2)));
+}
+
 #[test]
 fn a_new_catalog_version_replans() {
     let mut cat = catalog();

@@ -144,16 +144,28 @@ impl Session {
             }
             b'B' => match Bind::decode(f.body()) {
                 Ok(b) => match self.statement_text(b.statement) {
-                    Some(sql) if !self.routable(&sql) => {
+                    Some((sql, _)) if !self.routable(&sql) => {
                         Decision::Coordinator(RouteReason::Encoding)
                     }
-                    Some(sql) => match keep_tenant(
+                    Some((sql, def)) => match keep_tenant(
                         &mut tenant,
                         decide_bind_keyed(
-                            planner,
+                            match &def {
+                                Some(def) => planner.plan_named(
+                                    &sql,
+                                    session_hint.as_deref(),
+                                    &map.tables,
+                                    map.version,
+                                    &def.plan,
+                                ),
+                                None => planner.plan_extended(
+                                    &hinted(&sql, session_hint.as_deref()),
+                                    &map.tables,
+                                    map.version,
+                                ),
+                            },
                             &map,
                             health,
-                            &hinted(&sql, session_hint.as_deref()),
                             &b,
                             reads(own && self.bind_ends_its_group()),
                         ),
@@ -426,12 +438,15 @@ impl Session {
     }
 
     /// The text of the statement a Bind names: a held Parse, or the client's view.
-    pub(super) fn statement_text(&self, name: &str) -> Option<Arc<str>> {
+    pub(super) fn statement_text(
+        &self,
+        name: &str,
+    ) -> Option<(Arc<str>, Option<Arc<StatementDef>>)> {
         for h in self.held.iter().rev() {
             if let Held::Parse(p) = h {
                 if let Ok(parse) = Parse::decode(p.body()) {
                     if parse.name == name {
-                        return Some(parse.query.into());
+                        return Some((parse.query.into(), None));
                     }
                 }
             }
@@ -439,7 +454,11 @@ impl Session {
         if name.is_empty() {
             return None;
         }
-        self.view.t().statements.get(name).map(|d| d.query.clone())
+        self.view
+            .t()
+            .statements
+            .get(name)
+            .map(|d| (d.query.clone(), Some(d.clone())))
     }
 }
 
