@@ -1694,3 +1694,122 @@ async fn worker_stopped_mid_load() {
         all.iter().map(Vec::len).sum::<usize>()
     );
 }
+
+/// An error pgtenant answers itself inside a transaction it holds (its BEGIN answered, no
+/// server yet: here a Parse of a name the client already has, 42P05) fails that
+/// transaction as PostgreSQL would: ReadyForQuery says `E`, what follows gets 25P02, its
+/// COMMIT rolls back and nothing it wrote stays; ROLLBACK TO a savepoint taken before the
+/// error recovers it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_in_a_held_transaction_fails_it() {
+    use support::wire::{parse, query, sync, tags, Raw};
+    let cluster = CitusCluster::start(small(4, 4));
+    let admin = cluster
+        .coordinator
+        .client(support::SUPERUSER, support::SUPERUSER_PASSWORD, "app")
+        .await;
+    admin
+        .batch_execute("create table held_fail (x int); grant all on held_fail to public")
+        .await
+        .unwrap();
+    let (p, _dir) = start_pgtenant(&cluster, "auth_type = \"trust\"");
+    let port = p.port();
+    let count = || async {
+        admin
+            .query_one("select count(*) from held_fail", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let mut r = tokio::task::spawn_blocking(move || Raw::connect(port))
+        .await
+        .unwrap();
+    let status = |m: &[support::wire::Msg]| m.last().map(|z| z.body.clone());
+
+    let (r2, seen) = tokio::task::spawn_blocking(move || {
+        let seen = vec![
+            r.exchange(&[parse("dup", "select 1", &[]), sync()]),
+            r.exchange(&[query("BEGIN")]),
+            r.exchange(&[parse("dup", "select 2", &[]), sync()]),
+            r.exchange(&[query("insert into held_fail values (1)")]),
+            r.exchange(&[query("COMMIT")]),
+        ];
+        (r, seen)
+    })
+    .await
+    .unwrap();
+    r = r2;
+    assert_eq!(tags(&seen[0]), "1Z");
+    assert_eq!(
+        status(&seen[1]),
+        Some(b"T".to_vec()),
+        "BEGIN: {:?}",
+        seen[1]
+    );
+    assert_eq!(tags(&seen[2]), "EZ", "{:?}", seen[2]);
+    assert_eq!(seen[2][0].sqlstate(), "42P05");
+    assert_eq!(
+        status(&seen[2]),
+        Some(b"E".to_vec()),
+        "the transaction failed"
+    );
+    assert_eq!(tags(&seen[3]), "EZ", "{:?}", seen[3]);
+    assert_eq!(seen[3][0].sqlstate(), "25P02", "{:?}", seen[3]);
+    assert_eq!(tags(&seen[4]), "CZ", "{:?}", seen[4]);
+    assert_eq!(
+        seen[4][0].cstr(),
+        "ROLLBACK",
+        "COMMIT of a failed transaction"
+    );
+    assert_eq!(status(&seen[4]), Some(b"I".to_vec()));
+    assert_eq!(count().await, 0, "the failed transaction wrote nothing");
+
+    // A savepoint taken before the error brings the transaction back.
+    let (r2, seen) = tokio::task::spawn_blocking(move || {
+        let seen = vec![
+            r.exchange(&[query("BEGIN")]),
+            r.exchange(&[query("SAVEPOINT a")]),
+            r.exchange(&[parse("dup", "select 2", &[]), sync()]),
+            r.exchange(&[query("ROLLBACK TO SAVEPOINT a")]),
+            r.exchange(&[query("insert into held_fail values (2)")]),
+            r.exchange(&[query("COMMIT")]),
+            // The client's statement is still its own afterwards.
+            r.exchange(&[support::wire::bes("dup", &[])]),
+        ];
+        (r, seen)
+    })
+    .await
+    .unwrap();
+    r = r2;
+    assert_eq!(status(&seen[2]), Some(b"E".to_vec()), "{:?}", seen[2]);
+    assert_eq!(status(&seen[3]), Some(b"T".to_vec()), "{:?}", seen[3]);
+    assert_eq!(tags(&seen[4]), "CZ", "{:?}", seen[4]);
+    assert_eq!(seen[5][0].cstr(), "COMMIT", "{:?}", seen[5]);
+    assert_eq!(tags(&seen[6]), "2DCZ", "{:?}", seen[6]);
+    assert_eq!(seen[6][1].value(), "1");
+    assert_eq!(count().await, 1);
+
+    // A prepare-only batch (a side trip to a server while the BEGIN stays held) that the
+    // server refuses fails the transaction too.
+    let seen = tokio::task::spawn_blocking(move || {
+        let seen = vec![
+            r.exchange(&[query("BEGIN")]),
+            r.exchange(&[
+                parse("", "select * from no_such_table", &[]),
+                support::wire::describe(b'S', ""),
+                sync(),
+            ]),
+            r.exchange(&[query("insert into held_fail values (3)")]),
+            r.exchange(&[query("COMMIT")]),
+        ];
+        seen
+    })
+    .await
+    .unwrap();
+    assert_eq!(tags(&seen[1]), "EZ", "{:?}", seen[1]);
+    assert_eq!(seen[1][0].sqlstate(), "42P01");
+    assert_eq!(status(&seen[1]), Some(b"E".to_vec()), "{:?}", seen[1]);
+    assert_eq!(seen[2][0].sqlstate(), "25P02", "{:?}", seen[2]);
+    assert_eq!(seen[3][0].cstr(), "ROLLBACK", "{:?}", seen[3]);
+    assert_eq!(count().await, 1);
+}

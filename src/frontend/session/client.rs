@@ -1,6 +1,6 @@
 //! Client → server: every complete frame the client sent, in order; what pgtenant answers
 //! itself when no server is attached.
-use super::forward::{screen_parse, shown, Refusal};
+use super::forward::{fail_held_transaction, screen_parse, shown, Refusal};
 use super::relay::{emit_synthetic, queue_own};
 use super::*;
 
@@ -113,7 +113,8 @@ impl Session {
                         // tokio-postgres and JDBC send before the Bind) is a side trip that
                         // leaves it held.
                         let runs = full || matches!(f.tag(), b'Q' | b'B' | b'F');
-                        let held: Vec<Held> = if runs {
+                        let failed = self.client_tx == b'E';
+                        let held: Vec<Held> = if runs || failed {
                             std::mem::take(&mut self.held)
                         } else {
                             let (parses, rest) = std::mem::take(&mut self.held)
@@ -142,6 +143,13 @@ impl Session {
                                         return Ok(Flow::Quit);
                                     }
                                 }
+                            }
+                        }
+                        if failed {
+                            // Everything held came before the failure (nothing is held
+                            // after it): the server's transaction fails here.
+                            if let Some(a) = self.attached.as_mut() {
+                                fail_held_transaction(a);
                             }
                         }
                         if self.attached.is_none() {
@@ -254,7 +262,12 @@ impl Session {
             }
             // The unnamed statement (an empty name: the body starts with its NUL) goes to
             // the server; no need to decode it here.
-            b'P' if self.track_prepared && f.body().first() != Some(&0) => {
+            // In a held transaction that failed, a Parse goes to the server, which
+            // refuses it as PostgreSQL does in a failed transaction (25P02).
+            b'P' if self.track_prepared
+                && f.body().first() != Some(&0)
+                && self.client_tx != b'E' =>
+            {
                 // A named statement is only recorded (as PgBouncer does): it is prepared
                 // on a server when a Bind or Describe needs it there. Taking a server just
                 // to answer Parse+Sync (PQprepare) would also deadlock clients that prepare

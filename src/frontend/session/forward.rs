@@ -22,7 +22,17 @@ impl Session {
     pub(super) fn refuse_in_batch(&mut self, refusal: &Refusal) {
         match self.attached.as_deref_mut() {
             Some(a) => raise_in_batch(a, refusal),
-            None => self.c.conn.queue(&refusal.error()),
+            None => {
+                self.c.conn.queue(&refusal.error());
+                if self.held.iter().any(|h| matches!(h, Held::Answered(_))) {
+                    // A transaction pgtenant holds (its BEGIN answered, no server yet)
+                    // fails as PostgreSQL's would: ReadyForQuery says so, and what the
+                    // client sends next goes to a server, where the held transaction is
+                    // opened and failed first (see `HELD_FAILED`), so that its statements
+                    // get 25P02 and its COMMIT rolls back.
+                    self.client_tx = b'E';
+                }
+            }
         }
         self.skip_until_sync = true;
     }
@@ -490,6 +500,21 @@ fn raise_in_batch(a: &mut Attached, refusal: &Refusal) {
     }
     // The client's unnamed statement there is replaced.
     a.server.unnamed_owner = 0;
+}
+
+/// The error the server raises, unseen, to fail a held transaction that failed in
+/// pgtenant (see [`Session::refuse_in_batch`]) once it is opened there.
+pub(super) const HELD_FAILED: &str = "pgtenant: the transaction failed before it reached a server";
+
+/// Open-and-fail: after the held BEGIN (and what followed it) is replayed, the server's
+/// transaction is put in the failed state the client was told of.
+pub(super) fn fail_held_transaction(a: &mut Attached) {
+    let sql = Refusal::new("25P02", HELD_FAILED.to_owned()).raise_sql();
+    a.server.conn.queue(&build::query(&sql));
+    a.pipe.push(Expect::Hidden {
+        req: Req::Query { prepare: None },
+        show_errors: false,
+    });
 }
 
 /// A refused simple query with a server attached: the server raises the error itself, so

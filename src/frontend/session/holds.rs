@@ -114,6 +114,9 @@ impl Session {
             // SAVEPOINT): the coordinator, which runs anything, takes the transaction now
             // (with everything held) rather than pgtenant keeping what the client sends.
             _ if self.held_full() => Decision::Coordinator(RouteReason::NoKey),
+            // A held transaction that failed in pgtenant (`refuse_in_batch`): it is opened
+            // and failed on the coordinator, which answers the rest as PostgreSQL would.
+            _ if self.client_tx == b'E' => Decision::Coordinator(RouteReason::TransactionControl),
             b'Q' => match decode::query_text(f.body()) {
                 Ok(sql) if !self.routable(&sql) => Decision::Coordinator(RouteReason::Encoding),
                 Ok(sql) => match keep_tenant(

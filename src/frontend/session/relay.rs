@@ -67,6 +67,14 @@ impl Session {
                             self.ctx.tenants.error(k);
                         }
                     }
+                    if (!hidden || show_errors)
+                        && self.held.iter().any(|h| matches!(h, Held::Answered(_)))
+                    {
+                        // A side trip (a prepare-only batch) inside a transaction pgtenant
+                        // holds failed: so does that transaction, as PostgreSQL's would
+                        // (see `Session::refuse_in_batch`).
+                        self.client_tx = b'E';
+                    }
                     if is_fatal(f.body()) {
                         // The server ends the connection (a shutdown, pg_terminate_backend,
                         // a timeout of its own): the client is told once, in its words,
@@ -82,7 +90,9 @@ impl Session {
                         }
                     } else {
                         let e = ErrorFields::parse(f.body()).unwrap_or_default();
-                        tracing::warn!(user = %Escaped(&self.c.user), code = %e.code, message = %e.message, "server refused a setting pgtenant replayed");
+                        if e.message != super::forward::HELD_FAILED {
+                            tracing::warn!(user = %Escaped(&self.c.user), code = %e.code, message = %e.message, "server refused a query pgtenant sent on its own");
+                        }
                     }
                     match a.pipe.q.front().and_then(Expect::req).cloned() {
                         Some(r) if r.is_extended() => {
@@ -135,7 +145,11 @@ impl Session {
                     // Inside a transaction pgtenant holds (BEGIN answered, no node yet), a
                     // side trip's ReadyForQuery must still say "in transaction".
                     let holding_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
-                    let client_st = if holding_tx && st == b'I' { b'T' } else { st };
+                    let client_st = match st {
+                        b'I' if holding_tx && self.client_tx == b'E' => b'E',
+                        b'I' if holding_tx => b'T',
+                        _ => st,
+                    };
                     match a.pipe.pop_front() {
                         Some(Expect::Forward(Req::Query {
                             prepare: Some((name, text)),
