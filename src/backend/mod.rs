@@ -41,6 +41,8 @@ pub enum BackendError {
     Closed,
     #[error("pgtenant's own query left the server in transaction state {0}")]
     NotIdle(char),
+    #[error("the answer to pgtenant's own query is over {0} bytes")]
+    TooLarge(usize),
 }
 
 impl From<ConnError> for BackendError {
@@ -159,8 +161,19 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        self.query_rows_within(sql, usize::MAX).await
+    }
+
+    /// [`Self::query_rows`] whose rows may hold at most `max` bytes of values: beyond,
+    /// the rest is read and dropped (the connection stays in step) and the query fails
+    /// with [`BackendError::TooLarge`].
+    pub async fn query_rows_within(
+        &mut self,
+        sql: &str,
+        max: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         self.conn.send(&build::query(sql)).await?;
-        self.read_rows().await
+        self.read_rows(max).await
     }
 
     /// [`Self::query_rows`] with parameters (`$1`, …, sent as text with the extended
@@ -174,13 +187,15 @@ impl ServerConn {
             self.conn.queue(&f);
         }
         self.conn.flush().await?;
-        self.read_rows().await
+        self.read_rows(usize::MAX).await
     }
 
-    /// The rows up to ReadyForQuery; the first error of the server, if any.
-    async fn read_rows(&mut self) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+    /// The rows up to ReadyForQuery (at most `max` bytes of values, see
+    /// [`Self::query_rows_within`]); the first error of the server, if any.
+    async fn read_rows(&mut self, max: usize) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         let mut rows = Vec::new();
         let mut failed = None;
+        let mut bytes = 0usize;
         loop {
             let f = self.conn.read_frame().await?.ok_or(BackendError::Closed)?;
             match f.tag() {
@@ -188,15 +203,27 @@ impl ServerConn {
                     self.tx_status = decode::ready_status(f.body())?;
                     break;
                 }
-                b'D' => rows.push(data_row(f.body())?),
-                b'E' => failed = Some(ErrorFields::parse(f.body())?),
+                b'D' if failed.is_none() => {
+                    bytes = bytes.saturating_add(f.body().len());
+                    if bytes > max {
+                        rows = Vec::new();
+                        failed = Some(Err(BackendError::TooLarge(max)));
+                    } else {
+                        rows.push(data_row(f.body())?);
+                    }
+                }
+                b'D' => {}
+                b'E' if failed.is_none() => {
+                    failed = Some(Ok(ErrorFields::parse(f.body())?));
+                }
                 b'S' => self.note_parameter(f.body()),
                 b'A' => self.notified = true,
                 _ => {}
             }
         }
         match failed {
-            Some(e) => Err(BackendError::Server(e)),
+            Some(Ok(e)) => Err(BackendError::Server(e)),
+            Some(Err(e)) => Err(e),
             None => Ok(rows),
         }
     }

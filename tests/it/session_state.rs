@@ -1657,3 +1657,56 @@ async fn a_statement_prepared_in_a_failed_batch_is_there_for_the_next() {
     assert_eq!(tags(&r.until_ready().await), "2DCZ");
     tx.commit().await.unwrap();
 }
+
+/// A client's settings are kept by pgtenant and replayed on each server connection it
+/// takes next, so their size is bounded (1 MiB read back by the session check): a 100 KB
+/// custom setting travels (and reaches no other client), a 2 MB one ends the client's
+/// session with FATAL 54000 once its transaction is answered, and the server connection
+/// that holds it is closed, never lent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_settings_are_bounded() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let mut a = Raw::login(pt.port(), "app", "app").await;
+    let mut b = Raw::login(pt.port(), "app", "app").await;
+    assert_eq!(
+        a.value("select length(set_config('my.mid', repeat('m', 100000), false))")
+            .await,
+        "100000"
+    );
+    // b takes the only server connection in between: it sees nothing of a's (a name
+    // once set stays defined on a server, empty, as after RESET: PostgreSQL keeps it).
+    assert_eq!(
+        b.value("select coalesce(nullif(current_setting('my.mid', true), ''), 'none')")
+            .await,
+        "none"
+    );
+    assert_eq!(
+        a.value("select length(current_setting('my.mid'))").await,
+        "100000"
+    );
+    let pid = a.value("select pg_backend_pid()").await;
+
+    // Over the bound: the transaction's answer, then the session ends.
+    a.send(&query(
+        "select length(set_config('my.big', repeat('b', 2000000), false))",
+    ))
+    .await;
+    let msgs = a.until_ready().await;
+    assert_eq!(tags(&msgs), "TDCZ", "{msgs:?}");
+    let fatal = a.msg().await;
+    assert_eq!(fatal.tag, b'E', "{fatal:?}");
+    assert_eq!(fatal.sqlstate(), "54000", "{fatal:?}");
+    assert_eq!(fatal.field(b'S').as_deref(), Some("FATAL"));
+    // The server connection that held it is gone; b gets a new one, clean.
+    assert_eq!(
+        b.value("select coalesce(current_setting('my.big', true), 'none')")
+            .await,
+        "none"
+    );
+    assert_ne!(b.value("select pg_backend_pid()").await, pid);
+    assert!(
+        pt.logs().contains("larger than pgtenant keeps"),
+        "the log says why"
+    );
+}

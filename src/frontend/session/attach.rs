@@ -42,7 +42,8 @@ async fn check_rows(
     sql: &str,
 ) -> Result<(Vec<Vec<Option<String>>>, Option<String>), String> {
     let server = &mut a.server;
-    let first = tokio::time::timeout(CHECK_TIMEOUT, server.query_rows(sql))
+    let max = check::MAX_SETTINGS_BYTES;
+    let first = tokio::time::timeout(CHECK_TIMEOUT, server.query_rows_within(sql, max))
         .await
         .map_err(|_| "timed out".to_string())?;
     let rows = match first {
@@ -57,7 +58,7 @@ async fn check_rows(
                     .and_then(|r| r.into_iter().next().flatten())
                     .unwrap_or_default();
                 server.run_internal("SET statement_timeout = 0").await?;
-                let rows = server.query_rows(sql).await?;
+                let rows = server.query_rows_within(sql, max).await?;
                 server
                     .run_internal(&format!(
                         "SELECT pg_catalog.set_config('statement_timeout', {}, false)",
@@ -70,6 +71,12 @@ async fn check_rows(
                 .await
                 .map_err(|_| "timed out".to_string())?
                 .map_err(|e| e.to_string())?
+        }
+        Err(crate::backend::BackendError::TooLarge(n)) => {
+            return Err(format!(
+                "{} ({n} bytes): the session cannot travel between server connections",
+                check::TOO_LARGE
+            ))
         }
         Err(e) => return Err(e.to_string()),
     };
@@ -445,7 +452,7 @@ impl Session {
             let lost = self.pinned || a.effects != 0;
             a.pool.discard(a.server);
             if lost {
-                self.lose_session();
+                self.lose_session(None);
             }
             return;
         }
@@ -459,15 +466,20 @@ impl Session {
     }
 
     /// The client's session state is lost with the server connection it was on (closed
-    /// by the caller): the client is told (FATAL 08006) and its session ends, rather than
-    /// go on without it.
-    fn lose_session(&mut self) {
+    /// by the caller): the client is told (FATAL 08006, or 54000 when its settings are
+    /// more than pgtenant keeps, `why`) and its session ends, rather than go on without
+    /// it.
+    fn lose_session(&mut self, why: Option<&str>) {
         self.pinned = false;
         self.c.state.set_pinned(false);
-        self.c.conn.queue(&build::fatal(
-            sqlstate::CONNECTION_FAILURE,
-            "the session's state could not be read back from its server connection",
-        ));
+        let too_large = why.is_some_and(|w| w.starts_with(check::TOO_LARGE));
+        self.c.conn.queue(&match (too_large, why) {
+            (true, Some(w)) => build::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, w),
+            _ => build::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "the session's state could not be read back from its server connection",
+            ),
+        });
         self.session_lost = true;
     }
 
@@ -494,7 +506,7 @@ impl Session {
                 tracing::warn!(user = %Escaped(&self.c.user), error = %e, "the session check failed; closing the server connection and the client's session");
                 let a = a.give();
                 a.pool.discard(a.server);
-                self.lose_session();
+                self.lose_session(Some(&e));
                 return;
             }
             tracing::debug!(

@@ -19,6 +19,9 @@
 //!   later check finds none; a protocol-level statement count that differs from what
 //!   pgtenant prepared means someone dropped or replaced one of pgtenant's statements,
 //!   and the server's statements are all dropped (`DEALLOCATE ALL`).
+//! - It reads at most [`MAX_SETTINGS_BYTES`]: a session whose settings are larger cannot
+//!   travel between server connections, so the connection is closed and the client's
+//!   session ends with FATAL 54000 (pgtenant keeps and replays what it reads).
 //! - A client's own `statement_timeout` that cancels the check (57014) is read, turned
 //!   off for a second try and put back (`attach::check_rows`). If the check still
 //!   fails, the server connection is closed rather than lent to anyone else, and the
@@ -61,6 +64,15 @@ impl Pins {
             || self.listening > 0
     }
 }
+
+/// The most a session check may read (settings' names and values, with the rows' own
+/// framing): a client's settings are kept in pgtenant and replayed on each server
+/// connection it takes next, so their size is bounded as a client's prepared statements
+/// are. A session over it ends with FATAL 54000 ([`TOO_LARGE`]).
+pub const MAX_SETTINGS_BYTES: usize = 1 << 20;
+
+/// How the client is told its settings are over [`MAX_SETTINGS_BYTES`].
+pub const TOO_LARGE: &str = "the session's settings are larger than pgtenant keeps for a client";
 
 /// Settings that are identities: replayed first, never listed in pg_settings.
 pub const IDENTITY: [&str; 2] = ["session_authorization", "role"];
