@@ -159,7 +159,13 @@ struct Inner {
     exhausted_since_log: u64,
     /// Since when the janitor has found the pool unused (see [`Pools::remove_unused`]).
     unused_since: Option<Instant>,
+    /// When [`Pool::close_idle_after_loss`] last closed the idle connections.
+    idle_suspected: Option<Instant>,
 }
+
+/// [`Pool::close_idle_after_loss`] closes the idle connections at most once in this
+/// time, however many connections are lost (or a client ends its own backend).
+const SUSPECT_IDLE_EVERY: Duration = Duration::from_secs(1);
 
 /// At most one "pool exhausted" message per pool in this time.
 const EXHAUSTED_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -561,6 +567,35 @@ impl Pool {
             }
             v
         };
+        for c in idle {
+            c.terminate();
+        }
+    }
+
+    /// A lent connection of this pool was ended by its server (a shutdown or crash: FATAL
+    /// 57P0x, or no word at all) or by the network: the idle ones likely share its fate
+    /// while their FATAL is still on its way (a loaded server ends its backends one by
+    /// one), and lending one would fail one more client. They are closed instead (at
+    /// most once a second: `pg_terminate_backend` of one backend says 57P01 too, and a
+    /// client ending its own must not cost the others their connections each time).
+    pub fn close_idle_after_loss(&self, now: Instant) {
+        let idle: Vec<Box<ServerConn>> = {
+            let mut g = self.lock();
+            if g.idle_suspected
+                .is_some_and(|t| now.saturating_duration_since(t) < SUSPECT_IDLE_EVERY)
+            {
+                return;
+            }
+            g.idle_suspected = Some(now);
+            let v: Vec<_> = g.idle.drain(..).collect();
+            for _ in &v {
+                self.drop_slot(&mut g);
+            }
+            v
+        };
+        if !idle.is_empty() {
+            tracing::info!(pool = %self.name(), closed = idle.len(), "a server connection was lost: closing the pool's idle connections");
+        }
         for c in idle {
             c.terminate();
         }

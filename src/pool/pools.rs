@@ -123,6 +123,7 @@ impl Pools {
                     exhausted_logged: None,
                     exhausted_since_log: 0,
                     unused_since: None,
+                    idle_suspected: None,
                 }),
                 db: db.clone(),
                 role: role.clone(),

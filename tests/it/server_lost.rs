@@ -502,3 +502,96 @@ fn session_backend_killed() {
 fn session_network_reset() {
     session_server_dies(Way::NetworkReset);
 }
+
+// ---------------------------------------------------------------------------------------
+// The pool after a lost connection
+// ---------------------------------------------------------------------------------------
+
+/// A lent connection ended by its server (FATAL 57P01, as on a fast shutdown, where a
+/// loaded server ends its backends one by one) makes the pool close its idle connections,
+/// which likely share its fate, rather than lend them to the next clients: each would fail
+/// one more client. At most once a second (`pg_terminate_backend` says 57P01 too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_closes_the_pools_idle_ones() {
+    let pg = PgServer::start();
+    let dir = TempDir::new("server-lost-cfg");
+    let cfg = dir.config_file(&format!(
+        "upstream = \"postgres://app:secret@127.0.0.1:{}/app\"\nauth_type = \"trust\"\n\
+         pool_size = 6\n",
+        pg.port()
+    ));
+    let p = Pgtenant::start(&["run", "--config", cfg.to_str().unwrap()], &[]);
+    let port = p.port();
+    let backends = |n: i64| pg.wait_for_backends("app", "app", n, Duration::from_secs(10));
+    // Three clients in a transaction at once: three server connections, idle after.
+    let mut idle: Vec<Raw> = tokio::task::spawn_blocking(move || {
+        let mut cs: Vec<Raw> = (0..3).map(|_| Raw::connect(port)).collect();
+        for c in cs.iter_mut() {
+            run(c, "BEGIN");
+            value(c, "SELECT 1");
+        }
+        for c in cs.iter_mut() {
+            run(c, "COMMIT");
+        }
+        cs
+    })
+    .await
+    .unwrap();
+    assert_eq!(backends(3).await, 3);
+
+    let lose_one = |port: u16| {
+        let mut x = Raw::connect(port);
+        run(&mut x, "BEGIN");
+        let pid = value(&mut x, "SELECT pg_backend_pid()");
+        (x, pid)
+    };
+    let (mut x, pid) = tokio::task::spawn_blocking(move || lose_one(port))
+        .await
+        .unwrap();
+    pg.psql_ok(&format!("SELECT pg_terminate_backend({pid})"));
+    let first_loss = Instant::now();
+    let told = tokio::task::spawn_blocking(move || x.until_closed(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let fatal = told.iter().find(|m| m.tag == b'E').expect("a FATAL");
+    assert_eq!(fatal.sqlstate(), "08006", "{told:?}");
+    assert_eq!(
+        backends(0).await,
+        0,
+        "the pool's idle connections were closed\n{}",
+        p.logs()
+    );
+    // The clients go on, on new connections; a second loss within the second closes
+    // nothing more.
+    let mut idle = tokio::task::spawn_blocking(move || {
+        for c in idle.iter_mut() {
+            run(c, "BEGIN");
+            value(c, "SELECT 1");
+        }
+        for c in idle.iter_mut() {
+            run(c, "COMMIT");
+        }
+        idle
+    })
+    .await
+    .unwrap();
+    assert_eq!(backends(3).await, 3);
+    let (mut y, pid) = tokio::task::spawn_blocking(move || lose_one(port))
+        .await
+        .unwrap();
+    let second_loss = Instant::now();
+    pg.psql_ok(&format!("SELECT pg_terminate_backend({pid})"));
+    tokio::task::spawn_blocking(move || y.until_closed(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    // y took one of the three; the other two stay if this came within the second.
+    if second_loss.duration_since(first_loss) < Duration::from_millis(900) {
+        assert_eq!(backends(2).await, 2, "rate-limited: the idle ones stay");
+    } else {
+        assert_eq!(backends(0).await, 0, "a second later: closed again");
+    }
+    let got = tokio::task::spawn_blocking(move || value(&mut idle[0], "SELECT 42"))
+        .await
+        .unwrap();
+    assert_eq!(got, "42");
+}

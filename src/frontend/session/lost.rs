@@ -29,6 +29,11 @@
 //! connections, and the client's next transaction gets another server (a worker found
 //! down sends its tenants to the coordinator meanwhile). The client is never moved to
 //! another server in the middle of what it was doing.
+//!
+//! A loss that says the server is going away (FATAL 57P01/57P02/57P03, end of stream, a
+//! socket error) also closes the pool's idle connections, at most once a second
+//! (`Pool::close_idle_after_loss`): on a server ending its backends one by one, an idle
+//! one whose FATAL is still on its way would fail the next client it is lent to.
 use std::fmt;
 
 use bytes::{BufMut, BytesMut};
@@ -66,6 +71,18 @@ impl fmt::Display for Lost<'_> {
 }
 
 impl Lost<'_> {
+    /// Does it say the server (or the way to it) is going away, not just this backend:
+    /// a shutdown or crash (FATAL 57P01, 57P02, 57P03; `pg_terminate_backend` says 57P01
+    /// too), no word at all, or a socket error? See `Pool::close_idle_after_loss`.
+    fn ends_the_server(&self) -> bool {
+        match self {
+            Lost::Fatal(frame) => ErrorFields::parse(frame.body())
+                .is_ok_and(|e| matches!(e.code.as_str(), "57P01" | "57P02" | "57P03")),
+            Lost::Closed | Lost::Io(_) => true,
+            Lost::Unreadable(_) => false,
+        }
+    }
+
     /// The one message the client gets.
     pub(super) fn told(&self) -> Frame {
         match self {
@@ -94,6 +111,9 @@ impl Session {
         let _ = self.c.key.slot.try_set(None);
         if let Some(a) = self.attached.take() {
             tracing::warn!(user = %Escaped(&self.c.user), pool = %a.pool.name(), server = a.server.id, reason = %why, "server connection lost");
+            if why.ends_the_server() {
+                a.pool.close_idle_after_loss(Instant::now());
+            }
             a.pool.discard(a.server);
         }
         self.c.conn.queue(&why.told());
