@@ -1648,14 +1648,18 @@ async fn a_statement_prepared_in_a_failed_batch_is_there_for_the_next() {
     }
     assert_ne!(r.value("select pg_backend_pid()").await, pid_a);
     tx.commit().await.unwrap();
-    // And on the first connection again, where s2 has been all along.
-    let mut other = connect(&app_url(&pt)).await;
-    let tx = other.transaction().await.unwrap();
-    let pid_b = value_tx(&tx, "select pg_backend_pid()").await;
-    assert_ne!(pid_b, pid_a);
-    r.send(&bes("s2", &[])).await;
-    assert_eq!(tags(&r.until_ready().await), "2DCZ");
-    tx.commit().await.unwrap();
+    // And on each connection in turn (the first has had s2 all along), while another
+    // client holds the other one.
+    for _ in 0..2 {
+        let mut other = connect(&app_url(&pt)).await;
+        let tx = other.transaction().await.unwrap();
+        let held = value_tx(&tx, "select pg_backend_pid()").await;
+        r.send(&bes("s2", &[])).await;
+        let msgs = r.until_ready().await;
+        assert_eq!(tags(&msgs), "2DCZ", "{msgs:?}");
+        assert_ne!(r.value("select pg_backend_pid()").await, held);
+        tx.commit().await.unwrap();
+    }
 }
 
 /// A client's settings are kept by pgtenant and replayed on each server connection it
