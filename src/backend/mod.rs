@@ -83,6 +83,9 @@ pub struct ServerConn {
     pub created: Instant,
     /// When it last went back to the pool.
     pub last_used: Instant,
+    /// Another connection of its pool was ended by the server while this one sat idle
+    /// (`Pool::close_idle_after_loss`): server_check_query runs before it is lent.
+    pub suspect: bool,
     /// Transaction status from the last ReadyForQuery.
     pub tx_status: u8,
     /// Session settings pgtenant set on this connection (beyond its defaults).
@@ -123,6 +126,7 @@ impl ServerConn {
             params,
             created: now,
             last_used: now,
+            suspect: false,
             tx_status: b'I',
             applied: Arc::new(ParamMap::new()),
             prepared: PreparedCache::default(),

@@ -43,9 +43,7 @@ impl Pool {
             }
         }
         let mut c = self.pop_usable_idle(&mut g, &s, started)?;
-        if !s.server_check_query.is_empty()
-            && started.saturating_duration_since(c.last_used) >= s.server_check_delay
-        {
+        if super::open::needs_check(&s, &c, started) {
             g.idle.push_back(c);
             return None;
         }

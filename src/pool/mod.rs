@@ -327,13 +327,13 @@ impl Pool {
     /// Open server connections: (info, state, close_needed) each.
     pub fn servers(&self) -> Vec<(ServerInfo, ServerState, bool)> {
         let s = self.settings.load();
-        let checks = !s.server_check_query.is_empty();
+        let now = Instant::now();
         let idle: std::collections::HashMap<u64, (ServerState, Instant)> = self
             .lock()
             .idle
             .iter()
             .map(|c| {
-                let used = checks && c.last_used.elapsed() >= s.server_check_delay;
+                let used = open::needs_check(&s, c, now);
                 let st = if used {
                     ServerState::Used
                 } else {
@@ -573,12 +573,14 @@ impl Pool {
     }
 
     /// A lent connection of this pool was ended by its server (a shutdown or crash: FATAL
-    /// 57P0x, or no word at all) or by the network: the idle ones likely share its fate
+    /// 57P0x, or no word at all) or by the network: the idle ones may share its fate
     /// while their FATAL is still on its way (a loaded server ends its backends one by
-    /// one), and lending one would fail one more client. They are closed instead (at
-    /// most once a second: `pg_terminate_backend` of one backend says 57P01 too, and a
-    /// client ending its own must not cost the others their connections each time).
+    /// one), and lending one would fail one more client. Each is checked with
+    /// server_check_query before it is lent (`suspect`); with no check query, they are
+    /// closed. At most once a second: `pg_terminate_backend` of one backend says 57P01
+    /// too, and a client that ends its own must cost the others no more than that.
     pub fn close_idle_after_loss(&self, now: Instant) {
+        let checks = !self.settings.load().server_check_query.is_empty();
         let idle: Vec<Box<ServerConn>> = {
             let mut g = self.lock();
             if g.idle_suspected
@@ -587,6 +589,13 @@ impl Pool {
                 return;
             }
             g.idle_suspected = Some(now);
+            if checks {
+                for c in g.idle.iter_mut() {
+                    c.suspect = true;
+                }
+                tracing::info!(pool = %self.name(), idle = g.idle.len(), "a server connection was lost: the pool's idle connections are checked before they are lent");
+                return;
+            }
             let v: Vec<_> = g.idle.drain(..).collect();
             for _ in &v {
                 self.drop_slot(&mut g);
@@ -594,7 +603,7 @@ impl Pool {
             v
         };
         if !idle.is_empty() {
-            tracing::info!(pool = %self.name(), closed = idle.len(), "a server connection was lost: closing the pool's idle connections");
+            tracing::info!(pool = %self.name(), closed = idle.len(), "a server connection was lost: closing the pool's idle connections (no server_check_query)");
         }
         for c in idle {
             c.terminate();

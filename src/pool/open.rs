@@ -149,10 +149,10 @@ impl Pool {
         }
     }
     /// Run server_check_query on a connection that sat idle longer than
-    /// server_check_delay. None: it failed and was closed.
+    /// server_check_delay, or that is suspect. None: it failed and was closed.
     pub(super) async fn check(&self, c: Box<ServerConn>) -> Option<Box<ServerConn>> {
         let s = self.settings.load();
-        if s.server_check_query.is_empty() || c.last_used.elapsed() < s.server_check_delay {
+        if !needs_check(&s, &c, Instant::now()) {
             return Some(c);
         }
         let q = s.server_check_query.clone();
@@ -165,7 +165,10 @@ impl Pool {
         q: String,
     ) -> Option<Box<ServerConn>> {
         match c.run_internal(&q).await {
-            Ok(()) => Some(c),
+            Ok(()) => {
+                c.suspect = false;
+                Some(c)
+            }
             Err(e) => {
                 tracing::info!(pool = %self.name(), server = c.id, error = %e, "server check failed; closing");
                 self.close(c);
@@ -173,4 +176,12 @@ impl Pool {
             }
         }
     }
+}
+
+/// Must server_check_query run on this idle connection before it is lent: it sat idle
+/// longer than server_check_delay, or another connection of its pool was lost meanwhile
+/// (`suspect`)?
+pub(super) fn needs_check(s: &Settings, c: &ServerConn, now: Instant) -> bool {
+    !s.server_check_query.is_empty()
+        && (c.suspect || now.saturating_duration_since(c.last_used) >= s.server_check_delay)
 }

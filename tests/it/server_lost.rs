@@ -507,25 +507,23 @@ fn session_network_reset() {
 // The pool after a lost connection
 // ---------------------------------------------------------------------------------------
 
-/// A lent connection ended by its server (FATAL 57P01, as on a fast shutdown, where a
-/// loaded server ends its backends one by one) makes the pool close its idle connections,
-/// which likely share its fate, rather than lend them to the next clients: each would fail
-/// one more client. At most once a second (`pg_terminate_backend` says 57P01 too).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_connection_closes_the_pools_idle_ones() {
-    let pg = PgServer::start();
+/// pgtenant in transaction mode in front of `pg` (trust auth), plus `extra` TOML lines.
+fn start_pool(pg: &PgServer, extra: &str) -> (Pgtenant, TempDir) {
     let dir = TempDir::new("server-lost-cfg");
     let cfg = dir.config_file(&format!(
         "upstream = \"postgres://app:secret@127.0.0.1:{}/app\"\nauth_type = \"trust\"\n\
-         pool_size = 6\n",
+         pool_size = 6\n{extra}\n",
         pg.port()
     ));
     let p = Pgtenant::start(&["run", "--config", cfg.to_str().unwrap()], &[]);
-    let port = p.port();
-    let backends = |n: i64| pg.wait_for_backends("app", "app", n, Duration::from_secs(10));
-    // Three clients in a transaction at once: three server connections, idle after.
-    let mut idle: Vec<Raw> = tokio::task::spawn_blocking(move || {
-        let mut cs: Vec<Raw> = (0..3).map(|_| Raw::connect(port)).collect();
+    (p, dir)
+}
+
+/// Each client runs one transaction (BEGIN, SELECT 1, COMMIT), all of them open at once:
+/// as many server connections as clients, idle afterwards.
+async fn open_transactions(cs: Vec<Raw>) -> Vec<Raw> {
+    tokio::task::spawn_blocking(move || {
+        let mut cs = cs;
         for c in cs.iter_mut() {
             run(c, "BEGIN");
             value(c, "SELECT 1");
@@ -536,61 +534,120 @@ async fn a_lost_connection_closes_the_pools_idle_ones() {
         cs
     })
     .await
-    .unwrap();
-    assert_eq!(backends(3).await, 3);
+    .unwrap()
+}
 
-    let lose_one = |port: u16| {
+/// A client in a transaction whose backend is terminated: it gets FATAL 08006. Returns
+/// when the loss was caused.
+async fn lose_a_connection(pg: &PgServer, port: u16) -> Instant {
+    let (mut x, pid) = tokio::task::spawn_blocking(move || {
         let mut x = Raw::connect(port);
         run(&mut x, "BEGIN");
         let pid = value(&mut x, "SELECT pg_backend_pid()");
         (x, pid)
-    };
-    let (mut x, pid) = tokio::task::spawn_blocking(move || lose_one(port))
-        .await
-        .unwrap();
+    })
+    .await
+    .unwrap();
+    let at = Instant::now();
     pg.psql_ok(&format!("SELECT pg_terminate_backend({pid})"));
-    let first_loss = Instant::now();
     let told = tokio::task::spawn_blocking(move || x.until_closed(Duration::from_secs(10)))
         .await
         .unwrap();
     let fatal = told.iter().find(|m| m.tag == b'E').expect("a FATAL");
     assert_eq!(fatal.sqlstate(), "08006", "{told:?}");
+    at
+}
+
+/// A lent connection ended by its server (FATAL 57P01, as on a fast shutdown, where a
+/// loaded server ends its backends one by one) makes the pool check each idle
+/// connection with server_check_query before it is lent (one of them may be about to
+/// die too, and would fail its next client), once: a client that ends its own backend
+/// costs the others at most one check per connection a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_has_the_pools_idle_ones_checked() {
+    let pg = PgServer::start();
+    let admin = pg
+        .client(support::SUPERUSER, support::SUPERUSER_PASSWORD, "app")
+        .await;
+    admin
+        .batch_execute("CREATE SEQUENCE pgt_checks; GRANT USAGE, SELECT ON pgt_checks TO app")
+        .await
+        .unwrap();
+    // Checks only for suspect connections (an hour of idleness for the others).
+    let (p, _dir) = start_pool(
+        &pg,
+        "server_check_query = \"select nextval('pgt_checks')\"\nserver_check_delay = 3600",
+    );
+    let port = p.port();
+    let checks = || async {
+        admin
+            .query_one(
+                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgt_checks",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let backends = |n: i64| pg.wait_for_backends("app", "app", n, Duration::from_secs(10));
+    let clients: Vec<Raw> =
+        tokio::task::spawn_blocking(move || (0..3).map(|_| Raw::connect(port)).collect())
+            .await
+            .unwrap();
+    let clients = open_transactions(clients).await;
+    assert_eq!(backends(3).await, 3);
+    assert_eq!(checks().await, 0, "no check before a loss");
+
+    // The lost one was one of the three (the most recently used idle one); the other
+    // two stay, each checked once before it is lent again.
+    let first_loss = lose_a_connection(&pg, port).await;
+    let clients = open_transactions(clients).await;
+    assert_eq!(
+        checks().await,
+        2,
+        "each idle connection checked once\n{}",
+        p.logs()
+    );
+    assert_eq!(backends(3).await, 3);
+    let clients = open_transactions(clients).await;
+    assert_eq!(checks().await, 2, "checked once, not at each lend");
+
+    // A second loss within the second marks nothing.
+    let second_loss = lose_a_connection(&pg, port).await;
+    let mut clients = open_transactions(clients).await;
+    if second_loss.duration_since(first_loss) < Duration::from_millis(900) {
+        assert_eq!(checks().await, 2, "rate-limited");
+    } else {
+        assert!(checks().await > 2, "a second later: checked again");
+    }
+    let got = tokio::task::spawn_blocking(move || value(&mut clients[0], "SELECT 42"))
+        .await
+        .unwrap();
+    assert_eq!(got, "42");
+}
+
+/// With no server_check_query, the idle connections are closed instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_closes_the_pools_idle_ones_without_a_check_query() {
+    let pg = PgServer::start();
+    let (p, _dir) = start_pool(&pg, "server_check_query = \"\"");
+    let port = p.port();
+    let clients: Vec<Raw> =
+        tokio::task::spawn_blocking(move || (0..3).map(|_| Raw::connect(port)).collect())
+            .await
+            .unwrap();
+    let clients = open_transactions(clients).await;
+    let backends = |n: i64| pg.wait_for_backends("app", "app", n, Duration::from_secs(10));
+    assert_eq!(backends(3).await, 3);
+    lose_a_connection(&pg, port).await;
     assert_eq!(
         backends(0).await,
         0,
         "the pool's idle connections were closed\n{}",
         p.logs()
     );
-    // The clients go on, on new connections; a second loss within the second closes
-    // nothing more.
-    let mut idle = tokio::task::spawn_blocking(move || {
-        for c in idle.iter_mut() {
-            run(c, "BEGIN");
-            value(c, "SELECT 1");
-        }
-        for c in idle.iter_mut() {
-            run(c, "COMMIT");
-        }
-        idle
-    })
-    .await
-    .unwrap();
-    assert_eq!(backends(3).await, 3);
-    let (mut y, pid) = tokio::task::spawn_blocking(move || lose_one(port))
-        .await
-        .unwrap();
-    let second_loss = Instant::now();
-    pg.psql_ok(&format!("SELECT pg_terminate_backend({pid})"));
-    tokio::task::spawn_blocking(move || y.until_closed(Duration::from_secs(10)))
-        .await
-        .unwrap();
-    // y took one of the three; the other two stay if this came within the second.
-    if second_loss.duration_since(first_loss) < Duration::from_millis(900) {
-        assert_eq!(backends(2).await, 2, "rate-limited: the idle ones stay");
-    } else {
-        assert_eq!(backends(0).await, 0, "a second later: closed again");
-    }
-    let got = tokio::task::spawn_blocking(move || value(&mut idle[0], "SELECT 42"))
+    let mut clients = open_transactions(clients).await;
+    let got = tokio::task::spawn_blocking(move || value(&mut clients[0], "SELECT 42"))
         .await
         .unwrap();
     assert_eq!(got, "42");

@@ -31,7 +31,8 @@
 //! another server in the middle of what it was doing.
 //!
 //! A loss that says the server is going away (FATAL 57P01/57P02/57P03, end of stream, a
-//! socket error) also closes the pool's idle connections, at most once a second
+//! socket error) also has the pool check its idle connections before it lends them
+//! (closed without a server_check_query), at most once a second
 //! (`Pool::close_idle_after_loss`): on a server ending its backends one by one, an idle
 //! one whose FATAL is still on its way would fail the next client it is lent to.
 use std::fmt;
