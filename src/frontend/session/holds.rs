@@ -95,19 +95,12 @@ impl Session {
         };
         // `SET pgtenant.tenant = '42'`: a session-wide hint for statements without a key,
         // given to the planner as the sqlcommenter comment it already understands.
-        let session_hint = self
-            .view
-            .desired
-            .get(SESSION_TENANT_SETTING)
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                format!(
-                    " /* tenant_id='{}' */",
-                    v.replace('\\', "\\\\")
-                        .replace('\'', "\\'")
-                        .replace("*/", "")
-                )
-            });
+        let session_hint = session_hint(
+            self.view
+                .desired
+                .get(SESSION_TENANT_SETTING)
+                .map(|v| v.as_str()),
+        );
         let mut tenant = None;
         let decision = match f.tag() {
             // Held too much already (Parse after Parse and no Bind, SAVEPOINT after
@@ -465,6 +458,27 @@ impl Session {
     }
 }
 
+/// The longest `pgtenant.tenant` value used as a hint: a tenant key is short, and the
+/// hint is appended to every statement text planned (and kept with a long statement's own
+/// plan, `StatementDef.plan`). A longer value gives no hint.
+pub(super) const MAX_SESSION_HINT: usize = 256;
+
+/// The session's tenant hint (`SET pgtenant.tenant = '42'`), as the sqlcommenter comment
+/// the planner already understands; none when the value is empty or over
+/// [`MAX_SESSION_HINT`] bytes.
+pub(super) fn session_hint(value: Option<&str>) -> Option<String> {
+    value
+        .filter(|v| !v.is_empty() && v.len() <= MAX_SESSION_HINT)
+        .map(|v| {
+            format!(
+                " /* tenant_id='{}' */",
+                v.replace('\\', "\\\\")
+                    .replace('\'', "\\'")
+                    .replace("*/", "")
+            )
+        })
+}
+
 /// `sql` with the session's tenant hint appended, if there is one.
 pub(super) fn hinted<'a>(sql: &'a str, hint: Option<&str>) -> std::borrow::Cow<'a, str> {
     match hint {
@@ -516,5 +530,30 @@ impl Session {
         self.c.cluster = home.cluster;
         self.c.blue = home.blue;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{session_hint, MAX_SESSION_HINT};
+
+    /// A session's tenant hint is a short comment; a value too long for a tenant key gives
+    /// none (it would be appended to every text planned, and kept with long statements'
+    /// plans).
+    #[test]
+    fn long_session_hints_are_not_used() {
+        assert_eq!(
+            session_hint(Some("42")).as_deref(),
+            Some(" /* tenant_id='42' */")
+        );
+        assert_eq!(
+            session_hint(Some("a'b*/c")).as_deref(),
+            Some(" /* tenant_id='a\\'bc' */")
+        );
+        assert_eq!(session_hint(Some("")), None);
+        assert_eq!(session_hint(None), None);
+        let max = "7".repeat(MAX_SESSION_HINT);
+        assert!(session_hint(Some(&max)).is_some());
+        assert_eq!(session_hint(Some(&format!("{max}7"))), None);
     }
 }
