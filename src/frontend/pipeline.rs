@@ -110,9 +110,23 @@ pub struct Pipeline {
     /// Syncs sent so far: the batch a message belongs to (an error makes the server skip
     /// what follows it up to the next Sync, and no further).
     syncs: u64,
-    /// Statement ids with a Parse or Close in the queue: the batch of the latest, and how
-    /// many (see [`Pipeline::unsure`]).
-    statements: HashMap<u64, (u64, u32)>,
+    /// A message that may fail went to the server since the last Sync (an extended-
+    /// protocol one other than Close, which never fails): what follows it up to the next
+    /// Sync may be skipped.
+    batch_may_fail: bool,
+    /// Statement ids with a Parse or Close in the queue: the batch of the latest, how
+    /// many, and whether the latest may be skipped (see [`Pipeline::unsure`]).
+    statements: HashMap<u64, Op>,
+}
+
+/// The Parses and Closes of one statement id in the queue.
+#[derive(Debug, Default, Clone, Copy)]
+struct Op {
+    /// The batch (Syncs sent before it) of the latest.
+    batch: u64,
+    count: u32,
+    /// Something that may fail came before the latest in its batch.
+    skippable: bool,
 }
 
 thread_local! {
@@ -163,6 +177,7 @@ impl Pipeline {
             unsynced: false,
             lost_track: false,
             syncs: 0,
+            batch_may_fail: false,
             statements: HashMap::new(),
         }
     }
@@ -192,12 +207,21 @@ impl Pipeline {
         self.sync_points += usize::from(is_sync_point(&e));
         match e.req() {
             Some(Req::Parse { stmt: Some(id) } | Req::Close { evicted: Some(id) }) => {
-                let (batch, n) = self.statements.entry(*id).or_default();
-                *batch = self.syncs;
-                *n += 1;
+                let op = self.statements.entry(*id).or_default();
+                op.batch = self.syncs;
+                op.count += 1;
+                op.skippable = self.batch_may_fail;
             }
-            Some(Req::Sync) => self.syncs += 1,
+            Some(Req::Sync) => {
+                self.syncs += 1;
+                self.batch_may_fail = false;
+            }
             _ => {}
+        }
+        if e.req()
+            .is_some_and(|r| r.is_extended() && !matches!(r, Req::Close { .. }))
+        {
+            self.batch_may_fail = true;
         }
         self.q.push_back(e);
     }
@@ -210,9 +234,9 @@ impl Pipeline {
         if let Some(Req::Parse { stmt: Some(id) } | Req::Close { evicted: Some(id) }) =
             e.as_ref().and_then(Expect::req)
         {
-            if let Some((_, n)) = self.statements.get_mut(id) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(op) = self.statements.get_mut(id) {
+                op.count -= 1;
+                if op.count == 0 {
                     self.statements.remove(id);
                 }
             }
@@ -226,15 +250,18 @@ impl Pipeline {
     }
 
     /// Is a Parse or Close of statement `id` still unanswered in an earlier batch than the
-    /// one being sent? An error before it there makes the server skip it, so whether the
-    /// server will have the statement when this batch runs is not known yet: a message of
-    /// this batch that needs it prepares it again (Close, then Parse).
+    /// one being sent, behind something there that may fail? An error before it makes
+    /// the server skip it, so whether the server will have the statement when this batch
+    /// runs is not known yet: a message of this batch that needs it prepares it again
+    /// (Close, then Parse, first in the batch: a pipelining client does not get a Parse
+    /// in each batch). One first in its batch (as pgtenant's Parse before a batch's first
+    /// Bind) runs whatever came before.
     pub fn unsure(&self, id: u64) -> bool {
         !self.statements.is_empty()
             && self
                 .statements
                 .get(&id)
-                .is_some_and(|&(batch, _)| batch < self.syncs)
+                .is_some_and(|op| op.skippable && op.batch < self.syncs)
     }
 
     /// Does the server owe a ReadyForQuery the client will see (for its Sync, Query or
@@ -341,6 +368,29 @@ mod tests {
         p.pop_front(); // the Close
         assert!(!p.has_statement_op(7) && !p.unsure(7));
         assert!(p.statements.is_empty());
+    }
+
+    /// A Parse first in its batch (only a Close before it, which never fails) is never
+    /// skipped: later batches rely on it, and a pipelining client does not get a Parse in
+    /// each batch.
+    #[test]
+    fn a_statement_op_first_in_its_batch_is_sure() {
+        let mut p = Pipeline::default();
+        for _ in 0..3 {
+            p.push(Expect::Hidden {
+                req: Req::Close { evicted: Some(9) },
+                show_errors: false,
+            });
+            p.push(Expect::Hidden {
+                req: Req::Parse { stmt: Some(8) },
+                show_errors: true,
+            });
+            p.push(Expect::Forward(Req::Bind));
+            p.push(Expect::Forward(Req::Execute));
+            p.push(Expect::Forward(Req::Sync));
+            assert!(!p.unsure(8) && !p.unsure(9));
+        }
+        assert!(p.has_statement_op(8));
     }
 
     #[test]

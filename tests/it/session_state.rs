@@ -1714,3 +1714,60 @@ async fn a_sessions_settings_are_bounded() {
         "the log says why"
     );
 }
+
+/// A client that pipelines batches of a statement its server connection lacks gets one
+/// Parse on that connection, not one per batch: pgtenant's Parse is the first message of
+/// the first batch, nothing before it can make the server skip it, so the batches behind
+/// it rely on it (a Parse behind something that may fail is prepared again in later
+/// batches, see `a_statement_prepared_in_a_failed_batch_is_there_for_the_next`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_of_a_statement_get_one_parse() {
+    let pg = PgServer::start();
+    let (pt, _dir) = start_toml(
+        &pg,
+        "auth_type = \"trust\"\nadmin_users = [\"app\"]\nstats_period = 1\n",
+        2,
+    );
+    // SHOW STATS_TOTALS is brought up to date once a stats period.
+    let parses = || async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut admin = Raw::login(pt.port(), "app", "pgbouncer").await;
+        let msgs = admin.simple("SHOW STATS_TOTALS").await;
+        let row = msgs
+            .iter()
+            .filter(|m| m.tag == b'D')
+            .map(|m| {
+                let mut cols = Vec::new();
+                let mut at = 2;
+                for _ in 0..i16::from_be_bytes([m.body[0], m.body[1]]) {
+                    let len = i32::from_be_bytes(m.body[at..at + 4].try_into().unwrap());
+                    at += 4;
+                    cols.push(text(&m.body[at..at + len.max(0) as usize]));
+                    at += len.max(0) as usize;
+                }
+                cols
+            })
+            .find(|c| c[0] == "app")
+            .expect("a row for database app");
+        // database, server_assignment_count, xact_count, query_count, bytes_received,
+        // bytes_sent, xact_time, query_time, wait_time, client_parse_count,
+        // server_parse_count, bind_count
+        row[10].parse::<i64>().unwrap()
+    };
+    let mut r = Raw::login(pt.port(), "app", "app").await;
+    // Recorded only: no server connection has it yet.
+    r.send(&[parse("s2", "select 42", &[]), sync()].concat())
+        .await;
+    assert_eq!(tags(&r.until_ready().await), "1Z");
+    let before = parses().await;
+    let mut batch = Vec::new();
+    for _ in 0..8 {
+        batch.extend(bes("s2", &[]));
+    }
+    r.send(&batch).await;
+    for _ in 0..8 {
+        let msgs = r.until_ready().await;
+        assert_eq!(tags(&msgs), "2DCZ", "{msgs:?}");
+    }
+    assert_eq!(parses().await - before, 1, "one Parse for eight batches");
+}
