@@ -1813,3 +1813,68 @@ async fn an_error_in_a_held_transaction_fails_it() {
     assert_eq!(seen[3][0].cstr(), "ROLLBACK", "{:?}", seen[3]);
     assert_eq!(count().await, 1);
 }
+
+/// A prepare-only side trip inside a held transaction (BEGIN answered by pgtenant, no
+/// server yet: Parse and Describe go to a server while the BEGIN stays held) followed,
+/// in the same batch, by a Bind and Execute: the statement runs inside the client's
+/// transaction, so its ROLLBACK undoes it, as on a direct connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_bound_after_a_side_trip_runs_in_the_held_transaction() {
+    use support::wire::{bind, describe, execute, parse, query, sync, tags, Raw};
+    let cluster = CitusCluster::start(small(4, 4));
+    let admin = cluster
+        .coordinator
+        .client(support::SUPERUSER, support::SUPERUSER_PASSWORD, "app")
+        .await;
+    admin
+        .batch_execute("create table side_trip (x int); grant all on side_trip to public")
+        .await
+        .unwrap();
+    let (p, _dir) = start_pgtenant(&cluster, "auth_type = \"trust\"");
+    let port = p.port();
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut r = Raw::connect(port);
+        vec![
+            r.exchange(&[query("BEGIN")]),
+            r.exchange(&[
+                parse("", "insert into side_trip values (1)", &[]),
+                describe(b'S', ""),
+                bind("", "", &[]),
+                execute(""),
+                sync(),
+            ]),
+            r.exchange(&[query("ROLLBACK")]),
+            // Again, with a SAVEPOINT held too, a second statement, and a COMMIT.
+            r.exchange(&[query("BEGIN")]),
+            r.exchange(&[query("SAVEPOINT a")]),
+            r.exchange(&[
+                parse("", "insert into side_trip values (2)", &[]),
+                describe(b'S', ""),
+                bind("", "", &[]),
+                execute(""),
+                sync(),
+            ]),
+            r.exchange(&[query("ROLLBACK TO SAVEPOINT a")]),
+            r.exchange(&[query("insert into side_trip values (3)")]),
+            r.exchange(&[query("COMMIT")]),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(tags(&seen[1]), "1tn2CZ", "{:?}", seen[1]);
+    assert_eq!(seen[1].last().unwrap().body, b"T", "{:?}", seen[1]);
+    assert_eq!(tags(&seen[5]), "1tn2CZ", "{:?}", seen[5]);
+    for (i, m) in seen.iter().enumerate() {
+        assert!(!m.iter().any(|m| m.tag == b'E'), "{i}: {m:?}");
+    }
+    assert_eq!(seen[8][0].cstr(), "COMMIT");
+    let rows: Vec<i32> = admin
+        .query("select x from side_trip order by x", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // 1 and 2 ran inside the client's transaction (rolled back); 3 was committed.
+    assert_eq!(rows, vec![3], "only what the client committed stays");
+}

@@ -186,12 +186,73 @@ impl Session {
             {
                 Box::pin(self.settle_timeout_cancel()).await;
             }
+            if matches!(f.tag(), b'B' | b'Q' | b'F')
+                && self.held.iter().any(|h| matches!(h, Held::Answered(_)))
+            {
+                // A side trip (a prepare-only batch) inside a held transaction meets a
+                // statement that runs: the transaction opens here first, or the statement
+                // would run (and commit) outside it.
+                self.open_held_transaction_mid_batch();
+            }
             if let Err(e) = self.forward(f) {
                 tracing::warn!(user = %Escaped(&self.c.user), error = %e, "bad message from client");
                 self.c
                     .conn
                     .queue(&build::fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
                 return Ok(Flow::Quit);
+            }
+        }
+    }
+
+    /// Send the held BEGIN & co. to the attached server in the middle of the client's
+    /// extended-protocol batch: through the extended protocol under a name of pgtenant's
+    /// own (a simple query would drop the client's unnamed statement, and a Parse of the
+    /// unnamed one would replace it), each answer hidden. PostgreSQL turns the batch's
+    /// implicit transaction into the client's transaction block at the BEGIN.
+    fn open_held_transaction_mid_batch(&mut self) {
+        let held: Vec<Held> = std::mem::take(&mut self.held);
+        let Some(a) = self.attached.as_mut() else {
+            self.held = held;
+            return;
+        };
+        const NAME: &str = "pgt_tx";
+        for h in held {
+            let Held::Answered(q) = h else {
+                continue;
+            };
+            let Ok(sql) = decode::query_text(q.body()) else {
+                continue;
+            };
+            // A statement of that name left by an earlier batch that failed half-way (its
+            // Close skipped) goes first.
+            a.server.conn.queue(&Target::encode(b'C', b'S', NAME));
+            a.server.conn.queue(&build::parse(NAME, &sql));
+            // Bind portal NAME to statement NAME: no formats, no parameters, no result
+            // formats; Execute it unlimited; close both.
+            let mut bind = Vec::with_capacity(2 * NAME.len() + 8);
+            for _ in 0..2 {
+                bind.extend_from_slice(NAME.as_bytes());
+                bind.push(0);
+            }
+            bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+            a.server.conn.queue(&Frame::new(b'B', &bind));
+            let mut exec = NAME.as_bytes().to_vec();
+            exec.extend_from_slice(&[0, 0, 0, 0, 0]);
+            a.server.conn.queue(&Frame::new(b'E', &exec));
+            a.server.conn.queue(&Target::encode(b'C', b'S', NAME));
+            a.server.conn.queue(&Target::encode(b'C', b'P', NAME));
+            for req in [
+                Req::Close { evicted: None },
+                Req::Parse { stmt: None },
+                Req::Bind,
+                Req::Execute,
+                Req::Close { evicted: None },
+                Req::Close { evicted: None },
+            ] {
+                a.pipe.push(Expect::Hidden {
+                    req,
+                    show_errors: true,
+                });
             }
         }
     }
