@@ -201,27 +201,28 @@ impl Pipeline {
     }
 
     pub fn push(&mut self, e: Expect) {
-        if e.req().is_some_and(Req::is_extended) {
-            self.unsynced = true;
-        }
         self.sync_points += usize::from(is_sync_point(&e));
-        match e.req() {
-            Some(Req::Parse { stmt: Some(id) } | Req::Close { evicted: Some(id) }) => {
-                let op = self.statements.entry(*id).or_default();
-                op.batch = self.syncs;
-                op.count += 1;
-                op.skippable = self.batch_may_fail;
+        if let Some(req) = e.req() {
+            if req.is_extended() {
+                self.unsynced = true;
             }
-            Some(Req::Sync) => {
-                self.syncs += 1;
-                self.batch_may_fail = false;
+            match req {
+                Req::Parse { stmt: Some(id) } | Req::Close { evicted: Some(id) } => {
+                    let op = self.statements.entry(*id).or_default();
+                    op.batch = self.syncs;
+                    op.count += 1;
+                    op.skippable = self.batch_may_fail;
+                }
+                Req::Sync => {
+                    self.syncs += 1;
+                    self.batch_may_fail = false;
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        if e.req()
-            .is_some_and(|r| r.is_extended() && !matches!(r, Req::Close { .. }))
-        {
-            self.batch_may_fail = true;
+            // What may fail makes the rest of its batch skippable (a Close never fails).
+            if req.is_extended() && !matches!(req, Req::Close { .. }) {
+                self.batch_may_fail = true;
+            }
         }
         self.q.push_back(e);
     }

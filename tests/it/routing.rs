@@ -1706,12 +1706,8 @@ async fn an_error_in_a_held_transaction_fails_it() {
     let cluster = CitusCluster::start(small(4, 4));
     let admin = cluster
         .coordinator
-        .client(support::SUPERUSER, support::SUPERUSER_PASSWORD, "app")
+        .app_admin("create table held_fail (x int); grant all on held_fail to public")
         .await;
-    admin
-        .batch_execute("create table held_fail (x int); grant all on held_fail to public")
-        .await
-        .unwrap();
     let (p, _dir) = start_pgtenant(&cluster, "auth_type = \"trust\"");
     let port = p.port();
     let count = || async {
@@ -1824,12 +1820,8 @@ async fn a_statement_bound_after_a_side_trip_runs_in_the_held_transaction() {
     let cluster = CitusCluster::start(small(4, 4));
     let admin = cluster
         .coordinator
-        .client(support::SUPERUSER, support::SUPERUSER_PASSWORD, "app")
+        .app_admin("create table side_trip (x int); grant all on side_trip to public")
         .await;
-    admin
-        .batch_execute("create table side_trip (x int); grant all on side_trip to public")
-        .await
-        .unwrap();
     let (p, _dir) = start_pgtenant(&cluster, "auth_type = \"trust\"");
     let port = p.port();
     let seen = tokio::task::spawn_blocking(move || {

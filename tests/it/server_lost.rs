@@ -567,12 +567,8 @@ async fn lose_a_connection(pg: &PgServer, port: u16) -> Instant {
 async fn a_lost_connection_has_the_pools_idle_ones_checked() {
     let pg = PgServer::start();
     let admin = pg
-        .client(support::SUPERUSER, support::SUPERUSER_PASSWORD, "app")
+        .app_admin("CREATE SEQUENCE pgt_checks; GRANT USAGE, SELECT ON pgt_checks TO app")
         .await;
-    admin
-        .batch_execute("CREATE SEQUENCE pgt_checks; GRANT USAGE, SELECT ON pgt_checks TO app")
-        .await
-        .unwrap();
     // Checks only for suspect connections (an hour of idleness for the others).
     let (p, _dir) = start_pool(
         &pg,

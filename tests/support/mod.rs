@@ -809,6 +809,16 @@ impl PgServer {
         self.client(SUPERUSER, SUPERUSER_PASSWORD, "postgres").await
     }
 
+    /// A superuser tokio-postgres client on database `app`, after it ran `setup` there
+    /// (the tables a test reads behind pgtenant's back).
+    pub async fn app_admin(&self, setup: &str) -> tokio_postgres::Client {
+        let c = self.client(SUPERUSER, SUPERUSER_PASSWORD, "app").await;
+        c.batch_execute(setup)
+            .await
+            .unwrap_or_else(|e| panic!("{setup}: {e}"));
+        c
+    }
+
     /// Run psql against this server as the superuser over TCP, database `postgres`
     /// (`-X -v ON_ERROR_STOP=1` added; later `-d`/`-U` in `args` override).
     pub fn psql(&self, args: &[&str]) -> Output {

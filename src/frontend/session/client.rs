@@ -1,6 +1,8 @@
 //! Client → server: every complete frame the client sent, in order; what pgtenant answers
 //! itself when no server is attached.
-use super::forward::{fail_held_transaction, screen_parse, shown, Refusal};
+use super::forward::{
+    close_in_batch, fail_held_transaction, run_in_batch, screen_parse, shown, Refusal,
+};
 use super::relay::{emit_synthetic, queue_own};
 use super::*;
 
@@ -186,9 +188,7 @@ impl Session {
             {
                 Box::pin(self.settle_timeout_cancel()).await;
             }
-            if matches!(f.tag(), b'B' | b'Q' | b'F')
-                && self.held.iter().any(|h| matches!(h, Held::Answered(_)))
-            {
+            if matches!(f.tag(), b'B' | b'Q' | b'F') && self.holds_transaction() {
                 // A side trip (a prepare-only batch) inside a held transaction meets a
                 // statement that runs: the transaction opens here first, or the statement
                 // would run (and commit) outside it.
@@ -225,35 +225,10 @@ impl Session {
             };
             // A statement of that name left by an earlier batch that failed half-way (its
             // Close skipped) goes first.
-            a.server.conn.queue(&Target::encode(b'C', b'S', NAME));
-            a.server.conn.queue(&build::parse(NAME, &sql));
-            // Bind portal NAME to statement NAME: no formats, no parameters, no result
-            // formats; Execute it unlimited; close both.
-            let mut bind = Vec::with_capacity(2 * NAME.len() + 8);
-            for _ in 0..2 {
-                bind.extend_from_slice(NAME.as_bytes());
-                bind.push(0);
-            }
-            bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-            a.server.conn.queue(&Frame::new(b'B', &bind));
-            let mut exec = NAME.as_bytes().to_vec();
-            exec.extend_from_slice(&[0, 0, 0, 0, 0]);
-            a.server.conn.queue(&Frame::new(b'E', &exec));
-            a.server.conn.queue(&Target::encode(b'C', b'S', NAME));
-            a.server.conn.queue(&Target::encode(b'C', b'P', NAME));
-            for req in [
-                Req::Close { evicted: None },
-                Req::Parse { stmt: None },
-                Req::Bind,
-                Req::Execute,
-                Req::Close { evicted: None },
-                Req::Close { evicted: None },
-            ] {
-                a.pipe.push(Expect::Hidden {
-                    req,
-                    show_errors: true,
-                });
-            }
+            close_in_batch(a, b'S', NAME);
+            run_in_batch(a, NAME, &sql);
+            close_in_batch(a, b'S', NAME);
+            close_in_batch(a, b'P', NAME);
         }
     }
 

@@ -24,14 +24,7 @@ impl Session {
             Some(a) => raise_in_batch(a, refusal),
             None => {
                 self.c.conn.queue(&refusal.error());
-                if self.held.iter().any(|h| matches!(h, Held::Answered(_))) {
-                    // A transaction pgtenant holds (its BEGIN answered, no server yet)
-                    // fails as PostgreSQL's would: ReadyForQuery says so, and what the
-                    // client sends next goes to a server, where the held transaction is
-                    // opened and failed first (see `HELD_FAILED`), so that its statements
-                    // get 25P02 and its COMMIT rolls back.
-                    self.client_tx = b'E';
-                }
+                self.fail_held_transaction_if_any();
             }
         }
         self.skip_until_sync = true;
@@ -486,20 +479,45 @@ impl Refusal {
 /// would, and the client gets the error in its place among the answers
 /// ([`Session::refuse_in_batch`] skips the client's messages up to its Sync).
 fn raise_in_batch(a: &mut Attached, refusal: &Refusal) {
-    a.server.conn.queue(&build::parse("", &refusal.raise_sql()));
-    // Bind "" to "": no formats, no parameters, no result formats; Execute "" unlimited.
-    a.server
-        .conn
-        .queue(&Frame::new(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
-    a.server.conn.queue(&Frame::new(b'E', &[0, 0, 0, 0, 0]));
+    run_in_batch(a, "", &refusal.raise_sql());
+    // The client's unnamed statement there is replaced.
+    a.server.unnamed_owner = 0;
+}
+
+/// Run `sql` on the server inside the client's extended-protocol batch: Parse, Bind and
+/// Execute under statement and portal `name` (the unnamed ones for ""), no parameters,
+/// their answers hidden and an error shown to the client in its place.
+pub(super) fn run_in_batch(a: &mut Attached, name: &str, sql: &str) {
+    a.server.conn.queue(&build::parse(name, sql));
+    // Bind portal `name` to statement `name`: no formats, no parameters, no result
+    // formats; then Execute it unlimited.
+    let mut bind = Vec::with_capacity(2 * name.len() + 8);
+    for _ in 0..2 {
+        bind.extend_from_slice(name.as_bytes());
+        bind.push(0);
+    }
+    bind.extend_from_slice(&[0; 6]);
+    a.server.conn.queue(&Frame::new(b'B', &bind));
+    let mut exec = Vec::with_capacity(name.len() + 5);
+    exec.extend_from_slice(name.as_bytes());
+    exec.extend_from_slice(&[0; 5]);
+    a.server.conn.queue(&Frame::new(b'E', &exec));
     for req in [Req::Parse { stmt: None }, Req::Bind, Req::Execute] {
         a.pipe.push(Expect::Hidden {
             req,
             show_errors: true,
         });
     }
-    // The client's unnamed statement there is replaced.
-    a.server.unnamed_owner = 0;
+}
+
+/// Close statement or portal (`kind` b'S' / b'P') `name` on the server, the answer
+/// hidden (a Close never fails: closing what does not exist succeeds).
+pub(super) fn close_in_batch(a: &mut Attached, kind: u8, name: &str) {
+    a.server.conn.queue(&Target::encode(b'C', kind, name));
+    a.pipe.push(Expect::Hidden {
+        req: Req::Close { evicted: None },
+        show_errors: false,
+    });
 }
 
 /// The error the server raises, unseen, to fail a held transaction that failed in
@@ -572,13 +590,7 @@ fn prepared_on(a: &mut Attached, id: u64) -> bool {
 /// that exists fails, a Close of one that does not succeeds.
 pub(super) fn prepare_on(a: &mut Attached, def: &StatementDef, cap: usize, visible: bool) {
     if a.pipe.unsure(def.id) | a.server.prepared.take_doubt(def.id) {
-        a.server
-            .conn
-            .queue(&Target::encode(b'C', b'S', &def.server_name));
-        a.pipe.push(Expect::Hidden {
-            req: Req::Close { evicted: None },
-            show_errors: false,
-        });
+        close_in_batch(a, b'S', &def.server_name);
     }
     if let Some(victim) = a.server.prepared.insert(def.id, cap) {
         a.server

@@ -286,10 +286,7 @@ impl Session {
     /// transaction; an extended-protocol statement must also end its group
     /// ([`Session::bind_ends_its_group`]).
     fn own_transaction(&self) -> bool {
-        self.client_tx == b'I'
-            && !self.pinned
-            && !self.view.unreadable
-            && !self.held.iter().any(|h| matches!(h, Held::Answered(_)))
+        self.client_tx == b'I' && !self.pinned && !self.view.unreadable && !self.holds_transaction()
     }
 
     /// The Bind being routed is followed, in what the client already sent, by nothing but
@@ -307,6 +304,23 @@ impl Session {
                 Some(b'S') => return true,
                 _ => return false,
             }
+        }
+    }
+
+    /// Is the client in a transaction pgtenant holds (its BEGIN answered, not yet sent to
+    /// a server)?
+    pub(super) fn holds_transaction(&self) -> bool {
+        holds_transaction(&self.held)
+    }
+
+    /// An error reached the client inside a transaction pgtenant holds: that transaction
+    /// has failed, as PostgreSQL's would. ReadyForQuery says `E`, nothing more is held,
+    /// and the next message opens and fails it on the coordinator (see
+    /// `forward::fail_held_transaction`), so its statements get 25P02 and its COMMIT
+    /// rolls back.
+    pub(super) fn fail_held_transaction_if_any(&mut self) {
+        if self.holds_transaction() {
+            self.client_tx = b'E';
         }
     }
 
@@ -338,7 +352,7 @@ impl Session {
         if self.mode != PoolMode::Transaction {
             return false;
         }
-        let in_held_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
+        let in_held_tx = self.holds_transaction();
         match t {
             TxControl::Begin if !in_held_tx && self.client_tx == b'I' && self.held.is_empty() => {
                 self.held.push(Held::Answered(f.clone()));
@@ -378,7 +392,7 @@ impl Session {
         if self.mode != PoolMode::Transaction {
             return false;
         }
-        let in_held_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
+        let in_held_tx = self.holds_transaction();
         let held_parses = self
             .held
             .iter()
@@ -477,6 +491,11 @@ pub(super) fn session_hint(value: Option<&str>) -> Option<String> {
                     .replace("*/", "")
             )
         })
+}
+
+/// [`Session::holds_transaction`], for a caller that has the session's fields apart.
+pub(super) fn holds_transaction(held: &[Held]) -> bool {
+    held.iter().any(|h| matches!(h, Held::Answered(_)))
 }
 
 /// `sql` with the session's tenant hint appended, if there is one.

@@ -67,13 +67,14 @@ impl Session {
                             self.ctx.tenants.error(k);
                         }
                     }
-                    if (!hidden || show_errors)
-                        && self.held.iter().any(|h| matches!(h, Held::Answered(_)))
-                    {
-                        // A side trip (a prepare-only batch) inside a transaction pgtenant
-                        // holds failed: so does that transaction, as PostgreSQL's would
-                        // (see `Session::refuse_in_batch`).
-                        self.client_tx = b'E';
+                    if !hidden || show_errors {
+                        // A side trip (a prepare-only batch) inside a transaction
+                        // pgtenant holds failed: so does that transaction.
+                        // (`Session::fail_held_transaction_if_any`, with the server
+                        // connection borrowed.)
+                        if super::holds::holds_transaction(&self.held) {
+                            self.client_tx = b'E';
+                        }
                     }
                     if is_fatal(f.body()) {
                         // The server ends the connection (a shutdown, pg_terminate_backend,
@@ -144,7 +145,7 @@ impl Session {
                     a.server.tx_status = st;
                     // Inside a transaction pgtenant holds (BEGIN answered, no node yet), a
                     // side trip's ReadyForQuery must still say "in transaction".
-                    let holding_tx = self.held.iter().any(|h| matches!(h, Held::Answered(_)));
+                    let holding_tx = super::holds::holds_transaction(&self.held);
                     let client_st = match st {
                         b'I' if holding_tx && self.client_tx == b'E' => b'E',
                         b'I' if holding_tx => b'T',
