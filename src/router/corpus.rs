@@ -251,6 +251,11 @@ pub const CORPUS: &[(&str, Expect)] = {
         ),
         ("COMMIT", Transaction(TxControl::Commit)),
         ("ROLLBACK", Transaction(TxControl::Rollback)),
+        ("COMMIT AND CHAIN", Coordinator(Reason::TransactionControl)),
+        (
+            "ROLLBACK AND CHAIN",
+            Coordinator(Reason::TransactionControl),
+        ),
         (
             r#"SAVEPOINT "s140245_x1""#,
             Transaction(TxControl::Savepoint),

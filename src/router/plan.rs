@@ -244,6 +244,12 @@ fn plan_statement(stmt: &Statement, catalog: &dyn Catalog, hint: Option<&KeySour
             analyze::plan_dml(stmt, catalog, hint)
         }
         S::StartTransaction { .. } => Plan::Transaction(TxControl::Begin),
+        // `AND CHAIN` starts the next transaction at once (ReadyForQuery `T`): not a plain
+        // end that pgtenant could answer for a held transaction; the server runs it.
+        // (sqlparser marks `AND NO CHAIN` the same way; it goes to the server too.)
+        S::Commit { chain: true, .. } | S::Rollback { chain: true, .. } => {
+            Plan::Coordinator(Reason::TransactionControl)
+        }
         S::Commit { .. } => Plan::Transaction(TxControl::Commit),
         S::Rollback {
             savepoint: None, ..

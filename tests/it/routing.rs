@@ -1787,7 +1787,7 @@ async fn an_error_in_a_held_transaction_fails_it() {
 
     // A prepare-only batch (a side trip to a server while the BEGIN stays held) that the
     // server refuses fails the transaction too.
-    let seen = tokio::task::spawn_blocking(move || {
+    let (r, seen) = tokio::task::spawn_blocking(move || {
         let seen = vec![
             r.exchange(&[query("BEGIN")]),
             r.exchange(&[
@@ -1798,7 +1798,7 @@ async fn an_error_in_a_held_transaction_fails_it() {
             r.exchange(&[query("insert into held_fail values (3)")]),
             r.exchange(&[query("COMMIT")]),
         ];
-        seen
+        (r, seen)
     })
     .await
     .unwrap();
@@ -1808,6 +1808,181 @@ async fn an_error_in_a_held_transaction_fails_it() {
     assert_eq!(seen[2][0].sqlstate(), "25P02", "{:?}", seen[2]);
     assert_eq!(seen[3][0].cstr(), "ROLLBACK", "{:?}", seen[3]);
     assert_eq!(count().await, 1);
+
+    // An unnamed Parse held for its Bind, then a refused Parse in the same batch: the
+    // error answers the batch, and the held Parse is not replayed later (its
+    // ParseComplete would answer the next batch's Parse).
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut r = r;
+        vec![
+            r.exchange(&[query("BEGIN")]),
+            r.exchange(&[
+                parse("", "select 7", &[]),
+                parse("dup", "select 2", &[]),
+                sync(),
+            ]),
+            r.exchange(&[query("ROLLBACK")]),
+            r.exchange(&[
+                parse("", "select 8", &[]),
+                support::wire::bind("", "", &[]),
+                support::wire::execute(""),
+                sync(),
+            ]),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(tags(&seen[1]), "EZ", "{:?}", seen[1]);
+    assert_eq!(seen[2][0].cstr(), "ROLLBACK", "{:?}", seen[2]);
+    assert_eq!(tags(&seen[3]), "12DCZ", "{:?}", seen[3]);
+    assert_eq!(seen[3][2].value(), "8");
+}
+
+/// The pool has no connection for the first statement of a held transaction (BEGIN
+/// answered by pgtenant): the transaction fails as PostgreSQL's would on an error, so a
+/// later statement of it does not commit; its ROLLBACK or COMMIT is answered at once,
+/// with no server (the pool may still be exhausted). `COMMIT AND CHAIN` is not a plain
+/// end: the server runs it, and the next transaction is open.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_error_in_a_held_transaction_fails_it() {
+    use support::wire::{bind, execute, parse, query, sync, tags, Raw};
+    let cluster = CitusCluster::start(small(4, 4));
+    let admin = cluster
+        .coordinator
+        .app_admin("create table held_wait (x int); grant all on held_wait to public")
+        .await;
+    let (p, _dir) = start_pgtenant(&cluster, "auth_type = \"trust\"\nquery_wait_timeout = 1");
+    let port = p.port();
+    let count = || async {
+        admin
+            .query_one("select count(*) from held_wait", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // Every coordinator connection (pool_size 8) is held by a transaction.
+    let mut holders = Vec::new();
+    for _ in 0..8 {
+        let c = client(&p).await;
+        c.batch_execute("begin; select count(*) from held_wait")
+            .await
+            .unwrap();
+        holders.push(c);
+    }
+    let status = |m: &[support::wire::Msg]| m.last().map(|z| z.body.clone());
+    let (r, seen, ended_in) = tokio::task::spawn_blocking(move || {
+        let mut r = Raw::connect(port);
+        let mut seen = vec![
+            r.exchange(&[query("BEGIN")]),
+            r.exchange(&[query("insert into held_wait values (1)")]),
+        ];
+        let t = std::time::Instant::now();
+        seen.push(r.exchange(&[query("ROLLBACK")]));
+        let simple = t.elapsed();
+        seen.push(r.exchange(&[query("BEGIN")]));
+        seen.push(r.exchange(&[
+            parse("", "insert into held_wait values (2)", &[]),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ]));
+        let t = std::time::Instant::now();
+        seen.push(r.exchange(&[
+            parse("", "COMMIT", &[]),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ]));
+        let extended = t.elapsed();
+        // Outside a transaction, a batch whose Bind found no connection: its Parse (held
+        // for the Bind's tenant) is answered by the error, not later.
+        for _ in 0..2 {
+            seen.push(r.exchange(&[
+                parse("", "select 1", &[]),
+                bind("", "", &[]),
+                execute(""),
+                sync(),
+            ]));
+        }
+        (r, seen, [simple, extended])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status(&seen[0]),
+        Some(b"T".to_vec()),
+        "BEGIN: {:?}",
+        seen[0]
+    );
+    assert_eq!(tags(&seen[1]), "EZ", "{:?}", seen[1]);
+    assert!(
+        seen[1][0]
+            .field(b'M')
+            .is_some_and(|m| m.contains("query_wait_timeout")),
+        "{:?}",
+        seen[1]
+    );
+    assert_eq!(
+        status(&seen[1]),
+        Some(b"E".to_vec()),
+        "the held transaction failed"
+    );
+    assert_eq!(tags(&seen[2]), "CZ", "{:?}", seen[2]);
+    assert_eq!(seen[2][0].cstr(), "ROLLBACK");
+    assert_eq!(status(&seen[2]), Some(b"I".to_vec()));
+    assert_eq!(tags(&seen[4]), "EZ", "{:?}", seen[4]);
+    assert_eq!(status(&seen[4]), Some(b"E".to_vec()), "{:?}", seen[4]);
+    assert_eq!(tags(&seen[5]), "12CZ", "{:?}", seen[5]);
+    assert_eq!(
+        seen[5][2].cstr(),
+        "ROLLBACK",
+        "COMMIT of a failed transaction"
+    );
+    assert_eq!(status(&seen[5]), Some(b"I".to_vec()));
+    assert_eq!(tags(&seen[6]), "EZ", "{:?}", seen[6]);
+    assert_eq!(tags(&seen[7]), "EZ", "{:?}", seen[7]);
+    for e in ended_in {
+        assert!(
+            e < std::time::Duration::from_millis(500),
+            "answered without a server: {e:?}"
+        );
+    }
+
+    // With a connection free again: the failed transaction's later statement gets 25P02
+    // and its COMMIT commits nothing; AND CHAIN opens the next transaction.
+    let first = holders.pop().unwrap();
+    first.batch_execute("commit").await.unwrap();
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut r = r;
+        let mut seen = vec![
+            r.exchange(&[query("BEGIN")]),
+            r.exchange(&[query("COMMIT AND CHAIN")]),
+            r.exchange(&[query("insert into held_wait values (3)")]),
+            r.exchange(&[query("ROLLBACK")]),
+        ];
+        seen.push(r.exchange(&[query("insert into held_wait values (4)")]));
+        seen.push(r.exchange(&[
+            parse("", "select 2", &[]),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ]));
+        seen
+    })
+    .await
+    .unwrap();
+    assert_eq!(status(&seen[1]), Some(b"T".to_vec()), "{:?}", seen[1]);
+    assert_eq!(tags(&seen[2]), "CZ", "{:?}", seen[2]);
+    assert_eq!(status(&seen[3]), Some(b"I".to_vec()), "{:?}", seen[3]);
+    assert_eq!(tags(&seen[4]), "CZ", "{:?}", seen[4]);
+    assert_eq!(
+        tags(&seen[5]),
+        "12DCZ",
+        "no answer of an earlier batch: {:?}",
+        seen[5]
+    );
+    assert_eq!(count().await, 1, "only the last insert stays");
+    drop(holders);
 }
 
 /// A prepare-only side trip inside a held transaction (BEGIN answered by pgtenant, no

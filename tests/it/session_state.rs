@@ -1599,6 +1599,60 @@ async fn pgtenants_own_extended_errors_fail_the_transaction() {
     assert_eq!(tags(&a.until_ready().await), "2DCZ");
 }
 
+/// A failed transaction runs nothing but its end: DEALLOCATE, LISTEN and UNLISTEN there
+/// (which pgtenant otherwise answers itself, as commands of the client's view) get
+/// 25P02 from the server as on a direct connection, and change nothing: the statement
+/// stays, no channel is listened to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_commands_in_a_failed_transaction_are_refused() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let mut a = Raw::login(pt.port(), "app", "app").await;
+    assert_eq!(a.command("PREPARE q AS select 42").await, "PREPARE");
+    a.send(&[parse("p", "select 'p'", &[]), sync()].concat())
+        .await;
+    assert_eq!(tags(&a.until_ready().await), "1Z");
+    a.simple("BEGIN").await;
+    assert_eq!(a.error("select 1/0").await, "22012");
+    for sql in [
+        "DEALLOCATE q",
+        "DEALLOCATE p",
+        "DEALLOCATE ALL",
+        "LISTEN ch",
+        "UNLISTEN *",
+    ] {
+        assert_eq!(a.error(sql).await, "25P02", "{sql}");
+    }
+    // The same through the extended protocol's unnamed statement.
+    a.send(
+        &[
+            parse("", "DEALLOCATE ALL", &[]),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let msgs = a.until_ready().await;
+    assert_eq!(tags(&msgs), "EZ", "{msgs:?}");
+    assert_eq!(msgs[0].sqlstate(), "25P02");
+    assert_eq!(a.command("ROLLBACK").await, "ROLLBACK");
+    assert_eq!(a.value("EXECUTE q").await, "42");
+    a.send(&bes("p", &[])).await;
+    let msgs = a.until_ready().await;
+    assert_eq!(tags(&msgs), "2DCZ", "{msgs:?}");
+    // Nothing listens: a NOTIFY on the channel reaches nobody.
+    let c = connect(&app_url(&pt)).await;
+    c.batch_execute("NOTIFY ch, 'x'").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let msgs = a.simple("select 1").await;
+    assert!(
+        msgs.iter().all(|m| m.tag != b'A'),
+        "a LISTEN refused in a failed transaction got a notification: {msgs:?}"
+    );
+}
+
 /// A statement pgtenant prepares on a server connection for a client's Bind is skipped
 /// when an earlier message of that batch fails; a batch the client pipelined behind it
 /// (after its Sync) still finds the statement, as on a direct connection where the

@@ -400,6 +400,7 @@ impl Session {
     /// client may retry on this connection), then ReadyForQuery for a simple Query (or
     /// what follows an extended group at its Sync).
     pub(super) fn refuse_first(&mut self, first: &Frame, code: &str, message: &str) {
+        self.refused_without_server();
         self.c.conn.queue(&build::error(code, message));
         match first.tag() {
             b'Q' | b'F' | b'S' => self.c.conn.queue(&build::ready_for_query(self.client_tx)),

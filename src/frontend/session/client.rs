@@ -171,10 +171,8 @@ impl Session {
                             // A batch's server connection broke under this statement.
                             return Ok(Flow::Quit);
                         }
-                        if self.skip_until_sync {
-                            // The batch was refused: its held Parses go with it.
-                            self.held.retain(|h| !matches!(h, Held::Parse(_)));
-                        }
+                        // (A refused batch's held Parses went with it:
+                        // `refused_without_server`.)
                         continue;
                     }
                 }
@@ -474,6 +472,11 @@ impl Session {
 
     /// [`Session::client_view_command`] for a statement already classified.
     pub(super) fn view_command(&mut self, cmd: Command) -> Result<Option<&'static str>, Refusal> {
+        if self.client_tx == b'E' {
+            // A failed transaction runs nothing but its end: the server refuses the
+            // command (25P02) as it would any, and the view stays as it was.
+            return Ok(None);
+        }
         match cmd {
             Command::Listen { channel } if self.mode != PoolMode::Session => {
                 let (max_client, max_pool) = {

@@ -23,8 +23,8 @@ impl Session {
         match self.attached.as_deref_mut() {
             Some(a) => raise_in_batch(a, refusal),
             None => {
+                self.refused_without_server();
                 self.c.conn.queue(&refusal.error());
-                self.fail_held_transaction_if_any();
             }
         }
         self.skip_until_sync = true;
@@ -283,6 +283,24 @@ impl Session {
         let Some(a) = self.attached.as_mut() else {
             return Ok(());
         };
+        if let ([cmd], b'E') = (&cmds[..], self.client_tx) {
+            if matches!(
+                cmd,
+                Command::Prepare { .. }
+                    | Command::Execute { .. }
+                    | Command::Deallocate { .. }
+                    | Command::DiscardAll
+                    | Command::Listen { .. }
+                    | Command::Unlisten { .. }
+            ) {
+                // A failed transaction runs nothing but its end: the server refuses this
+                // (25P02), and nothing of the client's statements is prepared, dropped or
+                // forgotten for it.
+                a.server.conn.queue(f);
+                a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
+                return Ok(());
+            }
+        }
         if let Some(refusal) = reserved_refusal(&cmds) {
             raise_on_server(Some(a), &refusal);
             return Ok(());

@@ -3,6 +3,8 @@
 use super::attach::WorkerAttach;
 use super::limits::limited_tenant;
 use super::*;
+use crate::citus::ShardMap;
+use crate::router::Plan;
 
 impl Session {
     /// The first message with no server attached: decide the node (tenant routing in
@@ -109,7 +111,13 @@ impl Session {
             _ if self.held_full() => Decision::Coordinator(RouteReason::NoKey),
             // A held transaction that failed in pgtenant (`refuse_in_batch`): it is opened
             // and failed on the coordinator, which answers the rest as PostgreSQL would.
-            _ if self.client_tx == b'E' => Decision::Coordinator(RouteReason::TransactionControl),
+            // Its COMMIT or ROLLBACK needs no server: pgtenant answers it (`end_failed_held`).
+            _ if self.client_tx == b'E' => {
+                if self.end_failed_held(&f, &map, session_hint.as_deref()) {
+                    return None;
+                }
+                Decision::Coordinator(RouteReason::TransactionControl)
+            }
             b'Q' => match decode::query_text(f.body()) {
                 Ok(sql) if !self.routable(&sql) => Decision::Coordinator(RouteReason::Encoding),
                 Ok(sql) => match keep_tenant(
@@ -146,20 +154,7 @@ impl Session {
                     Some((sql, def)) => match keep_tenant(
                         &mut tenant,
                         decide_bind_keyed(
-                            match &def {
-                                Some(def) => planner.plan_named(
-                                    &sql,
-                                    session_hint.as_deref(),
-                                    &map.tables,
-                                    map.version,
-                                    &def.plan,
-                                ),
-                                None => planner.plan_extended(
-                                    &hinted(&sql, session_hint.as_deref()),
-                                    &map.tables,
-                                    map.version,
-                                ),
-                            },
+                            self.plan_bound(&sql, def.as_deref(), &map, session_hint.as_deref()),
                             &map,
                             health,
                             &b,
@@ -256,6 +251,81 @@ impl Session {
         self.attach_home(&f, pool, running).await.then_some(f)
     }
 
+    /// The plan of the statement a Bind names (`sql`, and its definition when the client
+    /// prepared it by name), with the session's tenant hint.
+    fn plan_bound(
+        &self,
+        sql: &str,
+        def: Option<&StatementDef>,
+        map: &ShardMap,
+        hint: Option<&str>,
+    ) -> Arc<Plan> {
+        let planner = self.ctx.router.planner();
+        match def {
+            Some(def) => planner.plan_named(sql, hint, &map.tables, map.version, &def.plan),
+            None => planner.plan_extended(&hinted(sql, hint), &map.tables, map.version),
+        }
+    }
+
+    /// A transaction pgtenant held failed (`fail_held_transaction_if_any`) and nothing of
+    /// it ran on a server: its COMMIT or ROLLBACK is answered here, as PostgreSQL answers
+    /// both in a failed transaction (`ROLLBACK`, then ReadyForQuery `I`). No server is
+    /// needed, so a client whose transaction failed because the pool had none (its
+    /// query_wait_timeout) can end it at once. True: answered. Anything else (`ROLLBACK
+    /// TO`, `AND CHAIN`, a statement) goes to the coordinator, which replays and fails the
+    /// transaction and answers as PostgreSQL would.
+    fn end_failed_held(&mut self, f: &Frame, map: &ShardMap, hint: Option<&str>) -> bool {
+        if !self.holds_transaction() {
+            return false;
+        }
+        let ends = |p: &Plan| {
+            matches!(
+                p,
+                Plan::Transaction(TxControl::Commit | TxControl::Rollback)
+            )
+        };
+        match f.tag() {
+            b'Q' => {
+                let Ok(sql) = decode::query_text(f.body()) else {
+                    return false;
+                };
+                let planner = self.ctx.router.planner();
+                ends(&planner.plan_simple(&sql, &map.tables, map.version).plan)
+                    && self.hold_transaction_control(TxControl::Rollback, "ROLLBACK", f)
+            }
+            // The Parse of such an end is held for its Bind, as in a transaction that
+            // has not failed.
+            b'P' => {
+                let Ok(parse) = Parse::decode(f.body()) else {
+                    return false;
+                };
+                let planner = self.ctx.router.planner();
+                let plan = planner.plan_extended(&parse.query, &map.tables, map.version);
+                if ends(&plan) {
+                    self.held.push(Held::Parse(f.clone()));
+                }
+                ends(&plan)
+            }
+            b'B' => {
+                let Ok(b) = Bind::decode(f.body()) else {
+                    return false;
+                };
+                let Some((sql, def)) = self.statement_text(b.statement) else {
+                    return false;
+                };
+                b.portal.is_empty()
+                    && ends(&self.plan_bound(&sql, def.as_deref(), map, hint))
+                    && self.hold_extended_transaction_control(
+                        TxControl::Rollback,
+                        "ROLLBACK",
+                        &sql,
+                        b.statement.is_empty(),
+                    )
+            }
+            _ => false,
+        }
+    }
+
     /// Count the route (SHOW ROUTES) and keep the transaction's tenant for the tenant
     /// sketches when a key or hint decided, with the node of `pool`.
     fn note_route(
@@ -322,6 +392,16 @@ impl Session {
         if self.holds_transaction() {
             self.client_tx = b'E';
         }
+    }
+
+    /// pgtenant refuses a message of the client's batch with no server attached (its
+    /// error goes out now, the rest of the batch is skipped). The Parses held for the
+    /// batch's Bind go with it: the error is their answer, as if the first of them had
+    /// failed, and none is replayed (with a ParseComplete the client no longer waits
+    /// for) on the server a later batch takes. A transaction pgtenant holds fails.
+    pub(super) fn refused_without_server(&mut self) {
+        self.held.retain(|h| !matches!(h, Held::Parse(_)));
+        self.fail_held_transaction_if_any();
     }
 
     /// Messages held while no node is chosen are bounded (by count and bytes): past that
