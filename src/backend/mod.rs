@@ -60,6 +60,12 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// ParameterStatus names a server connection remembers.
 pub const MAX_SERVER_PARAMS: usize = 256;
 
+/// The most a query of pgtenant's own ([`ServerConn::query_rows`]: the shard map, the
+/// catalog reads) may return, counted as [`ServerConn::query_rows_within`] does: about a
+/// million shard rows, far above a real cluster's, and a bound on what a server that
+/// answers without end can make pgtenant keep.
+pub const MAX_INTERNAL_ROWS: usize = 256 * 1024 * 1024;
+
 pub struct ServerConn {
     pub conn: Connection,
     /// pgtenant's own id for this connection (admin console, logs).
@@ -160,17 +166,19 @@ impl ServerConn {
     }
 
     /// Run a query of pgtenant's own and return its rows as text (NULL = None). For
-    /// metadata and settings reads, never on the per-statement path.
+    /// metadata and settings reads, never on the per-statement path. At most
+    /// [`MAX_INTERNAL_ROWS`] of rows (see [`Self::query_rows_within`]).
     pub async fn query_rows(
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
-        self.query_rows_within(sql, usize::MAX).await
+        self.query_rows_within(sql, MAX_INTERNAL_ROWS).await
     }
 
-    /// [`Self::query_rows`] whose rows may hold at most `max` bytes of values: beyond,
-    /// the rest is read and dropped (the connection stays in step) and the query fails
-    /// with [`BackendError::TooLarge`].
+    /// [`Self::query_rows`] whose rows may take at most `max` bytes (their values, and
+    /// what pgtenant keeps per column, so that a million NULLs count too): beyond, the
+    /// rest is read and dropped (the connection stays in step) and the query fails with
+    /// [`BackendError::TooLarge`].
     pub async fn query_rows_within(
         &mut self,
         sql: &str,
@@ -180,18 +188,19 @@ impl ServerConn {
         self.read_rows(max).await
     }
 
-    /// [`Self::query_rows`] with parameters (`$1`, …, sent as text with the extended
-    /// protocol, so a value is never read as SQL).
-    pub async fn query_params(
+    /// [`Self::query_rows_within`] with parameters (`$1`, …, sent as text with the
+    /// extended protocol, so a value is never read as SQL).
+    pub async fn query_params_within(
         &mut self,
         sql: &str,
         params: &[&str],
+        max: usize,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         for f in build::extended_query(sql, params) {
             self.conn.queue(&f);
         }
         self.conn.flush().await?;
-        self.read_rows(usize::MAX).await
+        self.read_rows(max).await
     }
 
     /// The rows up to ReadyForQuery (at most `max` bytes of values, see
@@ -208,12 +217,15 @@ impl ServerConn {
                     break;
                 }
                 b'D' if failed.is_none() => {
-                    bytes = bytes.saturating_add(f.body().len());
+                    let row = data_row(f.body())?;
+                    let kept = std::mem::size_of::<Vec<Option<String>>>()
+                        + row.len() * std::mem::size_of::<Option<String>>();
+                    bytes = bytes.saturating_add(f.body().len() + kept);
                     if bytes > max {
                         rows = Vec::new();
                         failed = Some(Err(BackendError::TooLarge(max)));
                     } else {
-                        rows.push(data_row(f.body())?);
+                        rows.push(row);
                     }
                 }
                 b'D' => {}

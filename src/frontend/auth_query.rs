@@ -369,12 +369,14 @@ async fn fetch(
         None => (connect(l).await?, false),
     };
     let started = Instant::now();
-    let mut rows = conn.query_params(&l.sql, &[user]).await;
-    if reused && matches!(&rows, Err(e) if !matches!(e, BackendError::Server(_))) {
+    let mut rows = conn.query_params_within(&l.sql, &[user], MAX_ANSWER).await;
+    if reused
+        && matches!(&rows, Err(e) if !matches!(e, BackendError::Server(_) | BackendError::TooLarge(_)))
+    {
         // The server closed the kept connection (a restart, a terminate): once more on
         // a new one.
         conn = connect(l).await?;
-        rows = conn.query_params(&l.sql, &[user]).await;
+        rows = conn.query_params_within(&l.sql, &[user], MAX_ANSWER).await;
     }
     match rows {
         Ok(rows) => {
@@ -391,6 +393,10 @@ async fn fetch(
         Err(e) => Err(Failure::Broken(e)),
     }
 }
+
+/// The most an auth_query answer may hold (one user's row is a few hundred bytes): more
+/// fails the lookup, and pgtenant does not keep it.
+const MAX_ANSWER: usize = 1024 * 1024;
 
 async fn connect(l: &Lookup) -> Result<ServerConn, Failure> {
     backend::connect(&l.params).await.map_err(Failure::Connect)

@@ -429,6 +429,29 @@ async fn auth_user_without_rights() {
     assert_refused(port, "nobody", "pw", "app").await;
 }
 
+/// An auth_query whose answer is larger than any user's row (here 200,000 rows, as a
+/// wrong query or a hostile server would send) fails the lookup with a warning that
+/// says why; pgtenant keeps at most 1 MiB of it, and logins of other users work.
+#[tokio::test]
+async fn an_oversized_auth_query_answer_is_refused() {
+    let pg = PgServer::start();
+    pg.psql_ok("CREATE ROLE victim LOGIN PASSWORD 'pw'");
+    let (p, _dir) = start(&config(
+        &pg,
+        "auth_query = \"SELECT usename, passwd FROM pg_shadow, generate_series(1,          CASE WHEN $1 = 'victim' THEN 200000 ELSE 1 END) WHERE usename = $1\"",
+        "",
+    ));
+    let port = p.port();
+    let Err(e) = try_login(port, "victim", "pw", "app").await else {
+        panic!("a login whose lookup answer is too large is refused");
+    };
+    assert!(e.as_db_error().is_some(), "{e:?}");
+    p.wait_for_log("over 1048576 bytes", TIMEOUT);
+    // The lookup connection stays usable for the next user.
+    pg.psql_ok("CREATE ROLE other LOGIN PASSWORD 'opw'");
+    assert_eq!(login(port, "other", "opw", "app").await, "other");
+}
+
 /// A TCP server that accepts and never answers; counts the connections open at once.
 struct Deaf {
     port: u16,
