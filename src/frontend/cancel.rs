@@ -2,11 +2,14 @@
 //! server connection that client holds right now.
 //!
 //! In transaction and statement mode each client gets a key of pgtenant's own. In session
-//! mode it gets its own server's real key (`register_as`), so that `pg_backend_pid()` and
-//! its key agree, unless another client holds that pid already (two upstream servers may
-//! hand out the same pid numbers): then it gets a key of pgtenant's own too. A key is
-//! unregistered before its server connection can go to the next client (`unregister`),
-//! who may get the same real key.
+//! mode it gets its own server's pid with a secret of its own (`register_as`), so that
+//! `pg_backend_pid()` and its key agree, unless another client holds that pid already (two
+//! upstream servers may hand out the same pid numbers): then it gets a key of pgtenant's
+//! own too. Never the server's real secret: a server connection outlives its client, and
+//! a client that kept the secret could cancel the queries of every later client of that
+//! connection (through pgtenant, or straight at the server). A key is unregistered before
+//! its server connection can go to the next client (`unregister`), who gets the same pid
+//! and a new secret.
 //!
 //! Safety: the session sets and clears its target under the slot's lock, and never while a
 //! cancel taken from the slot is still on its way (it waits until the postmaster has
@@ -216,12 +219,13 @@ impl CancelRegistry {
         }
     }
 
-    /// Give a new client this key (a server connection's real one). `None` when another
-    /// client holds this pid already.
-    pub fn register_as(self: &Arc<Self>, pid: i32, secret: i32) -> Option<CancelKey> {
+    /// Give a new client a key with this pid (a server connection's) and a new random
+    /// secret. `None` when another client holds this pid already.
+    pub fn register_as(self: &Arc<Self>, pid: i32) -> Option<CancelKey> {
         let dashmap::Entry::Vacant(v) = self.map.entry(pid) else {
             return None;
         };
+        let secret = rand::thread_rng().gen::<i32>();
         let slot = Arc::new(CancelSlot::default());
         v.insert((secret, slot.clone()));
         Some(CancelKey {
@@ -305,13 +309,16 @@ mod tests {
     #[test]
     fn a_real_key_is_taken_once_and_freed_only_by_its_holder() {
         let reg = Arc::new(CancelRegistry::default());
-        let a = reg.register_as(4242, 17).expect("a free pid");
-        assert_eq!((a.pid, a.secret), (4242, 17));
-        assert!(reg.register_as(4242, 99).is_none(), "the pid is taken");
+        let a = reg.register_as(4242).expect("a free pid");
+        assert_eq!(a.pid, 4242);
+        assert!(reg.register_as(4242).is_none(), "the pid is taken");
         // The holder leaves early (its server goes back to the pool): the next client of
-        // that server gets the same key, and the first key's drop leaves it alone.
+        // that server gets the same pid with a new secret, and the first key's drop leaves
+        // it alone.
         a.unregister();
-        let b = reg.register_as(4242, 17).expect("free again");
+        let b = reg.register_as(4242).expect("free again");
+        assert_eq!(b.pid, 4242);
+        assert_ne!(b.secret, a.secret, "a new secret (1 in 2^32 to fail)");
         drop(a);
         assert_eq!(reg.len(), 1);
         assert!(reg

@@ -521,7 +521,7 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
     let cancel_key = match own.as_ref().and_then(|o| o.server.as_deref()) {
         Some(s) => ctx
             .cancels
-            .register_as(s.cancel.pid, s.cancel.secret)
+            .register_as(s.cancel.pid)
             .unwrap_or_else(|| {
                 tracing::debug!(
                     server_pid = s.cancel.pid,

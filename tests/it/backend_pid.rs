@@ -232,7 +232,8 @@ async fn wait_active(admin: &tokio_postgres::Client, pid: i32) {
 
 /// The key's pid is the server's: `pg_backend_pid()`, its pg_stat_activity row (with the
 /// client's application_name), and the next client of the same server connection (pool
-/// size 1) gets the same key again, with that server's parameters as they will be.
+/// size 1) gets the same pid again (with a secret of its own, which the first client's
+/// key does not match), with that server's parameters as they will be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_key_is_the_servers_own() {
     let pg = PgServer::start();
@@ -270,10 +271,23 @@ async fn session_mode_key_is_the_servers_own() {
     a.s.write_all(&msg(b'X', &[])).await.unwrap();
     until_closed(&mut a.s, Duration::from_secs(10)).await;
 
-    // Pool size 1: the next client gets the same server connection, hence the same key
-    // (the first client's key is gone before the connection goes back to the pool).
+    // Pool size 1: the next client gets the same server connection, hence the same pid
+    // (the first client's key is gone before the connection goes back to the pool), but
+    // a secret of its own: the first client's key cancels nothing of the next one's.
     let mut b = Raw::login(p.port(), &[]).await;
-    assert_eq!((b.pid, b.secret), (first_pid, first_secret), "{}", p.logs());
+    assert_eq!(b.pid, first_pid, "{}", p.logs());
+    assert_ne!(
+        b.secret, first_secret,
+        "the next client got the first one's secret"
+    );
+    b.send_query("SELECT pg_sleep(1)").await;
+    wait_active(&admin, b.pid).await;
+    send_cancel(p.port(), first_pid, first_secret).await;
+    let msgs = until_ready(&mut b.s).await;
+    assert!(
+        errors(&msgs).is_empty(),
+        "the first client's key cancelled the next client's query: {msgs:?}"
+    );
     assert_eq!(
         b.value("SELECT pg_backend_pid()").await,
         first_pid.to_string()

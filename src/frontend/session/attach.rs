@@ -681,7 +681,7 @@ impl Session {
     /// The client is leaving: return or close its server, flush what is queued.
     pub(super) async fn finish(&mut self) {
         // Before its server can go to the next client: in session mode that one gets the
-        // same (real) key.
+        // same pid (with a secret of its own).
         self.c.key.unregister();
         // Its LISTENs end with its subscription.
         self.listening = None;
