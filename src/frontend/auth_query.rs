@@ -191,6 +191,9 @@ impl State {
 
 /// Why a lookup gave no answer (for the log; never shown to the client).
 enum Failure {
+    /// Every login that waited for it has gone (its client closed the connection) before
+    /// it had a lookup slot: it is not run. Not logged, not remembered.
+    Abandoned,
     Connect(BackendError),
     Broken(BackendError),
     Query(ErrorFields),
@@ -201,6 +204,7 @@ enum Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Failure::Abandoned => write!(f, "every login waiting for it has gone"),
             Failure::Connect(e) => write!(f, "cannot log in to the server as auth_user: {e}"),
             Failure::Broken(e) => write!(f, "the lookup connection failed: {e}"),
             Failure::Query(e) if e.code == "42501" => write!(
@@ -324,12 +328,13 @@ impl Drop for Flight {
 async fn run(flight: Flight, user: String, l: Lookup, tx: watch::Sender<Answer>) {
     let inner = flight.inner.clone();
     let deadline = tokio::time::Instant::now() + l.timeout;
-    let answer = match tokio::time::timeout_at(deadline, fetch(&inner, &user, &l, deadline)).await {
-        Ok(Ok(Some(secret))) => Ok(secret),
-        Ok(Ok(None)) => Err(None),
-        Ok(Err(why)) => Err(Some(why)),
-        Err(_) => Err(Some(Failure::Timeout(l.timeout))),
-    };
+    let answer =
+        match tokio::time::timeout_at(deadline, fetch(&inner, &user, &l, deadline, &tx)).await {
+            Ok(Ok(Some(secret))) => Ok(secret),
+            Ok(Ok(None)) => Err(None),
+            Ok(Err(why)) => Err(Some(why)),
+            Err(_) => Err(Some(Failure::Timeout(l.timeout))),
+        };
     let now = Instant::now();
     let answer = match answer {
         Ok(secret) => {
@@ -338,6 +343,10 @@ async fn run(flight: Flight, user: String, l: Lookup, tx: watch::Sender<Answer>)
         }
         Err(None) => {
             flight.finish((!l.cache_ttl.is_zero()).then(|| now + l.cache_ttl));
+            Answer::Refused
+        }
+        Err(Some(Failure::Abandoned)) => {
+            flight.finish(None);
             Answer::Refused
         }
         Err(Some(why)) => {
@@ -356,12 +365,20 @@ async fn fetch(
     user: &str,
     l: &Lookup,
     deadline: tokio::time::Instant,
+    tx: &watch::Sender<Answer>,
 ) -> Result<Option<Secret>, Failure> {
     // The semaphore is never closed.
     let _slot = inner.slots.acquire().await.ok();
     if tokio::time::Instant::now() >= deadline {
         // Out of time while waiting for the slot: no connection for nothing.
         return Err(Failure::Timeout(l.timeout));
+    }
+    // Receivers: the `inflight` entry's and the `Flight`'s, then one per waiting login
+    // (a login drops its own when its client closes the connection). A peer that sends
+    // startup packets with ever new names and closes at once queues lookups nobody waits
+    // for: they give their slot up at once, and the logins behind them are not delayed.
+    if tx.receiver_count() <= 2 {
+        return Err(Failure::Abandoned);
     }
     let scope = l.connection_scope();
     let (mut conn, reused) = match inner.take_idle(scope, l.idle_timeout) {

@@ -292,7 +292,14 @@ async fn authenticate_client(
     let secret = match users.get(&user) {
         Some(s) => Some(s.clone()),
         // Neither the config nor the auth_file names it: the server may (auth_query).
-        None if listener_method != AuthType::Trust => looked_up(ctx, &user, &database).await,
+        None if listener_method != AuthType::Trust => {
+            match while_connected(&mut conn, looked_up(ctx, &user, &database)).await {
+                Some(secret) => secret,
+                // The client left before it was asked for a password: its lookup goes too
+                // (a lookup no login waits for gives up its turn, see `auth_query`).
+                None => return Ok(None),
+            }
+        }
         None => None,
     };
     drop(users);
@@ -327,6 +334,26 @@ async fn authenticate_client(
 /// auth_user, in auth_dbname or else the client's database (the upstream's for the admin
 /// console, which is no server's). None without auth_user, for a role that may not log
 /// in, or when the lookup failed (auth_query.rs logs why).
+/// Run `f` while the client, which is waiting for pgtenant's next message and sends
+/// nothing meanwhile, stays connected: None when it closes the connection first. Bytes it
+/// sends anyway stay buffered for the login to read.
+async fn while_connected<T>(
+    conn: &mut Connection,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(f);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            out = &mut f => return Some(out),
+            read = conn.fill(), if watching => match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => watching = false,
+            },
+        }
+    }
+}
+
 async fn looked_up(ctx: &Context, user: &str, database: &str) -> Option<Secret> {
     let s = ctx.settings();
     let auth_user = s.auth_user_for(database)?;

@@ -452,6 +452,50 @@ async fn an_oversized_auth_query_answer_is_refused() {
     assert_eq!(login(port, "other", "opw", "app").await, "other");
 }
 
+/// A peer that sends startup packets with ever new user names and closes at once does
+/// not delay other logins: a lookup whose logins have all gone gives up its turn. Here
+/// each lookup of an unknown name takes 0.3 s and two run at once, so 40 such names
+/// queued 6 s of lookups ahead of the real user (whose login then timed out).
+#[tokio::test]
+async fn lookups_nobody_waits_for_give_up_their_turn() {
+    use std::io::Write;
+    let pg = PgServer::start();
+    pg.psql_ok("CREATE ROLE victim LOGIN PASSWORD 'pw'");
+    let (p, _dir) = start(&config(
+        &pg,
+        "auth_query = \"SELECT r.usename, r.passwd FROM (SELECT $1::text AS n,          pg_sleep(CASE WHEN $1 = 'victim' THEN 0 ELSE 0.3 END) AS z) q          LEFT JOIN pg_shadow r ON r.usename = q.n\"",
+        "",
+    ));
+    let port = p.port();
+    login(port, "victim", "pw", "app").await;
+    for i in 0..40 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut body = 196608i32.to_be_bytes().to_vec();
+        for (k, v) in [("user", format!("flood_{i}")), ("database", "app".into())] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        pkt.extend_from_slice(&body);
+        s.write_all(&pkt).unwrap();
+        drop(s);
+    }
+    // Let pgtenant read every startup packet and queue its lookup.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The refused name stays remembered; a new role is looked up behind the flood.
+    pg.psql_ok("CREATE ROLE late LOGIN PASSWORD 'lpw'");
+    let t0 = Instant::now();
+    assert_eq!(login(port, "late", "lpw", "app").await, "late");
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "a login behind 40 abandoned lookups took {took:?}"
+    );
+}
+
 /// A TCP server that accepts and never answers; counts the connections open at once.
 struct Deaf {
     port: u16,
