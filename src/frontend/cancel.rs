@@ -16,7 +16,9 @@
 //! closed the cancel socket, i.e. has signalled the backend). So a server connection is
 //! never handed to the next client while a cancel meant for the previous one is still
 //! travelling; a signal that lands after the query finished finds the backend idle, and
-//! PostgreSQL ignores cancels while idle.
+//! PostgreSQL ignores cancels while idle. A cancel is sent from a task of its own that
+//! holds it in flight, so dropping the connection that asked (pushed out of the login
+//! queue, shutdown) does not end its count early.
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
@@ -84,7 +86,7 @@ impl CancelSlot {
     /// None also while another cancel of this client is on its way: it goes to the same
     /// target, and a client sending cancel after cancel must not keep its session from
     /// ever moving its target (releasing its server connection waits for none in flight).
-    fn take_for_cancel(&self) -> Option<(Arc<CancelTarget>, InFlight<'_>)> {
+    fn take_for_cancel(self: &Arc<Self>) -> Option<(Arc<CancelTarget>, InFlight)> {
         let mut g = self.lock();
         if g.in_flight > 0 {
             return None;
@@ -95,7 +97,7 @@ impl CancelSlot {
         };
         g.in_flight += 1;
         g.taken = g.taken.wrapping_add(1);
-        Some((t, InFlight(self)))
+        Some((t, InFlight(self.clone())))
     }
 }
 
@@ -118,9 +120,10 @@ impl CancelSlot {
             g.taken = g.taken.wrapping_add(1);
             t
         };
-        let slot = self.clone();
+        // Made before the task: counted down even if the task never runs.
+        let in_flight = InFlight(self.clone());
         tokio::spawn(async move {
-            let _in_flight = InFlight(&slot);
+            let _in_flight = in_flight;
             if let Err(e) = send_cancel(&t).await {
                 tracing::warn!(error = %e, "cancel request for a statement timeout failed");
             }
@@ -157,9 +160,9 @@ impl crate::pool::batch::UnitCancel for CancelSlot {
 
 /// A cancel on its way: the slot's target stays put until it is dropped (also when the
 /// task sending it is dropped half-way).
-struct InFlight<'a>(&'a CancelSlot);
+struct InFlight(Arc<CancelSlot>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.lock().in_flight -= 1;
         DELIVERED.notify_waiters();
@@ -249,12 +252,20 @@ impl CancelRegistry {
         let Some((t, in_flight)) = slot.take_for_cancel() else {
             return;
         };
-        if let Err(e) = send_cancel(&t).await {
-            tracing::warn!(error = %e, "forwarding cancel request failed");
-        } else {
-            tracing::debug!(pid, server_pid = t.pid, "cancel request forwarded");
-        }
-        drop(in_flight);
+        // Sent from a task of its own, which holds the in-flight guard until the server
+        // has taken the request: the connection that carried it may be dropped meanwhile
+        // (pushed out by max_startup_clients, shutdown), and the session must not hand
+        // its server connection to the next client while the signal may still land.
+        // Awaited here, so the client's cancel socket closes once it is delivered, as the
+        // postmaster's does.
+        let sent = tokio::spawn(async move {
+            let _in_flight = in_flight;
+            match send_cancel(&t).await {
+                Err(e) => tracing::warn!(error = %e, "forwarding cancel request failed"),
+                Ok(()) => tracing::debug!(pid, server_pid = t.pid, "cancel request forwarded"),
+            }
+        });
+        let _ = sent.await;
     }
 
     pub fn len(&self) -> usize {
@@ -329,9 +340,48 @@ mod tests {
         assert!(reg.is_empty());
     }
 
+    /// The connection that carried a client's CancelRequest goes away while it is being
+    /// forwarded (pushed out by max_startup_clients, or shutdown drops its task): the
+    /// request is still on its way, so the session's target stays put until the server
+    /// has taken it; the server connection cannot go to another client meanwhile.
+    #[tokio::test]
+    async fn a_forwarded_cancel_outlives_the_connection_that_asked() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        // A postmaster that takes 300 ms to act on the request, then closes.
+        let postmaster = tokio::spawn(async move {
+            let (s, _) = server.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(s);
+        });
+        let reg = Arc::new(CancelRegistry::default());
+        let key = reg.register();
+        key.slot
+            .try_set(Some(Arc::new(CancelTarget {
+                host: "127.0.0.1".into(),
+                port,
+                pid: 9,
+                secret: 7,
+            })))
+            .unwrap();
+        let asked = reg.cancel(key.pid, key.secret);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), asked)
+                .await
+                .is_err(),
+            "the request is with the postmaster"
+        );
+        // The future that asked is gone; the request is not.
+        assert!(key.slot.try_set(None).is_err(), "the target moved");
+        postmaster.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), key.slot.set(None))
+            .await
+            .expect("free once the postmaster closed the cancel connection");
+    }
+
     #[test]
     fn nothing_to_cancel_without_a_target() {
-        let slot = CancelSlot::default();
+        let slot = Arc::new(CancelSlot::default());
         assert!(slot.take_for_cancel().is_none());
         slot.try_set(target(3)).unwrap();
         slot.try_set(None).unwrap();
