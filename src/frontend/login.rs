@@ -126,7 +126,10 @@ pub async fn login(
     ctx: &Arc<Context>,
 ) -> Result<Option<Login>, FrontendError> {
     let settings = ctx.settings();
-    let waiting = ctx.admission.start_login(settings.max_startup_clients);
+    let peer = super::admission::peer_of(socket.peer_addr());
+    let waiting = ctx
+        .admission
+        .start_login(settings.max_startup_clients, peer);
     let timeout = settings.client_login_timeout;
     drop(settings);
     let authenticated = tokio::select! {
