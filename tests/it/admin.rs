@@ -221,6 +221,9 @@ async fn access_reload_and_kill_client() {
     assert!(out.starts_with("database|user|"));
     let (ok, _, err) = psql(&p, "monitor", "monpw", "pgbouncer", "RELOAD");
     assert!(!ok && err.contains("admin access needed"), "{err}");
+    // Nor SHOW QUIET TENANTS, which scans a table on the server and lists its values.
+    let (ok, _, err) = psql(&p, "monitor", "monpw", "pgtenant", "show quiet tenants");
+    assert!(!ok && err.contains("admin access needed"), "{err}");
     let (ok, _, _) = psql(&p, "monitor", "wrong", "pgtenant", "show pools");
     assert!(!ok, "a wrong password must not reach the console");
 
