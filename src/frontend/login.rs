@@ -779,14 +779,32 @@ async fn authenticate_cleartext(
     };
     let given = decode::password_message(f.body())?;
     let given = String::from_utf8_lossy(given).into_owned();
-    match secret {
-        Some(s) if s.verify_cleartext(user, &given) => Ok(Some(ServerCredential::from_secret(
-            &Secret::Plain(given),
-            user,
-            None,
-        ))),
-        _ => Ok(None),
-    }
+    let Some(s) = secret else {
+        return Ok(None);
+    };
+    let ok = match s {
+        Secret::Scram(_) => salted_off_thread(s.clone(), user.to_owned(), given.clone()).await,
+        _ => s.verify_cleartext(user, &given),
+    };
+    Ok(ok.then(|| ServerCredential::from_secret(&Secret::Plain(given), user, None)))
+}
+
+/// [`Secret::verify_cleartext`] for a SCRAM verifier: salting the password takes the
+/// verifier's iterations of PBKDF2 (4096 by default: milliseconds of CPU, more with a
+/// higher `scram_iterations`). It runs on a blocking thread, as many at once as there
+/// are cores, so that a peer trying passwords in a loop stalls no runtime thread (under
+/// io_uring each runs its clients' sessions) and takes at most the cores' share of CPU.
+async fn salted_off_thread(s: Secret, user: String, given: String) -> bool {
+    static SALTING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let slots = SALTING.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+    let Ok(_slot) = slots.acquire().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || s.verify_cleartext(&user, &given))
+        .await
+        .unwrap_or(false)
 }
 
 /// Read the client's next auth message ('p'); anything else ends the login.

@@ -18,12 +18,21 @@ host       all       @cleartext   127.0.0.1 255.255.255.255  password
 ";
 
 fn start(pg: &PgServer, dir: &TempDir) -> (Pgtenant, std::path::PathBuf) {
-    dir.write("cleartext", "plainuser\n");
+    dir.write("cleartext", "plainuser\nscramuser\n");
     let hba = dir.write("pg_hba.conf", RULES);
+    // A SCRAM verifier, as PostgreSQL stores it: a cleartext password is salted with it.
+    pg.psql_ok(
+        "set password_encryption = 'scram-sha-256'; \
+         create role scramuser login password 'scrampass'; \
+         grant all on database app to scramuser",
+    );
+    let verifier = pg.psql_ok("select rolpassword from pg_authid where rolname = 'scramuser'");
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
     let cfg = dir.config_file(&format!(
         "upstream = \"{}\"\nauth_type = \"hba\"\nauth_hba_file = \"pg_hba.conf\"\n\
          [users.md5user]\npassword = \"md5pass\"\n\
          [users.plainuser]\npassword = \"plainpass\"\n\
+         [users.scramuser]\npassword = \"{verifier}\"\n\
          [users.evil]\npassword = \"evilpass\"\n",
         pg.url("app", "secret", "app")
     ));
@@ -71,6 +80,13 @@ async fn the_first_matching_line_decides() {
     login(&p, "trustuser", "", "app").await.unwrap();
     login(&p, "plainuser", "plainpass", "app").await.unwrap();
     let e = login(&p, "plainuser", "nope", "app").await.unwrap_err();
+    assert!(e.starts_with("28P01"), "{e}");
+    // A cleartext password checked against a SCRAM verifier (salted off the runtime's
+    // threads); pgtenant logs in to the server with it.
+    login(&p, "scramuser", "scrampass", "app")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    let e = login(&p, "scramuser", "nope", "app").await.unwrap_err();
     assert!(e.starts_with("28P01"), "{e}");
     // reject, whatever the password.
     let e = login(&p, "evil", "evilpass", "app").await.unwrap_err();
