@@ -247,6 +247,11 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                         for a in acks.drain(..) {
                             let _ = a.send(());
                         }
+                    } else {
+                        // The server refused a LISTEN (a standby refuses them all): not
+                        // a new connection at once, in a loop.
+                        tracing::warn!(pool = %pool.name(), "the listening connection's LISTEN failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
                 Err(e) => {
