@@ -1767,6 +1767,20 @@ async fn a_sessions_settings_are_bounded() {
         pt.logs().contains("larger than pgtenant keeps"),
         "the log says why"
     );
+
+    // The same when the client's statement_timeout (1 ms) may cancel the check first:
+    // the check runs again with it off, and over the bound it is 54000 all the same.
+    let mut c = Raw::login(pt.port(), "app", "app").await;
+    c.send(&query(
+        "select length(set_config('my.big', repeat('b', 3000000), false)); \
+         set statement_timeout = 1",
+    ))
+    .await;
+    let msgs = c.until_ready().await;
+    assert_eq!(tags(&msgs), "TDCCZ", "{msgs:?}");
+    let fatal = c.msg().await;
+    assert_eq!(fatal.tag, b'E', "{fatal:?}");
+    assert_eq!(fatal.sqlstate(), "54000", "{fatal:?}");
 }
 
 /// A client that pipelines batches of a statement its server connection lacks gets one

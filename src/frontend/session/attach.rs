@@ -70,20 +70,26 @@ async fn check_rows(
             tokio::time::timeout(CHECK_TIMEOUT, again)
                 .await
                 .map_err(|_| "timed out".to_string())?
-                .map_err(|e| e.to_string())?
+                .map_err(check_failure)?
         }
-        Err(crate::backend::BackendError::TooLarge(n)) => {
-            return Err(format!(
-                "{} ({n} bytes): the session cannot travel between server connections",
-                check::TOO_LARGE
-            ))
-        }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(check_failure(e)),
     };
     if server.tx_status != b'I' {
         return Err("the server is not idle after the check".into());
     }
     Ok(rows)
+}
+
+/// Why the check failed, as the session reports it: over the bound, the words
+/// [`check::TOO_LARGE`] begin it (the client is told 54000, not 08006).
+fn check_failure(e: crate::backend::BackendError) -> String {
+    match e {
+        crate::backend::BackendError::TooLarge(n) => format!(
+            "{} ({n} bytes): the session cannot travel between server connections",
+            check::TOO_LARGE
+        ),
+        e => e.to_string(),
+    }
 }
 
 /// What attaching to a worker came to.
