@@ -117,6 +117,10 @@ pub struct Pipeline {
     /// Statement ids with a Parse or Close in the queue: the batch of the latest, how
     /// many, and whether the latest may be skipped (see [`Pipeline::unsure`]).
     statements: HashMap<u64, Op>,
+    /// SQL-level PREPAREs in the queue (not answered yet): how many, and the bytes of
+    /// their names and texts. The client's statement limits count them, or PREPAREs it
+    /// pipelines would all pass the check before the first is recorded.
+    pub prepares: (usize, usize),
 }
 
 /// The Parses and Closes of one statement id in the queue.
@@ -179,6 +183,7 @@ impl Pipeline {
             syncs: 0,
             batch_may_fail: false,
             statements: HashMap::new(),
+            prepares: (0, 0),
         }
     }
 
@@ -202,6 +207,10 @@ impl Pipeline {
 
     pub fn push(&mut self, e: Expect) {
         self.sync_points += usize::from(is_sync_point(&e));
+        if let Some(n) = prepared_bytes(&e) {
+            self.prepares.0 += 1;
+            self.prepares.1 += n;
+        }
         if let Some(req) = e.req() {
             if req.is_extended() {
                 self.unsynced = true;
@@ -232,6 +241,10 @@ impl Pipeline {
         if e.as_ref().is_some_and(is_sync_point) {
             self.sync_points -= 1;
         }
+        if let Some(n) = e.as_ref().and_then(prepared_bytes) {
+            self.prepares.0 -= 1;
+            self.prepares.1 -= n;
+        }
         if let Some(Req::Parse { stmt: Some(id) } | Req::Close { evicted: Some(id) }) =
             e.as_ref().and_then(Expect::req)
         {
@@ -243,6 +256,25 @@ impl Pipeline {
             }
         }
         e
+    }
+
+    /// The query at the head failed: a PREPARE there records nothing.
+    pub fn front_query_failed(&mut self) {
+        let n = self.q.front().and_then(prepared_bytes);
+        if let Some(
+            Expect::Forward(Req::Query { prepare })
+            | Expect::Hidden {
+                req: Req::Query { prepare },
+                ..
+            },
+        ) = self.q.front_mut()
+        {
+            *prepare = None;
+        }
+        if let Some(n) = n {
+            self.prepares.0 -= 1;
+            self.prepares.1 -= n;
+        }
     }
 
     /// Is a Parse or Close of statement `id` in the queue?
@@ -328,6 +360,22 @@ impl Pipeline {
             }
         }
         dropped
+    }
+}
+
+/// The bytes of the name and text an entry's SQL-level PREPARE records, if it is one.
+fn prepared_bytes(e: &Expect) -> Option<usize> {
+    match e {
+        Expect::Forward(Req::Query {
+            prepare: Some((name, text)),
+        })
+        | Expect::Hidden {
+            req: Req::Query {
+                prepare: Some((name, text)),
+            },
+            ..
+        } => Some(name.len() + text.len()),
+        _ => None,
     }
 }
 

@@ -1489,6 +1489,30 @@ async fn a_clients_prepared_statements_are_bounded() {
     assert_eq!(tags(&msgs), "EZ");
     assert_eq!(msgs[0].sqlstate(), "54000");
     assert_eq!(b.value("select 'still here'").await, "still here");
+
+    // SQL-level PREPAREs pipelined in one write count while they are on their way: 20
+    // of 1 MiB each, and only what fits in 16 MiB is kept.
+    let mut c = Raw::login(pt.port(), "app", "app").await;
+    let text = format!("select 1 /* {} */", "x".repeat(1 << 20));
+    let mut batch = Vec::new();
+    for i in 0..20 {
+        batch.extend(query(&format!("PREPARE p{i} AS {text}")));
+    }
+    c.send(&batch).await;
+    let mut kept = 0;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let msgs = c.until_ready().await;
+        match msgs[0].tag {
+            b'C' => kept += 1,
+            _ => {
+                assert_eq!(msgs[0].sqlstate(), "54000", "{msgs:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((kept, refused), (15, 5));
+    assert_eq!(c.value("EXECUTE p14").await, "1");
 }
 
 /// A client that sends more messages than pgtenant lets it owe (10,000 answers) in one go,

@@ -328,7 +328,7 @@ impl Session {
         if let [Command::Prepare { name }] = &cmds[..] {
             let t = self.view.t();
             if !t.sql_prepared.contains_key(name) && !t.statements.contains_key(name) {
-                if let Err(refusal) = t.room_for(name, sql) {
+                if let Err(refusal) = t.room_for_beside(name, sql, a.pipe.prepares) {
                     raise_on_server(Some(a), &refusal);
                     return Ok(());
                 }

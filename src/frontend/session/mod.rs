@@ -256,9 +256,20 @@ impl ViewTables {
     /// Room for one more statement of `name` and `text`? (One it holds already under
     /// that name is replaced, or refused as a duplicate, elsewhere.)
     fn room_for(&self, name: &str, text: &str) -> Result<(), forward::Refusal> {
-        let count = self.statements.len() + self.sql_prepared.len();
+        self.room_for_beside(name, text, (0, 0))
+    }
+
+    /// [`Self::room_for`], with `pending` (count, bytes) more on their way: SQL-level
+    /// PREPAREs sent and not answered yet (`Pipeline::prepares`).
+    fn room_for_beside(
+        &self,
+        name: &str,
+        text: &str,
+        pending: (usize, usize),
+    ) -> Result<(), forward::Refusal> {
+        let count = self.statements.len() + self.sql_prepared.len() + pending.0;
         if count >= MAX_CLIENT_STATEMENTS
-            || self.bytes + name.len() + text.len() > MAX_CLIENT_STATEMENT_BYTES
+            || self.bytes + pending.1 + name.len() + text.len() > MAX_CLIENT_STATEMENT_BYTES
         {
             return Err(forward::Refusal::new(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,

@@ -112,16 +112,7 @@ impl Session {
                         }
                         Some(Req::Query { .. }) => {
                             // The query is answered by ReadyForQuery; remember it failed.
-                            if let Some(
-                                Expect::Forward(Req::Query { prepare })
-                                | Expect::Hidden {
-                                    req: Req::Query { prepare },
-                                    ..
-                                },
-                            ) = a.pipe.q.front_mut()
-                            {
-                                *prepare = None;
-                            }
+                            a.pipe.front_query_failed();
                         }
                         _ => {}
                     }
