@@ -37,9 +37,14 @@
 //!   with no batch-mate's cancel about is what it seems: its client gets the error. The
 //!   connection goes back to the pool only when no cancel of the batch is on its way
 //!   (PostgreSQL ignores one that lands while it is idle).
-//! - A server connection that breaks fails the unit running and those after it, each
-//!   client told as when its own connection breaks (`08006`); units not sent yet (a client
-//!   that gave up first) are not run.
+//! - A server connection that breaks fails the unit running, its client told as when its
+//!   own connection breaks (`08006`). The units after it never ran when the server ended
+//!   the backend (a FATAL, the end of the stream: a backend reads a statement only after
+//!   it answered the one before): their clients take them again on another connection
+//!   (`End::NotRun`). After anything else (an I/O error, an answer pgtenant cannot read,
+//!   after which it closes the connection while the server may still read on), they fail
+//!   as the unit running does. Units not sent yet (a client that gave up first) are not
+//!   run.
 //! - A waiter that times out before the driver sent its unit is withdrawn (its statement
 //!   never runs); once sent, it waits for its answer like the others.
 use std::collections::VecDeque;
@@ -100,6 +105,11 @@ pub enum End {
     },
     /// The server connection broke before its ReadyForQuery.
     Lost(LostServer),
+    /// The server connection ended before this unit's turn, in a way that shows it never
+    /// started: the server ended the backend (a FATAL, or the end of the stream) while an
+    /// earlier unit ran, and a backend reads the next statement only after it answered
+    /// the one before. The client's session takes it again, on another connection.
+    NotRun,
 }
 
 /// How the server connection of a batch broke (the session tells its client as when its
@@ -393,9 +403,18 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
         }
         Some(why) => {
             tracing::warn!(pool = %pool.name(), server = conn.id, units = q.len(), reason = ?why, "server connection lost under a batch");
+            // The backend is gone: nothing after the unit it ran was read.
+            let ended = matches!(why, LostServer::Fatal(_) | LostServer::Closed);
             let mut left = q.len();
+            let mut first = true;
             for mut r in q.drain(..) {
                 left -= 1;
+                let not_run = ended && !first && r.started.is_none();
+                first = false;
+                if not_run {
+                    r.ticket.finish(End::NotRun);
+                    continue;
+                }
                 if !r.held.is_empty() {
                     r.ticket.deliver(&mut r.held, left > 0).await;
                 }

@@ -106,8 +106,8 @@ pub(super) enum WorkerAttach {
 /// What [`Session::acquire`] got.
 pub(super) enum Got {
     Conn(Box<ServerConn>, Instant, Option<Box<crate::limits::Claim>>),
-    /// The statement went in a batch: its answer comes through the ticket.
-    Batched(Arc<crate::pool::batch::Ticket>),
+    /// The statement went in a batch, and its answer went to the client.
+    Served(super::batched::Served),
 }
 
 impl Session {
@@ -132,7 +132,7 @@ impl Session {
                 self.claimed(claim);
                 WorkerAttach::Attached
             }
-            Ok(Got::Batched(t)) => WorkerAttach::Served(self.serve_batched(t, &pool).await),
+            Ok(Got::Served(served)) => WorkerAttach::Served(served),
             Err(PoolError::Connect(e)) => {
                 tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), error = %e, "worker connection failed");
                 WorkerAttach::Unreachable
@@ -172,25 +172,36 @@ impl Session {
         if let Some(c) = pool.try_acquire_idle(now, claim.as_deref()) {
             return Ok(Got::Conn(c, now, claim));
         }
-        let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
-        let (unit, taken) = match claim {
-            None => self.batch_unit(first).unzip(),
-            Some(_) => (None, None),
-        };
-        // Boxed: the slow path (waiting, connecting) stays out of every session's future,
-        // which an idle client keeps for as long as it is connected.
-        let got = Box::pin(pool.acquire_unit(claim.as_deref_mut(), unit)).await;
-        match (&got, taken) {
-            (Ok(crate::pool::Lent::Batched(_)), _) => {
-                // Sent with the unit: the Parse held for its Bind too.
-                self.held.clear();
+        let got = loop {
+            let waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
+            let (unit, taken) = match claim {
+                None => self.batch_unit(first).unzip(),
+                Some(_) => (None, None),
+            };
+            // Boxed: the slow path (waiting, connecting) stays out of every session's
+            // future, which an idle client keeps for as long as it is connected.
+            let got = Box::pin(pool.acquire_unit(claim.as_deref_mut(), unit)).await;
+            drop(waiting);
+            match (&got, taken) {
+                (Ok(crate::pool::Lent::Batched(_)), _) => {
+                    // Sent with the unit: the Parse held for its Bind too.
+                    self.held.clear();
+                }
+                (_, Some(taken)) => self.give_back_unit(taken),
+                (_, None) => {}
             }
-            (_, Some(taken)) => self.give_back_unit(taken),
-            (_, None) => {}
-        }
+            let Ok(crate::pool::Lent::Batched(t)) = got else {
+                break got;
+            };
+            match Box::pin(self.serve_batched(t.clone(), pool)).await {
+                Some(served) => return Ok(Got::Served(served)),
+                // Its batch's connection ended before its turn: again, as it was.
+                None => self.take_back_unit(&t, first),
+            }
+        };
         let c = match got {
             Ok(crate::pool::Lent::Conn(c)) => c,
-            Ok(crate::pool::Lent::Batched(t)) => return Ok(Got::Batched(t)),
+            Ok(crate::pool::Lent::Batched(_)) => unreachable!("served above"),
             Err(e) => {
                 if let (PoolError::TenantWaitTimeout(_), Some(c)) = (&e, claim.as_deref()) {
                     // The same error for the client; the counts say whose limit it was.
@@ -358,8 +369,7 @@ impl Session {
                 self.claimed(claim);
                 true
             }
-            Ok(Got::Batched(t)) => {
-                self.serve_batched(t, &pool).await;
+            Ok(Got::Served(_)) => {
                 self.ctx.routes.count_statement(self.route.0, self.route.1);
                 false
             }

@@ -131,9 +131,25 @@ impl Session {
         }
     }
 
+    /// A unit its batch never ran ([`End::NotRun`]) is the client's again, as before
+    /// [`Session::batch_unit`] took it: the Parse held for its Bind held again, the rest
+    /// of its group (after `first`) first in what the client sends next.
+    pub(super) fn take_back_unit(&mut self, t: &Ticket, first: &Frame) {
+        let at = t
+            .frames
+            .iter()
+            .position(|f| f.raw() == first.raw())
+            .unwrap_or(0);
+        if let (1, Some(p)) = (at, t.frames.first()) {
+            self.held.push(Held::Parse(p.clone()));
+        }
+        self.give_back_unit(t.frames[at + 1..].to_vec());
+    }
+
     /// Relay the answer of a statement a batch took to the client. The client's session
     /// ends here when the server connection broke under the batch (`session_lost`).
-    pub(super) async fn serve_batched(&mut self, t: Arc<Ticket>, pool: &Pool) -> Served {
+    /// None: the batch never ran it (its client takes it again, `take_back_unit`).
+    pub(super) async fn serve_batched(&mut self, t: Arc<Ticket>, pool: &Pool) -> Option<Served> {
         /// The ticket is left (its batch stops waiting for this client) however this
         /// future ends.
         struct Leave(Arc<Ticket>);
@@ -158,10 +174,10 @@ impl Session {
             if self.c.conn.pending_output() >= HIGH_WATER && self.c.conn.flush().await.is_err() {
                 // The client is gone: the rest of its answer has nowhere to go.
                 self.session_lost = true;
-                return Served {
+                return Some(Served {
                     took: Duration::ZERO,
                     errors: 0,
-                };
+                });
             }
         };
         match end {
@@ -180,7 +196,11 @@ impl Session {
                 if let Some(k) = self.tenant.take() {
                     self.served_for(&k, &served);
                 }
-                served
+                Some(served)
+            }
+            End::NotRun => {
+                tracing::debug!(user = %Escaped(&self.c.user), pool = %pool.name(), "the batch's server connection ended before this statement's turn; it goes again");
+                None
             }
             End::Lost(why) => {
                 let told = match &why {
@@ -200,10 +220,10 @@ impl Session {
                 tracing::warn!(user = %Escaped(&self.c.user), pool = %pool.name(), reason = ?why, "server connection lost under a batched statement");
                 self.c.conn.queue(&told);
                 self.session_lost = true;
-                Served {
+                Some(Served {
                     took: Duration::ZERO,
                     errors: 1,
-                }
+                })
             }
         }
     }
