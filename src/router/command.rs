@@ -483,7 +483,10 @@ impl Lexer<'_> {
     fn dollar_quoted(&mut self) {
         let start = self.i;
         let mut j = self.i + 1;
-        while j < self.s.len() && (self.s[j].is_ascii_alphanumeric() || self.s[j] == b'_') {
+        // PostgreSQL's tag bytes: letters, digits (not first), `_`, and any byte over 0x7F.
+        while j < self.s.len()
+            && (self.s[j].is_ascii_alphanumeric() || self.s[j] == b'_' || self.s[j] >= 0x80)
+        {
             j += 1;
         }
         // A tag cannot start with a digit ($1 is a parameter).
@@ -531,6 +534,12 @@ mod tests {
         assert_eq!(classify("DISCARD ALL"), vec![Command::DiscardAll]);
         assert_eq!(
             classify("select 1; set x.y = '1;2'; select ';'"),
+            vec![Command::Other, Command::SessionChange, Command::Other]
+        );
+        // A dollar-quote tag may hold bytes over 0x7F (`$é$`): its body is a literal, and
+        // what follows it is a statement.
+        assert_eq!(
+            classify("select $é$'$é$; set role admin; select $é$'$é$"),
             vec![Command::Other, Command::SessionChange, Command::Other]
         );
     }

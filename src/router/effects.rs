@@ -689,7 +689,11 @@ impl Scan<'_> {
     fn dollar(&mut self) {
         let start = self.i;
         let mut j = self.i + 1;
-        while j < self.s.len() && (self.s[j].is_ascii_alphanumeric() || self.s[j] == b'_') {
+        // PostgreSQL's tag bytes: letters, digits (not first), `_`, and any byte over 0x7F
+        // (`$é$…$é$` is a quote: a scan that missed it would read its body as SQL).
+        while j < self.s.len()
+            && (self.s[j].is_ascii_alphanumeric() || self.s[j] == b'_' || self.s[j] >= 0x80)
+        {
             j += 1;
         }
         let digit = self.s.get(start + 1).is_some_and(|c| c.is_ascii_digit());
@@ -774,6 +778,9 @@ mod tests {
             "select 1 --\r, pg_advisory_lock(7)",
             "select x from t where y = any(evil())",
             "select lower(evil(x)) from t",
+            // A dollar-quote tag may hold bytes over 0x7F: the quote hides nothing.
+            "SELECT $é$'$é$ AS a, pg_advisory_lock(8), become_admin(), $é$'$é$ AS b",
+            "SELECT $é$'$é$ AS a INTO TEMP payments FROM pg_class LIMIT 0 --$é$'$é$",
         ] {
             assert!(opaque(sql), "{sql}");
         }
