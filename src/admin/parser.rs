@@ -753,7 +753,9 @@ mod tests {
             parse("show quiet tenants WINDOW '1h'"),
             quiet(None, Window::Minutes(60), QUIET_LIMIT)
         );
-        assert!(parse("show quiet tenants").unwrap().is_read_only());
+        // It reads a table on the server: admin_users only.
+        assert!(!parse("show quiet tenants").unwrap().is_read_only());
+        assert!(parse("show tenant activity").unwrap().is_read_only());
         for bad in [
             "show quiet tenants limit",
             "show quiet tenants limit 0",
