@@ -163,7 +163,12 @@ pub fn dml_effects(sql: &str) -> u8 {
     if crate::router::effects::opaque(sql) {
         effect::ALL
     } else if calls_set_config(sql) {
-        effect::SETTINGS
+        // Its name read back, unless the text does not show it as the server will.
+        if crate::router::command::unreadable_setting_names(sql) {
+            effect::SETTINGS | effect::HIDDEN
+        } else {
+            effect::SETTINGS
+        }
     } else {
         0
     }
@@ -174,10 +179,14 @@ pub fn effects_of(sql: &str, cmds: &[Command]) -> u8 {
     let mut e = dml_effects(sql);
     for c in cmds {
         e |= match c {
-            // A quoted or spaced name (`SET "app"."x"`, `SET app . x`) is not read back by
-            // name: cleared before another client instead.
+            // A name not read back as the server spells it (`SET "app"."x"`,
+            // `SET app /**/ .x`, `SET app.Ä`, a 65th name): cleared before another
+            // client instead.
             Command::SessionChange
-                if sql.contains('"') || sql.contains(" .") || sql.contains(". ") =>
+                if sql.contains('"')
+                    || sql.contains(" .")
+                    || sql.contains(". ")
+                    || crate::router::command::unreadable_setting_names(sql) =>
             {
                 effect::SETTINGS | effect::HIDDEN
             }

@@ -222,6 +222,106 @@ pub fn custom_setting_names(sql: &str) -> Vec<String> {
     out
 }
 
+/// Does this text set a custom setting whose name the session cannot read back as the
+/// server spells it (so that the next client must not find it: the server connection is
+/// cleared with `RESET ALL` instead)? A `SET` of a name that is not bare ASCII dotted
+/// parts written together (quoted, split by spaces or comments around its dot, with a
+/// byte over 0x7F, a part over 63 bytes, which PostgreSQL cuts), and texts naming more
+/// custom settings than [`MAX_CUSTOM_SETTINGS`]; a `set_config` whose name is not one
+/// plain quoted literal (`set_config('app.' || x, …)`, `set_config(E'…'`, `($1`).
+pub fn unreadable_setting_names(sql: &str) -> bool {
+    if computed_set_config_name(sql) {
+        return true;
+    }
+    let mut lx = Lexer {
+        s: sql.as_bytes(),
+        i: 0,
+    };
+    let mut dotted = 0usize;
+    loop {
+        let w = lx.statement_words(3);
+        if w.first().is_some_and(|x| x.keyword == "set") {
+            let i = if w.get(1).is_some_and(|x| x.keyword == "session") {
+                2
+            } else {
+                1
+            };
+            if let Some(n) = w.get(i) {
+                let bare = !n.keyword.is_empty();
+                if !bare || n.dot_after {
+                    return true;
+                }
+                if n.ident.contains('.') {
+                    dotted += 1;
+                    let clean = n.ident.split('.').all(|p| {
+                        !p.is_empty()
+                            && p.len() <= 63
+                            && p.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+                    });
+                    if !clean || dotted > MAX_CUSTOM_SETTINGS {
+                        return true;
+                    }
+                }
+            }
+        }
+        if lx.at_end() {
+            return false;
+        }
+    }
+}
+
+/// Is the name of some `set_config(` call in `sql` not a plain literal: a quote, bytes
+/// without a quote or backslash in them, a quote, then a comma? A byte scan: it may see a
+/// call inside a literal or comment, which only costs a `RESET ALL`.
+fn computed_set_config_name(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut from = 0;
+    let mut calls = 0;
+    while let Some(p) = find_ascii_ci(&b[from..], b"set_config") {
+        let mut i = from + p + b"set_config".len();
+        from = i;
+        calls += 1;
+        if calls > MAX_CUSTOM_SETTINGS {
+            // More names than the session reads back.
+            return true;
+        }
+        let skip = |i: &mut usize| {
+            while b.get(*i).is_some_and(|c| c.is_ascii_whitespace()) {
+                *i += 1;
+            }
+        };
+        skip(&mut i);
+        if b.get(i) != Some(&b'(') {
+            continue;
+        }
+        i += 1;
+        skip(&mut i);
+        if b.get(i) != Some(&b'\'') {
+            return true;
+        }
+        let Some(end) = b[i + 1..].iter().position(|&c| c == b'\'') else {
+            return true;
+        };
+        let name = &b[i + 1..i + 1 + end];
+        let mut j = i + 2 + end;
+        if name.contains(&b'\\') || b.get(j) == Some(&b'\'') {
+            return true;
+        }
+        skip(&mut j);
+        if b.get(j) != Some(&b',') {
+            return true;
+        }
+    }
+    false
+}
+
+/// The first place of `word` (ASCII, any case) in `b`.
+fn find_ascii_ci(b: &[u8], word: &[u8]) -> Option<usize> {
+    b.windows(word.len())
+        .position(|w| w.eq_ignore_ascii_case(word))
+}
+
 fn classify_words(w: &[Word]) -> Command {
     let kw = |i: usize| w.get(i).map(|x| x.keyword.as_str()).unwrap_or("");
     let name = |i: usize| w.get(i).map(|x| x.ident.clone());
@@ -290,9 +390,13 @@ fn truncated_identifier(mut s: String) -> String {
 
 /// A leading token: `keyword` is lower-cased (empty for quoted identifiers), `ident` is
 /// the identifier as PostgreSQL folds it (lower-cased unless quoted).
+#[derive(Default)]
 struct Word {
     keyword: String,
     ident: String,
+    /// A bare word followed, past spaces and comments, by a `.`: a dotted name that this
+    /// lexer reads as parts (`app /**/ .x`, `app\n.x`).
+    dot_after: bool,
 }
 
 struct Lexer<'a> {
@@ -368,7 +472,8 @@ impl Lexer<'_> {
                         break;
                     }
                 }
-                let mut w = String::from_utf8_lossy(&self.s[start..self.i]).to_lowercase();
+                // PostgreSQL folds ASCII letters only (`Ä` stays `Ä`).
+                let mut w = String::from_utf8_lossy(&self.s[start..self.i]).to_ascii_lowercase();
                 if w == "u" && self.peek(0) == b'&' {
                     // U&"…" / U&'…': escapes this lexer does not read; named as such.
                     w.push('&');
@@ -376,17 +481,22 @@ impl Lexer<'_> {
                 if w == "e" && self.peek(0) == b'\'' {
                     self.escaped_string();
                 }
+                let at = self.i;
+                self.skip_space_and_comments();
+                let dot_after = self.peek(0) == b'.';
+                self.i = at;
                 words.push(Word {
                     keyword: w.clone(),
                     ident: w,
+                    dot_after,
                 });
                 continue;
             }
             if words.len() < n && c == b'"' {
                 let id = self.quoted(b'"');
                 words.push(Word {
-                    keyword: String::new(),
                     ident: id,
+                    ..Default::default()
                 });
                 continue;
             }
@@ -395,6 +505,7 @@ impl Lexer<'_> {
                 words.push(Word {
                     keyword: "*".into(),
                     ident: "*".into(),
+                    ..Default::default()
                 });
                 continue;
             }
@@ -427,17 +538,8 @@ impl Lexer<'_> {
                 _ => self.i += 1,
             }
             // Any non-word token ends the leading-word run.
-            if words.len() < n {
-                words.push(Word {
-                    keyword: String::new(),
-                    ident: String::new(),
-                });
-                while words.len() < n {
-                    words.push(Word {
-                        keyword: String::new(),
-                        ident: String::new(),
-                    });
-                }
+            while words.len() < n {
+                words.push(Word::default());
             }
         }
     }
@@ -542,6 +644,40 @@ mod tests {
             classify("select $é$'$é$; set role admin; select $é$'$é$"),
             vec![Command::Other, Command::SessionChange, Command::Other]
         );
+    }
+
+    /// Names the session would not read back as the server spells them.
+    #[test]
+    fn unreadable_setting_names_are_seen() {
+        for sql in [
+            "SET app\n.tenant = 'acme'",
+            "SET app\t.z = 'v'",
+            "SET app/**/.y = 'v'",
+            "set session app . x = 1",
+            "SET app.Ä = 'v'",
+            &format!("SET app.{} = 'v'", "x".repeat(64)),
+            "SET \"app\".\"x\" = 'v'",
+            "select set_config('app.' || 'u', 'v', false)",
+            "select set_config(E'app.u', 'v', false)",
+            "select set_config($1, 'v', false)",
+            "select set_config('app.u''x', 'v', false)",
+            &(0..65)
+                .map(|i| format!("set app.s{i} = 1"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ] {
+            assert!(unreadable_setting_names(sql), "{sql}");
+        }
+        for sql in [
+            "SET app.tenant = 'acme'",
+            "set session My.X to 1; set timezone = 'UTC'",
+            "SET TIME ZONE 'UTC'",
+            "select set_config('app.user', $1, false)",
+            "SELECT set_config ( 'app.user' , 'x', false)",
+            "select 1",
+        ] {
+            assert!(!unreadable_setting_names(sql), "{sql}");
+        }
     }
 
     #[test]

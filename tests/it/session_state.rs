@@ -1623,6 +1623,39 @@ async fn pgtenants_own_extended_errors_fail_the_transaction() {
     assert_eq!(tags(&a.until_ready().await), "2DCZ");
 }
 
+/// Custom settings whose names the session cannot read back as the server spells them
+/// (split by a newline or a comment around the dot, a byte over 0x7F kept as it is, a
+/// computed or E'' name in set_config, a 65th name) never reach the next client of the
+/// server connection: it is cleared first. Before, the next client read them (with a row
+/// security policy on `current_setting('app.tenant')`, another tenant's rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_setting_names_never_reach_the_next_client() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let mut a = Raw::login(pt.port(), "app", "app").await;
+    let mut b = Raw::login(pt.port(), "app", "app").await;
+    let seen = |name: &str| {
+        format!("select coalesce(nullif(current_setting('{name}', true), ''), 'none')")
+    };
+    for (set, name) in [
+        ("SET app\n.tenant = 'acme'", "app.tenant"),
+        ("SET app/**/.y = 'acme'", "app.y"),
+        ("SET app.Ä = 'acme'", "app.Ä"),
+        ("select set_config(E'app.e', 'acme', false)", "app.e"),
+        ("select set_config('app.' || 'c', 'acme', false)", "app.c"),
+    ] {
+        a.simple(set).await;
+        assert_eq!(a.value(&seen(name)).await, "acme", "{set}");
+        assert_eq!(b.value(&seen(name)).await, "none", "after {set}");
+    }
+    // The 65th name a client sets.
+    for i in 0..64 {
+        a.simple(&format!("SET app.s{i} = 'x'")).await;
+    }
+    a.simple("SET app.overflow = 'acme'").await;
+    assert_eq!(b.value(&seen("app.overflow")).await, "none");
+}
+
 /// A failed transaction runs nothing but its end: DEALLOCATE, LISTEN and UNLISTEN there
 /// (which pgtenant otherwise answers itself, as commands of the client's view) get
 /// 25P02 from the server as on a direct connection, and change nothing: the statement

@@ -427,7 +427,9 @@ fn note(a: &mut Attached, view: &mut View, e: u8, names: impl FnOnce() -> Vec<St
     if e & effect::SETTINGS != 0 {
         let custom = &mut view.t_mut().custom;
         for n in names() {
-            if custom.len() >= MAX_CUSTOM_SETTINGS {
+            if custom.len() >= MAX_CUSTOM_SETTINGS && !custom.contains(&n) {
+                // Not read back: cleared before the next client instead.
+                a.effects |= effect::HIDDEN;
                 break;
             }
             custom.insert(n);
