@@ -359,6 +359,48 @@ async fn protocol_level_names_of_other_clients_are_refused() {
     assert_eq!(a.query(&stmt, &[&2i32]).await.unwrap().len(), 1);
 }
 
+/// A transaction that turns `standard_conforming_strings` off reads otherwise to the
+/// server than to pgtenant's lexers (a backslash escapes a quote): what it does after
+/// that is checked whole, so a temp table and an advisory lock hidden in such text pin
+/// the client as any would. Before, only its settings were read back, and the next
+/// client got the table (shadowing its own) and the lock.
+#[tokio::test(flavor = "multi_thread")]
+async fn backslash_quotes_hide_nothing_from_the_check() {
+    let pg = server();
+    let (pt, _d) = start(&pg, "transaction", 1, "query_wait_timeout = 30");
+    let a = client(&pt).await;
+    for sql in [
+        "BEGIN",
+        "SET standard_conforming_strings = off",
+        r"SELECT 'x\''::text AS note INTO TEMP invoices --'",
+        r"SELECT 'x\'', pg_advisory_lock(7), '\''",
+        "RESET standard_conforming_strings",
+        "COMMIT",
+    ] {
+        assert!(!one(&a, sql).await.starts_with("ERROR"), "{sql}");
+    }
+    let b = client(&pt).await;
+    let b_task = tokio::spawn(async move {
+        let r = one(
+            &b,
+            "select coalesce(to_regclass('invoices')::text, 'none') || ' ' || \
+             (select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid())",
+        )
+        .await;
+        (r, b)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!b_task.is_finished(), "B got A's table and lock");
+    assert_eq!(pt_metric(&pt, "pgtenant_clients_pinned"), Some(1.0));
+    assert!(!one(&a, "DROP TABLE invoices").await.starts_with("ERROR"));
+    assert_eq!(one(&a, "select pg_advisory_unlock(7)").await, "t");
+    let (r, _b) = tokio::time::timeout(Duration::from_secs(10), b_task)
+        .await
+        .expect("B gets the connection once A's state is gone")
+        .unwrap();
+    assert_eq!(r, "none 0");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn temp_tables_cursors_and_locks_pin_their_client() {
     let pg = server();

@@ -226,6 +226,13 @@ impl Session {
                     if !hidden {
                         // The client changed a reported setting, however it did it.
                         a.effects |= effect::SETTINGS;
+                        if blinds_the_lexers(f.body()) {
+                            // From here on the server reads the client's text otherwise
+                            // than pgtenant does (`View::unreadable`, known only after the
+                            // check): whatever the rest of the transaction does is
+                            // checked, state included.
+                            a.effects |= effect::ALL;
+                        }
                         self.c.conn.queue(&f);
                     }
                     continue;
@@ -337,6 +344,21 @@ pub(super) fn emit_synthetic(a: &mut Attached, client: &mut crate::net::Connecti
             _ => return,
         }
         a.pipe.skip_markers();
+    }
+}
+
+/// A ParameterStatus after which the server reads text otherwise than pgtenant's lexers
+/// do: `standard_conforming_strings` off (backslashes escape in '…'), or a client
+/// encoding whose multibyte characters can hold a quote or backslash byte.
+fn blinds_the_lexers(body: &[u8]) -> bool {
+    let Ok((k, v)) = decode::parameter_status(body) else {
+        return false;
+    };
+    match k.to_ascii_lowercase().as_str() {
+        "standard_conforming_strings" => v.eq_ignore_ascii_case("off"),
+        "client_encoding" => crate::protocol::encodings::canonical(&v)
+            .is_some_and(crate::protocol::encodings::is_client_only),
+        _ => false,
     }
 }
 
