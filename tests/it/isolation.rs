@@ -359,6 +359,44 @@ async fn protocol_level_names_of_other_clients_are_refused() {
     assert_eq!(a.query(&stmt, &[&2i32]).await.unwrap().len(), 1);
 }
 
+/// A reset query other than `DISCARD ALL` (here `DEALLOCATE ALL`, run after every
+/// transaction with `server_reset_query_always`, and at the end of a session-mode client)
+/// still leaves nothing of the last client's role and settings to the next: pgtenant
+/// resets them itself before it forgets what the connection had. Before, it forgot
+/// without resetting, and the next client ran as the last one's role with its
+/// search_path.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_query_other_than_discard_all_still_resets() {
+    let pg = server();
+    for (mode, extra) in [
+        (
+            "transaction",
+            "server_reset_query = \"DEALLOCATE ALL\"\nserver_reset_query_always = 1",
+        ),
+        ("session", "server_reset_query = \"DEALLOCATE ALL\""),
+    ] {
+        let (pt, _d) = start(&pg, mode, 1, extra);
+        let a = client(&pt).await;
+        let a_pid = pid(&a).await;
+        assert!(!one(&a, "SET search_path = evil, public")
+            .await
+            .starts_with("ERROR"));
+        assert!(!one(&a, "SET ROLE priv").await.starts_with("ERROR"));
+        assert_eq!(one(&a, "select current_user").await, "priv");
+        if mode == "session" {
+            drop(a);
+        }
+        let b = client(&pt).await;
+        assert_eq!(pid(&b).await, a_pid, "{mode}: one server connection");
+        assert_eq!(one(&b, "select current_user").await, "app", "{mode}");
+        assert_eq!(
+            one(&b, "show search_path").await,
+            "\"$user\", public",
+            "{mode}"
+        );
+    }
+}
+
 /// A transaction that turns `standard_conforming_strings` off reads otherwise to the
 /// server than to pgtenant's lexers (a backslash escapes a quote): what it does after
 /// that is checked whole, so a temp table and an advisory lock hidden in such text pin

@@ -548,7 +548,7 @@ impl Session {
         }
         if s.server_reset_query_always && !s.server_reset_query.is_empty() {
             let r: &mut Attached = &mut a;
-            if r.server.run_internal(&s.server_reset_query).await.is_err()
+            if !run_reset(&mut r.server, &s.server_reset_query).await
                 || !r.pool.rerun_connect_query(&mut r.server).await
             {
                 let a = a.give();
@@ -728,7 +728,7 @@ impl Session {
             {
                 let a: &mut Attached = &mut a;
                 let r = tokio::time::timeout(Duration::from_secs(10), async {
-                    a.server.run_internal(reset).await.is_ok()
+                    run_reset(&mut a.server, reset).await
                         && a.pool.rerun_connect_query(&mut a.server).await
                 })
                 .await;
@@ -746,6 +746,30 @@ impl Session {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.c.conn.flush()).await;
         }
     }
+}
+
+/// Run the reset query before the connection goes to another client; pgtenant then
+/// forgets what it knew of the connection's session (`forget_session_state`: nothing
+/// set, nothing prepared). That is so after `DISCARD ALL`; after any other reset query
+/// (`DEALLOCATE ALL`, `RESET ALL`, an operator's own), pgtenant makes it so: it goes on
+/// with `SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL` (RESET ALL leaves
+/// the role). Else the next client would run with the last one's role and settings, since
+/// nothing would be reset for it. False: it failed (the connection is closed).
+async fn run_reset(server: &mut ServerConn, reset: &str) -> bool {
+    if server.run_internal(reset).await.is_err() {
+        return false;
+    }
+    let words: Vec<String> = reset
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    words == ["discard", "all"]
+        || server
+            .run_internal("SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL")
+            .await
+            .is_ok()
 }
 
 /// Does the server owe answers to pgtenant's own simple queries only (a settings replay,
