@@ -1623,6 +1623,27 @@ async fn pgtenants_own_extended_errors_fail_the_transaction() {
     assert_eq!(tags(&a.until_ready().await), "2DCZ");
 }
 
+/// A client's SQL-level statement deallocated by dynamic SQL (out of pgtenant's sight)
+/// costs the next client of the connection nothing: before, its take-over tried to
+/// DEALLOCATE the name again and its first query failed ("could not be given this
+/// session's settings"). The client itself still has its statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_deallocated_behind_pgtenants_back_harms_nobody() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let mut a = Raw::login(pt.port(), "app", "app").await;
+    let mut b = Raw::login(pt.port(), "app", "app").await;
+    assert_eq!(a.command("PREPARE s1 AS select 41 + 1").await, "PREPARE");
+    assert_eq!(
+        a.command("DO $$ BEGIN EXECUTE 'DEALLOCATE s1'; END $$")
+            .await,
+        "DO"
+    );
+    assert_eq!(b.value("select 'b'").await, "b");
+    assert_eq!(a.value("EXECUTE s1").await, "42");
+    assert_eq!(b.value("select 'b again'").await, "b again");
+}
+
 /// Custom settings whose names the session cannot read back as the server spells them
 /// (split by a newline or a comment around the dot, a byte over 0x7F kept as it is, a
 /// computed or E'' name in set_config, a 65th name) never reach the next client of the

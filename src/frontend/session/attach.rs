@@ -636,10 +636,13 @@ impl Session {
             } else {
                 0
             };
-            if self.track_prepared && p.protocol_statements != ours {
-                // Someone dropped or replaced pgtenant's statements out of sight (dynamic
-                // SQL): drop them all, they are prepared again on demand.
-                tracing::warn!(user = %Escaped(&self.c.user), server = a.server.id, expected = ours, found = p.protocol_statements, "prepared statements changed behind pgtenant's back; deallocating all");
+            let sql_gone = p.sql_statements < a.server.prepared.sql.len() as i64;
+            if self.track_prepared && (p.protocol_statements != ours || sql_gone) {
+                // Someone dropped or replaced pgtenant's statements, or SQL-level ones it
+                // tracks there, out of sight (dynamic SQL): drop them all, they are
+                // prepared again on demand (a DEALLOCATE of a name no longer there would
+                // fail the next client's take-over).
+                tracing::warn!(user = %Escaped(&self.c.user), server = a.server.id, expected = ours, found = p.protocol_statements, sql_gone, "prepared statements changed behind pgtenant's back; deallocating all");
                 a.server
                     .run_internal("DEALLOCATE ALL")
                     .await
