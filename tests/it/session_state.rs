@@ -1623,6 +1623,31 @@ async fn pgtenants_own_extended_errors_fail_the_transaction() {
     assert_eq!(tags(&a.until_ready().await), "2DCZ");
 }
 
+/// DISCARD ALL (answered by pgtenant for a client that holds no server connection) leaves
+/// nothing of the session, as on a direct connection: its LISTENs end, and a setting made
+/// under a name pgtenant cannot read back (a computed set_config name) is gone too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_all_leaves_nothing_of_the_session() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let mut a = Raw::login(pt.port(), "app", "app").await;
+    assert_eq!(a.command("LISTEN ch").await, "LISTEN");
+    a.simple("select set_config('app.' || 'u', 'user1', false)")
+        .await;
+    let seen = "select coalesce(nullif(current_setting('app.u', true), ''), 'none')";
+    assert_eq!(a.value(seen).await, "user1");
+    assert_eq!(a.command("DISCARD ALL").await, "DISCARD ALL");
+    assert_eq!(a.value(seen).await, "none");
+    let c = connect(&app_url(&pt)).await;
+    c.batch_execute("NOTIFY ch, 'x'").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let msgs = a.simple("select 1").await;
+    assert!(
+        msgs.iter().all(|m| m.tag != b'A'),
+        "a notification after DISCARD ALL: {msgs:?}"
+    );
+}
+
 /// A client's SQL-level statement deallocated by dynamic SQL (out of pgtenant's sight)
 /// costs the next client of the connection nothing: before, its take-over tried to
 /// DEALLOCATE the name again and its first query failed ("could not be given this

@@ -531,6 +531,13 @@ impl Session {
             // A pinned client's DISCARD ALL goes to its server: its temp tables, held
             // cursors and locks live there (`forward_query`).
             Command::DiscardAll if self.client_tx == b'I' && !self.pinned => {
+                // As on the server: UNLISTEN *, and nothing of the session stays. What it
+                // left on server connections under names pgtenant cannot read back (a
+                // computed set_config name), its SQL-level statements and its unnamed
+                // statement there are another session's from now on: cleared or refused
+                // before it uses them again.
+                self.listening = None;
+                self.id = super::next_session_id();
                 self.view.clear(true);
                 self.view.t_mut().epoch = self.ctx.statements.next_epoch();
                 self.view.set_desired(self.c.startup.clone());

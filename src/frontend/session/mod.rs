@@ -383,6 +383,13 @@ struct Session {
     claim_tenant: Option<Box<(u32, Arc<str>)>>,
 }
 
+/// A new session identity (what `ServerConn::dirty_by`, `sql_owner` and `unnamed_owner`
+/// name): unique in the process.
+fn next_session_id() -> u64 {
+    static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A client that LISTENs (transaction and statement mode, see `listen`).
 struct Listening {
     /// Its subscription to the listening connection of the pool it first listened
@@ -411,9 +418,8 @@ where
     let mode = settings.pool_mode_of(&client.pool.key.database, &client.pool.key.user);
     let max_prepared = settings.max_prepared_statements as usize;
     let desired = client.startup.clone();
-    static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let mut s = Session {
-        id: NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        id: next_session_id(),
         pinned: false,
         ctx,
         mode,
