@@ -1503,9 +1503,14 @@ async fn worker_stopped_mid_load() {
     const CLIENTS: usize = 4;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
+    // Each client's own count: every client must see worker 0 down for a while (one that
+    // reconnects after its 08006 may fall behind the others).
+    let done_by: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..CLIENTS).map(|_| AtomicUsize::new(0)).collect());
     let mut tasks = Vec::new();
     for w in 0..CLIENTS {
         let (stop, done, url) = (stop.clone(), done.clone(), url.clone());
+        let done_by = done_by.clone();
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             let mut c = try_connect(&url).await.expect("connect");
@@ -1531,6 +1536,7 @@ async fn worker_stopped_mid_load() {
                     result,
                 });
                 done.fetch_add(1, Ordering::Relaxed);
+                done_by[w].fetch_add(1, Ordering::Relaxed);
                 // 08006 is FATAL: pgtenant closes the connection (tokio-postgres may
                 // not have noticed yet, so do not ask it).
                 if failed {
@@ -1559,6 +1565,17 @@ async fn worker_stopped_mid_load() {
     let long_result = long_task.await.unwrap();
     let n = done.load(Ordering::Relaxed);
     wait_done(&done, n + 300, &p, "while worker 0 is down").await;
+    // And each client went once round its 40 tenants (half of them worker 0's).
+    let so_far: Vec<usize> = done_by.iter().map(|d| d.load(Ordering::Relaxed)).collect();
+    for (w, from) in so_far.iter().enumerate() {
+        wait_done(
+            &done_by[w],
+            from + 40,
+            &p,
+            "while worker 0 is down (each client)",
+        )
+        .await;
+    }
     let start_begin = Instant::now();
     tokio::task::block_in_place(|| cluster.start_worker(0));
     let started = Instant::now();
