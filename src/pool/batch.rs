@@ -71,6 +71,10 @@ pub const STALL_MAX: Duration = Duration::from_secs(5);
 /// this large (it is not run again then).
 const HOLD_MAX: usize = 64 * 1024;
 
+/// A `57014` this soon after its unit started, when a batch-mate sent a cancel and its
+/// own client did not, is taken for that mate's cancel whatever the server's language.
+const STRAY_CANCEL_WINDOW: Duration = Duration::from_millis(500);
+
 /// How many times a statement hit by other clients' cancels is run again before its
 /// client is given the cancel (each time takes another client's late cancel).
 const RUNS_AGAIN_MAX: u8 = 3;
@@ -480,8 +484,15 @@ async fn run(
                 r.errors += 1;
                 if r.code.is_none() {
                     if let Ok(e) = ErrorFields::parse(f.body()) {
+                        // A cancel, not a statement timeout (the same SQLSTATE): the
+                        // English text says so, and on a server that speaks another
+                        // language (lc_messages) a cancel that came soon after the
+                        // unit started is taken for one (a stray cancel lands within
+                        // its delivery time; a statement_timeout that short is rare, and
+                        // the unit then fails after its re-runs all the same).
+                        let soon = r.started.is_some_and(|s| s.elapsed() < STRAY_CANCEL_WINDOW);
                         r.user_cancel = e.code == crate::protocol::sqlstate::QUERY_CANCELED
-                            && e.message.contains("user request");
+                            && (e.message.contains("user request") || soon);
                         r.code = Some(e.code);
                     }
                 }
