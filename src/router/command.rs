@@ -248,7 +248,8 @@ pub fn unreadable_setting_names(sql: &str) -> bool {
             };
             if let Some(n) = w.get(i) {
                 let bare = !n.keyword.is_empty();
-                if !bare || n.dot_after {
+                // `seed` too: no check reads it back, and RESET ALL does not reset it.
+                if !bare || n.dot_after || n.ident == "seed" {
                     return true;
                 }
                 if n.ident.contains('.') {

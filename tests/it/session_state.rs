@@ -1623,6 +1623,35 @@ async fn pgtenants_own_extended_errors_fail_the_transaction() {
     assert_eq!(tags(&a.until_ready().await), "2DCZ");
 }
 
+/// A client that seeds random() (setseed, SET seed) cannot tell what the next client of
+/// its server connection will draw: that one gets a seed of pgtenant's own (RESET ALL
+/// does not reset the seed). Before, it drew exactly what the seed gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_set_by_one_client_does_not_reach_the_next() {
+    let pg = PgServer::start();
+    let pt = start_trust(&pg, 1);
+    let admin = pg
+        .client(support::SUPERUSER, support::SUPERUSER_PASSWORD, "app")
+        .await;
+    let drawn = |msgs: Vec<SimpleQueryMessage>| rows(msgs).pop().unwrap()[0].clone();
+    let seeded = drawn(
+        admin
+            .simple_query("select setseed(0.42); select random()::text")
+            .await
+            .unwrap(),
+    );
+    let mut a = Raw::login(pt.port(), "app", "app").await;
+    let mut b = Raw::login(pt.port(), "app", "app").await;
+    for seed in ["select setseed(0.42)", "SET seed = 0.42"] {
+        a.simple(seed).await;
+        assert_ne!(
+            b.value("select random()::text").await,
+            seeded,
+            "after {seed}"
+        );
+    }
+}
+
 /// DISCARD ALL (answered by pgtenant for a client that holds no server connection) leaves
 /// nothing of the session, as on a direct connection: its LISTENs end, and a setting made
 /// under a name pgtenant cannot read back (a computed set_config name) is gone too.

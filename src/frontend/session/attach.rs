@@ -686,6 +686,11 @@ impl Session {
         if a.server.dirty_by != 0 && a.server.dirty_by != self.id {
             // RESET ALL leaves the identities alone.
             setup.push(("RESET ALL".to_owned(), None));
+            // And random()'s seed, which the last session may have set (setseed, SET
+            // seed, in a function) to know what this one's random() will give: a seed of
+            // pgtenant's own instead.
+            let seed: f64 = rand::Rng::gen_range(&mut rand::thread_rng(), -1.0..=1.0);
+            setup.push((format!("SELECT pg_catalog.setseed({seed})"), None));
             let mut kept = ParamMap::new();
             for k in check::IDENTITY {
                 if let Some(v) = a.server.applied.get(k) {
