@@ -277,6 +277,34 @@ impl Connection {
         Ok(f.with_reservation(r))
     }
 
+    /// Drop the frame at the front of the input whole, reading what has not come yet: for
+    /// a frame too large to take (`FrameError::TooLarge`, `OutOfMemory`), so that the
+    /// connection stays in step and the frames after it can be read. Nothing of it is
+    /// kept beyond one read at a time.
+    pub async fn skip_frame(&mut self) -> Result<(), ConnError> {
+        while self.rbuf.len() < 5 {
+            if self.fill().await? == 0 {
+                return Err(FrameError::Truncated.into());
+            }
+        }
+        let len = i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+        if len < 4 {
+            return Err(FrameError::BadLength(i64::from(len)).into());
+        }
+        let mut left = len as usize + 1;
+        loop {
+            let n = left.min(self.rbuf.len());
+            self.rbuf.advance(n);
+            left -= n;
+            if left == 0 {
+                return Ok(());
+            }
+            if self.fill().await? == 0 {
+                return Err(FrameError::Truncated.into());
+            }
+        }
+    }
+
     /// Read one frame. `Ok(None)` is a clean end of stream between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnError> {
         loop {

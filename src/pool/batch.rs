@@ -56,7 +56,7 @@ use tokio::sync::Notify;
 
 use super::Pool;
 use crate::backend::{CancelTarget, ParamMap, ServerConn};
-use crate::net::Frame;
+use crate::net::{Frame, FrameError};
 use crate::protocol::{decode, ErrorFields};
 
 /// Bytes of answers a client may leave unread before its batch waits for it.
@@ -322,6 +322,11 @@ struct Running {
     user_cancel: bool,
     /// Times it was run again (at most [`RUNS_AGAIN_MAX`]).
     run_again: u8,
+    /// A message of its answer was too large to take (over `max_message_size`, or the
+    /// large-message budget full): it was dropped, the rest of its answer is dropped as it
+    /// comes, and at its ReadyForQuery its client's session ends as without a batch;
+    /// the batch goes on.
+    failed: Option<LostServer>,
     /// Its client's place in the batch's [`Clients`].
     client: usize,
 }
@@ -353,6 +358,7 @@ impl Running {
             code: None,
             user_cancel: false,
             run_again: 0,
+            failed: None,
         }
     }
 }
@@ -465,6 +471,21 @@ async fn run(
                     Err(e) => return Some(LostServer::Io(e.to_string())),
                 }
             }
+            Err(e @ (FrameError::TooLarge { .. } | FrameError::OutOfMemory { .. })) => {
+                // Only the unit running is hit: without a batch its client's session
+                // would end, and so it does, not its batch-mates'.
+                if let Err(io) = conn.conn.skip_frame().await {
+                    return Some(LostServer::Io(io.to_string()));
+                }
+                let r = q.front_mut().expect("a unit runs while answers come");
+                tracing::warn!(server = conn.id, error = %e, "a batched statement's answer holds a message pgtenant does not take; its client's session ends");
+                r.failed = Some(LostServer::Unreadable(format!(
+                    "server sent a message pgtenant does not take: {e}"
+                )));
+                r.held.clear();
+                r.held_bytes = 0;
+                continue;
+            }
             Err(e) => {
                 return Some(LostServer::Unreadable(format!(
                     "server sent a bad message: {e}"
@@ -475,6 +496,30 @@ async fn run(
         let others_wait = q.len() > 1;
         let r = q.front_mut().expect("a unit runs while answers come");
         let tag = f.tag();
+        if let Some(why) = r.failed.clone() {
+            // The rest of a failed unit's answer goes nowhere; at its end, its client is
+            // told, and the next unit starts.
+            if tag != b'Z' {
+                continue;
+            }
+            let status = match decode::ready_status(f.body()) {
+                Ok(s) => s,
+                Err(e) => return Some(LostServer::Unreadable(e.to_string())),
+            };
+            let r = q.pop_front().expect("the unit that ended");
+            r.ticket.cancel.point(None, false);
+            r.ticket.finish(End::Lost(why));
+            if status != b'I' {
+                return Some(LostServer::Unreadable(
+                    "a pipelined statement left a transaction open".into(),
+                ));
+            }
+            match q.front_mut() {
+                Some(next) => start(pool, next, conn, Instant::now()),
+                None => return None,
+            }
+            continue;
+        }
         match tag {
             b'E' => {
                 crate::metrics::counters::SERVER_ERRORS.count_body(f.body());

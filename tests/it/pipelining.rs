@@ -396,6 +396,51 @@ async fn a_fatal_on_a_batched_connection_fails_only_the_statement_it_ran() {
     );
 }
 
+/// A batched statement whose answer holds a message over `max_message_size` ends its
+/// own client's session (as without a batch), and only its: the message is skipped, and
+/// its batch-mates get their answers on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_answer_in_a_batch_costs_only_its_client() {
+    let pg = PgServer::start();
+    let (p, http, _dir) = start(&pg, 2, 8, &format!("{WAIT}\nmax_message_size = 1048576"));
+    let release = hold_pool(&p, 2).await;
+    let mut batch = Vec::new();
+    for k in 0..3u32 {
+        let c = client(&p).await;
+        let sql = match k {
+            1 => "select repeat('x', 3000000)".to_string(),
+            _ => format!("select {k}, pg_sleep(0.2)"),
+        };
+        batch.push(tokio::spawn(async move { (rows(&c, &sql).await, c) }));
+        until_waiting(http, u64::from(k) + 1).await;
+    }
+    let before = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    let mut release = release.into_iter();
+    release.next().unwrap().send(()).unwrap();
+    for (k, t) in batch.into_iter().enumerate() {
+        let (r, c) = t.await.unwrap();
+        if k == 1 {
+            let e = r.expect_err("its answer is too large");
+            assert_eq!(e.code().map(|c| c.code()), Some("08006"), "{e}");
+            continue;
+        }
+        assert_eq!(
+            r.unwrap_or_else(|e| panic!("a batch-mate of the oversized answer: {e}"))[0][0],
+            k.to_string()
+        );
+        assert_eq!(
+            rows(&c, "select 7").await.unwrap(),
+            vec![vec!["7".to_string()]]
+        );
+    }
+    let after = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    assert!(
+        after >= before + 3,
+        "the three went in one batch: {before} → {after}"
+    );
+    release.next().unwrap().send(()).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_settings_and_prepared_statements_keep_their_own_connection_state() {
     let pg = PgServer::start();
