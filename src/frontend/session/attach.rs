@@ -50,14 +50,33 @@ async fn check_rows(
         Ok(rows) => (rows, None),
         Err(crate::backend::BackendError::Server(e)) if e.code == sqlstate::QUERY_CANCELED => {
             let again = async {
-                let was = server
-                    .query_rows("SELECT pg_catalog.current_setting('statement_timeout')")
-                    .await?
-                    .into_iter()
-                    .next()
-                    .and_then(|r| r.into_iter().next().flatten())
-                    .unwrap_or_default();
-                server.run_internal("SET statement_timeout = 0").await?;
+                // Read the client's value and turn it off in one statement, tried again
+                // when the timeout cancels even that (a cancelled statement changes
+                // nothing); then nothing pgtenant runs here can be cancelled by it.
+                let mut tries = 1;
+                let was = loop {
+                    match server
+                        .query_rows(
+                            "SELECT pg_catalog.current_setting('statement_timeout'), \
+                             pg_catalog.set_config('statement_timeout', '0', false)",
+                        )
+                        .await
+                    {
+                        Ok(rows) => {
+                            break rows
+                                .into_iter()
+                                .next()
+                                .and_then(|r| r.into_iter().next().flatten())
+                                .unwrap_or_default()
+                        }
+                        Err(crate::backend::BackendError::Server(e))
+                            if tries < 5 && e.code == sqlstate::QUERY_CANCELED =>
+                        {
+                            tries += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 let rows = server.query_rows_within(sql, max).await?;
                 server
                     .run_internal(&format!(
