@@ -120,16 +120,28 @@ impl CancelSlot {
             g.taken = g.taken.wrapping_add(1);
             t
         };
-        // Made before the task: counted down even if the task never runs.
-        let in_flight = InFlight(self.clone());
-        tokio::spawn(async move {
-            let _in_flight = in_flight;
-            if let Err(e) = send_cancel(&t).await {
-                tracing::warn!(error = %e, "cancel request for a statement timeout failed");
-            }
-        });
+        send_detached(t, InFlight(self.clone()), "a statement timeout's");
         true
     }
+}
+
+/// Send a cancel to `t` from a task of its own, which holds `in_flight` (made before the
+/// task: counted down even if the task never runs) until the server has taken it: what
+/// started it may be dropped meanwhile (the connection that carried a client's request,
+/// pushed out by max_startup_clients, shutdown), and the session must not hand its server
+/// connection to the next client while the signal may still land. `whose`: for the log.
+fn send_detached(
+    t: Arc<CancelTarget>,
+    in_flight: InFlight,
+    whose: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        match send_cancel(&t).await {
+            Err(e) => tracing::warn!(error = %e, "forwarding {whose} cancel request failed"),
+            Ok(()) => tracing::debug!(server_pid = t.pid, "{whose} cancel request forwarded"),
+        }
+    })
 }
 
 /// A statement in a batch (`pool::batch`): the driver points the key at the server while
@@ -252,20 +264,9 @@ impl CancelRegistry {
         let Some((t, in_flight)) = slot.take_for_cancel() else {
             return;
         };
-        // Sent from a task of its own, which holds the in-flight guard until the server
-        // has taken the request: the connection that carried it may be dropped meanwhile
-        // (pushed out by max_startup_clients, shutdown), and the session must not hand
-        // its server connection to the next client while the signal may still land.
-        // Awaited here, so the client's cancel socket closes once it is delivered, as the
+        // Awaited, so the client's cancel socket closes once it is delivered, as the
         // postmaster's does.
-        let sent = tokio::spawn(async move {
-            let _in_flight = in_flight;
-            match send_cancel(&t).await {
-                Err(e) => tracing::warn!(error = %e, "forwarding cancel request failed"),
-                Ok(()) => tracing::debug!(pid, server_pid = t.pid, "cancel request forwarded"),
-            }
-        });
-        let _ = sent.await;
+        let _ = send_detached(t, in_flight, "a client's").await;
     }
 
     pub fn len(&self) -> usize {

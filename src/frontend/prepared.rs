@@ -182,12 +182,7 @@ pub fn effects_of(sql: &str, cmds: &[Command]) -> u8 {
             // A name not read back as the server spells it (`SET "app"."x"`,
             // `SET app /**/ .x`, `SET app.Ä`, a 65th name): cleared before another
             // client instead.
-            Command::SessionChange
-                if sql.contains('"')
-                    || sql.contains(" .")
-                    || sql.contains(". ")
-                    || crate::router::command::unreadable_setting_names(sql) =>
-            {
+            Command::SessionChange if crate::router::command::unreadable_setting_names(sql) => {
                 effect::SETTINGS | effect::HIDDEN
             }
             Command::SessionChange => effect::SETTINGS,

@@ -496,28 +496,8 @@ async fn run(
         let others_wait = q.len() > 1;
         let r = q.front_mut().expect("a unit runs while answers come");
         let tag = f.tag();
-        if let Some(why) = r.failed.clone() {
-            // The rest of a failed unit's answer goes nowhere; at its end, its client is
-            // told, and the next unit starts.
-            if tag != b'Z' {
-                continue;
-            }
-            let status = match decode::ready_status(f.body()) {
-                Ok(s) => s,
-                Err(e) => return Some(LostServer::Unreadable(e.to_string())),
-            };
-            let r = q.pop_front().expect("the unit that ended");
-            r.ticket.cancel.point(None, false);
-            r.ticket.finish(End::Lost(why));
-            if status != b'I' {
-                return Some(LostServer::Unreadable(
-                    "a pipelined statement left a transaction open".into(),
-                ));
-            }
-            match q.front_mut() {
-                Some(next) => start(pool, next, conn, Instant::now()),
-                None => return None,
-            }
+        if r.failed.is_some() && tag != b'Z' {
+            // The rest of a failed unit's answer goes nowhere.
             continue;
         }
         match tag {
@@ -548,8 +528,10 @@ async fn run(
             }
             _ => {}
         }
-        r.held_bytes += f.len();
-        r.held.push(f.clone());
+        if r.failed.is_none() {
+            r.held_bytes += f.len();
+            r.held.push(f.clone());
+        }
         if r.holding && r.held_bytes > HOLD_MAX {
             // Too large to hold: it goes out as it comes, and is not run again.
             r.holding = false;
@@ -571,7 +553,10 @@ async fn run(
         // outside pgtenant (pg_cancel_backend from another session, a watchdog) is as
         // meant for this statement as without pipelining.
         let mates_cancel = !own_cancel && mates_cancelled(clients, r.client);
-        if r.holding && r.user_cancel && mates_cancel && r.run_again < RUNS_AGAIN_MAX {
+        if let Some(why) = r.failed.take() {
+            // Its client is told at its end, as without a batch; the next unit starts.
+            r.ticket.finish(End::Lost(why));
+        } else if r.holding && r.user_cancel && mates_cancel && r.run_again < RUNS_AGAIN_MAX {
             // Another client's cancel landed here (one sent as the statement before it
             // ended): its transaction was rolled back; run it again at the end of the
             // batch, its client none the wiser.

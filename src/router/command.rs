@@ -173,72 +173,44 @@ pub const MAX_CUSTOM_SETTINGS: usize = 64;
 /// pg_settings does not list such placeholder settings, so the session loop reads them
 /// back by name.
 pub fn custom_setting_names(sql: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut add = |out: &mut Vec<String>, name: &str| {
-        if out.len() < MAX_CUSTOM_SETTINGS && seen.insert(name.to_owned()) {
-            out.push(name.to_owned());
-        }
-    };
-    let mut lx = Lexer {
-        s: sql.as_bytes(),
-        i: 0,
-    };
-    loop {
-        let w = lx.statement_words(3);
-        if w.first().is_some_and(|x| x.keyword == "set") {
-            let i = if w.get(1).is_some_and(|x| x.keyword == "session") {
-                2
-            } else {
-                1
-            };
-            if let Some(n) = w.get(i).filter(|x| x.ident.contains('.')) {
-                add(&mut out, &n.ident);
-            }
-        }
-        if lx.at_end() || out.len() >= MAX_CUSTOM_SETTINGS {
-            break;
-        }
-    }
-    let lower = sql.to_ascii_lowercase();
-    let mut from = 0;
-    while out.len() < MAX_CUSTOM_SETTINGS {
-        let Some(pos) = lower[from..].find("set_config") else {
-            break;
-        };
-        let rest = lower[from + pos + 10..].trim_start();
-        if let Some(r) = rest.strip_prefix('(') {
-            if let Some(r) = r.trim_start().strip_prefix('\'') {
-                if let Some(end) = r.find('\'') {
-                    let name = &r[..end];
-                    if name.contains('.') {
-                        add(&mut out, name);
-                    }
-                }
-            }
-        }
-        from += pos + 10;
-    }
-    out
+    scan_setting_names(sql).0
 }
 
 /// Does this text set a custom setting whose name the session cannot read back as the
 /// server spells it (so that the next client must not find it: the server connection is
 /// cleared with `RESET ALL` instead)? A `SET` of a name that is not bare ASCII dotted
 /// parts written together (quoted, split by spaces or comments around its dot, with a
-/// byte over 0x7F, a part over 63 bytes, which PostgreSQL cuts), and texts naming more
-/// custom settings than [`MAX_CUSTOM_SETTINGS`]; a `set_config` whose name is not one
-/// plain quoted literal (`set_config('app.' || x, …)`, `set_config(E'…'`, `($1`).
+/// byte over 0x7F, a part over 63 bytes, which PostgreSQL cuts), `SET seed` (no check
+/// reads it back, and RESET ALL does not reset it), a `set_config` whose name is not one
+/// plain quoted literal (`set_config('app.' || x, …)`, `set_config(E'…'`, `($1`), and
+/// texts naming more custom settings than [`MAX_CUSTOM_SETTINGS`].
 pub fn unreadable_setting_names(sql: &str) -> bool {
-    if computed_set_config_name(sql) {
-        return true;
-    }
+    scan_setting_names(sql).1
+}
+
+/// The one scan behind [`custom_setting_names`] and [`unreadable_setting_names`]: the
+/// names read back, and whether some name cannot be.
+fn scan_setting_names(sql: &str) -> (Vec<String>, bool) {
+    let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut unreadable = false;
+    // Past the cap, a name is not read back.
+    let mut add = |out: &mut Vec<String>, name: &str| -> bool {
+        if seen.contains(name) {
+            return true;
+        }
+        if out.len() >= MAX_CUSTOM_SETTINGS {
+            return false;
+        }
+        seen.insert(name.to_owned());
+        out.push(name.to_owned());
+        true
+    };
     let mut lx = Lexer {
         s: sql.as_bytes(),
         i: 0,
     };
-    let mut dotted = 0usize;
-    loop {
+    while !unreadable {
         let w = lx.statement_words(3);
         if w.first().is_some_and(|x| x.keyword == "set") {
             let i = if w.get(1).is_some_and(|x| x.keyword == "session") {
@@ -248,45 +220,30 @@ pub fn unreadable_setting_names(sql: &str) -> bool {
             };
             if let Some(n) = w.get(i) {
                 let bare = !n.keyword.is_empty();
-                // `seed` too: no check reads it back, and RESET ALL does not reset it.
                 if !bare || n.dot_after || n.ident == "seed" {
-                    return true;
-                }
-                if n.ident.contains('.') {
-                    dotted += 1;
-                    let clean = n.ident.split('.').all(|p| {
-                        !p.is_empty()
-                            && p.len() <= 63
-                            && p.bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
-                    });
-                    if !clean || dotted > MAX_CUSTOM_SETTINGS {
-                        return true;
-                    }
+                    unreadable = true;
+                } else if n.ident.contains('.') {
+                    unreadable = !readable_name(&n.ident) || !add(&mut out, &n.ident);
                 }
             }
         }
         if lx.at_end() {
-            return false;
+            break;
         }
     }
-}
-
-/// Is the name of some `set_config(` call in `sql` not a plain literal: a quote, bytes
-/// without a quote or backslash in them, a quote, then a comma? A byte scan: it may see a
-/// call inside a literal or comment, which only costs a `RESET ALL`.
-fn computed_set_config_name(sql: &str) -> bool {
+    // `set_config(` calls: a byte scan (it may see one inside a literal or comment, which
+    // costs only a `RESET ALL` or a name read back for nothing).
     let b = sql.as_bytes();
     let mut from = 0;
-    let mut calls = 0;
-    while let Some(p) = find_ascii_ci(&b[from..], b"set_config") {
-        let mut i = from + p + b"set_config".len();
+    while !unreadable {
+        let Some(p) = b[from..]
+            .windows(10)
+            .position(|w| w.eq_ignore_ascii_case(b"set_config"))
+        else {
+            break;
+        };
+        let mut i = from + p + 10;
         from = i;
-        calls += 1;
-        if calls > MAX_CUSTOM_SETTINGS {
-            // More names than the session reads back.
-            return true;
-        }
         let skip = |i: &mut usize| {
             while b.get(*i).is_some_and(|c| c.is_ascii_whitespace()) {
                 *i += 1;
@@ -298,29 +255,35 @@ fn computed_set_config_name(sql: &str) -> bool {
         }
         i += 1;
         skip(&mut i);
-        if b.get(i) != Some(&b'\'') {
-            return true;
-        }
-        let Some(end) = b[i + 1..].iter().position(|&c| c == b'\'') else {
-            return true;
-        };
-        let name = &b[i + 1..i + 1 + end];
-        let mut j = i + 2 + end;
-        if name.contains(&b'\\') || b.get(j) == Some(&b'\'') {
-            return true;
-        }
-        skip(&mut j);
-        if b.get(j) != Some(&b',') {
-            return true;
+        // A plain literal: a quote, bytes without a quote or backslash, a quote, a comma.
+        let literal = (b.get(i) == Some(&b'\'')).then(|| {
+            let end = b[i + 1..].iter().position(|&c| c == b'\'')?;
+            let name = &b[i + 1..i + 1 + end];
+            let mut j = i + 2 + end;
+            skip(&mut j);
+            (!name.contains(&b'\\') && b.get(j) == Some(&b',')).then_some(name)
+        });
+        match literal.flatten() {
+            Some(name) => {
+                let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+                if name.contains('.') && !add(&mut out, &name) {
+                    unreadable = true;
+                }
+            }
+            None => unreadable = true,
         }
     }
-    false
+    (out, unreadable)
 }
 
-/// The first place of `word` (ASCII, any case) in `b`.
-fn find_ascii_ci(b: &[u8], word: &[u8]) -> Option<usize> {
-    b.windows(word.len())
-        .position(|w| w.eq_ignore_ascii_case(word))
+/// A dotted name as a `SET` reads it back: ASCII parts of at most 63 bytes, none empty.
+fn readable_name(name: &str) -> bool {
+    name.split('.').all(|p| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+    })
 }
 
 fn classify_words(w: &[Word]) -> Command {

@@ -334,21 +334,34 @@ async fn late_cancels_never_fail_a_batch_mate() {
     assert!(batched > 0, "nothing was batched");
 }
 
+/// Three clients, each with the statement `sql(k)`, queued one after the other behind a
+/// held pool (each waits before the next starts): a batch in that order once a
+/// connection comes back. Each task gives the rows (or error) and its client.
+async fn queue_up(
+    p: &Pgtenant,
+    http: u16,
+    sql: impl Fn(u32) -> String,
+) -> Vec<tokio::task::JoinHandle<(Result<Vec<Vec<String>>, tokio_postgres::Error>, Client)>> {
+    let mut batch = Vec::new();
+    for k in 0..3u32 {
+        let c = client(p).await;
+        let sql = sql(k);
+        batch.push(tokio::spawn(async move { (rows(&c, &sql).await, c) }));
+        until_waiting(http, u64::from(k) + 1).await;
+    }
+    batch
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_on_a_batched_connection_fails_only_the_statement_it_ran() {
     let pg = PgServer::start();
     let (p, http, _dir) = start(&pg, 2, 8, WAIT);
     let release = hold_pool(&p, 2).await;
-    let mut batch = Vec::new();
-    for k in 0..3u32 {
-        let c = client(&p).await;
-        let sql = match k {
-            0 => "select pg_sleep(20), 'doomed'".to_string(),
-            _ => format!("select {k}"),
-        };
-        batch.push(tokio::spawn(async move { (rows(&c, &sql).await, c) }));
-        until_waiting(http, u64::from(k) + 1).await;
-    }
+    let batch = queue_up(&p, http, |k| match k {
+        0 => "select pg_sleep(20), 'doomed'".to_string(),
+        _ => format!("select {k}"),
+    })
+    .await;
     let mut release = release.into_iter();
     release.next().unwrap().send(()).unwrap();
     let admin = pg.admin_client().await;
@@ -404,16 +417,11 @@ async fn an_oversized_answer_in_a_batch_costs_only_its_client() {
     let pg = PgServer::start();
     let (p, http, _dir) = start(&pg, 2, 8, &format!("{WAIT}\nmax_message_size = 1048576"));
     let release = hold_pool(&p, 2).await;
-    let mut batch = Vec::new();
-    for k in 0..3u32 {
-        let c = client(&p).await;
-        let sql = match k {
-            1 => "select repeat('x', 3000000)".to_string(),
-            _ => format!("select {k}, pg_sleep(0.2)"),
-        };
-        batch.push(tokio::spawn(async move { (rows(&c, &sql).await, c) }));
-        until_waiting(http, u64::from(k) + 1).await;
-    }
+    let batch = queue_up(&p, http, |k| match k {
+        1 => "select repeat('x', 3000000)".to_string(),
+        _ => format!("select {k}, pg_sleep(0.2)"),
+    })
+    .await;
     let before = metric(http, "pgtenant_server_pipelined_statements_total").await;
     let mut release = release.into_iter();
     release.next().unwrap().send(()).unwrap();

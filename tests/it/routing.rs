@@ -1456,6 +1456,15 @@ async fn wait_done(done: &AtomicUsize, n: usize, p: &Pgtenant, what: &str) {
     }
 }
 
+/// Rows in `table`, as `client` sees them.
+async fn count_rows(client: &Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("select count(*) from {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// One client's outcome.
 #[derive(Debug, Clone)]
 struct Outcome {
@@ -1727,13 +1736,7 @@ async fn an_error_in_a_held_transaction_fails_it() {
         .await;
     let (p, _dir) = start_pgtenant(&cluster, "auth_type = \"trust\"");
     let port = p.port();
-    let count = || async {
-        admin
-            .query_one("select count(*) from held_fail", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+    let count = || count_rows(&admin, "held_fail");
     let mut r = tokio::task::spawn_blocking(move || Raw::connect(port))
         .await
         .unwrap();
@@ -1870,13 +1873,7 @@ async fn a_pool_error_in_a_held_transaction_fails_it() {
         .await;
     let (p, _dir) = start_pgtenant(&cluster, "auth_type = \"trust\"\nquery_wait_timeout = 1");
     let port = p.port();
-    let count = || async {
-        admin
-            .query_one("select count(*) from held_wait", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+    let count = || count_rows(&admin, "held_wait");
     // Every coordinator connection (pool_size 8) is held by a transaction.
     let mut holders = Vec::new();
     for _ in 0..8 {

@@ -1663,17 +1663,30 @@ async fn discard_all_leaves_nothing_of_the_session() {
     assert_eq!(a.command("LISTEN ch").await, "LISTEN");
     a.simple("select set_config('app.' || 'u', 'user1', false)")
         .await;
-    let seen = "select coalesce(nullif(current_setting('app.u', true), ''), 'none')";
-    assert_eq!(a.value(seen).await, "user1");
+    let seen = setting_or_none("app.u");
+    assert_eq!(a.value(&seen).await, "user1");
     assert_eq!(a.command("DISCARD ALL").await, "DISCARD ALL");
-    assert_eq!(a.value(seen).await, "none");
-    let c = connect(&app_url(&pt)).await;
-    c.batch_execute("NOTIFY ch, 'x'").await.unwrap();
+    assert_eq!(a.value(&seen).await, "none");
+    hears_nothing_on(&mut a, &pt, "ch", "after DISCARD ALL").await;
+}
+
+/// A query that reads custom setting `name`, 'none' when it is not set (or empty, as a
+/// name once set stays defined on a server).
+fn setting_or_none(name: &str) -> String {
+    format!("select coalesce(nullif(current_setting('{name}', true), ''), 'none')")
+}
+
+/// Another client NOTIFYs `channel`: `a` gets no notification of it.
+async fn hears_nothing_on(a: &mut Raw, pt: &Pgtenant, channel: &str, why: &str) {
+    let c = connect(&app_url(pt)).await;
+    c.batch_execute(&format!("NOTIFY {channel}, 'x'"))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let msgs = a.simple("select 1").await;
     assert!(
         msgs.iter().all(|m| m.tag != b'A'),
-        "a notification after DISCARD ALL: {msgs:?}"
+        "a notification {why}: {msgs:?}"
     );
 }
 
@@ -1709,9 +1722,6 @@ async fn unusual_setting_names_never_reach_the_next_client() {
     let pt = start_trust(&pg, 1);
     let mut a = Raw::login(pt.port(), "app", "app").await;
     let mut b = Raw::login(pt.port(), "app", "app").await;
-    let seen = |name: &str| {
-        format!("select coalesce(nullif(current_setting('{name}', true), ''), 'none')")
-    };
     for (set, name) in [
         ("SET app\n.tenant = 'acme'", "app.tenant"),
         ("SET app/**/.y = 'acme'", "app.y"),
@@ -1720,15 +1730,15 @@ async fn unusual_setting_names_never_reach_the_next_client() {
         ("select set_config('app.' || 'c', 'acme', false)", "app.c"),
     ] {
         a.simple(set).await;
-        assert_eq!(a.value(&seen(name)).await, "acme", "{set}");
-        assert_eq!(b.value(&seen(name)).await, "none", "after {set}");
+        assert_eq!(a.value(&setting_or_none(name)).await, "acme", "{set}");
+        assert_eq!(b.value(&setting_or_none(name)).await, "none", "after {set}");
     }
     // The 65th name a client sets.
     for i in 0..64 {
         a.simple(&format!("SET app.s{i} = 'x'")).await;
     }
     a.simple("SET app.overflow = 'acme'").await;
-    assert_eq!(b.value(&seen("app.overflow")).await, "none");
+    assert_eq!(b.value(&setting_or_none("app.overflow")).await, "none");
 }
 
 /// A failed transaction runs nothing but its end: DEALLOCATE, LISTEN and UNLISTEN there
@@ -1775,14 +1785,13 @@ async fn view_commands_in_a_failed_transaction_are_refused() {
     let msgs = a.until_ready().await;
     assert_eq!(tags(&msgs), "2DCZ", "{msgs:?}");
     // Nothing listens: a NOTIFY on the channel reaches nobody.
-    let c = connect(&app_url(&pt)).await;
-    c.batch_execute("NOTIFY ch, 'x'").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let msgs = a.simple("select 1").await;
-    assert!(
-        msgs.iter().all(|m| m.tag != b'A'),
-        "a LISTEN refused in a failed transaction got a notification: {msgs:?}"
-    );
+    hears_nothing_on(
+        &mut a,
+        &pt,
+        "ch",
+        "after a LISTEN refused in a failed transaction",
+    )
+    .await;
 }
 
 /// A statement pgtenant prepares on a server connection for a client's Bind is skipped
@@ -1866,11 +1875,7 @@ async fn a_sessions_settings_are_bounded() {
     );
     // b takes the only server connection in between: it sees nothing of a's (a name
     // once set stays defined on a server, empty, as after RESET: PostgreSQL keeps it).
-    assert_eq!(
-        b.value("select coalesce(nullif(current_setting('my.mid', true), ''), 'none')")
-            .await,
-        "none"
-    );
+    assert_eq!(b.value(&setting_or_none("my.mid")).await, "none");
     assert_eq!(
         a.value("select length(current_setting('my.mid'))").await,
         "100000"

@@ -19,9 +19,24 @@ async fn run_retrying(
     server: &mut ServerConn,
     sql: &str,
 ) -> Result<(), crate::backend::BackendError> {
+    rows_retrying(server, sql).await?;
+    if server.tx_status != b'I' {
+        return Err(crate::backend::BackendError::NotIdle(
+            server.tx_status as char,
+        ));
+    }
+    Ok(())
+}
+
+/// [`run_retrying`], with the statement's rows (a statement cancelled or refused so
+/// changed nothing).
+async fn rows_retrying(
+    server: &mut ServerConn,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, crate::backend::BackendError> {
     let mut tries = 1;
     loop {
-        match server.run_internal(sql).await {
+        match server.query_rows(sql).await {
             Err(crate::backend::BackendError::Server(e))
                 if tries < 3
                     && matches!(e.code.as_str(), "57014" | "55P03" | "40001" | "40P01") =>
@@ -51,32 +66,18 @@ async fn check_rows(
         Err(crate::backend::BackendError::Server(e)) if e.code == sqlstate::QUERY_CANCELED => {
             let again = async {
                 // Read the client's value and turn it off in one statement, tried again
-                // when the timeout cancels even that (a cancelled statement changes
-                // nothing); then nothing pgtenant runs here can be cancelled by it.
-                let mut tries = 1;
-                let was = loop {
-                    match server
-                        .query_rows(
-                            "SELECT pg_catalog.current_setting('statement_timeout'), \
-                             pg_catalog.set_config('statement_timeout', '0', false)",
-                        )
-                        .await
-                    {
-                        Ok(rows) => {
-                            break rows
-                                .into_iter()
-                                .next()
-                                .and_then(|r| r.into_iter().next().flatten())
-                                .unwrap_or_default()
-                        }
-                        Err(crate::backend::BackendError::Server(e))
-                            if tries < 5 && e.code == sqlstate::QUERY_CANCELED =>
-                        {
-                            tries += 1;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                };
+                // when the timeout cancels even that; then nothing pgtenant runs here
+                // can be cancelled by it.
+                let was = rows_retrying(
+                    server,
+                    "SELECT pg_catalog.current_setting('statement_timeout'), \
+                     pg_catalog.set_config('statement_timeout', '0', false)",
+                )
+                .await?
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next().flatten())
+                .unwrap_or_default();
                 let rows = server.query_rows_within(sql, max).await?;
                 server
                     .run_internal(&format!(
@@ -586,9 +587,6 @@ impl Session {
         // A pinned client's transactions are all checked, settings too: what it runs
         // there is not replayed elsewhere until the pin lifts.
         let settings = always || self.pinned || a.effects & effect::SETTINGS != 0;
-        // Whenever the check runs, it counts what pins too (a few catalog counts in the
-        // same query): what the text scan missed then still pins the client.
-        let state = true;
         while self.view.t().custom.len() > MAX_CUSTOM_SETTINGS {
             self.view.t_mut().custom.pop_last();
         }
@@ -615,7 +613,7 @@ impl Session {
             }
             names.extend(learned.names(db).iter().cloned());
         }
-        let sql = check::sql(settings, state, &a.server.login_role, &names);
+        let sql = check::sql(settings, &a.server.login_role, &names);
         let (rows, timeout_was) = check_rows(a, &sql).await?;
         let mut found = check::parse(rows)?;
         if let Some(v) = timeout_was {

@@ -77,9 +77,11 @@ pub const TOO_LARGE: &str = "the session's settings are larger than pgtenant kee
 /// Settings that are identities: replayed first, never listed in pg_settings.
 pub const IDENTITY: [&str; 2] = ["session_authorization", "role"];
 
-/// The check query. `login`: the server connection's login role (its
-/// session_authorization at connect); `custom`: custom setting names to read.
-pub fn sql(settings: bool, state: bool, login: &str, custom: &BTreeSet<String>) -> String {
+/// The check query: identities, the settings when `settings`, and always what pins (a
+/// few catalog counts in the same query: what the text scan missed still pins the
+/// client). `login`: the server connection's login role (its session_authorization at
+/// connect); `custom`: custom setting names to read.
+pub fn sql(settings: bool, login: &str, custom: &BTreeSet<String>) -> String {
     let cs = "pg_catalog.current_setting";
     let ne = "OPERATOR(pg_catalog.<>)";
     let eq = "OPERATOR(pg_catalog.=)";
@@ -108,23 +110,21 @@ pub fn sql(settings: bool, state: bool, login: &str, custom: &BTreeSet<String>) 
             ));
         }
     }
-    if state {
-        parts.push(format!(
-            "SELECT 'p', 'pins', pg_catalog.concat_ws(',', \
-             (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class \
-              WHERE relnamespace {eq} pg_catalog.pg_my_temp_schema()) \
-             OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc \
-              WHERE pronamespace {eq} pg_catalog.pg_my_temp_schema()) \
-             OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_type \
-              WHERE typnamespace {eq} pg_catalog.pg_my_temp_schema()), \
-             (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors), \
-             (SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks WHERE locktype {eq} 'advisory' \
-              AND pid {eq} pg_catalog.pg_backend_pid()), \
-             (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels()), \
-             (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), \
-             (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql))"
-        ));
-    }
+    parts.push(format!(
+        "SELECT 'p', 'pins', pg_catalog.concat_ws(',', \
+         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class \
+          WHERE relnamespace {eq} pg_catalog.pg_my_temp_schema()) \
+         OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc \
+          WHERE pronamespace {eq} pg_catalog.pg_my_temp_schema()) \
+         OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_type \
+          WHERE typnamespace {eq} pg_catalog.pg_my_temp_schema()), \
+         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors), \
+         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks WHERE locktype {eq} 'advisory' \
+          AND pid {eq} pg_catalog.pg_backend_pid()), \
+         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels()), \
+         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), \
+         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql))"
+    ));
     parts.join(" UNION ALL ")
 }
 
@@ -175,13 +175,13 @@ mod tests {
     #[test]
     fn check_sql_qualifies_everything_and_parses() {
         let custom: BTreeSet<String> = ["app.tenant".to_string()].into();
-        let q = sql(true, true, "app", &custom);
+        let q = sql(true, "app", &custom);
         assert!(q.contains("'app.tenant'") && q.contains("pg_my_temp_schema"));
         // No unqualified operator a search_path could replace.
         for op in [" = ", " <> ", " != "] {
             assert!(!q.contains(op), "{op} in {q}");
         }
-        assert!(!sql(false, false, "app", &custom).contains("pg_settings"));
+        assert!(!sql(false, "app", &custom).contains("pg_settings"));
         let rows = vec![
             vec![Some("i".into()), Some("role".into()), Some("priv".into())],
             vec![
