@@ -8,8 +8,9 @@
 //! - it sweeps the prepared-statement registry (`frontend::prepared`): statements no
 //!   client refers to any more are dropped;
 //! - it asks the allocator to return its free pages (`malloc_trim`) once the number of
-//!   connected clients, or of pools (`pool::Pools::remove_unused`), fell well below the
-//!   peak seen since the last trim, or the sweep freed at least 4 MiB.
+//!   connected clients, of clients with a task (idle ones park and free theirs, see
+//!   `net::park`), or of pools (`pool::Pools::remove_unused`), fell well below the peak
+//!   seen since the last trim, or the sweep freed at least 4 MiB.
 //!
 //! Nothing runs on the hot path. The other memory limits: large messages count against a
 //! process-wide budget (`net::budget`), unused pools are removed by the janitor.
@@ -33,10 +34,12 @@ fn should_trim(peak: u32, now: u32) -> bool {
     peak.saturating_sub(now) >= MIN_DROP && now <= peak / 2
 }
 
-/// Peaks since the last trim: clients connected, pools.
+/// Peaks since the last trim: clients connected, clients with a task (connected and not
+/// parked, see `net::park`), pools.
 #[derive(Default)]
 struct Peaks {
     clients: u32,
+    running: u32,
     pools: u32,
 }
 
@@ -76,13 +79,18 @@ pub fn spawn_trimmer(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task:
                     "dropped prepared statements no client uses"
                 );
             }
+            let clients = ctx.clients.load(Ordering::Relaxed);
+            let parked = u32::try_from(crate::net::park::parked()).unwrap_or(u32::MAX);
             let now = Peaks {
-                clients: ctx.clients.load(Ordering::Relaxed),
+                clients,
+                running: clients.saturating_sub(parked),
                 pools: u32::try_from(ctx.pools.len()).unwrap_or(u32::MAX),
             };
             peak.clients = peak.clients.max(now.clients);
+            peak.running = peak.running.max(now.running);
             peak.pools = peak.pools.max(now.pools);
             if should_trim(peak.clients, now.clients)
+                || should_trim(peak.running, now.running)
                 || should_trim(peak.pools, now.pools)
                 || freed >= MIN_FREED
             {
@@ -90,6 +98,8 @@ pub fn spawn_trimmer(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task:
                 tracing::debug!(
                     peak_clients = peak.clients,
                     clients = now.clients,
+                    peak_running = peak.running,
+                    running = now.running,
                     peak_pools = peak.pools,
                     pools = now.pools,
                     freed,

@@ -25,6 +25,8 @@ const STACK: usize = 8 << 20;
 /// The io_uring threads' runtimes (unset under epoll).
 static CORES: OnceLock<Vec<Handle>> = OnceLock::new();
 static NEXT: AtomicUsize = AtomicUsize::new(0);
+/// The epoll engine's runtime (unset under io_uring).
+static MAIN: OnceLock<Handle> = OnceLock::new();
 
 /// Run a client's task: on the next io_uring thread in turn, or as a plain task.
 pub fn spawn_client<F>(fut: F)
@@ -39,6 +41,31 @@ where
         _ => {
             tokio::spawn(fut);
         }
+    }
+}
+
+/// Can [`spawn_client_anywhere`] spawn? (Only inside [`run`]: library use without it,
+/// as in tests, has no runtime known to every thread.)
+pub fn runs_anywhere() -> bool {
+    CORES.get().is_some_and(|c| !c.is_empty()) || MAIN.get().is_some()
+}
+
+/// [`spawn_client`] from any thread (a parked client taken up again by the parking
+/// lot's thread, or by whoever woke it): on the next io_uring thread in turn, or on the
+/// epoll runtime. Nothing if [`runs_anywhere`] is false.
+pub fn spawn_client_anywhere<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match (CORES.get(), MAIN.get()) {
+        (Some(cores), _) if !cores.is_empty() => {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed) % cores.len();
+            cores[i].spawn(fut);
+        }
+        (_, Some(rt)) => {
+            rt.spawn(fut);
+        }
+        _ => tracing::error!("a client's task cannot be spawned: no runtime is known"),
     }
 }
 
@@ -70,6 +97,7 @@ where
             .thread_name("pgtenant")
             .thread_stack_size(STACK)
             .build()?;
+        let _ = MAIN.set(rt.handle().clone());
         return Ok(rt.block_on(main()));
     }
     let n = threads(workers);

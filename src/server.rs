@@ -242,6 +242,8 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     let limits_sync = crate::limits::sync::spawn(ctx.clone(), janitor_stop.clone());
     let stats = crate::admin::spawn_stats(ctx.clone(), janitor_stop.clone());
     let trimmer = crate::memory::spawn_trimmer(ctx.clone(), janitor_stop.clone());
+    // Idle clients park: their tasks end, their sockets wait in the parking lot.
+    let park_sweeper = frontend::spawn_park_sweeper(ctx.clone(), janitor_stop.clone());
     // /metrics, /healthz, /readyz keep answering while clients drain (/readyz says so).
     let metrics = crate::metrics::start(http, ctx.clone(), janitor_stop.clone());
     for (sock, l) in listeners {
@@ -294,6 +296,7 @@ async fn serve(settings: Settings, overrides: Overrides) -> Result<(), ServerErr
     let _ = limits_sync.await;
     let _ = stats.await;
     let _ = trimmer.await;
+    let _ = park_sweeper.await;
     for t in metrics {
         let _ = t.await;
     }

@@ -2,7 +2,7 @@
 //! The map is written at login and logout only; a session's [`SessionConsole`] (in its
 //! `ClientState`) gets relaxed stores from the session loop, no lock.
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -79,6 +79,29 @@ impl ClientRegistry {
         }
     }
 
+    /// The idle sweep (`frontend::session::park`, twice a second): sessions
+    /// idle at the last sweep with nothing sent since are asked to park and woken (the
+    /// signal count moves once, before any of them wakes). Returns how many were asked.
+    pub fn ask_idle_to_park(&self) -> usize {
+        let mut asked = Vec::new();
+        for e in self.map.iter() {
+            if let Some(s) = &e.value().state {
+                if s.kind() == crate::metrics::counters::ClientStateKind::Idle
+                    && s.console.sweep_idle()
+                {
+                    asked.push(s.clone());
+                }
+            }
+        }
+        if !asked.is_empty() {
+            crate::frontend::signal_sessions();
+            for s in &asked {
+                s.console.suspend.wake_after_signal();
+            }
+        }
+        asked.len()
+    }
+
     /// End one client's session. False if there is no such client.
     pub fn kill(&self, id: u64) -> bool {
         match self.map.get(&id) {
@@ -112,13 +135,69 @@ pub struct SessionConsole {
     /// the memory every idle client costs.
     killed: AtomicBool,
     pub suspend: super::suspend::SessionSuspend,
+    /// Where the session stands towards parking (`frontend::session::park`): one of the
+    /// `PARK_*` values.
+    park: AtomicU8,
 }
+
+/// Parking states ([`SessionConsole`]): the client sent something since the last sweep
+/// of idle sessions (or its session just started), …
+const PARK_ACTIVE: u8 = 0;
+/// … the last sweep saw it idle and nothing came since, …
+const PARK_QUIET: u8 = 1;
+/// … the sweep after that asked it to park, …
+const PARK_ASKED: u8 = 2;
+/// … it is parked, …
+const PARK_PARKED: u8 = 3;
+/// … or it could not park (a transaction, a LISTEN, TLS): not asked again until the
+/// client sends something.
+const PARK_DECLINED: u8 = 4;
 
 impl SessionConsole {
     /// The client sent something.
     #[inline]
     pub fn requested(&self) {
         self.request_s.store(now_secs(), Ordering::Relaxed);
+        if self.park.load(Ordering::Relaxed) != PARK_ACTIVE {
+            self.park.store(PARK_ACTIVE, Ordering::Relaxed);
+        }
+    }
+
+    /// The idle sweep's look at this session (its state is idle): a session it saw
+    /// idle last time, with nothing sent since, is asked to park (true: wake it); one
+    /// seen for the first time is marked.
+    fn sweep_idle(&self) -> bool {
+        self.park
+            .compare_exchange(
+                PARK_ACTIVE,
+                PARK_QUIET,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_err()
+            && self
+                .park
+                .compare_exchange(PARK_QUIET, PARK_ASKED, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Was the session asked to park (and has not answered yet)?
+    #[inline]
+    pub fn park_asked(&self) -> bool {
+        self.park.load(Ordering::Relaxed) == PARK_ASKED
+    }
+
+    /// The session parked (true), or took up its task again (false).
+    pub fn set_parked(&self, parked: bool) {
+        self.park.store(
+            if parked { PARK_PARKED } else { PARK_ACTIVE },
+            Ordering::SeqCst,
+        );
+    }
+
+    /// The session could not park now.
+    pub fn decline_park(&self) {
+        self.park.store(PARK_DECLINED, Ordering::Relaxed);
     }
 
     /// The server lent to the session now (0: none) and its prepared statement count.

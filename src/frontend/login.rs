@@ -63,6 +63,78 @@ pub struct Client {
     pub state: Arc<crate::metrics::counters::ClientState>,
 }
 
+/// A client without its connection: what a parked session keeps of it
+/// (`session::park`), as the fields of [`Client`] other than `conn`.
+pub struct ClientParts {
+    user: Arc<str>,
+    database: Arc<str>,
+    startup: Arc<super::params::ParamMap>,
+    key: CancelKey,
+    pool: Arc<Pool>,
+    cluster: Option<Arc<crate::citus::Cluster>>,
+    blue: Option<Arc<super::target::BlueHome>>,
+    home_epoch: u64,
+    credential: Option<Box<ServerCredential>>,
+    state: Arc<crate::metrics::counters::ClientState>,
+}
+
+impl Client {
+    pub fn into_parts(self) -> (Connection, ClientParts) {
+        let Client {
+            conn,
+            user,
+            database,
+            startup,
+            key,
+            pool,
+            cluster,
+            blue,
+            home_epoch,
+            credential,
+            state,
+        } = self;
+        let parts = ClientParts {
+            user,
+            database,
+            startup,
+            key,
+            pool,
+            cluster,
+            blue,
+            home_epoch,
+            credential,
+            state,
+        };
+        (conn, parts)
+    }
+
+    pub fn from_parts(conn: Connection, p: ClientParts) -> Client {
+        Client {
+            conn,
+            user: p.user,
+            database: p.database,
+            startup: p.startup,
+            key: p.key,
+            pool: p.pool,
+            cluster: p.cluster,
+            blue: p.blue,
+            home_epoch: p.home_epoch,
+            credential: p.credential,
+            state: p.state,
+        }
+    }
+}
+
+impl ClientParts {
+    pub fn state(&self) -> &crate::metrics::counters::ClientState {
+        &self.state
+    }
+
+    pub fn state_arc(&self) -> Arc<crate::metrics::counters::ClientState> {
+        self.state.clone()
+    }
+}
+
 /// Who logged in: a client of a database, or of the admin console (database
 /// `pgtenant` / `pgbouncer`), which gets no pool and no server connection.
 ///

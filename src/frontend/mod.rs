@@ -31,6 +31,7 @@ pub use auth_query::AuthQuery;
 pub use cancel::{CancelKey, CancelRegistry, CancelSlot};
 pub use listen::ListenHub;
 pub use prepared::StatementRegistry;
+pub use session::spawn_sweeper as spawn_park_sweeper;
 pub use setting_names::SettingNames;
 
 /// Bumped before anything a session loop looks at when woken changes (its kill flag, the
@@ -104,7 +105,7 @@ pub fn handle_client(
             registered: 0,
         };
         let ctx = leaving.ctx.clone();
-        match after_login(peer, r, &ctx, leaving) {
+        match after_login(peer, r, &ctx, leaving, &tracker) {
             // Spawned as it is: wrapping it in another future would store it twice.
             Some(Serve::Session(s)) => drop(tracker.spawn(s)),
             Some(Serve::Other(s)) => drop(tracker.spawn(s)),
@@ -150,6 +151,7 @@ fn after_login(
     r: Result<Option<login::Login>, FrontendError>,
     ctx: &Arc<Context>,
     mut leaving: Leaving,
+    tracker: &tokio_util::task::TaskTracker,
 ) -> Option<Serve<impl std::future::Future<Output = ()> + Send>> {
     match r {
         Ok(Some(login::Login::Client(client, params, own))) => {
@@ -178,13 +180,19 @@ fn after_login(
             if ctx.admin.suspend.is_on() {
                 // SUSPEND: a new client waits here, logged in, until RESUME or KILL
                 // (admin::suspend).
+                let tracker = tracker.clone();
                 return Some(Serve::Other(Box::pin(async move {
                     ctx.admin.suspend.hold(&client.state.console).await;
-                    start_session(client, own, &ctx, info, leaving).await;
+                    start_session(client, own, &ctx, info, leaving, tracker).await;
                 })));
             }
             Some(Serve::Session(start_session(
-                client, own, &ctx, info, leaving,
+                client,
+                own,
+                &ctx,
+                info,
+                leaving,
+                tracker.clone(),
             )))
         }
         Ok(Some(login::Login::Admin {
@@ -238,8 +246,9 @@ fn start_session(
     ctx: &Arc<Context>,
     info: Arc<crate::admin::ClientInfo>,
     leaving: Leaving,
+    tracker: tokio_util::task::TaskTracker,
 ) -> impl std::future::Future<Output = ()> + Send {
-    session::run(client, own, ctx.clone(), move |r, _: &Context| {
+    session::run(client, own, ctx.clone(), tracker, move |r, _: &Context| {
         drop(leaving);
         let (peer, user) = (info.addr, &info.user);
         match r {
@@ -287,6 +296,10 @@ mod size_tests {
         std::mem::size_of::<F>()
     }
 
+    fn ret_size5<A, B, C, D, E, F>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
     /// An idle client costs mostly its task: the session's future, spawned as a task of
     /// its own after the login (whose task is gone by then). Slow paths (login, waiting
     /// for or opening a server connection, reading settings back, the end of a session)
@@ -298,7 +311,7 @@ mod size_tests {
     fn an_idle_clients_futures_stay_small() {
         let login = ret_size4(super::handle_client);
         type End = fn(Result<(), super::FrontendError>, &crate::context::Context);
-        let session = ret_size4(super::session::run::<End>);
+        let session = ret_size5(super::session::run::<End>);
         eprintln!("login task: {login} bytes; session task: {session} bytes");
         assert!(login <= 128, "handle_client's future is {login} bytes");
         assert!(session <= 616, "a session's future is {session} bytes");

@@ -94,6 +94,10 @@ impl Connection {
         }
     }
 
+    pub fn max_message(&self) -> usize {
+        self.max_message as usize
+    }
+
     pub fn set_max_message(&mut self, max: usize) {
         self.max_message = u32::try_from(max).unwrap_or(u32::MAX);
     }

@@ -3,6 +3,7 @@
 pub mod budget;
 mod connection;
 mod frame;
+pub mod park;
 pub mod stream;
 pub mod tls;
 pub mod uring;

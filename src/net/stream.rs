@@ -43,6 +43,24 @@ impl Stream {
         Ok(Stream::Plain(tcp))
     }
 
+    /// Can [`Stream::into_bare`] take it out of its runtime? (Plain TCP on epoll, or a
+    /// unix socket: not TLS, whose state lives above the socket, nor an io_uring stream,
+    /// whose receive stays armed.)
+    pub fn can_be_bare(&self) -> bool {
+        matches!(self, Stream::Plain(_) | Stream::Unix(_))
+    }
+
+    /// The socket alone, out of its runtime (a parked client's, see `park`). `Err`: a
+    /// stream that cannot be ([`Stream::can_be_bare`]). `Ok(Err)`: the runtime could not
+    /// let it go (the socket is lost).
+    pub fn into_bare(self) -> Result<io::Result<Bare>, Stream> {
+        match self {
+            Stream::Plain(t) => Ok(t.into_std().map(Bare::Tcp)),
+            Stream::Unix(u) => Ok(u.into_std().map(Bare::Unix)),
+            s => Err(s),
+        }
+    }
+
     /// The TCP socket under it, for its options (None for a unix socket).
     pub fn tcp(&self) -> Option<socket2::SockRef<'_>> {
         match self {
@@ -86,6 +104,34 @@ impl Stream {
             Stream::TlsServer(s) => s.get_ref().0.try_write(buf),
             Stream::TlsClient(s) => s.get_ref().0.try_write(buf),
             Stream::Uring(u) => u.try_write(buf),
+        }
+    }
+}
+
+/// A non-blocking socket held outside any runtime (a parked client's, see `park`).
+pub enum Bare {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Bare {
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Bare::Tcp(t) => t.as_raw_fd(),
+            Bare::Unix(u) => u.as_raw_fd(),
+        }
+    }
+
+    /// Back on the engine of the thread that calls (inside a runtime): io_uring on a ring
+    /// thread, tokio's epoll otherwise.
+    pub fn into_stream(self) -> io::Result<Stream> {
+        match self {
+            Bare::Tcp(t) if super::uring::on_ring_thread() => {
+                Ok(Stream::Uring(super::uring::UringStream::new(t)?))
+            }
+            Bare::Tcp(t) => Ok(Stream::Plain(TcpStream::from_std(t)?)),
+            Bare::Unix(u) => Ok(Stream::Unix(Box::new(UnixStream::from_std(u)?))),
         }
     }
 }

@@ -64,14 +64,14 @@ fn psql(p: &Pgtenant, user: &str, password: &str, db: &str, sql: &str) -> (bool,
     )
 }
 
-fn admin(p: &Pgtenant, sql: &str) -> String {
+pub(crate) fn admin(p: &Pgtenant, sql: &str) -> String {
     let (ok, out, err) = psql(p, "app", "secret", "pgtenant", sql);
     assert!(ok, "{sql}: {err}\n--- logs ---\n{}", p.logs());
     out
 }
 
 /// Rows of a SHOW as maps column → value.
-fn rows(out: &str) -> Vec<std::collections::HashMap<String, String>> {
+pub(crate) fn rows(out: &str) -> Vec<std::collections::HashMap<String, String>> {
     let mut lines = out.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split('|').collect();
     lines

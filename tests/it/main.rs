@@ -38,6 +38,7 @@ mod listen;
 mod login_limits;
 mod memory;
 mod metrics;
+mod parking;
 mod pgbouncer_ini;
 mod pipelining;
 mod pipelining_attack;

@@ -371,7 +371,7 @@ impl Session {
                 setup.extend(replay.iter().filter(|(_, r)| r.is_some()).cloned());
             }
         }
-        self.attached = Some(Box::new(a));
+        *self.attached = Some(Box::new(a));
         setup
     }
 
@@ -562,7 +562,7 @@ impl Session {
             a.timer = None;
             a.pool.end_claim(&mut a.server);
             let target = a.server.cancel.clone();
-            self.attached = Some(Box::new(a));
+            *self.attached = Some(Box::new(a));
             self.set_cancel_target(Some(target)).await;
             return;
         }

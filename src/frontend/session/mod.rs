@@ -57,7 +57,10 @@ mod holds;
 mod homes;
 mod limits;
 mod lost;
+mod park;
 mod relay;
+
+pub use park::spawn_sweeper;
 
 /// Stop reading from one side while this much is queued for the other (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -132,6 +135,8 @@ enum Event {
     LeaseLapsed,
     /// The transaction's tenant has a statement_timeout and the statement ran past it.
     StatementTimeout,
+    /// The idle sweep asked the session to park (see `park`).
+    Park,
 }
 
 impl Event {
@@ -146,6 +151,7 @@ impl Event {
             Event::IdleTxTimeout => "idle-tx-timeout",
             Event::Shutdown => "shutdown",
             Event::Notification => "notification",
+            Event::Park => "park",
         }
     }
 }
@@ -332,7 +338,7 @@ struct Session {
     /// stays attached between transactions until a check finds none.
     pinned: bool,
     mode: PoolMode,
-    attached: Option<Box<Attached>>,
+    attached: AttachedSlot,
     view: View,
     /// Prepared-statement tracking on (transaction/statement mode, max_prepared_statements > 0).
     track_prepared: bool,
@@ -405,79 +411,130 @@ struct Listening {
 /// attached to it.
 /// `end` runs when the session is over, inside the same future (awaiting this future from
 /// another one would store it twice).
+/// `tracker`: the tasks shutdown waits for (a parked session keeps a token of it).
 pub fn run<E>(
     client: Client,
     own: Option<SessionServer>,
     ctx: Arc<Context>,
+    tracker: tokio_util::task::TaskTracker,
     end: E,
 ) -> impl Future<Output = ()> + Send
 where
-    E: FnOnce(Result<(), FrontendError>, &Context) + Send,
+    E: FnOnce(Result<(), FrontendError>, &Context) + Send + 'static,
 {
     let settings = ctx.settings();
     let mode = settings.pool_mode_of(&client.pool.key.database, &client.pool.key.user);
     let max_prepared = settings.max_prepared_statements as usize;
-    let desired = client.startup.clone();
-    let mut s = Session {
-        id: next_session_id(),
-        pinned: false,
-        ctx,
-        mode,
-        attached: None,
-        view: {
-            let mut v = View::default();
-            v.set_desired(desired);
-            v
-        },
-        track_prepared: mode != PoolMode::Session && max_prepared > 0,
-        max_prepared,
-        fake_statement: None,
-        listening: None,
-        held: Vec::new(),
-        route: (RouteReason::NoRouting, false),
-        deferred: std::collections::VecDeque::new(),
-        paused_input: false,
-        fake_portal: None,
-        skip_until_sync: false,
-        idle_tx_timer: None,
-        shutdown_looked: None,
-        draining: false,
-        session_lost: false,
-        client_tx: b'I',
-        tenant: None,
-        claim_tenant: None,
-        c: client,
-    };
     drop(settings);
+    let mut view = View::default();
+    view.set_desired(client.startup.clone());
+    let track_prepared = mode != PoolMode::Session && max_prepared > 0;
+    let mut s = Session::new(
+        ctx,
+        client,
+        next_session_id(),
+        mode,
+        view,
+        track_prepared,
+        max_prepared,
+    );
     if let Some(own) = own {
         s.install_at_login(own.take());
     }
-    async move {
-        let r = s.run().await;
-        Box::pin(s.finish()).await;
-        end(r, &s.ctx);
-    }
+    park::drive(s, end, tracker)
 }
 
+/// How the session loop ended.
+enum Ended {
+    /// The client left, or its session is over.
+    Closed,
+    /// Asked to park (see `park`): the caller parks it if it still can.
+    Park,
+}
+
+/// The session's server connection, when one is lent to it.
+///
 /// A session dropped before `finish` gave its server connection back (its task panicked,
 /// or the runtime dropped it): the connection is closed through its pool, whose count of
 /// open and lent connections then stays true. Without this a panic in one client's
 /// session would keep a pool slot forever, and `pool_size` of them would starve every
-/// client of the pool.
-impl Drop for Session {
+/// client of the pool. (On this field rather than on `Session`, which a parked session
+/// takes apart, see `park`.)
+#[derive(Default)]
+struct AttachedSlot(Option<Box<Attached>>);
+
+impl std::ops::Deref for AttachedSlot {
+    type Target = Option<Box<Attached>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AttachedSlot {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for AttachedSlot {
     fn drop(&mut self) {
-        if let Some(a) = self.attached.take() {
+        if let Some(a) = self.0.take() {
             a.pool.discard(a.server);
         }
     }
 }
 
 impl Session {
-    async fn run(&mut self) -> Result<(), FrontendError> {
+    /// A session between transactions, with nothing in flight (a new one, or one taken
+    /// back from the parking lot).
+    fn new(
+        ctx: Arc<Context>,
+        c: Client,
+        id: u64,
+        mode: PoolMode,
+        view: View,
+        track_prepared: bool,
+        max_prepared: usize,
+    ) -> Session {
+        Session {
+            id,
+            pinned: false,
+            ctx,
+            mode,
+            attached: AttachedSlot::default(),
+            view,
+            track_prepared,
+            max_prepared,
+            fake_statement: None,
+            listening: None,
+            held: Vec::new(),
+            route: (RouteReason::NoRouting, false),
+            deferred: std::collections::VecDeque::new(),
+            paused_input: false,
+            fake_portal: None,
+            skip_until_sync: false,
+            idle_tx_timer: None,
+            shutdown_looked: None,
+            draining: false,
+            session_lost: false,
+            client_tx: b'I',
+            tenant: None,
+            claim_tenant: None,
+            c,
+        }
+    }
+
+    async fn run(&mut self) -> Result<Ended, FrontendError> {
         loop {
             let ev = poll_fn(|cx| self.poll_event(cx)).await;
             tracing::trace!(event = ev.name(), "session event");
             let flow = match ev {
+                Event::Park if self.parkable() => return Ok(Ended::Park),
+                Event::Park => {
+                    tracing::debug!(why = self.why_not_park(), "client not parked");
+                    self.c.state.console.decline_park();
+                    Flow::Continue
+                }
                 Event::ClientRead(Ok(0)) => Flow::Quit,
                 // Handlers are boxed per event: an idle client's task then holds only the
                 // session's state, not the state of every await the handlers might reach
@@ -536,17 +593,17 @@ impl Session {
             let prepared = self.view.t().statements.len();
             self.c.state.console.publish(link, prepared);
             if let Flow::Quit = flow {
-                return Ok(());
+                return Ok(Ended::Closed);
             }
             if self.session_lost {
-                return Ok(());
+                return Ok(Ended::Closed);
             }
             if self.draining && self.attached.as_ref().is_none_or(|a| a.is_clean()) {
                 self.c.conn.queue(&build::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "pgtenant is shutting down",
                 ));
-                return Ok(());
+                return Ok(Ended::Closed);
             }
         }
     }
@@ -665,6 +722,9 @@ impl Session {
         if !self.draining && (self.c.state.console.is_killed() || self.ctx.shutdown.is_cancelled())
         {
             return Poll::Ready(Event::Shutdown);
+        }
+        if self.c.state.console.park_asked() {
+            return Poll::Ready(Event::Park);
         }
         match &mut self.shutdown_looked {
             Some((w, seen)) => {

@@ -43,6 +43,12 @@ pub(super) const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
         "Client connections by state: login (not yet logged in), active (holding a server connection), waiting (for a server connection), idle (logged in, no server; admin console clients included).",
     ),
     (
+        "pgtenant_clients_parked",
+        GAUGE,
+        &[],
+        "Idle clients parked now: no task, their socket watched by the parking lot (counted among the idle clients).",
+    ),
+    (
         "pgtenant_clients_pinned",
         GAUGE,
         &[],

@@ -201,6 +201,11 @@ impl Collector for Scrape {
             out.gauge("pgtenant_clients", &[state], v as f64);
         }
         out.gauge(
+            "pgtenant_clients_parked",
+            &[],
+            crate::net::park::parked() as f64,
+        );
+        out.gauge(
             "pgtenant_clients_pinned",
             &[],
             super::counters::CLIENTS_PINNED.load(r).max(0) as f64,
