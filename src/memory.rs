@@ -8,9 +8,9 @@
 //! - it sweeps the prepared-statement registry (`frontend::prepared`): statements no
 //!   client refers to any more are dropped;
 //! - it asks the allocator to return its free pages (`malloc_trim`) once the number of
-//!   connected clients, of clients with a task (idle ones park and free theirs, see
-//!   `net::park`), or of pools (`pool::Pools::remove_unused`), fell well below the peak
-//!   seen since the last trim, or the sweep freed at least 4 MiB.
+//!   connected clients, or of pools (`pool::Pools::remove_unused`), fell well below the
+//!   peak seen since the last trim, once many more clients are parked than at the last
+//!   trim (they gave up their tasks, see `net::park`), or the sweep freed at least 4 MiB.
 //!
 //! Nothing runs on the hot path. The other memory limits: large messages count against a
 //! process-wide budget (`net::budget`), unused pools are removed by the janitor.
@@ -34,13 +34,13 @@ fn should_trim(peak: u32, now: u32) -> bool {
     peak.saturating_sub(now) >= MIN_DROP && now <= peak / 2
 }
 
-/// Peaks since the last trim: clients connected, clients with a task (connected and not
-/// parked, see `net::park`), pools.
+/// Peaks since the last trim: clients connected, pools; and the fewest clients parked
+/// (see `net::park`).
 #[derive(Default)]
 struct Peaks {
     clients: u32,
-    running: u32,
     pools: u32,
+    parked_low: u32,
 }
 
 /// Return free heap pages to the OS. Returns whether the allocator released anything.
@@ -79,27 +79,28 @@ pub fn spawn_trimmer(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task:
                     "dropped prepared statements no client uses"
                 );
             }
-            let clients = ctx.clients.load(Ordering::Relaxed);
             let parked = u32::try_from(crate::net::park::parked()).unwrap_or(u32::MAX);
             let now = Peaks {
-                clients,
-                running: clients.saturating_sub(parked),
+                clients: ctx.clients.load(Ordering::Relaxed),
                 pools: u32::try_from(ctx.pools.len()).unwrap_or(u32::MAX),
+                parked_low: parked,
             };
             peak.clients = peak.clients.max(now.clients);
-            peak.running = peak.running.max(now.running);
             peak.pools = peak.pools.max(now.pools);
+            peak.parked_low = peak.parked_low.min(parked);
+            // Clients that parked gave up their tasks: many more parked than at the last
+            // trim (the same test, the other way round) leave freed tasks behind.
             if should_trim(peak.clients, now.clients)
-                || should_trim(peak.running, now.running)
                 || should_trim(peak.pools, now.pools)
+                || should_trim(parked, peak.parked_low)
                 || freed >= MIN_FREED
             {
                 let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
                 tracing::debug!(
                     peak_clients = peak.clients,
                     clients = now.clients,
-                    peak_running = peak.running,
-                    running = now.running,
+                    parked,
+                    parked_low = peak.parked_low,
                     peak_pools = peak.pools,
                     pools = now.pools,
                     freed,

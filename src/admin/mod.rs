@@ -12,7 +12,7 @@ mod control;
 mod migrate;
 pub mod parser;
 mod pause;
-mod registry;
+pub mod registry;
 mod show_activity;
 mod show_citus;
 mod show_clients;

@@ -9,15 +9,17 @@ use std::time::{Duration, SystemTime};
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-/// One client session as the console sees it.
+/// One client session as the console sees it. Every connected client has one: its
+/// fields are kept small (see [`Addr`], [`ClientInfo::connect_time`]).
 #[derive(Debug)]
 pub struct ClientInfo {
     pub id: u64,
     pub user: Arc<str>,
     pub database: Arc<str>,
-    pub addr: Option<SocketAddr>,
-    pub local_addr: Option<SocketAddr>,
-    pub connect_time: SystemTime,
+    pub addr: Option<Addr>,
+    pub local_addr: Option<Addr>,
+    /// When it connected, µs since the Unix epoch (see [`ClientInfo::connect_time`]).
+    pub connect_us: u64,
     pub application_name: Arc<str>,
     pub tls: bool,
     /// An admin console session's token (a child of the shutdown token, awaited by the
@@ -28,7 +30,51 @@ pub struct ClientInfo {
     pub state: Option<Arc<crate::metrics::counters::ClientState>>,
 }
 
+/// A socket address as SHOW CLIENTS shows it, in 20 bytes (a `SocketAddr` takes 32 for
+/// an IPv6 flow label and scope id nobody shows): memory per client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Addr {
+    ip: std::net::IpAddr,
+    port: u16,
+}
+
+impl Addr {
+    pub fn ip(&self) -> std::net::IpAddr {
+        self.ip
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl From<SocketAddr> for Addr {
+    fn from(a: SocketAddr) -> Addr {
+        Addr {
+            ip: a.ip(),
+            port: a.port(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        SocketAddr::new(self.ip, self.port).fmt(f)
+    }
+}
+
+/// Now, µs since the Unix epoch (for [`ClientInfo::connect_us`]).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 impl ClientInfo {
+    pub fn connect_time(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_micros(self.connect_us)
+    }
+
     /// End this client's session (after its transaction) or console session.
     pub fn kill(&self) {
         match (&self.state, &self.kill) {
@@ -339,7 +385,7 @@ mod tests {
                 database: "d".into(),
                 addr: None,
                 local_addr: None,
-                connect_time: SystemTime::now(),
+                connect_us: now_us(),
                 application_name: "".into(),
                 tls: false,
                 kill: console.then(CancellationToken::new),

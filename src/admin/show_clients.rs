@@ -38,7 +38,7 @@ pub const SOCKETS: &[&str] = &[
     "id",
 ];
 
-fn addr_parts(a: Option<std::net::SocketAddr>) -> (String, String) {
+fn addr_parts(a: Option<crate::admin::registry::Addr>) -> (String, String) {
     match a {
         Some(a) => (a.ip().to_string(), a.port().to_string()),
         None => ("unix".into(), "0".into()),
@@ -54,7 +54,7 @@ pub fn clients(ctx: &Context) -> ResultSet {
         // The coarse clock may lag the login by a second.
         let request = console
             .and_then(|s| s.request_time())
-            .map_or(c.connect_time, |t| t.max(c.connect_time));
+            .map_or(c.connect_time(), |t| t.max(c.connect_time()));
         let link = console.map_or(0, |s| s.link());
         // PgBouncer: active (linked to a server, or idle in a session-mode session),
         // waiting (for a server), idle (transaction mode, no server). The console's own
@@ -75,7 +75,7 @@ pub fn clients(ctx: &Context) -> ResultSet {
             port,
             laddr,
             lport,
-            format_time(c.connect_time),
+            format_time(c.connect_time()),
             format_time(request),
             waited.as_secs().to_string(),
             waited.subsec_micros().to_string(),
@@ -117,7 +117,7 @@ pub fn servers(ctx: &Context) -> ResultSet {
         .collect();
     for p in super::show_pools::sorted_pools(ctx) {
         for (s, state, close_needed) in p.servers() {
-            let (laddr, lport) = addr_parts(s.local_addr);
+            let (laddr, lport) = addr_parts(s.local_addr.map(Into::into));
             let client = linked.get(&s.id);
             let request = match (s.last_used, client) {
                 (Some(t), _) => SystemTime::now()

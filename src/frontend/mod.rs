@@ -275,9 +275,9 @@ fn register(
         id: ctx.admin.clients.next_id(),
         user,
         database,
-        addr: stream.peer_addr(),
-        local_addr: stream.local_addr(),
-        connect_time: std::time::SystemTime::now(),
+        addr: stream.peer_addr().map(Into::into),
+        local_addr: stream.local_addr().map(Into::into),
+        connect_us: crate::admin::registry::now_us(),
         application_name: ctx.startup_params.share_name(
             params
                 .iter()

@@ -43,20 +43,32 @@ impl Stream {
         Ok(Stream::Plain(tcp))
     }
 
-    /// Can [`Stream::into_bare`] take it out of its runtime? (Plain TCP on epoll, or a
-    /// unix socket: not TLS, whose state lives above the socket, nor an io_uring stream,
-    /// whose receive stays armed.)
+    /// Can [`Stream::into_bare`] take it out of its runtime? (Plain TCP, on either
+    /// engine, or a unix socket: not TLS, whose state lives above the socket.)
     pub fn can_be_bare(&self) -> bool {
-        matches!(self, Stream::Plain(_) | Stream::Unix(_))
+        matches!(self, Stream::Plain(_) | Stream::Unix(_) | Stream::Uring(_))
     }
 
-    /// The socket alone, out of its runtime (a parked client's, see `park`). `Err`: a
-    /// stream that cannot be ([`Stream::can_be_bare`]). `Ok(Err)`: the runtime could not
-    /// let it go (the socket is lost).
+    /// Get ready for [`Stream::into_bare`]: an io_uring stream takes back its armed
+    /// receive ([`super::uring::UringStream::poll_disarm`]; false: bytes came first);
+    /// the others are ready.
+    pub fn poll_let_go(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        match self {
+            Stream::Uring(u) => u.poll_disarm(cx),
+            _ => Poll::Ready(true),
+        }
+    }
+
+    /// The socket alone, out of its runtime (a parked client's, see `park`), once
+    /// [`Stream::poll_let_go`] said yes. `Err`: a stream that cannot be
+    /// ([`Stream::can_be_bare`]). `Ok(Err)`: the runtime could not let it go (the socket
+    /// is lost).
     pub fn into_bare(self) -> Result<io::Result<Bare>, Stream> {
         match self {
             Stream::Plain(t) => Ok(t.into_std().map(Bare::Tcp)),
             Stream::Unix(u) => Ok(u.into_std().map(Bare::Unix)),
+            // After `poll_let_go` said yes.
+            Stream::Uring(u) => Ok(u.into_std().map(Bare::Tcp)),
             s => Err(s),
         }
     }

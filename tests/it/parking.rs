@@ -4,8 +4,8 @@
 //! it was. What cannot travel with a parked session (a transaction, a LISTEN, a pinned
 //! connection, session mode) keeps its task.
 //!
-//! TCP clients park on the epoll engine (an io_uring stream keeps its receive armed), so
-//! these tests run pgtenant with `--io-engine epoll`.
+//! They run on the suite's engine (`./scripts/test.sh` runs them on io_uring and on
+//! epoll): an io_uring stream takes back its armed receive before it parks.
 
 use crate::support;
 
@@ -16,7 +16,7 @@ use support::{PgServer, Pgtenant, TempDir};
 use crate::admin::{admin, rows};
 use crate::pipelining::metric;
 
-/// pgtenant on the epoll engine in front of `pg`, /metrics on a port of its own,
+/// pgtenant in front of `pg`, /metrics on a port of its own,
 /// `app` in admin_users, plus `extra` TOML lines.
 fn start(pg: &PgServer, dir: &TempDir, extra: &str) -> (Pgtenant, u16) {
     let http = support::free_port();
@@ -33,8 +33,6 @@ fn start(pg: &PgServer, dir: &TempDir, extra: &str) -> (Pgtenant, u16) {
             cfg.to_str().unwrap(),
             "--http-listen",
             &addr,
-            "--io-engine",
-            "epoll",
         ],
         &[],
     );

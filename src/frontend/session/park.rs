@@ -11,9 +11,9 @@
 //!   not session mode, not pinned), no transaction, nothing held, deferred or buffered
 //!   either way, no timer, no LISTEN (its notifications come through a channel), no
 //!   message pgtenant answers itself kept on the unnamed statement or portal, not
-//!   draining, and a plain TCP (epoll engine) or unix socket: not TLS, whose state lives
-//!   above the socket, nor an io_uring stream, whose receive stays armed. Any other
-//!   declines until its client sends something.
+//!   draining, and a plain TCP or unix socket: not TLS, whose state lives above the
+//!   socket. An io_uring stream first takes back its armed receive (if bytes come first,
+//!   it does not park). Any other declines until its client sends something.
 //! - What it keeps: the client without its connection (its key, pools, startup settings,
 //!   registry state), its session identity and its view (statements, settings), the
 //!   socket, and the end of the session (`end`, the task tracker's token: shutdown waits
@@ -111,7 +111,7 @@ impl Session {
                 c.pending_output() > 0 || c.buffered_input() > 0 || c.is_eof(),
                 "bytes buffered",
             ),
-            (!c.stream().can_be_bare(), "TLS or io_uring"),
+            (!c.stream().can_be_bare(), "TLS"),
         ];
         reasons.into_iter().find(|(no, _)| *no).map(|(_, why)| why)
     }
@@ -138,10 +138,13 @@ where
                 Ok(super::Ended::Park) => {
                     let lot = crate::net::park::lot()
                         .filter(|_| s.parkable() && crate::runtime::runs_anywhere());
-                    match lot {
-                        Some(lot) => return park(lot, s, end, tracker),
-                        None => s.c.state.console.decline_park(),
+                    if let Some(lot) = lot {
+                        let stream = s.c.conn.stream();
+                        if std::future::poll_fn(|cx| stream.poll_let_go(cx)).await {
+                            return park(lot, s, end, tracker);
+                        }
                     }
+                    s.c.state.console.decline_park();
                 }
                 Ok(super::Ended::Closed) => break Ok(()),
                 Err(e) => break Err(e),

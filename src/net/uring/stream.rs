@@ -48,6 +48,8 @@ struct State {
     write_err: Option<i32>,
     writer: Option<Waker>,
     dropped: bool,
+    /// The armed receive is being cancelled ([`UringStream::poll_disarm`]).
+    disarming: bool,
 }
 
 fn not_on_ring() -> io::Error {
@@ -68,6 +70,20 @@ impl Shared {
         let mut st = this.lock();
         st.recv = None;
         if st.dropped {
+            return;
+        }
+        if std::mem::take(&mut st.disarming)
+            && matches!(
+                -res,
+                libc::ECANCELED | libc::ENOBUFS | libc::EINTR | libc::EAGAIN
+            )
+        {
+            // Taken back before anything came: nothing to read, nothing to arm again.
+            let w = st.reader.take();
+            drop(st);
+            if let Some(w) = w {
+                w.wake();
+            }
             return;
         }
         match res {
@@ -268,6 +284,51 @@ impl UringStream {
         {
             st.recv = with_ring(|r| r.recv(self.s.clone()));
         }
+    }
+
+    /// Take back the armed receive, for a stream about to leave its ring (an idle
+    /// client parking, see `net::park`). `Ready(true)`: nothing is in flight, buffered
+    /// or held by the ring, and [`UringStream::into_std`] will take the socket.
+    /// `Ready(false)`: bytes, the end of the stream or an error came first (the reader
+    /// finds them as usual), or the receive runs on another thread's ring.
+    pub fn poll_disarm(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut st = self.s.lock();
+        if !st.inbox.is_empty()
+            || st.eof
+            || st.read_err.is_some()
+            || st.send.is_some()
+            || !st.outbox.is_empty()
+            || st.write_err.is_some()
+            || st.dropped
+        {
+            return Poll::Ready(false);
+        }
+        match st.recv {
+            None if Arc::strong_count(&self.s) == 1 => return Poll::Ready(true),
+            None => {
+                // The ring still holds the completed receive's reference: it lets go of
+                // it before this task runs again.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Some(op) if !st.disarming => {
+                let here = with_ring(|r| {
+                    let here = r.id == op.ring;
+                    if here {
+                        r.cancel(op);
+                    }
+                    here
+                })
+                .unwrap_or(false);
+                if !here {
+                    return Poll::Ready(false);
+                }
+                st.disarming = true;
+            }
+            Some(_) => {}
+        }
+        st.reader = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// The ring its receive is armed on, if one is.

@@ -292,3 +292,39 @@ fn a_refused_receive_flag_is_dropped_and_the_receive_armed_again() {
         assert_eq!(ring::with_ring(|sq| sq.poll_first), Some(0));
     });
 }
+
+/// An idle stream with its receive armed takes it back (a client parking): the socket
+/// then leaves the ring with nothing lost, and bytes sent after are read from it. Bytes
+/// that came before the disarm keep the stream (they are read as usual).
+#[test]
+fn an_armed_receive_is_taken_back_before_the_socket_leaves() {
+    on_ring(async {
+        let (mine, mut peer) = pair().await;
+        // Arm a receive as an idle reader does.
+        let armed = std::future::poll_fn(|cx| std::task::Poll::Ready(mine.poll_take(cx))).await;
+        assert!(armed.is_pending());
+        assert!(mine.armed_on().is_some());
+        let ready = std::future::poll_fn(|cx| mine.poll_disarm(cx)).await;
+        assert!(ready, "nothing came: the receive is taken back");
+        assert!(mine.armed_on().is_none());
+        let std_sock = mine.into_std().expect("the socket leaves the ring");
+        peer.write_all(b"after").await.unwrap();
+        let mut back = TcpStream::from_std(std_sock).unwrap();
+        let mut got = [0u8; 5];
+        back.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"after");
+
+        // Bytes first: the stream stays and reads them.
+        let (mine, mut peer) = pair().await;
+        let mut mine = mine;
+        let armed = std::future::poll_fn(|cx| std::task::Poll::Ready(mine.poll_take(cx))).await;
+        assert!(armed.is_pending());
+        peer.write_all(b"Q").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let ready = std::future::poll_fn(|cx| mine.poll_disarm(cx)).await;
+        assert!(!ready, "bytes came first");
+        let mut got = [0u8; 1];
+        mine.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"Q");
+    });
+}
