@@ -118,16 +118,22 @@ impl ClientRegistry {
     /// signal count moves once, before any of them wakes).
     pub fn wake_sessions(&self) {
         crate::frontend::signal_sessions();
-        for e in self.map.iter() {
-            if let Some(s) = &e.value().state {
-                s.console.suspend.wake_after_signal();
-            }
+        // Woken after the map's locks are let go: a parked session's waker spawns its
+        // task (see `net::park`), which must not run under them.
+        let states: Vec<_> = self
+            .map
+            .iter()
+            .filter_map(|e| e.value().state.clone())
+            .collect();
+        for s in states {
+            s.console.suspend.wake_after_signal();
         }
     }
 
-    /// The idle sweep (`frontend::session::park`, twice a second): sessions
-    /// idle at the last sweep with nothing sent since are asked to park and woken (the
-    /// signal count moves once, before any of them wakes). Returns how many were asked.
+    /// The idle sweep (`frontend::session::park`, twice a second): sessions its sweeps
+    /// saw idle `park_after` times in a row, with nothing sent since, are asked to park
+    /// and woken (the signal count moves once, before any of them wakes). Returns how
+    /// many were asked.
     pub fn ask_idle_to_park(&self) -> usize {
         let mut asked = Vec::new();
         for e in self.map.iter() {
@@ -181,50 +187,55 @@ pub struct SessionConsole {
     /// the memory every idle client costs.
     killed: AtomicBool,
     pub suspend: super::suspend::SessionSuspend,
-    /// Where the session stands towards parking (`frontend::session::park`): one of the
-    /// `PARK_*` values.
+    /// Where the session stands towards parking (`frontend::session::park`): the sweeps
+    /// that saw it idle since its client last sent something, or [`PARK_ASKED`] or
+    /// [`PARK_PARKED`].
     park: AtomicU8,
+    /// Sweeps of idleness before it is asked to park: 2 (0.5–1 s), doubled up to
+    /// [`PARK_AFTER_MAX`] each time it came back within 2 s of parking or declined, and
+    /// back to 2 once it stayed parked a minute (see [`SessionConsole::set_parked`]).
+    park_after: AtomicU8,
+    /// When it last parked ([`now_secs`], truncated).
+    parked_at: AtomicU32,
 }
 
-/// Parking states ([`SessionConsole`]): the client sent something since the last sweep
-/// of idle sessions (or its session just started), …
-const PARK_ACTIVE: u8 = 0;
-/// … the last sweep saw it idle and nothing came since, …
-const PARK_QUIET: u8 = 1;
-/// … the sweep after that asked it to park, …
-const PARK_ASKED: u8 = 2;
-/// … it is parked, …
-const PARK_PARKED: u8 = 3;
-/// … or it could not park (a transaction, a LISTEN, TLS): not asked again until the
-/// client sends something.
-const PARK_DECLINED: u8 = 4;
+/// Parking states past the count of idle sweeps ([`SessionConsole`]): asked to park, …
+const PARK_ASKED: u8 = 254;
+/// … parked.
+const PARK_PARKED: u8 = 255;
+/// Sweeps before the first ask (0.5–1 s), and the most (16 s, see `park_after`).
+const PARK_AFTER_MIN: u8 = 2;
+const PARK_AFTER_MAX: u8 = 32;
 
 impl SessionConsole {
     /// The client sent something.
     #[inline]
     pub fn requested(&self) {
         self.request_s.store(now_secs(), Ordering::Relaxed);
-        if self.park.load(Ordering::Relaxed) != PARK_ACTIVE {
-            self.park.store(PARK_ACTIVE, Ordering::Relaxed);
+        if self.park.load(Ordering::Relaxed) != 0 {
+            self.park.store(0, Ordering::Relaxed);
         }
     }
 
-    /// The idle sweep's look at this session (its state is idle): a session it saw
-    /// idle last time, with nothing sent since, is asked to park (true: wake it); one
-    /// seen for the first time is marked.
+    /// The idle sweep's look at this session (its state is idle): one more sweep that saw
+    /// it idle; after `park_after` of them it is asked to park (true: wake it).
     fn sweep_idle(&self) -> bool {
-        self.park
-            .compare_exchange(
-                PARK_ACTIVE,
-                PARK_QUIET,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_err()
-            && self
+        let seen = self.park.load(Ordering::Relaxed);
+        if seen >= PARK_ASKED {
+            return false;
+        }
+        let after = self.park_after.load(Ordering::Relaxed).max(PARK_AFTER_MIN);
+        let next = seen + 1;
+        if next < after {
+            // A message in between (back to 0) wins.
+            let _ = self
                 .park
-                .compare_exchange(PARK_QUIET, PARK_ASKED, Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok()
+                .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed);
+            return false;
+        }
+        self.park
+            .compare_exchange(seen, PARK_ASKED, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Was the session asked to park (and has not answered yet)?
@@ -233,17 +244,36 @@ impl SessionConsole {
         self.park.load(Ordering::Relaxed) == PARK_ASKED
     }
 
-    /// The session parked (true), or took up its task again (false).
+    /// The session parked (true), or took up its task again (false). A client that came
+    /// back within 2 s of parking waits twice as long before the next ask (a client
+    /// with steady gaps stops paying for parks it does not keep); one that stayed parked
+    /// a minute starts over.
     pub fn set_parked(&self, parked: bool) {
-        self.park.store(
-            if parked { PARK_PARKED } else { PARK_ACTIVE },
-            Ordering::SeqCst,
-        );
+        let now = now_secs() as u32;
+        if parked {
+            self.parked_at.store(now, Ordering::Relaxed);
+            self.park.store(PARK_PARKED, Ordering::SeqCst);
+            return;
+        }
+        let stayed = now.wrapping_sub(self.parked_at.load(Ordering::Relaxed));
+        if stayed <= 2 {
+            self.back_off();
+        } else if stayed >= 60 {
+            self.park_after.store(PARK_AFTER_MIN, Ordering::Relaxed);
+        }
+        self.park.store(0, Ordering::SeqCst);
     }
 
-    /// The session could not park now.
+    /// The session could not park now: asked again later, after twice as many sweeps.
     pub fn decline_park(&self) {
-        self.park.store(PARK_DECLINED, Ordering::Relaxed);
+        self.back_off();
+        self.park.store(0, Ordering::Relaxed);
+    }
+
+    fn back_off(&self) {
+        let after = self.park_after.load(Ordering::Relaxed).max(PARK_AFTER_MIN);
+        self.park_after
+            .store((after * 2).min(PARK_AFTER_MAX), Ordering::Relaxed);
     }
 
     /// The server lent to the session now (0: none) and its prepared statement count.
@@ -342,6 +372,36 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// A session is asked to park after two idle sweeps; one that came back within 2 s
+    /// of parking, or declined, waits twice as many (up to 32); one parked a minute
+    /// starts over; a message resets the count.
+    #[test]
+    fn parking_is_asked_after_idle_sweeps_and_backs_off() {
+        let c = SessionConsole::default();
+        let sweeps_to_ask = |c: &SessionConsole| (1..=64).find(|_| c.sweep_idle()).unwrap_or(0);
+        assert_eq!(sweeps_to_ask(&c), 2);
+        assert!(c.park_asked());
+        assert!(!c.sweep_idle(), "asked once");
+        c.set_parked(true);
+        assert!(!c.sweep_idle(), "a parked session is not asked");
+        c.set_parked(false); // back at once
+        assert_eq!(sweeps_to_ask(&c), 4);
+        c.decline_park();
+        assert_eq!(sweeps_to_ask(&c), 8);
+        c.requested();
+        c.sweep_idle();
+        c.requested();
+        assert_eq!(sweeps_to_ask(&c), 8, "a message starts the count again");
+        for _ in 0..4 {
+            c.decline_park();
+        }
+        assert_eq!(sweeps_to_ask(&c), 32);
+        c.set_parked(true);
+        c.parked_at.fetch_sub(120, Ordering::Relaxed);
+        c.set_parked(false); // parked two minutes
+        assert_eq!(sweeps_to_ask(&c), 2);
     }
 
     /// KILL reaches a session waiting in `killed()` (and one that looks at the flag

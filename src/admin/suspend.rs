@@ -141,8 +141,10 @@ impl SessionSuspend {
     /// [`SessionSuspend::wake`] for a caller that moved the signal count itself (once for
     /// every session it wakes: `ClientRegistry::wake_sessions`).
     pub(crate) fn wake_after_signal(&self) {
-        if let Some(w) = lock(&self.waker).as_ref() {
-            w.wake_by_ref();
+        // Woken outside the lock: a parked session's waker spawns its task.
+        let w = lock(&self.waker).clone();
+        if let Some(w) = w {
+            w.wake();
         }
     }
 }

@@ -56,9 +56,10 @@ pub struct Client {
     pub blue: Option<Arc<super::target::BlueHome>>,
     /// `Context::config_epoch` when its home was looked up.
     pub home_epoch: u64,
-    /// What its login proved, for the pool it moves to when its entry changes. Boxed:
-    /// read only on a RELOAD that changes its entry.
-    pub credential: Option<Box<ServerCredential>>,
+    /// What its login proved, for the pool it moves to when its entry changes (read only
+    /// on a RELOAD that changes its entry). Shared with its pool when the same: a user's
+    /// clients hold one copy ([`Pool::share_credential`]).
+    pub credential: Option<Arc<ServerCredential>>,
     /// Active / waiting / idle, for SHOW CLIENTS (kept by the metrics guards).
     pub state: Arc<crate::metrics::counters::ClientState>,
 }
@@ -74,7 +75,7 @@ pub struct ClientParts {
     cluster: Option<Arc<crate::citus::Cluster>>,
     blue: Option<Arc<super::target::BlueHome>>,
     home_epoch: u64,
-    credential: Option<Box<ServerCredential>>,
+    credential: Option<Arc<ServerCredential>>,
     state: Arc<crate::metrics::counters::ClientState>,
 }
 
@@ -663,7 +664,7 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
             cluster,
             blue,
             home_epoch: epoch,
-            credential: credential.map(Box::new),
+            credential: credential.map(|c| pool.share_credential(c)),
             startup: ctx.startup_params.share(startup),
             key: cancel_key,
             pool,

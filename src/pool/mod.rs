@@ -201,7 +201,7 @@ pub struct Pool {
     db: Arc<Counter>,
     role: Arc<Counter>,
     settings: Arc<ArcSwap<Settings>>,
-    credential: Mutex<Option<ServerCredential>>,
+    credential: Mutex<Option<Arc<ServerCredential>>>,
     /// The ParameterStatus set of the first server connection (sent to clients at login).
     server_params: Mutex<Option<ParamList>>,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -232,9 +232,14 @@ impl Pool {
 
     /// Remember the credential to open connections with (e.g. SCRAM keys learnt from a
     /// client's login). A newer one replaces an older one.
+    /// (The same credential again keeps the copy its clients share, see
+    /// [`Pool::share_credential`].)
     pub fn set_credential(&self, cred: Option<ServerCredential>) {
-        if cred.is_some() {
-            *self.credential.lock().unwrap_or_else(|p| p.into_inner()) = cred;
+        if let Some(c) = cred {
+            let mut g = self.credential.lock().unwrap_or_else(|p| p.into_inner());
+            if g.as_deref() != Some(&c) {
+                *g = Some(Arc::new(c));
+            }
         }
     }
 
@@ -244,7 +249,18 @@ impl Pool {
         self.credential
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_deref()
+            .cloned()
+    }
+
+    /// `c` as a client keeps it: the pool's own copy when it is the same credential (the
+    /// clients of a user hold one copy between them, not one each: memory per idle
+    /// client), else a copy of its own.
+    pub fn share_credential(&self, c: ServerCredential) -> Arc<ServerCredential> {
+        match &*self.credential.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(mine) if **mine == c => mine.clone(),
+            _ => Arc::new(c),
+        }
     }
 
     pub fn has_credential(&self) -> bool {

@@ -22,11 +22,7 @@ impl Pool {
             port: self.key.node.port,
             user: self.key.user.to_string(),
             database: self.key.dbname.to_string(),
-            credential: self
-                .credential
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            credential: self.credential(),
             tls_mode: s.server_tls,
             tls: self.tls.clone(),
             connect_timeout: s.server_connect_timeout,

@@ -4,25 +4,29 @@
 //! Rules:
 //! - Who is asked: twice a second a sweep ([`spawn_sweeper`]) looks at every client the
 //!   console's registry says is idle (no transaction, not waiting); one it saw idle at
-//!   the sweep before, with nothing sent since, is asked to park and woken
-//!   (`ClientRegistry::ask_idle_to_park`). So a client parks after 0.5–1 s without a
-//!   message, and a busy one never pays for parking.
+//!   `park_after` sweeps in a row (2 at first), with nothing sent since, is asked to
+//!   park and woken (`ClientRegistry::ask_idle_to_park`). So a client parks after
+//!   0.5–1 s without a message, and a busy one never pays for parking. A client that came
+//!   back within 2 s of parking, or declined, waits twice as many sweeps next time (up
+//!   to 16 s): one with steady gaps of a second or so stops parking and coming back each
+//!   time; one that stayed parked a minute starts over (`SessionConsole::set_parked`).
 //! - Who parks: only a session with nothing in flight or kept: no server connection (so
 //!   not session mode, not pinned), no transaction, nothing held, deferred or buffered
 //!   either way, no timer, no LISTEN (its notifications come through a channel), no
 //!   message pgtenant answers itself kept on the unnamed statement or portal, not
 //!   draining, and a plain TCP or unix socket: not TLS, whose state lives above the
 //!   socket. An io_uring stream first takes back its armed receive (if bytes come first,
-//!   it does not park). Any other declines until its client sends something.
+//!   it does not park). Any other declines, and is asked again later.
 //! - What it keeps: the client without its connection (its key, pools, startup settings,
 //!   registry state), its session identity and its view (statements, settings), the
 //!   socket, and the end of the session (`end`, the task tracker's token: shutdown waits
 //!   for a parked client as for a running one).
 //! - Waking: bytes or a hang-up on the socket, or anyone who wakes the session (KILL,
-//!   SUSPEND, RESUME, RELOAD, shutdown: they all wake the waker in the session's console
-//!   entry, which is the lot's while it is parked) spawn its task again, on its
-//!   runtime (epoll) or the next io_uring thread, with the same state: the client sees
-//!   nothing. After it put the lot's waker in place, the parking session looks at its
+//!   SUSPEND, RESUME, shutdown: they all wake the waker in the session's console entry,
+//!   which is the lot's while it is parked) spawn its task again, on the epoll runtime
+//!   or the next io_uring thread, with the same state: the client sees nothing. (RELOAD
+//!   wakes nobody: a session looks at the configuration's epoch at its next
+//!   transaction, parked or not.) After it put the lot's waker in place, the parking session looks at its
 //!   kill flag, the shutdown token and SUSPEND once more, and wakes itself if one is up.
 use std::sync::Arc;
 
@@ -221,8 +225,9 @@ where
     }
 }
 
-/// The parked session's task, again.
-async fn resume<E>(p: Parked<E>) -> ()
+/// Take the parked session up again: its socket back on this thread's engine, then its
+/// task.
+async fn resume<E>(p: Parked<E>)
 where
     E: FnOnce(Result<(), FrontendError>, &Context) + Send + 'static,
 {
@@ -252,5 +257,7 @@ where
     let c = Client::from_parts(Connection::new(stream, max_message as usize), client);
     let max_prepared = max_prepared as usize;
     let s = Session::new(ctx, c, id, mode, view, track_prepared, max_prepared);
-    Box::pin(drive(s, end, tracker)).await
+    // A task of its own, as at login (on this thread: under io_uring, its ring's), so
+    // that it is no larger than a new client's; this one ends here.
+    tracker.spawn(drive(s, end, tracker.clone()));
 }
