@@ -1,4 +1,5 @@
 //! CancelRequest towards a server.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -6,12 +7,40 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::protocol::build;
 
 /// What a CancelRequest for one server connection needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct CancelTarget {
     pub host: String,
     pub port: u16,
     pub pid: i32,
     pub secret: i32,
+    /// A cancel was sent to this connection and not seen through (the postmaster did not
+    /// close the cancel socket in time, or the exchange failed half-way): its signal may
+    /// still land, on whatever statement runs then. The connection is closed rather than
+    /// lent to another client ([`CancelTarget::unsettled`], `pool::Pool::release_at`).
+    unsettled: AtomicBool,
+}
+
+impl CancelTarget {
+    pub fn new(host: String, port: u16, pid: i32, secret: i32) -> CancelTarget {
+        CancelTarget {
+            host,
+            port,
+            pid,
+            secret,
+            unsettled: AtomicBool::new(false),
+        }
+    }
+
+    /// See the field: a cancel to this connection may still land.
+    pub fn unsettled(&self) -> bool {
+        self.unsettled.load(Ordering::SeqCst)
+    }
+
+    /// A cancel to this connection was not seen through (before the sender lets the
+    /// connection go on).
+    pub fn mark_unsettled(&self) {
+        self.unsettled.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Send a CancelRequest and wait until the postmaster closes the socket: by then it has

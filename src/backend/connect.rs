@@ -111,12 +111,7 @@ async fn handshake(stream: Stream, p: &ConnectParams) -> Result<ServerConn, Back
             }
         }
     }
-    let cancel = CancelTarget {
-        host: p.host.clone(),
-        port: p.port,
-        pid: key.0,
-        secret: key.1,
-    };
+    let cancel = CancelTarget::new(p.host.clone(), p.port, key.0, key.1);
     Ok(ServerConn::new(conn, cancel, server_params))
 }
 

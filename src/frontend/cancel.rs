@@ -138,7 +138,12 @@ fn send_detached(
     tokio::spawn(async move {
         let _in_flight = in_flight;
         match send_cancel(&t).await {
-            Err(e) => tracing::warn!(error = %e, "forwarding {whose} cancel request failed"),
+            Err(e) => {
+                // It may still land (a slow postmaster): the connection must not go to
+                // another client. Marked before the count goes down.
+                t.mark_unsettled();
+                tracing::warn!(error = %e, server_pid = t.pid, "forwarding {whose} cancel request failed or was not seen through; its server connection will be closed, not lent again")
+            }
             Ok(()) => tracing::debug!(server_pid = t.pid, "{whose} cancel request forwarded"),
         }
     })
@@ -284,12 +289,37 @@ mod tests {
     use std::time::Duration;
 
     fn target(pid: i32) -> Option<Arc<CancelTarget>> {
-        Some(Arc::new(CancelTarget {
-            host: "127.0.0.1".into(),
-            port: 1,
-            pid,
-            secret: 7,
-        }))
+        Some(Arc::new(CancelTarget::new("127.0.0.1".into(), 1, pid, 7)))
+    }
+
+    /// A cancel the postmaster does not see through in time (here it accepts and says
+    /// nothing) may still land later: its target is marked unsettled before the slot
+    /// lets the target move, so that the pool closes that connection instead of lending
+    /// it to the next client (`Pool::release_at`).
+    #[tokio::test]
+    async fn a_cancel_not_seen_through_marks_its_connection() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let silent = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        });
+        let slot = Arc::new(CancelSlot::default());
+        let t = Arc::new(CancelTarget::new("127.0.0.1".into(), port, 9, 7));
+        slot.try_set(Some(t.clone())).unwrap();
+        let (taken, in_flight) = slot.take_for_cancel().expect("a target");
+        let sending = send_detached(taken, in_flight, "a test's");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!t.unsettled(), "still on its way");
+        assert!(slot.try_set(None).is_err(), "the target stays meanwhile");
+        tokio::time::timeout(Duration::from_secs(10), sending)
+            .await
+            .expect("the sender gives up after 5 s")
+            .unwrap();
+        assert!(t.unsettled());
+        assert!(slot.try_set(None).is_ok());
+        silent.abort();
     }
 
     #[tokio::test]
@@ -358,12 +388,12 @@ mod tests {
         let reg = Arc::new(CancelRegistry::default());
         let key = reg.register();
         key.slot
-            .try_set(Some(Arc::new(CancelTarget {
-                host: "127.0.0.1".into(),
+            .try_set(Some(Arc::new(CancelTarget::new(
+                "127.0.0.1".into(),
                 port,
-                pid: 9,
-                secret: 7,
-            })))
+                9,
+                7,
+            ))))
             .unwrap();
         let asked = reg.cancel(key.pid, key.secret);
         assert!(

@@ -543,6 +543,9 @@ impl Pool {
         let over_size = g.total > l.pool_size + l.reserve_pool_size
             || (g.total > l.pool_size && !g.queue.any_open());
         if !clean
+            // A cancel to it may still land (`CancelTarget::unsettled`): not for the next
+            // client's statement.
+            || c.cancel.unsettled()
             || c.id <= self.close_needed_upto.load(Ordering::Relaxed)
             || self.is_stale()
             || c.tx_status != b'I'
