@@ -58,9 +58,13 @@ pub fn spawn_sweeper(
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            // A SUSPEND or a shutdown wakes every session: none is asked meanwhile.
+            // A SUSPEND or a shutdown wakes every session: none is asked meanwhile. The
+            // sweep walks every client (milliseconds with 100,000 of them): off the
+            // runtime's threads.
             if !ctx.admin.suspend.is_on() && !ctx.shutdown.is_cancelled() {
-                ctx.admin.clients.ask_idle_to_park();
+                let c = ctx.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || c.admin.clients.ask_idle_to_park()).await;
             }
         }
     })
