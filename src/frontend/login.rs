@@ -65,10 +65,9 @@ pub struct Client {
 }
 
 /// A client without its connection: what a parked session keeps of it
-/// (`session::park`), as the fields of [`Client`] other than `conn`.
+/// (`session::park`), as the fields of [`Client`] other than `conn` and its names (which
+/// its registry entry holds).
 pub struct ClientParts {
-    user: Arc<str>,
-    database: Arc<str>,
     startup: Arc<super::params::ParamMap>,
     key: CancelKey,
     pool: Arc<Pool>,
@@ -94,9 +93,8 @@ impl Client {
             credential,
             state,
         } = self;
+        drop((user, database));
         let parts = ClientParts {
-            user,
-            database,
             startup,
             key,
             pool,
@@ -109,11 +107,16 @@ impl Client {
         (conn, parts)
     }
 
-    pub fn from_parts(conn: Connection, p: ClientParts) -> Client {
+    pub fn from_parts(
+        conn: Connection,
+        p: ClientParts,
+        user: Arc<str>,
+        database: Arc<str>,
+    ) -> Client {
         Client {
             conn,
-            user: p.user,
-            database: p.database,
+            user,
+            database,
             startup: p.startup,
             key: p.key,
             pool: p.pool,

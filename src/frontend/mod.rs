@@ -248,16 +248,32 @@ fn start_session(
     leaving: Leaving,
     tracker: tokio_util::task::TaskTracker,
 ) -> impl std::future::Future<Output = ()> + Send {
-    session::run(client, own, ctx.clone(), tracker, move |r, _: &Context| {
-        drop(leaving);
-        let (peer, user) = (info.addr, &info.user);
+    session::run(client, own, ctx.clone(), tracker, Ending { leaving, info })
+}
+
+/// The end of a registered client's session: `leaving` gives back what it held, and the
+/// log line reads the peer and user back from its registry entry (no copy per session;
+/// a parked session takes its names from there too).
+struct Ending {
+    leaving: Leaving,
+    info: Arc<crate::admin::ClientInfo>,
+}
+
+impl session::SessionEnd for Ending {
+    fn end(self, r: Result<(), FrontendError>, _: &Context) {
+        drop(self.leaving);
+        let (peer, user) = (self.info.addr, &self.info.user);
         match r {
             Ok(()) => tracing::info!(peer = ?peer, user = %Escaped(user), "client closed"),
             Err(e) => {
                 tracing::info!(peer = ?peer, user = %Escaped(user), error = %e, "client closed")
             }
         }
-    })
+    }
+
+    fn names(&self) -> (Arc<str>, Arc<str>) {
+        (self.info.user.clone(), self.info.database.clone())
+    }
 }
 
 /// Enter a logged-in client in the admin console's registry (SHOW CLIENTS, KILL_CLIENT).
@@ -310,8 +326,7 @@ mod size_tests {
     #[test]
     fn an_idle_clients_futures_stay_small() {
         let login = ret_size4(super::handle_client);
-        type End = fn(Result<(), super::FrontendError>, &crate::context::Context);
-        let session = ret_size5(super::session::run::<End>);
+        let session = ret_size5(super::session::run::<super::Ending>);
         eprintln!("login task: {login} bytes; session task: {session} bytes");
         assert!(login <= 128, "handle_client's future is {login} bytes");
         assert!(session <= 616, "a session's future is {session} bytes");

@@ -412,16 +412,13 @@ struct Listening {
 /// `end` runs when the session is over, inside the same future (awaiting this future from
 /// another one would store it twice).
 /// `tracker`: the tasks shutdown waits for (a parked session keeps a token of it).
-pub fn run<E>(
+pub fn run<E: SessionEnd>(
     client: Client,
     own: Option<SessionServer>,
     ctx: Arc<Context>,
     tracker: tokio_util::task::TaskTracker,
     end: E,
-) -> impl Future<Output = ()> + Send
-where
-    E: FnOnce(Result<(), FrontendError>, &Context) + Send + 'static,
-{
+) -> impl Future<Output = ()> + Send {
     let settings = ctx.settings();
     let mode = settings.pool_mode_of(&client.pool.key.database, &client.pool.key.user);
     let max_prepared = settings.max_prepared_statements as usize;
@@ -442,6 +439,16 @@ where
         s.install_at_login(own.take());
     }
     park::drive(s, end, tracker)
+}
+
+/// What the caller runs when a session is over (its registry entry and slot given back,
+/// its log line), and what it holds of the client that a parked session then need not
+/// keep a copy of (see `park`).
+pub trait SessionEnd: Send + 'static {
+    /// The session is over (`r`: how).
+    fn end(self, r: Result<(), FrontendError>, ctx: &Context);
+    /// The client's user and database names, as its `Client` had them.
+    fn names(&self) -> (Arc<str>, Arc<str>);
 }
 
 /// How the session loop ended.

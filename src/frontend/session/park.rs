@@ -18,9 +18,10 @@
 //!   socket. An io_uring stream first takes back its armed receive (if bytes come first,
 //!   it does not park). Any other declines, and is asked again later.
 //! - What it keeps: the client without its connection (its key, pools, startup settings,
-//!   registry state), its session identity and its view (statements, settings), the
-//!   socket, and the end of the session (`end`, the task tracker's token: shutdown waits
-//!   for a parked client as for a running one).
+//!   registry state; not its names, which `end` holds in the registry entry), its
+//!   session identity and its view (statements, settings), the socket, and the end of
+//!   the session (`end`, the task tracker's token: shutdown waits for a parked client as
+//!   for a running one).
 //! - Waking: bytes or a hang-up on the socket, or anyone who wakes the session (KILL,
 //!   SUSPEND, RESUME, shutdown: they all wake the waker in the session's console entry,
 //!   which is the lot's while it is parked) spawn its task again, on the epoll runtime
@@ -33,11 +34,10 @@ use std::sync::Arc;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Session, View};
+use super::{Session, SessionEnd, View};
 use crate::config::PoolMode;
 use crate::context::Context;
 use crate::frontend::login::{Client, ClientParts};
-use crate::frontend::FrontendError;
 use crate::net::park::Unpark;
 use crate::net::stream::Bare;
 use crate::net::Connection;
@@ -138,7 +138,7 @@ pub(super) fn drive<E>(
     tracker: TaskTracker,
 ) -> impl std::future::Future<Output = ()> + Send
 where
-    E: FnOnce(Result<(), FrontendError>, &Context) + Send + 'static,
+    E: SessionEnd,
 {
     async move {
         let r = loop {
@@ -159,14 +159,14 @@ where
             }
         };
         Box::pin(s.finish()).await;
-        end(r, &s.ctx);
+        end.end(r, &s.ctx);
     }
 }
 
 /// Park `s` (parkable) in `lot`.
 fn park<E>(lot: &'static crate::net::park::Lot, s: Session, end: E, tracker: TaskTracker)
 where
-    E: FnOnce(Result<(), FrontendError>, &Context) + Send + 'static,
+    E: SessionEnd,
 {
     let Session {
         ctx,
@@ -183,7 +183,7 @@ where
     let sock = match conn.into_stream() {
         Ok(stream) => match stream.into_bare() {
             Ok(Ok(b)) => b,
-            Ok(Err(e)) => return end(Err(e.into()), &ctx),
+            Ok(Err(e)) => return end.end(Err(e.into()), &ctx),
             Err(_) => unreachable!("parkable() checked the stream"),
         },
         Err(_) => unreachable!("parkable() checked the buffers"),
@@ -216,7 +216,7 @@ where
 
 impl<E> Unpark for Parked<E>
 where
-    E: FnOnce(Result<(), FrontendError>, &Context) + Send + 'static,
+    E: SessionEnd,
 {
     fn fd(&self) -> std::os::fd::RawFd {
         self.sock.fd()
@@ -233,7 +233,7 @@ where
 /// task.
 async fn resume<E>(p: Parked<E>)
 where
-    E: FnOnce(Result<(), FrontendError>, &Context) + Send + 'static,
+    E: SessionEnd,
 {
     let Parked {
         sock,
@@ -255,10 +255,12 @@ where
         Ok(s) => s,
         Err(e) => {
             drop(client);
-            return end(Err(e.into()), &ctx);
+            return end.end(Err(e.into()), &ctx);
         }
     };
-    let c = Client::from_parts(Connection::new(stream, max_message as usize), client);
+    let (user, database) = end.names();
+    let conn = Connection::new(stream, max_message as usize);
+    let c = Client::from_parts(conn, client, user, database);
     let max_prepared = max_prepared as usize;
     let s = Session::new(ctx, c, id, mode, view, track_prepared, max_prepared);
     // A task of its own, as at login (on this thread: under io_uring, its ring's), so
