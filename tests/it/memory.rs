@@ -30,17 +30,7 @@ fn start(pg: &PgServer, extra: &str) -> (Pgtenant, TempDir, u16) {
         "upstream = \"{}\"\nauth_type = \"trust\"\npool_size = 4\nadmin_users = [\"app\"]\n{extra}\n",
         pg.url("app", "secret", "app")
     ));
-    let addr = format!("127.0.0.1:{http}");
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--http-listen",
-            &addr,
-        ],
-        &[],
-    );
+    let p = Pgtenant::start_with_metrics(&cfg, http);
     (p, dir, http)
 }
 

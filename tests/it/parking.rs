@@ -25,17 +25,7 @@ fn start(pg: &PgServer, dir: &TempDir, extra: &str) -> (Pgtenant, u16) {
         pg.url("app", "secret", "app"),
         dir.path().display()
     ));
-    let addr = format!("127.0.0.1:{http}");
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--http-listen",
-            &addr,
-        ],
-        &[],
-    );
+    let p = Pgtenant::start_with_metrics(&cfg, http);
     (p, http)
 }
 

@@ -35,17 +35,7 @@ pub(crate) fn start(
             pg.url("app", "secret", "app")
         ),
     );
-    let addr = format!("127.0.0.1:{http}");
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--http-listen",
-            &addr,
-        ],
-        &[],
-    );
+    let p = Pgtenant::start_with_metrics(&cfg, http);
     assert!(
         support::wait_for_port(http, Duration::from_secs(10)),
         "{}",

@@ -34,17 +34,7 @@ pub(crate) fn start_with(
             cluster.upstream_url()
         ),
     );
-    let addr = format!("127.0.0.1:{http}");
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--http-listen",
-            &addr,
-        ],
-        &[],
-    );
+    let p = Pgtenant::start_with_metrics(&cfg, http);
     support::citus::wait_for_shard_map(&p);
     (p, http)
 }

@@ -116,6 +116,7 @@ async fn a_late_timeout_does_not_cancel_the_next_statement_of_the_block() {
     let a = support::connect(&url).await;
     let t = Instant::now();
     let (mut first_timeouts, mut wrongly_cancelled, mut blocks) = (0, Vec::new(), 0);
+    let mut own_timeouts = 0;
     let mut i = 0u64;
     while t.elapsed() < Duration::from_secs(5) {
         let ms = 17 + (i % 7);
@@ -133,19 +134,27 @@ async fn a_late_timeout_does_not_cancel_the_next_statement_of_the_block() {
             a.simple_query("rollback").await.unwrap();
             continue;
         }
-        // A statement far shorter than the limit.
+        // A statement far shorter than the limit. On a loaded machine it may itself take
+        // longer than the limit (pgtenant times it from its send to its answer): only a
+        // cancel that ended it sooner was meant for the statement before it.
+        let started = Instant::now();
         if let Err(e) = a
             .simple_query(&format!(
                 "select pg_sleep(0.005), count(*) from orders where account_id = {slow}"
             ))
             .await
         {
-            wrongly_cancelled.push(support::citus::db_err(&e));
+            if started.elapsed() < Duration::from_millis(20) {
+                wrongly_cancelled.push(support::citus::db_err(&e));
+            } else {
+                own_timeouts += 1;
+            }
         }
         a.simple_query("rollback").await.unwrap();
     }
     eprintln!(
-        "{blocks} blocks, {first_timeouts} first statements timed out, {} short ones cancelled",
+        "{blocks} blocks, {first_timeouts} first statements timed out, {} short ones cancelled \
+         early, {own_timeouts} short ones ran past the limit themselves (a loaded machine)",
         wrongly_cancelled.len()
     );
     assert!(first_timeouts > 0, "no timeout fired");

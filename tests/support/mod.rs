@@ -1100,6 +1100,14 @@ impl Pgtenant {
         p
     }
 
+    /// [`Pgtenant::start`] of `pgtenant run --config <cfg>` with its /metrics endpoint on
+    /// `127.0.0.1:<http>`.
+    pub fn start_with_metrics(cfg: &Path, http: u16) -> Pgtenant {
+        let addr = format!("127.0.0.1:{http}");
+        let cfg = cfg.to_str().expect("a UTF-8 config path");
+        Self::start(&["run", "--config", cfg, "--http-listen", &addr], &[])
+    }
+
     /// Spawn `pgtenant <args>` exactly as given (no `--listen` added, no waiting); for
     /// tests that expect it to fail, or that set `listen` in a config file
     /// (then call [`wait_ready`](Self::wait_ready) with the port in `expect_port`).

@@ -27,8 +27,9 @@
 //!   which is the lot's while it is parked) spawn its task again, on the epoll runtime
 //!   or the next io_uring thread, with the same state: the client sees nothing. (RELOAD
 //!   wakes nobody: a session looks at the configuration's epoch at its next
-//!   transaction, parked or not.) After it put the lot's waker in place, the parking session looks at its
-//!   kill flag, the shutdown token and SUSPEND once more, and wakes itself if one is up.
+//!   transaction, parked or not.) After it put the lot's waker in place, the parking
+//!   session looks at its kill flag, the shutdown token and SUSPEND once more, and wakes
+//!   itself if one is up.
 use std::sync::Arc;
 
 use tokio_util::task::task_tracker::TaskTrackerToken;
