@@ -33,15 +33,16 @@ pub fn spawn_client<F>(fut: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    match CORES.get() {
-        Some(cores) if !cores.is_empty() => {
-            let i = NEXT.fetch_add(1, Ordering::Relaxed) % cores.len();
-            cores[i].spawn(fut);
-        }
-        _ => {
-            tokio::spawn(fut);
-        }
+    match next_core() {
+        Some(core) => drop(core.spawn(fut)),
+        None => drop(tokio::spawn(fut)),
     }
+}
+
+/// The next io_uring thread's runtime in turn (None under epoll).
+fn next_core() -> Option<&'static Handle> {
+    let cores = CORES.get().filter(|c| !c.is_empty())?;
+    Some(&cores[NEXT.fetch_add(1, Ordering::Relaxed) % cores.len()])
 }
 
 /// Can [`spawn_client_anywhere`] spawn? (Only inside [`run`]: library use without it,
@@ -57,15 +58,9 @@ pub fn spawn_client_anywhere<F>(fut: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    match (CORES.get(), MAIN.get()) {
-        (Some(cores), _) if !cores.is_empty() => {
-            let i = NEXT.fetch_add(1, Ordering::Relaxed) % cores.len();
-            cores[i].spawn(fut);
-        }
-        (_, Some(rt)) => {
-            rt.spawn(fut);
-        }
-        _ => tracing::error!("a client's task cannot be spawned: no runtime is known"),
+    match next_core().or(MAIN.get()) {
+        Some(rt) => drop(rt.spawn(fut)),
+        None => tracing::error!("a client's task cannot be spawned: no runtime is known"),
     }
 }
 

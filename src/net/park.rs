@@ -26,7 +26,7 @@
 //!   [`lot`] answers None and owners keep their tasks.
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::task::{RawWaker, RawWakerVTable, Waker};
 
@@ -53,7 +53,6 @@ pub struct Lot {
     registry: Registry,
     slots: Mutex<Slab<Slot>>,
     next_gen: AtomicU32,
-    parked: AtomicUsize,
 }
 
 /// One entry of the lot, as the owner names it between [`Lot::reserve`] and [`Lot::watch`].
@@ -121,7 +120,6 @@ fn start() -> io::Result<&'static Lot> {
         registry: poll.registry().try_clone()?,
         slots: Mutex::new(Slab::new()),
         next_gen: AtomicU32::new(1),
-        parked: AtomicUsize::new(0),
     }));
     std::thread::Builder::new()
         .name("pgtenant-park".into())
@@ -169,7 +167,6 @@ impl Lot {
                 watched: false,
             })
         };
-        self.parked.fetch_add(1, Ordering::Relaxed);
         let ticket = Ticket {
             key: key as u32,
             gen,
@@ -214,13 +211,12 @@ impl Lot {
             }
             slot
         };
-        self.parked.fetch_sub(1, Ordering::Relaxed);
         slot.owner.unpark();
     }
 
-    /// Sockets parked now.
+    /// Sockets parked now (read at a scrape and by the trimmer: the lock is brief).
     pub fn parked(&self) -> usize {
-        self.parked.load(Ordering::Relaxed)
+        crate::sync::lock(&self.slots).len()
     }
 }
 

@@ -60,16 +60,16 @@ impl Stream {
     }
 
     /// The socket alone, out of its runtime (a parked client's, see `park`), once
-    /// [`Stream::poll_let_go`] said yes. `Err`: a stream that cannot be
-    /// ([`Stream::can_be_bare`]). `Ok(Err)`: the runtime could not let it go (the socket
-    /// is lost).
-    pub fn into_bare(self) -> Result<io::Result<Bare>, Stream> {
+    /// [`Stream::poll_let_go`] said yes. An error: the runtime could not let it go, or
+    /// the stream cannot be ([`Stream::can_be_bare`]); the socket is lost either way.
+    pub fn into_bare(self) -> io::Result<Bare> {
         match self {
-            Stream::Plain(t) => Ok(t.into_std().map(Bare::Tcp)),
-            Stream::Unix(u) => Ok(u.into_std().map(Bare::Unix)),
-            // After `poll_let_go` said yes.
-            Stream::Uring(u) => Ok(u.into_std().map(Bare::Tcp)),
-            s => Err(s),
+            Stream::Plain(t) => t.into_std().map(Bare::Tcp),
+            Stream::Unix(u) => u.into_std().map(Bare::Unix),
+            Stream::Uring(u) => u.into_std().map(Bare::Tcp),
+            Stream::TlsServer(_) | Stream::TlsClient(_) => {
+                Err(io::Error::other("a TLS stream cannot leave its runtime"))
+            }
         }
     }
 

@@ -237,13 +237,13 @@ async fn stalled_large_messages_share_one_budget() {
 
     // An ordinary client works meanwhile, a 2 MiB query too (4 MiB of budget are left).
     assert_eq!(
-        value(&normal, "SELECT 40 + 2").await,
+        support::scalar(&normal, "SELECT 40 + 2").await,
         "42",
         "a small query while the budget is full"
     );
     let two = "x".repeat(2 * MIB);
     assert_eq!(
-        value(&normal, &format!("SELECT length('{two}')")).await,
+        support::scalar(&normal, &format!("SELECT length('{two}')")).await,
         (2 * MIB).to_string()
     );
     // A 5 MiB one does not fit now.
@@ -288,12 +288,12 @@ async fn stalled_large_messages_share_one_budget() {
     let five = "x".repeat(5 * MIB);
     let c = support::connect(&p.url("app", "secret", "app")).await;
     assert_eq!(
-        value(&c, &format!("SELECT length('{five}')")).await,
+        support::scalar(&c, &format!("SELECT length('{five}')")).await,
         (5 * MIB).to_string()
     );
     // A large answer from the server counts while it is relayed, then is given back.
     assert_eq!(
-        value(&c, "SELECT length(repeat('y', 3000000))").await,
+        support::scalar(&c, "SELECT length(repeat('y', 3000000))").await,
         "3000000"
     );
     let big = c.simple_query("SELECT repeat('y', 3000000)").await.unwrap();
@@ -515,19 +515,6 @@ async fn logins_to_missing_databases_leave_no_pools() {
     );
     // The real pool still works.
     real.simple_query("SELECT 1").await.unwrap();
-}
-
-/// The first column of the first row of `sql`.
-async fn value(c: &tokio_postgres::Client, sql: &str) -> String {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{}: {e:?}", &sql[..sql.len().min(60)]))
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .expect("a row")
 }
 
 /// With routing on, a Parse waits in pgtenant for its Bind (whose values tell the tenant).

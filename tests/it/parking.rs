@@ -66,18 +66,6 @@ async fn unix_client(dir: &TempDir, port: u16) -> tokio_postgres::Client {
     c
 }
 
-async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
 /// Wait (5 s at most) until the client's connection is closed.
 async fn wait_closed(c: &tokio_postgres::Client, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -111,11 +99,11 @@ async fn an_idle_client_parks_and_comes_back_as_it_was() {
     );
 
     // Taken up by its next message, with its session as it was.
-    assert_eq!(one(&c, "SHOW work_mem").await, "3MB");
+    assert_eq!(support::scalar(&c, "SHOW work_mem").await, "3MB");
     assert_eq!(parked(http).await, 0);
     let r = c.query_one(&plus_one, &[&41i32]).await.unwrap();
     assert_eq!(r.get::<_, i32>(0), 42);
-    assert_eq!(one(&c, "EXECUTE answer").await, "42");
+    assert_eq!(support::scalar(&c, "EXECUTE answer").await, "42");
 
     // Its cancel key still reaches its own statement after it parked again.
     wait_parked(&p, http, 1).await;
@@ -133,7 +121,7 @@ async fn an_idle_client_parks_and_comes_back_as_it_was() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     sleeper.await.unwrap().unwrap();
-    assert_eq!(one(&c, "SELECT 1").await, "1");
+    assert_eq!(support::scalar(&c, "SELECT 1").await, "1");
 
     // A parked client that hangs up leaves the lot and pgtenant.
     wait_parked(&p, http, 1).await;
@@ -171,7 +159,7 @@ async fn kill_client_and_shutdown_reach_parked_clients() {
     admin(&p, &format!("KILL_CLIENT {id}"));
     wait_closed(&a, "the killed client").await;
     wait_parked(&p, http, 2).await;
-    assert_eq!(one(&b, "SELECT 2").await, "2");
+    assert_eq!(support::scalar(&b, "SELECT 2").await, "2");
     wait_parked(&p, http, 2).await;
 
     let started = Instant::now();
@@ -209,22 +197,25 @@ async fn what_cannot_travel_does_not_park() {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(parked(http).await, 0);
     // They still work, and the transaction is still open.
-    assert_eq!(one(&in_tx, "SELECT 1").await, "1");
+    assert_eq!(support::scalar(&in_tx, "SELECT 1").await, "1");
     in_tx.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(one(&pinned, "SELECT count(*) FROM mine").await, "0");
+    assert_eq!(
+        support::scalar(&pinned, "SELECT count(*) FROM mine").await,
+        "0"
+    );
     drop((in_tx, listening, pinned));
 
     let u = unix_client(&dir, p.port()).await;
     u.batch_execute("SET work_mem = '5MB'").await.unwrap();
     wait_parked(&p, http, 1).await;
-    assert_eq!(one(&u, "SHOW work_mem").await, "5MB");
+    assert_eq!(support::scalar(&u, "SHOW work_mem").await, "5MB");
     drop(u);
 
     let dir2 = TempDir::new("parking-session");
     let (s, http2) = start(&pg, &dir2, "pool_mode = \"session\"");
     let c = support::connect(&s.url("app", "secret", "app")).await;
-    assert_eq!(one(&c, "SELECT 1").await, "1");
+    assert_eq!(support::scalar(&c, "SELECT 1").await, "1");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(parked(http2).await, 0);
-    assert_eq!(one(&c, "SELECT 1").await, "1");
+    assert_eq!(support::scalar(&c, "SELECT 1").await, "1");
 }

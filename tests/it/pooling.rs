@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use support::{connect, try_connect, PgServer, Pgtenant, TempDir};
 use tokio::sync::oneshot;
-use tokio_postgres::{Client, Error, SimpleQueryMessage};
+use tokio_postgres::{Client, Error};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -59,24 +59,10 @@ async fn connect_watched(url: &str) -> (Client, oneshot::Receiver<Result<(), Err
     (client, rx)
 }
 
-/// First column of the first row of a simple query, as text.
-async fn scalar(c: &Client, sql: &str) -> String {
-    let msgs = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    for m in msgs {
-        if let SimpleQueryMessage::Row(r) = m {
-            return r.get(0).unwrap_or("<null>").to_string();
-        }
-    }
-    panic!("{sql}: no row");
-}
-
 /// The backend pid behind this client right now (simple protocol: no named prepared
 /// statement that would have to live on whichever server runs the next transaction).
 async fn backend_pid(c: &Client) -> i32 {
-    scalar(c, "select pg_backend_pid()")
+    support::scalar(c, "select pg_backend_pid()")
         .await
         .parse()
         .expect("pid")
@@ -306,9 +292,9 @@ async fn transaction_mode_pool_of_one_isolates_interleaved_transactions() {
     let b2 = &b;
     let mut b_query = Box::pin(async move {
         let pid = backend_pid(b2).await;
-        let rows = scalar(b2, "SELECT count(*) FROM t").await;
-        let app_name = scalar(b2, "SHOW application_name").await;
-        let fresh = scalar(b2, "SELECT now() = statement_timestamp()").await;
+        let rows = support::scalar(b2, "SELECT count(*) FROM t").await;
+        let app_name = support::scalar(b2, "SHOW application_name").await;
+        let fresh = support::scalar(b2, "SELECT now() = statement_timestamp()").await;
         (pid, rows, app_name, fresh == "t")
     });
     assert!(
@@ -316,8 +302,11 @@ async fn transaction_mode_pool_of_one_isolates_interleaved_transactions() {
         "B ran while A held the only server connection inside a transaction"
     );
     // A still sees its own state.
-    assert_eq!(scalar(&a, "SELECT count(*) FROM t").await, "1");
-    assert_eq!(scalar(&a, "SHOW application_name").await, "a_in_tx");
+    assert_eq!(support::scalar(&a, "SELECT count(*) FROM t").await, "1");
+    assert_eq!(
+        support::scalar(&a, "SHOW application_name").await,
+        "a_in_tx"
+    );
     a.batch_execute("COMMIT").await.unwrap();
 
     let (pid_b, rows, app_name, fresh_tx) = tokio::time::timeout(Duration::from_secs(10), b_query)
@@ -335,7 +324,7 @@ async fn transaction_mode_pool_of_one_isolates_interleaved_transactions() {
     b.batch_execute("BEGIN").await.unwrap();
     b.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
     let a2 = &a;
-    let mut a_query = Box::pin(async move { scalar(a2, "SELECT count(*) FROM t").await });
+    let mut a_query = Box::pin(async move { support::scalar(a2, "SELECT count(*) FROM t").await });
     assert!(
         still_pending(&mut a_query, Duration::from_millis(500)).await,
         "A ran while B held the only server connection inside a transaction"
@@ -376,12 +365,12 @@ async fn session_mode_client_keeps_its_backend_and_session_state() {
         assert_eq!(backend_pid(&a).await, pid_a);
         assert_eq!(backend_pid(&b).await, pid_b);
     }
-    assert_eq!(scalar(&a, "SHOW statement_timeout").await, "123s");
-    assert_eq!(scalar(&a, "SELECT count(*) FROM tmp_a").await, "5");
+    assert_eq!(support::scalar(&a, "SHOW statement_timeout").await, "123s");
+    assert_eq!(support::scalar(&a, "SELECT count(*) FROM tmp_a").await, "5");
     // B has its own session: A's SET and temp table are not there.
-    assert_eq!(scalar(&b, "SHOW statement_timeout").await, "0");
+    assert_eq!(support::scalar(&b, "SHOW statement_timeout").await, "0");
     assert_eq!(
-        scalar(&b, "SELECT to_regclass('pg_temp.tmp_a') IS NULL").await,
+        support::scalar(&b, "SELECT to_regclass('pg_temp.tmp_a') IS NULL").await,
         "t"
     );
 }
@@ -398,7 +387,7 @@ async fn session_mode_reset_query_wipes_state_for_the_next_client() {
         )
         .await
         .unwrap();
-        assert_eq!(scalar(&c, "SHOW statement_timeout").await, "77s");
+        assert_eq!(support::scalar(&c, "SHOW statement_timeout").await, "77s");
         backend_pid(&c).await
     }; // dropped: the client leaves, its server goes back after DISCARD ALL
 
@@ -409,14 +398,14 @@ async fn session_mode_reset_query_wipes_state_for_the_next_client() {
         .await
         .expect("next client never got the server connection");
     assert_eq!(pid, pid_first, "pool size 1 reuses the server connection");
-    assert_eq!(scalar(&c, "SHOW statement_timeout").await, "0");
+    assert_eq!(support::scalar(&c, "SHOW statement_timeout").await, "0");
     assert_eq!(
-        scalar(&c, "SELECT to_regclass('pg_temp.tmp_prev') IS NULL").await,
+        support::scalar(&c, "SELECT to_regclass('pg_temp.tmp_prev') IS NULL").await,
         "t",
         "the previous client's temp table survived"
     );
     assert_eq!(
-        scalar(&c, "SELECT count(*) FROM pg_prepared_statements").await,
+        support::scalar(&c, "SELECT count(*) FROM pg_prepared_statements").await,
         "0",
         "the previous client's prepared statement survived"
     );
@@ -433,7 +422,7 @@ async fn statement_mode_refuses_transaction_blocks() {
     let admin = pg.admin_client().await;
 
     let c = app_client(&p).await;
-    assert_eq!(scalar(&c, "SELECT 40 + 2").await, "42");
+    assert_eq!(support::scalar(&c, "SELECT 40 + 2").await, "42");
     let n: i32 = c
         .query_one("SELECT $1::int4 * 2", &[&21i32])
         .await
@@ -471,7 +460,7 @@ async fn statement_mode_refuses_transaction_blocks() {
     );
     let next = app_client(&p).await;
     assert_eq!(
-        scalar(&next, "SELECT now() = statement_timestamp()").await,
+        support::scalar(&next, "SELECT now() = statement_timestamp()").await,
         "t"
     );
     let pid_after = backend_pid(&next).await;
@@ -479,7 +468,7 @@ async fn statement_mode_refuses_transaction_blocks() {
         pid_after, pid_before,
         "the server connection that ran BEGIN must not be reused"
     );
-    assert_eq!(scalar(&next, "SELECT 1").await, "1");
+    assert_eq!(support::scalar(&next, "SELECT 1").await, "1");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -516,8 +505,8 @@ async fn query_wait_timeout_errors_instead_of_hanging() {
     a.batch_execute("COMMIT").await.unwrap();
     // New clients work, and B's connection is still usable.
     let c = app_client(&p).await;
-    assert_eq!(scalar(&c, "SELECT 7").await, "7");
-    assert_eq!(scalar(&b, "SELECT 8").await, "8");
+    assert_eq!(support::scalar(&c, "SELECT 7").await, "7");
+    assert_eq!(support::scalar(&b, "SELECT 8").await, "8");
 }
 
 #[tokio::test]
@@ -535,7 +524,7 @@ async fn max_client_conn_refuses_the_fourth_client() {
     let code = err.as_db_error().map(|d| d.code().code().to_string());
     assert_eq!(code.as_deref(), Some("53300"), "error: {err}");
     for c in [&c1, &c2, &c3] {
-        assert_eq!(scalar(c, "SELECT 1").await, "1");
+        assert_eq!(support::scalar(c, "SELECT 1").await, "1");
     }
     // A slot frees up when a client leaves (the close is noticed asynchronously).
     drop(c1);
@@ -550,7 +539,7 @@ async fn max_client_conn_refuses_the_fourth_client() {
             Err(e) => panic!("no slot after a client left: {e}"),
         }
     };
-    assert_eq!(scalar(&c4, "SELECT 1").await, "1");
+    assert_eq!(support::scalar(&c4, "SELECT 1").await, "1");
 }
 
 #[tokio::test]
@@ -588,7 +577,7 @@ async fn reserve_pool_serves_a_waiting_client_after_reserve_pool_timeout() {
     );
     a.batch_execute("COMMIT").await.unwrap();
     b.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(scalar(&b, "SELECT 1").await, "1");
+    assert_eq!(support::scalar(&b, "SELECT 1").await, "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -623,9 +612,12 @@ async fn max_db_connections_caps_all_users_of_a_database() {
     )
     .await
     .expect("md5user could not log in while app's idle connections filled max_db_connections");
-    let who = tokio::time::timeout(Duration::from_secs(10), scalar(&m, "SELECT current_user"))
-        .await
-        .expect("md5user starved by app's idle connections");
+    let who = tokio::time::timeout(
+        Duration::from_secs(10),
+        support::scalar(&m, "SELECT current_user"),
+    )
+    .await
+    .expect("md5user starved by app's idle connections");
     assert_eq!(who, "md5user");
     assert!(count_on(&admin, None, None).await <= 3);
     drop(m);
@@ -648,7 +640,7 @@ async fn max_db_connections_caps_all_users_of_a_database() {
                     .await
                     .map_err(|e| format!("client {i}: {e}"))?;
             }
-            Ok::<String, String>(scalar(&c, "SELECT current_user").await)
+            Ok::<String, String>(support::scalar(&c, "SELECT current_user").await)
         }));
     }
     let mut users = HashSet::new();
@@ -749,7 +741,7 @@ async fn min_pool_size_opens_connections_after_first_use_and_keeps_them() {
     // Before first use no pool exists.
     assert_eq!(count_on(&admin, Some("app"), None).await, 0);
     let c = app_client(&p).await;
-    assert_eq!(scalar(&c, "SELECT 1").await, "1");
+    assert_eq!(support::scalar(&c, "SELECT 1").await, "1");
     let n = wait_count(&admin, Some("app"), None, 2, Duration::from_secs(10)).await;
     assert_eq!(n, 2, "min_pool_size 2 not reached");
     let kept = app_pids(&admin).await;
@@ -782,7 +774,10 @@ async fn server_check_query_runs_before_reuse() {
     );
     let c = app_client(&p).await;
     for _ in 0..3 {
-        assert_eq!(scalar(&c, "SELECT 'client_stmt'").await, "client_stmt");
+        assert_eq!(
+            support::scalar(&c, "SELECT 'client_stmt'").await,
+            "client_stmt"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -841,7 +836,7 @@ async fn idle_transaction_timeout_disconnects_idle_in_transaction_client() {
     assert_eq!(n, 0, "a server connection stayed idle in transaction");
     let next = app_client(&p).await;
     assert_eq!(
-        scalar(&next, "SELECT now() = statement_timestamp()").await,
+        support::scalar(&next, "SELECT now() = statement_timestamp()").await,
         "t"
     );
     assert_ne!(backend_pid(&next).await, pid);

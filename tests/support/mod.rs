@@ -992,6 +992,21 @@ impl Drop for PgServer {
     }
 }
 
+/// The first column of the first row of a simple query, as text (NULL as "<null>").
+/// Panics on an error or when there is no row.
+pub async fn scalar(c: &tokio_postgres::Client, sql: &str) -> String {
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", &sql[..sql.len().min(60)]));
+    for m in msgs {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return r.get(0).unwrap_or("<null>").to_string();
+        }
+    }
+    panic!("{sql}: no row");
+}
+
 /// Connect with tokio-postgres (no TLS), spawning the connection task. Panics on failure.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)

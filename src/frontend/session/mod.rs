@@ -425,16 +425,7 @@ pub fn run<E: SessionEnd>(
     drop(settings);
     let mut view = View::default();
     view.set_desired(client.startup.clone());
-    let track_prepared = mode != PoolMode::Session && max_prepared > 0;
-    let mut s = Session::new(
-        ctx,
-        client,
-        next_session_id(),
-        mode,
-        view,
-        track_prepared,
-        max_prepared,
-    );
+    let mut s = Session::new(ctx, client, next_session_id(), mode, view, max_prepared);
     if let Some(own) = own {
         s.install_at_login(own.take());
     }
@@ -500,7 +491,6 @@ impl Session {
         id: u64,
         mode: PoolMode,
         view: View,
-        track_prepared: bool,
         max_prepared: usize,
     ) -> Session {
         Session {
@@ -510,7 +500,7 @@ impl Session {
             mode,
             attached: AttachedSlot::default(),
             view,
-            track_prepared,
+            track_prepared: mode != PoolMode::Session && max_prepared > 0,
             max_prepared,
             fake_statement: None,
             listening: None,

@@ -80,7 +80,6 @@ struct Parked<E> {
     id: u64,
     mode: PoolMode,
     view: View,
-    track_prepared: bool,
     max_prepared: u32,
     end: E,
     /// Shutdown waits for the parked client, and its task is tracked again from it.
@@ -144,9 +143,9 @@ where
     async move {
         let r = loop {
             match s.run().await {
+                // `run` asked `parkable` already.
                 Ok(super::Ended::Park) => {
-                    let lot = crate::net::park::lot()
-                        .filter(|_| s.parkable() && crate::runtime::runs_anywhere());
+                    let lot = crate::net::park::lot().filter(|_| crate::runtime::runs_anywhere());
                     if let Some(lot) = lot {
                         let stream = s.c.conn.stream();
                         if std::future::poll_fn(|cx| stream.poll_let_go(cx)).await {
@@ -164,7 +163,7 @@ where
     }
 }
 
-/// Park `s` (parkable) in `lot`.
+/// Park `s` (parkable, its stream let go) in `lot`.
 fn park<E>(lot: &'static crate::net::park::Lot, s: Session, end: E, tracker: TaskTracker)
 where
     E: SessionEnd,
@@ -175,19 +174,17 @@ where
         id,
         mode,
         view,
-        track_prepared,
         max_prepared,
         ..
     } = s;
     let (conn, client) = c.into_parts();
     let max_message = conn.max_message() as u32;
-    let sock = match conn.into_stream() {
-        Ok(stream) => match stream.into_bare() {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => return end.end(Err(e.into()), &ctx),
-            Err(_) => unreachable!("parkable() checked the stream"),
-        },
-        Err(_) => unreachable!("parkable() checked the buffers"),
+    let Ok(stream) = conn.into_stream() else {
+        unreachable!("parkable() checked the buffers")
+    };
+    let sock = match stream.into_bare() {
+        Ok(b) => b,
+        Err(e) => return end.end(Err(e.into()), &ctx),
     };
     let state = client.state_arc();
     let p = Parked {
@@ -198,7 +195,6 @@ where
         id,
         mode,
         view,
-        track_prepared,
         max_prepared: max_prepared as u32,
         end,
         token: tracker.token(),
@@ -244,7 +240,6 @@ where
         id,
         mode,
         view,
-        track_prepared,
         max_prepared,
         end,
         token,
@@ -262,8 +257,7 @@ where
     let (user, database) = end.names();
     let conn = Connection::new(stream, max_message as usize);
     let c = Client::from_parts(conn, client, user, database);
-    let max_prepared = max_prepared as usize;
-    let s = Session::new(ctx, c, id, mode, view, track_prepared, max_prepared);
+    let s = Session::new(ctx, c, id, mode, view, max_prepared as usize);
     // A task of its own, as at login (on this thread: under io_uring, its ring's), so
     // that it is no larger than a new client's; this one ends here.
     tracker.spawn(drive(s, end, tracker.clone()));
