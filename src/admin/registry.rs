@@ -1,6 +1,10 @@
 //! Every logged-in client, for SHOW CLIENTS, SHOW POOLS' client counts and KILL_CLIENT.
 //! The map is written at login and logout only; a session's [`SessionConsole`] (in its
 //! `ClientState`) gets relaxed stores from the session loop, no lock.
+//!
+//! A client's entry is the one allocation every connected client keeps for as long as it
+//! is connected (its session holds the same `Arc`, parked or not): what the console
+//! shows of it and its `ClientState` live in it together (memory per idle client).
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -8,6 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::counters::ClientState;
 
 /// One client session as the console sees it. Every connected client has one: its
 /// fields are kept small (see [`Addr`], [`ClientInfo::connect_time`]).
@@ -24,10 +30,17 @@ pub struct ClientInfo {
     pub tls: bool,
     /// An admin console session's token (a child of the shutdown token, awaited by the
     /// console loop), cancelled by KILL / KILL_CLIENT; a client's session is killed
-    /// through its `state` instead.
+    /// through its `state` instead. Some: this is a console session.
     pub kill: Option<CancellationToken>,
-    /// Active / waiting / idle (None: an admin console session, always active).
-    pub state: Option<Arc<crate::metrics::counters::ClientState>>,
+    /// Active / waiting / idle, and the session's side of the console (a console
+    /// session's is unused: see [`ClientInfo::session`]).
+    pub state: ClientState,
+}
+
+impl AsRef<ClientState> for ClientInfo {
+    fn as_ref(&self) -> &ClientState {
+        &self.state
+    }
 }
 
 /// A socket address as SHOW CLIENTS shows it, in 20 bytes (a `SocketAddr` takes 32 for
@@ -75,12 +88,17 @@ impl ClientInfo {
         SystemTime::UNIX_EPOCH + Duration::from_micros(self.connect_us)
     }
 
+    /// A client's session state; None for an admin console session (always active).
+    #[inline]
+    pub fn session(&self) -> Option<&ClientState> {
+        self.kill.is_none().then_some(&self.state)
+    }
+
     /// End this client's session (after its transaction) or console session.
     pub fn kill(&self) {
-        match (&self.state, &self.kill) {
-            (Some(s), _) => s.console.kill(),
-            (None, Some(t)) => t.cancel(),
-            (None, None) => {}
+        match &self.kill {
+            None => self.state.console.kill(),
+            Some(t) => t.cancel(),
         }
     }
 }
@@ -99,8 +117,13 @@ impl ClientRegistry {
 
     pub fn register(&self, info: ClientInfo) -> Arc<ClientInfo> {
         let info = Arc::new(info);
-        self.map.insert(info.id, info.clone());
+        self.insert(info.clone());
         info
+    }
+
+    /// Enter an entry made beforehand (a client's, made at its login).
+    pub fn insert(&self, info: Arc<ClientInfo>) {
+        self.map.insert(info.id, info);
     }
 
     pub fn unregister(&self, id: u64) {
@@ -120,13 +143,14 @@ impl ClientRegistry {
         crate::frontend::signal_sessions();
         // Woken after the map's locks are let go: a parked session's waker spawns its
         // task (see `net::park`), which must not run under them.
-        let states: Vec<_> = self
+        let clients: Vec<_> = self
             .map
             .iter()
-            .filter_map(|e| e.value().state.clone())
+            .filter(|e| e.value().session().is_some())
+            .map(|e| e.value().clone())
             .collect();
-        for s in states {
-            s.console.suspend.wake_after_signal();
+        for c in clients {
+            c.state.console.suspend.wake_after_signal();
         }
     }
 
@@ -137,18 +161,18 @@ impl ClientRegistry {
     pub fn ask_idle_to_park(&self) -> usize {
         let mut asked = Vec::new();
         for e in self.map.iter() {
-            if let Some(s) = &e.value().state {
+            if let Some(s) = e.value().session() {
                 if s.kind() == crate::metrics::counters::ClientStateKind::Idle
                     && s.console.sweep_idle()
                 {
-                    asked.push(s.clone());
+                    asked.push(e.value().clone());
                 }
             }
         }
         if !asked.is_empty() {
             crate::frontend::signal_sessions();
-            for s in &asked {
-                s.console.suspend.wake_after_signal();
+            for c in &asked {
+                c.state.console.suspend.wake_after_signal();
             }
         }
         asked.len()
@@ -434,10 +458,9 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         for console in [false, true, false] {
-            let state =
-                (!console).then(|| Arc::new(crate::metrics::counters::ClientState::default()));
-            if let Some(s) = &state {
-                s.console.suspend.set_waker(&waker);
+            let state = ClientState::default();
+            if !console {
+                state.console.suspend.set_waker(&waker);
             }
             reg.register(ClientInfo {
                 id: reg.next_id(),

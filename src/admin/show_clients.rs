@@ -50,7 +50,7 @@ pub fn clients(ctx: &Context) -> ResultSet {
     for c in ctx.admin.clients.all() {
         let (addr, port) = addr_parts(c.addr);
         let (laddr, lport) = addr_parts(c.local_addr);
-        let console = c.state.as_ref().map(|s| &s.console);
+        let console = c.session().map(|s| &s.console);
         // The coarse clock may lag the login by a second.
         let request = console
             .and_then(|s| s.request_time())
@@ -59,12 +59,8 @@ pub fn clients(ctx: &Context) -> ResultSet {
         // PgBouncer: active (linked to a server, or idle in a session-mode session),
         // waiting (for a server), idle (transaction mode, no server). The console's own
         // sessions are active.
-        let state = c.state.as_ref().map_or("active", |s| s.kind().as_str());
-        let waited = c
-            .state
-            .as_ref()
-            .and_then(|s| s.waited())
-            .unwrap_or_default();
+        let state = c.session().map_or("active", |s| s.kind().as_str());
+        let waited = c.session().and_then(|s| s.waited()).unwrap_or_default();
         rs.push_values([
             "C".to_string(),
             c.user.to_string(),
@@ -110,7 +106,7 @@ pub fn servers(ctx: &Context) -> ResultSet {
         .all()
         .iter()
         .filter_map(|c| {
-            let s = &c.state.as_ref()?.console;
+            let s = &c.session()?.console;
             let link = s.link();
             (link != 0).then(|| (link, (c.id, s.request_time())))
         })

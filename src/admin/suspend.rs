@@ -155,7 +155,7 @@ fn unflushed(ctx: &Context, round: u64) -> usize {
         .clients
         .all()
         .iter()
-        .filter_map(|c| c.state.as_ref())
+        .filter_map(|c| c.session())
         .filter(|s| {
             s.console.suspend.flushed_round.load(Ordering::SeqCst) < round
                 && s.kind() != ClientStateKind::Waiting
@@ -180,7 +180,7 @@ pub async fn suspend(ctx: &Arc<Context>) -> Result<Reply, AdminError> {
     };
     tracing::info!("SUSPEND from the admin console");
     for c in ctx.admin.clients.all() {
-        if let Some(s) = &c.state {
+        if let Some(s) = c.session() {
             s.console.suspend.nudge();
         }
     }

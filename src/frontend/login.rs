@@ -25,12 +25,14 @@ use rand::Rng;
 
 use super::admission::ADMIN_RESERVE;
 use super::{CancelKey, FrontendError};
+use crate::admin::ClientInfo;
 use crate::auth::hba::{HbaDecision, HbaMethod};
 use crate::auth::{self, ScramServer, Secret, ServerCredential};
 use crate::backend::ServerConn;
 use crate::config::{AuthType, ClientTls, Listener, PoolMode, Settings};
 use crate::context::Context;
 use crate::logging::Escaped;
+use crate::metrics::counters::ClientState;
 use crate::net::{Connection, Frame, Stream};
 use crate::pool::{ParamList, Pool, PoolError};
 use crate::protocol::{build, decode, sqlstate, StartupPacket};
@@ -60,8 +62,10 @@ pub struct Client {
     /// on a RELOAD that changes its entry). Shared with its pool when the same: a user's
     /// clients hold one copy ([`Pool::share_credential`]).
     pub credential: Option<Arc<ServerCredential>>,
-    /// Active / waiting / idle, for SHOW CLIENTS (kept by the metrics guards).
-    pub state: Arc<crate::metrics::counters::ClientState>,
+    /// Its entry in the admin console's registry (SHOW CLIENTS), made at login and
+    /// entered once it is logged in, with its state: active / waiting / idle (kept by the
+    /// metrics guards) and its side of the console.
+    pub entry: Arc<ClientInfo>,
 }
 
 /// A client without its connection: what a parked session keeps of it
@@ -75,7 +79,7 @@ pub struct ClientParts {
     blue: Option<Arc<super::target::BlueHome>>,
     home_epoch: u64,
     credential: Option<Arc<ServerCredential>>,
-    state: Arc<crate::metrics::counters::ClientState>,
+    entry: Arc<ClientInfo>,
 }
 
 impl Client {
@@ -91,7 +95,7 @@ impl Client {
             blue,
             home_epoch,
             credential,
-            state,
+            entry,
         } = self;
         drop((user, database));
         let parts = ClientParts {
@@ -102,21 +106,17 @@ impl Client {
             blue,
             home_epoch,
             credential,
-            state,
+            entry,
         };
         (conn, parts)
     }
 
-    pub fn from_parts(
-        conn: Connection,
-        p: ClientParts,
-        user: Arc<str>,
-        database: Arc<str>,
-    ) -> Client {
+    /// The client again, with its names from its entry.
+    pub fn from_parts(conn: Connection, p: ClientParts) -> Client {
         Client {
             conn,
-            user,
-            database,
+            user: p.entry.user.clone(),
+            database: p.entry.database.clone(),
             startup: p.startup,
             key: p.key,
             pool: p.pool,
@@ -124,18 +124,29 @@ impl Client {
             blue: p.blue,
             home_epoch: p.home_epoch,
             credential: p.credential,
-            state: p.state,
+            entry: p.entry,
         }
+    }
+
+    /// Its session state (in its registry entry).
+    #[inline]
+    pub fn state(&self) -> &ClientState {
+        &self.entry.state
+    }
+
+    /// The same, for the metrics guards (`Active`, `Waiting`) to keep.
+    pub fn state_ref(&self) -> crate::metrics::counters::StateRef {
+        self.entry.clone()
     }
 }
 
 impl ClientParts {
-    pub fn state(&self) -> &crate::metrics::counters::ClientState {
-        &self.state
+    pub fn state(&self) -> &ClientState {
+        &self.entry.state
     }
 
-    pub fn state_arc(&self) -> Arc<crate::metrics::counters::ClientState> {
-        self.state.clone()
+    pub fn entry(&self) -> &Arc<ClientInfo> {
+        &self.entry
     }
 }
 
@@ -654,15 +665,24 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
     conn.flush().await?;
     drop(database);
     slot.keep();
+    // Shared with the pool's key unless the entry forces another role.
+    let user: Arc<str> = if *pool.key.user == *user {
+        pool.key.user.clone()
+    } else {
+        user.as_str().into()
+    };
+    let entry = Arc::new(super::client_entry(
+        ctx,
+        &conn,
+        user.clone(),
+        pool.key.database.clone(),
+        &rest,
+        None,
+    ));
     Ok(Some(Login::Client(
         Client {
             conn,
-            // Shared with the pool's key unless the entry forces another role.
-            user: if *pool.key.user == *user {
-                pool.key.user.clone()
-            } else {
-                user.as_str().into()
-            },
+            user,
             database: pool.key.database.clone(),
             cluster,
             blue,
@@ -671,7 +691,7 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
             startup: ctx.startup_params.share(startup),
             key: cancel_key,
             pool,
-            state: Arc::default(),
+            entry,
         },
         rest,
         own,

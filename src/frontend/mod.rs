@@ -163,17 +163,10 @@ fn after_login(
                 peer = ?peer, user = %Escaped(&client.user), database = %Escaped(&client.database),
                 application_name = %Escaped(app.unwrap_or("")), tls = client.conn.stream().is_tls(), "client logged in"
             );
-            // The registry keeps what SHOW CLIENTS shows (and where KILL finds it); the
-            // session needs only `startup`.
-            let info = register(
-                ctx,
-                &client.conn,
-                client.user.clone(),
-                client.database.clone(),
-                &params,
-                None,
-                Some(client.state.clone()),
-            );
+            // The registry keeps what SHOW CLIENTS shows (and where KILL finds it): the
+            // entry the login made, which the session holds too.
+            let info = client.entry.clone();
+            ctx.admin.clients.insert(info.clone());
             leaving.registered = info.id;
             drop(params);
             let ctx = ctx.clone();
@@ -182,7 +175,7 @@ fn after_login(
                 // (admin::suspend).
                 let tracker = tracker.clone();
                 return Some(Serve::Other(Box::pin(async move {
-                    ctx.admin.suspend.hold(&client.state.console).await;
+                    ctx.admin.suspend.hold(&client.state().console).await;
                     start_session(client, own, &ctx, info, leaving, tracker).await;
                 })));
             }
@@ -206,16 +199,18 @@ fn after_login(
             let ctx = ctx.clone();
             Some(Serve::Other(Box::pin(async move {
                 let kill = ctx.shutdown.child_token();
-                leaving.registered = register(
-                    &ctx,
-                    &conn,
-                    user.as_str().into(),
-                    database.as_str().into(),
-                    &params,
-                    Some(kill.clone()),
-                    None,
-                )
-                .id;
+                leaving.registered = ctx
+                    .admin
+                    .clients
+                    .register(client_entry(
+                        &ctx,
+                        &conn,
+                        user.as_str().into(),
+                        database.as_str().into(),
+                        &params,
+                        Some(kill.clone()),
+                    ))
+                    .id;
                 let r = crate::admin::serve(conn, user.clone(), ctx.clone(), kill).await;
                 drop(leaving);
                 drop(key);
@@ -252,8 +247,7 @@ fn start_session(
 }
 
 /// The end of a registered client's session: `leaving` gives back what it held, and the
-/// log line reads the peer and user back from its registry entry (no copy per session;
-/// a parked session takes its names from there too).
+/// log line reads the peer and user back from its registry entry (no copy per session).
 struct Ending {
     leaving: Leaving,
     info: Arc<crate::admin::ClientInfo>,
@@ -270,24 +264,20 @@ impl session::SessionEnd for Ending {
             }
         }
     }
-
-    fn names(&self) -> (Arc<str>, Arc<str>) {
-        (self.info.user.clone(), self.info.database.clone())
-    }
 }
 
-/// Enter a logged-in client in the admin console's registry (SHOW CLIENTS, KILL_CLIENT).
-fn register(
+/// A logged-in client's entry for the admin console's registry (SHOW CLIENTS,
+/// KILL_CLIENT), not entered yet. `kill`: a console session's token.
+pub(crate) fn client_entry(
     ctx: &Context,
     conn: &crate::net::Connection,
     user: Arc<str>,
     database: Arc<str>,
     params: &[(String, String)],
     kill: Option<tokio_util::sync::CancellationToken>,
-    state: Option<Arc<crate::metrics::counters::ClientState>>,
-) -> Arc<crate::admin::ClientInfo> {
+) -> crate::admin::ClientInfo {
     let stream = conn.stream();
-    ctx.admin.clients.register(crate::admin::ClientInfo {
+    crate::admin::ClientInfo {
         id: ctx.admin.clients.next_id(),
         user,
         database,
@@ -302,8 +292,8 @@ fn register(
         ),
         tls: conn.stream().is_tls(),
         kill,
-        state,
-    })
+        state: Default::default(),
+    }
 }
 
 #[cfg(test)]

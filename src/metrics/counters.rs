@@ -233,9 +233,18 @@ impl ClientState {
     }
 }
 
+/// A session's [`ClientState`] as the guards below keep it: inside whatever holds it (the
+/// admin console's registry entry of the client), with no allocation of its own.
+pub type StateRef = std::sync::Arc<dyn AsRef<ClientState> + Send + Sync>;
+
+impl AsRef<ClientState> for ClientState {
+    fn as_ref(&self) -> &ClientState {
+        self
+    }
+}
+
 /// Counts a session in [`CLIENTS_ACTIVE`] (and its [`ClientState`]) while it lives.
-#[derive(Debug)]
-pub struct Active(Option<std::sync::Arc<ClientState>>);
+pub struct Active(Option<StateRef>);
 
 impl Active {
     #[inline]
@@ -245,12 +254,12 @@ impl Active {
 
     /// Also marks `state` active (SHOW CLIENTS).
     #[inline]
-    pub fn enter_for(state: Option<&std::sync::Arc<ClientState>>) -> Active {
+    pub fn enter_for(state: Option<StateRef>) -> Active {
         CLIENTS_ACTIVE.add(1);
-        if let Some(s) = state {
-            s.active.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = &state {
+            (**s).as_ref().active.fetch_add(1, Ordering::Relaxed);
         }
-        Active(state.cloned())
+        Active(state)
     }
 }
 
@@ -259,14 +268,13 @@ impl Drop for Active {
     fn drop(&mut self) {
         CLIENTS_ACTIVE.sub(1);
         if let Some(s) = &self.0 {
-            s.active.fetch_sub(1, Ordering::Relaxed);
+            (**s).as_ref().active.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
 /// Counts a session in [`CLIENTS_WAITING`] (and its [`ClientState`]) while it lives.
-#[derive(Debug)]
-pub struct Waiting(Option<std::sync::Arc<ClientState>>);
+pub struct Waiting(Option<StateRef>);
 
 impl Waiting {
     #[inline]
@@ -276,14 +284,15 @@ impl Waiting {
 
     /// Also marks `state` waiting, since now (SHOW CLIENTS' wait, SHOW POOLS' maxwait).
     #[inline]
-    pub fn enter_for(state: Option<&std::sync::Arc<ClientState>>) -> Waiting {
+    pub fn enter_for(state: Option<StateRef>) -> Waiting {
         CLIENTS_WAITING.add(1);
-        if let Some(s) = state {
+        if let Some(s) = &state {
+            let s = (**s).as_ref();
             if s.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
                 s.wait_since_us.store(now_us(), Ordering::Relaxed);
             }
         }
-        Waiting(state.cloned())
+        Waiting(state)
     }
 }
 
@@ -292,6 +301,7 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         CLIENTS_WAITING.sub(1);
         if let Some(s) = &self.0 {
+            let s = (**s).as_ref();
             if s.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
                 s.wait_since_us.store(0, Ordering::Relaxed);
             }

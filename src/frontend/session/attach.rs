@@ -193,7 +193,7 @@ impl Session {
             return Ok(Got::Conn(c, now, claim));
         }
         let got = loop {
-            let waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
+            let waiting = crate::metrics::counters::Waiting::enter_for(Some(self.c.state_ref()));
             let (unit, taken) = match claim {
                 None => self.batch_unit(first).unzip(),
                 Some(_) => (None, None),
@@ -329,7 +329,7 @@ impl Session {
         }
         // SHOW CLIENTS shows the link before the client's first message.
         self.c
-            .state
+            .state()
             .console
             .publish(self.attached.as_ref().map_or(0, |a| a.server.id), 0);
     }
@@ -346,7 +346,7 @@ impl Session {
             lent,
             // Set by the transaction's first message (`forward`); a placeholder until then.
             xact_started: lent.unwrap_or_else(Instant::now),
-            _active: crate::metrics::counters::Active::enter_for(Some(&self.c.state)),
+            _active: crate::metrics::counters::Active::enter_for(Some(self.c.state_ref())),
             notified: false,
             unread: None,
             home: None,
@@ -508,7 +508,7 @@ impl Session {
     /// it.
     fn lose_session(&mut self, why: Option<&str>) {
         self.pinned = false;
-        self.c.state.set_pinned(false);
+        self.c.state().set_pinned(false);
         let too_large = why.is_some_and(|w| w.starts_with(check::TOO_LARGE));
         self.c.conn.queue(&match (too_large, why) {
             (true, Some(w)) => build::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, w),
@@ -676,7 +676,7 @@ impl Session {
             tracing::debug!(user = %Escaped(&self.c.user), server = a.server.id, pinned, "session pin");
         }
         self.pinned = pinned;
-        self.c.state.set_pinned(pinned);
+        self.c.state().set_pinned(pinned);
         Ok(())
     }
 

@@ -161,7 +161,7 @@ impl Session {
         let t = Leave(t);
         // Served meanwhile, as a client attached to a server is (SHOW CLIENTS, the
         // clients' metrics): not idle.
-        let _active = crate::metrics::counters::Active::enter_for(Some(&self.c.state));
+        let _active = crate::metrics::counters::Active::enter_for(Some(self.c.state_ref()));
         let mut frames = Vec::new();
         let end = loop {
             let end = t.0.next(&mut frames).await;

@@ -10,7 +10,7 @@ impl Session {
     /// Handle every complete frame the client has sent.
     pub(super) async fn on_client_input(&mut self) -> Result<Flow, FrontendError> {
         self.idle_tx_timer = None;
-        self.c.state.console.requested();
+        self.c.state().console.requested();
         loop {
             if self.input_blocked() {
                 // Backpressure: the rest waits in the read buffer (see `paused_input`).

@@ -39,7 +39,7 @@ impl Session {
             Box::pin(async {
                 tokio::select! {
                     _ = pause.wait(&self.c.pool.key.database) => {}
-                    _ = self.c.state.console.killed() => {}
+                    _ = self.c.state().console.killed() => {}
                     _ = self.ctx.shutdown.cancelled() => {}
                 }
             })

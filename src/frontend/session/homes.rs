@@ -62,7 +62,7 @@ impl Session {
                             );
                             return None;
                         }
-                        _ = self.c.state.console.killed() => return None,
+                        _ = self.c.state().console.killed() => return None,
                         _ = self.ctx.shutdown.cancelled() => return None,
                     }
                 }
@@ -77,7 +77,7 @@ impl Session {
         let limit = self.ctx.settings.load().query_wait_timeout;
         tokio::select! {
             ok = entry.lease.wait_valid(limit) => Some(ok),
-            _ = self.c.state.console.killed() => None,
+            _ = self.c.state().console.killed() => None,
             _ = self.ctx.shutdown.cancelled() => None,
         }
     }

@@ -149,7 +149,8 @@ impl Session {
                 counts.throttled_rate.fetch_add(1, Ordering::Relaxed);
                 claim.rate_throttled = true;
                 claim.waited += d;
-                let _waiting = crate::metrics::counters::Waiting::enter_for(Some(&self.c.state));
+                let _waiting =
+                    crate::metrics::counters::Waiting::enter_for(Some(self.c.state_ref()));
                 tokio::time::sleep(d).await;
                 Ok(())
             }

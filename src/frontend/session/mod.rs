@@ -433,13 +433,10 @@ pub fn run<E: SessionEnd>(
 }
 
 /// What the caller runs when a session is over (its registry entry and slot given back,
-/// its log line), and what it holds of the client that a parked session then need not
-/// keep a copy of (see `park`).
+/// its log line).
 pub trait SessionEnd: Send + 'static {
     /// The session is over (`r`: how).
     fn end(self, r: Result<(), FrontendError>, ctx: &Context);
-    /// The client's user and database names, as its `Client` had them.
-    fn names(&self) -> (Arc<str>, Arc<str>);
 }
 
 /// How the session loop ended.
@@ -529,7 +526,7 @@ impl Session {
                 Event::Park if self.parkable() => return Ok(Ended::Park),
                 Event::Park => {
                     tracing::debug!(why = self.why_not_park(), "client not parked");
-                    self.c.state.console.decline_park();
+                    self.c.state().console.decline_park();
                     Flow::Continue
                 }
                 Event::ClientRead(Ok(0)) => Flow::Quit,
@@ -588,7 +585,7 @@ impl Session {
             // SHOW CLIENTS / SERVERS: the server lent now, the statements prepared.
             let link = self.attached.as_ref().map_or(0, |a| a.server.id);
             let prepared = self.view.t().statements.len();
-            self.c.state.console.publish(link, prepared);
+            self.c.state().console.publish(link, prepared);
             if let Flow::Quit = flow {
                 return Ok(Ended::Closed);
             }
@@ -646,7 +643,7 @@ impl Session {
         let suspend = &self.ctx.admin.suspend;
         if suspend.is_on() {
             let pending = self.c.conn.pending_output() + server_out;
-            if suspend.park(cx, &self.c.state.console.suspend, pending) {
+            if suspend.park(cx, &self.c.state().console.suspend, pending) {
                 return self.poll_shutdown(cx);
             }
         }
@@ -713,14 +710,15 @@ impl Session {
             }
         }
         // Where SUSPEND and RESUME wake this session (admin::suspend).
-        self.c.state.console.suspend.set_waker(cx.waker());
+        self.c.state().console.suspend.set_waker(cx.waker());
         // KILL sets its flag and SHUTDOWN cancels the context's token, each before it
         // wakes the session (server.rs wakes every session at shutdown).
-        if !self.draining && (self.c.state.console.is_killed() || self.ctx.shutdown.is_cancelled())
+        if !self.draining
+            && (self.c.state().console.is_killed() || self.ctx.shutdown.is_cancelled())
         {
             return Poll::Ready(Event::Shutdown);
         }
-        if self.c.state.console.park_asked() {
+        if self.c.state().console.park_asked() {
             return Poll::Ready(Event::Park);
         }
         match &mut self.shutdown_looked {

@@ -152,7 +152,7 @@ where
                             return park(lot, s, end, tracker);
                         }
                     }
-                    s.c.state.console.decline_park();
+                    s.c.state().console.decline_park();
                 }
                 Ok(super::Ended::Closed) => break Ok(()),
                 Err(e) => break Err(e),
@@ -186,7 +186,8 @@ where
         Ok(b) => b,
         Err(e) => return end.end(Err(e.into()), &ctx),
     };
-    let state = client.state_arc();
+    let entry = client.entry().clone();
+    let state = &entry.state;
     let p = Parked {
         sock,
         max_message,
@@ -254,9 +255,8 @@ where
             return end.end(Err(e.into()), &ctx);
         }
     };
-    let (user, database) = end.names();
     let conn = Connection::new(stream, max_message as usize);
-    let c = Client::from_parts(conn, client, user, database);
+    let c = Client::from_parts(conn, client);
     let s = Session::new(ctx, c, id, mode, view, max_prepared as usize);
     // A task of its own, as at login (on this thread: under io_uring, its ring's), so
     // that it is no larger than a new client's; this one ends here.
