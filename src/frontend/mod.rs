@@ -165,9 +165,8 @@ fn after_login(
             );
             // The registry keeps what SHOW CLIENTS shows (and where KILL finds it): the
             // entry the login made, which the session holds too.
-            let info = client.entry.clone();
-            ctx.admin.clients.insert(info.clone());
-            leaving.registered = info.id;
+            ctx.admin.clients.insert(client.entry.clone());
+            leaving.registered = client.entry.id;
             drop(params);
             let ctx = ctx.clone();
             if ctx.admin.suspend.is_on() {
@@ -176,14 +175,13 @@ fn after_login(
                 let tracker = tracker.clone();
                 return Some(Serve::Other(Box::pin(async move {
                     ctx.admin.suspend.hold(&client.state().console).await;
-                    start_session(client, own, &ctx, info, leaving, tracker).await;
+                    start_session(client, own, &ctx, leaving, tracker).await;
                 })));
             }
             Some(Serve::Session(start_session(
                 client,
                 own,
                 &ctx,
-                info,
                 leaving,
                 tracker.clone(),
             )))
@@ -233,30 +231,30 @@ fn after_login(
 }
 
 /// A registered client's session future; at its end `leaving` gives back what the client
-/// held. The end's log line reads the peer and user back from the registry entry (no
-/// copy per session).
+/// held. The end's log line reads the peer and user back from the client's registry
+/// entry (no copy per session).
 fn start_session(
     client: login::Client,
     own: Option<login::SessionServer>,
     ctx: &Arc<Context>,
-    info: Arc<crate::admin::ClientInfo>,
     leaving: Leaving,
     tracker: tokio_util::task::TaskTracker,
 ) -> impl std::future::Future<Output = ()> + Send {
-    session::run(client, own, ctx.clone(), tracker, Ending { leaving, info })
+    session::run(client, own, ctx.clone(), tracker, Ending(leaving))
 }
 
-/// The end of a registered client's session: `leaving` gives back what it held, and the
-/// log line reads the peer and user back from its registry entry (no copy per session).
-struct Ending {
-    leaving: Leaving,
-    info: Arc<crate::admin::ClientInfo>,
-}
+/// The end of a registered client's session: `leaving` gives back what it held (and is
+/// where a parked session finds the context).
+struct Ending(Leaving);
 
 impl session::SessionEnd for Ending {
-    fn end(self, r: Result<(), FrontendError>, _: &Context) {
-        drop(self.leaving);
-        let (peer, user) = (self.info.addr, &self.info.user);
+    fn ctx(&self) -> &Arc<Context> {
+        &self.0.ctx
+    }
+
+    fn end(self, r: Result<(), FrontendError>, entry: &crate::admin::ClientInfo) {
+        drop(self.0);
+        let (peer, user) = (entry.addr, &entry.user);
         match r {
             Ok(()) => tracing::info!(peer = ?peer, user = %Escaped(user), "client closed"),
             Err(e) => {

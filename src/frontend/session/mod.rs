@@ -433,10 +433,11 @@ pub fn run<E: SessionEnd>(
 }
 
 /// What the caller runs when a session is over (its registry entry and slot given back,
-/// its log line).
+/// its log line), and the context it keeps for that (a parked session keeps no copy).
 pub trait SessionEnd: Send + 'static {
-    /// The session is over (`r`: how).
-    fn end(self, r: Result<(), FrontendError>, ctx: &Context);
+    fn ctx(&self) -> &Arc<Context>;
+    /// The session of the client of `entry` is over (`r`: how).
+    fn end(self, r: Result<(), FrontendError>, entry: &crate::admin::ClientInfo);
 }
 
 /// How the session loop ended.

@@ -18,10 +18,10 @@
 //!   socket. An io_uring stream first takes back its armed receive (if bytes come first,
 //!   it does not park). Any other declines, and is asked again later.
 //! - What it keeps: the client without its connection (its key, pools, startup settings,
-//!   registry state; not its names, which `end` holds in the registry entry), its
-//!   session identity and its view (statements, settings), the socket, and the end of
-//!   the session (`end`, the task tracker's token: shutdown waits for a parked client as
-//!   for a running one).
+//!   and its registry entry, which holds its names and state), its session identity and
+//!   its view (statements, settings), the socket, and the end of the session (`end`,
+//!   which also holds the context, and the task tracker's token: shutdown waits for a
+//!   parked client as for a running one). No field twice: 168 bytes.
 //! - Waking: bytes or a hang-up on the socket, or anyone who wakes the session (KILL,
 //!   SUSPEND, RESUME, shutdown: they all wake the waker in the session's console entry,
 //!   which is the lot's while it is parked) spawn its task again, on the epoll runtime
@@ -76,7 +76,6 @@ struct Parked<E> {
     sock: Bare,
     max_message: u32,
     client: ClientParts,
-    ctx: Arc<Context>,
     id: u64,
     mode: PoolMode,
     view: View,
@@ -159,7 +158,7 @@ where
             }
         };
         Box::pin(s.finish()).await;
-        end.end(r, &s.ctx);
+        end.end(r, &s.c.entry);
     }
 }
 
@@ -184,7 +183,7 @@ where
     };
     let sock = match stream.into_bare() {
         Ok(b) => b,
-        Err(e) => return end.end(Err(e.into()), &ctx),
+        Err(e) => return end.end(Err(e.into()), client.entry()),
     };
     let entry = client.entry().clone();
     let state = &entry.state;
@@ -192,7 +191,6 @@ where
         sock,
         max_message,
         client,
-        ctx: ctx.clone(),
         id,
         mode,
         view,
@@ -237,7 +235,6 @@ where
         sock,
         max_message,
         client,
-        ctx,
         id,
         mode,
         view,
@@ -245,14 +242,16 @@ where
         end,
         token,
     } = p;
+    let ctx = end.ctx().clone();
     let tracker = token.task_tracker().clone();
     drop(token);
     client.state().console.set_parked(false);
     let stream = match sock.into_stream() {
         Ok(s) => s,
         Err(e) => {
+            let entry = client.entry().clone();
             drop(client);
-            return end.end(Err(e.into()), &ctx);
+            return end.end(Err(e.into()), &entry);
         }
     };
     let conn = Connection::new(stream, max_message as usize);
