@@ -12,7 +12,9 @@
 //!   when completions wait), so timers and the other sockets keep working unchanged.
 //! - Receives take their buffer from the ring's provided-buffer ring when data arrives:
 //!   an idle connection with a receive armed holds no buffer. The data is copied out to
-//!   its stream during the reap and the buffer is given back at once.
+//!   its stream during the reap and the buffer is given back at once. Only as many
+//!   buffers circulate as a reap's receives need (16 at first, doubled when a reap used
+//!   half of them or a receive found none), so that the untouched rest costs no memory.
 //! - An operation owns what the kernel may touch (the stream's socket, the bytes being
 //!   sent) until its completion is reaped: a socket is closed only after the last of its
 //!   operations ended.
@@ -35,6 +37,9 @@ const BGID: u16 = 1;
 /// only as data arrives.
 const NBUFS: u16 = 256;
 pub(super) const BUF_SIZE: usize = 16 * 1024;
+/// Buffers offered to the kernel at first (see [`BufRing`]): more only when a turn's
+/// receives come near that many.
+const OFFER_MIN: u16 = 16;
 const SQ_ENTRIES: u32 = 1024;
 /// `IORING_RECVSEND_POLL_FIRST` (the crate's `sys` module is private).
 const RECVSEND_POLL_FIRST: u16 = 1;
@@ -65,10 +70,20 @@ thread_local! {
 }
 
 /// The provided-buffer ring: a page of entries the kernel reads and the buffers they name.
+///
+/// The kernel takes buffers in the order they were offered, so every buffer offered is
+/// touched in turn (a page of each at least, even by the smallest receive): 256 offered
+/// would make 1 MiB per thread resident under any load, which an idle benchmark counts
+/// as memory per client. So only [`BufRing::offered`] buffers are in the ring, 16 at
+/// first: a reap that finds at least half of them used (or a receive refused for want of
+/// one) offers twice as many, from the untouched rest, up to all 256.
 struct BufRing {
     entries: *mut types::BufRingEntry,
     tail: u16,
     mem: Vec<u8>,
+    /// Buffers in circulation (offered to the kernel, or being copied out in a reap):
+    /// buffers `0..offered`; the rest were never offered (nor touched).
+    offered: u16,
 }
 
 impl BufRing {
@@ -92,17 +107,32 @@ impl BufRing {
             entries: p.cast(),
             tail: 0,
             mem: vec![0u8; NBUFS as usize * BUF_SIZE],
+            offered: 0,
         };
         // SAFETY: the mapping lives as long as the ring (both are dropped with the thread).
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(p as u64, NBUFS, BGID, 0)?
         };
-        for bid in 0..NBUFS {
-            br.push(bid);
-        }
+        br.offer_up_to(OFFER_MIN);
         br.publish();
         Ok(br)
+    }
+
+    /// Offer buffers never offered before until `n` are in circulation.
+    fn offer_up_to(&mut self, n: u16) {
+        while self.offered < n.min(NBUFS) {
+            self.push(self.offered);
+            self.offered += 1;
+        }
+    }
+
+    /// A reap gave back `used` buffers (and `short`: a receive found none): offer twice
+    /// as many when that came near the number in circulation.
+    fn adapt(&mut self, used: u16, short: bool) {
+        if short || used >= self.offered / 2 {
+            self.offer_up_to(self.offered.saturating_mul(2).max(used.saturating_mul(2)));
+        }
     }
 
     fn push(&mut self, bid: u16) {
@@ -256,8 +286,11 @@ impl Ring {
             if scratch.is_empty() {
                 return;
             }
+            let (mut used, mut short) = (0u16, false);
             for &(ud, res, flags) in scratch.iter() {
                 let bid = cqueue::buffer_select(flags);
+                used = used.saturating_add(u16::from(bid.is_some()));
+                short |= res == -libc::ENOBUFS;
                 match sq.take(ud) {
                     Some(Op::Recv(s)) => {
                         let data = match bid {
@@ -273,6 +306,7 @@ impl Ring {
                     bufs.push(b);
                 }
             }
+            bufs.adapt(used, short);
             bufs.publish();
         }
     }
@@ -417,6 +451,12 @@ pub(super) fn with_ring<R>(f: impl FnOnce(&mut Subm) -> R) -> Option<R> {
 /// Does this thread run the io_uring engine?
 pub fn on_ring_thread() -> bool {
     RING.with(|r| r.borrow().is_some())
+}
+
+/// Receive buffers this thread's ring has in circulation (tests).
+#[cfg(test)]
+pub(super) fn offered_buffers() -> Option<u16> {
+    RING.with(|r| r.borrow().as_ref().map(|r| r.bufs.offered))
 }
 
 /// This thread's ring, if it has one.

@@ -328,3 +328,49 @@ fn an_armed_receive_is_taken_back_before_the_socket_leaves() {
         assert_eq!(&got, b"Q");
     });
 }
+
+/// Receive buffers circulate only as many as a reap's receives need: one stream's
+/// traffic keeps the first 16 (the other 240 are never touched), and 300 receives
+/// completing at once, some refused for want of a buffer and armed again, make the ring
+/// offer more; every byte arrives intact either way.
+#[test]
+fn receive_buffers_are_offered_as_receives_need_them() {
+    on_ring(async {
+        let (mut mine, mut peer) = pair().await;
+        for i in 0..300u32 {
+            peer.write_all(&i.to_le_bytes()).await.unwrap();
+            let mut got = [0u8; 4];
+            mine.read_exact(&mut got).await.unwrap();
+            assert_eq!(u32::from_le_bytes(got), i);
+        }
+        assert_eq!(ring::offered_buffers(), Some(16), "one stream at a time");
+
+        let mut peers = Vec::new();
+        let mut readers = Vec::new();
+        for i in 0..300usize {
+            let (mut mine, peer) = pair().await;
+            peers.push(peer);
+            readers.push(tokio::spawn(async move {
+                let mut got = vec![0u8; 6000];
+                mine.read_exact(&mut got).await.unwrap();
+                assert!(got == pattern(6000, i as u8), "stream {i} got other bytes");
+            }));
+        }
+        // Every receive armed; then all the data, with no reap in between.
+        tokio::task::yield_now().await;
+        for (i, p) in peers.iter_mut().enumerate() {
+            p.write_all(&pattern(6000, i as u8)).await.unwrap();
+        }
+        for r in readers {
+            tokio::time::timeout(Duration::from_secs(10), r)
+                .await
+                .expect("every receive completes, those refused for want of a buffer too")
+                .unwrap();
+        }
+        let offered = ring::offered_buffers().unwrap();
+        assert!(
+            offered > 16 && offered <= 256,
+            "a burst makes more buffers circulate: {offered}"
+        );
+    });
+}
