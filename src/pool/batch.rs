@@ -138,6 +138,9 @@ pub struct Ticket {
     /// The client's settings: the connection must have exactly these.
     pub desired: Arc<ParamMap>,
     pub cancel: Arc<dyn UnitCancel>,
+    /// It may wait on another transaction or sleep (a write, a locking clause, a sleep or
+    /// advisory lock: `router::effects::may_wait`): nothing goes behind it in a batch.
+    pub may_wait: bool,
     since: Instant,
     phase: AtomicU8,
     mail: Mutex<Mail>,
@@ -160,11 +163,13 @@ impl Ticket {
         frames: Vec<Frame>,
         desired: Arc<ParamMap>,
         cancel: Arc<dyn UnitCancel>,
+        may_wait: bool,
     ) -> Arc<Ticket> {
         Arc::new(Ticket {
             frames,
             desired,
             cancel,
+            may_wait,
             since: Instant::now(),
             phase: AtomicU8::new(PENDING),
             mail: Mutex::new(Mail::default()),
@@ -180,6 +185,7 @@ impl Ticket {
             self.frames.clone(),
             self.desired.clone(),
             self.cancel.clone(),
+            self.may_wait,
         )
     }
 
@@ -553,10 +559,22 @@ async fn run(
         // outside pgtenant (pg_cancel_backend from another session, a watchdog) is as
         // meant for this statement as without pipelining.
         let mates_cancel = !own_cancel && mates_cancelled(clients, r.client);
+        let rerun = r.holding && r.user_cancel && mates_cancel;
         if let Some(why) = r.failed.take() {
             // Its client is told at its end, as without a batch; the next unit starts.
             r.ticket.finish(End::Lost(why));
-        } else if r.holding && r.user_cancel && mates_cancel && r.run_again < RUNS_AGAIN_MAX {
+        } else if rerun && q.iter().any(|o| o.ticket.may_wait) {
+            // Run again, but not here: behind it would be a unit that may wait as long
+            // as it pleases (`may_wait` units go last). Its transaction was rolled back:
+            // its client takes it again like a unit that never ran, on whatever
+            // connection comes free.
+            tracing::debug!(
+                server = conn.id,
+                "a batch-mate's cancel hit a unit; its client takes it again"
+            );
+            crate::metrics::counters::PIPELINE_RERUNS.add(1);
+            r.ticket.finish(End::NotRun);
+        } else if rerun && r.run_again < RUNS_AGAIN_MAX {
             // Another client's cancel landed here (one sent as the statement before it
             // ended): its transaction was rolled back; run it again at the end of the
             // batch, its client none the wiser.

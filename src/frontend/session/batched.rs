@@ -49,13 +49,13 @@ impl Session {
             return None;
         }
         drop(s);
-        let (frames, taken) = match first.tag() {
+        let (frames, taken, waits) = match first.tag() {
             b'Q' if self.held.is_empty() => {
                 let sql = decode::query_text(first.body()).ok()?;
                 if !plain(&sql) {
                     return None;
                 }
-                (vec![first.clone()], Vec::new())
+                (vec![first.clone()], Vec::new(), may_wait(&sql))
             }
             b'P' | b'B' => {
                 let taken = self.take_group(first)?;
@@ -65,17 +65,17 @@ impl Session {
                 }
                 frames.push(first.clone());
                 frames.extend(taken.iter().cloned());
-                if !unnamed_group(&frames) {
+                let Some(waits) = unnamed_group(&frames) else {
                     self.give_back_unit(taken);
                     return None;
-                }
-                (frames, taken)
+                };
+                (frames, taken, waits)
             }
             _ => return None,
         };
         let cancel: Arc<dyn crate::pool::batch::UnitCancel> = self.c.key.slot.clone();
         Some((
-            Ticket::new(frames, self.view.desired.clone(), cancel),
+            Ticket::new(frames, self.view.desired.clone(), cancel, waits),
             taken,
         ))
     }
@@ -245,22 +245,32 @@ fn plain(sql: &str) -> bool {
 
 /// Parse, Bind, [Describe], Execute, Sync of the unnamed statement and portal, the
 /// statement plain (see [`plain`]) and the Execute unlimited: a unit of its own, which
-/// leaves nothing behind but the unnamed statement.
-fn unnamed_group(frames: &[Frame]) -> bool {
+/// leaves nothing behind but the unnamed statement. Whether it may wait (see
+/// [`may_wait`]) when it is.
+fn unnamed_group(frames: &[Frame]) -> Option<bool> {
     let [p, b, rest @ ..] = frames else {
-        return false;
+        return None;
     };
     let (Ok(p), Ok(b)) = (Parse::decode(p.body()), Bind::decode(b.body())) else {
-        return false;
+        return None;
     };
     if !p.name.is_empty() || !b.portal.is_empty() || !b.statement.is_empty() || !plain(&p.query) {
-        return false;
+        return None;
     }
-    rest.iter().all(|f| match f.tag() {
-        b'D' => Target::decode(f.body()).is_ok_and(|t| t.name.is_empty()),
-        // The unnamed portal, no row limit.
-        b'E' => f.body() == [0u8; 5],
-        b'S' => true,
-        _ => false,
-    })
+    rest.iter()
+        .all(|f| match f.tag() {
+            b'D' => Target::decode(f.body()).is_ok_and(|t| t.name.is_empty()),
+            // The unnamed portal, no row limit.
+            b'E' => f.body() == [0u8; 5],
+            b'S' => true,
+            _ => false,
+        })
+        .then(|| may_wait(&p.query))
+}
+
+/// May the statement wait on another transaction or sleep (a write, a locking clause, a
+/// sleep or advisory lock, anything the scan cannot vouch for as a plain read): a batch
+/// then puts nothing behind it (`pool::batch` rules).
+fn may_wait(sql: &str) -> bool {
+    crate::router::effects::may_wait(sql)
 }
