@@ -61,11 +61,11 @@ use crate::protocol::{decode, ErrorFields};
 
 /// Bytes of answers a client may leave unread before its batch waits for it.
 pub const MAIL_MAX: usize = 256 * 1024;
-/// How long a batch waits for a client that leaves [`MAIL_MAX`] of its answer unread
-/// (takes none of it meanwhile) while other clients' statements wait behind its own on
-/// the server connection: then the rest of its answer is dropped and its session ends
-/// (`08006`), so that a client that stops reading holds its batch-mates this long at
-/// most.
+/// How long in all a batch waits for a client that leaves [`MAIL_MAX`] of its answer
+/// unread while other clients' statements wait behind its own on the server connection
+/// (the waits of one answer add up, however often the client takes a little of it): then
+/// the rest of its answer is dropped and its session ends (`08006`), so that a client
+/// that stops reading, or reads slowly, holds its batch-mates this long at most.
 pub const STALL_MAX: Duration = Duration::from_secs(5);
 /// An answer held for a possible re-run (see the module rules) is delivered once it is
 /// this large (it is not run again then).
@@ -125,8 +125,8 @@ pub enum LostServer {
     Closed,
     Io(String),
     Unreadable(String),
-    /// Not the server's doing: the client read nothing of its answer for [`STALL_MAX`]
-    /// while its batch-mates waited (the server connection is fine).
+    /// Not the server's doing: the client left [`MAIL_MAX`] of its answer unread for
+    /// [`STALL_MAX`] in all while its batch-mates waited (the server connection is fine).
     ClientStalled,
 }
 
@@ -156,6 +156,9 @@ struct Mail {
     bytes: usize,
     end: Option<End>,
     gone: bool,
+    /// How long its batch has waited so far for this client to take its answer while
+    /// other units waited behind its own (at most [`STALL_MAX`] in all).
+    held_mates: Duration,
 }
 
 impl Ticket {
@@ -240,12 +243,14 @@ impl Ticket {
         self.room.notify_one();
     }
 
-    /// Hand frames to the client, waiting while it has [`MAIL_MAX`] unread; for at most
-    /// [`STALL_MAX`] at a time when `others_wait` (other units of the batch come after
-    /// it): then the client is cut off (see [`Ticket::cut`]).
+    /// Hand frames to the client, waiting while it has [`MAIL_MAX`] unread. When
+    /// `others_wait` (other units of the batch come after it), these waits add up, over
+    /// its whole answer, to [`STALL_MAX`] at most: then the client is cut off (see
+    /// [`Ticket::cut`]). A total, not a bound per wait: a client that reads slowly (a
+    /// little now and then) holds its batch-mates no longer than one that stops reading.
     async fn deliver(&self, frames: &mut Vec<Frame>, others_wait: bool) {
         loop {
-            {
+            let left = {
                 let mut m = self.mail();
                 if m.gone {
                     frames.clear();
@@ -258,23 +263,28 @@ impl Ticket {
                     self.ready.notify_one();
                     return;
                 }
-            }
+                STALL_MAX.saturating_sub(m.held_mates)
+            };
             if !others_wait {
                 self.room.notified().await;
-            } else if tokio::time::timeout(STALL_MAX, self.room.notified())
-                .await
-                .is_err()
-                && self.cut()
-            {
+                continue;
+            }
+            let since = Instant::now();
+            let timed_out = left.is_zero()
+                || tokio::time::timeout(left, self.room.notified())
+                    .await
+                    .is_err();
+            self.mail().held_mates += since.elapsed();
+            if timed_out && self.cut() {
                 frames.clear();
                 return;
             }
         }
     }
 
-    /// The client took nothing of its answer for [`STALL_MAX`] while its batch-mates
-    /// waited: the rest of its answer is dropped and its session ends (as when its server
-    /// connection breaks). False when it made room after all.
+    /// The client left [`MAIL_MAX`] of its answer unread for [`STALL_MAX`] in all while
+    /// its batch-mates waited: the rest of its answer is dropped and its session ends (as
+    /// when its server connection breaks). False when it made room after all.
     fn cut(&self) -> bool {
         let mut m = self.mail();
         if m.gone || m.bytes < MAIL_MAX {

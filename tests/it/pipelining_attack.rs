@@ -223,6 +223,82 @@ async fn a_batch_mate_that_never_reads_holds_the_others_only_for_a_bounded_time(
     settles(&p, http, &admin, "a client that did not read").await;
 }
 
+/// A client that reads its huge answer slowly (a few KiB now and then: it always makes a
+/// little room, so no single wait is long), first in a batch: its batch-mates still get
+/// their answers within `STALL_MAX` (5 s) and a little, not after the time its whole answer
+/// takes at that rate (40 MB at 400 KB/s: 100 s), and the slow client loses its session
+/// (`08006`) once the batch has waited 5 s for it in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_mate_that_reads_slowly_holds_the_others_only_for_a_bounded_time() {
+    let pg = PgServer::start();
+    let (p, http, _dir) = start(&pg, 1, 8, "");
+    let release = hold_pool(&p, 1).await;
+    let mut slow = Raw::login(&p).await;
+    slow.query(HUGE).await;
+    until_waiting(http, 1).await;
+    let mates = mates(&p, http, 3, 1, 1).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 8 KiB every 20 ms, until told; then as fast as it comes, to the end of the stream.
+    let reader = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 8192];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match slow.s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_secs(30), slow.s.read_to_end(&mut got)).await;
+            got
+        })
+    };
+    let started = Instant::now();
+    for r in release {
+        r.send(()).unwrap();
+    }
+    answered(&p, mates).await;
+    let took = started.elapsed();
+    eprintln!("batch-mates of a client that read slowly served in {took:?}");
+    assert!(
+        took < Duration::from_secs(9),
+        "the batch-mates waited {took:?} for a slow reader"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let got = reader.await.unwrap();
+    // Its own rows, then the end of its session (08006), never its whole answer.
+    let (mut at, mut rows_seen, mut end) = (0, 0u64, None);
+    while at + 5 <= got.len() {
+        let len = u32::from_be_bytes(got[at + 1..at + 5].try_into().unwrap()) as usize;
+        let Some(body) = got.get(at + 5..at + 1 + len) else {
+            break;
+        };
+        match got[at] {
+            b'D' => {
+                assert!(body.ends_with(&[b'x'; 1000]), "a row of its own");
+                rows_seen += 1;
+            }
+            b'E' => end = Some(String::from_utf8_lossy(body).to_string()),
+            b'Z' => panic!("its whole answer came after all: {rows_seen} rows"),
+            _ => {}
+        }
+        at += 1 + len;
+    }
+    let end = end.unwrap_or_else(|| panic!("no error after {rows_seen} rows"));
+    assert!(end.contains("08006"), "{end}");
+    assert!(rows_seen < 40000, "{rows_seen}");
+    let c = client(&p).await;
+    assert_eq!(
+        rows(&c, "select 7").await.unwrap(),
+        vec![vec!["7".to_string()]]
+    );
+    let admin = console(&p).await;
+    settles(&p, http, &admin, "a client that read slowly").await;
+}
+
 /// A client that leaves while its huge answer comes (after reading a little of it), in a
 /// batch with others: they get their answers, nothing stays counted as active or
 /// waiting, and the connection serves the next clients.

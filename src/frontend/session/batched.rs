@@ -211,8 +211,8 @@ impl Session {
                     }
                     LostServer::Unreadable(e) => Lost::Unreadable(e).told(),
                     LostServer::ClientStalled => Lost::Unreadable(&format!(
-                        "the client read none of its answer for {} s while other clients' \
-                         statements waited behind it on the server connection",
+                        "the client left its answer unread for {} s in all while other \
+                         clients' statements waited behind it on the server connection",
                         crate::pool::batch::STALL_MAX.as_secs()
                     ))
                     .told(),
