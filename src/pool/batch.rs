@@ -83,14 +83,23 @@ const RUNS_AGAIN_MAX: u8 = 3;
 pub trait UnitCancel: Send + Sync {
     /// The client's unit waits in a batch (`None`, `queued`) or runs on the server of
     /// `t`, or is over (`None`, not queued). Never waits: a cancel on its way keeps the
-    /// target it took. True when the client asked for a cancel while its unit waited.
-    fn point(&self, t: Option<Arc<CancelTarget>>, queued: bool) -> bool;
+    /// target it took.
+    fn point(&self, t: Option<Arc<CancelTarget>>, queued: bool) -> Pointed;
     /// Cancels taken from the key so far (whose was a `57014`).
     fn taken(&self) -> u32;
-    /// A cancel of this client is on its way now.
-    fn in_flight(&self) -> bool;
     /// Send a cancel to the current target from a task of its own.
     fn cancel_now(self: Arc<Self>);
+}
+
+/// What [`UnitCancel::point`] found, read under the same lock as the move: cancels are
+/// taken only towards the key's target, so those taken between pointing it at a
+/// connection and pointing it away were aimed at that connection, and no others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pointed {
+    /// The client asked for a cancel while its unit waited (send it now).
+    pub wanted: bool,
+    /// Cancels taken from the key so far, this move included.
+    pub taken: u32,
 }
 
 const PENDING: u8 = 0;
@@ -347,17 +356,43 @@ struct Running {
     client: usize,
 }
 
-/// Every unit's client in a batch, with the cancels taken from its key when the batch
-/// started: a cancel that can land on another client's statement is one of these taken
-/// since.
-type Clients = Vec<(Arc<dyn UnitCancel>, u32)>;
+/// A unit's client in a batch, and the cancels it aimed at this batch's connection: a
+/// client's key points at the connection only while its own unit runs, so those are the
+/// cancels taken from its key in those spans (a cancel it sends elsewhere later, once its
+/// unit is over, cannot land here and does not count).
+struct Client {
+    cancel: Arc<dyn UnitCancel>,
+    /// Taken in its spans that ended.
+    here: u32,
+    /// While its unit runs: the key's count when it started.
+    since: Option<u32>,
+}
 
-/// Did a client of the batch other than `me` take a cancel since the batch started?
+type Clients = Vec<Client>;
+
+impl Client {
+    /// Its unit starts on the connection: cancels taken from here on are aimed at it.
+    fn runs(&mut self, p: Pointed) {
+        self.since = Some(p.taken);
+    }
+    /// Its unit is over: `p` from pointing its key away.
+    fn over(&mut self, p: Pointed) {
+        if let Some(s) = self.since.take() {
+            self.here = self.here.wrapping_add(p.taken.wrapping_sub(s));
+        }
+    }
+    fn aimed_here(&self) -> bool {
+        self.here > 0 || self.since.is_some_and(|s| self.cancel.taken() != s)
+    }
+}
+
+/// Did a client of the batch other than `me` aim a cancel at this connection (one that
+/// may have landed on another unit than its own)?
 fn mates_cancelled(clients: &Clients, me: usize) -> bool {
     clients
         .iter()
         .enumerate()
-        .any(|(i, (c, at_start))| i != me && c.taken() != *at_start)
+        .any(|(i, c)| i != me && c.aimed_here())
 }
 
 impl Running {
@@ -383,8 +418,7 @@ impl Running {
 /// connection back (where it may start the next batch).
 pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec<Arc<Ticket>>) {
     let mut q: VecDeque<Running> = VecDeque::with_capacity(units.len());
-    // Every unit's client: whose cancels may land on a batch-mate, and the cancels still
-    // on their way at the end.
+    // Every unit's client: whose cancels may land on a batch-mate.
     let mut clients: Clients = Vec::with_capacity(units.len());
     for t in units {
         if t.claim() {
@@ -393,7 +427,11 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
                 pool.stats.client_message(f.tag(), f.len());
                 conn.conn.queue(f);
             }
-            clients.push((t.cancel.clone(), t.cancel.taken()));
+            clients.push(Client {
+                cancel: t.cancel.clone(),
+                here: 0,
+                since: None,
+            });
             q.push_back(Running::new(t, clients.len() - 1));
         }
     }
@@ -404,18 +442,20 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
     crate::metrics::counters::PIPELINE_BATCHES.add(1);
     crate::metrics::counters::PIPELINED_STATEMENTS.add(q.len() as u64);
     let mut reported = false;
-    let lost = run(&pool, &mut conn, &mut q, &clients, &mut reported).await;
+    let lost = run(&pool, &mut conn, &mut q, &mut clients, &mut reported).await;
     for r in &q {
         r.ticket.cancel.point(None, false);
     }
     match lost {
         None => {
-            // No cancel of this batch may land on the next client's statement.
+            // No cancel of this batch may land on the next client's statement: none aimed
+            // at this connection is on its way (no key points here any more, so no new
+            // one can be taken).
             let deadline = Instant::now() + Duration::from_secs(10);
-            while clients.iter().any(|(c, _)| c.in_flight()) && Instant::now() < deadline {
+            while conn.cancel.in_flight() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let clean = !clients.iter().any(|(c, _)| c.in_flight());
+            let clean = !conn.cancel.in_flight();
             // The unnamed statement there is the last unit's client's, whom no session
             // knows to be on this connection: nobody may Bind it without a Parse.
             conn.unnamed_owner = 0;
@@ -458,14 +498,20 @@ async fn run(
     pool: &Pool,
     conn: &mut ServerConn,
     q: &mut VecDeque<Running>,
-    clients: &Clients,
+    clients: &mut Clients,
     reported: &mut bool,
 ) -> Option<LostServer> {
     if let Err(e) = conn.conn.flush().await {
         return Some(LostServer::Io(e.to_string()));
     }
     let batch_started = Instant::now();
-    start(pool, q.front_mut().expect("a unit"), conn, batch_started);
+    start(
+        pool,
+        q.front_mut().expect("a unit"),
+        clients,
+        conn,
+        batch_started,
+    );
     loop {
         let f = match conn.conn.try_frame() {
             Ok(Some(f)) => f,
@@ -563,8 +609,9 @@ async fn run(
         };
         let now = Instant::now();
         let mut r = q.pop_front().expect("the unit that ended");
-        r.ticket.cancel.point(None, false);
-        let own_cancel = r.ticket.cancel.taken() != r.taken_at_start;
+        let p = r.ticket.cancel.point(None, false);
+        clients[r.client].over(p);
+        let own_cancel = p.taken != r.taken_at_start;
         // Only a batch-mate's cancel can be the cause of running it again: one from
         // outside pgtenant (pg_cancel_backend from another session, a watchdog) is as
         // meant for this statement as without pipelining.
@@ -637,17 +684,19 @@ async fn run(
             ));
         }
         match q.front_mut() {
-            Some(next) => start(pool, next, conn, now),
+            Some(next) => start(pool, next, clients, conn, now),
             None => return None,
         }
     }
 }
 
 /// `r` starts on the server now: its client's cancels reach it from here.
-fn start(pool: &Pool, r: &mut Running, conn: &ServerConn, now: Instant) {
+fn start(pool: &Pool, r: &mut Running, clients: &mut Clients, conn: &ServerConn, now: Instant) {
     r.started = Some(now);
-    r.taken_at_start = r.ticket.cancel.taken();
-    if r.ticket.cancel.point(Some(conn.cancel.clone()), false) {
+    let p = r.ticket.cancel.point(Some(conn.cancel.clone()), false);
+    r.taken_at_start = p.taken;
+    clients[r.client].runs(p);
+    if p.wanted {
         r.ticket.cancel.clone().cancel_now();
     }
     if r.run_again == 0 {
@@ -656,5 +705,90 @@ fn start(pool: &Pool, r: &mut Running, conn: &ServerConn, now: Instant) {
         pool.stats.assignments.add(1);
         pool.stats.wait_time_us.add(waited.as_micros() as u64);
         pool.stats.wait_latency.record(waited);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key as the frontend's `CancelSlot` keeps it: a cancel is taken only towards its
+    /// target.
+    #[derive(Default)]
+    struct Key(Mutex<(Option<Arc<CancelTarget>>, u32)>);
+
+    impl Key {
+        /// The client asks for a cancel: taken when there is a target.
+        fn ask(&self) -> bool {
+            let mut g = self.0.lock().unwrap();
+            if g.0.is_some() {
+                g.1 += 1;
+            }
+            g.0.is_some()
+        }
+        /// Its session points it at a connection of its own.
+        fn set(&self, t: Option<Arc<CancelTarget>>) {
+            self.0.lock().unwrap().0 = t;
+        }
+    }
+
+    impl UnitCancel for Key {
+        fn point(&self, t: Option<Arc<CancelTarget>>, _queued: bool) -> Pointed {
+            let mut g = self.0.lock().unwrap();
+            g.0 = t;
+            Pointed {
+                wanted: false,
+                taken: g.1,
+            }
+        }
+        fn taken(&self) -> u32 {
+            self.0.lock().unwrap().1
+        }
+        fn cancel_now(self: Arc<Self>) {
+            self.ask();
+        }
+    }
+
+    fn target(pid: i32) -> Arc<CancelTarget> {
+        Arc::new(CancelTarget::new("127.0.0.1".into(), 1, pid, 7))
+    }
+
+    fn client(k: &Arc<Key>) -> Client {
+        Client {
+            cancel: k.clone(),
+            here: 0,
+            since: None,
+        }
+    }
+
+    /// Only a cancel a batch-mate aimed at this connection (while its own unit ran here)
+    /// counts: one it sends to its next connection once its unit is over does not make a
+    /// later unit's `57014` a mate's (and run it again behind an outside canceller's back).
+    #[test]
+    fn only_cancels_aimed_at_the_batch_connection_count_as_a_mates() {
+        let here = target(10);
+        let (a, b) = (Arc::new(Key::default()), Arc::new(Key::default()));
+        let mut clients: Clients = vec![client(&a), client(&b)];
+        // a's unit runs here and ends without a cancel.
+        clients[0].runs(a.point(Some(here.clone()), false));
+        clients[0].over(a.point(None, false));
+        assert!(!a.ask(), "nothing of a's runs: nothing to take");
+        // a's session goes on on another connection, and cancels there.
+        a.set(Some(target(11)));
+        assert!(a.ask());
+        // b's unit runs here: a's cancel elsewhere is not a mate's.
+        clients[1].runs(b.point(Some(here.clone()), false));
+        assert!(
+            !mates_cancelled(&clients, 1),
+            "a's cancel elsewhere counted"
+        );
+        // b cancels its own unit: a mate's cancel for the others, not for b.
+        assert!(b.ask());
+        assert!(mates_cancelled(&clients, 0));
+        assert!(!mates_cancelled(&clients, 1));
+        clients[1].over(b.point(None, false));
+        // Still, once b's unit is over (it may land late, on the next unit).
+        assert!(mates_cancelled(&clients, 0));
+        assert!(!mates_cancelled(&clients, 1));
     }
 }
