@@ -416,7 +416,19 @@ impl Running {
 
 /// Send `units` on `conn` back to back and give each client its answer; then give the
 /// connection back (where it may start the next batch).
-pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec<Arc<Ticket>>) {
+pub(super) async fn drive(pool: Arc<Pool>, conn: Box<ServerConn>, units: Vec<Arc<Ticket>>) {
+    // The same health check as a connection lent to one client (`Pool::check`:
+    // server_check_query when it sat idle past server_check_delay, or is suspect).
+    let Some(mut conn) = pool.check(conn).await else {
+        // It failed and was closed: nothing was sent, each client takes its unit again.
+        pool.stats.active.sub(1);
+        for t in units {
+            if t.claim() {
+                t.finish(End::NotRun);
+            }
+        }
+        return;
+    };
     let mut q: VecDeque<Running> = VecDeque::with_capacity(units.len());
     // Every unit's client: whose cancels may land on a batch-mate.
     let mut clients: Clients = Vec::with_capacity(units.len());

@@ -739,3 +739,145 @@ async fn a_unit_waiting_on_a_row_lock_holds_no_later_read() {
         .unwrap();
     assert_eq!(v, vec![vec!["11".to_string()]]);
 }
+
+/// A connection a batch takes passes the same health check as one lent to one client:
+/// with `server_check_delay = 0` server_check_query runs before every lend, so it runs on
+/// the batch's connection before the batch's statements (the PostgreSQL log says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_takes_a_connection_only_after_server_check_query() {
+    let pg = PgServer::builder().conf("log_statement = 'all'").start();
+    let (p, http, _dir) = start(
+        &pg,
+        1,
+        8,
+        &format!(
+            "{WAIT}\nserver_check_delay = 0\nserver_check_query = \"select 'pipe_check_probe'\""
+        ),
+    );
+    let release = hold_pool(&p, 1).await;
+    let mut mates = Vec::new();
+    for k in 0..3u32 {
+        let c = client(&p).await;
+        mates.push(tokio::spawn(async move {
+            (k, rows(&c, &format!("select 'pipe_mate_{k}'")).await)
+        }));
+        until_waiting(http, u64::from(k) + 1).await;
+    }
+    let probes_before = pg.log().matches("select 'pipe_check_probe'").count();
+    let before = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    for r in release {
+        r.send(()).unwrap();
+    }
+    for m in mates {
+        let (k, r) = m.await.unwrap();
+        assert_eq!(r.unwrap()[0][0], format!("pipe_mate_{k}"));
+    }
+    assert!(
+        metric(http, "pgtenant_server_pipelined_statements_total").await >= before + 3,
+        "no batch formed"
+    );
+    // The probe before the batch's first statement in the server's log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = pg.log();
+        if let Some(at) = log.find("select 'pipe_mate_0'") {
+            let probes = log[..at].matches("select 'pipe_check_probe'").count();
+            assert!(
+                probes > probes_before,
+                "the batch's connection was not checked first ({probes_before} probes before, \
+                 {probes} before the batch)\n--- pg log ---\n{log}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the batch is not in the log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The check fails on the connection a batch took (here: server_check_query divides by
+/// zero while `check_fail` has a row): that connection is closed and nothing is sent on
+/// it; the batch's clients take their statements again on another connection and get
+/// their own answers, none the wiser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_connection_fails_its_check_runs_elsewhere() {
+    let pg = PgServer::builder()
+        .conf("log_statement = 'all'")
+        .conf("log_line_prefix = '@@%p@@ '")
+        .start();
+    let (direct, conn) = tokio_postgres::connect(&pg.url("app", "secret", "app"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    direct
+        .batch_execute("create table check_fail(x int)")
+        .await
+        .unwrap();
+    let (p, http, _dir) = start(
+        &pg,
+        1,
+        8,
+        &format!(
+            "{WAIT}\nserver_check_delay = 0\nserver_check_query = \
+             \"select case when exists (select 1 from check_fail) then 1/0 else 1 end\""
+        ),
+    );
+    let release = hold_pool(&p, 1).await;
+    let mut mates = Vec::new();
+    for k in 0..3u32 {
+        let c = client(&p).await;
+        mates.push(tokio::spawn(async move {
+            (k, rows(&c, &format!("select 'pipe_mate_{k}'")).await)
+        }));
+        until_waiting(http, u64::from(k) + 1).await;
+    }
+    // The pool's one connection (the batch's, once the holder commits).
+    let before: Vec<i32> = direct
+        .query(
+            "select pid from pg_stat_activity where usename = 'app' \
+             and backend_type = 'client backend' and pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    direct
+        .batch_execute("insert into check_fail values (1)")
+        .await
+        .unwrap();
+    for r in release {
+        r.send(()).unwrap();
+    }
+    for m in mates {
+        let (k, r) = tokio::time::timeout(Duration::from_secs(10), m)
+            .await
+            .unwrap_or_else(|_| panic!("a mate never answered\n{}", p.logs()))
+            .unwrap();
+        assert_eq!(
+            r.unwrap_or_else(|e| panic!("mate {k}: {e}"))[0][0],
+            format!("pipe_mate_{k}")
+        );
+    }
+    direct
+        .batch_execute("delete from check_fail")
+        .await
+        .unwrap();
+    // The check ran and failed on the connection the batch took, before any of its
+    // statements: none of them ran on that backend.
+    let log = pg.log();
+    assert!(
+        log.contains("division by zero"),
+        "the check never failed\n{log}"
+    );
+    assert_eq!(before.len(), 1, "{before:?}");
+    for pid in before {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains(&format!("@@{pid}@@")) && l.contains("pipe_mate_")),
+            "a statement ran on the connection that failed its check\n{log}"
+        );
+    }
+}
