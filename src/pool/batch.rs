@@ -15,12 +15,28 @@
 //!   reach the next.
 //! - The batch is the waiters in turn order from the front, as long as each is a unit
 //!   that fits (no one is overtaken), at most `server_pipeline_depth`.
+//! - A unit that may wait ([`Ticket::may_wait`], `router::effects::may_wait`: a write, a
+//!   locking clause, a sleep or an advisory lock, anything the scan cannot vouch for as a
+//!   plain read) is the last of its batch: nothing is sent behind it. It may wait on
+//!   another transaction for as long as that one pleases (one of its own application's,
+//!   maybe, waiting in turn for a unit behind it: a deadlock PostgreSQL cannot see), and
+//!   nobody must wait behind that while another connection may come free. As the last
+//!   unit it holds the connection as it would hold one of its own. A plain read waits
+//!   only for a table's ACCESS EXCLUSIVE lock (DDL, LOCK TABLE), which blocks every
+//!   connection alike, or for its own work: a slow read still holds the units behind it
+//!   (the cost of a batch), and so does what a view, rule or user-defined operator runs
+//!   (not visible in the text).
+//! - The connection passes the same health check as one lent to a single client
+//!   (`Pool::check`: `server_check_query` once idle past `server_check_delay`, or
+//!   suspect) before anything is sent; when it fails, it was closed and every client takes
+//!   its unit again (`End::NotRun`).
 //! - Answers go to their own client only, split at each ReadyForQuery, in order; a client
 //!   that does not read holds its batch-mates once it has [`MAIL_MAX`] bytes waiting (as
-//!   a server that cannot send holds everything behind it), for [`STALL_MAX`] at most
-//!   without taking any: then the rest of its answer is dropped and its session ends
-//!   (`08006`), and the batch goes on. Nobody waiting behind it: it is waited for, as
-//!   for a client that holds a connection of its own.
+//!   a server that cannot send holds everything behind it), for [`STALL_MAX`] at most in
+//!   all over its answer (the waits add up however often it takes a little): then the
+//!   rest of its answer is dropped and its session ends (`08006`), and the batch goes on.
+//!   Nobody waiting behind it: it is waited for, as for a client that holds a connection
+//!   of its own.
 //! - A ParameterStatus in the answers (a trigger, view or operator that calls
 //!   `set_config`: no scan of the text sees it) reaches its own client; the statements
 //!   after it in the batch run with the changed setting (they were sent already), and
@@ -32,11 +48,15 @@
 //!   buffer at once): so each unit's answer is held until its ReadyForQuery (up to
 //!   [`HOLD_MAX`]; a larger one goes out as it comes), and a unit that failed with `57014
 //!   … due to user request` although its own client sent no cancel, when another client
-//!   of the batch did, is run again, unseen (its implicit transaction was rolled back),
-//!   up to [`RUNS_AGAIN_MAX`] times. A cancel from outside pgtenant (`pg_cancel_backend`)
-//!   with no batch-mate's cancel about is what it seems: its client gets the error. The
-//!   connection goes back to the pool only when no cancel of the batch is on its way
-//!   (PostgreSQL ignores one that lands while it is idle).
+//!   of the batch aimed one at this connection (took it from its key while its own unit
+//!   ran here: a cancel it sends elsewhere afterwards does not count), is run again,
+//!   unseen (its implicit transaction was rolled back), up to [`RUNS_AGAIN_MAX`] times, at
+//!   the end of the batch; or, when a unit that may wait is still to come (nothing goes
+//!   behind it), its client takes it again like a unit that never ran (`End::NotRun`). A
+//!   cancel from outside pgtenant (`pg_cancel_backend`) with no batch-mate's cancel about
+//!   is what it seems: its client gets the error. The connection goes back to the pool
+//!   only when no cancel aimed at it is on its way (PostgreSQL ignores one that lands
+//!   while it is idle).
 //! - A server connection that breaks fails the unit running, its client told as when its
 //!   own connection breaks (`08006`). The units after it never ran when the server ended
 //!   the backend (a FATAL, the end of the stream: a backend reads a statement only after
@@ -118,10 +138,13 @@ pub enum End {
     },
     /// The server connection broke before its ReadyForQuery.
     Lost(LostServer),
-    /// The server connection ended before this unit's turn, in a way that shows it never
-    /// started: the server ended the backend (a FATAL, or the end of the stream) while an
-    /// earlier unit ran, and a backend reads the next statement only after it answered
-    /// the one before. The client's session takes it again, on another connection.
+    /// It did not run, or nothing of it stays: the server connection ended before this
+    /// unit's turn, in a way that shows it never started (the server ended the backend, a
+    /// FATAL or the end of the stream, while an earlier unit ran, and a backend reads the
+    /// next statement only after it answered the one before); or the connection failed
+    /// its health check before anything was sent; or a batch-mate's cancel rolled it back
+    /// while a unit that may wait was still to come behind it. The client's session takes
+    /// it again, on whatever connection comes free.
     NotRun,
 }
 

@@ -12,11 +12,17 @@
 //!   with `session_check = auto` and no `server_reset_query_always` (no query runs between
 //!   two clients' transactions). The ticket is made only once the pool has no idle
 //!   connection for it (the fast path pays nothing).
+//! - The ticket says whether the statement may wait on another transaction or sleep
+//!   (`router::effects::may_wait`: anything but a plain read the scan can vouch for); a
+//!   batch sends nothing behind such a unit (`pool::batch` rules).
 //! - The client's answer is exactly the server's, frame by frame; a ParameterStatus in it
 //!   reaches the client (and the connection, which notes it) but not the client's view.
 //! - A broken server connection ends the client's session as `lost` says, as if the
 //!   connection had been its own; so does a batch that gave up waiting for this client to
-//!   read its answer (`pool::batch::STALL_MAX`).
+//!   read its answer (`pool::batch::STALL_MAX`, in all over the answer). A unit its batch
+//!   never ran (the server ended the backend first, the connection failed its health
+//!   check, or a batch-mate's cancel rolled it back with a unit that may wait still to
+//!   come) is the client's again, as before it was taken.
 use std::sync::Arc;
 
 use super::*;
