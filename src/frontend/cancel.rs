@@ -186,6 +186,17 @@ impl crate::pool::batch::UnitCancel for CancelSlot {
     fn cancel_now(self: Arc<Self>) {
         self.cancel_detached();
     }
+    fn cancel_again(self: Arc<Self>, t: &Arc<CancelTarget>, taken: u32) {
+        let in_flight = {
+            let mut g = self.lock();
+            let same = g.target.as_ref().is_some_and(|x| Arc::ptr_eq(x, t));
+            if !same || g.in_flight > 0 || g.taken != taken {
+                return;
+            }
+            self.taken_locked(&mut g, t.clone())
+        };
+        send_detached(t.clone(), in_flight, "a client's queued");
+    }
 }
 
 /// A cancel on its way to its target: the slot's target stays put until it is dropped
@@ -533,6 +544,28 @@ mod tests {
         assert_eq!(p.taken, 1, "the cancel taken while its unit ran");
         assert!(slot.take_for_cancel().is_none(), "no target, nothing taken");
         assert_eq!(slot.taken(), 1);
+    }
+
+    /// A batch sends a cancel asked while its unit waited once more, later, only if the
+    /// key still points at the same connection and nothing was taken since.
+    #[tokio::test]
+    async fn a_queued_cancel_is_sent_again_only_to_the_same_running_unit() {
+        use crate::pool::batch::UnitCancel;
+        let slot = Arc::new(CancelSlot::default());
+        let t = target(6).unwrap();
+        slot.point(Some(t.clone()), false);
+        // Taken since: not again.
+        slot.clone().cancel_again(&t, 7);
+        assert_eq!(slot.taken(), 0);
+        // Pointed elsewhere (its unit is over): not again.
+        slot.point(None, false);
+        slot.clone().cancel_again(&t, 0);
+        assert_eq!(slot.taken(), 0);
+        // Still running there, nothing taken since: sent (counted in flight for it).
+        slot.point(Some(t.clone()), false);
+        slot.clone().cancel_again(&t, 0);
+        assert_eq!(slot.taken(), 1);
+        assert!(t.in_flight() || t.unsettled(), "sent");
     }
 
     #[test]

@@ -95,6 +95,13 @@ const HOLD_MAX: usize = 64 * 1024;
 /// own client did not, is taken for that mate's cancel whatever the server's language.
 const STRAY_CANCEL_WINDOW: Duration = Duration::from_millis(500);
 
+/// A cancel its client asked while its unit waited in the batch is sent when the unit
+/// starts, i.e. when the answer before it ended: PostgreSQL drops a cancel that lands
+/// before the backend has read the statement (idle between two of the batch, on a
+/// loaded machine). If the unit still runs this much later, the cancel is sent once
+/// more.
+const WANTED_AGAIN: Duration = Duration::from_millis(100);
+
 /// How many times a statement hit by other clients' cancels is run again before its
 /// client is given the cancel (each time takes another client's late cancel).
 const RUNS_AGAIN_MAX: u8 = 3;
@@ -109,6 +116,9 @@ pub trait UnitCancel: Send + Sync {
     fn taken(&self) -> u32;
     /// Send a cancel to the current target from a task of its own.
     fn cancel_now(self: Arc<Self>);
+    /// Send a cancel to `t` from a task of its own only if the key still points there
+    /// and no cancel was taken since the count was `taken` (none on its way either).
+    fn cancel_again(self: Arc<Self>, t: &Arc<CancelTarget>, taken: u32);
 }
 
 /// What [`UnitCancel::point`] found, read under the same lock as the move: cancels are
@@ -733,6 +743,18 @@ fn start(pool: &Pool, r: &mut Running, clients: &mut Clients, conn: &ServerConn,
     clients[r.client].runs(p);
     if p.wanted {
         r.ticket.cancel.clone().cancel_now();
+        // Once more if it still runs later (`WANTED_AGAIN`): a cancel then is aimed at
+        // this unit as the first was (its key still points here), and one that lands
+        // after it ended is a late cancel like any other (the next unit runs again).
+        let (c, t, n) = (
+            r.ticket.cancel.clone(),
+            conn.cancel.clone(),
+            r.ticket.cancel.taken(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(WANTED_AGAIN).await;
+            c.cancel_again(&t, n);
+        });
     }
     if r.run_again == 0 {
         // SHOW STATS: each unit is an assignment that waited until it started.
@@ -782,6 +804,7 @@ mod tests {
         fn cancel_now(self: Arc<Self>) {
             self.ask();
         }
+        fn cancel_again(self: Arc<Self>, _t: &Arc<CancelTarget>, _taken: u32) {}
     }
 
     fn target(pid: i32) -> Arc<CancelTarget> {
