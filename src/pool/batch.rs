@@ -43,9 +43,11 @@
 //!   the connection is closed after the batch rather than lent to anyone else.
 //! - Cancels: a client's key points at the connection only while its own unit runs (from
 //!   the ReadyForQuery of the unit before it to its own), and a cancel sent while its unit
-//!   waited in the batch is sent when it starts. A cancel can still land after the unit it
-//!   was meant for ended, on the next one (PostgreSQL reads the next statement from its
-//!   buffer at once): so each unit's answer is held until its ReadyForQuery (up to
+//!   waited in the batch is sent when it starts (and once more after [`WANTED_AGAIN`] if
+//!   the key still points here and took nothing since). A cancel can still land after
+//!   the unit it was meant for ended, on the next one (PostgreSQL reads the next
+//!   statement from its buffer at once): so each unit's answer is held until its
+//!   ReadyForQuery (up to
 //!   [`HOLD_MAX`]; a larger one goes out as it comes), and a unit that failed with `57014
 //!   … due to user request` although its own client sent no cancel, when another client
 //!   of the batch aimed one at this connection (took it from its key while its own unit
