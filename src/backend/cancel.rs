@@ -1,5 +1,5 @@
 //! CancelRequest towards a server.
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +18,9 @@ pub struct CancelTarget {
     /// still land, on whatever statement runs then. The connection is closed rather than
     /// lent to another client ([`CancelTarget::unsettled`], `pool::Pool::release_at`).
     unsettled: AtomicBool,
+    /// Cancels taken for this connection and not yet delivered (whoever's: a batch's
+    /// connection waits for none before it goes back to the pool).
+    in_flight: AtomicU32,
 }
 
 impl CancelTarget {
@@ -28,7 +31,24 @@ impl CancelTarget {
             pid,
             secret,
             unsettled: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
         }
+    }
+
+    /// A cancel for this connection is on its way now.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
+    }
+
+    /// A cancel for this connection was taken (to be sent): counted until
+    /// [`CancelTarget::delivered`].
+    pub fn sending(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A cancel counted by [`CancelTarget::sending`] was delivered (or given up).
+    pub fn delivered(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// See the field: a cancel to this connection may still land.

@@ -51,6 +51,9 @@ struct SlotState {
     /// when it starts (`wanted`).
     queued: bool,
     wanted: bool,
+    /// The client asked for a cancel while one of its own was on its way: it is sent once
+    /// that one is delivered, to the target then (see [`InFlight`]'s drop).
+    again: bool,
 }
 
 impl CancelSlot {
@@ -83,21 +86,33 @@ impl CancelSlot {
 
     /// The target of a cancel about to be sent, counted in flight until the returned
     /// guard is dropped.
-    /// None also while another cancel of this client is on its way: it goes to the same
-    /// target, and a client sending cancel after cancel must not keep its session from
-    /// ever moving its target (releasing its server connection waits for none in flight).
+    /// None also while another cancel of this client is on its way: this one is then
+    /// sent once that one is delivered (`again`), to the target the slot has then, which
+    /// the session cannot have moved meanwhile (so it is the statement the client's
+    /// first cancel was aimed at, or a later one of its own on the same connection, as a
+    /// cancel asked a moment later would find). Several asked meanwhile make one: they
+    /// would all find the same target. A client sending cancel after cancel still cannot
+    /// keep its session from moving its target for long: each waits for the one before.
     fn take_for_cancel(self: &Arc<Self>) -> Option<(Arc<CancelTarget>, InFlight)> {
         let mut g = self.lock();
         if g.in_flight > 0 {
+            g.again = true;
             return None;
         }
         let Some(t) = g.target.clone() else {
             g.wanted |= g.queued;
             return None;
         };
+        Some((t.clone(), Self::taken_locked(self, &mut g, t)))
+    }
+
+    /// A cancel to `t` is taken now (under the slot's lock): counted in flight for the
+    /// slot and for `t` until the guard is dropped.
+    fn taken_locked(self: &Arc<Self>, g: &mut SlotState, t: Arc<CancelTarget>) -> InFlight {
         g.in_flight += 1;
         g.taken = g.taken.wrapping_add(1);
-        Some((t, InFlight(self.clone())))
+        t.sending();
+        InFlight(self.clone(), t)
     }
 }
 
@@ -108,7 +123,7 @@ impl CancelSlot {
     /// to another client, until the postmaster has signalled the backend), and sent from
     /// a task of its own. False when there is no target or a cancel is on its way already.
     pub fn cancel_detached(self: &Arc<Self>) -> bool {
-        let t = {
+        let (t, in_flight) = {
             let mut g = self.lock();
             if g.in_flight > 0 {
                 return false;
@@ -116,11 +131,9 @@ impl CancelSlot {
             let Some(t) = g.target.clone() else {
                 return false;
             };
-            g.in_flight += 1;
-            g.taken = g.taken.wrapping_add(1);
-            t
+            (t.clone(), Self::taken_locked(self, &mut g, t))
         };
-        send_detached(t, InFlight(self.clone()), "a statement timeout's");
+        send_detached(t, in_flight, "a statement timeout's");
         true
     }
 }
@@ -153,7 +166,7 @@ fn send_detached(
 /// the statement runs there, whatever cancel of the client's may be on its way (the
 /// driver, not the slot, keeps such a cancel from reaching a batch-mate).
 impl crate::pool::batch::UnitCancel for CancelSlot {
-    fn point(&self, t: Option<Arc<CancelTarget>>, queued: bool) -> bool {
+    fn point(&self, t: Option<Arc<CancelTarget>>, queued: bool) -> crate::pool::batch::Pointed {
         let mut g = self.lock();
         let runs = t.is_some();
         g.target = t;
@@ -162,26 +175,64 @@ impl crate::pool::batch::UnitCancel for CancelSlot {
         if !queued {
             g.wanted = false;
         }
-        wanted
+        crate::pool::batch::Pointed {
+            wanted,
+            taken: g.taken,
+        }
     }
     fn taken(&self) -> u32 {
         self.lock().taken
     }
-    fn in_flight(&self) -> bool {
-        self.lock().in_flight > 0
-    }
     fn cancel_now(self: Arc<Self>) {
         self.cancel_detached();
     }
+    fn cancel_again(self: Arc<Self>, t: &Arc<CancelTarget>, taken: u32) {
+        let in_flight = {
+            let mut g = self.lock();
+            let same = g.target.as_ref().is_some_and(|x| Arc::ptr_eq(x, t));
+            if !same || g.in_flight > 0 || g.taken != taken {
+                return;
+            }
+            self.taken_locked(&mut g, t.clone())
+        };
+        send_detached(t.clone(), in_flight, "a client's queued");
+    }
 }
 
-/// A cancel on its way: the slot's target stays put until it is dropped (also when the
-/// task sending it is dropped half-way).
-struct InFlight(Arc<CancelSlot>);
+/// A cancel on its way to its target: the slot's target stays put until it is dropped
+/// (also when the task sending it is dropped half-way); the target counts it in flight
+/// meanwhile.
+struct InFlight(Arc<CancelSlot>, Arc<CancelTarget>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.lock().in_flight -= 1;
+        let slot = &self.0;
+        let next = {
+            let mut g = slot.lock();
+            g.in_flight -= 1;
+            // A cancel the client asked while this one was on its way: sent now, to the
+            // target the slot has now, taken before the session can move it.
+            let next = if g.in_flight == 0 && std::mem::take(&mut g.again) {
+                match (g.target.clone(), tokio::runtime::Handle::try_current()) {
+                    (Some(t), Ok(rt)) => Some((t.clone(), slot.taken_locked(&mut g, t), rt)),
+                    (None, _) => {
+                        g.wanted |= g.queued;
+                        None
+                    }
+                    (Some(_), Err(_)) => None,
+                }
+            } else {
+                None
+            };
+            // Counted down after the next one is counted up: the target never looks
+            // free in between.
+            self.1.delivered();
+            next
+        };
+        if let Some((t, in_flight, rt)) = next {
+            let _enter = rt.enter();
+            send_detached(t, in_flight, "a client's second");
+        }
         DELIVERED.notify_waiters();
     }
 }
@@ -328,7 +379,8 @@ mod tests {
         slot.try_set(target(1)).unwrap();
         let (t, in_flight) = slot.take_for_cancel().expect("a target");
         assert_eq!(t.pid, 1);
-        // A second cancel while the first is on its way is dropped (same target).
+        // A second cancel while the first is on its way is not sent now (it is sent once
+        // the first is delivered: `a_cancel_asked_while_one_is_on_its_way_is_sent_after`).
         assert!(slot.take_for_cancel().is_none());
         // The session may not clear or move the target meanwhile.
         assert!(slot.try_set(None).is_err());
@@ -408,6 +460,112 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), key.slot.set(None))
             .await
             .expect("free once the postmaster closed the cancel connection");
+    }
+
+    /// A client asks for a second cancel while its first is on its way (a slow
+    /// postmaster): it is not dropped, but sent once the first is delivered, to the same
+    /// target (the session cannot move it meanwhile); the target counts both in flight.
+    #[tokio::test]
+    async fn a_cancel_asked_while_one_is_on_its_way_is_sent_after() {
+        use tokio::io::AsyncReadExt;
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        // A postmaster that takes 300 ms over each request, and tells when one came.
+        let (came, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        let postmaster = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = server.accept().await.unwrap();
+                let came = came.clone();
+                tokio::spawn(async move {
+                    let mut req = [0u8; 16];
+                    let _ = s.read_exact(&mut req).await;
+                    let _ = came.send((std::time::Instant::now(), req));
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                });
+            }
+        });
+        let reg = Arc::new(CancelRegistry::default());
+        let key = reg.register();
+        let t = Arc::new(CancelTarget::new("127.0.0.1".into(), port, 9, 7));
+        key.slot.try_set(Some(t.clone())).unwrap();
+        let r = reg.clone();
+        let (pid, secret) = (key.pid, key.secret);
+        let first = tokio::spawn(async move { r.cancel(pid, secret).await });
+        let (t1, req1) = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+            .await
+            .expect("the first cancel")
+            .unwrap();
+        assert!(t.in_flight());
+        // The second, while the first is with the postmaster.
+        reg.cancel(key.pid, key.secret).await;
+        let (t2, req2) = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+            .await
+            .expect("the second cancel was dropped")
+            .unwrap();
+        assert_eq!(req1, req2, "the same target");
+        assert!(
+            t2.duration_since(t1) >= Duration::from_millis(250),
+            "sent while the first was on its way"
+        );
+        first.await.unwrap();
+        assert_eq!(key.slot.lock().taken, 2);
+        // The target stays until both are delivered, then is free.
+        tokio::time::timeout(Duration::from_secs(5), key.slot.set(None))
+            .await
+            .expect("free once both are delivered");
+        assert!(!t.in_flight());
+        // Several asked while one is on its way make one more, not several.
+        key.slot.try_set(Some(t.clone())).unwrap();
+        let (_, g) = key.slot.take_for_cancel().unwrap();
+        assert!(key.slot.take_for_cancel().is_none());
+        assert!(key.slot.take_for_cancel().is_none());
+        drop(g);
+        heard.recv().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), key.slot.set(None))
+            .await
+            .expect("free once delivered");
+        assert_eq!(key.slot.lock().taken, 4);
+        assert!(heard.try_recv().is_err(), "a third was sent");
+        postmaster.abort();
+    }
+
+    /// The counts a batch reads when it points a key at its connection and away: cancels
+    /// are taken only towards the key's target, so once the key points away (its unit
+    /// over), the client's cancels elsewhere are not taken while pointing here.
+    #[test]
+    fn a_key_pointed_away_takes_no_cancel_for_the_batch() {
+        use crate::pool::batch::UnitCancel;
+        let slot = Arc::new(CancelSlot::default());
+        let p = slot.point(target(5), false);
+        assert_eq!(p.taken, 0);
+        let (_, g) = slot.take_for_cancel().unwrap();
+        drop(g);
+        let p = slot.point(None, false);
+        assert_eq!(p.taken, 1, "the cancel taken while its unit ran");
+        assert!(slot.take_for_cancel().is_none(), "no target, nothing taken");
+        assert_eq!(slot.taken(), 1);
+    }
+
+    /// A batch sends a cancel asked while its unit waited once more, later, only if the
+    /// key still points at the same connection and nothing was taken since.
+    #[tokio::test]
+    async fn a_queued_cancel_is_sent_again_only_to_the_same_running_unit() {
+        use crate::pool::batch::UnitCancel;
+        let slot = Arc::new(CancelSlot::default());
+        let t = target(6).unwrap();
+        slot.point(Some(t.clone()), false);
+        // Taken since: not again.
+        slot.clone().cancel_again(&t, 7);
+        assert_eq!(slot.taken(), 0);
+        // Pointed elsewhere (its unit is over): not again.
+        slot.point(None, false);
+        slot.clone().cancel_again(&t, 0);
+        assert_eq!(slot.taken(), 0);
+        // Still running there, nothing taken since: sent (counted in flight for it).
+        slot.point(Some(t.clone()), false);
+        slot.clone().cancel_again(&t, 0);
+        assert_eq!(slot.taken(), 1);
+        assert!(t.in_flight() || t.unsettled(), "sent");
     }
 
     #[test]

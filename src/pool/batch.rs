@@ -15,28 +15,50 @@
 //!   reach the next.
 //! - The batch is the waiters in turn order from the front, as long as each is a unit
 //!   that fits (no one is overtaken), at most `server_pipeline_depth`.
+//! - A unit that may wait ([`Ticket::may_wait`], `router::effects::may_wait`: a write, a
+//!   locking clause, a sleep or an advisory lock, anything the scan cannot vouch for as a
+//!   plain read) is the last of its batch: nothing is sent behind it. It may wait on
+//!   another transaction for as long as that one pleases (one of its own application's,
+//!   maybe, waiting in turn for a unit behind it: a deadlock PostgreSQL cannot see), and
+//!   nobody must wait behind that while another connection may come free. As the last
+//!   unit it holds the connection as it would hold one of its own. A plain read waits
+//!   only for a table's ACCESS EXCLUSIVE lock (DDL, LOCK TABLE), which blocks every
+//!   connection alike, or for its own work: a slow read still holds the units behind it
+//!   (the cost of a batch), and so does what a view, rule or user-defined operator runs
+//!   (not visible in the text).
+//! - The connection passes the same health check as one lent to a single client
+//!   (`Pool::check`: `server_check_query` once idle past `server_check_delay`, or
+//!   suspect) before anything is sent; when it fails, it was closed and every client takes
+//!   its unit again (`End::NotRun`).
 //! - Answers go to their own client only, split at each ReadyForQuery, in order; a client
 //!   that does not read holds its batch-mates once it has [`MAIL_MAX`] bytes waiting (as
-//!   a server that cannot send holds everything behind it), for [`STALL_MAX`] at most
-//!   without taking any: then the rest of its answer is dropped and its session ends
-//!   (`08006`), and the batch goes on. Nobody waiting behind it: it is waited for, as
-//!   for a client that holds a connection of its own.
+//!   a server that cannot send holds everything behind it), for [`STALL_MAX`] at most in
+//!   all over its answer (the waits add up however often it takes a little): then the
+//!   rest of its answer is dropped and its session ends (`08006`), and the batch goes on.
+//!   Nobody waiting behind it: it is waited for, as for a client that holds a connection
+//!   of its own.
 //! - A ParameterStatus in the answers (a trigger, view or operator that calls
 //!   `set_config`: no scan of the text sees it) reaches its own client; the statements
 //!   after it in the batch run with the changed setting (they were sent already), and
 //!   the connection is closed after the batch rather than lent to anyone else.
 //! - Cancels: a client's key points at the connection only while its own unit runs (from
 //!   the ReadyForQuery of the unit before it to its own), and a cancel sent while its unit
-//!   waited in the batch is sent when it starts. A cancel can still land after the unit it
-//!   was meant for ended, on the next one (PostgreSQL reads the next statement from its
-//!   buffer at once): so each unit's answer is held until its ReadyForQuery (up to
+//!   waited in the batch is sent when it starts (and once more after [`WANTED_AGAIN`] if
+//!   the key still points here and took nothing since). A cancel can still land after
+//!   the unit it was meant for ended, on the next one (PostgreSQL reads the next
+//!   statement from its buffer at once): so each unit's answer is held until its
+//!   ReadyForQuery (up to
 //!   [`HOLD_MAX`]; a larger one goes out as it comes), and a unit that failed with `57014
 //!   … due to user request` although its own client sent no cancel, when another client
-//!   of the batch did, is run again, unseen (its implicit transaction was rolled back),
-//!   up to [`RUNS_AGAIN_MAX`] times. A cancel from outside pgtenant (`pg_cancel_backend`)
-//!   with no batch-mate's cancel about is what it seems: its client gets the error. The
-//!   connection goes back to the pool only when no cancel of the batch is on its way
-//!   (PostgreSQL ignores one that lands while it is idle).
+//!   of the batch aimed one at this connection (took it from its key while its own unit
+//!   ran here: a cancel it sends elsewhere afterwards does not count), is run again,
+//!   unseen (its implicit transaction was rolled back), up to [`RUNS_AGAIN_MAX`] times, at
+//!   the end of the batch; or, when a unit that may wait is still to come (nothing goes
+//!   behind it), its client takes it again like a unit that never ran (`End::NotRun`). A
+//!   cancel from outside pgtenant (`pg_cancel_backend`) with no batch-mate's cancel about
+//!   is what it seems: its client gets the error. The connection goes back to the pool
+//!   only when no cancel aimed at it is on its way (PostgreSQL ignores one that lands
+//!   while it is idle).
 //! - A server connection that breaks fails the unit running, its client told as when its
 //!   own connection breaks (`08006`). The units after it never ran when the server ended
 //!   the backend (a FATAL, the end of the stream: a backend reads a statement only after
@@ -61,11 +83,11 @@ use crate::protocol::{decode, ErrorFields};
 
 /// Bytes of answers a client may leave unread before its batch waits for it.
 pub const MAIL_MAX: usize = 256 * 1024;
-/// How long a batch waits for a client that leaves [`MAIL_MAX`] of its answer unread
-/// (takes none of it meanwhile) while other clients' statements wait behind its own on
-/// the server connection: then the rest of its answer is dropped and its session ends
-/// (`08006`), so that a client that stops reading holds its batch-mates this long at
-/// most.
+/// How long in all a batch waits for a client that leaves [`MAIL_MAX`] of its answer
+/// unread while other clients' statements wait behind its own on the server connection
+/// (the waits of one answer add up, however often the client takes a little of it): then
+/// the rest of its answer is dropped and its session ends (`08006`), so that a client
+/// that stops reading, or reads slowly, holds its batch-mates this long at most.
 pub const STALL_MAX: Duration = Duration::from_secs(5);
 /// An answer held for a possible re-run (see the module rules) is delivered once it is
 /// this large (it is not run again then).
@@ -75,6 +97,13 @@ const HOLD_MAX: usize = 64 * 1024;
 /// own client did not, is taken for that mate's cancel whatever the server's language.
 const STRAY_CANCEL_WINDOW: Duration = Duration::from_millis(500);
 
+/// A cancel its client asked while its unit waited in the batch is sent when the unit
+/// starts, i.e. when the answer before it ended: PostgreSQL drops a cancel that lands
+/// before the backend has read the statement (idle between two of the batch, on a
+/// loaded machine). If the unit still runs this much later, the cancel is sent once
+/// more.
+const WANTED_AGAIN: Duration = Duration::from_millis(100);
+
 /// How many times a statement hit by other clients' cancels is run again before its
 /// client is given the cancel (each time takes another client's late cancel).
 const RUNS_AGAIN_MAX: u8 = 3;
@@ -83,14 +112,26 @@ const RUNS_AGAIN_MAX: u8 = 3;
 pub trait UnitCancel: Send + Sync {
     /// The client's unit waits in a batch (`None`, `queued`) or runs on the server of
     /// `t`, or is over (`None`, not queued). Never waits: a cancel on its way keeps the
-    /// target it took. True when the client asked for a cancel while its unit waited.
-    fn point(&self, t: Option<Arc<CancelTarget>>, queued: bool) -> bool;
+    /// target it took.
+    fn point(&self, t: Option<Arc<CancelTarget>>, queued: bool) -> Pointed;
     /// Cancels taken from the key so far (whose was a `57014`).
     fn taken(&self) -> u32;
-    /// A cancel of this client is on its way now.
-    fn in_flight(&self) -> bool;
     /// Send a cancel to the current target from a task of its own.
     fn cancel_now(self: Arc<Self>);
+    /// Send a cancel to `t` from a task of its own only if the key still points there
+    /// and no cancel was taken since the count was `taken` (none on its way either).
+    fn cancel_again(self: Arc<Self>, t: &Arc<CancelTarget>, taken: u32);
+}
+
+/// What [`UnitCancel::point`] found, read under the same lock as the move: cancels are
+/// taken only towards the key's target, so those taken between pointing it at a
+/// connection and pointing it away were aimed at that connection, and no others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pointed {
+    /// The client asked for a cancel while its unit waited (send it now).
+    pub wanted: bool,
+    /// Cancels taken from the key so far, this move included.
+    pub taken: u32,
 }
 
 const PENDING: u8 = 0;
@@ -109,10 +150,13 @@ pub enum End {
     },
     /// The server connection broke before its ReadyForQuery.
     Lost(LostServer),
-    /// The server connection ended before this unit's turn, in a way that shows it never
-    /// started: the server ended the backend (a FATAL, or the end of the stream) while an
-    /// earlier unit ran, and a backend reads the next statement only after it answered
-    /// the one before. The client's session takes it again, on another connection.
+    /// It did not run, or nothing of it stays: the server connection ended before this
+    /// unit's turn, in a way that shows it never started (the server ended the backend, a
+    /// FATAL or the end of the stream, while an earlier unit ran, and a backend reads the
+    /// next statement only after it answered the one before); or the connection failed
+    /// its health check before anything was sent; or a batch-mate's cancel rolled it back
+    /// while a unit that may wait was still to come behind it. The client's session takes
+    /// it again, on whatever connection comes free.
     NotRun,
 }
 
@@ -125,8 +169,8 @@ pub enum LostServer {
     Closed,
     Io(String),
     Unreadable(String),
-    /// Not the server's doing: the client read nothing of its answer for [`STALL_MAX`]
-    /// while its batch-mates waited (the server connection is fine).
+    /// Not the server's doing: the client left [`MAIL_MAX`] of its answer unread for
+    /// [`STALL_MAX`] in all while its batch-mates waited (the server connection is fine).
     ClientStalled,
 }
 
@@ -138,6 +182,9 @@ pub struct Ticket {
     /// The client's settings: the connection must have exactly these.
     pub desired: Arc<ParamMap>,
     pub cancel: Arc<dyn UnitCancel>,
+    /// It may wait on another transaction or sleep (a write, a locking clause, a sleep or
+    /// advisory lock: `router::effects::may_wait`): nothing goes behind it in a batch.
+    pub may_wait: bool,
     since: Instant,
     phase: AtomicU8,
     mail: Mutex<Mail>,
@@ -153,6 +200,9 @@ struct Mail {
     bytes: usize,
     end: Option<End>,
     gone: bool,
+    /// How long its batch has waited so far for this client to take its answer while
+    /// other units waited behind its own (at most [`STALL_MAX`] in all).
+    held_mates: Duration,
 }
 
 impl Ticket {
@@ -160,11 +210,13 @@ impl Ticket {
         frames: Vec<Frame>,
         desired: Arc<ParamMap>,
         cancel: Arc<dyn UnitCancel>,
+        may_wait: bool,
     ) -> Arc<Ticket> {
         Arc::new(Ticket {
             frames,
             desired,
             cancel,
+            may_wait,
             since: Instant::now(),
             phase: AtomicU8::new(PENDING),
             mail: Mutex::new(Mail::default()),
@@ -180,6 +232,7 @@ impl Ticket {
             self.frames.clone(),
             self.desired.clone(),
             self.cancel.clone(),
+            self.may_wait,
         )
     }
 
@@ -234,12 +287,14 @@ impl Ticket {
         self.room.notify_one();
     }
 
-    /// Hand frames to the client, waiting while it has [`MAIL_MAX`] unread; for at most
-    /// [`STALL_MAX`] at a time when `others_wait` (other units of the batch come after
-    /// it): then the client is cut off (see [`Ticket::cut`]).
+    /// Hand frames to the client, waiting while it has [`MAIL_MAX`] unread. When
+    /// `others_wait` (other units of the batch come after it), these waits add up, over
+    /// its whole answer, to [`STALL_MAX`] at most: then the client is cut off (see
+    /// [`Ticket::cut`]). A total, not a bound per wait: a client that reads slowly (a
+    /// little now and then) holds its batch-mates no longer than one that stops reading.
     async fn deliver(&self, frames: &mut Vec<Frame>, others_wait: bool) {
         loop {
-            {
+            let left = {
                 let mut m = self.mail();
                 if m.gone {
                     frames.clear();
@@ -252,23 +307,28 @@ impl Ticket {
                     self.ready.notify_one();
                     return;
                 }
-            }
+                STALL_MAX.saturating_sub(m.held_mates)
+            };
             if !others_wait {
                 self.room.notified().await;
-            } else if tokio::time::timeout(STALL_MAX, self.room.notified())
-                .await
-                .is_err()
-                && self.cut()
-            {
+                continue;
+            }
+            let since = Instant::now();
+            let timed_out = left.is_zero()
+                || tokio::time::timeout(left, self.room.notified())
+                    .await
+                    .is_err();
+            self.mail().held_mates += since.elapsed();
+            if timed_out && self.cut() {
                 frames.clear();
                 return;
             }
         }
     }
 
-    /// The client took nothing of its answer for [`STALL_MAX`] while its batch-mates
-    /// waited: the rest of its answer is dropped and its session ends (as when its server
-    /// connection breaks). False when it made room after all.
+    /// The client left [`MAIL_MAX`] of its answer unread for [`STALL_MAX`] in all while
+    /// its batch-mates waited: the rest of its answer is dropped and its session ends (as
+    /// when its server connection breaks). False when it made room after all.
     fn cut(&self) -> bool {
         let mut m = self.mail();
         if m.gone || m.bytes < MAIL_MAX {
@@ -331,17 +391,43 @@ struct Running {
     client: usize,
 }
 
-/// Every unit's client in a batch, with the cancels taken from its key when the batch
-/// started: a cancel that can land on another client's statement is one of these taken
-/// since.
-type Clients = Vec<(Arc<dyn UnitCancel>, u32)>;
+/// A unit's client in a batch, and the cancels it aimed at this batch's connection: a
+/// client's key points at the connection only while its own unit runs, so those are the
+/// cancels taken from its key in those spans (a cancel it sends elsewhere later, once its
+/// unit is over, cannot land here and does not count).
+struct Client {
+    cancel: Arc<dyn UnitCancel>,
+    /// Taken in its spans that ended.
+    here: u32,
+    /// While its unit runs: the key's count when it started.
+    since: Option<u32>,
+}
 
-/// Did a client of the batch other than `me` take a cancel since the batch started?
+type Clients = Vec<Client>;
+
+impl Client {
+    /// Its unit starts on the connection: cancels taken from here on are aimed at it.
+    fn runs(&mut self, p: Pointed) {
+        self.since = Some(p.taken);
+    }
+    /// Its unit is over: `p` from pointing its key away.
+    fn over(&mut self, p: Pointed) {
+        if let Some(s) = self.since.take() {
+            self.here = self.here.wrapping_add(p.taken.wrapping_sub(s));
+        }
+    }
+    fn aimed_here(&self) -> bool {
+        self.here > 0 || self.since.is_some_and(|s| self.cancel.taken() != s)
+    }
+}
+
+/// Did a client of the batch other than `me` aim a cancel at this connection (one that
+/// may have landed on another unit than its own)?
 fn mates_cancelled(clients: &Clients, me: usize) -> bool {
     clients
         .iter()
         .enumerate()
-        .any(|(i, (c, at_start))| i != me && c.taken() != *at_start)
+        .any(|(i, c)| i != me && c.aimed_here())
 }
 
 impl Running {
@@ -365,10 +451,21 @@ impl Running {
 
 /// Send `units` on `conn` back to back and give each client its answer; then give the
 /// connection back (where it may start the next batch).
-pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec<Arc<Ticket>>) {
+pub(super) async fn drive(pool: Arc<Pool>, conn: Box<ServerConn>, units: Vec<Arc<Ticket>>) {
+    // The same health check as a connection lent to one client (`Pool::check`:
+    // server_check_query when it sat idle past server_check_delay, or is suspect).
+    let Some(mut conn) = pool.check(conn).await else {
+        // It failed and was closed: nothing was sent, each client takes its unit again.
+        pool.stats.active.sub(1);
+        for t in units {
+            if t.claim() {
+                t.finish(End::NotRun);
+            }
+        }
+        return;
+    };
     let mut q: VecDeque<Running> = VecDeque::with_capacity(units.len());
-    // Every unit's client: whose cancels may land on a batch-mate, and the cancels still
-    // on their way at the end.
+    // Every unit's client: whose cancels may land on a batch-mate.
     let mut clients: Clients = Vec::with_capacity(units.len());
     for t in units {
         if t.claim() {
@@ -377,7 +474,11 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
                 pool.stats.client_message(f.tag(), f.len());
                 conn.conn.queue(f);
             }
-            clients.push((t.cancel.clone(), t.cancel.taken()));
+            clients.push(Client {
+                cancel: t.cancel.clone(),
+                here: 0,
+                since: None,
+            });
             q.push_back(Running::new(t, clients.len() - 1));
         }
     }
@@ -388,18 +489,20 @@ pub(super) async fn drive(pool: Arc<Pool>, mut conn: Box<ServerConn>, units: Vec
     crate::metrics::counters::PIPELINE_BATCHES.add(1);
     crate::metrics::counters::PIPELINED_STATEMENTS.add(q.len() as u64);
     let mut reported = false;
-    let lost = run(&pool, &mut conn, &mut q, &clients, &mut reported).await;
+    let lost = run(&pool, &mut conn, &mut q, &mut clients, &mut reported).await;
     for r in &q {
         r.ticket.cancel.point(None, false);
     }
     match lost {
         None => {
-            // No cancel of this batch may land on the next client's statement.
+            // No cancel of this batch may land on the next client's statement: none aimed
+            // at this connection is on its way (no key points here any more, so no new
+            // one can be taken).
             let deadline = Instant::now() + Duration::from_secs(10);
-            while clients.iter().any(|(c, _)| c.in_flight()) && Instant::now() < deadline {
+            while conn.cancel.in_flight() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let clean = !clients.iter().any(|(c, _)| c.in_flight());
+            let clean = !conn.cancel.in_flight();
             // The unnamed statement there is the last unit's client's, whom no session
             // knows to be on this connection: nobody may Bind it without a Parse.
             conn.unnamed_owner = 0;
@@ -442,14 +545,20 @@ async fn run(
     pool: &Pool,
     conn: &mut ServerConn,
     q: &mut VecDeque<Running>,
-    clients: &Clients,
+    clients: &mut Clients,
     reported: &mut bool,
 ) -> Option<LostServer> {
     if let Err(e) = conn.conn.flush().await {
         return Some(LostServer::Io(e.to_string()));
     }
     let batch_started = Instant::now();
-    start(pool, q.front_mut().expect("a unit"), conn, batch_started);
+    start(
+        pool,
+        q.front_mut().expect("a unit"),
+        clients,
+        conn,
+        batch_started,
+    );
     loop {
         let f = match conn.conn.try_frame() {
             Ok(Some(f)) => f,
@@ -547,16 +656,29 @@ async fn run(
         };
         let now = Instant::now();
         let mut r = q.pop_front().expect("the unit that ended");
-        r.ticket.cancel.point(None, false);
-        let own_cancel = r.ticket.cancel.taken() != r.taken_at_start;
+        let p = r.ticket.cancel.point(None, false);
+        clients[r.client].over(p);
+        let own_cancel = p.taken != r.taken_at_start;
         // Only a batch-mate's cancel can be the cause of running it again: one from
         // outside pgtenant (pg_cancel_backend from another session, a watchdog) is as
         // meant for this statement as without pipelining.
         let mates_cancel = !own_cancel && mates_cancelled(clients, r.client);
+        let rerun = r.holding && r.user_cancel && mates_cancel;
         if let Some(why) = r.failed.take() {
             // Its client is told at its end, as without a batch; the next unit starts.
             r.ticket.finish(End::Lost(why));
-        } else if r.holding && r.user_cancel && mates_cancel && r.run_again < RUNS_AGAIN_MAX {
+        } else if rerun && q.iter().any(|o| o.ticket.may_wait) {
+            // Run again, but not here: behind it would be a unit that may wait as long
+            // as it pleases (`may_wait` units go last). Its transaction was rolled back:
+            // its client takes it again like a unit that never ran, on whatever
+            // connection comes free.
+            tracing::debug!(
+                server = conn.id,
+                "a batch-mate's cancel hit a unit; its client takes it again"
+            );
+            crate::metrics::counters::PIPELINE_RERUNS.add(1);
+            r.ticket.finish(End::NotRun);
+        } else if rerun && r.run_again < RUNS_AGAIN_MAX {
             // Another client's cancel landed here (one sent as the statement before it
             // ended): its transaction was rolled back; run it again at the end of the
             // batch, its client none the wiser.
@@ -609,18 +731,32 @@ async fn run(
             ));
         }
         match q.front_mut() {
-            Some(next) => start(pool, next, conn, now),
+            Some(next) => start(pool, next, clients, conn, now),
             None => return None,
         }
     }
 }
 
 /// `r` starts on the server now: its client's cancels reach it from here.
-fn start(pool: &Pool, r: &mut Running, conn: &ServerConn, now: Instant) {
+fn start(pool: &Pool, r: &mut Running, clients: &mut Clients, conn: &ServerConn, now: Instant) {
     r.started = Some(now);
-    r.taken_at_start = r.ticket.cancel.taken();
-    if r.ticket.cancel.point(Some(conn.cancel.clone()), false) {
+    let p = r.ticket.cancel.point(Some(conn.cancel.clone()), false);
+    r.taken_at_start = p.taken;
+    clients[r.client].runs(p);
+    if p.wanted {
         r.ticket.cancel.clone().cancel_now();
+        // Once more if it still runs later (`WANTED_AGAIN`): a cancel then is aimed at
+        // this unit as the first was (its key still points here), and one that lands
+        // after it ended is a late cancel like any other (the next unit runs again).
+        let (c, t, n) = (
+            r.ticket.cancel.clone(),
+            conn.cancel.clone(),
+            r.ticket.cancel.taken(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(WANTED_AGAIN).await;
+            c.cancel_again(&t, n);
+        });
     }
     if r.run_again == 0 {
         // SHOW STATS: each unit is an assignment that waited until it started.
@@ -628,5 +764,91 @@ fn start(pool: &Pool, r: &mut Running, conn: &ServerConn, now: Instant) {
         pool.stats.assignments.add(1);
         pool.stats.wait_time_us.add(waited.as_micros() as u64);
         pool.stats.wait_latency.record(waited);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key as the frontend's `CancelSlot` keeps it: a cancel is taken only towards its
+    /// target.
+    #[derive(Default)]
+    struct Key(Mutex<(Option<Arc<CancelTarget>>, u32)>);
+
+    impl Key {
+        /// The client asks for a cancel: taken when there is a target.
+        fn ask(&self) -> bool {
+            let mut g = self.0.lock().unwrap();
+            if g.0.is_some() {
+                g.1 += 1;
+            }
+            g.0.is_some()
+        }
+        /// Its session points it at a connection of its own.
+        fn set(&self, t: Option<Arc<CancelTarget>>) {
+            self.0.lock().unwrap().0 = t;
+        }
+    }
+
+    impl UnitCancel for Key {
+        fn point(&self, t: Option<Arc<CancelTarget>>, _queued: bool) -> Pointed {
+            let mut g = self.0.lock().unwrap();
+            g.0 = t;
+            Pointed {
+                wanted: false,
+                taken: g.1,
+            }
+        }
+        fn taken(&self) -> u32 {
+            self.0.lock().unwrap().1
+        }
+        fn cancel_now(self: Arc<Self>) {
+            self.ask();
+        }
+        fn cancel_again(self: Arc<Self>, _t: &Arc<CancelTarget>, _taken: u32) {}
+    }
+
+    fn target(pid: i32) -> Arc<CancelTarget> {
+        Arc::new(CancelTarget::new("127.0.0.1".into(), 1, pid, 7))
+    }
+
+    fn client(k: &Arc<Key>) -> Client {
+        Client {
+            cancel: k.clone(),
+            here: 0,
+            since: None,
+        }
+    }
+
+    /// Only a cancel a batch-mate aimed at this connection (while its own unit ran here)
+    /// counts: one it sends to its next connection once its unit is over does not make a
+    /// later unit's `57014` a mate's (and run it again behind an outside canceller's back).
+    #[test]
+    fn only_cancels_aimed_at_the_batch_connection_count_as_a_mates() {
+        let here = target(10);
+        let (a, b) = (Arc::new(Key::default()), Arc::new(Key::default()));
+        let mut clients: Clients = vec![client(&a), client(&b)];
+        // a's unit runs here and ends without a cancel.
+        clients[0].runs(a.point(Some(here.clone()), false));
+        clients[0].over(a.point(None, false));
+        assert!(!a.ask(), "nothing of a's runs: nothing to take");
+        // a's session goes on on another connection, and cancels there.
+        a.set(Some(target(11)));
+        assert!(a.ask());
+        // b's unit runs here: a's cancel elsewhere is not a mate's.
+        clients[1].runs(b.point(Some(here.clone()), false));
+        assert!(
+            !mates_cancelled(&clients, 1),
+            "a's cancel elsewhere counted"
+        );
+        // b cancels its own unit: a mate's cancel for the others, not for b.
+        assert!(b.ask());
+        assert!(mates_cancelled(&clients, 0));
+        assert!(!mates_cancelled(&clients, 1));
+        clients[1].over(b.point(None, false));
+        // Still, once b's unit is over (it may land late, on the next unit).
+        assert!(mates_cancelled(&clients, 0));
+        assert!(!mates_cancelled(&clients, 1));
     }
 }

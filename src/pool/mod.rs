@@ -453,15 +453,27 @@ impl Pool {
         c: Box<ServerConn>,
         head: Waiter,
     ) -> Result<(), Box<ServerConn>> {
-        let mut mates = Vec::new();
-        if head.unit.as_ref().is_some_and(|u| batch::fits(&c, u)) {
+        let mut mates: Vec<Waiter> = Vec::new();
+        // A unit that may wait (a write, a row lock, a sleep) goes last: nobody waits
+        // behind it on the server while another connection may come free (`batch` rules).
+        if head
+            .unit
+            .as_ref()
+            .is_some_and(|u| !u.may_wait && batch::fits(&c, u))
+        {
             let depth = self.settings.load().server_pipeline_depth.max(2) as usize;
             while mates.len() + 1 < depth {
                 match g
                     .queue
                     .pop_one_if(|w| w.unit.as_ref().is_some_and(|u| batch::fits(&c, u)))
                 {
-                    Some(w) => mates.push(w),
+                    Some(w) => {
+                        let last = w.unit.as_ref().is_some_and(|u| u.may_wait);
+                        mates.push(w);
+                        if last {
+                            break;
+                        }
+                    }
                     None => break,
                 }
             }

@@ -451,6 +451,26 @@ pub fn opaque(sql: &str) -> bool {
     v
 }
 
+/// Could this plain DML text wait on another transaction, or sleep, for as long as that
+/// pleases (server-side pipelining puts nothing behind such a statement: `pool::batch`)?
+/// False only for a plain read the scan can vouch for: the first word is `SELECT`,
+/// `VALUES` or `WITH`, and no word of it outside strings, quoted names and comments is
+/// `INSERT`, `UPDATE`, `DELETE` or `MERGE` (a write, or a data-modifying `WITH`: it may
+/// wait on a row lock or a unique-index conflict), `SHARE` (`FOR UPDATE`, `FOR NO KEY
+/// UPDATE`, `FOR SHARE`, `FOR KEY SHARE`: row locks), or names a sleep or an advisory
+/// lock (`pg_sleep…`, `…advisory…`). What only DDL's ACCESS EXCLUSIVE lock blocks (a read
+/// of a table) is not counted: it blocks every connection alike. Unknown input errs on
+/// the side of "may wait" (a column named `share` costs a batch place, nothing more).
+/// What views, rules and user-defined operators run is not visible in the text, as for
+/// [`opaque`].
+pub fn may_wait(sql: &str) -> bool {
+    Scan {
+        s: sql.as_bytes(),
+        i: 0,
+    }
+    .may_wait()
+}
+
 /// Texts longer than this are scanned every time (and not kept).
 const CACHED_MAX: usize = 2048;
 /// Entries per thread (direct-mapped: a text replaces the one in its slot).
@@ -622,6 +642,84 @@ impl Scan<'_> {
         false
     }
 
+    /// See [`may_wait`].
+    fn may_wait(&mut self) -> bool {
+        let mut first = true;
+        while self.i < self.s.len() {
+            match self.peek(0) {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'(' => self.i += 1,
+                b'-' if self.peek(1) == b'-' => {
+                    while self.i < self.s.len() && !matches!(self.peek(0), b'\n' | b'\r') {
+                        self.i += 1;
+                    }
+                }
+                b'/' if self.peek(1) == b'*' => self.block_comment(),
+                b'\'' => {
+                    // E'…' takes backslash escapes: the word `e` right before the quote.
+                    let escapes = self.i > 0
+                        && self.s[self.i - 1].eq_ignore_ascii_case(&b'e')
+                        && (self.i < 2
+                            || !(self.s[self.i - 2].is_ascii_alphanumeric()
+                                || matches!(self.s[self.i - 2], b'_' | b'$')
+                                || self.s[self.i - 2] >= 0x80));
+                    self.string(escapes);
+                    first = false;
+                }
+                b'"' => {
+                    self.string(false);
+                    first = false;
+                }
+                b'$' => {
+                    self.dollar();
+                    first = false;
+                }
+                c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                    let a = self.i;
+                    while self.i < self.s.len() {
+                        let c = self.peek(0);
+                        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
+                            self.i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    let w = &self.s[a..self.i];
+                    let is = |k: &[u8]| w.eq_ignore_ascii_case(k);
+                    if first && !(is(b"select") || is(b"values") || is(b"with")) {
+                        return true;
+                    }
+                    first = false;
+                    if is(b"insert")
+                        || is(b"update")
+                        || is(b"delete")
+                        || is(b"merge")
+                        || is(b"share")
+                        || (w.len() >= 8 && w[..8].eq_ignore_ascii_case(b"pg_sleep"))
+                        || w.windows(8).any(|x| x.eq_ignore_ascii_case(b"advisory"))
+                    {
+                        return true;
+                    }
+                }
+                c if c.is_ascii_digit() => {
+                    while self.i < self.s.len()
+                        && (self.peek(0).is_ascii_alphanumeric() || self.peek(0) == b'.')
+                    {
+                        self.i += 1;
+                    }
+                    first = false;
+                }
+                _ => {
+                    if first {
+                        return true;
+                    }
+                    self.i += 1;
+                }
+            }
+        }
+        // Nothing at all: not a statement the scan can vouch for.
+        first
+    }
+
     /// A `(` follows `last[0]` (the latest token first): is this an opaque call?
     fn is_call(&self, last: [Tok; 4]) -> bool {
         let name = last[0];
@@ -761,6 +859,52 @@ mod tests {
             "select row_number() over (partition by a order by b) from t",
         ] {
             assert!(!opaque(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn statements_that_may_wait() {
+        for sql in [
+            "insert into t values (1)",
+            "UPDATE t SET a = 1 WHERE id = 3",
+            "delete from t",
+            "with x as (delete from t returning *) select * from x",
+            "WITH x AS (SELECT 1) UPDATE t SET a = 1",
+            "select * from t for update",
+            "select * from t where id = 1 FOR NO KEY UPDATE",
+            "select * from t for share skip locked",
+            "select * from t for key share",
+            "select pg_sleep(1)",
+            "select 1, pg_catalog.pg_sleep(0.001)",
+            "select pg_sleep_for('1 s')",
+            "select pg_advisory_xact_lock(1)",
+            "SELECT PG_ADVISORY_XACT_LOCK_SHARED(1)",
+            "select x from t /* c */ for/**/update",
+            "merge into t using s on t.a = s.a when matched then delete",
+            "table t",
+            "",
+            "   ",
+            ";",
+        ] {
+            assert!(may_wait(sql), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn plain_reads_do_not_wait() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 5",
+            "select count(*) from generate_series(1, 1000000)",
+            "(select 1) union (select 2)",
+            "values (1), (2)",
+            "WITH q AS (SELECT 1) SELECT * FROM q",
+            "select 'update', \"delete\", $$ for update $$ from t -- for update\n",
+            "select E'\\' for update' from t",
+            "select 1 /* pg_sleep(1) */",
+            "select updated_at, shares from t",
+            "select $1::int + 1",
+        ] {
+            assert!(!may_wait(sql), "{sql:?}");
         }
     }
 

@@ -44,6 +44,16 @@ pub(crate) fn start(
     (p, http, dir)
 }
 
+/// A plain read that keeps its backend busy for about `n` / 10⁷ s of CPU (never a wait on
+/// a lock or a sleep: `pg_sleep` and writes may only be the last unit of a batch), as a
+/// scalar column: `select 1, {work(n)}`.
+pub(crate) fn work(n: u64) -> String {
+    format!("(select count(*) from (select generate_series(1, {n})) s)")
+}
+
+/// A plain read that runs until cancelled or terminated (a billion rows).
+pub(crate) const FOREVER: u64 = 1_000_000_000;
+
 pub(crate) async fn client(p: &Pgtenant) -> Client {
     let (c, conn) = tokio_postgres::connect(&p.url("app", "secret", "app"), NoTls)
         .await
@@ -129,7 +139,7 @@ async fn a_saturated_pool_batches_and_every_client_gets_its_own_answers() {
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..60u32 {
-                let r = rows(&c, &format!("select {cid}, {i}, pg_sleep(0.001)"))
+                let r = rows(&c, &format!("select {cid}, {i}, {}", work(1000)))
                     .await
                     .expect("a plain select");
                 assert_eq!(r.len(), 1);
@@ -215,17 +225,20 @@ async fn a_cancel_reaches_only_the_batched_statement_it_was_meant_for() {
     let pg = PgServer::start();
     let (p, http, _dir) = start(&pg, 1, 8, WAIT);
     let release = hold_pool(&p, 1).await;
-    // The batch: a slow one, then quick ones, and a slow one its client cancels while it
-    // still waits behind the others.
+    // The batch: a slow read, then quick ones, and a sleep (a unit that may wait goes
+    // last) its client cancels while it still waits behind the others.
     let slow = client(&p).await;
     let slow_token = slow.cancel_token();
-    let first = tokio::spawn(async move { rows(&slow, "select pg_sleep(20), 'slow'").await });
+    let first =
+        tokio::spawn(
+            async move { rows(&slow, &format!("select {}, 'slow'", work(FOREVER))).await },
+        );
     until_waiting(http, 1).await;
     let mut quick = Vec::new();
     for k in 0..3u32 {
         let c = client(&p).await;
         quick.push(tokio::spawn(async move {
-            (k, rows(&c, &format!("select {k}, pg_sleep(0.05)")).await)
+            (k, rows(&c, &format!("select {k}, {}", work(500_000))).await)
         }));
         until_waiting(http, u64::from(k) + 2).await;
     }
@@ -277,7 +290,7 @@ async fn late_cancels_never_fail_a_batch_mate() {
         mates.push(tokio::spawn(async move {
             let mut n = 0u32;
             while !stop.load(Ordering::Relaxed) {
-                let r = rows(&c, &format!("select {k}, pg_sleep(0.001)"))
+                let r = rows(&c, &format!("select {k}, {}", work(1000)))
                     .await
                     .unwrap_or_else(|e| panic!("mate {k} failed: {e:?}"));
                 assert_eq!(r[0][0], k.to_string());
@@ -295,7 +308,7 @@ async fn late_cancels_never_fail_a_batch_mate() {
         i += 1;
         let c = shooter.clone();
         let token = c.cancel_token();
-        let q = tokio::spawn(async move { rows(&c, "select pg_sleep(0.002)").await });
+        let q = tokio::spawn(async move { rows(&c, &format!("select {}", work(20_000))).await });
         // Fire at a varying moment: before, during and just after the statement.
         tokio::time::sleep(Duration::from_micros(i * 397 % 4000)).await;
         let _ = token.cancel_query(NoTls).await;
@@ -348,7 +361,7 @@ async fn a_fatal_on_a_batched_connection_fails_only_the_statement_it_ran() {
     let (p, http, _dir) = start(&pg, 2, 8, WAIT);
     let release = hold_pool(&p, 2).await;
     let batch = queue_up(&p, http, |k| match k {
-        0 => "select pg_sleep(20), 'doomed'".to_string(),
+        0 => format!("select {}, 'doomed'", work(FOREVER)),
         _ => format!("select {k}"),
     })
     .await;
@@ -409,7 +422,7 @@ async fn an_oversized_answer_in_a_batch_costs_only_its_client() {
     let release = hold_pool(&p, 2).await;
     let batch = queue_up(&p, http, |k| match k {
         1 => "select repeat('x', 3000000)".to_string(),
-        _ => format!("select {k}, pg_sleep(0.2)"),
+        _ => format!("select {k}, {}", work(2_000_000)),
     })
     .await;
     let before = metric(http, "pgtenant_server_pipelined_statements_total").await;
@@ -456,7 +469,7 @@ async fn transactions_settings_and_prepared_statements_keep_their_own_connection
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let r = rows(&c, &format!("select {k}, pg_sleep(0.001)"))
+                let r = rows(&c, &format!("select {k}, {}", work(1000)))
                     .await
                     .unwrap();
                 assert_eq!(r[0][0], k.to_string());
@@ -634,4 +647,237 @@ async fn routed_statements_are_batched_on_their_worker() {
     let units = metric(http, "pgtenant_server_pipelined_statements_total").await;
     eprintln!("12 tenants x 30 routed statements, worker pool 1: {units} batched");
     assert!(units > 0, "nothing was batched on the worker");
+}
+
+/// A unit that waits on a row lock (another client holds it in an open transaction) holds
+/// no later client's read: nothing goes behind a unit that may wait, so the read takes
+/// the next connection that comes free and is answered while the lock is still held
+/// (behind the waiting UPDATE on its connection it would wait for the lock holder's
+/// commit; for ever if the application waited for the read before committing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_waiting_on_a_row_lock_holds_no_later_read() {
+    let pg = PgServer::start();
+    let (p, http, _dir) = start(&pg, 3, 8, WAIT);
+    let setup = client(&p).await;
+    setup
+        .batch_execute(
+            "create table locked(id int primary key, v int); insert into locked values (1, 0)",
+        )
+        .await
+        .unwrap();
+    drop(setup);
+    // The lock holder: one connection, in a transaction until the test commits it.
+    let holder = client(&p).await;
+    holder
+        .batch_execute("begin; update locked set v = v + 1 where id = 1")
+        .await
+        .unwrap();
+    // The two other connections held, so that the next ones queue.
+    let mut release = hold_pool(&p, 2).await.into_iter();
+    let waiter = client(&p).await;
+    let w = tokio::spawn(async move {
+        rows(
+            &waiter,
+            "update locked set v = v + 10 where id = 1 returning v",
+        )
+        .await
+    });
+    until_waiting(http, 1).await;
+    let reader = client(&p).await;
+    let r = tokio::spawn(async move {
+        let r = rows(&reader, &format!("select 'free', {}", work(1000))).await;
+        (r, Instant::now())
+    });
+    until_waiting(http, 2).await;
+    // A connection comes back: the waiting UPDATE takes it (and waits for the lock there).
+    release.next().unwrap().send(()).unwrap();
+    let admin = pg.admin_client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' \
+                 and query like 'update locked set v = v + 10%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the UPDATE never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another comes back: the read is answered on it at once, the lock still held.
+    let freed = Instant::now();
+    release.next().unwrap().send(()).unwrap();
+    let (got, at) = tokio::time::timeout(Duration::from_secs(5), r)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the read waited behind the UPDATE that waits on a row lock\n{}",
+                p.logs()
+            )
+        })
+        .unwrap();
+    assert_eq!(got.unwrap()[0][0], "free");
+    assert!(
+        at.duration_since(freed) < Duration::from_secs(2),
+        "the read took {:?}",
+        at.duration_since(freed)
+    );
+    assert!(!w.is_finished(), "the UPDATE did not wait for the lock");
+    holder.batch_execute("commit").await.unwrap();
+    let v = tokio::time::timeout(Duration::from_secs(10), w)
+        .await
+        .expect("the UPDATE ran once the lock was free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, vec![vec!["11".to_string()]]);
+}
+
+/// A connection a batch takes passes the same health check as one lent to one client:
+/// with `server_check_delay = 0` server_check_query runs before every lend, so it runs on
+/// the batch's connection before the batch's statements (the PostgreSQL log says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_takes_a_connection_only_after_server_check_query() {
+    let pg = PgServer::builder().conf("log_statement = 'all'").start();
+    let (p, http, _dir) = start(
+        &pg,
+        1,
+        8,
+        &format!(
+            "{WAIT}\nserver_check_delay = 0\nserver_check_query = \"select 'pipe_check_probe'\""
+        ),
+    );
+    let release = hold_pool(&p, 1).await;
+    let mut mates = Vec::new();
+    for k in 0..3u32 {
+        let c = client(&p).await;
+        mates.push(tokio::spawn(async move {
+            (k, rows(&c, &format!("select 'pipe_mate_{k}'")).await)
+        }));
+        until_waiting(http, u64::from(k) + 1).await;
+    }
+    let probes_before = pg.log().matches("select 'pipe_check_probe'").count();
+    let before = metric(http, "pgtenant_server_pipelined_statements_total").await;
+    for r in release {
+        r.send(()).unwrap();
+    }
+    for m in mates {
+        let (k, r) = m.await.unwrap();
+        assert_eq!(r.unwrap()[0][0], format!("pipe_mate_{k}"));
+    }
+    assert!(
+        metric(http, "pgtenant_server_pipelined_statements_total").await >= before + 3,
+        "no batch formed"
+    );
+    // The probe before the batch's first statement in the server's log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = pg.log();
+        if let Some(at) = log.find("select 'pipe_mate_0'") {
+            let probes = log[..at].matches("select 'pipe_check_probe'").count();
+            assert!(
+                probes > probes_before,
+                "the batch's connection was not checked first ({probes_before} probes before, \
+                 {probes} before the batch)\n--- pg log ---\n{log}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the batch is not in the log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The check fails on the connection a batch took (here: server_check_query divides by
+/// zero while `check_fail` has a row): that connection is closed and nothing is sent on
+/// it; the batch's clients take their statements again on another connection and get
+/// their own answers, none the wiser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_connection_fails_its_check_runs_elsewhere() {
+    let pg = PgServer::builder()
+        .conf("log_statement = 'all'")
+        .conf("log_line_prefix = '@@%p@@ '")
+        .start();
+    let (direct, conn) = tokio_postgres::connect(&pg.url("app", "secret", "app"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    direct
+        .batch_execute("create table check_fail(x int)")
+        .await
+        .unwrap();
+    let (p, http, _dir) = start(
+        &pg,
+        1,
+        8,
+        &format!(
+            "{WAIT}\nserver_check_delay = 0\nserver_check_query = \
+             \"select case when exists (select 1 from check_fail) then 1/0 else 1 end\""
+        ),
+    );
+    let release = hold_pool(&p, 1).await;
+    let mut mates = Vec::new();
+    for k in 0..3u32 {
+        let c = client(&p).await;
+        mates.push(tokio::spawn(async move {
+            (k, rows(&c, &format!("select 'pipe_mate_{k}'")).await)
+        }));
+        until_waiting(http, u64::from(k) + 1).await;
+    }
+    // The pool's one connection (the batch's, once the holder commits).
+    let before: Vec<i32> = direct
+        .query(
+            "select pid from pg_stat_activity where usename = 'app' \
+             and backend_type = 'client backend' and pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    direct
+        .batch_execute("insert into check_fail values (1)")
+        .await
+        .unwrap();
+    for r in release {
+        r.send(()).unwrap();
+    }
+    for m in mates {
+        let (k, r) = tokio::time::timeout(Duration::from_secs(10), m)
+            .await
+            .unwrap_or_else(|_| panic!("a mate never answered\n{}", p.logs()))
+            .unwrap();
+        assert_eq!(
+            r.unwrap_or_else(|e| panic!("mate {k}: {e}"))[0][0],
+            format!("pipe_mate_{k}")
+        );
+    }
+    direct
+        .batch_execute("delete from check_fail")
+        .await
+        .unwrap();
+    // The check ran and failed on the connection the batch took, before any of its
+    // statements: none of them ran on that backend.
+    let log = pg.log();
+    assert!(
+        log.contains("division by zero"),
+        "the check never failed\n{log}"
+    );
+    assert_eq!(before.len(), 1, "{before:?}");
+    for pid in before {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains(&format!("@@{pid}@@")) && l.contains("pipe_mate_")),
+            "a statement ran on the connection that failed its check\n{log}"
+        );
+    }
 }

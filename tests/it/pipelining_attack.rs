@@ -130,17 +130,23 @@ fn rss_kb(p: &Pgtenant) -> u64 {
 /// socket buffers.
 const HUGE: &str = "select repeat('x', 1000) from generate_series(1, 40000)";
 
+/// About 0.2 s of a backend's CPU (`pipelining::work`).
+const WORK_200MS: u64 = 2_000_000;
+
 type Answer = tokio::task::JoinHandle<(u32, Result<Vec<Vec<String>>, tokio_postgres::Error>)>;
 
 /// Queue `n` tokio-postgres clients behind the held pool, each running `select <k>,
-/// pg_backend_pid(), pg_sleep(<sleep>)` once; `before` clients wait already. Their
-/// answers: (k, result).
-async fn mates(p: &Pgtenant, http: u16, n: u32, before: u64, sleep: f64) -> Vec<Answer> {
+/// pg_backend_pid(), <work(n)>` once (a plain read: `pg_sleep` may only go last in a
+/// batch); `before` clients wait already. Their answers: (k, result).
+async fn mates(p: &Pgtenant, http: u16, n: u32, before: u64, work: u64) -> Vec<Answer> {
     let mut v = Vec::new();
     for k in 0..n {
         let c = client(p).await;
         v.push(tokio::spawn(async move {
-            let sql = format!("select {k}, pg_backend_pid(), pg_sleep({sleep})");
+            let sql = format!(
+                "select {k}, pg_backend_pid(), {}",
+                crate::pipelining::work(work)
+            );
             (k, rows(&c, &sql).await)
         }));
         until_waiting(http, before + u64::from(k) + 1).await;
@@ -175,7 +181,7 @@ async fn a_batch_mate_that_never_reads_holds_the_others_only_for_a_bounded_time(
     let mut stalled = Raw::login(&p).await;
     stalled.query(HUGE).await;
     until_waiting(http, 1).await;
-    let mates = mates(&p, http, 3, 1, 0.0).await;
+    let mates = mates(&p, http, 3, 1, 1).await;
     let rss_before = rss_kb(&p);
     let started = Instant::now();
     for r in release {
@@ -217,6 +223,82 @@ async fn a_batch_mate_that_never_reads_holds_the_others_only_for_a_bounded_time(
     settles(&p, http, &admin, "a client that did not read").await;
 }
 
+/// A client that reads its huge answer slowly (a few KiB now and then: it always makes a
+/// little room, so no single wait is long), first in a batch: its batch-mates still get
+/// their answers within `STALL_MAX` (5 s) and a little, not after the time its whole answer
+/// takes at that rate (40 MB at 400 KB/s: 100 s), and the slow client loses its session
+/// (`08006`) once the batch has waited 5 s for it in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_mate_that_reads_slowly_holds_the_others_only_for_a_bounded_time() {
+    let pg = PgServer::start();
+    let (p, http, _dir) = start(&pg, 1, 8, "");
+    let release = hold_pool(&p, 1).await;
+    let mut slow = Raw::login(&p).await;
+    slow.query(HUGE).await;
+    until_waiting(http, 1).await;
+    let mates = mates(&p, http, 3, 1, 1).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 8 KiB every 20 ms, until told; then as fast as it comes, to the end of the stream.
+    let reader = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 8192];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match slow.s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_secs(30), slow.s.read_to_end(&mut got)).await;
+            got
+        })
+    };
+    let started = Instant::now();
+    for r in release {
+        r.send(()).unwrap();
+    }
+    answered(&p, mates).await;
+    let took = started.elapsed();
+    eprintln!("batch-mates of a client that read slowly served in {took:?}");
+    assert!(
+        took < Duration::from_secs(9),
+        "the batch-mates waited {took:?} for a slow reader"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let got = reader.await.unwrap();
+    // Its own rows, then the end of its session (08006), never its whole answer.
+    let (mut at, mut rows_seen, mut end) = (0, 0u64, None);
+    while at + 5 <= got.len() {
+        let len = u32::from_be_bytes(got[at + 1..at + 5].try_into().unwrap()) as usize;
+        let Some(body) = got.get(at + 5..at + 1 + len) else {
+            break;
+        };
+        match got[at] {
+            b'D' => {
+                assert!(body.ends_with(&[b'x'; 1000]), "a row of its own");
+                rows_seen += 1;
+            }
+            b'E' => end = Some(String::from_utf8_lossy(body).to_string()),
+            b'Z' => panic!("its whole answer came after all: {rows_seen} rows"),
+            _ => {}
+        }
+        at += 1 + len;
+    }
+    let end = end.unwrap_or_else(|| panic!("no error after {rows_seen} rows"));
+    assert!(end.contains("08006"), "{end}");
+    assert!(rows_seen < 40000, "{rows_seen}");
+    let c = client(&p).await;
+    assert_eq!(
+        rows(&c, "select 7").await.unwrap(),
+        vec![vec!["7".to_string()]]
+    );
+    let admin = console(&p).await;
+    settles(&p, http, &admin, "a client that read slowly").await;
+}
+
 /// A client that leaves while its huge answer comes (after reading a little of it), in a
 /// batch with others: they get their answers, nothing stays counted as active or
 /// waiting, and the connection serves the next clients.
@@ -230,7 +312,7 @@ async fn a_client_that_leaves_mid_batch_leaves_nothing_behind() {
         let mut leaver = Raw::login(&p).await;
         leaver.query(HUGE).await;
         until_waiting(http, 1).await;
-        let mates = mates(&p, http, 3, 1, 0.0).await;
+        let mates = mates(&p, http, 3, 1, 1).await;
         for r in release {
             r.send(()).unwrap();
         }
@@ -253,8 +335,9 @@ async fn a_client_that_leaves_mid_batch_leaves_nothing_behind() {
 }
 
 /// query_wait_timeout of 0.2 s while a hog keeps the one connection busy and 40 clients
-/// insert: a client told `query_wait_timeout` never had its row inserted, and a client
-/// that got an answer got its own row back and inserted exactly once.
+/// insert and read by turns (an insert may only be the last unit of a batch: reads come
+/// before it): a client told `query_wait_timeout` never had its row inserted, and a
+/// client that got an answer got its own row back and inserted exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_timeout_racing_a_batch_never_runs_a_refused_statement() {
     let pg = PgServer::start();
@@ -286,19 +369,27 @@ async fn a_wait_timeout_racing_a_batch_never_runs_a_refused_statement() {
             let mut out = Vec::new();
             for i in 0..8u32 {
                 let m = format!("c{k}-{i}");
-                let r = rows(&c, &format!("insert into marks values ('{m}') returning m")).await;
-                out.push((m, r));
+                let insert = (k + i) % 2 == 0;
+                let sql = if insert {
+                    format!("insert into marks values ('{m}') returning m")
+                } else {
+                    format!("select '{m}'::text")
+                };
+                let r = rows(&c, &sql).await;
+                out.push((m, insert, r));
             }
             out
         }));
     }
     let (mut served, mut refused) = (HashMap::new(), Vec::new());
     for t in tasks {
-        for (m, r) in t.await.unwrap() {
+        for (m, insert, r) in t.await.unwrap() {
             match r {
                 Ok(r) => {
                     assert_eq!(r, vec![vec![m.clone()]], "{m} got another's answer");
-                    served.insert(m, ());
+                    if insert {
+                        served.insert(m, ());
+                    }
                 }
                 Err(e) => {
                     let db = e.as_db_error().unwrap_or_else(|| panic!("{m}: {e}"));
@@ -307,7 +398,9 @@ async fn a_wait_timeout_racing_a_batch_never_runs_a_refused_statement() {
                         ("08006", "query_wait_timeout"),
                         "{m}"
                     );
-                    refused.push(m);
+                    if insert {
+                        refused.push(m);
+                    }
                 }
             }
         }
@@ -366,7 +459,7 @@ async fn the_console_in_the_middle_of_a_batch() {
 
     // RECONNECT.
     let release = hold_pool(&p, 1).await;
-    let m = mates(&p, http, 4, 0, 0.2).await;
+    let m = mates(&p, http, 4, 0, WORK_200MS).await;
     release.into_iter().for_each(|r| r.send(()).unwrap());
     until_batched(http, 4).await;
     // Its clients count as active while it runs (0.8 s), not as idle.
@@ -394,9 +487,14 @@ async fn the_console_in_the_middle_of_a_batch() {
     let before = m_batched(http).await;
     let mut victim = Raw::login(&p).await;
     let port = victim.s.local_addr().unwrap().port().to_string();
-    victim.query("select 'victim', pg_sleep(0.3)").await;
+    victim
+        .query(&format!(
+            "select 'victim', {}",
+            crate::pipelining::work(WORK_200MS * 3 / 2)
+        ))
+        .await;
     until_waiting(http, 1).await;
-    let m = mates(&p, http, 3, 1, 0.1).await;
+    let m = mates(&p, http, 3, 1, WORK_200MS / 2).await;
     let id = show(&admin, "SHOW CLIENTS")
         .await
         .into_iter()
@@ -447,7 +545,7 @@ async fn the_console_in_the_middle_of_a_batch() {
     // PAUSE while a batch runs: it returns once the batch is over.
     let release = hold_pool(&p, 1).await;
     let before = m_batched(http).await;
-    let m = mates(&p, http, 4, 0, 0.2).await;
+    let m = mates(&p, http, 4, 0, WORK_200MS).await;
     release.into_iter().for_each(|r| r.send(()).unwrap());
     until_batched(http, before + 4).await;
     admin.simple_query("PAUSE app").await.unwrap();
@@ -486,7 +584,7 @@ async fn the_console_in_the_middle_of_a_batch() {
         .unwrap();
     let batches = metric(http, "pgtenant_server_pipeline_batches_total").await;
     let release = hold_pool(&p, 1).await;
-    let m = mates(&p, http, 4, 0, 0.0).await;
+    let m = mates(&p, http, 4, 0, 1).await;
     release.into_iter().for_each(|r| r.send(()).unwrap());
     answered(&p, m).await;
     assert_eq!(
@@ -526,10 +624,11 @@ async fn a_setting_changed_by_a_trigger_in_a_batch_reaches_no_later_client() {
     assert_ne!(default_tz, "Asia/Tokyo");
     let before = m_batched(http).await;
     let release = hold_pool(&p, 1).await;
+    let m = mates(&p, http, 3, 0, 1).await;
+    // Last in the batch: a write goes nowhere else.
     let mut changer = Raw::login(&p).await;
     changer.query("insert into tz_t values (1)").await;
-    until_waiting(http, 1).await;
-    let m = mates(&p, http, 3, 1, 0.0).await;
+    until_waiting(http, 4).await;
     release.into_iter().for_each(|r| r.send(()).unwrap());
     answered(&p, m).await;
     // Its own client hears of the change.
@@ -661,7 +760,9 @@ async fn noticed_client(p: &Pgtenant) -> (Client, tokio::sync::mpsc::UnboundedRe
 }
 
 /// A trigger's RAISE NOTICE and pg_notify in batched statements: each client gets its
-/// own notice and nobody else's; a listener gets every notification once.
+/// own notice and nobody else's; a listener gets every notification once. Each insert is
+/// queued behind a reader (a write may only be the last unit of a batch): batches of a
+/// read and an insert.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_and_notifications_of_batched_statements_go_to_their_own() {
     let pg = PgServer::start();
@@ -696,17 +797,24 @@ async fn notices_and_notifications_of_batched_statements_go_to_their_own() {
     let before = m_batched(http).await;
     let release = hold_pool(&p, 1).await;
     let mut tasks = Vec::new();
-    for k in 0..6u32 {
+    for j in 0..12u32 {
         let (c, rx) = noticed_client(&p).await;
+        let k = j / 2;
+        let insert = j % 2 == 1;
         tasks.push(tokio::spawn(async move {
-            let r = rows(&c, &format!("insert into noisy values ({k})")).await;
-            (k, r, rx, c)
+            let sql = if insert {
+                format!("insert into noisy values ({k})")
+            } else {
+                format!("select {k}")
+            };
+            let r = rows(&c, &sql).await;
+            (k, insert, r, rx, c)
         }));
-        until_waiting(http, u64::from(k) + 1).await;
+        until_waiting(http, u64::from(j) + 1).await;
     }
     release.into_iter().for_each(|r| r.send(()).unwrap());
     for t in tasks {
-        let (k, r, mut rx, c) = t.await.unwrap();
+        let (k, insert, r, mut rx, c) = t.await.unwrap();
         r.unwrap();
         // One more round trip: anything still on its way has arrived.
         rows(&c, "select 1").await.unwrap();
@@ -714,10 +822,14 @@ async fn notices_and_notifications_of_batched_statements_go_to_their_own() {
         while let Ok(n) = rx.try_recv() {
             got.push(n);
         }
-        assert_eq!(got, vec![format!("noisy {k}")], "client {k}'s notices");
+        if insert {
+            assert_eq!(got, vec![format!("noisy {k}")], "client {k}'s notices");
+        } else {
+            assert!(got.is_empty(), "reader {k} got another's notices: {got:?}");
+        }
     }
     assert!(
-        m_batched(http).await >= before + 6,
+        m_batched(http).await >= before + 12,
         "the inserts were not batched"
     );
     let mut payloads = Vec::new();
@@ -741,9 +853,15 @@ async fn a_cancel_from_outside_pgtenant_reaches_the_batched_statement() {
     let (p, http, _dir) = start(&pg, 1, 8, "");
     let release = hold_pool(&p, 1).await;
     let slow = client(&p).await;
-    let s = tokio::spawn(async move { rows(&slow, "select pg_sleep(20), 'outside'").await });
+    let s = tokio::spawn(async move {
+        let sql = format!(
+            "select {}, 'outside'",
+            crate::pipelining::work(crate::pipelining::FOREVER)
+        );
+        rows(&slow, &sql).await
+    });
     until_waiting(http, 1).await;
-    let m = mates(&p, http, 3, 1, 0.0).await;
+    let m = mates(&p, http, 3, 1, 1).await;
     release.into_iter().for_each(|r| r.send(()).unwrap());
     let admin = pg.admin_client().await;
     let started = Instant::now();

@@ -12,11 +12,17 @@
 //!   with `session_check = auto` and no `server_reset_query_always` (no query runs between
 //!   two clients' transactions). The ticket is made only once the pool has no idle
 //!   connection for it (the fast path pays nothing).
+//! - The ticket says whether the statement may wait on another transaction or sleep
+//!   (`router::effects::may_wait`: anything but a plain read the scan can vouch for); a
+//!   batch sends nothing behind such a unit (`pool::batch` rules).
 //! - The client's answer is exactly the server's, frame by frame; a ParameterStatus in it
 //!   reaches the client (and the connection, which notes it) but not the client's view.
 //! - A broken server connection ends the client's session as `lost` says, as if the
 //!   connection had been its own; so does a batch that gave up waiting for this client to
-//!   read its answer (`pool::batch::STALL_MAX`).
+//!   read its answer (`pool::batch::STALL_MAX`, in all over the answer). A unit its batch
+//!   never ran (the server ended the backend first, the connection failed its health
+//!   check, or a batch-mate's cancel rolled it back with a unit that may wait still to
+//!   come) is the client's again, as before it was taken.
 use std::sync::Arc;
 
 use super::*;
@@ -49,13 +55,13 @@ impl Session {
             return None;
         }
         drop(s);
-        let (frames, taken) = match first.tag() {
+        let (frames, taken, waits) = match first.tag() {
             b'Q' if self.held.is_empty() => {
                 let sql = decode::query_text(first.body()).ok()?;
                 if !plain(&sql) {
                     return None;
                 }
-                (vec![first.clone()], Vec::new())
+                (vec![first.clone()], Vec::new(), may_wait(&sql))
             }
             b'P' | b'B' => {
                 let taken = self.take_group(first)?;
@@ -65,17 +71,17 @@ impl Session {
                 }
                 frames.push(first.clone());
                 frames.extend(taken.iter().cloned());
-                if !unnamed_group(&frames) {
+                let Some(waits) = unnamed_group(&frames) else {
                     self.give_back_unit(taken);
                     return None;
-                }
-                (frames, taken)
+                };
+                (frames, taken, waits)
             }
             _ => return None,
         };
         let cancel: Arc<dyn crate::pool::batch::UnitCancel> = self.c.key.slot.clone();
         Some((
-            Ticket::new(frames, self.view.desired.clone(), cancel),
+            Ticket::new(frames, self.view.desired.clone(), cancel, waits),
             taken,
         ))
     }
@@ -211,8 +217,8 @@ impl Session {
                     }
                     LostServer::Unreadable(e) => Lost::Unreadable(e).told(),
                     LostServer::ClientStalled => Lost::Unreadable(&format!(
-                        "the client read none of its answer for {} s while other clients' \
-                         statements waited behind it on the server connection",
+                        "the client left its answer unread for {} s in all while other \
+                         clients' statements waited behind it on the server connection",
                         crate::pool::batch::STALL_MAX.as_secs()
                     ))
                     .told(),
@@ -245,22 +251,32 @@ fn plain(sql: &str) -> bool {
 
 /// Parse, Bind, [Describe], Execute, Sync of the unnamed statement and portal, the
 /// statement plain (see [`plain`]) and the Execute unlimited: a unit of its own, which
-/// leaves nothing behind but the unnamed statement.
-fn unnamed_group(frames: &[Frame]) -> bool {
+/// leaves nothing behind but the unnamed statement. Whether it may wait (see
+/// [`may_wait`]) when it is.
+fn unnamed_group(frames: &[Frame]) -> Option<bool> {
     let [p, b, rest @ ..] = frames else {
-        return false;
+        return None;
     };
     let (Ok(p), Ok(b)) = (Parse::decode(p.body()), Bind::decode(b.body())) else {
-        return false;
+        return None;
     };
     if !p.name.is_empty() || !b.portal.is_empty() || !b.statement.is_empty() || !plain(&p.query) {
-        return false;
+        return None;
     }
-    rest.iter().all(|f| match f.tag() {
-        b'D' => Target::decode(f.body()).is_ok_and(|t| t.name.is_empty()),
-        // The unnamed portal, no row limit.
-        b'E' => f.body() == [0u8; 5],
-        b'S' => true,
-        _ => false,
-    })
+    rest.iter()
+        .all(|f| match f.tag() {
+            b'D' => Target::decode(f.body()).is_ok_and(|t| t.name.is_empty()),
+            // The unnamed portal, no row limit.
+            b'E' => f.body() == [0u8; 5],
+            b'S' => true,
+            _ => false,
+        })
+        .then(|| may_wait(&p.query))
+}
+
+/// May the statement wait on another transaction or sleep (a write, a locking clause, a
+/// sleep or advisory lock, anything the scan cannot vouch for as a plain read): a batch
+/// then puts nothing behind it (`pool::batch` rules).
+fn may_wait(sql: &str) -> bool {
+    crate::router::effects::may_wait(sql)
 }
