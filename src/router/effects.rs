@@ -596,16 +596,8 @@ impl Scan<'_> {
                     Tok::Other
                 }
                 c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
-                    let a = self.i;
-                    while self.i < self.s.len() {
-                        let c = self.peek(0);
-                        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
-                            self.i += 1;
-                        } else {
-                            break;
-                        }
-                    }
-                    Tok::Word(a, self.i)
+                    let (a, b) = self.word();
+                    Tok::Word(a, b)
                 }
                 c if c.is_ascii_digit() => {
                     while self.i < self.s.len()
@@ -642,6 +634,21 @@ impl Scan<'_> {
         false
     }
 
+    /// The identifier or key word starting here (its first byte is a letter, `_` or a
+    /// non-ASCII byte): its bounds, the scan moved past it.
+    fn word(&mut self) -> (usize, usize) {
+        let a = self.i;
+        while self.i < self.s.len() {
+            let c = self.peek(0);
+            if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+        (a, self.i)
+    }
+
     /// See [`may_wait`].
     fn may_wait(&mut self) -> bool {
         let mut first = true;
@@ -674,16 +681,8 @@ impl Scan<'_> {
                     first = false;
                 }
                 c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
-                    let a = self.i;
-                    while self.i < self.s.len() {
-                        let c = self.peek(0);
-                        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
-                            self.i += 1;
-                        } else {
-                            break;
-                        }
-                    }
-                    let w = &self.s[a..self.i];
+                    let (a, b) = self.word();
+                    let w = &self.s[a..b];
                     let is = |k: &[u8]| w.eq_ignore_ascii_case(k);
                     if first && !(is(b"select") || is(b"values") || is(b"with")) {
                         return true;

@@ -740,6 +740,22 @@ async fn a_unit_waiting_on_a_row_lock_holds_no_later_read() {
     assert_eq!(v, vec![vec!["11".to_string()]]);
 }
 
+/// Three clients waiting in turn for the pool's one (held) connection, each with
+/// `select 'pipe_mate_K'`: a batch once the connection comes back.
+type ProbeMate = tokio::task::JoinHandle<(u32, Result<Vec<Vec<String>>, tokio_postgres::Error>)>;
+
+async fn three_probe_mates(p: &Pgtenant, http: u16) -> Vec<ProbeMate> {
+    let mut mates = Vec::new();
+    for k in 0..3u32 {
+        let c = client(p).await;
+        mates.push(tokio::spawn(async move {
+            (k, rows(&c, &format!("select 'pipe_mate_{k}'")).await)
+        }));
+        until_waiting(http, u64::from(k) + 1).await;
+    }
+    mates
+}
+
 /// A connection a batch takes passes the same health check as one lent to one client:
 /// with `server_check_delay = 0` server_check_query runs before every lend, so it runs on
 /// the batch's connection before the batch's statements (the PostgreSQL log says so).
@@ -755,14 +771,7 @@ async fn a_batch_takes_a_connection_only_after_server_check_query() {
         ),
     );
     let release = hold_pool(&p, 1).await;
-    let mut mates = Vec::new();
-    for k in 0..3u32 {
-        let c = client(&p).await;
-        mates.push(tokio::spawn(async move {
-            (k, rows(&c, &format!("select 'pipe_mate_{k}'")).await)
-        }));
-        until_waiting(http, u64::from(k) + 1).await;
-    }
+    let mates = three_probe_mates(&p, http).await;
     let probes_before = pg.log().matches("select 'pipe_check_probe'").count();
     let before = metric(http, "pgtenant_server_pipelined_statements_total").await;
     for r in release {
@@ -824,14 +833,7 @@ async fn a_batch_whose_connection_fails_its_check_runs_elsewhere() {
         ),
     );
     let release = hold_pool(&p, 1).await;
-    let mut mates = Vec::new();
-    for k in 0..3u32 {
-        let c = client(&p).await;
-        mates.push(tokio::spawn(async move {
-            (k, rows(&c, &format!("select 'pipe_mate_{k}'")).await)
-        }));
-        until_waiting(http, u64::from(k) + 1).await;
-    }
+    let mates = three_probe_mates(&p, http).await;
     // The pool's one connection (the batch's, once the holder commits).
     let before: Vec<i32> = direct
         .query(

@@ -169,6 +169,33 @@ async fn answered(p: &Pgtenant, mates: Vec<Answer>) -> Vec<String> {
     pids
 }
 
+/// With the pool's one connection held: a client whose statement has a huge answer
+/// (`HUGE`), first in line, and three batch-mates behind it, which form one batch with it
+/// once the connection is released (`release`).
+async fn huge_first_in_a_batch(
+    p: &Pgtenant,
+    http: u16,
+) -> (Vec<tokio::sync::oneshot::Sender<()>>, Raw, Vec<Answer>) {
+    let release = hold_pool(p, 1).await;
+    let mut first = Raw::login(p).await;
+    first.query(HUGE).await;
+    until_waiting(http, 1).await;
+    let mates = mates(p, http, 3, 1, 1).await;
+    (release, first, mates)
+}
+
+/// The pool is whole again after a client lost its session in a batch: a new client is
+/// served, and the pool's counts settle.
+async fn whole_again(p: &Pgtenant, http: u16, after: &str) {
+    let c = client(p).await;
+    assert_eq!(
+        rows(&c, "select 7").await.unwrap(),
+        vec![vec!["7".to_string()]]
+    );
+    let admin = console(p).await;
+    settles(p, http, &admin, after).await;
+}
+
 /// A client that sends a statement with a huge answer and never reads it, first in a
 /// batch: its batch-mates behind it on the server connection still get their answers in
 /// bounded time, pgtenant's memory stays bounded, and the client that did not read loses
@@ -177,11 +204,7 @@ async fn answered(p: &Pgtenant, mates: Vec<Answer>) -> Vec<String> {
 async fn a_batch_mate_that_never_reads_holds_the_others_only_for_a_bounded_time() {
     let pg = PgServer::start();
     let (p, http, _dir) = start(&pg, 1, 8, "");
-    let release = hold_pool(&p, 1).await;
-    let mut stalled = Raw::login(&p).await;
-    stalled.query(HUGE).await;
-    until_waiting(http, 1).await;
-    let mates = mates(&p, http, 3, 1, 1).await;
+    let (release, mut stalled, mates) = huge_first_in_a_batch(&p, http).await;
     let rss_before = rss_kb(&p);
     let started = Instant::now();
     for r in release {
@@ -213,14 +236,7 @@ async fn a_batch_mate_that_never_reads_holds_the_others_only_for_a_bounded_time(
     let text = String::from_utf8_lossy(&end).to_string();
     assert!(text.contains("08006"), "{text}");
     assert!(rows_seen < 40000, "{rows_seen}");
-    // The pool is whole again.
-    let c = client(&p).await;
-    assert_eq!(
-        rows(&c, "select 7").await.unwrap(),
-        vec![vec!["7".to_string()]]
-    );
-    let admin = console(&p).await;
-    settles(&p, http, &admin, "a client that did not read").await;
+    whole_again(&p, http, "a client that did not read").await;
 }
 
 /// A client that reads its huge answer slowly (a few KiB now and then: it always makes a
@@ -232,11 +248,7 @@ async fn a_batch_mate_that_never_reads_holds_the_others_only_for_a_bounded_time(
 async fn a_batch_mate_that_reads_slowly_holds_the_others_only_for_a_bounded_time() {
     let pg = PgServer::start();
     let (p, http, _dir) = start(&pg, 1, 8, "");
-    let release = hold_pool(&p, 1).await;
-    let mut slow = Raw::login(&p).await;
-    slow.query(HUGE).await;
-    until_waiting(http, 1).await;
-    let mates = mates(&p, http, 3, 1, 1).await;
+    let (release, mut slow, mates) = huge_first_in_a_batch(&p, http).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // 8 KiB every 20 ms, until told; then as fast as it comes, to the end of the stream.
     let reader = {
@@ -290,13 +302,7 @@ async fn a_batch_mate_that_reads_slowly_holds_the_others_only_for_a_bounded_time
     let end = end.unwrap_or_else(|| panic!("no error after {rows_seen} rows"));
     assert!(end.contains("08006"), "{end}");
     assert!(rows_seen < 40000, "{rows_seen}");
-    let c = client(&p).await;
-    assert_eq!(
-        rows(&c, "select 7").await.unwrap(),
-        vec![vec!["7".to_string()]]
-    );
-    let admin = console(&p).await;
-    settles(&p, http, &admin, "a client that read slowly").await;
+    whole_again(&p, http, "a client that read slowly").await;
 }
 
 /// A client that leaves while its huge answer comes (after reading a little of it), in a
