@@ -123,17 +123,28 @@ impl CancelSlot {
     /// to another client, until the postmaster has signalled the backend), and sent from
     /// a task of its own. False when there is no target or a cancel is on its way already.
     pub fn cancel_detached(self: &Arc<Self>) -> bool {
+        self.send_if(|_, _| true, "a statement timeout's")
+    }
+
+    /// Take the slot's target and send it a cancel from a task of its own, if no cancel
+    /// is on its way and `aim` accepts the slot and its target (under the slot's lock).
+    /// False when nothing was sent.
+    fn send_if(
+        self: &Arc<Self>,
+        aim: impl FnOnce(&SlotState, &Arc<CancelTarget>) -> bool,
+        why: &'static str,
+    ) -> bool {
         let (t, in_flight) = {
             let mut g = self.lock();
             if g.in_flight > 0 {
                 return false;
             }
-            let Some(t) = g.target.clone() else {
+            let Some(t) = g.target.clone().filter(|t| aim(&g, t)) else {
                 return false;
             };
             (t.clone(), Self::taken_locked(self, &mut g, t))
         };
-        send_detached(t, in_flight, "a statement timeout's");
+        send_detached(t, in_flight, why);
         true
     }
 }
@@ -187,15 +198,11 @@ impl crate::pool::batch::UnitCancel for CancelSlot {
         self.cancel_detached();
     }
     fn cancel_again(self: Arc<Self>, t: &Arc<CancelTarget>, taken: u32) {
-        let in_flight = {
-            let mut g = self.lock();
-            let same = g.target.as_ref().is_some_and(|x| Arc::ptr_eq(x, t));
-            if !same || g.in_flight > 0 || g.taken != taken {
-                return;
-            }
-            self.taken_locked(&mut g, t.clone())
-        };
-        send_detached(t.clone(), in_flight, "a client's queued");
+        // Still aimed at `t`, and nothing taken since.
+        self.send_if(
+            |g, x| Arc::ptr_eq(x, t) && g.taken == taken,
+            "a client's queued",
+        );
     }
 }
 

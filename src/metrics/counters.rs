@@ -237,12 +237,6 @@ impl ClientState {
 /// admin console's registry entry of the client), with no allocation of its own.
 pub type StateRef = std::sync::Arc<dyn AsRef<ClientState> + Send + Sync>;
 
-impl AsRef<ClientState> for ClientState {
-    fn as_ref(&self) -> &ClientState {
-        self
-    }
-}
-
 /// Counts a session in [`CLIENTS_ACTIVE`] (and its [`ClientState`]) while it lives.
 pub struct Active(Option<StateRef>);
 

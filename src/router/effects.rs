@@ -551,9 +551,7 @@ impl Scan<'_> {
                     continue;
                 }
                 b'-' if self.peek(1) == b'-' => {
-                    while self.i < self.s.len() && !matches!(self.peek(0), b'\n' | b'\r') {
-                        self.i += 1;
-                    }
+                    self.line_comment();
                     continue;
                 }
                 b'/' if self.peek(1) == b'*' => {
@@ -634,6 +632,13 @@ impl Scan<'_> {
         false
     }
 
+    /// Past a `--` comment, to the end of its line.
+    fn line_comment(&mut self) {
+        while self.i < self.s.len() && !matches!(self.peek(0), b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
     /// The identifier or key word starting here (its first byte is a letter, `_` or a
     /// non-ASCII byte): its bounds, the scan moved past it.
     fn word(&mut self) -> (usize, usize) {
@@ -655,11 +660,7 @@ impl Scan<'_> {
         while self.i < self.s.len() {
             match self.peek(0) {
                 b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'(' => self.i += 1,
-                b'-' if self.peek(1) == b'-' => {
-                    while self.i < self.s.len() && !matches!(self.peek(0), b'\n' | b'\r') {
-                        self.i += 1;
-                    }
-                }
+                b'-' if self.peek(1) == b'-' => self.line_comment(),
                 b'/' if self.peek(1) == b'*' => self.block_comment(),
                 b'\'' => {
                     // E'…' takes backslash escapes: the word `e` right before the quote.

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::pool::batch::{End, LostServer, Ticket};
+use crate::router::effects;
 
 /// What a batched statement came to (the tenant sketches take it where the route is known).
 pub(super) struct Served {
@@ -61,7 +62,7 @@ impl Session {
                 if !plain(&sql) {
                     return None;
                 }
-                (vec![first.clone()], Vec::new(), may_wait(&sql))
+                (vec![first.clone()], Vec::new(), effects::may_wait(&sql))
             }
             b'P' | b'B' => {
                 let taken = self.take_group(first)?;
@@ -252,7 +253,7 @@ fn plain(sql: &str) -> bool {
 /// Parse, Bind, [Describe], Execute, Sync of the unnamed statement and portal, the
 /// statement plain (see [`plain`]) and the Execute unlimited: a unit of its own, which
 /// leaves nothing behind but the unnamed statement. Whether it may wait (see
-/// [`may_wait`]) when it is.
+/// [`effects::may_wait`]) when it is.
 fn unnamed_group(frames: &[Frame]) -> Option<bool> {
     let [p, b, rest @ ..] = frames else {
         return None;
@@ -271,12 +272,5 @@ fn unnamed_group(frames: &[Frame]) -> Option<bool> {
             b'S' => true,
             _ => false,
         })
-        .then(|| may_wait(&p.query))
-}
-
-/// May the statement wait on another transaction or sleep (a write, a locking clause, a
-/// sleep or advisory lock, anything the scan cannot vouch for as a plain read): a batch
-/// then puts nothing behind it (`pool::batch` rules).
-fn may_wait(sql: &str) -> bool {
-    crate::router::effects::may_wait(sql)
+        .then(|| effects::may_wait(&p.query))
 }
