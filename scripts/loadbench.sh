@@ -12,7 +12,10 @@
 #
 # Sections (LOADBENCH_ONLY picks some):
 #   pgbench  pgbench -S (-M simple, extended, prepared), 32 clients, through each pooler
-#   latency  pgbench -S -c 1: direct to PostgreSQL, through PgBouncer, through pgtenant
+#   latency  pgbench -S -c 1: direct to PostgreSQL, through PgBouncer, through pgtenant;
+#            then examples/latency_probe.rs: the same three, one query each in turn
+#            (interleaved, so that a machine whose speed drifts between runs favours
+#            none of them), p50 / p99 and the latency each pooler adds
 #   idle     each pooler's RSS before, with N idle authenticated clients, and after
 #   tenant   single-tenant SELECTs on the emulated Citus cluster of demo.sh: pgtenant
 #            routing to the workers vs PgBouncer in front of the coordinator
@@ -34,6 +37,7 @@
 #   PGTENANT_IO_ENGINE      auto (default), io_uring or epoll: pgtenant's I/O engine (the
 #                           one that ran is read from pgtenant's log into the results)
 #   LOADBENCH_IDLE_CLIENTS  idle clients of the idle section (10000)
+#   LOADBENCH_PROBE_QUERIES round trips per target of the interleaved latency probe (20000)
 #   LOADBENCH_WORKERS       pgtenant --workers (default: one per core)
 #   LOADBENCH_ONLY          comma list of sections: pgbench,latency,idle,tenant,instructions
 #                           (all)
@@ -54,6 +58,7 @@ DURATION=${LOADBENCH_DURATION:-15}
 ROUNDS=${LOADBENCH_ROUNDS:-3}
 POOL=${LOADBENCH_POOL:-20}
 IDLE_CLIENTS=${LOADBENCH_IDLE_CLIENTS:-10000}
+PROBE_QUERIES=${LOADBENCH_PROBE_QUERIES:-20000}
 WORKERS=${LOADBENCH_WORKERS:-}
 ONLY=${LOADBENCH_ONLY:-pgbench,latency,idle,tenant,instructions}
 CLIENTS=${LOADBENCH_CLIENTS:-32}
@@ -66,6 +71,7 @@ is_count "$DURATION" || die "LOADBENCH_DURATION must be a positive number of sec
 is_count "$ROUNDS" || die "LOADBENCH_ROUNDS must be a positive number, not '$ROUNDS'"
 is_count "$POOL" || die "LOADBENCH_POOL must be a positive number, not '$POOL'"
 is_count "$IDLE_CLIENTS" || die "LOADBENCH_IDLE_CLIENTS must be a positive number, not '$IDLE_CLIENTS'"
+is_count "$PROBE_QUERIES" || die "LOADBENCH_PROBE_QUERIES must be a positive number, not '$PROBE_QUERIES'"
 [ -z "$WORKERS" ] || [[ $WORKERS =~ ^[0-9]+$ ]] || die "LOADBENCH_WORKERS must be a number, not '$WORKERS'"
 IFS=, read -r -a WANT <<<"$ONLY"
 [ "${#WANT[@]}" -gt 0 ] || die "LOADBENCH_ONLY is empty"
@@ -117,15 +123,18 @@ COMMIT=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null || true)" ]; then
     COMMIT+=" (with uncommitted changes)"
 fi
-say "building pgtenant and examples/idle_clients (release)"
-cargo build --release --bin pgtenant --example idle_clients
+say "building pgtenant, examples/idle_clients and examples/latency_probe (release)"
+cargo build --release --bin pgtenant --example idle_clients --example latency_probe
 # Private copies: a rebuild during the run does not change what is measured.
 cp "$TARGET/release/pgtenant" "$WORK/bin/pgtenant.new"
 mv -f "$WORK/bin/pgtenant.new" "$WORK/bin/pgtenant"
 cp "$TARGET/release/examples/idle_clients" "$WORK/bin/idle_clients.new"
 mv -f "$WORK/bin/idle_clients.new" "$WORK/bin/idle_clients"
+cp "$TARGET/release/examples/latency_probe" "$WORK/bin/latency_probe.new"
+mv -f "$WORK/bin/latency_probe.new" "$WORK/bin/latency_probe"
 PGT_BIN=$WORK/bin/pgtenant
 IDLE_BIN=$WORK/bin/idle_clients
+PROBE_BIN=$WORK/bin/latency_probe
 
 # Open files: the idle clients' process and each pooler need one per client.
 hard=$(ulimit -Hn)
@@ -492,6 +501,11 @@ if want latency; then
             bench_run latency simple "$t" "$r" "${POOLER_PORT[$t]}" "${POOLER_PID[$t]}" -S -M simple -c 1 -j 1 -T "$DURATION"
         done
     done
+    say "latency: examples/latency_probe, $PROBE_QUERIES round trips each, direct / PgBouncer / pgtenant in turn"
+    "$PROBE_BIN" app secret app "$PROBE_QUERIES" "direct=127.0.0.1:$PG_PORT" \
+        "pgbouncer=127.0.0.1:${POOLER_PORT[pgbouncer]}" "pgtenant=127.0.0.1:${POOLER_PORT[pgtenant]}" \
+        >"$WORK/probe.txt" 2>"$WORK/probe.err" || die "latency_probe failed: $(tail -n 3 "$WORK/probe.err")"
+    sed 's/^/    /' "$WORK/probe.txt"
 fi
 
 IDLE_PID=
@@ -700,6 +714,13 @@ TABLE=$WORK/table.md
             qb=$(median latency simple pgtenant "${q%%:*}")
             echo "| $w | ${q#*:} latency ms (direct: $(fmt %.3f "$qd")) | $(fmt %.3f "$qa") | $(fmt %.3f "$qb") | $(ratio "$qb" "$qa") |"
         done
+        # latency_probe's line: NAME n N mean X p50 Y p90 Z p99 W µs added p50 A mean B µs
+        probe() { awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$WORK/probe.txt"; }
+        w="interleaved probe, 1 client"
+        echo "| $w | p50 µs (direct: $(probe direct 7)) | $(probe pgbouncer 7) | $(probe pgtenant 7) | $(ratio "$(probe pgtenant 7)" "$(probe pgbouncer 7)") |"
+        echo "| $w | p99 µs (direct: $(probe direct 11)) | $(probe pgbouncer 11) | $(probe pgtenant 11) | $(ratio "$(probe pgtenant 11)" "$(probe pgbouncer 11)") |"
+        echo "| $w | p50 added µs | $(probe pgbouncer 15) | $(probe pgtenant 15) | $(ratio "$(probe pgtenant 15)" "$(probe pgbouncer 15)") |"
+        echo "| $w | mean added µs | $(probe pgbouncer 17) | $(probe pgtenant 17) | $(ratio "$(probe pgtenant 17)" "$(probe pgbouncer 17)") |"
     fi
     if want idle; then
         w="$IDLE_CLIENTS idle clients"

@@ -150,5 +150,6 @@ where
 fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_unpark(crate::net::uring::after_unpark)
         .build()
 }

@@ -546,6 +546,15 @@ impl Session {
                         flow = self.on_server_input();
                     }
                     if let Flow::Release(now) = flow {
+                        // The answer goes out before the connection goes back (PgBouncer
+                        // too releases once the client's answer is flushed): the release's
+                        // bookkeeping is not on the client's round trip. A write error
+                        // stays for `poll_event` to report.
+                        poll_fn(|cx| {
+                            let _ = self.c.conn.poll_write_out(cx);
+                            Poll::Ready(())
+                        })
+                        .await;
                         if !self.try_release(now) {
                             Box::pin(self.release(now)).await;
                         }

@@ -17,7 +17,7 @@
 mod ring;
 mod stream;
 
-pub use ring::{install, on_ring_thread, this_ring};
+pub use ring::{after_unpark, install, on_ring_thread, this_ring};
 pub use stream::{UringStream, OUTBOX_MAX};
 
 /// The configured choice (`io_engine`).

@@ -7,9 +7,12 @@
 //!   thread that asked for it, and its completion is handled there.
 //! - Submissions are not entered one by one: pushing one wakes the ring's driver task,
 //!   which runs after the tasks already ready on that thread, so every send and receive
-//!   asked for in one turn of the loop goes to the kernel in one `io_uring_enter`.
+//!   asked for in one turn of the loop goes to the kernel in one `io_uring_enter`. The
+//!   one exception is a calm ring (its last [`CALM`] reaps found one completion each: one
+//!   request at a time, nothing to gather): a send is entered at once.
 //! - The driver learns of completions through tokio's reactor (the ring's fd is readable
-//!   when completions wait), so timers and the other sockets keep working unchanged.
+//!   when completions wait), so timers and the other sockets keep working unchanged, and
+//!   from [`after_unpark`] when the thread's wake-up itself posted them.
 //! - Receives take their buffer from the ring's provided-buffer ring when data arrives:
 //!   an idle connection with a receive armed holds no buffer. The data is copied out to
 //!   its stream during the reap and the buffer is given back at once. Only as many
@@ -190,7 +193,15 @@ pub(super) struct Subm {
     /// once a receive is refused with EINVAL (a kernel that backported one and not the
     /// other).
     pub(super) poll_first: u16,
+    /// Reaps in a row (up to [`CALM`]) that found a single completion: the thread serves
+    /// one request at a time. At [`CALM`] a send is entered at once rather than at the end
+    /// of the turn (see [`Subm::send`]); any reap that finds more starts the count again,
+    /// so that under load the turn's sends still go in together.
+    calm: u8,
 }
+
+/// Single-completion reaps in a row after which a ring counts as lightly loaded.
+const CALM: u8 = 8;
 
 impl Drop for BufRing {
     fn drop(&mut self) {
@@ -247,6 +258,7 @@ impl Ring {
                 backlog: Vec::new(),
                 coop,
                 poll_first: if coop { RECVSEND_POLL_FIRST } else { 0 },
+                calm: 0,
             },
             bufs,
             scratch: Vec::new(),
@@ -276,6 +288,7 @@ impl Ring {
     /// Handle every completion waiting, then give the buffers back to the kernel.
     fn reap(&mut self) {
         let Ring { sq, bufs, scratch } = self;
+        let mut reaped = 0;
         loop {
             scratch.clear();
             scratch.extend(
@@ -284,8 +297,14 @@ impl Ring {
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             if scratch.is_empty() {
+                match reaped {
+                    0 => {}
+                    1 => sq.calm = sq.calm.saturating_add(1).min(CALM),
+                    _ => sq.calm = 0,
+                }
                 return;
             }
+            reaped += scratch.len();
             let (mut used, mut short) = (0u16, false);
             for &(ud, res, flags) in scratch.iter() {
                 let bid = cqueue::buffer_select(flags);
@@ -417,6 +436,12 @@ impl Subm {
     }
 
     /// Send `bytes` (all of them, or the completion says how many went).
+    ///
+    /// On a lightly loaded thread the send is entered at once: a lone client's answer
+    /// (or its query) then leaves before the rest of its task's turn runs (the release of
+    /// its server connection, its statistics) and before the driver's turn, which under
+    /// load is where the turn's sends go in together. Its completion is reaped by the
+    /// driver as any other.
     pub fn send(&mut self, s: Arc<Shared>, bytes: Bytes) -> OpId {
         let fd = s.fd();
         let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
@@ -426,6 +451,9 @@ impl Subm {
             .build()
             .user_data(ud);
         self.push(e);
+        if self.calm >= CALM && self.backlog.is_empty() {
+            self.enter();
+        }
         OpId {
             ring: self.id,
             user_data: ud,
@@ -446,6 +474,25 @@ impl Subm {
 /// blocking-pool thread).
 pub(super) fn with_ring<R>(f: impl FnOnce(&mut Subm) -> R) -> Option<R> {
     RING.with(|r| r.borrow_mut().as_mut().map(|r| f(&mut r.sq)))
+}
+
+/// Run by the runtime each time its thread wakes (`on_thread_unpark`). A thread asleep in
+/// tokio's `epoll_wait` is woken to run the kernel's completion work: the wait returns
+/// EINTR before that work makes the ring's fd readable, and tokio would go to sleep again
+/// only to be woken at once by the fd. With completions already waiting, the driver is
+/// woken here instead and they are handled in this turn.
+pub fn after_unpark() {
+    RING.with(|r| {
+        let Ok(mut r) = r.try_borrow_mut() else {
+            return;
+        };
+        let Some(r) = r.as_mut() else { return };
+        if r.sq.driver.is_some() && !r.sq.uring.completion().is_empty() {
+            if let Some(w) = r.sq.driver.take() {
+                w.wake();
+            }
+        }
+    })
 }
 
 /// Does this thread run the io_uring engine?

@@ -374,3 +374,61 @@ fn receive_buffers_are_offered_as_receives_need_them() {
         );
     });
 }
+
+/// A ring that has served one request at a time for a while sends at once, from inside
+/// the task that writes (a lone client's answer leaves before the rest of its turn); a
+/// fresh or busy one leaves the send to the driver's turn, where the turn's sends go in
+/// together. The peer is a blocking socket read while the ring's thread is held, so that
+/// no driver turn can run in between.
+#[test]
+fn a_calm_ring_sends_at_once_and_a_fresh_one_at_the_end_of_the_turn() {
+    use std::io::{Read, Write};
+    use std::pin::Pin;
+    use std::task::Poll;
+    use tokio::io::AsyncWrite;
+    on_ring(async {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mine, _) = l.accept().unwrap();
+        let mut mine = UringStream::new(mine).unwrap();
+        peer.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        // Queue a write without giving the runtime a turn.
+        async fn write_in_turn(mine: &mut UringStream, b: &[u8]) {
+            std::future::poll_fn(|cx| {
+                let r = Pin::new(&mut *mine).poll_write(cx, b);
+                assert!(matches!(r, Poll::Ready(Ok(n)) if n == b.len()), "{r:?}");
+                Poll::Ready(())
+            })
+            .await
+        }
+        let mut got = [0u8; 1];
+
+        write_in_turn(&mut mine, b"a").await;
+        let e = peer
+            .read(&mut got)
+            .expect_err("a fresh ring waits for its driver's turn");
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        );
+        tokio::task::yield_now().await;
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"a");
+
+        // One request at a time: every reap finds a single completion.
+        for i in 0..12u8 {
+            peer.write_all(&[i]).unwrap();
+            let mut b = [0u8; 1];
+            mine.read_exact(&mut b).await.unwrap();
+            assert_eq!(b[0], i);
+        }
+        write_in_turn(&mut mine, b"b").await;
+        peer.read_exact(&mut got)
+            .expect("a calm ring's send went to the kernel from inside the writing task");
+        assert_eq!(&got, b"b");
+    });
+}
