@@ -456,6 +456,14 @@ impl Connection {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
+    /// Write what the socket takes of the queued output now, without waiting: the rest,
+    /// and any error, are for the next [`Connection::poll_write_out`], whose waker is the
+    /// one registered then.
+    pub fn write_now(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let _ = self.poll_write_out(&mut cx);
+    }
+
     /// Write everything queued, held output included.
     pub async fn flush(&mut self) -> io::Result<()> {
         self.held = 0;
@@ -512,6 +520,51 @@ mod tests {
             }
             assert!(c.fill().await.unwrap() > 0, "peer closed");
         }
+    }
+
+    /// `write_now` writes what the socket takes without a turn of the task, keeps what it
+    /// does not take for the next `poll_write_out`, and leaves that poll its error.
+    #[tokio::test]
+    async fn write_now_writes_what_the_socket_takes_and_leaves_the_rest() {
+        use tokio::io::AsyncReadExt;
+        let (mut c, mut peer) = pair().await;
+        c.queue(&Frame::new(b'Z', b"I"));
+        c.write_now();
+        assert_eq!(c.pending_output(), 0, "a small answer goes at once");
+        let mut got = [0u8; 6];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"Z\0\0\0\x05I");
+
+        // A peer that reads nothing: the socket takes part, the rest waits its turn.
+        let big = vec![b'x'; 64 << 20];
+        c.queue(&Frame::new(b'd', &big));
+        c.write_now();
+        let left = c.pending_output();
+        assert!(left > 0 && left < big.len() + 5, "{left} bytes left");
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            peer.read_to_end(&mut sink).await.unwrap();
+            sink.len()
+        });
+        c.flush().await.unwrap();
+        drop(c);
+        assert_eq!(reader.await.unwrap(), 6 + big.len() + 5 - 6);
+
+        // An error is not lost: the next poll reports it.
+        let (mut c, peer) = pair().await;
+        drop(peer);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut failed = false;
+        for _ in 0..100 {
+            c.queue(&Frame::new(b'd', &[b'x'; 4096]));
+            c.write_now();
+            let polled = std::future::poll_fn(|cx| Poll::Ready(c.poll_write_out(cx))).await;
+            if matches!(polled, Poll::Ready(Err(_))) {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "writing to a closed peer fails at the next poll");
     }
 
     /// The only test of this binary that uses the process's budget (it sets its limit).

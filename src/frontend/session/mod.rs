@@ -548,13 +548,9 @@ impl Session {
                     if let Flow::Release(now) = flow {
                         // The answer goes out before the connection goes back (PgBouncer
                         // too releases once the client's answer is flushed): the release's
-                        // bookkeeping is not on the client's round trip. A write error
-                        // stays for `poll_event` to report.
-                        poll_fn(|cx| {
-                            let _ = self.c.conn.poll_write_out(cx);
-                            Poll::Ready(())
-                        })
-                        .await;
+                        // bookkeeping is not on the client's round trip. Not an await: the
+                        // session's future keeps nothing more for it.
+                        self.c.conn.write_now();
                         if !self.try_release(now) {
                             Box::pin(self.release(now)).await;
                         }
