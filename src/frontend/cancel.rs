@@ -54,7 +54,23 @@ struct SlotState {
     /// The client asked for a cancel while one of its own was on its way: it is sent once
     /// that one is delivered, to the target then (see [`InFlight`]'s drop).
     again: bool,
+    /// The target is where the client's batched unit runs (`pool::batch`), for this run
+    /// only (`epoch`): a cancel taken now is sent again if the run still goes on a moment
+    /// after it was delivered ([`RESEND_AFTER`]).
+    unit: bool,
+    /// Counts the runs of the client's batched units (each pointing at a server).
+    epoch: u32,
 }
+
+/// A cancel aimed at a batched unit that still runs this long after it was delivered is
+/// sent again: PostgreSQL drops a cancel that lands while the backend reads its next
+/// statement (a batch's statements follow each other at once, and the first one's backend
+/// may not have woken up when the cancel lands on a loaded machine). Only while the key
+/// still points at the same run of the same unit and the client took no cancel since; at
+/// most [`UNIT_RESENDS`] times per cancel. One that lands after the unit ended is a late
+/// cancel like any other (`pool::batch` runs the batch-mate it hit again).
+const RESEND_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+const UNIT_RESENDS: u8 = 2;
 
 impl CancelSlot {
     fn lock(&self) -> MutexGuard<'_, SlotState> {
@@ -81,6 +97,7 @@ impl CancelSlot {
             return Err(t);
         }
         g.target = t;
+        g.unit = false;
         Ok(())
     }
 
@@ -109,10 +126,47 @@ impl CancelSlot {
     /// A cancel to `t` is taken now (under the slot's lock): counted in flight for the
     /// slot and for `t` until the guard is dropped.
     fn taken_locked(self: &Arc<Self>, g: &mut SlotState, t: Arc<CancelTarget>) -> InFlight {
+        let resends = if g.unit { UNIT_RESENDS } else { 0 };
+        self.taken_with(g, t, resends)
+    }
+
+    /// [`CancelSlot::taken_locked`], sent again at most `resends` times while a batched
+    /// unit's run it was aimed at goes on.
+    fn taken_with(
+        self: &Arc<Self>,
+        g: &mut SlotState,
+        t: Arc<CancelTarget>,
+        resends: u8,
+    ) -> InFlight {
         g.in_flight += 1;
         g.taken = g.taken.wrapping_add(1);
         t.sending();
-        InFlight(self.clone(), t)
+        InFlight {
+            slot: self.clone(),
+            target: t,
+            resend: (g.unit && resends > 0).then_some(Resend {
+                left: resends,
+                epoch: g.epoch,
+            }),
+        }
+    }
+
+    /// Send the cancel again (see [`RESEND_AFTER`]) if the key still points at `t` for the
+    /// same run of the client's unit, nothing is on its way and nothing was taken since.
+    fn resend(self: &Arc<Self>, t: &Arc<CancelTarget>, r: Resend, taken: u32) {
+        let in_flight = {
+            let mut g = self.lock();
+            let same = g.unit
+                && g.epoch == r.epoch
+                && g.taken == taken
+                && g.in_flight == 0
+                && g.target.as_ref().is_some_and(|x| Arc::ptr_eq(x, t));
+            if !same || t.unsettled() {
+                return;
+            }
+            self.taken_with(&mut g, t.clone(), r.left - 1)
+        };
+        send_detached(t.clone(), in_flight, "a batched unit's repeated");
     }
 }
 
@@ -182,6 +236,10 @@ impl crate::pool::batch::UnitCancel for CancelSlot {
         let runs = t.is_some();
         g.target = t;
         g.queued = queued;
+        g.unit = runs;
+        if runs {
+            g.epoch = g.epoch.wrapping_add(1);
+        }
         let wanted = g.wanted && runs;
         if !queued {
             g.wanted = false;
@@ -197,48 +255,71 @@ impl crate::pool::batch::UnitCancel for CancelSlot {
     fn cancel_now(self: Arc<Self>) {
         self.cancel_detached();
     }
-    fn cancel_again(self: Arc<Self>, t: &Arc<CancelTarget>, taken: u32) {
-        // Still aimed at `t`, and nothing taken since.
-        self.send_if(
-            |g, x| Arc::ptr_eq(x, t) && g.taken == taken,
-            "a client's queued",
-        );
-    }
 }
 
 /// A cancel on its way to its target: the slot's target stays put until it is dropped
 /// (also when the task sending it is dropped half-way); the target counts it in flight
 /// meanwhile.
-struct InFlight(Arc<CancelSlot>, Arc<CancelTarget>);
+struct InFlight {
+    slot: Arc<CancelSlot>,
+    target: Arc<CancelTarget>,
+    /// Aimed at a batched unit's run: sent again if that run still goes on a moment after
+    /// this one is delivered ([`RESEND_AFTER`]).
+    resend: Option<Resend>,
+}
+
+#[derive(Clone, Copy)]
+struct Resend {
+    /// Times it may still be sent again.
+    left: u8,
+    /// The run of the unit it was aimed at (`SlotState::epoch`).
+    epoch: u32,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let slot = &self.0;
-        let next = {
+        let slot = &self.slot;
+        let rt = tokio::runtime::Handle::try_current().ok();
+        let (next, again) = {
             let mut g = slot.lock();
             g.in_flight -= 1;
             // A cancel the client asked while this one was on its way: sent now, to the
             // target the slot has now, taken before the session can move it.
             let next = if g.in_flight == 0 && std::mem::take(&mut g.again) {
-                match (g.target.clone(), tokio::runtime::Handle::try_current()) {
-                    (Some(t), Ok(rt)) => Some((t.clone(), slot.taken_locked(&mut g, t), rt)),
+                match (g.target.clone(), rt.as_ref()) {
+                    (Some(t), Some(_)) => Some((t.clone(), slot.taken_locked(&mut g, t))),
                     (None, _) => {
                         g.wanted |= g.queued;
                         None
                     }
-                    (Some(_), Err(_)) => None,
+                    (Some(_), None) => None,
                 }
             } else {
                 None
             };
+            // Nothing else asked: a batched unit's run that still goes on later is sent
+            // this cancel again (`RESEND_AFTER`), if nothing was taken by then.
+            let again = match (next.is_none(), self.resend) {
+                (true, Some(r)) if r.left > 0 && !self.target.unsettled() => Some((r, g.taken)),
+                _ => None,
+            };
             // Counted down after the next one is counted up: the target never looks
             // free in between.
-            self.1.delivered();
-            next
+            self.target.delivered();
+            (next, again)
         };
-        if let Some((t, in_flight, rt)) = next {
+        if let Some(rt) = rt {
             let _enter = rt.enter();
-            send_detached(t, in_flight, "a client's second");
+            if let Some((t, in_flight)) = next {
+                send_detached(t, in_flight, "a client's second");
+            }
+            if let Some((r, taken)) = again {
+                let (slot, t) = (slot.clone(), self.target.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(RESEND_AFTER).await;
+                    slot.resend(&t, r, taken);
+                });
+            }
         }
         DELIVERED.notify_waiters();
     }
@@ -553,26 +634,96 @@ mod tests {
         assert_eq!(slot.taken(), 1);
     }
 
-    /// A batch sends a cancel asked while its unit waited once more, later, only if the
-    /// key still points at the same connection and nothing was taken since.
+    /// A cancel aimed at a batched unit is sent again only to the same run of that unit,
+    /// with nothing on its way and nothing taken since.
     #[tokio::test]
-    async fn a_queued_cancel_is_sent_again_only_to_the_same_running_unit() {
+    async fn a_units_cancel_is_sent_again_only_to_the_same_run() {
         use crate::pool::batch::UnitCancel;
         let slot = Arc::new(CancelSlot::default());
         let t = target(6).unwrap();
         slot.point(Some(t.clone()), false);
-        // Taken since: not again.
-        slot.clone().cancel_again(&t, 7);
-        assert_eq!(slot.taken(), 0);
-        // Pointed elsewhere (its unit is over): not again.
-        slot.point(None, false);
-        slot.clone().cancel_again(&t, 0);
-        assert_eq!(slot.taken(), 0);
-        // Still running there, nothing taken since: sent (counted in flight for it).
-        slot.point(Some(t.clone()), false);
-        slot.clone().cancel_again(&t, 0);
+        let (_, g) = slot.take_for_cancel().expect("a target");
+        let r = g.resend.expect("aimed at a unit's run");
+        assert_eq!(r.left, UNIT_RESENDS);
+        // Still on its way: not again.
+        slot.resend(&t, r, 1);
         assert_eq!(slot.taken(), 1);
+        // Delivered (forget the scheduled resend: this test drives it by hand).
+        let mut g = g;
+        g.resend = None;
+        drop(g);
+        // Taken since: not again.
+        slot.resend(&t, r, 0);
+        assert_eq!(slot.taken(), 1);
+        // The unit is over, or its client's next unit runs there: not again.
+        slot.point(None, false);
+        slot.resend(&t, r, 1);
+        slot.point(Some(t.clone()), false);
+        slot.resend(&t, r, 1);
+        assert_eq!(slot.taken(), 1);
+        // The same run, nothing taken since: sent, with one resend fewer left.
+        slot.point(None, false);
+        let slot2 = Arc::new(CancelSlot::default());
+        slot2.point(Some(t.clone()), false);
+        let (_, g) = slot2.take_for_cancel().unwrap();
+        let r = g.resend.unwrap();
+        let mut g = g;
+        g.resend = None;
+        drop(g);
+        slot2.resend(&t, r, 1);
+        assert_eq!(slot2.taken(), 2);
         assert!(t.in_flight() || t.unsettled(), "sent");
+    }
+
+    /// A postmaster that takes cancel requests at once: how many it took.
+    async fn postmaster() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let n = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = n.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut b = [0u8; 16];
+                if s.read_exact(&mut b).await.is_ok() {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        (port, n)
+    }
+
+    /// A cancel that finds its batched unit still running a moment after it was
+    /// delivered is sent again (PostgreSQL dropped it if it landed while the backend read
+    /// the statement), at most `UNIT_RESENDS` times; one aimed at a session's own server
+    /// connection is sent once, as the client asked.
+    #[tokio::test]
+    async fn a_cancel_that_finds_its_unit_still_running_is_sent_again() {
+        use crate::pool::batch::UnitCancel;
+        let (port, seen) = postmaster().await;
+        let t = Arc::new(CancelTarget::new("127.0.0.1".into(), port, 8, 7));
+        let count = || seen.load(std::sync::atomic::Ordering::SeqCst);
+        let reg = Arc::new(CancelRegistry::default());
+        let key = reg.register();
+        key.slot.point(Some(t.clone()), false);
+        reg.cancel(key.pid, key.secret).await;
+        tokio::time::sleep(RESEND_AFTER * 8).await;
+        assert_eq!(
+            count(),
+            1 + u32::from(UNIT_RESENDS),
+            "sent again while it ran"
+        );
+        // The unit ends before the resend is due: nothing more.
+        key.slot.point(Some(t.clone()), false);
+        reg.cancel(key.pid, key.secret).await;
+        key.slot.point(None, false);
+        tokio::time::sleep(RESEND_AFTER * 4).await;
+        assert_eq!(count(), 2 + u32::from(UNIT_RESENDS), "the run was over");
+        // A session's own connection (not a batched unit): once.
+        key.slot.try_set(Some(t.clone())).unwrap();
+        reg.cancel(key.pid, key.secret).await;
+        tokio::time::sleep(RESEND_AFTER * 4).await;
+        assert_eq!(count(), 3 + u32::from(UNIT_RESENDS));
     }
 
     #[test]

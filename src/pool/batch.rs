@@ -43,8 +43,10 @@
 //!   the connection is closed after the batch rather than lent to anyone else.
 //! - Cancels: a client's key points at the connection only while its own unit runs (from
 //!   the ReadyForQuery of the unit before it to its own), and a cancel sent while its unit
-//!   waited in the batch is sent when it starts (and once more after [`WANTED_AGAIN`] if
-//!   the key still points here and took nothing since). A cancel can still land after
+//!   waited in the batch is sent when it starts. PostgreSQL drops a cancel that lands while
+//!   the backend reads its next statement, so a cancel aimed at a running unit is sent
+//!   again by the key (`frontend::cancel`'s `RESEND_AFTER`) if the same run still goes
+//!   on a moment after it was delivered and its client took none since. A cancel can still land after
 //!   the unit it was meant for ended, on the next one (PostgreSQL reads the next
 //!   statement from its buffer at once): so each unit's answer is held until its
 //!   ReadyForQuery (up to
@@ -97,13 +99,6 @@ const HOLD_MAX: usize = 64 * 1024;
 /// own client did not, is taken for that mate's cancel whatever the server's language.
 const STRAY_CANCEL_WINDOW: Duration = Duration::from_millis(500);
 
-/// A cancel its client asked while its unit waited in the batch is sent when the unit
-/// starts, i.e. when the answer before it ended: PostgreSQL drops a cancel that lands
-/// before the backend has read the statement (idle between two of the batch, on a
-/// loaded machine). If the unit still runs this much later, the cancel is sent once
-/// more.
-const WANTED_AGAIN: Duration = Duration::from_millis(100);
-
 /// How many times a statement hit by other clients' cancels is run again before its
 /// client is given the cancel (each time takes another client's late cancel).
 const RUNS_AGAIN_MAX: u8 = 3;
@@ -116,11 +111,11 @@ pub trait UnitCancel: Send + Sync {
     fn point(&self, t: Option<Arc<CancelTarget>>, queued: bool) -> Pointed;
     /// Cancels taken from the key so far (whose was a `57014`).
     fn taken(&self) -> u32;
-    /// Send a cancel to the current target from a task of its own.
+    /// Send a cancel to the current target from a task of its own. Like every cancel
+    /// taken while the key points at a running unit, it is sent again a moment after it
+    /// was delivered if that same run still goes on and nothing was taken since
+    /// (PostgreSQL drops a cancel that lands while the backend reads the statement).
     fn cancel_now(self: Arc<Self>);
-    /// Send a cancel to `t` from a task of its own only if the key still points there
-    /// and no cancel was taken since the count was `taken` (none on its way either).
-    fn cancel_again(self: Arc<Self>, t: &Arc<CancelTarget>, taken: u32);
 }
 
 /// What [`UnitCancel::point`] found, read under the same lock as the move: cancels are
@@ -744,19 +739,8 @@ fn start(pool: &Pool, r: &mut Running, clients: &mut Clients, conn: &ServerConn,
     r.taken_at_start = p.taken;
     clients[r.client].runs(p);
     if p.wanted {
+        // Sent again by the key if this run still goes on a moment after it landed.
         r.ticket.cancel.clone().cancel_now();
-        // Once more if it still runs later (`WANTED_AGAIN`): a cancel then is aimed at
-        // this unit as the first was (its key still points here), and one that lands
-        // after it ended is a late cancel like any other (the next unit runs again).
-        let (c, t, n) = (
-            r.ticket.cancel.clone(),
-            conn.cancel.clone(),
-            r.ticket.cancel.taken(),
-        );
-        tokio::spawn(async move {
-            tokio::time::sleep(WANTED_AGAIN).await;
-            c.cancel_again(&t, n);
-        });
     }
     if r.run_again == 0 {
         // SHOW STATS: each unit is an assignment that waited until it started.
@@ -806,7 +790,6 @@ mod tests {
         fn cancel_now(self: Arc<Self>) {
             self.ask();
         }
-        fn cancel_again(self: Arc<Self>, _t: &Arc<CancelTarget>, _taken: u32) {}
     }
 
     fn target(pid: i32) -> Arc<CancelTarget> {
