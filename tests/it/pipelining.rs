@@ -159,7 +159,8 @@ async fn a_saturated_pool_batches_and_every_client_gets_its_own_answers() {
     let admin = pg.admin_client().await;
     let backends: i64 = admin
         .query_one(
-            "select count(*) from pg_stat_activity where usename = 'app'",
+            "select count(*) from pg_stat_activity where usename = 'app' \
+             and backend_type = 'client backend' and application_name not like 'pgtenant %'",
             &[],
         )
         .await

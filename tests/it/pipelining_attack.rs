@@ -562,7 +562,8 @@ async fn the_console_in_the_middle_of_a_batch() {
         .await
         .query_one(
             "select count(*) from pg_stat_activity where usename = 'app' \
-             and backend_type = 'client backend' and state <> 'idle'",
+             and backend_type = 'client backend' and state <> 'idle' \
+             and application_name not like 'pgtenant %'",
             &[],
         )
         .await
