@@ -877,3 +877,49 @@ fn idle_transaction_timeout_covers_a_batch_without_sync() {
     let answer = next.exchange(&[wire::query("select 'next'")]);
     assert!(wire::tags(&answer).contains('D'), "{answer:?}");
 }
+
+/// Once a client has its answer, its server connection is back in the pool: clients
+/// that take turns (one application thread using two connections) share one server
+/// connection, however the pooler's threads are scheduled, and the admin console shows
+/// it idle between their statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_back_in_the_pool_when_its_client_has_the_answer() {
+    let pg = PgServer::start();
+    let (p, _dir) = start_toml(&pg, "admin_users = [\"app\"]\n", &["--pool-size", "4"]);
+    let a = app_client(&p).await;
+    let b = app_client(&p).await;
+    let admin = connect(&p.url("app", "secret", "pgtenant")).await;
+    let first = backend_pid(&a).await;
+    for i in 0..300 {
+        for (who, c) in [("A", &a), ("B", &b)] {
+            let pid = backend_pid(c).await;
+            assert_eq!(
+                pid, first,
+                "turn {i}: {who} found no idle connection and took another"
+            );
+        }
+        if i % 50 == 0 {
+            let rows = admin.simple_query("SHOW POOLS").await.unwrap();
+            let row = rows
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r)
+                        if r.get("database") == Some("app") =>
+                    {
+                        Some((
+                            r.get("cl_waiting").unwrap().to_string(),
+                            r.get("sv_active").unwrap().to_string(),
+                            r.get("sv_idle").unwrap().to_string(),
+                        ))
+                    }
+                    _ => None,
+                })
+                .expect("the app pool in SHOW POOLS");
+            assert_eq!(
+                row,
+                ("0".into(), "0".into(), "1".into()),
+                "turn {i}: cl_waiting, sv_active, sv_idle"
+            );
+        }
+    }
+}

@@ -4,7 +4,9 @@
 //!
 //! In transaction and statement mode a server connection is taken from the pool when the
 //! client sends the first message of a transaction and goes back when ReadyForQuery says
-//! idle and nothing the client sent is still unanswered (see [`super::pipeline`]). In
+//! idle and nothing the client sent is still unanswered (see [`super::pipeline`]), before
+//! that ReadyForQuery is written to the client: a client that has its answer finds its
+//! connection (and the client's state in the admin console) back in the pool. In
 //! session mode the client took it at login (its key is that server's, see `login`) and
 //! it stays until the client leaves: it never goes on with another backend behind the pid
 //! it was told. A server connection that breaks under its client ends that client, the
@@ -522,6 +524,9 @@ impl Session {
     async fn run(&mut self) -> Result<Ended, FrontendError> {
         loop {
             let ev = poll_fn(|cx| self.poll_event(cx)).await;
+            // A transaction ended: its answer is written as soon as the connection is
+            // back and the client's state published, not at the next poll.
+            let mut answer_now = false;
             tracing::trace!(event = ev.name(), "session event");
             let flow = match ev {
                 Event::Park if self.parkable() => return Ok(Ended::Park),
@@ -546,14 +551,14 @@ impl Session {
                         flow = self.on_server_input();
                     }
                     if let Flow::Release(now) = flow {
-                        // The answer goes out before the connection goes back (PgBouncer
-                        // too releases once the client's answer is flushed): the release's
-                        // bookkeeping is not on the client's round trip. Not an await: the
-                        // session's future keeps nothing more for it.
-                        self.c.conn.write_now();
+                        // The connection goes back before the answer goes out: once a
+                        // client has its ReadyForQuery, its connection is in the pool (the
+                        // next transaction of any client finds it idle) and SHOW CLIENTS
+                        // no longer counts it active, as with PgBouncer's one thread.
                         if !self.try_release(now) {
                             Box::pin(self.release(now)).await;
                         }
+                        answer_now = true;
                         flow = Flow::Continue;
                     }
                     match flow {
@@ -592,6 +597,10 @@ impl Session {
             let link = self.attached.as_ref().map_or(0, |a| a.server.id);
             let prepared = self.view.t().statements.len();
             self.c.state().console.publish(link, prepared);
+            if answer_now {
+                // Not an await: the session's future keeps nothing more for it.
+                self.c.conn.write_now();
+            }
             if let Flow::Quit = flow {
                 return Ok(Ended::Closed);
             }
