@@ -60,6 +60,9 @@ struct SlotState {
     unit: bool,
     /// Counts the runs of the client's batched units (each pointing at a server).
     epoch: u32,
+    /// A resend is scheduled ([`RESEND_AFTER`]): at most one per slot, however many
+    /// cancels the client asks meanwhile.
+    resend_due: bool,
 }
 
 /// A cancel aimed at a batched unit that still runs this long after it was delivered is
@@ -126,12 +129,11 @@ impl CancelSlot {
     /// A cancel to `t` is taken now (under the slot's lock): counted in flight for the
     /// slot and for `t` until the guard is dropped.
     fn taken_locked(self: &Arc<Self>, g: &mut SlotState, t: Arc<CancelTarget>) -> InFlight {
-        let resends = if g.unit { UNIT_RESENDS } else { 0 };
-        self.taken_with(g, t, resends)
+        self.taken_with(g, t, UNIT_RESENDS)
     }
 
     /// [`CancelSlot::taken_locked`], sent again at most `resends` times while a batched
-    /// unit's run it was aimed at goes on.
+    /// unit's run it was aimed at goes on (never when the target is not a unit's).
     fn taken_with(
         self: &Arc<Self>,
         g: &mut SlotState,
@@ -156,6 +158,7 @@ impl CancelSlot {
     fn resend(self: &Arc<Self>, t: &Arc<CancelTarget>, r: Resend, taken: u32) {
         let in_flight = {
             let mut g = self.lock();
+            g.resend_due = false;
             let same = g.unit
                 && g.epoch == r.epoch
                 && g.taken == taken
@@ -298,9 +301,13 @@ impl Drop for InFlight {
                 None
             };
             // Nothing else asked: a batched unit's run that still goes on later is sent
-            // this cancel again (`RESEND_AFTER`), if nothing was taken by then.
-            let again = match (next.is_none(), self.resend) {
-                (true, Some(r)) if r.left > 0 && !self.target.unsettled() => Some((r, g.taken)),
+            // this cancel again (`RESEND_AFTER`), if nothing was taken by then. One timer
+            // per slot at a time: a client firing cancels cannot pile them up.
+            let again = match (next.is_none(), self.resend, rt.is_some()) {
+                (true, Some(r), true) if r.left > 0 && !g.resend_due => {
+                    g.resend_due = true;
+                    Some((r, g.taken))
+                }
                 _ => None,
             };
             // Counted down after the next one is counted up: the target never looks
@@ -634,6 +641,12 @@ mod tests {
         assert_eq!(slot.taken(), 1);
     }
 
+    /// The cancel of `g` is delivered, with no resend scheduled (the test drives it).
+    fn delivered_unscheduled(mut g: InFlight) {
+        g.resend = None;
+        drop(g);
+    }
+
     /// A cancel aimed at a batched unit is sent again only to the same run of that unit,
     /// with nothing on its way and nothing taken since.
     #[tokio::test]
@@ -648,10 +661,7 @@ mod tests {
         // Still on its way: not again.
         slot.resend(&t, r, 1);
         assert_eq!(slot.taken(), 1);
-        // Delivered (forget the scheduled resend: this test drives it by hand).
-        let mut g = g;
-        g.resend = None;
-        drop(g);
+        delivered_unscheduled(g);
         // Taken since: not again.
         slot.resend(&t, r, 0);
         assert_eq!(slot.taken(), 1);
@@ -667,12 +677,30 @@ mod tests {
         slot2.point(Some(t.clone()), false);
         let (_, g) = slot2.take_for_cancel().unwrap();
         let r = g.resend.unwrap();
-        let mut g = g;
-        g.resend = None;
-        drop(g);
+        delivered_unscheduled(g);
         slot2.resend(&t, r, 1);
         assert_eq!(slot2.taken(), 2);
         assert!(t.in_flight() || t.unsettled(), "sent");
+    }
+
+    /// However many cancels a client fires at its batched unit, one resend at a time
+    /// waits for its turn: the timers cannot pile up.
+    #[tokio::test]
+    async fn cancels_fired_at_a_unit_keep_one_resend_timer() {
+        use crate::pool::batch::UnitCancel;
+        let slot = Arc::new(CancelSlot::default());
+        slot.point(target(7), false);
+        let before = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        for _ in 0..50 {
+            let (_, g) = slot.take_for_cancel().expect("a target");
+            drop(g);
+        }
+        let after = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        assert_eq!(after, before + 1, "one resend timer for 50 cancels");
     }
 
     /// A postmaster that takes cancel requests at once: how many it took.

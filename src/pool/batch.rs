@@ -46,14 +46,14 @@
 //!   waited in the batch is sent when it starts. PostgreSQL drops a cancel that lands while
 //!   the backend reads its next statement, so a cancel aimed at a running unit is sent
 //!   again by the key (`frontend::cancel`'s `RESEND_AFTER`) if the same run still goes
-//!   on a moment after it was delivered and its client took none since. A cancel can still land after
-//!   the unit it was meant for ended, on the next one (PostgreSQL reads the next
-//!   statement from its buffer at once): so each unit's answer is held until its
-//!   ReadyForQuery (up to
-//!   [`HOLD_MAX`]; a larger one goes out as it comes), and a unit that failed with `57014
-//!   … due to user request` although its own client sent no cancel, when another client
-//!   of the batch aimed one at this connection (took it from its key while its own unit
-//!   ran here: a cancel it sends elsewhere afterwards does not count), is run again,
+//!   on a moment after it was delivered and its client took none since. A cancel can
+//!   still land after the unit it was meant for ended, on the next one (PostgreSQL reads
+//!   the next statement from its buffer at once): so each unit's answer is held until
+//!   its ReadyForQuery (up to [`HOLD_MAX`]; a larger one goes out as it comes), and a
+//!   unit that failed with `57014 … due to user request` although its own client sent no
+//!   cancel, when another client of the batch aimed one at this connection (took it from
+//!   its key while its own unit ran here: a cancel it sends elsewhere afterwards does not
+//!   count), is run again,
 //!   unseen (its implicit transaction was rolled back), up to [`RUNS_AGAIN_MAX`] times, at
 //!   the end of the batch; or, when a unit that may wait is still to come (nothing goes
 //!   behind it), its client takes it again like a unit that never ran (`End::NotRun`). A
