@@ -562,23 +562,8 @@ mod tests {
     /// target (the session cannot move it meanwhile); the target counts both in flight.
     #[tokio::test]
     async fn a_cancel_asked_while_one_is_on_its_way_is_sent_after() {
-        use tokio::io::AsyncReadExt;
-        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = server.local_addr().unwrap().port();
         // A postmaster that takes 300 ms over each request, and tells when one came.
-        let (came, mut heard) = tokio::sync::mpsc::unbounded_channel();
-        let postmaster = tokio::spawn(async move {
-            loop {
-                let (mut s, _) = server.accept().await.unwrap();
-                let came = came.clone();
-                tokio::spawn(async move {
-                    let mut req = [0u8; 16];
-                    let _ = s.read_exact(&mut req).await;
-                    let _ = came.send((std::time::Instant::now(), req));
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                });
-            }
-        });
+        let (port, mut heard, postmaster) = postmaster(Duration::from_millis(300)).await;
         let reg = Arc::new(CancelRegistry::default());
         let key = reg.register();
         let t = Arc::new(CancelTarget::new("127.0.0.1".into(), port, 9, 7));
@@ -703,22 +688,28 @@ mod tests {
         assert_eq!(after, before + 1, "one resend timer for 50 cancels");
     }
 
-    /// A postmaster that takes cancel requests at once: how many it took.
-    async fn postmaster() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
+    type Heard = tokio::sync::mpsc::UnboundedReceiver<(std::time::Instant, [u8; 16])>;
+
+    /// A postmaster on a free port that reads each cancel request, tells when it came and
+    /// what it said, and closes the socket `hold` later (the request then counts as
+    /// delivered).
+    async fn postmaster(hold: Duration) -> (u16, Heard, tokio::task::JoinHandle<()>) {
         use tokio::io::AsyncReadExt;
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let n = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let seen = n.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let mut b = [0u8; 16];
-                if s.read_exact(&mut b).await.is_ok() {
-                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        let (came, heard) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = server.accept().await {
+                let came = came.clone();
+                tokio::spawn(async move {
+                    let mut req = [0u8; 16];
+                    let _ = s.read_exact(&mut req).await;
+                    let _ = came.send((std::time::Instant::now(), req));
+                    tokio::time::sleep(hold).await;
+                });
             }
         });
-        (port, n)
+        (port, heard, task)
     }
 
     /// A cancel that finds its batched unit still running a moment after it was
@@ -728,9 +719,15 @@ mod tests {
     #[tokio::test]
     async fn a_cancel_that_finds_its_unit_still_running_is_sent_again() {
         use crate::pool::batch::UnitCancel;
-        let (port, seen) = postmaster().await;
+        let (port, mut heard, _postmaster) = postmaster(Duration::ZERO).await;
         let t = Arc::new(CancelTarget::new("127.0.0.1".into(), port, 8, 7));
-        let count = || seen.load(std::sync::atomic::Ordering::SeqCst);
+        let mut seen = 0u32;
+        let mut count = || {
+            while heard.try_recv().is_ok() {
+                seen += 1;
+            }
+            seen
+        };
         let reg = Arc::new(CancelRegistry::default());
         let key = reg.register();
         key.slot.point(Some(t.clone()), false);
