@@ -183,6 +183,8 @@ impl Pool {
                             tx,
                             since: started,
                             unit: unit.clone(),
+                            home: crate::net::uring::this_ring(),
+                            passed: 0,
                         },
                         tenant.as_ref().map(|(t, max)| (t, *max)),
                     );

@@ -176,6 +176,10 @@ struct Waiter {
     since: Instant,
     /// Its statement, when it may go in a batch (`batch`).
     unit: Option<Arc<batch::Ticket>>,
+    /// io_uring: the ring of the thread its task runs on (`queue::Queue::bring_forward`).
+    home: Option<u32>,
+    /// Times a later waiter was served first.
+    passed: u8,
 }
 
 impl queue::Waits for Waiter {
@@ -185,7 +189,14 @@ impl queue::Waits for Waiter {
     fn waited(&self) -> Duration {
         self.since.elapsed()
     }
+    fn passed(&mut self) -> &mut u8 {
+        &mut self.passed
+    }
 }
+
+/// io_uring: how many turns at the front of the queue are looked at for a waiter of the
+/// releasing thread (`queue::Queue::bring_forward`).
+const SAME_THREAD_WAITERS: usize = 4;
 
 impl Waiter {
     // The connection is handed back on failure, as oneshot::Sender::send does.
@@ -423,7 +434,20 @@ impl Pool {
     /// Hand a clean connection to the waiter whose turn it is (counted for its tenant);
     /// the connection back when nobody takes it.
     fn hand_to_waiter(&self, g: &mut Inner, mut c: Box<ServerConn>) -> Option<Box<ServerConn>> {
-        while let Some(p) = g.queue.has_turns().then(|| g.queue.pop()).flatten() {
+        // io_uring: a waiter whose task runs on this thread, if one is near the front,
+        // takes the connection without a wake-up of another thread. Not with server
+        // pipelining: a batch takes its waiters in turn order (`batch` rules).
+        let here =
+            crate::net::uring::this_ring().filter(|_| !self.settings.load().server_pipelining);
+        loop {
+            if !g.queue.has_turns() {
+                break;
+            }
+            if here.is_some() {
+                g.queue
+                    .bring_forward(SAME_THREAD_WAITERS, |w: &Waiter| w.home == here);
+            }
+            let Some(p) = g.queue.pop() else { break };
             if p.counted.is_none() {
                 match self.try_batch(g, c, p.waiter) {
                     Ok(()) => return None,

@@ -17,6 +17,12 @@
 //!   with a limit; whoever is handed one records the tenant on the connection
 //!   (`ServerConn::lent_to`) so that release and close give it back exactly once.
 //!   Tenants without a limit are not counted (nothing to enforce).
+//! - Near the front, a turn of its own whose task runs on the releasing thread may go
+//!   before up to `window - 1` turns of their own ahead of it (`bring_forward`), so the
+//!   connection is handed over without waking another thread; each turn is passed at most
+//!   [`MAX_PASSED`] times, so no one waits more than that many extra hand-overs.
+//!   Tenants' turns are never passed nor moved. The pool does not use it with server
+//!   pipelining (a batch takes waiters in turn order).
 //! - Memory: a tenant's entry exists only while it has connections counted or waiters;
 //!   waiters that gave up are dropped as they are met, and a tenant's queue is swept
 //!   of them when it grows (amortised), so a parked tenant cannot pile up dead entries.
@@ -30,7 +36,12 @@ pub(super) trait Waits {
     fn is_closed(&self) -> bool;
     /// How long it has waited.
     fn waited(&self) -> Duration;
+    /// Times a later turn was served before it (`bring_forward`).
+    fn passed(&mut self) -> &mut u8;
 }
+
+/// A turn is passed by later ones at most this many times.
+pub(super) const MAX_PASSED: u8 = 2;
 
 enum Turn<W> {
     Tenant(Arc<str>),
@@ -238,6 +249,40 @@ impl<W: Waits> Queue<W> {
         }
     }
 
+    /// Move the first turn of its own within the first `window` turns that `here`
+    /// accepts to the front, when every turn it passes is a turn of its own that was
+    /// passed fewer than [`MAX_PASSED`] times (those are counted as passed once more).
+    /// Closed turns at the front are dropped; nothing moves past a tenant's turn.
+    pub fn bring_forward(&mut self, window: usize, here: impl Fn(&W) -> bool) {
+        while let Some(Turn::One(w)) = self.ring.front() {
+            if !w.is_closed() {
+                break;
+            }
+            self.ring.pop_front();
+        }
+        let mut found = None;
+        for (i, t) in self.ring.iter_mut().take(window).enumerate() {
+            let Turn::One(w) = t else { return };
+            if !w.is_closed() && here(w) {
+                found = Some(i);
+                break;
+            }
+            if *w.passed() >= MAX_PASSED {
+                return;
+            }
+        }
+        let Some(i) = found.filter(|&i| i > 0) else {
+            return;
+        };
+        for t in self.ring.iter_mut().take(i) {
+            if let Turn::One(w) = t {
+                *w.passed() += 1;
+            }
+        }
+        let t = self.ring.remove(i).expect("within the ring");
+        self.ring.push_front(t);
+    }
+
     /// Put a waiter of no tenant back at the front (taken by [`Queue::pop_one_if`] for a
     /// batch that did not form).
     pub fn push_front_one(&mut self, w: W) {
@@ -286,7 +331,7 @@ mod tests {
 
     /// A waiter for tests: a name, and a flag the test flips to make it give up.
     #[derive(Clone)]
-    struct W(&'static str, Rc<Cell<bool>>);
+    struct W(&'static str, Rc<Cell<bool>>, u8);
     impl Waits for W {
         fn is_closed(&self) -> bool {
             self.1.get()
@@ -294,9 +339,12 @@ mod tests {
         fn waited(&self) -> Duration {
             Duration::ZERO
         }
+        fn passed(&mut self) -> &mut u8 {
+            &mut self.2
+        }
     }
     fn w(name: &'static str) -> W {
-        W(name, Rc::new(Cell::new(false)))
+        W(name, Rc::new(Cell::new(false)), 0)
     }
     fn names(q: &mut Queue<W>, n: usize) -> Vec<&'static str> {
         (0..n).filter_map(|_| q.pop().map(|p| p.waiter.0)).collect()
@@ -310,6 +358,47 @@ mod tests {
         }
         assert_eq!(names(&mut q, 4), ["a", "b", "c"]);
         assert!(!q.has_turns());
+    }
+
+    #[test]
+    fn a_waiter_of_this_thread_near_the_front_goes_first_a_bounded_number_of_times() {
+        let mut q = Queue::default();
+        // Names ending in "h" run on the releasing thread.
+        let here = |w: &W| w.0.ends_with('h');
+        for n in ["a", "b", "ch", "d", "eh", "fh"] {
+            q.push(w(n), None);
+        }
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            q.bring_forward(4, here);
+            order.push(q.pop().unwrap().waiter.0);
+        }
+        // "ch" passes a and b; "eh" passes them again (their second pass) and d;
+        // "fh" would pass a third time: a goes, then b; then fh passes d (its second).
+        assert_eq!(order, ["ch", "eh", "a", "b", "fh", "d"]);
+
+        // Beyond the window nothing moves; nothing passes a tenant's turn.
+        let mut q = Queue::default();
+        for n in ["a", "b", "c", "d", "eh"] {
+            q.push(w(n), None);
+        }
+        q.bring_forward(4, here);
+        assert_eq!(q.pop().unwrap().waiter.0, "a");
+        let mut q = Queue::default();
+        let t: Arc<str> = "42".into();
+        q.push(w("a"), None);
+        q.push(w("t"), Some((&t, 0)));
+        q.push(w("bh"), None);
+        q.bring_forward(4, here);
+        assert_eq!(names(&mut q, 3), ["a", "t", "bh"]);
+        // A closed one at the front is dropped, not passed.
+        let mut q = Queue::default();
+        let gone = w("gone");
+        gone.1.set(true);
+        q.push(gone, None);
+        q.push(w("bh"), None);
+        q.bring_forward(4, here);
+        assert_eq!(names(&mut q, 2), ["bh"]);
     }
 
     #[test]
@@ -370,7 +459,7 @@ mod tests {
         q.lend(&t, 1);
         let gone = Rc::new(Cell::new(false));
         for _ in 0..10_000 {
-            let x = W("dead", gone.clone());
+            let x = W("dead", gone.clone(), 0);
             q.push(x, Some((&t, 1)));
             gone.set(true);
         }
