@@ -70,6 +70,8 @@ pub struct Context {
     pub tenant_limits: crate::limits::TenantLimits,
     /// Startup settings, one copy per distinct set (clients of one app share it).
     pub startup_params: crate::frontend::params::SharedParams,
+    /// Startup settings a server accepted, as it spells them (`frontend::startup_check`).
+    pub startup_checks: crate::frontend::startup_check::StartupChecks,
 }
 
 impl Context {

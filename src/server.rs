@@ -189,6 +189,7 @@ pub fn build_context(
         tenants: Default::default(),
         activity: Default::default(),
         startup_params: Default::default(),
+        startup_checks: Default::default(),
         tenant_limits: Default::default(),
         bluegreen: Default::default(),
     }))

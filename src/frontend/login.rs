@@ -580,7 +580,22 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
     let mut cluster = home.cluster;
     let mut blue = home.blue;
 
-    let startup = super::params::from_startup(&rest);
+    let mut startup = super::params::from_startup(&rest);
+    // Checked and spelled as a direct connection would (`startup_check`); not while the
+    // database is paused (PAUSE waits for every server connection to come back).
+    if !ctx.admin.pause.is_paused(&pool.key.database) {
+        if let Err(e) = ctx.startup_checks.check(&pool, &mut startup).await {
+            let f = match e {
+                super::startup_check::Refused::Setting { code, message } => {
+                    tracing::info!(user = %Escaped(&user), code = %code, message = %Escaped(&message), "client refused: a startup setting the server refuses");
+                    build::fatal(&code, &message)
+                }
+                super::startup_check::Refused::Pool(e) => pool_error_frame(&e),
+            };
+            conn.send(&f).await?;
+            return Ok(None);
+        }
+    }
     // Session mode: the client's own server connection, taken now.
     let own = match settings.pool_mode_of(&pool.key.database, &pool.key.user) {
         PoolMode::Session => match session_server(&pool, ctx).await {

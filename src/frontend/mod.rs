@@ -17,6 +17,7 @@ pub mod prepared;
 pub mod routing;
 mod session;
 pub mod setting_names;
+pub mod startup_check;
 pub mod target;
 
 use std::sync::atomic::Ordering;

@@ -62,4 +62,7 @@ pub mod sqlstate {
     pub const INVALID_CATALOG_NAME: &str = "3D000";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
 }

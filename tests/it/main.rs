@@ -51,6 +51,7 @@ mod scale;
 mod server_lost;
 mod session_drop;
 mod session_state;
+mod startup_settings;
 mod tenant_activity;
 mod tenant_limits;
 mod tenant_limits_attack;

@@ -1,0 +1,241 @@
+//! The startup packet's settings, checked and spelled as PostgreSQL checks and spells
+//! them at connect. pgtenant answers a login itself (no server takes the startup packet),
+//! yet a direct connection refuses `options=-c timezone=foo` with FATAL 22023 and reports
+//! `datestyle=iso` as `ISO, MDY` (drivers read it: psycopg refuses to load dates under a
+//! DateStyle that does not start with `ISO`).
+//!
+//! Rules:
+//! - After authentication, before AuthenticationOk. Every startup setting is checked but
+//!   `client_encoding` (checked and spelled by pgtenant itself), `application_name`
+//!   (any text; clients vary it per process) and custom names with a dot (a check would
+//!   leave the placeholder defined on the server connection).
+//! - A (name, value) pair not in the cache is tried on a server connection of the
+//!   client's pool, all of the packet's new pairs in one Query that is its own implicit
+//!   transaction: `SET LOCAL name TO DEFAULT` (so that another client's settings on that
+//!   connection do not shape the answer: DateStyle keeps the order it had) then one
+//!   `SELECT pg_catalog.set_config(name, value, true), …`. Nothing stays on the
+//!   connection; it goes back to the pool.
+//! - The check runs as the pool's role with no other client's timeout or role in force
+//!   (`SET LOCAL … TO DEFAULT` of those first).
+//! - A value the server refuses as invalid (22023), a name it does not know (42704), a
+//!   setting this role may not set (42501) or one that cannot change after connect
+//!   (55P02, which pgtenant's replay could never apply: every statement of the client
+//!   would fail) refuses the login with the server's own message as FATAL, as
+//!   PostgreSQL refuses the first three at connect. Other refusals try each pair alone,
+//!   so that such a setting beside them is still found; those keep their spelling and
+//!   are replayed (and refused, logged) as before.
+//! - Each accepted value is replaced by what the server shows for it: what the client is
+//!   told in ParameterStatus, and what pgtenant replays on server connections.
+//! - The cache holds at most [`CACHE_MAX`] pairs of at most [`CACHE_VALUE_MAX`] bytes,
+//!   accepted ones only: a client that sends ever new values pays its own round trip each
+//!   time and grows nothing. No server connection to be had refuses the login with the
+//!   pool's error, as the first statement would have been refused.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::params::{ident, literal, ParamMap};
+use crate::backend::BackendError;
+use crate::pool::{Pool, PoolError};
+use crate::protocol::sqlstate;
+
+/// Pairs kept at most.
+pub const CACHE_MAX: usize = 4096;
+/// Longer values are checked every time, not kept.
+pub const CACHE_VALUE_MAX: usize = 256;
+
+/// Accepted (name, value) pairs and the server's spelling of the value.
+#[derive(Default)]
+pub struct StartupChecks {
+    seen: Mutex<HashMap<(String, String), Arc<str>>>,
+}
+
+/// Why a login cannot go on.
+#[derive(Debug)]
+pub enum Refused {
+    /// The server refused a setting (its SQLSTATE and message, sent as FATAL).
+    Setting { code: String, message: String },
+    /// No server connection could be had.
+    Pool(PoolError),
+}
+
+/// Is `name` checked at login?
+fn checked(name: &str) -> bool {
+    !matches!(name, "client_encoding" | "application_name") && !name.contains('.')
+}
+
+/// Does this refusal mean the setting cannot be had (the rules above)?
+fn wrong_setting(code: &str) -> bool {
+    [
+        sqlstate::INVALID_PARAMETER_VALUE,
+        sqlstate::UNDEFINED_OBJECT,
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+        sqlstate::CANT_CHANGE_RUNTIME_PARAM,
+    ]
+    .contains(&code)
+}
+
+/// Run first: no other client's role or timeout shapes the check.
+const NEUTRAL: &str = "SET LOCAL SESSION AUTHORIZATION DEFAULT; SET LOCAL ROLE NONE; \
+                       SET LOCAL statement_timeout = 0; ";
+
+/// The Query that tries `pairs`: one row, the server's spelling of each value in order.
+fn try_query(pairs: &[(&str, &str)]) -> String {
+    let mut q = String::from(NEUTRAL);
+    for (name, _) in pairs {
+        q.push_str(&format!("SET LOCAL {} TO DEFAULT; ", ident(name)));
+    }
+    q.push_str("SELECT ");
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            q.push_str(", ");
+        }
+        q.push_str(&format!(
+            "pg_catalog.set_config({}, {}, true)",
+            literal(name),
+            literal(value)
+        ));
+    }
+    q
+}
+
+impl StartupChecks {
+    fn cached(&self, name: &str, value: &str) -> Option<Arc<str>> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&(name.to_owned(), value.to_owned())).cloned()
+    }
+
+    fn remember(&self, name: &str, value: &str, shown: &Arc<str>) {
+        if value.len() > CACHE_VALUE_MAX || shown.len() > CACHE_VALUE_MAX {
+            return;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() < CACHE_MAX {
+            seen.insert((name.to_owned(), value.to_owned()), shown.clone());
+        }
+    }
+
+    /// Pairs kept now (tests: the bound holds).
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Is nothing kept?
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Check `startup` (the rules above) and put the server's spelling of each accepted
+    /// value in it.
+    pub async fn check(&self, pool: &Arc<Pool>, startup: &mut ParamMap) -> Result<(), Refused> {
+        let mut new: Vec<(String, String)> = Vec::new();
+        for (name, value) in startup.iter_mut() {
+            if !checked(name) {
+                continue;
+            }
+            match self.cached(name, value) {
+                Some(shown) => *value = shown.to_string(),
+                None => new.push((name.clone(), value.clone())),
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut server = Box::pin(pool.acquire(None)).await.map_err(Refused::Pool)?;
+        let pairs: Vec<(&str, &str)> = new.iter().map(|(n, v)| (&**n, &**v)).collect();
+        let mut found = Vec::with_capacity(pairs.len());
+        let result = match server.query_rows(&try_query(&pairs)).await {
+            Ok(rows) => {
+                found.extend(pairs.iter().zip(first_row(rows)).map(|(p, v)| (*p, v)));
+                Ok(())
+            }
+            Err(BackendError::Server(e)) if wrong_setting(&e.code) => Err(Refused::Setting {
+                code: e.code,
+                message: e.message,
+            }),
+            Err(BackendError::Server(_)) => {
+                // Something else refused (a setting that cannot change now): each alone.
+                let mut r = Ok(());
+                for p in &pairs {
+                    match server.query_rows(&try_query(&[*p])).await {
+                        Ok(rows) => found.extend(first_row(rows).map(|v| (*p, v))),
+                        Err(BackendError::Server(e)) if wrong_setting(&e.code) => {
+                            r = Err(Refused::Setting {
+                                code: e.code,
+                                message: e.message,
+                            });
+                            break;
+                        }
+                        Err(BackendError::Server(_)) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "startup settings not checked: the server connection failed");
+                            break;
+                        }
+                    }
+                }
+                r
+            }
+            Err(e) => {
+                // The connection broke: the login goes on unchecked (as before the check).
+                tracing::debug!(error = %e, "startup settings not checked: the server connection failed");
+                Ok(())
+            }
+        };
+        let clean = server.tx_status == b'I' && server.conn.buffered_input() == 0;
+        pool.release(server, clean);
+        for ((name, value), shown) in found {
+            let shown: Arc<str> = shown.into();
+            self.remember(name, value, &shown);
+            if let Some(v) = startup.get_mut(name) {
+                *v = shown.to_string();
+            }
+        }
+        result
+    }
+}
+
+/// The values of the first row (NULLs and missing rows give nothing).
+fn first_row(rows: Vec<Vec<Option<String>>>) -> impl Iterator<Item = String> {
+    rows.into_iter()
+        .next()
+        .into_iter()
+        .flatten()
+        .map(|v| v.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_resets_then_sets_locally_with_quoted_names_and_values() {
+        assert_eq!(
+            try_query(&[("datestyle", "iso"), ("time\"zone", "it's")]),
+            "SET LOCAL SESSION AUTHORIZATION DEFAULT; SET LOCAL ROLE NONE; \
+             SET LOCAL statement_timeout = 0; SET LOCAL \"datestyle\" TO DEFAULT; SET LOCAL \"time\"\"zone\" TO DEFAULT; \
+             SELECT pg_catalog.set_config('datestyle', 'iso', true), \
+             pg_catalog.set_config('time\"zone', 'it''s', true)"
+        );
+        assert!(try_query(&[("a", "b\\c")]).contains("E'b\\\\c'"));
+    }
+
+    #[test]
+    fn what_is_checked() {
+        assert!(checked("datestyle") && checked("timezone") && checked("search_path"));
+        assert!(!checked("client_encoding") && !checked("application_name"));
+        assert!(!checked("myapp.tenant"));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keeps_short_pairs_only() {
+        let c = StartupChecks::default();
+        let shown: Arc<str> = "x".into();
+        c.remember("timezone", &"a".repeat(CACHE_VALUE_MAX + 1), &shown);
+        assert!(c.is_empty());
+        for i in 0..CACHE_MAX + 10 {
+            c.remember("timezone", &i.to_string(), &shown);
+        }
+        assert_eq!(c.len(), CACHE_MAX);
+        assert_eq!(c.cached("timezone", "7").as_deref(), Some("x"));
+        assert_eq!(c.cached("timezone", &(CACHE_MAX + 5).to_string()), None);
+    }
+}
