@@ -6,9 +6,11 @@
 //!
 //! Rules:
 //! - After authentication, before AuthenticationOk. Every startup setting is checked but
-//!   `client_encoding` (checked and spelled by pgtenant itself), `application_name`
-//!   (any text; clients vary it per process) and custom names with a dot (a check would
-//!   leave the placeholder defined on the server connection).
+//!   `client_encoding` (checked and spelled by pgtenant itself), a plain
+//!   `application_name` (printable ASCII under 64 bytes, which every PostgreSQL keeps as
+//!   it is; clients vary it per process, so it would churn the cache; others are cleaned
+//!   and cut by the server, differently by version) and custom names with a dot (a check
+//!   would leave the placeholder defined on the server connection).
 //! - A (name, value) pair not in the cache is tried on a server connection of the
 //!   client's pool, all of the packet's new pairs in one Query that is its own implicit
 //!   transaction: `SET LOCAL name TO DEFAULT` (so that another client's settings on that
@@ -58,9 +60,15 @@ pub enum Refused {
     Pool(PoolError),
 }
 
-/// Is `name` checked at login?
-fn checked(name: &str) -> bool {
-    !matches!(name, "client_encoding" | "application_name") && !name.contains('.')
+/// Is this setting checked at login?
+fn checked(name: &str, value: &str) -> bool {
+    match name {
+        "client_encoding" => false,
+        "application_name" => {
+            value.len() >= 64 || !value.bytes().all(|b| (b' '..=b'~').contains(&b))
+        }
+        _ => !name.contains('.'),
+    }
 }
 
 /// Does this refusal mean the setting cannot be had (the rules above)?
@@ -129,7 +137,7 @@ impl StartupChecks {
     pub async fn check(&self, pool: &Arc<Pool>, startup: &mut ParamMap) -> Result<(), Refused> {
         let mut new: Vec<(String, String)> = Vec::new();
         for (name, value) in startup.iter_mut() {
-            if !checked(name) {
+            if !checked(name, value) {
                 continue;
             }
             match self.cached(name, value) {
@@ -220,9 +228,12 @@ mod tests {
 
     #[test]
     fn what_is_checked() {
-        assert!(checked("datestyle") && checked("timezone") && checked("search_path"));
-        assert!(!checked("client_encoding") && !checked("application_name"));
-        assert!(!checked("myapp.tenant"));
+        assert!(checked("datestyle", "iso") && checked("search_path", "x"));
+        assert!(!checked("client_encoding", "latin1"));
+        assert!(!checked("application_name", "psql") && !checked("myapp.tenant", "7"));
+        assert!(checked("application_name", "héllo") && checked("application_name", "a\tb"));
+        assert!(checked("application_name", &"x".repeat(64)));
+        assert!(!checked("application_name", &"x".repeat(63)));
     }
 
     #[test]

@@ -173,6 +173,48 @@ async fn startup_settings_are_checked_and_spelled_as_postgres_does() {
     .unwrap();
 }
 
+/// An application_name that is not plain ASCII, or too long, is reported as the server
+/// keeps it (PostgreSQL 15 replaces each byte outside printable ASCII by `?` and cuts at
+/// 63 bytes); a plain one as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_name_is_reported_as_the_server_keeps_it() {
+    let pg = PgServer::start();
+    let pt = start(&pg, 2);
+    for name in [
+        "psql".to_string(),
+        format!("héllo-{}", "x".repeat(80)),
+        "tab\there".to_string(),
+        "x".repeat(63),
+        "y".repeat(70),
+    ] {
+        let mut cfg: Config = pg.url("app", "secret", "app").parse().unwrap();
+        cfg.application_name(&name);
+        let (c, conn) = cfg.connect(NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let want: String = c
+            .query_one("show application_name", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let port = pt.port();
+        let n = name.clone();
+        let got = tokio::task::spawn_blocking(move || {
+            let r = Raw::login(
+                port,
+                &[
+                    ("user", "app"),
+                    ("database", "app"),
+                    ("application_name", &n),
+                ],
+            );
+            r.param("application_name").map(str::to_string)
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.as_deref(), Some(want.as_str()), "{name:?}");
+    }
+}
+
 /// A pair seen once is spelled from the cache: its next login needs no server
 /// connection, while a new pair waits for one (here held in a transaction by another
 /// client), and gets it when that client commits.
