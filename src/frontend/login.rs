@@ -582,8 +582,9 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
 
     let mut startup = super::params::from_startup(&rest);
     // Checked and spelled as a direct connection would (`startup_check`); not while the
-    // database is paused (PAUSE waits for every server connection to come back).
-    if !ctx.admin.pause.is_paused(&pool.key.database) {
+    // database is paused (PAUSE waits for every server connection to come back) nor
+    // while pgtenant is suspended (no server socket is read until RESUME).
+    if !ctx.admin.pause.is_paused(&pool.key.database) && !ctx.admin.suspend.is_on() {
         if let Err(e) = ctx.startup_checks.check(&pool, &mut startup).await {
             let f = match e {
                 super::startup_check::Refused::Setting { code, message } => {

@@ -32,6 +32,8 @@
 //!   accepted ones only: a client that sends ever new values pays its own round trip each
 //!   time and grows nothing. No server connection to be had refuses the login with the
 //!   pool's error, as the first statement would have been refused.
+//! - The login skips the check while its database is paused or pgtenant is suspended
+//!   (neither may touch a server connection then).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -10,7 +10,8 @@ use support::wire::Raw;
 use support::{PgServer, Pgtenant};
 use tokio_postgres::{Config, NoTls};
 
-/// pgtenant in transaction mode, trust for clients, `pool_size` server connections.
+/// pgtenant in transaction mode, trust for clients, `pool_size` server connections,
+/// `app` an admin of the console.
 fn start(pg: &PgServer, pool_size: u32) -> Pgtenant {
     let upstream = pg.url("app", "secret", "app");
     let size = pool_size.to_string();
@@ -25,6 +26,8 @@ fn start(pg: &PgServer, pool_size: u32) -> Pgtenant {
             &size,
             "--auth-type",
             "trust",
+            "--admin-users",
+            "app",
         ],
         &[],
     )
@@ -251,6 +254,36 @@ async fn a_known_setting_logs_in_without_a_server_and_a_new_one_waits_for_one() 
         let (waited, tz) = waiter.join().unwrap();
         assert!(waited >= Duration::from_millis(700), "{waited:?}");
         assert_eq!(tz.as_deref(), Some("America/New_York"));
+    })
+    .await
+    .unwrap();
+}
+
+/// While the database is paused no login touches a server connection: a new setting is
+/// taken as written (PAUSE must not wait for a login's check, nor the login for RESUME);
+/// once resumed, the same login is checked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_database_takes_logins_unchecked() {
+    let pg = PgServer::start();
+    let pt = start(&pg, 1);
+    let port = pt.port();
+    tokio::task::spawn_blocking(move || {
+        let mut admin = Raw::login(port, &[("user", "app"), ("database", "pgtenant")]);
+        let answer = admin.exchange(&[support::wire::query("PAUSE app")]);
+        assert!(answer.iter().all(|m| m.tag != b'E'), "{answer:?}");
+        let tz = [
+            ("user", "app"),
+            ("database", "app"),
+            ("TimeZone", "pacific/auckland"),
+        ];
+        let t0 = Instant::now();
+        let r = Raw::login(port, &tz);
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(r.param("TimeZone"), Some("pacific/auckland"));
+        let answer = admin.exchange(&[support::wire::query("RESUME app")]);
+        assert!(answer.iter().all(|m| m.tag != b'E'), "{answer:?}");
+        let r = Raw::login(port, &tz);
+        assert_eq!(r.param("TimeZone"), Some("Pacific/Auckland"));
     })
     .await
     .unwrap();
