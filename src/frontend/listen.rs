@@ -15,6 +15,12 @@
 //! notifications sent in between are lost (as they would be for a direct connection that
 //! reconnects).
 //!
+//! A LISTEN the server refuses (a standby: 25006 "cannot execute LISTEN during
+//! recovery") fails as on a direct connection: the hub answers the waiting LISTENs of
+//! that channel with the server's error and keeps none of their subscriptions, and for
+//! [`REFUSAL_KEPT`] after a refusal every LISTEN of the pool gets the same error at once
+//! (no server connection opened per attempt).
+//!
 //! One client must not slow LISTEN for the others of its pool (PostgreSQL scans a
 //! backend's channel list per LISTEN and per notification): a client listens to at most
 //! `max_listen_channels` channels, a pool's listening connection to at most
@@ -24,7 +30,7 @@ use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,13 +41,30 @@ use crate::protocol::Reader;
 /// Notifications waiting for one client; beyond this, new ones are dropped (logged).
 const CLIENT_QUEUE: usize = 1024;
 
+/// After a server refused a LISTEN, the pool's LISTENs get that error without asking
+/// again for this long.
+pub const REFUSAL_KEPT: Duration = Duration::from_secs(2);
+
+/// The server refused a LISTEN: its SQLSTATE and message, for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenRefused {
+    pub code: String,
+    pub message: String,
+}
+
+/// What a LISTEN waits for: Ok once the listening connection listens.
+pub type ListenAck = oneshot::Receiver<Result<(), ListenRefused>>;
+
+/// The last refusal of a pool's LISTEN, and when it came.
+type LastRefusal = Arc<Mutex<Option<(Instant, ListenRefused)>>>;
+
 enum Cmd {
-    /// `ack` fires once the server listens on the channel.
+    /// `ack` fires once the server listens on the channel (or refused to).
     Listen {
         client: u64,
         channel: String,
         tx: mpsc::Sender<Frame>,
-        ack: oneshot::Sender<()>,
+        ack: oneshot::Sender<Result<(), ListenRefused>>,
     },
     Unlisten {
         client: u64,
@@ -64,15 +87,29 @@ pub struct ListenHub {
 struct Hub {
     cmds: mpsc::UnboundedSender<Cmd>,
     channels: Arc<Mutex<HashMap<String, u32>>>,
+    refused: LastRefusal,
 }
 
-/// Why a LISTEN is refused (SQLSTATE 54000, program_limit_exceeded).
+/// Why a LISTEN is refused before anything is sent.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ListenLimit {
-    /// The client listens to `max_listen_channels` channels already.
+    /// The client listens to `max_listen_channels` channels already (54000).
     Client(u32),
-    /// The pool's listening connection holds `max_pool_listen_channels` channels already.
+    /// The pool's listening connection holds `max_pool_listen_channels` channels already
+    /// (54000).
     Pool(u32),
+    /// The pool's server refused a LISTEN a moment ago ([`REFUSAL_KEPT`]).
+    Refused(ListenRefused),
+}
+
+impl ListenLimit {
+    /// The SQLSTATE the client gets.
+    pub fn code(&self) -> &str {
+        match self {
+            ListenLimit::Refused(r) => &r.code,
+            _ => crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        }
+    }
 }
 
 impl std::fmt::Display for ListenLimit {
@@ -86,6 +123,7 @@ impl std::fmt::Display for ListenLimit {
                 f,
                 "too many LISTEN channels: this pool's clients listen to {n} distinct channels (max_pool_listen_channels)"
             ),
+            ListenLimit::Refused(r) => f.write_str(&r.message),
         }
     }
 }
@@ -99,6 +137,7 @@ pub struct Subscriber {
     tx: mpsc::Sender<Frame>,
     hub: mpsc::UnboundedSender<Cmd>,
     pool_channels: Arc<Mutex<HashMap<String, u32>>>,
+    refused: LastRefusal,
     /// The channels the client listens to, as its session sees them. The hub learns of
     /// an UNLISTEN through its queue, after the client was answered; a notification the
     /// hub fans out meanwhile is dropped here ([`Subscriber::wants`]), so that nothing
@@ -125,15 +164,21 @@ impl Subscriber {
 
     /// LISTEN `channel` (limits: 0 = none). `Ok(Some(rx))`: `rx` fires once the listening
     /// connection listens (a client must not be told "LISTEN" before a NOTIFY it sends
-    /// next would reach it); `Ok(None)`: it listens to that channel already.
+    /// next would reach it), or with the server's refusal (then call
+    /// [`Subscriber::unlisten`] for it); `Ok(None)`: it listens to that channel already.
     pub fn listen(
         &mut self,
         channel: String,
         max_client: u32,
         max_pool: u32,
-    ) -> Result<Option<oneshot::Receiver<()>>, ListenLimit> {
+    ) -> Result<Option<ListenAck>, ListenLimit> {
         if self.channels.contains(&channel) {
             return Ok(None);
+        }
+        if let Some((at, r)) = lock(&self.refused).as_ref() {
+            if at.elapsed() < REFUSAL_KEPT {
+                return Err(ListenLimit::Refused(r.clone()));
+            }
         }
         if max_client != 0 && self.channels.len() >= max_client as usize {
             return Err(ListenLimit::Client(max_client));
@@ -209,9 +254,17 @@ impl ListenHub {
         let mut g = lock(&self.hubs);
         if g.get(&pool.key).is_none_or(|h| h.cmds.is_closed()) {
             let (cmds, queue) = mpsc::unbounded_channel();
-            tokio::spawn(run_hub(pool.clone(), queue));
+            let refused = LastRefusal::default();
+            tokio::spawn(run_hub(pool.clone(), queue, refused.clone()));
             let channels = Default::default();
-            g.insert(pool.key.clone(), Hub { cmds, channels });
+            g.insert(
+                pool.key.clone(),
+                Hub {
+                    cmds,
+                    channels,
+                    refused,
+                },
+            );
         }
         let h = &g[&pool.key];
         Subscriber {
@@ -220,6 +273,7 @@ impl ListenHub {
             tx,
             hub: h.cmds.clone(),
             pool_channels: h.channels.clone(),
+            refused: h.refused.clone(),
             channels: Default::default(),
         }
     }
@@ -227,30 +281,44 @@ impl ListenHub {
 
 /// The listening connection of one pool: LISTEN when a channel gets its first subscriber,
 /// UNLISTEN when it loses its last, fan out every notification.
-async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>, refused: LastRefusal) {
     let mut subs: Subscribers = HashMap::new();
     let mut conn = None;
-    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+    // LISTENs waiting for a listening connection: (channel, ack).
+    let mut acks: Vec<(String, Ack)> = Vec::new();
+    let recently_refused = || {
+        lock(&refused)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < REFUSAL_KEPT)
+            .map(|(_, r)| r.clone())
+    };
     loop {
         if conn.is_none() && !subs.is_empty() {
             match pool.open_dedicated("listen").await {
                 Ok(mut c) => {
-                    let mut ok = true;
+                    let mut broken = false;
                     let channels: Vec<String> = subs.keys().cloned().collect();
                     for ch in channels {
                         let sql = format!("LISTEN {}", super::params::ident(&ch));
-                        ok &= hub_query(&mut c, &sql, &mut subs).await.is_ok();
+                        match hub_query(&mut c, &sql, &mut subs).await {
+                            Ok(()) => {}
+                            Err(HubError::Refused(r)) => {
+                                refuse(&refused, &mut subs, &mut acks, &ch, r);
+                            }
+                            Err(HubError::Broken) => {
+                                broken = true;
+                                break;
+                            }
+                        }
                     }
-                    if ok {
+                    if !broken {
                         tracing::info!(pool = %pool.name(), channels = subs.len(), "listening connection open");
                         conn = Some(c);
-                        for a in acks.drain(..) {
-                            let _ = a.send(());
+                        for (_, a) in acks.drain(..) {
+                            let _ = a.send(Ok(()));
                         }
                     } else {
-                        // The server refused a LISTEN (a standby refuses them all): not
-                        // a new connection at once, in a loop.
-                        tracing::warn!(pool = %pool.name(), "the listening connection's LISTEN failed; retrying");
+                        tracing::warn!(pool = %pool.name(), "the listening connection failed while listening; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -276,23 +344,36 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                 tx,
                 ack,
             })) => {
+                if let Some(r) = recently_refused() {
+                    if !subs.contains_key(&channel) {
+                        let _ = ack.send(Err(r));
+                        continue;
+                    }
+                }
                 let entry = subs.entry(channel.clone()).or_default();
                 let first = entry.is_empty();
                 entry.insert(client, tx);
                 match conn.as_mut() {
                     Some(c) if first => {
                         let sql = format!("LISTEN {}", super::params::ident(&channel));
-                        if hub_query(c, &sql, &mut subs).await.is_ok() {
-                            let _ = ack.send(());
-                        } else {
-                            conn = None;
-                            acks.push(ack);
+                        match hub_query(c, &sql, &mut subs).await {
+                            Ok(()) => {
+                                let _ = ack.send(Ok(()));
+                            }
+                            Err(HubError::Refused(r)) => {
+                                acks.push((channel.clone(), ack));
+                                refuse(&refused, &mut subs, &mut acks, &channel, r);
+                            }
+                            Err(HubError::Broken) => {
+                                conn = None;
+                                acks.push((channel, ack));
+                            }
                         }
                     }
                     Some(_) => {
-                        let _ = ack.send(());
+                        let _ = ack.send(Ok(()));
                     }
-                    None => acks.push(ack),
+                    None => acks.push((channel, ack)),
                 }
             }
             Ok(Some(Cmd::Unlisten { client, channel })) => {
@@ -342,6 +423,27 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     }
 }
 
+type Ack = oneshot::Sender<Result<(), ListenRefused>>;
+
+/// The server refused `channel`'s LISTEN: remember it for the pool, answer the LISTENs
+/// waiting for that channel with the refusal and keep none of its subscribers (each
+/// session takes its channel back when it reads the refusal).
+fn refuse(
+    last: &LastRefusal,
+    subs: &mut Subscribers,
+    acks: &mut Vec<(String, Ack)>,
+    channel: &str,
+    r: ListenRefused,
+) {
+    *lock(last) = Some((Instant::now(), r.clone()));
+    subs.remove(channel);
+    let (theirs, others): (Vec<_>, Vec<_>) = acks.drain(..).partition(|(c, _)| c == channel);
+    *acks = others;
+    for (_, a) in theirs {
+        let _ = a.send(Err(r.clone()));
+    }
+}
+
 type Subscribers = HashMap<String, HashMap<u64, mpsc::Sender<Frame>>>;
 
 /// Hand a NotificationResponse to every client subscribed to its channel.
@@ -362,29 +464,47 @@ fn deliver(subs: &mut Subscribers, f: &Frame) {
     }
 }
 
+/// Why one of the hub's own statements failed.
+enum HubError {
+    /// The server answered with an error (the connection is still usable).
+    Refused(ListenRefused),
+    /// The connection failed, or was left in a transaction.
+    Broken,
+}
+
 /// Run one of the hub's own statements; notifications that arrive meanwhile are handed
 /// out, not lost.
 async fn hub_query(
     c: &mut crate::backend::ServerConn,
     sql: &str,
     subs: &mut Subscribers,
-) -> Result<(), ()> {
+) -> Result<(), HubError> {
     c.conn
         .send(&crate::protocol::build::query(sql))
         .await
-        .map_err(drop)?;
-    let mut failed = false;
+        .map_err(|_| HubError::Broken)?;
+    let mut failed = None;
     loop {
         let f = match c.conn.read_frame().await {
             Ok(Some(f)) => f,
-            _ => return Err(()),
+            _ => return Err(HubError::Broken),
         };
         match f.tag() {
             b'A' => deliver(subs, &f),
-            b'E' => failed = true,
+            b'E' if failed.is_none() => {
+                let e = crate::protocol::decode::ErrorFields::parse(f.body()).unwrap_or_default();
+                failed = Some(ListenRefused {
+                    code: e.code,
+                    message: e.message,
+                });
+            }
             b'Z' => {
                 let idle = f.body().first() == Some(&b'I');
-                return if failed || !idle { Err(()) } else { Ok(()) };
+                return match (failed, idle) {
+                    (_, false) => Err(HubError::Broken),
+                    (Some(r), true) => Err(HubError::Refused(r)),
+                    (None, true) => Ok(()),
+                };
             }
             _ => {}
         }

@@ -34,6 +34,9 @@ pub struct StatementDef {
     pub custom: Box<[String]>,
     /// Its plan, when its text is too long for the shared plan cache.
     pub plan: crate::router::PlanMemo,
+    /// `LISTEN` / `UNLISTEN`: the client's LISTEN hub answers its Bind and Execute (the
+    /// tag), not a server.
+    pub hub_tag: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -95,6 +98,11 @@ impl StatementRegistry {
             effects,
             custom: crate::router::command::custom_setting_names(&p.query).into(),
             plan: Default::default(),
+            hub_tag: match crate::router::command::classify_single(&p.query) {
+                Some(crate::router::command::Command::Listen { .. }) => Some("LISTEN"),
+                Some(crate::router::command::Command::Unlisten { .. }) => Some("UNLISTEN"),
+                _ => None,
+            },
         })
     }
 

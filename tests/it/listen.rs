@@ -272,3 +272,77 @@ async fn a_long_channel_name_is_truncated_as_postgresql_does() {
         "UNLISTEN of the long name ends the truncated channel"
     );
 }
+
+/// In front of a hot standby, which refuses LISTEN (25006), a LISTEN fails as on a direct
+/// connection, at once, with the server's message, by the simple and by the extended
+/// protocol; the client goes on, and a LISTEN right after gets the same answer without a
+/// new server connection. It used to answer "LISTEN" after 10 s and deliver nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_the_server_refuses_fails_as_on_a_direct_connection() {
+    let pg = PgServer::builder().standby().start();
+    let direct = support::connect(&pg.url("app", "secret", "app")).await;
+    let want = direct.batch_execute("LISTEN jobs").await.unwrap_err();
+    assert_eq!(code(&want), "25006", "{want:?}");
+    let p = Pgtenant::start(
+        &[
+            "run",
+            "--upstream",
+            &pg.url("app", "secret", "app"),
+            "--pool-size",
+            "2",
+        ],
+        &[],
+    );
+    let url = p.url("app", "secret", "app");
+    let c = support::connect(&url).await;
+    for round in 0..2 {
+        let t0 = std::time::Instant::now();
+        let simple = c.batch_execute("LISTEN jobs").await.unwrap_err();
+        assert_eq!(
+            (code(&simple), msg(&simple)),
+            (code(&want), msg(&want)),
+            "round {round}"
+        );
+        let extended = c.execute("LISTEN jobs", &[]).await.unwrap_err();
+        assert_eq!((code(&extended), msg(&extended)), (code(&want), msg(&want)));
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        let r = c.query_one("select 1 + $1::int", &[&round]).await.unwrap();
+        assert_eq!(r.get::<_, i32>(0), 1 + round);
+        // Past the remembered refusal, the server is asked again, and refuses again.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+    }
+}
+
+/// A LISTEN sent as a named prepared statement (tokio-postgres' `execute`) is the
+/// client's too: its notifications arrive, and nothing listens on the pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_listen_is_the_clients() {
+    let pg = PgServer::start();
+    let p = Pgtenant::start(
+        &[
+            "run",
+            "--upstream",
+            &pg.url("app", "secret", "app"),
+            "--pool-size",
+            "1",
+        ],
+        &[],
+    );
+    let url = p.url("app", "secret", "app");
+    let (a, mut a_rx) = listener(&url).await;
+    a.execute("LISTEN jobs", &[]).await.unwrap();
+    let c = support::connect(&url).await;
+    c.batch_execute("NOTIFY jobs, 'one'").await.unwrap();
+    let n = next(&mut a_rx).await.expect("the notification");
+    assert_eq!(n.payload(), "one");
+    let pooled: i64 = support::connect(&pg.url("app", "secret", "app"))
+        .await
+        .query_one(
+            "select count(*) from pg_stat_activity where query ilike 'listen%' and application_name not like 'pgtenant %'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pooled, 0, "a pooled connection ran the client's LISTEN");
+}

@@ -616,6 +616,7 @@ pub struct PgServerBuilder {
     conf: Vec<String>,
     hba: Vec<String>,
     ssl: Option<Certs>,
+    standby: bool,
 }
 
 impl PgServerBuilder {
@@ -634,6 +635,13 @@ impl PgServerBuilder {
     /// Turn on server-side TLS with this cert/key (and CA as `ssl_ca_file`).
     pub fn ssl(mut self, certs: &Certs) -> Self {
         self.ssl = Some(certs.clone());
+        self
+    }
+
+    /// Start it as a hot standby (`standby.signal`, no primary: it stays in recovery
+    /// and answers read-only statements, refusing writes and LISTEN as a replica does).
+    pub fn standby(mut self) -> Self {
+        self.standby = true;
         self
     }
 
@@ -686,6 +694,9 @@ impl PgServer {
         }
         hba.push_str(BASE_HBA);
         fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        if opts.standby {
+            fs::write(data.join("standby.signal"), "").expect("write standby.signal");
+        }
 
         let mut conf = format!("unix_socket_directories = '{}'\n", dir.display());
         if let Some(certs) = &opts.ssl {

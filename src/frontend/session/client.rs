@@ -267,15 +267,65 @@ impl Session {
     }
 
     /// A LISTEN is answered only once the listening connection listens: a NOTIFY the
-    /// client (or anyone it tells) sends next must reach it.
+    /// client (or anyone it tells) sends next must reach it. A LISTEN the server refuses
+    /// fails with its error where the answer is not out yet (`ListenAnswer`), and the
+    /// client does not listen to that channel.
     pub(super) async fn await_listen(&mut self) {
-        if let Some(ack) = self.listening.as_mut().and_then(|l| l.ack.take()) {
-            if tokio::time::timeout(Duration::from_secs(10), ack)
-                .await
-                .is_err()
-            {
+        let Some(l) = self.listening.as_mut() else {
+            return;
+        };
+        let Some((channel, ack)) = l.ack.take() else {
+            return;
+        };
+        let answer = std::mem::replace(&mut l.answer, super::ListenAnswer::Queued);
+        let refused = match tokio::time::timeout(Duration::from_secs(10), ack).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(r))) => Some(r),
+            Ok(Err(_)) | Err(_) => {
                 tracing::warn!(user = %Escaped(&self.c.user), "LISTEN not confirmed by the listening connection within 10 s");
+                None
             }
+        };
+        if let Some(r) = &refused {
+            tracing::info!(user = %Escaped(&self.c.user), code = %r.code, message = %Escaped(&r.message), "LISTEN refused by the server");
+            l.sub.unlisten(Some(&channel));
+        }
+        match (answer, refused) {
+            (super::ListenAnswer::Simple, None) => {
+                self.c.conn.queue(&build::command_complete("LISTEN"));
+                self.c.conn.queue(&build::ready_for_query(self.client_tx));
+            }
+            (super::ListenAnswer::Simple, Some(r)) => {
+                self.c
+                    .conn
+                    .queue(&Refusal::from_server(&r.code, r.message).error());
+                self.c.conn.queue(&build::ready_for_query(self.client_tx));
+            }
+            (super::ListenAnswer::Extended, r) => l.refused = r,
+            (super::ListenAnswer::Queued, Some(_)) => {
+                tracing::warn!(user = %Escaped(&self.c.user), "LISTEN refused by the server after the client was answered (inside a transaction)");
+            }
+            (super::ListenAnswer::Queued, None) => {}
+        }
+        if self
+            .listening
+            .as_ref()
+            .is_some_and(|l| l.sub.is_empty() && l.ack.is_none() && l.refused.is_none())
+        {
+            // Nothing listened to: no subscription is kept (as for a LISTEN over a limit).
+            self.listening = None;
+        }
+    }
+
+    /// The LISTEN just answered by the client's view is waiting for the listening
+    /// connection: mark where its answer goes.
+    fn listen_answer_waits(&mut self, answer: super::ListenAnswer) -> bool {
+        match self.listening.as_mut() {
+            Some(l) if l.ack.is_some() => {
+                l.answer = answer;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -340,6 +390,11 @@ impl Session {
                 let sql = decode::query_text(f.body())?;
                 let sql: &str = &sql;
                 match self.client_view_command(sql) {
+                    // Answered once the listening connection listens, or refused
+                    // (`await_listen`).
+                    Ok(Some("LISTEN")) if self.listen_answer_waits(super::ListenAnswer::Simple) => {
+                        return Ok(true);
+                    }
                     Ok(Some(tag)) => self.c.conn.queue(&build::command_complete(tag)),
                     Ok(None) => return Ok(false),
                     // Outside a transaction: the error is all there is to it.
@@ -365,6 +420,8 @@ impl Session {
         // other messages need no decoding here (`forward` decodes them).
         let faking = self.fake_statement.is_some() || self.fake_portal.is_some();
         match f.tag() {
+            // A named statement that is a LISTEN or UNLISTEN: the hub's, as a simple one.
+            b'B' if !faking && self.view.t().hub_statements > 0 => self.hub_bind(f),
             b'B' | b'D' | b'E' | b'C' if !faking => Ok(None),
             b'P' => {
                 let p = Parse::decode(f.body())?;
@@ -384,6 +441,9 @@ impl Session {
                 if is_view_command {
                     match self.client_view_command(&p.query) {
                         Ok(Some(tag)) => {
+                            if tag == "LISTEN" {
+                                self.listen_answer_waits(super::ListenAnswer::Extended);
+                            }
                             self.fake_statement = Some(tag);
                             return Ok(Some(vec![Frame::new(b'1', &[])]));
                         }
@@ -431,6 +491,16 @@ impl Session {
                 let mut r = crate::protocol::Reader::new(f.body(), "Execute");
                 let portal = r.cstr()?;
                 match self.fake_portal.as_ref().filter(|p| *p.0 == *portal) {
+                    Some(p) if p.1 == "LISTEN" => {
+                        match self.listening.as_mut().and_then(|l| l.refused.take()) {
+                            // The server refused it (await_listen): the Execute fails.
+                            Some(r) => {
+                                self.refuse_in_batch(&Refusal::from_server(&r.code, r.message));
+                                Ok(Some(Vec::new()))
+                            }
+                            None => Ok(Some(vec![build::command_complete("LISTEN")])),
+                        }
+                    }
                     Some(p) => Ok(Some(vec![build::command_complete(p.1)])),
                     None => Ok(None),
                 }
@@ -449,6 +519,37 @@ impl Session {
                 Ok(None)
             }
             _ => Ok(None),
+        }
+    }
+
+    /// A Bind of the client's named LISTEN or UNLISTEN statement: the client's view
+    /// answers it (its portal is then one pgtenant answers for), as for the unnamed
+    /// statement; a Bind of anything else is the server's.
+    fn hub_bind(&mut self, f: &Frame) -> Result<Option<Vec<Frame>>, FrontendError> {
+        let b = Bind::decode(f.body())?;
+        let Some(cmd) = self
+            .view
+            .t()
+            .statements
+            .get(b.statement)
+            .filter(|d| d.hub_tag.is_some() && !b.statement.is_empty())
+            .and_then(|d| classify_single(&d.query))
+        else {
+            return Ok(None);
+        };
+        match self.view_command(cmd) {
+            Ok(Some(tag)) => {
+                if tag == "LISTEN" {
+                    self.listen_answer_waits(super::ListenAnswer::Extended);
+                }
+                self.fake_portal = Some(Box::new((b.portal.into(), tag)));
+                Ok(Some(vec![Frame::new(b'2', &[])]))
+            }
+            Ok(None) => Ok(None),
+            Err(refusal) => {
+                self.refuse_in_batch(&refusal);
+                Ok(Some(Vec::new()))
+            }
         }
     }
 
@@ -489,10 +590,15 @@ impl Session {
                     Box::new(super::Listening {
                         sub: self.ctx.listens.subscriber(&self.c.pool),
                         ack: None,
+                        answer: super::ListenAnswer::Queued,
+                        refused: None,
                     })
                 });
-                match l.sub.listen(channel, max_client, max_pool) {
-                    Ok(ack) => l.ack = ack,
+                match l.sub.listen(channel.clone(), max_client, max_pool) {
+                    Ok(ack) => {
+                        l.ack = ack.map(|a| (channel, a));
+                        l.answer = super::ListenAnswer::Queued;
+                    }
                     Err(limit) => {
                         if l.sub.is_empty() && l.ack.is_none() {
                             // Its first LISTEN: no subscription is kept for it (a listening
@@ -500,10 +606,7 @@ impl Session {
                             self.listening = None;
                         }
                         tracing::warn!(user = %Escaped(&self.c.user), "LISTEN refused: {limit}");
-                        return Err(Refusal::new(
-                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                            limit.to_string(),
-                        ));
+                        return Err(Refusal::from_server(limit.code(), limit.to_string()));
                     }
                 }
                 return Ok(Some("LISTEN"));

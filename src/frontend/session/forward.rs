@@ -468,18 +468,35 @@ pub(super) fn close_for_drop(ctx: &Context, cmds: &[Command]) {
 /// A statement pgtenant refuses: one that names pgtenant's own server-side statements, a
 /// LISTEN over a limit.
 pub(super) struct Refusal {
-    code: &'static str,
+    code: std::borrow::Cow<'static, str>,
     message: String,
 }
 
 impl Refusal {
     pub(super) fn new(code: &'static str, message: String) -> Refusal {
-        Refusal { code, message }
+        Refusal {
+            code: code.into(),
+            message,
+        }
+    }
+
+    /// A refusal with a server's SQLSTATE (one that is not five letters or digits is
+    /// replaced by XX000: it goes into SQL in [`Refusal::raise_sql`]).
+    pub(super) fn from_server(code: &str, message: String) -> Refusal {
+        let ok = code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric());
+        Refusal {
+            code: if ok {
+                code.to_ascii_uppercase().into()
+            } else {
+                sqlstate::INTERNAL_ERROR.into()
+            },
+            message,
+        }
     }
 
     /// The error as pgtenant's own ErrorResponse.
     pub(super) fn error(&self) -> Frame {
-        build::error(self.code, &self.message)
+        build::error(&self.code, &self.message)
     }
 
     /// A statement that makes the server raise this error (so that a transaction block
@@ -573,12 +590,12 @@ pub(super) fn reserved_refusal(cmds: &[Command]) -> Option<Refusal> {
             if name == "u&" =>
         {
             Some(Refusal {
-                code: "0A000",
+                code: "0A000".into(),
                 message: "prepared statement names written as U&\"…\" are not supported by pgtenant".into(),
             })
         }
         Command::Prepare { name } if is_reserved_statement_name(name) => Some(Refusal {
-            code: "42939",
+            code: "42939".into(),
             message: format!(
                 "prepared statement names starting with \"{RESERVED_STATEMENT_PREFIX}\" are reserved by pgtenant"
             ),
@@ -587,7 +604,7 @@ pub(super) fn reserved_refusal(cmds: &[Command]) -> Option<Refusal> {
             if is_reserved_statement_name(name) =>
         {
             Some(Refusal {
-                code: "26000",
+                code: "26000".into(),
                 message: format!("prepared statement \"{}\" does not exist", shown(name)),
             })
         }

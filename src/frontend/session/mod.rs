@@ -216,6 +216,9 @@ struct ViewTables {
     /// Bytes of names and texts in `statements` and `sql_prepared` (bounded, see
     /// [`MAX_CLIENT_STATEMENT_BYTES`]).
     bytes: usize,
+    /// Statements in `statements` that are a LISTEN or UNLISTEN (`StatementDef::hub_tag`):
+    /// while there are none, a Bind is not looked at for them.
+    hub_statements: u32,
 }
 
 /// Prepared statements one client may hold (protocol-level and SQL-level together), and
@@ -228,8 +231,10 @@ const MAX_CLIENT_STATEMENT_BYTES: usize = 16 * 1024 * 1024;
 impl ViewTables {
     fn add_statement(&mut self, name: &str, def: Arc<StatementDef>) {
         self.bytes += name.len() + def.query.len();
+        self.hub_statements += u32::from(def.hub_tag.is_some());
         if let Some(old) = self.statements.insert(name.to_owned(), def) {
             self.bytes -= name.len() + old.query.len();
+            self.hub_statements -= u32::from(old.hub_tag.is_some());
         }
     }
 
@@ -237,6 +242,7 @@ impl ViewTables {
         match self.statements.remove(name) {
             Some(old) => {
                 self.bytes -= name.len() + old.query.len();
+                self.hub_statements -= u32::from(old.hub_tag.is_some());
                 true
             }
             None => false,
@@ -322,6 +328,7 @@ impl View {
             t.statements.clear();
             t.sql_prepared.clear();
             t.bytes = 0;
+            t.hub_statements = 0;
             if settings_too {
                 t.session.clear();
             }
@@ -403,8 +410,26 @@ struct Listening {
     /// Its subscription to the listening connection of the pool it first listened
     /// through (its home pool then); its channels, its notifications.
     sub: Subscriber,
-    /// A LISTEN waiting to be in effect before the client hears "LISTEN".
-    ack: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// A LISTEN waiting to be in effect before the client hears "LISTEN": its channel.
+    ack: Option<(String, crate::frontend::listen::ListenAck)>,
+    /// Where that LISTEN's answer is (`Session::await_listen`).
+    answer: ListenAnswer,
+    /// The server refused a LISTEN sent with the extended protocol: the Execute of it
+    /// fails with this, as on a direct connection.
+    refused: Option<crate::frontend::listen::ListenRefused>,
+}
+
+/// Where the answer to a LISTEN waiting for the listening connection is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListenAnswer {
+    /// Queued already (inside a transaction, among the server's answers): a refusal can
+    /// only be logged.
+    Queued,
+    /// A simple query of an idle client: CommandComplete (or the refusal) and
+    /// ReadyForQuery are queued once the answer is known.
+    Simple,
+    /// Parse of the extended protocol: its Execute says (`Listening::refused`).
+    Extended,
 }
 
 /// The session's future. Built in two steps so that it holds the session's state once
