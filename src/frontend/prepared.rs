@@ -110,6 +110,16 @@ impl StatementRegistry {
         self.map.len() + self.fresh.len()
     }
 
+    /// A client changed the schema (`router::command::changes_schema`): statements
+    /// parsed from now on are defined afresh (new ids, so new server-side statements
+    /// planned against the new schema), as on a direct connection that prepares them
+    /// now. Those clients hold already stay theirs, stale or not, as on a direct
+    /// connection.
+    pub fn new_schema(&self) {
+        self.map.clear();
+        self.fresh.clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -163,6 +163,33 @@ pub fn classify_single(sql: &str) -> Option<Command> {
     }
 }
 
+/// Does this text change the schema a statement is planned against: does one of its
+/// statements start with `ALTER`, `DROP` or `CREATE` (but `CREATE TEMP`, `TEMPORARY`,
+/// `LOCAL TEMP…`, which no other session sees)? A prepared statement keeps the column and
+/// parameter types it was planned with, so the statements pgtenant shares between
+/// clients are made afresh for those who prepare after it
+/// (`StatementRegistry::new_schema`). A word scan: a false hit costs re-preparing.
+pub fn changes_schema(sql: &str) -> bool {
+    let mut lx = Lexer {
+        s: sql.as_bytes(),
+        i: 0,
+    };
+    loop {
+        let w = lx.statement_words(3);
+        let kw = |i: usize| w.get(i).map_or("", |x| x.keyword.as_str());
+        let temp = |w: &str| matches!(w, "temp" | "temporary");
+        let temp_create = temp(kw(1)) || (kw(1) == "local" && temp(kw(2)));
+        match kw(0) {
+            "alter" | "drop" => return true,
+            "create" if !temp_create => return true,
+            _ => {}
+        }
+        if lx.at_end() {
+            return false;
+        }
+    }
+}
+
 /// Custom settings a session keeps track of (and reads back by name); a client naming
 /// more gets the first ones.
 pub const MAX_CUSTOM_SETTINGS: usize = 64;

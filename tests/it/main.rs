@@ -48,6 +48,7 @@ mod read_spread;
 mod routing;
 mod routing_smoke;
 mod scale;
+mod schema_change;
 mod server_lost;
 mod session_drop;
 mod session_state;
