@@ -79,3 +79,35 @@ async fn a_statement_prepared_after_a_schema_change_sees_the_new_schema() {
         "select 1; drop table if exists x"
     ));
 }
+
+/// A schema change made behind pgtenant's back: the first client to meet the stale
+/// statement gets the server's error (as the client that prepared it would on a direct
+/// connection), and from then on the text is prepared afresh for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outside_schema_change_the_stale_error_comes_once() {
+    let pg = PgServer::start();
+    let p = start(&pg);
+    let url = p.url("app", "secret", "app");
+    let a = support::connect(&url).await;
+    a.batch_execute("create table u (id int primary key); insert into u values (1)")
+        .await
+        .unwrap();
+    let sel = a.prepare("select * from u where id = $1").await.unwrap();
+    assert_eq!(a.query(&sel, &[&1i32]).await.unwrap()[0].len(), 1);
+    pg.app_admin("alter table u add column v int").await;
+    let b = support::connect(&url).await;
+    let first = b.query("select * from u where id = $1", &[&1i32]).await;
+    let e = first.expect_err("the statement A prepared before the change is stale");
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
+    let rows = b
+        .query("select * from u where id = $1", &[&1i32])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].len(), 2);
+    let c = support::connect(&url).await;
+    let rows = c
+        .query("select * from u where id = $1", &[&1i32])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].len(), 2);
+}

@@ -252,7 +252,8 @@ async fn a_known_setting_logs_in_without_a_server_and_a_new_one_waits_for_one() 
         );
         holder.exchange(&[support::wire::query("commit")]);
         let (waited, tz) = waiter.join().unwrap();
-        assert!(waited >= Duration::from_millis(700), "{waited:?}");
+        // It waited for the commit (its clock starts a moment after the sleep does).
+        assert!(waited >= Duration::from_millis(500), "{waited:?}");
         assert_eq!(tz.as_deref(), Some("America/New_York"));
     })
     .await

@@ -50,6 +50,11 @@ impl Session {
                         a.pipe.copy_in = false;
                         a.pipe.lost_track = true;
                     }
+                    if stale_statement(f.body()) {
+                        // A schema change made outside pgtenant: statements parsed from now
+                        // on are planned afresh (`StatementRegistry::new_schema`).
+                        self.ctx.statements.new_schema();
+                    }
                     if a.pool.key.node != self.c.pool.key.node {
                         // On a worker, a missing relation or an internal error can mean the
                         // shard moved away: check the map now rather than at the next tick.
@@ -379,5 +384,35 @@ mod tests {
         assert!(is_fatal(b"SFATAL\0C57P01\0\0"));
         assert!(!is_fatal(b"SERROR\0VFATAL"));
         assert!(!is_fatal(b""));
+    }
+}
+
+/// Does this ErrorResponse say a prepared statement was planned against a schema that
+/// changed (`0A000 cached plan must not change result type`, `XX000 cache lookup failed
+/// for type …`)? A byte scan of the message: errors are rare, and most are not these.
+fn stale_statement(body: &[u8]) -> bool {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    (has(b"C0A000\0") && has(b"cached plan must not change result type"))
+        || (has(b"CXX000\0") && has(b"cache lookup failed for type"))
+}
+
+#[cfg(test)]
+mod stale_tests {
+    #[test]
+    fn stale_statement_errors_are_known_by_code_and_message() {
+        let body = |code: &str, msg: &str| format!("SERROR\0C{code}\0M{msg}\0\0").into_bytes();
+        assert!(super::stale_statement(&body(
+            "0A000",
+            "cached plan must not change result type"
+        )));
+        assert!(super::stale_statement(&body(
+            "XX000",
+            "cache lookup failed for type 17280"
+        )));
+        assert!(!super::stale_statement(&body("0A000", "something else")));
+        assert!(!super::stale_statement(&body(
+            "42P01",
+            "cache lookup failed for type 1"
+        )));
     }
 }
