@@ -21,6 +21,15 @@
 //! [`REFUSAL_KEPT`] after a refusal every LISTEN of the pool gets the same error at once
 //! (no server connection opened per attempt).
 //!
+//! A notification names the backend that sent it (its pid). A client's backend pid is
+//! pgtenant's own (BackendKeyData), so once anyone listens, each attach records which
+//! client a server connection serves now ([`ListenHub::note_attach`]), and the hub
+//! rewrites the pid of a notification from one of pgtenant's connections to that
+//! client's: a client that skips its own notifications by comparing pids keeps doing so.
+//! (A notification read after its backend has moved on to the next client is named for
+//! that one: the hub reads notifications as they come, and a backend serves its next
+//! client only after the last one's ReadyForQuery.)
+//!
 //! One client must not slow LISTEN for the others of its pool (PostgreSQL scans a
 //! backend's channel list per LISTEN and per notification): a client listens to at most
 //! `max_listen_channels` channels, a pool's listening connection to at most
@@ -79,7 +88,15 @@ enum Cmd {
 pub struct ListenHub {
     hubs: Mutex<HashMap<PoolKey, Hub>>,
     next_client: AtomicU64,
+    /// Set once any client listened: from then on attaches are recorded.
+    used: std::sync::atomic::AtomicBool,
+    /// Server backend pid → the pid its current client was told (bounded, see
+    /// [`NOTIFIERS_MAX`]).
+    notifiers: Arc<dashmap::DashMap<i32, i32>>,
 }
+
+/// Backends remembered for naming notifications; beyond, the map starts afresh.
+const NOTIFIERS_MAX: usize = 65_536;
 
 /// One pool's listening connection: its task's queue, and how many of its clients listen
 /// to each channel (kept by the subscribers themselves, so that a LISTEN over
@@ -248,14 +265,32 @@ impl Drop for Subscriber {
 }
 
 impl ListenHub {
+    /// A client whose BackendKeyData says `client_pid` now uses the server backend
+    /// `server_pid` (nothing until some client listens: one flag read).
+    pub fn note_attach(&self, server_pid: i32, client_pid: i32) {
+        if !self.used.load(Ordering::Relaxed) || server_pid == client_pid {
+            return;
+        }
+        if self.notifiers.len() >= NOTIFIERS_MAX {
+            self.notifiers.clear();
+        }
+        self.notifiers.insert(server_pid, client_pid);
+    }
+
     /// A subscription to `pool`'s listening connection (its task starts with the first).
     pub fn subscriber(&self, pool: &Arc<Pool>) -> Subscriber {
+        self.used.store(true, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
         let mut g = lock(&self.hubs);
         if g.get(&pool.key).is_none_or(|h| h.cmds.is_closed()) {
             let (cmds, queue) = mpsc::unbounded_channel();
             let refused = LastRefusal::default();
-            tokio::spawn(run_hub(pool.clone(), queue, refused.clone()));
+            tokio::spawn(run_hub(
+                pool.clone(),
+                queue,
+                refused.clone(),
+                self.notifiers.clone(),
+            ));
             let channels = Default::default();
             g.insert(
                 pool.key.clone(),
@@ -281,8 +316,16 @@ impl ListenHub {
 
 /// The listening connection of one pool: LISTEN when a channel gets its first subscriber,
 /// UNLISTEN when it loses its last, fan out every notification.
-async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>, refused: LastRefusal) {
-    let mut subs: Subscribers = HashMap::new();
+async fn run_hub(
+    pool: Arc<Pool>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    refused: LastRefusal,
+    notifiers: Arc<dashmap::DashMap<i32, i32>>,
+) {
+    let mut subs = Subscribers {
+        channels: HashMap::new(),
+        notifiers,
+    };
     let mut conn = None;
     // LISTENs waiting for a listening connection: (channel, ack).
     let mut acks: Vec<(String, Ack)> = Vec::new();
@@ -293,11 +336,11 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>, refuse
             .map(|(_, r)| r.clone())
     };
     loop {
-        if conn.is_none() && !subs.is_empty() {
+        if conn.is_none() && !subs.channels.is_empty() {
             match pool.open_dedicated("listen").await {
                 Ok(mut c) => {
                     let mut broken = false;
-                    let channels: Vec<String> = subs.keys().cloned().collect();
+                    let channels: Vec<String> = subs.channels.keys().cloned().collect();
                     for ch in channels {
                         let sql = format!("LISTEN {}", super::params::ident(&ch));
                         match hub_query(&mut c, &sql, &mut subs).await {
@@ -312,7 +355,7 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>, refuse
                         }
                     }
                     if !broken {
-                        tracing::info!(pool = %pool.name(), channels = subs.len(), "listening connection open");
+                        tracing::info!(pool = %pool.name(), channels = subs.channels.len(), "listening connection open");
                         conn = Some(c);
                         for (_, a) in acks.drain(..) {
                             let _ = a.send(Ok(()));
@@ -345,12 +388,12 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>, refuse
                 ack,
             })) => {
                 if let Some(r) = recently_refused() {
-                    if !subs.contains_key(&channel) {
+                    if !subs.channels.contains_key(&channel) {
                         let _ = ack.send(Err(r));
                         continue;
                     }
                 }
-                let entry = subs.entry(channel.clone()).or_default();
+                let entry = subs.channels.entry(channel.clone()).or_default();
                 let first = entry.is_empty();
                 entry.insert(client, tx);
                 match conn.as_mut() {
@@ -379,10 +422,10 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>, refuse
             Ok(Some(Cmd::Unlisten { client, channel })) => {
                 let chans: Vec<String> = match channel {
                     Some(ch) => vec![ch],
-                    None => subs.keys().cloned().collect(),
+                    None => subs.channels.keys().cloned().collect(),
                 };
                 for ch in chans {
-                    let emptied = match subs.get_mut(&ch) {
+                    let emptied = match subs.channels.get_mut(&ch) {
                         Some(m) => {
                             m.remove(&client);
                             m.is_empty()
@@ -390,7 +433,7 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>, refuse
                         None => false,
                     };
                     if emptied {
-                        subs.remove(&ch);
+                        subs.channels.remove(&ch);
                         if let Some(c) = conn.as_mut() {
                             let sql = format!("UNLISTEN {}", super::params::ident(&ch));
                             if hub_query(c, &sql, &mut subs).await.is_err() {
@@ -416,7 +459,7 @@ async fn run_hub(pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>, refuse
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        if subs.is_empty() {
+        if subs.channels.is_empty() {
             // Nobody listens: give the server connection back.
             conn = None;
         }
@@ -436,7 +479,7 @@ fn refuse(
     r: ListenRefused,
 ) {
     *lock(last) = Some((Instant::now(), r.clone()));
-    subs.remove(channel);
+    subs.channels.remove(channel);
     let (theirs, others): (Vec<_>, Vec<_>) = acks.drain(..).partition(|(c, _)| c == channel);
     *acks = others;
     for (_, a) in theirs {
@@ -444,24 +487,42 @@ fn refuse(
     }
 }
 
-type Subscribers = HashMap<String, HashMap<u64, mpsc::Sender<Frame>>>;
+/// Each channel's subscribers, and who sent what ([`ListenHub::note_attach`]).
+struct Subscribers {
+    channels: HashMap<String, HashMap<u64, mpsc::Sender<Frame>>>,
+    notifiers: Arc<dashmap::DashMap<i32, i32>>,
+}
 
-/// Hand a NotificationResponse to every client subscribed to its channel.
+/// Hand a NotificationResponse to every client subscribed to its channel, naming the
+/// sender as its client knows itself when the sender was a client of pgtenant's.
 fn deliver(subs: &mut Subscribers, f: &Frame) {
     let Some(channel) = notification_channel(f.body()) else {
         return;
     };
-    if let Some(m) = subs.get_mut(&channel) {
-        // Subscribers that left are dropped from the list here.
-        m.retain(|_, tx| match tx.try_send(f.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; notification dropped");
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+    let Some(m) = subs.channels.get_mut(&channel) else {
+        return;
+    };
+    let sender = f
+        .body()
+        .get(..4)
+        .map(|b| i32::from_be_bytes(b.try_into().unwrap()));
+    let renamed = sender
+        .and_then(|pid| subs.notifiers.get(&pid).map(|c| *c))
+        .map(|client| {
+            let mut body = f.body().to_vec();
+            body[..4].copy_from_slice(&client.to_be_bytes());
+            Frame::new(b'A', &body)
         });
-    }
+    let f = renamed.as_ref().unwrap_or(f);
+    // Subscribers that left are dropped from the list here.
+    m.retain(|_, tx| match tx.try_send(f.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; notification dropped");
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    });
 }
 
 /// Why one of the hub's own statements failed.

@@ -346,3 +346,54 @@ async fn a_prepared_listen_is_the_clients() {
         .get(0);
     assert_eq!(pooled, 0, "a pooled connection ran the client's LISTEN");
 }
+
+/// A notification names its sender as that client knows itself (its BackendKeyData
+/// pid), as on a direct connection where it is the sender's backend pid: a client can
+/// tell its own notifications from others'. Without pgtenant's renaming they carried the
+/// pid of a pooled server connection, which no client knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_names_its_sender_as_the_sender_knows_itself() {
+    let pg = PgServer::start();
+    let p = Pgtenant::start(
+        &[
+            "run",
+            "--upstream",
+            &pg.url("app", "secret", "app"),
+            "--pool-size",
+            "2",
+            "--auth-type",
+            "trust",
+        ],
+        &[],
+    );
+    let port = p.port();
+    tokio::task::spawn_blocking(move || {
+        use support::wire::{query, Raw};
+        let notification = |r: &mut Raw| loop {
+            let m = r.read_msg();
+            if m.tag == b'A' {
+                return m.notification();
+            }
+        };
+        let mut a = Raw::connect(port);
+        let mut b = Raw::connect(port);
+        assert_ne!(a.key.0, b.key.0);
+        a.exchange(&[query("LISTEN jobs")]);
+        for i in 0..5 {
+            b.exchange(&[query(&format!("NOTIFY jobs, 'from b {i}'"))]);
+            let (pid, channel, payload) = notification(&mut a);
+            assert_eq!((channel.as_str(), payload), ("jobs", format!("from b {i}")));
+            assert_eq!(pid, b.key.0, "b's notification {i}");
+            // Its own, in the answer to its own NOTIFY (before ReadyForQuery).
+            let msgs = a.exchange(&[query(&format!("NOTIFY jobs, 'from a {i}'"))]);
+            let own = msgs
+                .iter()
+                .find(|m| m.tag == b'A')
+                .expect("a's own notification")
+                .notification();
+            assert_eq!(own, (a.key.0, "jobs".to_string(), format!("from a {i}")));
+        }
+    })
+    .await
+    .unwrap();
+}

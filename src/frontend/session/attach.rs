@@ -353,6 +353,10 @@ impl Session {
             timer: None,
             throttled: None,
         };
+        // Notifications this backend sends from now on are this client's (`listen`).
+        self.ctx
+            .listens
+            .note_attach(a.server.cancel.pid, self.c.key.pid);
         let mut setup = Setup::new();
         let reset_all = self.take_over(&mut a, &mut setup);
         let mut replay = Vec::new();
