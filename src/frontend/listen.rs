@@ -28,7 +28,10 @@
 //! client's: a client that skips its own notifications by comparing pids keeps doing so.
 //! (A notification read after its backend has moved on to the next client is named for
 //! that one: the hub reads notifications as they come, and a backend serves its next
-//! client only after the last one's ReadyForQuery.)
+//! client only after the last one's ReadyForQuery.) Not with `server_pipelining = auto`:
+//! a batch runs several clients' statements on a connection no session attached, so a
+//! trigger's notification there could be named for the connection's previous client
+//! (who might skip it as its own); the server's pid is left as it is.
 //!
 //! One client must not slow LISTEN for the others of its pool (PostgreSQL scans a
 //! backend's channel list per LISTEN and per notification): a client listens to at most
@@ -325,6 +328,7 @@ async fn run_hub(
     let mut subs = Subscribers {
         channels: HashMap::new(),
         notifiers,
+        rename: !pool.settings().server_pipelining,
     };
     let mut conn = None;
     // LISTENs waiting for a listening connection: (channel, ack).
@@ -451,7 +455,10 @@ async fn run_hub(
                 }
                 let _ = ack.send(());
             }
-            Err(Ok(Some(f))) if f.tag() == b'A' => deliver(&mut subs, &f),
+            Err(Ok(Some(f))) if f.tag() == b'A' => {
+                subs.rename = !pool.settings().server_pipelining;
+                deliver(&mut subs, &f)
+            }
             Err(Ok(Some(_))) => {}
             Err(Ok(None)) | Err(Err(_)) => {
                 tracing::warn!(pool = %pool.name(), "listening connection lost; reopening");
@@ -491,6 +498,8 @@ fn refuse(
 struct Subscribers {
     channels: HashMap<String, HashMap<u64, mpsc::Sender<Frame>>>,
     notifiers: Arc<dashmap::DashMap<i32, i32>>,
+    /// Name senders by their client's pid (not with server pipelining, see above).
+    rename: bool,
 }
 
 /// Hand a NotificationResponse to every client subscribed to its channel, naming the
@@ -507,6 +516,7 @@ fn deliver(subs: &mut Subscribers, f: &Frame) {
         .get(..4)
         .map(|b| i32::from_be_bytes(b.try_into().unwrap()));
     let renamed = sender
+        .filter(|_| subs.rename)
         .and_then(|pid| subs.notifiers.get(&pid).map(|c| *c))
         .map(|client| {
             let mut body = f.body().to_vec();
