@@ -47,10 +47,17 @@ pub const CACHE_MAX: usize = 4096;
 /// Longer values are checked every time, not kept.
 pub const CACHE_VALUE_MAX: usize = 256;
 
-/// Accepted (name, value) pairs and the server's spelling of the value.
+/// Accepted (name, value) pairs and the server's spelling of the value: name → value →
+/// spelling (looked up without copying the pair).
 #[derive(Default)]
 pub struct StartupChecks {
-    seen: Mutex<HashMap<(String, String), Arc<str>>>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    by_name: HashMap<String, HashMap<String, Arc<str>>>,
+    pairs: usize,
 }
 
 /// Why a login cannot go on.
@@ -111,7 +118,7 @@ fn try_query(pairs: &[(&str, &str)]) -> String {
 impl StartupChecks {
     fn cached(&self, name: &str, value: &str) -> Option<Arc<str>> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(&(name.to_owned(), value.to_owned())).cloned()
+        seen.by_name.get(name)?.get(value).cloned()
     }
 
     fn remember(&self, name: &str, value: &str, shown: &Arc<str>) {
@@ -119,14 +126,18 @@ impl StartupChecks {
             return;
         }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() < CACHE_MAX {
-            seen.insert((name.to_owned(), value.to_owned()), shown.clone());
+        if seen.pairs >= CACHE_MAX {
+            return;
+        }
+        let values = seen.by_name.entry(name.to_owned()).or_default();
+        if values.insert(value.to_owned(), shown.clone()).is_none() {
+            seen.pairs += 1;
         }
     }
 
     /// Pairs kept now (tests: the bound holds).
     pub fn len(&self) -> usize {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).pairs
     }
 
     /// Is nothing kept?
