@@ -846,3 +846,34 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use super::changes_schema;
+
+    #[test]
+    fn schema_changes_are_alter_drop_and_lasting_creates() {
+        for sql in [
+            "ALTER TABLE t ADD COLUMN c int",
+            "drop type mood",
+            "create type mood as enum ('a')",
+            "CREATE OR REPLACE VIEW v AS SELECT 1",
+            "select 1; /* then */ alter table t alter c type text",
+            "create unlogged table u (a int)",
+        ] {
+            assert!(changes_schema(sql), "{sql}");
+        }
+        for sql in [
+            "select 1",
+            "insert into t values (1)",
+            "create temp table x (a int)",
+            "CREATE TEMPORARY TABLE x (a int)",
+            "create local temp table x (a int)",
+            "update t set altered = true",
+            "select 'drop table t'",
+            "-- alter table t\nselect 1",
+        ] {
+            assert!(!changes_schema(sql), "{sql}");
+        }
+    }
+}
