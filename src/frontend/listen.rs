@@ -70,6 +70,14 @@ pub type ListenAck = oneshot::Receiver<Result<(), ListenRefused>>;
 /// The last refusal of a pool's LISTEN, and when it came.
 type LastRefusal = Arc<Mutex<Option<(Instant, ListenRefused)>>>;
 
+/// The pool's refusal, if it came less than [`REFUSAL_KEPT`] ago.
+fn recent(last: &LastRefusal) -> Option<ListenRefused> {
+    lock(last)
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < REFUSAL_KEPT)
+        .map(|(_, r)| r.clone())
+}
+
 enum Cmd {
     /// `ack` fires once the server listens on the channel (or refused to).
     Listen {
@@ -195,10 +203,8 @@ impl Subscriber {
         if self.channels.contains(&channel) {
             return Ok(None);
         }
-        if let Some((at, r)) = lock(&self.refused).as_ref() {
-            if at.elapsed() < REFUSAL_KEPT {
-                return Err(ListenLimit::Refused(r.clone()));
-            }
+        if let Some(r) = recent(&self.refused) {
+            return Err(ListenLimit::Refused(r));
         }
         if max_client != 0 && self.channels.len() >= max_client as usize {
             return Err(ListenLimit::Client(max_client));
@@ -328,17 +334,11 @@ async fn run_hub(
     let mut subs = Subscribers {
         channels: HashMap::new(),
         notifiers,
-        rename: !pool.settings().server_pipelining,
+        pool: pool.clone(),
     };
     let mut conn = None;
     // LISTENs waiting for a listening connection: (channel, ack).
     let mut acks: Vec<(String, Ack)> = Vec::new();
-    let recently_refused = || {
-        lock(&refused)
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < REFUSAL_KEPT)
-            .map(|(_, r)| r.clone())
-    };
     loop {
         if conn.is_none() && !subs.channels.is_empty() {
             match pool.open_dedicated("listen").await {
@@ -391,7 +391,7 @@ async fn run_hub(
                 tx,
                 ack,
             })) => {
-                if let Some(r) = recently_refused() {
+                if let Some(r) = recent(&refused) {
                     if !subs.channels.contains_key(&channel) {
                         let _ = ack.send(Err(r));
                         continue;
@@ -455,10 +455,7 @@ async fn run_hub(
                 }
                 let _ = ack.send(());
             }
-            Err(Ok(Some(f))) if f.tag() == b'A' => {
-                subs.rename = !pool.settings().server_pipelining;
-                deliver(&mut subs, &f)
-            }
+            Err(Ok(Some(f))) if f.tag() == b'A' => deliver(&mut subs, &f),
             Err(Ok(Some(_))) => {}
             Err(Ok(None)) | Err(Err(_)) => {
                 tracing::warn!(pool = %pool.name(), "listening connection lost; reopening");
@@ -498,8 +495,8 @@ fn refuse(
 struct Subscribers {
     channels: HashMap<String, HashMap<u64, mpsc::Sender<Frame>>>,
     notifiers: Arc<dashmap::DashMap<i32, i32>>,
-    /// Name senders by their client's pid (not with server pipelining, see above).
-    rename: bool,
+    /// Its settings say whether senders are renamed (not with server pipelining).
+    pool: Arc<Pool>,
 }
 
 /// Hand a NotificationResponse to every client subscribed to its channel, naming the
@@ -516,8 +513,8 @@ fn deliver(subs: &mut Subscribers, f: &Frame) {
         .get(..4)
         .map(|b| i32::from_be_bytes(b.try_into().unwrap()));
     let renamed = sender
-        .filter(|_| subs.rename)
         .and_then(|pid| subs.notifiers.get(&pid).map(|c| *c))
+        .filter(|_| !subs.pool.settings().server_pipelining)
         .map(|client| {
             let mut body = f.body().to_vec();
             body[..4].copy_from_slice(&client.to_be_bytes());

@@ -587,9 +587,9 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
     if !ctx.admin.pause.is_paused(&pool.key.database) && !ctx.admin.suspend.is_on() {
         if let Err(e) = ctx.startup_checks.check(&pool, &mut startup).await {
             let f = match e {
-                super::startup_check::Refused::Setting { code, message } => {
-                    tracing::info!(user = %Escaped(&user), code = %code, message = %Escaped(&message), "client refused: a startup setting the server refuses");
-                    build::fatal(&code, &message)
+                super::startup_check::Refused::Setting(e) => {
+                    tracing::info!(user = %Escaped(&user), code = %e.code, message = %Escaped(&e.message), "client refused: a startup setting the server refuses");
+                    build::fatal(&e.code, &e.message)
                 }
                 super::startup_check::Refused::Pool(e) => pool_error_frame(&e),
             };

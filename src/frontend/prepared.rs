@@ -25,7 +25,7 @@ pub struct StatementDef {
     pub server_name: String,
     /// The Parse to send a server that lacks the statement (under `server_name`).
     pub parse: Frame,
-    /// What the statement may do to the session ([`effects`] bits): read back afterwards.
+    /// What the statement may do to the session ([`effect`] bits): read back afterwards.
     pub effects: u8,
     /// Its text (the router plans it when a Bind starts a transaction).
     pub query: Arc<str>,
@@ -89,20 +89,22 @@ impl StatementRegistry {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let server_name = server_statement_name(id);
         let parse = p.encode_as(&server_name);
-        let effects = effects(&p.query);
+        // Classified once: what it does to the session, and whether the hub answers it.
+        let cmds = classify(&p.query);
+        let hub_tag = match &cmds[..] {
+            [Command::Listen { .. }] => Some("LISTEN"),
+            [Command::Unlisten { .. }] => Some("UNLISTEN"),
+            _ => None,
+        };
         Arc::new(StatementDef {
             id,
             server_name,
             parse,
             query: Arc::from(&*p.query),
-            effects,
+            effects: effects_of(&p.query, &cmds),
             custom: crate::router::command::custom_setting_names(&p.query).into(),
             plan: Default::default(),
-            hub_tag: match crate::router::command::classify_single(&p.query) {
-                Some(crate::router::command::Command::Listen { .. }) => Some("LISTEN"),
-                Some(crate::router::command::Command::Unlisten { .. }) => Some("UNLISTEN"),
-                _ => None,
-            },
+            hub_tag,
         })
     }
 
@@ -110,7 +112,7 @@ impl StatementRegistry {
         self.map.len() + self.fresh.len()
     }
 
-    /// A client changed the schema (`router::command::changes_schema`): statements
+    /// A client changed the schema (`router::command::Command::SchemaChange`): statements
     /// parsed from now on are defined afresh (new ids, so new server-side statements
     /// planned against the new schema), as on a direct connection that prepares them
     /// now. Those clients hold already stay theirs, stale or not, as on a direct
@@ -168,15 +170,8 @@ pub mod effect {
     pub const ALL: u8 = SETTINGS | STATE | HIDDEN;
 }
 
-/// What this SQL may do to the session ([`effect`] bits; 0 for nearly all DML).
-pub fn effects(sql: &str) -> u8 {
-    if crate::router::command::is_plain_dml(sql) {
-        return dml_effects(sql);
-    }
-    effects_of(sql, &classify(sql))
-}
-
-/// [`effects`] for DML (a plain statement, see `is_plain_dml`).
+/// What plain DML (see `is_plain_dml`) may do to the session ([`effect`] bits; 0 for
+/// nearly all of it).
 pub fn dml_effects(sql: &str) -> u8 {
     if crate::router::effects::opaque(sql) {
         effect::ALL
@@ -192,7 +187,7 @@ pub fn dml_effects(sql: &str) -> u8 {
     }
 }
 
-/// [`effects`] for SQL already classified into `cmds`.
+/// What SQL classified into `cmds` may do to the session ([`effect`] bits).
 pub fn effects_of(sql: &str, cmds: &[Command]) -> u8 {
     let mut e = dml_effects(sql);
     for c in cmds {
@@ -212,7 +207,9 @@ pub fn effects_of(sql: &str, cmds: &[Command]) -> u8 {
             | Command::Unlisten { .. } => effect::STATE,
             // DISCARD ALL that reaches a server drops its statements too.
             Command::DiscardAll => effect::SETTINGS | effect::STATE,
-            Command::Opaque | Command::Execute { .. } => effect::ALL,
+            Command::Opaque | Command::SchemaChange { opaque: true } | Command::Execute { .. } => {
+                effect::ALL
+            }
             _ => 0,
         };
     }

@@ -28,7 +28,9 @@
 //!   are replayed (and refused, logged) as before.
 //! - Each accepted value is replaced by what the server shows for it: what the client is
 //!   told in ParameterStatus, and what pgtenant replays on server connections.
-//! - The cache holds at most [`CACHE_MAX`] pairs of at most [`CACHE_VALUE_MAX`] bytes,
+//! - The cache is kept per server role (whether a setting may be set depends on the role:
+//!   one a superuser's client set is not thereby accepted for another role's) and holds at
+//!   most [`CACHE_MAX`] pairs of names and values of at most [`CACHE_VALUE_MAX`] bytes,
 //!   accepted ones only: a client that sends ever new values pays its own round trip each
 //!   time and grows nothing. No server connection to be had refuses the login with the
 //!   pool's error, as the first statement would have been refused.
@@ -40,23 +42,27 @@ use std::sync::{Arc, Mutex};
 use super::params::{ident, literal, ParamMap};
 use crate::backend::BackendError;
 use crate::pool::{Pool, PoolError};
+use crate::protocol::decode::ErrorFields;
 use crate::protocol::sqlstate;
+use crate::sync::lock;
 
 /// Pairs kept at most.
 pub const CACHE_MAX: usize = 4096;
-/// Longer values are checked every time, not kept.
+/// Longer names and values are checked every time, not kept.
 pub const CACHE_VALUE_MAX: usize = 256;
 
-/// Accepted (name, value) pairs and the server's spelling of the value: name → value →
-/// spelling (looked up without copying the pair).
+/// Accepted pairs and the server's spelling of the value: role → name → value → spelling
+/// (looked up without copying anything).
 #[derive(Default)]
 pub struct StartupChecks {
     seen: Mutex<Seen>,
 }
 
+type Spellings = HashMap<String, HashMap<String, Arc<str>>>;
+
 #[derive(Default)]
 struct Seen {
-    by_name: HashMap<String, HashMap<String, Arc<str>>>,
+    by_role: HashMap<Arc<str>, Spellings>,
     pairs: usize,
 }
 
@@ -64,7 +70,7 @@ struct Seen {
 #[derive(Debug)]
 pub enum Refused {
     /// The server refused a setting (its SQLSTATE and message, sent as FATAL).
-    Setting { code: String, message: String },
+    Setting(ErrorFields),
     /// No server connection could be had.
     Pool(PoolError),
 }
@@ -116,20 +122,32 @@ fn try_query(pairs: &[(&str, &str)]) -> String {
 }
 
 impl StartupChecks {
-    fn cached(&self, name: &str, value: &str) -> Option<Arc<str>> {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.by_name.get(name)?.get(value).cloned()
+    fn cached(&self, role: &str, name: &str, value: &str) -> Option<Arc<str>> {
+        lock(&self.seen)
+            .by_role
+            .get(role)?
+            .get(name)?
+            .get(value)
+            .cloned()
     }
 
-    fn remember(&self, name: &str, value: &str, shown: &Arc<str>) {
-        if value.len() > CACHE_VALUE_MAX || shown.len() > CACHE_VALUE_MAX {
+    fn remember(&self, role: &Arc<str>, name: &str, value: &str, shown: &Arc<str>) {
+        if [name.len(), value.len(), shown.len()]
+            .iter()
+            .any(|&n| n > CACHE_VALUE_MAX)
+        {
             return;
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = lock(&self.seen);
         if seen.pairs >= CACHE_MAX {
             return;
         }
-        let values = seen.by_name.entry(name.to_owned()).or_default();
+        let values = seen
+            .by_role
+            .entry(role.clone())
+            .or_default()
+            .entry(name.to_owned())
+            .or_default();
         if values.insert(value.to_owned(), shown.clone()).is_none() {
             seen.pairs += 1;
         }
@@ -137,7 +155,7 @@ impl StartupChecks {
 
     /// Pairs kept now (tests: the bound holds).
     pub fn len(&self) -> usize {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).pairs
+        lock(&self.seen).pairs
     }
 
     /// Is nothing kept?
@@ -148,12 +166,13 @@ impl StartupChecks {
     /// Check `startup` (the rules above) and put the server's spelling of each accepted
     /// value in it.
     pub async fn check(&self, pool: &Arc<Pool>, startup: &mut ParamMap) -> Result<(), Refused> {
+        let role = &pool.key.user;
         let mut new: Vec<(String, String)> = Vec::new();
         for (name, value) in startup.iter_mut() {
             if !checked(name, value) {
                 continue;
             }
-            match self.cached(name, value) {
+            match self.cached(role, name, value) {
                 Some(shown) => *value = shown.to_string(),
                 None => new.push((name.clone(), value.clone())),
             }
@@ -169,10 +188,7 @@ impl StartupChecks {
                 found.extend(pairs.iter().zip(first_row(rows)).map(|(p, v)| (*p, v)));
                 Ok(())
             }
-            Err(BackendError::Server(e)) if wrong_setting(&e.code) => Err(Refused::Setting {
-                code: e.code,
-                message: e.message,
-            }),
+            Err(BackendError::Server(e)) if wrong_setting(&e.code) => Err(Refused::Setting(e)),
             Err(BackendError::Server(_)) => {
                 // Something else refused (a setting that cannot change now): each alone.
                 let mut r = Ok(());
@@ -180,10 +196,7 @@ impl StartupChecks {
                     match server.query_rows(&try_query(&[*p])).await {
                         Ok(rows) => found.extend(first_row(rows).map(|v| (*p, v))),
                         Err(BackendError::Server(e)) if wrong_setting(&e.code) => {
-                            r = Err(Refused::Setting {
-                                code: e.code,
-                                message: e.message,
-                            });
+                            r = Err(Refused::Setting(e));
                             break;
                         }
                         Err(BackendError::Server(_)) => {}
@@ -205,7 +218,7 @@ impl StartupChecks {
         pool.release(server, clean);
         for ((name, value), shown) in found {
             let shown: Arc<str> = shown.into();
-            self.remember(name, value, &shown);
+            self.remember(role, name, value, &shown);
             if let Some(v) = startup.get_mut(name) {
                 *v = shown.to_string();
             }
@@ -253,13 +266,20 @@ mod tests {
     fn the_cache_is_bounded_and_keeps_short_pairs_only() {
         let c = StartupChecks::default();
         let shown: Arc<str> = "x".into();
-        c.remember("timezone", &"a".repeat(CACHE_VALUE_MAX + 1), &shown);
+        let app: Arc<str> = "app".into();
+        c.remember(&app, "timezone", &"a".repeat(CACHE_VALUE_MAX + 1), &shown);
+        c.remember(&app, &"n".repeat(CACHE_VALUE_MAX + 1), "1", &shown);
         assert!(c.is_empty());
         for i in 0..CACHE_MAX + 10 {
-            c.remember("timezone", &i.to_string(), &shown);
+            c.remember(&app, "timezone", &i.to_string(), &shown);
         }
         assert_eq!(c.len(), CACHE_MAX);
-        assert_eq!(c.cached("timezone", "7").as_deref(), Some("x"));
-        assert_eq!(c.cached("timezone", &(CACHE_MAX + 5).to_string()), None);
+        assert_eq!(c.cached("app", "timezone", "7").as_deref(), Some("x"));
+        assert_eq!(
+            c.cached("app", "timezone", &(CACHE_MAX + 5).to_string()),
+            None
+        );
+        // What one role was allowed is not thereby another's.
+        assert_eq!(c.cached("other", "timezone", "7"), None);
     }
 }

@@ -432,13 +432,17 @@ impl Pool {
     }
 
     /// Hand a clean connection to the waiter whose turn it is (counted for its tenant);
-    /// the connection back when nobody takes it.
-    fn hand_to_waiter(&self, g: &mut Inner, mut c: Box<ServerConn>) -> Option<Box<ServerConn>> {
+    /// the connection back when nobody takes it. `s`: the settings the caller read.
+    fn hand_to_waiter(
+        &self,
+        g: &mut Inner,
+        mut c: Box<ServerConn>,
+        s: &Settings,
+    ) -> Option<Box<ServerConn>> {
         // io_uring: a waiter whose task runs on this thread, if one is near the front,
         // takes the connection without a wake-up of another thread. Not with server
         // pipelining: a batch takes its waiters in turn order (`batch` rules).
-        let here =
-            crate::net::uring::this_ring().filter(|_| !self.settings.load().server_pipelining);
+        let here = crate::net::uring::this_ring().filter(|_| !s.server_pipelining);
         loop {
             if !g.queue.has_turns() {
                 break;
@@ -449,7 +453,7 @@ impl Pool {
             }
             let Some(p) = g.queue.pop() else { break };
             if p.counted.is_none() {
-                match self.try_batch(g, c, p.waiter) {
+                match self.try_batch(g, c, p.waiter, s) {
                     Ok(()) => return None,
                     Err(back) => c = back,
                 }
@@ -476,6 +480,7 @@ impl Pool {
         g: &mut Inner,
         c: Box<ServerConn>,
         head: Waiter,
+        s: &Settings,
     ) -> Result<(), Box<ServerConn>> {
         let mut mates: Vec<Waiter> = Vec::new();
         // A unit that may wait (a write, a row lock, a sleep) goes last: nobody waits
@@ -485,7 +490,7 @@ impl Pool {
             .as_ref()
             .is_some_and(|u| !u.may_wait && batch::fits(&c, u))
         {
-            let depth = self.settings.load().server_pipeline_depth.max(2) as usize;
+            let depth = s.server_pipeline_depth.max(2) as usize;
             while mates.len() + 1 < depth {
                 match g
                     .queue
@@ -555,7 +560,7 @@ impl Pool {
                 let Some(idle) = g.idle.pop_back() else {
                     break;
                 };
-                if let Some(back) = self.hand_to_waiter(&mut g, idle) {
+                if let Some(back) = self.hand_to_waiter(&mut g, idle, &self.settings.load()) {
                     g.idle.push_back(back);
                     break;
                 }
@@ -595,7 +600,7 @@ impl Pool {
             c.terminate();
             return;
         }
-        let Some(c) = self.hand_to_waiter(&mut g, c) else {
+        let Some(c) = self.hand_to_waiter(&mut g, c, &s) else {
             return;
         };
         c.conn.watch();

@@ -25,6 +25,12 @@ pub enum Command {
     Unlisten { channel: Option<String> },
     /// `DROP DATABASE [IF EXISTS] name`
     DropDatabase { name: String },
+    /// `ALTER …`, `DROP …` (not a database) or `CREATE …` (not a temporary one, which no
+    /// other session sees): prepared statements planned before it may be stale, so the
+    /// ones pgtenant shares between clients are made afresh for later clients
+    /// (`StatementRegistry::new_schema`). `opaque`: it may also change session state as
+    /// [`Command::Opaque`] does (a `CREATE` may make a function, a sequence …).
+    SchemaChange { opaque: bool },
     /// A statement that may change session state in ways its text does not show (`DO`,
     /// `CALL`, `CREATE` — temp tables —, `DECLARE … WITH HOLD`, `LOAD`, `EXPLAIN
     /// ANALYZE`, anything not known to be harmless): the session is read back after it.
@@ -163,31 +169,10 @@ pub fn classify_single(sql: &str) -> Option<Command> {
     }
 }
 
-/// Does this text change the schema a statement is planned against: does one of its
-/// statements start with `ALTER`, `DROP` or `CREATE` (but `CREATE TEMP`, `TEMPORARY`,
-/// `LOCAL TEMP…`, which no other session sees)? A prepared statement keeps the column and
-/// parameter types it was planned with, so the statements pgtenant shares between
-/// clients are made afresh for those who prepare after it
-/// (`StatementRegistry::new_schema`). A word scan: a false hit costs re-preparing.
-pub fn changes_schema(sql: &str) -> bool {
-    let mut lx = Lexer {
-        s: sql.as_bytes(),
-        i: 0,
-    };
-    loop {
-        let w = lx.statement_words(3);
-        let kw = |i: usize| w.get(i).map_or("", |x| x.keyword.as_str());
-        let temp = |w: &str| matches!(w, "temp" | "temporary");
-        let temp_create = temp(kw(1)) || (kw(1) == "local" && temp(kw(2)));
-        match kw(0) {
-            "alter" | "drop" => return true,
-            "create" if !temp_create => return true,
-            _ => {}
-        }
-        if lx.at_end() {
-            return false;
-        }
-    }
+/// Does one of these statements change the schema ([`Command::SchemaChange`])?
+pub fn changes_schema(cmds: &[Command]) -> bool {
+    cmds.iter()
+        .any(|c| matches!(c, Command::SchemaChange { .. }))
 }
 
 /// Custom settings a session keeps track of (and reads back by name); a client naming
@@ -350,6 +335,15 @@ fn classify_words(w: &[Word]) -> Command {
             match name(i) {
                 Some(n) if !n.is_empty() => Command::DropDatabase { name: n },
                 _ => Command::Other,
+            }
+        }
+        "alter" | "drop" => Command::SchemaChange { opaque: false },
+        "create" => {
+            let temp = |w: &str| matches!(w, "temp" | "temporary");
+            if temp(kw(1)) || (kw(1) == "local" && temp(kw(2))) {
+                Command::Opaque
+            } else {
+                Command::SchemaChange { opaque: true }
             }
         }
         "listen" => match name(1) {
@@ -849,7 +843,7 @@ mod tests {
 
 #[cfg(test)]
 mod schema_tests {
-    use super::changes_schema;
+    use super::{changes_schema, classify};
 
     #[test]
     fn schema_changes_are_alter_drop_and_lasting_creates() {
@@ -861,7 +855,7 @@ mod schema_tests {
             "select 1; /* then */ alter table t alter c type text",
             "create unlogged table u (a int)",
         ] {
-            assert!(changes_schema(sql), "{sql}");
+            assert!(changes_schema(&classify(sql)), "{sql}");
         }
         for sql in [
             "select 1",
@@ -873,7 +867,7 @@ mod schema_tests {
             "select 'drop table t'",
             "-- alter table t\nselect 1",
         ] {
-            assert!(!changes_schema(sql), "{sql}");
+            assert!(!changes_schema(&classify(sql)), "{sql}");
         }
     }
 }

@@ -10,6 +10,16 @@ use support::{PgServer, Pgtenant};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 
+/// pgtenant (transaction mode unless `extra` says otherwise) in front of `pg`, with
+/// `pool_size` server connections.
+fn start(pg: &PgServer, pool_size: u32, extra: &[&str]) -> Pgtenant {
+    let upstream = pg.url("app", "secret", "app");
+    let size = pool_size.to_string();
+    let mut args = vec!["run", "--upstream", &upstream, "--pool-size", &size];
+    args.extend_from_slice(extra);
+    Pgtenant::start(&args, &[])
+}
+
 /// A client whose notifications arrive on a channel.
 async fn listener(url: &str) -> (Client, mpsc::UnboundedReceiver<Notification>) {
     let (client, mut conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
@@ -35,16 +45,7 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Notification>) -> Option<Notifica
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_mode_delivers_notifications_to_subscribers() {
     let pg = PgServer::start();
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &pg.url("app", "secret", "app"),
-            "--pool-size",
-            "1",
-        ],
-        &[],
-    );
+    let p = start(&pg, 1, &[]);
     let url = p.url("app", "secret", "app");
     let (a, mut a_rx) = listener(&url).await;
     let (b, mut b_rx) = listener(&url).await;
@@ -106,18 +107,7 @@ async fn transaction_mode_delivers_notifications_to_subscribers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_listen_works_on_the_clients_own_connection() {
     let pg = PgServer::start();
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &pg.url("app", "secret", "app"),
-            "--pool-size",
-            "2",
-            "--pool-mode",
-            "session",
-        ],
-        &[],
-    );
+    let p = start(&pg, 2, &["--pool-mode", "session"]);
     let url = p.url("app", "secret", "app");
     let (a, mut a_rx) = listener(&url).await;
     let c = support::connect(&url).await;
@@ -147,18 +137,7 @@ async fn listen_channels_are_capped_per_client_and_per_pool() {
     let pg = PgServer::start();
     let dir = support::TempDir::new("listen-caps");
     let conf = dir.config_file("max_listen_channels = 3\nmax_pool_listen_channels = 4\n");
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &pg.url("app", "secret", "app"),
-            "--pool-size",
-            "2",
-            "--config",
-            conf.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let p = start(&pg, 2, &["--config", conf.to_str().unwrap()]);
     let url = p.url("app", "secret", "app");
     let (a, mut a_rx) = listener(&url).await;
     let (b, mut b_rx) = listener(&url).await;
@@ -283,16 +262,7 @@ async fn a_listen_the_server_refuses_fails_as_on_a_direct_connection() {
     let direct = support::connect(&pg.url("app", "secret", "app")).await;
     let want = direct.batch_execute("LISTEN jobs").await.unwrap_err();
     assert_eq!(code(&want), "25006", "{want:?}");
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &pg.url("app", "secret", "app"),
-            "--pool-size",
-            "2",
-        ],
-        &[],
-    );
+    let p = start(&pg, 2, &[]);
     let url = p.url("app", "secret", "app");
     let c = support::connect(&url).await;
     for round in 0..2 {
@@ -318,16 +288,7 @@ async fn a_listen_the_server_refuses_fails_as_on_a_direct_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_listen_is_the_clients() {
     let pg = PgServer::start();
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &pg.url("app", "secret", "app"),
-            "--pool-size",
-            "1",
-        ],
-        &[],
-    );
+    let p = start(&pg, 1, &[]);
     let url = p.url("app", "secret", "app");
     let (a, mut a_rx) = listener(&url).await;
     a.execute("LISTEN jobs", &[]).await.unwrap();
@@ -354,18 +315,7 @@ async fn a_prepared_listen_is_the_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_names_its_sender_as_the_sender_knows_itself() {
     let pg = PgServer::start();
-    let p = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &pg.url("app", "secret", "app"),
-            "--pool-size",
-            "2",
-            "--auth-type",
-            "trust",
-        ],
-        &[],
-    );
+    let p = start(&pg, 2, &["--auth-type", "trust"]);
     let port = p.port();
     tokio::task::spawn_blocking(move || {
         use support::wire::{query, Raw};

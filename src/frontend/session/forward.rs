@@ -229,7 +229,7 @@ impl Session {
                 }
                 if self.mode == PoolMode::Session {
                     if !is_plain_dml(sql) {
-                        close_for_drop(&self.ctx, sql, &classify(sql));
+                        before_forwarding(&self.ctx, &classify(sql));
                     }
                     a.server.conn.queue(&f);
                     a.pipe.push(Expect::Forward(Req::Query { prepare: None }));
@@ -243,7 +243,7 @@ impl Session {
                     return Ok(());
                 };
                 let cmds = classify(sql);
-                close_for_drop(&self.ctx, sql, &cmds);
+                before_forwarding(&self.ctx, &cmds);
                 let mut e = effects_of(sql, &cmds);
                 if cmds.iter().any(|c| matches!(c, Command::Prepare { .. })) {
                     // Untracked: the client's own statement lives on this server.
@@ -273,7 +273,7 @@ impl Session {
             return Ok(());
         }
         let cmds = classify(sql);
-        close_for_drop(&self.ctx, sql, &cmds);
+        before_forwarding(&self.ctx, &cmds);
         if let [cmd] = &cmds[..] {
             let answer = self.view_command(cmd.clone());
             if self.answered_view_command(answer) {
@@ -446,21 +446,22 @@ pub(super) fn screen_parse(ctx: &Context, sql: &str) -> Result<Option<Vec<Comman
         return Ok(None);
     }
     let cmds = classify(sql);
-    close_for_drop(ctx, sql, &cmds);
+    before_forwarding(ctx, &cmds);
     match reserved_refusal(&cmds) {
         Some(refusal) => Err(refusal),
         None => Ok(Some(cmds)),
     }
 }
 
-/// `DROP DATABASE` among `cmds` (however it arrives: simple query, extended protocol,
+/// What a statement about to be forwarded asks of pgtenant itself. `DROP DATABASE`
+/// among `cmds` (however it arrives: simple query, extended protocol,
 /// any mode): pgtenant's idle connections to that database (the pools', and auth_query's
 /// kept ones) would make the server wait for them and refuse, so they are closed first.
-/// Any other schema change (`changes_schema`) makes the statements clients prepare from
-/// now on new ones on the servers (`StatementRegistry::new_schema`): a statement another
-/// client prepared before it would be planned against the old schema.
-pub(super) fn close_for_drop(ctx: &Context, sql: &str, cmds: &[Command]) {
-    if crate::router::command::changes_schema(sql) {
+/// Any other schema change (`Command::SchemaChange`) makes the statements clients prepare
+/// from now on new ones on the servers (`StatementRegistry::new_schema`): a statement
+/// another client prepared before it would be planned against the old schema.
+pub(super) fn before_forwarding(ctx: &Context, cmds: &[Command]) {
+    if crate::router::command::changes_schema(cmds) {
         ctx.statements.new_schema();
     }
     for c in cmds {

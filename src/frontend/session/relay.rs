@@ -50,7 +50,8 @@ impl Session {
                         a.pipe.copy_in = false;
                         a.pipe.lost_track = true;
                     }
-                    if stale_statement(f.body()) {
+                    let fields = ErrorFields::parse(f.body()).unwrap_or_default();
+                    if stale_statement(&fields) {
                         // A schema change made outside pgtenant: statements parsed from now
                         // on are planned afresh (`StatementRegistry::new_schema`).
                         self.ctx.statements.new_schema();
@@ -58,10 +59,7 @@ impl Session {
                     if a.pool.key.node != self.c.pool.key.node {
                         // On a worker, a missing relation or an internal error can mean the
                         // shard moved away: check the map now rather than at the next tick.
-                        let code = ErrorFields::parse(f.body())
-                            .map(|e| e.code)
-                            .unwrap_or_default();
-                        if matches!(code.as_str(), "42P01" | "XX000" | "55000") {
+                        if matches!(fields.code.as_str(), "42P01" | "XX000" | "55000") {
                             if let Some(c) = &self.c.cluster {
                                 c.map.request_refresh();
                             }
@@ -387,20 +385,22 @@ mod tests {
     }
 }
 
-/// Does this ErrorResponse say a prepared statement was planned against a schema that
-/// changed (`0A000 cached plan must not change result type`, `XX000 cache lookup failed
-/// for type …`)? A byte scan of the message: errors are rare, and most are not these.
-fn stale_statement(body: &[u8]) -> bool {
-    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
-    (has(b"C0A000\0") && has(b"cached plan must not change result type"))
-        || (has(b"CXX000\0") && has(b"cache lookup failed for type"))
+/// Does this error say a prepared statement was planned against a schema that changed
+/// (`0A000 cached plan must not change result type`, `XX000 cache lookup failed for type
+/// …`)?
+fn stale_statement(e: &ErrorFields) -> bool {
+    (e.code == "0A000" && e.message == "cached plan must not change result type")
+        || (e.code == "XX000" && e.message.starts_with("cache lookup failed for type"))
 }
 
 #[cfg(test)]
 mod stale_tests {
     #[test]
     fn stale_statement_errors_are_known_by_code_and_message() {
-        let body = |code: &str, msg: &str| format!("SERROR\0C{code}\0M{msg}\0\0").into_bytes();
+        let body = |code: &str, msg: &str| {
+            let b = format!("SERROR\0C{code}\0M{msg}\0\0").into_bytes();
+            super::ErrorFields::parse(&b).unwrap()
+        };
         assert!(super::stale_statement(&body(
             "0A000",
             "cached plan must not change result type"
