@@ -571,6 +571,7 @@ mod tests {
             severity: "ERROR".into(),
             code: "42501".into(),
             message: "permission denied for table pg_authid".into(),
+            ..Default::default()
         });
         let text = denied.to_string();
         assert!(

@@ -66,6 +66,9 @@ pub struct ErrorFields {
     pub severity: String,
     pub code: String,
     pub message: String,
+    /// The server function that raised it (`R`): never translated, unlike the message,
+    /// so it names an error whatever the server's `lc_messages`.
+    pub routine: String,
 }
 
 impl ErrorFields {
@@ -83,6 +86,7 @@ impl ErrorFields {
                 b'S' if out.severity.is_empty() => out.severity = v,
                 b'C' => out.code = v,
                 b'M' => out.message = v,
+                b'R' => out.routine = v,
                 _ => {}
             }
         }

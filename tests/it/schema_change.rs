@@ -98,6 +98,9 @@ async fn after_an_outside_schema_change_the_stale_error_comes_once() {
     let first = b.query("select * from u where id = $1", &[&1i32]).await;
     let e = first.expect_err("the statement A prepared before the change is stale");
     assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
+    // What pgtenant knows it by besides the (translatable) message.
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.routine(), Some("RevalidateCachedQuery"), "{db:?}");
     let rows = b
         .query("select * from u where id = $1", &[&1i32])
         .await

@@ -389,7 +389,11 @@ mod tests {
 /// (`0A000 cached plan must not change result type`, `XX000 cache lookup failed for type
 /// …`)?
 fn stale_statement(e: &ErrorFields) -> bool {
-    (e.code == "0A000" && e.message == "cached plan must not change result type")
+    // Known by the raising function where the message may be translated (`ereport`);
+    // `elog` messages, as the type lookup's, never are.
+    (e.code == "0A000"
+        && (e.routine == "RevalidateCachedQuery"
+            || e.message == "cached plan must not change result type"))
         || (e.code == "XX000" && e.message.starts_with("cache lookup failed for type"))
 }
 
@@ -410,6 +414,15 @@ mod stale_tests {
             "cache lookup failed for type 17280"
         )));
         assert!(!super::stale_statement(&body("0A000", "something else")));
+        // A server whose lc_messages translates the message: its routine still names it.
+        let b = b"SFEHLER\0VERROR\0C0A000\0Mgecachter Plan darf den Ergebnistyp nicht \xc3\xa4ndern\0Fplancache.c\0L720\0RRevalidateCachedQuery\0\0";
+        assert!(super::stale_statement(
+            &super::ErrorFields::parse(b).unwrap()
+        ));
+        let b = b"SERROR\0C0A000\0Mnot supported\0RExecInitFoo\0\0";
+        assert!(!super::stale_statement(
+            &super::ErrorFields::parse(b).unwrap()
+        ));
         assert!(!super::stale_statement(&body(
             "42P01",
             "cache lookup failed for type 1"
