@@ -11,9 +11,17 @@
 //! (the committing backend has signalled it) ahead of that query's ReadyForQuery — so
 //! once the barrier is passed, the client's notifications are in its queue.
 //!
-//! If the listening connection breaks, it is reopened and every channel listened again;
-//! notifications sent in between are lost (as they would be for a direct connection that
-//! reconnects).
+//! Notifications are never lost without the client knowing. A direct connection that
+//! misses notifications is a broken one (its server went away), and its client resyncs
+//! after reconnecting; so:
+//! - If the listening connection breaks, every client listening through it is ended with
+//!   FATAL 08006 once it is between transactions ([`Lost::Connection`]); the next LISTEN
+//!   opens a new listening connection.
+//! - A client whose queue of undelivered notifications is full ([`CLIENT_QUEUE`]
+//!   notifications or [`CLIENT_QUEUE_BYTES`]: it does not read its socket, or one
+//!   statement of its ran while they piled up) is ended the same way with FATAL 54000
+//!   ([`Lost::Overflow`]): its memory stays bounded and the others are not slowed.
+//! - Either way the notifications already queued for it go out first.
 //!
 //! A LISTEN the server refuses (a standby: 25006 "cannot execute LISTEN during
 //! recovery") fails as on a direct connection: the hub answers the waiting LISTENs of
@@ -50,8 +58,90 @@ use crate::net::Frame;
 use crate::pool::{Pool, PoolKey};
 use crate::protocol::Reader;
 
-/// Notifications waiting for one client; beyond this, new ones are dropped (logged).
-const CLIENT_QUEUE: usize = 1024;
+/// Notifications waiting for one client; one more ends it ([`Lost::Overflow`]).
+pub const CLIENT_QUEUE: usize = 10_000;
+
+/// Bytes of notifications waiting for one client; more ends it ([`Lost::Overflow`]).
+pub const CLIENT_QUEUE_BYTES: usize = 4 << 20;
+
+/// Why a client's notifications were lost: its session ends with this error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The listening connection broke.
+    Connection,
+    /// The client's queue was full.
+    Overflow,
+}
+
+impl Lost {
+    /// The SQLSTATE of the client's FATAL.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lost::Connection => crate::protocol::sqlstate::CONNECTION_FAILURE,
+            Lost::Overflow => crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        }
+    }
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::Connection => f.write_str(
+                "the server connection listening for this client's channels was lost; notifications may have been missed",
+            ),
+            Lost::Overflow => write!(
+                f,
+                "too many notifications waiting for this client (over {CLIENT_QUEUE} or {} MiB); notifications were lost",
+                CLIENT_QUEUE_BYTES >> 20
+            ),
+        }
+    }
+}
+
+/// Where the hub hands a client's notifications: its queue, the bytes in it, and the flag
+/// that says its notifications were lost (0: not, 1: [`Lost::Connection`], 2:
+/// [`Lost::Overflow`]).
+#[derive(Clone)]
+struct Inbox {
+    tx: mpsc::Sender<Frame>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    lost: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl Inbox {
+    /// Queue a notification; false (and the client marked lost) when its queue is full.
+    fn offer(&self, f: &Frame) -> Result<(), mpsc::error::TrySendError<()>> {
+        let len = f.body().len();
+        if self.queued.load(Ordering::Relaxed) + len > CLIENT_QUEUE_BYTES {
+            return Err(mpsc::error::TrySendError::Full(()));
+        }
+        match self.tx.try_send(f.clone()) {
+            Ok(()) => {
+                self.queued.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(mpsc::error::TrySendError::Full(())),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(mpsc::error::TrySendError::Closed(())),
+        }
+    }
+
+    /// Mark the client's notifications lost (the first reason stays) and wake its session
+    /// (a notification of no channel, which it drops; a full queue wakes it anyway).
+    fn lose(&self, why: Lost) {
+        let v = match why {
+            Lost::Connection => 1,
+            Lost::Overflow => 2,
+        };
+        let _ = self
+            .lost
+            .compare_exchange(0, v, Ordering::Relaxed, Ordering::Relaxed);
+        let wake = Frame::new(b'A', &[0, 0, 0, 0, 0, 0]);
+        let len = wake.body().len();
+        if self.tx.try_send(wake).is_ok() {
+            self.queued.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+}
 
 /// After a server refused a LISTEN, the pool's LISTENs get that error without asking
 /// again for this long.
@@ -83,7 +173,7 @@ enum Cmd {
     Listen {
         client: u64,
         channel: String,
-        tx: mpsc::Sender<Frame>,
+        inbox: Inbox,
         ack: oneshot::Sender<Result<(), ListenRefused>>,
     },
     Unlisten {
@@ -161,8 +251,8 @@ impl std::fmt::Display for ListenLimit {
 /// without finishing).
 pub struct Subscriber {
     id: u64,
-    pub rx: mpsc::Receiver<Frame>,
-    tx: mpsc::Sender<Frame>,
+    rx: mpsc::Receiver<Frame>,
+    inbox: Inbox,
     hub: mpsc::UnboundedSender<Cmd>,
     pool_channels: Arc<Mutex<HashMap<String, u32>>>,
     refused: LastRefusal,
@@ -183,6 +273,38 @@ impl Subscriber {
             .position(|&b| b == 0)
             .unwrap_or(channel.len());
         std::str::from_utf8(&channel[..end]).is_ok_and(|c| self.channels.contains(c))
+    }
+
+    /// The next notification waiting for the client, if any (registers `cx` otherwise).
+    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Frame> {
+        match self.rx.poll_recv(cx) {
+            std::task::Poll::Ready(Some(f)) => std::task::Poll::Ready(self.taken(f)),
+            // Never closed: the subscriber holds a sender itself.
+            _ => std::task::Poll::Pending,
+        }
+    }
+
+    /// The next notification waiting for the client, if any.
+    pub fn try_next(&mut self) -> Option<Frame> {
+        let f = self.rx.try_recv().ok()?;
+        Some(self.taken(f))
+    }
+
+    fn taken(&self, f: Frame) -> Frame {
+        self.inbox
+            .queued
+            .fetch_sub(f.body().len(), Ordering::Relaxed);
+        f
+    }
+
+    /// Were notifications meant for this client lost (see the module's rules)? Its
+    /// session ends with this error once it is between transactions.
+    pub fn lost(&self) -> Option<Lost> {
+        match self.inbox.lost.load(Ordering::Relaxed) {
+            0 => None,
+            1 => Some(Lost::Connection),
+            _ => Some(Lost::Overflow),
+        }
     }
 
     /// Listens to no channel.
@@ -225,7 +347,7 @@ impl Subscriber {
         let _ = self.hub.send(Cmd::Listen {
             client: self.id,
             channel,
-            tx: self.tx.clone(),
+            inbox: self.inbox.clone(),
             ack,
         });
         Ok(Some(rx))
@@ -314,7 +436,11 @@ impl ListenHub {
         Subscriber {
             id: self.next_client.fetch_add(1, Ordering::Relaxed) + 1,
             rx,
-            tx,
+            inbox: Inbox {
+                tx,
+                queued: Default::default(),
+                lost: Default::default(),
+            },
             hub: h.cmds.clone(),
             pool_channels: h.channels.clone(),
             refused: h.refused.clone(),
@@ -388,7 +514,7 @@ async fn run_hub(
             Ok(Some(Cmd::Listen {
                 client,
                 channel,
-                tx,
+                inbox,
                 ack,
             })) => {
                 if let Some(r) = recent(&refused) {
@@ -399,7 +525,7 @@ async fn run_hub(
                 }
                 let entry = subs.channels.entry(channel.clone()).or_default();
                 let first = entry.is_empty();
-                entry.insert(client, tx);
+                entry.insert(client, inbox);
                 match conn.as_mut() {
                     Some(c) if first => {
                         let sql = format!("LISTEN {}", super::params::ident(&channel));
@@ -414,6 +540,7 @@ async fn run_hub(
                             Err(HubError::Broken) => {
                                 conn = None;
                                 acks.push((channel, ack));
+                                lost_connection(&pool, &mut subs, &mut acks);
                             }
                         }
                     }
@@ -440,8 +567,9 @@ async fn run_hub(
                         subs.channels.remove(&ch);
                         if let Some(c) = conn.as_mut() {
                             let sql = format!("UNLISTEN {}", super::params::ident(&ch));
-                            if hub_query(c, &sql, &mut subs).await.is_err() {
+                            if let Err(HubError::Broken) = hub_query(c, &sql, &mut subs).await {
                                 conn = None;
+                                lost_connection(&pool, &mut subs, &mut acks);
                             }
                         }
                     }
@@ -449,8 +577,9 @@ async fn run_hub(
             }
             Ok(Some(Cmd::Barrier { ack })) => {
                 if let Some(c) = conn.as_mut() {
-                    if hub_query(c, "", &mut subs).await.is_err() {
+                    if let Err(HubError::Broken) = hub_query(c, "", &mut subs).await {
                         conn = None;
+                        lost_connection(&pool, &mut subs, &mut acks);
                     }
                 }
                 let _ = ack.send(());
@@ -458,9 +587,8 @@ async fn run_hub(
             Err(Ok(Some(f))) if f.tag() == b'A' => deliver(&mut subs, &f),
             Err(Ok(Some(_))) => {}
             Err(Ok(None)) | Err(Err(_)) => {
-                tracing::warn!(pool = %pool.name(), "listening connection lost; reopening");
                 conn = None;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                lost_connection(&pool, &mut subs, &mut acks);
             }
         }
         if subs.channels.is_empty() {
@@ -493,7 +621,7 @@ fn refuse(
 
 /// Each channel's subscribers, and who sent what ([`ListenHub::note_attach`]).
 struct Subscribers {
-    channels: HashMap<String, HashMap<u64, mpsc::Sender<Frame>>>,
+    channels: HashMap<String, HashMap<u64, Inbox>>,
     notifiers: Arc<dashmap::DashMap<i32, i32>>,
     /// Its settings say whether senders are renamed (not with server pipelining).
     pool: Arc<Pool>,
@@ -521,15 +649,38 @@ fn deliver(subs: &mut Subscribers, f: &Frame) {
             Frame::new(b'A', &body)
         });
     let f = renamed.as_ref().unwrap_or(f);
-    // Subscribers that left are dropped from the list here.
-    m.retain(|_, tx| match tx.try_send(f.clone()) {
+    // Subscribers that left, or whose queue is full (their session ends), are dropped
+    // from the list here.
+    m.retain(|_, inbox| match inbox.offer(f) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; notification dropped");
-            true
+            tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; the client is ended");
+            inbox.lose(Lost::Overflow);
+            false
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
     });
+}
+
+/// The listening connection broke: every client listening through it may have missed
+/// notifications. Each is told (its session ends), none stays subscribed, and the
+/// LISTENs still waiting are refused with the same error.
+fn lost_connection(pool: &Pool, subs: &mut Subscribers, acks: &mut Vec<(String, Ack)>) {
+    tracing::warn!(pool = %pool.name(), channels = subs.channels.len(), "listening connection lost; its clients are ended (they may have missed notifications)");
+    let mut told = std::collections::HashSet::new();
+    for (_, m) in subs.channels.drain() {
+        for (client, inbox) in m {
+            if told.insert(client) {
+                inbox.lose(Lost::Connection);
+            }
+        }
+    }
+    for (_, ack) in acks.drain(..) {
+        let _ = ack.send(Err(ListenRefused {
+            code: Lost::Connection.code().into(),
+            message: Lost::Connection.to_string(),
+        }));
+    }
 }
 
 /// Why one of the hub's own statements failed.

@@ -476,6 +476,27 @@ impl Connection {
         self.flush().await
     }
 
+    /// End the connection gracefully, before it is dropped: close the write side, then
+    /// read and drop what the peer still sends until it closes too, for at most `wait`.
+    /// A socket closed with unread input is reset, and a reset peer loses what it had not
+    /// read yet (the FATAL that says why it was ended).
+    pub async fn linger(&mut self, wait: std::time::Duration) {
+        if self.eof {
+            return;
+        }
+        let _ = tokio::time::timeout(wait, async {
+            let _ = poll_fn(|cx| Pin::new(&mut self.stream).poll_shutdown(cx)).await;
+            loop {
+                self.rbuf.clear();
+                match self.fill().await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+
     /// Close the write side (best effort).
     pub async fn shutdown(&mut self) {
         let _ = self.flush().await;

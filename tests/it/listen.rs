@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use support::{PgServer, Pgtenant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 
 /// pgtenant (transaction mode unless `extra` says otherwise) in front of `pg`, with
@@ -22,17 +22,53 @@ fn start(pg: &PgServer, pool_size: u32, extra: &[&str]) -> Pgtenant {
 
 /// A client whose notifications arrive on a channel.
 async fn listener(url: &str) -> (Client, mpsc::UnboundedReceiver<Notification>) {
+    let (client, rx, _) = watched_listener(url).await;
+    (client, rx)
+}
+
+/// [`listener`], and how its connection ended (the error, if it ended with one).
+async fn watched_listener(
+    url: &str,
+) -> (
+    Client,
+    mpsc::UnboundedReceiver<Notification>,
+    oneshot::Receiver<Option<tokio_postgres::Error>>,
+) {
     let (client, mut conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
     let (tx, rx) = mpsc::unbounded_channel();
+    let (end_tx, end) = oneshot::channel();
     tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = stream.next().await {
-            if let AsyncMessage::Notification(n) = m {
-                let _ = tx.send(n);
+        let mut error = None;
+        while let Some(m) = stream.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
             }
         }
+        let _ = end_tx.send(error);
     });
-    (client, rx)
+    (client, rx, end)
+}
+
+/// The FATAL a watched listener's connection ended with: its SQLSTATE and message.
+async fn ended_with(end: oneshot::Receiver<Option<tokio_postgres::Error>>) -> (String, String) {
+    let e = tokio::time::timeout(Duration::from_secs(10), end)
+        .await
+        .expect("the client is ended within 10 s")
+        .expect("its connection task reported")
+        .expect("it ended with an error");
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a server error: {e:?}"));
+    assert_eq!(db.severity(), "FATAL", "{db:?}");
+    (db.code().code().to_owned(), db.message().to_owned())
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Notification>) -> Option<Notification> {
@@ -346,4 +382,101 @@ async fn a_notification_names_its_sender_as_the_sender_knows_itself() {
     })
     .await
     .unwrap();
+}
+
+/// A direct connection that misses notifications is a broken one, and its client knows to
+/// resync. Through pgtenant the listening server connection is shared: when it breaks,
+/// every client listening through it is ended with 08006 (never left waiting for
+/// notifications that were lost), clients that do not listen are untouched, and the next
+/// LISTEN works on a new listening connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_listening_connection_ends_its_listeners() {
+    let pg = PgServer::start();
+    let p = start(&pg, 2, &[]);
+    let url = p.url("app", "secret", "app");
+    let (a, mut a_rx, a_end) = watched_listener(&url).await;
+    let (b, _b_rx, b_end) = watched_listener(&url).await;
+    let c = support::connect(&url).await;
+    a.batch_execute("LISTEN jobs").await.unwrap();
+    b.batch_execute("LISTEN other").await.unwrap();
+    c.batch_execute("NOTIFY jobs, 'before'").await.unwrap();
+    assert_eq!(next(&mut a_rx).await.expect("before").payload(), "before");
+
+    let admin = pg.admin_client().await;
+    let n: i64 = admin
+        .query_one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+             where application_name = 'pgtenant listen'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "one listening connection");
+    for end in [a_end, b_end] {
+        let (code, message) = ended_with(end).await;
+        assert_eq!(code, "08006", "{message}");
+        assert!(
+            message.contains("notifications may have been missed"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+    let (d, mut d_rx, _d_end) = watched_listener(&url).await;
+    d.batch_execute("LISTEN jobs").await.unwrap();
+    c.batch_execute("NOTIFY jobs, 'after'").await.unwrap();
+    assert_eq!(next(&mut d_rx).await.expect("after").payload(), "after");
+    drop((a, b));
+}
+
+/// A listener that cannot take its notifications as they come (here: a statement of its
+/// runs while they pile up) may have at most 4 MiB of them waiting. Beyond, it is ended
+/// with 54000 after those it was given, never left to believe it saw them all; its
+/// statement is answered first, and another listener of the channel gets every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_whose_notifications_pile_up_is_ended_not_skipped() {
+    let pg = PgServer::start();
+    let p = start(&pg, 3, &[]);
+    let url = p.url("app", "secret", "app");
+    let (a, mut a_rx, a_end) = watched_listener(&url).await;
+    let (b, mut b_rx, _b_end) = watched_listener(&url).await;
+    let c = support::connect(&url).await;
+    a.batch_execute("LISTEN flood").await.unwrap();
+    b.batch_execute("LISTEN flood").await.unwrap();
+    // Simple protocol: no statement left to close after it, whose answer would take
+    // the FATAL (tokio-postgres hands an error to the oldest request waiting).
+    let sleeping =
+        tokio::spawn(async move { a.simple_query("select pg_sleep(3)").await.map(|_| a) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 700 notifications of 7,000 bytes: 4.9 MB.
+    const N: usize = 700;
+    c.batch_execute(&format!(
+        "select pg_notify('flood', repeat('x', 7000) || g) from generate_series(1, {N}) g"
+    ))
+    .await
+    .unwrap();
+    let pad = "x".repeat(7000);
+    for i in 1..=N {
+        let n = next(&mut b_rx)
+            .await
+            .unwrap_or_else(|| panic!("B's notification {i}"));
+        assert_eq!(n.payload(), format!("{pad}{i}"));
+    }
+    let a = sleeping
+        .await
+        .unwrap()
+        .expect("A's statement is answered before it is ended");
+    let (code, message) = ended_with(a_end).await;
+    assert_eq!(code, "54000", "{message}");
+    assert!(message.contains("notifications were lost"), "{message}");
+    let mut got = 0;
+    while let Ok(n) = a_rx.try_recv() {
+        got += 1;
+        assert_eq!(n.payload(), format!("{pad}{got}"), "in order, none twice");
+    }
+    assert!(got < N, "A was given {got} of {N} and then ended");
+    drop((a, b));
 }

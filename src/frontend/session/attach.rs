@@ -774,8 +774,15 @@ impl Session {
         if self.c.conn.pending_output() > 0 {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.c.conn.flush()).await;
         }
+        // A client ended by pgtenant may have sent more meanwhile (a Close after its last
+        // statement): closed at once, its socket would reset and the client lose the FATAL.
+        self.c.conn.linger(LINGER).await;
     }
 }
+
+/// How long a leaving client's socket is read (and what comes dropped) after its write
+/// side is closed, waiting for the client to close too (`Connection::linger`).
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Run the reset query before the connection goes to another client; pgtenant then
 /// forgets what it knew of the connection's session (`forget_session_state`: nothing

@@ -258,7 +258,7 @@ impl Session {
             }
         }
         if let Some(l) = self.listening.as_mut() {
-            while let Ok(f) = l.sub.rx.try_recv() {
+            while let Some(f) = l.sub.try_next() {
                 if l.sub.wants(&f) {
                     self.c.conn.queue(&f);
                 }
@@ -281,9 +281,16 @@ impl Session {
         let refused = match tokio::time::timeout(Duration::from_secs(10), ack).await {
             Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(r))) => Some(r),
+            // Not listening is not answered "LISTEN": the client would wait for
+            // notifications that cannot come.
             Ok(Err(_)) | Err(_) => {
                 tracing::warn!(user = %Escaped(&self.c.user), "LISTEN not confirmed by the listening connection within 10 s");
-                None
+                Some(crate::frontend::listen::ListenRefused {
+                    code: sqlstate::CONNECTION_FAILURE.into(),
+                    message:
+                        "LISTEN could not be confirmed: no listening server connection within 10 s"
+                            .into(),
+                })
             }
         };
         if let Some(r) = &refused {

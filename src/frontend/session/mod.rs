@@ -132,6 +132,9 @@ enum Event {
     /// A NotificationResponse from the LISTEN hub was queued for the client (the frame
     /// is not carried here: an event is kept across the handlers' awaits).
     Notification,
+    /// Notifications meant for the client were lost (`listen` rules): it is told and
+    /// ended, between transactions.
+    ListenLost(crate::frontend::listen::Lost),
     /// Blue-green: a tenant transaction has something to send and this instance's lease
     /// is not valid, or its tenant moved (see `homes`).
     LeaseLapsed,
@@ -153,6 +156,7 @@ impl Event {
             Event::IdleTxTimeout => "idle-tx-timeout",
             Event::Shutdown => "shutdown",
             Event::Notification => "notification",
+            Event::ListenLost(_) => "listen-lost",
             Event::Park => "park",
         }
     }
@@ -617,6 +621,13 @@ impl Session {
                 Event::LeaseLapsed => Box::pin(self.lease_lapsed()).await,
                 Event::StatementTimeout => self.statement_timed_out(),
                 Event::Notification => Flow::Continue,
+                Event::ListenLost(why) => {
+                    tracing::warn!(user = %Escaped(&self.c.user), reason = ?why, "client ended: its notifications were lost");
+                    self.c
+                        .conn
+                        .queue(&build::fatal(why.code(), &why.to_string()));
+                    Flow::Quit
+                }
             };
             // SHOW CLIENTS / SERVERS: the server lent now, the statements prepared.
             let link = self.attached.as_ref().map_or(0, |a| a.server.id);
@@ -713,12 +724,19 @@ impl Session {
         let between = self.attached.as_ref().is_none_or(|a| a.pipe.is_settled());
         if between && self.c.conn.pending_output() < HIGH_WATER {
             if let Some(l) = self.listening.as_mut() {
-                if let Poll::Ready(Some(f)) = l.sub.rx.poll_recv(cx) {
+                if let Poll::Ready(f) = l.sub.poll_next(cx) {
                     if l.sub.wants(&f) {
                         self.c.conn.queue(&f);
                     }
                     return Poll::Ready(Event::Notification);
                 }
+            }
+        }
+        // Lost notifications end the client between transactions, once those queued
+        // went out (or its output is full).
+        if let Some(why) = self.listening.as_ref().and_then(|l| l.sub.lost()) {
+            if self.attached.is_none() {
+                return Poll::Ready(Event::ListenLost(why));
             }
         }
         self.poll_shutdown(cx)
