@@ -387,7 +387,8 @@ async fn a_notification_names_its_sender_as_the_sender_knows_itself() {
 /// A direct connection that misses notifications is a broken one, and its client knows to
 /// resync. Through pgtenant the listening server connection is shared: when it breaks,
 /// every client listening through it is ended with 08006 (never left waiting for
-/// notifications that were lost), clients that do not listen are untouched, and the next
+/// notifications that were lost), a pinned one too, clients that do not listen are
+/// untouched, and the next
 /// LISTEN works on a new listening connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_listening_connection_ends_its_listeners() {
@@ -398,6 +399,11 @@ async fn a_broken_listening_connection_ends_its_listeners() {
     let (b, _b_rx, b_end) = watched_listener(&url).await;
     let c = support::connect(&url).await;
     a.batch_execute("LISTEN jobs").await.unwrap();
+    // B is pinned to a server connection (its temp table): attached between
+    // transactions, it is ended all the same.
+    b.batch_execute("CREATE TEMP TABLE mine (x int)")
+        .await
+        .unwrap();
     b.batch_execute("LISTEN other").await.unwrap();
     c.batch_execute("NOTIFY jobs, 'before'").await.unwrap();
     assert_eq!(next(&mut a_rx).await.expect("before").payload(), "before");

@@ -735,7 +735,8 @@ impl Session {
         // Lost notifications end the client between transactions, once those queued
         // went out (or its output is full).
         if let Some(why) = self.listening.as_ref().and_then(|l| l.sub.lost()) {
-            if self.attached.is_none() {
+            // Not attached, or attached and idle (a pinned client between transactions).
+            if self.attached.as_deref().is_none_or(Attached::is_clean) {
                 return Poll::Ready(Event::ListenLost(why));
             }
         }
