@@ -17,11 +17,16 @@
 //! - If the listening connection breaks, every client listening through it is ended with
 //!   FATAL 08006 once it is between transactions ([`Lost::Connection`]); the next LISTEN
 //!   opens a new listening connection.
-//! - A client whose queue of undelivered notifications is full ([`CLIENT_QUEUE`]
-//!   notifications or [`CLIENT_QUEUE_BYTES`]: it does not read its socket, or one
-//!   statement of its ran while they piled up) is ended the same way with FATAL 54000
-//!   ([`Lost::Overflow`]): its memory stays bounded and the others are not slowed.
-//! - Either way the notifications already queued for it go out first.
+//! - A client whose queue of undelivered notifications stays full ([`CLIENT_QUEUE`]
+//!   notifications or [`CLIENT_QUEUE_BYTES`]) for [`ROOM_WAIT`] (it does not read its
+//!   socket, or one statement of its ran while they piled up) is ended the same way with
+//!   FATAL 54000 ([`Lost::Overflow`]): its memory stays bounded, and the others wait at
+//!   most that long once.
+//! - Either way every notification already queued for it goes out first (as its client
+//!   reads them), then the FATAL; a client that stopped listening meanwhile (UNLISTEN *,
+//!   DISCARD ALL) is ended all the same. A LISTEN inside a transaction block is answered
+//!   before the hub confirms it: if the hub then refuses it or cannot confirm it, the
+//!   client is ended the same way, with the refusal's error.
 //!
 //! A LISTEN the server refuses (a standby: 25006 "cannot execute LISTEN during
 //! recovery") fails as on a direct connection: the hub answers the waiting LISTENs of
@@ -59,10 +64,13 @@ use crate::pool::{Pool, PoolKey};
 use crate::protocol::Reader;
 
 /// Notifications waiting for one client; one more ends it ([`Lost::Overflow`]).
-pub const CLIENT_QUEUE: usize = 10_000;
+pub const CLIENT_QUEUE: usize = 4096;
 
 /// Bytes of notifications waiting for one client; more ends it ([`Lost::Overflow`]).
 pub const CLIENT_QUEUE_BYTES: usize = 4 << 20;
+
+/// How long the hub waits, per notification, for full queues to make room.
+const ROOM_WAIT: Duration = Duration::from_millis(250);
 
 /// Why a client's notifications were lost: its session ends with this error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,20 +117,24 @@ struct Inbox {
 }
 
 impl Inbox {
-    /// Queue a notification; false (and the client marked lost) when its queue is full.
+    /// Queue a notification. Its bytes are counted before it is sent (the session may
+    /// take it at once, and takes them off then) and given back if it is not.
     fn offer(&self, f: &Frame) -> Result<(), mpsc::error::TrySendError<()>> {
         let len = f.body().len();
-        if self.queued.load(Ordering::Relaxed) + len > CLIENT_QUEUE_BYTES {
-            return Err(mpsc::error::TrySendError::Full(()));
-        }
-        match self.tx.try_send(f.clone()) {
-            Ok(()) => {
-                self.queued.fetch_add(len, Ordering::Relaxed);
-                Ok(())
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        let r = if before.saturating_add(len) > CLIENT_QUEUE_BYTES {
+            Err(mpsc::error::TrySendError::Full(()))
+        } else {
+            match self.tx.try_send(f.clone()) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(mpsc::error::TrySendError::Full(())),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(mpsc::error::TrySendError::Closed(()))
+                }
             }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(mpsc::error::TrySendError::Full(())),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(mpsc::error::TrySendError::Closed(())),
-        }
+        };
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+        r
     }
 
     /// Mark the client's notifications lost (the first reason stays) and wake its session
@@ -134,11 +146,12 @@ impl Inbox {
         };
         let _ = self
             .lost
-            .compare_exchange(0, v, Ordering::Relaxed, Ordering::Relaxed);
+            .compare_exchange(0, v, Ordering::Release, Ordering::Relaxed);
         let wake = Frame::new(b'A', &[0, 0, 0, 0, 0, 0]);
         let len = wake.body().len();
-        if self.tx.try_send(wake).is_ok() {
-            self.queued.fetch_add(len, Ordering::Relaxed);
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        if self.tx.try_send(wake).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
         }
     }
 }
@@ -284,6 +297,12 @@ impl Subscriber {
         }
     }
 
+    /// Nothing waits for the client (a `Pending` from [`Subscriber::poll_next`] may also
+    /// be tokio's cooperative budget).
+    pub fn drained(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// The next notification waiting for the client, if any.
     pub fn try_next(&mut self) -> Option<Frame> {
         let f = self.rx.try_recv().ok()?;
@@ -300,7 +319,7 @@ impl Subscriber {
     /// Were notifications meant for this client lost (see the module's rules)? Its
     /// session ends with this error once it is between transactions.
     pub fn lost(&self) -> Option<Lost> {
-        match self.inbox.lost.load(Ordering::Relaxed) {
+        match self.inbox.lost.load(Ordering::Acquire) {
             0 => None,
             1 => Some(Lost::Connection),
             _ => Some(Lost::Overflow),
@@ -584,7 +603,7 @@ async fn run_hub(
                 }
                 let _ = ack.send(());
             }
-            Err(Ok(Some(f))) if f.tag() == b'A' => deliver(&mut subs, &f),
+            Err(Ok(Some(f))) if f.tag() == b'A' => deliver(&mut subs, &f).await,
             Err(Ok(Some(_))) => {}
             Err(Ok(None)) | Err(Err(_)) => {
                 conn = None;
@@ -628,8 +647,11 @@ struct Subscribers {
 }
 
 /// Hand a NotificationResponse to every client subscribed to its channel, naming the
-/// sender as its client knows itself when the sender was a client of pgtenant's.
-fn deliver(subs: &mut Subscribers, f: &Frame) {
+/// sender as its client knows itself when the sender was a client of pgtenant's. A
+/// client whose queue is full gets [`ROOM_WAIT`] (all such clients of one notification
+/// together) to make room before it is ended ([`Lost::Overflow`]): one that reads its
+/// notifications as they come is not ended by a burst.
+async fn deliver(subs: &mut Subscribers, f: &Frame) {
     let Some(channel) = notification_channel(f.body()) else {
         return;
     };
@@ -649,17 +671,38 @@ fn deliver(subs: &mut Subscribers, f: &Frame) {
             Frame::new(b'A', &body)
         });
     let f = renamed.as_ref().unwrap_or(f);
-    // Subscribers that left, or whose queue is full (their session ends), are dropped
-    // from the list here.
-    m.retain(|_, inbox| match inbox.offer(f) {
+    let mut full = Vec::new();
+    // Subscribers that left are dropped from the list here.
+    m.retain(|client, inbox| match inbox.offer(f) {
         Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; the client is ended");
-            inbox.lose(Lost::Overflow);
-            false
+        Err(mpsc::error::TrySendError::Full(())) => {
+            full.push(*client);
+            true
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Closed(())) => false,
     });
+    if full.is_empty() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + ROOM_WAIT;
+    for client in full {
+        while let Some(inbox) = subs.channels.get(&channel).and_then(|m| m.get(&client)) {
+            match inbox.offer(f) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(())) if tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(_) => {
+                    tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; the client is ended");
+                    inbox.lose(Lost::Overflow);
+                    if let Some(m) = subs.channels.get_mut(&channel) {
+                        m.remove(&client);
+                    }
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// The listening connection broke: every client listening through it may have missed
@@ -709,7 +752,7 @@ async fn hub_query(
             _ => return Err(HubError::Broken),
         };
         match f.tag() {
-            b'A' => deliver(subs, &f),
+            b'A' => deliver(subs, &f).await,
             b'E' if failed.is_none() => {
                 let e = crate::protocol::decode::ErrorFields::parse(f.body()).unwrap_or_default();
                 failed = Some(ListenRefused {

@@ -476,6 +476,12 @@ impl Connection {
         self.flush().await
     }
 
+    /// The peer said it leaves (a client's Terminate): nothing more is read from it, and
+    /// [`Connection::linger`] does not wait for it.
+    pub fn peer_left(&mut self) {
+        self.eof = true;
+    }
+
     /// End the connection gracefully, before it is dropped: close the write side, then
     /// read and drop what the peer still sends until it closes too, for at most `wait`.
     /// A socket closed with unread input is reset, and a reset peer loses what it had not

@@ -393,10 +393,12 @@ async fn a_notification_names_its_sender_as_the_sender_knows_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_listening_connection_ends_its_listeners() {
     let pg = PgServer::start();
-    let p = start(&pg, 2, &[]);
+    let p = start(&pg, 4, &[]);
     let url = p.url("app", "secret", "app");
     let (a, mut a_rx, a_end) = watched_listener(&url).await;
     let (b, _b_rx, b_end) = watched_listener(&url).await;
+    let (e, mut e_rx, e_end) = watched_listener(&url).await;
+    let (f, _f_rx, f_end) = watched_listener(&url).await;
     let c = support::connect(&url).await;
     a.batch_execute("LISTEN jobs").await.unwrap();
     // B is pinned to a server connection (its temp table): attached between
@@ -405,10 +407,22 @@ async fn a_broken_listening_connection_ends_its_listeners() {
         .await
         .unwrap();
     b.batch_execute("LISTEN other").await.unwrap();
+    e.batch_execute("LISTEN jobs").await.unwrap();
+    f.batch_execute("LISTEN other").await.unwrap();
     c.batch_execute("NOTIFY jobs, 'before'").await.unwrap();
     assert_eq!(next(&mut a_rx).await.expect("before").payload(), "before");
+    assert_eq!(next(&mut e_rx).await.expect("before").payload(), "before");
 
+    // E is running a statement when a notification comes and the connection breaks: it
+    // gets that notification, then the FATAL. F is inside a transaction and says
+    // UNLISTEN * before it ends: it is ended all the same.
     let admin = pg.admin_client().await;
+    let sleeping =
+        tokio::spawn(async move { e.simple_query("select pg_sleep(1.5)").await.map(|_| e) });
+    wait_for_sleep(&admin).await;
+    f.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("NOTIFY jobs, 'queued'").await.unwrap();
+    assert_eq!(next(&mut a_rx).await.expect("queued").payload(), "queued");
     let n: i64 = admin
         .query_one(
             "select count(pg_terminate_backend(pid)) from pg_stat_activity \
@@ -419,14 +433,23 @@ async fn a_broken_listening_connection_ends_its_listeners() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "one listening connection");
-    for end in [a_end, b_end] {
+    let (code, message) = ended_with(a_end).await;
+    assert_eq!(code, "08006", "{message}");
+    assert!(
+        message.contains("notifications may have been missed"),
+        "{message}"
+    );
+    f.batch_execute("UNLISTEN *").await.unwrap();
+    f.batch_execute("COMMIT").await.unwrap();
+    let e = sleeping.await.unwrap().expect("E's statement is answered");
+    for end in [b_end, e_end, f_end] {
         let (code, message) = ended_with(end).await;
         assert_eq!(code, "08006", "{message}");
-        assert!(
-            message.contains("notifications may have been missed"),
-            "{message}"
-        );
     }
+    let n = e_rx
+        .try_recv()
+        .expect("E got what was queued for it before the FATAL");
+    assert_eq!(n.payload(), "queued");
     assert_eq!(
         c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
         1
@@ -435,13 +458,34 @@ async fn a_broken_listening_connection_ends_its_listeners() {
     d.batch_execute("LISTEN jobs").await.unwrap();
     c.batch_execute("NOTIFY jobs, 'after'").await.unwrap();
     assert_eq!(next(&mut d_rx).await.expect("after").payload(), "after");
-    drop((a, b));
+    drop((a, b, e, f));
+}
+
+/// Wait until a backend runs `pg_sleep` (a client's statement reached the server).
+async fn wait_for_sleep(admin: &Client) {
+    for _ in 0..500 {
+        let n: i64 = admin
+            .query_one(
+                "select count(*) from pg_stat_activity \
+                 where state = 'active' and query like 'select pg_sleep%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no backend ran pg_sleep within 5 s");
 }
 
 /// A listener that cannot take its notifications as they come (here: a statement of its
-/// runs while they pile up) may have at most 4 MiB of them waiting. Beyond, it is ended
-/// with 54000 after those it was given, never left to believe it saw them all; its
-/// statement is answered first, and another listener of the channel gets every one.
+/// runs while they pile up) may have at most 4 MiB of them waiting. Beyond (for 250 ms),
+/// it is ended with 54000 after every one that was queued, never left to believe it saw
+/// them all; its statement is answered first, and another listener of the channel,
+/// reading as they come, gets every one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_whose_notifications_pile_up_is_ended_not_skipped() {
     let pg = PgServer::start();
@@ -456,7 +500,8 @@ async fn a_listener_whose_notifications_pile_up_is_ended_not_skipped() {
     // the FATAL (tokio-postgres hands an error to the oldest request waiting).
     let sleeping =
         tokio::spawn(async move { a.simple_query("select pg_sleep(3)").await.map(|_| a) });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin = pg.admin_client().await;
+    wait_for_sleep(&admin).await;
     // 700 notifications of 7,000 bytes: 4.9 MB.
     const N: usize = 700;
     c.batch_execute(&format!(
@@ -483,6 +528,10 @@ async fn a_listener_whose_notifications_pile_up_is_ended_not_skipped() {
         got += 1;
         assert_eq!(n.payload(), format!("{pad}{got}"), "in order, none twice");
     }
-    assert!(got < N, "A was given {got} of {N} and then ended");
+    // Every one queued before its 4 MiB were full (~598 of 7,014 bytes each), no more.
+    assert!(
+        (500..N).contains(&got),
+        "A was given {got} of {N} and then ended"
+    );
     drop((a, b));
 }

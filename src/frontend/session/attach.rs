@@ -780,9 +780,10 @@ impl Session {
     }
 }
 
-/// How long a leaving client's socket is read (and what comes dropped) after its write
-/// side is closed, waiting for the client to close too (`Connection::linger`).
-const LINGER: Duration = Duration::from_secs(1);
+/// How long a client pgtenant ends (it neither sent Terminate nor closed) has its socket
+/// read, and what comes dropped, after its write side is closed, waiting for it to close
+/// too (`Connection::linger`). Short: its slot is held meanwhile.
+const LINGER: Duration = Duration::from_millis(250);
 
 /// Run the reset query before the connection goes to another client; pgtenant then
 /// forgets what it knew of the connection's session (`forget_session_state`: nothing

@@ -73,6 +73,8 @@ impl Session {
                 self.await_listen().await;
             }
             if f.tag() == b'X' {
+                // It closes its side itself: no lingering for it (`finish`).
+                self.c.conn.peer_left();
                 return Ok(Flow::Quit);
             }
             if self.must_wait_for_sync_point() {
@@ -309,8 +311,10 @@ impl Session {
                 self.c.conn.queue(&build::ready_for_query(self.client_tx));
             }
             (super::ListenAnswer::Extended, r) => l.refused = r,
-            (super::ListenAnswer::Queued, Some(_)) => {
-                tracing::warn!(user = %Escaped(&self.c.user), "LISTEN refused by the server after the client was answered (inside a transaction)");
+            (super::ListenAnswer::Queued, Some(r)) => {
+                // Told "LISTEN" already: it must not go on believing it listens.
+                tracing::warn!(user = %Escaped(&self.c.user), "LISTEN refused after the client was answered (inside a transaction); the client is ended");
+                l.fatal = Some(r);
             }
             (super::ListenAnswer::Queued, None) => {}
         }
@@ -320,7 +324,17 @@ impl Session {
             .is_some_and(|l| l.sub.is_empty() && l.ack.is_none() && l.refused.is_none())
         {
             // Nothing listened to: no subscription is kept (as for a LISTEN over a limit).
-            self.listening = None;
+            self.drop_listening();
+        }
+    }
+
+    /// The client listens to nothing any more: its subscription goes, unless
+    /// notifications meant for it were lost meanwhile; then it stays, for nothing, until
+    /// the client is ended for them (`listen` rules).
+    pub(super) fn drop_listening(&mut self) {
+        match self.listening.as_mut() {
+            Some(l) if l.is_lost() => l.sub.unlisten(None),
+            _ => self.listening = None,
         }
     }
 
@@ -599,6 +613,7 @@ impl Session {
                         ack: None,
                         answer: super::ListenAnswer::Queued,
                         refused: None,
+                        fatal: None,
                     })
                 });
                 match l.sub.listen(channel.clone(), max_client, max_pool) {
@@ -610,7 +625,7 @@ impl Session {
                         if l.sub.is_empty() && l.ack.is_none() {
                             // Its first LISTEN: no subscription is kept for it (a listening
                             // client pays a hub round trip per write transaction).
-                            self.listening = None;
+                            self.drop_listening();
                         }
                         tracing::warn!(user = %Escaped(&self.c.user), "LISTEN refused: {limit}");
                         return Err(Refusal::from_server(limit.code(), limit.to_string()));
@@ -646,7 +661,7 @@ impl Session {
                 // computed set_config name), its SQL-level statements and its unnamed
                 // statement there are another session's from now on: cleared or refused
                 // before it uses them again.
-                self.listening = None;
+                self.drop_listening();
                 self.id = super::next_session_id();
                 self.view.clear(true);
                 self.view.t_mut().epoch = self.ctx.statements.next_epoch();

@@ -134,7 +134,7 @@ enum Event {
     Notification,
     /// Notifications meant for the client were lost (`listen` rules): it is told and
     /// ended, between transactions.
-    ListenLost(crate::frontend::listen::Lost),
+    ListenLost,
     /// Blue-green: a tenant transaction has something to send and this instance's lease
     /// is not valid, or its tenant moved (see `homes`).
     LeaseLapsed,
@@ -156,7 +156,7 @@ impl Event {
             Event::IdleTxTimeout => "idle-tx-timeout",
             Event::Shutdown => "shutdown",
             Event::Notification => "notification",
-            Event::ListenLost(_) => "listen-lost",
+            Event::ListenLost => "listen-lost",
             Event::Park => "park",
         }
     }
@@ -421,6 +421,29 @@ struct Listening {
     /// The server refused a LISTEN sent with the extended protocol: the Execute of it
     /// fails with this, as on a direct connection.
     refused: Option<crate::frontend::listen::ListenRefused>,
+    /// A LISTEN answered inside a transaction block was then refused or not confirmed:
+    /// the client is ended with this between transactions (`listen` rules).
+    fatal: Option<crate::frontend::listen::ListenRefused>,
+}
+
+impl Listening {
+    /// Were notifications meant for the client lost, or is a LISTEN it was told of not in
+    /// effect? Then the client is ended (`listen` rules).
+    fn is_lost(&self) -> bool {
+        self.fatal.is_some() || self.sub.lost().is_some()
+    }
+
+    /// The error the client is ended with when [`Listening::is_lost`].
+    fn lost_error(&self) -> Option<crate::frontend::listen::ListenRefused> {
+        self.fatal.clone().or_else(|| {
+            self.sub
+                .lost()
+                .map(|why| crate::frontend::listen::ListenRefused {
+                    code: why.code().into(),
+                    message: why.to_string(),
+                })
+        })
+    }
 }
 
 /// Where the answer to a LISTEN waiting for the listening connection is.
@@ -621,11 +644,11 @@ impl Session {
                 Event::LeaseLapsed => Box::pin(self.lease_lapsed()).await,
                 Event::StatementTimeout => self.statement_timed_out(),
                 Event::Notification => Flow::Continue,
-                Event::ListenLost(why) => {
-                    tracing::warn!(user = %Escaped(&self.c.user), reason = ?why, "client ended: its notifications were lost");
-                    self.c
-                        .conn
-                        .queue(&build::fatal(why.code(), &why.to_string()));
+                Event::ListenLost => {
+                    if let Some(r) = self.listening.as_ref().and_then(|l| l.lost_error()) {
+                        tracing::warn!(user = %Escaped(&self.c.user), code = %r.code, message = %Escaped(&r.message), "client ended: notifications meant for it were lost");
+                        self.c.conn.queue(&build::fatal(&r.code, &r.message));
+                    }
                     Flow::Quit
                 }
             };
@@ -730,14 +753,15 @@ impl Session {
                     }
                     return Poll::Ready(Event::Notification);
                 }
-            }
-        }
-        // Lost notifications end the client between transactions, once those queued
-        // went out (or its output is full).
-        if let Some(why) = self.listening.as_ref().and_then(|l| l.sub.lost()) {
-            // Not attached, or attached and idle (a pinned client between transactions).
-            if self.attached.as_deref().is_none_or(Attached::is_clean) {
-                return Poll::Ready(Event::ListenLost(why));
+                // Lost notifications end the client once every queued one went out and
+                // it is between transactions (a pinned client's connection idle too).
+                let idle = self
+                    .attached
+                    .as_ref()
+                    .is_none_or(|a| a.server.tx_status == b'I');
+                if idle && l.is_lost() && l.sub.drained() {
+                    return Poll::Ready(Event::ListenLost);
+                }
             }
         }
         self.poll_shutdown(cx)
