@@ -292,6 +292,8 @@ async fn a_long_channel_name_is_truncated_as_postgresql_does() {
 /// connection, at once, with the server's message, by the simple and by the extended
 /// protocol; the client goes on, and a LISTEN right after gets the same answer without a
 /// new server connection. It used to answer "LISTEN" after 10 s and deliver nothing.
+/// Inside a transaction block (answered before the refusal comes) the client is ended
+/// with the server's error once its transaction is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listen_the_server_refuses_fails_as_on_a_direct_connection() {
     let pg = PgServer::builder().standby().start();
@@ -317,6 +319,19 @@ async fn a_listen_the_server_refuses_fails_as_on_a_direct_connection() {
         // Past the remembered refusal, the server is asked again, and refuses again.
         tokio::time::sleep(Duration::from_millis(2100)).await;
     }
+    // Inside a transaction block the LISTEN is answered before the refusal comes: its
+    // client is ended with the server's error once the transaction is over, never left
+    // believing it listens.
+    let (w, _w_rx, w_end) = watched_listener(&url).await;
+    w.batch_execute("BEGIN").await.unwrap();
+    let listened = w.batch_execute("LISTEN jobs").await;
+    let committed = w.batch_execute("COMMIT").await;
+    let (ended_code, ended_message) = ended_with(w_end).await;
+    assert_eq!(
+        (ended_code, ended_message),
+        (code(&want), msg(&want)),
+        "LISTEN: {listened:?}, COMMIT: {committed:?}"
+    );
 }
 
 /// A LISTEN sent as a named prepared statement (tokio-postgres' `execute`) is the
