@@ -21,7 +21,9 @@
 //!   notifications or [`CLIENT_QUEUE_BYTES`]) for [`ROOM_WAIT`] (it does not read its
 //!   socket, or one statement of its ran while they piled up) is ended the same way with
 //!   FATAL 54000 ([`Lost::Overflow`]): its memory stays bounded, and the others wait at
-//!   most that long once.
+//!   most that long once (it is dropped from all its channels). A session waiting for
+//!   the barrier of its own transaction reads its queue meanwhile, so a transaction
+//!   that notifies its own channel thousands of times does not end its client.
 //! - Either way every notification already queued for it goes out first (as its client
 //!   reads them), then the FATAL; a client that stopped listening meanwhile (UNLISTEN *,
 //!   DISCARD ALL) is ended all the same. A LISTEN inside a transaction block is answered
@@ -135,6 +137,12 @@ impl Inbox {
         };
         self.queued.fetch_sub(len, Ordering::Relaxed);
         r
+    }
+
+    /// Was the client's session told its notifications were lost? (The hub gives it
+    /// nothing more, and does not wait for it.)
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire) != 0
     }
 
     /// Mark the client's notifications lost (the first reason stays) and wake its session
@@ -672,14 +680,20 @@ async fn deliver(subs: &mut Subscribers, f: &Frame) {
         });
     let f = renamed.as_ref().unwrap_or(f);
     let mut full = Vec::new();
-    // Subscribers that left are dropped from the list here.
-    m.retain(|client, inbox| match inbox.offer(f) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(())) => {
-            full.push(*client);
-            true
+    // Subscribers that left, or were told they lost notifications, are dropped from the
+    // list here.
+    m.retain(|client, inbox| {
+        if inbox.is_lost() {
+            return false;
         }
-        Err(mpsc::error::TrySendError::Closed(())) => false,
+        match inbox.offer(f) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                full.push(*client);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => false,
+        }
     });
     if full.is_empty() {
         return;
@@ -695,7 +709,8 @@ async fn deliver(subs: &mut Subscribers, f: &Frame) {
                 Err(_) => {
                     tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; the client is ended");
                     inbox.lose(Lost::Overflow);
-                    if let Some(m) = subs.channels.get_mut(&channel) {
+                    // From every channel: the others' notifications do not wait for it.
+                    for m in subs.channels.values_mut() {
                         m.remove(&client);
                     }
                     break;

@@ -550,3 +550,33 @@ async fn a_listener_whose_notifications_pile_up_is_ended_not_skipped() {
     );
     drop((a, b));
 }
+
+/// A transaction that notifies its own channel more times than a client's queue holds
+/// (a trigger per row of a bulk insert): its session reads the queue while it waits for
+/// the hub's barrier, so every notification arrives before the ReadyForQuery, as on a
+/// direct connection, and the client is not ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_gets_every_notification_of_its_own_burst() {
+    let pg = PgServer::start();
+    let p = start(&pg, 2, &[]);
+    let url = p.url("app", "secret", "app");
+    let (a, mut a_rx, mut a_end) = watched_listener(&url).await;
+    a.batch_execute("LISTEN burst").await.unwrap();
+    const N: usize = 6000;
+    a.batch_execute(&format!(
+        "select pg_notify('burst', g::text) from generate_series(1, {N}) g"
+    ))
+    .await
+    .unwrap();
+    for i in 1..=N {
+        let n = a_rx
+            .try_recv()
+            .unwrap_or_else(|e| panic!("notification {i} before the ReadyForQuery: {e:?}"));
+        assert_eq!(n.payload(), i.to_string());
+    }
+    assert_eq!(
+        a.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+    assert!(a_end.try_recv().is_err(), "the client is still connected");
+}

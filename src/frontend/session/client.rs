@@ -251,19 +251,38 @@ impl Session {
     /// until the LISTEN hub has handed out what was committed, then queue this client's
     /// notifications ahead of the ReadyForQuery, as PostgreSQL orders them.
     pub(super) async fn notify_barrier(&mut self) {
-        if let Some(rx) = self.listening.as_ref().and_then(|l| l.sub.barrier()) {
-            if tokio::time::timeout(Duration::from_secs(2), rx)
-                .await
-                .is_err()
-            {
-                tracing::warn!(user = %Escaped(&self.c.user), "LISTEN hub barrier not passed within 2 s");
+        let Some(l) = self.listening.as_mut() else {
+            return;
+        };
+        if let Some(mut passed) = l.sub.barrier() {
+            // The queue is read meanwhile: the hub may be waiting for room in it (a
+            // transaction that notified its own channel thousands of times).
+            let conn = &mut self.c.conn;
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                if conn.pending_output() >= HIGH_WATER {
+                    // The client reads: it waits for its ReadyForQuery.
+                    match tokio::time::timeout_at(until, conn.flush()).await {
+                        Ok(Ok(())) => continue,
+                        _ => break,
+                    }
+                }
+                let next = tokio::select! {
+                    _ = &mut passed => break,
+                    _ = tokio::time::sleep_until(until) => {
+                        tracing::warn!(user = %Escaped(&self.c.user), "LISTEN hub barrier not passed within 2 s");
+                        break;
+                    }
+                    f = std::future::poll_fn(|cx| l.sub.poll_next(cx)) => f,
+                };
+                if l.sub.wants(&next) {
+                    conn.queue(&next);
+                }
             }
         }
-        if let Some(l) = self.listening.as_mut() {
-            while let Some(f) = l.sub.try_next() {
-                if l.sub.wants(&f) {
-                    self.c.conn.queue(&f);
-                }
+        while let Some(f) = l.sub.try_next() {
+            if l.sub.wants(&f) {
+                self.c.conn.queue(&f);
             }
         }
     }
