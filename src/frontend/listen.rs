@@ -91,6 +91,30 @@ impl Lost {
             Lost::Overflow => crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED,
         }
     }
+
+    /// The error a client gets for it (its FATAL, or a LISTEN's refusal).
+    pub fn refusal(self) -> ListenRefused {
+        ListenRefused {
+            code: self.code().into(),
+            message: self.to_string(),
+        }
+    }
+
+    /// As kept in an [`Inbox`]'s flag (0 is "not lost").
+    fn tag(self) -> u8 {
+        match self {
+            Lost::Connection => 1,
+            Lost::Overflow => 2,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<Lost> {
+        match tag {
+            0 => None,
+            1 => Some(Lost::Connection),
+            _ => Some(Lost::Overflow),
+        }
+    }
 }
 
 impl std::fmt::Display for Lost {
@@ -109,8 +133,7 @@ impl std::fmt::Display for Lost {
 }
 
 /// Where the hub hands a client's notifications: its queue, the bytes in it, and the flag
-/// that says its notifications were lost (0: not, 1: [`Lost::Connection`], 2:
-/// [`Lost::Overflow`]).
+/// that says its notifications were lost ([`Lost::tag`]).
 #[derive(Clone)]
 struct Inbox {
     tx: mpsc::Sender<Frame>,
@@ -121,18 +144,16 @@ struct Inbox {
 impl Inbox {
     /// Queue a notification. Its bytes are counted before it is sent (the session may
     /// take it at once, and takes them off then) and given back if it is not.
-    fn offer(&self, f: &Frame) -> Result<(), mpsc::error::TrySendError<()>> {
+    fn offer(&self, f: &Frame) -> Offer {
         let len = f.body().len();
         let before = self.queued.fetch_add(len, Ordering::Relaxed);
         let r = if before.saturating_add(len) > CLIENT_QUEUE_BYTES {
-            Err(mpsc::error::TrySendError::Full(()))
+            Offer::Full
         } else {
             match self.tx.try_send(f.clone()) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(mpsc::error::TrySendError::Full(())),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    Err(mpsc::error::TrySendError::Closed(()))
-                }
+                Ok(()) => return Offer::Queued,
+                Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
+                Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
             }
         };
         self.queued.fetch_sub(len, Ordering::Relaxed);
@@ -141,20 +162,21 @@ impl Inbox {
 
     /// Was the client's session told its notifications were lost? (The hub gives it
     /// nothing more, and does not wait for it.)
-    fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire) != 0
+    fn lost(&self) -> Option<Lost> {
+        Lost::from_tag(self.lost.load(Ordering::Acquire))
     }
 
-    /// Mark the client's notifications lost (the first reason stays) and wake its session
-    /// (a notification of no channel, which it drops; a full queue wakes it anyway).
+    /// Mark the client's notifications lost and wake its session (a notification of no
+    /// channel, which it drops; a full queue wakes it anyway). Only the first reason
+    /// counts, and only the first call wakes.
     fn lose(&self, why: Lost) {
-        let v = match why {
-            Lost::Connection => 1,
-            Lost::Overflow => 2,
-        };
-        let _ = self
+        if self
             .lost
-            .compare_exchange(0, v, Ordering::Release, Ordering::Relaxed);
+            .compare_exchange(0, why.tag(), Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
         let wake = Frame::new(b'A', &[0, 0, 0, 0, 0, 0]);
         let len = wake.body().len();
         self.queued.fetch_add(len, Ordering::Relaxed);
@@ -162,6 +184,15 @@ impl Inbox {
             self.queued.fetch_sub(len, Ordering::Relaxed);
         }
     }
+}
+
+/// What became of a notification offered to a client's [`Inbox`].
+enum Offer {
+    Queued,
+    /// Its queue is full (count or bytes).
+    Full,
+    /// Its session is gone.
+    Gone,
 }
 
 /// After a server refused a LISTEN, the pool's LISTENs get that error without asking
@@ -327,11 +358,7 @@ impl Subscriber {
     /// Were notifications meant for this client lost (see the module's rules)? Its
     /// session ends with this error once it is between transactions.
     pub fn lost(&self) -> Option<Lost> {
-        match self.inbox.lost.load(Ordering::Acquire) {
-            0 => None,
-            1 => Some(Lost::Connection),
-            _ => Some(Lost::Overflow),
-        }
+        self.inbox.lost()
     }
 
     /// Listens to no channel.
@@ -683,16 +710,16 @@ async fn deliver(subs: &mut Subscribers, f: &Frame) {
     // Subscribers that left, or were told they lost notifications, are dropped from the
     // list here.
     m.retain(|client, inbox| {
-        if inbox.is_lost() {
+        if inbox.lost().is_some() {
             return false;
         }
         match inbox.offer(f) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(())) => {
+            Offer::Queued => true,
+            Offer::Full => {
                 full.push(*client);
                 true
             }
-            Err(mpsc::error::TrySendError::Closed(())) => false,
+            Offer::Gone => false,
         }
     });
     if full.is_empty() {
@@ -702,11 +729,11 @@ async fn deliver(subs: &mut Subscribers, f: &Frame) {
     for client in full {
         while let Some(inbox) = subs.channels.get(&channel).and_then(|m| m.get(&client)) {
             match inbox.offer(f) {
-                Ok(()) => break,
-                Err(mpsc::error::TrySendError::Full(())) if tokio::time::Instant::now() < until => {
+                Offer::Queued => break,
+                Offer::Full if tokio::time::Instant::now() < until => {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err(_) => {
+                Offer::Full | Offer::Gone => {
                     tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; the client is ended");
                     inbox.lose(Lost::Overflow);
                     // From every channel: the others' notifications do not wait for it.
@@ -725,19 +752,14 @@ async fn deliver(subs: &mut Subscribers, f: &Frame) {
 /// LISTENs still waiting are refused with the same error.
 fn lost_connection(pool: &Pool, subs: &mut Subscribers, acks: &mut Vec<(String, Ack)>) {
     tracing::warn!(pool = %pool.name(), channels = subs.channels.len(), "listening connection lost; its clients are ended (they may have missed notifications)");
-    let mut told = std::collections::HashSet::new();
+    // A client on several channels is told once (`Inbox::lose`).
     for (_, m) in subs.channels.drain() {
-        for (client, inbox) in m {
-            if told.insert(client) {
-                inbox.lose(Lost::Connection);
-            }
+        for inbox in m.into_values() {
+            inbox.lose(Lost::Connection);
         }
     }
     for (_, ack) in acks.drain(..) {
-        let _ = ack.send(Err(ListenRefused {
-            code: Lost::Connection.code().into(),
-            message: Lost::Connection.to_string(),
-        }));
+        let _ = ack.send(Err(Lost::Connection.refusal()));
     }
 }
 

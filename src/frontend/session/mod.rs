@@ -435,14 +435,9 @@ impl Listening {
 
     /// The error the client is ended with when [`Listening::is_lost`].
     fn lost_error(&self) -> Option<crate::frontend::listen::ListenRefused> {
-        self.fatal.clone().or_else(|| {
-            self.sub
-                .lost()
-                .map(|why| crate::frontend::listen::ListenRefused {
-                    code: why.code().into(),
-                    message: why.to_string(),
-                })
-        })
+        self.fatal
+            .clone()
+            .or_else(|| self.sub.lost().map(|why| why.refusal()))
     }
 }
 
