@@ -56,7 +56,6 @@ impl From<ConnError> for BackendError {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// An authenticated server connection, idle or lent to a client.
 /// ParameterStatus names a server connection remembers.
 pub const MAX_SERVER_PARAMS: usize = 256;
 
@@ -65,7 +64,11 @@ pub const MAX_SERVER_PARAMS: usize = 256;
 /// million shard rows, far above a real cluster's, and a bound on what a server that
 /// answers without end can make pgtenant keep.
 pub const MAX_INTERNAL_ROWS: usize = 256 * 1024 * 1024;
+/// Notices kept by [`ServerConn::query_rows_noting`] at most, and the largest kept.
+pub const MAX_KEPT_NOTICES: usize = 16;
+pub const MAX_KEPT_NOTICE_BYTES: usize = 8192;
 
+/// An authenticated server connection, idle or lent to a client.
 pub struct ServerConn {
     pub conn: Connection,
     /// pgtenant's own id for this connection (admin console, logs).
@@ -185,7 +188,20 @@ impl ServerConn {
         max: usize,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         self.conn.send(&build::query(sql)).await?;
-        self.read_rows(max).await
+        self.read_rows(max, None).await
+    }
+
+    /// [`Self::query_rows`] that also keeps the server's NoticeResponses (at most
+    /// [`MAX_KEPT_NOTICES`], in order, each at most [`MAX_KEPT_NOTICE_BYTES`]; others are
+    /// dropped): a check pgtenant runs for a client whose direct connection would have
+    /// shown them.
+    pub async fn query_rows_noting(
+        &mut self,
+        sql: &str,
+        notices: &mut Vec<Frame>,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        self.conn.send(&build::query(sql)).await?;
+        self.read_rows(MAX_INTERNAL_ROWS, Some(notices)).await
     }
 
     /// [`Self::query_rows_within`] with parameters (`$1`, …, sent as text with the
@@ -200,12 +216,17 @@ impl ServerConn {
             self.conn.queue(&f);
         }
         self.conn.flush().await?;
-        self.read_rows(max).await
+        self.read_rows(max, None).await
     }
 
     /// The rows up to ReadyForQuery (at most `max` bytes of values, see
-    /// [`Self::query_rows_within`]); the first error of the server, if any.
-    async fn read_rows(&mut self, max: usize) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+    /// [`Self::query_rows_within`]); the first error of the server, if any. Notices go to
+    /// `notices` when given (bounded, see [`Self::query_rows_noting`]).
+    async fn read_rows(
+        &mut self,
+        max: usize,
+        mut notices: Option<&mut Vec<Frame>>,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         let mut rows = Vec::new();
         let mut failed = None;
         let mut bytes = 0usize;
@@ -234,6 +255,13 @@ impl ServerConn {
                 }
                 b'S' => self.note_parameter(f.body()),
                 b'A' => self.notified = true,
+                b'N' => {
+                    if let Some(n) = notices.as_deref_mut() {
+                        if n.len() < MAX_KEPT_NOTICES && f.body().len() <= MAX_KEPT_NOTICE_BYTES {
+                            n.push(f);
+                        }
+                    }
+                }
                 _ => {}
             }
         }

@@ -584,17 +584,21 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
     // Checked and spelled as a direct connection would (`startup_check`); not while the
     // database is paused (PAUSE waits for every server connection to come back) nor
     // while pgtenant is suspended (no server socket is read until RESUME).
+    let mut notices = Vec::new();
     if !ctx.admin.pause.is_paused(&pool.key.database) && !ctx.admin.suspend.is_on() {
-        if let Err(e) = ctx.startup_checks.check(&pool, &mut startup).await {
-            let f = match e {
-                super::startup_check::Refused::Setting(e) => {
-                    tracing::info!(user = %Escaped(&user), code = %e.code, message = %Escaped(&e.message), "client refused: a startup setting the server refuses");
-                    build::fatal(&e.code, &e.message)
-                }
-                super::startup_check::Refused::Pool(e) => pool_error_frame(&e),
-            };
-            conn.send(&f).await?;
-            return Ok(None);
+        match ctx.startup_checks.check(&pool, &mut startup).await {
+            Ok(n) => notices = n,
+            Err(e) => {
+                let f = match e {
+                    super::startup_check::Refused::Setting(e) => {
+                        tracing::info!(user = %Escaped(&user), code = %e.code, message = %Escaped(&e.message), "client refused: a startup setting the server refuses");
+                        build::fatal(&e.code, &e.message)
+                    }
+                    super::startup_check::Refused::Pool(e) => pool_error_frame(&e),
+                };
+                conn.send(&f).await?;
+                return Ok(None);
+            }
         }
     }
     // Session mode: the client's own server connection, taken now.
@@ -665,6 +669,11 @@ async fn greet(a: Authenticated, ctx: &Arc<Context>) -> Result<Option<Login>, Fr
         None => ctx.cancels.register(),
     };
     conn.queue(&build::auth_ok());
+    // What the server said of the startup settings (an application_name cut to 63
+    // bytes), where a direct connection shows it: after AuthenticationOk.
+    for n in &notices {
+        conn.queue(n);
+    }
     // The server's values, except where this client's startup packet set a reported
     // setting: it must see what a direct connection would report.
     for (k, v) in server_params.iter() {

@@ -28,6 +28,10 @@
 //!   are replayed (and refused, logged) as before.
 //! - Each accepted value is replaced by what the server shows for it: what the client is
 //!   told in ParameterStatus, and what pgtenant replays on server connections.
+//! - The check's notices (at most 16, as the server sent them: "identifier … will be
+//!   truncated" for an application_name of 64 bytes or more) are the client's, shown
+//!   after AuthenticationOk as a direct connection's login shows them. A check that
+//!   raised one caches none of its pairs: the next login is checked, and shown it, again.
 //! - The cache is kept per server role (whether a setting may be set depends on the role:
 //!   one a superuser's client set is not thereby accepted for another role's) and holds at
 //!   most [`CACHE_MAX`] pairs of names and values of at most [`CACHE_VALUE_MAX`] bytes,
@@ -41,6 +45,7 @@ use std::sync::{Arc, Mutex};
 
 use super::params::{ident, literal, ParamMap};
 use crate::backend::BackendError;
+use crate::net::Frame;
 use crate::pool::{Pool, PoolError};
 use crate::protocol::decode::ErrorFields;
 use crate::protocol::sqlstate;
@@ -164,8 +169,13 @@ impl StartupChecks {
     }
 
     /// Check `startup` (the rules above) and put the server's spelling of each accepted
-    /// value in it.
-    pub async fn check(&self, pool: &Arc<Pool>, startup: &mut ParamMap) -> Result<(), Refused> {
+    /// value in it. Answers the notices the check raised (the client is shown them after
+    /// AuthenticationOk, as a direct connection shows those of its startup settings).
+    pub async fn check(
+        &self,
+        pool: &Arc<Pool>,
+        startup: &mut ParamMap,
+    ) -> Result<Vec<Frame>, Refused> {
         let role = &pool.key.user;
         let mut new: Vec<(String, String)> = Vec::new();
         for (name, value) in startup.iter_mut() {
@@ -178,12 +188,16 @@ impl StartupChecks {
             }
         }
         if new.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut server = Box::pin(pool.acquire(None)).await.map_err(Refused::Pool)?;
         let pairs: Vec<(&str, &str)> = new.iter().map(|(n, v)| (&**n, &**v)).collect();
         let mut found = Vec::with_capacity(pairs.len());
-        let result = match server.query_rows(&try_query(&pairs)).await {
+        let mut notices = Vec::new();
+        let result = match server
+            .query_rows_noting(&try_query(&pairs), &mut notices)
+            .await
+        {
             Ok(rows) => {
                 found.extend(pairs.iter().zip(first_row(rows)).map(|(p, v)| (*p, v)));
                 Ok(())
@@ -191,9 +205,13 @@ impl StartupChecks {
             Err(BackendError::Server(e)) if wrong_setting(&e.code) => Err(Refused::Setting(e)),
             Err(BackendError::Server(_)) => {
                 // Something else refused (a setting that cannot change now): each alone.
+                notices.clear();
                 let mut r = Ok(());
                 for p in &pairs {
-                    match server.query_rows(&try_query(&[*p])).await {
+                    match server
+                        .query_rows_noting(&try_query(&[*p]), &mut notices)
+                        .await
+                    {
                         Ok(rows) => found.extend(first_row(rows).map(|v| (*p, v))),
                         Err(BackendError::Server(e)) if wrong_setting(&e.code) => {
                             r = Err(Refused::Setting(e));
@@ -216,14 +234,19 @@ impl StartupChecks {
         };
         let clean = server.tx_status == b'I' && server.conn.buffered_input() == 0;
         pool.release(server, clean);
+        // Pairs that raised a notice are not kept: their next login is checked again and
+        // shown it again, as every direct connection is.
+        let keep = notices.is_empty();
         for ((name, value), shown) in found {
             let shown: Arc<str> = shown.into();
-            self.remember(role, name, value, &shown);
+            if keep {
+                self.remember(role, name, value, &shown);
+            }
             if let Some(v) = startup.get_mut(name) {
                 *v = shown.to_string();
             }
         }
-        result
+        result.map(|()| notices)
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use support::wire::Raw;
 use support::{PgServer, Pgtenant};
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres::{AsyncMessage, Config, NoTls};
 
 /// pgtenant in transaction mode, trust for clients, `pool_size` server connections,
 /// `app` an admin of the console.
@@ -173,7 +173,9 @@ async fn startup_settings_are_checked_and_spelled_as_postgres_does() {
 
 /// An application_name that is not plain ASCII, or too long, is reported as the server
 /// keeps it (PostgreSQL 15 replaces each byte outside printable ASCII by `?` and cuts at
-/// 63 bytes); a plain one as it is.
+/// 63 bytes); a plain one as it is. A cut one comes with the server's notice ("identifier
+/// … will be truncated", 42622) before ReadyForQuery, as on a direct connection (a
+/// driver's test suite checks it), at every login, not only the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_name_is_reported_as_the_server_keeps_it() {
     let pg = PgServer::start();
@@ -184,19 +186,32 @@ async fn application_name_is_reported_as_the_server_keeps_it() {
         "tab\there".to_string(),
         "x".repeat(63),
         "y".repeat(70),
+        "y".repeat(70),
     ] {
         let mut cfg: Config = pg.url("app", "secret", "app").parse().unwrap();
         cfg.application_name(&name);
-        let (c, conn) = cfg.connect(NoTls).await.unwrap();
-        tokio::spawn(conn);
+        let (c, mut conn) = cfg.connect(NoTls).await.unwrap();
+        // The notices the direct connection raised (its login's: `show` raises none), as
+        // (SQLSTATE, message), once the client is dropped and the connection ends.
+        let direct_notices = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                if let AsyncMessage::Notice(n) = m {
+                    seen.push((n.code().code().to_string(), n.message().to_string()));
+                }
+            }
+            seen
+        });
         let want: String = c
             .query_one("show application_name", &[])
             .await
             .unwrap()
             .get(0);
+        drop(c);
+        let want_notices = direct_notices.await.unwrap();
         let port = pt.port();
         let n = name.clone();
-        let got = tokio::task::spawn_blocking(move || {
+        let (got, got_notices) = tokio::task::spawn_blocking(move || {
             let r = Raw::login(
                 port,
                 &[
@@ -205,11 +220,28 @@ async fn application_name_is_reported_as_the_server_keeps_it() {
                     ("application_name", &n),
                 ],
             );
-            r.param("application_name").map(str::to_string)
+            let notices: Vec<(String, String)> = r
+                .notices
+                .iter()
+                .map(|m| {
+                    (
+                        m.field(b'C').unwrap_or_default(),
+                        m.field(b'M').unwrap_or_default(),
+                    )
+                })
+                .collect();
+            (r.param("application_name").map(str::to_string), notices)
         })
         .await
         .unwrap();
         assert_eq!(got.as_deref(), Some(want.as_str()), "{name:?}");
+        assert_eq!(got_notices, want_notices, "{name:?}");
+        if name.len() > 63 {
+            assert_eq!(got_notices.len(), 1, "{name:?}: {got_notices:?}");
+            assert_eq!(got_notices[0].0, "42622");
+        } else {
+            assert!(got_notices.is_empty(), "{name:?}: {got_notices:?}");
+        }
     }
 }
 

@@ -201,6 +201,8 @@ pub struct Raw {
     pub key: (i32, i32),
     /// The greeting's ParameterStatus messages.
     pub params: Vec<(String, String)>,
+    /// The greeting's NoticeResponses.
+    pub notices: Vec<Msg>,
 }
 
 impl Raw {
@@ -222,6 +224,7 @@ impl Raw {
             s,
             key: (0, 0),
             params: Vec::new(),
+            notices: Vec::new(),
         };
         r.s.write_all(&super::startup_packet(196608, params))
             .unwrap();
@@ -240,6 +243,7 @@ impl Raw {
                     let v = text(parts.next().unwrap_or_default());
                     r.params.push((k, v));
                 }
+                b'N' => r.notices.push(m),
                 b'E' => return Err(m),
                 b'Z' => return Ok(r),
                 _ => {}
