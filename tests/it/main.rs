@@ -26,6 +26,7 @@ mod cli;
 mod databases;
 mod django;
 mod django_multitenant;
+mod driver_suite;
 mod failures;
 mod fidelity;
 mod harness_smoke;
