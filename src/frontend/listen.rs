@@ -11,6 +11,13 @@
 //! (the committing backend has signalled it) ahead of that query's ReadyForQuery — so
 //! once the barrier is passed, the client's notifications are in its queue.
 //!
+//! Another client's NOTIFY: the ReadyForQuery of a transaction whose server said NOTIFY
+//! waits the same way for the barrier of every hub listening on that server and
+//! database ([`ListenHub::barriers`]; none when nobody listens there), so a listener
+//! that hears from the notifier that it has notified finds the notification queued, as
+//! it practically always does on a direct connection (psycopg's `test_stop_after`
+//! checks it). Only transactions that ran a NOTIFY statement pay it.
+//!
 //! Notifications are never lost without the client knowing. A direct connection that
 //! misses notifications is a broken one (its server went away), and its client resyncs
 //! after reconnecting; so:
@@ -450,6 +457,27 @@ impl Drop for Subscriber {
 }
 
 impl ListenHub {
+    /// Resolves (each) once every notification committed before this call is in the
+    /// queues of the clients listening on `key`'s server and database, through any of
+    /// its pools (other roles' pools listen on the same server). Empty when nobody
+    /// listens there: nothing to wait for.
+    pub fn barriers(&self, key: &PoolKey) -> Vec<oneshot::Receiver<()>> {
+        if !self.used.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let hubs = lock(&self.hubs);
+        hubs.iter()
+            .filter(|(k, h)| {
+                k.node == key.node && k.dbname == key.dbname && !lock(&h.channels).is_empty()
+            })
+            .filter_map(|(_, h)| {
+                let (ack, rx) = oneshot::channel();
+                h.cmds.send(Cmd::Barrier { ack }).ok()?;
+                Some(rx)
+            })
+            .collect()
+    }
+
     /// A client whose BackendKeyData says `client_pid` now uses the server backend
     /// `server_pid` (nothing until some client listens: one flag read).
     pub fn note_attach(&self, server_pid: i32, client_pid: i32) {

@@ -580,3 +580,63 @@ async fn a_listener_gets_every_notification_of_its_own_burst() {
     );
     assert!(a_end.try_recv().is_err(), "the client is still connected");
 }
+
+/// A client that does not listen and sends NOTIFY gets its ReadyForQuery only once the
+/// notification is queued for the listeners: a listener told by the notifier that it
+/// has notified finds it on its socket without waiting, as on a direct connection
+/// (psycopg's `test_stop_after` reads with a timeout of 0 after its notifier is done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_is_with_its_listeners_when_the_notifier_has_its_answer() {
+    let pg = PgServer::start();
+    let pt = start(&pg, 4, &["--auth-type", "trust"]);
+    let [direct, pooled] = count_missed([(pg.port(), "trustuser"), (pt.port(), "app")]).await;
+    eprintln!("not there at once: direct {direct}, through pgtenant {pooled}");
+    // The last hop is a race on either (the listening backend is signalled; the
+    // listener's session is woken by its queue), and a direct connection misses many
+    // (19 to 195 of 200 in runs here). Through pgtenant with the barrier 0 to 9 were
+    // missed, without it 88 to 177.
+    assert!(
+        pooled <= 40,
+        "not there at once: {pooled} of 200 through pgtenant ({direct} directly)"
+    );
+}
+
+/// Of 200 NOTIFYs by a client that does not listen, on each target in turn (the same
+/// moments of the machine for both), how many a listener did not have on its socket when
+/// the notifier had its ReadyForQuery (each target's user logs in by trust).
+async fn count_missed(targets: [(u16, &'static str); 2]) -> [usize; 2] {
+    use support::wire::{query, Raw};
+    tokio::task::spawn_blocking(move || {
+        // A channel per target: both reach the same server.
+        let mut pairs = [0, 1].map(|k| {
+            let (port, user) = targets[k];
+            let login = || Raw::login(port, &[("user", user), ("database", "app")]);
+            let mut listener = login();
+            listener.exchange(&[query(&format!("listen ch{k}"))]);
+            (listener, login())
+        });
+        let mut missed = [0; 2];
+        for i in 0..200 {
+            for k in [i % 2, 1 - i % 2] {
+                let (listener, notifier) = &mut pairs[k];
+                notifier.exchange(&[query(&format!("notify ch{k}, '{i}'"))]);
+                // What the listener has now, without waiting.
+                listener.s.set_nonblocking(true).unwrap();
+                let ready = matches!(listener.s.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+                listener.s.set_nonblocking(false).unwrap();
+                if !ready {
+                    missed[k] += 1;
+                }
+                let m = listener.read_msg();
+                assert_eq!(m.tag, b'A', "{m:?}");
+                assert!(
+                    m.body.ends_with(format!("ch{k}\0{i}\0").as_bytes()),
+                    "{m:?}"
+                );
+            }
+        }
+        missed
+    })
+    .await
+    .unwrap()
+}

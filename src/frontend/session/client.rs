@@ -252,6 +252,18 @@ impl Session {
     /// notifications ahead of the ReadyForQuery, as PostgreSQL orders them.
     pub(super) async fn notify_barrier(&mut self) {
         let Some(l) = self.listening.as_mut() else {
+            // Not listening: wait (bounded) until the server's listeners have it queued.
+            let Some(a) = self.attached.as_ref() else {
+                return;
+            };
+            // All asked at once; waited for in turn, under one deadline.
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            for passed in self.ctx.listens.barriers(&a.pool.key) {
+                if tokio::time::timeout_at(until, passed).await.is_err() {
+                    tracing::warn!(user = %Escaped(&self.c.user), "LISTEN hub barrier not passed within 2 s");
+                    break;
+                }
+            }
             return;
         };
         if let Some(mut passed) = l.sub.barrier() {

@@ -746,6 +746,16 @@ impl Session {
                     if l.sub.wants(&f) {
                         self.c.conn.queue(&f);
                     }
+                    // Every one queued by now goes with it, in one write: a direct
+                    // connection's backend sends those of one transaction together, and
+                    // a client that stops after the first read has them all (psycopg's
+                    // `notifies(stop_after=…)`).
+                    while self.c.conn.pending_output() < HIGH_WATER {
+                        let Some(f) = l.sub.try_next() else { break };
+                        if l.sub.wants(&f) {
+                            self.c.conn.queue(&f);
+                        }
+                    }
                     return Poll::Ready(Event::Notification);
                 }
                 // Lost notifications end the client once every queued one went out and

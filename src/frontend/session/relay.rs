@@ -135,6 +135,11 @@ impl Session {
                             a.unread = Some(f);
                             return Flow::NotifyBarrier;
                         }
+                    } else if st == b'I' && !hidden && std::mem::take(&mut a.notified) && !again {
+                        // A client that does not listen sent a NOTIFY: its ReadyForQuery
+                        // waits until the listeners' queues hold it (see `listen`).
+                        a.unread = Some(f);
+                        return Flow::NotifyBarrier;
                     }
                     a.server.tx_status = st;
                     // Inside a transaction pgtenant holds (BEGIN answered, no node yet), a
