@@ -18,6 +18,12 @@
 //! it practically always does on a direct connection (psycopg's `test_stop_after`
 //! checks it). Only transactions that ran a NOTIFY statement pay it.
 //!
+//! The notifications the listening connection reads together (a transaction's, which
+//! its server sends in one write) go to each listener as one batch, and its session
+//! writes them together with whatever else is queued: a client that stops after its
+//! first read (psycopg's `notifies(stop_after=1)`) has them all, as on a direct
+//! connection.
+//!
 //! Notifications are never lost without the client knowing. A direct connection that
 //! misses notifications is a broken one (its server went away), and its client resyncs
 //! after reconnecting; so:
@@ -78,8 +84,11 @@ pub const CLIENT_QUEUE: usize = 4096;
 /// Bytes of notifications waiting for one client; more ends it ([`Lost::Overflow`]).
 pub const CLIENT_QUEUE_BYTES: usize = 4 << 20;
 
-/// How long the hub waits, per notification, for full queues to make room.
+/// How long the hub waits, per batch of notifications, for full queues to make room.
 const ROOM_WAIT: Duration = Duration::from_millis(250);
+
+/// Notifications read together handed out as one batch at most.
+const BATCH_MAX: usize = 256;
 
 /// Why a client's notifications were lost: its session ends with this error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,31 +148,58 @@ impl std::fmt::Display for Lost {
     }
 }
 
-/// Where the hub hands a client's notifications: its queue, the bytes in it, and the flag
-/// that says its notifications were lost ([`Lost::tag`]).
+/// Where the hub hands a client's notifications: its queue (of batches: the
+/// notifications the listening connection read together, which the session writes
+/// together), the notifications and bytes in it, and the flag that says its
+/// notifications were lost ([`Lost::tag`]).
 #[derive(Clone)]
 struct Inbox {
-    tx: mpsc::Sender<Frame>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    tx: mpsc::Sender<Vec<Frame>>,
+    queued: Arc<Queued>,
     lost: Arc<std::sync::atomic::AtomicU8>,
 }
 
+/// What waits in a client's queue: notifications, and their bytes.
+#[derive(Default)]
+struct Queued {
+    frames: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl Queued {
+    /// Count `frames` more notifications of `bytes`; false (nothing counted) if that
+    /// goes over [`CLIENT_QUEUE`] or [`CLIENT_QUEUE_BYTES`].
+    fn add(&self, frames: usize, bytes: usize) -> bool {
+        let f = self.frames.fetch_add(frames, Ordering::Relaxed);
+        let b = self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if f.saturating_add(frames) > CLIENT_QUEUE || b.saturating_add(bytes) > CLIENT_QUEUE_BYTES {
+            self.sub(frames, bytes);
+            return false;
+        }
+        true
+    }
+
+    fn sub(&self, frames: usize, bytes: usize) {
+        self.frames.fetch_sub(frames, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 impl Inbox {
-    /// Queue a notification. Its bytes are counted before it is sent (the session may
-    /// take it at once, and takes them off then) and given back if it is not.
-    fn offer(&self, f: &Frame) -> Offer {
-        let len = f.body().len();
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        let r = if before.saturating_add(len) > CLIENT_QUEUE_BYTES {
-            Offer::Full
-        } else {
-            match self.tx.try_send(f.clone()) {
-                Ok(()) => return Offer::Queued,
-                Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
-                Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
-            }
+    /// Queue notifications, as one batch. They are counted before they are sent (the
+    /// session may take them at once, and takes them off then) and given back if they
+    /// are not.
+    fn offer(&self, batch: &[Frame]) -> Offer {
+        let bytes = batch.iter().map(|f| f.body().len()).sum();
+        if !self.queued.add(batch.len(), bytes) {
+            return Offer::Full;
+        }
+        let r = match self.tx.try_send(batch.to_vec()) {
+            Ok(()) => return Offer::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
         };
-        self.queued.fetch_sub(len, Ordering::Relaxed);
+        self.queued.sub(batch.len(), bytes);
         r
     }
 
@@ -186,9 +222,10 @@ impl Inbox {
         }
         let wake = Frame::new(b'A', &[0, 0, 0, 0, 0, 0]);
         let len = wake.body().len();
-        self.queued.fetch_add(len, Ordering::Relaxed);
-        if self.tx.try_send(wake).is_err() {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
+        self.queued.frames.fetch_add(1, Ordering::Relaxed);
+        self.queued.bytes.fetch_add(len, Ordering::Relaxed);
+        if self.tx.try_send(vec![wake]).is_err() {
+            self.queued.sub(1, len);
         }
     }
 }
@@ -310,7 +347,9 @@ impl std::fmt::Display for ListenLimit {
 /// without finishing).
 pub struct Subscriber {
     id: u64,
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Vec<Frame>>,
+    /// The rest of the batch taken last, in order.
+    held: std::collections::VecDeque<Frame>,
     inbox: Inbox,
     hub: mpsc::UnboundedSender<Cmd>,
     pool_channels: Arc<Mutex<HashMap<String, u32>>>,
@@ -336,8 +375,21 @@ impl Subscriber {
 
     /// The next notification waiting for the client, if any (registers `cx` otherwise).
     pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Frame> {
+        if let Some(f) = self.held.pop_front() {
+            return std::task::Poll::Ready(self.taken(f));
+        }
         match self.rx.poll_recv(cx) {
-            std::task::Poll::Ready(Some(f)) => std::task::Poll::Ready(self.taken(f)),
+            std::task::Poll::Ready(Some(batch)) => {
+                self.held.extend(batch);
+                match self.held.pop_front() {
+                    Some(f) => std::task::Poll::Ready(self.taken(f)),
+                    // An empty batch is never sent; taken as nothing.
+                    None => {
+                        cx.waker().wake_by_ref();
+                        std::task::Poll::Pending
+                    }
+                }
+            }
             // Never closed: the subscriber holds a sender itself.
             _ => std::task::Poll::Pending,
         }
@@ -346,19 +398,21 @@ impl Subscriber {
     /// Nothing waits for the client (a `Pending` from [`Subscriber::poll_next`] may also
     /// be tokio's cooperative budget).
     pub fn drained(&self) -> bool {
-        self.rx.is_empty()
+        self.held.is_empty() && self.rx.is_empty()
     }
 
     /// The next notification waiting for the client, if any.
     pub fn try_next(&mut self) -> Option<Frame> {
-        let f = self.rx.try_recv().ok()?;
+        if self.held.is_empty() {
+            let batch = self.rx.try_recv().ok()?;
+            self.held.extend(batch);
+        }
+        let f = self.held.pop_front()?;
         Some(self.taken(f))
     }
 
     fn taken(&self, f: Frame) -> Frame {
-        self.inbox
-            .queued
-            .fetch_sub(f.body().len(), Ordering::Relaxed);
+        self.inbox.queued.sub(1, f.body().len());
         f
     }
 
@@ -518,6 +572,7 @@ impl ListenHub {
         Subscriber {
             id: self.next_client.fetch_add(1, Ordering::Relaxed) + 1,
             rx,
+            held: Default::default(),
             inbox: Inbox {
                 tx,
                 queued: Default::default(),
@@ -666,7 +721,20 @@ async fn run_hub(
                 }
                 let _ = ack.send(());
             }
-            Err(Ok(Some(f))) if f.tag() == b'A' => deliver(&mut subs, &f).await,
+            Err(Ok(Some(f))) if f.tag() == b'A' => {
+                // With every notification the same read brought (a transaction's, sent
+                // together): its listeners get them in one batch, written together.
+                let mut frames = vec![f];
+                if let Some(c) = conn.as_mut() {
+                    while frames.len() < BATCH_MAX && c.conn.buffered_tags().next() == Some(b'A') {
+                        match c.conn.try_frame() {
+                            Ok(Some(f)) => frames.push(f),
+                            _ => break,
+                        }
+                    }
+                }
+                deliver(&mut subs, &frames).await
+            }
             Err(Ok(Some(_))) => {}
             Err(Ok(None)) | Err(Err(_)) => {
                 conn = None;
@@ -709,68 +777,78 @@ struct Subscribers {
     pool: Arc<Pool>,
 }
 
-/// Hand a NotificationResponse to every client subscribed to its channel, naming the
-/// sender as its client knows itself when the sender was a client of pgtenant's. A
-/// client whose queue is full gets [`ROOM_WAIT`] (all such clients of one notification
-/// together) to make room before it is ended ([`Lost::Overflow`]): one that reads its
-/// notifications as they come is not ended by a burst.
-async fn deliver(subs: &mut Subscribers, f: &Frame) {
-    let Some(channel) = notification_channel(f.body()) else {
-        return;
-    };
-    let Some(m) = subs.channels.get_mut(&channel) else {
-        return;
-    };
-    let sender = f
-        .body()
-        .get(..4)
-        .map(|b| i32::from_be_bytes(b.try_into().unwrap()));
-    let renamed = sender
-        .and_then(|pid| subs.notifiers.get(&pid).map(|c| *c))
-        .filter(|_| !subs.pool.settings().server_pipelining)
-        .map(|client| {
-            let mut body = f.body().to_vec();
-            body[..4].copy_from_slice(&client.to_be_bytes());
-            Frame::new(b'A', &body)
-        });
-    let f = renamed.as_ref().unwrap_or(f);
-    let mut full = Vec::new();
-    // Subscribers that left, or were told they lost notifications, are dropped from the
-    // list here.
-    m.retain(|client, inbox| {
-        if inbox.lost().is_some() {
-            return false;
-        }
-        match inbox.offer(f) {
-            Offer::Queued => true,
-            Offer::Full => {
-                full.push(*client);
-                true
+/// Hand NotificationResponses (read together, in order) to every client subscribed to
+/// their channels, each client's as one batch, naming the sender as its client knows
+/// itself when the sender was a client of pgtenant's. A client whose queue is full gets
+/// [`ROOM_WAIT`] (all such clients of one batch together) to make room before it is
+/// ended ([`Lost::Overflow`]): one that reads its notifications as they come is not
+/// ended by a burst.
+async fn deliver(subs: &mut Subscribers, frames: &[Frame]) {
+    let rename = !subs.pool.settings().server_pipelining;
+    // Client → its inbox and batch; clients in the order they first get one.
+    let mut batches: Vec<(u64, Inbox, Vec<Frame>)> = Vec::new();
+    let mut gone: Vec<u64> = Vec::new();
+    for f in frames {
+        let Some(channel) = notification_channel(f.body()) else {
+            continue;
+        };
+        let Some(m) = subs.channels.get(&channel) else {
+            continue;
+        };
+        let sender = f
+            .body()
+            .get(..4)
+            .map(|b| i32::from_be_bytes(b.try_into().unwrap()));
+        let renamed = sender
+            .and_then(|pid| subs.notifiers.get(&pid).map(|c| *c))
+            .filter(|_| rename)
+            .map(|client| {
+                let mut body = f.body().to_vec();
+                body[..4].copy_from_slice(&client.to_be_bytes());
+                Frame::new(b'A', &body)
+            });
+        let f = renamed.unwrap_or_else(|| f.clone());
+        for (client, inbox) in m {
+            // Told they lost notifications: dropped from the lists, given nothing more.
+            if inbox.lost().is_some() {
+                gone.push(*client);
+                continue;
             }
-            Offer::Gone => false,
+            match batches.iter_mut().find(|(c, _, _)| c == client) {
+                Some((_, _, b)) => b.push(f.clone()),
+                None => batches.push((*client, inbox.clone(), vec![f.clone()])),
+            }
         }
-    });
-    if full.is_empty() {
-        return;
+    }
+    let mut full = Vec::new();
+    for (client, inbox, batch) in batches {
+        match inbox.offer(&batch) {
+            Offer::Queued => {}
+            Offer::Full => full.push((client, inbox, batch)),
+            Offer::Gone => gone.push(client),
+        }
     }
     let until = tokio::time::Instant::now() + ROOM_WAIT;
-    for client in full {
-        while let Some(inbox) = subs.channels.get(&channel).and_then(|m| m.get(&client)) {
-            match inbox.offer(f) {
+    for (client, inbox, batch) in full {
+        loop {
+            match inbox.offer(&batch) {
                 Offer::Queued => break,
                 Offer::Full if tokio::time::Instant::now() < until => {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Offer::Full | Offer::Gone => {
-                    tracing::warn!(channel = %crate::logging::Escaped(&channel), "client notification queue full; the client is ended");
+                    tracing::warn!("client notification queue full; the client is ended");
                     inbox.lose(Lost::Overflow);
-                    // From every channel: the others' notifications do not wait for it.
-                    for m in subs.channels.values_mut() {
-                        m.remove(&client);
-                    }
+                    gone.push(client);
                     break;
                 }
             }
+        }
+    }
+    // From every channel: the others' notifications do not wait for them.
+    if !gone.is_empty() {
+        for m in subs.channels.values_mut() {
+            m.retain(|client, _| !gone.contains(client));
         }
     }
 }
@@ -817,7 +895,7 @@ async fn hub_query(
             _ => return Err(HubError::Broken),
         };
         match f.tag() {
-            b'A' => deliver(subs, &f).await,
+            b'A' => deliver(subs, std::slice::from_ref(&f)).await,
             b'E' if failed.is_none() => {
                 let e = crate::protocol::decode::ErrorFields::parse(f.body()).unwrap_or_default();
                 failed = Some(ListenRefused {

@@ -640,3 +640,61 @@ async fn count_missed(targets: [(u16, &'static str); 2]) -> [usize; 2] {
     .await
     .unwrap()
 }
+
+/// The notifications of one transaction reach a listener together, as a direct
+/// connection's backend sends them (one write): a client that stops reading after the
+/// first read has them all (psycopg's `notifies(stop_after=1)` after a transaction that
+/// notified twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notifications_of_one_transaction_arrive_together() {
+    use support::wire::{query, Raw};
+    let pg = PgServer::start();
+    let pt = start(&pg, 4, &["--auth-type", "trust"]);
+    let port = pt.port();
+    let mut listener = Raw::connect(port);
+    listener.exchange(&[query("listen foo")]);
+    // The listener waits on its socket while the notifier commits, as psycopg's
+    // `notifies()` does.
+    let reader = std::thread::spawn(move || {
+        let mut apart = 0;
+        for i in 0..100 {
+            let first = listener.read_msg();
+            assert!(
+                first.body.ends_with(format!("foo\0{i}a\0").as_bytes()),
+                "{first:?}"
+            );
+            // The others are there with it, without waiting.
+            listener.s.set_nonblocking(true).unwrap();
+            let with_it = matches!(listener.s.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+            listener.s.set_nonblocking(false).unwrap();
+            if !with_it {
+                apart += 1;
+            }
+            let second = listener.read_msg();
+            assert!(second.body.ends_with(b"foo\0x\0"), "{second:?}");
+            let third = listener.read_msg();
+            assert!(
+                third.body.ends_with(format!("foo\0{i}b\0").as_bytes()),
+                "{third:?}"
+            );
+        }
+        apart
+    });
+    let apart = tokio::task::spawn_blocking(move || {
+        let mut notifier = Raw::connect(port);
+        for i in 0..100 {
+            notifier.exchange(&[query(&format!(
+                "begin; notify foo, '{i}a'; notify foo, 'x'; notify foo, '{i}b'; commit"
+            ))]);
+            // The listener is back on its socket.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        reader.join().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        apart <= 5,
+        "{apart} of 100 transactions' notifications came apart"
+    );
+}
