@@ -78,10 +78,12 @@ use crate::net::Frame;
 use crate::pool::{Pool, PoolKey};
 use crate::protocol::Reader;
 
-/// Notifications waiting for one client; one more ends it ([`Lost::Overflow`]).
+/// Notifications waiting for one client; a queue at it takes no more, and stays so for
+/// [`ROOM_WAIT`] ends the client ([`Lost::Overflow`]). (A batch taken while under it may
+/// go over by up to [`BATCH_MAX`].)
 pub const CLIENT_QUEUE: usize = 4096;
 
-/// Bytes of notifications waiting for one client; more ends it ([`Lost::Overflow`]).
+/// Bytes of notifications waiting for one client, likewise (over by one batch at most).
 pub const CLIENT_QUEUE_BYTES: usize = 4 << 20;
 
 /// How long the hub waits, per batch of notifications, for full queues to make room.
@@ -167,12 +169,15 @@ struct Queued {
 }
 
 impl Queued {
-    /// Count `frames` more notifications of `bytes`; false (nothing counted) if that
-    /// goes over [`CLIENT_QUEUE`] or [`CLIENT_QUEUE_BYTES`].
+    /// Count `frames` more notifications of `bytes`; false (nothing counted) if the
+    /// queue is at [`CLIENT_QUEUE`] or [`CLIENT_QUEUE_BYTES`] already. A batch is taken
+    /// whole while the queue is under both (a client with room for one notification
+    /// has room for the batch: it goes over by at most one batch, [`BATCH_MAX`]
+    /// notifications), so a slow reader is not ended for the size of one transaction's.
     fn add(&self, frames: usize, bytes: usize) -> bool {
         let f = self.frames.fetch_add(frames, Ordering::Relaxed);
         let b = self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if f.saturating_add(frames) > CLIENT_QUEUE || b.saturating_add(bytes) > CLIENT_QUEUE_BYTES {
+        if f >= CLIENT_QUEUE || b >= CLIENT_QUEUE_BYTES {
             self.sub(frames, bytes);
             return false;
         }
@@ -190,6 +195,9 @@ impl Inbox {
     /// session may take them at once, and takes them off then) and given back if they
     /// are not.
     fn offer(&self, batch: &[Frame]) -> Offer {
+        if self.tx.is_closed() {
+            return Offer::Gone;
+        }
         let bytes = batch.iter().map(|f| f.body().len()).sum();
         if !self.queued.add(batch.len(), bytes) {
             return Offer::Full;
@@ -302,6 +310,9 @@ struct Hub {
     cmds: mpsc::UnboundedSender<Cmd>,
     channels: Arc<Mutex<HashMap<String, u32>>>,
     refused: LastRefusal,
+    /// Its listening connection is open (a hub that is still opening one, or failing
+    /// to, is not asked for barriers by clients that do not listen).
+    connected: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a LISTEN is refused before anything is sent.
@@ -513,16 +524,25 @@ impl Drop for Subscriber {
 impl ListenHub {
     /// Resolves (each) once every notification committed before this call is in the
     /// queues of the clients listening on `key`'s server and database, through any of
-    /// its pools (other roles' pools listen on the same server). Empty when nobody
-    /// listens there: nothing to wait for.
-    pub fn barriers(&self, key: &PoolKey) -> Vec<oneshot::Receiver<()>> {
+    /// its pools (other roles' pools listen on the same server), but `except`'s own.
+    /// Empty when nobody listens there (or its listening connection is not open yet:
+    /// nothing it could hand out).
+    pub fn barriers(
+        &self,
+        key: &PoolKey,
+        except: Option<&Subscriber>,
+    ) -> Vec<oneshot::Receiver<()>> {
         if !self.used.load(Ordering::Relaxed) {
             return Vec::new();
         }
         let hubs = lock(&self.hubs);
         hubs.iter()
             .filter(|(k, h)| {
-                k.node == key.node && k.dbname == key.dbname && !lock(&h.channels).is_empty()
+                k.node == key.node
+                    && k.dbname == key.dbname
+                    && h.connected.load(Ordering::Relaxed)
+                    && !except.is_some_and(|s| s.hub.same_channel(&h.cmds))
+                    && !lock(&h.channels).is_empty()
             })
             .filter_map(|(_, h)| {
                 let (ack, rx) = oneshot::channel();
@@ -552,11 +572,13 @@ impl ListenHub {
         if g.get(&pool.key).is_none_or(|h| h.cmds.is_closed()) {
             let (cmds, queue) = mpsc::unbounded_channel();
             let refused = LastRefusal::default();
+            let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
             tokio::spawn(run_hub(
                 pool.clone(),
                 queue,
                 refused.clone(),
                 self.notifiers.clone(),
+                connected.clone(),
             ));
             let channels = Default::default();
             g.insert(
@@ -565,6 +587,7 @@ impl ListenHub {
                     cmds,
                     channels,
                     refused,
+                    connected,
                 },
             );
         }
@@ -593,6 +616,7 @@ async fn run_hub(
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     refused: LastRefusal,
     notifiers: Arc<dashmap::DashMap<i32, i32>>,
+    connected: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut subs = Subscribers {
         channels: HashMap::new(),
@@ -602,7 +626,10 @@ async fn run_hub(
     let mut conn = None;
     // LISTENs waiting for a listening connection: (channel, ack).
     let mut acks: Vec<(String, Ack)> = Vec::new();
+    // A command taken while gathering barriers, run next.
+    let mut next: Option<Cmd> = None;
     loop {
+        connected.store(conn.is_some(), Ordering::Relaxed);
         if conn.is_none() && !subs.channels.is_empty() {
             match pool.open_dedicated("listen").await {
                 Ok(mut c) => {
@@ -639,12 +666,14 @@ async fn run_hub(
                 }
             }
         }
-        let event = match conn.as_mut() {
-            Some(c) => tokio::select! {
+        connected.store(conn.is_some(), Ordering::Relaxed);
+        let event = match (next.take(), conn.as_mut()) {
+            (Some(cmd), _) => Ok(Some(cmd)),
+            (None, Some(c)) => tokio::select! {
                 cmd = cmds.recv() => Ok(cmd),
                 f = c.conn.read_frame() => Err(f),
             },
-            None => Ok(cmds.recv().await),
+            (None, None) => Ok(cmds.recv().await),
         };
         match event {
             Ok(None) => return,
@@ -713,13 +742,29 @@ async fn run_hub(
                 }
             }
             Ok(Some(Cmd::Barrier { ack })) => {
-                if let Some(c) = conn.as_mut() {
+                // Every barrier asked by now is passed by one query (many clients'
+                // NOTIFYs at once cost one round trip, not one each); those whose
+                // session stopped waiting cost nothing.
+                let mut waiting = vec![ack];
+                while let Ok(cmd) = cmds.try_recv() {
+                    match cmd {
+                        Cmd::Barrier { ack } => waiting.push(ack),
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                waiting.retain(|a| !a.is_closed());
+                if let (Some(c), false) = (conn.as_mut(), waiting.is_empty()) {
                     if let Err(HubError::Broken) = hub_query(c, "", &mut subs).await {
                         conn = None;
                         lost_connection(&pool, &mut subs, &mut acks);
                     }
                 }
-                let _ = ack.send(());
+                for a in waiting {
+                    let _ = a.send(());
+                }
             }
             Err(Ok(Some(f))) if f.tag() == b'A' => {
                 // With every notification the same read brought (a transaction's, sent
@@ -785,8 +830,9 @@ struct Subscribers {
 /// ended by a burst.
 async fn deliver(subs: &mut Subscribers, frames: &[Frame]) {
     let rename = !subs.pool.settings().server_pipelining;
-    // Client → its inbox and batch; clients in the order they first get one.
+    // Each client's inbox and batch, found by client.
     let mut batches: Vec<(u64, Inbox, Vec<Frame>)> = Vec::new();
+    let mut at: HashMap<u64, usize> = HashMap::new();
     let mut gone: Vec<u64> = Vec::new();
     for f in frames {
         let Some(channel) = notification_channel(f.body()) else {
@@ -814,9 +860,12 @@ async fn deliver(subs: &mut Subscribers, frames: &[Frame]) {
                 gone.push(*client);
                 continue;
             }
-            match batches.iter_mut().find(|(c, _, _)| c == client) {
-                Some((_, _, b)) => b.push(f.clone()),
-                None => batches.push((*client, inbox.clone(), vec![f.clone()])),
+            match at.get(client) {
+                Some(&i) => batches[i].2.push(f.clone()),
+                None => {
+                    at.insert(*client, batches.len());
+                    batches.push((*client, inbox.clone(), vec![f.clone()]));
+                }
             }
         }
     }

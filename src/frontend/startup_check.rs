@@ -17,8 +17,8 @@
 //!   connection do not shape the answer: DateStyle keeps the order it had) then one
 //!   `SELECT pg_catalog.set_config(name, value, true), …`. Nothing stays on the
 //!   connection; it goes back to the pool.
-//! - The check runs as the pool's role with no other client's timeout or role in force
-//!   (`SET LOCAL … TO DEFAULT` of those first).
+//! - The check runs as the pool's role with no other client's timeout, role or message
+//!   level in force (`SET LOCAL … TO DEFAULT` of those first).
 //! - A value the server refuses as invalid (22023), a name it does not know (42704), a
 //!   setting this role may not set (42501) or one that cannot change after connect
 //!   (55P02, which pgtenant's replay could never apply: every statement of the client
@@ -102,9 +102,12 @@ fn wrong_setting(code: &str) -> bool {
     .contains(&code)
 }
 
-/// Run first: no other client's role or timeout shapes the check.
+/// Run first: no other client's role, timeout or message level shapes the check (a
+/// connection another client left at `client_min_messages = warning` would hide the
+/// notices this client's direct connection shows it).
 const NEUTRAL: &str = "SET LOCAL SESSION AUTHORIZATION DEFAULT; SET LOCAL ROLE NONE; \
-                       SET LOCAL statement_timeout = 0; ";
+                       SET LOCAL statement_timeout = 0; \
+                       SET LOCAL client_min_messages TO DEFAULT; ";
 
 /// The Query that tries `pairs`: one row, the server's spelling of each value in order.
 fn try_query(pairs: &[(&str, &str)]) -> String {
@@ -268,7 +271,8 @@ mod tests {
         assert_eq!(
             try_query(&[("datestyle", "iso"), ("time\"zone", "it's")]),
             "SET LOCAL SESSION AUTHORIZATION DEFAULT; SET LOCAL ROLE NONE; \
-             SET LOCAL statement_timeout = 0; SET LOCAL \"datestyle\" TO DEFAULT; SET LOCAL \"time\"\"zone\" TO DEFAULT; \
+             SET LOCAL statement_timeout = 0; SET LOCAL client_min_messages TO DEFAULT; \
+             SET LOCAL \"datestyle\" TO DEFAULT; SET LOCAL \"time\"\"zone\" TO DEFAULT; \
              SELECT pg_catalog.set_config('datestyle', 'iso', true), \
              pg_catalog.set_config('time\"zone', 'it''s', true)"
         );

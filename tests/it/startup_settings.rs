@@ -316,3 +316,38 @@ async fn a_paused_database_takes_logins_unchecked() {
     .await
     .unwrap();
 }
+
+/// The check runs with no other client's message level in force: a server connection
+/// another client left at `client_min_messages = warning` does not hide the truncation
+/// notice from the next login (nor get its pair cached without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clients_message_level_does_not_hide_the_login_notice() {
+    let pg = PgServer::start();
+    let pt = start(&pg, 1);
+    let port = pt.port();
+    tokio::task::spawn_blocking(move || {
+        let mut other = Raw::connect(port);
+        other.exchange(&[support::wire::query("set client_min_messages = warning")]);
+        other.exchange(&[support::wire::query("select 1")]);
+        for _ in 0..2 {
+            let name = "z".repeat(70);
+            let r = Raw::login(
+                port,
+                &[
+                    ("user", "app"),
+                    ("database", "app"),
+                    ("application_name", &name),
+                ],
+            );
+            let codes: Vec<String> = r
+                .notices
+                .iter()
+                .map(|m| m.field(b'C').unwrap_or_default())
+                .collect();
+            assert_eq!(codes, ["42622"]);
+            other.exchange(&[support::wire::query("select 1")]);
+        }
+    })
+    .await
+    .unwrap();
+}

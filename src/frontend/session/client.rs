@@ -251,14 +251,14 @@ impl Session {
     /// until the LISTEN hub has handed out what was committed, then queue this client's
     /// notifications ahead of the ReadyForQuery, as PostgreSQL orders them.
     pub(super) async fn notify_barrier(&mut self) {
+        let Some(key) = self.attached.as_ref().map(|a| a.pool.key.clone()) else {
+            return;
+        };
+        // All asked at once, under one deadline.
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
         let Some(l) = self.listening.as_mut() else {
-            // Not listening: wait (bounded) until the server's listeners have it queued.
-            let Some(a) = self.attached.as_ref() else {
-                return;
-            };
-            // All asked at once; waited for in turn, under one deadline.
-            let until = tokio::time::Instant::now() + Duration::from_secs(2);
-            for passed in self.ctx.listens.barriers(&a.pool.key) {
+            // Not listening: wait until the server's listeners have it queued.
+            for passed in self.ctx.listens.barriers(&key, None) {
                 if tokio::time::timeout_at(until, passed).await.is_err() {
                     tracing::warn!(user = %Escaped(&self.c.user), "LISTEN hub barrier not passed within 2 s");
                     break;
@@ -266,11 +266,13 @@ impl Session {
             }
             return;
         };
+        // Other roles' listeners of the same server and database, as for a client that
+        // does not listen.
+        let others = self.ctx.listens.barriers(&key, Some(&l.sub));
         if let Some(mut passed) = l.sub.barrier() {
             // The queue is read meanwhile: the hub may be waiting for room in it (a
             // transaction that notified its own channel thousands of times).
             let conn = &mut self.c.conn;
-            let until = tokio::time::Instant::now() + Duration::from_secs(2);
             loop {
                 if conn.pending_output() >= HIGH_WATER {
                     // The client reads: it waits for its ReadyForQuery.
@@ -290,6 +292,11 @@ impl Session {
                 if l.sub.wants(&next) {
                     conn.queue(&next);
                 }
+            }
+        }
+        for passed in others {
+            if tokio::time::timeout_at(until, passed).await.is_err() {
+                break;
             }
         }
         while let Some(f) = l.sub.try_next() {
