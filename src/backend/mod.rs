@@ -187,6 +187,8 @@ impl ServerConn {
         sql: &str,
         max: usize,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        // A simple Query destroys the server's unnamed statement.
+        self.unnamed_owner = 0;
         self.conn.send(&build::query(sql)).await?;
         self.read_rows(max, None).await
     }
@@ -200,6 +202,7 @@ impl ServerConn {
         sql: &str,
         notices: &mut Vec<Frame>,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        self.unnamed_owner = 0;
         self.conn.send(&build::query(sql)).await?;
         self.read_rows(MAX_INTERNAL_ROWS, Some(notices)).await
     }
@@ -212,6 +215,8 @@ impl ServerConn {
         params: &[&str],
         max: usize,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        // Its Parse is of the unnamed statement.
+        self.unnamed_owner = 0;
         for f in build::extended_query(sql, params) {
             self.conn.queue(&f);
         }

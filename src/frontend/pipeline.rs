@@ -102,6 +102,10 @@ pub struct Pipeline {
     /// this transaction (and commit it) or be ignored. Cleared by a ReadyForQuery that
     /// leaves nothing owed ([`Pipeline::ready`]).
     pub unsynced: bool,
+    /// A simple Query went to the server on this attachment (it destroys the server's
+    /// unnamed statement): set by [`Pipeline::push`], cleared by a Parse of the unnamed
+    /// statement (`forward`).
+    pub query_sent: bool,
     /// pgtenant can no longer tell which of the server's answers belongs to which request
     /// (a ReadyForQuery where none was due; an error ending a COPY IN, after which Syncs
     /// the client sent during the COPY may or may not be answered). The client keeps
@@ -179,6 +183,7 @@ impl Pipeline {
             sync_points: 0,
             copy_in: false,
             unsynced: false,
+            query_sent: false,
             lost_track: false,
             syncs: 0,
             batch_may_fail: false,
@@ -214,6 +219,9 @@ impl Pipeline {
         if let Some(req) = e.req() {
             if req.is_extended() {
                 self.unsynced = true;
+            }
+            if matches!(req, Req::Query { .. }) {
+                self.query_sent = true;
             }
             match req {
                 Req::Parse { stmt: Some(id) } | Req::Close { evicted: Some(id) } => {

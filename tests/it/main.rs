@@ -60,3 +60,4 @@ mod tenant_limits_attack;
 mod tenant_limits_store;
 mod tls;
 mod unix_socket;
+mod unnamed_statement;

@@ -77,6 +77,19 @@ impl Session {
                 self.c.conn.peer_left();
                 return Ok(Flow::Quit);
             }
+            // The client's unnamed statement ends with a simple Query, a Close of it or
+            // another Parse of it (kept again where that Parse goes to a server as sent).
+            let ends_unnamed = match f.tag() {
+                b'Q' => true,
+                b'P' => f.body().first() == Some(&0),
+                b'C' => f.body().starts_with(b"S\0"),
+                _ => false,
+            };
+            if ends_unnamed {
+                if let Some(t) = self.view.tables.as_mut() {
+                    t.unnamed = None;
+                }
+            }
             if self.must_wait_for_sync_point() {
                 // The transaction may end at a Sync/Query already sent: what follows must
                 // be routed afresh once ReadyForQuery tells (see `deferred`).

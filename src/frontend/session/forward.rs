@@ -90,6 +90,12 @@ impl Session {
                         e |= effect::STATE;
                     } else {
                         a.server.unnamed_owner = self.id;
+                        a.pipe.query_sent = false;
+                        if track && f.len() <= super::UNNAMED_KEPT_MAX {
+                            // A copy of its own: the frame may share the read buffer,
+                            // which an idle client must not keep.
+                            self.view.t_mut().unnamed = Some(Frame::new(b'P', f.body()));
+                        }
                     }
                     note_effects(a, &mut self.view, e, &p.query);
                     a.server.conn.queue(&f);
@@ -133,7 +139,15 @@ impl Session {
                 let missing = match &def {
                     Some(_) => None,
                     None if b.statement.is_empty() && !unnamed_ours(a, self.id) => {
-                        Some("unnamed prepared statement does not exist".to_string())
+                        let p = self.view.t().unnamed.clone();
+                        match p {
+                            Some(p)
+                                if reparse_unnamed(a, &mut self.view, &self.ctx, &p, self.id)? =>
+                            {
+                                None
+                            }
+                            _ => Some("unnamed prepared statement does not exist".to_string()),
+                        }
                     }
                     None if track && !b.statement.is_empty() => Some(format!(
                         "prepared statement \"{}\" does not exist",
@@ -170,9 +184,19 @@ impl Session {
                             .queue(&Target::encode(b'D', b'S', &def.server_name));
                     }
                     None if t.kind == b'S' && t.name.is_empty() && !unnamed_ours(a, self.id) => {
-                        let msg = "unnamed prepared statement does not exist";
-                        self.refuse_in_batch(&Refusal::new("26000", msg.to_owned()));
-                        return Ok(());
+                        let p = self.view.t().unnamed.clone();
+                        match p {
+                            Some(p)
+                                if reparse_unnamed(a, &mut self.view, &self.ctx, &p, self.id)? =>
+                            {
+                                a.server.conn.queue(&f);
+                            }
+                            _ => {
+                                let msg = "unnamed prepared statement does not exist";
+                                self.refuse_in_batch(&Refusal::new("26000", msg.to_owned()));
+                                return Ok(());
+                            }
+                        }
                     }
                     None if named => {
                         let msg =
@@ -394,7 +418,37 @@ impl Session {
 /// Is the server's unnamed statement this client's (the last one parsed on this
 /// connection, now or when the client last held it)? Another client's must not be bound.
 fn unnamed_ours(a: &Attached, id: u64) -> bool {
-    a.server.unnamed_owner == id
+    a.server.unnamed_owner == id && !a.pipe.query_sent
+}
+
+/// Parse the client's unnamed statement again on this server (see `ViewTables::unnamed`),
+/// its ParseComplete hidden, its errors shown (the client's Bind or Describe then fails
+/// as the statement would now). What it may do to the session counts for this
+/// transaction, as at its first Parse. False (nothing sent) if pgtenant refuses the
+/// statement now (its rules changed since the first Parse).
+fn reparse_unnamed(
+    a: &mut Attached,
+    view: &mut View,
+    ctx: &Context,
+    parse: &Frame,
+    id: u64,
+) -> Result<bool, FrontendError> {
+    let p = Parse::decode(parse.body())?;
+    let e = match screen_parse(ctx, &p.query) {
+        Err(_) => return Ok(false),
+        Ok(None) => dml_effects(&p.query),
+        Ok(Some(cmds)) => effects_of(&p.query, &cmds),
+    };
+    note_effects(a, view, e, &p.query);
+    a.server.conn.queue(parse);
+    a.pool.stats.server_parse_count.add(1);
+    a.server.unnamed_owner = id;
+    a.pipe.query_sent = false;
+    a.pipe.push(Expect::Hidden {
+        req: Req::Parse { stmt: None },
+        show_errors: true,
+    });
+    Ok(true)
 }
 
 /// While pinned, a statement that is not plain DML may have dropped what pins it: the

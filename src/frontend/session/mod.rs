@@ -223,7 +223,19 @@ struct ViewTables {
     /// Statements in `statements` that are a LISTEN or UNLISTEN (`StatementDef::hub_tag`):
     /// while there are none, a Bind is not looked at for them.
     hub_statements: u32,
+    /// Its unnamed statement: the Parse that made it, as sent to a server (at most
+    /// [`UNNAMED_KEPT_MAX`] bytes). A direct connection keeps it until the next Parse of
+    /// the unnamed statement, a simple Query or a Close of it, across transactions; a
+    /// server connection keeps it only while nothing else ran there, so pgtenant parses
+    /// it again before a Bind or Describe of it on a server that lacks it (drivers
+    /// without a statement cache, such as asyncpg's `statement_cache_size=0`, Parse and
+    /// Describe in one transaction, look up the types, then Bind in another).
+    unnamed: Option<Frame>,
 }
+
+/// The largest unnamed statement kept for a client (see `ViewTables::unnamed`); a larger
+/// one is not, and a Bind of it on another server connection fails with 26000.
+const UNNAMED_KEPT_MAX: usize = 256 * 1024;
 
 /// Prepared statements one client may hold (protocol-level and SQL-level together), and
 /// the bytes of their names and texts: pgtenant keeps them for it (in its view, in the

@@ -98,11 +98,28 @@ impl Session {
                             tracing::warn!(user = %Escaped(&self.c.user), code = %e.code, message = %e.message, "server refused a query pgtenant sent on its own");
                         }
                     }
-                    match a.pipe.q.front().and_then(Expect::req).cloned() {
+                    let failed = a.pipe.q.front().and_then(Expect::req).cloned();
+                    if let (Some(Req::Parse { stmt: None }), Some(t)) =
+                        (&failed, self.view.tables.as_mut())
+                    {
+                        // A Parse of the unnamed statement failed: the server has none
+                        // now (nor would a direct connection), so none is parsed again.
+                        t.unnamed = None;
+                    }
+                    match failed {
                         Some(r) if r.is_extended() => {
                             a.pipe.pop_front();
                             undo_prepared(a, Expect::Forward(r));
                             for e in a.pipe.drop_until_sync() {
+                                if let (Expect::Forward(Req::Parse { stmt: None }), Some(t)) =
+                                    (&e, self.view.tables.as_mut())
+                                {
+                                    // Skipped by the server, which keeps the unnamed
+                                    // statement before it; pgtenant kept this one: none
+                                    // is parsed again (a Bind of it fails with 26000
+                                    // rather than run another statement).
+                                    t.unnamed = None;
+                                }
                                 undo_prepared(a, e);
                             }
                             if a.pipe.q.is_empty() && !a.pipe.copy_in {
