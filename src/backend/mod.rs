@@ -89,6 +89,9 @@ pub struct ServerConn {
     /// The client session that parsed the unnamed statement on it last (a Bind of the
     /// unnamed statement by another session is refused).
     pub unnamed_owner: u64,
+    /// Which of its owner's unnamed statements it is (`ViewTables::unnamed_gen` then):
+    /// the owner may have ended it since where this server did not see it.
+    pub unnamed_gen: u32,
     pub created: Instant,
     /// When it last went back to the pool.
     pub last_used: Instant,
@@ -129,6 +132,7 @@ impl ServerConn {
             dirty_by: 0,
             sql_owner: 0,
             unnamed_owner: 0,
+            unnamed_gen: 0,
             conn,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             cancel: Arc::new(cancel),

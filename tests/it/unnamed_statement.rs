@@ -79,6 +79,25 @@ fn run(port: u16, user: &str) -> Vec<String> {
     );
     other(&mut b);
     step(&mut a, &[bind("", "", &["hi"]), execute(""), sync()]);
+    // Another client's simple Query between (it ends that server's unnamed statement).
+    b.exchange(&[query("select 1")]);
+    step(&mut a, &[bind("", "", &["q"]), execute(""), sync()]);
+    // An error early in a batch: the server skips the rest, a parse again of the kept
+    // statement included, and still holds another client's unnamed statement; the
+    // next Bind must run the client's own.
+    other(&mut b);
+    step(
+        &mut a,
+        &[
+            parse("s2", "select 1/0", &[]),
+            bind("", "s2", &[]),
+            execute(""),
+            bind("", "", &["y"]),
+            execute(""),
+            sync(),
+        ],
+    );
+    step(&mut a, &[bind("", "", &["z"]), execute(""), sync()]);
     // A Close of it ends it.
     step(&mut a, &[close(b'S', ""), sync()]);
     other(&mut b);
@@ -118,4 +137,46 @@ async fn the_unnamed_statement_lives_as_on_a_direct_connection() {
     assert_eq!(direct[1], "2DCZ 105", "{direct:?}");
     assert_eq!(direct[5], "EZ 26000", "{direct:?}");
     assert_eq!(pooled, direct);
+}
+
+/// A Parse of the unnamed statement that pgtenant answers itself (a BEGIN and COMMIT
+/// it holds, no server) ends the client's earlier unnamed statement: a Bind after runs
+/// what a direct connection runs, or fails with 26000, never the earlier statement still
+/// on the server connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnamed_statement_the_client_replaced_is_never_run() {
+    let pg = PgServer::start();
+    let upstream = pg.url("app", "secret", "app");
+    let pt = Pgtenant::start(
+        &[
+            "run",
+            "--upstream",
+            &upstream,
+            "--pool-mode",
+            "transaction",
+            "--pool-size",
+            "1",
+            "--auth-type",
+            "trust",
+        ],
+        &[],
+    );
+    let (direct_port, port) = (pg.port(), pt.port());
+    let run = move |port: u16, user: &str| {
+        let mut a = Raw::login(port, &[("user", user), ("database", "app")]);
+        a.exchange(&[parse("", "select 'earlier'", &[]), sync()]);
+        for sql in ["begin", "commit"] {
+            a.exchange(&[parse("", sql, &[]), bind("", "", &[]), execute(""), sync()]);
+        }
+        transcript(&a.exchange(&[bind("", "", &[]), execute(""), sync()]))
+    };
+    let (direct, pooled) =
+        tokio::task::spawn_blocking(move || (run(direct_port, "trustuser"), run(port, "app")))
+            .await
+            .unwrap();
+    assert!(!pooled.contains("earlier"), "{pooled}");
+    assert!(
+        pooled == direct || pooled == "EZ 26000",
+        "{pooled} (directly: {direct})"
+    );
 }

@@ -850,8 +850,12 @@ async fn settle_hidden(a: &mut Attached) {
 }
 
 /// Back to its pool, closed there if not clean. `now`: when it went idle, if known.
-pub(super) fn give_back(a: Attached, now: Option<Instant>) {
+pub(super) fn give_back(mut a: Attached, now: Option<Instant>) {
     let clean = a.is_clean();
+    if a.pipe.query_sent {
+        // A simple Query ended the unnamed statement there.
+        a.server.unnamed_owner = 0;
+    }
     a.pool
         .release_at(a.server, clean, now.unwrap_or_else(Instant::now));
 }

@@ -86,8 +86,15 @@ impl Session {
                 _ => false,
             };
             if ends_unnamed {
-                if let Some(t) = self.view.tables.as_mut() {
+                // Without tables the client never had an unnamed statement marked on a
+                // server (its Parse makes them); a Parse of it makes them now.
+                let t = match f.tag() {
+                    b'P' => Some(self.view.t_mut()),
+                    _ => self.view.tables.as_deref_mut(),
+                };
+                if let Some(t) = t {
                     t.unnamed = None;
+                    t.unnamed_gen = t.unnamed_gen.wrapping_add(1);
                 }
             }
             if self.must_wait_for_sync_point() {

@@ -91,10 +91,14 @@ impl Session {
                     } else {
                         a.server.unnamed_owner = self.id;
                         a.pipe.query_sent = false;
-                        if track && f.len() <= super::UNNAMED_KEPT_MAX {
-                            // A copy of its own: the frame may share the read buffer,
-                            // which an idle client must not keep.
-                            self.view.t_mut().unnamed = Some(Frame::new(b'P', f.body()));
+                        if track {
+                            let t = self.view.t_mut();
+                            a.server.unnamed_gen = t.unnamed_gen;
+                            if f.len() <= super::UNNAMED_KEPT_MAX {
+                                // A copy of its own: the frame may share the read
+                                // buffer, which an idle client must not keep.
+                                t.unnamed = Some(Frame::new(b'P', f.body()));
+                            }
                         }
                     }
                     note_effects(a, &mut self.view, e, &p.query);
@@ -138,7 +142,7 @@ impl Session {
                 // it knows) is not looked up on the server: it may be another client's.
                 let missing = match &def {
                     Some(_) => None,
-                    None if b.statement.is_empty() && !unnamed_ours(a, self.id) => {
+                    None if b.statement.is_empty() && !unnamed_ours(a, self.id, &self.view) => {
                         let p = self.view.t().unnamed.clone();
                         match p {
                             Some(p)
@@ -183,7 +187,10 @@ impl Session {
                             .conn
                             .queue(&Target::encode(b'D', b'S', &def.server_name));
                     }
-                    None if t.kind == b'S' && t.name.is_empty() && !unnamed_ours(a, self.id) => {
+                    None if t.kind == b'S'
+                        && t.name.is_empty()
+                        && !unnamed_ours(a, self.id, &self.view) =>
+                    {
                         let p = self.view.t().unnamed.clone();
                         match p {
                             Some(p)
@@ -417,8 +424,10 @@ impl Session {
 
 /// Is the server's unnamed statement this client's (the last one parsed on this
 /// connection, now or when the client last held it)? Another client's must not be bound.
-fn unnamed_ours(a: &Attached, id: u64) -> bool {
-    a.server.unnamed_owner == id && !a.pipe.query_sent
+fn unnamed_ours(a: &Attached, id: u64, view: &View) -> bool {
+    a.server.unnamed_owner == id
+        && a.server.unnamed_gen == view.t().unnamed_gen
+        && !a.pipe.query_sent
 }
 
 /// Parse the client's unnamed statement again on this server (see `ViewTables::unnamed`),
@@ -443,6 +452,7 @@ fn reparse_unnamed(
     a.server.conn.queue(parse);
     a.pool.stats.server_parse_count.add(1);
     a.server.unnamed_owner = id;
+    a.server.unnamed_gen = view.t().unnamed_gen;
     a.pipe.query_sent = false;
     a.pipe.push(Expect::Hidden {
         req: Req::Parse { stmt: None },

@@ -231,6 +231,11 @@ struct ViewTables {
     /// without a statement cache, such as asyncpg's `statement_cache_size=0`, Parse and
     /// Describe in one transaction, look up the types, then Bind in another).
     unnamed: Option<Frame>,
+    /// Counts the messages that ended its unnamed statement (a simple Query, a Parse or
+    /// Close of it), wherever they went: a server marked with an older count holds one
+    /// the client has ended (pgtenant answered that Parse itself, a batch ran it on
+    /// another connection), not its current one.
+    unnamed_gen: u32,
 }
 
 /// The largest unnamed statement kept for a client (see `ViewTables::unnamed`); a larger

@@ -99,26 +99,35 @@ impl Session {
                         }
                     }
                     let failed = a.pipe.q.front().and_then(Expect::req).cloned();
-                    if let (Some(Req::Parse { stmt: None }), Some(t)) =
-                        (&failed, self.view.tables.as_mut())
-                    {
+                    if let Some(Req::Parse { stmt: None }) = &failed {
                         // A Parse of the unnamed statement failed: the server has none
-                        // now (nor would a direct connection), so none is parsed again.
-                        t.unnamed = None;
+                        // now. The client's own (not pgtenant's parse again of the kept
+                        // one): a direct connection would have none either.
+                        a.server.unnamed_owner = 0;
+                        if let (Some(Expect::Forward(_)), Some(t)) =
+                            (a.pipe.q.front(), self.view.tables.as_mut())
+                        {
+                            t.unnamed = None;
+                        }
                     }
                     match failed {
                         Some(r) if r.is_extended() => {
                             a.pipe.pop_front();
                             undo_prepared(a, Expect::Forward(r));
                             for e in a.pipe.drop_until_sync() {
-                                if let (Expect::Forward(Req::Parse { stmt: None }), Some(t)) =
-                                    (&e, self.view.tables.as_mut())
-                                {
+                                if let Some(Req::Parse { stmt: None }) = e.req() {
                                     // Skipped by the server, which keeps the unnamed
-                                    // statement before it; pgtenant kept this one: none
-                                    // is parsed again (a Bind of it fails with 26000
-                                    // rather than run another statement).
-                                    t.unnamed = None;
+                                    // statement before it, whoever's: not this
+                                    // client's as marked.
+                                    a.server.unnamed_owner = 0;
+                                    if let (Expect::Forward(_), Some(t)) =
+                                        (&e, self.view.tables.as_mut())
+                                    {
+                                        // The client's own: not kept either (a Bind of
+                                        // it fails with 26000 rather than run another
+                                        // statement).
+                                        t.unnamed = None;
+                                    }
                                 }
                                 undo_prepared(a, e);
                             }
