@@ -90,15 +90,12 @@ impl Session {
                         e |= effect::STATE;
                     } else {
                         a.server.unnamed_owner = self.id;
+                        a.server.unnamed_gen = self.view.t().unnamed_gen;
                         a.pipe.query_sent = false;
-                        if track {
-                            let t = self.view.t_mut();
-                            a.server.unnamed_gen = t.unnamed_gen;
-                            if f.len() <= super::UNNAMED_KEPT_MAX {
-                                // A copy of its own: the frame may share the read
-                                // buffer, which an idle client must not keep.
-                                t.unnamed = Some(Frame::new(b'P', f.body()));
-                            }
+                        if track && f.len() <= super::UNNAMED_KEPT_MAX {
+                            // A copy of its own: the frame may share the read buffer,
+                            // which an idle client must not keep.
+                            self.view.t_mut().unnamed = Some(Frame::new(b'P', f.body()));
                         }
                     }
                     note_effects(a, &mut self.view, e, &p.query);
