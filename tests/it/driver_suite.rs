@@ -9,8 +9,10 @@
 //! copy differs from the original in two things only:
 //! - the server port it has written in (5433) is the port of the pgtenant under test;
 //! - its dev-dependencies are cut to the two its tests use (`futures-util`, `tokio`:
-//!   the others serve optional type features and benchmarks), and it is resolved with
-//!   pgtenant's own Cargo.lock, so nothing new is downloaded.
+//!   the others serve optional type features and benchmarks), its features to the
+//!   default ones, and it is resolved with pgtenant's own Cargo.lock, so nothing new is
+//!   downloaded (checked with a fresh `CARGO_HOME` that fetched pgtenant's dependencies
+//!   only).
 //!
 //! What it runs against is what its own CI sets up: users `postgres` (trust),
 //! `pass_user` (cleartext password), `md5_user` (md5) and `scram_user` (SCRAM), each
@@ -91,7 +93,11 @@ fn run(cmd: &mut Command, what: &str) -> String {
     text
 }
 
-/// The manifest with only the dev-dependencies the suite's tests use, and no benches.
+/// The manifest with only the dev-dependencies the suite's tests use, only the default
+/// features, and no benches. Its other features name optional dependencies of
+/// postgres-types (chrono, uuid, geo-types, …): as the root package, the crate would have
+/// them resolved, and a machine that built only pgtenant has none of them in its
+/// registry cache (`--offline` fails there).
 fn trimmed_manifest(original: &str) -> String {
     let mut doc: toml::Table = original.parse().expect("tokio-postgres's Cargo.toml");
     if let Some(dev) = doc
@@ -99,6 +105,9 @@ fn trimmed_manifest(original: &str) -> String {
         .and_then(|d| d.as_table_mut())
     {
         dev.retain(|name, _| name == "futures-util" || name == "tokio");
+    }
+    if let Some(features) = doc.get_mut("features").and_then(|f| f.as_table_mut()) {
+        features.retain(|name, _| name == "default" || name == "runtime");
     }
     doc.remove("bench");
     toml::to_string(&doc).expect("write the manifest")
