@@ -228,13 +228,7 @@ impl Inbox {
         {
             return;
         }
-        let wake = Frame::new(b'A', &[0, 0, 0, 0, 0, 0]);
-        let len = wake.body().len();
-        self.queued.frames.fetch_add(1, Ordering::Relaxed);
-        self.queued.bytes.fetch_add(len, Ordering::Relaxed);
-        if self.tx.try_send(vec![wake]).is_err() {
-            self.queued.sub(1, len);
-        }
+        let _ = self.offer(&[Frame::new(b'A', &[0, 0, 0, 0, 0, 0])]);
     }
 }
 
@@ -509,10 +503,15 @@ impl Subscriber {
     /// Resolves once every notification committed before this call is in its
     /// subscribers' queues. None: the listening connection's task is gone.
     pub fn barrier(&self) -> Option<oneshot::Receiver<()>> {
-        let (ack, rx) = oneshot::channel();
-        self.hub.send(Cmd::Barrier { ack }).ok()?;
-        Some(rx)
+        ask_barrier(&self.hub)
     }
+}
+
+/// Ask a hub for a barrier (see [`Subscriber::barrier`]); None if its task is gone.
+fn ask_barrier(hub: &mpsc::UnboundedSender<Cmd>) -> Option<oneshot::Receiver<()>> {
+    let (ack, rx) = oneshot::channel();
+    hub.send(Cmd::Barrier { ack }).ok()?;
+    Some(rx)
 }
 
 impl Drop for Subscriber {
@@ -544,11 +543,7 @@ impl ListenHub {
                     && !except.is_some_and(|s| s.hub.same_channel(&h.cmds))
                     && !lock(&h.channels).is_empty()
             })
-            .filter_map(|(_, h)| {
-                let (ack, rx) = oneshot::channel();
-                h.cmds.send(Cmd::Barrier { ack }).ok()?;
-                Some(rx)
-            })
+            .filter_map(|(_, h)| ask_barrier(&h.cmds))
             .collect()
     }
 
@@ -629,7 +624,6 @@ async fn run_hub(
     // A command taken while gathering barriers, run next.
     let mut next: Option<Cmd> = None;
     loop {
-        connected.store(conn.is_some(), Ordering::Relaxed);
         if conn.is_none() && !subs.channels.is_empty() {
             match pool.open_dedicated("listen").await {
                 Ok(mut c) => {

@@ -9,6 +9,26 @@ use crate::support;
 use support::wire::{bind, close, describe, execute, parse, query, sync, Msg, Raw};
 use support::{PgServer, Pgtenant};
 
+/// pgtenant in transaction mode with one server connection (the clients share it),
+/// clients by trust.
+fn start(pg: &PgServer) -> Pgtenant {
+    let upstream = pg.url("app", "secret", "app");
+    Pgtenant::start(
+        &[
+            "run",
+            "--upstream",
+            &upstream,
+            "--pool-mode",
+            "transaction",
+            "--pool-size",
+            "1",
+            "--auth-type",
+            "trust",
+        ],
+        &[],
+    )
+}
+
 /// What one exchange gave: the tags, then each DataRow's first value and each error's
 /// SQLSTATE.
 fn transcript(msgs: &[Msg]) -> String {
@@ -113,21 +133,7 @@ fn run(port: u16, user: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unnamed_statement_lives_as_on_a_direct_connection() {
     let pg = PgServer::start();
-    let upstream = pg.url("app", "secret", "app");
-    let pt = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &upstream,
-            "--pool-mode",
-            "transaction",
-            "--pool-size",
-            "1",
-            "--auth-type",
-            "trust",
-        ],
-        &[],
-    );
+    let pt = start(&pg);
     let (direct_port, port) = (pg.port(), pt.port());
     let (direct, pooled) =
         tokio::task::spawn_blocking(move || (run(direct_port, "trustuser"), run(port, "app")))
@@ -146,21 +152,7 @@ async fn the_unnamed_statement_lives_as_on_a_direct_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unnamed_statement_the_client_replaced_is_never_run() {
     let pg = PgServer::start();
-    let upstream = pg.url("app", "secret", "app");
-    let pt = Pgtenant::start(
-        &[
-            "run",
-            "--upstream",
-            &upstream,
-            "--pool-mode",
-            "transaction",
-            "--pool-size",
-            "1",
-            "--auth-type",
-            "trust",
-        ],
-        &[],
-    );
+    let pt = start(&pg);
     let (direct_port, port) = (pg.port(), pt.port());
     let run = move |port: u16, user: &str| {
         let mut a = Raw::login(port, &[("user", user), ("database", "app")]);

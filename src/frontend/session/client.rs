@@ -79,23 +79,11 @@ impl Session {
             }
             // The client's unnamed statement ends with a simple Query, a Close of it or
             // another Parse of it (kept again where that Parse goes to a server as sent).
-            let ends_unnamed = match f.tag() {
-                b'Q' => true,
-                b'P' => f.body().first() == Some(&0),
-                b'C' => f.body().starts_with(b"S\0"),
-                _ => false,
-            };
-            if ends_unnamed {
-                // Without tables the client never had an unnamed statement marked on a
-                // server (its Parse makes them); a Parse of it makes them now.
-                let t = match f.tag() {
-                    b'P' => Some(self.view.t_mut()),
-                    _ => self.view.tables.as_deref_mut(),
-                };
-                if let Some(t) = t {
-                    t.unnamed = None;
-                    t.unnamed_gen = t.unnamed_gen.wrapping_add(1);
-                }
+            match f.tag() {
+                b'Q' => self.view.end_unnamed(false),
+                b'P' if f.body().first() == Some(&0) => self.view.end_unnamed(true),
+                b'C' if f.body().starts_with(b"S\0") => self.view.end_unnamed(false),
+                _ => {}
             }
             if self.must_wait_for_sync_point() {
                 // The transaction may end at a Sync/Query already sent: what follows must
@@ -278,11 +266,8 @@ impl Session {
         let until = tokio::time::Instant::now() + Duration::from_secs(2);
         let Some(l) = self.listening.as_mut() else {
             // Not listening: wait until the server's listeners have it queued.
-            for passed in self.ctx.listens.barriers(&key, None) {
-                if tokio::time::timeout_at(until, passed).await.is_err() {
-                    tracing::warn!(user = %Escaped(&self.c.user), "LISTEN hub barrier not passed within 2 s");
-                    break;
-                }
+            if !passed_by(self.ctx.listens.barriers(&key, None), until).await {
+                tracing::warn!(user = %Escaped(&self.c.user), "LISTEN hub barrier not passed within 2 s");
             }
             return;
         };
@@ -314,11 +299,7 @@ impl Session {
                 }
             }
         }
-        for passed in others {
-            if tokio::time::timeout_at(until, passed).await.is_err() {
-                break;
-            }
-        }
+        passed_by(others, until).await;
         while let Some(f) = l.sub.try_next() {
             if l.sub.wants(&f) {
                 self.c.conn.queue(&f);
@@ -729,4 +710,17 @@ impl Session {
             _ => Ok(None),
         }
     }
+}
+
+/// Wait for every barrier (asked at once) until `until`; false if one was not passed.
+async fn passed_by(
+    barriers: Vec<tokio::sync::oneshot::Receiver<()>>,
+    until: tokio::time::Instant,
+) -> bool {
+    for passed in barriers {
+        if tokio::time::timeout_at(until, passed).await.is_err() {
+            return false;
+        }
+    }
+    true
 }

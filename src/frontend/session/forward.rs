@@ -139,16 +139,10 @@ impl Session {
                 // it knows) is not looked up on the server: it may be another client's.
                 let missing = match &def {
                     Some(_) => None,
-                    None if b.statement.is_empty() && !unnamed_ours(a, self.id, &self.view) => {
-                        let p = self.view.t().unnamed.clone();
-                        match p {
-                            Some(p)
-                                if reparse_unnamed(a, &mut self.view, &self.ctx, &p, self.id)? =>
-                            {
-                                None
-                            }
-                            _ => Some("unnamed prepared statement does not exist".to_string()),
-                        }
+                    None if b.statement.is_empty()
+                        && !unnamed_here(a, &mut self.view, &self.ctx, self.id)? =>
+                    {
+                        Some("unnamed prepared statement does not exist".to_string())
                     }
                     None if track && !b.statement.is_empty() => Some(format!(
                         "prepared statement \"{}\" does not exist",
@@ -175,10 +169,17 @@ impl Session {
             b'D' => {
                 let t = Target::decode(f.body())?;
                 let named = track && t.kind == b'S' && !t.name.is_empty();
-                match self.view.t().statements.get(t.name).filter(|_| named) {
+                match self
+                    .view
+                    .t()
+                    .statements
+                    .get(t.name)
+                    .filter(|_| named)
+                    .cloned()
+                {
                     Some(def) => {
                         if !prepared_on(a, def.id) {
-                            prepare_on(a, def, cap, false);
+                            prepare_on(a, &def, cap, false);
                         }
                         a.server
                             .conn
@@ -186,21 +187,11 @@ impl Session {
                     }
                     None if t.kind == b'S'
                         && t.name.is_empty()
-                        && !unnamed_ours(a, self.id, &self.view) =>
+                        && !unnamed_here(a, &mut self.view, &self.ctx, self.id)? =>
                     {
-                        let p = self.view.t().unnamed.clone();
-                        match p {
-                            Some(p)
-                                if reparse_unnamed(a, &mut self.view, &self.ctx, &p, self.id)? =>
-                            {
-                                a.server.conn.queue(&f);
-                            }
-                            _ => {
-                                let msg = "unnamed prepared statement does not exist";
-                                self.refuse_in_batch(&Refusal::new("26000", msg.to_owned()));
-                                return Ok(());
-                            }
-                        }
+                        let msg = "unnamed prepared statement does not exist";
+                        self.refuse_in_batch(&Refusal::new("26000", msg.to_owned()));
+                        return Ok(());
                     }
                     None if named => {
                         let msg =
@@ -425,6 +416,24 @@ fn unnamed_ours(a: &Attached, id: u64, view: &View) -> bool {
     a.server.unnamed_owner == id
         && a.server.unnamed_gen == view.t().unnamed_gen
         && !a.pipe.query_sent
+}
+
+/// Is the client's unnamed statement on this server, or sent there now (its kept Parse,
+/// see [`reparse_unnamed`])? False: it has none pgtenant may use, and a Bind or Describe
+/// of it fails with 26000.
+fn unnamed_here(
+    a: &mut Attached,
+    view: &mut View,
+    ctx: &Context,
+    id: u64,
+) -> Result<bool, FrontendError> {
+    if unnamed_ours(a, id, view) {
+        return Ok(true);
+    }
+    match view.t().unnamed.clone() {
+        Some(p) => reparse_unnamed(a, view, ctx, &p, id),
+        None => Ok(false),
+    }
 }
 
 /// Parse the client's unnamed statement again on this server (see `ViewTables::unnamed`),

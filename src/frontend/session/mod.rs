@@ -343,6 +343,21 @@ impl View {
         self.tables.get_or_insert_with(Default::default)
     }
 
+    /// A message that ends the client's unnamed statement came (`ViewTables::unnamed`):
+    /// the kept one goes and the count moves. Without tables the client never had one
+    /// marked on a server, unless this is a Parse of it (`by_parse`), which makes them.
+    fn end_unnamed(&mut self, by_parse: bool) {
+        let t = if by_parse {
+            Some(self.t_mut())
+        } else {
+            self.tables.as_deref_mut()
+        };
+        if let Some(t) = t {
+            t.unnamed = None;
+            t.unnamed_gen = t.unnamed_gen.wrapping_add(1);
+        }
+    }
+
     /// Forget the client's statements and settings (DISCARD ALL) or statements alone.
     fn clear(&mut self, settings_too: bool) {
         if let Some(t) = self.tables.as_mut() {
